@@ -1,0 +1,96 @@
+"""The `cnnlab` command. Every user-fixable problem ends as one line on stderr, status 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from cnnlab.errors import CnnlabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _recipe_path(name: str) -> Path:
+    """A path, or the name of a shipped recipe (`fashion_multitask`)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = RECIPES_DIR / f"{name.removesuffix('.yaml')}.yaml"
+    return shipped if shipped.is_file() else path
+
+
+@app.command()
+def train(
+    recipe: str | None = typer.Argument(None, help="recipe YAML file or shipped recipe name"),
+    set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value"),
+    resume: Path | None = typer.Option(None, "--resume", help="continue this run folder"),
+) -> None:
+    """Train a recipe, then evaluate its best checkpoint on the test set."""
+    from cnnlab.recipe import load_recipe
+    from cnnlab.runs import RunFolder
+    from cnnlab.train import train as run_training
+
+    if resume is not None:
+        if recipe or set_:
+            raise CnnlabError(
+                "--resume continues a run with its saved recipe; drop the recipe and --set"
+            )
+        run = run_training(RunFolder.open(resume).recipe(), resume=resume)
+    else:
+        if recipe is None:
+            raise CnnlabError("give a recipe (cnnlab recipes lists them) or --resume runs/<run>")
+        run = run_training(load_recipe(_recipe_path(recipe), set_))
+    typer.echo(f"run folder: {run.path}")
+
+
+@app.command("eval")
+def eval_(run: Path = typer.Argument(..., help="run folder")) -> None:
+    """Test-set metrics of a run's best checkpoint."""
+    from cnnlab.progress import print_metrics_table
+    from cnnlab.train import evaluate_run
+
+    print_metrics_table(evaluate_run(run), f"test metrics of {run}")
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped recipes, one line each."""
+    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+        typer.echo(f"{path.stem:<28} {first.lstrip('# ').strip()}")
+
+
+@app.command()
+def datasets() -> None:
+    """List the data sources a recipe can name in data.source."""
+    from cnnlab.data import list_datasets
+
+    for name, doc in list_datasets().items():
+        typer.echo(f"{name:<20} {doc}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except CnnlabError as err:
+        typer.secho(f"error: {err}", err=True, fg="red")
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.secho("aborted", err=True, fg="red")
+        sys.exit(130)
+    except Exception as err:
+        # click's usage errors (bad option, missing argument) are user errors too.
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

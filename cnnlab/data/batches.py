@@ -1,0 +1,133 @@
+"""From in-memory uint8 splits to model-ready batches, gathered by index on the device.
+
+Train/val/test splits live on the training device as uint8. A batch is a slice of a
+seeded permutation; conversion to float, augmentation, derived targets and normalization
+are whole-batch tensor ops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from cnnlab.data import load_dataset
+from cnnlab.data.augment import augment
+from cnnlab.data.base import DerivedTarget, ImageSet
+from cnnlab.data.split import stratified_split, stratified_subset
+from cnnlab.errors import CnnlabError
+from cnnlab.recipe import AugmentConfig, Recipe
+
+Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+@dataclass
+class Splits:
+    """Everything the loop needs from the data, already on the device."""
+
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    classes: dict[str, list[str]]
+    derived: dict[str, DerivedTarget]
+    mean: torch.Tensor  # (C,) per-channel mean of the training split, in [0, 1]
+    std: torch.Tensor  # (C,)
+    channels_last: bool = True
+
+    @property
+    def in_channels(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.train.images.shape[2:])
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return _num_batches(len(self.train), batch_size)
+
+    # ------------------------------------------------------------------ batches
+
+    def finish(self, x: torch.Tensor, targets: dict[str, torch.Tensor], needed: set[str]) -> Batch:
+        """Add derived targets (from the [0, 1] image the model sees), then normalize."""
+        out = {k: v for k, v in targets.items() if k in needed}
+        for name in needed & self.derived.keys():
+            out[name] = self.derived[name](x)
+        x = (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, out
+
+    def train_batches(
+        self,
+        batch_size: int,
+        gen: torch.Generator,
+        aug: AugmentConfig,
+        needed: set[str],
+        start: int = 0,
+        resume_state: torch.Tensor | None = None,
+    ) -> Iterator[Batch]:
+        """One epoch of shuffled, augmented batches, starting at batch `start`.
+
+        The permutation is drawn first from `gen`; on resume the generator is then set to
+        the saved state so the remaining augmentation draws match the original run.
+        """
+        perm = torch.randperm(len(self.train), generator=gen, device=gen.device)
+        if resume_state is not None:
+            gen.set_state(resume_state)
+        for step in range(start, self.steps_per_epoch(batch_size)):
+            idx = perm[step * batch_size : (step + 1) * batch_size]
+            x = self.train.images[idx].float().div_(255)
+            x = augment(x, aug, gen)
+            yield self.finish(x, {k: v[idx] for k, v in self.train.targets.items()}, needed)
+
+    def eval_batches(self, split: str, batch_size: int, needed: set[str]) -> Iterator[Batch]:
+        data: ImageSet = getattr(self, split)
+        for lo in range(0, len(data), batch_size):
+            x = data.images[lo : lo + batch_size].float().div_(255)
+            targets = {k: v[lo : lo + batch_size] for k, v in data.targets.items()}
+            yield self.finish(x, targets, needed)
+
+
+def _num_batches(n: int, batch_size: int) -> int:
+    # A trailing batch of one image would break batch norm; it is dropped, anything larger kept.
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 else 0)
+
+
+def prepare_splits(recipe: Recipe, device: torch.device) -> Splits:
+    """Load the source, carve the stratified validation split, move everything to `device`."""
+    cfg = recipe.data
+    ds = load_dataset(cfg.source, cfg.root)
+    for task_name, task in recipe.tasks.items():
+        if task.target not in ds.target_names():
+            raise CnnlabError(
+                f"tasks.{task_name}.target {task.target!r} is not provided by {cfg.source}; "
+                f"choose one of: {', '.join(ds.target_names())}"
+            )
+        if task.type == "classification" and task.target not in ds.classes:
+            raise CnnlabError(f"tasks.{task_name}: target {task.target!r} is not categorical")
+    train = ds.train
+    labels = ds.stratify_by()
+    if cfg.train_subset:
+        sub = stratified_subset(labels, len(train), cfg.train_subset, recipe.seed)
+        train = train.subset(sub)
+        labels = labels[sub] if labels is not None else None
+    keep, held = stratified_split(labels, len(train), cfg.val_fraction, recipe.seed)
+    test = ds.test
+    if cfg.test_subset:
+        test = test.subset(torch.arange(min(cfg.test_subset, len(test))))
+    train_set = train.subset(keep)
+    pixels = train_set.images.float().div_(255)
+    mean = pixels.mean(dim=(0, 2, 3))
+    std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    return Splits(
+        train=train_set.to(device),
+        val=train.subset(held).to(device),
+        test=test.to(device),
+        classes=ds.classes,
+        derived=ds.derived,
+        mean=mean.to(device),
+        std=std.to(device),
+        channels_last=recipe.train.channels_last,
+    )

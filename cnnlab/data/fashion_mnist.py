@@ -1,0 +1,141 @@
+"""Fashion-MNIST from its idx files: found locally, or downloaded with checksums.
+
+Search order: the recipe's `data.root` or $CNNLAB_DATA; the folder Debian's
+`dataset-fashion-mnist` installs; the cnnlab cache (downloading into it from the official
+mirror, each file checked against its published MD5, when the files are missing).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.datasets import FashionMNIST
+from torchvision.datasets.utils import check_integrity, download_url
+
+from cnnlab.data.base import Dataset, ImageSet, mean_ink
+from cnnlab.errors import CnnlabError
+
+SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+MIRRORS: list[str] = list(FashionMNIST.mirrors)
+MD5: dict[str, str] = dict(FashionMNIST.resources)  # "<file>.gz" -> md5 of the official archive
+CLASSES: list[str] = list(FashionMNIST.classes)
+# torchvision's layout and a plain folder are both accepted below a root.
+SUBDIRS = ("", "fashion-mnist", "fashion_mnist", "FashionMNIST/raw")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cnnlab" / "fashion-mnist"
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """Parse an idx file (gzipped or not): big-endian header, then a uint8 array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise CnnlabError(f"{path} is not an idx file of uint8 data; the download may be corrupt")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims))
+    if len(data) - offset != expected:
+        raise CnnlabError(
+            f"{path}: header promises {expected} bytes, file holds {len(data) - offset}"
+        )
+    array = np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+    return torch.from_numpy(array.copy())
+
+
+def _find_in(folder: Path) -> dict[str, Path] | None:
+    """The four files below `folder` (plain or .gz), or None if any is missing."""
+    for sub in SUBDIRS:
+        base = folder / sub
+        found = {}
+        for key, stem in FILES.items():
+            for name in (stem, stem + ".gz"):
+                if (base / name).is_file():
+                    found[key] = base / name
+                    break
+        if len(found) == len(FILES):
+            return found
+    return None
+
+
+def candidate_dirs(root: str | None) -> list[Path]:
+    dirs = [Path(root)] if root else []
+    if os.environ.get("CNNLAB_DATA"):
+        dirs.append(Path(os.environ["CNNLAB_DATA"]))
+    return [*dirs, SYSTEM_DIR, cache_dir()]
+
+
+def download(target: Path, mirrors: list[str] = MIRRORS, md5: dict[str, str] = MD5) -> None:
+    """Fetch the four archives into `target`, verifying each MD5; partial files never stay."""
+    target.mkdir(parents=True, exist_ok=True)
+    for stem in FILES.values():
+        name = stem + ".gz"
+        if check_integrity(target / name, md5[name]):
+            continue
+        errors = []
+        for mirror in mirrors:
+            try:
+                download_url(mirror + name, str(target), filename=name, md5=md5[name])
+                break
+            except Exception as err:  # network errors, HTTP errors, checksum mismatch
+                (target / name).unlink(missing_ok=True)
+                errors.append(f"{mirror}: {err}")
+        else:
+            raise CnnlabError(f"download of {name} failed ({'; '.join(errors)})")
+
+
+def locate(root: str | None, allow_download: bool = True) -> dict[str, Path]:
+    """Paths of the four idx files, in the documented search order."""
+    dirs = candidate_dirs(root)
+    for folder in dirs:
+        found = _find_in(folder)
+        if found:
+            return found
+    reason = "downloads are disabled"
+    if allow_download:
+        try:
+            download(cache_dir())
+            found = _find_in(cache_dir())
+            if found:
+                return found
+        except CnnlabError as err:
+            reason = str(err)
+    searched = ", ".join(str(d) for d in dirs)
+    raise CnnlabError(
+        f"Fashion-MNIST not found (searched {searched}; {reason}). Fix: `sudo apt-get install "
+        "dataset-fashion-mnist`, or put the four idx files in a folder and set data.root "
+        "or $CNNLAB_DATA to it"
+    )
+
+
+def load(root: str | None = None, allow_download: bool = True) -> Dataset:
+    """The 60k/10k splits as uint8 (N, 1, 28, 28); targets: label (stored), ink (derived)."""
+    files = locate(root, allow_download)
+    splits = {}
+    for split in ("train", "test"):
+        images = read_idx(files[f"{split}_images"])
+        labels = read_idx(files[f"{split}_labels"]).long()
+        if images.ndim != 3 or images.shape[0] != labels.shape[0]:
+            raise CnnlabError(f"{files[f'{split}_images']}: images and labels do not match")
+        splits[split] = ImageSet(images.unsqueeze(1), {"label": labels})
+    return Dataset(
+        name="fashion_mnist",
+        train=splits["train"],
+        test=splits["test"],
+        classes={"label": CLASSES},
+        derived={"ink": mean_ink},
+    )

@@ -1,0 +1,69 @@
+"""The configurable plain CNN: blocks of Conv-(BN)-Act ×n, then pooling and dropout."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnlab.models.layers import create_act, init_kaiming
+from cnnlab.recipe import CNNConfig
+
+
+class ConvBlock(nn.Sequential):
+    """`convs` × (Conv k×k, same padding → BN → Act), then MaxPool and Dropout2d."""
+
+    def __init__(self, cin: int, cout: int, cfg: CNNConfig):
+        layers: list[nn.Module] = []
+        for i in range(cfg.convs_per_block):
+            c_in = cin if i == 0 else cout
+            layers.append(
+                nn.Conv2d(
+                    c_in,
+                    cout,
+                    cfg.kernel_size,
+                    padding=cfg.kernel_size // 2,
+                    bias=not cfg.batch_norm,
+                )
+            )
+            if cfg.batch_norm:
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(create_act(cfg.activation))
+        if cfg.pool > 1:
+            layers.append(nn.MaxPool2d(cfg.pool))
+        if cfg.dropout > 0:
+            layers.append(nn.Dropout2d(cfg.dropout))
+        super().__init__(*layers)
+
+
+class CNN(nn.Module):
+    """Backbone with timm's split: `forward_features` gives (B, C, H, W) from the last block."""
+
+    def __init__(self, cfg: CNNConfig, in_channels: int, image_size: tuple[int, int]):
+        super().__init__()
+        filters = cfg.block_filters()
+        chans = [in_channels, *filters]
+        self.blocks = nn.ModuleList(
+            ConvBlock(chans[i], chans[i + 1], cfg) for i in range(cfg.blocks)
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1) if cfg.global_pool else nn.Identity()
+        self.flatten = nn.Flatten()
+        h, w = image_size
+        for _ in range(cfg.blocks):
+            h, w = h // cfg.pool, w // cfg.pool
+        if min(h, w) < 1:
+            raise ValueError(
+                f"{cfg.blocks} blocks with pool {cfg.pool} shrink a "
+                f"{image_size[0]}x{image_size[1]} image to nothing; use fewer blocks or pool: 1"
+            )
+        self.feature_shape = (filters[-1], h, w)  # output of forward_features
+        self.num_features = filters[-1] * (1 if cfg.global_pool else h * w)  # input of the heads
+        if cfg.init == "kaiming":
+            init_kaiming(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.flatten(self.pool(self.forward_features(x)))  # (B, num_features)

@@ -1,0 +1,54 @@
+"""Optimizers and learning-rate schedules from the recipe's train section."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.optim import lr_scheduler
+
+from cnnlab.recipe import OptimizerConfig, TrainConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay weights of convs and linears only: decaying biases and BN scales only hurts."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.name == "adam":
+        # Adam's weight_decay is L2 added to the gradient (as seed 004 used it).
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def build_scheduler(
+    cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> tuple[lr_scheduler.LRScheduler | None, bool]:
+    """(scheduler, steps_per_batch). step / multistep count epochs; the others count batches."""
+    s = cfg.scheduler
+    total = cfg.epochs * steps_per_epoch
+    if s.name == "step":
+        return lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma), False
+    if s.name == "multistep":
+        return lr_scheduler.MultiStepLR(optimizer, milestones=s.milestones, gamma=s.gamma), False
+    if s.name == "onecycle":
+        max_lr = [g["lr"] for g in optimizer.param_groups]
+        return lr_scheduler.OneCycleLR(
+            optimizer, max_lr=max_lr, total_steps=total, pct_start=s.pct_start
+        ), True
+    if s.name == "cosine":
+        warm = min(int(s.warmup_epochs * steps_per_epoch), total - 1)
+        cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warm))
+        if warm == 0:
+            return cosine, True
+        linear = lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=warm)
+        return lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warm]), True
+    return None, False

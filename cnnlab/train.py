@@ -1,0 +1,334 @@
+"""The training loop, written out in one place: fit, validate, checkpoint, resume, test.
+
+Determinism: the batch order and augmentation draws of epoch e come from a generator
+seeded with (seed, e); dropout uses torch's global generator. Both states go into every
+checkpoint, so a resumed run replays the uninterrupted one exactly (on the same device
+and thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnlab.data.batches import Splits, prepare_splits
+from cnnlab.errors import CnnlabError
+from cnnlab.models import MultiTaskModel, create_model
+from cnnlab.optim import build_optimizer, build_scheduler
+from cnnlab.progress import EpochProgress, print_metrics_table
+from cnnlab.recipe import Recipe, metric_goal
+from cnnlab.runs import RunFolder, environment, load_checkpoint, write_json
+from cnnlab.tasks import EpochMeter, evaluate, total_loss
+
+# ------------------------------------------------------------------- device, precision
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CnnlabError(
+            f"train.device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CnnlabError(
+            "train.device is cuda but no CUDA GPU is visible; use train.device=auto or cpu"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CnnlabError(
+            "train.device is mps but MPS is not available; use train.device=auto or cpu"
+        )
+    return device
+
+
+def autocast_for(device: torch.device, precision: str):
+    """A zero-argument context factory: bf16 autocast, or nothing for fp32."""
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+# ----------------------------------------------------------------------- state
+
+
+@dataclass
+class LoopState:
+    """Where the loop stands; saved in every checkpoint."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # batches done in the current epoch
+    global_step: int = 0
+    best_value: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the early-stopping metric last improved
+    elapsed: float = 0.0  # training seconds so far, over all sessions
+
+
+def target_stats(recipe: Recipe, splits: Splits) -> dict[str, tuple[float, float]]:
+    """Mean and std of each standardized regression target over the training split."""
+    stats = {}
+    for name, task in recipe.tasks.items():
+        if task.type != "regression" or not task.standardize:
+            continue
+        values = torch.cat(
+            [t[task.target] for _, t in splits.eval_batches("train", 4096, {task.target})]
+        )
+        stats[name] = (values.double().mean().item(), values.double().std().clamp_min(1e-12).item())
+    return stats
+
+
+class Trainer:
+    """One run: model, optimizer, data and the loop; `fit()` trains, `test()` evaluates."""
+
+    def __init__(self, recipe: Recipe, run: RunFolder):
+        self.recipe, self.run = recipe, run
+        if recipe.train.threads:
+            torch.set_num_threads(recipe.train.threads)
+        self.device = resolve_device(recipe.train.device)
+        torch.manual_seed(recipe.seed)
+        self.splits = prepare_splits(recipe, self.device)
+        self.num_classes = {
+            name: len(self.splits.classes[t.target])
+            for name, t in recipe.tasks.items()
+            if t.type == "classification"
+        }
+        self.model: MultiTaskModel = create_model(
+            recipe,
+            self.splits.in_channels,
+            self.splits.image_size,
+            self.num_classes,
+            target_stats(recipe, self.splits),
+        ).to(self.device)
+        self.steps_per_epoch = self.splits.steps_per_epoch(recipe.train.batch_size)
+        self.optimizer = build_optimizer(recipe.train.optimizer, self.model)
+        self.scheduler, self.per_step = build_scheduler(
+            recipe.train, self.optimizer, self.steps_per_epoch
+        )
+        self.train_meter = EpochMeter(recipe, self.num_classes, self.device)
+        self.val_meter = EpochMeter(recipe, self.num_classes, self.device)
+        self.autocast = autocast_for(self.device, recipe.train.precision)
+        self.needed = {t.target for t in recipe.tasks.values()}
+        self.state = LoopState()
+        self.data_state: torch.Tensor | None = None  # data generator state of a mid-epoch resume
+        self._stop = False
+
+    # ------------------------------------------------------------- checkpoints
+
+    def checkpoint(self, gen: torch.Generator | None = None) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "train_meter": self.train_meter.state_dict(),
+            "loop": asdict(self.state),
+            "rng": rng,
+            "data_gen": gen.get_state() if gen is not None and self.state.step else None,
+            "recipe": self.recipe.model_dump(mode="json"),
+            "classes": self.splits.classes,
+            "normalize": {"mean": self.splits.mean.tolist(), "std": self.splits.std.tolist()},
+        }
+
+    def save_last(self, gen: torch.Generator | None = None) -> None:
+        self.run.save_checkpoint(self.run.last_path, self.checkpoint(gen))
+
+    def restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path, self.device)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler and ckpt["scheduler"]:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.train_meter.restore(ckpt["train_meter"])
+        self.state = LoopState(**ckpt["loop"])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        if "cuda" in ckpt["rng"]:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), self.device)
+        self.data_state = ckpt["data_gen"]
+        self.run.truncate_metrics(self.state.epoch)
+
+    # -------------------------------------------------------------------- loop
+
+    def _request_stop(self, signum, frame) -> None:
+        if self._stop:  # second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self._stop = True
+
+    def fit(self) -> None:
+        """Train to the last epoch (or early stop), checkpointing as it goes."""
+        cfg = self.recipe.train
+        previous = signal.signal(signal.SIGINT, self._request_stop)
+        self.run.set_status("running", epoch=self.state.epoch)
+        try:
+            while self.state.epoch < cfg.epochs and not self._early_stopped():
+                self._train_epoch()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        self.run.set_status("trained", epoch=self.state.epoch)
+
+    def _epoch_generator(self) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(self.recipe.seed * 1_000_003 + self.state.epoch)
+        return gen
+
+    def _train_epoch(self) -> None:
+        cfg, st = self.recipe.train, self.state
+        gen = self._epoch_generator()
+        if st.step == 0:
+            self.train_meter.reset()
+        batches = self.splits.train_batches(
+            cfg.batch_size, gen, self.recipe.data.augment, self.needed, st.step, self.data_state
+        )
+        self.data_state = None
+        self.model.train()
+        started, last_save = time.monotonic(), time.monotonic()
+        first_step = st.step
+        with EpochProgress(
+            st.epoch + 1, cfg.epochs, self.steps_per_epoch, st.step, cfg.progress
+        ) as bar:
+            for x, targets in batches:
+                with self.autocast():
+                    outputs = self.model(x)
+                    total, losses = total_loss(self.recipe, self.model, outputs, targets)
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                if self.scheduler and self.per_step:
+                    self.scheduler.step()
+                self.train_meter.update(self.model, outputs, targets, total, losses)
+                st.step += 1
+                st.global_step += 1
+                images = (st.step - first_step) * cfg.batch_size
+                bar.advance(total, images / max(time.monotonic() - started, 1e-9))
+                if self._stop or time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
+                    self._check_finite(total)
+                    st.elapsed += time.monotonic() - last_save
+                    self.save_last(gen)
+                    last_save = time.monotonic()
+                    if self._stop:
+                        self.run.set_status("interrupted", epoch=st.epoch, step=st.step)
+                        raise KeyboardInterrupt
+        st.elapsed += time.monotonic() - last_save
+        self._end_epoch(started)
+
+    def _check_finite(self, total: torch.Tensor) -> None:
+        if not torch.isfinite(total).item():
+            where = f"epoch {self.state.epoch + 1}, step {self.state.step}"
+            self.run.set_status("failed", reason=f"non-finite loss at {where}")
+            raise CnnlabError(
+                f"the loss became {total.item()} at {where}; lower train.optimizer.lr or set "
+                f"train.grad_clip (the last good checkpoint stays in {self.run.last_path.parent})"
+            )
+
+    def _end_epoch(self, started: float) -> None:
+        st = self.state
+        row = {"epoch": st.epoch + 1, **self.train_meter.compute("train")}
+        if not math.isfinite(row["train.loss"]):
+            self._check_finite(torch.tensor(row["train.loss"]))
+        row.update(self.validate())
+        if self.scheduler and not self.per_step:
+            self.scheduler.step()
+        seconds = time.monotonic() - started
+        row.update(lr=self.optimizer.param_groups[0]["lr"], seconds=round(seconds, 2))
+        row["images_per_s"] = round(len(self.splits.train) / max(seconds, 1e-9), 1)
+        st.epoch, st.step = st.epoch + 1, 0
+        self._track_best(row)
+        self.run.append_metrics(row)
+        self.save_last()
+        if self.recipe.train.progress:
+            EpochProgress.summary(row, self.recipe.train.monitor)
+
+    def validate(self) -> dict[str, float]:
+        self.val_meter.reset()
+        batches = self.splits.eval_batches("val", self.recipe.train.eval_batch_size, self.needed)
+        evaluate(self.model, self.val_meter, batches, self.autocast)
+        return self.val_meter.compute("val")
+
+    def _track_best(self, row: dict) -> None:
+        cfg, st = self.recipe.train, self.state
+        value = row[cfg.monitor]
+        better = st.best_value is None or (
+            value > st.best_value if metric_goal(cfg.monitor) == "max" else value < st.best_value
+        )
+        if better:
+            st.best_value, st.best_epoch = value, st.epoch
+            self.run.save_checkpoint(self.run.best_path, self.checkpoint())
+        watch = cfg.early_stopping.metric or cfg.monitor
+        history = [r[watch] for r in self.run.read_metrics()]
+        best_before = (max if metric_goal(watch) == "max" else min)(history, default=None)
+        sign = 1 if metric_goal(watch) == "max" else -1
+        improved = (
+            best_before is None or sign * (row[watch] - best_before) > cfg.early_stopping.min_delta
+        )
+        st.bad_epochs = 0 if improved else st.bad_epochs + 1
+
+    def _early_stopped(self) -> bool:
+        patience = self.recipe.train.early_stopping.patience
+        return patience is not None and self.state.bad_epochs >= patience
+
+    # -------------------------------------------------------------------- test
+
+    def test(self) -> dict[str, float]:
+        """Test-set metrics of the best checkpoint: the only place the test set is read."""
+        ckpt = load_checkpoint(self.run.best_path, self.device)
+        self.model.load_state_dict(ckpt["model"])
+        meter = EpochMeter(self.recipe, self.num_classes, self.device)
+        batches = self.splits.eval_batches("test", self.recipe.train.eval_batch_size, self.needed)
+        evaluate(self.model, meter, batches, self.autocast)
+        metrics = {"best_epoch": ckpt["loop"]["epoch"], **meter.compute("test")}
+        write_json(self.run.test_path, metrics)
+        return metrics
+
+
+# ------------------------------------------------------------------ entry points
+
+
+def train(recipe: Recipe, resume: str | Path | None = None) -> RunFolder:
+    """Train a recipe (or continue a run folder) and evaluate its best checkpoint on test."""
+    if resume is not None:
+        run = RunFolder.open(resume)
+        if not run.last_path.is_file():
+            raise CnnlabError(
+                f"{run.path} has no checkpoint yet (checkpoints/last.pt); start it anew"
+            )
+    else:
+        run = RunFolder.create(recipe)
+    trainer = Trainer(recipe, run)
+    write_json(run.path / "env.json", environment(trainer.device))
+    if resume is not None:
+        trainer.restore(run.last_path)
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        raise CnnlabError(
+            f"interrupted at epoch {trainer.state.epoch + 1}, step {trainer.state.step}; "
+            f"continue with: cnnlab train --resume {run.path}"
+        ) from None
+    metrics = trainer.test()
+    run.set_status("finished", epoch=trainer.state.epoch, best_epoch=metrics["best_epoch"])
+    if recipe.train.progress:
+        print_metrics_table(metrics, f"test metrics of {run.best_path}")
+    return run
+
+
+def evaluate_run(path: str | Path) -> dict[str, float]:
+    """`cnnlab eval`: test-set metrics of a run's best checkpoint."""
+    run = RunFolder.open(path)
+    trainer = Trainer(run.recipe(), run)
+    return trainer.test()
