@@ -31,19 +31,21 @@ def train(
 ) -> None:
     """Train a recipe, then evaluate its best checkpoint on the test set."""
     from cnnlab.recipe import load_recipe
+
+    if resume is None:
+        if recipe is None:
+            raise CnnlabError("give a recipe (cnnlab recipes lists them) or --resume runs/<run>")
+        parsed = load_recipe(_recipe_path(recipe), set_)  # validated before torch is imported
+    elif recipe or set_:
+        raise CnnlabError(
+            "--resume continues a run with its saved recipe; drop the recipe and --set"
+        )
     from cnnlab.runs import RunFolder
     from cnnlab.train import train as run_training
 
     if resume is not None:
-        if recipe or set_:
-            raise CnnlabError(
-                "--resume continues a run with its saved recipe; drop the recipe and --set"
-            )
-        run = run_training(RunFolder.open(resume).recipe(), resume=resume)
-    else:
-        if recipe is None:
-            raise CnnlabError("give a recipe (cnnlab recipes lists them) or --resume runs/<run>")
-        run = run_training(load_recipe(_recipe_path(recipe), set_))
+        parsed = RunFolder.open(resume).recipe()
+    run = run_training(parsed, resume=resume)
     typer.echo(f"run folder: {run.path}")
 
 
@@ -71,6 +73,20 @@ def datasets() -> None:
 
     for name, doc in list_datasets().items():
         typer.echo(f"{name:<20} {doc}")
+
+
+@app.command()
+def fetch(
+    source: str = typer.Argument(..., help="data source name (cnnlab datasets)"),
+    root: str | None = typer.Option(None, help="folder to look in first"),
+    download: bool = typer.Option(True, help="download into the cache when not found"),
+) -> None:
+    """Find (or download) a data source's files and print where they are."""
+    from cnnlab.data import get_source
+
+    files = get_source(source).locate(root, download)
+    folders = sorted({str(p.parent) for p in files.values()})
+    typer.echo(f"{source}: {', '.join(folders)}")
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnlab.errors import CnnlabError
 from cnnlab.models.layers import create_act, init_kaiming
 from cnnlab.recipe import CNNConfig
 
@@ -51,8 +52,8 @@ class CNN(nn.Module):
         for _ in range(cfg.blocks):
             h, w = h // cfg.pool, w // cfg.pool
         if min(h, w) < 1:
-            raise ValueError(
-                f"{cfg.blocks} blocks with pool {cfg.pool} shrink a "
+            raise CnnlabError(
+                f"model.blocks: {cfg.blocks} blocks with pool {cfg.pool} shrink a "
                 f"{image_size[0]}x{image_size[1]} image to nothing; use fewer blocks or pool: 1"
             )
         self.feature_shape = (filters[-1], h, w)  # output of forward_features

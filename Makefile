@@ -1,0 +1,48 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+CNNLAB := $(VENV)/bin/cnnlab
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup data demo test lint bench clean
+
+setup: $(STAMP)
+
+# torch + torchvision come from PyPI (the newest build; it runs on the CPU too). A local
+# CPU-only torch wheel does not match PyPI's torchvision, so none is pinned here.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch torchvision
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+# Fashion-MNIST: use what is found; else Debian's package when apt is there; else download.
+data: $(STAMP)
+	@$(CNNLAB) fetch fashion_mnist --no-download >/dev/null 2>&1 || $(MAKE) --no-print-directory apt-data
+	@$(CNNLAB) fetch fashion_mnist
+
+apt-data:
+	@if command -v apt-get >/dev/null; then \
+	  echo "installing Debian's dataset-fashion-mnist"; \
+	  $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update -qq >/dev/null && $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \
+	  echo "apt-get could not install dataset-fashion-mnist; trying the download"; \
+	fi
+
+demo: data
+	$(CNNLAB) train recipes/fashion_multitask.yaml
+
+test: data
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check cnnlab tests benchmarks
+	$(VENV)/bin/ruff check cnnlab tests benchmarks
+
+bench: data
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

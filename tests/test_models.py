@@ -1,0 +1,69 @@
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model
+from cnnlab.models.layers import ACTIVATIONS
+
+
+def build(tiny, *overrides):
+    recipe = tiny(*overrides)
+    return recipe, create_model(recipe, 1, (28, 28), {"cls": 10}, {"ink": (0.3, 0.1)})
+
+
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+def test_every_activation_builds_and_runs(tiny, act):
+    _, model = build(tiny, f"model.activation={act}")
+    out = model(torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last))
+    assert out["cls"].shape == (4, 10) and out["ink"].shape == (4,)
+    assert any(isinstance(m, ACTIVATIONS[act]) for m in model.modules())
+
+
+def test_blocks_filters_convs_and_pooling(tiny):
+    _, model = build(
+        tiny,
+        "model.blocks=2",
+        "model.filters=[6, 12]",
+        "model.convs_per_block=2",
+        "model.kernel_size=5",
+        "model.dropout=0.1",
+    )
+    convs = [m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [6, 6, 12, 12]
+    assert all(c.kernel_size == (5, 5) for c in convs)
+    assert model.backbone.feature_shape == (12, 7, 7)
+    assert any(isinstance(m, nn.Dropout2d) for m in model.modules())
+
+
+def test_batch_norm_switch_and_head_sizes(tiny):
+    _, model = build(tiny, "model.batch_norm=false", "tasks.cls.head.hidden=[64, 32]")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    linears = [m for m in model.heads["cls"] if isinstance(m, nn.Linear)]
+    assert [lin.out_features for lin in linears] == [64, 32, 10]
+
+
+def test_no_inplace_and_no_shared_activation_modules(tiny):
+    _, model = build(tiny)
+    acts = [m for m in model.modules() if isinstance(m, tuple(ACTIVATIONS.values()))]
+    assert len({id(a) for a in acts}) == len(acts)
+    assert not any(getattr(m, "inplace", False) for m in model.modules())
+
+
+def test_kaiming_init_scale(tiny):
+    _, model = build(tiny, "model.base_filters=64")
+    conv = model.backbone.blocks[1][0]  # 64 -> 128, 3x3, fan_out = 128 * 9
+    assert abs(conv.weight.std().item() - (2 / (128 * 9)) ** 0.5) < 0.003
+
+
+def test_regression_head_decodes_to_target_units(tiny):
+    _, model = build(tiny)
+    head = model.heads["ink"]
+    y = torch.tensor([0.2, 0.3, 0.5])
+    assert torch.allclose(head.decode(head.encode(y)), y)
+    assert "heads.ink.target_mean" in model.state_dict()
+
+
+def test_too_many_blocks_is_a_clear_error(tiny):
+    with pytest.raises(CnnlabError, match="shrink a 28x28 image to nothing"):
+        build(tiny, "model.blocks=6", "model.filters=[4,4,4,4,4,4]")

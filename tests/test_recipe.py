@@ -1,0 +1,113 @@
+from pathlib import Path
+
+import pytest
+
+from cnnlab.errors import CnnlabError
+from cnnlab.recipe import apply_overrides, load_recipe, metric_goal, metric_names, validate
+from tests.conftest import DEMO, ROOT, run_cli
+
+
+def test_demo_recipe_validates_with_two_tasks():
+    recipe = load_recipe(DEMO)
+    assert set(recipe.tasks) == {"cls", "ink"}
+    assert recipe.model.block_filters() == [32, 64, 128]
+    assert recipe.tasks["ink"].loss == "mse"
+    assert recipe.tasks["cls"].loss == "cross_entropy"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_recipe_validates(path: Path):
+    assert load_recipe(path).tasks
+
+
+def test_unknown_key_names_key_and_valid_keys():
+    with pytest.raises(CnnlabError) as err:
+        load_recipe(DEMO, ["tasks.ink.wieght=3"])
+    msg = str(err.value)
+    assert "unknown key 'tasks.ink.wieght'" in msg
+    assert "weight" in msg and "\n" not in msg
+
+
+def test_wrong_choice_lists_allowed_values():
+    with pytest.raises(CnnlabError, match=r"model.activation = 'relux'.*'gelu'"):
+        load_recipe(DEMO, ["model.activation=relux"])
+
+
+def test_wrong_type_and_out_of_range():
+    with pytest.raises(CnnlabError, match=r"train.epochs = 'many'"):
+        load_recipe(DEMO, ["train.epochs=many"])
+    with pytest.raises(CnnlabError, match=r"data.val_fraction = 1.5.*less than 0.9"):
+        load_recipe(DEMO, ["data.val_fraction=1.5"])
+
+
+def test_overrides_parse_yaml_values():
+    recipe = load_recipe(
+        DEMO, ["train.epochs=5", "tasks.ink.weight=10", "model.filters=[8, 16, 32]"]
+    )
+    assert recipe.train.epochs == 5
+    assert recipe.tasks["ink"].weight == 10.0
+    assert recipe.model.block_filters() == [8, 16, 32]
+
+
+def test_null_removes_a_task():
+    recipe = load_recipe(DEMO, ["tasks.ink=null", "train.monitor=val.cls.accuracy"])
+    assert list(recipe.tasks) == ["cls"]
+
+
+def test_monitor_must_name_a_reported_metric():
+    with pytest.raises(CnnlabError, match="val.ink.accuracy.*val.ink.rmse"):
+        load_recipe(DEMO, ["train.monitor=val.ink.accuracy"])
+    names = metric_names(load_recipe(DEMO))
+    assert "val.cls.f1" in names and "val.ink.mae" in names
+
+
+def test_metric_goal():
+    assert metric_goal("val.cls.accuracy") == "max"
+    assert metric_goal("val.ink.rmse") == "min"
+    assert metric_goal("val.loss") == "min"
+
+
+def test_cross_field_checks():
+    with pytest.raises(CnnlabError, match="filters has 2 entries but blocks = 3"):
+        load_recipe(DEMO, ["model.filters=[8, 16]"])
+    with pytest.raises(CnnlabError, match="does not fit a classification task"):
+        load_recipe(DEMO, ["tasks.cls.loss=mse"])
+
+
+def test_filter_organisations():
+    recipe = validate({"tasks": {"c": {"type": "classification", "target": "label"}}})
+    for org, want in {"same": [32, 32, 32], "double": [32, 64, 128], "half": [32, 16, 8]}.items():
+        recipe.model.filter_org = org
+        assert recipe.model.block_filters() == want
+
+
+def test_override_into_a_value_is_an_error():
+    with pytest.raises(CnnlabError, match="holds a value"):
+        apply_overrides({"train": {"epochs": 3}}, ["train.epochs.x=1"])
+
+
+def test_cli_prints_one_line_without_traceback(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "data: {source: fashion_mnist}\n"
+        "tasks: {c: {type: classification, target: label}}\n"
+        "modle: {}\n"
+    )
+    out = run_cli("train", str(bad))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown key 'modle'" in lines[0]
+    assert "Traceback" not in out.stderr
+
+
+def test_cli_reports_yaml_syntax_error_with_line(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks:\n  c: {type: classification\n")
+    out = run_cli("train", str(bad))
+    assert out.returncode == 2 and "not valid YAML at line" in out.stderr
+
+
+def test_cli_lists_shipped_recipes():
+    out = run_cli("recipes")
+    assert out.returncode == 0
+    assert "fashion_multitask" in out.stdout and "seed000_best_rmse" in out.stdout

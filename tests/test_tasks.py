@@ -1,0 +1,49 @@
+import torch
+
+from cnnlab.models import create_model
+from cnnlab.tasks import EpochMeter, total_loss
+
+
+def test_metrics_match_hand_computation(tiny):
+    recipe = tiny()
+    model = create_model(recipe, 1, (28, 28), {"cls": 3}, {"ink": (0.5, 0.25)})
+    meter = EpochMeter(recipe, {"cls": 3}, torch.device("cpu"))
+    logits = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 5.0, 0], [0, 0, 5.0]])
+    labels = torch.tensor([0, 1, 0, 2])  # one class-0 image predicted as 1
+    ink_raw = torch.tensor([0.0, 1.0, -1.0, 2.0])  # standardized: 0.5, 0.75, 0.25, 1.0
+    ink = torch.tensor([0.5, 0.70, 0.25, 0.9])
+    outputs, targets = {"cls": logits, "ink": ink_raw}, {"label": labels, "ink": ink}
+    total, losses = total_loss(recipe, model, outputs, targets)
+    meter.update(model, outputs, targets, total, losses)
+    m = meter.compute("val")
+    assert abs(m["val.cls.accuracy"] - 0.75) < 1e-6
+    # precision: class0 1/1, class1 1/2, class2 1/1 -> mean 5/6; recall: 1/2, 1, 1 -> 5/6
+    assert abs(m["val.cls.precision"] - 5 / 6) < 1e-6 and abs(m["val.cls.recall"] - 5 / 6) < 1e-6
+    errors = torch.tensor([0.0, 0.05, 0.0, 0.1])  # in ink units, not standardized units
+    assert abs(m["val.ink.mae"] - errors.mean().item()) < 1e-6
+    assert abs(m["val.ink.rmse"] - errors.pow(2).mean().sqrt().item()) < 1e-6
+    encoded = (ink - 0.5) / 0.25
+    assert torch.isclose(losses["ink"], (ink_raw - encoded).pow(2).mean())
+    assert torch.isclose(total, losses["cls"] + losses["ink"])
+
+
+def test_task_weights_scale_the_sum(tiny):
+    recipe = tiny("tasks.ink.weight=1000", "tasks.cls.weight=0.5", "tasks.cls.label_smoothing=0")
+    model = create_model(recipe, 1, (28, 28), {"cls": 10})
+    outputs = {"cls": torch.randn(8, 10), "ink": torch.randn(8)}
+    targets = {"label": torch.randint(0, 10, (8,)), "ink": torch.rand(8)}
+    total, losses = total_loss(recipe, model, outputs, targets)
+    assert torch.isclose(total, 0.5 * losses["cls"] + 1000 * losses["ink"])
+
+
+def test_meter_state_survives_a_checkpoint(tiny):
+    recipe = tiny()
+    model = create_model(recipe, 1, (28, 28), {"cls": 10})
+    meter = EpochMeter(recipe, {"cls": 10}, torch.device("cpu"))
+    outputs = {"cls": torch.randn(16, 10), "ink": torch.randn(16)}
+    targets = {"label": torch.randint(0, 10, (16,)), "ink": torch.rand(16)}
+    total, losses = total_loss(recipe, model, outputs, targets)
+    meter.update(model, outputs, targets, total, losses)
+    copy = EpochMeter(recipe, {"cls": 10}, torch.device("cpu"))
+    copy.restore(meter.state_dict())
+    assert copy.compute("train") == meter.compute("train")

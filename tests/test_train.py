@@ -1,0 +1,189 @@
+"""End to end on a small subset of the real Fashion-MNIST: train, eval, interrupt, resume."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.recipe import dump_recipe
+from cnnlab.runs import RunFolder, load_checkpoint
+from cnnlab.train import Trainer, evaluate_run, train
+from tests.conftest import ROOT
+
+TIMING = {"seconds", "images_per_s"}
+
+
+def comparable(run: RunFolder) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in run.read_metrics()]
+
+
+def interrupt_after(trainer: Trainer, steps: int) -> None:
+    """Ask the loop to stop (as Ctrl-C does) once `steps` batches are done."""
+    update, count = trainer.train_meter.update, [0]
+
+    def counting(*args, **kwargs):
+        update(*args, **kwargs)
+        count[0] += 1
+        if count[0] == steps:
+            trainer._stop = True
+
+    trainer.train_meter.update = counting
+
+
+def test_train_writes_a_complete_run_folder(tiny):
+    run = train(tiny("train.epochs=2"))
+    rows = run.read_metrics()
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"train.loss", "val.cls.accuracy", "val.ink.rmse", "val.cls.f1", "lr"} <= rows[0].keys()
+    assert rows[1]["val.cls.accuracy"] > 0.5  # learns something in two tiny epochs
+    test = json.loads(run.test_path.read_text())
+    assert {"test.cls.accuracy", "test.ink.mae", "test.ink.rmse"} <= test.keys()
+    assert run.status()["state"] == "finished"
+    env = json.loads((run.path / "env.json").read_text())
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"]
+    assert run.recipe_path.read_text() == dump_recipe(run.recipe())
+    ckpt = load_checkpoint(run.last_path)
+    assert {"model", "optimizer", "scheduler", "rng", "loop"} <= ckpt.keys()
+    # eval re-reads the best checkpoint and reproduces the saved test metrics
+    assert evaluate_run(run.path) == test
+
+
+def test_same_recipe_same_metrics(tiny):
+    a, b = train(tiny()), train(tiny())
+    assert comparable(a) == comparable(b)
+    assert json.loads(a.test_path.read_text()) == json.loads(b.test_path.read_text())
+
+
+@pytest.mark.parametrize("stop_at", [7, 29])  # mid-epoch 1, and after the last batch of epoch 1
+def test_resume_reproduces_the_uninterrupted_run(tiny, stop_at):
+    recipe = tiny("train.epochs=2", "train.scheduler.name=onecycle", "data.train_subset=2000")
+    reference = train(recipe)
+
+    run = RunFolder.create(recipe)
+    first = Trainer(recipe, run)
+    interrupt_after(first, stop_at)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    assert run.status()["state"] == "interrupted"
+    assert load_checkpoint(run.last_path)["loop"]["step"] == stop_at
+
+    resumed = train(recipe, resume=run.path)
+    assert comparable(resumed) == comparable(reference)
+    assert json.loads(resumed.test_path.read_text()) == json.loads(reference.test_path.read_text())
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(tiny):
+    recipe = tiny(
+        "train.epochs=2",
+        "train.optimizer.lr=1e12",
+        "train.optimizer.name=sgd",
+        "train.scheduler.name=none",
+        "train.checkpoint_minutes=0.0001",
+    )
+    with pytest.raises(CnnlabError, match="the loss became (nan|inf).*lower train.optimizer.lr"):
+        train(recipe)
+    (folder,) = Path(recipe.output_dir).iterdir()
+    run = RunFolder(folder)
+    assert run.status()["state"] == "failed" and "non-finite" in run.status()["reason"]
+    if run.last_path.exists():  # every checkpoint written holds finite weights
+        weights = load_checkpoint(run.last_path)["model"]
+        assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_early_stopping_ends_the_run(tiny):
+    run = train(
+        tiny(
+            "train.epochs=6",
+            "train.early_stopping.patience=1",
+            "train.early_stopping.min_delta=1.0",
+        )
+    )
+    assert len(run.read_metrics()) == 2  # epoch 2 cannot improve by 1.0 -> stop
+
+
+@pytest.mark.parametrize("sched", ["step", "multistep", "onecycle", "cosine"])
+def test_schedulers_and_optimizers_train(tiny, sched):
+    opt = {"step": "sgd", "multistep": "adam", "onecycle": "adamw", "cosine": "sgd"}[sched]
+    run = train(
+        tiny(
+            "train.epochs=2",
+            f"train.scheduler.name={sched}",
+            f"train.optimizer.name={opt}",
+            "train.scheduler.warmup_epochs=0.5",
+            "train.scheduler.milestones=[1]",
+            "train.scheduler.step_size=1",
+            "train.optimizer.nesterov=true",
+            "train.grad_clip=1.0",
+            "train.precision=fp32",
+        )
+    )
+    lrs = [r["lr"] for r in run.read_metrics()]
+    assert lrs[0] != lrs[1] or sched == "multistep"
+
+
+def test_single_task_runs_are_the_same_recipe(tiny):
+    cls_only = train(tiny("tasks.ink=null"))
+    assert "test.ink.rmse" not in json.loads(cls_only.test_path.read_text())
+    reg_only = train(tiny("tasks.cls=null", "train.monitor=val.ink.rmse"))
+    test = json.loads(reg_only.test_path.read_text())
+    assert "test.cls.accuracy" not in test and test["test.ink.rmse"] < 0.1
+
+
+def test_cli_train_interrupt_resume_eval(tmp_path):
+    """As a user: Ctrl-C mid-run, resume, eval; the result equals an uninterrupted run."""
+    sets = [
+        f"output_dir={tmp_path / 'runs'}",
+        "data.train_subset=6000",
+        "data.test_subset=500",
+        "model.base_filters=8",
+        "train.epochs=3",
+        "train.progress=false",
+        "train.threads=2",
+    ]
+    args = [sys.executable, "-m", "cnnlab.cli", "train", "recipes/fashion_multitask.yaml"]
+    for s in sets:
+        args += ["--set", s]
+    proc = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "runs").glob("*/metrics.jsonl")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "interrupted at epoch" in err and "cnnlab train --resume" in err
+    assert "Traceback" not in err
+    run_dir = next((tmp_path / "runs").iterdir())
+
+    resume = subprocess.run(
+        [sys.executable, "-m", "cnnlab.cli", "train", "--resume", str(run_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resume.returncode == 0, resume.stderr
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "cnnlab.cli", "eval", str(run_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert evaluated.returncode == 0 and "test.cls.accuracy" in evaluated.stdout
+
+    from cnnlab.recipe import load_recipe
+
+    reference = train(
+        load_recipe(
+            ROOT / "recipes/fashion_multitask.yaml", [*sets, f"output_dir={tmp_path / 'ref'}"]
+        )
+    )
+    assert comparable(RunFolder(run_dir)) == comparable(reference)
