@@ -12,6 +12,7 @@ import contextlib
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -93,8 +94,11 @@ def target_stats(recipe: Recipe, splits: Splits) -> dict[str, tuple[float, float
 class Trainer:
     """One run: model, optimizer, data and the loop; `fit()` trains, `test()` evaluates."""
 
-    def __init__(self, recipe: Recipe, run: RunFolder):
+    def __init__(
+        self, recipe: Recipe, run: RunFolder, on_epoch: Callable[[dict], None] | None = None
+    ):
         self.recipe, self.run = recipe, run
+        self.on_epoch = on_epoch  # called with each epoch's metrics row (sweeps prune here)
         if recipe.train.threads:
             torch.set_num_threads(recipe.train.threads)
         self.device = resolve_device(recipe.train.device)
@@ -253,6 +257,8 @@ class Trainer:
         self.save_last()
         if self.recipe.train.progress:
             EpochProgress.summary(row, self.recipe.train.monitor)
+        if self.on_epoch is not None:
+            self.on_epoch(row)
 
     def validate(self) -> dict[str, float]:
         self.val_meter.reset()
@@ -299,8 +305,16 @@ class Trainer:
 # ------------------------------------------------------------------ entry points
 
 
-def train(recipe: Recipe, resume: str | Path | None = None) -> RunFolder:
-    """Train a recipe (or continue a run folder) and evaluate its best checkpoint on test."""
+def train(
+    recipe: Recipe,
+    resume: str | Path | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> RunFolder:
+    """Train a recipe (or continue a run folder) and evaluate its best checkpoint on test.
+
+    `on_epoch(row)` sees every epoch's metrics after they are saved; an exception it raises
+    (a sweep pruning the trial) ends training with the run folder consistent.
+    """
     if resume is not None:
         run = RunFolder.open(resume)
         if not run.last_path.is_file():
@@ -309,7 +323,7 @@ def train(recipe: Recipe, resume: str | Path | None = None) -> RunFolder:
             )
     else:
         run = RunFolder.create(recipe)
-    trainer = Trainer(recipe, run)
+    trainer = Trainer(recipe, run, on_epoch)
     write_json(run.path / "env.json", environment(trainer.device))
     if resume is not None:
         trainer.restore(run.last_path)
