@@ -229,7 +229,8 @@ class Trainer:
                         self.run.set_status("interrupted", epoch=st.epoch, step=st.step)
                         raise KeyboardInterrupt
         st.elapsed += time.monotonic() - last_save
-        self._end_epoch(started)
+        trained = (st.step - first_step) * cfg.batch_size
+        self._end_epoch(started, trained / max(time.monotonic() - started, 1e-9))
 
     def _check_finite(self, total: torch.Tensor) -> None:
         if not torch.isfinite(total).item():
@@ -240,7 +241,7 @@ class Trainer:
                 f"train.grad_clip (the last good checkpoint stays in {self.run.last_path.parent})"
             )
 
-    def _end_epoch(self, started: float) -> None:
+    def _end_epoch(self, started: float, images_per_s: float) -> None:
         st = self.state
         row = {"epoch": st.epoch + 1, **self.train_meter.compute("train")}
         if not math.isfinite(row["train.loss"]):
@@ -250,7 +251,7 @@ class Trainer:
             self.scheduler.step()
         seconds = time.monotonic() - started
         row.update(lr=self.optimizer.param_groups[0]["lr"], seconds=round(seconds, 2))
-        row["images_per_s"] = round(len(self.splits.train) / max(seconds, 1e-9), 1)
+        row["images_per_s"] = round(images_per_s, 1)  # training steps only, not validation
         st.epoch, st.step = st.epoch + 1, 0
         self._track_best(row)
         self.run.append_metrics(row)

@@ -1,0 +1,130 @@
+"""Training images/s: cnnlab's loop versus a seed-style loop, same model, data and batch.
+
+The reference is how the seed reports train: a `Dataset` whose `__getitem__` converts one
+PIL image at a time through torchvision transforms, a `DataLoader` with worker processes,
+NCHW fp32, and `loss.item()` every step. cnnlab keeps uint8 tensors in memory, gathers and
+augments whole batches, runs channels_last, with the recipe's precision (bf16 autocast).
+Both sides run in this process on the same Fashion-MNIST images, one after the other.
+
+    .venv/bin/python benchmarks/throughput.py [--images 12800] [--batch 64] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+from cnnlab.models import create_model
+from cnnlab.recipe import load_recipe
+from cnnlab.runs import RunFolder, device_name
+from cnnlab.train import Trainer
+
+DEMO = Path(__file__).resolve().parent.parent / "recipes" / "fashion_multitask.yaml"
+
+
+class SeedStyleDataset(torch.utils.data.Dataset):
+    """Per-sample: uint8 array -> PIL -> transforms -> tensor; ink from the [0, 1] image."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: float, std: float):
+        self.images, self.labels = images.numpy(), labels
+        self.to_tensor = transforms.Compose(
+            [
+                transforms.RandomHorizontalFlip(),
+                transforms.RandomCrop(28, padding=2),
+                transforms.ToTensor(),
+            ]
+        )
+        self.normalize = transforms.Normalize((mean,), (std,))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        x = self.to_tensor(Image.fromarray(self.images[i, 0]))
+        return self.normalize(x), self.labels[i], x.mean()
+
+
+def reference_loop(model, images, labels, batch: int, workers: int) -> float:
+    """Images/s of one timed pass after a short warm-up, seed style."""
+    data = SeedStyleDataset(images, labels, 0.286, 0.353)
+    loader = DataLoader(
+        data, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=True
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ink = model.heads["ink"]
+
+    def one_pass(limit: int | None) -> int:
+        seen = 0
+        for step, (x, y, target_ink) in enumerate(loader):
+            if limit is not None and step >= limit:
+                break
+            out = model(x)
+            loss = F.cross_entropy(out["cls"], y) + F.mse_loss(out["ink"], ink.encode(target_ink))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            _ = loss.item()  # the seed loops log the running loss every step
+            seen += x.shape[0]
+        return seen
+
+    model.train()
+    one_pass(20)
+    start = time.perf_counter()
+    seen = one_pass(None)
+    return seen / (time.perf_counter() - start)
+
+
+def cnnlab_loop(recipe) -> float:
+    """Images/s that cnnlab's own loop reports for its second epoch (the first warms up)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe.output_dir = tmp
+        trainer = Trainer(recipe, RunFolder.create(recipe))
+        trainer.fit()
+        return trainer.run.read_metrics()[-1]["images_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=12800, help="training images per pass")
+    parser.add_argument("--batch", type=int, default=64, help="batch size (the seed's: 64)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="DataLoader workers of the reference"
+    )
+    args = parser.parse_args()
+
+    overrides = [
+        f"data.train_subset={int(args.images / 0.9) + 1}",
+        f"train.batch_size={args.batch}",
+        "train.epochs=2",
+        "train.progress=false",
+        "train.device=cpu",
+    ]
+    recipe = load_recipe(DEMO, overrides)
+    ours = cnnlab_loop(recipe)
+
+    trainer = Trainer(recipe, RunFolder(tempfile.mkdtemp()))  # same images and same model shape
+    train = trainer.splits.train
+    nchw = load_recipe(DEMO, [*overrides, "train.channels_last=false"])
+    model = create_model(nchw, 1, (28, 28), {"cls": 10}, {"ink": (0.29, 0.09)})
+    ref = reference_loop(model, train.images, train.targets["label"], args.batch, args.workers)
+
+    print(f"device: {device_name(torch.device('cpu'))}, threads: {torch.get_num_threads()}")
+    print(f"model: {recipe.model.block_filters()} filters, batch {args.batch}, {len(train)} images")
+    print(
+        f"seed-style loop (Dataset + DataLoader x{args.workers}, NCHW, fp32): {ref:8.0f} images/s"
+    )
+    setup = f"tensors, batch augment, channels_last, {recipe.train.precision}"
+    print(f"cnnlab loop ({setup}): {ours:8.0f} images/s")
+    print(f"ratio: {ours / ref:.2f}x (target >= 2.5x)")
+
+
+if __name__ == "__main__":
+    main()
