@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -175,13 +176,19 @@ class Trainer:
     def fit(self) -> None:
         """Train to the last epoch (or early stop), checkpointing as it goes."""
         cfg = self.recipe.train
-        previous = signal.signal(signal.SIGINT, self._request_stop)
+        # Ctrl-C only sets a flag; the loop stops between steps with a checkpoint written.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._request_stop) if main else None
         self.run.set_status("running", epoch=self.state.epoch)
         try:
             while self.state.epoch < cfg.epochs and not self._early_stopped():
+                if self._stop:  # arrived during validation: last.pt is already current
+                    self.run.set_status("interrupted", epoch=self.state.epoch, step=0)
+                    raise KeyboardInterrupt
                 self._train_epoch()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            if main:
+                signal.signal(signal.SIGINT, previous)
         self.run.set_status("trained", epoch=self.state.epoch)
 
     def _epoch_generator(self) -> torch.Generator:
