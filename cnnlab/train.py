@@ -122,7 +122,7 @@ class Trainer:
         self.scheduler, self.per_step = build_scheduler(
             recipe.train, self.optimizer, self.steps_per_epoch
         )
-        self.train_meter = EpochMeter(recipe, self.num_classes, self.device)
+        self.train_meter = EpochMeter(recipe, self.num_classes, self.device, detailed=False)
         self.val_meter = EpochMeter(recipe, self.num_classes, self.device)
         self.autocast = autocast_for(self.device, recipe.train.precision)
         self.needed = {t.target for t in recipe.tasks.values()}

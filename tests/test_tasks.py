@@ -47,3 +47,31 @@ def test_meter_state_survives_a_checkpoint(tiny):
     copy = EpochMeter(recipe, {"cls": 10}, torch.device("cpu"))
     copy.restore(meter.state_dict())
     assert copy.compute("train") == meter.compute("train")
+
+
+def test_light_training_meter_agrees_with_torchmetrics(tiny):
+    recipe = tiny()
+    model = create_model(recipe, 1, (28, 28), {"cls": 10}, {"ink": (0.3, 0.1)})
+    full = EpochMeter(recipe, {"cls": 10}, torch.device("cpu"))
+    light = EpochMeter(recipe, {"cls": 10}, torch.device("cpu"), detailed=False)
+    gen = torch.Generator().manual_seed(0)
+    for n in (16, 16, 7):  # unequal batches: sums must weight by batch size
+        outputs = {"cls": torch.randn(n, 10, generator=gen), "ink": torch.randn(n, generator=gen)}
+        targets = {
+            "label": torch.randint(0, 10, (n,), generator=gen),
+            "ink": torch.rand(n, generator=gen),
+        }
+        total, losses = total_loss(recipe, model, outputs, targets)
+        full.update(model, outputs, targets, total, losses)
+        light.update(model, outputs, targets, total, losses)
+    a, b = full.compute("x"), light.compute("x")
+    assert set(b) == {
+        "x.loss",
+        "x.cls.loss",
+        "x.cls.accuracy",
+        "x.ink.loss",
+        "x.ink.mae",
+        "x.ink.rmse",
+    }
+    for key, value in b.items():
+        assert abs(a[key] - value) < 1e-5, key
