@@ -111,3 +111,10 @@ def test_cli_lists_shipped_recipes():
     out = run_cli("recipes")
     assert out.returncode == 0
     assert "fashion_multitask" in out.stdout and "seed000_best_rmse" in out.stdout
+
+
+def test_cli_eval_and_resume_of_a_non_run_are_one_line(tmp_path: Path):
+    for args in (("eval", str(tmp_path)), ("train", "--resume", str(tmp_path))):
+        out = run_cli(*args)
+        assert out.returncode == 2
+        assert out.stderr.count("\n") == 1 and "is not a run folder" in out.stderr
