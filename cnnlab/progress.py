@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -40,7 +40,8 @@ class EpochProgress:
         if self.enabled:
             self.bar.stop()
 
-    def advance(self, loss: torch.Tensor, images_per_s: float) -> None:
+    def advance(self, read: Callable[[], dict[str, float]], images_per_s: float) -> None:
+        """One step done; every REFRESH_S also show the running train metrics from `read`."""
         if not self.enabled:
             return
         now = time.monotonic()
@@ -48,19 +49,31 @@ class EpochProgress:
             self.bar.advance(self.task)
             return
         self.last = now
-        info = f"loss {loss.item():.4f}  {images_per_s:,.0f} img/s"
-        self.bar.update(self.task, advance=1, info=info)
+        shown = {
+            k.removeprefix("train.").replace("accuracy", "acc"): v
+            for k, v in read().items()
+            if _headline(k)
+        }
+        info = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
+        self.bar.update(self.task, advance=1, info=f"{info}  {images_per_s:,.0f} img/s")
 
     @staticmethod
     def summary(row: dict, monitor: str) -> None:
-        """One line per finished epoch: losses and every validation metric."""
+        """One line per finished epoch: headline validation metrics, the monitored one bold."""
         val = "  ".join(
-            f"{k.removeprefix('val.')} {v:.4f}" for k, v in row.items() if k.startswith("val.")
+            f"[bold]{k} {v:.4f}[/bold]" if k == monitor else f"{k} {v:.4f}"
+            for k, v in row.items()
+            if k.startswith("val.") and _headline(k)
         )
         console.print(
             f"epoch {row['epoch']:>3}  train.loss {row['train.loss']:.4f}  {val}  "
             f"[dim]{row['seconds']:.0f}s {row['images_per_s']:,.0f} img/s[/dim]"
         )
+
+
+def _headline(key: str) -> bool:
+    """The metrics worth a glance: total loss, accuracy, F1, RMSE (not every per-task loss)."""
+    return key.endswith((".accuracy", ".f1", ".rmse")) or key.count(".") == 1
 
 
 def print_metrics_table(metrics: dict, title: str) -> None:

@@ -226,7 +226,10 @@ class Trainer:
                 st.step += 1
                 st.global_step += 1
                 images = (st.step - first_step) * cfg.batch_size
-                bar.advance(total, images / max(time.monotonic() - started, 1e-9))
+                bar.advance(
+                    lambda: self.train_meter.compute("train"),
+                    images / max(time.monotonic() - started, 1e-9),
+                )
                 if self._stop or time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
                     self._check_finite(total)
                     st.elapsed += time.monotonic() - last_save
@@ -345,7 +348,7 @@ def train(
     metrics = trainer.test()
     run.set_status("finished", epoch=trainer.state.epoch, best_epoch=metrics["best_epoch"])
     if recipe.train.progress:
-        print_metrics_table(metrics, f"test metrics of {run.best_path}")
+        print_metrics_table(metrics, "test metrics of the best checkpoint")
     return run
 
 
