@@ -14,10 +14,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # before anything imports pyplot; we never open a window
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 # Class names and run names are user text: never let "$" start matplotlib's mathtext.
 RC = {"text.parse_math": False, "font.size": 9, "axes.titlesize": 9, "savefig.dpi": 130}

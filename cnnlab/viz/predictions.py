@@ -64,8 +64,8 @@ def predictions(view: RunView, grid: str = "10x3") -> list[Chart]:
     for ax in axes[len(index) :]:
         ax.set_visible(False)
     fig.suptitle(
-        f"{len(index)} test images: predicted class (✗ and red = wrong, true class "
-        f"in brackets); regression: true → predicted"
+        f"{len(index)} test images: predicted class\n(✗ and red = wrong, true class "
+        f"in brackets)\nregression: true → predicted"
     )
     return [
         Chart(
