@@ -106,6 +106,7 @@ class Chromium:
 
     def open(self, url: str, expression: str, settle: float = 1.0) -> PageResult:
         """Load `url`, wait for load + `settle` s, evaluate `expression`, screenshot."""
+        self.events = []  # events of an earlier page must not count for this one
         for domain in ("Page", "Runtime", "Log"):
             self.send(f"{domain}.enable")
         self.send("Page.navigate", url=url)
