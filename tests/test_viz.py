@@ -262,11 +262,25 @@ def test_predictions_grid(view):
             parse_grid(bad)
 
 
-def test_viz_cli_draws_pngs_and_rejects_bad_input(report_run, tmp_path):
+def cli(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
+    """`cnnlab ARGS` in this process (no second torch import): (status, stdout, stderr)."""
+    from cnnlab.cli import main
+
+    monkeypatch.setattr("sys.argv", ["cnnlab", *args])
+    try:
+        main()
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def test_viz_cli_draws_pngs_and_rejects_bad_input(report_run, tmp_path, capsys, monkeypatch):
     run = str(report_run[0])
     out = run_cli(
         "viz", run, "feature-maps", "--images", "2", "--channels", "3", "--out", str(tmp_path)
-    )
+    )  # one real subprocess, as a user types it
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "feature_maps_1.png",
@@ -276,14 +290,17 @@ def test_viz_cli_draws_pngs_and_rejects_bad_input(report_run, tmp_path):
         ("viz", run, "heatmap"): "figure 'heatmap' is unknown; choose one of: curves, ",
         ("viz", run, "predictions", "--grid", "10x"): "expected ROWSxCOLS",
         ("viz", run, "filters", "--grid", "2x2"): "--grid does not apply to filters",
+        ("viz", run, "feature-maps", "--channels", "0"): "--channels 0: choose 1 to 64",
         ("viz", str(tmp_path), "filters"): "is not a run folder",
         ("report", str(tmp_path / "nope")): "is not a folder",
     }
     for args, message in cases.items():
-        out = run_cli(*args)
-        assert out.returncode == 2, (args, out.stderr)
-        assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
-        assert len(out.stderr.strip().splitlines()) == 1
+        status, _, err = cli(capsys, monkeypatch, *args)
+        assert status == 2, (args, err)
+        assert message in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1
+    status, stdout, _ = cli(capsys, monkeypatch, "figures")
+    assert status == 0 and "guided-backprop" in stdout and "dead-units" in stdout
 
 
 def test_a_run_without_checkpoint_is_one_clear_error(report_run, tmp_path):
