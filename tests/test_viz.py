@@ -16,7 +16,7 @@ from cnnlab.models import BACKBONES
 from cnnlab.train import train
 from cnnlab.viz import FIGURES, RunView, make_charts
 from cnnlab.viz.base import grid_shape
-from cnnlab.viz.confusion import confusion_counts, group_errors
+from cnnlab.viz.confusion import confusion_charts, confusion_counts, group_errors
 from cnnlab.viz.dead_units import alive_units
 from cnnlab.viz.features import _filter_images, capture
 from cnnlab.viz.guided import guided_gradient, last_conv
@@ -90,6 +90,33 @@ def test_group_errors_add_up_by_group():
         confusion_counts(torch.tensor([0, 1]), torch.tensor([1, 1]), 2),
         torch.tensor([[0, 1], [0, 1]]),
     )
+
+
+def test_many_classes_stay_readable(tmp_path):
+    """GSN-like: 135 classes named "pair:count" get unlabelled matrices plus by-group views."""
+    pairs = [f"{a}+{b}" for i, a in enumerate("SCUDRL") for b in "SCUDRL"[i + 1 :]]
+    names = [f"{p}:{k}" for p in pairs for k in range(1, 10)]
+    gen = torch.Generator().manual_seed(0)
+    truth = torch.randint(0, 135, (4000,), generator=gen)
+    pred = torch.where(
+        torch.rand(4000, generator=gen) < 0.7, truth, torch.randint(0, 135, (4000,), generator=gen)
+    )
+    cm = confusion_counts(truth, pred, 135)
+    charts = {c.key: c for c in confusion_charts("cls", cm, names)}
+    assert set(charts) == {
+        "confusion_cls",
+        "per_class_cls",
+        "confused_pairs_cls",
+        "group_errors_cls",
+    }
+    matrix_ax = charts["confusion_cls"].figure.axes[0]
+    assert matrix_ax.get_xlabel() == "predicted class (index)"  # no 135 crammed names
+    assert not {t.get_text() for t in matrix_ax.get_xticklabels()} & set(names)
+    assert charts["group_errors_cls"].extra["groups"].shape == (15, 15)
+    assert int(charts["group_errors_cls"].extra["groups"].sum()) == int((truth != pred).sum())
+    assert len(charts["confused_pairs_cls"].table) == 15
+    for chart in charts.values():
+        assert chart.save(tmp_path).stat().st_size > 2000
 
 
 def test_regression_figure_agrees_with_the_test_metrics(view):

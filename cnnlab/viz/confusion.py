@@ -31,6 +31,8 @@ def _heatmap(fig, ax, matrix: torch.Tensor, names: list[str], title: str, fmt: s
     if n <= LABELLED:
         ax.set_xticks(range(n), [shorten(c, 14) for c in names], rotation=60, ha="right")
         ax.set_yticks(range(n), [shorten(c, 14) for c in names])
+    else:  # too many to label: class indices, names in the per-class table
+        ax.set(xlabel="predicted class (index)", ylabel="true class (index)")
     if n <= ANNOTATED:
         peak = matrix.max().item() or 1
         for (r, c), v in zip(
@@ -131,21 +133,29 @@ def group_errors(cm: torch.Tensor, names: list[str]) -> tuple[list[str], torch.T
     return groups, out
 
 
+def confusion_charts(task: str, cm: torch.Tensor, names: list[str]) -> list[Chart]:
+    """All confusion views of one task from its (n, n) count matrix."""
+    charts = [
+        _matrix_chart(task, cm, names),
+        _per_class_chart(task, cm, names),
+        _pairs_chart(task, cm, names),
+    ]
+    grouped = group_errors(cm, names)
+    if grouped is not None:
+        groups, g = grouped
+        fig = new_figure(7, 6)
+        ax = fig.subplots()
+        _heatmap(fig, ax, g, groups, f"{task}: misclassifications by group", "d")
+        charts.append(
+            Chart(f"group_errors_{task}", f"Errors by group: {task}", fig, extra={"groups": g})
+        )
+    return charts
+
+
 def confusion(view: RunView) -> list[Chart]:
     preds, charts = view.test_predictions, []
     for task in view.tasks_of("classification"):
         names = view.task_classes(task)
         cm = confusion_counts(preds.truth[task], preds.pred[task], len(names))
-        charts += [
-            _matrix_chart(task, cm, names),
-            _per_class_chart(task, cm, names),
-            _pairs_chart(task, cm, names),
-        ]
-        grouped = group_errors(cm, names)
-        if grouped is not None:
-            groups, g = grouped
-            fig = new_figure(7, 6)
-            ax = fig.subplots()
-            _heatmap(fig, ax, g, groups, f"{task}: misclassifications by group", "d")
-            charts.append(Chart(f"group_errors_{task}", f"Errors by group: {task}", fig))
+        charts += confusion_charts(task, cm, names)
     return charts

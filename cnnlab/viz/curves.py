@@ -64,7 +64,10 @@ def curves(view: RunView) -> list[Chart]:
         ax.legend(fontsize=7)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    pfig.update_layout(height=300 * nrows, showlegend=False, margin={"t": 40, "b": 30})
+    # No legend (it would repeat per panel): hovering shows every series of an epoch.
+    pfig.update_layout(
+        height=300 * nrows, showlegend=False, hovermode="x unified", margin={"t": 40, "b": 30}
+    )
     pfig.update_xaxes(title_text="epoch")
     return [
         Chart(
