@@ -19,8 +19,8 @@ from cnnlab.viz.base import grid_shape
 from cnnlab.viz.confusion import confusion_charts, confusion_counts, group_errors
 from cnnlab.viz.dead_units import alive_units
 from cnnlab.viz.features import _filter_images, capture
-from cnnlab.viz.guided import guided_gradient, last_conv
-from cnnlab.viz.hooks import analysis_mode, feature_blocks, forward_hooks
+from cnnlab.viz.guided import guided_gradient
+from cnnlab.viz.hooks import analysis_mode, feature_blocks, forward_hooks, last_conv
 from cnnlab.viz.predictions import parse_grid
 from tests.conftest import run_cli
 

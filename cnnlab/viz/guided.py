@@ -15,7 +15,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.viz.base import Chart, new_figure, show_image, unit_range
-from cnnlab.viz.hooks import analysis_mode, conv_layers, features_of, forward_hooks
+from cnnlab.viz.hooks import analysis_mode, features_of, forward_hooks, last_conv
 from cnnlab.viz.run_view import RunView
 
 
@@ -33,13 +33,6 @@ class NeuronOutput(nn.Module):
         return out["layer"][:, self.channel].amax(dim=(1, 2))  # (B,)
 
 
-def last_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    convs = conv_layers(model)
-    if not convs:
-        raise CnnlabError(f"{type(model).__name__} has no Conv2d layer")
-    return list(convs.items())[-1]
-
-
 def guided_gradient(model: nn.Module, layer: nn.Module, channel: int, x: torch.Tensor):
     """Captum's guided backprop of one channel's peak for images x (B, C, H, W)."""
     with analysis_mode(model), warnings.catch_warnings():
@@ -49,22 +42,11 @@ def guided_gradient(model: nn.Module, layer: nn.Module, channel: int, x: torch.T
         return gbp.attribute(x).detach()  # (B, C, H, W)
 
 
-@torch.inference_mode()
-def channel_peaks(view: RunView, layer: nn.Module, split: str = "test") -> torch.Tensor:
-    """(N, C): each image's maximum of each channel of `layer`."""
-    peaks: list[torch.Tensor] = []
-    hook = lambda n, m, y: peaks.append(y.float().amax(dim=(2, 3)).cpu())  # noqa: E731
-    with analysis_mode(view.model), forward_hooks({"layer": layer}, hook):
-        for x, _ in view.batches(split):
-            features_of(view.model, x)
-    return torch.cat(peaks)
-
-
 def guided_backprop(view: RunView, neurons: int = 10) -> list[Chart]:
     if not 1 <= neurons <= 64:
         raise CnnlabError(f"--neurons {neurons}: choose 1 to 64")
     name, conv = last_conv(view.model)
-    peaks = channel_peaks(view, conv)  # (N, C)
+    peaks = view.test_predictions.peaks  # (N, C), recorded in the same pass as predictions
     best_value, best_image = peaks.max(dim=0)  # (C,), (C,)
     channels = best_value.argsort(descending=True)[: min(neurons, len(best_value))]
     channels = channels.sort().values.tolist()  # the most excitable channels, in order

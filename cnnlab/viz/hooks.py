@@ -89,6 +89,13 @@ def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
     return {n: m for n, m in backbone_of(model).named_modules() if isinstance(m, nn.Conv2d)}
 
 
+def last_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    convs = conv_layers(model)
+    if not convs:
+        raise CnnlabError(f"{type(model).__name__} has no Conv2d layer")
+    return list(convs.items())[-1]
+
+
 def feature_blocks(model: nn.Module) -> dict[str, nn.Module]:
     """The stages whose outputs are "feature maps": `backbone.blocks` when the backbone
     has them (cnn, and the ResNet stages to come), else every top-level child holding a

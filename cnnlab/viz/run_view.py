@@ -21,6 +21,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import MultiTaskModel, create_model
 from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, load_checkpoint
+from cnnlab.viz.hooks import analysis_mode, forward_hooks, last_conv
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Predictions:
 
     truth: dict[str, torch.Tensor]  # task -> (N,) class index or target value
     pred: dict[str, torch.Tensor]  # task -> (N,)
+    peaks: torch.Tensor  # (N, C) each image's max of each channel of the last conv layer
 
 
 class RunView:
@@ -111,15 +113,22 @@ class RunView:
 
     @torch.inference_mode()
     def predict(self, split: str) -> Predictions:
+        """One pass over a split: decoded predictions, targets, and the per-channel peaks of
+        the last conv layer (guided backprop picks its images from them)."""
         truth: dict[str, list[torch.Tensor]] = {k: [] for k in self.recipe.tasks}
         pred: dict[str, list[torch.Tensor]] = {k: [] for k in self.recipe.tasks}
-        for x, targets in self.batches(split):
-            out = self.model.predict(x)
-            for name, task in self.recipe.tasks.items():
-                truth[name].append(targets[task.target].cpu())
-                pred[name].append(
-                    out[name].float().cpu() if task.type == "regression" else out[name].cpu()
-                )
+        peaks: list[torch.Tensor] = []
+        _, conv = last_conv(self.model)
+        record = lambda n, m, y: peaks.append(y.float().amax(dim=(2, 3)).cpu())  # noqa: E731
+        with analysis_mode(self.model), forward_hooks({"conv": conv}, record):
+            for x, targets in self.batches(split):
+                out = self.model.predict(x)
+                for name, task in self.recipe.tasks.items():
+                    truth[name].append(targets[task.target].cpu())
+                    value = out[name].float() if task.type == "regression" else out[name]
+                    pred[name].append(value.cpu())
         return Predictions(
-            {k: torch.cat(v) for k, v in truth.items()}, {k: torch.cat(v) for k, v in pred.items()}
+            {k: torch.cat(v) for k, v in truth.items()},
+            {k: torch.cat(v) for k, v in pred.items()},
+            torch.cat(peaks),
         )
