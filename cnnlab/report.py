@@ -88,8 +88,6 @@ def _section(view: RunView, sid: str, title: str, names: list[str], folder: Path
             section.missing = str(err)
             continue
         section.blocks += [_block(c, folder) for c in charts]
-    if not section.blocks and section.missing is None:
-        section.missing = "no task of this kind in the recipe"
     return section
 
 
@@ -121,6 +119,8 @@ def build_report(run: str | Path) -> Path:
     view = RunView(run)
     folder = view.run.path / "figures"
     sections = [_section(view, sid, title, names, folder) for sid, title, names in SECTIONS]
+    # A section with nothing to show and nothing to explain (no regression task) is left out.
+    sections = [s for s in sections if s.blocks or s.missing]
     env_path = view.run.path / "env.json"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     import plotly.offline

@@ -8,6 +8,8 @@
       checkpoints/last.pt  latest state (end of epoch or mid-epoch), for --resume
       checkpoints/best.pt  weights of the best epoch by train.monitor
       test_metrics.json    final test-set metrics of the best checkpoint
+      figures/*.png        every figure of the run (`cnnlab report` / `cnnlab viz`)
+      report.html          self-contained report: recipe, metrics, curves, all figures
 
 Every file that matters is written atomically (temp file + rename): an interruption leaves
 either the old or the new version, never half of one.
