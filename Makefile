@@ -6,7 +6,7 @@ CNNLAB := $(VENV)/bin/cnnlab
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test lint bench clean
+.PHONY: setup data demo test lint bench clean browser
 
 setup: $(STAMP)
 
@@ -34,8 +34,14 @@ apt-data:
 demo: data
 	$(CNNLAB) train recipes/fashion_multitask.yaml
 
-test: data
+test: data browser
 	$(VENV)/bin/pytest -q
+
+# Headless Chromium for the report's browser test (tests/test_report.py): Debian's package.
+browser:
+	@[ -x /usr/bin/chromium ] || { echo "installing Debian's chromium"; \
+	  $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update -qq >/dev/null && $(SUDO) apt-get install -y -qq chromium >/dev/null); }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check cnnlab tests benchmarks

@@ -47,6 +47,8 @@ def train(
         parsed = RunFolder.open(resume).recipe()
     run = run_training(parsed, resume=resume)
     typer.echo(f"run folder: {run.path}")
+    if parsed.train.report and (run.path / "report.html").is_file():
+        typer.echo(f"report: {run.path / 'report.html'}")
 
 
 @app.command("eval")
@@ -87,6 +89,49 @@ def fetch(
     files = get_source(source).locate(root, download)
     folders = sorted({str(p.parent) for p in files.values()})
     typer.echo(f"{source}: {', '.join(folders)}")
+
+
+# --------------------------------------------------------- viz + report (issue 4)
+
+
+@app.command()
+def report(run: Path = typer.Argument(..., help="run folder")) -> None:
+    """Write RUN/report.html and RUN/figures/*.png (all figures of the run)."""
+    from cnnlab.report import build_report
+
+    typer.echo(f"report: {build_report(run)}")
+
+
+@app.command()
+def viz(
+    run: Path = typer.Argument(..., help="run folder"),
+    figure: str = typer.Argument(..., help="figure name; `cnnlab figures` lists them"),
+    images: int | None = typer.Option(None, help="feature-maps: test images to show"),
+    channels: int | None = typer.Option(None, help="feature-maps: channels per block"),
+    neurons: int | None = typer.Option(None, help="guided-backprop: neurons of the last conv"),
+    grid: str | None = typer.Option(None, help="predictions: ROWSxCOLS, e.g. 10x3"),
+    out: Path | None = typer.Option(None, help="folder for the PNGs (default RUN/figures)"),
+) -> None:
+    """Draw one figure of a run as PNG files."""
+    from cnnlab.viz import FIGURES, render
+
+    if figure not in FIGURES:  # before torch and the data are loaded
+        raise CnnlabError(f"figure {figure!r} is unknown; choose one of: {', '.join(FIGURES)}")
+    given = {"images": images, "channels": channels, "neurons": neurons, "grid": grid}
+    for path in render(run, figure, out, **{k: v for k, v in given.items() if v is not None}):
+        typer.echo(str(path))
+
+
+@app.command()
+def figures() -> None:
+    """List the figures `cnnlab viz` can draw."""
+    from cnnlab.viz import list_figures
+
+    for name, doc in list_figures().items():
+        typer.echo(f"{name:<18} {doc}")
+
+
+# ------------------------------------------------------------------------------
 
 
 def main() -> None:

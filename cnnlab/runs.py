@@ -8,6 +8,8 @@
       checkpoints/last.pt  latest state (end of epoch or mid-epoch), for --resume
       checkpoints/best.pt  weights of the best epoch by train.monitor
       test_metrics.json    final test-set metrics of the best checkpoint
+      figures/*.png        every figure of the run (`cnnlab report` / `cnnlab viz`)
+      report.html          self-contained report: recipe, metrics, curves, all figures
 
 Every file that matters is written atomically (temp file + rename): an interruption leaves
 either the old or the new version, never half of one.
@@ -40,6 +42,9 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False)
     """Write via a temp file in the same folder, fsync, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; run files are as shareable as any other
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)

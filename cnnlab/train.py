@@ -349,7 +349,19 @@ def train(
     run.set_status("finished", epoch=trainer.state.epoch, best_epoch=metrics["best_epoch"])
     if recipe.train.progress:
         print_metrics_table(metrics, "test metrics of the best checkpoint")
+    if recipe.train.report:
+        write_run_report(run)
     return run
+
+
+def write_run_report(run: RunFolder) -> None:
+    """report.html + figures/ of a finished run; a failure leaves the trained run intact."""
+    from cnnlab.report import build_report
+
+    try:
+        build_report(run.path)
+    except CnnlabError as err:
+        print(f"warning: no report ({err}); retry with: cnnlab report {run.path}")
 
 
 def evaluate_run(path: str | Path) -> dict[str, float]:

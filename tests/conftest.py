@@ -19,19 +19,22 @@ DEMO = ROOT / "recipes" / "fashion_multitask.yaml"
 torch.set_num_threads(2)
 
 
+# The demo recipe shrunk to seconds: 2,000 training images, 1 epoch, small model.
+TINY = [
+    "data.train_subset=2000",
+    "data.test_subset=500",
+    "model.base_filters=8",
+    "train.epochs=1",
+    "train.progress=false",
+    "train.threads=2",
+    "train.device=cpu",
+    "train.report=false",  # report tests turn it on
+]
+
+
 def tiny_recipe(tmp_path: Path, *overrides: str) -> Recipe:
-    """The demo recipe shrunk to seconds: 2,000 training images, 1 epoch, small model."""
-    base = [
-        f"output_dir={tmp_path / 'runs'}",
-        "data.train_subset=2000",
-        "data.test_subset=500",
-        "model.base_filters=8",
-        "train.epochs=1",
-        "train.progress=false",
-        "train.threads=2",
-        "train.device=cpu",
-    ]
-    return load_recipe(DEMO, [*base, *overrides])
+    """The demo recipe shrunk to seconds (TINY), writing runs under tmp_path."""
+    return load_recipe(DEMO, [f"output_dir={tmp_path / 'runs'}", *TINY, *overrides])
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
@@ -49,3 +52,20 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 @pytest.fixture
 def tiny(tmp_path: Path):
     return lambda *overrides: tiny_recipe(tmp_path, *overrides)
+
+
+# ------------------------------------------------------------ viz + report (issue 4)
+
+
+@pytest.fixture(scope="session")
+def report_run(tmp_path_factory) -> tuple[Path, str]:
+    """One tiny run trained by `cnnlab train` as a user would, report on: (folder, stdout).
+
+    Shared read-only by the viz and report tests (they write into copies or --out folders).
+    """
+    tmp = tmp_path_factory.mktemp("report_run")
+    sets = [f"output_dir={tmp / 'runs'}", *TINY, "train.epochs=2", "train.report=true"]
+    out = run_cli("train", str(DEMO), *(a for s in sets for a in ("--set", s)))
+    assert out.returncode == 0, out.stderr
+    (folder,) = (tmp / "runs").iterdir()
+    return folder, out.stdout

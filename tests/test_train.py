@@ -145,6 +145,7 @@ def test_cli_train_interrupt_resume_eval(tmp_path):
         "train.epochs=3",
         "train.progress=false",
         "train.threads=2",
+        "train.report=false",
     ]
     args = [sys.executable, "-m", "cnnlab.cli", "train", "recipes/fashion_multitask.yaml"]
     for s in sets:

@@ -1,0 +1,145 @@
+"""report.html: one self-contained file with a run's recipe, metrics and every figure.
+
+Images are embedded as base64 PNGs (the same files as figures/*.png), interactive charts
+are plotly with plotly.js inlined once, so the file opens offline and can be mailed.
+Everything a user typed (run and class names, recipe values) reaches the page through
+Jinja2 with autoescaping, or as JSON with <, > and & escaped inside <script>.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from cnnlab.errors import CnnlabError
+from cnnlab.recipe import dump_recipe, metric_goal
+from cnnlab.runs import write_text
+from cnnlab.viz import Chart, RunView, make_charts
+
+# (section id, title, figure names): the order of report.html
+SECTIONS = [
+    ("curves", "Learning curves", ["curves"]),
+    ("predictions", "Predictions", ["predictions"]),
+    ("confusion", "Confusion", ["confusion"]),
+    ("regression", "Regression", ["regression"]),
+    ("feature-maps", "Feature maps", ["feature-maps"]),
+    ("filters", "First-layer filters", ["filters"]),
+    ("guided-backprop", "Guided backpropagation", ["guided-backprop"]),
+    ("dead-units", "Dead units", ["dead-units"]),
+]
+
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("cnnlab", "templates"),
+    autoescape=True,  # every {{ value }} is HTML-escaped unless marked safe here
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+@dataclass
+class Block:
+    """One chart as the template shows it."""
+
+    key: str
+    title: str
+    caption: str
+    png: str  # base64
+    plot_json: str | None = None  # escaped plotly JSON, safe inside <script>
+    table: list[dict] | None = None
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+    missing: str | None = None  # why the section is empty
+
+
+def script_json(data: str) -> str:
+    """JSON that cannot close a <script> element or open a comment: escape <, >, &."""
+    return data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _png(chart: Chart, folder: Path) -> str:
+    path = chart.save(folder)
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _block(chart: Chart, folder: Path) -> Block:
+    plot = None
+    if chart.plotly is not None:
+        plot = script_json(chart.plotly.to_json())
+    return Block(chart.key, chart.title, chart.caption, _png(chart, folder), plot, chart.table)
+
+
+def _section(view: RunView, sid: str, title: str, names: list[str], folder: Path) -> Section:
+    section = Section(sid, title)
+    for name in names:
+        try:
+            charts = make_charts(view, name)
+        except CnnlabError as err:  # e.g. a backbone without conv layers: say so, go on
+            section.missing = str(err)
+            continue
+        section.blocks += [_block(c, folder) for c in charts]
+    return section
+
+
+def metrics_table(view: RunView) -> list[dict]:
+    """One row per metric: best validation epoch and test value."""
+    rows = view.metrics()
+    test = view.test_metrics()
+    monitor = view.recipe.train.monitor
+    best = None
+    if rows:
+        pick = max if metric_goal(monitor) == "max" else min
+        best = pick(rows, key=lambda r: r.get(monitor, float("nan")))
+    names = [k.removeprefix("val.") for k in (best or {}) if k.startswith("val.")]
+    names += [k.removeprefix("test.") for k in test if k.startswith("test.")]
+    out = []
+    for name in dict.fromkeys(names):
+        val = (best or {}).get(f"val.{name}")
+        out.append({"metric": name, "val": val, "test": test.get(f"test.{name}")})
+    return out
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def build_report(run: str | Path) -> Path:
+    """Write RUN/figures/*.png and RUN/report.html; returns the report's path."""
+    started = time.monotonic()
+    view = RunView(run)
+    folder = view.run.path / "figures"
+    sections = [_section(view, sid, title, names, folder) for sid, title, names in SECTIONS]
+    # A section with nothing to show and nothing to explain (no regression task) is left out.
+    sections = [s for s in sections if s.blocks or s.missing]
+    env_path = view.run.path / "env.json"
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    import plotly.offline
+
+    html = TEMPLATES.get_template("report.html.j2").render(
+        name=view.name,
+        status=view.run.status(),
+        test=view.test_metrics(),
+        metrics=metrics_table(view),
+        epochs=len(view.metrics()),
+        recipe_yaml=dump_recipe(view.recipe),
+        env=env,
+        env_json=json.dumps(env, indent=2),
+        sections=sections,
+        fmt=_fmt,
+        plotly_js=plotly.offline.get_plotlyjs(),
+        built=time.strftime("%Y-%m-%d %H:%M:%S"),
+        seconds=round(time.monotonic() - started, 1),
+    )
+    path = view.run.path / "report.html"
+    write_text(path, html)
+    return path

@@ -1,0 +1,75 @@
+"""Figures of a run, by name: `cnnlab viz RUN NAME` and report.html both use this registry.
+
+Each figure function takes a `RunView` (plus its own options) and returns a list of
+`Chart`s; a new figure is one function here and one entry in FIGURES.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cnnlab.errors import CnnlabError
+from cnnlab.viz.base import Chart
+from cnnlab.viz.confusion import confusion
+from cnnlab.viz.curves import curves
+from cnnlab.viz.dead_units import dead_units
+from cnnlab.viz.features import feature_maps, filters
+from cnnlab.viz.guided import guided_backprop
+from cnnlab.viz.predictions import predictions
+from cnnlab.viz.regression import regression
+from cnnlab.viz.run_view import RunView
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    make: Callable[..., list[Chart]]  # (RunView, **options) -> charts
+    doc: str
+
+
+FIGURES: dict[str, FigureSpec] = {
+    "curves": FigureSpec(curves, "train/val loss and metrics per epoch, one panel per task"),
+    "predictions": FigureSpec(predictions, "grid of test images, true vs predicted (--grid)"),
+    "confusion": FigureSpec(confusion, "confusion matrices, per-class accuracy, top errors"),
+    "regression": FigureSpec(regression, "predicted vs true and residuals per regression task"),
+    "feature-maps": FigureSpec(
+        feature_maps, "first channels of every block (--images, --channels)"
+    ),
+    "filters": FigureSpec(filters, "first-layer filters and their maps for one test image"),
+    "guided-backprop": FigureSpec(guided_backprop, "guided backprop, last conv layer (--neurons)"),
+    "dead-units": FigureSpec(dead_units, "units that never activate on the validation set"),
+}
+
+
+def list_figures() -> dict[str, str]:
+    return {name: spec.doc for name, spec in FIGURES.items()}
+
+
+def get_figure(name: str) -> FigureSpec:
+    if name not in FIGURES:
+        raise CnnlabError(f"figure {name!r} is unknown; choose one of: {', '.join(FIGURES)}")
+    return FIGURES[name]
+
+
+def make_charts(view: RunView, name: str, **options) -> list[Chart]:
+    """Run one figure with the options the user gave; an option it does not take is an error."""
+    spec = get_figure(name)
+    accepted = list(inspect.signature(spec.make).parameters)[1:]
+    for key in options:
+        if key not in accepted:
+            allowed = ", ".join(f"--{a}" for a in accepted) or "none"
+            raise CnnlabError(f"--{key} does not apply to {name}; its options: {allowed}")
+    return spec.make(view, **options)
+
+
+def render(run: str | Path, name: str, out: Path | None = None, **options) -> list[Path]:
+    """`cnnlab viz`: draw one figure of a run into RUN/figures/ (or `out`); PNG paths."""
+    get_figure(name)  # an unknown name fails before any data is loaded
+    view = RunView(run)
+    folder = out or view.run.path / "figures"
+    return [chart.save(folder) for chart in make_charts(view, name, **options)]
+
+
+__all__ = ["FIGURES", "Chart", "RunView", "get_figure", "list_figures", "make_charts", "render"]

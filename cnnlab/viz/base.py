@@ -1,0 +1,90 @@
+"""What every figure function returns, and the small drawing helpers they share.
+
+Figures are drawn on `matplotlib.figure.Figure` objects directly (no pyplot, no display):
+they render with the Agg canvas, hold no global state and are safe in tests and servers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # before anything imports pyplot; we never open a window
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+# Class names and run names are user text: never let "$" start matplotlib's mathtext.
+RC = {"text.parse_math": False, "font.size": 9, "axes.titlesize": 9, "savefig.dpi": 130}
+
+
+@dataclass
+class Chart:
+    """One figure of a run: a PNG for papers, optionally an interactive version and a table."""
+
+    key: str  # file stem under figures/, e.g. "confusion_cls"
+    title: str
+    figure: Figure
+    caption: str = ""
+    plotly: Any | None = None  # a plotly Figure for report.html
+    table: list[dict] | None = None  # rows shown under the figure in report.html
+    extra: dict = field(default_factory=dict)  # numbers tests and the report read
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.key}.png"
+        with matplotlib.rc_context(RC):
+            self.figure.savefig(path, bbox_inches="tight")
+        return path
+
+
+def new_figure(width: float, height: float) -> Figure:
+    with matplotlib.rc_context(RC):
+        return Figure(figsize=(width, height), layout="constrained")
+
+
+def show_image(ax: Axes, image: torch.Tensor, title: str = "", **kw) -> None:
+    """Draw a uint8 or float image (C, H, W) with C = 1 (gray), 3 (RGB) or any (channel 0)."""
+    img = image.detach().cpu().float()
+    if image.dtype == torch.uint8:
+        img = img / 255.0
+    if img.shape[0] == 3:
+        ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), **kw)
+    else:
+        ax.imshow(img[0].numpy(), cmap=kw.pop("cmap", "gray"), **kw)
+    ax.set_title(title)
+    hide_ticks(ax)
+
+
+def show_map(ax: Axes, fmap: torch.Tensor, title: str = "", cmap: str = "viridis") -> None:
+    """Draw one activation map (H, W), scaled to its own range."""
+    ax.imshow(fmap.detach().float().cpu().numpy(), cmap=cmap)
+    ax.set_title(title)
+    hide_ticks(ax)
+
+
+def hide_ticks(ax: Axes) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Scale to [0, 1] over the whole tensor (flat tensors become 0.5)."""
+    lo, hi = x.min(), x.max()
+    return (x - lo) / (hi - lo) if hi > lo else torch.full_like(x, 0.5)
+
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """Rows and columns of a near-square grid: 64 -> 8x8, 32 -> 4x8, 10 -> 3x4."""
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    return rows, cols
+
+
+def shorten(text: str, n: int = 18) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"

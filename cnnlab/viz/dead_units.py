@@ -1,0 +1,74 @@
+"""Dead units (seed 003): channels / hidden units that never activate on the validation set.
+
+A unit of an activation layer is alive when its output is > 0 for at least one position of
+one validation image; a dead ReLU unit passes no gradient, so it no longer learns.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnlab.viz.base import Chart, new_figure
+from cnnlab.viz.hooks import activation_layers, analysis_mode, check_single_use, forward_hooks
+from cnnlab.viz.run_view import RunView
+
+
+@torch.inference_mode()
+def alive_units(model: nn.Module, batches) -> dict[str, torch.Tensor]:
+    """Activation layer name -> (units,) bool: did the unit ever output > 0?"""
+    alive: dict[str, torch.Tensor] = {}
+
+    def record(name: str, module: nn.Module, y: torch.Tensor) -> None:
+        dims = [d for d in range(y.dim()) if d != 1]  # all but the unit (channel) dim
+        fired = (y > 0).any(dim=dims).cpu() if y.dim() > 1 else (y > 0).cpu()
+        alive[name] = alive[name] | fired if name in alive else fired
+
+    forwards = 0
+    with analysis_mode(model), forward_hooks(activation_layers(model), record) as calls:
+        for x, _ in batches:
+            model(x)
+            forwards += 1
+    check_single_use(calls, forwards)
+    return alive
+
+
+def dead_table(alive: dict[str, torch.Tensor]) -> list[dict]:
+    return [
+        {
+            "layer": name,
+            "units": len(a),
+            "dead": int((~a).sum()),
+            "dead fraction": round(float((~a).float().mean()), 4),
+        }
+        for name, a in alive.items()
+    ]
+
+
+def dead_units(view: RunView) -> list[Chart]:
+    rows = dead_table(alive_units(view.model, view.batches("val")))
+    total = sum(r["units"] for r in rows)
+    dead = sum(r["dead"] for r in rows)
+    fig = new_figure(7, 0.9 + 0.3 * len(rows))
+    ax = fig.subplots()
+    ax.barh(range(len(rows)), [r["dead fraction"] for r in rows], color="#7f8c8d")
+    ax.set_yticks(range(len(rows)), [f"{r['layer']} ({r['units']})" for r in rows])
+    ax.invert_yaxis()
+    ax.set(
+        xlim=(0, 1),
+        xlabel="fraction of units never > 0 on the validation set",
+        ylabel="activation layer (units)",
+        title=f"Dead units: {dead} of {total}",
+    )
+    ax.grid(axis="x", alpha=0.3)
+    return [
+        Chart(
+            "dead_units",
+            "Dead units",
+            fig,
+            f"{dead} of {total} units ({dead / max(total, 1):.1%}) never activate on the "
+            f"{len(view.split('val'))} validation images.",
+            table=rows,
+            extra={"dead": dead, "total": total},
+        )
+    ]

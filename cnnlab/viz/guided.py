@@ -1,0 +1,79 @@
+"""Guided backpropagation (Springenberg et al. 2015) for neurons of the last conv layer.
+
+A "neuron" is one channel of the last Conv2d; its value for an image is the channel's
+maximum over positions. For each chosen channel we find the test image that excites it
+most and show Captum's guided gradient of that value with respect to the image.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from captum.attr import GuidedBackprop
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.viz.base import Chart, new_figure, show_image, unit_range
+from cnnlab.viz.hooks import analysis_mode, features_of, forward_hooks, last_conv
+from cnnlab.viz.run_view import RunView
+
+
+class NeuronOutput(nn.Module):
+    """model -> (B,) value of one channel of `layer` (max over H, W), for Captum."""
+
+    def __init__(self, model: nn.Module, layer: nn.Module, channel: int):
+        super().__init__()
+        self.model, self.layer, self.channel = model, layer, channel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: dict[str, torch.Tensor] = {}
+        with forward_hooks({"layer": self.layer}, lambda n, m, y: out.__setitem__(n, y)):
+            features_of(self.model, x)
+        return out["layer"][:, self.channel].amax(dim=(1, 2))  # (B,)
+
+
+def guided_gradient(model: nn.Module, layer: nn.Module, channel: int, x: torch.Tensor):
+    """Captum's guided backprop of one channel's peak for images x (B, C, H, W)."""
+    with analysis_mode(model), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Setting backward hooks")
+        gbp = GuidedBackprop(NeuronOutput(model, layer, channel))
+        x = x.detach().clone().requires_grad_(True)
+        return gbp.attribute(x).detach()  # (B, C, H, W)
+
+
+def guided_backprop(view: RunView, neurons: int = 10) -> list[Chart]:
+    if not 1 <= neurons <= 64:
+        raise CnnlabError(f"--neurons {neurons}: choose 1 to 64")
+    name, conv = last_conv(view.model)
+    peaks = view.test_predictions.peaks  # (N, C), recorded in the same pass as predictions
+    best_value, best_image = peaks.max(dim=0)  # (C,), (C,)
+    channels = best_value.argsort(descending=True)[: min(neurons, len(best_value))]
+    channels = channels.sort().values.tolist()  # the most excitable channels, in order
+    test = view.split("test")
+    fig = new_figure(3.6, 1.8 * len(channels))
+    axes = fig.subplots(len(channels), 2, squeeze=False)
+    grads = []
+    for r, c in enumerate(channels):
+        i = int(best_image[c])
+        x = view.batch("test", torch.tensor([i]))
+        g = guided_gradient(view.model, conv, c, x)[0].cpu()  # (C, H, W)
+        grads.append(g)
+        show_image(axes[r, 0], test.images[i], f"ch {c}: test #{i}")
+        axes[r, 0].set_ylabel(f"peak {best_value[c]:.2f}")
+        show_image(axes[r, 1], unit_range(g), "guided gradient")
+    fig.suptitle(f"Guided backprop, {name}\n(top-{len(channels)} channels by peak)")
+    return [
+        Chart(
+            "guided_backprop",
+            f"Guided backpropagation ({len(channels)} neurons of {name})",
+            fig,
+            "Left: the test image that excites the channel most; right: its guided "
+            "gradient (Captum), scaled to [0, 1].",
+            extra={
+                "channels": channels,
+                "images": [int(best_image[c]) for c in channels],
+                "grads": grads,
+            },
+        )
+    ]

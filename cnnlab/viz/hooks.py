@@ -1,0 +1,133 @@
+"""Forward hooks that are always removed, and how analyses find layers in any backbone.
+
+Hook-based analysis breaks on three things: in-place activations (the hooked output is
+overwritten by the next op), one activation module reused in several places (its hook
+fires more than once per forward), and functional activations (`F.relu`: no module, no
+hook). cnnlab's layer factory avoids all three; `analysis_mode` additionally turns off any
+`inplace` flag for the duration of an analysis, and `check_single_use` names a reused
+module instead of returning silently wrong numbers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models.layers import ACTIVATIONS
+
+Hook = Callable[[str, nn.Module, torch.Tensor], None]  # (layer name, module, output)
+
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (*ACTIVATIONS.values(), nn.ReLU6, nn.ELU, nn.PReLU)
+
+
+@contextmanager
+def forward_hooks(modules: dict[str, nn.Module], fn: Hook) -> Iterator[Counter]:
+    """Call `fn(name, module, output)` after each module's forward; yields call counts.
+
+    The hooks are removed in `finally`, so an exception inside the block (or inside `fn`)
+    leaves the model exactly as it was.
+    """
+    calls: Counter = Counter()
+    handles = []
+
+    def make(name: str):
+        def hook(module: nn.Module, inputs, output) -> None:
+            calls[name] += 1
+            fn(name, module, output)
+
+        return hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make(name)))
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def analysis_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode with every `inplace` flag off; both restored afterwards."""
+    was_training = model.training
+    inplace = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+    try:
+        for m in inplace:
+            m.inplace = False
+        model.eval()
+        yield model
+    finally:
+        for m in inplace:
+            m.inplace = True
+        model.train(was_training)
+
+
+def check_single_use(calls: Counter, forwards: int) -> None:
+    """A module whose hook fired more often than the model ran is shared between places."""
+    for name, n in calls.items():
+        if n > forwards:
+            raise CnnlabError(
+                f"module {name!r} runs {n // max(forwards, 1)} times per forward (one module "
+                "reused in several places); hook-based figures need one module per use"
+            )
+
+
+# ---------------------------------------------------------------- finding layers
+
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    return getattr(model, "backbone", model)
+
+
+def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
+    """Every Conv2d of the backbone in forward-definition order, by qualified name."""
+    return {n: m for n, m in backbone_of(model).named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def last_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    convs = conv_layers(model)
+    if not convs:
+        raise CnnlabError(f"{type(model).__name__} has no Conv2d layer")
+    return list(convs.items())[-1]
+
+
+def feature_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """The stages whose outputs are "feature maps": `backbone.blocks` when the backbone
+    has them (cnn, and the ResNet stages to come), else every top-level child holding a
+    convolution."""
+    backbone = backbone_of(model)
+    blocks = getattr(backbone, "blocks", None)
+    if isinstance(blocks, nn.ModuleList | nn.Sequential):
+        return {f"block {i + 1}": b for i, b in enumerate(blocks)}
+    found = {
+        name: child
+        for name, child in backbone.named_children()
+        if any(isinstance(m, nn.Conv2d) for m in child.modules())
+    }
+    if not found:
+        raise CnnlabError(f"{type(backbone).__name__} has no convolutional blocks to show")
+    return found
+
+
+def activation_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Activation modules (ReLU, GELU, ...) anywhere in the model, by qualified name."""
+    acts = {n: m for n, m in model.named_modules() if isinstance(m, ACTIVATION_TYPES)}
+    if not acts:
+        raise CnnlabError(
+            f"{type(model).__name__} has no activation modules (functional activations such "
+            "as F.relu cannot be hooked); build activations with cnnlab.models.layers.create_act"
+        )
+    return acts
+
+
+def features_of(model: nn.Module, x: torch.Tensor) -> None:
+    """Run only as far as the backbone's features when it can (skips the heads)."""
+    if hasattr(model, "forward_features"):
+        model.forward_features(x)
+    else:
+        model(x)

@@ -1,0 +1,77 @@
+"""Regression tasks: predicted vs true on the test set, and the residual histogram."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import torch
+
+from cnnlab.viz.base import Chart, new_figure
+from cnnlab.viz.run_view import RunView
+
+MAX_POINTS = 3000  # interactive scatter: a sample keeps report.html small
+
+
+def regression(view: RunView) -> list[Chart]:
+    preds = view.test_predictions
+    charts = []
+    for task in view.tasks_of("regression"):
+        y, p = preds.truth[task].float(), preds.pred[task].float()  # (N,), (N,)
+        resid = p - y
+        rmse = resid.pow(2).mean().sqrt().item()
+        mae = resid.abs().mean().item()
+        target = view.recipe.tasks[task].target
+        fig = new_figure(8, 3.4)
+        ax1, ax2 = fig.subplots(1, 2)
+        lo, hi = min(y.min(), p.min()).item(), max(y.max(), p.max()).item()
+        ax1.scatter(y.numpy(), p.numpy(), s=4, alpha=0.4)
+        ax1.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="y = x")
+        ax1.set(
+            xlabel=f"true {target}",
+            ylabel=f"predicted {target}",
+            title=f"{task}: test RMSE {rmse:.4g}, MAE {mae:.4g}",
+        )
+        ax1.legend()
+        ax2.hist(resid.numpy(), bins=50)
+        ax2.axvline(0, color="k", linewidth=1)
+        ax2.set(
+            xlabel=f"residual (predicted - true {target})",
+            ylabel="test images",
+            title=f"{task}: residuals",
+        )
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:MAX_POINTS]
+        pfig = go.Figure(
+            [
+                go.Scatter(
+                    x=y[keep].tolist(),
+                    y=p[keep].tolist(),
+                    mode="markers",
+                    marker={"size": 4, "opacity": 0.5},
+                    name="test images",
+                    text=[f"test #{i}" for i in keep.tolist()],
+                ),
+                go.Scatter(
+                    x=[lo, hi],
+                    y=[lo, hi],
+                    mode="lines",
+                    name="y = x",
+                    line={"dash": "dash", "color": "black"},
+                ),
+            ]
+        )
+        pfig.update_layout(
+            height=420,
+            xaxis_title=f"true {target}",
+            yaxis_title=f"predicted {target}",
+            title=f"{task}: predicted vs true",
+        )
+        charts.append(
+            Chart(
+                f"regression_{task}",
+                f"Regression: {task}",
+                fig,
+                f"Test set, {len(y)} images.",
+                plotly=pfig,
+                extra={"rmse": rmse, "mae": mae, "n": len(y)},
+            )
+        )
+    return charts

@@ -1,0 +1,134 @@
+"""A finished run as the figures see it: recipe, metrics, best weights, data, predictions.
+
+Everything is read from the run folder (recipe.yaml, metrics.jsonl, checkpoints/best.pt
+loaded with weights_only=True) and the dataset through the same `prepare_splits` path
+training used, so figures show exactly the split the run was evaluated on. Nothing here
+writes to the run or touches training state (optimizer, last.pt, rng).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from cnnlab.data.base import ImageSet
+from cnnlab.data.batches import Splits, prepare_splits
+from cnnlab.errors import CnnlabError
+from cnnlab.models import MultiTaskModel, create_model
+from cnnlab.recipe import Recipe
+from cnnlab.runs import RunFolder, load_checkpoint
+from cnnlab.viz.hooks import analysis_mode, forward_hooks, last_conv
+
+
+@dataclass
+class Predictions:
+    """Decoded predictions of the best model on one split, on the CPU."""
+
+    truth: dict[str, torch.Tensor]  # task -> (N,) class index or target value
+    pred: dict[str, torch.Tensor]  # task -> (N,)
+    peaks: torch.Tensor  # (N, C) each image's max of each channel of the last conv layer
+
+
+class RunView:
+    """Lazy access to one run; each heavy part (data, model, predictions) is built once."""
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
+        path = Path(path)
+        if not path.is_dir():
+            raise CnnlabError(f"{path} is not a folder; give a run folder such as runs/<run>")
+        self.run = RunFolder.open(path)
+        if not self.run.best_path.is_file():
+            raise CnnlabError(
+                f"{path} has no checkpoints/best.pt yet; figures need a run that finished "
+                "at least one epoch"
+            )
+        self.recipe: Recipe = self.run.recipe()
+        self.device = torch.device(device)
+
+    @property
+    def name(self) -> str:
+        return self.run.path.name
+
+    @cached_property
+    def checkpoint(self) -> dict:
+        return load_checkpoint(self.run.best_path, "cpu")
+
+    @property
+    def classes(self) -> dict[str, list[str]]:
+        """Class names per categorical target, as saved with the weights."""
+        return self.checkpoint["classes"]
+
+    def task_classes(self, task: str) -> list[str]:
+        return list(self.classes[self.recipe.tasks[task].target])
+
+    def tasks_of(self, kind: str) -> list[str]:
+        return [name for name, t in self.recipe.tasks.items() if t.type == kind]
+
+    def metrics(self) -> list[dict]:
+        return self.run.read_metrics()
+
+    def test_metrics(self) -> dict:
+        path = self.run.test_path
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    @cached_property
+    def splits(self) -> Splits:
+        # Normal tensors even when first asked for inside inference_mode: guided backprop
+        # later needs autograd through the same data and weights.
+        with torch.inference_mode(False):
+            return prepare_splits(self.recipe, self.device)
+
+    @cached_property
+    def model(self) -> MultiTaskModel:
+        """Best weights in a freshly built model, eval mode, gradients off."""
+        num_classes = {t: len(self.task_classes(t)) for t in self.tasks_of("classification")}
+        with torch.inference_mode(False):
+            model = create_model(
+                self.recipe, self.splits.in_channels, self.splits.image_size, num_classes
+            )
+            model.load_state_dict(self.checkpoint["model"])  # also the regression target stats
+            model.requires_grad_(False)
+            return model.to(self.device).eval()
+
+    def split(self, name: str) -> ImageSet:
+        return getattr(self.splits, name)
+
+    def batch(self, split: str, index: torch.Tensor) -> torch.Tensor:
+        """Normalized model input for chosen images of a split: (B, C, H, W)."""
+        images = self.split(split).images[index.to(self.device)].float().div_(255)
+        x, _ = self.splits.finish(images, {}, set())
+        return x
+
+    def batches(self, split: str, batch_size: int = 500):
+        needed = {t.target for t in self.recipe.tasks.values()}
+        return self.splits.eval_batches(split, batch_size, needed)
+
+    @cached_property
+    def test_predictions(self) -> Predictions:
+        return self.predict("test")
+
+    @torch.inference_mode()
+    def predict(self, split: str) -> Predictions:
+        """One pass over a split: decoded predictions, targets, and the per-channel peaks of
+        the last conv layer (guided backprop picks its images from them)."""
+        truth: dict[str, list[torch.Tensor]] = {k: [] for k in self.recipe.tasks}
+        pred: dict[str, list[torch.Tensor]] = {k: [] for k in self.recipe.tasks}
+        peaks: list[torch.Tensor] = []
+        _, conv = last_conv(self.model)
+        record = lambda n, m, y: peaks.append(y.float().amax(dim=(2, 3)).cpu())  # noqa: E731
+        with analysis_mode(self.model), forward_hooks({"conv": conv}, record):
+            for x, targets in self.batches(split):
+                out = self.model.predict(x)
+                for name, task in self.recipe.tasks.items():
+                    truth[name].append(targets[task.target].cpu())
+                    value = out[name].float() if task.type == "regression" else out[name]
+                    pred[name].append(value.cpu())
+        return Predictions(
+            {k: torch.cat(v) for k, v in truth.items()},
+            {k: torch.cat(v) for k, v in pred.items()},
+            torch.cat(peaks),
+        )

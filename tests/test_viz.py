@@ -1,0 +1,352 @@
+"""Figures of a run: each computes the right numbers, works on every backbone, and leaves
+the model as it found it (hooks removed, flags restored), even when something fails."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models import BACKBONES
+from cnnlab.train import train
+from cnnlab.viz import FIGURES, RunView, make_charts
+from cnnlab.viz.base import grid_shape
+from cnnlab.viz.confusion import confusion_charts, confusion_counts, group_errors
+from cnnlab.viz.dead_units import alive_units
+from cnnlab.viz.features import _filter_images, capture
+from cnnlab.viz.guided import guided_gradient
+from cnnlab.viz.hooks import analysis_mode, feature_blocks, forward_hooks, last_conv
+from cnnlab.viz.predictions import parse_grid
+from tests.conftest import run_cli
+
+
+def no_hooks_left(model: nn.Module) -> bool:
+    return all(
+        not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
+        for m in model.modules()
+    )
+
+
+@pytest.fixture(scope="module")
+def view(report_run) -> RunView:
+    return RunView(report_run[0])
+
+
+# ------------------------------------------------------------ every figure, every backbone
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_every_figure_on_every_backbone(backbone, tiny, tmp_path, report_run):
+    # The shared run already is a cnn: no second training for it.
+    shared = backbone == "cnn"
+    path = report_run[0] if shared else train(tiny(f"model.backbone={backbone}")).path
+    view = RunView(path)
+    for name in FIGURES:
+        charts = make_charts(view, name)
+        assert charts or name == "regression", name
+        for chart in charts:
+            png = chart.save(tmp_path / backbone)
+            assert png.stat().st_size > 2000, png  # a real picture, not an empty canvas
+            for ax in chart.figure.axes:  # every visible panel of a plot is labelled
+                if ax.get_visible() and ax.lines:
+                    assert ax.get_xlabel() and ax.get_ylabel(), (name, ax.get_title())
+    assert no_hooks_left(view.model)
+
+
+# -------------------------------------------------------------------- numbers are right
+
+
+def test_confusion_counts_sum_to_the_test_set_and_match_predictions(view):
+    (chart, *_) = make_charts(view, "confusion")
+    counts = chart.extra["counts"]
+    preds = view.test_predictions
+    assert counts.shape == (10, 10)
+    assert int(counts.sum()) == len(view.split("test")) == 500
+    manual = torch.zeros(10, 10, dtype=torch.long)
+    for t, p in zip(preds.truth["cls"].tolist(), preds.pred["cls"].tolist(), strict=True):
+        manual[t, p] += 1
+    assert torch.equal(counts, manual)
+    # accuracy from the matrix agrees with the test metrics training wrote (bf16 there)
+    test = json.loads((view.run.path / "test_metrics.json").read_text())
+    assert abs(counts.diag().sum() / 500 - test["test.cls.accuracy"]) < 0.02
+    names = [row["class"] for row in chart.table]
+    assert names == view.task_classes("cls") and "Ankle boot" in names
+
+
+def test_group_errors_add_up_by_group():
+    names = ["a+b:1", "a+b:2", "a+c:1", "b+c:1"]
+    cm = torch.tensor([[5, 2, 1, 0], [3, 4, 0, 0], [0, 0, 6, 2], [1, 0, 0, 7]])
+    groups, g = group_errors(cm, names)
+    assert groups == ["a+b", "a+c", "b+c"]
+    assert g.tolist() == [[5, 1, 0], [0, 0, 2], [1, 0, 0]]  # diagonal (correct) excluded
+    assert int(g.sum()) == int(cm.sum() - cm.diag().sum())
+    assert group_errors(cm, ["x", "y", "z", "w"]) is None
+    assert torch.equal(
+        confusion_counts(torch.tensor([0, 1]), torch.tensor([1, 1]), 2),
+        torch.tensor([[0, 1], [0, 1]]),
+    )
+
+
+def test_many_classes_stay_readable(tmp_path):
+    """GSN-like: 135 classes named "pair:count" get unlabelled matrices plus by-group views."""
+    pairs = [f"{a}+{b}" for i, a in enumerate("SCUDRL") for b in "SCUDRL"[i + 1 :]]
+    names = [f"{p}:{k}" for p in pairs for k in range(1, 10)]
+    gen = torch.Generator().manual_seed(0)
+    truth = torch.randint(0, 135, (4000,), generator=gen)
+    pred = torch.where(
+        torch.rand(4000, generator=gen) < 0.7, truth, torch.randint(0, 135, (4000,), generator=gen)
+    )
+    cm = confusion_counts(truth, pred, 135)
+    charts = {c.key: c for c in confusion_charts("cls", cm, names)}
+    assert set(charts) == {
+        "confusion_cls",
+        "per_class_cls",
+        "confused_pairs_cls",
+        "group_errors_cls",
+    }
+    matrix_ax = charts["confusion_cls"].figure.axes[0]
+    assert matrix_ax.get_xlabel() == "predicted class (index)"  # no 135 crammed names
+    assert not {t.get_text() for t in matrix_ax.get_xticklabels()} & set(names)
+    assert charts["group_errors_cls"].extra["groups"].shape == (15, 15)
+    assert int(charts["group_errors_cls"].extra["groups"].sum()) == int((truth != pred).sum())
+    assert len(charts["confused_pairs_cls"].table) == 15
+    for chart in charts.values():
+        assert chart.save(tmp_path).stat().st_size > 2000
+
+
+def test_regression_figure_agrees_with_the_test_metrics(view):
+    (chart,) = make_charts(view, "regression")
+    test = json.loads((view.run.path / "test_metrics.json").read_text())
+    assert chart.extra["n"] == 500
+    assert chart.extra["rmse"] == pytest.approx(test["test.ink.rmse"], rel=0.05)
+    assert chart.extra["mae"] == pytest.approx(test["test.ink.mae"], rel=0.05)
+
+
+class GuidedReLU(nn.Module):
+    """Reference guided ReLU: forward relu, backward passes only positive gradient where x>0."""
+
+    class Fn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.clamp(min=0)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return grad.clamp(min=0) * (x > 0).to(grad.dtype)
+
+    def forward(self, x):
+        return self.Fn.apply(x)
+
+
+def manual_guided(model: nn.Module, layer_name: str, channel: int, x: torch.Tensor):
+    ref = copy.deepcopy(model)
+    for m in list(ref.modules()):
+        for child_name, child in list(m.named_children()):
+            if isinstance(child, nn.ReLU):
+                setattr(m, child_name, GuidedReLU())
+    layer = dict(ref.backbone.named_modules())[layer_name]
+    out = {}
+    handle = layer.register_forward_hook(lambda m, i, y: out.__setitem__("y", y))
+    x = x.detach().clone().requires_grad_(True)
+    try:
+        ref.forward_features(x)
+    finally:
+        handle.remove()
+    out["y"][:, channel].amax(dim=(1, 2)).sum().backward()
+    return x.grad
+
+
+def test_guided_backprop_equals_a_manual_guided_relu_computation(view):
+    name, conv = last_conv(view.model)
+    x = view.batch("test", torch.tensor([3, 7]))
+    for channel in (0, 5):
+        ours = guided_gradient(view.model, conv, channel, x)  # Captum underneath
+        ref = manual_guided(view.model, name, channel, x)
+        assert ours.shape == x.shape
+        assert ours.abs().sum() > 0
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6)
+    # and it is not the plain gradient: the guided rule really changed something
+    plain = x.detach().clone().requires_grad_(True)
+    out = {}
+    with forward_hooks({"c": conv}, lambda n, m, y: out.__setitem__("y", y)):
+        view.model.forward_features(plain)
+    out["y"][:, 0].amax(dim=(1, 2)).sum().backward()
+    assert not torch.allclose(plain.grad, guided_gradient(view.model, conv, 0, x))
+    assert no_hooks_left(view.model)
+
+
+def test_guided_backprop_figure_picks_the_most_exciting_image(view):
+    (chart,) = make_charts(view, "guided-backprop", neurons=4)
+    assert len(chart.extra["channels"]) == 4
+    _, conv = last_conv(view.model)
+    acts = capture(view.model, {"c": conv}, view.batch("test", torch.arange(500)))["c"]
+    peaks = acts.amax(dim=(2, 3))  # (N, C)
+    for c, i in zip(chart.extra["channels"], chart.extra["images"], strict=True):
+        assert peaks[:, c].argmax().item() == i
+
+
+def test_dead_units_counts_units_forced_dead(view):
+    model = copy.deepcopy(view.model)
+    batches = list(view.batches("val"))
+    before = alive_units(model, batches)
+    # Force units dead: BN of block 1 outputs -1 for channels 0-2 -> ReLU never fires;
+    # hidden units 0-9 of the cls head get weight 0, bias -1.
+    bn = model.backbone.blocks[0][1]
+    bn.weight.data[:3], bn.bias.data[:3] = 0.0, -1.0
+    middle = alive_units(model, batches)  # later layers see different features now
+    lin = model.heads["cls"][0]
+    lin.weight.data[:10], lin.bias.data[:10] = 0.0, -1.0
+    after = alive_units(model, batches)
+    block_act, head_act = "backbone.blocks.0.2", "heads.cls.1"
+    assert set(after) == set(before) and {block_act, head_act} <= set(after)
+    expect_block = before[block_act].clone()
+    expect_block[:3] = False
+    expect_head = middle[head_act].clone()
+    expect_head[:10] = False
+    assert torch.equal(after[block_act], expect_block)
+    assert torch.equal(after[head_act], expect_head)
+    assert (~after[head_act]).sum() >= 10
+    assert no_hooks_left(model)
+
+
+# --------------------------------------------------- hooks: removed, in-place, reuse
+
+
+def test_hooks_are_removed_after_an_exception(view):
+    blocks = feature_blocks(view.model)
+    with pytest.raises(RuntimeError):
+        capture(view.model, blocks, torch.zeros(2, 5, 28, 28))  # wrong channel count
+    assert no_hooks_left(view.model)
+    with pytest.raises(ValueError), forward_hooks(blocks, lambda n, m, y: None):
+        raise ValueError("inside the block")
+    assert no_hooks_left(view.model)
+
+    def boom(name, module, y):
+        raise KeyError(name)
+
+    with pytest.raises(KeyError), forward_hooks(blocks, boom):
+        view.model.forward_features(view.batch("test", torch.tensor([0])))
+    assert no_hooks_left(view.model)
+
+
+def test_inplace_activations_are_switched_off_and_restored(view):
+    model = copy.deepcopy(view.model)
+    batches = list(view.batches("val"))
+    reference = alive_units(model, batches)
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    for m in relus:
+        m.inplace = True
+    model.train()
+    with analysis_mode(model):
+        assert not model.training and not any(m.inplace for m in relus)
+    assert model.training and all(m.inplace for m in relus)
+    assert {k: v.tolist() for k, v in alive_units(model, batches).items()} == {
+        k: v.tolist() for k, v in reference.items()
+    }
+
+
+def test_a_reused_activation_module_is_refused():
+    act = nn.ReLU()
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), act, nn.Conv2d(4, 4, 3), act)
+    with pytest.raises(CnnlabError, match="reused"):
+        alive_units(model, [(torch.randn(2, 1, 8, 8), {})])
+    assert no_hooks_left(model)
+
+
+# ----------------------------------------------------------------- shapes and options
+
+
+def test_feature_maps_show_every_block(view):
+    charts = make_charts(view, "feature-maps", images=2, channels=3)
+    assert [c.key for c in charts] == ["feature_maps_1", "feature_maps_2"]
+    shapes = charts[0].extra["shapes"]
+    assert list(shapes) == ["block 1", "block 2", "block 3"]
+    assert [s[1:] for s in shapes.values()] == [(8, 14, 14), (16, 7, 7), (32, 3, 3)]
+    assert len(charts[0].figure.axes) == 4 * 3  # (input row + 3 blocks) x 3 channels
+
+
+def test_filter_grids():
+    assert grid_shape(64) == (8, 8) and grid_shape(32) == (6, 6) and grid_shape(8) == (3, 3)
+    rgb = _filter_images(torch.randn(64, 3, 5, 5))
+    assert rgb.shape == (64, 3, 5, 5) and rgb.min() == 0 and rgb.amax(dim=(1, 2, 3)).eq(1).all()
+    gray = _filter_images(torch.randn(16, 8, 3, 3))  # deeper inputs: mean over channels
+    assert gray.shape == (16, 1, 3, 3)
+
+
+def test_predictions_grid(view):
+    (chart,) = make_charts(view, "predictions", grid="4x5")
+    assert len(chart.extra["index"]) == 20 and len(set(chart.extra["index"])) == 20
+    assert parse_grid("10x3") == (10, 3) and parse_grid(" 2 X 7 ") == (2, 7)
+    for bad in ("10x", "x3", "0x3", "10*3", "", "100x1"):
+        with pytest.raises(CnnlabError, match="ROWSxCOLS"):
+            parse_grid(bad)
+
+
+def cli(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
+    """`cnnlab ARGS` in this process (no second torch import): (status, stdout, stderr)."""
+    from cnnlab.cli import main
+
+    monkeypatch.setattr("sys.argv", ["cnnlab", *args])
+    try:
+        main()
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def test_viz_cli_draws_pngs_and_rejects_bad_input(report_run, tmp_path, capsys, monkeypatch):
+    run = str(report_run[0])
+    out = run_cli(
+        "viz", run, "feature-maps", "--images", "2", "--channels", "3", "--out", str(tmp_path)
+    )  # one real subprocess, as a user types it
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "feature_maps_1.png",
+        "feature_maps_2.png",
+    ]
+    cases = {
+        ("viz", run, "heatmap"): "figure 'heatmap' is unknown; choose one of: curves, ",
+        ("viz", run, "predictions", "--grid", "10x"): "expected ROWSxCOLS",
+        ("viz", run, "filters", "--grid", "2x2"): "--grid does not apply to filters",
+        ("viz", run, "feature-maps", "--channels", "0"): "--channels 0: choose 1 to 64",
+        ("viz", str(tmp_path), "filters"): "is not a run folder",
+        ("report", str(tmp_path / "nope")): "is not a folder",
+    }
+    for args, message in cases.items():
+        status, _, err = cli(capsys, monkeypatch, *args)
+        assert status == 2, (args, err)
+        assert message in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1
+    status, stdout, _ = cli(capsys, monkeypatch, "figures")
+    assert status == 0 and "guided-backprop" in stdout and "dead-units" in stdout
+
+
+def test_a_run_without_checkpoint_is_one_clear_error(report_run, tmp_path):
+    (tmp_path / "recipe.yaml").write_text((report_run[0] / "recipe.yaml").read_text())
+    with pytest.raises(CnnlabError, match="no checkpoints/best.pt yet"):
+        RunView(tmp_path)
+
+
+def test_figures_never_touch_training_state(report_run, tmp_path):
+    run: Path = report_run[0]
+    watched = [
+        run / "checkpoints" / "last.pt",
+        run / "checkpoints" / "best.pt",
+        run / "metrics.jsonl",
+        run / "recipe.yaml",
+        run / "status.json",
+    ]
+    before = {p: p.read_bytes() for p in watched}
+    view = RunView(run)
+    for name in ("filters", "dead-units", "guided-backprop"):
+        make_charts(view, name)
+    assert {p: p.read_bytes() for p in watched} == before
