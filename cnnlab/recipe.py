@@ -161,6 +161,7 @@ class TrainConfig(Section):
     threads: int | None = Field(None, ge=1)  # CPU threads; None = all cores
     checkpoint_minutes: float = Field(5.0, gt=0.0)  # mid-epoch checkpoint interval
     progress: bool = True  # live progress bar on the terminal
+    test_at_end: bool = True  # evaluate the best checkpoint on test; sweeps turn it off
 
 
 # ------------------------------------------------------------------------- recipe

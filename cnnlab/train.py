@@ -309,11 +309,13 @@ def train(
     recipe: Recipe,
     resume: str | Path | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    run: RunFolder | None = None,
 ) -> RunFolder:
     """Train a recipe (or continue a run folder) and evaluate its best checkpoint on test.
 
     `on_epoch(row)` sees every epoch's metrics after they are saved; an exception it raises
-    (a sweep pruning the trial) ends training with the run folder consistent.
+    (a sweep pruning the trial) ends training with the run folder consistent. `run` is a
+    fresh folder made by the caller (a sweep links it to its trial before training starts).
     """
     if resume is not None:
         run = RunFolder.open(resume)
@@ -321,7 +323,7 @@ def train(
             raise CnnlabError(
                 f"{run.path} has no checkpoint yet (checkpoints/last.pt); start it anew"
             )
-    else:
+    elif run is None:
         run = RunFolder.create(recipe)
     trainer = Trainer(recipe, run, on_epoch)
     write_json(run.path / "env.json", environment(trainer.device))
@@ -334,6 +336,9 @@ def train(
             f"interrupted at epoch {trainer.state.epoch + 1}, step {trainer.state.step}; "
             f"continue with: cnnlab train --resume {run.path}"
         ) from None
+    if not recipe.train.test_at_end:  # sweep trials: the test set must not drive a choice
+        run.set_status("finished", epoch=trainer.state.epoch, best_epoch=trainer.state.best_epoch)
+        return run
     metrics = trainer.test()
     run.set_status("finished", epoch=trainer.state.epoch, best_epoch=metrics["best_epoch"])
     if recipe.train.progress:
