@@ -77,7 +77,11 @@ def select(
         picks.append(_pick(f"best {name}", rows[best], vals[best], base))
     if len(names) > 1:
         for i in pareto_front(vals, names):
-            picks.append(_pick("pareto", rows[i], vals[i], base))
+            same = next((p for p in picks if p.trial == rows[i].number), None)
+            if same is not None:
+                same.role += ", pareto"
+            else:
+                picks.append(_pick("pareto", rows[i], vals[i], base))
     if test:
         _test(picks, folder)
     _save(folder, picks, names, test)

@@ -19,6 +19,7 @@ import copy
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -103,6 +104,8 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
 
 def open_storage(url: str | None, folder: Path, heartbeat: int) -> BaseStorage:
     """The study's storage: the folder's journal file, or an SQLAlchemy URL."""
+    # Heartbeats and stale-trial retries are "experimental" in Optuna since 2.8: said once here.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     grace = max(3 * heartbeat, heartbeat + 2)
     if url is None:
         return HeartbeatJournalStorage(folder / JOURNAL_FILE, heartbeat, grace)
