@@ -250,7 +250,9 @@ def parse_map(raw: Any, source: str) -> tuple[dict[str, MapEntry], dict[str, str
             values = spec.get("values")
             if values is not None and not isinstance(values, dict):
                 raise CnnlabError(f"name map {source}: {name}.values must map value -> value")
-            if spec.get("path") is None and not all(isinstance(v, dict) for v in values or {0: 0}):
+            if spec.get("path") is None and not all(
+                isinstance(v, dict) for v in (values or {0: 0}).values()
+            ):
                 raise CnnlabError(
                     f"name map {source}: {name} has no `path`, so each of its values must be a "
                     "mapping of recipe paths, e.g. {true: {data.augment.hflip: true}}"
@@ -402,9 +404,12 @@ def parse_sweep(
     if run_cap is not None and (not isinstance(run_cap, int) or run_cap < 1):
         raise CnnlabError(f"sweep file {source}: run_cap must be a positive integer")
     early = _parse_early_terminate(raw.get("early_terminate"), source, notes)
-    return SweepSpec(
+    spec = SweepSpec(
         method, metric, goal, params, constants, mapping, early, run_cap, notes, metric_map
     )
+    if method == "grid":
+        spec.grid()  # a continuous range has no grid: say so now
+    return spec
 
 
 def _parse_metric(raw: Any, source: str, metric_map: dict[str, str]) -> tuple[str, str, list]:

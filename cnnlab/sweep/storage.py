@@ -114,24 +114,29 @@ def open_storage(url: str | None, folder: Path, heartbeat: int) -> BaseStorage:
             f"--storage {url!r} is not a database URL; use e.g. "
             "postgresql://user@host/db, or leave it out for a journal file in the sweep folder"
         )
-    try:
-        return RDBStorage(
-            url,
-            heartbeat_interval=heartbeat,
-            grace_period=grace,
-            heartbeat_stale_trial_callback=RetryStaleTrial(),
-        )
-    except ModuleNotFoundError as err:
-        raise CnnlabError(
-            f"--storage {redact(url)} needs the Python package {err.name!r}; "
-            "pip install psycopg2-binary (PostgreSQL) or the driver your URL names"
-        ) from None
-    except Exception as err:  # sqlalchemy's OperationalError, ArgumentError, ...
-        first = str(err).strip().splitlines()[0][:200]
-        raise CnnlabError(
-            f"cannot open the study database {redact(url)}: {first}; check the URL, that the "
-            "server runs and that this machine may connect"
-        ) from None
+    for attempt in range(3):  # workers starting together may race to create the tables
+        try:
+            return RDBStorage(
+                url,
+                heartbeat_interval=heartbeat,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=RetryStaleTrial(),
+            )
+        except ImportError:
+            raise CnnlabError(
+                f"--storage {redact(url)}: its database driver is not installed; pip install "
+                "'psycopg[binary]' (PostgreSQL) or the driver your URL names"
+            ) from None
+        except Exception as err:  # sqlalchemy's OperationalError, ArgumentError, ...
+            if attempt < 2:
+                time.sleep(1 + attempt)
+                continue
+            first = str(err).strip().splitlines()[0][:200]
+            raise CnnlabError(
+                f"cannot open the study database {redact(url)}: {first}; check the URL, that "
+                "the server runs and that this machine may connect"
+            ) from None
+    raise AssertionError("unreachable")
 
 
 def redact(url: str | None) -> str:
