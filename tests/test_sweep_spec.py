@@ -110,7 +110,8 @@ early_terminate: {type: hyperband, max_iter: 27, s: 2, eta: 3}
          "method 'hyper'; use one of: grid, random, bayes"),
         ("method: grid\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
          "run_caps: 3", "unsupported key 'run_caps'"),
-        ("method: grid\nmetric: {name: val.loss}\nparameters: {train.optimizer.lr: {min: 0.1, max: 1.0}}",
+        ("method: grid\nmetric: {name: val.loss}\n"
+         "parameters: {train.optimizer.lr: {min: 0.1, max: 1.0}}",
          "method grid needs a list of `values`"),
         ("method: random\nmetric: {name: val.loss}\n"
          "parameters: {train.optimizer.lr: {distribution: normal, mu: 0, sigma: 1}}",

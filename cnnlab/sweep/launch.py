@@ -62,14 +62,14 @@ def sweep(
     if workers == 1:
         from cnnlab.sweep.worker import run_worker, worker_slots
 
-        threads, device = worker_slots(1, "auto")[0]
+        threads, device = worker_slots(1, folder.base()["train"])[0]
         why = run_worker(folder, storage, threads, device)
         if why != "done":
             raise CnnlabError(f"worker {why}; see the reasons above, fix them, then --resume")
     else:
         from cnnlab.sweep.worker import spawn_workers
 
-        bad = spawn_workers(folder, storage, workers, "auto")
+        bad = spawn_workers(folder, storage, workers)
         if bad:
             raise CnnlabError(f"{bad} of {workers} workers stopped early; see above, then --resume")
     summarize(folder, storage)

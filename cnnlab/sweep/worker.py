@@ -273,18 +273,19 @@ def _say(trial, index: int) -> None:
 # ----------------------------------------------------------- local processes
 
 
-def worker_slots(workers: int, device: str) -> list[tuple[int, str | None]]:
-    """(threads, device) per local worker: a share of the CPU cores, or its own GPU."""
+def worker_slots(workers: int, train: dict) -> list[tuple[int, str | None]]:
+    """(threads, device) per local worker: the recipe's train.threads if it sets them, else
+    a share of the CPU cores; on a machine with GPUs, each worker its own GPU in turn."""
     import torch
 
-    gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    gpus = torch.cuda.device_count() if train.get("device", "auto") in ("auto", "cuda") else 0
+    threads = train.get("threads") or max(1, (os.cpu_count() or 1) // workers)
     if gpus:
         return [(threads, f"cuda:{i % gpus}") for i in range(workers)]
     return [(threads, None) for _ in range(workers)]
 
 
-def spawn_workers(folder: SweepFolder, storage_url: str | None, workers: int, device: str) -> int:
+def spawn_workers(folder: SweepFolder, storage_url: str | None, workers: int) -> int:
     """Start `workers` processes on this machine and wait for them; returns how many failed."""
     env = dict(os.environ)
     if storage_url:
@@ -292,7 +293,7 @@ def spawn_workers(folder: SweepFolder, storage_url: str | None, workers: int, de
     root = str(Path(__file__).resolve().parent.parent.parent)  # so workers import this cnnlab
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     procs = []
-    for index, (threads, dev) in enumerate(worker_slots(workers, device)):
+    for index, (threads, dev) in enumerate(worker_slots(workers, folder.base()["train"])):
         cmd = [sys.executable, "-m", "cnnlab.sweep.worker", str(folder.path)]
         cmd += ["--index", str(index), "--threads", str(threads)]
         if dev:
