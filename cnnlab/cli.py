@@ -164,7 +164,10 @@ def report(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:  # typer returns 130 on Ctrl-C here, not raising
+            typer.secho("aborted", err=True, fg="red")
+            sys.exit(code)
     except CnnlabError as err:
         typer.secho(f"error: {err}", err=True, fg="red")
         sys.exit(2)

@@ -59,6 +59,18 @@ def sweep(
         f"sweep {folder.path}: {spec.method} over {len(spec.params)} parameters, "
         f"{meta['trials']} trials, {meta['goal']} {spec.metric}, {workers} worker(s)"
     )
+    try:
+        _work(folder, storage, workers)
+    except KeyboardInterrupt:
+        raise CnnlabError(
+            "interrupted; the trial in progress keeps its checkpoint and is queued again. "
+            f"Continue with the same command plus --resume (folder {folder.path})"
+        ) from None
+    summarize(folder, storage)
+    return folder
+
+
+def _work(folder: SweepFolder, storage: str | None, workers: int) -> None:
     if workers == 1:
         from cnnlab.sweep.worker import run_worker, worker_slots
 
@@ -66,14 +78,12 @@ def sweep(
         why = run_worker(folder, storage, threads, device)
         if why != "done":
             raise CnnlabError(f"worker {why}; see the reasons above, fix them, then --resume")
-    else:
-        from cnnlab.sweep.worker import spawn_workers
+        return
+    from cnnlab.sweep.worker import spawn_workers
 
-        bad = spawn_workers(folder, storage, workers)
-        if bad:
-            raise CnnlabError(f"{bad} of {workers} workers stopped early; see above, then --resume")
-    summarize(folder, storage)
-    return folder
+    bad = spawn_workers(folder, storage, workers)
+    if bad:
+        raise CnnlabError(f"{bad} of {workers} workers stopped early; see above, then --resume")
 
 
 def _budget(spec, trials: int | None) -> int:
@@ -111,7 +121,8 @@ def summarize(folder: SweepFolder, storage: str | None) -> None:
         console.print(
             f"best {meta['metric']} = {best.value:.4f}: trial {best.number} {best.run_dir}"
         )
+    db = f" --storage {meta['storage']}" if meta.get("storage") else ""  # password redacted
     console.print(
-        f"next: cnnlab select {folder.path} --metric {meta['metric']} --test ; "
-        f"cnnlab report {folder.path}"
+        f"next: cnnlab select {folder.path} --metric {meta['metric']} --test{db} ; "
+        f"cnnlab report {folder.path}{db}"
     )

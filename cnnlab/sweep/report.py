@@ -11,7 +11,7 @@ through jinja2's autoescape.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -315,6 +315,8 @@ th{background:#f3f3f3} .num{text-align:right;font-variant-numeric:tabular-nums}
 <p>Pearson correlation over trials, at each run's best epoch. A categorical parameter has one
 row per value (is it this value).</p></div></div>
 <h2>Learning curves{% if group_by %} by {{ group_by }}{% endif %}</h2>{{ fig_curves | safe }}
+<p>{% for g, n in group_counts %}{{ g }}: {{ n }} trial(s){% if not loop.last %}; {% endif %}
+{% endfor %}</p>
 <h2>Selection</h2>
 {% if selection %}<table><tr>{% for h in selection[0] %}<th>{{ h }}</th>{% endfor %}</tr>
 {% for row in selection[1] %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}
@@ -400,6 +402,7 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
         metrics=metrics,
         group_by=group_by,
         fig_curves=div(chart_curves(with_runs, labels, metric)),
+        group_counts=sorted(Counter(labels).items()),
         selection=_selection(folder),
         trials=trials,
         pngs=save_pngs(folder.path, with_runs, labels, metric, imp),
