@@ -219,6 +219,7 @@ def save_pngs(folder: Path, rows, labels, metric, imp) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
 
     names = []
 
@@ -251,10 +252,14 @@ def save_pngs(folder: Path, rows, labels, metric, imp) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     colour = {g: COLOURS[i % len(COLOURS)] for i, g in enumerate(sorted(set(labels)))}
+    lines, colours = [], []
     for r, label in zip(rows, labels, strict=True):
         pts = [(m["epoch"], m[metric]) for m in r.metrics if metric in m]
         if pts:
-            ax.plot(*zip(*pts, strict=True), color=colour[label], alpha=0.7, lw=1)
+            lines.append(pts)
+            colours.append(colour[label])
+    ax.add_collection(LineCollection(lines, colors=colours, alpha=0.7, linewidths=1))
+    ax.autoscale()
     for g, c in colour.items():
         ax.plot([], [], color=c, label=g)
     ax.set(xlabel="epoch", ylabel=metric, title="learning curves")
@@ -280,9 +285,15 @@ def _png_parallel(ax, rows: list[TrialRow], metric: str) -> None:
     data = np.stack(scaled, axis=1)  # (trials, axes)
     values = np.asarray(cols[metric], float)
     order = np.argsort(values if metric_goal(metric) == "max" else -values)
-    cmap = __import__("matplotlib").colormaps["viridis"]
-    for i in order:
-        ax.plot(range(data.shape[1]), data[i], color=cmap(data[i, -1]), alpha=0.6, lw=1)
+    from matplotlib import colormaps
+    from matplotlib.collections import LineCollection
+
+    xs = np.arange(data.shape[1])
+    segments = [np.column_stack([xs, data[i]]) for i in order]
+    colours = colormaps["viridis"](data[order, -1])
+    ax.add_collection(LineCollection(segments, colors=colours, alpha=0.6, linewidths=1))
+    ax.set_xlim(-0.1, data.shape[1] - 0.9)
+    ax.set_ylim(-0.05, 1.05)
     ax.set_xticks(range(data.shape[1]), list(cols), rotation=20, fontsize=7)
     ax.set_yticks([])
     ax.set_title("parallel coordinates (each axis scaled to its range)")

@@ -61,7 +61,8 @@ class TrialRow:
         import yaml
 
         run = self.run
-        return yaml.safe_load(run.recipe_path.read_text()) if run else {}
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 30x faster at scale
+        return yaml.load(run.recipe_path.read_text(), Loader=loader) if run else {}
 
     def at_best_epoch(self) -> dict:
         """The metrics row of the epoch best.pt holds (by the sweep metric)."""
