@@ -30,6 +30,10 @@ def sweep(
     if workers < 1:
         raise CnnlabError("--workers must be at least 1")
     if resume:
+        if overrides or map_path:
+            raise CnnlabError(
+                "--resume continues with the saved recipe and sweep; drop --set/--map"
+            )
         folder = latest(out, sweep_path, study)
         spec = folder.spec()
         console.print(f"resuming {folder.path} (its saved recipe and sweep file)")
@@ -79,8 +83,14 @@ def _work(folder: SweepFolder, storage: str | None, workers: int) -> None:
         if why != "done":
             raise CnnlabError(f"worker {why}; see the reasons above, fix them, then --resume")
         return
+    from cnnlab.sweep.storage import open_storage
+    from cnnlab.sweep.study import load_study
     from cnnlab.sweep.worker import spawn_workers
 
+    # Create the study here, once, rather than have N workers race to create it.
+    load_study(
+        folder, open_storage(storage, folder.path, folder.meta()["heartbeat"]), folder.spec()
+    )
     bad = spawn_workers(folder, storage, workers)
     if bad:
         raise CnnlabError(f"{bad} of {workers} workers stopped early; see above, then --resume")

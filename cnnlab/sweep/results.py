@@ -11,6 +11,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+from cnnlab.errors import CnnlabError
 from cnnlab.recipe import metric_goal
 from cnnlab.runs import RunFolder
 from cnnlab.sweep.study import SweepFolder
@@ -82,8 +83,6 @@ def open_study(folder: SweepFolder, storage_url: str | None):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     meta = folder.meta()
     if storage_url is None and meta.get("storage"):
-        from cnnlab.errors import CnnlabError
-
         raise CnnlabError(
             f"{folder.path}'s study lives in {meta['storage']}; give --storage with its URL"
         )

@@ -17,6 +17,7 @@ with no outcome (its worker stopped sending heartbeats; Optuna queued a retry).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -150,8 +151,6 @@ class Objective:
         link = run.path / TRIAL_LINK
         numbers = []
         if link.is_file():
-            import json
-
             numbers = json.loads(link.read_text()).get("trials", [])
         write_json(
             link,
