@@ -6,7 +6,7 @@ CNNLAB := $(VENV)/bin/cnnlab
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test lint bench clean browser
+.PHONY: setup data postgres browser demo test lint bench clean
 
 setup: $(STAMP)
 
@@ -31,10 +31,19 @@ apt-data:
 	  echo "apt-get could not install dataset-fashion-mnist; trying the download"; \
 	fi
 
+# PostgreSQL server binaries for the shared-study test (tests/postgres.py starts a
+# throwaway cluster on loopback). Debian's package when they are missing.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && ! command -v pg_ctl >/dev/null; then \
+	  echo "installing Debian's postgresql"; \
+	  $(SUDO) apt-get install -y -qq postgresql >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update -qq >/dev/null && $(SUDO) apt-get install -y -qq postgresql >/dev/null); \
+	fi
+
 demo: data
 	$(CNNLAB) train recipes/fashion_multitask.yaml
 
-test: data browser
+test: data browser postgres
 	$(VENV)/bin/pytest -q
 
 # Headless Chromium for the report's browser test (tests/test_report.py): Debian's package.

@@ -91,15 +91,84 @@ def fetch(
     typer.echo(f"{source}: {', '.join(folders)}")
 
 
-# --------------------------------------------------------- viz + report (issue 4)
+# ------------------------------------------------------------------------ sweeps
 
 
 @app.command()
-def report(run: Path = typer.Argument(..., help="run folder")) -> None:
-    """Write RUN/report.html and RUN/figures/*.png (all figures of the run)."""
+def sweep(
+    recipe: str = typer.Argument(..., help="base recipe YAML file or shipped recipe name"),
+    sweep_file: Path = typer.Argument(..., help="sweep file in the W&B format (sweeps/*.yaml)"),
+    set_: list[str] = typer.Option([], "--set", help="override a base recipe field"),
+    name_map: Path | None = typer.Option(
+        None, "--map", help="name map (default: <sweep>.map.yaml beside the sweep file)"
+    ),
+    trials: int | None = typer.Option(None, help="trials in the whole study (all workers)"),
+    workers: int = typer.Option(1, help="worker processes on this machine"),
+    storage: str | None = typer.Option(
+        None, help="SQLAlchemy URL of a shared study, e.g. postgresql://user@host/db"
+    ),
+    study: str | None = typer.Option(None, help="study name: the same on every machine"),
+    out: Path = typer.Option(Path("sweeps"), help="folder that holds sweep folders"),
+    resume: bool = typer.Option(False, "--resume", help="continue the latest such sweep"),
+    max_failures: int = typer.Option(3, help="a worker stops after this many failures in a row"),
+    heartbeat: int = typer.Option(10, help="seconds between a worker's signs of life"),
+) -> None:
+    """Run a hyperparameter sweep: every trial is a run folder inside the sweep folder."""
+    from cnnlab.sweep.launch import sweep as run_sweep
+
+    folder = run_sweep(
+        _recipe_path(recipe), sweep_file, set_, name_map, trials, workers, storage, study,
+        out, resume, max_failures, heartbeat,
+    )  # fmt: skip
+    typer.echo(f"sweep folder: {folder.path}")
+
+
+@app.command()
+def select(
+    sweep_folder: Path = typer.Argument(..., help="sweep folder (sweeps/<name>-<time>)"),
+    metric: list[str] = typer.Option([], help="validation metric; repeat for a Pareto front"),
+    test: bool = typer.Option(False, "--test", help="evaluate the chosen runs on the test set"),
+    storage: str | None = typer.Option(None, help="the study's database URL, if not a file"),
+) -> None:
+    """Pick the best run per metric (and the Pareto front); --test adds the test table."""
+    from cnnlab.sweep.select import print_table
+    from cnnlab.sweep.select import select as pick
+    from cnnlab.sweep.study import SweepFolder
+
+    folder = SweepFolder.open(sweep_folder)
+    picks = pick(folder, metric, storage, test)
+    names = [folder.spec().resolve_metric(m) for m in metric] or [folder.meta()["metric"]]
+    print_table(picks, names, f"selection from {folder.path}")
+    typer.echo(f"saved {folder.path / 'selection.md'} (and .json, .csv)")
+
+
+# ----------------------------------------------------------------------- reports
+
+
+@app.command()
+def report(
+    path: Path = typer.Argument(..., help="run folder or sweep folder"),
+    group_by: str | None = typer.Option(
+        None, help="sweeps: colour curves by a recipe field, or A,B for A > B / A = B / A < B"
+    ),
+    storage: str | None = typer.Option(
+        None, help="sweeps: the study's database URL, if not a file"
+    ),
+) -> None:
+    """Write report.html (self-contained) and PNGs for a run folder or a sweep folder."""
+    from cnnlab.sweep.study import SweepFolder
+
+    if SweepFolder.is_sweep(path):
+        from cnnlab.sweep.report import build_report as build_sweep_report
+
+        typer.echo(f"report: {build_sweep_report(SweepFolder(path), storage, group_by)}")
+        return
     from cnnlab.report import build_report
 
-    typer.echo(f"report: {build_report(run)}")
+    typer.echo(f"report: {build_report(path)}")
+
+
+# --------------------------------------------------------- viz + report (issue 4)
 
 
 @app.command()
@@ -131,12 +200,12 @@ def figures() -> None:
         typer.echo(f"{name:<18} {doc}")
 
 
-# ------------------------------------------------------------------------------
-
-
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:  # typer returns 130 on Ctrl-C here, not raising
+            typer.secho("aborted", err=True, fg="red")
+            sys.exit(code)
     except CnnlabError as err:
         typer.secho(f"error: {err}", err=True, fg="red")
         sys.exit(2)

@@ -162,6 +162,17 @@ class TrainConfig(Section):
     checkpoint_minutes: float = Field(5.0, gt=0.0)  # mid-epoch checkpoint interval
     progress: bool = True  # live progress bar on the terminal
     report: bool = True  # write report.html + figures/ after the test evaluation
+    test_at_end: bool = True  # evaluate the best checkpoint on test; sweeps turn it off
+
+
+# --------------------------------------------------------------------------- log
+
+
+class LogConfig(Section):
+    wandb: bool = False  # also log to Weights & Biases (WANDB_MODE=offline works offline)
+    tensorboard: bool = False  # TensorBoard event files in <run>/tensorboard
+    mlflow: bool = False  # an MLflow run (MLFLOW_TRACKING_URI, else ./mlruns)
+    project: str | None = None  # W&B project / MLflow experiment; None = the recipe's name
 
 
 # ------------------------------------------------------------------------- recipe
@@ -175,6 +186,7 @@ class Recipe(Section):
     model: CNNConfig = CNNConfig()
     tasks: dict[str, TaskConfig | None]
     train: TrainConfig = TrainConfig()
+    log: LogConfig = LogConfig()  # optional dashboards; metrics.jsonl is always written
 
     @model_validator(mode="after")
     def _checks(self) -> Recipe:

@@ -9,6 +9,7 @@ and thread count).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import threading
@@ -22,6 +23,7 @@ from torch import nn
 
 from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.errors import CnnlabError
+from cnnlab.loggers import Loggers
 from cnnlab.models import MultiTaskModel, create_model
 from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.progress import EpochProgress, print_metrics_table
@@ -320,38 +322,50 @@ def train(
     recipe: Recipe,
     resume: str | Path | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    run: RunFolder | None = None,
 ) -> RunFolder:
     """Train a recipe (or continue a run folder) and evaluate its best checkpoint on test.
 
     `on_epoch(row)` sees every epoch's metrics after they are saved; an exception it raises
-    (a sweep pruning the trial) ends training with the run folder consistent.
+    (a sweep pruning the trial) ends training with the run folder consistent. `run` is a
+    fresh folder made by the caller (a sweep links it to its trial before training starts).
     """
+    Loggers.check(recipe)  # a missing logging package stops before any folder is made
     if resume is not None:
         run = RunFolder.open(resume)
         if not run.last_path.is_file():
             raise CnnlabError(
                 f"{run.path} has no checkpoint yet (checkpoints/last.pt); start it anew"
             )
-    else:
+    elif run is None:
         run = RunFolder.create(recipe)
-    trainer = Trainer(recipe, run, on_epoch)
-    write_json(run.path / "env.json", environment(trainer.device))
-    if resume is not None:
-        trainer.restore(run.last_path)
+    loggers = Loggers(recipe, run)  # W&B / TensorBoard / MLflow when the recipe asks
     try:
-        trainer.fit()
-    except KeyboardInterrupt:
-        raise CnnlabError(
-            f"interrupted at epoch {trainer.state.epoch + 1}, step {trainer.state.step}; "
-            f"continue with: cnnlab train --resume {run.path}"
-        ) from None
-    metrics = trainer.test()
-    run.set_status("finished", epoch=trainer.state.epoch, best_epoch=metrics["best_epoch"])
-    if recipe.train.progress:
-        print_metrics_table(metrics, "test metrics of the best checkpoint")
-    if recipe.train.report:
-        write_run_report(run)
-    return run
+        trainer = Trainer(recipe, run, loggers.chain(on_epoch))
+        write_json(run.path / "env.json", environment(trainer.device))
+        if resume is not None:
+            trainer.restore(run.last_path)
+        try:
+            trainer.fit()
+        except KeyboardInterrupt:
+            raise CnnlabError(
+                f"interrupted at epoch {trainer.state.epoch + 1}, step {trainer.state.step}; "
+                f"continue with: cnnlab train --resume {run.path}"
+            ) from None
+        if not recipe.train.test_at_end:  # sweep trials: the test set must not drive a choice
+            run.set_status(
+                "finished", epoch=trainer.state.epoch, best_epoch=trainer.state.best_epoch
+            )
+            return run
+        metrics = trainer.test()
+        run.set_status("finished", epoch=trainer.state.epoch, best_epoch=metrics["best_epoch"])
+        if recipe.train.progress:
+            print_metrics_table(metrics, "test metrics of the best checkpoint")
+        if recipe.train.report:
+            write_run_report(run)
+        return run
+    finally:
+        loggers.close(json.loads(run.test_path.read_text()) if run.test_path.is_file() else {})
 
 
 def write_run_report(run: RunFolder) -> None:

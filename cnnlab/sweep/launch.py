@@ -1,0 +1,138 @@
+"""`cnnlab sweep`: check everything, make or find the sweep folder, run the workers."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from cnnlab.errors import CnnlabError
+from cnnlab.progress import console
+from cnnlab.recipe import apply_overrides, read_yaml
+from cnnlab.sweep.spec import load_sweep
+from cnnlab.sweep.study import SweepFolder, base_recipe, create_or_join, latest
+
+
+def sweep(
+    recipe_path: Path,
+    sweep_path: Path,
+    overrides: list[str],
+    map_path: Path | None = None,
+    trials: int | None = None,
+    workers: int = 1,
+    storage: str | None = None,
+    study: str | None = None,
+    out: Path = Path("sweeps"),
+    resume: bool = False,
+    max_failures: int = 3,
+    heartbeat: int = 10,
+) -> SweepFolder:
+    """Run (or continue, or join) a sweep and return its folder."""
+    if workers < 1:
+        raise CnnlabError("--workers must be at least 1")
+    if resume:
+        if overrides or map_path:
+            raise CnnlabError(
+                "--resume continues with the saved recipe and sweep; drop --set/--map"
+            )
+        folder = latest(out, sweep_path, study)
+        spec = folder.spec()
+        console.print(f"resuming {folder.path} (its saved recipe and sweep file)")
+    else:
+        base = base_recipe(apply_overrides(read_yaml(recipe_path), overrides), str(recipe_path))
+        if map_path is None:
+            beside = sweep_path.with_name(sweep_path.name.removesuffix(".yaml") + ".map.yaml")
+            map_path = beside if beside.is_file() else None
+        spec = load_sweep(sweep_path, base, map_path)  # every check, before any trial
+        total = _budget(spec, trials)
+        settings = {
+            "method": spec.method,
+            "metric": spec.metric,
+            "goal": spec.goal,
+            "trials": total,
+            "max_failures": max_failures,
+            "heartbeat": heartbeat,
+            "storage": None if storage is None else _redact(storage),
+        }
+        folder = create_or_join(out, study, base, sweep_path, map_path, settings)
+    for note in spec.notes:
+        console.print(f"note: {note}")
+    meta = folder.meta()
+    if trials is not None and resume and trials != meta["trials"]:
+        raise CnnlabError(f"--resume keeps the study's budget of {meta['trials']} trials")
+    console.print(
+        f"sweep {folder.path}: {spec.method} over {len(spec.params)} parameters, "
+        f"{meta['trials']} trials, {meta['goal']} {spec.metric}, {workers} worker(s)"
+    )
+    try:
+        _work(folder, storage, workers)
+    except KeyboardInterrupt:
+        raise CnnlabError(
+            "interrupted; the trial in progress keeps its checkpoint and is queued again. "
+            f"Continue with the same command plus --resume (folder {folder.path})"
+        ) from None
+    summarize(folder, storage)
+    return folder
+
+
+def _work(folder: SweepFolder, storage: str | None, workers: int) -> None:
+    if workers == 1:
+        from cnnlab.sweep.worker import run_worker, worker_slots
+
+        threads, device = worker_slots(1, folder.base()["train"])[0]
+        why = run_worker(folder, storage, threads, device)
+        if why != "done":
+            raise CnnlabError(f"worker {why}; see the reasons above, fix them, then --resume")
+        return
+    from cnnlab.sweep.storage import open_storage
+    from cnnlab.sweep.study import load_study
+    from cnnlab.sweep.worker import spawn_workers
+
+    # Create the study here, once, rather than have N workers race to create it.
+    load_study(
+        folder, open_storage(storage, folder.path, folder.meta()["heartbeat"]), folder.spec()
+    )
+    bad = spawn_workers(folder, storage, workers)
+    if bad:
+        raise CnnlabError(f"{bad} of {workers} workers stopped early; see above, then --resume")
+
+
+def _budget(spec, trials: int | None) -> int:
+    if trials is not None:
+        if trials < 1:
+            raise CnnlabError("--trials must be at least 1")
+        return min(trials, spec.grid_size()) if spec.method == "grid" else trials
+    if spec.method == "grid":
+        return spec.grid_size()
+    if spec.run_cap:
+        return spec.run_cap
+    raise CnnlabError(
+        f"method {spec.method} needs a budget: give --trials N (or run_cap in the file)"
+    )
+
+
+def _redact(url: str) -> str:
+    from cnnlab.sweep.storage import redact
+
+    return redact(url)
+
+
+def summarize(folder: SweepFolder, storage: str | None) -> None:
+    """Counts by outcome, the best trial, and the commands that come next."""
+    from cnnlab.sweep.results import load_trials
+
+    rows = load_trials(folder, storage)
+    counts = Counter(r.outcome for r in rows)
+    console.print("trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    meta = folder.meta()
+    done = [r for r in rows if r.state == "complete"]
+    if done:
+        pick = max if meta["goal"] == "maximize" else min
+        best = pick(done, key=lambda r: r.value)
+        console.print(
+            f"best {meta['metric']} = {best.value:.4f}: trial {best.number} {best.run_dir}"
+        )
+    db = f" --storage {meta['storage']}" if meta.get("storage") else ""  # password redacted
+    console.print(
+        f"next: cnnlab select {folder.path} --metric {meta['metric']} --test{db} ; "
+        f"cnnlab report {folder.path}{db}"
+    )

@@ -1,0 +1,478 @@
+"""Sweep files in the W&B format, turned into a typed spec and checked against a recipe.
+
+A sweep file is what people already write for `wandb sweep`:
+
+    method: bayes                      # grid | random | bayes
+    metric: {name: val_acc, goal: maximize}
+    parameters:
+      model.activation: {values: [relu, gelu]}
+      train.optimizer.lr: {min: 0.0001, max: 0.01, distribution: log_uniform_values}
+    early_terminate: {type: hyperband, min_iter: 1, eta: 3}
+
+Parameter names are dotted recipe paths. A sweep written for someone's own script (names
+such as `conv_activation`, metric `val_acc`) runs unchanged through a name map beside it,
+`<sweep>.map.yaml`:
+
+    parameters:
+      base_filter: model.base_filters                       # name -> recipe path
+      conv_activation: {path: model.activation, values: {ReLU: relu, Mish: mish}}
+      data_aug:                                             # one value -> several fields
+        values: {true: {data.augment.hflip: true}, false: {data.augment.hflip: false}}
+    metrics:
+      val_acc: val.cls.accuracy
+
+Everything is checked before the first trial: every value (or both ends of a range) of
+every parameter is applied to the base recipe and validated, so a typo stops the sweep
+with one line instead of failing trial after trial.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnlab.errors import CnnlabError
+from cnnlab.recipe import metric_goal, metric_names, validate
+
+METHODS = ("grid", "random", "bayes")
+# Keys that only W&B's agent or UI reads: accepted, ignored, and said so.
+AGENT_KEYS = ("program", "command", "project", "entity", "name", "description")
+SWEEP_KEYS = ("method", "metric", "parameters", "early_terminate", "run_cap", *AGENT_KEYS)
+PARAM_KEYS = ("values", "value", "min", "max", "distribution", "q")
+DISTRIBUTIONS = (
+    "constant",
+    "categorical",
+    "int_uniform",
+    "uniform",
+    "q_uniform",
+    "log_uniform",
+    "log_uniform_values",
+)
+# W&B distributions with no Optuna equivalent: named in the error so nobody guesses.
+UNSUPPORTED = (
+    "q_log_uniform",
+    "q_log_uniform_values",
+    "inv_log_uniform",
+    "inv_log_uniform_values",
+    "normal",
+    "q_normal",
+    "log_normal",
+    "q_log_normal",
+    "beta",
+    "q_beta",
+)
+
+
+# ------------------------------------------------------------------- parameters
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+@dataclass(frozen=True)
+class Param:
+    """One swept parameter, named as in the sweep file (that is Optuna's name too)."""
+
+    name: str
+    kind: str  # categorical | int | float
+    choices: tuple = ()  # categorical: values as written (lists/dicts kept as JSON text)
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    step: float | None = None
+
+    def distribution(self):
+        """The Optuna distribution; imported late so `--help` stays fast."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.kind == "categorical":
+            return CategoricalDistribution(self.choices)
+        if self.kind == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=self.step or 1)
+        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
+    def decode(self, value: Any) -> Any:
+        """An Optuna value back to the value written in the sweep file."""
+        if self.kind == "categorical" and isinstance(value, str) and value.startswith("json:"):
+            return json.loads(value[5:])
+        return value
+
+    def samples(self) -> list[Any]:
+        """Values to validate against the recipe: every choice, or both ends of the range."""
+        if self.kind == "categorical":
+            return [self.decode(c) for c in self.choices]
+        if self.kind == "int":
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high]
+
+    def grid_values(self) -> list[Any]:
+        if self.kind == "categorical":
+            return list(self.choices)
+        if self.kind == "int" and not self.log and self.high - self.low < 1000:
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        raise CnnlabError(
+            f"sweep parameter {self.name!r}: method grid needs a list of `values` "
+            "(or int_uniform); a continuous range has no grid — use method random or bayes"
+        )
+
+
+def _choice(value: Any) -> Any:
+    """Optuna stores scalars only: a list value such as [128] is kept as tagged JSON."""
+    return value if _scalar(value) else "json:" + json.dumps(value)
+
+
+def parse_param(name: str, spec: Any) -> Param | tuple[str, Any]:
+    """A W&B parameter block -> Param, or ("constant", value) for `value:`."""
+    if not isinstance(spec, dict):
+        raise CnnlabError(
+            f"sweep parameter {name!r}: expected a mapping such as {{values: [...]}} "
+            f"or {{min: 0, max: 1}}, got {spec!r}"
+        )
+    if "parameters" in spec:
+        raise CnnlabError(
+            f"sweep parameter {name!r}: nested `parameters` blocks are not supported; "
+            "write one dotted name per parameter (e.g. train.optimizer.lr)"
+        )
+    unknown = [k for k in spec if k not in PARAM_KEYS]
+    if unknown:
+        raise CnnlabError(
+            f"sweep parameter {name!r}: unsupported key {unknown[0]!r}; "
+            f"supported: {', '.join(PARAM_KEYS)}"
+        )
+    dist = spec.get("distribution") or _infer_distribution(name, spec)
+    if dist in UNSUPPORTED:
+        raise CnnlabError(
+            f"sweep parameter {name!r}: distribution {dist!r} has no Optuna equivalent; "
+            f"use one of: {', '.join(DISTRIBUTIONS)}"
+        )
+    if dist not in DISTRIBUTIONS:
+        raise CnnlabError(
+            f"sweep parameter {name!r}: unknown distribution {dist!r}; "
+            f"use one of: {', '.join(DISTRIBUTIONS)}"
+        )
+    if dist == "constant":
+        return ("constant", _need(name, spec, "value"))
+    if dist == "categorical":
+        values = _need(name, spec, "values")
+        if not isinstance(values, list) or not values:
+            raise CnnlabError(f"sweep parameter {name!r}: `values` must be a non-empty list")
+        return Param(name, "categorical", choices=tuple(_choice(v) for v in values))
+    low, high = _need(name, spec, "min"), _need(name, spec, "max")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        raise CnnlabError(f"sweep parameter {name!r}: min and max must be numbers")
+    if low >= high:
+        raise CnnlabError(f"sweep parameter {name!r}: min {low} must be below max {high}")
+    if dist == "int_uniform":
+        return Param(name, "int", low=int(low), high=int(high))
+    if dist == "uniform":
+        return Param(name, "float", low=float(low), high=float(high))
+    if dist == "q_uniform":
+        q = spec.get("q", 1)
+        if all(isinstance(v, int) for v in (low, high, q)):
+            return Param(name, "int", low=low, high=high, step=q)
+        return Param(name, "float", low=float(low), high=float(high), step=float(q))
+    if dist == "log_uniform":  # W&B: min/max are natural logs of the bounds
+        return Param(name, "float", low=math.exp(low), high=math.exp(high), log=True)
+    if low <= 0:
+        raise CnnlabError(f"sweep parameter {name!r}: log_uniform_values needs min > 0")
+    return Param(name, "float", low=float(low), high=float(high), log=True)
+
+
+def _infer_distribution(name: str, spec: dict) -> str:
+    """W&B's rules when `distribution` is left out."""
+    if "value" in spec:
+        return "constant"
+    if "values" in spec:
+        return "categorical"
+    if "min" in spec and "max" in spec:
+        ints = all(
+            isinstance(spec[k], int) and not isinstance(spec[k], bool) for k in ("min", "max")
+        )
+        return "int_uniform" if ints else "uniform"
+    raise CnnlabError(f"sweep parameter {name!r}: give `values`, `value`, or `min` and `max`")
+
+
+def _need(name: str, spec: dict, key: str) -> Any:
+    if key not in spec:
+        raise CnnlabError(f"sweep parameter {name!r}: missing `{key}`")
+    return spec[key]
+
+
+# ------------------------------------------------------------------- name map
+
+
+@dataclass(frozen=True)
+class MapEntry:
+    """How one sweep-file name reaches the recipe: a path, and maybe a value table."""
+
+    path: str | None
+    values: dict | None = None  # written value -> recipe value, or -> {path: value, ...}
+
+    def overrides(self, name: str, value: Any) -> dict[str, Any]:
+        if self.values is not None:
+            if value in self.values:
+                mapped = self.values[value]
+            elif str(value) in self.values:
+                mapped = self.values[str(value)]
+            else:
+                raise CnnlabError(
+                    f"sweep parameter {name!r}: value {value!r} has no entry in the name map's "
+                    f"values ({', '.join(map(repr, self.values))})"
+                )
+            if self.path is None:
+                return dict(mapped)
+            return {self.path: mapped}
+        return {self.path or name: value}
+
+
+def parse_map(raw: Any, source: str) -> tuple[dict[str, MapEntry], dict[str, str]]:
+    """A name map file -> (parameter entries, metric names)."""
+    if raw is None:
+        return {}, {}
+    if not isinstance(raw, dict) or set(raw) - {"parameters", "metrics"}:
+        raise CnnlabError(f"name map {source}: expected the keys `parameters` and `metrics` only")
+    entries: dict[str, MapEntry] = {}
+    for name, spec in (raw.get("parameters") or {}).items():
+        if isinstance(spec, str):
+            entries[name] = MapEntry(spec)
+        elif isinstance(spec, dict) and set(spec) <= {"path", "values"} and spec:
+            values = spec.get("values")
+            if values is not None and not isinstance(values, dict):
+                raise CnnlabError(f"name map {source}: {name}.values must map value -> value")
+            if spec.get("path") is None and not all(
+                isinstance(v, dict) for v in (values or {0: 0}).values()
+            ):
+                raise CnnlabError(
+                    f"name map {source}: {name} has no `path`, so each of its values must be a "
+                    "mapping of recipe paths, e.g. {true: {data.augment.hflip: true}}"
+                )
+            entries[name] = MapEntry(spec.get("path"), values)
+        else:
+            raise CnnlabError(
+                f"name map {source}: {name} must be a recipe path or {{path: ..., values: ...}}"
+            )
+    metrics = raw.get("metrics") or {}
+    if not isinstance(metrics, dict):
+        raise CnnlabError(f"name map {source}: `metrics` must map names to recipe metrics")
+    return entries, {str(k): str(v) for k, v in metrics.items()}
+
+
+# ----------------------------------------------------------------------- spec
+
+
+@dataclass
+class SweepSpec:
+    """A checked sweep: what Optuna samples and how each sample becomes recipe overrides."""
+
+    method: str
+    metric: str  # a recipe metric, e.g. val.cls.accuracy
+    goal: str  # maximize | minimize
+    params: list[Param]
+    constants: dict[str, Any]  # `value:` parameters, applied to every trial
+    mapping: dict[str, MapEntry] = field(default_factory=dict)
+    early_terminate: dict | None = None
+    run_cap: int | None = None
+    notes: list[str] = field(default_factory=list)  # what was ignored, said once at start
+    metric_aliases: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def direction(self) -> str:
+        return self.goal
+
+    def param(self, name: str) -> Param:
+        return next(p for p in self.params if p.name == name)
+
+    def overrides(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Optuna's params (plus the constants) -> {dotted recipe path: value}."""
+        out: dict[str, Any] = {}
+        for name, value in self.constants.items():
+            out.update(self.entry(name).overrides(name, value))
+        for p in self.params:
+            if p.name in values:
+                out.update(self.entry(p.name).overrides(p.name, p.decode(values[p.name])))
+        return out
+
+    def entry(self, name: str) -> MapEntry:
+        return self.mapping.get(name, MapEntry(name))
+
+    def grid(self) -> dict[str, list]:
+        return {p.name: p.grid_values() for p in self.params}
+
+    def grid_size(self) -> int:
+        return math.prod(len(v) for v in self.grid().values())
+
+    def resolve_metric(self, name: str) -> str:
+        """A metric as the user names it (sweep-file alias or recipe name) -> recipe name."""
+        return self.metric_aliases.get(name, name)
+
+
+def set_path(raw: dict, path: str, value: Any) -> None:
+    """Set a dotted key in a raw recipe dict (validation catches unknown keys after)."""
+    parts = path.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise CnnlabError(f"sweep: {part!r} in {path!r} holds a value, not a section")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def apply_to(raw: dict, overrides: dict[str, Any]) -> dict:
+    out = copy.deepcopy(raw)
+    for path, value in overrides.items():
+        set_path(out, path, value)
+    return out
+
+
+def load_sweep(path: str | Path, base: dict, map_path: str | Path | None = None) -> SweepSpec:
+    """Read a sweep file (and its name map, given or found beside it), check it against
+    the raw base recipe `base`, and return the spec. Raises CnnlabError on any problem."""
+    path = Path(path)
+    raw = _read(path, "sweep file")
+    if map_path is None:
+        beside = path.with_name(path.name.removesuffix(".yaml").removesuffix(".yml") + ".map.yaml")
+        map_path = beside if beside.is_file() else None
+    mapping, metric_map = (
+        parse_map(_read(Path(map_path), "name map"), str(map_path)) if map_path else ({}, {})
+    )
+    spec = parse_sweep(raw, str(path), mapping, metric_map)
+    check_against_recipe(spec, base, str(path), map_path)
+    return spec
+
+
+def _read(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise CnnlabError(f"{what} {path} not found; sweep files live in sweeps/*.yaml")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise CnnlabError(f"{what} {path}: not valid YAML: {err}") from None
+
+
+def parse_sweep(
+    raw: Any, source: str, mapping: dict[str, MapEntry], metric_map: dict[str, str]
+) -> SweepSpec:
+    if not isinstance(raw, dict):
+        raise CnnlabError(
+            f"sweep file {source}: expected a mapping with method, metric, parameters"
+        )
+    unknown = [k for k in raw if k not in SWEEP_KEYS]
+    if unknown:
+        raise CnnlabError(
+            f"sweep file {source}: unsupported key {unknown[0]!r}; "
+            f"supported: {', '.join(SWEEP_KEYS)}"
+        )
+    notes = [f"ignoring {k!r} (only W&B's agent reads it)" for k in AGENT_KEYS if k in raw]
+    method = raw.get("method")
+    if method not in METHODS:
+        raise CnnlabError(
+            f"sweep file {source}: method {method!r}; use one of: {', '.join(METHODS)}"
+        )
+    metric, goal, metric_notes = _parse_metric(raw.get("metric"), source, metric_map)
+    notes += metric_notes
+    params, constants = [], {}
+    parameters = raw.get("parameters")
+    if not isinstance(parameters, dict) or not parameters:
+        raise CnnlabError(f"sweep file {source}: `parameters` must map names to value blocks")
+    for name, block in parameters.items():
+        parsed = parse_param(str(name), block)
+        if isinstance(parsed, Param):
+            params.append(parsed)
+        else:
+            constants[str(name)] = parsed[1]
+    extra = set(mapping) - set(parameters)
+    if extra:
+        raise CnnlabError(
+            f"name map for {source} maps {sorted(extra)[0]!r}, which the sweep file does not "
+            "sweep; remove it or fix its spelling"
+        )
+    run_cap = raw.get("run_cap")
+    if run_cap is not None and (not isinstance(run_cap, int) or run_cap < 1):
+        raise CnnlabError(f"sweep file {source}: run_cap must be a positive integer")
+    early = _parse_early_terminate(raw.get("early_terminate"), source, notes)
+    spec = SweepSpec(
+        method, metric, goal, params, constants, mapping, early, run_cap, notes, metric_map
+    )
+    if method == "grid":
+        spec.grid()  # a continuous range has no grid: say so now
+    return spec
+
+
+def _parse_metric(raw: Any, source: str, metric_map: dict[str, str]) -> tuple[str, str, list]:
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise CnnlabError(f"sweep file {source}: metric must be {{name: ..., goal: maximize}}")
+    unknown = set(raw) - {"name", "goal", "target"}
+    if unknown:
+        raise CnnlabError(f"sweep file {source}: metric key {sorted(unknown)[0]!r}; use name, goal")
+    notes = ["ignoring metric.target (the sweep runs its trial budget)"] if "target" in raw else []
+    name = metric_map.get(str(raw["name"]), str(raw["name"]))
+    goal = raw.get("goal") or ("maximize" if metric_goal(name) == "max" else "minimize")
+    if goal not in ("maximize", "minimize"):
+        raise CnnlabError(f"sweep file {source}: metric.goal {goal!r}; use maximize or minimize")
+    return name, goal, notes
+
+
+def _parse_early_terminate(raw: Any, source: str, notes: list[str]) -> dict | None:
+    """W&B's hyperband block -> Optuna HyperbandPruner arguments."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or raw.get("type") != "hyperband":
+        raise CnnlabError(f"sweep file {source}: early_terminate supports type: hyperband only")
+    unknown = set(raw) - {"type", "min_iter", "max_iter", "eta", "s", "strict"}
+    if unknown:
+        raise CnnlabError(
+            f"sweep file {source}: early_terminate key {sorted(unknown)[0]!r}; "
+            "use min_iter, max_iter, eta, s"
+        )
+    eta = int(raw.get("eta", 3))
+    min_iter = raw.get("min_iter")
+    if min_iter is None and "max_iter" in raw and "s" in raw:
+        min_iter = max(1, round(raw["max_iter"] / eta ** raw["s"]))
+    if "strict" in raw:
+        notes.append("ignoring early_terminate.strict (Optuna's Hyperband has no such switch)")
+    return {
+        "min_resource": int(min_iter or 1),
+        "max_resource": raw.get("max_iter"),  # None = the recipe's epochs
+        "reduction_factor": eta,
+    }
+
+
+def check_against_recipe(spec: SweepSpec, base: dict, source: str, map_path: Any) -> None:
+    """Apply every value of every parameter to the base recipe; stop at the first misfit."""
+    recipe = validate(base, source="base recipe")
+    valid = metric_names(recipe, "val")
+    if spec.metric not in valid:
+        hint = "" if map_path else " (or map it in a name map beside the sweep file)"
+        raise CnnlabError(
+            f"sweep file {source}: metric {spec.metric!r} is not reported; "
+            f"choose one of: {', '.join(valid)}{hint}"
+        )
+    cases = list(spec.constants.items())
+    cases += [(p.name, value) for p in spec.params for value in p.samples()]
+    for name, value in cases:
+        overrides = spec.entry(name).overrides(name, value)
+        try:
+            validate(apply_to(base, overrides), source="recipe")
+        except CnnlabError as err:
+            detail = str(err).removeprefix("recipe: ")
+            if "unknown key" in detail and name not in spec.mapping:
+                raise CnnlabError(
+                    f"sweep parameter {name!r} names no recipe field ({detail}); write a dotted "
+                    f"recipe path, or map it in a name map beside the sweep file, e.g. "
+                    f"`parameters: {{{name}: model.activation}}`"
+                ) from None
+            raise CnnlabError(f"sweep parameter {name!r} = {value!r}: {detail}") from None

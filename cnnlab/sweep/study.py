@@ -1,0 +1,172 @@
+"""The sweep folder and its Optuna study: samplers, pruner, creating or joining.
+
+    sweeps/<name>-<time>/        (or <out>/<study> when --study names it: every machine
+      sweep.json                  running the same line joins the same folder and study)
+      recipe.yaml                base recipe, resolved (defaults and --set applied)
+      sweep.yaml [sweep.map.yaml] the sweep file (and name map) as given
+      study.journal              the study, unless --storage names a database
+      runs/trial0003-<time>/     one ordinary run folder per trial (+ trial.json link)
+      selection.{json,md,csv}    written by `cnnlab select`
+      report.html, *.png         written by `cnnlab report`
+
+A sweep folder is self-contained: workers, `--resume`, select and report read only it
+(and the database, when the study lives in one).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnlab.errors import CnnlabError
+from cnnlab.recipe import dump_recipe, validate
+from cnnlab.runs import write_json, write_text
+from cnnlab.sweep.spec import SweepSpec, load_sweep
+
+META = "sweep.json"
+
+
+@dataclass
+class SweepFolder:
+    """One sweep's folder: its saved inputs and settings, and the study they define."""
+
+    path: Path
+
+    meta_path = property(lambda self: self.path / META)
+    recipe_path = property(lambda self: self.path / "recipe.yaml")
+    sweep_path = property(lambda self: self.path / "sweep.yaml")
+    map_path = property(lambda self: self.path / "sweep.map.yaml")
+    runs_path = property(lambda self: self.path / "runs")
+
+    @classmethod
+    def open(cls, path: str | Path) -> SweepFolder:
+        folder = cls(Path(path))
+        if not folder.meta_path.is_file():
+            raise CnnlabError(
+                f"{path} is not a sweep folder (no {META}); `cnnlab sweep` makes them in sweeps/"
+            )
+        return folder
+
+    @staticmethod
+    def is_sweep(path: str | Path) -> bool:
+        return (Path(path) / META).is_file()
+
+    def meta(self) -> dict[str, Any]:
+        return json.loads(self.meta_path.read_text())
+
+    def base(self) -> dict:
+        return yaml.safe_load(self.recipe_path.read_text())
+
+    def spec(self) -> SweepSpec:
+        mapping = self.map_path if self.map_path.is_file() else None
+        return load_sweep(self.sweep_path, self.base(), mapping)
+
+
+def base_recipe(raw: dict, source: str) -> dict:
+    """The base recipe with every default filled in: what trials start from and diff against."""
+    return yaml.safe_load(dump_recipe(validate(raw, source=source)))
+
+
+def create_or_join(
+    out: Path,
+    study: str | None,
+    base: dict,
+    sweep_file: Path,
+    map_file: Path | None,
+    settings: dict[str, Any],
+) -> SweepFolder:
+    """A new sweep folder, or the existing one of the same named study (another machine
+    or an earlier run of the same line created it): then its saved inputs must agree."""
+    name = sweep_file.name.removesuffix(".yaml").removesuffix(".yml")
+    path = out / study if study else _fresh(out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    folder = SweepFolder(path)
+    if folder.meta_path.is_file():
+        saved = folder.meta()
+        if saved["study"] != (study or path.name) or folder.base() != base:
+            raise CnnlabError(
+                f"{path} already holds study {saved['study']!r} with another recipe; "
+                "choose another --study or --out"
+            )
+        return folder
+    path.mkdir(parents=True, exist_ok=True)
+    write_text(folder.recipe_path, yaml.safe_dump(base, sort_keys=False))
+    shutil.copyfile(sweep_file, folder.sweep_path)
+    if map_file is not None:
+        shutil.copyfile(map_file, folder.map_path)
+    meta = {"study": study or path.name, "sweep_file": str(sweep_file), **settings}
+    meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json(folder.meta_path, meta)
+    return folder
+
+
+def _fresh(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def latest(out: Path, sweep_file: Path, study: str | None) -> SweepFolder:
+    """The folder `--resume` continues: the named study's, else the newest of this sweep."""
+    if study:
+        return SweepFolder.open(out / study)
+    name = sweep_file.name.removesuffix(".yaml").removesuffix(".yml")
+    found = sorted(
+        (p for p in out.glob(f"{name}-*") if SweepFolder.is_sweep(p)),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not found:
+        raise CnnlabError(f"--resume: no sweep folder {out}/{name}-* to continue; drop --resume")
+    return SweepFolder(found[-1])
+
+
+# ------------------------------------------------------------------ optuna study
+
+
+def sampler_for(spec: SweepSpec, trials: int, seed: int | None):
+    """grid -> GridSampler, random -> RandomSampler, bayes -> TPE (constant liar, so
+    parallel workers do not all try the same point while others run)."""
+    import optuna
+
+    if spec.method == "grid":
+        return optuna.samplers.GridSampler(spec.grid(), seed=seed)
+    if spec.method == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    startup = max(2, min(10, trials // 3))  # TPE's default 10 eats small budgets whole
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True)
+
+
+def pruner_for(spec: SweepSpec, epochs: int):
+    """W&B's early_terminate (hyperband) -> HyperbandPruner over epochs; else none."""
+    import optuna
+
+    if spec.early_terminate is None:
+        return optuna.pruners.NopPruner()
+    et = spec.early_terminate
+    return optuna.pruners.HyperbandPruner(
+        min_resource=et["min_resource"],
+        max_resource=et["max_resource"] or epochs,
+        reduction_factor=et["reduction_factor"],
+    )
+
+
+def load_study(folder: SweepFolder, storage, spec: SweepSpec, seed: int | None = None):
+    """Create the study or join it (load_if_exists): safe when many workers start at once."""
+    import optuna
+
+    meta = folder.meta()
+    return optuna.create_study(
+        study_name=meta["study"],
+        storage=storage,
+        sampler=sampler_for(spec, meta["trials"], seed),
+        pruner=pruner_for(spec, folder.base()["train"]["epochs"]),
+        direction=spec.direction,
+        load_if_exists=True,
+    )

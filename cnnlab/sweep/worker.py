@@ -1,0 +1,336 @@
+"""The worker: takes trials from the shared study and trains each as an ordinary run.
+
+Every worker (a process here, or on another machine) runs the same loop until the study
+has its trials: fail stale trials (their worker died) -> take a waiting retry or ask the
+sampler for a new point -> train -> tell. `--trials` counts the whole study, not a worker:
+a worker whose remaining budget is all running elsewhere waits for those trials to end or
+go stale, so a killed worker's trial is retried by whoever is left.
+
+A trial's outcome is recorded on the trial: complete, pruned, failed with `outcome=error`
+and `fail_reason`, failed with `outcome=interrupted` (Ctrl-C; a retry is queued), or failed
+with no outcome (its worker stopped sending heartbeats; Optuna queued a retry).
+
+    python -m cnnlab.sweep.worker SWEEP_FOLDER --index I --threads T [--device D]
+(the storage URL, which may hold a password, comes in $CNNLAB_SWEEP_STORAGE)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cnnlab.errors import CnnlabError
+from cnnlab.recipe import metric_goal, validate
+from cnnlab.runs import RunFolder, write_json
+from cnnlab.sweep.spec import SweepSpec, apply_to
+from cnnlab.sweep.storage import (
+    WORKER_ATTR,
+    RetryStaleTrial,
+    open_storage,
+    redact,
+    worker_id,
+)
+from cnnlab.sweep.study import SweepFolder, load_study
+
+STORAGE_ENV = "CNNLAB_SWEEP_STORAGE"
+TRIAL_LINK = "trial.json"  # in each run folder: which study and trial(s) it belongs to
+
+
+# -------------------------------------------------------------------- one trial
+
+
+def trial_overrides(folder: SweepFolder, number: int, threads: int, device: str | None) -> dict:
+    """Settings every trial gets on top of its sampled parameters."""
+    spec_metric = folder.meta()["metric"]
+    out = {
+        "output_dir": str(folder.runs_path),
+        "name": f"trial{number:04d}",
+        "train.progress": False,
+        "train.test_at_end": False,  # select --test alone reads the test set
+        "train.report": False,  # one report per sweep, not one per trial
+        "train.monitor": spec_metric,  # best.pt = best epoch by the sweep metric
+        "train.threads": threads,
+    }
+    if device:
+        out["train.device"] = device
+    return out
+
+
+def best_value(run: RunFolder, metric: str) -> tuple[float, int]:
+    """The metric at the run's best epoch (the epoch whose weights best.pt holds)."""
+    rows = run.read_metrics()
+    if not rows:
+        raise CnnlabError(f"{run.path} has no finished epoch")
+    pick = max if metric_goal(metric) == "max" else min
+    row = pick(rows, key=lambda r: r[metric])
+    return float(row[metric]), int(row["epoch"])
+
+
+@dataclass
+class Objective:
+    """Optuna's objective: one trial = one run folder, linked both ways."""
+
+    folder: SweepFolder
+    spec: SweepSpec
+    threads: int
+    device: str | None
+    storage_name: str
+    last_outcome: str = ""
+    last_number: int = -1
+    base: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.base = self.folder.base()
+
+    def sample(self, trial) -> dict:
+        values = {}
+        for p in self.spec.params:
+            if p.kind == "categorical":
+                values[p.name] = trial.suggest_categorical(p.name, p.choices)
+            elif p.kind == "int":
+                values[p.name] = trial.suggest_int(
+                    p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log
+                )
+            else:
+                values[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
+        return values
+
+    def __call__(self, trial) -> float:
+        import optuna
+
+        self.last_outcome, self.last_number = "error", trial.number
+        trial.set_user_attr(WORKER_ATTR, worker_id())
+        try:
+            overrides = self.spec.overrides(self.sample(trial))
+            overrides.update(trial_overrides(self.folder, trial.number, self.threads, self.device))
+            recipe = validate(apply_to(self.base, overrides), source=f"trial {trial.number}")
+            run, resume = self._run_folder(trial, recipe)
+        except Exception as err:
+            self._failed(trial, None, err)
+            raise
+        self._link(run, trial)
+        try:
+            from cnnlab.train import train
+
+            train(recipe, resume=resume, on_epoch=self._reporter(trial), run=run)
+            value, epoch = best_value(run, self.spec.metric)
+        except optuna.TrialPruned:
+            run.set_status("pruned", epoch=len(run.read_metrics()))
+            self.last_outcome = "pruned"
+            raise
+        except KeyboardInterrupt:
+            self._interrupted(trial, run)
+            raise
+        except Exception as err:
+            if run.status().get("state") == "interrupted":  # Ctrl-C became CnnlabError
+                self._interrupted(trial, run)
+                raise KeyboardInterrupt from None
+            self._failed(trial, run, err)
+            raise
+        trial.set_user_attr("best_epoch", epoch)
+        self.last_outcome = "complete"
+        return value
+
+    def _run_folder(self, trial, recipe) -> tuple[RunFolder, Path | None]:
+        """A retried trial continues its predecessor's folder from its last checkpoint."""
+        previous = trial.user_attrs.get("run_dir")
+        if previous:
+            run = RunFolder(self.folder.path / previous)
+            if run.last_path.is_file():
+                return run, run.path
+        return RunFolder.create(recipe), None
+
+    def _link(self, run: RunFolder, trial) -> None:
+        rel = run.path.relative_to(self.folder.path).as_posix()
+        trial.set_user_attr("run_dir", rel)
+        link = run.path / TRIAL_LINK
+        numbers = []
+        if link.is_file():
+            numbers = json.loads(link.read_text()).get("trials", [])
+        write_json(
+            link,
+            {
+                "sweep": str(self.folder.path.resolve()),
+                "study": self.folder.meta()["study"],
+                "storage": self.storage_name,
+                "trials": [*numbers, trial.number],
+            },
+        )
+
+    def _reporter(self, trial):
+        """Per-epoch callback: feed the pruner, count epochs, prune when it says so."""
+        import optuna
+
+        def on_epoch(row: dict) -> None:
+            trial.report(row[self.spec.metric], row["epoch"])
+            trial.set_user_attr("epochs", row["epoch"])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
+
+        return on_epoch
+
+    def _failed(self, trial, run: RunFolder | None, err: BaseException) -> None:
+        reason = f"{type(err).__name__}: {err}".strip()[:1000]
+        trial.set_user_attr("outcome", "error")
+        trial.set_user_attr("fail_reason", reason)
+        if run is not None and run.status().get("state") != "failed":
+            run.set_status("failed", reason=reason)
+        print(f"trial {trial.number} failed: {reason}", file=sys.stderr, flush=True)
+
+    def _interrupted(self, trial, run: RunFolder) -> None:
+        """Ctrl-C: record it apart from errors and queue a retry that resumes the run."""
+        self.last_outcome = "interrupted"
+        trial.set_user_attr("outcome", "interrupted")
+        trial.set_user_attr("fail_reason", "interrupted by the user (Ctrl-C); retry queued")
+        frozen = trial.study._storage.get_trial(trial._trial_id)
+        RetryStaleTrial()(trial.study, frozen)
+
+
+# ------------------------------------------------------------------- the loop
+
+
+def study_progress(study, spec: SweepSpec, trials: int) -> tuple[int, int, int]:
+    """(settled, pending, waiting) toward the budget.
+
+    grid: a grid point is settled once any trial of it finished (a failed point is not run
+    again), pending while a trial of it runs or waits. random/bayes: complete and pruned
+    trials count, failed ones leave their budget to a new trial."""
+    from optuna.trial import TrialState
+
+    all_trials = study.get_trials(deepcopy=False)
+    waiting = sum(t.state == TrialState.WAITING for t in all_trials)
+    if spec.method == "grid":
+        settled, pending = set(), set()
+        for t in all_trials:
+            gid = t.system_attrs.get("grid_id")
+            if gid is None:
+                continue
+            if t.state in (TrialState.RUNNING, TrialState.WAITING):
+                pending.add(gid)
+            elif t.state.is_finished():
+                settled.add(gid)
+        return len(settled - pending), len(pending), waiting
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in all_trials)
+    pending = sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in all_trials)
+    return done, pending, waiting
+
+
+def run_worker(
+    folder: SweepFolder,
+    storage_url: str | None,
+    threads: int,
+    device: str | None = None,
+    index: int = 0,
+) -> str:
+    """Work on the study until its budget is met; returns why it stopped."""
+    import optuna
+
+    meta = folder.meta()
+    spec = folder.spec()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(storage_url, folder.path, meta["heartbeat"])
+    # GridSampler's grid order must agree across workers: one seed. Random / TPE: seeded per
+    # local worker (reproducible); unseeded with a shared database, where workers must differ.
+    base_seed = validate(folder.base()).seed
+    if spec.method == "grid":
+        seed = base_seed
+    else:
+        seed = base_seed * 1000 + index if storage_url is None else None
+    study = load_study(folder, storage, spec, seed)
+    objective = Objective(folder, spec, threads, device, redact(storage_url))
+    trials, failures = meta["trials"], 0
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        settled, pending, waiting = study_progress(study, spec, trials)
+        if settled >= trials:
+            return "done"
+        if settled + pending >= trials and not waiting:
+            time.sleep(max(0.5, meta["heartbeat"] / 2))  # the rest runs elsewhere: watch it
+            continue
+        study.optimize(objective, n_trials=1, catch=(Exception,))
+        _say(study.get_trials(deepcopy=False)[objective.last_number], index)
+        failures = failures + 1 if objective.last_outcome == "error" else 0
+        if failures >= meta["max_failures"]:
+            return f"stopped after {failures} consecutive failed trials"
+
+
+def _say(trial, index: int) -> None:
+    """One line per trial this worker ran."""
+    outcome = trial.user_attrs.get("outcome") or trial.state.name.lower()
+    value = f" {trial.value:.4f}" if trial.value is not None else ""
+    params = "  ".join(f"{k}={v}" for k, v in trial.params.items())
+    epochs = trial.user_attrs.get("epochs", 0)
+    print(f"[worker {index}] trial {trial.number} {outcome}{value} ({epochs} epochs)  {params}")
+    sys.stdout.flush()
+
+
+# ----------------------------------------------------------- local processes
+
+
+def worker_slots(workers: int, train: dict) -> list[tuple[int, str | None]]:
+    """(threads, device) per local worker: the recipe's train.threads if it sets them, else
+    a share of the CPU cores; on a machine with GPUs, each worker its own GPU in turn."""
+    import torch
+
+    gpus = torch.cuda.device_count() if train.get("device", "auto") in ("auto", "cuda") else 0
+    threads = train.get("threads") or max(1, (os.cpu_count() or 1) // workers)
+    if gpus:
+        return [(threads, f"cuda:{i % gpus}") for i in range(workers)]
+    return [(threads, None) for _ in range(workers)]
+
+
+def spawn_workers(folder: SweepFolder, storage_url: str | None, workers: int) -> int:
+    """Start `workers` processes on this machine and wait for them; returns how many failed."""
+    env = dict(os.environ)
+    if storage_url:
+        env[STORAGE_ENV] = storage_url
+    root = str(Path(__file__).resolve().parent.parent.parent)  # so workers import this cnnlab
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    procs = []
+    for index, (threads, dev) in enumerate(worker_slots(workers, folder.base()["train"])):
+        cmd = [sys.executable, "-m", "cnnlab.sweep.worker", str(folder.path)]
+        cmd += ["--index", str(index), "--threads", str(threads)]
+        if dev:
+            cmd += ["--device", dev]
+        procs.append(subprocess.Popen(cmd, env=env))
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:  # the terminal sent SIGINT to the workers too: let them save
+        codes = [p.wait() for p in procs]
+        raise
+    return sum(code != 0 for code in codes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="one cnnlab sweep worker")
+    parser.add_argument("folder")
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    try:
+        why = run_worker(
+            SweepFolder.open(args.folder),
+            os.environ.get(STORAGE_ENV),
+            args.threads,
+            args.device,
+            args.index,
+        )
+    except CnnlabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"[worker {args.index}] interrupted", file=sys.stderr)
+        sys.exit(130)
+    print(f"[worker {args.index}] {why}", flush=True)
+    sys.exit(0 if why == "done" else 3)
+
+
+if __name__ == "__main__":
+    main()

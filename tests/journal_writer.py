@@ -1,0 +1,20 @@
+"""A process that writes trials into a local sweep study as fast as it can (for tests).
+
+python -m tests.journal_writer FOLDER N
+"""
+
+import sys
+from pathlib import Path
+
+import optuna
+
+from cnnlab.sweep.storage import open_storage
+
+if __name__ == "__main__":
+    folder, n = Path(sys.argv[1]), int(sys.argv[2])
+    storage = open_storage(None, folder, heartbeat=1)
+    study = optuna.load_study(study_name="s", storage=storage)
+    for _ in range(n):
+        trial = study.ask()
+        storage.record_heartbeat(trial._trial_id)
+        study.tell(trial, trial.suggest_float("x", 0, 1))

@@ -1,0 +1,168 @@
+"""Sweeps on one machine: the λ grid from the shell, failures, Ctrl-C + --resume, selection."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from cnnlab.errors import CnnlabError
+from cnnlab.sweep.launch import sweep
+from cnnlab.sweep.results import load_trials
+from cnnlab.sweep.select import pareto_front
+from cnnlab.sweep.storage import open_storage
+from cnnlab.sweep.study import SweepFolder
+from tests.conftest import DEMO, ROOT, run_cli
+
+TINY = [
+    "data.train_subset=1000",
+    "data.test_subset=500",
+    "model.base_filters=8",
+    "train.epochs=1",
+    "train.threads=1",
+    "train.device=cpu",
+]
+
+
+def sets(*extra: str) -> list[str]:
+    return [a for s in [*TINY, *extra] for a in ("--set", s)]
+
+
+def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_lambda_grid_then_select_and_report_from_the_shell(tmp_path):
+    out = tmp_path / "sweeps"
+    done = run_cli("sweep", "recipes/fashion_multitask.yaml", "sweeps/fashion_lambda.yaml",
+                   "--workers", "2", "--out", str(out), *sets())  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "database is locked" not in done.stdout + done.stderr
+    (path,) = out.iterdir()
+    folder = SweepFolder.open(path)
+    rows = load_trials(folder, None)
+    assert len(rows) == 9 and {r.state for r in rows} == {"complete"}
+    assert len({tuple(sorted(r.params.items())) for r in rows}) == 9  # each grid point once
+    for r in rows:  # linked both ways
+        link = json.loads((r.run.path / "trial.json").read_text())
+        assert link["trials"] == [r.number] and link["study"] == folder.meta()["study"]
+        assert not r.run.test_path.exists()  # the test set is not read during the sweep
+
+    picked = run_cli("select", str(path), "--metric", "val.cls.accuracy",
+                     "--metric", "val.ink.rmse", "--test")  # fmt: skip
+    assert picked.returncode == 0, picked.stderr[-3000:]
+    table = (path / "selection.md").read_text()
+    assert "best val.cls.accuracy" in table and "best val.ink.rmse" in table
+    assert "test.cls.accuracy" in table and "test.ink.mae" in table and "tasks." in table
+    saved = json.loads((path / "selection.json").read_text())
+    assert all(p["test"]["test.cls.accuracy"] > 0.3 for p in saved["picks"])
+
+    report = run_cli("report", str(path), "--group-by", "tasks.cls.weight,tasks.ink.weight")
+    assert report.returncode == 0, report.stderr[-3000:]
+    page = (path / "report.html").read_text()
+    assert "tasks.cls.weight &gt; tasks.ink.weight" in page  # seed 001's colouring, escaped
+    assert "<script src=" not in page and "<link" not in page  # self-contained, offline
+    assert "best val.cls.accuracy" in page
+    for png in ("metric_vs_time", "parallel_coordinates", "importance", "learning_curves"):
+        assert (path / f"{png}.png").stat().st_size > 5000
+
+
+def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
+    file = write(
+        tmp_path,
+        "method: grid\nmetric: {name: val.cls.accuracy}\n"
+        "parameters: {train.optimizer.lr: {values: [1.0e+12, 0.001]}}\n",
+    )
+    extra = ["train.optimizer.name=sgd", "train.scheduler.name=none", "train.precision=fp32"]
+    folder = sweep(DEMO, file, [*TINY, *extra], out=tmp_path / "out")
+    rows = sorted(load_trials(folder, None), key=lambda r: r.params["train.optimizer.lr"])
+    assert [r.outcome for r in rows] == ["complete", "error"]
+    assert "non-finite" in rows[1].reason or "loss became" in rows[1].reason
+    assert rows[1].run.status()["state"] == "failed"
+
+
+def test_a_worker_stops_after_consecutive_failures(tmp_path):
+    file = write(
+        tmp_path,
+        "method: random\nmetric: {name: val.cls.accuracy}\n"
+        "parameters: {train.optimizer.lr: {min: 1.0e+11, max: 1.0e+12}}\n",
+    )
+    extra = ["train.optimizer.name=sgd", "train.scheduler.name=none", "train.precision=fp32"]
+    with pytest.raises(CnnlabError, match="stopped after 2 consecutive failed trials"):
+        sweep(DEMO, file, [*TINY, *extra], trials=10, out=tmp_path / "out", max_failures=2)
+    (path,) = (tmp_path / "out").iterdir()
+    rows = load_trials(SweepFolder(path), None)
+    assert len(rows) == 2 and all(r.outcome == "error" for r in rows)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_interrupted_sweep_resumes_the_trial_from_its_checkpoint(tmp_path, sig):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "cnnlab.cli", "sweep", str(DEMO), "sweeps/fashion_lambda.yaml",
+           "--trials", "2", "--out", str(out), *sets("train.epochs=3")]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*/runs/trial0000-*/metrics.jsonl")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=120) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (path,) = out.iterdir()
+    first = load_trials(SweepFolder(path), None)[0]
+    if sig == signal.SIGINT:  # the worker said so itself
+        assert first.outcome == "interrupted" and "Ctrl-C" in first.reason
+    else:  # nobody said anything: the trial still looks running until --resume looks
+        assert first.state == "running"
+
+    done = run_cli("sweep", str(DEMO), "sweeps/fashion_lambda.yaml", "--out", str(out),
+                   "--resume")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r.number: r for r in load_trials(SweepFolder(path), None)}
+    assert rows[0].outcome == "interrupted"  # recorded apart from "raised an error"
+    assert sum(r.state == "complete" for r in rows.values()) == 2
+    retry = rows[rows[0].retried_as]
+    assert retry.run_dir == rows[0].run_dir  # continued the same run folder
+    assert [m["epoch"] for m in retry.run.read_metrics()] == [1, 2, 3]
+    assert len(list((path / "runs").iterdir())) == 2  # nothing ran twice
+
+
+def test_journal_file_takes_parallel_writers(tmp_path):
+    """Four processes writing one local study at full speed: nothing is lost or locked."""
+    optuna.create_study(study_name="s", storage=open_storage(None, tmp_path, heartbeat=1))
+    cmd = [sys.executable, "-m", "tests.journal_writer", str(tmp_path), "25"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert all(code == 0 for code, _ in results), results
+    assert not any("locked" in err for _, err in results)
+    study = optuna.load_study(study_name="s", storage=open_storage(None, tmp_path, heartbeat=1))
+    assert len(study.trials) == 100 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+def test_pareto_front():
+    points = [
+        {"acc": 0.9, "rmse": 0.03},
+        {"acc": 0.8, "rmse": 0.01},
+        {"acc": 0.85, "rmse": 0.02},
+        {"acc": 0.8, "rmse": 0.03},  # dominated by every other point
+    ]
+    names = ["val.cls.accuracy", "val.ink.rmse"]
+    renamed = [{names[0]: p["acc"], names[1]: p["rmse"]} for p in points]
+    assert pareto_front(renamed, names) == [0, 1, 2]
+
+
+def test_bad_sweep_input_writes_nothing(tmp_path):
+    file = write(tmp_path, "method: grid\nmetric: {name: val_acc}\nparameters: {x: {values: [1]}}")
+    done = run_cli("sweep", str(DEMO), str(file), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "names no recipe field" in done.stderr or "not reported" in done.stderr
+    assert not (tmp_path / "out").exists()

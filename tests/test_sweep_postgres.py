@@ -1,0 +1,101 @@
+"""Two workers share one study in a real PostgreSQL server; one is killed mid-trial."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from cnnlab.sweep.results import load_trials
+from cnnlab.sweep.study import SweepFolder
+from tests.conftest import ROOT
+from tests.postgres import postgres_server
+
+TINY = [
+    "data.train_subset=2000",
+    "data.test_subset=500",
+    "model.base_filters=8",
+    "train.epochs=2",
+    "train.threads=1",
+    "train.device=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    with postgres_server() as url:
+        yield url
+
+
+def start_worker(tmp_path: Path, url: str, log: str) -> subprocess.Popen:
+    """The same line a user runs on every machine."""
+    cmd = [sys.executable, "-m", "cnnlab.cli", "sweep", "recipes/fashion_multitask.yaml",
+           "sweeps/fashion_lambda.yaml", "--trials", "4", "--storage", url, "--study", "lam",
+           "--out", str(tmp_path), "--heartbeat", "1"]  # fmt: skip
+    for s in TINY:
+        cmd += ["--set", s]
+    out = open(tmp_path / log, "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_two_workers_one_killed_mid_trial(tmp_path, postgres_url):
+    a = start_worker(tmp_path, postgres_url, "a.log")
+    folder = SweepFolder(tmp_path / "lam")
+
+    def a_trained_one_epoch():
+        try:
+            study = optuna.load_study(study_name="lam", storage=postgres_url)
+        except KeyError:
+            return None
+        for t in study.get_trials(deepcopy=False):
+            ours = t.user_attrs.get("worker", "").endswith(f":{a.pid}")
+            metrics = folder.path / str(t.user_attrs.get("run_dir")) / "metrics.jsonl"
+            if ours and t.state.name == "RUNNING" and metrics.is_file():
+                return t.number
+        return None
+
+    b = None
+    try:
+        wait_for(lambda: (folder.path / "sweep.json").is_file(), 120, "the sweep folder")
+        b = start_worker(tmp_path, postgres_url, "b.log")
+        killed = wait_for(a_trained_one_epoch, 180, "worker A inside a trial")
+        os.kill(a.pid, signal.SIGKILL)
+        a.wait()
+        assert b.wait(timeout=300) == 0, (tmp_path / "b.log").read_text()[-3000:]
+    finally:
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                p.kill()
+
+    study = optuna.load_study(study_name="lam", storage=postgres_url)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4  # the requested number of finished trials
+    grid_ids = [t.system_attrs["grid_id"] for t in complete]
+    assert len(set(grid_ids)) == 4  # every grid point done exactly once
+    rows = {r.number: r for r in load_trials(folder, postgres_url)}
+    dead = rows[killed]
+    assert dead.state == "fail" and dead.outcome == "interrupted"
+    assert "heartbeats" in dead.reason and dead.retried_as is not None
+    retry = rows[dead.retried_as]
+    assert retry.state == "complete" and retry.run_dir == dead.run_dir  # resumed, same folder
+    run = retry.run
+    assert [m["epoch"] for m in run.read_metrics()] == [1, 2]
+    assert json.loads((run.path / "trial.json").read_text())["trials"] == [killed, retry.number]
+    # every run folder belongs to exactly one complete trial
+    runs = sorted(p.name for p in (folder.path / "runs").iterdir())
+    assert sorted(Path(t.user_attrs["run_dir"]).name for t in complete) == runs

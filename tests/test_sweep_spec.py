@@ -1,0 +1,151 @@
+"""Sweep files in the W&B format: parsing, name maps, and checks before any trial runs."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnnlab.errors import CnnlabError
+from cnnlab.recipe import read_yaml
+from cnnlab.sweep.spec import load_sweep
+from cnnlab.sweep.study import base_recipe, pruner_for, sampler_for
+from tests.conftest import DEMO, ROOT
+
+SWEEPS = ROOT / "sweeps"
+SEED000 = ROOT / "recipes" / "seed000_best_accuracy.yaml"
+
+
+def base(path: Path = DEMO) -> dict:
+    return base_recipe(read_yaml(path), str(path))
+
+
+def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_file_validates(path):
+    if path.name.endswith(".map.yaml"):
+        return
+    recipe = SEED000 if path.name.startswith(("seed000", "seed001")) else DEMO
+    spec = load_sweep(path, base(recipe))
+    assert spec.params or spec.constants
+
+
+def test_seed000_groups_are_all_there():
+    groups = {p.stem.removeprefix("seed000_") for p in SWEEPS.glob("seed000_*.yaml")}
+    assert {"lambda", "optimizer", "dropout", "lr", "conv", "base_filters", "batch_size"} <= groups
+
+
+def test_seed001_has_its_ten_configs():
+    spec = load_sweep(SWEEPS / "seed001_configs.yaml", base(SEED000))
+    assert spec.method == "grid" and spec.grid_size() == 10
+    third = spec.overrides({"config": 3})
+    assert third["tasks.cls.weight"] == 0.5 and third["tasks.ink.weight"] == 2.0
+    assert third["train.batch_size"] == 128 and third["model.blocks"] == 3
+
+
+def test_seed002_runs_unchanged_through_its_name_map():
+    spec = load_sweep(SWEEPS / "seed002_bayes.yaml", base())
+    assert spec.method == "bayes" and spec.metric == "val.cls.accuracy"
+    assert spec.goal == "maximize"
+    assert any("'program'" in n for n in spec.notes) and any("'project'" in n for n in spec.notes)
+    names = {p.name for p in spec.params}
+    assert names == {
+        "conv_activation", "filter_org", "base_filter", "dense_neurons",
+        "bn", "dropout", "data_aug", "batch_size",
+    }  # fmt: skip
+    out = spec.overrides(
+        {"conv_activation": "Mish", "dense_neurons": 256, "data_aug": False, "bn": True}
+    )
+    assert out["model.activation"] == "mish" and out["tasks.cls.head.hidden"] == [256]
+    assert out["data.augment.hflip"] is False and out["data.augment.translate"] == 0
+    assert spec.resolve_metric("val_acc") == "val.cls.accuracy"
+
+
+def test_distributions_map_to_optuna(tmp_path):
+    path = write(
+        tmp_path,
+        """
+method: random
+metric: {name: val.loss}
+parameters:
+  train.optimizer.lr: {distribution: log_uniform_values, min: 0.0001, max: 0.1}
+  train.optimizer.weight_decay: {min: 0.0, max: 0.1}
+  model.base_filters: {min: 8, max: 32}
+  train.batch_size: {distribution: q_uniform, min: 32, max: 128, q: 32}
+  tasks.cls.head.hidden: {values: [[64], [128, 64]]}
+  model.kernel_size: {value: 5}
+early_terminate: {type: hyperband, max_iter: 27, s: 2, eta: 3}
+""",
+    )
+    spec = load_sweep(path, base())
+    dist = {p.name: p.distribution() for p in spec.params}
+    assert dist["train.optimizer.lr"].log and dist["train.optimizer.lr"].low == 0.0001
+    assert type(dist["train.optimizer.weight_decay"]).__name__ == "FloatDistribution"
+    assert type(dist["model.base_filters"]).__name__ == "IntDistribution"
+    assert dist["train.batch_size"].step == 32
+    assert spec.goal == "minimize" and spec.constants == {"model.kernel_size": 5}
+    hidden = spec.param("tasks.cls.head.hidden")
+    assert spec.overrides({"tasks.cls.head.hidden": hidden.choices[1]})[
+        "tasks.cls.head.hidden"
+    ] == [128, 64]
+    assert spec.early_terminate == {"min_resource": 3, "max_resource": 27, "reduction_factor": 3}
+    assert type(pruner_for(spec, 10)).__name__ == "HyperbandPruner"
+    assert type(sampler_for(spec, 10, 0)).__name__ == "RandomSampler"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("method: grid\nmetric: {name: val.loss}\nparameters: {conv_activation: {values: [a]}}",
+         "'conv_activation' names no recipe field.*name map"),
+        ("method: grid\nmetric: {name: val.loss}\nparameters: {model.activation: {values: [tanh]}}",
+         "'model.activation' = 'tanh'"),
+        ("method: grid\nmetric: {name: val_acc}\nparameters: {model.blocks: {values: [2]}}",
+         "metric 'val_acc' is not reported; choose one of: val.loss"),
+        ("method: hyper\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}",
+         "method 'hyper'; use one of: grid, random, bayes"),
+        ("method: grid\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
+         "run_caps: 3", "unsupported key 'run_caps'"),
+        ("method: grid\nmetric: {name: val.loss}\n"
+         "parameters: {train.optimizer.lr: {min: 0.1, max: 1.0}}",
+         "method grid needs a list of `values`"),
+        ("method: random\nmetric: {name: val.loss}\n"
+         "parameters: {train.optimizer.lr: {distribution: normal, mu: 0, sigma: 1}}",
+         "unsupported key 'mu'"),
+        ("method: random\nmetric: {name: val.loss}\n"
+         "parameters: {train.optimizer.lr: {distribution: q_log_uniform_values, min: 0.1, max: 1}}",
+         "has no Optuna equivalent"),
+        ("method: random\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
+         "early_terminate: {type: envelope}", "hyperband only"),
+    ],
+)  # fmt: skip
+def test_bad_sweep_files_stop_with_one_clear_line(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(CnnlabError, match=message):
+        spec = load_sweep(path, base())
+        spec.grid()  # grid problems surface when the sampler is built
+
+
+def test_name_map_values_and_unknown_entries(tmp_path):
+    sweep = write(
+        tmp_path, "method: grid\nmetric: {name: acc}\nparameters: {act: {values: [ReLU, Tanh]}}"
+    )
+    write(
+        tmp_path,
+        yaml.safe_dump(
+            {
+                "parameters": {"act": {"path": "model.activation", "values": {"ReLU": "relu"}}},
+                "metrics": {"acc": "val.cls.accuracy"},
+            }
+        ),
+        "s.map.yaml",
+    )
+    with pytest.raises(CnnlabError, match="value 'Tanh' has no entry in the name map"):
+        load_sweep(sweep, base())
+    write(tmp_path, yaml.safe_dump({"parameters": {"ack": "model.activation"}}), "other.yaml")
+    with pytest.raises(CnnlabError, match="maps 'ack', which the sweep file does not sweep"):
+        load_sweep(sweep, base(), tmp_path / "other.yaml")
