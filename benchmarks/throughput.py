@@ -6,7 +6,7 @@ NCHW fp32, and `loss.item()` every step. cnnlab keeps uint8 tensors in memory, g
 augments whole batches, runs channels_last, with the recipe's precision (bf16 autocast).
 Both sides run in this process on the same Fashion-MNIST images, one after the other.
 
-    .venv/bin/python benchmarks/throughput.py [--images 12800] [--batch 64] [--workers 2]
+    .venv/bin/python benchmarks/throughput.py [--images 25600] [--batch 64] [--workers 2]
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def cnnlab_loop(recipe) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=12800, help="training images per pass")
+    parser.add_argument("--images", type=int, default=25600, help="training images per pass")
     parser.add_argument("--batch", type=int, default=64, help="batch size (the seed's: 64)")
     parser.add_argument(
         "--workers", type=int, default=2, help="DataLoader workers of the reference"

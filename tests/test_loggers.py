@@ -11,7 +11,6 @@ from cnnlab.train import train
 
 
 def test_tensorboard_gets_every_epoch_and_the_test_metrics(tiny):
-    pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = train(tiny("train.epochs=2", "log.tensorboard=true"))
