@@ -171,7 +171,7 @@ class TrainConfig(Section):
 class LogConfig(Section):
     wandb: bool = False  # also log to Weights & Biases (WANDB_MODE=offline works offline)
     tensorboard: bool = False  # TensorBoard event files in <run>/tensorboard
-    mlflow: bool = False  # an MLflow run (MLFLOW_TRACKING_URI, else ./mlruns)
+    mlflow: bool = False  # an MLflow run at $MLFLOW_TRACKING_URI (e.g. sqlite:///mlflow.db)
     project: str | None = None  # W&B project / MLflow experiment; None = the recipe's name
 
 
