@@ -166,3 +166,20 @@ def test_bad_sweep_input_writes_nothing(tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "names no recipe field" in done.stderr or "not reported" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_repeated_configuration_reuses_the_finished_run(tmp_path):
+    """Random search over two configurations: repeats cost no training and share a folder."""
+    spec = write(tmp_path, "method: random\nmetric: {name: val.cls.accuracy, goal: maximize}\n"
+                 "parameters:\n  model.activation: {values: [relu, gelu]}\n")  # fmt: skip
+    recipe_sets = [*TINY, "train.progress=false"]
+    folder = SweepFolder.open(sweep(DEMO, spec, recipe_sets, trials=6, out=tmp_path / "out").path)
+    rows = load_trials(folder, None)
+    assert len(rows) == 6 and {r.state for r in rows} == {"complete"}
+    trained = [r for r in rows if r.epochs > 0]
+    assert len(trained) == len({r.params["model.activation"] for r in rows}) <= 2
+    by_config = {r.params["model.activation"]: r for r in trained}
+    for r in rows:
+        assert r.value == by_config[r.params["model.activation"]].value
+        assert r.run_dir == by_config[r.params["model.activation"]].run_dir
+    assert len(list((folder.path / "runs").iterdir())) == len(trained)

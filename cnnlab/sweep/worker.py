@@ -107,7 +107,15 @@ class Objective:
         self.last_outcome, self.last_number = "error", trial.number
         trial.set_user_attr(WORKER_ATTR, worker_id())
         try:
-            overrides = self.spec.overrides(self.sample(trial))
+            values = self.sample(trial)
+            twin = self._finished_twin(trial)
+            if twin is not None:  # a sampler may propose a trained configuration again
+                trial.set_user_attr("duplicate_of", twin.number)
+                trial.set_user_attr("run_dir", twin.user_attrs.get("run_dir"))
+                trial.set_user_attr("epochs", 0)
+                self.last_outcome = "complete"
+                return twin.value
+            overrides = self.spec.overrides(values)
             overrides.update(trial_overrides(self.folder, trial.number, self.threads, self.device))
             recipe = validate(apply_to(self.base, overrides), source=f"trial {trial.number}")
             run, resume = self._run_folder(trial, recipe)
@@ -136,6 +144,16 @@ class Objective:
         trial.set_user_attr("best_epoch", epoch)
         self.last_outcome = "complete"
         return value
+
+    @staticmethod
+    def _finished_twin(trial):
+        """A completed trial with the same parameters: its result costs nothing to reuse."""
+        from optuna.trial import TrialState
+
+        for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if other.number != trial.number and other.params == trial.params:
+                return other
+        return None
 
     def _run_folder(self, trial, recipe) -> tuple[RunFolder, Path | None]:
         """A retried trial continues its predecessor's folder from its last checkpoint."""
