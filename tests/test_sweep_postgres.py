@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 
 from cnnlab.sweep.results import load_trials
 from cnnlab.sweep.study import SweepFolder
@@ -60,7 +61,8 @@ def test_two_workers_one_killed_mid_trial(tmp_path, postgres_url):
     def a_trained_one_epoch():
         try:
             study = optuna.load_study(study_name="lam", storage=postgres_url)
-        except KeyError:
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError):
+            # no study yet, or this poll raced worker A creating Optuna's tables: poll again
             return None
         for t in study.get_trials(deepcopy=False):
             ours = t.user_attrs.get("worker", "").endswith(f":{a.pid}")
