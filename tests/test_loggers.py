@@ -2,6 +2,7 @@
 
 import json
 import sys
+import time
 
 import pytest
 
@@ -26,11 +27,19 @@ def test_wandb_offline_records_every_epoch_and_the_test_metrics(tiny, monkeypatc
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = train(tiny("train.epochs=2", "log.wandb=true", "log.project=p"))
     (record,) = (run.path / "wandb").glob("offline-run-*/run-*.wandb")
-    data = record.read_bytes()  # protobuf records; logged values are stored as JSON text
-    for row in run.read_metrics():
-        assert json.dumps(row["val.cls.accuracy"]).encode() in data
     test = json.loads(run.test_path.read_text())
-    assert b"test.ink.rmse" in data and json.dumps(test["test.ink.rmse"]).encode() in data
+    wanted = [json.dumps(r["val.cls.accuracy"]) for r in run.read_metrics()]
+    wanted += ["test.ink.rmse", json.dumps(test["test.ink.rmse"])]
+    # wandb's core process writes the record file (protobuf; logged values as JSON text)
+    # on its own schedule after finish(): wait for it rather than race it.
+    deadline = time.monotonic() + 60
+    while True:
+        data = record.read_bytes()
+        missing = [w for w in wanted if w.encode() not in data]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not missing, f"{record} lacks {missing}"
 
 
 def test_a_missing_package_is_one_clear_error(tiny, monkeypatch, tmp_path):
