@@ -240,19 +240,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
+def set_path(raw: dict, path: list[str], value: Any, source: str) -> None:
+    """Set a dotted key in a raw recipe dict; validation catches unknown keys afterwards."""
+    node = raw
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise CnnlabError(f"{source}: {part!r} holds a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Set dotted keys in the raw recipe dict; unknown keys are caught by validation."""
+    """Apply `--set key.path=value` overrides to the raw recipe dict."""
     for text in overrides:
         path, value = parse_override(text)
-        node = raw
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise CnnlabError(f"--set {text!r}: {part!r} holds a value, not a section")
-            node = child
-        node[path[-1]] = value
+        set_path(raw, path, value, f"--set {text!r}")
     return raw
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe import metric_goal, metric_names, validate
+from cnnlab.recipe import metric_goal, metric_names, set_path, validate
 
 METHODS = ("grid", "random", "bayes")
 # Keys that only W&B's agent or UI reads: accepted, ignored, and said so.
@@ -317,24 +317,10 @@ class SweepSpec:
         return self.metric_aliases.get(name, name)
 
 
-def set_path(raw: dict, path: str, value: Any) -> None:
-    """Set a dotted key in a raw recipe dict (validation catches unknown keys after)."""
-    parts = path.split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise CnnlabError(f"sweep: {part!r} in {path!r} holds a value, not a section")
-        node = child
-    node[parts[-1]] = copy.deepcopy(value)
-
-
 def apply_to(raw: dict, overrides: dict[str, Any]) -> dict:
     out = copy.deepcopy(raw)
     for path, value in overrides.items():
-        set_path(out, path, value)
+        set_path(out, path.split("."), copy.deepcopy(value), f"sweep parameter {path!r}")
     return out
 
 
