@@ -38,6 +38,19 @@ def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
     return path
 
 
+# Plain SGD in fp32 with no schedule: a huge learning rate makes the loss non-finite.
+DIVERGES = ["train.optimizer.name=sgd", "train.scheduler.name=none", "train.precision=fp32"]
+
+
+def lr_sweep(tmp_path: Path, method: str, lr: str) -> Path:
+    """A sweep over the learning rate alone, e.g. lr = '{values: [1.0e+12, 0.001]}'."""
+    return write(
+        tmp_path,
+        f"method: {method}\nmetric: {{name: val.cls.accuracy}}\n"
+        f"parameters: {{train.optimizer.lr: {lr}}}\n",
+    )
+
+
 def test_lambda_grid_then_select_and_report_from_the_shell(tmp_path):
     out = tmp_path / "sweeps"
     done = run_cli("sweep", "recipes/fashion_multitask.yaml", "sweeps/fashion_lambda.yaml",
@@ -74,13 +87,8 @@ def test_lambda_grid_then_select_and_report_from_the_shell(tmp_path):
 
 
 def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
-    file = write(
-        tmp_path,
-        "method: grid\nmetric: {name: val.cls.accuracy}\n"
-        "parameters: {train.optimizer.lr: {values: [1.0e+12, 0.001]}}\n",
-    )
-    extra = ["train.optimizer.name=sgd", "train.scheduler.name=none", "train.precision=fp32"]
-    folder = sweep(DEMO, file, [*TINY, *extra], out=tmp_path / "out")
+    file = lr_sweep(tmp_path, "grid", "{values: [1.0e+12, 0.001]}")
+    folder = sweep(DEMO, file, [*TINY, *DIVERGES], out=tmp_path / "out")
     rows = sorted(load_trials(folder, None), key=lambda r: r.params["train.optimizer.lr"])
     assert [r.outcome for r in rows] == ["complete", "error"]
     assert "non-finite" in rows[1].reason or "loss became" in rows[1].reason
@@ -88,14 +96,9 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def test_a_worker_stops_after_consecutive_failures(tmp_path):
-    file = write(
-        tmp_path,
-        "method: random\nmetric: {name: val.cls.accuracy}\n"
-        "parameters: {train.optimizer.lr: {min: 1.0e+11, max: 1.0e+12}}\n",
-    )
-    extra = ["train.optimizer.name=sgd", "train.scheduler.name=none", "train.precision=fp32"]
+    file = lr_sweep(tmp_path, "random", "{min: 1.0e+11, max: 1.0e+12}")
     with pytest.raises(CnnlabError, match="stopped after 2 consecutive failed trials"):
-        sweep(DEMO, file, [*TINY, *extra], trials=10, out=tmp_path / "out", max_failures=2)
+        sweep(DEMO, file, [*TINY, *DIVERGES], trials=10, out=tmp_path / "out", max_failures=2)
     (path,) = (tmp_path / "out").iterdir()
     rows = load_trials(SweepFolder(path), None)
     assert len(rows) == 2 and all(r.outcome == "error" for r in rows)
