@@ -339,6 +339,8 @@ def train(
             )
     elif run is None:
         run = RunFolder.create(recipe)
+    elif run.metrics_path.is_file():  # a fresh start in a folder a killed attempt left behind
+        run.truncate_metrics(0)
     loggers = Loggers(recipe, run)  # W&B / TensorBoard / MLflow when the recipe asks
     try:
         trainer = Trainer(recipe, run, loggers.chain(on_epoch))

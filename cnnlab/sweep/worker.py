@@ -158,10 +158,10 @@ class Objective:
     def _run_folder(self, trial, recipe) -> tuple[RunFolder, Path | None]:
         """A retried trial continues its predecessor's folder from its last checkpoint."""
         previous = trial.user_attrs.get("run_dir")
-        if previous:
+        if previous and (self.folder.path / previous / "recipe.yaml").is_file():
             run = RunFolder(self.folder.path / previous)
-            if run.last_path.is_file():
-                return run, run.path
+            # Killed before its first checkpoint: start over in the same folder.
+            return run, (run.path if run.last_path.is_file() else None)
         return RunFolder.create(recipe), None
 
     def _link(self, run: RunFolder, trial) -> None:
