@@ -9,11 +9,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
 from cnnlab.errors import CnnlabError
 from cnnlab.sweep.launch import sweep
 from cnnlab.sweep.results import load_trials
 from cnnlab.sweep.select import pareto_front
+from cnnlab.sweep.spec import load_sweep
 from cnnlab.sweep.storage import open_storage
 from cnnlab.sweep.study import SweepFolder
 from tests.conftest import DEMO, ROOT, run_cli
@@ -186,3 +188,28 @@ def test_a_repeated_configuration_reuses_the_finished_run(tmp_path):
         assert r.value == by_config[r.params["model.activation"]].value
         assert r.run_dir == by_config[r.params["model.activation"]].run_dir
     assert len(list((folder.path / "runs").iterdir())) == len(trained)
+
+
+@pytest.mark.parametrize("method", ["grid", "random"])
+def test_two_workers_racing_for_the_last_trial_leave_one_to_run(tmp_path, method):
+    """Both passed the budget check and both created a trial: the later number yields."""
+    from cnnlab.sweep.study import base_recipe
+    from cnnlab.sweep.worker import is_surplus
+
+    base = base_recipe(yaml.safe_load(DEMO.read_text()), "demo")
+    spec = load_sweep(lr_sweep(tmp_path, method, "{values: [0.1, 0.01, 0.001]}"), base)
+    sampler = optuna.samplers.GridSampler(spec.grid(), seed=0) if method == "grid" else None
+    journal = optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))
+    study = optuna.create_study(storage=optuna.storages.JournalStorage(journal), sampler=sampler)
+    for _ in range(2):
+        trial = study.ask()
+        trial.suggest_categorical("train.optimizer.lr", [0.1, 0.01, 0.001])
+        study.tell(trial, 0.5)
+    last, extra = study.ask(), study.ask()  # two workers at once, one point left
+    assert not is_surplus(study, spec, 3, last.number)
+    assert is_surplus(study, spec, 3, extra.number)
+    if method == "random":  # neither a yielded nor a failed trial holds a slot
+        extra.set_user_attr("outcome", "surplus")
+        study.tell(extra, state=optuna.trial.TrialState.PRUNED)
+        study.tell(last, state=optuna.trial.TrialState.FAIL)
+        assert not is_surplus(study, spec, 3, study.ask().number)

@@ -16,6 +16,8 @@ from cnnlab.recipe import metric_goal
 from cnnlab.runs import RunFolder
 from cnnlab.sweep.study import SweepFolder
 
+SURPLUS = "surplus"  # the outcome of a trial that yielded its slot to an earlier one
+
 # What trial_overrides() sets on every trial: not "what differs" between trials.
 TRIAL_KEYS = {
     "output_dir",
@@ -104,6 +106,8 @@ def load_trials(folder: SweepFolder, storage_url: str | None, study=None) -> lis
             retried[history[-1]] = t.number
     rows = []
     for t in trials:
+        if t.user_attrs.get("outcome") == SURPLUS:  # yielded before running: not a trial of ours
+            continue
         state = t.state.name.lower()
         outcome = state
         reason = t.user_attrs.get("fail_reason")

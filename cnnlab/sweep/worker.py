@@ -28,6 +28,7 @@ from pathlib import Path
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import metric_goal, validate
 from cnnlab.runs import RunFolder, write_json
+from cnnlab.sweep.results import SURPLUS
 from cnnlab.sweep.spec import SweepSpec, apply_to
 from cnnlab.sweep.storage import (
     WORKER_ATTR,
@@ -81,6 +82,7 @@ class Objective:
     threads: int
     device: str | None
     storage_name: str
+    budget: int
     last_outcome: str = ""
     last_number: int = -1
     base: dict = field(default_factory=dict)
@@ -106,6 +108,8 @@ class Objective:
 
         self.last_outcome, self.last_number = "error", trial.number
         trial.set_user_attr(WORKER_ATTR, worker_id())
+        if is_surplus(trial.study, self.spec, self.budget, trial.number):
+            self._yield(trial)
         try:
             values = self.sample(trial)
             twin = self._finished_twin(trial)
@@ -201,6 +205,16 @@ class Objective:
             run.set_status("failed", reason=reason)
         print(f"trial {trial.number} failed: {reason}", file=sys.stderr, flush=True)
 
+    def _yield(self, trial) -> None:
+        """End a surplus trial before it samples or trains: pruned, marked, off the grid."""
+        import optuna
+
+        self.last_outcome = "surplus"
+        trial.set_user_attr("outcome", SURPLUS)
+        if self.spec.method == "grid":  # free its grid point for a later --resume
+            trial.study._storage.set_trial_system_attr(trial._trial_id, "grid_id", -1)
+        raise optuna.TrialPruned("surplus: the study's budget was taken by other workers")
+
     def _interrupted(self, trial, run: RunFolder) -> None:
         """Ctrl-C: record it apart from errors and queue a retry that resumes the run."""
         self.last_outcome = "interrupted"
@@ -213,6 +227,36 @@ class Objective:
 # ------------------------------------------------------------------- the loop
 
 
+def _holds_grid_point(t) -> bool:
+    """Running, waiting or settled (a point that raised an error is not run again)."""
+    from optuna.trial import TrialState
+
+    if t.state == TrialState.FAIL:
+        return t.user_attrs.get("outcome") == "error"
+    return True
+
+
+def is_surplus(study, spec: SweepSpec, budget: int, number: int) -> bool:
+    """Whether trial `number` exceeds the budget given the trials numbered before it.
+
+    Workers check the budget and then create a trial; two can pass the check together and
+    both start the last trial. Trial numbers are handed out in order by the storage, so
+    ranking by number settles it the same way on every worker: the later one yields."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    earlier = [t for t in trials if t.number < number and t.user_attrs.get("outcome") != SURPLUS]
+    if spec.method == "grid":
+        mine = next(t for t in trials if t.number == number).system_attrs.get("grid_id")
+        # A trial still inside the sampler has no grid id yet: count it as a point of its own.
+        held = {
+            t.system_attrs.get("grid_id", f"new{t.number}") for t in earlier if _holds_grid_point(t)
+        }
+        return mine in held or len(held) >= budget
+    live = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED)
+    return sum(t.state in live for t in earlier) >= budget
+
+
 def study_progress(study, spec: SweepSpec, trials: int) -> tuple[int, int, int]:
     """(settled, pending, waiting) toward the budget.
 
@@ -221,7 +265,9 @@ def study_progress(study, spec: SweepSpec, trials: int) -> tuple[int, int, int]:
     trials count, failed ones leave their budget to a new trial."""
     from optuna.trial import TrialState
 
-    all_trials = study.get_trials(deepcopy=False)
+    all_trials = [
+        t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("outcome") != SURPLUS
+    ]
     waiting = sum(t.state == TrialState.WAITING for t in all_trials)
     if spec.method == "grid":
         settled, pending = set(), set()
@@ -261,8 +307,8 @@ def run_worker(
     else:
         seed = base_seed * 1000 + index if storage_url is None else None
     study = load_study(folder, storage, spec, seed)
-    objective = Objective(folder, spec, threads, device, redact(storage_url))
     trials, failures = meta["trials"], 0
+    objective = Objective(folder, spec, threads, device, redact(storage_url), trials)
     while True:
         optuna.storages.fail_stale_trials(study)
         settled, pending, waiting = study_progress(study, spec, trials)
@@ -272,6 +318,8 @@ def run_worker(
             time.sleep(max(0.5, meta["heartbeat"] / 2))  # the rest runs elsewhere: watch it
             continue
         study.optimize(objective, n_trials=1, catch=(Exception,))
+        if objective.last_outcome == "surplus":
+            continue
         _say(study.get_trials(deepcopy=False)[objective.last_number], index)
         failures = failures + 1 if objective.last_outcome == "error" else 0
         if failures >= meta["max_failures"]:
