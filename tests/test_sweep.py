@@ -213,3 +213,19 @@ def test_two_workers_racing_for_the_last_trial_leave_one_to_run(tmp_path, method
         study.tell(extra, state=optuna.trial.TrialState.PRUNED)
         study.tell(last, state=optuna.trial.TrialState.FAIL)
         assert not is_surplus(study, spec, 3, study.ask().number)
+
+
+def test_early_terminate_stops_weak_trials_at_the_first_band(tmp_path):
+    """W&B's hyperband rule: at epoch min_iter only the best 1/eta of the trials so far go on."""
+    file = write(tmp_path, "method: grid\nmetric: {name: val.cls.accuracy, goal: maximize}\n"
+                 "parameters: {train.optimizer.lr: {values: [0.003, 0.001, 1.0e-5, 1.0e-7, 0.01]}}\n"
+                 "early_terminate: {type: hyperband, min_iter: 1, eta: 3}\n")  # fmt: skip
+    folder = sweep(DEMO, file, [*TINY, "train.epochs=3"], out=tmp_path / "out")
+    seen = []
+    for r in sorted(load_trials(folder, None), key=lambda r: r.number):
+        seen.append(r.metrics[0]["val.cls.accuracy"])
+        keep = max(1, len(seen) // 3)
+        promoted = seen[-1] >= sorted(seen, reverse=True)[keep - 1]
+        assert (r.state, r.epochs) == (("complete", 3) if promoted else ("pruned", 1))
+        assert r.run.status()["state"] == ("finished" if promoted else "pruned")
+    assert len(seen) == 5 and sum(r.state == "pruned" for r in load_trials(folder, None)) >= 1

@@ -92,8 +92,8 @@ early_terminate: {type: hyperband, max_iter: 27, s: 2, eta: 3}
     assert spec.overrides({"tasks.cls.head.hidden": hidden.choices[1]})[
         "tasks.cls.head.hidden"
     ] == [128, 64]
-    assert spec.early_terminate == {"min_resource": 3, "max_resource": 27, "reduction_factor": 3}
-    assert type(pruner_for(spec, 10)).__name__ == "HyperbandPruner"
+    assert spec.early_terminate == {"min_resource": 3, "reduction_factor": 3, "last_band": 9}
+    assert type(pruner_for(spec)).__name__ == "SuccessiveHalvingPruner"
     assert type(sampler_for(spec, 10, 0)).__name__ == "RandomSampler"
 
 

@@ -413,7 +413,12 @@ def _parse_metric(raw: Any, source: str, metric_map: dict[str, str]) -> tuple[st
 
 
 def _parse_early_terminate(raw: Any, source: str, notes: list[str]) -> dict | None:
-    """W&B's hyperband block -> Optuna HyperbandPruner arguments."""
+    """W&B's hyperband block -> the epochs at which weak trials stop (its "bands").
+
+    W&B's agent does not run Hyperband's several brackets: it checks every run at epochs
+    min_iter * eta^k and stops those outside the best 1/eta of the runs that got there.
+    That is asynchronous successive halving in one bracket, which is what cnnlab runs.
+    With max_iter and s instead of min_iter, the bands are max_iter / eta^s .. max_iter / eta."""
     if raw is None:
         return None
     if not isinstance(raw, dict) or raw.get("type") != "hyperband":
@@ -425,16 +430,13 @@ def _parse_early_terminate(raw: Any, source: str, notes: list[str]) -> dict | No
             "use min_iter, max_iter, eta, s"
         )
     eta = int(raw.get("eta", 3))
-    min_iter = raw.get("min_iter")
-    if min_iter is None and "max_iter" in raw and "s" in raw:
-        min_iter = max(1, round(raw["max_iter"] / eta ** raw["s"]))
+    min_iter, last_band = raw.get("min_iter"), None
+    if min_iter is None and "max_iter" in raw:
+        min_iter = max(1, int(raw["max_iter"] / eta ** raw.get("s", 0)))
+        last_band = max(1, int(raw["max_iter"] / eta))
     if "strict" in raw:
-        notes.append("ignoring early_terminate.strict (Optuna's Hyperband has no such switch)")
-    return {
-        "min_resource": int(min_iter or 1),
-        "max_resource": raw.get("max_iter"),  # None = the recipe's epochs
-        "reduction_factor": eta,
-    }
+        notes.append("ignoring early_terminate.strict (W&B's own stopping rule ignores it too)")
+    return {"min_resource": int(min_iter or 1), "reduction_factor": eta, "last_band": last_band}
 
 
 def check_against_recipe(spec: SweepSpec, base: dict, source: str, map_path: Any) -> None:

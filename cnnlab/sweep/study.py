@@ -143,17 +143,19 @@ def sampler_for(spec: SweepSpec, trials: int, seed: int | None):
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True)
 
 
-def pruner_for(spec: SweepSpec, epochs: int):
-    """W&B's early_terminate (hyperband) -> HyperbandPruner over epochs; else none."""
+def pruner_for(spec: SweepSpec):
+    """W&B's early_terminate -> successive halving on the per-epoch metric; else none.
+
+    Not Optuna's HyperbandPruner: its brackets are drawn from a hash of the study name (so
+    two runs of one sweep prune differently) and some of them never prune; W&B's agent
+    stops runs as successive halving does (see spec._parse_early_terminate)."""
     import optuna
 
     if spec.early_terminate is None:
         return optuna.pruners.NopPruner()
     et = spec.early_terminate
-    return optuna.pruners.HyperbandPruner(
-        min_resource=et["min_resource"],
-        max_resource=et["max_resource"] or epochs,
-        reduction_factor=et["reduction_factor"],
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=et["min_resource"], reduction_factor=et["reduction_factor"]
     )
 
 
@@ -166,7 +168,7 @@ def load_study(folder: SweepFolder, storage, spec: SweepSpec, seed: int | None =
         study_name=meta["study"],
         storage=storage,
         sampler=sampler_for(spec, meta["trials"], seed),
-        pruner=pruner_for(spec, folder.base()["train"]["epochs"]),
+        pruner=pruner_for(spec),
         direction=spec.direction,
         load_if_exists=True,
     )

@@ -130,7 +130,9 @@ class Objective:
         try:
             from cnnlab.train import train
 
-            train(recipe, resume=resume, on_epoch=self._reporter(trial), run=run)
+            train(
+                recipe, resume=resume, on_epoch=self._reporter(trial, recipe.train.epochs), run=run
+            )
             value, epoch = best_value(run, self.spec.metric)
         except optuna.TrialPruned:
             run.set_status("pruned", epoch=len(run.read_metrics()))
@@ -185,14 +187,19 @@ class Objective:
             },
         )
 
-    def _reporter(self, trial):
-        """Per-epoch callback: feed the pruner, count epochs, prune when it says so."""
+    def _reporter(self, trial, epochs: int):
+        """Per-epoch callback: feed the pruner, count epochs, prune when it says so.
+
+        Never after the last band (W&B's rule) nor the last epoch (nothing left to save)."""
         import optuna
+
+        et = self.spec.early_terminate or {}
+        last = min(epochs - 1, et.get("last_band") or epochs)
 
         def on_epoch(row: dict) -> None:
             trial.report(row[self.spec.metric], row["epoch"])
             trial.set_user_attr("epochs", row["epoch"])
-            if trial.should_prune():
+            if row["epoch"] <= last and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
 
         return on_epoch
