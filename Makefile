@@ -58,6 +58,8 @@ lint: $(STAMP)
 
 bench: data
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/sweep_efficiency.py
+	$(PY) benchmarks/sweep_report_scale.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

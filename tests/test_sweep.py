@@ -217,9 +217,8 @@ def test_two_workers_racing_for_the_last_trial_leave_one_to_run(tmp_path, method
 
 def test_early_terminate_stops_weak_trials_at_the_first_band(tmp_path):
     """W&B's hyperband rule: at epoch min_iter only the best 1/eta of the trials so far go on."""
-    file = write(tmp_path, "method: grid\nmetric: {name: val.cls.accuracy, goal: maximize}\n"
-                 "parameters: {train.optimizer.lr: {values: [0.003, 0.001, 1.0e-5, 1.0e-7, 0.01]}}\n"
-                 "early_terminate: {type: hyperband, min_iter: 1, eta: 3}\n")  # fmt: skip
+    file = lr_sweep(tmp_path, "grid", "{values: [3.0e-3, 1.0e-3, 1.0e-5, 1.0e-7, 1.0e-2]}")
+    file.write_text(file.read_text() + "early_terminate: {type: hyperband, min_iter: 1, eta: 3}\n")
     folder = sweep(DEMO, file, [*TINY, "train.epochs=3"], out=tmp_path / "out")
     seen = []
     for r in sorted(load_trials(folder, None), key=lambda r: r.number):
