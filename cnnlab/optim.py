@@ -41,8 +41,11 @@ def build_scheduler(
         return lr_scheduler.MultiStepLR(optimizer, milestones=s.milestones, gamma=s.gamma), False
     if s.name == "onecycle":
         max_lr = [g["lr"] for g in optimizer.param_groups]
+        pct = s.pct_start
+        if pct * total == 1.0:  # a warm-up of exactly one step: torch divides by zero
+            pct = 2 / total if total > 2 else 0.25
         return lr_scheduler.OneCycleLR(
-            optimizer, max_lr=max_lr, total_steps=total, pct_start=s.pct_start
+            optimizer, max_lr=max_lr, total_steps=total, pct_start=pct
         ), True
     if s.name == "cosine":
         warm = min(int(s.warmup_epochs * steps_per_epoch), total - 1)

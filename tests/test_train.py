@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.recipe import dump_recipe
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.train import Trainer, evaluate_run, train
@@ -125,6 +126,24 @@ def test_schedulers_and_optimizers_train(tiny, sched):
     )
     lrs = [r["lr"] for r in run.read_metrics()]
     assert lrs[0] != lrs[1] or sched == "multistep"
+
+
+@pytest.mark.parametrize("pct", [0.25, 0.5, 0.1])
+def test_onecycle_survives_any_number_of_steps(tiny, pct):
+    """A short run (a sweep trial on a subset) can make the warm-up exactly one step long."""
+    model = torch.nn.Linear(2, 2)
+    for total in range(1, 13):
+        recipe = tiny(
+            "train.epochs=1", "train.scheduler.name=onecycle", f"train.scheduler.pct_start={pct}"
+        )
+        optimizer = build_optimizer(recipe.train.optimizer, model)
+        scheduler, _ = build_scheduler(recipe.train, optimizer, steps_per_epoch=total)
+        lrs = []
+        for _ in range(total):
+            optimizer.step()
+            scheduler.step()
+            lrs.append(optimizer.param_groups[0]["lr"])
+        assert all(lr > 0 for lr in lrs), (total, lrs)
 
 
 def test_single_task_runs_are_the_same_recipe(tiny):
