@@ -121,6 +121,8 @@ early_terminate: {type: hyperband, max_iter: 27, s: 2, eta: 3}
          "has no Optuna equivalent"),
         ("method: random\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
          "early_terminate: {type: envelope}", "hyperband only"),
+        ("method: random\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
+         "early_terminate: {type: hyperband, max_iter: 27}", "give s >= 1"),
     ],
 )  # fmt: skip
 def test_bad_sweep_files_stop_with_one_clear_line(tmp_path, text, message):

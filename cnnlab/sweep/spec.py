@@ -432,8 +432,13 @@ def _parse_early_terminate(raw: Any, source: str, notes: list[str]) -> dict | No
     eta = int(raw.get("eta", 3))
     min_iter, last_band = raw.get("min_iter"), None
     if min_iter is None and "max_iter" in raw:
-        min_iter = max(1, int(raw["max_iter"] / eta ** raw.get("s", 0)))
-        last_band = max(1, int(raw["max_iter"] / eta))
+        if int(raw.get("s", 0)) < 1 or raw["max_iter"] < eta:
+            raise CnnlabError(
+                f"sweep file {source}: early_terminate with max_iter stops runs at epochs "
+                "max_iter/eta^s .. max_iter/eta: give s >= 1 and max_iter >= eta, or use min_iter"
+            )
+        min_iter = max(1, int(raw["max_iter"] / eta ** raw["s"]))
+        last_band = int(raw["max_iter"] / eta)
     if "strict" in raw:
         notes.append("ignoring early_terminate.strict (W&B's own stopping rule ignores it too)")
     return {"min_resource": int(min_iter or 1), "reduction_factor": eta, "last_band": last_band}
