@@ -173,6 +173,15 @@ def test_bad_sweep_input_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_unreachable_database_stops_before_any_folder(tmp_path):
+    url = "postgresql://someone:secret@127.0.0.1:1/nowhere"  # nothing listens on port 1
+    done = run_cli("sweep", str(DEMO), "sweeps/fashion_lambda.yaml", "--storage", url,
+                   "--out", str(tmp_path / "out"))  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "cannot open the study database" in done.stderr and "secret" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_repeated_configuration_reuses_the_finished_run(tmp_path):
     """Random search over two configurations: repeats cost no training and share a folder."""
     spec = write(tmp_path, "method: random\nmetric: {name: val.cls.accuracy, goal: maximize}\n"

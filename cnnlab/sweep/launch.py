@@ -53,6 +53,10 @@ def sweep(
             "heartbeat": heartbeat,
             "storage": None if storage is None else _redact(storage),
         }
+        if storage is not None:  # an unreachable database stops before a folder is made
+            from cnnlab.sweep.storage import open_storage
+
+            open_storage(storage, out, heartbeat)
         folder = create_or_join(out, study, base, sweep_path, map_path, settings)
     for note in spec.notes:
         console.print(f"note: {note}")
