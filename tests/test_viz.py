@@ -127,48 +127,65 @@ def test_regression_figure_agrees_with_the_test_metrics(view):
     assert chart.extra["mae"] == pytest.approx(test["test.ink.mae"], rel=0.05)
 
 
-class GuidedReLU(nn.Module):
-    """Reference guided ReLU: forward relu, backward passes only positive gradient where x>0."""
+class Guided(nn.Module):
+    """Reference guided activation: its own derivative, then only positive gradient passes."""
 
     class Fn(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, x):
+        def forward(ctx, x, act):
             ctx.save_for_backward(x)
-            return x.clamp(min=0)
+            ctx.act = act
+            return act(x)
 
         @staticmethod
         def backward(ctx, grad):
             (x,) = ctx.saved_tensors
-            return grad.clamp(min=0) * (x > 0).to(grad.dtype)
+            with torch.enable_grad():
+                leaf = x.detach().requires_grad_(True)
+                (through,) = torch.autograd.grad(ctx.act(leaf), leaf, grad)
+            return through.clamp(min=0), None
+
+    def __init__(self, act: nn.Module):
+        super().__init__()
+        self.act = act
 
     def forward(self, x):
-        return self.Fn.apply(x)
+        return self.Fn.apply(x, self.act)
 
 
-def manual_guided(model: nn.Module, layer_name: str, channel: int, x: torch.Tensor):
-    ref = copy.deepcopy(model)
-    for m in list(ref.modules()):
+def swap_activations(model: nn.Module, old: type, make) -> nn.Module:
+    """A copy of `model` with every `old` activation replaced by make(); weights kept."""
+    model = copy.deepcopy(model)
+    for m in list(model.modules()):
         for child_name, child in list(m.named_children()):
-            if isinstance(child, nn.ReLU):
-                setattr(m, child_name, GuidedReLU())
+            if type(child) is old:
+                setattr(m, child_name, make())
+    return model
+
+
+def manual_guided(model: nn.Module, layer_name: str, channel: int, x: torch.Tensor, act):
+    ref = swap_activations(model, act, lambda: Guided(act()))
     layer = dict(ref.backbone.named_modules())[layer_name]
     out = {}
     handle = layer.register_forward_hook(lambda m, i, y: out.__setitem__("y", y))
     x = x.detach().clone().requires_grad_(True)
     try:
-        ref.forward_features(x)
+        ref.eval().forward_features(x)
     finally:
         handle.remove()
     out["y"][:, channel].amax(dim=(1, 2)).sum().backward()
     return x.grad
 
 
-def test_guided_backprop_equals_a_manual_guided_relu_computation(view):
-    name, conv = last_conv(view.model)
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Mish, nn.GELU, nn.LeakyReLU], ids=lambda a: a.__name__)
+def test_guided_backprop_equals_a_manual_guided_computation(view, act):
+    """Captum's rule on ReLU, and the same rule on the activations Captum leaves alone."""
+    model = swap_activations(view.model, nn.ReLU, act)  # trained weights, another activation
+    name, conv = last_conv(model)
     x = view.batch("test", torch.tensor([3, 7]))
     for channel in (0, 5):
-        ours = guided_gradient(view.model, conv, channel, x)  # Captum underneath
-        ref = manual_guided(view.model, name, channel, x)
+        ours = guided_gradient(model, conv, channel, x)
+        ref = manual_guided(model, name, channel, x, act)
         assert ours.shape == x.shape
         assert ours.abs().sum() > 0
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6)
@@ -176,10 +193,10 @@ def test_guided_backprop_equals_a_manual_guided_relu_computation(view):
     plain = x.detach().clone().requires_grad_(True)
     out = {}
     with forward_hooks({"c": conv}, lambda n, m, y: out.__setitem__("y", y)):
-        view.model.forward_features(plain)
+        model.eval().forward_features(plain)
     out["y"][:, 0].amax(dim=(1, 2)).sum().backward()
-    assert not torch.allclose(plain.grad, guided_gradient(view.model, conv, 0, x))
-    assert no_hooks_left(view.model)
+    assert not torch.allclose(plain.grad, guided_gradient(model, conv, 0, x))
+    assert no_hooks_left(model)
 
 
 def test_guided_backprop_figure_picks_the_most_exciting_image(view):

@@ -3,11 +3,18 @@
 A "neuron" is one channel of the last Conv2d; its value for an image is the channel's
 maximum over positions. For each chosen channel we find the test image that excites it
 most and show Captum's guided gradient of that value with respect to the image.
+
+Captum applies the guided rule (only positive gradient flows back through a nonlinearity)
+at nn.ReLU modules alone; a GELU, SiLU, Mish or LeakyReLU network (seed 002's best model used
+Mish) would silently get the plain gradient. `guided_nonlinearities` applies the same rule at
+those activations, so every backbone gets guided backprop.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from captum.attr import GuidedBackprop
@@ -15,7 +22,13 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.viz.base import Chart, new_figure, show_image, unit_range
-from cnnlab.viz.hooks import analysis_mode, features_of, forward_hooks, last_conv
+from cnnlab.viz.hooks import (
+    ACTIVATION_TYPES,
+    analysis_mode,
+    features_of,
+    forward_hooks,
+    last_conv,
+)
 from cnnlab.viz.run_view import RunView
 
 
@@ -33,9 +46,30 @@ class NeuronOutput(nn.Module):
         return out["layer"][:, self.channel].amax(dim=(1, 2))  # (B,)
 
 
+@contextmanager
+def guided_nonlinearities(model: nn.Module) -> Iterator[None]:
+    """Captum's guided rule on the activations it leaves alone: clamp the gradient that
+    leaves each of them (the activation's own derivative already applied) at zero."""
+
+    def clamp(module, grad_input, grad_output):
+        return tuple(None if g is None else g.clamp(min=0) for g in grad_input)
+
+    others = [
+        m for m in model.modules() if isinstance(m, ACTIVATION_TYPES) and not isinstance(m, nn.ReLU)
+    ]
+    handles = []
+    try:
+        for m in others:
+            handles.append(m.register_full_backward_hook(clamp))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def guided_gradient(model: nn.Module, layer: nn.Module, channel: int, x: torch.Tensor):
-    """Captum's guided backprop of one channel's peak for images x (B, C, H, W)."""
-    with analysis_mode(model), warnings.catch_warnings():
+    """Guided backprop of one channel's peak for images x (B, C, H, W)."""
+    with analysis_mode(model), guided_nonlinearities(model), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Setting backward hooks")
         gbp = GuidedBackprop(NeuronOutput(model, layer, channel))
         x = x.detach().clone().requires_grad_(True)
@@ -69,7 +103,7 @@ def guided_backprop(view: RunView, neurons: int = 10) -> list[Chart]:
             f"Guided backpropagation ({len(channels)} neurons of {name})",
             fig,
             "Left: the test image that excites the channel most; right: its guided "
-            "gradient (Captum), scaled to [0, 1].",
+            "gradient (Captum's guided rule, at every activation), scaled to [0, 1].",
             extra={
                 "channels": channels,
                 "images": [int(best_image[c]) for c in channels],
