@@ -163,6 +163,7 @@ def load_study(folder: SweepFolder, storage, spec: SweepSpec, seed: int | None =
     """Create the study or join it (load_if_exists): safe when many workers start at once."""
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # cnnlab says what happens itself
     meta = folder.meta()
     return optuna.create_study(
         study_name=meta["study"],

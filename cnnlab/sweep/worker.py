@@ -337,9 +337,12 @@ def _say(trial, index: int) -> None:
     """One line per trial this worker ran."""
     outcome = trial.user_attrs.get("outcome") or trial.state.name.lower()
     value = f" {trial.value:.4f}" if trial.value is not None else ""
-    params = "  ".join(f"{k}={v}" for k, v in trial.params.items())
+    params = "  ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
+    )
     epochs = trial.user_attrs.get("epochs", 0)
-    print(f"[worker {index}] trial {trial.number} {outcome}{value} ({epochs} epochs)  {params}")
+    noun = "epoch" if epochs == 1 else "epochs"
+    print(f"[worker {index}] trial {trial.number} {outcome}{value} ({epochs} {noun})  {params}")
     sys.stdout.flush()
 
 
