@@ -186,7 +186,12 @@ def chart_importance(imp: dict[str, float]):
 
     names = list(imp)[::-1]
     fig = go.Figure(go.Bar(x=[imp[n] for n in names], y=names, orientation="h"))
-    fig.update_layout(xaxis_title="importance (PED-ANOVA)", height=120 + 30 * len(names))
+    fig.update_layout(
+        xaxis_title="importance (PED-ANOVA)",
+        height=110 + 34 * len(names),  # the margins below plus one bar per parameter
+        margin={"l": 20, "r": 20, "t": 20, "b": 60},
+        yaxis={"automargin": True},  # long dotted names push the bars right, not off-page
+    )
     return fig
 
 
@@ -310,7 +315,7 @@ body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#22
 table{border-collapse:collapse;font-size:13px;margin:0.5em 0}
 td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}
 th{background:#f3f3f3} .num{text-align:right;font-variant-numeric:tabular-nums}
-.row{display:flex;gap:2em;align-items:flex-start;flex-wrap:wrap} .row>div{flex:1;min-width:420px}
+.wide{overflow-x:auto}
 </style></head><body>
 <h1>Sweep {{ name }}</h1>
 <p>{{ method }} search over {{ n_params }} parameters; {{ goal }} <b>{{ metric }}</b>;
@@ -318,13 +323,14 @@ th{background:#f3f3f3} .num{text-align:right;font-variant-numeric:tabular-nums}
 <h2>{{ metric }} vs trial start time</h2>{{ fig_time | safe }}
 <h2>Parallel coordinates</h2>{{ fig_parallel | safe }}
 <h2>Parameter importance and correlation</h2>
-<div class="row"><div>{{ fig_importance | safe }}</div><div>
+{{ fig_importance | safe }}
+<div class="wide">
 <table><tr><th>parameter</th>{% for m in metrics %}<th>{{ m }}</th>{% endfor %}</tr>
 {% for label, values in corr %}<tr><td>{{ label }}</td>
 {% for v in values %}<td class="num" style="background:{{ v | shade }}">{{ v | num }}</td>
 {% endfor %}</tr>{% endfor %}</table>
 <p>Pearson correlation over trials, at each run's best epoch. A categorical parameter has one
-row per value (is it this value).</p></div></div>
+row per value (is it this value).</p></div>
 <h2>Learning curves{% if group_by %} by {{ group_by }}{% endif %}</h2>{{ fig_curves | safe }}
 <p>{% for g, n in group_counts %}{{ g }}: {{ n }} trial(s){% if not loop.last %}; {% endif %}
 {% endfor %}</p>
