@@ -151,3 +151,13 @@ def test_name_map_values_and_unknown_entries(tmp_path):
     write(tmp_path, yaml.safe_dump({"parameters": {"ack": "model.activation"}}), "other.yaml")
     with pytest.raises(CnnlabError, match="maps 'ack', which the sweep file does not sweep"):
         load_sweep(sweep, base(), tmp_path / "other.yaml")
+
+
+def test_a_missing_goal_follows_the_metric_and_says_so(tmp_path):
+    """W&B minimizes unless told; an accuracy sweep without a goal is maximized, with a note."""
+    acc = load_sweep(write(tmp_path, "method: grid\nmetric: {name: val.cls.accuracy}\n"
+                           "parameters: {model.blocks: {values: [2]}}"), base())  # fmt: skip
+    assert acc.goal == "maximize" and any("W&B would minimize" in n for n in acc.notes)
+    loss = load_sweep(write(tmp_path, "method: grid\nmetric: {name: val.loss}\n"
+                            "parameters: {model.blocks: {values: [2]}}"), base())  # fmt: skip
+    assert loss.goal == "minimize" and not any("goal" in n for n in loss.notes)

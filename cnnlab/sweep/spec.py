@@ -406,7 +406,11 @@ def _parse_metric(raw: Any, source: str, metric_map: dict[str, str]) -> tuple[st
         raise CnnlabError(f"sweep file {source}: metric key {sorted(unknown)[0]!r}; use name, goal")
     notes = ["ignoring metric.target (the sweep runs its trial budget)"] if "target" in raw else []
     name = metric_map.get(str(raw["name"]), str(raw["name"]))
-    goal = raw.get("goal") or ("maximize" if metric_goal(name) == "max" else "minimize")
+    goal = raw.get("goal")
+    if goal is None:
+        goal = "maximize" if metric_goal(name) == "max" else "minimize"
+        if goal == "maximize":  # W&B's own default is minimize, whatever the metric
+            notes.append(f"metric.goal not given: maximizing {name} (W&B would minimize it)")
     if goal not in ("maximize", "minimize"):
         raise CnnlabError(f"sweep file {source}: metric.goal {goal!r}; use maximize or minimize")
     return name, goal, notes
