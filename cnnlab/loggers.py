@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe import Recipe
+from cnnlab.recipe import Recipe, flatten
 from cnnlab.runs import RunFolder
 
 PACKAGES = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow"}
@@ -79,7 +79,7 @@ class MlflowLogger:
         self.mlflow = _require("mlflow")
         self.mlflow.set_experiment(recipe.log.project or recipe.name)
         self.mlflow.start_run(run_name=run.path.name)
-        flat = _flatten(recipe.model_dump(mode="json"))
+        flat = flatten(recipe.model_dump(mode="json"))
         self.mlflow.log_params({k: str(v)[:250] for k, v in flat.items()})
 
     def epoch(self, row: dict) -> None:
@@ -88,16 +88,6 @@ class MlflowLogger:
     def close(self, summary: dict) -> None:
         self.mlflow.log_metrics(_numbers(summary))
         self.mlflow.end_run()
-
-
-def _flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 LOGGERS = {"wandb": WandbLogger, "tensorboard": TensorBoardLogger, "mlflow": MlflowLogger}

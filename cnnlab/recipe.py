@@ -222,6 +222,26 @@ def metric_goal(name: str) -> Literal["max", "min"]:
     return "max" if name.rsplit(".", 1)[-1] in {"accuracy", "precision", "recall", "f1"} else "min"
 
 
+def best_row(rows: list[dict], metric: str) -> dict | None:
+    """The metrics row whose `metric` is best (the epoch best.pt holds when it is the monitor)."""
+    if not rows:
+        return None
+    pick = max if metric_goal(metric) == "max" else min
+    return pick(rows, key=lambda r: r.get(metric, float("nan")))
+
+
+def flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"optimizer": {"lr": 1}}} -> {"train.optimizer.lr": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
 # ------------------------------------------------------------- loading + overrides
 
 

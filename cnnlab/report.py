@@ -17,7 +17,7 @@ from pathlib import Path
 import jinja2
 
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe import dump_recipe, metric_goal
+from cnnlab.recipe import best_row, dump_recipe
 from cnnlab.runs import write_text
 from cnnlab.viz import Chart, RunView, make_charts
 
@@ -95,11 +95,7 @@ def metrics_table(view: RunView) -> list[dict]:
     """One row per metric: best validation epoch and test value."""
     rows = view.metrics()
     test = view.test_metrics()
-    monitor = view.recipe.train.monitor
-    best = None
-    if rows:
-        pick = max if metric_goal(monitor) == "max" else min
-        best = pick(rows, key=lambda r: r.get(monitor, float("nan")))
+    best = best_row(rows, view.recipe.train.monitor)
     names = [k.removeprefix("val.") for k in (best or {}) if k.startswith("val.")]
     names += [k.removeprefix("test.") for k in test if k.startswith("test.")]
     out = []

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.recipe import metric_goal
+from cnnlab.recipe import flatten, metric_goal
 from cnnlab.runs import write_text
-from cnnlab.sweep.results import TrialRow, flatten, load_trials, open_study
+from cnnlab.sweep.results import TrialRow, load_trials, open_study
 from cnnlab.sweep.study import SweepFolder
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]

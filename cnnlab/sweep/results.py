@@ -12,7 +12,7 @@ from functools import cached_property
 from typing import Any
 
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe import metric_goal
+from cnnlab.recipe import best_row, flatten
 from cnnlab.runs import RunFolder
 from cnnlab.sweep.study import SweepFolder
 
@@ -70,12 +70,8 @@ class TrialRow:
 
     def at_best_epoch(self) -> dict:
         """The metrics row of the epoch best.pt holds (by the sweep metric)."""
-        rows = self.metrics
-        if not rows:
-            return {}
         monitor = self.recipe.get("train", {}).get("monitor", "val.loss")
-        pick = max if metric_goal(monitor) == "max" else min
-        return pick(rows, key=lambda r: r.get(monitor, float("nan")))
+        return best_row(self.metrics, monitor) or {}
 
 
 def open_study(folder: SweepFolder, storage_url: str | None):
@@ -132,18 +128,6 @@ def load_trials(folder: SweepFolder, storage_url: str | None, study=None) -> lis
             )
         )
     return rows
-
-
-def flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
-    """{"train": {"optimizer": {"lr": 1}}} -> {"train.optimizer.lr": 1}."""
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, path + "."))
-        else:
-            out[path] = value
-    return out
 
 
 def differs(recipe: dict, base: dict) -> dict[str, Any]:

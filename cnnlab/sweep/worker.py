@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe import metric_goal, validate
+from cnnlab.recipe import best_row, validate
 from cnnlab.runs import RunFolder, write_json
 from cnnlab.sweep.results import SURPLUS
 from cnnlab.sweep.spec import SweepSpec, apply_to
@@ -65,11 +65,9 @@ def trial_overrides(folder: SweepFolder, number: int, threads: int, device: str 
 
 def best_value(run: RunFolder, metric: str) -> tuple[float, int]:
     """The metric at the run's best epoch (the epoch whose weights best.pt holds)."""
-    rows = run.read_metrics()
-    if not rows:
+    row = best_row(run.read_metrics(), metric)
+    if row is None:
         raise CnnlabError(f"{run.path} has no finished epoch")
-    pick = max if metric_goal(metric) == "max" else min
-    row = pick(rows, key=lambda r: r[metric])
     return float(row[metric]), int(row["epoch"])
 
 
@@ -304,7 +302,6 @@ def run_worker(
 
     meta = folder.meta()
     spec = folder.spec()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url, folder.path, meta["heartbeat"])
     # GridSampler's grid order must agree across workers: one seed. Random / TPE: seeded per
     # local worker (reproducible); unseeded with a shared database, where workers must differ.
