@@ -127,6 +127,10 @@ class RunFolder:
     def status(self) -> dict:
         return json.loads(self.status_path.read_text()) if self.status_path.is_file() else {}
 
+    def test_metrics(self) -> dict:
+        """The saved test metrics of the best checkpoint; {} before the test set was read."""
+        return json.loads(self.test_path.read_text()) if self.test_path.is_file() else {}
+
     # -------------------------------------------------------------- checkpoints
 
     def save_checkpoint(self, path: Path, state: dict) -> None:

@@ -9,7 +9,6 @@ and thread count).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import threading
@@ -354,20 +353,16 @@ def train(
                 f"interrupted at epoch {trainer.state.epoch + 1}, step {trainer.state.step}; "
                 f"continue with: cnnlab train --resume {run.path}"
             ) from None
-        if not recipe.train.test_at_end:  # sweep trials: the test set must not drive a choice
-            run.set_status(
-                "finished", epoch=trainer.state.epoch, best_epoch=trainer.state.best_epoch
-            )
-            return run
-        metrics = trainer.test()
-        run.set_status("finished", epoch=trainer.state.epoch, best_epoch=metrics["best_epoch"])
-        if recipe.train.progress:
+        # Sweep trials skip the test set: it must not drive a choice.
+        metrics = trainer.test() if recipe.train.test_at_end else {}
+        run.set_status("finished", epoch=trainer.state.epoch, best_epoch=trainer.state.best_epoch)
+        if metrics and recipe.train.progress:
             print_metrics_table(metrics, "test metrics of the best checkpoint")
-        if recipe.train.report:
+        if metrics and recipe.train.report:
             write_run_report(run)
         return run
     finally:
-        loggers.close(json.loads(run.test_path.read_text()) if run.test_path.is_file() else {})
+        loggers.close(run.test_metrics())
 
 
 def write_run_report(run: RunFolder) -> None:

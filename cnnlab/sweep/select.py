@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import asdict, dataclass
 
@@ -100,9 +99,8 @@ def _test(picks: list[Pick], folder: SweepFolder) -> None:
     for pick in picks:
         if pick.run not in done:
             run = RunFolder(folder.path / pick.run)
-            if run.test_path.is_file():
-                done[pick.run] = json.loads(run.test_path.read_text())
-            else:
+            done[pick.run] = run.test_metrics()
+            if not done[pick.run]:
                 from cnnlab.train import evaluate_run
 
                 done[pick.run] = evaluate_run(run.path)

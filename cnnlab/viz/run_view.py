@@ -8,7 +8,6 @@ writes to the run or touches training state (optimizer, last.pt, rng).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -72,8 +71,7 @@ class RunView:
         return self.run.read_metrics()
 
     def test_metrics(self) -> dict:
-        path = self.run.test_path
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return self.run.test_metrics()
 
     @cached_property
     def splits(self) -> Splits:
