@@ -19,6 +19,8 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from cnnlab.errors import CnnlabError
+
 # Class names and run names are user text: never let "$" start matplotlib's mathtext.
 RC = {"text.parse_math": False, "font.size": 9, "axes.titlesize": 9, "savefig.dpi": 130}
 
@@ -84,6 +86,12 @@ def grid_shape(n: int) -> tuple[int, int]:
     cols = int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
     return rows, cols
+
+
+def check_count(option: str, value: int, limit: int) -> None:
+    """A figure option counting things (images, channels, neurons) must be 1..limit."""
+    if not 1 <= value <= limit:
+        raise CnnlabError(f"--{option} {value}: choose 1 to {limit}")
 
 
 def shorten(text: str, n: int = 18) -> str:

@@ -5,9 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
-from cnnlab.viz.base import Chart, grid_shape, hide_ticks, new_figure, show_image, show_map
-from cnnlab.viz.hooks import analysis_mode, conv_layers, feature_blocks, features_of, forward_hooks
+from cnnlab.viz.base import (
+    Chart,
+    check_count,
+    grid_shape,
+    hide_ticks,
+    new_figure,
+    show_image,
+    show_map,
+)
+from cnnlab.viz.hooks import analysis_mode, feature_blocks, features_of, first_conv, forward_hooks
 from cnnlab.viz.predictions import pick
 from cnnlab.viz.run_view import RunView
 
@@ -21,15 +28,10 @@ def capture(model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor) -> 
     return {k: v.float().cpu() for k, v in out.items()}
 
 
-def _check_count(name: str, value: int, limit: int) -> None:
-    if not 1 <= value <= limit:
-        raise CnnlabError(f"--{name} {value}: choose 1 to {limit}")
-
-
 def feature_maps(view: RunView, images: int = 3, channels: int = 4) -> list[Chart]:
     """Per test image: the input, then the first `channels` maps of every block."""
-    _check_count("images", images, 20)
-    _check_count("channels", channels, 64)
+    check_count("images", images, 20)
+    check_count("channels", channels, 64)
     test = view.split("test")
     index = pick(len(test), images, view.recipe.seed + 1)
     blocks = feature_blocks(view.model)
@@ -59,13 +61,6 @@ def feature_maps(view: RunView, images: int = 3, channels: int = 4) -> list[Char
             )
         )
     return charts
-
-
-def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    convs = conv_layers(model)
-    if not convs:
-        raise CnnlabError(f"{type(model).__name__} has no Conv2d layer")
-    return next(iter(convs.items()))
 
 
 def _filter_images(weight: torch.Tensor) -> torch.Tensor:

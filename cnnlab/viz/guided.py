@@ -20,8 +20,7 @@ import torch
 from captum.attr import GuidedBackprop
 from torch import nn
 
-from cnnlab.errors import CnnlabError
-from cnnlab.viz.base import Chart, new_figure, show_image, unit_range
+from cnnlab.viz.base import Chart, check_count, new_figure, show_image, unit_range
 from cnnlab.viz.hooks import (
     ACTIVATION_TYPES,
     analysis_mode,
@@ -77,8 +76,7 @@ def guided_gradient(model: nn.Module, layer: nn.Module, channel: int, x: torch.T
 
 
 def guided_backprop(view: RunView, neurons: int = 10) -> list[Chart]:
-    if not 1 <= neurons <= 64:
-        raise CnnlabError(f"--neurons {neurons}: choose 1 to 64")
+    check_count("neurons", neurons, 64)
     name, conv = last_conv(view.model)
     peaks = view.test_predictions.peaks  # (N, C), recorded in the same pass as predictions
     best_value, best_image = peaks.max(dim=0)  # (C,), (C,)

@@ -89,11 +89,19 @@ def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
     return {n: m for n, m in backbone_of(model).named_modules() if isinstance(m, nn.Conv2d)}
 
 
-def last_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    convs = conv_layers(model)
+def _convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    convs = list(conv_layers(model).items())
     if not convs:
         raise CnnlabError(f"{type(model).__name__} has no Conv2d layer")
-    return list(convs.items())[-1]
+    return convs
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    return _convs(model)[0]
+
+
+def last_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    return _convs(model)[-1]
 
 
 def feature_blocks(model: nn.Module) -> dict[str, nn.Module]:
