@@ -23,6 +23,18 @@ def confusion_counts(truth: torch.Tensor, pred: torch.Tensor, n: int) -> torch.T
     return multiclass_confusion_matrix(pred, truth, num_classes=n, validate_args=False).long()
 
 
+def per_class_accuracy(cm: torch.Tensor) -> torch.Tensor:
+    """(n,) float64: correct / test images of each true class (recall)."""
+    return cm.diag().double() / cm.sum(1).clamp_min(1)
+
+
+def off_diagonal(cm: torch.Tensor) -> torch.Tensor:
+    """The errors only: a copy of the matrix with the diagonal set to 0."""
+    errors = cm.clone()
+    errors.fill_diagonal_(0)
+    return errors
+
+
 def _heatmap(fig, ax, matrix: torch.Tensor, names: list[str], title: str, fmt: str) -> None:
     n = len(names)
     im = ax.imshow(matrix.numpy(), cmap="Blues")
@@ -58,7 +70,7 @@ def _matrix_chart(task: str, cm: torch.Tensor, names: list[str]) -> Chart:
     ax1, ax2 = fig.subplots(1, 2)
     _heatmap(fig, ax1, cm, names, f"{task}: counts (test, {int(cm.sum())} images)", "d")
     _heatmap(fig, ax2, norm, names, f"{task}: row-normalized (recall per class)", ".2f")
-    accuracy = (cm.diag().double() / cm.sum(1).clamp_min(1)).tolist()
+    accuracy = per_class_accuracy(cm).tolist()
     table = [
         {
             "class": c,
@@ -79,7 +91,7 @@ def _matrix_chart(task: str, cm: torch.Tensor, names: list[str]) -> Chart:
 
 
 def _per_class_chart(task: str, cm: torch.Tensor, names: list[str]) -> Chart:
-    accuracy = cm.diag().double() / cm.sum(1).clamp_min(1)
+    accuracy = per_class_accuracy(cm)
     order = accuracy.argsort()  # worst first
     shown = order[:40]
     fig = new_figure(7, 0.8 + 0.22 * len(shown))
@@ -98,8 +110,7 @@ def _per_class_chart(task: str, cm: torch.Tensor, names: list[str]) -> Chart:
 
 
 def _pairs_chart(task: str, cm: torch.Tensor, names: list[str]) -> Chart:
-    errors = cm.clone()
-    errors.fill_diagonal_(0)
+    errors = off_diagonal(cm)
     k = min(TOP_PAIRS, int((errors > 0).sum()))
     values, flat = errors.flatten().topk(max(k, 1))
     pairs = [(i // len(names), i % len(names)) for i in flat.tolist()][:k]
@@ -125,11 +136,8 @@ def group_errors(cm: torch.Tensor, names: list[str]) -> tuple[list[str], torch.T
     groups = sorted(set(group_of))
     gidx = torch.tensor([groups.index(g) for g in group_of])
     out = torch.zeros(len(groups), len(groups), dtype=torch.long)
-    errors = cm.clone()
-    errors.fill_diagonal_(0)
-    out.index_put_(
-        (gidx[:, None].expand_as(cm), gidx[None, :].expand_as(cm)), errors, accumulate=True
-    )
+    index = (gidx[:, None].expand_as(cm), gidx[None, :].expand_as(cm))
+    out.index_put_(index, off_diagonal(cm), accumulate=True)
     return groups, out
 
 
