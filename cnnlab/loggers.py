@@ -19,15 +19,14 @@ from cnnlab.errors import CnnlabError
 from cnnlab.recipe import Recipe, flatten
 from cnnlab.runs import RunFolder
 
-PACKAGES = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow"}
-
 
 def _require(name: str) -> Any:
+    """The package behind log.<name> (each is named as its switch)."""
     try:
-        return importlib.import_module(PACKAGES[name])
+        return importlib.import_module(name)
     except ImportError:
         raise CnnlabError(
-            f"the recipe asks for log.{name} but the package {PACKAGES[name]!r} is not installed; "
+            f"the recipe asks for log.{name} but the package {name!r} is not installed; "
             f"pip install 'cnnlab[{name}]' or set log.{name}=false"
         ) from None
 
