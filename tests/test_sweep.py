@@ -19,15 +19,9 @@ from cnnlab.sweep.spec import load_sweep
 from cnnlab.sweep.storage import open_storage
 from cnnlab.sweep.study import SweepFolder
 from tests.conftest import DEMO, ROOT, run_cli
+from tests.conftest import TINY as CONFTEST_TINY
 
-TINY = [
-    "data.train_subset=1000",
-    "data.test_subset=500",
-    "model.base_filters=8",
-    "train.epochs=1",
-    "train.threads=1",
-    "train.device=cpu",
-]
+TINY = [*CONFTEST_TINY, "data.train_subset=1000", "train.threads=1"]  # a core per worker
 
 
 def sets(*extra: str) -> list[str]:
