@@ -9,7 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console(highlight=False)
+# soft_wrap: a line is printed whole, never broken at 80 columns when the output is a log
+# file, CI or `| tee` (rich's width when it cannot ask a terminal).
+console = Console(highlight=False, soft_wrap=True)
 REFRESH_S = 0.5  # the live loss costs a host sync, so it is read at most this often
 
 
@@ -76,11 +78,29 @@ def _headline(key: str) -> bool:
     return key.endswith((".accuracy", ".f1", ".rmse")) or key.count(".") == 1
 
 
-def print_metrics_table(metrics: dict, title: str) -> None:
-    table = Table(title=title, title_justify="left")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        text = f"{value:.4f}" if isinstance(value, float) else str(value)
-        table.add_row(key, text)
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: readable as text in a log, and rendered by any Markdown viewer."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(header: list[str], rows: list[list[str]], title: str) -> None:
+    """A rich table on a terminal; Markdown elsewhere, where rich would squeeze it into 80
+    columns and fold every cell."""
+    if not console.is_terminal:
+        console.print(f"{title}\n\n{markdown_table(header, rows)}", markup=False)
+        return
+    from rich.markup import escape
+
+    table = Table(title=escape(title), title_justify="left")
+    for h in header:
+        table.add_column(h, overflow="fold")
+    for row in rows:
+        table.add_row(*map(escape, row))
     console.print(table)
+
+
+def print_metrics_table(metrics: dict, title: str) -> None:
+    rows = [[k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in metrics.items()]
+    print_table(["metric", "value"], rows, title)

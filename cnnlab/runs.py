@@ -12,20 +12,25 @@
       report.html          self-contained report: recipe, metrics, curves, all figures
 
 Every file that matters is written atomically (temp file + rename): an interruption leaves
-either the old or the new version, never half of one.
+either the old or the new version, never half of one. metrics.jsonl only grows while a run
+trains (one fsynced line per epoch, under the folder's lock); a line torn by a full disk or
+a copy cut short is skipped with a warning when the file is read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pickle
 import platform
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -36,15 +41,26 @@ from cnnlab.errors import CnnlabError
 from cnnlab.recipe import Recipe, dump_recipe, load_recipe
 
 CHECKPOINT_FORMAT = 1
+LOCK_FILE = ".lock"
+
+
+def _process_umask() -> int:
+    """The umask, read once at import. Reading it means setting it, and a umask of 0 set
+    while other threads (Optuna's heartbeat, loggers) create files makes those
+    world-writable, so it is never read again later."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+UMASK = _process_umask()
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
     """Write via a temp file in the same folder, fsync, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; run files are as shareable as any other
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; run files are as shareable as any other
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
@@ -69,6 +85,7 @@ class RunFolder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._warned = False  # about a torn metrics line: once per folder, not every epoch
 
     @classmethod
     def create(cls, recipe: Recipe) -> RunFolder:
@@ -105,21 +122,64 @@ class RunFolder:
     # ------------------------------------------------------------------ metrics
 
     def read_metrics(self) -> list[dict]:
+        """Every readable epoch row; unreadable lines are skipped and named once."""
         if not self.metrics_path.is_file():
             return []
-        return [
-            json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()
-        ]
+        rows, bad = [], []
+        for number, line in enumerate(self.metrics_path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+                rows.append(row)
+            else:
+                bad.append(number)
+        if bad and not self._warned:
+            self._warned = True
+            print(
+                f"warning: {self.metrics_path}: skipped unreadable line(s) "
+                f"{', '.join(map(str, bad))} (a write cut short?); using the {len(rows)} good "
+                "rows (a --resume rewrites the file from them)",
+                file=sys.stderr,
+            )
+        return rows
 
     def append_metrics(self, row: dict) -> None:
-        """Rewrite the whole (small) file atomically rather than appending in place."""
-        rows = [*self.read_metrics(), row]
-        write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        """Append one line and fsync it. Only the lock holder writes (see `lock`), so rows
+        written by earlier epochs are never read back and rewritten."""
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def truncate_metrics(self, epochs: int) -> None:
         """Drop rows after `epochs` (written after the checkpoint we resume from)."""
         rows = [r for r in self.read_metrics() if r["epoch"] <= epochs]
         write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder exclusively while training in it. A sweep worker that missed its
+        heartbeats but still runs, and the retry of its trial, must not both train here;
+        nor may two `--resume` of one run. The lock dies with its process (flock)."""
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                raise CnnlabError(
+                    f"{self.path} is in use by another trainer ({holder or 'unknown process'}); "
+                    "wait for it to finish or stop it, then try again"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def set_status(self, state: str, **info: Any) -> None:
         write_json(self.status_path, {"state": state, "time": time.time(), **info})
@@ -170,23 +230,25 @@ def _version(package: str) -> str | None:
         return None
 
 
-def git_commit() -> str | None:
+def _git(*args: str) -> str | None:
+    """Output of a git command in cnnlab's own checkout; None when git cannot say."""
     src = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(
-            ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            ["git", "-C", str(src), *args], capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if out.returncode != 0:
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_commit() -> str | None:
+    """The commit cnnlab runs from, `+dirty` when tracked files differ from it."""
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
         return None
-    dirty = subprocess.run(
-        ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        timeout=5,
-    ).stdout.strip()
-    return out.stdout.strip() + ("+dirty" if dirty else "")
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return commit + ("+dirty" if dirty else "")
 
 
 def device_name(device: torch.device) -> str:

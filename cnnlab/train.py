@@ -8,7 +8,6 @@ and thread count).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import threading
@@ -25,7 +24,8 @@ from cnnlab.errors import CnnlabError
 from cnnlab.loggers import Loggers
 from cnnlab.models import MultiTaskModel, create_model
 from cnnlab.optim import build_optimizer, build_scheduler
-from cnnlab.progress import EpochProgress, print_metrics_table
+from cnnlab.precision import Choice, autocast_for, choose, record
+from cnnlab.progress import EpochProgress, console, print_metrics_table
 from cnnlab.recipe import Recipe, metric_goal
 from cnnlab.runs import RunFolder, environment, load_checkpoint, write_json
 from cnnlab.tasks import EpochMeter, evaluate, total_loss
@@ -55,13 +55,6 @@ def resolve_device(name: str) -> torch.device:
             "train.device is mps but MPS is not available; use train.device=auto or cpu"
         )
     return device
-
-
-def autocast_for(device: torch.device, precision: str):
-    """A zero-argument context factory: bf16 autocast, or nothing for fp32."""
-    if precision == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 # ----------------------------------------------------------------------- state
@@ -94,10 +87,18 @@ def target_stats(recipe: Recipe, splits: Splits) -> dict[str, tuple[float, float
 
 
 class Trainer:
-    """One run: model, optimizer, data and the loop; `fit()` trains, `test()` evaluates."""
+    """One run: model, optimizer, data and the loop; `fit()` trains, `test()` evaluates.
+
+    Building it loads the data and the model and settles the device and precision: every
+    check a recipe can fail happens here, before `train()` writes a run folder. `precision`
+    overrides the recipe's (a resumed or evaluated run keeps the one it trained in)."""
 
     def __init__(
-        self, recipe: Recipe, run: RunFolder, on_epoch: Callable[[dict], None] | None = None
+        self,
+        recipe: Recipe,
+        run: RunFolder | None = None,
+        on_epoch: Callable[[dict], None] | None = None,
+        precision: str | None = None,
     ):
         self.recipe, self.run = recipe, run
         self.on_epoch = on_epoch  # called with each epoch's metrics row (sweeps prune here)
@@ -125,11 +126,22 @@ class Trainer:
         )
         self.train_meter = EpochMeter(recipe, self.num_classes, self.device, detailed=False)
         self.val_meter = EpochMeter(recipe, self.num_classes, self.device)
-        self.autocast = autocast_for(self.device, recipe.train.precision)
         self.needed = {t.target for t in recipe.tasks.values()}
+        self.precision = Choice(precision, "saved") if precision else self._choose_precision(recipe)
+        self.autocast = autocast_for(self.device, self.precision.precision)
         self.state = LoopState()
         self.data_state: torch.Tensor | None = None  # data generator state of a mid-epoch resume
         self._stop = False
+
+    def _choose_precision(self, recipe: Recipe) -> Choice:
+        """`auto` times the run's own model on its first training batch in each precision."""
+        batch_size = min(recipe.train.batch_size, len(self.splits.train))
+        x, targets = next(self.splits.eval_batches("train", batch_size, self.needed))
+
+        def loss_of(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            return total_loss(recipe, self.model, outputs, targets)[0]
+
+        return choose(recipe.train.precision, self.device, self.model, x, loss_of)
 
     # ------------------------------------------------------------- checkpoints
 
@@ -146,6 +158,7 @@ class Trainer:
             "rng": rng,
             "data_gen": gen.get_state() if gen is not None and self.state.step else None,
             "recipe": self.recipe.model_dump(mode="json"),
+            "precision": self.precision.precision,
             "classes": self.splits.classes,
             "normalize": {"mean": self.splits.mean.tolist(), "std": self.splits.std.tolist()},
         }
@@ -153,19 +166,28 @@ class Trainer:
     def save_last(self, gen: torch.Generator | None = None) -> None:
         self.run.save_checkpoint(self.run.last_path, self.checkpoint(gen))
 
-    def restore(self, path: Path) -> None:
-        ckpt = load_checkpoint(path, self.device)
+    def restore(self, ckpt: dict) -> None:
+        """Continue from a checkpoint loaded on the CPU: load_state_dict copies weights and
+        optimizer state to the device, while RNG states must stay CPU ByteTensors (a CUDA
+        generator's set_state refuses anything else)."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler and ckpt["scheduler"]:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.train_meter.restore(ckpt["train_meter"])
         self.state = LoopState(**ckpt["loop"])
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        torch.set_rng_state(ckpt["rng"]["torch"])
         if "cuda" in ckpt["rng"]:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), self.device)
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
         self.data_state = ckpt["data_gen"]
         self.run.truncate_metrics(self.state.epoch)
+
+    def where(self) -> str:
+        """Where a resumed run picks up, in words."""
+        st, epochs = self.state, self.recipe.train.epochs
+        if st.step == 0:
+            return f"epoch {st.epoch + 1} of {epochs} from its start ({st.epoch} done)"
+        return f"epoch {st.epoch + 1} of {epochs}, step {st.step} of {self.steps_per_epoch}"
 
     # -------------------------------------------------------------------- loop
 
@@ -304,7 +326,7 @@ class Trainer:
 
     def test(self) -> dict[str, float]:
         """Test-set metrics of the best checkpoint: the only place the test set is read."""
-        ckpt = load_checkpoint(self.run.best_path, self.device)
+        ckpt = load_checkpoint(self.run.best_path)
         self.model.load_state_dict(ckpt["model"])
         meter = EpochMeter(self.recipe, self.num_classes, self.device)
         batches = self.splits.eval_batches("test", self.recipe.train.eval_batch_size, self.needed)
@@ -328,24 +350,43 @@ def train(
     `on_epoch(row)` sees every epoch's metrics after they are saved; an exception it raises
     (a sweep pruning the trial) ends training with the run folder consistent. `run` is a
     fresh folder made by the caller (a sweep links it to its trial before training starts).
+    A new run folder is made only once the data, model, device and precision are settled,
+    so a recipe that cannot run leaves nothing behind.
     """
     Loggers.check(recipe)  # a missing logging package stops before any folder is made
+    saved = None
     if resume is not None:
         run = RunFolder.open(resume)
         if not run.last_path.is_file():
             raise CnnlabError(
                 f"{run.path} has no checkpoint yet (checkpoints/last.pt); start it anew"
             )
-    elif run is None:
+        saved = load_checkpoint(run.last_path)
+    trainer = Trainer(recipe, precision=saved.get("precision") if saved else None)
+    if run is None:
         run = RunFolder.create(recipe)
-    elif run.metrics_path.is_file():  # a fresh start in a folder a killed attempt left behind
+    with run.lock():
+        return _train_in(trainer, run, saved, on_epoch)
+
+
+def _train_in(
+    trainer: Trainer, run: RunFolder, saved: dict | None, on_epoch: Callable[[dict], None] | None
+) -> RunFolder:
+    """The part of `train()` that writes: it runs holding the run folder's lock."""
+    recipe = trainer.recipe
+    if saved is None and run.metrics_path.is_file():  # a killed attempt's folder, started anew
         run.truncate_metrics(0)
     loggers = Loggers(recipe, run)  # W&B / TensorBoard / MLflow when the recipe asks
     try:
-        trainer = Trainer(recipe, run, loggers.chain(on_epoch))
-        write_json(run.path / "env.json", environment(trainer.device))
-        if resume is not None:
-            trainer.restore(run.last_path)
+        trainer.run, trainer.on_epoch = run, loggers.chain(on_epoch)
+        env = environment(trainer.device)
+        write_json(run.path / "env.json", {**env, "precision": record(trainer.precision)})
+        if saved is not None:
+            trainer.restore(saved)
+        if recipe.train.progress:
+            if saved is not None:
+                console.print(f"resuming {run.path} at {trainer.where()}")
+            console.print(trainer.precision.describe())
         try:
             trainer.fit()
         except KeyboardInterrupt:
@@ -378,5 +419,5 @@ def write_run_report(run: RunFolder) -> None:
 def evaluate_run(path: str | Path) -> dict[str, float]:
     """`cnnlab eval`: test-set metrics of a run's best checkpoint."""
     run = RunFolder.open(path)
-    trainer = Trainer(run.recipe(), run)
-    return trainer.test()
+    precision = load_checkpoint(run.best_path).get("precision")  # the one it trained in
+    return Trainer(run.recipe(), run, precision=precision).test()

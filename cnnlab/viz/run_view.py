@@ -18,6 +18,7 @@ from cnnlab.data.base import ImageSet
 from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.models import MultiTaskModel, create_model
+from cnnlab.precision import autocast_for
 from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.viz.hooks import analysis_mode, forward_hooks, last_conv
@@ -55,6 +56,14 @@ class RunView:
     @cached_property
     def checkpoint(self) -> dict:
         return load_checkpoint(self.run.best_path, "cpu")
+
+    @property
+    def precision(self) -> str:
+        """The precision the run trained and was tested in: predictions drawn in another one
+        would not match the reported test metrics (a confusion matrix whose diagonal
+        disagrees with the accuracy above it)."""
+        saved = self.checkpoint.get("precision", self.recipe.train.precision)
+        return saved if saved in ("fp32", "bf16") else "fp32"
 
     @property
     def classes(self) -> dict[str, list[str]]:
@@ -101,9 +110,11 @@ class RunView:
         x, _ = self.splits.finish(images, {}, set())
         return x
 
-    def batches(self, split: str, batch_size: int = 500):
+    def batches(self, split: str):
+        """Batches as the test evaluation made them: the same batch size, so the same
+        kernels and the same rounding in bf16."""
         needed = {t.target for t in self.recipe.tasks.values()}
-        return self.splits.eval_batches(split, batch_size, needed)
+        return self.splits.eval_batches(split, self.recipe.train.eval_batch_size, needed)
 
     @cached_property
     def test_predictions(self) -> Predictions:
@@ -118,9 +129,11 @@ class RunView:
         peaks: list[torch.Tensor] = []
         _, conv = last_conv(self.model)
         record = lambda n, m, y: peaks.append(y.float().amax(dim=(2, 3)).cpu())  # noqa: E731
+        autocast = autocast_for(self.device, self.precision)
         with analysis_mode(self.model), forward_hooks({"conv": conv}, record):
             for x, targets in self.batches(split):
-                out = self.model.predict(x)
+                with autocast():
+                    out = self.model.predict(x)
                 for name, task in self.recipe.tasks.items():
                     truth[name].append(targets[task.target].cpu())
                     value = out[name].float() if task.type == "regression" else out[name]

@@ -1,0 +1,175 @@
+"""Which precision trains fastest here: `train.precision: auto` measures instead of guessing.
+
+bf16 autocast is 2.4x faster than fp32 for matrix products on one of this project's CPUs
+(AMD EPYC with AVX-512 BF16) and 1.9x slower on another (Intel Xeon without AMX), so no
+fixed default is right. On a CPU, `auto` times a few forward + backward passes of the
+run's own model on one real batch in each precision, interleaved so that a load change on
+the machine hits both alike, and keeps the faster. The answer is cached per machine,
+thread count, torch version, model and batch shape, so it costs a few seconds once.
+On a CUDA GPU bf16 is chosen where the device supports it (tensor cores make it faster
+everywhere it exists); elsewhere fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+PRECISIONS = ("fp32", "bf16")
+MARGIN = 0.97  # bf16 must be at least 3 % faster: on a tie fp32 keeps its extra accuracy
+BUDGET_S = 6.0  # rough ceiling on the timed part, whatever the model costs
+ROUNDS = 5  # interleaved rounds; each precision's time is its fastest round (load only adds)
+WARMUP = 3  # untimed steps per precision: the first ones pick kernels and allocate
+
+LossFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # model outputs -> scalar loss
+
+
+@dataclass
+class Choice:
+    """The precision a run trains in, and why."""
+
+    precision: str  # fp32 | bf16
+    how: str  # recipe | measured | cached | device | saved (a resumed or evaluated run's own)
+    images_per_s: dict[str, float] | None = None  # forward + backward, per precision
+
+    def describe(self) -> str:
+        if self.how in ("recipe", "saved"):
+            why = "recipe" if self.how == "recipe" else "the one this run trained in"
+            return f"precision: {self.precision} ({why})"
+        if self.how == "device":
+            return f"precision: {self.precision} (auto: chosen by what the device supports)"
+        figures = ", ".join(f"{p} {v:,.0f}" for p, v in (self.images_per_s or {}).items())
+        return f"precision: {self.precision} (auto, {self.how}: {figures} images/s)"
+
+
+def autocast_for(
+    device: torch.device, precision: str
+) -> Callable[[], contextlib.AbstractContextManager]:
+    """A zero-argument context factory: bf16 autocast, or nothing for fp32."""
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cnnlab" / "precision.json"
+
+
+def choose(
+    requested: str,
+    device: torch.device,
+    model: nn.Module,
+    x: torch.Tensor,
+    loss_of: LossFn,
+) -> Choice:
+    """The precision to train in. The measurement trains on one real batch `x` (B, C, H, W)
+    with `loss_of(outputs)` as the loss."""
+    if requested != "auto":
+        return Choice(requested, "recipe")
+    if device.type == "cuda":
+        return Choice("bf16" if torch.cuda.is_bf16_supported() else "fp32", "device")
+    if device.type != "cpu":
+        return Choice("fp32", "device")
+    key = _cache_key(device, model, x)
+    cached = _read_cache().get(key)
+    if isinstance(cached, dict) and cached.get("precision") in PRECISIONS:
+        return Choice(cached["precision"], "cached", cached.get("images_per_s"))
+    choice = measure(device, model, x, loss_of)
+    _write_cache(key, choice)
+    return choice
+
+
+def measure(
+    device: torch.device,
+    model: nn.Module,
+    x: torch.Tensor,
+    loss_of: LossFn,
+) -> Choice:
+    """Time forward + backward of a copy of `model` in each precision; the RNG is left as it
+    was, so a run that measured and a run that read the cache train identically."""
+    rng = torch.get_rng_state()
+    probe = copy.deepcopy(model).train()
+    try:
+        step = _stepper(device, probe, x, loss_of)
+        steps = _steps_per_round(step)
+        times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+        for _ in range(ROUNDS):
+            for precision in PRECISIONS:
+                times[precision].append(step(precision, steps))
+    finally:
+        torch.set_rng_state(rng)
+    per_s = {p: x.shape[0] * steps / min(t) for p, t in times.items()}
+    faster = "bf16" if per_s["bf16"] * MARGIN > per_s["fp32"] else "fp32"
+    return Choice(faster, "measured", {p: round(v, 1) for p, v in per_s.items()})
+
+
+def _steps_per_round(step: Callable[[str, int], float]) -> int:
+    """Enough steps to be timed well, few enough to stay within BUDGET_S in all."""
+    for precision in PRECISIONS:
+        step(precision, WARMUP)
+    one = max(step(p, 1) for p in PRECISIONS)
+    return int(min(6, max(1, BUDGET_S / (2 * ROUNDS * max(one, 1e-4)))))
+
+
+def _stepper(
+    device: torch.device, model: nn.Module, x: torch.Tensor, loss_of: LossFn
+) -> Callable[[str, int], float]:
+    """(precision, steps) -> seconds for that many forward + backward passes."""
+
+    def run(precision: str, steps: int) -> float:
+        autocast = autocast_for(device, precision)
+        start = time.perf_counter()
+        for _ in range(steps):
+            model.zero_grad(set_to_none=True)
+            with autocast():
+                loss = loss_of(model(x))
+            loss.backward()
+        loss.detach().float().item()  # wait for the device, as the end of an epoch does
+        return time.perf_counter() - start
+
+    return run
+
+
+# ------------------------------------------------------------------------ cache
+
+
+def _cache_key(device: torch.device, model: nn.Module, x: torch.Tensor) -> str:
+    from cnnlab.runs import device_name
+
+    layout = "channels_last" if x.is_contiguous(memory_format=torch.channels_last) else "nchw"
+    shape = hashlib.sha1(f"{model}|{tuple(x.shape)}|{layout}".encode()).hexdigest()[:16]
+    threads = torch.get_num_threads()
+    return f"{device_name(device)}|{threads} threads|torch {torch.__version__}|{shape}"
+
+
+def _read_cache() -> dict:
+    try:
+        data = json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}  # no cache yet, or a damaged one: measure again
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(key: str, choice: Choice) -> None:
+    from cnnlab.runs import write_json
+
+    data = _read_cache()
+    data[key] = {"precision": choice.precision, "images_per_s": choice.images_per_s}
+    with contextlib.suppress(OSError):  # a read-only home only costs a measurement next time
+        write_json(cache_path(), data)
+
+
+def record(choice: Choice) -> dict:
+    """What env.json keeps of the choice."""
+    return {k: v for k, v in asdict(choice).items() if v is not None}
