@@ -281,16 +281,46 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def read_text(path: Path, what: str) -> str:
+    """The file as UTF-8 text. A binary or differently encoded file (a PNG passed by mistake,
+    a UTF-16 export) is one error line here instead of a UnicodeDecodeError traceback."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CnnlabError(f"{what} {path} cannot be read ({err.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CnnlabError(
+            f"{what} {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+            f"{err.start}); give a YAML file saved as UTF-8"
+        ) from None
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: where it stopped, then why."""
+    if isinstance(err, yaml.reader.ReaderError):  # a control character: binary content
+        return f"at position {err.position}: character #x{err.character:04x} is not text"
+    mark = getattr(err, "problem_mark", None)
+    where = f"at line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    context = getattr(err, "context", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return where + (f"{context}, {problem}" if context else problem)
+
+
+def load_yaml(path: Path, what: str) -> Any:
+    """Parse a YAML file; unreadable bytes and syntax errors end as one CnnlabError line."""
+    try:
+        return yaml.safe_load(read_text(path, what))
+    except yaml.YAMLError as err:
+        raise CnnlabError(f"{what} {path}: not valid YAML {yaml_problem(err)}") from None
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CnnlabError(f"recipe {path} not found; `cnnlab recipes` lists the shipped ones")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise CnnlabError(f"recipe {path}: not valid YAML{where}: {err}") from None
+    raw = load_yaml(path, "recipe")
     if not isinstance(raw, dict):
         raise CnnlabError(
             f"recipe {path}: expected a mapping of sections (data, model, tasks, train)"

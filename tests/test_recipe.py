@@ -104,7 +104,46 @@ def test_cli_reports_yaml_syntax_error_with_line(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("tasks:\n  c: {type: classification\n")
     out = run_cli("train", str(bad))
-    assert out.returncode == 2 and "not valid YAML at line" in out.stderr
+    assert out.returncode == 2 and "not valid YAML at line 3, column 1" in out.stderr
+    assert out.stderr.count("\n") == 1 and "expected ',' or '}'" in out.stderr
+
+
+def assert_cli_refuses(out, runs: Path, expected: str) -> None:
+    """A user error seen as a user sees it: status 2, one line, no traceback, no run folder."""
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+NOT_TEXT = {
+    "png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+    "utf16": "name: x\ntasks: {}\n".encode("utf-16"),
+    "latin1": "name: caf\xe9\n".encode("latin-1"),
+    "nul": b"name: x\x00\x01\x02\n",  # valid UTF-8, but control bytes: still not text
+}
+
+
+@pytest.mark.parametrize("data", NOT_TEXT.values(), ids=NOT_TEXT.keys())
+def test_recipe_that_is_not_text_is_one_line(tmp_path: Path, data: bytes):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(data)
+    with pytest.raises(CnnlabError) as err:
+        load_recipe(bad)
+    msg = str(err.value)
+    assert "\n" not in msg and str(bad) in msg
+    assert (
+        "is not UTF-8 text (byte 0x" in msg or "at position 7: character #x0000 is not text" in msg
+    )
+
+
+def test_cli_refuses_a_binary_recipe(tmp_path: Path):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(NOT_TEXT["png"])
+    runs = tmp_path / "runs"
+    out = run_cli("train", str(bad), "--set", f"output_dir={runs}")
+    assert_cli_refuses(out, runs, "is not UTF-8 text (byte 0x89 at offset 0)")
 
 
 def test_cli_lists_shipped_recipes():
