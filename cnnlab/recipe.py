@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from cnnlab.errors import CnnlabError
 
 Activation = Literal["relu", "gelu", "silu", "mish", "leaky_relu"]
+# List items are checked one by one: a size of 0 or -5 must stop here, not inside torch.
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # Adam's running-average decay rates
 
 
 class Section(BaseModel):
@@ -48,7 +57,7 @@ class DataConfig(Section):
 class CNNConfig(Section):
     backbone: Literal["cnn"] = "cnn"
     blocks: int = Field(3, ge=1, le=8)  # Conv-(BN)-Act-Pool blocks
-    filters: list[int] | None = None  # per block; overrides base_filters + filter_org
+    filters: list[PositiveInt] | None = None  # per block; overrides base_filters + filter_org
     base_filters: int = Field(32, ge=1)  # filters of the first block
     filter_org: Literal["same", "double", "half"] = "double"  # how filters change per block
     kernel_size: int = Field(3, ge=1, le=11)
@@ -81,7 +90,7 @@ class CNNConfig(Section):
 
 
 class HeadConfig(Section):
-    hidden: list[int] = [128]  # hidden layer sizes of the MLP head; [] = linear head
+    hidden: list[PositiveInt] = [128]  # hidden layer sizes of the MLP head; [] = linear head
     dropout: float = Field(0.3, ge=0.0, lt=1.0)  # before every linear layer of the head
     activation: Activation = "relu"
 
@@ -128,13 +137,13 @@ class OptimizerConfig(Section):
     weight_decay: float = Field(0.0, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd only
     nesterov: bool = False  # sgd only
-    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw
+    betas: tuple[Beta, Beta] = (0.9, 0.999)  # adam / adamw
 
 
 class SchedulerConfig(Section):
     name: Literal["none", "step", "multistep", "onecycle", "cosine"] = "none"
     step_size: int = Field(10, ge=1)  # step: epochs between decays
-    milestones: list[int] = [30, 60]  # multistep: epochs at which lr *= gamma
+    milestones: list[PositiveInt] = [30, 60]  # multistep: epochs at which lr *= gamma
     gamma: float = Field(0.1, gt=0.0, le=1.0)  # step / multistep decay factor
     pct_start: float = Field(0.25, gt=0.0, lt=1.0)  # onecycle: fraction of steps warming up
     warmup_epochs: float = Field(0.0, ge=0.0)  # cosine: linear warm-up before the decay
@@ -351,17 +360,30 @@ def dump_recipe(recipe: Recipe) -> str:
 def describe_error(err: dict) -> str:
     """One line for one pydantic error: key path, offending value, what is allowed."""
     loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
-    key = ".".join(loc) or "recipe"
+    key = _key_path(err["loc"])
     if err["type"] == "extra_forbidden":
         valid = _valid_keys(loc[:-1])
         hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
         return f"unknown key {key!r}{hint}"
     if err["type"] == "missing":
+        if isinstance(err["loc"][-1], int):  # a tuple given too few items
+            return f"{key} is missing: the list is too short"
         return f"missing key {key!r}"
     msg = err["msg"].removeprefix("Value error, ")
     if "input" in err and err["type"] != "value_error":
         return f"{key} = {err['input']!r}: {msg}"
     return f"{key}: {msg}"
+
+
+def _key_path(loc: tuple) -> str:
+    """`model.filters[0]`: list and tuple positions (ints in pydantic's loc) as indices."""
+    key = ""
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        elif not str(part).startswith("function-"):
+            key += f".{part}" if key else str(part)
+    return key or "recipe"
 
 
 def _valid_keys(loc: list[str]) -> list[str]:

@@ -40,6 +40,24 @@ def test_wrong_type_and_out_of_range():
         load_recipe(DEMO, ["data.val_fraction=1.5"])
 
 
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("tasks.cls.head.hidden=[-5]", "tasks.cls.head.hidden[0] = -5: Input should be greater"),
+        ("tasks.ink.head.hidden=[64, 0]", "tasks.ink.head.hidden[1] = 0: Input should be greater"),
+        ("model.filters=[0, 64, 128]", "model.filters[0] = 0: Input should be greater than 0"),
+        ("train.scheduler.milestones=[5, -1]", "milestones[1] = -1: Input should be greater"),
+        ("train.optimizer.betas=[0.9, 1.0]", "betas[1] = 1.0: Input should be less than 1"),
+        ("train.optimizer.betas=[-0.1, 0.9]", "betas[0] = -0.1: Input should be greater than or"),
+        ("train.optimizer.betas=[0.9]", "train.optimizer.betas[1] is missing: the list is too"),
+    ],
+)
+def test_list_items_are_checked_one_by_one(override: str, expected: str):
+    with pytest.raises(CnnlabError) as err:
+        load_recipe(DEMO, [override])
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
 def test_overrides_parse_yaml_values():
     recipe = load_recipe(
         DEMO, ["train.epochs=5", "tasks.ink.weight=10", "model.filters=[8, 16, 32]"]
@@ -157,3 +175,11 @@ def test_cli_eval_and_resume_of_a_non_run_are_one_line(tmp_path: Path):
         out = run_cli(*args)
         assert out.returncode == 2
         assert out.stderr.count("\n") == 1 and "is not a run folder" in out.stderr
+
+
+def test_cli_refuses_a_negative_head_size(tmp_path: Path):
+    runs = tmp_path / "runs"
+    out = run_cli(
+        "train", str(DEMO), "--set", f"output_dir={runs}", "--set", "tasks.cls.head.hidden=[-5]"
+    )
+    assert_cli_refuses(out, runs, "tasks.cls.head.hidden[0] = -5: Input should be greater than 0")
