@@ -131,13 +131,50 @@ class TaskConfig(Section):
 # -------------------------------------------------------------------------- train
 
 
+# The optimizers that read each optional field; any other refuses it, so a value that would
+# be ignored never looks as if it were used.
+OPTIMIZER_FIELDS: dict[str, tuple[str, ...]] = {
+    "momentum": ("sgd",),
+    "nesterov": ("sgd",),
+    "betas": ("adam", "adamw"),
+}
+
+
 class OptimizerConfig(Section):
     name: Literal["sgd", "adam", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd only
-    nesterov: bool = False  # sgd only
-    betas: tuple[Beta, Beta] = (0.9, 0.999)  # adam / adamw
+    # null = the optimizer's default (cnnlab/optim.py). Unset fields stay null in the saved
+    # recipe.yaml, so it validates again on --resume and under a sweep that changes `name`.
+    momentum: float | None = Field(None, ge=0.0, lt=1.0)  # sgd only; null = 0.9
+    nesterov: bool | None = None  # sgd only, needs momentum > 0; null = false
+    betas: tuple[Beta, Beta] | None = None  # adam / adamw only; null = (0.9, 0.999)
+
+    @model_validator(mode="after")
+    def _checks(self) -> OptimizerConfig:
+        check_fields_fit_optimizer(self)
+        check_nesterov_has_momentum(self)
+        return self
+
+
+def check_fields_fit_optimizer(cfg: OptimizerConfig) -> None:
+    """A field set for an optimizer that does not read it (momentum for adam) is an error."""
+    for field, readers in OPTIMIZER_FIELDS.items():
+        value = getattr(cfg, field)
+        if value is not None and cfg.name not in readers:
+            raise ValueError(
+                f"{field} = {value!r} applies to {' / '.join(readers)} only, not {cfg.name}; "
+                f"drop {field} or choose name: {' | '.join(readers)}"
+            )
+
+
+def check_nesterov_has_momentum(cfg: OptimizerConfig) -> None:
+    """Nesterov's look-ahead is a momentum step: with momentum 0 torch refuses it mid-setup."""
+    if cfg.nesterov and cfg.momentum == 0:
+        raise ValueError(
+            "nesterov: true needs momentum > 0, got momentum: 0; "
+            "set momentum (e.g. 0.9, or null for the default) or nesterov: false"
+        )
 
 
 class SchedulerConfig(Section):

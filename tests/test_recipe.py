@@ -1,9 +1,17 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe import apply_overrides, load_recipe, metric_goal, metric_names, validate
+from cnnlab.recipe import (
+    apply_overrides,
+    dump_recipe,
+    load_recipe,
+    metric_goal,
+    metric_names,
+    validate,
+)
 from tests.conftest import DEMO, ROOT, run_cli
 
 
@@ -56,6 +64,46 @@ def test_list_items_are_checked_one_by_one(override: str, expected: str):
     with pytest.raises(CnnlabError) as err:
         load_recipe(DEMO, [override])
     assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "name, field, expected",
+    [
+        ("adam", "momentum=0.9", "momentum = 0.9 applies to sgd only, not adam; drop momentum or"),
+        ("adamw", "nesterov=false", "nesterov = False applies to sgd only, not adamw"),
+        ("sgd", "betas=[0.9, 0.99]", "betas = (0.9, 0.99) applies to adam / adamw only, not sgd"),
+    ],
+)
+def test_optimizer_fields_must_fit_the_optimizer(name: str, field: str, expected: str):
+    with pytest.raises(CnnlabError) as err:
+        load_recipe(DEMO, [f"train.optimizer.name={name}", f"train.optimizer.{field}"])
+    assert f"train.optimizer: {expected}" in str(err.value)
+
+
+def test_nesterov_needs_momentum():
+    sgd = ["train.optimizer.name=sgd", "train.optimizer.nesterov=true"]
+    with pytest.raises(CnnlabError, match="nesterov: true needs momentum > 0, got momentum: 0"):
+        load_recipe(DEMO, [*sgd, "train.optimizer.momentum=0"])
+    assert load_recipe(DEMO, sgd).train.optimizer.momentum is None  # null: the default, 0.9
+
+
+@pytest.mark.parametrize("first", ["sgd", "adam", "adamw"])
+def test_saved_recipe_validates_again_under_any_optimizer(first: str):
+    """recipe.yaml in a run folder is re-read on --resume; a sweep swaps `name` on it."""
+    recipe = load_recipe(DEMO, [f"train.optimizer.name={first}"])
+    saved = yaml.safe_load(dump_recipe(recipe))
+    assert validate(saved) == recipe
+    for name in ("sgd", "adam", "adamw"):
+        saved["train"]["optimizer"]["name"] = name
+        assert validate(saved).train.optimizer.name == name
+
+
+def test_cli_refuses_nesterov_without_momentum(tmp_path: Path):
+    runs = tmp_path / "runs"
+    sets = [f"output_dir={runs}", "train.optimizer.name=sgd", "train.optimizer.momentum=0"]
+    sets.append("train.optimizer.nesterov=true")
+    out = run_cli("train", str(DEMO), *(a for s in sets for a in ("--set", s)))
+    assert_cli_refuses(out, runs, "nesterov: true needs momentum > 0")
 
 
 def test_overrides_parse_yaml_values():
