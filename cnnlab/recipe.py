@@ -44,7 +44,7 @@ class AugmentConfig(Section):
 
 class DataConfig(Section):
     source: str = "fashion_mnist"  # a name from `cnnlab datasets`
-    root: str | None = None  # folder holding the files; else $CNNLAB_DATA, system folder, download
+    root: str | None = None  # the one folder read when given; None: $CNNLAB_DATA, else search
     val_fraction: float = Field(0.1, gt=0.0, lt=0.9)  # stratified, carved from the training set
     train_subset: int | None = Field(None, ge=10)  # keep a stratified subset of training images
     test_subset: int | None = Field(None, ge=10)  # keep the first N test images (quick checks)
