@@ -19,14 +19,35 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+# What a field left null in the recipe means. torch's own defaults, except SGD's momentum:
+# torch leaves it at 0, and plain SGD without momentum is rarely what a CNN recipe wants.
+SGD_MOMENTUM = 0.9
+SGD_NESTEROV = False
+ADAM_BETAS = (0.9, 0.999)  # Adam and AdamW
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,  # weight_decay is L2 added to the gradient (as seed 004 used it)
+    "adamw": torch.optim.AdamW,  # weight_decay is decoupled from the gradient
+}
+
+
+def optimizer_options(cfg: OptimizerConfig) -> dict:
+    """Keyword arguments of the fields this optimizer reads, null fields set to the defaults.
+
+    The recipe has already refused fields that do not fit `cfg.name` (recipe.py).
+    """
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    if cfg.name == "adam":
-        # Adam's weight_decay is L2 added to the gradient (as seed 004 used it).
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+        return {
+            "momentum": SGD_MOMENTUM if cfg.momentum is None else cfg.momentum,
+            "nesterov": SGD_NESTEROV if cfg.nesterov is None else cfg.nesterov,
+        }
+    return {"betas": ADAM_BETAS if cfg.betas is None else cfg.betas}
+
+
+def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The recipe's optimizer over `model`, decaying weights only (see param_groups)."""
+    groups = param_groups(model, cfg.weight_decay)
+    return OPTIMIZERS[cfg.name](groups, lr=cfg.lr, **optimizer_options(cfg))
 
 
 def build_scheduler(

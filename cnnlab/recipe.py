@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from cnnlab.errors import CnnlabError
 
 Activation = Literal["relu", "gelu", "silu", "mish", "leaky_relu"]
+# List items are checked one by one: a size of 0 or -5 must stop here, not inside torch.
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # Adam's running-average decay rates
 
 
 class Section(BaseModel):
@@ -35,7 +44,7 @@ class AugmentConfig(Section):
 
 class DataConfig(Section):
     source: str = "fashion_mnist"  # a name from `cnnlab datasets`
-    root: str | None = None  # folder holding the files; else $CNNLAB_DATA, system folder, download
+    root: str | None = None  # the one folder read when given; None: $CNNLAB_DATA, else search
     val_fraction: float = Field(0.1, gt=0.0, lt=0.9)  # stratified, carved from the training set
     train_subset: int | None = Field(None, ge=10)  # keep a stratified subset of training images
     test_subset: int | None = Field(None, ge=10)  # keep the first N test images (quick checks)
@@ -48,7 +57,7 @@ class DataConfig(Section):
 class CNNConfig(Section):
     backbone: Literal["cnn"] = "cnn"
     blocks: int = Field(3, ge=1, le=8)  # Conv-(BN)-Act-Pool blocks
-    filters: list[int] | None = None  # per block; overrides base_filters + filter_org
+    filters: list[PositiveInt] | None = None  # per block; overrides base_filters + filter_org
     base_filters: int = Field(32, ge=1)  # filters of the first block
     filter_org: Literal["same", "double", "half"] = "double"  # how filters change per block
     kernel_size: int = Field(3, ge=1, le=11)
@@ -81,7 +90,7 @@ class CNNConfig(Section):
 
 
 class HeadConfig(Section):
-    hidden: list[int] = [128]  # hidden layer sizes of the MLP head; [] = linear head
+    hidden: list[PositiveInt] = [128]  # hidden layer sizes of the MLP head; [] = linear head
     dropout: float = Field(0.3, ge=0.0, lt=1.0)  # before every linear layer of the head
     activation: Activation = "relu"
 
@@ -122,19 +131,56 @@ class TaskConfig(Section):
 # -------------------------------------------------------------------------- train
 
 
+# The optimizers that read each optional field; any other refuses it, so a value that would
+# be ignored never looks as if it were used.
+OPTIMIZER_FIELDS: dict[str, tuple[str, ...]] = {
+    "momentum": ("sgd",),
+    "nesterov": ("sgd",),
+    "betas": ("adam", "adamw"),
+}
+
+
 class OptimizerConfig(Section):
     name: Literal["sgd", "adam", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd only
-    nesterov: bool = False  # sgd only
-    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw
+    # null = the optimizer's default (cnnlab/optim.py). Unset fields stay null in the saved
+    # recipe.yaml, so it validates again on --resume and under a sweep that changes `name`.
+    momentum: float | None = Field(None, ge=0.0, lt=1.0)  # sgd only; null = 0.9
+    nesterov: bool | None = None  # sgd only, needs momentum > 0; null = false
+    betas: tuple[Beta, Beta] | None = None  # adam / adamw only; null = (0.9, 0.999)
+
+    @model_validator(mode="after")
+    def _checks(self) -> OptimizerConfig:
+        check_fields_fit_optimizer(self)
+        check_nesterov_has_momentum(self)
+        return self
+
+
+def check_fields_fit_optimizer(cfg: OptimizerConfig) -> None:
+    """A field set for an optimizer that does not read it (momentum for adam) is an error."""
+    for field, readers in OPTIMIZER_FIELDS.items():
+        value = getattr(cfg, field)
+        if value is not None and cfg.name not in readers:
+            raise ValueError(
+                f"{field} = {value!r} applies to {' / '.join(readers)} only, not {cfg.name}; "
+                f"drop {field} or choose name: {' | '.join(readers)}"
+            )
+
+
+def check_nesterov_has_momentum(cfg: OptimizerConfig) -> None:
+    """Nesterov's look-ahead is a momentum step: with momentum 0 torch refuses it mid-setup."""
+    if cfg.nesterov and cfg.momentum == 0:
+        raise ValueError(
+            "nesterov: true needs momentum > 0, got momentum: 0; "
+            "set momentum (e.g. 0.9, or null for the default) or nesterov: false"
+        )
 
 
 class SchedulerConfig(Section):
     name: Literal["none", "step", "multistep", "onecycle", "cosine"] = "none"
     step_size: int = Field(10, ge=1)  # step: epochs between decays
-    milestones: list[int] = [30, 60]  # multistep: epochs at which lr *= gamma
+    milestones: list[PositiveInt] = [30, 60]  # multistep: epochs at which lr *= gamma
     gamma: float = Field(0.1, gt=0.0, le=1.0)  # step / multistep decay factor
     pct_start: float = Field(0.25, gt=0.0, lt=1.0)  # onecycle: fraction of steps warming up
     warmup_epochs: float = Field(0.0, ge=0.0)  # cosine: linear warm-up before the decay
@@ -282,16 +328,46 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def read_text(path: Path, what: str) -> str:
+    """The file as UTF-8 text. A binary or differently encoded file (a PNG passed by mistake,
+    a UTF-16 export) is one error line here instead of a UnicodeDecodeError traceback."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CnnlabError(f"{what} {path} cannot be read ({err.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CnnlabError(
+            f"{what} {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+            f"{err.start}); give a YAML file saved as UTF-8"
+        ) from None
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: where it stopped, then why."""
+    if isinstance(err, yaml.reader.ReaderError):  # a control character: binary content
+        return f"at position {err.position}: character #x{err.character:04x} is not text"
+    mark = getattr(err, "problem_mark", None)
+    where = f"at line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    context = getattr(err, "context", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return where + (f"{context}, {problem}" if context else problem)
+
+
+def load_yaml(path: Path, what: str) -> Any:
+    """Parse a YAML file; unreadable bytes and syntax errors end as one CnnlabError line."""
+    try:
+        return yaml.safe_load(read_text(path, what))
+    except yaml.YAMLError as err:
+        raise CnnlabError(f"{what} {path}: not valid YAML {yaml_problem(err)}") from None
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CnnlabError(f"recipe {path} not found; `cnnlab recipes` lists the shipped ones")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise CnnlabError(f"recipe {path}: not valid YAML{where}: {err}") from None
+    raw = load_yaml(path, "recipe")
     if not isinstance(raw, dict):
         raise CnnlabError(
             f"recipe {path}: expected a mapping of sections (data, model, tasks, train)"
@@ -322,17 +398,30 @@ def dump_recipe(recipe: Recipe) -> str:
 def describe_error(err: dict) -> str:
     """One line for one pydantic error: key path, offending value, what is allowed."""
     loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
-    key = ".".join(loc) or "recipe"
+    key = _key_path(err["loc"])
     if err["type"] == "extra_forbidden":
         valid = _valid_keys(loc[:-1])
         hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
         return f"unknown key {key!r}{hint}"
     if err["type"] == "missing":
+        if isinstance(err["loc"][-1], int):  # a tuple given too few items
+            return f"{key} is missing: the list is too short"
         return f"missing key {key!r}"
     msg = err["msg"].removeprefix("Value error, ")
     if "input" in err and err["type"] != "value_error":
         return f"{key} = {err['input']!r}: {msg}"
     return f"{key}: {msg}"
+
+
+def _key_path(loc: tuple) -> str:
+    """`model.filters[0]`: list and tuple positions (ints in pydantic's loc) as indices."""
+    key = ""
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        elif not str(part).startswith("function-"):
+            key += f".{part}" if key else str(part)
+    return key or "recipe"
 
 
 def _valid_keys(loc: list[str]) -> list[str]:

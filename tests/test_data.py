@@ -16,6 +16,7 @@ from cnnlab.data.base import mean_ink
 from cnnlab.data.batches import prepare_splits
 from cnnlab.data.split import stratified_split, stratified_subset
 from cnnlab.errors import CnnlabError
+from tests.conftest import run_cli
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
@@ -46,9 +47,15 @@ def test_real_fashion_mnist_shapes_and_targets():
     assert ds.test.images.shape == (10000, 1, 28, 28)
     assert torch.bincount(ds.train.targets["label"]).tolist() == [6000] * 10
     assert ds.classes["label"][0] == "T-shirt/top" and len(ds.classes["label"]) == 10
-    ink = ds.derived["ink"](ds.test.images[:5].float() / 255)
-    manual = ds.test.images[:5].float().div(255).flatten(1).mean(1)
-    assert torch.allclose(ink, manual) and (ink > 0).all() and (ink < 1).all()
+    # Images whose mean pixel is known by construction, scaled to [0, 1] as the model sees them.
+    known = torch.zeros(4, 1, 28, 28, dtype=torch.uint8)
+    known[1] = 255  # all white
+    known[2, :, :14] = 255  # top half white
+    known[3, 0, 5, 7] = 255  # one pixel of 784
+    ink = ds.derived["ink"](known.float() / 255)
+    assert torch.allclose(ink, torch.tensor([0.0, 1.0, 0.5, 1 / 784]))
+    real = ds.derived["ink"](ds.test.images.float() / 255)
+    assert real.shape == (10000,) and (real > 0).all() and (real < 1).all()
 
 
 def test_root_and_env_take_precedence_over_system(tmp_path, monkeypatch):
@@ -57,6 +64,54 @@ def test_root_and_env_take_precedence_over_system(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNLAB_DATA", str(tmp_path))
     fake_fashion(tmp_path / "fashion-mnist", n_train=30)
     assert len(load_dataset("fashion_mnist").train) == 30
+    assert len(load_dataset("fashion_mnist", str(tmp_path / "mine")).train) == 40  # root wins
+
+
+def half_copy(folder: Path) -> Path:
+    """A folder holding the training files only, as an interrupted copy leaves it."""
+    fake_fashion(folder)
+    for path in folder.glob("t10k-*"):
+        path.unlink()
+    return folder
+
+
+@pytest.mark.parametrize(
+    "named, problem",
+    [
+        ("none", "(no such folder)"),
+        ("half", "(missing t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz])"),
+        ("file", "(a file, not a folder)"),
+    ],
+)
+def test_named_root_is_used_or_the_run_stops_naming_it(tmp_path, monkeypatch, named, problem):
+    """Copies sit in $CNNLAB_DATA and the system folder: root must not fall back to them."""
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path))
+    fake_fashion(tmp_path)
+    half_copy(tmp_path / "half")
+    (tmp_path / "file").write_text("not a folder")
+    root = tmp_path / named
+    with pytest.raises(CnnlabError) as err:
+        load_dataset("fashion_mnist", str(root))
+    msg = str(err.value)
+    assert f"Fashion-MNIST is not in {root}, the folder data.root names {problem}" in msg
+    assert "point data.root at the folder that holds them" in msg and "\n" not in msg
+
+
+def test_cnnlab_data_is_used_alone_when_set(tmp_path, monkeypatch):
+    fake_fashion(tmp_path / "system")
+    monkeypatch.setattr(fm, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setenv("CNNLAB_DATA", str(half_copy(tmp_path / "half")))
+    with pytest.raises(CnnlabError, match=r"the folder \$CNNLAB_DATA names \(missing t10k-images"):
+        fm.locate(None, allow_download=False)
+    monkeypatch.setenv("CNNLAB_DATA", "")  # set but empty: as if unset, the search goes on
+    assert fm.locate(None, allow_download=False)["train_images"].parent == tmp_path / "system"
+
+
+def test_cli_fetch_of_a_root_without_the_data_is_one_line(tmp_path):
+    out = run_cli("fetch", "fashion_mnist", "--root", str(tmp_path / "none"), "--no-download")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"Fashion-MNIST is not in {tmp_path / 'none'}" in lines[0]
 
 
 def test_missing_data_is_one_line_with_the_fix(tmp_path, monkeypatch):

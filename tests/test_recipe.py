@@ -1,9 +1,17 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe import apply_overrides, load_recipe, metric_goal, metric_names, validate
+from cnnlab.recipe import (
+    apply_overrides,
+    dump_recipe,
+    load_recipe,
+    metric_goal,
+    metric_names,
+    validate,
+)
 from tests.conftest import DEMO, ROOT, run_cli
 
 
@@ -38,6 +46,64 @@ def test_wrong_type_and_out_of_range():
         load_recipe(DEMO, ["train.epochs=many"])
     with pytest.raises(CnnlabError, match=r"data.val_fraction = 1.5.*less than 0.9"):
         load_recipe(DEMO, ["data.val_fraction=1.5"])
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("tasks.cls.head.hidden=[-5]", "tasks.cls.head.hidden[0] = -5: Input should be greater"),
+        ("tasks.ink.head.hidden=[64, 0]", "tasks.ink.head.hidden[1] = 0: Input should be greater"),
+        ("model.filters=[0, 64, 128]", "model.filters[0] = 0: Input should be greater than 0"),
+        ("train.scheduler.milestones=[5, -1]", "milestones[1] = -1: Input should be greater"),
+        ("train.optimizer.betas=[0.9, 1.0]", "betas[1] = 1.0: Input should be less than 1"),
+        ("train.optimizer.betas=[-0.1, 0.9]", "betas[0] = -0.1: Input should be greater than or"),
+        ("train.optimizer.betas=[0.9]", "train.optimizer.betas[1] is missing: the list is too"),
+    ],
+)
+def test_list_items_are_checked_one_by_one(override: str, expected: str):
+    with pytest.raises(CnnlabError) as err:
+        load_recipe(DEMO, [override])
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "name, field, expected",
+    [
+        ("adam", "momentum=0.9", "momentum = 0.9 applies to sgd only, not adam; drop momentum or"),
+        ("adamw", "nesterov=false", "nesterov = False applies to sgd only, not adamw"),
+        ("sgd", "betas=[0.9, 0.99]", "betas = (0.9, 0.99) applies to adam / adamw only, not sgd"),
+    ],
+)
+def test_optimizer_fields_must_fit_the_optimizer(name: str, field: str, expected: str):
+    with pytest.raises(CnnlabError) as err:
+        load_recipe(DEMO, [f"train.optimizer.name={name}", f"train.optimizer.{field}"])
+    assert f"train.optimizer: {expected}" in str(err.value)
+
+
+def test_nesterov_needs_momentum():
+    sgd = ["train.optimizer.name=sgd", "train.optimizer.nesterov=true"]
+    with pytest.raises(CnnlabError, match="nesterov: true needs momentum > 0, got momentum: 0"):
+        load_recipe(DEMO, [*sgd, "train.optimizer.momentum=0"])
+    assert load_recipe(DEMO, sgd).train.optimizer.momentum is None  # null: the default, 0.9
+
+
+@pytest.mark.parametrize("first", ["sgd", "adam", "adamw"])
+def test_saved_recipe_validates_again_under_any_optimizer(first: str):
+    """recipe.yaml in a run folder is re-read on --resume; a sweep swaps `name` on it."""
+    recipe = load_recipe(DEMO, [f"train.optimizer.name={first}"])
+    saved = yaml.safe_load(dump_recipe(recipe))
+    assert validate(saved) == recipe
+    for name in ("sgd", "adam", "adamw"):
+        saved["train"]["optimizer"]["name"] = name
+        assert validate(saved).train.optimizer.name == name
+
+
+def test_cli_refuses_nesterov_without_momentum(tmp_path: Path):
+    runs = tmp_path / "runs"
+    sets = [f"output_dir={runs}", "train.optimizer.name=sgd", "train.optimizer.momentum=0"]
+    sets.append("train.optimizer.nesterov=true")
+    out = run_cli("train", str(DEMO), *(a for s in sets for a in ("--set", s)))
+    assert_cli_refuses(out, runs, "nesterov: true needs momentum > 0")
 
 
 def test_overrides_parse_yaml_values():
@@ -104,7 +170,46 @@ def test_cli_reports_yaml_syntax_error_with_line(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("tasks:\n  c: {type: classification\n")
     out = run_cli("train", str(bad))
-    assert out.returncode == 2 and "not valid YAML at line" in out.stderr
+    assert out.returncode == 2 and "not valid YAML at line 3, column 1" in out.stderr
+    assert out.stderr.count("\n") == 1 and "expected ',' or '}'" in out.stderr
+
+
+def assert_cli_refuses(out, runs: Path, expected: str) -> None:
+    """A user error seen as a user sees it: status 2, one line, no traceback, no run folder."""
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+NOT_TEXT = {
+    "png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+    "utf16": "name: x\ntasks: {}\n".encode("utf-16"),
+    "latin1": "name: caf\xe9\n".encode("latin-1"),
+    "nul": b"name: x\x00\x01\x02\n",  # valid UTF-8, but control bytes: still not text
+}
+
+
+@pytest.mark.parametrize("data", NOT_TEXT.values(), ids=NOT_TEXT.keys())
+def test_recipe_that_is_not_text_is_one_line(tmp_path: Path, data: bytes):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(data)
+    with pytest.raises(CnnlabError) as err:
+        load_recipe(bad)
+    msg = str(err.value)
+    assert "\n" not in msg and str(bad) in msg
+    assert (
+        "is not UTF-8 text (byte 0x" in msg or "at position 7: character #x0000 is not text" in msg
+    )
+
+
+def test_cli_refuses_a_binary_recipe(tmp_path: Path):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(NOT_TEXT["png"])
+    runs = tmp_path / "runs"
+    out = run_cli("train", str(bad), "--set", f"output_dir={runs}")
+    assert_cli_refuses(out, runs, "is not UTF-8 text (byte 0x89 at offset 0)")
 
 
 def test_cli_lists_shipped_recipes():
@@ -118,3 +223,11 @@ def test_cli_eval_and_resume_of_a_non_run_are_one_line(tmp_path: Path):
         out = run_cli(*args)
         assert out.returncode == 2
         assert out.stderr.count("\n") == 1 and "is not a run folder" in out.stderr
+
+
+def test_cli_refuses_a_negative_head_size(tmp_path: Path):
+    runs = tmp_path / "runs"
+    out = run_cli(
+        "train", str(DEMO), "--set", f"output_dir={runs}", "--set", "tasks.cls.head.hidden=[-5]"
+    )
+    assert_cli_refuses(out, runs, "tasks.cls.head.hidden[0] = -5: Input should be greater than 0")

@@ -1,8 +1,10 @@
 """Fashion-MNIST from its idx files: found locally, or downloaded with checksums.
 
-Search order: the recipe's `data.root` or $CNNLAB_DATA; the folder Debian's
-`dataset-fashion-mnist` installs; the cnnlab cache (downloading into it from the official
-mirror, each file checked against its published MD5, when the files are missing).
+Where: the recipe's `data.root` if given, and only there; else $CNNLAB_DATA if set, and
+only there (a folder someone named is used, or the run stops naming it: a silent fallback to
+another copy would train on data nobody chose); else the folder Debian's
+`dataset-fashion-mnist` installs, then the cnnlab cache (downloading into it from the
+official mirror, each file checked against its published MD5, when the files are missing).
 """
 
 from __future__ import annotations
@@ -57,26 +59,55 @@ def read_idx(path: Path) -> torch.Tensor:
     return torch.from_numpy(array.copy())
 
 
-def _find_in(folder: Path) -> dict[str, Path] | None:
-    """The four files below `folder` (plain or .gz), or None if any is missing."""
-    for sub in SUBDIRS:
-        base = folder / sub
-        found = {}
-        for key, stem in FILES.items():
-            for name in (stem, stem + ".gz"):
-                if (base / name).is_file():
-                    found[key] = base / name
-                    break
-        if len(found) == len(FILES):
-            return found
+def _idx_file(base: Path, stem: str) -> Path | None:
+    """`base/stem` or `base/stem.gz`, whichever exists."""
+    for name in (stem, stem + ".gz"):
+        if (base / name).is_file():
+            return base / name
     return None
 
 
-def candidate_dirs(root: str | None) -> list[Path]:
-    dirs = [Path(root)] if root else []
+def _find_in(folder: Path) -> dict[str, Path] | None:
+    """The four files in one folder below `folder` (plain or .gz), or None if any is missing."""
+    for sub in SUBDIRS:
+        found = {key: _idx_file(folder / sub, stem) for key, stem in FILES.items()}
+        if all(found.values()):
+            return {key: path for key, path in found.items() if path}
+    return None
+
+
+def _what_is_missing(folder: Path) -> str:
+    """Why `folder` does not hold the data: no folder, or the files its best layout lacks."""
+    if not folder.exists():
+        return "no such folder"
+    if not folder.is_dir():
+        return "a file, not a folder"
+    lacks = min(
+        ([stem for stem in FILES.values() if not _idx_file(folder / sub, stem)] for sub in SUBDIRS),
+        key=len,
+    )
+    return "missing " + ", ".join(f"{stem}[.gz]" for stem in lacks)
+
+
+def named_dir(root: str | None) -> tuple[Path, str] | None:
+    """The folder someone named (data.root, else $CNNLAB_DATA) and its name; None = search."""
+    if root:
+        return Path(root).expanduser(), "data.root"
     if os.environ.get("CNNLAB_DATA"):
-        dirs.append(Path(os.environ["CNNLAB_DATA"]))
-    return [*dirs, SYSTEM_DIR, cache_dir()]
+        return Path(os.environ["CNNLAB_DATA"]).expanduser(), "$CNNLAB_DATA"
+    return None
+
+
+def _locate_named(folder: Path, name: str) -> dict[str, Path]:
+    """The files in the folder someone named, or one error naming it and what it lacks."""
+    found = _find_in(folder)
+    if found:
+        return found
+    raise CnnlabError(
+        f"Fashion-MNIST is not in {folder}, the folder {name} names ({_what_is_missing(folder)}). "
+        f"Fix: put the four idx files there (plain or .gz), point {name} at the folder that "
+        "holds them, or unset it to let cnnlab find or download the data"
+    )
 
 
 def download(target: Path, mirrors: list[str] = MIRRORS, md5: dict[str, str] = MD5) -> None:
@@ -100,7 +131,10 @@ def download(target: Path, mirrors: list[str] = MIRRORS, md5: dict[str, str] = M
 
 def locate(root: str | None, allow_download: bool = True) -> dict[str, Path]:
     """Paths of the four idx files, in the documented search order."""
-    dirs = candidate_dirs(root)
+    named = named_dir(root)
+    if named:
+        return _locate_named(*named)
+    dirs = [SYSTEM_DIR, cache_dir()]
     for folder in dirs:
         found = _find_in(folder)
         if found:

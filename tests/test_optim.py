@@ -1,0 +1,34 @@
+"""The torch optimizer a recipe's optimizer section builds: null fields get the defaults."""
+
+import pytest
+import torch
+
+from cnnlab.optim import build_optimizer
+from cnnlab.recipe import load_recipe
+from tests.conftest import DEMO
+
+
+def built(*fields: str) -> torch.optim.Optimizer:
+    recipe = load_recipe(DEMO, [f"train.optimizer.{f}" for f in fields])
+    return build_optimizer(recipe.train.optimizer, torch.nn.Linear(3, 2))
+
+
+def test_sgd_defaults_and_set_fields():
+    sgd = built("name=sgd")
+    assert type(sgd) is torch.optim.SGD
+    assert sgd.defaults["momentum"] == 0.9 and sgd.defaults["nesterov"] is False
+    sgd = built("name=sgd", "momentum=0.5", "nesterov=true")
+    assert sgd.defaults["momentum"] == 0.5 and sgd.defaults["nesterov"] is True
+
+
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_adam_defaults_and_set_betas(name: str, cls: type):
+    adam = built(f"name={name}")
+    assert type(adam) is cls and adam.defaults["betas"] == (0.9, 0.999)
+    assert built(f"name={name}", "betas=[0.5, 0.9]").defaults["betas"] == (0.5, 0.9)
+
+
+def test_weight_decay_reaches_weights_only():
+    groups = built("name=adamw", "weight_decay=0.05").param_groups
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    assert [p.ndim for p in groups[0]["params"]] == [2] and groups[1]["params"][0].ndim == 1
