@@ -80,7 +80,7 @@ def datasets() -> None:
 @app.command()
 def fetch(
     source: str = typer.Argument(..., help="data source name (cnnlab datasets)"),
-    root: str | None = typer.Option(None, help="folder to look in first"),
+    root: str | None = typer.Option(None, help="the one folder to read, as data.root"),
     download: bool = typer.Option(True, help="download into the cache when not found"),
 ) -> None:
     """Find (or download) a data source's files and print where they are."""

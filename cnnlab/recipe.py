@@ -381,6 +381,23 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return validate(raw, source=str(path))
 
 
+def upgrade_saved(raw: dict) -> dict:
+    """A recipe saved by cnnlab before optimizer fields became optional holds momentum,
+    nesterov and betas whatever the optimizer. They were defaults, not choices: null the
+    ones the optimizer does not read, so older run and sweep folders still load."""
+    opt = (raw.get("train") or {}).get("optimizer")
+    if isinstance(opt, dict) and all(opt.get(k) is not None for k in OPTIMIZER_FIELDS):
+        for field, readers in OPTIMIZER_FIELDS.items():
+            if opt.get("name", "adamw") not in readers:
+                opt[field] = None
+    return raw
+
+
+def load_saved_recipe(path: str | Path) -> Recipe:
+    """A recipe.yaml that cnnlab wrote into a run or sweep folder, from any version."""
+    return validate(upgrade_saved(read_yaml(path)), source=str(path))
+
+
 def validate(raw: dict, source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(raw)

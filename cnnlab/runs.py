@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe import Recipe, dump_recipe, load_recipe
+from cnnlab.recipe import Recipe, dump_recipe, load_saved_recipe
 
 CHECKPOINT_FORMAT = 1
 LOCK_FILE = ".lock"
@@ -117,7 +117,7 @@ class RunFolder:
     status_path = property(lambda self: self.path / "status.json")
 
     def recipe(self) -> Recipe:
-        return load_recipe(self.recipe_path)
+        return load_saved_recipe(self.recipe_path)
 
     # ------------------------------------------------------------------ metrics
 

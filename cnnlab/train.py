@@ -383,9 +383,9 @@ def _train_in(
         write_json(run.path / "env.json", {**env, "precision": record(trainer.precision)})
         if saved is not None:
             trainer.restore(saved)
+        if saved is not None:  # also in a sweep worker's log, where a retry resumes
+            console.print(f"resuming {run.path} at {trainer.where()}")
         if recipe.train.progress:
-            if saved is not None:
-                console.print(f"resuming {run.path} at {trainer.where()}")
             console.print(trainer.precision.describe())
         try:
             trainer.fit()

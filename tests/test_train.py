@@ -1,6 +1,7 @@
 """End to end on a small subset of the real Fashion-MNIST: train, eval, interrupt, resume."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.recipe import dump_recipe
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.train import Trainer, evaluate_run, train
-from tests.conftest import ROOT
+from tests.conftest import DEMO, ROOT, TINY, run_cli
 
 TIMING = {"seconds", "images_per_s"}
 
@@ -47,7 +48,8 @@ def test_train_writes_a_complete_run_folder(tiny):
     assert {"test.cls.accuracy", "test.ink.mae", "test.ink.rmse"} <= test.keys()
     assert run.status()["state"] == "finished"
     env = json.loads((run.path / "env.json").read_text())
-    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"]
+    assert env["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert env["precision"]["precision"] in ("fp32", "bf16")
     assert run.recipe_path.read_text() == dump_recipe(run.recipe())
     ckpt = load_checkpoint(run.last_path)
     assert {"model", "optimizer", "scheduler", "rng", "loop"} <= ckpt.keys()
@@ -72,7 +74,16 @@ def test_resume_reproduces_the_uninterrupted_run(tiny, stop_at):
     with pytest.raises(KeyboardInterrupt):
         first.fit()
     assert run.status()["state"] == "interrupted"
-    assert load_checkpoint(run.last_path)["loop"]["step"] == stop_at
+    saved = load_checkpoint(run.last_path)
+    assert saved["loop"]["step"] == stop_at
+    with open(run.metrics_path, "a") as f:  # and a line torn by a full disk
+        f.write('{"epoch": 2, "train.lo')
+
+    # RNG states come back as CPU ByteTensors: a CUDA generator's set_state takes nothing else
+    probe = Trainer(recipe, run)
+    probe.restore(saved)
+    assert probe.data_state.device.type == "cpu" and probe.data_state.dtype == torch.uint8
+    assert saved["rng"]["torch"].device.type == "cpu"
 
     resumed = train(recipe, resume=run.path)
     assert comparable(resumed) == comparable(reference)
@@ -108,24 +119,38 @@ def test_early_stopping_ends_the_run(tiny):
     assert len(run.read_metrics()) == 2  # epoch 2 cannot improve by 1.0 -> stop
 
 
-@pytest.mark.parametrize("sched", ["step", "multistep", "onecycle", "cosine"])
+LR = 0.002  # the demo recipe's
+# Learning rate after each of two epochs, worked out by hand from each schedule's definition:
+# step / multistep decay at epoch boundaries; onecycle and cosine end near zero.
+SCHEDULES = {
+    "step": ("sgd", ["train.scheduler.step_size=1"], [LR * 0.1, LR * 0.01]),
+    "multistep": ("adam", ["train.scheduler.milestones=[2]"], [LR, LR * 0.1]),
+    "onecycle": ("adamw", [], None),
+    "cosine": ("sgd", ["train.scheduler.warmup_epochs=0.5"], None),
+}
+
+
+@pytest.mark.parametrize("sched", list(SCHEDULES))
 def test_schedulers_and_optimizers_train(tiny, sched):
-    opt = {"step": "sgd", "multistep": "adam", "onecycle": "adamw", "cosine": "sgd"}[sched]
+    opt, extra, expected = SCHEDULES[sched]
+    nesterov = ["train.optimizer.nesterov=true"] if opt == "sgd" else []
     run = train(
         tiny(
             "train.epochs=2",
             f"train.scheduler.name={sched}",
             f"train.optimizer.name={opt}",
-            "train.scheduler.warmup_epochs=0.5",
-            "train.scheduler.milestones=[1]",
-            "train.scheduler.step_size=1",
-            "train.optimizer.nesterov=true",
+            f"train.optimizer.lr={LR}",
             "train.grad_clip=1.0",
             "train.precision=fp32",
+            *extra,
+            *nesterov,
         )
     )
     lrs = [r["lr"] for r in run.read_metrics()]
-    assert lrs[0] != lrs[1] or sched == "multistep"
+    if expected is not None:
+        assert lrs == pytest.approx(expected, rel=1e-9)
+    else:  # annealed to (almost) nothing by the last step, and well above that mid-way
+        assert lrs[1] < LR * 0.01 < LR * 0.1 < lrs[0] <= LR
 
 
 @pytest.mark.parametrize("pct", [0.25, 0.5, 0.1])
@@ -190,6 +215,8 @@ def test_cli_train_interrupt_resume_eval(tmp_path):
         timeout=300,
     )
     assert resume.returncode == 0, resume.stderr
+    steps = 6000 * 9 // 10 // 64 + 1  # the train split of 6,000 images in batches of 64
+    assert re.search(rf"resuming {run_dir} at epoch [12] of 3, step \d+ of {steps}", resume.stdout)
     evaluated = subprocess.run(
         [sys.executable, "-m", "cnnlab.cli", "eval", str(run_dir)],
         cwd=ROOT,
@@ -207,3 +234,32 @@ def test_cli_train_interrupt_resume_eval(tmp_path):
         )
     )
     assert comparable(RunFolder(run_dir)) == comparable(reference)
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ("data.source=cifar100", "data.source 'cifar100' is unknown"),
+        ("tasks.cls.target=colour", "tasks.cls.target 'colour' is not provided"),
+        ("train.device=cuda:0", "no CUDA GPU is visible"),
+    ],
+)
+def test_a_run_that_cannot_start_leaves_no_folder(tmp_path, bad, says):
+    sets = [f"output_dir={tmp_path / 'runs'}", *TINY, bad]
+    out = run_cli("train", str(DEMO), *(a for s in sets for a in ("--set", s)))
+    assert out.returncode == 2 and says in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_output_outside_a_terminal_keeps_one_line_per_epoch(tmp_path):
+    """A log, CI or `| tee`: epoch lines whole, the test table as Markdown rows."""
+    sets = [f"output_dir={tmp_path / 'runs'}", *TINY, "train.epochs=2", "train.progress=true"]
+    out = run_cli("train", str(DEMO), *(a for s in sets for a in ("--set", s)))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert len(epochs) == 2, out.stdout
+    assert all("val.cls.accuracy" in e and "val.ink.rmse" in e and "img/s" in e for e in epochs)
+    assert re.search(r"^\| test\.cls\.accuracy \| 0\.\d{4} \|$", out.stdout, re.M), out.stdout
+    assert any(line.startswith("precision: ") for line in lines)
