@@ -65,6 +65,7 @@ def report_run(tmp_path_factory) -> tuple[Path, str]:
     """
     tmp = tmp_path_factory.mktemp("report_run")
     sets = [f"output_dir={tmp / 'runs'}", *TINY, "train.epochs=2", "train.report=true"]
+    sets.append("train.precision=bf16")  # figures must predict as the bf16 test evaluation did
     out = run_cli("train", str(DEMO), *(a for s in sets for a in ("--set", s)))
     assert out.returncode == 0, out.stderr
     (folder,) = (tmp / "runs").iterdir()
