@@ -46,7 +46,8 @@ demo: data
 test: data browser postgres
 	$(VENV)/bin/pytest -q
 
-# Headless Chromium for the report's browser test (tests/test_report.py): Debian's package.
+# Headless Chromium for the report's browser test (tests/test_report.py) and readme-images:
+# Debian's package, driven by Playwright from the dev extra (never `playwright install`).
 browser:
 	@[ -x /usr/bin/chromium ] || { echo "installing Debian's chromium"; \
 	  $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1 || \

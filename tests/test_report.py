@@ -1,6 +1,6 @@
 """report.html end to end: a run trained by `cnnlab train`, its report opened in Debian's
-headless Chromium (no console errors, every figure drawn, not blank), and user text that
-tries to inject HTML rendered as text."""
+headless Chromium through Playwright (no console errors, every figure drawn, not blank), and
+user text that tries to inject HTML rendered as text."""
 
 from __future__ import annotations
 
@@ -16,20 +16,20 @@ import yaml
 from PIL import Image
 
 from cnnlab.report import SECTIONS, build_report, script_json
-from tests.browser import Chromium
+from tests.browser import chromium, visit
 
-FIGURES_JS = """JSON.stringify(Array.from(document.querySelectorAll('.figure')).map(e => {
+FIGURES_JS = """Array.from(document.querySelectorAll('.figure')).map(e => {
   const r = e.getBoundingClientRect();
   return {id: e.id || e.alt, w: r.width, h: r.height,
           drawn: e.tagName === 'IMG' ? e.complete && e.naturalWidth > 0
                                      : e.querySelectorAll('svg').length > 0};
-}))"""
+})"""
 EVIL = "<script>alert(1)</script>"
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    with Chromium() as browser:
+def browser():
+    with chromium() as browser:
         yield browser
 
 
@@ -63,11 +63,11 @@ def test_train_writes_the_report_and_prints_its_path(report_run):
     assert len(re.findall(r'<img[^>]* src="data:image/png;base64,', html)) == len(pngs)
 
 
-def test_report_renders_in_chromium(report_run, chromium, tmp_path):
+def test_report_renders_in_chromium(report_run, browser):
     folder, _ = report_run
-    page = chromium.open((folder / "report.html").as_uri(), FIGURES_JS)
+    page = visit(browser, (folder / "report.html").as_uri(), FIGURES_JS)
     assert page.console_errors == []
-    figures = json.loads(page.value)
+    figures = page.value
     assert len(figures) >= 12
     for fig in figures:
         assert fig["w"] > 50 and fig["h"] > 50 and fig["drawn"], fig
@@ -76,7 +76,7 @@ def test_report_renders_in_chromium(report_run, chromium, tmp_path):
     assert not blank(page.screenshot)
 
 
-def test_user_text_is_rendered_as_text(report_run, chromium, tmp_path):
+def test_user_text_is_rendered_as_text(report_run, browser, tmp_path):
     """Run name, class names and recipe values that hold HTML stay text everywhere."""
     run = tmp_path / "<img src=y onerror=alert(3)> & run"  # a folder name: no "/"
     shutil.copytree(report_run[0], run)
@@ -94,17 +94,22 @@ def test_user_text_is_rendered_as_text(report_run, chromium, tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "Trouser &amp; Co" in html
 
-    check = """JSON.stringify({
+    check = """({
         text: document.body.innerText,
         title: document.title,
         injected: document.querySelectorAll('img[src="x"], img[src="y"]').length})"""
-    page = chromium.open((run / "report.html").as_uri(), check)
+    page = visit(browser, (run / "report.html").as_uri(), check)
     assert page.dialogs == [] and page.console_errors == []
-    result = json.loads(page.value)
+    result = page.value
     assert result["injected"] == 0
     assert EVIL in result["text"] and "Trouser & Co" in result["text"]
     assert f"/nonexistent/{EVIL}&more" in result["text"]
     assert result["title"] == "cnnlab report: <img src=y onerror=alert(3)> & run"
+
+
+def test_a_missing_chromium_says_how_to_install_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `make browser`"), chromium(tmp_path / "none"):
+        pass
 
 
 def test_script_json_cannot_close_a_script_element():
