@@ -1,6 +1,6 @@
 """report.html end to end: a run trained by `cnnlab train`, its report opened in Debian's
-headless Chromium through Playwright (no console errors, every figure drawn, not blank), and
-user text that tries to inject HTML rendered as text."""
+headless Chromium through Playwright (no console errors, every figure drawn, a legend on the
+learning curves, not blank), and user text that tries to inject HTML rendered as text."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 from cnnlab.report import SECTIONS, build_report, script_json
+from cnnlab.viz import RunView, make_charts
 from tests.browser import chromium, visit
 
 FIGURES_JS = """Array.from(document.querySelectorAll('.figure')).map(e => {
@@ -24,6 +25,11 @@ FIGURES_JS = """Array.from(document.querySelectorAll('.figure')).map(e => {
           drawn: e.tagName === 'IMG' ? e.complete && e.naturalWidth > 0
                                      : e.querySelectorAll('svg').length > 0};
 })"""
+# the entries plotly drew in the learning curves' legend
+LEGEND_JS = """Array.from(document.querySelectorAll('#plot-curves .legend .traces .legendtext'))
+  .map(e => e.textContent)"""
+# a few of the learning curves' trace names: split, task, metric
+LEGEND_SAMPLE = {"train loss", "val loss", "train cls loss", "val cls accuracy", "val ink rmse"}
 EVIL = "<script>alert(1)</script>"
 
 
@@ -110,6 +116,45 @@ def test_user_text_is_rendered_as_text(report_run, browser, tmp_path):
 def test_a_missing_chromium_says_how_to_install_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `make browser`"), chromium(tmp_path / "none"):
         pass
+
+
+# ------------------------------------------------------------ learning-curve legend
+
+PANELS = {"total loss", "cls: loss", "cls: metrics", "ink: loss", "ink: metrics"}
+
+
+def series_names(folder) -> set[str]:
+    """What the legend must say: every train.* and val.* series of the run, e.g.
+    "val cls accuracy" (train has no precision / recall / f1)."""
+    rows = RunView(folder).metrics()
+    return {k.replace(".", " ") for row in rows for k in row if k.startswith(("train.", "val."))}
+
+
+def test_learning_curves_name_every_trace_in_a_legend(report_run):
+    """Train and val of each task and metric are told apart without hovering."""
+    (chart,) = make_charts(RunView(report_run[0]), "curves")
+    spec = json.loads(chart.plotly.to_json())
+    assert spec["layout"]["showlegend"] is True
+    traces = spec["data"]
+    names = [t["name"] for t in traces]
+    assert len(names) == len(set(names)) and set(names) == series_names(report_run[0])
+    assert set(names) >= LEGEND_SAMPLE
+    for trace in traces:
+        assert trace.get("showlegend", True)
+        assert trace["line"]["dash"] == ("dash" if trace["name"].startswith("train ") else "solid")
+    val_acc, train_acc = (
+        next(t for t in traces if t["name"] == f"{split} cls accuracy")
+        for split in ("val", "train")
+    )
+    assert val_acc["line"]["color"] == train_acc["line"]["color"]  # a pair, told apart by dash
+
+
+def test_learning_curves_show_their_legend_in_chromium(report_run, browser):
+    page = visit(browser, (report_run[0] / "report.html").as_uri(), LEGEND_JS)
+    assert page.console_errors == []
+    # one entry per series, grouped under its panel's title
+    assert sorted(page.value) == sorted(series_names(report_run[0]) | PANELS)
+    assert set(page.value) >= LEGEND_SAMPLE
 
 
 def test_script_json_cannot_close_a_script_element():
