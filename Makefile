@@ -53,6 +53,12 @@ browser:
 	  $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1 || \
 	  ($(SUDO) apt-get update -qq >/dev/null && $(SUDO) apt-get install -y -qq chromium >/dev/null); }
 
+# The README's pictures (docs/images/) from RUN=runs/<run>, or else from a 3-epoch demo run
+# trained here: make readme-images [RUN=runs/<run>]
+.PHONY: readme-images
+readme-images: browser $(if $(RUN),$(STAMP),data)
+	$(PY) -m docs.readme_images $(RUN)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check cnnlab tests benchmarks
 	$(VENV)/bin/ruff check cnnlab tests benchmarks
