@@ -46,11 +46,18 @@ demo: data
 test: data browser postgres
 	$(VENV)/bin/pytest -q
 
-# Headless Chromium for the report's browser test (tests/test_report.py): Debian's package.
+# Headless Chromium for the report's browser test (tests/test_report.py) and readme-images:
+# Debian's package, driven by Playwright from the dev extra (never `playwright install`).
 browser:
 	@[ -x /usr/bin/chromium ] || { echo "installing Debian's chromium"; \
 	  $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1 || \
 	  ($(SUDO) apt-get update -qq >/dev/null && $(SUDO) apt-get install -y -qq chromium >/dev/null); }
+
+# The README's pictures (docs/images/) from RUN=runs/<run>, or else from a 3-epoch demo run
+# trained here: make readme-images [RUN=runs/<run>]
+.PHONY: readme-images
+readme-images: browser $(if $(RUN),$(STAMP),data)
+	$(PY) -m docs.readme_images $(RUN)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check cnnlab tests benchmarks

@@ -1,6 +1,6 @@
 """report.html end to end: a run trained by `cnnlab train`, its report opened in Debian's
-headless Chromium (no console errors, every figure drawn, not blank), and user text that
-tries to inject HTML rendered as text."""
+headless Chromium through Playwright (no console errors, every figure drawn, a legend on the
+learning curves, not blank), and user text that tries to inject HTML rendered as text."""
 
 from __future__ import annotations
 
@@ -16,20 +16,26 @@ import yaml
 from PIL import Image
 
 from cnnlab.report import SECTIONS, build_report, script_json
-from tests.browser import Chromium
+from cnnlab.viz import RunView, make_charts
+from tests.browser import chromium, visit
 
-FIGURES_JS = """JSON.stringify(Array.from(document.querySelectorAll('.figure')).map(e => {
+FIGURES_JS = """Array.from(document.querySelectorAll('.figure')).map(e => {
   const r = e.getBoundingClientRect();
   return {id: e.id || e.alt, w: r.width, h: r.height,
           drawn: e.tagName === 'IMG' ? e.complete && e.naturalWidth > 0
                                      : e.querySelectorAll('svg').length > 0};
-}))"""
+})"""
+# the entries plotly drew in the learning curves' legend
+LEGEND_JS = """Array.from(document.querySelectorAll('#plot-curves .legend .traces .legendtext'))
+  .map(e => e.textContent)"""
+# a few of the learning curves' trace names: split, task, metric
+LEGEND_SAMPLE = {"train loss", "val loss", "train cls loss", "val cls accuracy", "val ink rmse"}
 EVIL = "<script>alert(1)</script>"
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    with Chromium() as browser:
+def browser():
+    with chromium() as browser:
         yield browser
 
 
@@ -63,11 +69,11 @@ def test_train_writes_the_report_and_prints_its_path(report_run):
     assert len(re.findall(r'<img[^>]* src="data:image/png;base64,', html)) == len(pngs)
 
 
-def test_report_renders_in_chromium(report_run, chromium, tmp_path):
+def test_report_renders_in_chromium(report_run, browser):
     folder, _ = report_run
-    page = chromium.open((folder / "report.html").as_uri(), FIGURES_JS)
+    page = visit(browser, (folder / "report.html").as_uri(), FIGURES_JS)
     assert page.console_errors == []
-    figures = json.loads(page.value)
+    figures = page.value
     assert len(figures) >= 12
     for fig in figures:
         assert fig["w"] > 50 and fig["h"] > 50 and fig["drawn"], fig
@@ -76,7 +82,7 @@ def test_report_renders_in_chromium(report_run, chromium, tmp_path):
     assert not blank(page.screenshot)
 
 
-def test_user_text_is_rendered_as_text(report_run, chromium, tmp_path):
+def test_user_text_is_rendered_as_text(report_run, browser, tmp_path):
     """Run name, class names and recipe values that hold HTML stay text everywhere."""
     run = tmp_path / "<img src=y onerror=alert(3)> & run"  # a folder name: no "/"
     shutil.copytree(report_run[0], run)
@@ -94,17 +100,61 @@ def test_user_text_is_rendered_as_text(report_run, chromium, tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "Trouser &amp; Co" in html
 
-    check = """JSON.stringify({
+    check = """({
         text: document.body.innerText,
         title: document.title,
         injected: document.querySelectorAll('img[src="x"], img[src="y"]').length})"""
-    page = chromium.open((run / "report.html").as_uri(), check)
+    page = visit(browser, (run / "report.html").as_uri(), check)
     assert page.dialogs == [] and page.console_errors == []
-    result = json.loads(page.value)
+    result = page.value
     assert result["injected"] == 0
     assert EVIL in result["text"] and "Trouser & Co" in result["text"]
     assert f"/nonexistent/{EVIL}&more" in result["text"]
     assert result["title"] == "cnnlab report: <img src=y onerror=alert(3)> & run"
+
+
+def test_a_missing_chromium_says_how_to_install_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `make browser`"), chromium(tmp_path / "none"):
+        pass
+
+
+# ------------------------------------------------------------ learning-curve legend
+
+PANELS = {"total loss", "cls: loss", "cls: metrics", "ink: loss", "ink: metrics"}
+
+
+def series_names(folder) -> set[str]:
+    """What the legend must say: every train.* and val.* series of the run, e.g.
+    "val cls accuracy" (train has no precision / recall / f1)."""
+    rows = RunView(folder).metrics()
+    return {k.replace(".", " ") for row in rows for k in row if k.startswith(("train.", "val."))}
+
+
+def test_learning_curves_name_every_trace_in_a_legend(report_run):
+    """Train and val of each task and metric are told apart without hovering."""
+    (chart,) = make_charts(RunView(report_run[0]), "curves")
+    spec = json.loads(chart.plotly.to_json())
+    assert spec["layout"]["showlegend"] is True
+    traces = spec["data"]
+    names = [t["name"] for t in traces]
+    assert len(names) == len(set(names)) and set(names) == series_names(report_run[0])
+    assert set(names) >= LEGEND_SAMPLE
+    for trace in traces:
+        assert trace.get("showlegend", True)
+        assert trace["line"]["dash"] == ("dash" if trace["name"].startswith("train ") else "solid")
+    val_acc, train_acc = (
+        next(t for t in traces if t["name"] == f"{split} cls accuracy")
+        for split in ("val", "train")
+    )
+    assert val_acc["line"]["color"] == train_acc["line"]["color"]  # a pair, told apart by dash
+
+
+def test_learning_curves_show_their_legend_in_chromium(report_run, browser):
+    page = visit(browser, (report_run[0] / "report.html").as_uri(), LEGEND_JS)
+    assert page.console_errors == []
+    # one entry per series, grouped under its panel's title
+    assert sorted(page.value) == sorted(series_names(report_run[0]) | PANELS)
+    assert set(page.value) >= LEGEND_SAMPLE
 
 
 def test_script_json_cannot_close_a_script_element():

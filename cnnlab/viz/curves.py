@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import plotly.colors
 import plotly.graph_objects as go
+from matplotlib.axes import Axes
 from plotly.subplots import make_subplots
 
 from cnnlab.errors import CnnlabError
 from cnnlab.viz.base import Chart, new_figure
 from cnnlab.viz.run_view import RunView
 
-SPLITS = {"train": "--", "val": "-"}  # line style per split (matplotlib)
+# Line style per split, (matplotlib, plotly): the caption and both charts say the same.
+SPLITS = {"train": ("--", "dash"), "val": ("-", "solid")}
+# Plotly: one colour per metric in a panel, shared by its train and val lines (the dash
+# tells them apart), so the legend pairs them.
+COLORS = plotly.colors.qualitative.Plotly
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -29,6 +35,41 @@ def _panels(view: RunView) -> list[tuple[str, list[str]]]:
     return panels
 
 
+def _draw_panel(ax: Axes, rows: list[dict], title: str, keys: list[str]) -> None:
+    for key in keys:
+        for split, (style, _) in SPLITS.items():
+            x, y = _series(rows, f"{split}.{key}")
+            if x:
+                label = f"{split} {key.rsplit('.', 1)[-1]}"  # the panel title names the task
+                ax.plot(x, y, style, marker="o", markersize=3, label=label)
+    ax.set(title=title, xlabel="epoch", ylabel=title.rsplit(": ", 1)[-1])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _plotly_panel(
+    pfig: go.Figure, rows: list[dict], title: str, keys: list[str], cell: tuple[int, int]
+) -> None:
+    """One legend serves every panel, so a trace names its task too ("val cls accuracy"),
+    and the panel's traces are grouped under its title."""
+    for k, key in enumerate(keys):
+        color = COLORS[k % len(COLORS)]
+        for split, (_, dash) in SPLITS.items():
+            x, y = _series(rows, f"{split}.{key}")
+            if not x:
+                continue
+            trace = go.Scatter(
+                x=x,
+                y=y,
+                mode="lines+markers",
+                name=f"{split} {key.replace('.', ' ')}",
+                legendgroup=title,
+                legendgrouptitle_text=title,
+                line={"dash": dash, "color": color},
+            )
+            pfig.add_trace(trace, row=cell[0], col=cell[1])
+
+
 def curves(view: RunView) -> list[Chart]:
     rows = view.metrics()
     if not rows:
@@ -39,34 +80,17 @@ def curves(view: RunView) -> list[Chart]:
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     pfig = make_subplots(rows=nrows, cols=ncols, subplot_titles=[p[0] for p in panels])
     for i, (title, keys) in enumerate(panels):
-        ax = axes[i]
-        for key in keys:
-            for split, style in SPLITS.items():
-                x, y = _series(rows, f"{split}.{key}")
-                if not x:
-                    continue
-                label = f"{split} {key.rsplit('.', 1)[-1]}"
-                ax.plot(x, y, style, marker="o", markersize=3, label=label)
-                pfig.add_trace(
-                    go.Scatter(
-                        x=x,
-                        y=y,
-                        mode="lines+markers",
-                        name=label,
-                        legendgroup=title,
-                        line={"dash": "dash" if split == "train" else "solid"},
-                    ),
-                    row=i // ncols + 1,
-                    col=i % ncols + 1,
-                )
-        ax.set(title=title, xlabel="epoch", ylabel=title.rsplit(": ", 1)[-1])
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _draw_panel(axes[i], rows, title, keys)
+        _plotly_panel(pfig, rows, title, keys, cell=(i // ncols + 1, i % ncols + 1))
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    # No legend (it would repeat per panel): hovering shows every series of an epoch.
     pfig.update_layout(
-        height=300 * nrows, showlegend=False, hovermode="x unified", margin={"t": 40, "b": 30}
+        height=300 * nrows,
+        showlegend=True,
+        # a click hides one line, not its whole panel
+        legend={"groupclick": "toggleitem", "tracegroupgap": 10},
+        hovermode="x unified",
+        margin={"t": 40, "b": 30},
     )
     pfig.update_xaxes(title_text="epoch")
     return [
