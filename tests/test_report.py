@@ -92,7 +92,7 @@ def test_user_text_is_rendered_as_text(report_run, browser, tmp_path):
     names[0], names[1], names[2] = EVIL, "Trouser & Co", "<img src=x onerror=alert(2)>"
     torch.save(ckpt, ckpt_path)
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-    recipe["data"]["root"] = f"/nonexistent/{EVIL}&more"  # falls back to the system folder
+    recipe["log"]["project"] = f"project {EVIL}&more"  # free text that changes no result
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
 
     html = build_report(run).read_text()
@@ -109,7 +109,7 @@ def test_user_text_is_rendered_as_text(report_run, browser, tmp_path):
     result = page.value
     assert result["injected"] == 0
     assert EVIL in result["text"] and "Trouser & Co" in result["text"]
-    assert f"/nonexistent/{EVIL}&more" in result["text"]
+    assert f"project {EVIL}&more" in result["text"]
     assert result["title"] == "cnnlab report: <img src=y onerror=alert(3)> & run"
 
 
