@@ -5,6 +5,7 @@ from __future__ import annotations
 import plotly.colors
 import plotly.graph_objects as go
 from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 from plotly.subplots import make_subplots
 
 from cnnlab.errors import CnnlabError
@@ -43,6 +44,7 @@ def _draw_panel(ax: Axes, rows: list[dict], title: str, keys: list[str]) -> None
                 label = f"{split} {key.rsplit('.', 1)[-1]}"  # the panel title names the task
                 ax.plot(x, y, style, marker="o", markersize=3, label=label)
     ax.set(title=title, xlabel="epoch", ylabel=title.rsplit(": ", 1)[-1])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
 
@@ -92,7 +94,7 @@ def curves(view: RunView) -> list[Chart]:
         hovermode="x unified",
         margin={"t": 40, "b": 30},
     )
-    pfig.update_xaxes(title_text="epoch")
+    pfig.update_xaxes(title_text="epoch", tickformat="d", dtick=1 if len(rows) <= 12 else None)
     return [
         Chart(
             "curves",
