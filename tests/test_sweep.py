@@ -159,11 +159,23 @@ def test_pareto_front():
     assert pareto_front(renamed, names) == [0, 1, 2]
 
 
-def test_bad_sweep_input_writes_nothing(tmp_path):
-    file = write(tmp_path, "method: grid\nmetric: {name: val_acc}\nparameters: {x: {values: [1]}}")
-    done = run_cli("sweep", str(DEMO), str(file), "--out", str(tmp_path / "out"))
-    assert done.returncode == 2 and done.stderr.count("\n") == 1
-    assert "names no recipe field" in done.stderr or "not reported" in done.stderr
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("method: grid\nmetric: {name: val_acc}\nparameters: {x: {values: [1]}}",
+         "not reported"),
+        ("method: grid\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
+         "early_terminate: {type: hyperband, min_iter: 1, eta: 1}", "early_terminate.eta = 1"),
+        ("method: bayes\nparameters: {model.blocks: {values: [2, 3]}}",
+         "method bayes models the metric, so it needs one"),
+    ],
+    ids=["unknown-metric", "eta-1", "bayes-without-metric"],
+)  # fmt: skip
+def test_bad_sweep_input_writes_nothing(tmp_path, text, message):
+    file = write(tmp_path, text)
+    done = run_cli("sweep", str(DEMO), str(file), "--trials", "2", "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
 
 
