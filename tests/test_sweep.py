@@ -1,6 +1,7 @@
 """Sweeps on one machine: the λ grid from the shell, failures, Ctrl-C + --resume, selection."""
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -153,6 +154,7 @@ def test_pareto_front():
         {"acc": 0.8, "rmse": 0.01},
         {"acc": 0.85, "rmse": 0.02},
         {"acc": 0.8, "rmse": 0.03},  # dominated by every other point
+        {"acc": math.nan, "rmse": 0.0},  # not reported: off the front, and dominates nothing
     ]
     names = ["val.cls.accuracy", "val.ink.rmse"]
     renamed = [{names[0]: p["acc"], names[1]: p["rmse"]} for p in points]

@@ -52,7 +52,7 @@ class TrialRow:
     def run(self) -> RunFolder | None:
         if self.run_dir is None or self.folder is None:
             return None
-        run = RunFolder(self.folder.path / self.run_dir)
+        run = RunFolder(self.folder.run_path(self.run_dir, self.number))
         return run if run.recipe_path.is_file() else None
 
     @cached_property

@@ -16,6 +16,7 @@ A sweep folder is self-contained: workers, `--resume`, select and report read on
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -67,6 +68,38 @@ class SweepFolder:
         mapping = self.map_path if self.map_path.is_file() else None
         return load_sweep(self.sweep_path, self.base(), mapping)
 
+    def run_path(self, run_dir: str, trial: int) -> Path:
+        """The run folder a trial's `run_dir` names, which must lie inside runs/.
+
+        run_dir comes from the study, and a shared database may hold anything: an absolute
+        or ../ value would have a worker train, or select evaluate, outside this folder."""
+        path = self.path / run_dir
+        if not within(self.runs_path, path):
+            raise CnnlabError(
+                f"trial {trial}: its run_dir {run_dir!r} in study {self.meta()['study']!r} lies "
+                f"outside {self.runs_path}; cnnlab writes runs/<name> there, so someone else "
+                "wrote this value: check who writes to the study, or use another --study"
+            )
+        return path
+
+
+def within(root: Path, path: Path) -> bool:
+    """Whether `path` lies strictly inside `root` once symlinks and .. are resolved."""
+    root, path = root.resolve(), path.resolve()
+    return path != root and path.is_relative_to(root)
+
+
+def study_folder(out: Path, study: str) -> Path:
+    """`out / study`, for a --study name that stays a single folder inside --out."""
+    separators = [s for s in ("/", os.sep, os.altsep) if s]
+    plain = study not in ("", ".", "..") and not any(s in study for s in separators)
+    if not (plain and within(out, out / study)):  # within: a symlink in --out may lead out
+        raise CnnlabError(
+            f"--study {study!r}: the study name is also its folder inside --out {out}; give a "
+            "plain name without /, \\ or .. (e.g. --study fmnist_lambda)"
+        )
+    return out / study
+
 
 def base_recipe(raw: dict, source: str) -> dict:
     """The base recipe with every default filled in: what trials start from and diff against."""
@@ -84,7 +117,8 @@ def create_or_join(
     """A new sweep folder, or the existing one of the same named study (another machine
     or an earlier run of the same line created it): then its saved inputs must agree."""
     name = sweep_file.name.removesuffix(".yaml").removesuffix(".yml")
-    path = out / study if study else _fresh(out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = study_folder(out, study) if study else _fresh(out / f"{name}-{stamp}")
     folder = SweepFolder(path)
     if folder.meta_path.is_file():
         saved = folder.meta()
@@ -116,7 +150,7 @@ def _fresh(path: Path) -> Path:
 def latest(out: Path, sweep_file: Path, study: str | None) -> SweepFolder:
     """The folder `--resume` continues: the named study's, else the newest of this sweep."""
     if study:
-        return SweepFolder.open(out / study)
+        return SweepFolder.open(study_folder(out, study))
     name = sweep_file.name.removesuffix(".yaml").removesuffix(".yml")
     found = sorted(
         (p for p in out.glob(f"{name}-*") if SweepFolder.is_sweep(p)),

@@ -162,8 +162,9 @@ class Objective:
     def _run_folder(self, trial, recipe) -> tuple[RunFolder, Path | None]:
         """A retried trial continues its predecessor's folder from its last checkpoint."""
         previous = trial.user_attrs.get("run_dir")
-        if previous and (self.folder.path / previous / "recipe.yaml").is_file():
-            run = RunFolder(self.folder.path / previous)
+        path = self.folder.run_path(previous, trial.number) if previous else None
+        if path is not None and (path / "recipe.yaml").is_file():
+            run = RunFolder(path)
             # Killed before its first checkpoint: start over in the same folder.
             return run, (run.path if run.last_path.is_file() else None)
         return RunFolder.create(recipe), None

@@ -1,0 +1,135 @@
+"""Sweeps under hostile study data and odd results: one clear line, nothing written outside.
+
+Most tests read one finished two-trial sweep (`finished`), each on its own copy.
+"""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+
+from cnnlab.errors import CnnlabError
+from cnnlab.sweep.launch import sweep
+from cnnlab.sweep.results import load_trials, open_study
+from cnnlab.sweep.select import select
+from cnnlab.sweep.study import SweepFolder, study_folder
+from cnnlab.sweep.worker import run_worker
+from tests.conftest import DEMO, run_cli
+from tests.test_sweep import DIVERGES, TINY, lr_sweep, sets, write
+
+LR_GRID = "method: grid\nparameters: {train.optimizer.lr: {values: [0.001, 0.003]}}\n"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, str]:
+    """A two-point grid with no metric, run from the shell with train.monitor = val.ink.rmse:
+    (its sweep folder, the command's stdout). Tests that write to it use `copy_of`."""
+    tmp = tmp_path_factory.mktemp("finished")
+    file = write(tmp, LR_GRID)
+    done = run_cli("sweep", str(DEMO), str(file), "--study", "tiny", "--out", str(tmp / "out"),
+                   *sets("train.monitor=val.ink.rmse"))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp / "out" / "tiny", done.stdout
+
+
+def copy_of(finished: tuple[Path, str], tmp_path: Path) -> SweepFolder:
+    return SweepFolder(Path(shutil.copytree(finished[0], tmp_path / "out" / "tiny")))
+
+
+def add_trial(folder: SweepFolder, state: str, run_dir: str) -> None:
+    """A trial written straight into the study, as anyone with access to it could."""
+    lr = folder.spec().param("train.optimizer.lr")
+    open_study(folder, None).add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState[state],
+            value=0.5 if state == "COMPLETE" else None,
+            params={lr.name: lr.choices[0]},
+            distributions={lr.name: lr.distribution()},
+            user_attrs={"run_dir": run_dir},
+        )
+    )
+
+
+# ------------------------------------------------------------ metric left out
+
+
+def test_a_sweep_without_a_metric_ranks_by_train_monitor_and_says_so(finished):
+    path, stdout = finished
+    said = " ".join(stdout.split())  # rich wraps long lines outside a terminal
+    assert "note: no metric in the sweep file: minimizing the recipe's train.monitor, " in said
+    meta = SweepFolder(path).meta()
+    assert (meta["metric"], meta["goal"]) == ("val.ink.rmse", "minimize")
+    rows = load_trials(SweepFolder(path), None)
+    assert [r.state for r in rows] == ["complete", "complete"]
+    best = min(rows, key=lambda r: r.value)
+    assert f"best val.ink.rmse = {best.value:.4f}" in said
+
+
+# ----------------------------------------------------------------------- select
+
+
+def test_select_on_a_metric_nan_in_every_trial_says_so(finished, tmp_path):
+    folder = copy_of(finished, tmp_path)
+    for metrics in folder.runs_path.glob("*/metrics.jsonl"):
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        metrics.write_text("".join(json.dumps(r | {"val.cls.accuracy": math.nan}) + "\n"
+                                   for r in rows))  # fmt: skip
+    done = run_cli("select", str(folder.path), "--metric", "val.cls.accuracy")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "--metric val.cls.accuracy: no complete trial has a value" in done.stderr
+    assert not (folder.path / "selection.md").exists()
+
+
+# ------------------------------------------------------- paths from the study
+
+
+@pytest.mark.parametrize("run_dir", ["../../elsewhere", "ABSOLUTE", "runs/..", "runs"])
+def test_a_run_dir_outside_runs_is_refused(finished, tmp_path, run_dir):
+    """A value nobody but cnnlab should write, pointing at a real run folder elsewhere."""
+    folder = copy_of(finished, tmp_path)
+    shutil.copytree(next(folder.runs_path.iterdir()), tmp_path / "elsewhere")
+    if run_dir == "ABSOLUTE":
+        run_dir = str(tmp_path / "elsewhere")
+    add_trial(folder, "COMPLETE", run_dir)
+    with pytest.raises(CnnlabError, match=r"trial 2: its run_dir .* lies outside .*runs"):
+        select(folder, ["val.ink.rmse"])
+    assert not (folder.path / "selection.md").exists()
+
+
+def test_a_worker_refuses_a_retry_whose_run_dir_leads_outside(tmp_path):
+    file = lr_sweep(tmp_path, "random", "{values: [1.0e+12]}")
+    with pytest.raises(CnnlabError, match="stopped after 1 consecutive failed trials"):
+        sweep(DEMO, file, [*TINY, *DIVERGES], trials=2, out=tmp_path / "out", max_failures=1)
+    (path,) = (tmp_path / "out").iterdir()
+    folder = SweepFolder(path)
+    (first,) = load_trials(folder, None)
+    outside = Path(shutil.copytree(first.run.path, tmp_path / "outside"))  # a run to resume
+    before = {p: p.stat().st_mtime_ns for p in outside.rglob("*")}
+    add_trial(folder, "WAITING", "../../outside")  # a retry, as a shared database could hold
+
+    assert run_worker(folder, None, threads=1) == "stopped after 1 consecutive failed trials"
+    hostile = load_trials(folder, None)[1]
+    assert hostile.outcome == "error" and "run_dir '../../outside'" in hostile.reason
+    assert {p: p.stat().st_mtime_ns for p in outside.rglob("*")} == before
+    assert len(list(folder.runs_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".", "/tmp/escape", "link"])
+def test_study_names_stay_inside_out(tmp_path, name):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "link").symlink_to(tmp_path)  # inside --out by name, outside once resolved
+    with pytest.raises(CnnlabError, match=f"--study '{name}': the study name is also its"):
+        study_folder(out, name)
+    assert study_folder(out, "fmnist_lambda") == out / "fmnist_lambda"
+
+
+def test_a_study_name_with_a_path_writes_nothing(tmp_path):
+    done = run_cli("sweep", str(DEMO), "sweeps/fashion_lambda.yaml", "--study", "../escape",
+                   "--out", str(tmp_path / "out"))  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "--study '../escape'" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
