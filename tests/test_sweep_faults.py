@@ -83,6 +83,18 @@ def test_select_on_a_metric_nan_in_every_trial_says_so(finished, tmp_path):
     assert not (folder.path / "selection.md").exists()
 
 
+def test_select_prints_the_markdown_table_outside_a_terminal(finished, tmp_path):
+    """In a log or CI (stdout not a terminal) rich would fold the table at 80 columns."""
+    folder = copy_of(finished, tmp_path)
+    done = run_cli("select", str(folder.path), "--metric", "val.cls.accuracy",
+                   "--metric", "val.ink.rmse")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    table = (folder.path / "selection.md").read_text().splitlines()
+    assert max(len(line) for line in table) > 80  # wider than rich's default
+    printed = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    assert printed == table  # every row whole, on one line
+
+
 # ------------------------------------------------------- paths from the study
 
 
