@@ -6,18 +6,31 @@ Most tests read one finished two-trial sweep (`finished`), each on its own copy.
 import json
 import math
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 
 from cnnlab.errors import CnnlabError
+from cnnlab.recipe import read_yaml
 from cnnlab.sweep.launch import sweep
 from cnnlab.sweep.results import load_trials, open_study
 from cnnlab.sweep.select import select
-from cnnlab.sweep.study import SweepFolder, study_folder
+from cnnlab.sweep.storage import open_storage
+from cnnlab.sweep.study import (
+    INPUTS_ATTR,
+    SweepFolder,
+    base_recipe,
+    create_or_join,
+    fingerprint,
+    load_study,
+    study_folder,
+)
 from cnnlab.sweep.worker import run_worker
-from tests.conftest import DEMO, run_cli
+from tests.conftest import DEMO, ROOT, run_cli
 from tests.test_sweep import DIVERGES, TINY, lr_sweep, sets, write
 
 LR_GRID = "method: grid\nparameters: {train.optimizer.lr: {values: [0.001, 0.003]}}\n"
@@ -145,3 +158,84 @@ def test_a_study_name_with_a_path_writes_nothing(tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "--study '../escape'" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------ one study, one set of inputs
+
+
+@pytest.mark.parametrize(
+    ("sweep_text", "extra", "message"),
+    [
+        (LR_GRID.replace("0.003", "0.01"), [], "another sweep file;"),
+        (LR_GRID, ["--set", "model.blocks=2"], "another base recipe;"),
+        (LR_GRID, ["--trials", "1"], "another budget (2 trials, here 1);"),
+    ],
+    ids=["sweep-file", "recipe", "budget"],
+)
+def test_joining_a_study_with_other_inputs_is_refused(finished, tmp_path, sweep_text, extra,
+                                                      message):  # fmt: skip
+    """The same --study again, one input changed: the workers would run the old sweep."""
+    folder = copy_of(finished, tmp_path)
+    saved = folder.sweep_path.read_text()
+    done = run_cli("sweep", str(DEMO), str(write(tmp_path, sweep_text)), "--study", "tiny",
+                   "--out", str(folder.path.parent), *sets("train.monitor=val.ink.rmse"),
+                   *extra)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"study 'tiny' was started with {message} use another --study" in done.stderr
+    assert folder.sweep_path.read_text() == saved
+
+
+def test_a_worker_with_an_edited_sweep_file_is_refused_by_the_study(finished, tmp_path):
+    """The study itself holds its inputs: a folder whose files changed cannot join it."""
+    folder = copy_of(finished, tmp_path)
+    folder.sweep_path.write_text(LR_GRID.replace("0.003", "0.01"))
+    storage = open_storage(None, folder.path, 1)
+    with pytest.raises(CnnlabError, match="study 'tiny' was started with another sweep file;"):
+        load_study(folder, storage, folder.spec())
+
+
+JOIN = """
+import sys, time
+from pathlib import Path
+from cnnlab.errors import CnnlabError
+from cnnlab.sweep.storage import open_storage
+from cnnlab.sweep.study import SweepFolder, load_study
+folder, url, start, journal = sys.argv[1:]
+folder = SweepFolder(Path(folder))
+storage = open_storage(url or None, Path(journal), 1)
+time.sleep(max(0.0, float(start) - time.time()))
+try:
+    load_study(folder, storage, folder.spec())
+except CnnlabError as err:
+    print(err)
+    sys.exit(2)
+"""
+
+
+def race_to_start(tmp_path: Path, url: str | None = None) -> None:
+    """Four workers, two from each of two sweep files, start one study at the same moment:
+    exactly those with the inputs the study stored get in, whoever created it."""
+    base = base_recipe(read_yaml(DEMO), "demo")
+    folders = []
+    for i, high in enumerate(["0.003", "0.01"]):
+        file = write(tmp_path, LR_GRID.replace("0.003", high), f"s{i}.yaml")
+        folders.append(create_or_join(tmp_path / f"m{i}", "race", base, file, None, {"trials": 2}))
+    start = str(time.time() + 6)  # after every process has imported cnnlab
+    procs = [
+        (f, subprocess.Popen([sys.executable, "-c", JOIN, str(f.path), url or "", start,
+                              str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True))
+        for f in folders * 2
+    ]  # fmt: skip
+    ended = [(f, p.wait(timeout=120), p.stdout.read()) for f, p in procs]
+    study = optuna.load_study(study_name="race", storage=open_storage(url, tmp_path, 1))
+    stored = study.user_attrs[INPUTS_ATTR]
+    (winner,) = [f for f in folders if fingerprint(f.spec(), f.base(), 2) == stored]
+    for f, code, said in ended:
+        if f is winner:
+            assert code == 0, said
+        else:
+            assert code == 2 and "study 'race' was started with another sweep file;" in said
+
+
+def test_workers_racing_to_start_a_study_agree_on_its_inputs(tmp_path):
+    race_to_start(tmp_path)
