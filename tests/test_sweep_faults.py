@@ -239,3 +239,52 @@ def race_to_start(tmp_path: Path, url: str | None = None) -> None:
 
 def test_workers_racing_to_start_a_study_agree_on_its_inputs(tmp_path):
     race_to_start(tmp_path)
+
+
+# ------------------------------------------------- errors that are not the user's
+
+
+def test_a_database_of_an_unknown_optuna_schema_keeps_its_own_error(tmp_path):
+    """Not "cannot open ... check the URL": Optuna's message says what to run."""
+    import sqlalchemy
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    open_storage(url, tmp_path, 1)  # Optuna makes its tables
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as db:  # as a newer Optuna would leave them
+        db.execute(sqlalchemy.text("UPDATE alembic_version SET version_num = 'v99.0.0.a'"))
+    engine.dispose()
+    with pytest.raises(RuntimeError, match="no longer compatible with the table schema"):
+        open_storage(url, tmp_path, 1)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://u:secret@host:notaport/db", "--storage 'host:notaport/db' is not a da"),
+        ("nosuchdb://host/db", "cannot open the study database nosuchdb://host/db: Can't load"),
+    ],
+)
+def test_a_bad_database_url_is_one_line(tmp_path, url, message):
+    with pytest.raises(CnnlabError, match=message):
+        open_storage(url, tmp_path, 1)
+
+
+def test_importance_errors_are_not_too_few_trials(finished, tmp_path, monkeypatch):
+    """Below 3 complete trials the page says "too few"; an error in Optuna is raised."""
+    from optuna.importance import PedAnovaImportanceEvaluator
+
+    from cnnlab.sweep.report import importances
+
+    folder = copy_of(finished, tmp_path)
+    study = open_study(folder, None)
+    assert importances(study, "val.ink.rmse") == {}  # two complete trials
+    add_trial(folder, "COMPLETE", "runs/x")
+    assert set(importances(study, "val.ink.rmse")) == {"train.optimizer.lr"}
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug in the evaluator")
+
+    monkeypatch.setattr(PedAnovaImportanceEvaluator, "evaluate", broken)
+    with pytest.raises(ValueError, match="a bug in the evaluator"):
+        importances(study, "val.ink.rmse")

@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+from optuna.exceptions import StorageInternalError
 from optuna.storages import (
     BaseStorage,
     RDBStorage,
@@ -31,6 +32,7 @@ from optuna.storages import (
 from optuna.storages._heartbeat import BaseHeartbeat  # the interface fail_stale_trials reads
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from cnnlab.errors import CnnlabError
 
@@ -109,11 +111,7 @@ def open_storage(url: str | None, folder: Path, heartbeat: int) -> BaseStorage:
     grace = max(3 * heartbeat, heartbeat + 2)
     if url is None:
         return HeartbeatJournalStorage(folder / JOURNAL_FILE, heartbeat, grace)
-    if "://" not in url:
-        raise CnnlabError(
-            f"--storage {url!r} is not a database URL; use e.g. "
-            "postgresql://user@host/db, or leave it out for a journal file in the sweep folder"
-        )
+    _check_url(url)
     for attempt in range(3):  # workers starting together may race to create the tables
         try:
             return RDBStorage(
@@ -127,25 +125,46 @@ def open_storage(url: str | None, folder: Path, heartbeat: int) -> BaseStorage:
                 f"--storage {redact(url)}: its database driver is not installed; pip install "
                 "'psycopg[binary]' (PostgreSQL) or the driver your URL names"
             ) from None
-        except Exception as err:  # sqlalchemy's OperationalError, ArgumentError, ...
-            if attempt < 2:
-                time.sleep(1 + attempt)
-                continue
-            first = str(err).strip().splitlines()[0][:200]
-            raise CnnlabError(
-                f"cannot open the study database {redact(url)}: {first}; check the URL, that "
-                "the server runs and that this machine may connect"
-            ) from None
+        except ArgumentError as err:  # e.g. a dialect SQLAlchemy does not know
+            raise _cannot_open(url, err) from None
+        except (DBAPIError, StorageInternalError) as err:  # refused, unreachable, or a race
+            if attempt == 2:
+                raise _cannot_open(url, err) from None
+            time.sleep(1 + attempt)
     raise AssertionError("unreachable")
+
+
+def _check_url(url: str) -> None:
+    """A malformed URL is the user's to fix, said before any connection is tried."""
+    from sqlalchemy.engine import make_url
+
+    if "://" in url:
+        try:
+            make_url(url)
+            return
+        except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
+            pass
+    raise CnnlabError(
+        f"--storage {redact(url)!r} is not a database URL; use e.g. "
+        "postgresql://user@host/db, or leave it out for a journal file in the sweep folder"
+    )
+
+
+def _cannot_open(url: str, err: Exception) -> CnnlabError:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return CnnlabError(
+        f"cannot open the study database {redact(url)}: {first}; check the URL, that the "
+        "server runs and that this machine may connect"
+    )
 
 
 def redact(url: str | None) -> str:
     """A URL safe to print and to save: the password replaced by ***."""
     if url is None:
         return JOURNAL_FILE
-    try:
-        from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import make_url
 
+    try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+    except (ArgumentError, ValueError):  # not a URL: keep only what follows any user:password@
         return url.split("@")[-1]
