@@ -288,3 +288,21 @@ def test_importance_errors_are_not_too_few_trials(finished, tmp_path, monkeypatc
     monkeypatch.setattr(PedAnovaImportanceEvaluator, "evaluate", broken)
     with pytest.raises(ValueError, match="a bug in the evaluator"):
         importances(study, "val.ink.rmse")
+
+
+# ------------------------------------------------------------ Optuna's API
+
+
+def test_a_surplus_trial_yields_and_frees_its_grid_point(finished, tmp_path):
+    """The grid is done: a late worker's trial is pruned as surplus, off the grid, untrained."""
+    from cnnlab.sweep.worker import GRID_ATTR, Objective
+
+    folder = copy_of(finished, tmp_path)
+    storage, spec = open_storage(None, folder.path, 1), folder.spec()
+    study = load_study(folder, storage, spec, seed=0)
+    late = Objective(folder, spec, 1, None, "study.journal", 2, storage)
+    study.optimize(late, n_trials=1, catch=(Exception,))
+    trial = study.trials[-1]
+    assert (trial.state.name, trial.user_attrs["outcome"]) == ("PRUNED", "surplus")
+    assert trial.system_attrs[GRID_ATTR] == -1 and late.last_outcome == "surplus"
+    assert len(list(folder.runs_path.iterdir())) == 2

@@ -29,7 +29,11 @@ from optuna.storages import (
     RDBStorage,
     RetryHeartbeatStaleTrialCallback,
 )
-from optuna.storages._heartbeat import BaseHeartbeat  # the interface fail_stale_trials reads
+
+# Private, and the one way to give a storage heartbeats: fail_stale_trials() asks for this
+# interface. Its methods (and _get_stale_trial_ids) are what the Optuna pin in
+# pyproject.toml is tested against.
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 from sqlalchemy.exc import ArgumentError, DBAPIError
@@ -94,7 +98,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
             start = t.datetime_start.timestamp() if t.datetime_start else now
             beat = t.system_attrs.get(HEARTBEAT_ATTR, start)
             if now - beat > self._grace or _gone_here(t.user_attrs.get(WORKER_ATTR)):
-                stale.append(t._trial_id)
+                stale.append(self.get_trial_id_from_study_id_trial_number(study_id, t.number))
         return stale
 
     def get_heartbeat_interval(self) -> int | None:

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from optuna.storages import BaseStorage
+
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import best_row, validate
 from cnnlab.runs import RunFolder, write_json
@@ -40,6 +42,9 @@ from cnnlab.sweep.storage import (
 from cnnlab.sweep.study import SweepFolder, load_study
 
 STORAGE_ENV = "CNNLAB_SWEEP_STORAGE"
+# GridSampler's record of a trial's grid point. Not public API: read to count the budget
+# per point and reset when a trial yields; the Optuna pin in pyproject.toml covers it.
+GRID_ATTR = "grid_id"
 TRIAL_LINK = "trial.json"  # in each run folder: which study and trial(s) it belongs to
 
 
@@ -81,6 +86,7 @@ class Objective:
     device: str | None
     storage_name: str
     budget: int
+    storage: BaseStorage  # the study's, for what Optuna's Trial does not offer
     last_outcome: str = ""
     last_number: int = -1
     base: dict = field(default_factory=dict)
@@ -218,7 +224,7 @@ class Objective:
         self.last_outcome = "surplus"
         trial.set_user_attr("outcome", SURPLUS)
         if self.spec.method == "grid":  # free its grid point for a later --resume
-            trial.study._storage.set_trial_system_attr(trial._trial_id, "grid_id", -1)
+            self.storage.set_trial_system_attr(self._trial_id(trial), GRID_ATTR, -1)
         raise optuna.TrialPruned("surplus: the study's budget was taken by other workers")
 
     def _interrupted(self, trial, run: RunFolder) -> None:
@@ -226,8 +232,12 @@ class Objective:
         self.last_outcome = "interrupted"
         trial.set_user_attr("outcome", "interrupted")
         trial.set_user_attr("fail_reason", "interrupted by the user (Ctrl-C); retry queued")
-        frozen = trial.study._storage.get_trial(trial._trial_id)
-        RetryStaleTrial()(trial.study, frozen)
+        RetryStaleTrial()(trial.study, self.storage.get_trial(self._trial_id(trial)))
+
+    def _trial_id(self, trial) -> int:
+        """The storage's id of a running trial, through BaseStorage's public methods."""
+        study_id = self.storage.get_study_id_from_name(trial.study.study_name)
+        return self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
 
 
 # ------------------------------------------------------------------- the loop
@@ -253,10 +263,10 @@ def is_surplus(study, spec: SweepSpec, budget: int, number: int) -> bool:
     trials = study.get_trials(deepcopy=False)
     earlier = [t for t in trials if t.number < number and t.user_attrs.get("outcome") != SURPLUS]
     if spec.method == "grid":
-        mine = next(t for t in trials if t.number == number).system_attrs.get("grid_id")
+        mine = next(t for t in trials if t.number == number).system_attrs.get(GRID_ATTR)
         # A trial still inside the sampler has no grid id yet: count it as a point of its own.
         held = {
-            t.system_attrs.get("grid_id", f"new{t.number}") for t in earlier if _holds_grid_point(t)
+            t.system_attrs.get(GRID_ATTR, f"new{t.number}") for t in earlier if _holds_grid_point(t)
         }
         return mine in held or len(held) >= budget
     live = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED)
@@ -278,7 +288,7 @@ def study_progress(study, spec: SweepSpec, trials: int) -> tuple[int, int, int]:
     if spec.method == "grid":
         settled, pending = set(), set()
         for t in all_trials:
-            gid = t.system_attrs.get("grid_id")
+            gid = t.system_attrs.get(GRID_ATTR)
             if gid is None:
                 continue
             if t.state in (TrialState.RUNNING, TrialState.WAITING):
@@ -313,7 +323,7 @@ def run_worker(
         seed = base_seed * 1000 + index if storage_url is None else None
     study = load_study(folder, storage, spec, seed)
     trials, failures = meta["trials"], 0
-    objective = Objective(folder, spec, threads, device, redact(storage_url), trials)
+    objective = Objective(folder, spec, threads, device, redact(storage_url), trials, storage)
     while True:
         optuna.storages.fail_stale_trials(study)
         settled, pending, waiting = study_progress(study, spec, trials)
