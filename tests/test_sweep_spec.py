@@ -25,13 +25,30 @@ def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
     return path
 
 
-@pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_sweep_file_validates(path):
-    if path.name.endswith(".map.yaml"):
-        return
+SWEEP_FILES = sorted(p for p in SWEEPS.glob("*.yaml") if not p.name.endswith(".map.yaml"))
+MAP_FILES = sorted(SWEEPS.glob("*.map.yaml"))
+
+
+def shipped_spec(path: Path):
+    """A shipped sweep file checked against the recipe it was written for."""
     recipe = SEED000 if path.name.startswith(("seed000", "seed001")) else DEMO
-    spec = load_sweep(path, base(recipe))
+    return load_sweep(path, base(recipe))
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_every_shipped_sweep_file_validates(path):
+    spec = shipped_spec(path)
     assert spec.params or spec.constants
+
+
+@pytest.mark.parametrize("path", MAP_FILES, ids=lambda p: p.name)
+def test_every_shipped_name_map_is_used_by_its_sweep_file(path):
+    """Found beside its sweep file, and every name it maps is one the sweep file sweeps."""
+    raw = yaml.safe_load(path.read_text())
+    spec = shipped_spec(path.with_name(path.name.replace(".map.yaml", ".yaml")))
+    swept = {p.name for p in spec.params} | set(spec.constants)
+    assert set(spec.mapping) == set(raw["parameters"]) and set(spec.mapping) <= swept
+    assert spec.metric_aliases == (raw.get("metrics") or {})
 
 
 def test_seed000_groups_are_all_there():
