@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,24 @@ def best_value(run: RunFolder, metric: str) -> tuple[float, int]:
     if row is None:
         raise CnnlabError(f"{run.path} has no finished epoch")
     return float(row[metric]), int(row["epoch"])
+
+
+def epoch_reporter(trial, spec: SweepSpec, epochs: int) -> Callable[[dict], None]:
+    """Per-epoch callback: feed the pruner, count epochs, prune when it says so.
+
+    Never after the last band (W&B's rule) nor the last epoch (nothing left to save)."""
+    import optuna
+
+    et = spec.early_terminate or {}
+    last = min(epochs - 1, et.get("last_band") or epochs)
+
+    def on_epoch(row: dict) -> None:
+        trial.report(row[spec.metric], row["epoch"])
+        trial.set_user_attr("epochs", row["epoch"])
+        if row["epoch"] <= last and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
+
+    return on_epoch
 
 
 @dataclass
@@ -134,9 +153,8 @@ class Objective:
         try:
             from cnnlab.train import train
 
-            train(
-                recipe, resume=resume, on_epoch=self._reporter(trial, recipe.train.epochs), run=run
-            )
+            on_epoch = epoch_reporter(trial, self.spec, recipe.train.epochs)
+            train(recipe, resume=resume, on_epoch=on_epoch, run=run)
             value, epoch = best_value(run, self.spec.metric)
         except optuna.TrialPruned:
             run.set_status("pruned", epoch=len(run.read_metrics()))
@@ -191,23 +209,6 @@ class Objective:
                 "trials": [*numbers, trial.number],
             },
         )
-
-    def _reporter(self, trial, epochs: int):
-        """Per-epoch callback: feed the pruner, count epochs, prune when it says so.
-
-        Never after the last band (W&B's rule) nor the last epoch (nothing left to save)."""
-        import optuna
-
-        et = self.spec.early_terminate or {}
-        last = min(epochs - 1, et.get("last_band") or epochs)
-
-        def on_epoch(row: dict) -> None:
-            trial.report(row[self.spec.metric], row["epoch"])
-            trial.set_user_attr("epochs", row["epoch"])
-            if row["epoch"] <= last and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
-
-        return on_epoch
 
     def _failed(self, trial, run: RunFolder | None, err: BaseException) -> None:
         reason = f"{type(err).__name__}: {err}".strip()[:1000]
