@@ -36,6 +36,7 @@ from optuna.storages import (
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from cnnlab.errors import CnnlabError
@@ -140,8 +141,6 @@ def open_storage(url: str | None, folder: Path, heartbeat: int) -> BaseStorage:
 
 def _check_url(url: str) -> None:
     """A malformed URL is the user's to fix, said before any connection is tried."""
-    from sqlalchemy.engine import make_url
-
     if "://" in url:
         try:
             make_url(url)
@@ -155,6 +154,7 @@ def _check_url(url: str) -> None:
 
 
 def _cannot_open(url: str, err: Exception) -> CnnlabError:
+    """The database's own first line, with the password hidden, and what to check."""
     first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
     return CnnlabError(
         f"cannot open the study database {redact(url)}: {first}; check the URL, that the "
@@ -166,8 +166,6 @@ def redact(url: str | None) -> str:
     """A URL safe to print and to save: the password replaced by ***."""
     if url is None:
         return JOURNAL_FILE
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):  # not a URL: keep only what follows any user:password@
