@@ -1,4 +1,5 @@
-"""Sweeps under hostile study data and odd results: one clear line, nothing written outside.
+"""Sweeps under hostile study data, mismatched inputs, broken databases and odd results:
+one clear line, nothing written outside, and unexpected errors left to speak.
 
 Most tests read one finished two-trial sweep (`finished`), each on its own copy.
 """
@@ -72,7 +73,10 @@ def add_trial(folder: SweepFolder, state: str, run_dir: str) -> None:
 def test_a_sweep_without_a_metric_ranks_by_train_monitor_and_says_so(finished):
     path, stdout = finished
     said = " ".join(stdout.split())  # rich wraps long lines outside a terminal
-    assert "note: no metric in the sweep file: minimizing the recipe's train.monitor, " in said
+    assert (
+        "note: no metric in the sweep file: minimizing the recipe's train.monitor, val.ink.rmse"
+        in said
+    )
     meta = SweepFolder(path).meta()
     assert (meta["metric"], meta["goal"]) == ("val.ink.rmse", "minimize")
     rows = load_trials(SweepFolder(path), None)
