@@ -1,6 +1,7 @@
 """Sweeps on one machine: the λ grid from the shell, failures, Ctrl-C + --resume, selection."""
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -153,17 +154,30 @@ def test_pareto_front():
         {"acc": 0.8, "rmse": 0.01},
         {"acc": 0.85, "rmse": 0.02},
         {"acc": 0.8, "rmse": 0.03},  # dominated by every other point
+        {"acc": math.nan, "rmse": 0.0},  # not reported: off the front, and dominates nothing
     ]
     names = ["val.cls.accuracy", "val.ink.rmse"]
     renamed = [{names[0]: p["acc"], names[1]: p["rmse"]} for p in points]
     assert pareto_front(renamed, names) == [0, 1, 2]
 
 
-def test_bad_sweep_input_writes_nothing(tmp_path):
-    file = write(tmp_path, "method: grid\nmetric: {name: val_acc}\nparameters: {x: {values: [1]}}")
-    done = run_cli("sweep", str(DEMO), str(file), "--out", str(tmp_path / "out"))
-    assert done.returncode == 2 and done.stderr.count("\n") == 1
-    assert "names no recipe field" in done.stderr or "not reported" in done.stderr
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("method: grid\nmetric: {name: val_acc}\nparameters: {x: {values: [1]}}",
+         "not reported"),
+        ("method: grid\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
+         "early_terminate: {type: hyperband, min_iter: 1, eta: 1}", "early_terminate.eta = 1"),
+        ("method: bayes\nparameters: {model.blocks: {values: [2, 3]}}",
+         "method bayes models the metric, so it needs one"),
+    ],
+    ids=["unknown-metric", "eta-1", "bayes-without-metric"],
+)  # fmt: skip
+def test_bad_sweep_input_writes_nothing(tmp_path, text, message):
+    file = write(tmp_path, text)
+    done = run_cli("sweep", str(DEMO), str(file), "--trials", "2", "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -218,16 +232,72 @@ def test_two_workers_racing_for_the_last_trial_leave_one_to_run(tmp_path, method
         assert not is_surplus(study, spec, 3, study.ask().number)
 
 
-def test_early_terminate_stops_weak_trials_at_the_first_band(tmp_path):
-    """W&B's hyperband rule: at epoch min_iter only the best 1/eta of the trials so far go on."""
+# Hand-picked val.cls.accuracy per epoch of six trials, in the order they run.
+CURVES = [
+    [0.50, 0.60, 0.80, 0.85],
+    [0.60, 0.65, 0.70, 0.75],
+    [0.40, 0.45, 0.50, 0.55],
+    [0.70, 0.80, 0.90, 0.92],
+    [0.55, 0.60, 0.65, 0.70],
+    [0.65, 0.70, 0.95, 0.96],
+]
+C, P = "complete", "pruned"
+
+
+@pytest.mark.parametrize(
+    ("early", "epochs", "expected"),
+    [
+        # Bands at epochs 1 and 3 (min_iter·3^k). At a band a trial goes on if it is in the
+        # best 1/3 of the trials that reached it, or the best one while fewer than 3 did.
+        # Epoch 1: trial 2 (0.40; best of 3 is 0.60) and 4 (0.55; best of 5 is 0.70) stop,
+        # trial 5 (0.65) is 2nd of 6, inside the best 2. Epoch 3: trial 1 (0.70 < 0.80) stops.
+        ("{type: hyperband, min_iter: 1, eta: 3}", 4,
+         [(C, 4), (P, 3), (P, 1), (C, 4), (P, 1), (C, 4)]),
+        # Epoch 3 is the last: stopping there saves nothing, so trial 1 finishes.
+        ("{type: hyperband, min_iter: 1, eta: 3}", 3,
+         [(C, 3), (C, 3), (P, 1), (C, 3), (P, 1), (C, 3)]),
+        # max_iter 3, s 1: a single band at epoch 3/3 = 1, none after it.
+        ("{type: hyperband, max_iter: 3, s: 1, eta: 3}", 4,
+         [(C, 4), (C, 4), (P, 1), (C, 4), (P, 1), (C, 4)]),
+    ],
+    ids=["bands-1-3", "last-epoch", "max-iter"],
+)  # fmt: skip
+def test_early_terminate_stops_the_trials_worked_out_by_hand(tmp_path, early, epochs, expected):
+    """The worker's per-epoch reporter and the sweep's pruner in a real journal study, fed
+    the curves above instead of training."""
+    from cnnlab.sweep.study import base_recipe, pruner_for
+    from cnnlab.sweep.worker import epoch_reporter
+
+    text = "method: random\nmetric: {name: val.cls.accuracy}\n"
+    text += f"parameters: {{model.blocks: {{values: [2, 3]}}}}\nearly_terminate: {early}\n"
+    spec = load_sweep(write(tmp_path, text), base_recipe(yaml.safe_load(DEMO.read_text()), "d"))
+    journal = optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))
+    study = optuna.create_study(storage=optuna.storages.JournalStorage(journal),
+                                pruner=pruner_for(spec), direction=spec.direction)  # fmt: skip
+    for curve in CURVES:
+        trial = study.ask()
+        on_epoch = epoch_reporter(trial, spec, epochs)
+        try:
+            for epoch, value in enumerate(curve[:epochs], start=1):
+                on_epoch({"epoch": epoch, "val.cls.accuracy": value})
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, curve[epochs - 1])
+    got = [(t.state.name.lower(), t.user_attrs["epochs"]) for t in study.trials]
+    assert got == expected
+
+
+def test_early_terminate_in_a_real_sweep(tmp_path):
+    """End to end: a stopped trial trained one epoch and its run says pruned; the others
+    trained all three; the first trial, with nobody to lose to, is never stopped."""
     file = lr_sweep(tmp_path, "grid", "{values: [3.0e-3, 1.0e-3, 1.0e-5, 1.0e-7, 1.0e-2]}")
     file.write_text(file.read_text() + "early_terminate: {type: hyperband, min_iter: 1, eta: 3}\n")
     folder = sweep(DEMO, file, [*TINY, "train.epochs=3"], out=tmp_path / "out")
-    seen = []
-    for r in sorted(load_trials(folder, None), key=lambda r: r.number):
-        seen.append(r.metrics[0]["val.cls.accuracy"])
-        keep = max(1, len(seen) // 3)
-        promoted = seen[-1] >= sorted(seen, reverse=True)[keep - 1]
-        assert (r.state, r.epochs) == (("complete", 3) if promoted else ("pruned", 1))
-        assert r.run.status()["state"] == ("finished" if promoted else "pruned")
-    assert len(seen) == 5 and sum(r.state == "pruned" for r in load_trials(folder, None)) >= 1
+    rows = sorted(load_trials(folder, None), key=lambda r: r.number)
+    shapes = {(P, 1, 1, "pruned"), (C, 3, 3, "finished")}
+    assert {(r.state, r.epochs, len(r.metrics), r.run.status()["state"]) for r in rows} <= shapes
+    assert len(rows) == 5 and rows[0].state == C and any(r.state == P for r in rows)
+    first_epoch = [r.metrics[0]["val.cls.accuracy"] for r in rows]
+    for i, r in enumerate(rows):  # a stopped trial was behind some trial before it
+        assert r.state == C or first_epoch[i] < max(first_epoch[:i])

@@ -14,8 +14,9 @@ import sqlalchemy
 
 from cnnlab.sweep.results import load_trials
 from cnnlab.sweep.study import SweepFolder
-from tests.conftest import ROOT
+from tests.conftest import DEMO, ROOT, run_cli
 from tests.postgres import postgres_server
+from tests.test_sweep_faults import LR_GRID, race_to_start
 
 TINY = [
     "data.train_subset=2000",
@@ -101,3 +102,15 @@ def test_two_workers_one_killed_mid_trial(tmp_path, postgres_url):
     # every run folder belongs to exactly one complete trial
     runs = sorted(p.name for p in (folder.path / "runs").iterdir())
     assert sorted(Path(t.user_attrs["run_dir"]).name for t in complete) == runs
+
+
+def test_workers_racing_to_start_a_shared_study_agree_on_its_inputs(tmp_path, postgres_url):
+    race_to_start(tmp_path, postgres_url)
+    # Another machine, another sweep file: refused before its sweep folder is made.
+    other = tmp_path / "other.yaml"
+    other.write_text(LR_GRID.replace("0.003", "0.03"))
+    done = run_cli("sweep", str(DEMO), str(other), "--storage", postgres_url, "--study", "race",
+                   "--out", str(tmp_path / "b"))  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "study 'race' was started with another sweep file; use another --study" in done.stderr
+    assert not (tmp_path / "b").exists()

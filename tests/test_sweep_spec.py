@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe import read_yaml
+from cnnlab.recipe import apply_overrides, read_yaml
 from cnnlab.sweep.spec import load_sweep
 from cnnlab.sweep.study import base_recipe, pruner_for, sampler_for
 from tests.conftest import DEMO, ROOT
@@ -25,13 +25,30 @@ def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
     return path
 
 
-@pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_sweep_file_validates(path):
-    if path.name.endswith(".map.yaml"):
-        return
+SWEEP_FILES = sorted(p for p in SWEEPS.glob("*.yaml") if not p.name.endswith(".map.yaml"))
+MAP_FILES = sorted(SWEEPS.glob("*.map.yaml"))
+
+
+def shipped_spec(path: Path):
+    """A shipped sweep file checked against the recipe it was written for."""
     recipe = SEED000 if path.name.startswith(("seed000", "seed001")) else DEMO
-    spec = load_sweep(path, base(recipe))
+    return load_sweep(path, base(recipe))
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_every_shipped_sweep_file_validates(path):
+    spec = shipped_spec(path)
     assert spec.params or spec.constants
+
+
+@pytest.mark.parametrize("path", MAP_FILES, ids=lambda p: p.name)
+def test_every_shipped_name_map_is_used_by_its_sweep_file(path):
+    """Found beside its sweep file, and every name it maps is one the sweep file sweeps."""
+    raw = yaml.safe_load(path.read_text())
+    spec = shipped_spec(path.with_name(path.name.replace(".map.yaml", ".yaml")))
+    swept = {p.name for p in spec.params} | set(spec.constants)
+    assert set(spec.mapping) == set(raw["parameters"]) and set(spec.mapping) <= swept
+    assert spec.metric_aliases == (raw.get("metrics") or {})
 
 
 def test_seed000_groups_are_all_there():
@@ -123,6 +140,17 @@ early_terminate: {type: hyperband, max_iter: 27, s: 2, eta: 3}
          "early_terminate: {type: envelope}", "hyperband only"),
         ("method: random\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
          "early_terminate: {type: hyperband, max_iter: 27}", "give s >= 1"),
+        ("method: random\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
+         "early_terminate: {type: hyperband, min_iter: 1, eta: 1}",
+         "early_terminate.eta = 1; give a whole number >= 2"),
+        ("method: random\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
+         "early_terminate: {type: hyperband, min_iter: 0}",
+         "early_terminate.min_iter = 0; give a whole number >= 1"),
+        ("method: random\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
+         "early_terminate: {type: hyperband, eta: three}", "early_terminate.eta = 'three'"),
+        ("method: bayes\nparameters: {train.optimizer.lr: {min: 0.001, max: 0.01}}",
+         "method bayes models the metric, so it needs one: add metric: "
+         "{name: val.cls.accuracy, goal: maximize}"),
     ],
 )  # fmt: skip
 def test_bad_sweep_files_stop_with_one_clear_line(tmp_path, text, message):
@@ -161,3 +189,15 @@ def test_a_missing_goal_follows_the_metric_and_says_so(tmp_path):
     loss = load_sweep(write(tmp_path, "method: grid\nmetric: {name: val.loss}\n"
                             "parameters: {model.blocks: {values: [2]}}"), base())  # fmt: skip
     assert loss.goal == "minimize" and not any("goal" in n for n in loss.notes)
+
+
+def test_grid_and_random_without_a_metric_use_the_recipes_monitor(tmp_path):
+    """W&B accepts a grid or random sweep with no metric; the trials rank by train.monitor."""
+    text = "method: {}\nparameters: {{model.blocks: {{values: [2, 3]}}}}"
+    rmse = base_recipe(apply_overrides(read_yaml(DEMO), ["train.monitor=val.ink.rmse"]), "demo")
+    for method in ("grid", "random"):
+        spec = load_sweep(write(tmp_path, text.format(method)), rmse)
+        assert (spec.metric, spec.goal) == ("val.ink.rmse", "minimize")
+        assert "no metric in the sweep file: minimizing the recipe's train.monitor" in spec.notes[0]
+    acc = load_sweep(write(tmp_path, text.format("grid")), base())  # the demo monitors accuracy
+    assert (acc.metric, acc.goal) == ("val.cls.accuracy", "maximize")

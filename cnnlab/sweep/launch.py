@@ -9,7 +9,14 @@ from cnnlab.errors import CnnlabError
 from cnnlab.progress import console
 from cnnlab.recipe import apply_overrides, read_yaml
 from cnnlab.sweep.spec import load_sweep
-from cnnlab.sweep.study import SweepFolder, base_recipe, create_or_join, latest
+from cnnlab.sweep.study import (
+    SweepFolder,
+    base_recipe,
+    check_joinable,
+    create_or_join,
+    fingerprint,
+    latest,
+)
 
 
 def sweep(
@@ -53,10 +60,14 @@ def sweep(
             "heartbeat": heartbeat,
             "storage": None if storage is None else _redact(storage),
         }
-        if storage is not None:  # an unreachable database stops before a folder is made
+        # An unreachable database, or a study in it started from other inputs, stops here,
+        # before a folder is made.
+        if storage is not None:
             from cnnlab.sweep.storage import open_storage
 
-            open_storage(storage, out, heartbeat)
+            db = open_storage(storage, out, heartbeat)
+            if study:
+                check_joinable(db, study, fingerprint(spec, base, total))
         folder = create_or_join(out, study, base, sweep_path, map_path, settings)
     for note in spec.notes:
         console.print(f"note: {note}")

@@ -52,7 +52,7 @@ class TrialRow:
     def run(self) -> RunFolder | None:
         if self.run_dir is None or self.folder is None:
             return None
-        run = RunFolder(self.folder.path / self.run_dir)
+        run = RunFolder(self.folder.run_path(self.run_dir, self.number))
         return run if run.recipe_path.is_file() else None
 
     @cached_property
@@ -91,13 +91,15 @@ def open_study(folder: SweepFolder, storage_url: str | None):
 
 def load_trials(folder: SweepFolder, storage_url: str | None, study=None) -> list[TrialRow]:
     """Every trial of the sweep's study, with outcome, parameters and run folder."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
     study = study or open_study(folder, storage_url)
     spec = folder.spec()
     decode = {p.name: p.decode for p in spec.params}
     trials = study.get_trials(deepcopy=False)
     retried = {}
     for t in trials:
-        history = t.system_attrs.get("retry_history") or []
+        history = RetryHeartbeatStaleTrialCallback.retry_history(t)
         if history:
             retried[history[-1]] = t.number
     rows = []

@@ -37,17 +37,32 @@ def better(a: float, b: float, metric: str) -> bool:
 
 
 def pareto_front(points: list[dict[str, float]], metrics: list[str]) -> list[int]:
-    """Indices of points no other point dominates (at least as good everywhere, better once)."""
+    """Indices of points no other point dominates (at least as good everywhere, better once).
+
+    A point with a NaN metric is left out: NaN compares false both ways, so nothing would
+    dominate it and every such run would land on the front."""
 
     def dominates(p: dict, q: dict) -> bool:
         no_worse = all(not better(q[m], p[m], m) for m in metrics)
         return no_worse and any(better(p[m], q[m], m) for m in metrics)
 
-    return [
-        i
-        for i, p in enumerate(points)
-        if not any(dominates(q, p) for j, q in enumerate(points) if j != i)
-    ]
+    known = [i for i, p in enumerate(points) if not any(math.isnan(p[m]) for m in metrics)]
+    return [i for i in known if not any(dominates(points[j], points[i]) for j in known if j != i)]
+
+
+def best_index(values: list[float], metric: str) -> int:
+    """The index of the best value, NaN (not reported, or diverged) never chosen."""
+    candidates = [i for i, v in enumerate(values) if not math.isnan(v)]
+    if not candidates:
+        raise CnnlabError(
+            f"--metric {metric}: no complete trial has a value (NaN or missing in every run); "
+            "choose another --metric"
+        )
+    best = candidates[0]
+    for i in candidates[1:]:
+        if better(values[i], values[best], metric):
+            best = i
+    return best
 
 
 def select(
@@ -68,11 +83,7 @@ def select(
     vals = [{m: r.at_best_epoch().get(m, math.nan) for m in names} for r in rows]
     picks: list[Pick] = []
     for name in names:
-        candidates = [i for i, v in enumerate(vals) if not math.isnan(v[name])]
-        best = candidates[0]
-        for i in candidates[1:]:
-            if better(vals[i][name], vals[best][name], name):
-                best = i
+        best = best_index([v[name] for v in vals], name)
         picks.append(_pick(f"best {name}", rows[best], vals[best], base))
     if len(names) > 1:
         for i in pareto_front(vals, names):
@@ -98,7 +109,7 @@ def _test(picks: list[Pick], folder: SweepFolder) -> None:
     done: dict[str, dict] = {}
     for pick in picks:
         if pick.run not in done:
-            run = RunFolder(folder.path / pick.run)
+            run = RunFolder(folder.run_path(pick.run, pick.trial))
             done[pick.run] = run.test_metrics()
             if not done[pick.run]:
                 from cnnlab.train import evaluate_run
@@ -134,21 +145,31 @@ def _save(folder: SweepFolder, picks: list[Pick], names: list[str], test: bool) 
         folder.path / "selection.json",
         {"metrics": names, "test": test, "picks": [asdict(p) for p in picks]},
     )
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-    write_text(folder.path / "selection.md", "\n".join(md) + "\n")
+    write_text(folder.path / "selection.md", markdown(header, rows))
     buf = io.StringIO()
     csv.writer(buf).writerows([header, *rows])
     write_text(folder.path / "selection.csv", buf.getvalue())
 
 
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """The table as Markdown: selection.md, and what select prints outside a terminal."""
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(md) + "\n"
+
+
 def print_table(picks: list[Pick], names: list[str], title: str) -> None:
+    """A rich table in a terminal; elsewhere (a log, CI, `| tee`) the Markdown table, one
+    line per row, since rich would fold its columns to the 80 it assumes there."""
     from rich.markup import escape
     from rich.table import Table
 
     from cnnlab.progress import console
 
     header, rows = table(picks, names)
+    if not console.is_terminal:
+        print(f"{title}\n\n{markdown(header, rows)}", end="", flush=True)
+        return
     t = Table(title=title, title_justify="left")
     for h in header:
         t.add_column(h, overflow="fold")

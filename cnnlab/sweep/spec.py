@@ -3,7 +3,7 @@
 A sweep file is what people already write for `wandb sweep`:
 
     method: bayes                      # grid | random | bayes
-    metric: {name: val_acc, goal: maximize}
+    metric: {name: val_acc, goal: maximize}   # grid / random may leave it out: train.monitor
     parameters:
       model.activation: {values: [relu, gelu]}
       train.optimizer.lr: {min: 0.0001, max: 0.01, distribution: log_uniform_values}
@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe import metric_goal, metric_names, set_path, validate
+from cnnlab.recipe import Recipe, metric_goal, metric_names, set_path, validate
 
 METHODS = ("grid", "random", "bayes")
 # Keys that only W&B's agent or UI reads: accepted, ignored, and said so.
@@ -335,8 +335,9 @@ def load_sweep(path: str | Path, base: dict, map_path: str | Path | None = None)
     mapping, metric_map = (
         parse_map(_read(Path(map_path), "name map"), str(map_path)) if map_path else ({}, {})
     )
-    spec = parse_sweep(raw, str(path), mapping, metric_map)
-    check_against_recipe(spec, base, str(path), map_path)
+    recipe = validate(base, source="base recipe")
+    spec = parse_sweep(raw, str(path), mapping, metric_map, recipe.train.monitor)
+    check_against_recipe(spec, base, recipe, str(path), map_path)
     return spec
 
 
@@ -350,8 +351,14 @@ def _read(path: Path, what: str) -> Any:
 
 
 def parse_sweep(
-    raw: Any, source: str, mapping: dict[str, MapEntry], metric_map: dict[str, str]
+    raw: Any,
+    source: str,
+    mapping: dict[str, MapEntry],
+    metric_map: dict[str, str],
+    monitor: str = "val.loss",
 ) -> SweepSpec:
+    """The sweep file's mapping -> SweepSpec; `monitor` (the base recipe's train.monitor) is
+    the metric when the file names none."""
     if not isinstance(raw, dict):
         raise CnnlabError(
             f"sweep file {source}: expected a mapping with method, metric, parameters"
@@ -368,7 +375,10 @@ def parse_sweep(
         raise CnnlabError(
             f"sweep file {source}: method {method!r}; use one of: {', '.join(METHODS)}"
         )
-    metric, goal, metric_notes = _parse_metric(raw.get("metric"), source, metric_map)
+    if "metric" in raw:
+        metric, goal, metric_notes = _parse_metric(raw["metric"], source, metric_map)
+    else:
+        metric, goal, metric_notes = _default_metric(method, monitor, source)
     notes += metric_notes
     params, constants = [], {}
     parameters = raw.get("parameters")
@@ -400,7 +410,10 @@ def parse_sweep(
 
 def _parse_metric(raw: Any, source: str, metric_map: dict[str, str]) -> tuple[str, str, list]:
     if not isinstance(raw, dict) or "name" not in raw:
-        raise CnnlabError(f"sweep file {source}: metric must be {{name: ..., goal: maximize}}")
+        raise CnnlabError(
+            f"sweep file {source}: metric must be {{name: ..., goal: maximize}} (or leave it "
+            "out for grid and random: the recipe's train.monitor)"
+        )
     unknown = set(raw) - {"name", "goal", "target"}
     if unknown:
         raise CnnlabError(f"sweep file {source}: metric key {sorted(unknown)[0]!r}; use name, goal")
@@ -408,12 +421,32 @@ def _parse_metric(raw: Any, source: str, metric_map: dict[str, str]) -> tuple[st
     name = metric_map.get(str(raw["name"]), str(raw["name"]))
     goal = raw.get("goal")
     if goal is None:
-        goal = "maximize" if metric_goal(name) == "max" else "minimize"
+        goal = _goal(name)
         if goal == "maximize":  # W&B's own default is minimize, whatever the metric
             notes.append(f"metric.goal not given: maximizing {name} (W&B would minimize it)")
     if goal not in ("maximize", "minimize"):
         raise CnnlabError(f"sweep file {source}: metric.goal {goal!r}; use maximize or minimize")
     return name, goal, notes
+
+
+def _default_metric(method: str, monitor: str, source: str) -> tuple[str, str, list]:
+    """No `metric`: W&B accepts that for grid and random (they optimize nothing), and every
+    trial still needs a value to rank by: the base recipe's train.monitor, which also picks
+    each run's best checkpoint. Bayes models the metric, so it must be named."""
+    if method == "bayes":
+        raise CnnlabError(
+            f"sweep file {source}: method bayes models the metric, so it needs one: add "
+            f"metric: {{name: {monitor}, goal: {_goal(monitor)}}} (or use method random)"
+        )
+    goal = _goal(monitor)
+    verb = "maximizing" if goal == "maximize" else "minimizing"
+    note = f"no metric in the sweep file: {verb} the recipe's train.monitor, {monitor}"
+    return monitor, goal, [note]
+
+
+def _goal(metric: str) -> str:
+    """The goal a metric's name implies (accuracy: maximize, loss: minimize)."""
+    return "maximize" if metric_goal(metric) == "max" else "minimize"
 
 
 def _parse_early_terminate(raw: Any, source: str, notes: list[str]) -> dict | None:
@@ -433,24 +466,45 @@ def _parse_early_terminate(raw: Any, source: str, notes: list[str]) -> dict | No
             f"sweep file {source}: early_terminate key {sorted(unknown)[0]!r}; "
             "use min_iter, max_iter, eta, s"
         )
-    eta = int(raw.get("eta", 3))
-    min_iter, last_band = raw.get("min_iter"), None
+    eta = _whole(raw, "eta", 3, 2, source, "keeps the best 1/eta of the trials at each band")
+    min_iter = _whole(raw, "min_iter", None, 1, source, "is the first band's epoch")
+    last_band = None
     if min_iter is None and "max_iter" in raw:
-        if int(raw.get("s", 0)) < 1 or raw["max_iter"] < eta:
+        max_iter = _whole(raw, "max_iter", None, 1, source, "is the epoch bands count back from")
+        s = _whole(raw, "s", 0, 0, source, "is how many bands")
+        if s < 1 or max_iter < eta:
             raise CnnlabError(
                 f"sweep file {source}: early_terminate with max_iter stops runs at epochs "
                 "max_iter/eta^s .. max_iter/eta: give s >= 1 and max_iter >= eta, or use min_iter"
             )
-        min_iter = max(1, int(raw["max_iter"] / eta ** raw["s"]))
-        last_band = int(raw["max_iter"] / eta)
+        min_iter = max(1, int(max_iter / eta**s))
+        last_band = int(max_iter / eta)
     if "strict" in raw:
         notes.append("ignoring early_terminate.strict (W&B's own stopping rule ignores it too)")
-    return {"min_resource": int(min_iter or 1), "reduction_factor": eta, "last_band": last_band}
+    return {"min_resource": min_iter or 1, "reduction_factor": eta, "last_band": last_band}
 
 
-def check_against_recipe(spec: SweepSpec, base: dict, source: str, map_path: Any) -> None:
-    """Apply every value of every parameter to the base recipe; stop at the first misfit."""
-    recipe = validate(base, source="base recipe")
+def _whole(
+    raw: dict, key: str, default: int | None, least: int, source: str, why: str
+) -> int | None:
+    """early_terminate.<key> as a whole number >= least, checked here: Optuna's pruner would
+    stop the sweep with a traceback (eta 1), or int() with one (eta: three)."""
+    value = raw.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise CnnlabError(
+            f"sweep file {source}: early_terminate.{key} = {value!r}; give a whole number "
+            f">= {least} ({key} {why})"
+        )
+    return value
+
+
+def check_against_recipe(
+    spec: SweepSpec, base: dict, recipe: Recipe, source: str, map_path: Any
+) -> None:
+    """Apply every value of every parameter to the base recipe (`recipe` is it validated);
+    stop at the first misfit."""
     valid = metric_names(recipe, "val")
     if spec.metric not in valid:
         hint = "" if map_path else " (or map it in a name map beside the sweep file)"

@@ -23,14 +23,21 @@ import warnings
 from pathlib import Path
 
 import optuna
+from optuna.exceptions import StorageInternalError
 from optuna.storages import (
     BaseStorage,
     RDBStorage,
     RetryHeartbeatStaleTrialCallback,
 )
-from optuna.storages._heartbeat import BaseHeartbeat  # the interface fail_stale_trials reads
+
+# Private, and the one way to give a storage heartbeats: fail_stale_trials() asks for this
+# interface. Its methods (and _get_stale_trial_ids) are what the Optuna pin in
+# pyproject.toml is tested against.
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from cnnlab.errors import CnnlabError
 
@@ -92,7 +99,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
             start = t.datetime_start.timestamp() if t.datetime_start else now
             beat = t.system_attrs.get(HEARTBEAT_ATTR, start)
             if now - beat > self._grace or _gone_here(t.user_attrs.get(WORKER_ATTR)):
-                stale.append(t._trial_id)
+                stale.append(self.get_trial_id_from_study_id_trial_number(study_id, t.number))
         return stale
 
     def get_heartbeat_interval(self) -> int | None:
@@ -109,11 +116,7 @@ def open_storage(url: str | None, folder: Path, heartbeat: int) -> BaseStorage:
     grace = max(3 * heartbeat, heartbeat + 2)
     if url is None:
         return HeartbeatJournalStorage(folder / JOURNAL_FILE, heartbeat, grace)
-    if "://" not in url:
-        raise CnnlabError(
-            f"--storage {url!r} is not a database URL; use e.g. "
-            "postgresql://user@host/db, or leave it out for a journal file in the sweep folder"
-        )
+    _check_url(url)
     for attempt in range(3):  # workers starting together may race to create the tables
         try:
             return RDBStorage(
@@ -127,16 +130,36 @@ def open_storage(url: str | None, folder: Path, heartbeat: int) -> BaseStorage:
                 f"--storage {redact(url)}: its database driver is not installed; pip install "
                 "'psycopg[binary]' (PostgreSQL) or the driver your URL names"
             ) from None
-        except Exception as err:  # sqlalchemy's OperationalError, ArgumentError, ...
-            if attempt < 2:
-                time.sleep(1 + attempt)
-                continue
-            first = str(err).strip().splitlines()[0][:200]
-            raise CnnlabError(
-                f"cannot open the study database {redact(url)}: {first}; check the URL, that "
-                "the server runs and that this machine may connect"
-            ) from None
+        except ArgumentError as err:  # e.g. a dialect SQLAlchemy does not know
+            raise _cannot_open(url, err) from None
+        except (DBAPIError, StorageInternalError) as err:  # refused, unreachable, or a race
+            if attempt == 2:
+                raise _cannot_open(url, err) from None
+            time.sleep(1 + attempt)
     raise AssertionError("unreachable")
+
+
+def _check_url(url: str) -> None:
+    """A malformed URL is the user's to fix, said before any connection is tried."""
+    if "://" in url:
+        try:
+            make_url(url)
+            return
+        except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
+            pass
+    raise CnnlabError(
+        f"--storage {redact(url)!r} is not a database URL; use e.g. "
+        "postgresql://user@host/db, or leave it out for a journal file in the sweep folder"
+    )
+
+
+def _cannot_open(url: str, err: Exception) -> CnnlabError:
+    """The database's own first line, with the password hidden, and what to check."""
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return CnnlabError(
+        f"cannot open the study database {redact(url)}: {first}; check the URL, that the "
+        "server runs and that this machine may connect"
+    )
 
 
 def redact(url: str | None) -> str:
@@ -144,8 +167,6 @@ def redact(url: str | None) -> str:
     if url is None:
         return JOURNAL_FILE
     try:
-        from sqlalchemy.engine import make_url
-
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+    except (ArgumentError, ValueError):  # not a URL: keep only what follows any user:password@
         return url.split("@")[-1]

@@ -15,10 +15,12 @@ A sweep folder is self-contained: workers, `--resume`, select and report read on
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,9 @@ from cnnlab.runs import write_json, write_text
 from cnnlab.sweep.spec import SweepSpec, load_sweep
 
 META = "sweep.json"
+INPUTS_ATTR = "cnnlab:inputs"  # study user attr: fingerprint() of what the study started from
+INPUTS_WAIT = 10.0  # seconds a joining worker waits for the study's creator to store them
+INPUT_NAMES = {"sweep": "sweep file", "recipe": "base recipe"}
 
 
 @dataclass
@@ -67,6 +72,38 @@ class SweepFolder:
         mapping = self.map_path if self.map_path.is_file() else None
         return load_sweep(self.sweep_path, self.base(), mapping)
 
+    def run_path(self, run_dir: str, trial: int) -> Path:
+        """The run folder a trial's `run_dir` names, which must lie inside runs/.
+
+        run_dir comes from the study, and a shared database may hold anything: an absolute
+        or ../ value would have a worker train, or select evaluate, outside this folder."""
+        path = self.path / run_dir
+        if not within(self.runs_path, path):
+            raise CnnlabError(
+                f"trial {trial}: its run_dir {run_dir!r} in study {self.meta()['study']!r} lies "
+                f"outside {self.runs_path}; cnnlab writes runs/<name> there, so someone else "
+                "wrote this value: check who writes to the study, or use another --study"
+            )
+        return path
+
+
+def within(root: Path, path: Path) -> bool:
+    """Whether `path` lies strictly inside `root` once symlinks and .. are resolved."""
+    root, path = root.resolve(), path.resolve()
+    return path != root and path.is_relative_to(root)
+
+
+def study_folder(out: Path, study: str) -> Path:
+    """`out / study`, for a --study name that stays a single folder inside --out."""
+    separators = [s for s in ("/", os.sep, os.altsep) if s]
+    plain = study not in ("", ".", "..") and not any(s in study for s in separators)
+    if not (plain and within(out, out / study)):  # within: a symlink in --out may lead out
+        raise CnnlabError(
+            f"--study {study!r}: the study name is also its folder inside --out {out}; give a "
+            "plain name without /, \\ or .. (e.g. --study fmnist_lambda)"
+        )
+    return out / study
+
 
 def base_recipe(raw: dict, source: str) -> dict:
     """The base recipe with every default filled in: what trials start from and diff against."""
@@ -81,18 +118,22 @@ def create_or_join(
     map_file: Path | None,
     settings: dict[str, Any],
 ) -> SweepFolder:
-    """A new sweep folder, or the existing one of the same named study (another machine
-    or an earlier run of the same line created it): then its saved inputs must agree."""
+    """A new sweep folder, or the existing one of the same named study (an earlier run of
+    the same line made it): then its saved inputs must agree, or the workers, which read
+    the saved ones, would quietly run the old sweep."""
     name = sweep_file.name.removesuffix(".yaml").removesuffix(".yml")
-    path = out / study if study else _fresh(out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = study_folder(out, study) if study else _fresh(out / f"{name}-{stamp}")
     folder = SweepFolder(path)
     if folder.meta_path.is_file():
         saved = folder.meta()
-        if saved["study"] != (study or path.name) or folder.base() != base:
+        if saved["study"] != (study or path.name):
             raise CnnlabError(
-                f"{path} already holds study {saved['study']!r} with another recipe; "
-                "choose another --study or --out"
+                f"{path} holds study {saved['study']!r}, not {study!r}; choose another --out"
             )
+        started = fingerprint(folder.spec(), folder.base(), saved["trials"])
+        given = fingerprint(load_sweep(sweep_file, base, map_file), base, settings["trials"])
+        same_inputs(saved["study"], started, given)
         return folder
     path.mkdir(parents=True, exist_ok=True)
     write_text(folder.recipe_path, yaml.safe_dump(base, sort_keys=False))
@@ -116,7 +157,7 @@ def _fresh(path: Path) -> Path:
 def latest(out: Path, sweep_file: Path, study: str | None) -> SweepFolder:
     """The folder `--resume` continues: the named study's, else the newest of this sweep."""
     if study:
-        return SweepFolder.open(out / study)
+        return SweepFolder.open(study_folder(out, study))
     name = sweep_file.name.removesuffix(".yaml").removesuffix(".yml")
     found = sorted(
         (p for p in out.glob(f"{name}-*") if SweepFolder.is_sweep(p)),
@@ -160,16 +201,94 @@ def pruner_for(spec: SweepSpec):
 
 
 def load_study(folder: SweepFolder, storage, spec: SweepSpec, seed: int | None = None):
-    """Create the study or join it (load_if_exists): safe when many workers start at once."""
+    """Create the study and store its inputs, or join it and check them. Safe when many
+    workers start at once: the storage lets one of them create it, the rest join."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # cnnlab says what happens itself
     meta = folder.meta()
-    return optuna.create_study(
-        study_name=meta["study"],
-        storage=storage,
-        sampler=sampler_for(spec, meta["trials"], seed),
-        pruner=pruner_for(spec),
-        direction=spec.direction,
-        load_if_exists=True,
-    )
+    mine = fingerprint(spec, folder.base(), meta["trials"])
+    how = {
+        "study_name": meta["study"],
+        "storage": storage,
+        "sampler": sampler_for(spec, meta["trials"], seed),
+        "pruner": pruner_for(spec),
+    }
+    try:
+        study = optuna.create_study(direction=spec.direction, **how)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(**how)
+        join(study, mine)
+    else:
+        study.set_user_attr(INPUTS_ATTR, mine)
+    return study
+
+
+def check_joinable(storage, name: str, mine: dict[str, Any]) -> None:
+    """Before a folder is made for it: refuse to join a study in the database that was
+    started from other inputs (a new name passes)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # Optuna's way of saying there is no such study
+        return
+    join(study, mine)
+
+
+# ------------------------------------------------------------- the study's inputs
+
+
+def fingerprint(spec: SweepSpec, base: dict, trials: int) -> dict[str, Any]:
+    """What a study is started from: digests of the checked sweep (what is sampled, how
+    trials are judged and stopped) and of the base recipe, and the trial budget. A worker
+    bringing other ones would sample its own space into the study and count toward its
+    budget; the notes and the names select accepts are left out, as they change neither."""
+    sweep = {
+        "method": spec.method,
+        "metric": spec.metric,
+        "goal": spec.goal,
+        "params": sorted((asdict(p) for p in spec.params), key=lambda p: p["name"]),
+        "constants": spec.constants,
+        "mapping": {name: asdict(entry) for name, entry in spec.mapping.items()},
+        "early_terminate": spec.early_terminate,
+    }
+    return {"sweep": _digest(sweep), "recipe": _digest(base), "budget": trials}
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(_keyed_by_text(value), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _keyed_by_text(value: Any) -> Any:
+    """Dict keys as text: YAML allows true, 1 and "a" as keys of one map, json cannot sort them."""
+    if isinstance(value, dict):
+        return {str(k): _keyed_by_text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_keyed_by_text(v) for v in value]
+    return value
+
+
+def same_inputs(study: str, started: dict[str, Any], mine: dict[str, Any]) -> None:
+    """Refuse to join `study` with other inputs than it was started with, naming them."""
+    differ = [what for key, what in INPUT_NAMES.items() if started.get(key) != mine[key]]
+    if started.get("budget") != mine["budget"]:
+        differ.append(f"budget ({started.get('budget')} trials, here {mine['budget']})")
+    if differ:
+        raise CnnlabError(
+            f"study {study!r} was started with another {' and another '.join(differ)}; use "
+            "another --study, or the same sweep file, recipe, --set and --trials"
+        )
+
+
+def join(study, mine: dict[str, Any]) -> None:
+    """Check a joined study's inputs against this worker's. Its creator stores them just
+    after creating it, so a worker that joins in between waits a moment for them."""
+    deadline = time.monotonic() + INPUTS_WAIT
+    while (started := study.user_attrs.get(INPUTS_ATTR)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if started is None:  # made before cnnlab stored inputs, or its creator died at once
+        study.set_user_attr(INPUTS_ATTR, mine)
+        return
+    same_inputs(study.study_name, started if isinstance(started, dict) else {}, mine)

@@ -22,8 +22,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from optuna.storages import BaseStorage
 
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import best_row, validate
@@ -40,6 +43,9 @@ from cnnlab.sweep.storage import (
 from cnnlab.sweep.study import SweepFolder, load_study
 
 STORAGE_ENV = "CNNLAB_SWEEP_STORAGE"
+# GridSampler's record of a trial's grid point. Not public API: read to count the budget
+# per point and reset when a trial yields; the Optuna pin in pyproject.toml covers it.
+GRID_ATTR = "grid_id"
 TRIAL_LINK = "trial.json"  # in each run folder: which study and trial(s) it belongs to
 
 
@@ -71,6 +77,24 @@ def best_value(run: RunFolder, metric: str) -> tuple[float, int]:
     return float(row[metric]), int(row["epoch"])
 
 
+def epoch_reporter(trial, spec: SweepSpec, epochs: int) -> Callable[[dict], None]:
+    """Per-epoch callback: feed the pruner, count epochs, prune when it says so.
+
+    Never after the last band (W&B's rule) nor the last epoch (nothing left to save)."""
+    import optuna
+
+    et = spec.early_terminate or {}
+    last = min(epochs - 1, et.get("last_band") or epochs)
+
+    def on_epoch(row: dict) -> None:
+        trial.report(row[spec.metric], row["epoch"])
+        trial.set_user_attr("epochs", row["epoch"])
+        if row["epoch"] <= last and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
+
+    return on_epoch
+
+
 @dataclass
 class Objective:
     """Optuna's objective: one trial = one run folder, linked both ways."""
@@ -81,6 +105,7 @@ class Objective:
     device: str | None
     storage_name: str
     budget: int
+    storage: BaseStorage  # the study's, for what Optuna's Trial does not offer
     last_outcome: str = ""
     last_number: int = -1
     base: dict = field(default_factory=dict)
@@ -128,9 +153,8 @@ class Objective:
         try:
             from cnnlab.train import train
 
-            train(
-                recipe, resume=resume, on_epoch=self._reporter(trial, recipe.train.epochs), run=run
-            )
+            on_epoch = epoch_reporter(trial, self.spec, recipe.train.epochs)
+            train(recipe, resume=resume, on_epoch=on_epoch, run=run)
             value, epoch = best_value(run, self.spec.metric)
         except optuna.TrialPruned:
             run.set_status("pruned", epoch=len(run.read_metrics()))
@@ -162,8 +186,9 @@ class Objective:
     def _run_folder(self, trial, recipe) -> tuple[RunFolder, Path | None]:
         """A retried trial continues its predecessor's folder from its last checkpoint."""
         previous = trial.user_attrs.get("run_dir")
-        if previous and (self.folder.path / previous / "recipe.yaml").is_file():
-            run = RunFolder(self.folder.path / previous)
+        path = self.folder.run_path(previous, trial.number) if previous else None
+        if path is not None and (path / "recipe.yaml").is_file():
+            run = RunFolder(path)
             # Killed before its first checkpoint: start over in the same folder.
             return run, (run.path if run.last_path.is_file() else None)
         return RunFolder.create(recipe), None
@@ -185,23 +210,6 @@ class Objective:
             },
         )
 
-    def _reporter(self, trial, epochs: int):
-        """Per-epoch callback: feed the pruner, count epochs, prune when it says so.
-
-        Never after the last band (W&B's rule) nor the last epoch (nothing left to save)."""
-        import optuna
-
-        et = self.spec.early_terminate or {}
-        last = min(epochs - 1, et.get("last_band") or epochs)
-
-        def on_epoch(row: dict) -> None:
-            trial.report(row[self.spec.metric], row["epoch"])
-            trial.set_user_attr("epochs", row["epoch"])
-            if row["epoch"] <= last and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
-
-        return on_epoch
-
     def _failed(self, trial, run: RunFolder | None, err: BaseException) -> None:
         reason = f"{type(err).__name__}: {err}".strip()[:1000]
         trial.set_user_attr("outcome", "error")
@@ -217,7 +225,7 @@ class Objective:
         self.last_outcome = "surplus"
         trial.set_user_attr("outcome", SURPLUS)
         if self.spec.method == "grid":  # free its grid point for a later --resume
-            trial.study._storage.set_trial_system_attr(trial._trial_id, "grid_id", -1)
+            self.storage.set_trial_system_attr(self._trial_id(trial), GRID_ATTR, -1)
         raise optuna.TrialPruned("surplus: the study's budget was taken by other workers")
 
     def _interrupted(self, trial, run: RunFolder) -> None:
@@ -225,8 +233,12 @@ class Objective:
         self.last_outcome = "interrupted"
         trial.set_user_attr("outcome", "interrupted")
         trial.set_user_attr("fail_reason", "interrupted by the user (Ctrl-C); retry queued")
-        frozen = trial.study._storage.get_trial(trial._trial_id)
-        RetryStaleTrial()(trial.study, frozen)
+        RetryStaleTrial()(trial.study, self.storage.get_trial(self._trial_id(trial)))
+
+    def _trial_id(self, trial) -> int:
+        """The storage's id of a running trial, through BaseStorage's public methods."""
+        study_id = self.storage.get_study_id_from_name(trial.study.study_name)
+        return self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
 
 
 # ------------------------------------------------------------------- the loop
@@ -252,10 +264,10 @@ def is_surplus(study, spec: SweepSpec, budget: int, number: int) -> bool:
     trials = study.get_trials(deepcopy=False)
     earlier = [t for t in trials if t.number < number and t.user_attrs.get("outcome") != SURPLUS]
     if spec.method == "grid":
-        mine = next(t for t in trials if t.number == number).system_attrs.get("grid_id")
+        mine = next(t for t in trials if t.number == number).system_attrs.get(GRID_ATTR)
         # A trial still inside the sampler has no grid id yet: count it as a point of its own.
         held = {
-            t.system_attrs.get("grid_id", f"new{t.number}") for t in earlier if _holds_grid_point(t)
+            t.system_attrs.get(GRID_ATTR, f"new{t.number}") for t in earlier if _holds_grid_point(t)
         }
         return mine in held or len(held) >= budget
     live = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED)
@@ -277,7 +289,7 @@ def study_progress(study, spec: SweepSpec, trials: int) -> tuple[int, int, int]:
     if spec.method == "grid":
         settled, pending = set(), set()
         for t in all_trials:
-            gid = t.system_attrs.get("grid_id")
+            gid = t.system_attrs.get(GRID_ATTR)
             if gid is None:
                 continue
             if t.state in (TrialState.RUNNING, TrialState.WAITING):
@@ -312,7 +324,7 @@ def run_worker(
         seed = base_seed * 1000 + index if storage_url is None else None
     study = load_study(folder, storage, spec, seed)
     trials, failures = meta["trials"], 0
-    objective = Objective(folder, spec, threads, device, redact(storage_url), trials)
+    objective = Objective(folder, spec, threads, device, redact(storage_url), trials, storage)
     while True:
         optuna.storages.fail_stale_trials(study)
         settled, pending, waiting = study_progress(study, spec, trials)
