@@ -42,6 +42,11 @@ from cnnlab.recipe import Recipe, dump_recipe, load_saved_recipe
 
 CHECKPOINT_FORMAT = 1
 LOCK_FILE = ".lock"
+_HELD: set[Path] = set()  # run folders this process holds the lock of (the lock nests)
+
+
+class RunInUse(CnnlabError):
+    """Another process trains in the run folder; the folder is theirs, not to be touched."""
 
 
 def _process_umask() -> int:
@@ -164,21 +169,28 @@ class RunFolder:
     def lock(self) -> Iterator[None]:
         """Hold the folder exclusively while training in it. A sweep worker that missed its
         heartbeats but still runs, and the retry of its trial, must not both train here;
-        nor may two `--resume` of one run. The lock dies with its process (flock)."""
+        nor may two `--resume` of one run. The lock dies with its process (flock). Within
+        one process it nests: a sweep worker holds it from linking a trial to training it."""
+        key = self.path.resolve()
+        if key in _HELD:
+            yield
+            return
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-                raise CnnlabError(
+                raise RunInUse(
                     f"{self.path} is in use by another trainer ({holder or 'unknown process'}); "
                     "wait for it to finish or stop it, then try again"
                 ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            _HELD.add(key)
             yield
         finally:
+            _HELD.discard(key)
             os.close(fd)  # closing releases the lock
 
     def set_status(self, state: str, **info: Any) -> None:

@@ -32,6 +32,7 @@ from cnnlab.sweep.study import (
 )
 from cnnlab.sweep.worker import run_worker
 from tests.conftest import DEMO, ROOT, run_cli
+from tests.test_runs import LOCK_AND_WAIT
 from tests.test_sweep import DIVERGES, TINY, lr_sweep, sets, write
 
 LR_GRID = "method: grid\nparameters: {train.optimizer.lr: {values: [0.001, 0.003]}}\n"
@@ -144,6 +145,35 @@ def test_a_worker_refuses_a_retry_whose_run_dir_leads_outside(tmp_path):
     assert hostile.outcome == "error" and "run_dir '../../outside'" in hostile.reason
     assert {p: p.stat().st_mtime_ns for p in outside.rglob("*")} == before
     assert len(list(folder.runs_path.iterdir())) == 1
+
+
+def test_a_retry_whose_run_folder_is_in_use_leaves_that_folder_alone(tmp_path):
+    """A late worker still trains in the folder: its retry fails, writing nothing there."""
+    file = lr_sweep(tmp_path, "random", "{values: [1.0e+12]}")
+    with pytest.raises(CnnlabError, match="stopped after 1 consecutive failed trials"):
+        sweep(DEMO, file, [*TINY, *DIVERGES], trials=2, out=tmp_path / "out", max_failures=1)
+    (path,) = (tmp_path / "out").iterdir()
+    folder = SweepFolder(path)
+    (first,) = load_trials(folder, None)
+    before = {p: p.read_bytes() for p in first.run.path.rglob("*") if p.is_file()}
+    add_trial(folder, "WAITING", first.run_dir)  # the retry of a trial whose worker is late
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_AND_WAIT, str(first.run.path)],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert run_worker(folder, None, threads=1) == "stopped after 1 consecutive failed trials"
+    finally:
+        holder.kill()
+        holder.wait()
+    retry = load_trials(folder, None)[1]
+    assert retry.outcome == "error" and "is in use by another trainer" in retry.reason
+    after = {p: p.read_bytes() for p in first.run.path.rglob("*") if p.is_file()}
+    assert {p: b for p, b in after.items() if p.name != ".lock"} == {
+        p: b for p, b in before.items() if p.name != ".lock"
+    }
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".", "/tmp/escape", "link"])

@@ -14,6 +14,8 @@ import math
 from dataclasses import asdict, dataclass
 
 from cnnlab.errors import CnnlabError
+from cnnlab.progress import markdown_table
+from cnnlab.progress import print_table as show_table
 from cnnlab.recipe import metric_goal, metric_names, validate
 from cnnlab.runs import write_json, write_text
 from cnnlab.sweep.results import TrialRow, differs, load_trials
@@ -145,34 +147,12 @@ def _save(folder: SweepFolder, picks: list[Pick], names: list[str], test: bool) 
         folder.path / "selection.json",
         {"metrics": names, "test": test, "picks": [asdict(p) for p in picks]},
     )
-    write_text(folder.path / "selection.md", markdown(header, rows))
+    write_text(folder.path / "selection.md", markdown_table(header, rows))
     buf = io.StringIO()
     csv.writer(buf).writerows([header, *rows])
     write_text(folder.path / "selection.csv", buf.getvalue())
 
 
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    """The table as Markdown: selection.md, and what select prints outside a terminal."""
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(md) + "\n"
-
-
 def print_table(picks: list[Pick], names: list[str], title: str) -> None:
-    """A rich table in a terminal; elsewhere (a log, CI, `| tee`) the Markdown table, one
-    line per row, since rich would fold its columns to the 80 it assumes there."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from cnnlab.progress import console
-
-    header, rows = table(picks, names)
-    if not console.is_terminal:
-        print(f"{title}\n\n{markdown(header, rows)}", end="", flush=True)
-        return
-    t = Table(title=title, title_justify="left")
-    for h in header:
-        t.add_column(h, overflow="fold")
-    for row in rows:
-        t.add_row(*map(escape, row))
-    console.print(t)
+    """The selection on the screen: a rich table in a terminal, Markdown elsewhere."""
+    show_table(*table(picks, names), title)

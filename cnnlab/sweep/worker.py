@@ -30,7 +30,7 @@ from optuna.storages import BaseStorage
 
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import best_row, validate
-from cnnlab.runs import RunFolder, write_json
+from cnnlab.runs import RunFolder, RunInUse, write_json
 from cnnlab.sweep.results import SURPLUS
 from cnnlab.sweep.spec import SweepSpec, apply_to
 from cnnlab.sweep.storage import (
@@ -149,13 +149,17 @@ class Objective:
         except Exception as err:
             self._failed(trial, None, err)
             raise
-        self._link(run, trial)
         try:
             from cnnlab.train import train
 
-            on_epoch = epoch_reporter(trial, self.spec, recipe.train.epochs)
-            train(recipe, resume=resume, on_epoch=on_epoch, run=run)
+            with run.lock():  # a late worker may still train here: then the folder is its
+                self._link(run, trial)
+                on_epoch = epoch_reporter(trial, self.spec, recipe.train.epochs)
+                train(recipe, resume=resume, on_epoch=on_epoch, run=run)
             value, epoch = best_value(run, self.spec.metric)
+        except RunInUse as err:
+            self._failed(trial, None, err)  # its status and trial.json belong to the holder
+            raise
         except optuna.TrialPruned:
             run.set_status("pruned", epoch=len(run.read_metrics()))
             self.last_outcome = "pruned"
