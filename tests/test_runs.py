@@ -1,3 +1,4 @@
+import fcntl
 import json
 import os
 import stat
@@ -128,13 +129,16 @@ def test_a_torn_metrics_line_is_skipped_and_named(tmp_path: Path, capsys):
     assert run.metrics_path.read_text().count("\n") == 2 and 'val.lo"' not in err
 
 
-def test_a_run_folder_has_one_trainer_at_a_time(tmp_path: Path):
-    run = RunFolder(tmp_path)
-    busy = pytest.raises(CnnlabError, match=rf"{tmp_path} is in use by another trainer \(pid")
-    with run.lock(), busy, RunFolder(tmp_path).lock():
-        pass
-    with run.lock():  # released when the holder is done
-        pass
+def test_the_lock_nests_within_a_process_and_is_released(tmp_path: Path):
+    """A sweep worker holds it from linking a trial to training, and train() takes it again."""
+    with RunFolder(tmp_path).lock(), RunFolder(tmp_path).lock():
+        assert tmp_path.resolve() in runs._HELD
+    assert tmp_path.resolve() not in runs._HELD
+    fd = os.open(tmp_path / runs.LOCK_FILE, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free for anyone once released
+    finally:
+        os.close(fd)
 
 
 def test_the_lock_holds_across_processes(tmp_path: Path):
