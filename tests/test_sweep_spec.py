@@ -160,6 +160,15 @@ def test_bad_sweep_files_stop_with_one_clear_line(tmp_path, text, message):
         spec.grid()  # grid problems surface when the sampler is built
 
 
+@pytest.mark.parametrize("name", ["s.yaml", "s.map.yaml"])
+def test_a_sweep_file_or_map_that_is_not_text_is_one_line(tmp_path, name):
+    sweep = write(tmp_path, "method: grid\nparameters: {train.optimizer.lr: {values: [0.1]}}")
+    (tmp_path / name).write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")  # a picture, by mistake
+    with pytest.raises(CnnlabError, match=r"is not UTF-8 text \(byte 0x89 at offset 0\)") as err:
+        load_sweep(sweep, base())
+    assert "\n" not in str(err.value)
+
+
 def test_name_map_values_and_unknown_entries(tmp_path):
     sweep = write(
         tmp_path, "method: grid\nmetric: {name: acc}\nparameters: {act: {values: [ReLU, Tanh]}}"

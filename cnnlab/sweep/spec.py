@@ -35,10 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe import Recipe, metric_goal, metric_names, set_path, validate
+from cnnlab.recipe import Recipe, load_yaml, metric_goal, metric_names, set_path, validate
 
 METHODS = ("grid", "random", "bayes")
 # Keys that only W&B's agent or UI reads: accepted, ignored, and said so.
@@ -343,11 +341,8 @@ def load_sweep(path: str | Path, base: dict, map_path: str | Path | None = None)
 
 def _read(path: Path, what: str) -> Any:
     if not path.is_file():
-        raise CnnlabError(f"{what} {path} not found; sweep files live in sweeps/*.yaml")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise CnnlabError(f"{what} {path}: not valid YAML: {err}") from None
+        raise CnnlabError(f"{what} {path} not found; `cnnlab recipes` lists the shipped ones")
+    return load_yaml(path, what)
 
 
 def parse_sweep(
