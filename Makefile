@@ -41,7 +41,7 @@ postgres:
 	fi
 
 demo: data
-	$(CNNLAB) train recipes/fashion_multitask.yaml
+	$(CNNLAB) train fashion_multitask
 
 test: data browser postgres
 	$(VENV)/bin/pytest -q

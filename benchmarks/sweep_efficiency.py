@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cnnlab.catalog import RECIPES
 from cnnlab.sweep.launch import sweep
 from cnnlab.sweep.results import load_trials
 
@@ -56,7 +57,7 @@ def run(
     ]
     started = time.monotonic()
     trials = None if method == "grid" else args.trials
-    out = sweep(ROOT / "recipes" / "fashion_multitask.yaml", file, overrides, trials=trials,
+    out = sweep(RECIPES / "fashion_multitask.yaml", file, overrides, trials=trials,
                 out=folder / f"out{seed}")  # fmt: skip
     seconds = time.monotonic() - started
     rows = load_trials(out, None)

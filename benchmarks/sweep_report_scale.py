@@ -19,6 +19,7 @@ from pathlib import Path
 import optuna
 import yaml
 
+from cnnlab.catalog import RECIPES
 from cnnlab.recipe import read_yaml
 from cnnlab.sweep.report import build_report
 from cnnlab.sweep.spec import apply_to
@@ -37,7 +38,7 @@ parameters:
 
 
 def synthesize(folder_root: Path, n: int):
-    base = base_recipe(read_yaml(ROOT / "recipes" / "fashion_multitask.yaml"), "recipe")
+    base = base_recipe(read_yaml(RECIPES / "fashion_multitask.yaml"), "recipe")
     sweep_file = folder_root / "big.yaml"
     sweep_file.write_text(SWEEP)
     settings = {"method": "random", "metric": "val.cls.accuracy", "goal": "maximize",

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,12 +22,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from cnnlab.catalog import RECIPES
 from cnnlab.models import create_model
 from cnnlab.recipe import load_recipe
 from cnnlab.runs import RunFolder, device_name
 from cnnlab.train import Trainer
 
-DEMO = Path(__file__).resolve().parent.parent / "recipes" / "fashion_multitask.yaml"
+DEMO = RECIPES / "fashion_multitask.yaml"
 
 
 class SeedStyleDataset(torch.utils.data.Dataset):

@@ -7,20 +7,10 @@ from pathlib import Path
 
 import typer
 
+from cnnlab.catalog import recipe_file, shipped_recipes, shipped_sweeps, sweep_file
 from cnnlab.errors import CnnlabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-
-
-def _recipe_path(name: str) -> Path:
-    """A path, or the name of a shipped recipe (`fashion_multitask`)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    shipped = RECIPES_DIR / f"{name.removesuffix('.yaml')}.yaml"
-    return shipped if shipped.is_file() else path
 
 
 @app.command()
@@ -35,7 +25,7 @@ def train(
     if resume is None:
         if recipe is None:
             raise CnnlabError("give a recipe (cnnlab recipes lists them) or --resume runs/<run>")
-        parsed = load_recipe(_recipe_path(recipe), set_)  # validated before torch is imported
+        parsed = load_recipe(recipe_file(recipe), set_)  # validated before torch is imported
     elif recipe or set_:
         raise CnnlabError(
             "--resume continues a run with its saved recipe; drop the recipe and --set"
@@ -62,10 +52,13 @@ def eval_(run: Path = typer.Argument(..., help="run folder")) -> None:
 
 @app.command()
 def recipes() -> None:
-    """List the shipped recipes, one line each."""
-    for path in sorted(RECIPES_DIR.glob("*.yaml")):
-        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
-        typer.echo(f"{path.stem:<28} {first.lstrip('# ').strip()}")
+    """List the shipped recipes and sweep files (give their names to train and sweep)."""
+    typer.echo("recipes (cnnlab train NAME):")
+    for name, doc in shipped_recipes().items():
+        typer.echo(f"  {name:<26} {doc}")
+    typer.echo("sweep files (cnnlab sweep RECIPE NAME):")
+    for name, doc in shipped_sweeps().items():
+        typer.echo(f"  {name:<26} {doc}")
 
 
 @app.command()
@@ -97,7 +90,9 @@ def fetch(
 @app.command()
 def sweep(
     recipe: str = typer.Argument(..., help="base recipe YAML file or shipped recipe name"),
-    sweep_file: Path = typer.Argument(..., help="sweep file in the W&B format (sweeps/*.yaml)"),
+    spec: str = typer.Argument(
+        ..., metavar="SWEEP_FILE", help="sweep file (W&B format) or shipped sweep name"
+    ),
     set_: list[str] = typer.Option([], "--set", help="override a base recipe field"),
     name_map: Path | None = typer.Option(
         None, "--map", help="name map (default: <sweep>.map.yaml beside the sweep file)"
@@ -117,7 +112,7 @@ def sweep(
     from cnnlab.sweep.launch import sweep as run_sweep
 
     folder = run_sweep(
-        _recipe_path(recipe), sweep_file, set_, name_map, trials, workers, storage, study,
+        recipe_file(recipe), sweep_file(spec), set_, name_map, trials, workers, storage, study,
         out, resume, max_failures, heartbeat,
     )  # fmt: skip
     typer.echo(f"sweep folder: {folder.path}")

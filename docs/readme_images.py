@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from cnnlab.catalog import RECIPES
 from cnnlab.recipe import load_recipe
 from cnnlab.report import build_report
 from cnnlab.train import train
@@ -23,7 +24,7 @@ from cnnlab.viz import RunView, make_charts
 from tests.browser import chromium
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "recipes" / "fashion_multitask.yaml"
+DEMO = RECIPES / "fashion_multitask.yaml"
 OUT = ROOT / "docs" / "images"
 WIDTH = 1100  # px: sharp in GitHub's README column, small enough to keep each file < 200 KB
 SHOT_WIDTH = 1200  # css px of the browser window; the page's column is 1100 wide plus margins

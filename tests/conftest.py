@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from cnnlab.catalog import RECIPES
 from cnnlab.recipe import Recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "recipes" / "fashion_multitask.yaml"
+DEMO = RECIPES / "fashion_multitask.yaml"
 
 # The whole suite runs on the CPU with a fixed thread count, so metrics compare exactly.
 torch.set_num_threads(2)

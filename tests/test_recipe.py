@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cnnlab.catalog import RECIPES
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import (
     apply_overrides,
@@ -12,7 +13,7 @@ from cnnlab.recipe import (
     metric_names,
     validate,
 )
-from tests.conftest import DEMO, ROOT, run_cli
+from tests.conftest import DEMO, run_cli
 
 
 def test_demo_recipe_validates_with_two_tasks():
@@ -23,7 +24,7 @@ def test_demo_recipe_validates_with_two_tasks():
     assert recipe.tasks["cls"].loss == "cross_entropy"
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_recipe_validates(path: Path):
     assert load_recipe(path).tasks
 

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from cnnlab import runs
+from cnnlab.catalog import RECIPES
 from cnnlab.errors import CnnlabError
 from cnnlab.runs import (
     RunFolder,
@@ -175,7 +176,7 @@ def test_open_rejects_a_folder_that_is_not_a_run(tmp_path: Path):
 
 def test_a_run_folder_saved_by_an_older_cnnlab_still_loads(tmp_path: Path):
     """Older recipe.yaml files hold momentum, nesterov and betas whatever the optimizer."""
-    raw = yaml.safe_load((ROOT / "recipes" / "seed000_best_accuracy.yaml").read_text())
+    raw = yaml.safe_load((RECIPES / "seed000_best_accuracy.yaml").read_text())
     raw["train"]["optimizer"].update(momentum=0.9, nesterov=False, betas=[0.9, 0.999])
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
     optimizer = RunFolder.open(tmp_path).recipe().train.optimizer

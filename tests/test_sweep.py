@@ -50,7 +50,7 @@ def lr_sweep(tmp_path: Path, method: str, lr: str) -> Path:
 
 def test_lambda_grid_then_select_and_report_from_the_shell(tmp_path):
     out = tmp_path / "sweeps"
-    done = run_cli("sweep", "recipes/fashion_multitask.yaml", "sweeps/fashion_lambda.yaml",
+    done = run_cli("sweep", "fashion_multitask", "fashion_lambda",
                    "--workers", "2", "--out", str(out), *sets())  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "database is locked" not in done.stdout + done.stderr
@@ -104,7 +104,7 @@ def test_a_worker_stops_after_consecutive_failures(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_interrupted_sweep_resumes_the_trial_from_its_checkpoint(tmp_path, sig):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "cnnlab.cli", "sweep", str(DEMO), "sweeps/fashion_lambda.yaml",
+    cmd = [sys.executable, "-m", "cnnlab.cli", "sweep", str(DEMO), "fashion_lambda",
            "--trials", "2", "--out", str(out), *sets("train.epochs=3")]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -124,7 +124,7 @@ def test_interrupted_sweep_resumes_the_trial_from_its_checkpoint(tmp_path, sig):
     else:  # nobody said anything: the trial still looks running until --resume looks
         assert first.state == "running"
 
-    done = run_cli("sweep", str(DEMO), "sweeps/fashion_lambda.yaml", "--out", str(out),
+    done = run_cli("sweep", str(DEMO), "fashion_lambda", "--out", str(out),
                    "--resume")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {r.number: r for r in load_trials(SweepFolder(path), None)}
@@ -183,7 +183,7 @@ def test_bad_sweep_input_writes_nothing(tmp_path, text, message):
 
 def test_an_unreachable_database_stops_before_any_folder(tmp_path):
     url = "postgresql://someone:secret@127.0.0.1:1/nowhere"  # nothing listens on port 1
-    done = run_cli("sweep", str(DEMO), "sweeps/fashion_lambda.yaml", "--storage", url,
+    done = run_cli("sweep", str(DEMO), "fashion_lambda", "--storage", url,
                    "--out", str(tmp_path / "out"))  # fmt: skip
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "cannot open the study database" in done.stderr and "secret" not in done.stderr

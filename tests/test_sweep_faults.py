@@ -187,7 +187,7 @@ def test_study_names_stay_inside_out(tmp_path, name):
 
 
 def test_a_study_name_with_a_path_writes_nothing(tmp_path):
-    done = run_cli("sweep", str(DEMO), "sweeps/fashion_lambda.yaml", "--study", "../escape",
+    done = run_cli("sweep", str(DEMO), "fashion_lambda", "--study", "../escape",
                    "--out", str(tmp_path / "out"))  # fmt: skip
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "--study '../escape'" in done.stderr

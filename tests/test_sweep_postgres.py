@@ -36,8 +36,8 @@ def postgres_url():
 
 def start_worker(tmp_path: Path, url: str, log: str) -> subprocess.Popen:
     """The same line a user runs on every machine."""
-    cmd = [sys.executable, "-m", "cnnlab.cli", "sweep", "recipes/fashion_multitask.yaml",
-           "sweeps/fashion_lambda.yaml", "--trials", "4", "--storage", url, "--study", "lam",
+    cmd = [sys.executable, "-m", "cnnlab.cli", "sweep", "fashion_multitask",
+           "fashion_lambda", "--trials", "4", "--storage", url, "--study", "lam",
            "--out", str(tmp_path), "--heartbeat", "1"]  # fmt: skip
     for s in TINY:
         cmd += ["--set", s]

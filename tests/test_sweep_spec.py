@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cnnlab.catalog import RECIPES, SWEEPS
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import apply_overrides, read_yaml
 from cnnlab.sweep.spec import load_sweep
 from cnnlab.sweep.study import base_recipe, pruner_for, sampler_for
-from tests.conftest import DEMO, ROOT
+from tests.conftest import DEMO
 
-SWEEPS = ROOT / "sweeps"
-SEED000 = ROOT / "recipes" / "seed000_best_accuracy.yaml"
+SEED000 = RECIPES / "seed000_best_accuracy.yaml"
 
 
 def base(path: Path = DEMO) -> dict:

@@ -191,7 +191,7 @@ def test_cli_train_interrupt_resume_eval(tmp_path):
         "train.threads=2",
         "train.report=false",
     ]
-    args = [sys.executable, "-m", "cnnlab.cli", "train", "recipes/fashion_multitask.yaml"]
+    args = [sys.executable, "-m", "cnnlab.cli", "train", "fashion_multitask"]
     for s in sets:
         args += ["--set", s]
     proc = subprocess.Popen(
@@ -228,11 +228,7 @@ def test_cli_train_interrupt_resume_eval(tmp_path):
 
     from cnnlab.recipe import load_recipe
 
-    reference = train(
-        load_recipe(
-            ROOT / "recipes/fashion_multitask.yaml", [*sets, f"output_dir={tmp_path / 'ref'}"]
-        )
-    )
+    reference = train(load_recipe(DEMO, [*sets, f"output_dir={tmp_path / 'ref'}"]))
     assert comparable(RunFolder(run_dir)) == comparable(reference)
 
 
