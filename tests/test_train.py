@@ -238,6 +238,7 @@ def test_cli_train_interrupt_resume_eval(tmp_path):
         ("data.source=cifar100", "data.source 'cifar100' is unknown"),
         ("tasks.cls.target=colour", "tasks.cls.target 'colour' is not provided"),
         ("train.device=cuda:0", "no CUDA GPU is visible"),
+        ("data.root=/nonexistent/fmnist", "/nonexistent/fmnist"),
     ],
 )
 def test_a_run_that_cannot_start_leaves_no_folder(tmp_path, bad, says):

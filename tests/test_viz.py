@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -369,3 +370,14 @@ def test_figures_never_touch_training_state(report_run, tmp_path):
     for name in ("filters", "dead-units", "guided-backprop"):
         make_charts(view, name)
     assert {p: p.read_bytes() for p in watched} == before
+
+
+def test_figures_of_a_run_whose_metrics_end_in_a_torn_line(report_run, tmp_path):
+    """A full disk or a copy cut short: the good epochs are drawn, the torn line is named."""
+    run = Path(shutil.copytree(report_run[0], tmp_path / "run"))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "train.loss": 0.4')
+    out = run_cli("viz", str(run), "curves", "--out", str(tmp_path / "figs"))
+    assert out.returncode == 0, out.stderr
+    assert "skipped unreadable line(s) 3" in out.stderr and "Traceback" not in out.stderr
+    assert (tmp_path / "figs" / "curves.png").stat().st_size > 10_000

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe import dump_recipe, validate
+from cnnlab.recipe import dump_recipe, upgrade_saved, validate
 from cnnlab.runs import write_json, write_text
 from cnnlab.sweep.spec import SweepSpec, load_sweep
 
@@ -66,7 +66,8 @@ class SweepFolder:
         return json.loads(self.meta_path.read_text())
 
     def base(self) -> dict:
-        return yaml.safe_load(self.recipe_path.read_text())
+        """The saved base recipe (raw), readable whichever cnnlab version wrote it."""
+        return upgrade_saved(yaml.safe_load(self.recipe_path.read_text()))
 
     def spec(self) -> SweepSpec:
         mapping = self.map_path if self.map_path.is_file() else None
