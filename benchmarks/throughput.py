@@ -116,7 +116,7 @@ def main() -> None:
     trainer = Trainer(recipe, RunFolder(tempfile.mkdtemp()))  # same images and same model shape
     train = trainer.splits.train
     nchw = load_recipe(DEMO, [*overrides, "train.channels_last=false"])
-    model = create_model(nchw, 1, (28, 28), {"cls": 10}, {"ink": (0.29, 0.09)})
+    model = create_model(nchw.model, 1, (28, 28), trainer.tasks, channels_last=False)
     ref = reference_loop(model, train.images, train.targets["label"], args.batch, args.workers)
 
     print(f"device: {device_name(torch.device('cpu'))}, threads: {torch.get_num_threads()}")

@@ -25,7 +25,7 @@ def train(
     if resume is None:
         if recipe is None:
             raise CnnlabError("give a recipe (cnnlab recipes lists them) or --resume runs/<run>")
-        parsed = load_recipe(recipe_file(recipe), set_)  # validated before torch is imported
+        parsed = load_recipe(recipe_file(recipe), set_)  # validated before any data is read
     elif recipe or set_:
         raise CnnlabError(
             "--resume continues a run with its saved recipe; drop the recipe and --set"

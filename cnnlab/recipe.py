@@ -1,37 +1,28 @@
-"""The recipe: one typed schema per section, every default in one place.
+"""The recipe: one typed document assembled from every component's own section.
 
-A recipe is YAML validated against these classes before anything runs. Unknown keys are
-errors (a typo must stop the run, not be ignored), and every error is reported as one line
-naming the key, the value and what is allowed.
+Tasks define their sections in `cnnlab/tasks/`, the CNN in `cnnlab/models/cnn.py`, all on
+the base in `cnnlab/config.py`; this module puts them together with the data, train and log
+sections, and sits above them all. A recipe is YAML validated before anything runs. Unknown
+keys are errors (a typo must stop the run, not be ignored), and every error is reported as
+one line naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PositiveInt,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, Field, PositiveInt, ValidationError, model_validator
 
+from cnnlab.config import Section
 from cnnlab.errors import CnnlabError
+from cnnlab.models.cnn import CNNConfig
+from cnnlab.tasks import TASKS, TaskConfig, metric_goal, task_class
 
-Activation = Literal["relu", "gelu", "silu", "mish", "leaky_relu"]
 # List items are checked one by one: a size of 0 or -5 must stop here, not inside torch.
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # Adam's running-average decay rates
-
-
-class Section(BaseModel):
-    """Base of every recipe section: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 # --------------------------------------------------------------------------- data
@@ -49,83 +40,6 @@ class DataConfig(Section):
     train_subset: int | None = Field(None, ge=10)  # keep a stratified subset of training images
     test_subset: int | None = Field(None, ge=10)  # keep the first N test images (quick checks)
     augment: AugmentConfig = AugmentConfig()
-
-
-# -------------------------------------------------------------------------- model
-
-
-class CNNConfig(Section):
-    backbone: Literal["cnn"] = "cnn"
-    blocks: int = Field(3, ge=1, le=8)  # Conv-(BN)-Act-Pool blocks
-    filters: list[PositiveInt] | None = None  # per block; overrides base_filters + filter_org
-    base_filters: int = Field(32, ge=1)  # filters of the first block
-    filter_org: Literal["same", "double", "half"] = "double"  # how filters change per block
-    kernel_size: int = Field(3, ge=1, le=11)
-    convs_per_block: int = Field(1, ge=1, le=4)
-    activation: Activation = "relu"
-    batch_norm: bool = True
-    pool: int = Field(2, ge=1, le=4)  # max-pool kernel and stride; 1 = no pooling
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # channel dropout after each block
-    global_pool: bool = False  # average-pool features to 1x1 before the heads; else flatten
-    init: Literal["default", "kaiming"] = "kaiming"
-
-    @model_validator(mode="after")
-    def _filters_match_blocks(self) -> CNNConfig:
-        if self.filters is not None and len(self.filters) != self.blocks:
-            raise ValueError(
-                f"filters has {len(self.filters)} entries but blocks = {self.blocks}; "
-                "give one entry per block or drop filters and use base_filters + filter_org"
-            )
-        return self
-
-    def block_filters(self) -> list[int]:
-        """Filters per block, from the explicit list or from base + organisation."""
-        if self.filters is not None:
-            return list(self.filters)
-        factor = {"same": 1.0, "double": 2.0, "half": 0.5}[self.filter_org]
-        return [max(1, round(self.base_filters * factor**i)) for i in range(self.blocks)]
-
-
-# -------------------------------------------------------------------------- tasks
-
-
-class HeadConfig(Section):
-    hidden: list[PositiveInt] = [128]  # hidden layer sizes of the MLP head; [] = linear head
-    dropout: float = Field(0.3, ge=0.0, lt=1.0)  # before every linear layer of the head
-    activation: Activation = "relu"
-
-
-CLASSIFICATION_METRICS = ("loss", "accuracy", "precision", "recall", "f1")
-REGRESSION_METRICS = ("loss", "mae", "rmse")
-
-
-class TaskConfig(Section):
-    type: Literal["classification", "regression"]
-    target: str  # a target the dataset provides (fashion_mnist: label, ink)
-    loss: Literal["cross_entropy", "mse", "smooth_l1"] | None = None  # None = by type
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # classification only
-    weight: float = Field(1.0, ge=0.0)  # lambda: the task's weight in the summed loss
-    standardize: bool = True  # regression: learn (y - mean) / std, report in y's units
-    head: HeadConfig = HeadConfig()
-
-    @model_validator(mode="after")
-    def _loss_fits_type(self) -> TaskConfig:
-        if self.loss is None:
-            self.loss = "cross_entropy" if self.type == "classification" else "mse"
-        if self.type == "classification" and self.loss != "cross_entropy":
-            raise ValueError(
-                f"loss {self.loss!r} does not fit a classification task; use cross_entropy"
-            )
-        if self.type == "regression" and self.loss == "cross_entropy":
-            raise ValueError(
-                "loss 'cross_entropy' does not fit a regression task; use mse or smooth_l1"
-            )
-        if self.type == "regression" and self.label_smoothing:
-            raise ValueError("label_smoothing applies to classification tasks only")
-        return self
-
-    def metric_names(self) -> tuple[str, ...]:
-        return CLASSIFICATION_METRICS if self.type == "classification" else REGRESSION_METRICS
 
 
 # -------------------------------------------------------------------------- train
@@ -180,7 +94,8 @@ def check_nesterov_has_momentum(cfg: OptimizerConfig) -> None:
 class SchedulerConfig(Section):
     name: Literal["none", "step", "multistep", "onecycle", "cosine"] = "none"
     step_size: int = Field(10, ge=1)  # step: epochs between decays
-    milestones: list[PositiveInt] = [30, 60]  # multistep: epochs at which lr *= gamma
+    # multistep: the epochs at which lr *= gamma
+    milestones: list[PositiveInt] = Field(default_factory=lambda: [30, 60])
     gamma: float = Field(0.1, gt=0.0, le=1.0)  # step / multistep decay factor
     pct_start: float = Field(0.25, gt=0.0, lt=1.0)  # onecycle: fraction of steps warming up
     warmup_epochs: float = Field(0.0, ge=0.0)  # cosine: linear warm-up before the decay
@@ -254,7 +169,7 @@ def metric_names(recipe: Recipe, split: str = "val") -> list[str]:
     """Every metric a run reports for one split, e.g. val.loss, val.cls.accuracy."""
     names = [f"{split}.loss"]
     for key, task in recipe.tasks.items():
-        names += [f"{split}.{key}.{m}" for m in task.metric_names()]
+        names += [f"{split}.{key}.{m}" for m in task_class(task).metrics]
     return names
 
 
@@ -262,11 +177,6 @@ def check_metric_name(recipe: Recipe, name: str) -> None:
     valid = metric_names(recipe, "val")
     if name not in valid:
         raise ValueError(f"metric {name!r} is not reported; choose one of: {', '.join(valid)}")
-
-
-def metric_goal(name: str) -> Literal["max", "min"]:
-    """Whether a metric improves upwards (accuracy, f1, ...) or downwards (loss, rmse)."""
-    return "max" if name.rsplit(".", 1)[-1] in {"accuracy", "precision", "recall", "f1"} else "min"
 
 
 def best_row(rows: list[dict], metric: str) -> dict | None:
@@ -382,14 +292,20 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def upgrade_saved(raw: dict) -> dict:
-    """A recipe saved by cnnlab before optimizer fields became optional holds momentum,
-    nesterov and betas whatever the optimizer. They were defaults, not choices: null the
-    ones the optimizer does not read, so older run and sweep folders still load."""
+    """A recipe saved by an older cnnlab holds fields that were defaults of a shared schema,
+    not choices: momentum, nesterov and betas whatever the optimizer; label_smoothing and
+    standardize whatever the task type. Drop the ones the chosen kind does not have, so
+    older run and sweep folders still load."""
     opt = (raw.get("train") or {}).get("optimizer")
     if isinstance(opt, dict) and all(opt.get(k) is not None for k in OPTIMIZER_FIELDS):
         for field, readers in OPTIMIZER_FIELDS.items():
             if opt.get("name", "adamw") not in readers:
                 opt[field] = None
+    for task in (raw.get("tasks") or {}).values():
+        kind = TASKS.get(task.get("type")) if isinstance(task, dict) else None
+        if kind is not None and {"label_smoothing", "standardize"} <= task.keys():
+            for field in set(task) - set(kind.config.model_fields):
+                del task[field]
     return raw
 
 
@@ -414,52 +330,61 @@ def dump_recipe(recipe: Recipe) -> str:
 
 def describe_error(err: dict) -> str:
     """One line for one pydantic error: key path, offending value, what is allowed."""
-    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
-    key = _key_path(err["loc"])
+    key, sections = _walk(err["loc"])
     if err["type"] == "extra_forbidden":
-        valid = _valid_keys(loc[:-1])
+        valid = _field_names(_walk(err["loc"][:-1])[1])
         hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
         return f"unknown key {key!r}{hint}"
     if err["type"] == "missing":
         if isinstance(err["loc"][-1], int):  # a tuple given too few items
             return f"{key} is missing: the list is too short"
         return f"missing key {key!r}"
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):  # e.g. tasks.x.type
+        tags = ", ".join(t for t in (_tag(c) for c in sections) if t)
+        given = err.get("input") if isinstance(err.get("input"), dict) else {}
+        got = f" = {given['type']!r}" if given.get("type") is not None else " is missing"
+        return f"{key}.type{got}: choose one of: {tags}"
     msg = err["msg"].removeprefix("Value error, ")
     if "input" in err and err["type"] != "value_error":
         return f"{key} = {err['input']!r}: {msg}"
     return f"{key}: {msg}"
 
 
-def _key_path(loc: tuple) -> str:
-    """`model.filters[0]`: list and tuple positions (ints in pydantic's loc) as indices."""
-    key = ""
+def _walk(loc: tuple) -> tuple[str, list[type[BaseModel]]]:
+    """The key path as a user writes it (`model.filters[0]`, `tasks.cls.head`) and the
+    section class(es) it ends in. Pydantic puts a tagged union's tag into the location
+    (`tasks.cls.classification.head`): it is left out of the key and picks the member."""
+    key, sections = "", [Recipe]
     for part in loc:
         if isinstance(part, int):
             key += f"[{part}]"
-        elif not str(part).startswith("function-"):
-            key += f".{part}" if key else str(part)
-    return key or "recipe"
+            continue
+        if str(part).startswith("function-"):
+            continue
+        tagged = [c for c in sections if _tag(c) == part]
+        if len(sections) > 1 and tagged:
+            sections = tagged
+            continue
+        key += f".{part}" if key else str(part)
+        fields = {name: f for c in sections for name, f in c.model_fields.items()}
+        if part in fields:
+            sections = _sections_in(fields[part].annotation)
+        # else: a dict key (a task's name) or an unknown key: the sections stay
+    return key or "recipe", sections
 
 
-def _valid_keys(loc: list[str]) -> list[str]:
-    """Field names of the section at `loc`, walking the schema (dict keys are skipped)."""
-    cls: Any = Recipe
-    for part in loc:
-        fields = getattr(cls, "model_fields", None)
-        if fields is None:
-            return []
-        if part not in fields:
-            continue  # a dict key such as a task name
-        cls = _section_class(fields[part].annotation)
-    return list(getattr(cls, "model_fields", {}))
-
-
-def _section_class(annotation: Any) -> Any:
-    """The Section subclass inside an annotation such as `dict[str, TaskConfig | None]`."""
+def _sections_in(annotation: Any) -> list[type[BaseModel]]:
+    """Every Section class inside an annotation such as `dict[str, TaskConfig | None]`."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _section_class(arg)
-        if found is not None:
-            return found
-    return None
+        return [annotation]
+    return [c for arg in get_args(annotation) for c in _sections_in(arg)]
+
+
+def _tag(section: type[BaseModel]) -> str | None:
+    """The `type` a member of a tagged union answers to."""
+    field = section.model_fields.get("type")
+    return field.default if field is not None and isinstance(field.default, str) else None
+
+
+def _field_names(sections: list[type[BaseModel]]) -> list[str]:
+    return list(dict.fromkeys(name for c in sections for name in c.model_fields))

@@ -26,9 +26,9 @@ from cnnlab.models import MultiTaskModel, create_model
 from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.precision import Choice, autocast_for, choose, record
 from cnnlab.progress import EpochProgress, console, print_metrics_table
-from cnnlab.recipe import Recipe, metric_goal
+from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, environment, load_checkpoint, write_json
-from cnnlab.tasks import EpochMeter, evaluate, total_loss
+from cnnlab.tasks import EpochMeter, create_tasks, evaluate, metric_goal, total_loss
 
 # ------------------------------------------------------------------- device, precision
 
@@ -73,17 +73,9 @@ class LoopState:
     elapsed: float = 0.0  # training seconds so far, over all sessions
 
 
-def target_stats(recipe: Recipe, splits: Splits) -> dict[str, tuple[float, float]]:
-    """Mean and std of each standardized regression target over the training split."""
-    stats = {}
-    for name, task in recipe.tasks.items():
-        if task.type != "regression" or not task.standardize:
-            continue
-        values = torch.cat(
-            [t[task.target] for _, t in splits.eval_batches("train", 4096, {task.target})]
-        )
-        stats[name] = (values.double().mean().item(), values.double().std().clamp_min(1e-12).item())
-    return stats
+def train_values(splits: Splits, target: str) -> torch.Tensor:
+    """Every training image's value of one target (derived ones computed batch by batch)."""
+    return torch.cat([t[target] for _, t in splits.eval_batches("train", 4096, {target})])
 
 
 class Trainer:
@@ -107,25 +99,24 @@ class Trainer:
         self.device = resolve_device(recipe.train.device)
         torch.manual_seed(recipe.seed)
         self.splits = prepare_splits(recipe, self.device)
-        self.num_classes = {
-            name: len(self.splits.classes[t.target])
-            for name, t in recipe.tasks.items()
-            if t.type == "classification"
-        }
+        self.tasks = create_tasks(recipe.tasks)
+        for task in self.tasks.values():  # classes, or a regression target's statistics
+            values = lambda t=task.target: train_values(self.splits, t)  # noqa: E731
+            task.fit(self.splits.classes.get(task.target), values)
         self.model: MultiTaskModel = create_model(
-            recipe,
+            recipe.model,
             self.splits.in_channels,
             self.splits.image_size,
-            self.num_classes,
-            target_stats(recipe, self.splits),
+            self.tasks,
+            recipe.train.channels_last,
         ).to(self.device)
         self.steps_per_epoch = self.splits.steps_per_epoch(recipe.train.batch_size)
         self.optimizer = build_optimizer(recipe.train.optimizer, self.model)
         self.scheduler, self.per_step = build_scheduler(
             recipe.train, self.optimizer, self.steps_per_epoch
         )
-        self.train_meter = EpochMeter(recipe, self.num_classes, self.device, detailed=False)
-        self.val_meter = EpochMeter(recipe, self.num_classes, self.device)
+        self.train_meter = EpochMeter(self.tasks, self.device, detailed=False)
+        self.val_meter = EpochMeter(self.tasks, self.device)
         self.needed = {t.target for t in recipe.tasks.values()}
         self.precision = Choice(precision, "saved") if precision else self._choose_precision(recipe)
         self.autocast = autocast_for(self.device, self.precision.precision)
@@ -139,7 +130,7 @@ class Trainer:
         x, targets = next(self.splits.eval_batches("train", batch_size, self.needed))
 
         def loss_of(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-            return total_loss(recipe, self.model, outputs, targets)[0]
+            return total_loss(self.tasks, self.model, outputs, targets)[0]
 
         return choose(recipe.train.precision, self.device, self.model, x, loss_of)
 
@@ -237,7 +228,7 @@ class Trainer:
             for x, targets in batches:
                 with self.autocast():
                     outputs = self.model(x)
-                    total, losses = total_loss(self.recipe, self.model, outputs, targets)
+                    total, losses = total_loss(self.tasks, self.model, outputs, targets)
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 if cfg.grad_clip:
@@ -328,7 +319,7 @@ class Trainer:
         """Test-set metrics of the best checkpoint: the only place the test set is read."""
         ckpt = load_checkpoint(self.run.best_path)
         self.model.load_state_dict(ckpt["model"])
-        meter = EpochMeter(self.recipe, self.num_classes, self.device)
+        meter = EpochMeter(self.tasks, self.device)
         batches = self.splits.eval_batches("test", self.recipe.train.eval_batch_size, self.needed)
         evaluate(self.model, meter, batches, self.autocast)
         metrics = {"best_epoch": ckpt["loop"]["epoch"], **meter.compute("test")}

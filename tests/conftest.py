@@ -12,6 +12,7 @@ import torch
 
 from cnnlab.catalog import RECIPES
 from cnnlab.recipe import Recipe, load_recipe
+from cnnlab.tasks import TargetInfo, Task, create_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = RECIPES / "fashion_multitask.yaml"
@@ -48,6 +49,19 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         env={**os.environ, **(env or {})},
         timeout=timeout,
     )
+
+
+def fitted_tasks(
+    recipe: Recipe, classes: int = 10, ink: tuple[float, float] = (0.0, 1.0)
+) -> dict[str, Task]:
+    """The recipe's tasks told their targets without data: `classes` class names for every
+    categorical target, `ink` = (mean, std) for every standardized one."""
+    tasks = create_tasks(recipe.tasks)
+    for task in tasks.values():
+        task.fit([f"class {i}" for i in range(classes)], None)
+        if task.info.classes is None:
+            task.info = TargetInfo(mean=ink[0], std=ink[1])
+    return tasks
 
 
 @pytest.fixture

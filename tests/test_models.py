@@ -5,11 +5,12 @@ from torch import nn
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models.layers import ACTIVATIONS
+from tests.conftest import fitted_tasks
 
 
 def build(tiny, *overrides):
     recipe = tiny(*overrides)
-    return recipe, create_model(recipe, 1, (28, 28), {"cls": 10}, {"ink": (0.3, 0.1)})
+    return recipe, create_model(recipe.model, 1, (28, 28), fitted_tasks(recipe, ink=(0.3, 0.1)))
 
 
 @pytest.mark.parametrize("act", list(ACTIVATIONS))

@@ -137,8 +137,32 @@ def test_metric_goal():
 def test_cross_field_checks():
     with pytest.raises(CnnlabError, match="filters has 2 entries but blocks = 3"):
         load_recipe(DEMO, ["model.filters=[8, 16]"])
-    with pytest.raises(CnnlabError, match="does not fit a classification task"):
+    with pytest.raises(
+        CnnlabError, match="tasks.cls.loss = 'mse': Input should be 'cross_entropy'"
+    ):
         load_recipe(DEMO, ["tasks.cls.loss=mse"])
+
+
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("tasks.ink.label_smoothing=0.1", "unknown key 'tasks.ink.label_smoothing'; valid keys "
+         "here: target, weight, head, type, loss, standardize"),
+        ("tasks.cls.standardize=true", "unknown key 'tasks.cls.standardize'; valid keys here: "
+         "target, weight, head, type, loss, label_smoothing"),
+        ("tasks.cls.type=segmentation", "tasks.cls.type = 'segmentation': choose one of: "
+         "classification, regression"),
+        ("tasks.cls.type=null", "tasks.cls.type is missing: choose one of: classification, "
+         "regression"),
+        ("tasks.cls.head.widht=3", "unknown key 'tasks.cls.head.widht'; valid keys here: "
+         "hidden, dropout, activation"),
+    ],
+)  # fmt: skip
+def test_each_task_type_has_its_own_keys(override, says):
+    """The key path is the user's (no tag inside it) and the valid keys are the type's own."""
+    with pytest.raises(CnnlabError) as err:
+        load_recipe(DEMO, [override])
+    assert str(err.value).endswith(says)
 
 
 def test_filter_organisations():

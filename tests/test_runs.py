@@ -178,7 +178,13 @@ def test_a_run_folder_saved_by_an_older_cnnlab_still_loads(tmp_path: Path):
     """Older recipe.yaml files hold momentum, nesterov and betas whatever the optimizer."""
     raw = yaml.safe_load((RECIPES / "seed000_best_accuracy.yaml").read_text())
     raw["train"]["optimizer"].update(momentum=0.9, nesterov=False, betas=[0.9, 0.999])
+    # ... and label_smoothing and standardize whatever the task type
+    raw["tasks"]["cls"].update(loss="cross_entropy", label_smoothing=0.0, standardize=True)
+    raw["tasks"]["ink"].update(loss="mse", label_smoothing=0.0, standardize=False)
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
-    optimizer = RunFolder.open(tmp_path).recipe().train.optimizer
+    recipe = RunFolder.open(tmp_path).recipe()
+    assert recipe.tasks["ink"].standardize is False  # a choice that was made is kept
+    assert not hasattr(recipe.tasks["cls"], "standardize")
+    optimizer = recipe.train.optimizer
     assert (optimizer.name, optimizer.momentum, optimizer.nesterov) == ("adam", None, None)
     assert optimizer.betas == (0.9, 0.999)

@@ -2,18 +2,20 @@ import torch
 
 from cnnlab.models import create_model
 from cnnlab.tasks import EpochMeter, total_loss
+from tests.conftest import fitted_tasks
 
 
 def test_metrics_match_hand_computation(tiny):
     recipe = tiny()
-    model = create_model(recipe, 1, (28, 28), {"cls": 3}, {"ink": (0.5, 0.25)})
-    meter = EpochMeter(recipe, {"cls": 3}, torch.device("cpu"))
+    tasks = fitted_tasks(recipe, classes=3, ink=(0.5, 0.25))
+    model = create_model(recipe.model, 1, (28, 28), tasks)
+    meter = EpochMeter(tasks, torch.device("cpu"))
     logits = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 5.0, 0], [0, 0, 5.0]])
     labels = torch.tensor([0, 1, 0, 2])  # one class-0 image predicted as 1
     ink_raw = torch.tensor([0.0, 1.0, -1.0, 2.0])  # standardized: 0.5, 0.75, 0.25, 1.0
     ink = torch.tensor([0.5, 0.70, 0.25, 0.9])
     outputs, targets = {"cls": logits, "ink": ink_raw}, {"label": labels, "ink": ink}
-    total, losses = total_loss(recipe, model, outputs, targets)
+    total, losses = total_loss(tasks, model, outputs, targets)
     meter.update(model, outputs, targets, total, losses)
     m = meter.compute("val")
     assert abs(m["val.cls.accuracy"] - 0.75) < 1e-6
@@ -29,31 +31,34 @@ def test_metrics_match_hand_computation(tiny):
 
 def test_task_weights_scale_the_sum(tiny):
     recipe = tiny("tasks.ink.weight=1000", "tasks.cls.weight=0.5", "tasks.cls.label_smoothing=0")
-    model = create_model(recipe, 1, (28, 28), {"cls": 10})
+    tasks = fitted_tasks(recipe)
+    model = create_model(recipe.model, 1, (28, 28), tasks)
     outputs = {"cls": torch.randn(8, 10), "ink": torch.randn(8)}
     targets = {"label": torch.randint(0, 10, (8,)), "ink": torch.rand(8)}
-    total, losses = total_loss(recipe, model, outputs, targets)
+    total, losses = total_loss(tasks, model, outputs, targets)
     assert torch.isclose(total, 0.5 * losses["cls"] + 1000 * losses["ink"])
 
 
 def test_meter_state_survives_a_checkpoint(tiny):
     recipe = tiny()
-    model = create_model(recipe, 1, (28, 28), {"cls": 10})
-    meter = EpochMeter(recipe, {"cls": 10}, torch.device("cpu"))
+    tasks = fitted_tasks(recipe)
+    model = create_model(recipe.model, 1, (28, 28), tasks)
+    meter = EpochMeter(tasks, torch.device("cpu"))
     outputs = {"cls": torch.randn(16, 10), "ink": torch.randn(16)}
     targets = {"label": torch.randint(0, 10, (16,)), "ink": torch.rand(16)}
-    total, losses = total_loss(recipe, model, outputs, targets)
+    total, losses = total_loss(tasks, model, outputs, targets)
     meter.update(model, outputs, targets, total, losses)
-    copy = EpochMeter(recipe, {"cls": 10}, torch.device("cpu"))
+    copy = EpochMeter(tasks, torch.device("cpu"))
     copy.restore(meter.state_dict())
     assert copy.compute("train") == meter.compute("train")
 
 
 def test_light_training_meter_agrees_with_torchmetrics(tiny):
     recipe = tiny()
-    model = create_model(recipe, 1, (28, 28), {"cls": 10}, {"ink": (0.3, 0.1)})
-    full = EpochMeter(recipe, {"cls": 10}, torch.device("cpu"))
-    light = EpochMeter(recipe, {"cls": 10}, torch.device("cpu"), detailed=False)
+    tasks = fitted_tasks(recipe, ink=(0.3, 0.1))
+    model = create_model(recipe.model, 1, (28, 28), tasks)
+    full = EpochMeter(tasks, torch.device("cpu"))
+    light = EpochMeter(tasks, torch.device("cpu"), detailed=False)
     gen = torch.Generator().manual_seed(0)
     for n in (16, 16, 7):  # unequal batches: sums must weight by batch size
         outputs = {"cls": torch.randn(n, 10, generator=gen), "ink": torch.randn(n, generator=gen)}
@@ -61,7 +66,7 @@ def test_light_training_meter_agrees_with_torchmetrics(tiny):
             "label": torch.randint(0, 10, (n,), generator=gen),
             "ink": torch.rand(n, generator=gen),
         }
-        total, losses = total_loss(recipe, model, outputs, targets)
+        total, losses = total_loss(tasks, model, outputs, targets)
         full.update(model, outputs, targets, total, losses)
         light.update(model, outputs, targets, total, losses)
     a, b = full.compute("x"), light.compute("x")

@@ -105,8 +105,6 @@ def prepare_splits(recipe: Recipe, device: torch.device) -> Splits:
                 f"tasks.{task_name}.target {task.target!r} is not provided by {cfg.source}; "
                 f"choose one of: {', '.join(ds.target_names())}"
             )
-        if task.type == "classification" and task.target not in ds.classes:
-            raise CnnlabError(f"tasks.{task_name}: target {task.target!r} is not categorical")
     train = ds.train
     labels = ds.stratify_by()
     if cfg.train_subset:

@@ -1,19 +1,25 @@
 """Backbones by name, and the multi-task model that joins a backbone with its heads.
 
 A new backbone is one file and one entry in BACKBONES; heads attach to its
-`forward(x) -> (B, num_features)`.
+`forward(x) -> (B, num_features)`. Each task builds its own head (`cnnlab/tasks/`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from cnnlab.models.cnn import CNN
-from cnnlab.models.heads import ClassificationHead, RegressionHead
-from cnnlab.recipe import Recipe
+from cnnlab.models.cnn import CNN, CNNConfig
+
+
+class HeadMaker(Protocol):
+    """What the model needs of a task (`cnnlab.tasks.Task`): a head for the features."""
+
+    def head(self, in_features: int) -> nn.Module: ...
+
 
 BACKBONES: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "cnn": (CNN, "configurable Conv-BN-Act-Pool blocks (seeds 000-003)"),
@@ -45,23 +51,17 @@ class MultiTaskModel(nn.Module):
 
 
 def create_model(
-    recipe: Recipe,
+    cfg: CNNConfig,
     in_channels: int,
     image_size: tuple[int, int],
-    num_classes: dict[str, int],
-    target_stats: dict[str, tuple[float, float]] | None = None,
+    tasks: dict[str, HeadMaker],
+    channels_last: bool = True,
 ) -> MultiTaskModel:
-    """Build backbone + heads. num_classes: per classification task; target_stats: (mean, std)."""
-    build, _ = BACKBONES[recipe.model.backbone]
-    backbone = build(recipe.model, in_channels, image_size)
-    heads: dict[str, nn.Module] = {}
-    for name, task in recipe.tasks.items():
-        if task.type == "classification":
-            heads[name] = ClassificationHead(backbone.num_features, num_classes[name], task.head)
-        else:
-            mean, std = (target_stats or {}).get(name, (0.0, 1.0))
-            heads[name] = RegressionHead(backbone.num_features, task.head, mean, std)
+    """The backbone `cfg` names with one head per task (each task knows its target by now)."""
+    build, _ = BACKBONES[cfg.backbone]
+    backbone = build(cfg, in_channels, image_size)
+    heads = {name: task.head(backbone.num_features) for name, task in tasks.items()}
     model = MultiTaskModel(backbone, heads)
-    if recipe.train.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

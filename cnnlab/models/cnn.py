@@ -2,12 +2,47 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
+from cnnlab.config import Activation, Section
 from cnnlab.errors import CnnlabError
 from cnnlab.models.layers import create_act, init_kaiming
-from cnnlab.recipe import CNNConfig
+
+
+class CNNConfig(Section):
+    backbone: Literal["cnn"] = "cnn"
+    blocks: int = Field(3, ge=1, le=8)  # Conv-(BN)-Act-Pool blocks
+    filters: list[PositiveInt] | None = None  # per block; overrides base_filters + filter_org
+    base_filters: int = Field(32, ge=1)  # filters of the first block
+    filter_org: Literal["same", "double", "half"] = "double"  # how filters change per block
+    kernel_size: int = Field(3, ge=1, le=11)
+    convs_per_block: int = Field(1, ge=1, le=4)
+    activation: Activation = "relu"
+    batch_norm: bool = True
+    pool: int = Field(2, ge=1, le=4)  # max-pool kernel and stride; 1 = no pooling
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # channel dropout after each block
+    global_pool: bool = False  # average-pool features to 1x1 before the heads; else flatten
+    init: Literal["default", "kaiming"] = "kaiming"
+
+    @model_validator(mode="after")
+    def _filters_match_blocks(self) -> CNNConfig:
+        if self.filters is not None and len(self.filters) != self.blocks:
+            raise ValueError(
+                f"filters has {len(self.filters)} entries but blocks = {self.blocks}; "
+                "give one entry per block or drop filters and use base_filters + filter_org"
+            )
+        return self
+
+    def block_filters(self) -> list[int]:
+        """Filters per block, from the explicit list or from base + organisation."""
+        if self.filters is not None:
+            return list(self.filters)
+        factor = {"same": 1.0, "double": 2.0, "half": 0.5}[self.filter_org]
+        return [max(1, round(self.base_filters * factor**i)) for i in range(self.blocks)]
 
 
 class ConvBlock(nn.Sequential):

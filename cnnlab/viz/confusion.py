@@ -162,7 +162,7 @@ def confusion_charts(task: str, cm: torch.Tensor, names: list[str]) -> list[Char
 
 def confusion(view: RunView) -> list[Chart]:
     preds, charts = view.test_predictions, []
-    for task in view.tasks_of("classification"):
+    for task in view.tasks_with("confusion"):
         names = view.task_classes(task)
         cm = confusion_counts(preds.truth[task], preds.pred[task], len(names))
         charts += confusion_charts(task, cm, names)

@@ -27,8 +27,8 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
 def _panels(view: RunView) -> list[tuple[str, list[str]]]:
     """(panel title, metric suffixes) — "loss" first, then each task's loss and metrics."""
     panels = [("total loss", ["loss"])]
-    for name, task in view.recipe.tasks.items():
-        metrics = [m for m in task.metric_names() if m != "loss"]
+    for name, task in view.tasks.items():
+        metrics = [m for m in task.metrics if m != "loss"]
         panels += [
             (f"{name}: loss", [f"{name}.loss"]),
             (f"{name}: metrics", [f"{name}.{m}" for m in metrics]),

@@ -28,21 +28,12 @@ def pick(n_total: int, n: int, seed: int) -> torch.Tensor:
 
 
 def _label(view: RunView, i: int) -> tuple[str, bool]:
-    """Lines under image i: per classification task true/pred, per regression task values."""
+    """Lines under image i, one per task (each task words its own), and whether any is wrong."""
     preds, lines, wrong = view.test_predictions, [], False
-    for task in view.recipe.tasks:
-        t, p = preds.truth[task][i], preds.pred[task][i]
-        if view.recipe.tasks[task].type == "classification":
-            names = view.task_classes(task)
-            ok = int(t) == int(p)
-            wrong |= not ok
-            lines.append(
-                f"{shorten(names[int(t)])}"
-                if ok
-                else f"✗ {shorten(names[int(p)])}\n(true {shorten(names[int(t)])})"
-            )
-        else:
-            lines.append(f"{task} {float(t):.3g} → {float(p):.3g}")
+    for name, task in view.tasks.items():
+        text, bad = task.caption(preds.truth[name][i], preds.pred[name][i], shorten)
+        lines.append(text)
+        wrong |= bad
     return "\n".join(lines), wrong
 
 

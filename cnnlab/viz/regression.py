@@ -14,7 +14,7 @@ MAX_POINTS = 3000  # interactive scatter: a sample keeps report.html small
 def regression(view: RunView) -> list[Chart]:
     preds = view.test_predictions
     charts = []
-    for task in view.tasks_of("regression"):
+    for task in view.tasks_with("regression"):
         y, p = preds.truth[task].float(), preds.pred[task].float()  # (N,), (N,)
         resid = p - y
         rmse = resid.pow(2).mean().sqrt().item()

@@ -21,6 +21,7 @@ from cnnlab.models import MultiTaskModel, create_model
 from cnnlab.precision import autocast_for
 from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, load_checkpoint
+from cnnlab.tasks import Task, create_tasks
 from cnnlab.viz.hooks import analysis_mode, forward_hooks, last_conv
 
 
@@ -70,11 +71,21 @@ class RunView:
         """Class names per categorical target, as saved with the weights."""
         return self.checkpoint["classes"]
 
-    def task_classes(self, task: str) -> list[str]:
-        return list(self.classes[self.recipe.tasks[task].target])
+    @cached_property
+    def tasks(self) -> dict[str, Task]:
+        """The run's tasks, told their classes; a regression head's statistics come with
+        the weights."""
+        tasks = create_tasks(self.recipe.tasks)
+        for task in tasks.values():
+            task.fit(self.classes.get(task.target), None)
+        return tasks
 
-    def tasks_of(self, kind: str) -> list[str]:
-        return [name for name, t in self.recipe.tasks.items() if t.type == kind]
+    def task_classes(self, task: str) -> list[str]:
+        return list(self.tasks[task].info.classes or [])
+
+    def tasks_with(self, figure: str) -> list[str]:
+        """The tasks a figure family applies to (`Task.figures`)."""
+        return [name for name, t in self.tasks.items() if figure in t.figures]
 
     def metrics(self) -> list[dict]:
         return self.run.read_metrics()
@@ -92,10 +103,13 @@ class RunView:
     @cached_property
     def model(self) -> MultiTaskModel:
         """Best weights in a freshly built model, eval mode, gradients off."""
-        num_classes = {t: len(self.task_classes(t)) for t in self.tasks_of("classification")}
         with torch.inference_mode(False):
             model = create_model(
-                self.recipe, self.splits.in_channels, self.splits.image_size, num_classes
+                self.recipe.model,
+                self.splits.in_channels,
+                self.splits.image_size,
+                self.tasks,
+                self.recipe.train.channels_last,
             )
             model.load_state_dict(self.checkpoint["model"])  # also the regression target stats
             model.requires_grad_(False)
@@ -136,8 +150,7 @@ class RunView:
                     out = self.model.predict(x)
                 for name, task in self.recipe.tasks.items():
                     truth[name].append(targets[task.target].cpu())
-                    value = out[name].float() if task.type == "regression" else out[name]
-                    pred[name].append(value.cpu())
+                    pred[name].append(out[name].cpu())
         return Predictions(
             {k: torch.cat(v) for k, v in truth.items()},
             {k: torch.cat(v) for k, v in pred.items()},

@@ -1,0 +1,87 @@
+"""What every task type provides: one class per type owns its config, head, loss, metrics
+(running sums per step, torchmetrics per epoch), their goals, decoding and captions, what
+it needs to know about its target, and which figures apply. The loop, the model, the
+meters and the figures ask the task; none of them branches on its type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from cnnlab.config import HeadConfig, Section
+
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
+
+
+class TaskSection(Section):
+    """Fields every task has; a task type adds its own and a `type` literal (its tag)."""
+
+    target: str  # a target the dataset provides (fashion_mnist: label, ink)
+    weight: float = Field(1.0, ge=0.0)  # lambda: the task's weight in the summed loss
+    head: HeadConfig = HeadConfig()
+
+
+@dataclass
+class TargetInfo:
+    """What a head needs to know about its target, learnt from the training split."""
+
+    classes: list[str] | None = None  # names of a categorical target's classes
+    mean: float = 0.0  # a standardized target's training mean and std
+    std: float = 1.0
+
+
+class Task:
+    """One output of the multi-task model, named in the recipe (`tasks.<name>`)."""
+
+    config: ClassVar[type[TaskSection]]
+    metrics: ClassVar[tuple[str, ...]]  # per-epoch metric names, "loss" first
+    maximize: ClassVar[frozenset[str]] = frozenset()  # metrics that improve upwards
+    headline: ClassVar[tuple[str, ...]] = ()  # worth a glance on each epoch's line
+    step_metrics: ClassVar[tuple[str, ...]] = ()  # what the training meter sums per step
+    figures: ClassVar[tuple[str, ...]] = ()  # figure families that apply (`cnnlab figures`)
+
+    def __init__(self, name: str, cfg: Any):
+        self.name, self.cfg = name, cfg
+        self.info = TargetInfo()
+
+    @property
+    def target(self) -> str:
+        return self.cfg.target
+
+    def fit(self, classes: list[str] | None, values: Callable[[], torch.Tensor] | None) -> None:
+        """Learn what the head needs: `classes` of a categorical target (None otherwise);
+        `values()` gives the training split's targets, or is None when the statistics
+        come with the weights (a checkpoint)."""
+        self.info = TargetInfo(classes=classes)
+
+    def head(self, in_features: int) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step_sums(self, pred: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
+        """Per-step batch means, one per `step_metrics`; no host sync."""
+        raise NotImplementedError
+
+    def from_step_means(self, means: list[float]) -> dict[str, float]:
+        """The epoch's metrics from the means of `step_sums` over its images."""
+        return dict(zip(self.step_metrics, means, strict=True))
+
+    def epoch_metrics(self) -> MetricCollection:
+        """The detailed metrics of validation and test, accumulated on the device."""
+        raise NotImplementedError
+
+    def caption(
+        self, truth: torch.Tensor, pred: torch.Tensor, short: Callable[[str], str] = str
+    ) -> tuple[str, bool]:
+        """Text under one image of a prediction grid (names passed through `short`), and
+        whether the prediction is wrong."""
+        raise NotImplementedError

@@ -1,0 +1,84 @@
+"""Classification: logits per class, cross-entropy, accuracy and macro precision/recall/F1."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models.heads import MLPHead
+from cnnlab.tasks.base import TargetInfo, Task, TaskSection
+
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
+
+
+class ClassificationConfig(TaskSection):
+    type: Literal["classification"] = "classification"
+    loss: Literal["cross_entropy"] = "cross_entropy"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # 0.1: the true class gets 0.9 + 0.01
+
+
+class ClassificationHead(MLPHead):
+    """Logits (B, num_classes)."""
+
+    def decode(self, out: torch.Tensor) -> torch.Tensor:
+        return out.argmax(dim=1)
+
+
+class Classification(Task):
+    config = ClassificationConfig
+    metrics = ("loss", "accuracy", "precision", "recall", "f1")
+    maximize = frozenset({"accuracy", "precision", "recall", "f1"})
+    headline = ("accuracy", "f1")
+    step_metrics = ("accuracy",)
+    figures = ("confusion",)
+
+    def fit(self, classes: list[str] | None, values: Callable[[], torch.Tensor] | None) -> None:
+        if not classes:
+            raise CnnlabError(
+                f"tasks.{self.name}: target {self.target!r} is not categorical; classify a "
+                "target with classes, or make this task type: regression"
+            )
+        self.info = TargetInfo(classes=list(classes))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.info.classes or ())
+
+    def head(self, in_features: int) -> nn.Module:
+        return ClassificationHead(in_features, self.num_classes, self.cfg.head)
+
+    def loss(self, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out.float(), target, label_smoothing=self.cfg.label_smoothing)
+
+    def step_sums(self, pred: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
+        return [(pred == target).float().mean()]
+
+    def epoch_metrics(self) -> MetricCollection:
+        import torchmetrics  # imported when a meter is built: a recipe check needs no metrics
+
+        kw = {"num_classes": self.num_classes, "validate_args": False}
+        c = torchmetrics.classification
+        return torchmetrics.MetricCollection(
+            {
+                "accuracy": c.MulticlassAccuracy(average="micro", **kw),
+                "precision": c.MulticlassPrecision(average="macro", **kw),
+                "recall": c.MulticlassRecall(average="macro", **kw),
+                "f1": c.MulticlassF1Score(average="macro", **kw),
+            }
+        )
+
+    def caption(
+        self, truth: torch.Tensor, pred: torch.Tensor, short: Callable[[str], str] = str
+    ) -> tuple[str, bool]:
+        names = self.info.classes or []
+        t, p = int(truth), int(pred)
+        if t == p:
+            return short(names[t]), False
+        return f"✗ {short(names[p])}\n(true {short(names[t])})", True
