@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from cnnlab.tasks import headline_metrics
+
 # soft_wrap: a line is printed whole, never broken at 80 columns when the output is a log
 # file, CI or `| tee` (rich's width when it cannot ask a terminal).
 console = Console(highlight=False, soft_wrap=True)
@@ -19,7 +21,8 @@ class EpochProgress:
     """A rich progress bar for one epoch with live loss and images/s; silent if disabled."""
 
     def __init__(self, epoch: int, epochs: int, steps: int, start: int, enabled: bool = True):
-        self.enabled = enabled
+        # A live bar belongs on a terminal; in a log it only leaves blank lines behind.
+        self.enabled = enabled and console.is_terminal
         self.last = 0.0
         if enabled:
             self.bar = Progress(
@@ -74,8 +77,9 @@ class EpochProgress:
 
 
 def _headline(key: str) -> bool:
-    """The metrics worth a glance: total loss, accuracy, F1, RMSE (not every per-task loss)."""
-    return key.endswith((".accuracy", ".f1", ".rmse")) or key.count(".") == 1
+    """The metrics worth a glance: the total loss and each task type's `headline` metrics
+    (accuracy, F1, RMSE), not every per-task loss."""
+    return key.count(".") == 1 or key.rsplit(".", 1)[-1] in headline_metrics()
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

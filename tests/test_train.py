@@ -255,8 +255,9 @@ def test_output_outside_a_terminal_keeps_one_line_per_epoch(tmp_path):
     out = run_cli("train", str(DEMO), *(a for s in sets for a in ("--set", s)))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    epochs = [line for line in lines if line.startswith("epoch ")]
-    assert len(epochs) == 2, out.stdout
+    epochs = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
+    assert len(epochs) == 2 and epochs[1] == epochs[0] + 1, out.stdout  # no blank line between
+    epochs = [lines[i] for i in epochs]
     assert all("val.cls.accuracy" in e and "val.ink.rmse" in e and "img/s" in e for e in epochs)
     assert re.search(r"^\| test\.cls\.accuracy \| 0\.\d{4} \|$", out.stdout, re.M), out.stdout
     assert any(line.startswith("precision: ") for line in lines)
