@@ -60,8 +60,8 @@ readme-images: browser $(if $(RUN),$(STAMP),data)
 	$(PY) -m docs.readme_images $(RUN)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff format --check cnnlab tests benchmarks
-	$(VENV)/bin/ruff check cnnlab tests benchmarks
+	$(VENV)/bin/ruff format --check cnnlab tests benchmarks docs
+	$(VENV)/bin/ruff check cnnlab tests benchmarks docs
 
 bench: data
 	$(PY) benchmarks/throughput.py
