@@ -195,6 +195,50 @@ def figures() -> None:
         typer.echo(f"{name:<18} {doc}")
 
 
+@app.command()
+def count(
+    recipe: str = typer.Argument(..., help="recipe YAML file or shipped recipe name"),
+    set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value"),
+    input_shape: str | None = typer.Option(
+        None, "--input", help="CxHxW, e.g. 3x224x224 (default: the data's image shape)"
+    ),
+) -> None:
+    """Per layer: output shape, parameters and MACs (measured two ways); seed 002's formulas."""
+    from cnnlab.count import count_recipe, first_classifier, outside, parse_input, seed002_terms
+    from cnnlab.progress import print_table
+    from cnnlab.recipe import load_recipe
+
+    parsed = load_recipe(recipe_file(recipe), set_)
+    shape = parse_input(input_shape) if input_shape else None
+    model, shape, costs = count_recipe(parsed, shape)
+    rows = [
+        [c.name, c.kind, "×".join(map(str, c.shape)), f"{c.params:,}", f"{c.macs:,}",
+         f"{c.counted_macs:,}"]
+        for c in costs
+    ]  # fmt: skip
+    total = sum(p.numel() for p in model.parameters())
+    macs, counted = sum(c.macs for c in costs), sum(c.counted_macs for c in costs)
+    rows.append(["total", "", "", f"{total:,}", f"{macs:,}", f"{counted:,}"])
+    header = ["layer", "kind", "output", "parameters", "MACs (shapes)", "MACs (FLOP counter)"]
+    print_table(header, rows, f"{parsed.name}: one {'×'.join(map(str, shape))} image")
+    task = first_classifier(parsed)
+    try:
+        terms = seed002_terms(costs, model, shape, task) if task else []
+    except CnnlabError as err:
+        typer.echo(f"seed 002's formulas do not apply: {err}")
+        return
+    if terms:
+        header = ["layer", "", "seed 002's formula", "measured", "agrees"]
+        rows = [
+            [t.layer, t.what, f"{t.formula:,.0f}", f"{t.measured:,}",
+             "yes" if t.agrees else f"no: {t.why or 'differs'}"]
+            for t in terms
+        ]  # fmt: skip
+        print_table(header, rows, "seed 002's closed forms at the same sizes")
+        extra = ", ".join(f"{c.name} {c.params:,}" for c in outside(costs, terms, task))
+        typer.echo(f"parameters outside seed 002's formulas: {extra or 'none'}")
+
+
 def main() -> None:
     try:
         code = app(standalone_mode=False)
