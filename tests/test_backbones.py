@@ -14,7 +14,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import BACKBONES, Backbone, create_backbone, tagged_by_backbone
 from cnnlab.models.cnn import CNNConfig
 from cnnlab.recipe import load_recipe
-from cnnlab.viz.hooks import forward_hooks
+from cnnlab.viz.hooks import feature_blocks, forward_hooks
 from tests.conftest import DEMO
 
 # ------------------------------------------------------------------------ registry
@@ -110,3 +110,10 @@ def test_stage_names_are_the_modules_that_output_the_maps():
     assert list(hooked) == [s.name for s in backbone.feature_info]
     for fmap, got in zip(maps, hooked.values(), strict=True):
         assert torch.equal(fmap, got)
+    # the figures show the same stages, in the same order
+    assert list(feature_blocks(backbone).values()) == list(stages.values())
+
+
+def test_figures_refuse_a_backbone_without_stages():
+    with pytest.raises(CnnlabError, match="Sequential has no feature_info"):
+        feature_blocks(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)))
