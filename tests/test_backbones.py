@@ -7,6 +7,7 @@ from typing import Literal
 
 import pytest
 import torch
+import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from cnnlab.config import Section
@@ -15,7 +16,7 @@ from cnnlab.models import BACKBONES, Backbone, create_backbone, tagged_by_backbo
 from cnnlab.models.cnn import CNNConfig
 from cnnlab.recipe import load_recipe
 from cnnlab.viz.hooks import feature_blocks, forward_hooks
-from tests.conftest import DEMO
+from tests.conftest import DEMO, run_cli
 
 # ------------------------------------------------------------------------ registry
 
@@ -117,3 +118,18 @@ def test_stage_names_are_the_modules_that_output_the_maps():
 def test_figures_refuse_a_backbone_without_stages():
     with pytest.raises(CnnlabError, match="Sequential has no feature_info"):
         feature_blocks(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_backbones_command_lists_each_with_its_keys_and_defaults():
+    out = run_cli("backbones")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    for name, entry in BACKBONES.items():
+        (i,) = [i for i, line in enumerate(lines) if line.split()[:1] == [name]]
+        assert entry.doc in lines[i]
+        section = yaml.safe_load(lines[i + 1].strip())["model"]  # a recipe's model section
+        assert list(section) == list(entry.config.model_fields)
+        assert entry.config.model_validate(section) == entry.config()
