@@ -3,6 +3,7 @@ backbone reports, checked against the maps it really computes."""
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import pytest
@@ -67,7 +68,54 @@ def test_two_configs_are_told_apart_by_backbone():
     assert "'cnn', 'other'" in err.value.errors()[0]["msg"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="recipe.py's error walker (_tag, describe_error) knows the tasks' `type` tag only; "
+    "with a second backbone it must learn `backbone`, or model errors read model.cnn.<key>",
+)
+def test_with_two_backbones_model_errors_still_read_as_written(monkeypatch):
+    import cnnlab.recipe as recipe_module
+
+    class TwoBackbones(recipe_module.Recipe):
+        model: tagged_by_backbone([CNNConfig, _Other]) = CNNConfig()
+
+    monkeypatch.setattr(recipe_module, "Recipe", TwoBackbones)
+    assert load_recipe(DEMO, ["model={backbone: other}"]).model == _Other()
+    cnn_keys = ", ".join(CNNConfig.model_fields)
+    with pytest.raises(
+        CnnlabError, match=re.escape(f"'model.blokcs'; valid keys here: {cnn_keys}") + "$"
+    ):
+        load_recipe(DEMO, ["model.blokcs=2"])
+    with pytest.raises(CnnlabError, match=r"model\.backbone = 'vit': choose one of: cnn, other$"):
+        load_recipe(DEMO, ["model.backbone=vit"])
+
+
 # -------------------------------------------------------------------- feature stages
+
+
+def check_stages(backbone: Backbone, x: torch.Tensor) -> list[torch.Tensor]:
+    """The maps of forward_intermediates have the shapes feature_info gives; the others agree."""
+    n, _, h, w = x.shape
+    maps = backbone.forward_intermediates(x)
+    assert len(maps) == len(backbone.feature_info) >= 1
+    for fmap, info in zip(maps, backbone.feature_info, strict=True):
+        assert fmap.shape == (n, info.channels, h // info.stride, w // info.stride)
+        if h % info.stride == 0:  # an exact reduction: the stride is the size ratio
+            assert h / fmap.shape[-2] == info.stride
+    strides = [info.stride for info in backbone.feature_info]
+    assert strides == sorted(strides)
+    assert torch.equal(backbone.forward_features(x), maps[-1])
+    assert backbone(x).shape == (n, backbone.num_features)
+    return maps
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_backbone_reports_the_stages_it_computes(name):
+    torch.manual_seed(0)
+    for size in (28, 32):
+        for channels in (1, 3):
+            backbone = create_backbone(BACKBONES[name].config(), channels, (size, size)).eval()
+            check_stages(backbone, torch.randn(2, channels, size, size))
 
 
 @pytest.mark.parametrize("pool", [1, 2, 3])
@@ -84,16 +132,9 @@ def test_feature_info_matches_the_maps(pool, blocks, global_pool):
                 continue
             backbone = create_backbone(cfg, channels, (size, size)).eval()
             x = torch.randn(2, channels, size, size)
-            maps = backbone.forward_intermediates(x)
-            assert len(maps) == len(backbone.feature_info) == blocks
-            for fmap, info in zip(maps, backbone.feature_info, strict=True):
-                assert fmap.shape == (2, info.channels, size // info.stride, size // info.stride)
-                if size % info.stride == 0:  # an exact reduction: the stride is the ratio
-                    assert size / fmap.shape[-1] == info.stride
-            strides = [info.stride for info in backbone.feature_info]
-            assert strides == sorted(strides) and strides[0] == pool
+            maps = check_stages(backbone, x)
+            assert len(maps) == blocks and backbone.feature_info[0].stride == pool
             assert [m.shape[1] for m in maps] == cfg.block_filters()
-            assert torch.equal(backbone.forward_features(x), maps[-1])
             pooled = maps[-1].mean((2, 3)) if global_pool else maps[-1].flatten(1)
             out = backbone(x)
             assert out.shape == (2, backbone.num_features)
