@@ -71,6 +71,20 @@ def datasets() -> None:
 
 
 @app.command()
+def backbones() -> None:
+    """List the backbones a recipe's model.backbone can name, each with its keys and defaults."""
+    import yaml
+
+    from cnnlab.models import BACKBONES
+
+    for name, entry in BACKBONES.items():
+        typer.echo(f"{name:<10} {entry.doc}")
+        section = {"model": entry.config().model_dump(mode="json")}
+        flow = yaml.safe_dump(section, default_flow_style=True, sort_keys=False, width=10**6)
+        typer.echo(f"{'':<10} {flow.strip()[1:-1]}")  # model: {backbone: cnn, blocks: 3, ...}
+
+
+@app.command()
 def fetch(
     source: str = typer.Argument(..., help="data source name (cnnlab datasets)"),
     root: str | None = typer.Option(None, help="the one folder to read, as data.root"),

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, PositiveInt, ValidationError, model_valid
 
 from cnnlab.config import Section
 from cnnlab.errors import CnnlabError
+from cnnlab.models import ModelConfig
 from cnnlab.models.cnn import CNNConfig
 from cnnlab.tasks import TASKS, TaskConfig, metric_goal, task_class
 
@@ -145,7 +146,7 @@ class Recipe(Section):
     seed: int = 0
     output_dir: str = "runs"
     data: DataConfig = DataConfig()
-    model: CNNConfig = CNNConfig()
+    model: ModelConfig = CNNConfig()  # `backbone` picks the section; cnnlab backbones
     tasks: dict[str, TaskConfig | None]
     train: TrainConfig = TrainConfig()
     log: LogConfig = LogConfig()  # optional dashboards; metrics.jsonl is always written

@@ -1,17 +1,20 @@
 """Backbones by name, and the multi-task model that joins a backbone with its heads.
 
-A new backbone is one file and one entry in BACKBONES; heads attach to its
-`forward(x) -> (B, num_features)`. Each task builds its own head (`cnnlab/tasks/`).
+A new backbone is one file (its config section and its `Backbone` subclass) and one entry in
+BACKBONES; the recipe's `model.backbone` picks it. Heads attach to its
+`forward(x) -> (B, num_features)`; each task builds its own head (`cnnlab/tasks/`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from typing import Annotated, Any, NamedTuple, Protocol, Union
 
 import torch
+from pydantic import Discriminator, Tag
 from torch import nn
 
+from cnnlab.config import Section
+from cnnlab.models.base import Backbone, FeatureInfo
 from cnnlab.models.cnn import CNN, CNNConfig
 
 
@@ -21,19 +24,47 @@ class HeadMaker(Protocol):
     def head(self, in_features: int) -> nn.Module: ...
 
 
-BACKBONES: dict[str, tuple[Callable[..., nn.Module], str]] = {
-    "cnn": (CNN, "configurable Conv-BN-Act-Pool blocks (seeds 000-003)"),
+class BackboneEntry(NamedTuple):
+    module: type[Backbone]  # built as module(cfg, in_channels, image_size)
+    config: type[Section]  # its `model` section, with `backbone: Literal["<name>"]`
+    doc: str  # one line for `cnnlab backbones`
+
+
+BACKBONES: dict[str, BackboneEntry] = {
+    "cnn": BackboneEntry(CNN, CNNConfig, "configurable Conv-BN-Act-Pool blocks (seeds 000-003)"),
 }
 
 
+def tagged_by_backbone(configs: list[type[Section]]) -> Any:
+    """The configs as one type told apart by their `backbone` key; a `model` section without
+    one is the first config's, as a recipe that leaves `backbone` out is a cnn today.
+    Pydantic refuses a tagged union of one member, so a single config stands alone: its
+    `backbone: Literal[...]` then names the one choice in the error."""
+    if len(configs) == 1:
+        return configs[0]
+    tags = [c.model_fields["backbone"].default for c in configs]
+
+    def pick(value: Any) -> str | None:
+        if isinstance(value, dict):
+            return value.get("backbone", tags[0])
+        return getattr(value, "backbone", None)
+
+    members = tuple(Annotated[c, Tag(t)] for c, t in zip(configs, tags, strict=True))
+    return Annotated[Union[members], Discriminator(pick)]  # noqa: UP007 (built at run time)
+
+
+# The recipe's `model` section: one config per backbone, told apart by `backbone`.
+ModelConfig = tagged_by_backbone([b.config for b in BACKBONES.values()])
+
+
 def list_backbones() -> dict[str, str]:
-    return {name: doc for name, (_, doc) in BACKBONES.items()}
+    return {name: b.doc for name, b in BACKBONES.items()}
 
 
 class MultiTaskModel(nn.Module):
     """A shared backbone and one head per task; forward returns {task: raw output}."""
 
-    def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module]):
+    def __init__(self, backbone: Backbone, heads: dict[str, nn.Module]):
         super().__init__()
         self.backbone = backbone
         self.heads = nn.ModuleDict(heads)
@@ -50,18 +81,35 @@ class MultiTaskModel(nn.Module):
         return {name: self.heads[name].decode(out) for name, out in self.forward(x).items()}
 
 
+def create_backbone(cfg: Section, in_channels: int, image_size: tuple[int, int]) -> Backbone:
+    """The backbone the `model` section names by its `backbone` key."""
+    return BACKBONES[cfg.backbone].module(cfg, in_channels, image_size)
+
+
 def create_model(
-    cfg: CNNConfig,
+    cfg: Section,
     in_channels: int,
     image_size: tuple[int, int],
     tasks: dict[str, HeadMaker],
     channels_last: bool = True,
 ) -> MultiTaskModel:
     """The backbone `cfg` names with one head per task (each task knows its target by now)."""
-    build, _ = BACKBONES[cfg.backbone]
-    backbone = build(cfg, in_channels, image_size)
+    backbone = create_backbone(cfg, in_channels, image_size)
     heads = {name: task.head(backbone.num_features) for name, task in tasks.items()}
     model = MultiTaskModel(backbone, heads)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "BackboneEntry",
+    "FeatureInfo",
+    "ModelConfig",
+    "MultiTaskModel",
+    "create_backbone",
+    "create_model",
+    "list_backbones",
+]

@@ -10,10 +10,13 @@ from torch import nn
 
 from cnnlab.config import Activation, Section
 from cnnlab.errors import CnnlabError
+from cnnlab.models.base import Backbone, FeatureInfo
 from cnnlab.models.layers import create_act, init_kaiming
 
 
 class CNNConfig(Section):
+    """The `model` section of a recipe with `backbone: cnn`."""
+
     backbone: Literal["cnn"] = "cnn"
     blocks: int = Field(3, ge=1, le=8)  # Conv-(BN)-Act-Pool blocks
     filters: list[PositiveInt] | None = None  # per block; overrides base_filters + filter_org
@@ -71,8 +74,8 @@ class ConvBlock(nn.Sequential):
         super().__init__(*layers)
 
 
-class CNN(nn.Module):
-    """Backbone with timm's split: `forward_features` gives (B, C, H, W) from the last block."""
+class CNN(Backbone):
+    """Plain stacked blocks; a stage is one ConvBlock, so `blocks.i` gives stage i's map."""
 
     def __init__(self, cfg: CNNConfig, in_channels: int, image_size: tuple[int, int]):
         super().__init__()
@@ -91,15 +94,20 @@ class CNN(nn.Module):
                 f"model.blocks: {cfg.blocks} blocks with pool {cfg.pool} shrink a "
                 f"{image_size[0]}x{image_size[1]} image to nothing; use fewer blocks or pool: 1"
             )
+        self.feature_info = [
+            FeatureInfo(f"blocks.{i}", filters[i], cfg.pool ** (i + 1)) for i in range(cfg.blocks)
+        ]
         self.feature_shape = (filters[-1], h, w)  # output of forward_features
         self.num_features = filters[-1] * (1 if cfg.global_pool else h * w)  # input of the heads
         if cfg.init == "kaiming":
             init_kaiming(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        maps = []
         for block in self.blocks:
-            x = block(x)
-        return x
+            x = block(x)  # (B, filters[i], H // pool**(i+1), W // pool**(i+1))
+            maps.append(x)
+        return maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.flatten(self.pool(self.forward_features(x)))  # (B, num_features)

@@ -105,21 +105,13 @@ def last_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
 
 
 def feature_blocks(model: nn.Module) -> dict[str, nn.Module]:
-    """The stages whose outputs are "feature maps": `backbone.blocks` when the backbone
-    has them (cnn, and the ResNet stages to come), else every top-level child holding a
-    convolution."""
+    """The stages whose outputs are "feature maps": the modules the backbone's
+    `feature_info` names (cnnlab/models/base.py), labelled block 1, block 2, ..."""
     backbone = backbone_of(model)
-    blocks = getattr(backbone, "blocks", None)
-    if isinstance(blocks, nn.ModuleList | nn.Sequential):
-        return {f"block {i + 1}": b for i, b in enumerate(blocks)}
-    found = {
-        name: child
-        for name, child in backbone.named_children()
-        if any(isinstance(m, nn.Conv2d) for m in child.modules())
-    }
-    if not found:
-        raise CnnlabError(f"{type(backbone).__name__} has no convolutional blocks to show")
-    return found
+    stages = getattr(backbone, "feature_info", None)
+    if not stages:
+        raise CnnlabError(f"{type(backbone).__name__} has no feature_info: no stages to show")
+    return {f"block {i + 1}": backbone.get_submodule(s.name) for i, s in enumerate(stages)}
 
 
 def activation_layers(model: nn.Module) -> dict[str, nn.Module]:
