@@ -341,10 +341,11 @@ def describe_error(err: dict) -> str:
             return f"{key} is missing: the list is too short"
         return f"missing key {key!r}"
     if err["type"] in ("union_tag_invalid", "union_tag_not_found"):  # e.g. tasks.x.type
+        tag_key = next((k for k in TAG_KEYS if any(k in c.model_fields for c in sections)), "type")
         tags = ", ".join(t for t in (_tag(c) for c in sections) if t)
         given = err.get("input") if isinstance(err.get("input"), dict) else {}
-        got = f" = {given['type']!r}" if given.get("type") is not None else " is missing"
-        return f"{key}.type{got}: choose one of: {tags}"
+        got = f" = {given[tag_key]!r}" if given.get(tag_key) is not None else " is missing"
+        return f"{key}.{tag_key}{got}: choose one of: {tags}"
     msg = err["msg"].removeprefix("Value error, ")
     if "input" in err and err["type"] != "value_error":
         return f"{key} = {err['input']!r}: {msg}"
@@ -381,10 +382,18 @@ def _sections_in(annotation: Any) -> list[type[BaseModel]]:
     return [c for arg in get_args(annotation) for c in _sections_in(arg)]
 
 
+# The keys that pick a member of a tagged section: tasks.<name>.type, model.backbone,
+# data.source. Pydantic puts the chosen member's tag into an error's location.
+TAG_KEYS = ("type", "backbone", "source")
+
+
 def _tag(section: type[BaseModel]) -> str | None:
-    """The `type` a member of a tagged union answers to."""
-    field = section.model_fields.get("type")
-    return field.default if field is not None and isinstance(field.default, str) else None
+    """The name a member of a tagged union answers to (its tag key's default)."""
+    for key in TAG_KEYS:
+        field = section.model_fields.get(key)
+        if field is not None and isinstance(field.default, str):
+            return field.default
+    return None
 
 
 def _field_names(sections: list[type[BaseModel]]) -> list[str]:

@@ -68,11 +68,6 @@ def test_two_configs_are_told_apart_by_backbone():
     assert "'cnn', 'other'" in err.value.errors()[0]["msg"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="recipe.py's error walker (_tag, describe_error) knows the tasks' `type` tag only; "
-    "with a second backbone it must learn `backbone`, or model errors read model.cnn.<key>",
-)
 def test_with_two_backbones_model_errors_still_read_as_written(monkeypatch):
     import cnnlab.recipe as recipe_module
 
