@@ -37,7 +37,7 @@ def test_an_unknown_backbone_is_one_line_naming_the_choices():
         load_recipe(DEMO, ["model.backbone=resnet9"])
     msg = str(err.value)
     assert "\n" not in msg and "model.backbone = 'resnet9'" in msg
-    assert all(f"'{name}'" in msg for name in BACKBONES)
+    assert msg.endswith(f"choose one of: {', '.join(BACKBONES)}")
 
 
 def test_an_unknown_model_key_names_the_backbones_own_keys():

@@ -45,7 +45,7 @@ def view(report_run) -> RunView:
 def test_every_figure_on_every_backbone(backbone, tiny, tmp_path, report_run):
     # The shared run already is a cnn: no second training for it.
     shared = backbone == "cnn"
-    path = report_run[0] if shared else train(tiny(f"model.backbone={backbone}")).path
+    path = report_run[0] if shared else train(tiny(f"model={{backbone: {backbone}}}")).path
     view = RunView(path)
     for name in FIGURES:
         charts = make_charts(view, name)

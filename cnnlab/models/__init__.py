@@ -16,6 +16,7 @@ from torch import nn
 from cnnlab.config import Section
 from cnnlab.models.base import Backbone, FeatureInfo
 from cnnlab.models.cnn import CNN, CNNConfig
+from cnnlab.models.resnet import PlainNetConfig, ResNet, ResNetConfig
 
 
 class HeadMaker(Protocol):
@@ -32,6 +33,10 @@ class BackboneEntry(NamedTuple):
 
 BACKBONES: dict[str, BackboneEntry] = {
     "cnn": BackboneEntry(CNN, CNNConfig, "configurable Conv-BN-Act-Pool blocks (seeds 000-003)"),
+    "resnet": BackboneEntry(
+        ResNet, ResNetConfig, "CIFAR ResNet(n), depth 6n+2, option-A shortcuts (seed 004)"
+    ),
+    "plainnet": BackboneEntry(ResNet, PlainNetConfig, "ResNet(n) without shortcuts (seed 004)"),
 }
 
 
