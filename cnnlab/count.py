@@ -105,6 +105,13 @@ def seed002_terms(
     conv i: m_i (k² m_{i-1} + 1) parameters and 2 k² W_{i-1}² m_{i-1} m_i computations with
     W_i = I / 2^i; dense: (D² m_L + 1) n and 2 D² m_L n with D = I / 2^L; output: C (n + 1)
     and 2 n C (seed 002 wrote C = 10)."""
+    from cnnlab.models.cnn import CNN
+
+    if not isinstance(model.backbone, CNN):
+        raise CnnlabError(
+            "they describe seed 002's plain CNN (conv-activation-pool blocks, one dense layer); "
+            f"this model's backbone is a {type(model.backbone).__name__}"
+        )
     convs = [c for c in costs if c.kind == "Conv2d" and c.name.startswith("backbone.")]
     linears = [c for c in costs if c.kind == "Linear" and c.name.startswith(f"heads.{task}.")]
     if len(linears) != 2 or not convs:

@@ -88,3 +88,10 @@ def test_cli_count_prints_the_layers_and_the_formulas():
     assert f"| total |  |  | {params:,} |" in out.stdout
     assert out.stdout.count("| yes |") == 14 and "| no:" not in out.stdout
     assert "parameters outside seed 002's formulas: none" in out.stdout
+
+
+def test_formulas_are_for_the_plain_cnn_only():
+    recipe = load_recipe(DEMO, ["model={backbone: resnet, n: 1}", "tasks.ink=null"])
+    model, shape, costs = count_recipe(recipe, (3, 32, 32))
+    with pytest.raises(CnnlabError, match="this model's backbone is a ResNet"):
+        seed002_terms(costs, model, shape, "cls")
