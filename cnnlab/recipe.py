@@ -1,10 +1,10 @@
 """The recipe: one typed document assembled from every component's own section.
 
-Tasks define their sections in `cnnlab/tasks/`, the CNN in `cnnlab/models/cnn.py`, all on
-the base in `cnnlab/config.py`; this module puts them together with the data, train and log
-sections, and sits above them all. A recipe is YAML validated before anything runs. Unknown
-keys are errors (a typo must stop the run, not be ignored), and every error is reported as
-one line naming the key, the value and what is allowed.
+Tasks define their sections in `cnnlab/tasks/`, sources theirs in `cnnlab/data/`, the CNN in
+`cnnlab/models/cnn.py`, all on the base in `cnnlab/config.py`; this module puts them together
+with the train and log sections, and sits above them all. A recipe is YAML validated before
+anything runs. Unknown keys are errors (a typo must stop the run, not be ignored), and every
+error is reported as one line naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -14,9 +14,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    Discriminator,
+    Field,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
 from cnnlab.config import Section
+from cnnlab.data import DataConfig, default_data
 from cnnlab.errors import CnnlabError
 from cnnlab.models import ModelConfig
 from cnnlab.models.cnn import CNNConfig
@@ -24,23 +33,6 @@ from cnnlab.tasks import TASKS, TaskConfig, metric_goal, task_class
 
 # List items are checked one by one: a size of 0 or -5 must stop here, not inside torch.
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # Adam's running-average decay rates
-
-
-# --------------------------------------------------------------------------- data
-
-
-class AugmentConfig(Section):
-    hflip: bool = True  # random horizontal flip, p = 0.5 per image
-    translate: int = Field(2, ge=0, le=16)  # max shift in pixels (pad-and-crop); 0 = off
-
-
-class DataConfig(Section):
-    source: str = "fashion_mnist"  # a name from `cnnlab datasets`
-    root: str | None = None  # the one folder read when given; None: $CNNLAB_DATA, else search
-    val_fraction: float = Field(0.1, gt=0.0, lt=0.9)  # stratified, carved from the training set
-    train_subset: int | None = Field(None, ge=10)  # keep a stratified subset of training images
-    test_subset: int | None = Field(None, ge=10)  # keep the first N test images (quick checks)
-    augment: AugmentConfig = AugmentConfig()
 
 
 # -------------------------------------------------------------------------- train
@@ -145,7 +137,7 @@ class Recipe(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.\-]+$")  # run folder prefix
     seed: int = 0
     output_dir: str = "runs"
-    data: DataConfig = DataConfig()
+    data: DataConfig = default_data()  # the section of the source `data.source` names
     model: ModelConfig = CNNConfig()  # `backbone` picks the section; cnnlab backbones
     tasks: dict[str, TaskConfig | None]
     train: TrainConfig = TrainConfig()
@@ -328,6 +320,10 @@ def dump_recipe(recipe: Recipe) -> str:
 
 # ----------------------------------------------------------------- error messages
 
+# The keys that pick a tagged union's member: tasks.<name>.type, model.backbone, data.source.
+# Pydantic puts the chosen member's tag into an error's location.
+TAG_FIELDS = ("type", "backbone", "source")
+
 
 def describe_error(err: dict) -> str:
     """One line for one pydantic error: key path, offending value, what is allowed."""
@@ -340,23 +336,32 @@ def describe_error(err: dict) -> str:
         if isinstance(err["loc"][-1], int):  # a tuple given too few items
             return f"{key} is missing: the list is too short"
         return f"missing key {key!r}"
-    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):  # e.g. tasks.x.type
-        tag_key = next((k for k in TAG_KEYS if any(k in c.model_fields for c in sections)), "type")
-        tags = ", ".join(t for t in (_tag(c) for c in sections) if t)
-        given = err.get("input") if isinstance(err.get("input"), dict) else {}
-        got = f" = {given[tag_key]!r}" if given.get(tag_key) is not None else " is missing"
-        return f"{key}.{tag_key}{got}: choose one of: {tags}"
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):  # tasks.x.type, data.source
+        return _tag_problem(key, err, sections)
     msg = err["msg"].removeprefix("Value error, ")
     if "input" in err and err["type"] != "value_error":
         return f"{key} = {err['input']!r}: {msg}"
     return f"{key}: {msg}"
 
 
+def _tag_problem(key: str, err: dict, sections: list[type[BaseModel]]) -> str:
+    """An unknown or missing tag of a tagged union: `tasks.x.type`, `model.backbone`, ..."""
+    name = next((n for n in TAG_FIELDS if any(n in c.model_fields for c in sections)), "type")
+    tags = ", ".join(t for t in (_tag(c) for c in sections) if t)
+    given = err.get("input") if isinstance(err.get("input"), dict) else {}
+    if given.get(name) is None:
+        return f"{key}.{name} is missing: choose one of: {tags}"
+    if name == "source":
+        return f"{key}.source {given[name]!r} is unknown; choose one of: {tags}"
+    return f"{key}.{name} = {given[name]!r}: choose one of: {tags}"
+
+
 def _walk(loc: tuple) -> tuple[str, list[type[BaseModel]]]:
     """The key path as a user writes it (`model.filters[0]`, `tasks.cls.head`) and the
     section class(es) it ends in. Pydantic puts a tagged union's tag into the location
-    (`tasks.cls.classification.head`): it is left out of the key and picks the member."""
-    key, sections = "", [Recipe]
+    (`tasks.cls.classification.head`, `data.fashion_mnist.root`): it is left out of the key
+    and picks the member, even where the union has a single member."""
+    key, sections, union = "", [Recipe], False
     for part in loc:
         if isinstance(part, int):
             key += f"[{part}]"
@@ -364,15 +369,25 @@ def _walk(loc: tuple) -> tuple[str, list[type[BaseModel]]]:
         if str(part).startswith("function-"):
             continue
         tagged = [c for c in sections if _tag(c) == part]
-        if len(sections) > 1 and tagged:
-            sections = tagged
+        if union and tagged:
+            sections, union = tagged, False
             continue
         key += f".{part}" if key else str(part)
         fields = {name: f for c in sections for name, f in c.model_fields.items()}
         if part in fields:
             sections = _sections_in(fields[part].annotation)
+            union = _is_tagged(fields[part].annotation) or _is_tagged(fields[part])
         # else: a dict key (a task's name) or an unknown key: the sections stay
     return key or "recipe", sections
+
+
+def _is_tagged(annotation: Any) -> bool:
+    """Whether a field (or an annotation inside one) is a tagged union."""
+    if isinstance(annotation, Discriminator):
+        return True
+    if isinstance(annotation, FieldInfo):
+        return annotation.discriminator is not None or any(map(_is_tagged, annotation.metadata))
+    return any(map(_is_tagged, get_args(annotation)))
 
 
 def _sections_in(annotation: Any) -> list[type[BaseModel]]:
@@ -382,15 +397,10 @@ def _sections_in(annotation: Any) -> list[type[BaseModel]]:
     return [c for arg in get_args(annotation) for c in _sections_in(arg)]
 
 
-# The keys that pick a member of a tagged section: tasks.<name>.type, model.backbone,
-# data.source. Pydantic puts the chosen member's tag into an error's location.
-TAG_KEYS = ("type", "backbone", "source")
-
-
 def _tag(section: type[BaseModel]) -> str | None:
-    """The name a member of a tagged union answers to (its tag key's default)."""
-    for key in TAG_KEYS:
-        field = section.model_fields.get(key)
+    """The name a member of a tagged union answers to: its tag key's default."""
+    for name in TAG_FIELDS:
+        field = section.model_fields.get(name)
         if field is not None and isinstance(field.default, str):
             return field.default
     return None

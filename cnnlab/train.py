@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cnnlab.data import DataInfo, describe
 from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.loggers import Loggers
@@ -73,6 +74,21 @@ class LoopState:
     elapsed: float = 0.0  # training seconds so far, over all sessions
 
 
+def check_data(recipe: Recipe) -> DataInfo:
+    """The recipe against what its source provides, from headers only (no pixel is read):
+    every task's target exists, and each task type accepts it (a classification needs a
+    categorical target)."""
+    info = describe(recipe.data)
+    for name, task in create_tasks(recipe.tasks).items():
+        if task.target not in info.targets:
+            raise CnnlabError(
+                f"tasks.{name}.target {task.target!r} is not provided by {info.source}; "
+                f"choose one of: {', '.join(info.targets)}"
+            )
+        task.fit(info.targets[task.target], None)  # classes only: statistics need the pixels
+    return info
+
+
 def train_values(splits: Splits, target: str) -> torch.Tensor:
     """Every training image's value of one target (derived ones computed batch by batch)."""
     return torch.cat([t[target] for _, t in splits.eval_batches("train", 4096, {target})])
@@ -81,8 +97,9 @@ def train_values(splits: Splits, target: str) -> torch.Tensor:
 class Trainer:
     """One run: model, optimizer, data and the loop; `fit()` trains, `test()` evaluates.
 
-    Building it loads the data and the model and settles the device and precision: every
-    check a recipe can fail happens here, before `train()` writes a run folder. `precision`
+    Building it checks the recipe against the source's description (headers only), then
+    loads the data and the model and settles the device and precision: every check a recipe
+    can fail happens here, before `train()` writes a run folder. `precision`
     overrides the recipe's (a resumed or evaluated run keeps the one it trained in)."""
 
     def __init__(
@@ -94,11 +111,15 @@ class Trainer:
     ):
         self.recipe, self.run = recipe, run
         self.on_epoch = on_epoch  # called with each epoch's metrics row (sweeps prune here)
+        self.data_info = check_data(recipe)  # a wrong target stops before any pixel is read
+        self.needed = {t.target for t in recipe.tasks.values()}
         if recipe.train.threads:
             torch.set_num_threads(recipe.train.threads)
         self.device = resolve_device(recipe.train.device)
         torch.manual_seed(recipe.seed)
-        self.splits = prepare_splits(recipe, self.device)
+        self.splits = prepare_splits(
+            recipe.data, recipe.seed, self.needed, self.device, recipe.train.channels_last
+        )
         self.tasks = create_tasks(recipe.tasks)
         for task in self.tasks.values():  # classes, or a regression target's statistics
             values = lambda t=task.target: train_values(self.splits, t)  # noqa: E731
@@ -117,7 +138,6 @@ class Trainer:
         )
         self.train_meter = EpochMeter(self.tasks, self.device, detailed=False)
         self.val_meter = EpochMeter(self.tasks, self.device)
-        self.needed = {t.target for t in recipe.tasks.values()}
         self.precision = Choice(precision, "saved") if precision else self._choose_precision(recipe)
         self.autocast = autocast_for(self.device, self.precision.precision)
         self.state = LoopState()

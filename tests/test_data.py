@@ -187,8 +187,13 @@ def test_translate_shifts_content_with_zero_fill():
     assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) > 10
 
 
+def splits_of(recipe):
+    needed = {t.target for t in recipe.tasks.values()}
+    return prepare_splits(recipe.data, recipe.seed, needed, torch.device("cpu"))
+
+
 def test_ink_follows_the_augmented_image(tiny):
-    splits = prepare_splits(tiny("data.augment.translate=4"), torch.device("cpu"))
+    splits = splits_of(tiny("data.augment.translate=4"))
     gen = torch.Generator().manual_seed(0)
     x, targets = next(splits.train_batches(64, gen, tiny().data.augment, {"label", "ink"}))
     raw = x * splits.std.view(1, -1, 1, 1) + splits.mean.view(1, -1, 1, 1)
@@ -197,7 +202,7 @@ def test_ink_follows_the_augmented_image(tiny):
 
 
 def test_splits_are_stratified_and_disjoint_from_test(tiny):
-    splits = prepare_splits(tiny(), torch.device("cpu"))
+    splits = splits_of(tiny())
     assert len(splits.train) == 1800 and len(splits.val) == 200 and len(splits.test) == 500
     assert torch.bincount(splits.val.targets["label"]).tolist() == [20] * 10
     assert 0.2 < splits.mean.item() < 0.4 and 0.3 < splits.std.item() < 0.4

@@ -1,31 +1,44 @@
-"""Data sources by name, and the split of a source into train / val / test.
+"""Data sources by name: each one's recipe section, its cheap description and its tensors.
 
-A new source is one file with a `load(root) -> Dataset` function and one entry in SOURCES.
+A new source is one file (its `DataSection` subclass, `describe`, `load`, `locate` and a
+`SOURCE` entry) and one line in SOURCES; the recipe's `data.source` picks it, and nothing
+else in cnnlab changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Annotated, Any, Union
+
+from pydantic import Discriminator, Tag
 
 from cnnlab.data import fashion_mnist
-from cnnlab.data.base import Dataset, ImageSet
+from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
 from cnnlab.errors import CnnlabError
 
-
-@dataclass(frozen=True)
-class Source:
-    load: Callable[..., Dataset]  # (root) -> Dataset
-    locate: Callable[..., dict[str, Path]]  # (root, allow_download) -> files; raises if missing
-    doc: str
-
-
 SOURCES: dict[str, Source] = {
-    "fashion_mnist": Source(
-        fashion_mnist.load, fashion_mnist.locate, "Fashion-MNIST 28x28 grayscale, 10 classes + ink"
-    ),
+    "fashion_mnist": fashion_mnist.SOURCE,
 }
+
+DEFAULT_SOURCE = "fashion_mnist"  # a data section without `source` (older recipes) reads it
+
+
+def _source_of(raw: Any) -> str | None:
+    """The tag of a data section, raw or validated."""
+    if isinstance(raw, dict):
+        return raw.get("source", DEFAULT_SOURCE)
+    return getattr(raw, "source", None)
+
+
+# The recipe's `data` section: one config per source, told apart by `source`. Pydantic
+# accepts the tagged union with a single member too, so the errors read the same with one.
+DataConfig = Annotated[
+    Union[tuple(Annotated[s.config, Tag(name)] for name, s in SOURCES.items())],  # noqa: UP007
+    Discriminator(_source_of),
+]
+
+
+def default_data() -> DataSection:
+    return SOURCES[DEFAULT_SOURCE].config()
 
 
 def get_source(name: str) -> Source:
@@ -38,8 +51,27 @@ def list_datasets() -> dict[str, str]:
     return {name: source.doc for name, source in SOURCES.items()}
 
 
+def describe(cfg: DataSection) -> DataInfo:
+    """What the recipe's source provides, from headers only: no pixel is read."""
+    return get_source(cfg.source).describe(cfg)
+
+
 def load_dataset(source: str, root: str | None = None) -> Dataset:
-    return get_source(source).load(root)
+    entry = get_source(source)
+    return entry.load(entry.config(root=root))
 
 
-__all__ = ["SOURCES", "Dataset", "ImageSet", "get_source", "list_datasets", "load_dataset"]
+__all__ = [
+    "SOURCES",
+    "DataConfig",
+    "DataInfo",
+    "DataSection",
+    "Dataset",
+    "ImageSet",
+    "Source",
+    "default_data",
+    "describe",
+    "get_source",
+    "list_datasets",
+    "load_dataset",
+]

@@ -1,16 +1,60 @@
-"""What every data source hands to the rest of cnnlab: uint8 tensors and targets."""
+"""What every data source provides: its config section, a cheap description, and uint8
+tensors with their targets.
+
+A source is one file defining a `DataSection` subclass (its `source` literal is the tag the
+recipe's `data.source` picks), a `describe(cfg) -> DataInfo` that reads headers only, and a
+`load(cfg) -> Dataset`; `cnnlab/data/__init__.py` lists it in SOURCES.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
+
+from cnnlab.config import Section
+from cnnlab.data.augment import AugmentConfig
 
 # A derived target is computed from the image the model sees, as float in [0, 1],
 # (B, C, H, W) -> (B,), so augmentation that changes it (a shift that cuts pixels off)
 # changes the target too.
 DerivedTarget = Callable[[torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------- config + description
+
+
+class DataSection(Section):
+    """Fields every source has; a source adds its own and narrows `source` to its tag."""
+
+    source: str  # a name from `cnnlab datasets`
+    root: str | None = None  # the one folder read when given; None: $CNNLAB_DATA, else search
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.9)  # stratified, carved from the training set
+    train_subset: int | None = Field(None, ge=10)  # keep a stratified subset of training images
+    test_subset: int | None = Field(None, ge=10)  # keep the first N test images (quick checks)
+    augment: AugmentConfig = AugmentConfig()
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a source provides, read from headers and metadata only (no pixels): enough to
+    check a whole recipe before a run folder is made."""
+
+    source: str
+    shape: tuple[int, int, int]  # (C, H, W) of every image
+    targets: dict[str, list[str] | None]  # name -> class names if categorical, else None
+    sizes: dict[str, int]  # images in each split the source holds, after the subsets
+    validation: Literal["carved", "given"]  # carved stratified from train, or the source's own
+
+    def categorical(self, target: str) -> bool:
+        return self.targets.get(target) is not None
+
+
+# ------------------------------------------------------------------------------ tensors
 
 
 @dataclass
@@ -32,13 +76,15 @@ class ImageSet:
 
 @dataclass
 class Dataset:
-    """A source's train and test splits plus what the tasks need to know about targets."""
+    """A source's splits plus what the tasks need to know about targets. `val` is None when
+    validation is carved from `train` (DataInfo.validation == "carved")."""
 
     name: str
     train: ImageSet
     test: ImageSet
     classes: dict[str, list[str]]  # class names of every categorical target
     derived: dict[str, DerivedTarget] = field(default_factory=dict)
+    val: ImageSet | None = None
 
     def target_names(self) -> list[str]:
         return sorted(set(self.train.targets) | set(self.derived))
@@ -48,6 +94,23 @@ class Dataset:
         for name in self.classes:
             return self.train.targets[name]
         return None
+
+
+# ------------------------------------------------------------------------------ registry
+
+
+@dataclass(frozen=True)
+class Source:
+    """One entry of SOURCES: the functions of a source's file, and what it knows."""
+
+    config: type[DataSection]  # its recipe section, tagged by `source`
+    describe: Callable[..., DataInfo]  # (cfg) -> DataInfo from headers only
+    load: Callable[..., Dataset]  # (cfg) -> Dataset, pixels and all
+    locate: Callable[..., dict[str, Path]]  # (root, allow_download) -> files; raises if missing
+    doc: str  # one line for `cnnlab datasets`
+    # Per-channel (mean, std) in [0, 1] of the dataset, where it publishes them; None: computed
+    # from the run's training split by a streaming pass (cnnlab/data/stats.py).
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 def mean_ink(images: torch.Tensor) -> torch.Tensor:

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from cnnlab.data import load_dataset
-from cnnlab.data.augment import augment
-from cnnlab.data.base import DerivedTarget, ImageSet
+from cnnlab.data import get_source
+from cnnlab.data.augment import AugmentConfig, augment
+from cnnlab.data.base import DataSection, DerivedTarget, ImageSet
 from cnnlab.data.split import stratified_split, stratified_subset
+from cnnlab.data.stats import channel_stats
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe import AugmentConfig, Recipe
 
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -78,8 +78,8 @@ class Splits:
         for step in range(start, self.steps_per_epoch(batch_size)):
             idx = perm[step * batch_size : (step + 1) * batch_size]
             x = self.train.images[idx].float().div_(255)
-            x = augment(x, aug, gen)
-            yield self.finish(x, {k: v[idx] for k, v in self.train.targets.items()}, needed)
+            x, targets = augment(x, {k: v[idx] for k, v in self.train.targets.items()}, aug, gen)
+            yield self.finish(x, targets, needed)
 
     def eval_batches(self, split: str, batch_size: int, needed: set[str]) -> Iterator[Batch]:
         data: ImageSet = getattr(self, split)
@@ -95,37 +95,48 @@ def _num_batches(n: int, batch_size: int) -> int:
     return full + (1 if rest > 1 else 0)
 
 
-def prepare_splits(recipe: Recipe, device: torch.device) -> Splits:
-    """Load the source, carve the stratified validation split, move everything to `device`."""
-    cfg = recipe.data
-    ds = load_dataset(cfg.source, cfg.root)
-    for task_name, task in recipe.tasks.items():
-        if task.target not in ds.target_names():
-            raise CnnlabError(
-                f"tasks.{task_name}.target {task.target!r} is not provided by {cfg.source}; "
-                f"choose one of: {', '.join(ds.target_names())}"
-            )
+def prepare_splits(
+    cfg: DataSection,
+    seed: int,
+    needed: set[str],
+    device: torch.device,
+    channels_last: bool = True,
+) -> Splits:
+    """Load the source, carve the stratified validation split (unless the source gives one),
+    move everything to `device`. `needed`: the targets the tasks train on."""
+    source = get_source(cfg.source)
+    ds = source.load(cfg)
+    missing = sorted(needed - set(ds.target_names()))
+    if missing:
+        raise CnnlabError(
+            f"target {missing[0]!r} is not provided by {cfg.source}; "
+            f"choose one of: {', '.join(ds.target_names())}"
+        )
     train = ds.train
     labels = ds.stratify_by()
     if cfg.train_subset:
-        sub = stratified_subset(labels, len(train), cfg.train_subset, recipe.seed)
+        sub = stratified_subset(labels, len(train), cfg.train_subset, seed)
         train = train.subset(sub)
         labels = labels[sub] if labels is not None else None
-    keep, held = stratified_split(labels, len(train), cfg.val_fraction, recipe.seed)
+    if ds.val is None:
+        keep, held = stratified_split(labels, len(train), cfg.val_fraction, seed)
+        train, val = train.subset(keep), train.subset(held)
+    else:
+        val = ds.val
     test = ds.test
     if cfg.test_subset:
         test = test.subset(torch.arange(min(cfg.test_subset, len(test))))
-    train_set = train.subset(keep)
-    pixels = train_set.images.float().div_(255)
-    mean = pixels.mean(dim=(0, 2, 3))
-    std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    if source.stats is not None:
+        mean, std = (torch.tensor(v, dtype=torch.float32) for v in source.stats)
+    else:
+        mean, std = channel_stats(train.images)
     return Splits(
-        train=train_set.to(device),
-        val=train.subset(held).to(device),
+        train=train.to(device),
+        val=val.to(device),
         test=test.to(device),
         classes=ds.classes,
         derived=ds.derived,
         mean=mean.to(device),
         std=std.to(device),
-        channels_last=recipe.train.channels_last,
+        channels_last=channels_last,
     )

@@ -12,13 +12,14 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from torchvision.datasets import FashionMNIST
 from torchvision.datasets.utils import check_integrity, download_url
 
-from cnnlab.data.base import Dataset, ImageSet, mean_ink
+from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source, mean_ink
 from cnnlab.errors import CnnlabError
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
@@ -35,19 +36,45 @@ CLASSES: list[str] = list(FashionMNIST.classes)
 SUBDIRS = ("", "fashion-mnist", "fashion_mnist", "FashionMNIST/raw")
 
 
+class FashionMNISTConfig(DataSection):
+    """`data:` of a Fashion-MNIST recipe: the shared fields, nothing of its own yet."""
+
+    source: Literal["fashion_mnist"] = "fashion_mnist"
+
+
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "cnnlab" / "fashion-mnist"
 
 
-def read_idx(path: Path) -> torch.Tensor:
-    """Parse an idx file (gzipped or not): big-endian header, then a uint8 array."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _check_magic(path: Path, data: bytes) -> int:
+    """The number of dimensions an idx header announces; raises if it is no uint8 idx file."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise CnnlabError(f"{path} is not an idx file of uint8 data; the download may be corrupt")
-    ndim = data[3]
+    return data[3]
+
+
+def read_header(path: Path) -> list[int]:
+    """The dimensions an idx file's header announces, e.g. [60000, 28, 28]; reads (and for
+    .gz decompresses) only the first bytes of the file."""
+    with _open(path) as f:
+        head = f.read(4)
+        ndim = _check_magic(path, head)
+        dims = f.read(4 * ndim)
+    if len(dims) != 4 * ndim:
+        raise CnnlabError(f"{path}: the idx header is cut short; the download may be corrupt")
+    return [int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim)]
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """Parse an idx file (gzipped or not): big-endian header, then a uint8 array."""
+    with _open(path) as f:
+        data = f.read()
+    ndim = _check_magic(path, data)
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims))
@@ -156,6 +183,26 @@ def locate(root: str | None, allow_download: bool = True) -> dict[str, Path]:
     )
 
 
+def describe(cfg: FashionMNISTConfig) -> DataInfo:
+    """Shapes and sizes from the four idx headers: no pixel is read."""
+    files = locate(cfg.root)
+    sizes, shape = {}, (1, 0, 0)
+    for split, subset in (("train", cfg.train_subset), ("test", cfg.test_subset)):
+        images = read_header(files[f"{split}_images"])
+        labels = read_header(files[f"{split}_labels"])
+        if len(images) != 3 or labels != images[:1]:
+            raise CnnlabError(f"{files[f'{split}_images']}: images and labels do not match")
+        shape = (1, images[1], images[2])
+        sizes[split] = min(images[0], subset) if subset else images[0]
+    return DataInfo(
+        source="fashion_mnist",
+        shape=shape,
+        targets={"label": CLASSES, "ink": None},
+        sizes=sizes,
+        validation="carved",
+    )
+
+
 def load(root: str | None = None, allow_download: bool = True) -> Dataset:
     """The 60k/10k splits as uint8 (N, 1, 28, 28); targets: label (stored), ink (derived)."""
     files = locate(root, allow_download)
@@ -173,3 +220,12 @@ def load(root: str | None = None, allow_download: bool = True) -> Dataset:
         classes={"label": CLASSES},
         derived={"ink": mean_ink},
     )
+
+
+SOURCE = Source(
+    config=FashionMNISTConfig,
+    describe=describe,
+    load=lambda cfg: load(cfg.root),
+    locate=locate,
+    doc="Fashion-MNIST 28x28 grayscale, 10 classes + ink",
+)

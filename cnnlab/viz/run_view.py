@@ -98,7 +98,11 @@ class RunView:
         # Normal tensors even when first asked for inside inference_mode: guided backprop
         # later needs autograd through the same data and weights.
         with torch.inference_mode(False):
-            return prepare_splits(self.recipe, self.device)
+            recipe = self.recipe
+            needed = {t.target for t in recipe.tasks.values()}
+            return prepare_splits(
+                recipe.data, recipe.seed, needed, self.device, recipe.train.channels_last
+            )
 
     @cached_property
     def model(self) -> MultiTaskModel:
