@@ -129,13 +129,20 @@ def test_a_run_dir_outside_runs_is_refused(finished, tmp_path, run_dir):
     assert not (folder.path / "selection.md").exists()
 
 
-def test_a_worker_refuses_a_retry_whose_run_dir_leads_outside(tmp_path):
+def one_failed_trial(tmp_path: Path) -> tuple[SweepFolder, object]:
+    """A sweep stopped by its one diverging trial: (its folder, the trial, with a run folder
+    and a checkpoint); its budget of 2 leaves room for one more trial."""
     file = lr_sweep(tmp_path, "random", "{values: [1.0e+12]}")
     with pytest.raises(CnnlabError, match="stopped after 1 consecutive failed trials"):
         sweep(DEMO, file, [*TINY, *DIVERGES], trials=2, out=tmp_path / "out", max_failures=1)
     (path,) = (tmp_path / "out").iterdir()
     folder = SweepFolder(path)
     (first,) = load_trials(folder, None)
+    return folder, first
+
+
+def test_a_worker_refuses_a_retry_whose_run_dir_leads_outside(tmp_path):
+    folder, first = one_failed_trial(tmp_path)
     outside = Path(shutil.copytree(first.run.path, tmp_path / "outside"))  # a run to resume
     before = {p: p.stat().st_mtime_ns for p in outside.rglob("*")}
     add_trial(folder, "WAITING", "../../outside")  # a retry, as a shared database could hold
@@ -149,12 +156,7 @@ def test_a_worker_refuses_a_retry_whose_run_dir_leads_outside(tmp_path):
 
 def test_a_retry_whose_run_folder_is_in_use_leaves_that_folder_alone(tmp_path):
     """A late worker still trains in the folder: its retry fails, writing nothing there."""
-    file = lr_sweep(tmp_path, "random", "{values: [1.0e+12]}")
-    with pytest.raises(CnnlabError, match="stopped after 1 consecutive failed trials"):
-        sweep(DEMO, file, [*TINY, *DIVERGES], trials=2, out=tmp_path / "out", max_failures=1)
-    (path,) = (tmp_path / "out").iterdir()
-    folder = SweepFolder(path)
-    (first,) = load_trials(folder, None)
+    folder, first = one_failed_trial(tmp_path)
     before = {p: p.read_bytes() for p in first.run.path.rglob("*") if p.is_file()}
     add_trial(folder, "WAITING", first.run_dir)  # the retry of a trial whose worker is late
 
