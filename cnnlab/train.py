@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab.data import DataInfo, describe
+from cnnlab.data import describe
 from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.loggers import Loggers
@@ -29,7 +29,7 @@ from cnnlab.precision import Choice, autocast_for, choose, record
 from cnnlab.progress import EpochProgress, console, print_metrics_table
 from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, environment, load_checkpoint, write_json
-from cnnlab.tasks import EpochMeter, create_tasks, evaluate, metric_goal, total_loss
+from cnnlab.tasks import EpochMeter, Task, create_tasks, evaluate, metric_goal, total_loss
 
 # ------------------------------------------------------------------- device, precision
 
@@ -74,19 +74,20 @@ class LoopState:
     elapsed: float = 0.0  # training seconds so far, over all sessions
 
 
-def check_data(recipe: Recipe) -> DataInfo:
-    """The recipe against what its source provides, from headers only (no pixel is read):
-    every task's target exists, and each task type accepts it (a classification needs a
-    categorical target)."""
+def check_data(recipe: Recipe) -> dict[str, Task]:
+    """The recipe's tasks, checked against what its source provides from headers only (no
+    pixel is read): every target exists, and each task type accepts it (a classification
+    needs a categorical target). Fitted with their classes; statistics need the pixels."""
     info = describe(recipe.data)
-    for name, task in create_tasks(recipe.tasks).items():
+    tasks = create_tasks(recipe.tasks)
+    for name, task in tasks.items():
         if task.target not in info.targets:
             raise CnnlabError(
                 f"tasks.{name}.target {task.target!r} is not provided by {info.source}; "
                 f"choose one of: {', '.join(info.targets)}"
             )
-        task.fit(info.targets[task.target], None)  # classes only: statistics need the pixels
-    return info
+        task.fit(info.targets[task.target], None)
+    return tasks
 
 
 def train_values(splits: Splits, target: str) -> torch.Tensor:
@@ -111,7 +112,7 @@ class Trainer:
     ):
         self.recipe, self.run = recipe, run
         self.on_epoch = on_epoch  # called with each epoch's metrics row (sweeps prune here)
-        self.data_info = check_data(recipe)  # a wrong target stops before any pixel is read
+        self.tasks = check_data(recipe)  # a wrong target stops before any pixel is read
         self.needed = {t.target for t in recipe.tasks.values()}
         if recipe.train.threads:
             torch.set_num_threads(recipe.train.threads)
@@ -120,8 +121,7 @@ class Trainer:
         self.splits = prepare_splits(
             recipe.data, recipe.seed, self.needed, self.device, recipe.train.channels_last
         )
-        self.tasks = create_tasks(recipe.tasks)
-        for task in self.tasks.values():  # classes, or a regression target's statistics
+        for task in self.tasks.values():  # now with the pixels: a regression's statistics
             values = lambda t=task.target: train_values(self.splits, t)  # noqa: E731
             task.fit(self.splits.classes.get(task.target), values)
         self.model: MultiTaskModel = create_model(
