@@ -1,8 +1,6 @@
 """Fashion-MNIST from its idx files: found locally, or downloaded with checksums.
 
-Where: the recipe's `data.root` if given, and only there; else $CNNLAB_DATA if set, and
-only there (a folder someone named is used, or the run stops naming it: a silent fallback to
-another copy would train on data nobody chose); else the folder Debian's
+Where: the folder someone named (cnnlab/data/files.py), else the folder Debian's
 `dataset-fashion-mnist` installs, then the cnnlab cache (downloading into it from the
 official mirror, each file checked against its published MD5, when the files are missing).
 """
@@ -10,16 +8,15 @@ official mirror, each file checked against its published MD5, when the files are
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from torchvision.datasets import FashionMNIST
-from torchvision.datasets.utils import check_integrity, download_url
 
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source, mean_ink
+from cnnlab.data.files import cache_dir, download_checked, named_dir
 from cnnlab.errors import CnnlabError
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
@@ -34,17 +31,13 @@ MD5: dict[str, str] = dict(FashionMNIST.resources)  # "<file>.gz" -> md5 of the 
 CLASSES: list[str] = list(FashionMNIST.classes)
 # torchvision's layout and a plain folder are both accepted below a root.
 SUBDIRS = ("", "fashion-mnist", "fashion_mnist", "FashionMNIST/raw")
+CACHE_NAME = "fashion-mnist"
 
 
 class FashionMNISTConfig(DataSection):
     """`data:` of a Fashion-MNIST recipe: the shared fields, nothing of its own yet."""
 
     source: Literal["fashion_mnist"] = "fashion_mnist"
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cnnlab" / "fashion-mnist"
 
 
 def _open(path: Path):
@@ -116,15 +109,6 @@ def _what_is_missing(folder: Path) -> str:
     return "missing " + ", ".join(f"{stem}[.gz]" for stem in lacks)
 
 
-def named_dir(root: str | None) -> tuple[Path, str] | None:
-    """The folder someone named (data.root, else $CNNLAB_DATA) and its name; None = search."""
-    if root:
-        return Path(root).expanduser(), "data.root"
-    if os.environ.get("CNNLAB_DATA"):
-        return Path(os.environ["CNNLAB_DATA"]).expanduser(), "$CNNLAB_DATA"
-    return None
-
-
 def _locate_named(folder: Path, name: str) -> dict[str, Path]:
     """The files in the folder someone named, or one error naming it and what it lacks."""
     found = _find_in(folder)
@@ -139,21 +123,8 @@ def _locate_named(folder: Path, name: str) -> dict[str, Path]:
 
 def download(target: Path, mirrors: list[str] = MIRRORS, md5: dict[str, str] = MD5) -> None:
     """Fetch the four archives into `target`, verifying each MD5; partial files never stay."""
-    target.mkdir(parents=True, exist_ok=True)
     for stem in FILES.values():
-        name = stem + ".gz"
-        if check_integrity(target / name, md5[name]):
-            continue
-        errors = []
-        for mirror in mirrors:
-            try:
-                download_url(mirror + name, str(target), filename=name, md5=md5[name])
-                break
-            except Exception as err:  # network errors, HTTP errors, checksum mismatch
-                (target / name).unlink(missing_ok=True)
-                errors.append(f"{mirror}: {err}")
-        else:
-            raise CnnlabError(f"download of {name} failed ({'; '.join(errors)})")
+        download_checked(stem + ".gz", mirrors, target, md5[stem + ".gz"])
 
 
 def locate(root: str | None, allow_download: bool = True) -> dict[str, Path]:
@@ -161,7 +132,8 @@ def locate(root: str | None, allow_download: bool = True) -> dict[str, Path]:
     named = named_dir(root)
     if named:
         return _locate_named(*named)
-    dirs = [SYSTEM_DIR, cache_dir()]
+    cache = cache_dir(CACHE_NAME)
+    dirs = [SYSTEM_DIR, cache]
     for folder in dirs:
         found = _find_in(folder)
         if found:
@@ -169,8 +141,8 @@ def locate(root: str | None, allow_download: bool = True) -> dict[str, Path]:
     reason = "downloads are disabled"
     if allow_download:
         try:
-            download(cache_dir())
-            found = _find_in(cache_dir())
+            download(cache)
+            found = _find_in(cache)
             if found:
                 return found
         except CnnlabError as err:
