@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models import create_model
+from cnnlab.models import create_backbone, create_model
+from cnnlab.models.cnn import CNNConfig
 from cnnlab.models.layers import ACTIVATIONS
 from tests.conftest import fitted_tasks
 
@@ -68,3 +69,31 @@ def test_regression_head_decodes_to_target_units(tiny):
 def test_too_many_blocks_is_a_clear_error(tiny):
     with pytest.raises(CnnlabError, match="shrink a 28x28 image to nothing"):
         build(tiny, "model.blocks=6", "model.filters=[4,4,4,4,4,4]")
+
+
+def seed004_cnn(**extra) -> CNNConfig:
+    """Seed 004's CNN: 4 × (Conv → MaxPool → ReLU → BN), dropout before the first FC."""
+    return CNNConfig(
+        blocks=4, filters=[32, 64, 128, 256], order="conv_pool_act_bn", feature_dropout=0.5, **extra
+    )
+
+
+def test_seed004_block_order_and_parameter_count():
+    net = create_backbone(seed004_cnn(), 3, (32, 32))
+    kinds = [type(m) for m in net.blocks[0]]
+    assert kinds == [nn.Conv2d, nn.MaxPool2d, nn.ReLU, nn.BatchNorm2d]
+    chans = [3, 32, 64, 128, 256]
+    conv = sum(chans[i] * chans[i + 1] * 9 + chans[i + 1] for i in range(4))  # with biases
+    norm = sum(2 * c for c in chans[1:])
+    assert sum(p.numel() for p in net.parameters()) == conv + norm
+    assert net.feature_shape == (256, 2, 2) and net.num_features == 1024
+    net.train()
+    features = net(torch.randn(4, 3, 32, 32))
+    assert (features == 0).float().mean() > 0.3  # the feature dropout is live in training
+    net.eval()
+    assert torch.equal(net(torch.ones(1, 3, 32, 32)), net(torch.ones(1, 3, 32, 32)))
+
+
+def test_seed004_order_refuses_several_convs_per_block():
+    with pytest.raises(ValueError, match="order conv_pool_act_bn has one conv per block"):
+        seed004_cnn(convs_per_block=2)

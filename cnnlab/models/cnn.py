@@ -1,4 +1,8 @@
-"""The configurable plain CNN: blocks of Conv-(BN)-Act ×n, then pooling and dropout."""
+"""The configurable plain CNN: blocks of Conv-(BN)-Act ×n, then pooling and dropout.
+
+Seeds 000-003 use the usual order (Conv → BN → Act, pooled at the end of the block); seed 004's
+CNN pools first and normalizes last (Conv → MaxPool → ReLU → BN), which `order` selects.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +31,9 @@ class CNNConfig(Section):
     activation: Activation = "relu"
     batch_norm: bool = True
     pool: int = Field(2, ge=1, le=4)  # max-pool kernel and stride; 1 = no pooling
+    order: Literal["conv_bn_act", "conv_pool_act_bn"] = "conv_bn_act"  # see the module doc
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # channel dropout after each block
+    feature_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the features the heads receive
     global_pool: bool = False  # average-pool features to 1x1 before the heads; else flatten
     init: Literal["default", "kaiming"] = "kaiming"
 
@@ -37,6 +43,11 @@ class CNNConfig(Section):
             raise ValueError(
                 f"filters has {len(self.filters)} entries but blocks = {self.blocks}; "
                 "give one entry per block or drop filters and use base_filters + filter_org"
+            )
+        if self.order == "conv_pool_act_bn" and self.convs_per_block > 1:
+            raise ValueError(
+                "order conv_pool_act_bn has one conv per block (seed 004's CNN); "
+                "set convs_per_block: 1 or order: conv_bn_act"
             )
         return self
 
@@ -49,26 +60,25 @@ class CNNConfig(Section):
 
 
 class ConvBlock(nn.Sequential):
-    """`convs` × (Conv k×k, same padding → BN → Act), then MaxPool and Dropout2d."""
+    """`convs` × (Conv k×k, same padding → BN → Act), then MaxPool and Dropout2d; or, with
+    order conv_pool_act_bn, Conv → MaxPool → Act → BN (one conv per block)."""
 
     def __init__(self, cin: int, cout: int, cfg: CNNConfig):
+        pool = [nn.MaxPool2d(cfg.pool)] if cfg.pool > 1 else []
         layers: list[nn.Module] = []
-        for i in range(cfg.convs_per_block):
-            c_in = cin if i == 0 else cout
-            layers.append(
-                nn.Conv2d(
-                    c_in,
-                    cout,
-                    cfg.kernel_size,
-                    padding=cfg.kernel_size // 2,
-                    bias=not cfg.batch_norm,
-                )
-            )
-            if cfg.batch_norm:
-                layers.append(nn.BatchNorm2d(cout))
-            layers.append(create_act(cfg.activation))
-        if cfg.pool > 1:
-            layers.append(nn.MaxPool2d(cfg.pool))
+        if cfg.order == "conv_pool_act_bn":
+            # The bias comes before the activation here, so batch norm does not cancel it.
+            conv = nn.Conv2d(cin, cout, cfg.kernel_size, padding=cfg.kernel_size // 2)
+            norm = [nn.BatchNorm2d(cout)] if cfg.batch_norm else []
+            layers += [conv, *pool, create_act(cfg.activation), *norm]
+        else:
+            for i in range(cfg.convs_per_block):
+                c_in = cin if i == 0 else cout
+                k = cfg.kernel_size
+                conv = nn.Conv2d(c_in, cout, k, padding=k // 2, bias=not cfg.batch_norm)
+                layers += [conv, *([nn.BatchNorm2d(cout)] if cfg.batch_norm else [])]
+                layers.append(create_act(cfg.activation))
+            layers += pool
         if cfg.dropout > 0:
             layers.append(nn.Dropout2d(cfg.dropout))
         super().__init__(*layers)
@@ -86,6 +96,7 @@ class CNN(Backbone):
         )
         self.pool = nn.AdaptiveAvgPool2d(1) if cfg.global_pool else nn.Identity()
         self.flatten = nn.Flatten()
+        self.drop = nn.Dropout(cfg.feature_dropout) if cfg.feature_dropout else nn.Identity()
         h, w = image_size
         for _ in range(cfg.blocks):
             h, w = h // cfg.pool, w // cfg.pool
@@ -110,4 +121,4 @@ class CNN(Backbone):
         return maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.flatten(self.pool(self.forward_features(x)))  # (B, num_features)
+        return self.drop(self.flatten(self.pool(self.forward_features(x))))  # (B, num_features)
