@@ -13,7 +13,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torchvision.datasets import FashionMNIST
 
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source, mean_ink
 from cnnlab.data.files import cache_dir, download_checked, named_dir
@@ -26,12 +25,18 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-MIRRORS: list[str] = list(FashionMNIST.mirrors)
-MD5: dict[str, str] = dict(FashionMNIST.resources)  # "<file>.gz" -> md5 of the official archive
-CLASSES: list[str] = list(FashionMNIST.classes)
 # torchvision's layout and a plain folder are both accepted below a root.
 SUBDIRS = ("", "fashion-mnist", "fashion_mnist", "FashionMNIST/raw")
 CACHE_NAME = "fashion-mnist"
+
+
+def official() -> type:
+    """torchvision's record of the dataset: mirrors, the archives' MD5s ("<file>.gz" -> md5)
+    and the class names. Imported on use: importing torchvision takes seconds, and a recipe
+    check or `cnnlab --help` should not wait for it."""
+    from torchvision.datasets import FashionMNIST
+
+    return FashionMNIST
 
 
 class FashionMNISTConfig(DataSection):
@@ -121,8 +126,13 @@ def _locate_named(folder: Path, name: str) -> dict[str, Path]:
     )
 
 
-def download(target: Path, mirrors: list[str] = MIRRORS, md5: dict[str, str] = MD5) -> None:
-    """Fetch the four archives into `target`, verifying each MD5; partial files never stay."""
+def download(
+    target: Path, mirrors: list[str] | None = None, md5: dict[str, str] | None = None
+) -> None:
+    """Fetch the four archives into `target`, verifying each MD5; partial files never stay.
+    Mirrors and MD5s default to the official ones."""
+    mirrors = list(official().mirrors) if mirrors is None else mirrors
+    md5 = dict(official().resources) if md5 is None else md5
     for stem in FILES.values():
         download_checked(stem + ".gz", mirrors, target, md5[stem + ".gz"])
 
@@ -169,7 +179,7 @@ def describe(cfg: FashionMNISTConfig) -> DataInfo:
     return DataInfo(
         source="fashion_mnist",
         shape=shape,
-        targets={"label": CLASSES, "ink": None},
+        targets={"label": list(official().classes), "ink": None},
         sizes=sizes,
         validation="carved",
     )
@@ -189,7 +199,7 @@ def load(root: str | None = None, allow_download: bool = True) -> Dataset:
         name="fashion_mnist",
         train=splits["train"],
         test=splits["test"],
-        classes={"label": CLASSES},
+        classes={"label": list(official().classes)},
         derived={"ink": mean_ink},
     )
 

@@ -14,8 +14,6 @@ import os
 import tarfile
 from pathlib import Path
 
-from torchvision.datasets.utils import check_integrity, download_url
-
 from cnnlab.errors import CnnlabError
 
 
@@ -37,6 +35,8 @@ def named_dir(root: str | None) -> tuple[Path, str] | None:
 def download_checked(name: str, mirrors: list[str], target: Path, md5: str) -> Path:
     """`target/name` from the first mirror whose copy matches `md5`; a partial or wrong file
     never stays behind. Mirrors are URL prefixes ending in "/"."""
+    from torchvision.datasets.utils import check_integrity, download_url  # seconds to import
+
     target.mkdir(parents=True, exist_ok=True)
     path = target / name
     if check_integrity(path, md5):
