@@ -174,16 +174,14 @@ def parse_input(text: str) -> tuple[int, int, int]:
 
 def count_recipe(recipe, input_shape: tuple[int, int, int] | None = None):
     """(the recipe's real model, its input shape, per-layer costs). Without `input_shape`
-    the data source's image shape is used; class counts always come from the source."""
-    from cnnlab.data import load_dataset
+    the source's image shape is used; class counts always come from the source. Only the
+    source's description is read (headers), never its pixels."""
+    from cnnlab.data import describe
     from cnnlab.models import create_model
-    from cnnlab.tasks import create_tasks
+    from cnnlab.train import check_data
 
-    data = load_dataset(recipe.data.source, recipe.data.root)
-    shape = input_shape or tuple(data.train.images.shape[1:])
-    tasks = create_tasks(recipe.tasks)
-    for task in tasks.values():
-        task.fit(data.classes.get(task.target), None)
+    tasks = check_data(recipe)
+    shape = input_shape or describe(recipe.data).shape
     model = create_model(recipe.model, shape[0], shape[1:], tasks, channels_last=False)
     return model, shape, measure(model, shape)
 
