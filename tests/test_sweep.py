@@ -181,6 +181,15 @@ def test_bad_sweep_input_writes_nothing(tmp_path, text, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_missing_data_stops_the_sweep_before_any_folder(tmp_path):
+    file = write(tmp_path, "method: grid\nparameters: {model.blocks: {values: [2]}}")
+    done = run_cli("sweep", str(DEMO), str(file), "--set", f"data.root={tmp_path / 'none'}",
+                   "--out", str(tmp_path / "out"))  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "Fashion-MNIST is not in" in done.stderr and "no such folder" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_unreachable_database_stops_before_any_folder(tmp_path):
     url = "postgresql://someone:secret@127.0.0.1:1/nowhere"  # nothing listens on port 1
     done = run_cli("sweep", str(DEMO), "fashion_lambda", "--storage", url,

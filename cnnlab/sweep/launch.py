@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cnnlab.errors import CnnlabError
 from cnnlab.progress import console
-from cnnlab.recipe import apply_overrides, read_yaml
+from cnnlab.recipe import apply_overrides, read_yaml, validate
 from cnnlab.sweep.spec import load_sweep
 from cnnlab.sweep.study import (
     SweepFolder,
@@ -17,6 +17,7 @@ from cnnlab.sweep.study import (
     fingerprint,
     latest,
 )
+from cnnlab.train import check_data
 
 
 def sweep(
@@ -50,6 +51,7 @@ def sweep(
             beside = sweep_path.with_name(sweep_path.name.removesuffix(".yaml") + ".map.yaml")
             map_path = beside if beside.is_file() else None
         spec = load_sweep(sweep_path, base, map_path)  # every check, before any trial
+        check_data(validate(base, source="base recipe"))  # the data is there (headers only)
         total = _budget(spec, trials)
         settings = {
             "method": spec.method,
