@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
+import pickletools
+import struct
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -114,6 +118,36 @@ def test_str_keys_are_read_as_well(tmp_path):
         pickle.dump({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 9]}, f)
     images, labels = cf.read_batch(path)
     assert images.shape == (2, 3, 32, 32) and labels.tolist() == [0, 9]
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes str and bytes with Python 2's str opcodes, as cPickle wrote the official files."""
+
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        data = obj.encode("latin1") if isinstance(obj, str) else obj
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[str] = save_py2_str
+    dispatch[bytes] = save_py2_str
+
+
+def test_a_python2_pickle_as_the_official_files_are_needs_numpy_only(tmp_path):
+    data = np.arange(2 * 3072).astype(np.uint8).reshape(2, 3072)
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump({"batch_label": "b", "labels": [3, 4], "data": data})
+    raw = buf.getvalue().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+    names = {arg for op, arg, _ in pickletools.genops(raw) if op.name == "GLOBAL"}
+    assert names == {"numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype"}
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(raw)
+    images, labels = cf.read_batch(path)
+    assert (images.reshape(2, -1) == data).all() and labels.tolist() == [3, 4]
 
 
 @pytest.mark.parametrize(
