@@ -20,24 +20,29 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torchvision.datasets import CIFAR10
 
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
 from cnnlab.data.files import cache_dir, download_checked, extract_tar, named_dir
 from cnnlab.errors import CnnlabError
 
-FOLDER = CIFAR10.base_folder  # "cifar-10-batches-py"
+# The official release (https://www.cs.toronto.edu/~kriz/cifar.html) and its published MD5s,
+# written out so that reading a recipe never has to import torchvision (seconds).
+FOLDER = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
-ARCHIVE_MD5 = CIFAR10.tgz_md5
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
 MIRRORS = ["https://www.cs.toronto.edu/~kriz/"]
-TRAIN = [name for name, _ in CIFAR10.train_list]  # data_batch_1 .. data_batch_5
-TEST = [name for name, _ in CIFAR10.test_list]  # test_batch
-META = CIFAR10.meta["filename"]  # batches.meta
 MD5: dict[str, str] = {
-    **dict(CIFAR10.train_list),
-    **dict(CIFAR10.test_list),
-    META: CIFAR10.meta["md5"],
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
 }
+TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+TEST = ["test_batch"]
+META = "batches.meta"
 FILES = [*TRAIN, *TEST, META]
 CACHE_NAME = "cifar10"
 PIXELS = 3 * 32 * 32
