@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from cnnlab.catalog import RECIPES
-from cnnlab.count import count_recipe
 from cnnlab.data import SOURCES, describe
 from cnnlab.data import cifar10 as cf
 from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model
 from cnnlab.recipe import load_recipe
+from cnnlab.train import check_data
 from tests.conftest import run_cli
 
 PER_BATCH, N_TEST = 20, 20
@@ -269,8 +270,7 @@ def test_every_cifar_recipe_loads():
 @pytest.mark.parametrize("depth", sorted(DEPTHS))
 def test_parameters_are_seed_004s_table(folder, backbone, depth):
     recipe = load_recipe(RECIPES / f"cifar10_{backbone}{depth}.yaml", [f"data.root={folder}"])
-    model, shape, _ = count_recipe(recipe)
-    assert shape == (3, 32, 32)
+    model = create_model(recipe.model, 3, (32, 32), check_data(recipe))  # as a run builds it
     assert f"{sum(p.numel() for p in model.parameters()):,}" == DEPTHS[depth]
 
 
