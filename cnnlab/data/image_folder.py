@@ -48,10 +48,12 @@ TEST_SEED = 0  # the single-folder layout's test split is the same for every run
 CACHE_NAME = "image_folder"
 LAYOUT = "root/train/<class>/* + root/val/<class>/*, or root/<class>/*"
 # Decoding: a thread pool. Pillow releases the GIL while it decodes and resizes, and with
-# Image.draft libjpeg decodes JPEGs at 1/2, 1/4 or 1/8 scale. Measured on the 2-core AMD
-# EPYC (1,000 JPEGs around 500x375 -> 224 px): threads + draft ~830 images/s, a process
-# pool + draft ~640 images/s (the arrays travel back pickled), threads without draft
-# ~300 images/s.
+# Image.draft libjpeg decodes a JPEG at 1/2, 1/4 or 1/8 scale when that still covers the
+# target size (a help for large photos; none at 500x375 -> 224, where 1/2 would be too
+# small). Measured on the 2-core AMD EPYC, 300 JPEGs around 500x375 -> 224 px, two runs:
+# threads 502 / 329 images/s, serial 443 / 344, a process pool 403 / 265 (its start and
+# the pickled arrays cost more than they win); draft off: threads 511 / 334. The machine is
+# shared and noisy; threads were never clearly worse and cost nothing to start.
 DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 WHITE = (255, 255, 255, 255)  # transparent pixels are composited on white
 
