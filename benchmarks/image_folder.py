@@ -6,15 +6,14 @@ into val/), 224 px, seed 002's best CNN (cnnlab/recipes/inat_scratch.yaml), batc
 of train/ carved for validation. An epoch is the training pass plus the validation pass.
 
 - cnnlab: the real Trainer (its precision pick timed beforehand). Its first epoch
-  includes building the Trainer: scanning,
-  decoding every image once and writing the cache (into a fresh temporary cache), then the
-  statistics pass; later epochs read the uint8 tensors already in memory. A second Trainer
+  includes building the Trainer: scanning, decoding every image once and writing the cache
+  (into a fresh temporary cache), then the statistics pass; later epochs read the uint8 tensors already in memory. A second Trainer
   on the same folder shows the cache being reused.
 - seed style: torchvision ImageFolder + Resize((224, 224)) / ToTensor / Normalize, a
   DataLoader with worker processes, NCHW fp32, `loss.item()` every step: every epoch
   decodes every JPEG again.
 
-    .venv/bin/python benchmarks/image_folder.py [--images 1000] [--epochs 2]
+    PYTHONPATH=. .venv/bin/python benchmarks/image_folder.py [--images 1000] [--epochs 2]
 """
 
 from __future__ import annotations
