@@ -22,6 +22,7 @@ import argparse
 import itertools
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -166,10 +167,10 @@ def main() -> None:
     )
     print(f"cnnlab ({trainer.precision.describe()}):")
     print(f"    first epoch, with decode + cache build: {ours[0]:7.1f} s")
-    cached = sorted(ours[1:])[len(ours[1:]) // 2]
+    cached = statistics.median(ours[1:])
     print(f"    epoch after that (median of {len(ours) - 1}): {cached:7.1f} s")
     print(f"    a new Trainer on the cached folder: {reload_s:.1f} s to start")
-    ref = sorted(theirs)[len(theirs) // 2]
+    ref = statistics.median(theirs)
     each = ", ".join(f"{t:.1f}" for t in theirs)
     print(
         f"seed-style loop (ImageFolder + DataLoader x{args.workers}, NCHW, fp32): "
