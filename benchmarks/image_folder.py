@@ -7,8 +7,8 @@ of train/ carved for validation. An epoch is the training pass plus the validati
 
 - cnnlab: the real Trainer (its precision pick timed beforehand). Its first epoch
   includes building the Trainer: scanning, decoding every image once and writing the cache
-  (into a fresh temporary cache), then the statistics pass; later epochs read the uint8 tensors already in memory. A second Trainer
-  on the same folder shows the cache being reused.
+  (into a fresh temporary cache), then the statistics pass; later epochs read the uint8
+  tensors already in memory. A second Trainer on the same folder shows the cache reused.
 - seed style: torchvision ImageFolder + Resize((224, 224)) / ToTensor / Normalize, a
   DataLoader with worker processes, NCHW fp32, `loss.item()` every step: every epoch
   decodes every JPEG again.
