@@ -11,13 +11,14 @@ from typing import Annotated, Any, Union
 
 from pydantic import Discriminator, Tag
 
-from cnnlab.data import cifar10, fashion_mnist
+from cnnlab.data import cifar10, fashion_mnist, image_folder
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
 from cnnlab.errors import CnnlabError
 
 SOURCES: dict[str, Source] = {
     "fashion_mnist": fashion_mnist.SOURCE,
     "cifar10": cifar10.SOURCE,
+    "image_folder": image_folder.SOURCE,
 }
 
 DEFAULT_SOURCE = "fashion_mnist"  # a data section without `source` (older recipes) reads it

@@ -1,0 +1,228 @@
+"""The image-folder source on real files: layouts, bad files, resizing, the split rules, the
+cache, and a whole `cnnlab train` + `cnnlab eval` on a generated tree."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from cnnlab.data import describe
+from cnnlab.data import image_folder as imf
+from cnnlab.data.batches import prepare_splits
+from cnnlab.errors import CnnlabError
+from cnnlab.recipe import load_recipe
+from tests.conftest import ROOT, run_cli
+
+CLASSES = [f"c{i}" for i in range(10)]
+BAD = ["train/c0/corrupt.jpg", "train/c0/notes.txt", "train/c0/empty.jpg", "train/c3/outside.jpg"]
+
+
+def _image(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def make_tree(base: Path) -> Path:
+    """root/train/c<i>/ with 5 + i images (40x30 and 30x50 JPEGs), root/val/c<i>/ with 2,
+    plus the bad entries of BAD, a grey and an RGBA PNG."""
+    root = base / "inat"
+    rng = np.random.default_rng(0)
+    for split, count in (("train", lambda i: 5 + i), ("val", lambda i: 2)):
+        for i, cls in enumerate(CLASSES):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for j in range(count(i)):
+                size = (40, 30) if j % 2 else (30, 50)
+                _image(rng, *size).save(folder / f"{j:03d}.jpg", quality=90)
+    good = (root / "train/c0/000.jpg").read_bytes()
+    (root / "train/c0/corrupt.jpg").write_bytes(good[: len(good) // 2])
+    (root / "train/c0/notes.txt").write_text("not an image")
+    (root / "train/c0/empty.jpg").write_bytes(b"")
+    (root / "train/c0/.hidden.jpg").write_bytes(good)  # hidden: not even listed
+    Image.fromarray(rng.integers(0, 255, (30, 40), dtype=np.uint8), "L").save(
+        root / "train/c1/grey.png"
+    )
+    rgba = np.zeros((30, 40, 4), dtype=np.uint8)
+    rgba[..., 0] = 255  # red, fully transparent on the left half
+    rgba[:, 20:, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(root / "train/c2/rgba.png")
+    _image(rng, 40, 30).save(base / "secret.jpg")
+    os.symlink(base / "secret.jpg", root / "train/c3/outside.jpg")
+    return root
+
+
+@pytest.fixture
+def tree(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("CNNLAB_DATA", raising=False)
+    return make_tree(tmp_path)
+
+
+def cfg_of(root: Path, **kw) -> imf.ImageFolderConfig:
+    return imf.ImageFolderConfig(root=str(root), image_size=16, **kw)
+
+
+def train_counts() -> list[int]:
+    """Readable training images per class in make_tree's tree."""
+    counts = [5 + i for i in range(10)]
+    counts[1] += 1  # grey.png
+    counts[2] += 1  # rgba.png
+    return counts
+
+
+# ------------------------------------------------------------------------ reading
+
+
+def test_bad_entries_are_skipped_and_named_in_one_warning(tree, capsys):
+    ds = imf.load(cfg_of(tree))
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "files skipped" in line]
+    assert len(warnings) == 1, err
+    assert "4 files skipped" in warnings[0]
+    for name in BAD:
+        assert name in warnings[0]
+    assert ".hidden" not in err
+    assert ds.train.images.shape == (sum(train_counts()), 3, 16, 16)
+    assert ds.train.images.dtype == torch.uint8
+    assert ds.test.images.shape == (20, 3, 16, 16)
+    assert ds.classes == {"label": CLASSES}
+    assert torch.bincount(ds.train.targets["label"]).tolist() == train_counts()
+
+
+def test_grey_and_rgba_become_rgb(tree):
+    grey = imf.decode(tree / "train/c1/grey.png", 16, "squash")
+    assert grey.shape == (3, 16, 16)
+    assert (grey[0] == grey[1]).all() and (grey[1] == grey[2]).all()
+    rgba = imf.decode(tree / "train/c2/rgba.png", 16, "squash")
+    assert rgba.shape == (3, 16, 16)
+    assert (rgba[:, :, :6] == 255).all()  # transparent: composited on white
+    assert (rgba[:, :, 10:] == np.array([255, 0, 0]).reshape(3, 1, 1)).all()  # opaque red
+
+
+def test_crop_keeps_the_centre_and_squash_keeps_everything(tmp_path):
+    stripes = np.zeros((32, 96, 3), dtype=np.uint8)
+    stripes[:, :32, 0] = 255  # red | green | blue thirds
+    stripes[:, 32:64, 1] = 255
+    stripes[:, 64:, 2] = 255
+    Image.fromarray(stripes).save(tmp_path / "wide.png")
+    crop = imf.decode(tmp_path / "wide.png", 16, "crop")
+    assert (crop[1, :, 1:15] == 255).all() and (crop[[0, 2], :, 1:15] == 0).all()
+    squash = imf.decode(tmp_path / "wide.png", 16, "squash")
+    assert (squash[:, :, 0] == np.array([255, 0, 0]).reshape(3, 1)).all()
+    assert (squash[:, :, 8] == np.array([0, 255, 0]).reshape(3, 1)).all()
+    assert (squash[:, :, 15] == np.array([0, 0, 255]).reshape(3, 1)).all()
+
+
+def test_validation_is_carved_stratified_from_train(tree):
+    cfg = cfg_of(tree)
+    splits = prepare_splits(cfg, seed=3, needed={"label"}, device=torch.device("cpu"))
+    val = torch.bincount(splits.val.targets["label"], minlength=10).tolist()
+    assert val == [round(n * 0.2) for n in train_counts()]
+    assert len(splits.train) + len(splits.val) == sum(train_counts())
+    assert len(splits.test) == 20  # val/ is the test set
+    info = describe(cfg)
+    assert info.shape == (3, 16, 16) and info.targets == {"label": CLASSES}
+    assert info.validation == "carved" and info.sizes["test"] == 20
+
+
+def test_a_single_class_folder_carves_the_same_test_set_for_every_seed(tree, tmp_path):
+    single = tree / "train"  # c0..c9 directly below
+    cfg = cfg_of(single)
+    a = prepare_splits(cfg, seed=0, needed={"label"}, device=torch.device("cpu"))
+    b = prepare_splits(cfg, seed=1, needed={"label"}, device=torch.device("cpu"))
+    assert torch.equal(a.test.images, b.test.images)
+    test = torch.bincount(a.test.targets["label"], minlength=10).tolist()
+    assert test == [round(n * 0.2) for n in train_counts()]
+    assert not torch.equal(a.val.images, b.val.images)  # validation follows the run's seed
+
+
+# ------------------------------------------------------------------------ errors
+
+
+def test_errors_are_one_line(tree, tmp_path):
+    with pytest.raises(ValueError, match="data.root: image_folder needs the folder"):
+        imf.ImageFolderConfig()
+    with pytest.raises(CnnlabError, match="no such folder; expected root/train"):
+        imf.locate(str(tmp_path / "nowhere"))
+    (tree / "val/extra").mkdir()
+    (tree / "val/c9").rename(tree / "val/zz")
+    with pytest.raises(CnnlabError) as err:
+        imf.scan(str(tree))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "only in train/: ['c9']; only in val/: ['extra', 'zz']" in msg
+
+
+# ------------------------------------------------------------------------ the cache
+
+
+def test_the_cache_is_reused_and_rebuilt_when_a_file_changes(tree, tmp_path, capsys):
+    cfg = cfg_of(tree)
+    first = imf.load(cfg)
+    assert "decoded" in capsys.readouterr().err
+    (npy,) = (tmp_path / "cache" / "cnnlab" / "image_folder").glob("*/images.npy")
+    before = npy.stat()
+    second = imf.load(cfg)
+    err = capsys.readouterr().err
+    assert f"image_folder: cache reused ({npy})" in err
+    after = npy.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert torch.equal(first.train.images, second.train.images)
+    assert not list(tree.rglob("*.npy")) and not list(tree.rglob("*.json"))
+
+    changed = tree / "train/c5/000.jpg"
+    Image.new("RGB", (40, 30), (0, 0, 0)).save(changed)
+    os.utime(changed, ns=(before.st_mtime_ns + 10**9, before.st_mtime_ns + 10**9))
+    third = imf.load(cfg)
+    assert "decoded" in capsys.readouterr().err
+    assert npy.stat().st_ino != before.st_ino
+    assert not torch.equal(first.train.images, third.train.images)
+    # squash is another cache, never the crop one
+    imf.load(cfg_of(tree, resize="squash"))
+    assert len(list(npy.parent.parent.iterdir())) == 2
+
+
+# ------------------------------------------------------------------------ end to end
+
+
+def test_cli_train_then_eval(tree, tmp_path):
+    recipe = {
+        "name": "folder_tiny",
+        "output_dir": str(tmp_path / "runs"),
+        "data": {"source": "image_folder", "root": str(tree), "image_size": 16},
+        "model": {"backbone": "cnn", "blocks": 2, "base_filters": 4, "filter_org": "same"},
+        "tasks": {"cls": {"type": "classification", "target": "label"}},
+        "train": {
+            "epochs": 1,
+            "batch_size": 16,
+            "progress": False,
+            "device": "cpu",
+            "precision": "fp32",
+            "threads": 2,
+            "report": False,
+            "monitor": "val.cls.accuracy",
+        },
+    }
+    path = tmp_path / "folder.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    out = run_cli("train", str(path), env=env)
+    assert out.returncode == 0, out.stderr
+    assert "4 files skipped" in out.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    out = run_cli("eval", str(run), env=env)
+    assert out.returncode == 0, out.stderr
+    assert "cache reused" in out.stderr
+    assert "test.cls.accuracy" in out.stdout
+
+
+def test_the_inat_recipe_loads():
+    recipe = load_recipe(ROOT / "cnnlab/recipes/inat_scratch.yaml", ["data.root=/tmp"])
+    assert recipe.data.source == "image_folder" and recipe.data.image_size == 224
+    assert recipe.data.val_fraction == 0.2
+    assert recipe.model.block_filters() == [32] * 5 and recipe.model.activation == "mish"
