@@ -90,6 +90,10 @@ def test_bad_entries_are_skipped_and_named_in_one_warning(tree, capsys):
     assert ds.train.images.shape == (sum(train_counts()), 3, 16, 16)
     assert ds.train.images.dtype == torch.uint8
     assert ds.test.images.shape == (20, 3, 16, 16)
+    # train/ and val/ are views of the one decoded array, not copies of it
+    assert (
+        ds.train.images.untyped_storage().data_ptr() == ds.test.images.untyped_storage().data_ptr()
+    )
     assert ds.classes == {"label": CLASSES}
     assert torch.bincount(ds.train.targets["label"]).tolist() == train_counts()
 
