@@ -98,6 +98,38 @@ def fetch(
     typer.echo(f"{source}: {', '.join(folders)}")
 
 
+# ------------------------------------------------------------------------ data
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Make data sets.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("gsn")
+def data_gsn(
+    out: Path = typer.Option(Path("data/gsn"), help="folder to write (new, empty or a GSN one)"),
+    n: int = typer.Option(10000, "--n", min=1, max=100000, help="images to draw"),
+    seed: int = typer.Option(1, help="the same seed writes the same bytes"),
+    stats: bool = typer.Option(False, "--stats", help="print the generator's statistics"),
+) -> None:
+    """Generate GSN (seed 003's shapes): img_NNNNN.png + labels.csv, the original format."""
+    import time
+
+    from cnnlab.data import gsn_generator
+
+    start = time.perf_counter()
+    images, shapes = gsn_generator.write(out, n, seed)
+    typer.echo(f"gsn: {n:,} images in {time.perf_counter() - start:.1f} s -> {out}")
+    if stats:
+        from cnnlab.progress import print_table
+
+        rows = [
+            [k, f"{v:,.0f}" if k == "images" else f"{v:.3f}"]
+            for k, v in gsn_generator.stats(images, shapes).items()
+        ]
+        print_table(["statistic", "value"], rows, f"gsn generator, seed {seed}")
+
+
 # ------------------------------------------------------------------------ sweeps
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Discriminator, Tag
 
-from cnnlab.data import cifar10, fashion_mnist, image_folder
+from cnnlab.data import cifar10, fashion_mnist, gsn, image_folder
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
 from cnnlab.errors import CnnlabError
 
@@ -19,6 +19,7 @@ SOURCES: dict[str, Source] = {
     "fashion_mnist": fashion_mnist.SOURCE,
     "cifar10": cifar10.SOURCE,
     "image_folder": image_folder.SOURCE,
+    "gsn": gsn.SOURCE,
 }
 
 DEFAULT_SOURCE = "fashion_mnist"  # a data section without `source` (older recipes) reads it
