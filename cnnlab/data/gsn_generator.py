@@ -44,10 +44,11 @@ PAIRS = list(combinations(range(len(TYPES)), 2))  # 15 unordered pairs, lexicogr
 SHAPES_PER_IMAGE = 10
 MIN_ACROSS, MAX_ACROSS = 3.0, 10.0  # a shape's width in pixels, drawn uniformly
 CHUNK = 250  # images drawn together as one (chunk, 10, 28, 28) mask array
-# Threads over chunks: numpy's mask arithmetic and zlib (inside PNG encoding) release the
-# GIL. Measured on the 2-core machine, 10,000 images: see cnnlab/data/gsn_generator.py's
-# `generate` timing in the report of the `gsn` branch.
-THREADS = max(1, min(4, os.cpu_count() or 1))
+# Threads over chunks are possible (image i depends on (seed, i) only) but measured no gain
+# on the shared 2-core machine, 10,000 images: drawing 1.35 / 1.50 s with 1 thread, 1.42 /
+# 1.73 s with 2; drawing + writing the PNGs 3.0 / 7.7 s with 1, 7.3 / 9.0 s with 2 (the
+# files and PNG encoding hold the GIL). So one thread by default.
+THREADS = 1
 LABELS = "labels.csv"
 
 
