@@ -16,10 +16,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+from PIL import Image
 
-from cnnlab.data.gsn_generator import generate  # noqa: E402
+from cnnlab.data.gsn_generator import generate
 
 OUT = Path(__file__).resolve().parent / "images"
 REFERENCE = OUT / "gsn_reference.png"
