@@ -102,8 +102,8 @@ def test_triangles_point_where_their_names_say():
 def test_stats_describe_the_drawn_shapes():
     images, _, shapes = gen.generate(200, 2)
     s = gen.stats(images, shapes)
-    assert 3 <= s["shape width min (px)"] < s["shape width mean (px)"] < s["shape width max (px)"]
-    assert s["shape width max (px)"] <= 10
+    assert 3 <= s["shape size min (px)"] < s["shape size mean (px)"] < s["shape size max (px)"]
+    assert s["shape size max (px)"] <= 10
     assert 0.05 < s["pixels on"] < 0.5 and 0.05 < s["shapes cut by the border"] < 0.8
 
 

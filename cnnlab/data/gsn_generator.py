@@ -8,11 +8,14 @@ and a are drawn uniformly). The types, in the csv's column order:
 - squares: filled, axis-aligned;
 - circles: filled discs;
 - up, right, down, left: filled right-angled isoceles triangles, named by where the apex
-  points: "up" has its base (the hypotenuse) at the bottom and its apex above it, "right"
-  its base on the left and its apex to the right, and so on (as in the reference picture).
+  (the right angle) points: "up" has its base (the hypotenuse) at the bottom and its apex
+  above it, "right" its base on the left and its apex to the right, and so on (as in the
+  reference picture).
 
-Each shape is about 3 to 10 pixels across (uniform; a triangle's base, half as tall), at a
-uniformly random centre anywhere on the image, so shapes near the edge are cut by it.
+Each shape's size is drawn uniformly from 3 to 10 pixels: a square's side, a circle's
+diameter, a triangle's leg (so its base is size * 1.41 and its height size * 0.71, as the
+reference's triangles, wider than its squares, look). Centres are uniform anywhere on the
+image, so shapes near the edge are cut by it.
 Overlapping shapes are combined by XOR (overlaps are inverted, as in the real images).
 
 Deterministic: image i of seed s is drawn from its own numpy Generator seeded with (s, i),
@@ -42,7 +45,7 @@ TYPES = ("squares", "circles", "up", "right", "down", "left")  # the csv's colum
 HEADER = ("name", *TYPES)
 PAIRS = list(combinations(range(len(TYPES)), 2))  # 15 unordered pairs, lexicographic
 SHAPES_PER_IMAGE = 10
-MIN_ACROSS, MAX_ACROSS = 3.0, 10.0  # a shape's width in pixels, drawn uniformly
+MIN_ACROSS, MAX_ACROSS = 3.0, 10.0  # a shape's size in pixels (side, diameter, leg)
 CHUNK = 250  # images drawn together as one (chunk, 10, 28, 28) mask array
 # Threads over chunks are possible (image i depends on (seed, i) only) but measured no gain
 # on the shared 2-core machine, 10,000 images: drawing 1.35 / 1.50 s with 1 thread, 1.42 /
@@ -58,7 +61,7 @@ def image_name(index: int) -> str:
 
 @dataclass
 class Shapes:
-    """The drawn shapes of N images, (N, 10) each: type (0..5), centre (x, y), width."""
+    """The drawn shapes of N images, (N, 10) each: type (0..5), centre (x, y), size."""
 
     kind: np.ndarray
     cx: np.ndarray
@@ -67,10 +70,14 @@ class Shapes:
 
     def cut(self) -> np.ndarray:
         """(N, 10) bool: the shape reaches past the image's border."""
-        half_w = self.across / 2
-        # triangles pointing up/down are half as tall as wide, left/right half as wide
-        tall = np.where(np.isin(self.kind, (2, 4)), self.across / 4, half_w)
-        wide = np.where(np.isin(self.kind, (3, 5)), self.across / 4, half_w)
+        half = self.across / 2
+        base, height = half * np.sqrt(2), half / np.sqrt(2)  # a triangle's half base, half height
+        tall = np.select(
+            [np.isin(self.kind, (2, 4)), np.isin(self.kind, (3, 5))], [height, base], half
+        )
+        wide = np.select(
+            [np.isin(self.kind, (2, 4)), np.isin(self.kind, (3, 5))], [base, height], half
+        )
         return (
             (self.cx - wide < 0)
             | (self.cx + wide > SIZE)
@@ -101,10 +108,12 @@ def masks(kind: np.ndarray, cx: np.ndarray, cy: np.ndarray, across: np.ndarray) 
     k = kind[..., None, None]
     dx = grid[None, :] - cx[..., None, None]  # (..., 1, 28): columns
     dy = grid[:, None] - cy[..., None, None]  # (..., 28, 1): rows
-    r = across[..., None, None] / 2  # half the width; a triangle is r tall (apex angle 90°)
+    r = across[..., None, None] / 2  # half the side or diameter
     square = (np.abs(dx) <= r) & (np.abs(dy) <= r)
     circle = dx * dx + dy * dy <= r * r
-    # Triangles centred on their bounding box: base of width 2r, apex r away from it.
+    # Triangles centred on their bounding box, legs of length `across`: base (hypotenuse)
+    # 2r with r = across / sqrt(2), apex r away from it (the right angle).
+    r = r * np.sqrt(2)
     # "up": rows from cy - r/2 (apex) to cy + r/2 (base); half-width grows from 0 to r.
     up = (dy <= r / 2) & (np.abs(dx) <= dy + r / 2)
     down = (dy >= -r / 2) & (np.abs(dx) <= r / 2 - dy)
@@ -211,16 +220,16 @@ def write(out: Path, n: int, seed: int, threads: int = THREADS) -> tuple[np.ndar
 
 
 def stats(images: np.ndarray, shapes: Shapes) -> dict[str, float]:
-    """The generator's statistics: shape widths in pixels, share of pixels on, share of
-    shapes cut by the border."""
+    """The generator's statistics: shape sizes in pixels (side, diameter, triangle leg),
+    share of pixels on, share of shapes cut by the border."""
     if len(images) == 0:
         return {}
     across = shapes.across
     return {
         "images": float(len(images)),
-        "shape width mean (px)": float(across.mean()),
-        "shape width min (px)": float(across.min()),
-        "shape width max (px)": float(across.max()),
+        "shape size mean (px)": float(across.mean()),
+        "shape size min (px)": float(across.min()),
+        "shape size max (px)": float(across.max()),
         "pixels on": float((images > 0).mean()),
         "shapes cut by the border": float(shapes.cut().mean()),
     }
