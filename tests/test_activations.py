@@ -43,7 +43,7 @@ TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.bfloat16: dict(rtol=1.6e
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize(
     ("shape", "channels_last"),
-    [((4, 6, 9, 11), True), ((4, 6, 9, 11), False), ((3, 33), False), ((1, 3, 5, 7), True)],
+    [((4, 6, 29, 31), True), ((4, 6, 29, 31), False), ((3, 6000), False), ((1, 17, 33, 31), True)],
 )
 def test_matches_torch_forward_and_gradient(dtype, shape, channels_last):
     x = inputs(shape, dtype, channels_last)
@@ -69,7 +69,7 @@ def test_fp32_equals_aten_to_rounding():
 
 
 def test_extremes_are_exact_limits():
-    x = torch.tensor([1e4, -1e4, 1e3, -1e3, 100.0, -100.0]).requires_grad_()
+    x = torch.tensor([1e4, -1e4, 1e3, -1e3, 100.0, -100.0]).repeat(4000).requires_grad_()
     y = mish(x)
     y.sum().backward()
     assert y.tolist()[:3] == [1e4, 0.0, 1e3] and y.tolist()[4] == 100.0
@@ -78,18 +78,24 @@ def test_extremes_are_exact_limits():
 
 
 def test_non_dense_and_odd_layouts_fall_back_to_the_same_values():
-    x = inputs((4, 6, 9, 22), torch.float32, False)[..., ::2]  # not dense
+    x = inputs((4, 6, 29, 62), torch.float32, False)[..., ::2]  # not dense
     torch.testing.assert_close(mish(x), F.mish(x))
-    g = torch.randn(4, 6, 9, 11)  # contiguous gradient for a channels_last input
-    _, gx, _, gx_ref = both(inputs((4, 6, 9, 11), torch.float32, True), g, torch.float32)
+    g = torch.randn(4, 6, 29, 31)  # contiguous gradient for a channels_last input
+    _, gx, _, gx_ref = both(inputs((4, 6, 29, 31), torch.float32, True), g, torch.float32)
     torch.testing.assert_close(gx, gx_ref, **TOL[torch.float32])
 
 
 def test_dynamic_batch_sizes_share_one_kernel():
     m = Mish()
     for batch in (32, 7, 1, 32):
-        x = inputs((batch, 8, 10, 10), torch.bfloat16, True)
+        x = inputs((batch, 8, 45, 46), torch.bfloat16, True)
         torch.testing.assert_close(m(x), F.mish(x), **TOL[torch.bfloat16])
+
+
+def test_small_tensors_use_aten():
+    x = torch.randn(activations.MIN_NUMEL - 1)
+    assert not activations._fast(x) and activations._fast(torch.randn(activations.MIN_NUMEL))
+    torch.testing.assert_close(mish(x), F.mish(x))
 
 
 def test_inside_autocast_in_a_model():
@@ -98,7 +104,7 @@ def test_inside_autocast_in_a_model():
         nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), Mish(), nn.Flatten(), nn.LazyLinear(4)
     )
     ref = nn.Sequential(*[nn.Mish() if isinstance(m, Mish) else m for m in model])
-    x = torch.randn(5, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(5, 3, 42, 42).contiguous(memory_format=torch.channels_last)
     model(x)
     grads = []
     for net in (model, ref):
@@ -112,7 +118,7 @@ def test_inside_autocast_in_a_model():
 
 
 def test_double_backward_matches_torch():
-    x = inputs((3, 17), torch.float32, False).clamp(-30, 30).requires_grad_()
+    x = inputs((3, 6000), torch.float32, False).clamp(-30, 30).requires_grad_()
     (g1,) = torch.autograd.grad(mish(x).sum(), x, create_graph=True)
     (h1,) = torch.autograd.grad(g1.sum(), x)
     xr = x.detach().double().requires_grad_()
@@ -122,7 +128,7 @@ def test_double_backward_matches_torch():
 
 
 def test_functorch_transforms_work():
-    x = inputs((6, 5), torch.float32, False)
+    x = inputs((4, 5000), torch.float32, False)
     got = torch.func.vmap(torch.func.grad(lambda t: mish(t).sum()))(x)
     want = torch.func.vmap(torch.func.grad(lambda t: F.mish(t).sum()))(x)
     torch.testing.assert_close(got, want)
@@ -135,7 +141,7 @@ def test_module_is_an_nn_mish_and_hooks_fire():
     seen = []
     m.register_forward_hook(lambda mod, i, o: seen.append("fwd"))
     m.register_full_backward_hook(lambda mod, gi, go: seen.append("bwd"))
-    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
     m(x).sum().backward()
     assert seen == ["fwd", "bwd"]
     torch.testing.assert_close(x.grad, torch.func.grad(lambda t: F.mish(t).sum())(x.detach()))
@@ -149,7 +155,7 @@ def test_a_failing_compile_falls_back_to_aten(monkeypatch):
     monkeypatch.setattr(activations, "KERNELS", kernels)
     monkeypatch.setattr(kernels, "forward", broken)
     monkeypatch.setattr(kernels, "backward", broken)
-    x = inputs((2, 4, 5, 5), torch.float32, True).requires_grad_()
+    x = inputs((2, 4, 55, 55), torch.float32, True).requires_grad_()
     y = mish(x)
     assert kernels.failed
     y.sum().backward()
@@ -164,7 +170,7 @@ import torch, torch.nn.functional as F
 import torch._inductor.config as cfg
 cfg.cpp.cxx = ("/nonexistent/c++",)
 from cnnlab.models import activations
-x = torch.randn(2, 4, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+x = torch.randn(2, 4, 55, 55).contiguous(memory_format=torch.channels_last).requires_grad_()
 y = activations.mish(x)
 y.sum().backward()
 xr = x.detach().clone().requires_grad_()

@@ -14,10 +14,10 @@ input, the backward recomputes from it. Tensors are flattened to 1-D in memory o
 the call, so one compiled kernel serves every shape, batch size and memory format.
 
 Anything the fast path does not cover runs aten's `F.mish`, with the same result: other
-devices and dtypes, functorch transforms, memory layouts that are not dense, the double
-backward (create_graph=True), `CNNLAB_FAST_ACT=0`, and any failure to compile (no C++
-compiler on the machine, for example), after which the fast path is switched off for the
-process.
+devices and dtypes, tensors under MIN_NUMEL elements, functorch transforms, memory layouts
+that are not dense, the double backward (create_graph=True), `CNNLAB_FAST_ACT=0`, and any
+failure to compile (no C++ compiler on the machine, for example), after which the fast path
+is switched off for the process.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 _FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _LIMIT = 20.0  # above it mish(x) == x and mish'(x) == 1 in fp32
+# Smaller tensors run aten: nothing to gain there, and it keeps the compiled variants to one
+# per dtype (dynamo specialises sizes 0 and 1 and recompiles at most 8 times per function).
+MIN_NUMEL = 1 << 14
 
 
 def _mish_forward(x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +97,7 @@ def _run(kernel: Callable, *tensors: torch.Tensor) -> torch.Tensor | None:
         return None
     try:
         with torch.autocast("cpu", enabled=False):
-            out = kernel(*(f[0] for f in flats))
+            out = kernel(*(f[0].detach() for f in flats))  # one variant per dtype
     except Exception as err:  # no compiler, inductor bug: aten from now on
         KERNELS.disable(err)
         return None
@@ -137,7 +140,7 @@ def _fast(x: torch.Tensor) -> bool:
     return (
         x.device.type == "cpu"
         and x.dtype in _FAST_DTYPES
-        and x.numel() > 0
+        and x.numel() >= MIN_NUMEL
         and not KERNELS.failed
         and torch._C._functorch.peek_interpreter_stack() is None
         and not torch.compiler.is_compiling()
