@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from cnnlab.models.activations import Mish
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
     "silu": nn.SiLU,
-    "mish": nn.Mish,
+    "mish": Mish,  # nn.Mish subclass, fused on CPU
     "leaky_relu": nn.LeakyReLU,
 }
 

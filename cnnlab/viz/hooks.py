@@ -22,7 +22,13 @@ from cnnlab.models.layers import ACTIVATIONS
 
 Hook = Callable[[str, nn.Module, torch.Tensor], None]  # (layer name, module, output)
 
-ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (*ACTIVATIONS.values(), nn.ReLU6, nn.ELU, nn.PReLU)
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
+    *ACTIVATIONS.values(),
+    nn.Mish,  # ACTIVATIONS holds a subclass of it
+    nn.ReLU6,
+    nn.ELU,
+    nn.PReLU,
+)
 
 
 @contextmanager

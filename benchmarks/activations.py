@@ -1,0 +1,71 @@
+"""aten's activations versus cnnlab's (`create_act`), forward + backward, on the CPU.
+
+The shape of seed 002's first Mish at 224 px, (32, 32, 224, 224) channels_last, in fp32 and
+bf16; median of interleaved repeats (the machine may be shared). The first call of a fused
+activation includes compiling it (inductor; cached on disk afterwards, see
+TORCHINDUCTOR_CACHE_DIR), printed apart.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/activations.py [--repeats 7] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.models.layers import ACTIVATIONS, create_act
+
+ATEN = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "mish": F.mish,
+    "leaky_relu": F.leaky_relu,
+}
+
+
+def step(fn, x: torch.Tensor, g: torch.Tensor) -> float:
+    x.grad = None
+    t = time.perf_counter()
+    fn(x).backward(g)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shape", type=int, nargs=4, default=[32, 32, 224, 224])
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(
+        f"shape {tuple(args.shape)} channels_last, {args.threads} threads, fwd+bwd, "
+        f"median of {args.repeats}"
+    )
+    print(
+        f"{'activation':<12}{'dtype':<10}{'aten ms':>9}{'cnnlab ms':>11}"
+        f"{'speed-up':>10}{'1st call s':>12}"
+    )
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(args.shape).mul(3).to(dtype).contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        g = torch.randn_like(x)
+        for name in ACTIVATIONS:
+            ours = create_act(name)
+            first = step(ours, x, g)
+            step(ATEN[name], x, g)
+            times: dict[str, list[float]] = {"aten": [], "cnnlab": []}
+            for _ in range(args.repeats):  # interleaved
+                times["aten"].append(step(ATEN[name], x, g))
+                times["cnnlab"].append(step(ours, x, g))
+            a, c = (statistics.median(times[k]) * 1000 for k in ("aten", "cnnlab"))
+            dt = str(dtype).removeprefix("torch.")
+            print(f"{name:<12}{dt:<10}{a:>9.0f}{c:>11.0f}{a / c:>9.2f}x{first:>12.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
