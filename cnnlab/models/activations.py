@@ -142,9 +142,17 @@ def _fast(x: torch.Tensor) -> bool:
         and x.dtype in _FAST_DTYPES
         and x.numel() >= MIN_NUMEL
         and not KERNELS.failed
-        and torch._C._functorch.peek_interpreter_stack() is None
+        and not _transforming()
         and not torch.compiler.is_compiling()
     )
+
+
+def _transforming() -> bool:
+    """Inside a torch.func transform (vmap, grad), where the plain formula must run. torch
+    has no public test for it; the private one is looked up, so a torch without it
+    costs only this check (then a transform over Mish fails loudly, never silently)."""
+    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
 
 
 def mish(x: torch.Tensor) -> torch.Tensor:
