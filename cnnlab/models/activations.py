@@ -68,6 +68,9 @@ class _Kernels:
         if self.failed:
             return None
         if self.forward is None:
+            # Inductor's C++ toolchain lookup warns about CUDA_HOME on a machine without CUDA,
+            # which has nothing to do with a CPU kernel; a run's output should not carry it.
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             self.forward = torch.compile(_mish_forward, dynamic=True, fullgraph=True)
             self.backward = torch.compile(_mish_backward, dynamic=True, fullgraph=True)
         return self.forward, self.backward
