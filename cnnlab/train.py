@@ -86,7 +86,7 @@ def check_data(recipe: Recipe) -> dict[str, Task]:
                 f"tasks.{name}.target {task.target!r} is not provided by {info.source}; "
                 f"choose one of: {', '.join(info.targets)}"
             )
-        task.fit(info.targets[task.target], None)
+        task.fit(info.targets[task.target], None, info.components.get(task.target))
     return tasks
 
 
@@ -123,7 +123,11 @@ class Trainer:
         )
         for task in self.tasks.values():  # now with the pixels: a regression's statistics
             values = lambda t=task.target: train_values(self.splits, t)  # noqa: E731
-            task.fit(self.splits.classes.get(task.target), values)
+            task.fit(
+                self.splits.classes.get(task.target),
+                values,
+                self.splits.components.get(task.target),
+            )
         self.model: MultiTaskModel = create_model(
             recipe.model,
             self.splits.in_channels,
@@ -171,6 +175,7 @@ class Trainer:
             "recipe": self.recipe.model_dump(mode="json"),
             "precision": self.precision.precision,
             "classes": self.splits.classes,
+            "components": self.splits.components,
             "normalize": {"mean": self.splits.mean.tolist(), "std": self.splits.std.tolist()},
         }
 

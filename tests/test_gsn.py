@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -202,14 +203,17 @@ def test_cli_train_on_gsn(folder, tmp_path):
         "output_dir": str(tmp_path / "runs"),
         "data": {"source": "gsn", "root": str(folder), "val_rows": 20},
         "model": {"backbone": "cnn", "blocks": 2, "base_filters": 4},
-        "tasks": {"cls": {"type": "classification", "target": "pair"}},
+        "tasks": {
+            "cls": {"type": "classification", "target": "pair"},
+            "cnt": {"type": "regression", "target": "counts", "loss": "smooth_l1"},
+        },
         "train": {
             "epochs": 1,
             "batch_size": 16,
             "progress": False,
             "device": "cpu",
             "threads": 2,
-            "report": False,
+            "report": True,  # every figure, on a vector target too
             "monitor": "val.cls.accuracy",
         },
     }
@@ -218,3 +222,12 @@ def test_cli_train_on_gsn(folder, tmp_path):
     out = run_cli("train", str(path))
     assert out.returncode == 0, out.stderr
     assert "run folder:" in out.stdout
+    (run,) = (tmp_path / "runs").iterdir()
+    test = json.loads((run / "test_metrics.json").read_text())
+    each = [test[f"test.cnt.rmse_{name}"] for name in COUNT_NAMES]  # one RMSE per count
+    overall = (sum(r**2 for r in each) / len(each)) ** 0.5  # equal counts per component
+    assert test["test.cnt.rmse"] == pytest.approx(overall, rel=1e-4)
+    assert (run / "figures" / "regression_cnt.png").stat().st_size > 2000
+    again = run_cli("eval", str(run))  # the checkpoint rebuilds the six-output head
+    assert again.returncode == 0, again.stderr
+    assert f"| test.cnt.rmse_squares | {test['test.cnt.rmse_squares']:.4f} |" in again.stdout

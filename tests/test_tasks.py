@@ -1,7 +1,10 @@
+import pytest
 import torch
 
+from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
-from cnnlab.tasks import EpochMeter, total_loss
+from cnnlab.tasks import EpochMeter, task_class, total_loss
+from cnnlab.tasks.regression import RegressionConfig
 from tests.conftest import fitted_tasks
 
 
@@ -80,3 +83,27 @@ def test_light_training_meter_agrees_with_torchmetrics(tiny):
     }
     for key, value in b.items():
         assert abs(a[key] - value) < 1e-5, key
+
+
+def test_a_vector_regression_learns_each_component_in_its_own_units():
+    cfg = RegressionConfig(target="counts")
+    task = task_class(cfg)("cnt", cfg)
+    values = torch.tensor([[0.0, 10.0], [2.0, 30.0], [4.0, 20.0]])
+    task.fit(None, lambda: values, ["a", "b"])
+    assert task.info.mean == [2.0, 20.0] and task.info.std == [2.0, 10.0]
+    head = task.head(5)
+    out = head(torch.randn(4, 5))
+    assert out.shape == (4, 2)
+    assert torch.allclose(head.decode(head.encode(values)), values)  # per-component units
+    meter_metrics = task.epoch_metrics()
+    meter_metrics.update(values + torch.tensor([1.0, -3.0]), values)
+    got = task.epoch_values(meter_metrics.compute())
+    assert got["rmse_a"] == 1.0 and got["rmse_b"] == 3.0 and got["mae_b"] == 3.0
+    assert abs(got["rmse"] - 5**0.5) < 1e-6  # over both components: sqrt((1 + 9) / 2)
+
+
+def test_a_vector_target_its_source_did_not_name_is_one_line():
+    cfg = RegressionConfig(target="counts")
+    task = task_class(cfg)("cnt", cfg)
+    with pytest.raises(CnnlabError, match="its source names 0 components"):
+        task.fit(None, lambda: torch.zeros(3, 6), None)

@@ -49,6 +49,8 @@ class DataInfo:
     targets: dict[str, list[str] | None]  # name -> class names if categorical, else None
     sizes: dict[str, int]  # images in each split the source holds, after the subsets
     validation: Literal["carved", "given"]  # carved stratified from train, or the source's own
+    # name -> component names of a vector target (GSN's six counts); a scalar has none
+    components: dict[str, list[str]] = field(default_factory=dict)
 
     def categorical(self, target: str) -> bool:
         return self.targets.get(target) is not None
@@ -85,6 +87,7 @@ class Dataset:
     classes: dict[str, list[str]]  # class names of every categorical target
     derived: dict[str, DerivedTarget] = field(default_factory=dict)
     val: ImageSet | None = None
+    components: dict[str, list[str]] = field(default_factory=dict)  # of each vector target
 
     def target_names(self) -> list[str]:
         return sorted(set(self.train.targets) | set(self.derived))

@@ -30,6 +30,7 @@ class Splits:
     val: ImageSet
     test: ImageSet
     classes: dict[str, list[str]]
+    components: dict[str, list[str]]  # component names of each vector target
     derived: dict[str, DerivedTarget]
     mean: torch.Tensor  # (C,) per-channel mean of the training split, in [0, 1]
     std: torch.Tensor  # (C,)
@@ -135,6 +136,7 @@ def prepare_splits(
         val=val.to(device),
         test=test.to(device),
         classes=ds.classes,
+        components=ds.components,
         derived=ds.derived,
         mean=mean.to(device),
         std=std.to(device),

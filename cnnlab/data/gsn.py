@@ -232,6 +232,7 @@ def describe(cfg: GSNConfig) -> DataInfo:
             "test": min(val, cfg.test_subset) if cfg.test_subset else val,
         },
         validation="given",
+        components={"counts": list(COUNT_NAMES)},
     )
 
 
@@ -255,6 +256,7 @@ def load(cfg: GSNConfig) -> Dataset:
         test=val,
         val=val,
         classes={"pair": CLASS_NAMES},
+        components={"counts": list(COUNT_NAMES)},
     )
 
 

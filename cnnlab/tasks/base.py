@@ -33,8 +33,9 @@ class TargetInfo:
     """What a head needs to know about its target, learnt from the training split."""
 
     classes: list[str] | None = None  # names of a categorical target's classes
-    mean: float = 0.0  # a standardized target's training mean and std
-    std: float = 1.0
+    components: list[str] | None = None  # names of a vector target's components
+    mean: float | list[float] = 0.0  # a standardized target's training mean and std
+    std: float | list[float] = 1.0  # (per component for a vector target)
 
 
 class Task:
@@ -55,11 +56,16 @@ class Task:
     def target(self) -> str:
         return self.cfg.target
 
-    def fit(self, classes: list[str] | None, values: Callable[[], torch.Tensor] | None) -> None:
-        """Learn what the head needs: `classes` of a categorical target (None otherwise);
-        `values()` gives the training split's targets, or is None when the statistics
-        come with the weights (a checkpoint)."""
-        self.info = TargetInfo(classes=classes)
+    def fit(
+        self,
+        classes: list[str] | None,
+        values: Callable[[], torch.Tensor] | None,
+        components: list[str] | None = None,
+    ) -> None:
+        """Learn what the head needs: `classes` of a categorical target (None otherwise),
+        `components` of a vector target (None for a scalar); `values()` gives the training
+        split's targets, or is None when the statistics come with the weights (a checkpoint)."""
+        self.info = TargetInfo(classes=classes, components=components)
 
     def head(self, in_features: int) -> nn.Module:
         raise NotImplementedError
@@ -78,6 +84,11 @@ class Task:
     def epoch_metrics(self) -> MetricCollection:
         """The detailed metrics of validation and test, accumulated on the device."""
         raise NotImplementedError
+
+    def epoch_values(self, computed: dict[str, Any]) -> dict[str, float]:
+        """`epoch_metrics().compute()` as named floats (a task whose metrics return one value
+        per output names each one here)."""
+        return {m: float(v) for m, v in computed.items()}
 
     def caption(
         self, truth: torch.Tensor, pred: torch.Tensor, short: Callable[[str], str] = str

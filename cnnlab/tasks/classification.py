@@ -39,7 +39,12 @@ class Classification(Task):
     step_metrics = ("accuracy",)
     figures = ("confusion",)
 
-    def fit(self, classes: list[str] | None, values: Callable[[], torch.Tensor] | None) -> None:
+    def fit(
+        self,
+        classes: list[str] | None,
+        values: Callable[[], torch.Tensor] | None,
+        components: list[str] | None = None,
+    ) -> None:
         if not classes:
             raise CnnlabError(
                 f"tasks.{self.name}: target {self.target!r} is not categorical; classify a "

@@ -87,7 +87,7 @@ class EpochMeter(nn.Module):
             out[f"{split}.{name}.loss"] = means[at]
             at += 1
             if self.detailed:
-                values = {m: float(v) for m, v in self.metrics[name].compute().items()}
+                values = task.epoch_values(self.metrics[name].compute())
             else:
                 width = len(task.step_metrics)
                 values = task.from_step_means(means[at : at + width])

@@ -1,4 +1,5 @@
-"""Regression: one value per image, learnt standardized, reported in the target's units."""
+"""Regression: one value per image, or a vector of them (GSN's six counts), learnt
+standardized, reported in the target's units: overall and, for a vector, per component."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.config import HeadConfig
+from cnnlab.errors import CnnlabError
 from cnnlab.models.heads import MLPHead
 from cnnlab.tasks.base import TargetInfo, Task, TaskSection
 
-LOSSES = {"mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss}
+LOSSES = {"mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss, "l1": F.l1_loss}
 
 
 if TYPE_CHECKING:
@@ -22,23 +24,34 @@ if TYPE_CHECKING:
 
 class RegressionConfig(TaskSection):
     type: Literal["regression"] = "regression"
-    loss: Literal["mse", "smooth_l1"] = "mse"
+    loss: Literal["mse", "smooth_l1", "l1"] = "mse"
     standardize: bool = True  # learn (y - mean) / std of the training split; report in y's units
 
 
 class RegressionHead(MLPHead):
-    """A scalar per image, learned in standardized units; `decode` returns target units.
+    """A scalar (B,) or a vector (B, K) per image, learned in standardized units; `decode`
+    returns target units.
 
-    The target's mean and std are buffers, so they travel with the weights in checkpoints.
+    The target's mean and std (per component) are buffers, so they travel with the weights.
     """
 
-    def __init__(self, in_dim: int, cfg: HeadConfig, mean: float = 0.0, std: float = 1.0):
-        super().__init__(in_dim, 1, cfg)
-        self.register_buffer("target_mean", torch.tensor(float(mean)))
-        self.register_buffer("target_std", torch.tensor(float(std)))
+    def __init__(
+        self,
+        in_dim: int,
+        cfg: HeadConfig,
+        mean: float | list[float] = 0.0,
+        std: float | list[float] = 1.0,
+        outputs: int | None = None,  # None: a scalar target
+    ):
+        super().__init__(in_dim, outputs or 1, cfg)
+        self.scalar = outputs is None
+        shape = () if self.scalar else (outputs,)
+        self.register_buffer("target_mean", torch.zeros(shape) + torch.tensor(mean))
+        self.register_buffer("target_std", torch.ones(shape) * torch.tensor(std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x).squeeze(1)  # (B,)
+        out = super().forward(x)
+        return out.squeeze(1) if self.scalar else out
 
     def encode(self, y: torch.Tensor) -> torch.Tensor:
         return (y - self.target_mean) / self.target_std
@@ -54,15 +67,32 @@ class Regression(Task):
     step_metrics = ("mae", "mse")
     figures = ("regression",)
 
-    def fit(self, classes: list[str] | None, values: Callable[[], torch.Tensor] | None) -> None:
+    def fit(
+        self,
+        classes: list[str] | None,
+        values: Callable[[], torch.Tensor] | None,
+        components: list[str] | None = None,
+    ) -> None:
+        self.info = TargetInfo(components=components)
         if not self.cfg.standardize or values is None:
-            self.info = TargetInfo()
             return
-        v = values().double()
-        self.info = TargetInfo(mean=v.mean().item(), std=v.std().clamp_min(1e-12).item())
+        v = values().double()  # (N,) or (N, K)
+        if v.ndim != (1 if components is None else 2):
+            raise CnnlabError(
+                f"tasks.{self.name}: target {self.target!r} has values of shape "
+                f"{tuple(v.shape[1:])} per image, but its source names "
+                f"{len(components or [])} components; the source's describe() must name them"
+            )
+        mean, std = v.mean(dim=0), v.std(dim=0).clamp_min(1e-12)
+        self.info.mean, self.info.std = mean.tolist(), std.tolist()
+
+    @property
+    def outputs(self) -> int | None:
+        return None if self.info.components is None else len(self.info.components)
 
     def head(self, in_features: int) -> nn.Module:
-        return RegressionHead(in_features, self.cfg.head, self.info.mean, self.info.std)
+        info = self.info
+        return RegressionHead(in_features, self.cfg.head, info.mean, info.std, self.outputs)
 
     def loss(self, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return LOSSES[self.cfg.loss](out.float(), head.encode(target.float()))
@@ -77,15 +107,32 @@ class Regression(Task):
 
     def epoch_metrics(self) -> MetricCollection:
         import torchmetrics  # imported when a meter is built: a recipe check needs no metrics
+        from torchmetrics.wrappers import MultioutputWrapper
 
-        return torchmetrics.MetricCollection(
-            {
-                "mae": torchmetrics.MeanAbsoluteError(),
-                "rmse": torchmetrics.MeanSquaredError(squared=False),
-            }
-        )
+        metrics = {
+            "mae": torchmetrics.MeanAbsoluteError(),  # over every output of every image
+            "rmse": torchmetrics.MeanSquaredError(squared=False),
+        }
+        if self.outputs:
+            k = self.outputs
+            metrics["rmse_each"] = MultioutputWrapper(torchmetrics.MeanSquaredError(False), k)
+            metrics["mae_each"] = MultioutputWrapper(torchmetrics.MeanAbsoluteError(), k)
+        return torchmetrics.MetricCollection(metrics)
+
+    def epoch_values(self, computed: dict) -> dict[str, float]:
+        """Overall MAE and RMSE, then per component: `rmse_squares`, `mae_squares`, ..."""
+        out = {m: float(v) for m, v in computed.items() if not m.endswith("_each")}
+        for m in ("rmse", "mae"):
+            each = computed.get(f"{m}_each")
+            if each is not None:
+                names = self.info.components or []
+                out.update({f"{m}_{n}": float(v) for n, v in zip(names, each, strict=True)})
+        return out
 
     def caption(
         self, truth: torch.Tensor, pred: torch.Tensor, short: Callable[[str], str] = str
     ) -> tuple[str, bool]:
-        return f"{self.name} {float(truth):.3g} → {float(pred):.3g}", False
+        if truth.ndim == 0:
+            return f"{self.name} {float(truth):.3g} → {float(pred):.3g}", False
+        values = (",".join(f"{float(x):.2g}" for x in t) for t in (truth, pred))
+        return f"{self.name} [{next(values)}] → [{next(values)}]", False

@@ -1,4 +1,5 @@
-"""Regression tasks: predicted vs true on the test set, and the residual histogram."""
+"""Regression tasks: predicted vs true on the test set, and the residual histogram (every
+component of a vector target in one plot: GSN's six counts share their units)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ def regression(view: RunView) -> list[Chart]:
     preds = view.test_predictions
     charts = []
     for task in view.tasks_with("regression"):
-        y, p = preds.truth[task].float(), preds.pred[task].float()  # (N,), (N,)
+        truth = preds.truth[task].float()  # (N,) or (N, K)
+        images, per_image = truth.shape[0], truth[0].numel()
+        y, p = truth.flatten(), preds.pred[task].float().flatten()
         resid = p - y
         rmse = resid.pow(2).mean().sqrt().item()
         mae = resid.abs().mean().item()
@@ -47,7 +50,7 @@ def regression(view: RunView) -> list[Chart]:
                     mode="markers",
                     marker={"size": 4, "opacity": 0.5},
                     name="test images",
-                    text=[f"test #{i}" for i in keep.tolist()],
+                    text=[f"test #{i // per_image}" for i in keep.tolist()],
                 ),
                 go.Scatter(
                     x=[lo, hi],
@@ -69,9 +72,10 @@ def regression(view: RunView) -> list[Chart]:
                 f"regression_{task}",
                 f"Regression: {task}",
                 fig,
-                f"Test set, {len(y)} images.",
+                f"Test set, {images} images"
+                + (f", all {per_image} outputs of each." if per_image > 1 else "."),
                 plotly=pfig,
-                extra={"rmse": rmse, "mae": mae, "n": len(y)},
+                extra={"rmse": rmse, "mae": mae, "n": images},
             )
         )
     return charts

@@ -76,8 +76,9 @@ class RunView:
         """The run's tasks, told their classes; a regression head's statistics come with
         the weights."""
         tasks = create_tasks(self.recipe.tasks)
+        components = self.checkpoint.get("components", {})  # absent in older checkpoints
         for task in tasks.values():
-            task.fit(self.classes.get(task.target), None)
+            task.fit(self.classes.get(task.target), None, components.get(task.target))
         return tasks
 
     def task_classes(self, task: str) -> list[str]:
