@@ -12,10 +12,14 @@ import torch
 import yaml
 from PIL import Image
 
+from cnnlab.catalog import RECIPES
 from cnnlab.data import SOURCES, describe
 from cnnlab.data import gsn_generator as gen
 from cnnlab.data.gsn import CLASS_NAMES, COUNT_NAMES, counts_to_class, pair_class
 from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model
+from cnnlab.recipe import load_recipe
+from cnnlab.train import check_data
 from tests.conftest import run_cli
 
 N = 120
@@ -231,3 +235,17 @@ def test_cli_train_on_gsn(folder, tmp_path):
     again = run_cli("eval", str(run))  # the checkpoint rebuilds the six-output head
     assert again.returncode == 0, again.stderr
     assert f"| test.cnt.rmse_squares | {test['test.cnt.rmse_squares']:.4f} |" in again.stdout
+
+
+def test_the_recipe_builds_seed_003s_network(folder):
+    """Conv 1→8→16→32→64 (3×3, no pooling), Linear(64·28·28 → 256) shared by both heads."""
+    recipe = load_recipe(
+        RECIPES / "gsn_multitask.yaml", [f"data.root={folder}", "data.val_rows=20"]
+    )
+    model = create_model(recipe.model, 1, (28, 28), check_data(recipe))
+    convs = sum(c_in * c_out * 9 + c_out for c_in, c_out in [(1, 8), (8, 16), (16, 32), (32, 64)])
+    dense = 64 * 28 * 28 * 256 + 256
+    heads = (256 * 135 + 135) + (256 * 6 + 6)
+    assert sum(p.numel() for p in model.parameters()) == convs + dense + heads
+    out = model(torch.zeros(2, 1, 28, 28))
+    assert out["cls"].shape == (2, 135) and out["cnt"].shape == (2, 6)

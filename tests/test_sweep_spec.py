@@ -32,6 +32,8 @@ MAP_FILES = sorted(SWEEPS.glob("*.map.yaml"))
 def shipped_spec(path: Path):
     """A shipped sweep file checked against the recipe it was written for."""
     recipe = SEED000 if path.name.startswith(("seed000", "seed001")) else DEMO
+    if path.name.startswith("gsn"):
+        recipe = RECIPES / "gsn_multitask.yaml"
     return load_sweep(path, base(recipe))
 
 

@@ -35,6 +35,9 @@ class CNNConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # channel dropout after each block
     feature_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the features the heads receive
     global_pool: bool = False  # average-pool features to 1x1 before the heads; else flatten
+    # Dense layers (Linear → Act) shared by every head, after flattening: seed 003's network
+    # ends in Linear(64·28·28 → 256) + ReLU that both of its heads read. [] = none.
+    dense: list[PositiveInt] = Field(default_factory=list)
     init: Literal["default", "kaiming"] = "kaiming"
 
     @model_validator(mode="after")
@@ -109,7 +112,16 @@ class CNN(Backbone):
             FeatureInfo(f"blocks.{i}", filters[i], cfg.pool ** (i + 1)) for i in range(cfg.blocks)
         ]
         self.feature_shape = (filters[-1], h, w)  # output of forward_features
-        self.num_features = filters[-1] * (1 if cfg.global_pool else h * w)  # input of the heads
+        flat = filters[-1] * (1 if cfg.global_pool else h * w)
+        widths = [flat, *cfg.dense]
+        self.dense = nn.Sequential(
+            *(
+                layer
+                for i in range(len(cfg.dense))
+                for layer in (nn.Linear(widths[i], widths[i + 1]), create_act(cfg.activation))
+            )
+        )
+        self.num_features = widths[-1]  # input of the heads
         if cfg.init == "kaiming":
             init_kaiming(self)
 
@@ -121,4 +133,5 @@ class CNN(Backbone):
         return maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.flatten(self.pool(self.forward_features(x))))  # (B, num_features)
+        flat = self.drop(self.flatten(self.pool(self.forward_features(x))))
+        return self.dense(flat)  # (B, num_features)
