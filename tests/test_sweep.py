@@ -14,7 +14,8 @@ import yaml
 
 from cnnlab.errors import CnnlabError
 from cnnlab.sweep.launch import sweep
-from cnnlab.sweep.results import load_trials
+from cnnlab.sweep.report import groups
+from cnnlab.sweep.results import TrialRow, load_trials
 from cnnlab.sweep.select import pareto_front
 from cnnlab.sweep.spec import load_sweep
 from cnnlab.sweep.storage import open_storage
@@ -310,3 +311,14 @@ def test_early_terminate_in_a_real_sweep(tmp_path):
     first_epoch = [r.metrics[0]["val.cls.accuracy"] for r in rows]
     for i, r in enumerate(rows):  # a stopped trial was behind some trial before it
         assert r.state == C or first_epoch[i] < max(first_epoch[:i])
+
+
+def test_report_groups_by_a_swept_parameter_name():
+    """gsn_settings sweeps `setting`, a name its map turns into task weights: a group."""
+
+    def row(number: int, setting: str) -> TrialRow:
+        return TrialRow(number, "COMPLETE", "complete", 0.5, {"setting": setting, "seed": 1},
+                        None, None, None, None, 1)  # fmt: skip
+
+    rows = [row(0, "joint"), row(1, "counts"), row(2, "joint")]
+    assert groups(rows, "setting") == ["setting = joint", "setting = counts", "setting = joint"]

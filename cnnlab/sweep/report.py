@@ -99,13 +99,14 @@ def importances(study, metric: str) -> dict[str, float]:
 
 
 def groups(rows: list[TrialRow], group_by: str | None) -> list[str]:
-    """A label per row: by outcome, by one recipe field, or A,B -> "A > B" / "=" / "<"."""
+    """A label per row: by outcome, by one recipe field or swept parameter (a name the sweep
+    file samples, such as gsn_settings' `setting`), or A,B -> "A > B" / "=" / "<"."""
     if not group_by:
         return [r.outcome for r in rows]
     fields = [f.strip() for f in group_by.split(",")]
     labels = []
     for r in rows:
-        flat = flatten(r.recipe)
+        flat = {**r.params, **flatten(r.recipe)}
         if len(fields) == 1:
             labels.append(f"{fields[0]} = {flat.get(fields[0])}")
             continue
