@@ -3,6 +3,7 @@
 import json
 import math
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import yaml
 
 from cnnlab.errors import CnnlabError
 from cnnlab.sweep.launch import sweep
-from cnnlab.sweep.report import groups
+from cnnlab.sweep.report import group_table, groups
 from cnnlab.sweep.results import TrialRow, load_trials
 from cnnlab.sweep.select import pareto_front
 from cnnlab.sweep.spec import load_sweep
@@ -78,6 +79,18 @@ def test_lambda_grid_then_select_and_report_from_the_shell(tmp_path):
     assert report.returncode == 0, report.stderr[-3000:]
     page = (path / "report.html").read_text()
     assert "tasks.cls.weight &gt; tasks.ink.weight" in page  # seed 001's colouring, escaped
+    header, body = group_table(rows, groups(rows, "tasks.cls.weight"), ["val.cls.accuracy"])
+    by_weight = {r[0]: r for r in body}  # 3 weights × 3 trials each, mean ± std of 3
+    assert header[-1] == "training minutes" and len(by_weight) == 3
+    values = [
+        r.at_best_epoch()["val.cls.accuracy"]
+        for r in rows
+        if r.recipe["tasks"]["cls"]["weight"] == rows[0].recipe["tasks"]["cls"]["weight"]
+    ]
+    mean, std = statistics.mean(values), statistics.stdev(values)
+    label = f"tasks.cls.weight = {rows[0].recipe['tasks']['cls']['weight']}"
+    assert by_weight[label][1:3] == ["3", f"{mean:.4f} ± {std:.4f}"]
+    assert "mean ± std over trials" in page
     assert "<script src=" not in page and "<link" not in page  # self-contained, offline
     assert "best val.cls.accuracy" in page
     for png in ("metric_vs_time", "parallel_coordinates", "importance", "learning_curves"):

@@ -11,6 +11,7 @@ through jinja2's autoescape.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -117,6 +118,34 @@ def groups(rows: list[TrialRow], group_by: str | None) -> list[str]:
             sign = "?"
         labels.append(f"{fields[0]} {sign} {fields[1]}")
     return labels
+
+
+SUMMARY = ("loss", "accuracy", "f1", "rmse", "mae")  # what a study table compares per group
+
+
+def group_table(
+    rows: list[TrialRow], labels: list[str], metrics: list[str]
+) -> tuple[list[str], list[list[str]]]:
+    """Per group, mean ± std over its trials of each summary metric (at each run's best
+    epoch) and of the training time: the table a study of settings × seeds reports."""
+    cols = [m for m in metrics if m.rsplit(".", 1)[-1] in SUMMARY]
+    members: dict[str, list[TrialRow]] = defaultdict(list)
+    for r, label in zip(rows, labels, strict=True):
+        members[label].append(r)
+    body = []
+    for label, group in sorted(members.items()):
+        cells = [label, str(len(group))]
+        cells += [_mean_std([r.at_best_epoch().get(m) for r in group]) for m in cols]
+        minutes = [sum(e.get("seconds", 0.0) for e in r.metrics) / 60 for r in group]
+        body.append([*cells, _mean_std(minutes, digits=2)])
+    return ["group", "trials", *cols, "training minutes"], body
+
+
+def _mean_std(values: list, digits: int = 4) -> str:
+    v = [x for x in values if isinstance(x, int | float) and math.isfinite(x)]
+    if len(v) < 2:
+        return f"{v[0]:.{digits}f}" if v else ""
+    return f"{statistics.mean(v):.{digits}f} ± {statistics.stdev(v):.{digits}f}"
 
 
 # -------------------------------------------------------------- plotly charts
@@ -334,6 +363,12 @@ row per value (is it this value).</p></div>
 <h2>Learning curves{% if group_by %} by {{ group_by }}{% endif %}</h2>{{ fig_curves | safe }}
 <p>{% for g, n in group_counts %}{{ g }}: {{ n }} trial(s){% if not loop.last %}; {% endif %}
 {% endfor %}</p>
+{% if summary %}<h2>By {{ group_by }}: mean ± std over trials</h2><div class="wide">
+<table><tr>{% for h in summary[0] %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in summary[1] %}<tr><td>{{ row[0] }}</td>{% for c in row[1:] %}
+<td class="num">{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>
+<p>Validation metrics at each run's best epoch; training time summed over its epochs.</p>
+</div>{% endif %}
 <h2>Selection</h2>
 {% if selection %}<table><tr>{% for h in selection[0] %}<th>{{ h }}</th>{% endfor %}</tr>
 {% for row in selection[1] %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}
@@ -420,6 +455,7 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
         group_by=group_by,
         fig_curves=div(chart_curves(with_runs, labels, metric)),
         group_counts=sorted(Counter(labels).items()),
+        summary=group_table(with_runs, labels, metrics) if group_by else None,
         selection=_selection(folder),
         trials=trials,
         pngs=save_pngs(folder.path, with_runs, labels, metric, imp),
