@@ -51,7 +51,7 @@ class DataSection(Section):
             if name not in type(self).label_maps:
                 why = type(self).refused.get(name, "")
                 raise ValueError(
-                    f"augment.{name}: {self.source} does not say how {WHAT[name]} changes its "
+                    f"data.augment.{name}: {self.source} does not say how {WHAT[name]} changes its "
                     f"targets{f' ({why})' if why else ''}; turn it off ({OFF[name]})"
                     + _others(type(self).label_maps)
                 )
