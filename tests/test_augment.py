@@ -207,3 +207,15 @@ def test_gsn_batches_with_flips_and_turns(tmp_path):
     assert torch.equal(counts[:, :2], before[:, :2])  # squares and circles never move
     assert torch.equal(counts[:, 2:].sort(1).values, before[:, 2:].sort(1).values)
     assert not torch.equal(counts, before)  # some triangles turned into others
+
+
+def test_rot90_needs_square_images(monkeypatch):
+    from cnnlab.data import batches
+    from cnnlab.data.base import Dataset, ImageSet
+
+    wide = ImageSet(torch.zeros(20, 1, 4, 6, dtype=torch.uint8), {"label": torch.arange(20) % 2})
+    fake = type("S", (), {"load": staticmethod(lambda cfg: Dataset("x", wide, wide, {}))})
+    monkeypatch.setattr(batches, "get_source", lambda name: fake)
+    cfg = FashionMNISTConfig(augment={"rot90": True})
+    with pytest.raises(CnnlabError, match=r"data.augment.rot90: fashion_mnist images are 6x4"):
+        prepare_splits(cfg, 0, {"label"}, torch.device("cpu"))
