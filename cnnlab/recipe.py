@@ -339,6 +339,8 @@ def describe_error(err: dict) -> str:
     if err["type"] in ("union_tag_invalid", "union_tag_not_found"):  # tasks.x.type, data.source
         return _tag_problem(key, err, sections)
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error" and msg.startswith(f"{key}."):
+        return msg  # a section's own check that names the full key (data.augment.translate)
     if "input" in err and err["type"] != "value_error":
         return f"{key} = {err['input']!r}: {msg}"
     return f"{key}: {msg}"

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cnnlab.config import Section
-from cnnlab.data.augment import AugmentConfig
+from cnnlab.data.augment import AugmentConfig, LabelMap
 
 # A derived target is computed from the image the model sees, as float in [0, 1],
 # (B, C, H, W) -> (B,), so augmentation that changes it (a shift that cuts pixels off)
@@ -37,6 +37,36 @@ class DataSection(Section):
     train_subset: int | None = Field(None, ge=10)  # keep a stratified subset of training images
     test_subset: int | None = Field(None, ge=10)  # keep the first N test images (quick checks)
     augment: AugmentConfig = AugmentConfig()
+
+    # How each geometric transform (hflip, vflip, rot90, translate) changes this source's
+    # targets: None = unchanged, a function = applied to the transformed images' targets
+    # (cnnlab/data/augment.py). A transform missing here is refused when the recipe turns
+    # it on; why, for the one line, in `refused`.
+    label_maps: ClassVar[dict[str, LabelMap | None]] = {}
+    refused: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="after")
+    def _augment_declared(self) -> DataSection:
+        for name in self.augment.geometric():
+            if name not in type(self).label_maps:
+                why = type(self).refused.get(name, "")
+                raise ValueError(
+                    f"data.augment.{name}: {self.source} does not say how {WHAT[name]} changes its "
+                    f"targets{f' ({why})' if why else ''}; turn it off ({OFF[name]})"
+                    + _others(type(self).label_maps)
+                )
+        return self
+
+
+WHAT = {"hflip": "a left-right flip", "vflip": "an up-down flip", "rot90": "a quarter turn"}
+WHAT["translate"] = "a shift"
+OFF = {"hflip": "hflip: false", "vflip": "vflip: false", "rot90": "rot90: false"}
+OFF["translate"] = "translate: 0"
+
+
+def _others(maps: dict) -> str:
+    usable = [n for n in ("hflip", "vflip", "rot90", "translate") if n in maps]
+    return f" or use {' / '.join(usable)}" if usable else ""
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ are whole-batch tensor ops.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from cnnlab.data import get_source
-from cnnlab.data.augment import AugmentConfig, augment
+from cnnlab.data.augment import UNCHANGED, AugmentConfig, LabelMap, augment
 from cnnlab.data.base import DataSection, DerivedTarget, ImageSet
 from cnnlab.data.split import stratified_split, stratified_subset
 from cnnlab.data.stats import channel_stats
@@ -35,6 +35,8 @@ class Splits:
     mean: torch.Tensor  # (C,) per-channel mean of the training split, in [0, 1]
     std: torch.Tensor  # (C,)
     channels_last: bool = True
+    # how each geometric augmentation changes the targets: the source's DataSection.label_maps
+    label_maps: dict[str, LabelMap | None] = field(default_factory=lambda: dict(UNCHANGED))
 
     @property
     def in_channels(self) -> int:
@@ -79,7 +81,8 @@ class Splits:
         for step in range(start, self.steps_per_epoch(batch_size)):
             idx = perm[step * batch_size : (step + 1) * batch_size]
             x = self.train.images[idx].float().div_(255)
-            x, targets = augment(x, {k: v[idx] for k, v in self.train.targets.items()}, aug, gen)
+            targets = {k: v[idx] for k, v in self.train.targets.items()}
+            x, targets = augment(x, targets, aug, gen, self.label_maps)
             yield self.finish(x, targets, needed)
 
     def eval_batches(self, split: str, batch_size: int, needed: set[str]) -> Iterator[Batch]:
@@ -114,6 +117,12 @@ def prepare_splits(
             f"choose one of: {', '.join(ds.target_names())}"
         )
     train = ds.train
+    h, w = train.images.shape[2:]
+    if cfg.augment.rot90 and h != w:
+        raise CnnlabError(
+            f"data.augment.rot90: {cfg.source} images are {w}x{h}; a quarter turn needs square "
+            "images (turn it off: rot90: false)"
+        )
     labels = ds.stratify_by()
     if cfg.train_subset:
         sub = stratified_subset(labels, len(train), cfg.train_subset, seed)
@@ -141,4 +150,5 @@ def prepare_splits(
         mean=mean.to(device),
         std=std.to(device),
         channels_last=channels_last,
+        label_maps=type(cfg).label_maps,
     )

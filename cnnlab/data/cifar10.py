@@ -16,11 +16,12 @@ import io
 import pickle
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
+from cnnlab.data.augment import UNCHANGED, LabelMap
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
 from cnnlab.data.files import cache_dir, download_checked, extract_tar, named_dir
 from cnnlab.errors import CnnlabError
@@ -52,6 +53,8 @@ class CIFAR10Config(DataSection):
     """`data:` of a CIFAR-10 recipe: the shared fields, nothing of its own yet."""
 
     source: Literal["cifar10"] = "cifar10"
+    # natural images: flipped, turned or shifted, they show the same class (augment.py)
+    label_maps: ClassVar[dict[str, LabelMap | None]] = UNCHANGED
 
 
 # ------------------------------------------------------------------------ safe unpickling

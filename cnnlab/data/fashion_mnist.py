@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 
+from cnnlab.data.augment import UNCHANGED, LabelMap
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source, mean_ink
 from cnnlab.data.files import cache_dir, download_checked, named_dir
 from cnnlab.errors import CnnlabError
@@ -43,6 +44,8 @@ class FashionMNISTConfig(DataSection):
     """`data:` of a Fashion-MNIST recipe: the shared fields, nothing of its own yet."""
 
     source: Literal["fashion_mnist"] = "fashion_mnist"
+    # natural images: flipped, turned or shifted, they show the same class (augment.py)
+    label_maps: ClassVar[dict[str, LabelMap | None]] = UNCHANGED
 
 
 def _open(path: Path):

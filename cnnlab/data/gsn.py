@@ -28,13 +28,14 @@ import csv
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 from pydantic import Field, model_validator
 
+from cnnlab.data.augment import AugmentConfig, LabelMap, Targets
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
 from cnnlab.data.files import named_dir
 from cnnlab.data.gsn_generator import HEADER, LABELS, PAIRS, SHAPES_PER_IMAGE, TYPES
@@ -56,10 +57,22 @@ for _k, (_i, _j) in enumerate(PAIRS):
     _PAIR_INDEX[_i, _j] = _k
 
 
+class GSNAugmentConfig(AugmentConfig):
+    """GSN's augmentation: the same keys, but off by default. A shift is not declared (it
+    cuts shapes off at the border and so changes the counts); flips and quarter turns are,
+    with the label maps below."""
+
+    hflip: bool = False
+    translate: int = Field(0, ge=0, le=16)
+
+
 class GSNConfig(DataSection):
     """`data:` of a GSN recipe."""
 
     source: Literal["gsn"] = "gsn"
+    augment: GSNAugmentConfig = GSNAugmentConfig()
+    label_maps: ClassVar[dict[str, LabelMap | None]] = {}  # filled in below, after the maps
+    refused: ClassVar[dict[str, str]] = {"translate": "counts change when a shape is cut off"}
     # the last val_rows rows of labels.csv are the validation set, and (GSN has no test
     # set) the test set too; the rest train
     val_rows: int = Field(1000, ge=1)
@@ -90,6 +103,52 @@ def pair_class(counts: torch.Tensor) -> torch.Tensor:
     i, j = ij[:, 0], ij[:, 1]
     a = c.gather(1, i[:, None]).squeeze(1).clamp(1, SPLITS)
     return _PAIR_INDEX.to(c.device)[i, j] * SPLITS + a - 1
+
+
+# The four triangle columns of `counts` in clockwise order of where the apex points.
+_UP, _RIGHT, _DOWN, _LEFT = 2, 3, 4, 5
+_CLOCKWISE = torch.tensor([_UP, _RIGHT, _DOWN, _LEFT])
+
+
+def _with_counts(targets: Targets, counts: torch.Tensor) -> Targets:
+    """The targets with new counts and the pair class recomputed from them."""
+    out = dict(targets)
+    if "counts" in out:
+        out["counts"] = counts.to(targets["counts"].dtype)
+    if "pair" in out:
+        out["pair"] = pair_class(counts)
+    return out
+
+
+def _swap(a: int, b: int):
+    def swap(targets: Targets, mask: torch.Tensor) -> Targets:
+        c = targets["counts"]
+        perm = list(range(c.shape[1]))
+        perm[a], perm[b] = b, a
+        return _with_counts(targets, torch.where(mask[:, None], c[:, perm], c))
+
+    return swap
+
+
+def turn_counts(targets: Targets, turns: torch.Tensor) -> Targets:
+    """Image i turned by turns[i] quarter turns counter-clockwise (torch.rot90 on (H, W)):
+    an apex pointing up then points left, right -> up, down -> right, left -> down. In
+    clockwise order u, r, d, l at positions q = 0..3, the new count at q is the old one at
+    (q + turns) mod 4."""
+    c = targets["counts"]
+    cw = _CLOCKWISE.to(c.device)
+    src = cw[(torch.arange(4, device=c.device)[None, :] + turns[:, None]) % 4]  # (B, 4)
+    new = c.clone()
+    new[:, cw] = c.gather(1, src)
+    return _with_counts(targets, new)
+
+
+# a left-right mirror swaps right and left; an up-down mirror swaps up and down
+GSNConfig.label_maps = {
+    "hflip": _swap(_RIGHT, _LEFT),
+    "vflip": _swap(_UP, _DOWN),
+    "rot90": turn_counts,
+}
 
 
 def counts_to_class(pred_counts: torch.Tensor) -> torch.Tensor:

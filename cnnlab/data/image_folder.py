@@ -31,13 +31,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 from pydantic import Field, model_validator
 
+from cnnlab.data.augment import UNCHANGED, LabelMap
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
 from cnnlab.data.files import cache_dir, named_dir
 from cnnlab.data.split import stratified_split
@@ -62,6 +63,8 @@ class ImageFolderConfig(DataSection):
     """`data:` of an image-folder recipe."""
 
     source: Literal["image_folder"] = "image_folder"
+    # natural images: flipped, turned or shifted, they show the same class (augment.py)
+    label_maps: ClassVar[dict[str, LabelMap | None]] = UNCHANGED
     image_size: int = Field(224, ge=8)  # images become image_size x image_size RGB
     # crop: shorter side to image_size, then the centre square; squash: straight to the square
     resize: Literal["crop", "squash"] = "crop"
