@@ -8,6 +8,7 @@ recipe's `data.source` picks), a `describe(cfg) -> DataInfo` that reads headers 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,17 @@ class DataSection(Section):
     # it on; why, for the one line, in `refused`.
     label_maps: ClassVar[dict[str, LabelMap | None]] = {}
     refused: ClassVar[dict[str, str]] = {}
+    # A source with no place of its own to look (no system package, no download) needs
+    # data.root or $CNNLAB_DATA: what the folder must hold, for the error; "" = it does not.
+    root_holds: ClassVar[str] = ""
+
+    @model_validator(mode="after")
+    def _root_given(self) -> DataSection:
+        if type(self).root_holds and not self.root and not os.environ.get("CNNLAB_DATA"):
+            raise ValueError(
+                f"data.root: {self.source} needs the folder that holds {self.root_holds}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _augment_declared(self) -> DataSection:

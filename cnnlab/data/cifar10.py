@@ -23,7 +23,7 @@ import torch
 
 from cnnlab.data.augment import UNCHANGED, LabelMap
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
-from cnnlab.data.files import cache_dir, download_checked, extract_tar, named_dir
+from cnnlab.data.files import cache_dir, download_checked, extract_tar, named_dir, search
 from cnnlab.errors import CnnlabError
 
 # The official release (https://www.cs.toronto.edu/~kriz/cifar.html) and its published MD5s,
@@ -162,23 +162,12 @@ def download(target: Path) -> None:
 
 def locate(root: str | None, allow_download: bool = True) -> dict[str, Path]:
     """Paths of the seven files, in the documented search order."""
-    named = named_dir(root)
-    if named:
-        return _locate_named(*named)
     cache = cache_dir(CACHE_NAME)
-    found = _find_in(cache)
+    found, reason = search(root, _find_in, [cache], download, allow_download)
     if found:
         return found
-    reason = "downloads are disabled"
-    if allow_download:
-        try:
-            download(cache)
-            found = _find_in(cache)
-            if found:
-                return found
-            reason = f"the archive holds no {FOLDER} ({_what_is_missing(cache / FOLDER)})"
-        except CnnlabError as err:
-            reason = str(err)
+    if named_dir(root):
+        return _locate_named(*named_dir(root))
     raise CnnlabError(
         f"CIFAR-10 not found (searched {cache}; {reason}). Fix: run `cnnlab fetch cifar10` "
         f"where the internet is reachable, or put {FOLDER} in a folder and set data.root or "

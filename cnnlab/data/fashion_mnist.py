@@ -16,7 +16,7 @@ import torch
 
 from cnnlab.data.augment import UNCHANGED, LabelMap
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source, mean_ink
-from cnnlab.data.files import cache_dir, download_checked, named_dir
+from cnnlab.data.files import cache_dir, download_checked, named_dir, search
 from cnnlab.errors import CnnlabError
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
@@ -142,24 +142,12 @@ def download(
 
 def locate(root: str | None, allow_download: bool = True) -> dict[str, Path]:
     """Paths of the four idx files, in the documented search order."""
-    named = named_dir(root)
-    if named:
-        return _locate_named(*named)
-    cache = cache_dir(CACHE_NAME)
-    dirs = [SYSTEM_DIR, cache]
-    for folder in dirs:
-        found = _find_in(folder)
-        if found:
-            return found
-    reason = "downloads are disabled"
-    if allow_download:
-        try:
-            download(cache)
-            found = _find_in(cache)
-            if found:
-                return found
-        except CnnlabError as err:
-            reason = str(err)
+    dirs = [SYSTEM_DIR, cache_dir(CACHE_NAME)]
+    found, reason = search(root, _find_in, dirs, download, allow_download)
+    if found:
+        return found
+    if named_dir(root):
+        return _locate_named(*named_dir(root))
     searched = ", ".join(str(d) for d in dirs)
     raise CnnlabError(
         f"Fashion-MNIST not found (searched {searched}; {reason}). Fix: `sudo apt-get install "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
@@ -30,6 +31,36 @@ def named_dir(root: str | None) -> tuple[Path, str] | None:
     if os.environ.get("CNNLAB_DATA"):
         return Path(os.environ["CNNLAB_DATA"]).expanduser(), "$CNNLAB_DATA"
     return None
+
+
+Files = dict[str, Path]
+
+
+def search(
+    root: str | None,
+    find: Callable[[Path], Files | None],
+    places: list[Path],
+    fetch: Callable[[Path], None],
+    allow_download: bool,
+) -> tuple[Files | None, str]:
+    """The search rule: (files, "") where `find` succeeds, else (None, why not). A folder
+    someone named is the only place looked in (its error is the caller's: it knows what the
+    folder lacks); else `places` in order, then `fetch` into the last one (the cache)."""
+    named = named_dir(root)
+    if named:
+        return find(named[0]), f"the folder {named[1]} names"
+    for folder in places:
+        found = find(folder)
+        if found:
+            return found, ""
+    if not allow_download:
+        return None, "downloads are disabled"
+    try:
+        fetch(places[-1])
+    except CnnlabError as err:
+        return None, str(err)
+    found = find(places[-1])
+    return found, "" if found else "the download holds no complete copy"
 
 
 def download_checked(name: str, mirrors: list[str], target: Path, md5: str) -> Path:

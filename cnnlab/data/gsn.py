@@ -33,7 +33,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from cnnlab.data.augment import AugmentConfig, LabelMap, Targets
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
@@ -76,15 +76,9 @@ class GSNConfig(DataSection):
     # the last val_rows rows of labels.csv are the validation set, and (GSN has no test
     # set) the test set too; the rest train
     val_rows: int = Field(1000, ge=1)
-
-    @model_validator(mode="after")
-    def _needs_root(self) -> GSNConfig:
-        if not self.root and not os.environ.get("CNNLAB_DATA"):
-            raise ValueError(
-                "data.root: gsn needs the folder that holds labels.csv (or data_gsn/); "
-                "`cnnlab data gsn --out FOLDER` writes one"
-            )
-        return self
+    root_holds: ClassVar[str] = (
+        "labels.csv (or data_gsn/); `cnnlab data gsn --out FOLDER` writes one"
+    )
 
 
 # ------------------------------------------------------------------------------ classes

@@ -36,7 +36,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from cnnlab.data.augment import UNCHANGED, LabelMap
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
@@ -72,15 +72,7 @@ class ImageFolderConfig(DataSection):
     # Only for a single root/<class>/* folder: the stratified share kept as the test set,
     # carved with a fixed seed (the same for every run). With train/ + val/, val/ is the test.
     test_fraction: float = Field(0.2, gt=0.0, lt=0.9)
-
-    @model_validator(mode="after")
-    def _needs_root(self) -> ImageFolderConfig:
-        if not self.root and not os.environ.get("CNNLAB_DATA"):
-            raise ValueError(
-                "data.root: image_folder needs the folder that holds train/ and val/ "
-                "(or one folder per class)"
-            )
-        return self
+    root_holds: ClassVar[str] = "train/ and val/ (or one folder per class)"
 
 
 # ------------------------------------------------------------------------------ scanning
