@@ -17,7 +17,12 @@ from cnnlab.models import BACKBONES
 from cnnlab.train import train
 from cnnlab.viz import FIGURES, RunView, make_charts
 from cnnlab.viz.base import grid_shape
-from cnnlab.viz.confusion import confusion_charts, confusion_counts, group_errors
+from cnnlab.viz.confusion import (
+    confusion_charts,
+    confusion_counts,
+    group_accuracy,
+    group_errors,
+)
 from cnnlab.viz.dead_units import alive_units
 from cnnlab.viz.features import _filter_images, capture
 from cnnlab.viz.guided import guided_gradient
@@ -92,6 +97,10 @@ def test_group_errors_add_up_by_group():
     assert g.tolist() == [[5, 1, 0], [0, 0, 2], [1, 0, 0]]  # diagonal (correct) excluded
     assert int(g.sum()) == int(cm.sum() - cm.diag().sum())
     assert group_errors(cm, ["x", "y", "z", "w"]) is None
+    by_group = {r["group"]: r for r in group_accuracy(cm, names)}
+    assert by_group["a+b"] == {"group": "a+b", "images": 15, "accuracy": 0.6,
+                               "group right": round(14 / 15, 4)}  # fmt: skip
+    assert by_group["b+c"]["accuracy"] == 0.875 and by_group["a+c"]["group right"] == 0.75
     assert torch.equal(
         confusion_counts(torch.tensor([0, 1]), torch.tensor([1, 1]), 2),
         torch.tensor([[0, 1], [0, 1]]),

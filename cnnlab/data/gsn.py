@@ -13,8 +13,8 @@ the test metrics of a GSN run are validation metrics, not a held-out estimate.
 Targets:
 - `pair`: the 135-way class. Order: the 15 unordered type pairs (i < j) in lexicographic
   order of the type order squares, circles, up, right, down, left, then a = the count of
-  the first type, 1..9: class = 9 * pair + a - 1; 0 = "squares 1 + circles 9", 8 =
-  "squares 9 + circles 1", 9 = "squares 1 + up 9", ..., 134 = "down 9 + left 1".
+  the first type, 1..9: class = 9 * pair + a - 1; 0 = "squares+circles: 1:9", 8 =
+  "squares+circles: 9:1", 9 = "squares+up: 1:9", ..., 134 = "down+left: 9:1".
 - `counts`: float (N, 6), the csv's counts in its column order.
 
 Every row is checked: a missing or unreadable image, a non-28x28 image, a wrong header or
@@ -43,8 +43,10 @@ from cnnlab.errors import CnnlabError
 
 COUNT_NAMES = list(TYPES)  # squares, circles, up, right, down, left: the csv's columns
 SPLITS = 9  # a = 1..9
+# "pair: split" names: the figures group classes by the part before the colon (errors and
+# accuracy by shape pair, as seed 003 reports them)
 CLASS_NAMES = [
-    f"{TYPES[i]} {a} + {TYPES[j]} {SHAPES_PER_IMAGE - a}"
+    f"{TYPES[i]}+{TYPES[j]}: {a}:{SHAPES_PER_IMAGE - a}"
     for i, j in PAIRS
     for a in range(1, SPLITS + 1)
 ]

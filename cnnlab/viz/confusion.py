@@ -141,6 +141,25 @@ def group_errors(cm: torch.Tensor, names: list[str]) -> tuple[list[str], torch.T
     return groups, out
 
 
+def group_accuracy(cm: torch.Tensor, names: list[str]) -> list[dict]:
+    """Per group of "group:rest" class names: test images, exact accuracy, and how often the
+    predicted class is at least in the right group (seed 003: the right shape pair)."""
+    group_of = [n.split(":", 1)[0] for n in names]
+    rows = []
+    for g in sorted(set(group_of)):
+        idx = torch.tensor([i for i, x in enumerate(group_of) if x == g])
+        images = int(cm[idx].sum())
+        exact = int(cm[idx, idx].sum())
+        in_group = int(cm[idx][:, idx].sum())
+        rows.append({
+            "group": g,
+            "images": images,
+            "accuracy": round(exact / max(images, 1), 4),
+            "group right": round(in_group / max(images, 1), 4),
+        })  # fmt: skip
+    return rows
+
+
 def confusion_charts(task: str, cm: torch.Tensor, names: list[str]) -> list[Chart]:
     """All confusion views of one task from its (n, n) count matrix."""
     charts = [
@@ -155,7 +174,13 @@ def confusion_charts(task: str, cm: torch.Tensor, names: list[str]) -> list[Char
         ax = fig.subplots()
         _heatmap(fig, ax, g, groups, f"{task}: misclassifications by group", "d")
         charts.append(
-            Chart(f"group_errors_{task}", f"Errors by group: {task}", fig, extra={"groups": g})
+            Chart(
+                f"group_errors_{task}",
+                f"Errors by group: {task}",
+                fig,
+                table=group_accuracy(cm, names),
+                extra={"groups": g},
+            )
         )
     return charts
 
