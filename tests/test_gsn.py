@@ -138,9 +138,9 @@ def test_class_order_and_helpers():
     assert CLASS_NAMES[0] == "squares+circles: 1:9" and CLASS_NAMES[9] == "squares+up: 1:9"
     assert CLASS_NAMES[134] == "down+left: 9:1"
     counts = torch.tensor([[3.0, 7, 0, 0, 0, 0], [0, 0, 0, 0, 9, 1], [0, 2, 0, 0, 0, 8]])
-    assert pair_class(counts).tolist() == [2, 134, CLASS_NAMES.index("circles 2 + left 8")]
+    assert pair_class(counts).tolist() == [2, 134, CLASS_NAMES.index("circles+left: 2:8")]
     noisy = torch.tensor([[2.6, 6.1, 0.3, 0, -0.2, 0.1], [0.1, 0, 0.2, 0, 12.0, 3.0]])
-    assert counts_to_class(noisy).tolist() == [2, CLASS_NAMES.index("down 9 + left 1")]
+    assert counts_to_class(noisy).tolist() == [2, CLASS_NAMES.index("down+left: 9:1")]
     assert torch.equal(counts_to_class(counts), pair_class(counts))
 
 
