@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab.data import describe
+from cnnlab.data import DataSection, describe
 from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.loggers import Loggers
@@ -29,7 +29,15 @@ from cnnlab.precision import Choice, autocast_for, choose, record
 from cnnlab.progress import EpochProgress, console, print_metrics_table
 from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, environment, load_checkpoint, write_json
-from cnnlab.tasks import EpochMeter, Task, create_tasks, evaluate, metric_goal, total_loss
+from cnnlab.tasks import (
+    EpochMeter,
+    TargetSpec,
+    Task,
+    create_tasks,
+    evaluate,
+    metric_goal,
+    total_loss,
+)
 
 # ------------------------------------------------------------------- device, precision
 
@@ -86,8 +94,21 @@ def check_data(recipe: Recipe) -> dict[str, Task]:
                 f"tasks.{name}.target {task.target!r} is not provided by {info.source}; "
                 f"choose one of: {', '.join(info.targets)}"
             )
-        task.fit(info.targets[task.target], None, info.components.get(task.target))
+        task.fit(target_spec(recipe.data, info.targets, info.components, task.target))
     return tasks
+
+
+def target_spec(
+    data: DataSection, classes: dict, components: dict[str, list[str]], target: str
+) -> TargetSpec:
+    """A target as the tasks see it: its classes or components from the source's description
+    (or a checkpoint), and how the source reads a vector of it as a class (its config's
+    `to_class`)."""
+    return TargetSpec(
+        classes=classes.get(target),
+        components=components.get(target),
+        to_class=type(data).to_class.get(target),
+    )
 
 
 def train_values(splits: Splits, target: str) -> torch.Tensor:
@@ -123,10 +144,9 @@ class Trainer:
         )
         for task in self.tasks.values():  # now with the pixels: a regression's statistics
             values = lambda t=task.target: train_values(self.splits, t)  # noqa: E731
+            splits = self.splits
             task.fit(
-                self.splits.classes.get(task.target),
-                values,
-                self.splits.components.get(task.target),
+                target_spec(recipe.data, splits.classes, splits.components, task.target), values
             )
         self.model: MultiTaskModel = create_model(
             recipe.model,

@@ -12,7 +12,7 @@ import torch
 
 from cnnlab.catalog import RECIPES
 from cnnlab.recipe import Recipe, load_recipe
-from cnnlab.tasks import TargetInfo, Task, create_tasks
+from cnnlab.tasks import TargetInfo, TargetSpec, Task, create_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = RECIPES / "fashion_multitask.yaml"
@@ -58,7 +58,7 @@ def fitted_tasks(
     categorical target, `ink` = (mean, std) for every standardized one."""
     tasks = create_tasks(recipe.tasks)
     for task in tasks.values():
-        task.fit([f"class {i}" for i in range(classes)], None)
+        task.fit(TargetSpec(classes=[f"class {i}" for i in range(classes)]))
         if task.info.classes is None:
             task.info = TargetInfo(mean=ink[0], std=ink[1])
     return tasks

@@ -19,6 +19,8 @@ from cnnlab.data.gsn import CLASS_NAMES, COUNT_NAMES, counts_to_class, pair_clas
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.recipe import load_recipe
+from cnnlab.tasks import TargetSpec, task_class
+from cnnlab.tasks.regression import RegressionConfig
 from cnnlab.train import check_data
 from tests.conftest import run_cli
 
@@ -231,6 +233,7 @@ def test_cli_train_on_gsn(folder, tmp_path):
     each = [test[f"test.cnt.rmse_{name}"] for name in COUNT_NAMES]  # one RMSE per count
     overall = (sum(r**2 for r in each) / len(each)) ** 0.5  # equal counts per component
     assert test["test.cnt.rmse"] == pytest.approx(overall, rel=1e-4)
+    assert 0.0 <= test["test.cnt.accuracy"] <= 1.0  # the count head read as a classifier
     assert (run / "figures" / "regression_cnt.png").stat().st_size > 2000
     again = run_cli("eval", str(run))  # the checkpoint rebuilds the six-output head
     assert again.returncode == 0, again.stderr
@@ -249,3 +252,14 @@ def test_the_recipe_builds_seed_003s_network(folder):
     assert sum(p.numel() for p in model.parameters()) == convs + dense + heads
     out = model(torch.zeros(2, 1, 28, 28))
     assert out["cls"].shape == (2, 135) and out["cnt"].shape == (2, 6)
+
+
+def test_the_count_head_is_scored_as_a_classifier_too():
+    cfg = RegressionConfig(target="counts")
+    task = task_class(cfg)("cnt", cfg)
+    task.fit(TargetSpec(components=COUNT_NAMES, to_class=counts_to_class))
+    truth = torch.tensor([[3.0, 7, 0, 0, 0, 0], [0, 0, 0, 0, 9, 1]])
+    pred = torch.tensor([[3.2, 6.9, 0.1, 0, 0, 0], [0, 0, 0, 0, 5.2, 4.9]])  # 2nd: 5:5, wrong
+    metrics = task.epoch_metrics()
+    metrics.update(pred, truth)
+    assert task.epoch_values(metrics.compute())["accuracy"] == 0.5

@@ -22,7 +22,7 @@ TINY = [
     "data.train_subset=2000",
     "data.test_subset=500",
     "model.base_filters=8",
-    "train.epochs=2",
+    "train.epochs=3",  # killed after its first epoch, a trial has two more to be killed in
     "train.threads=1",
     "train.device=cpu",
 ]
@@ -97,7 +97,7 @@ def test_two_workers_one_killed_mid_trial(tmp_path, postgres_url):
     retry = rows[dead.retried_as]
     assert retry.state == "complete" and retry.run_dir == dead.run_dir  # resumed, same folder
     run = retry.run
-    assert [m["epoch"] for m in run.read_metrics()] == [1, 2]
+    assert [m["epoch"] for m in run.read_metrics()] == [1, 2, 3]
     assert json.loads((run.path / "trial.json").read_text())["trials"] == [killed, retry.number]
     # every run folder belongs to exactly one complete trial
     runs = sorted(p.name for p in (folder.path / "runs").iterdir())

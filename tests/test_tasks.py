@@ -3,7 +3,7 @@ import torch
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
-from cnnlab.tasks import EpochMeter, task_class, total_loss
+from cnnlab.tasks import EpochMeter, TargetSpec, task_class, total_loss
 from cnnlab.tasks.regression import RegressionConfig
 from tests.conftest import fitted_tasks
 
@@ -89,7 +89,7 @@ def test_a_vector_regression_learns_each_component_in_its_own_units():
     cfg = RegressionConfig(target="counts")
     task = task_class(cfg)("cnt", cfg)
     values = torch.tensor([[0.0, 10.0], [2.0, 30.0], [4.0, 20.0]])
-    task.fit(None, lambda: values, ["a", "b"])
+    task.fit(TargetSpec(components=["a", "b"]), lambda: values)
     assert task.info.mean == [2.0, 20.0] and task.info.std == [2.0, 10.0]
     head = task.head(5)
     out = head(torch.randn(4, 5))
@@ -106,4 +106,4 @@ def test_a_vector_target_its_source_did_not_name_is_one_line():
     cfg = RegressionConfig(target="counts")
     task = task_class(cfg)("cnt", cfg)
     with pytest.raises(CnnlabError, match="its source names 0 components"):
-        task.fit(None, lambda: torch.zeros(3, 6), None)
+        task.fit(TargetSpec(), lambda: torch.zeros(3, 6))

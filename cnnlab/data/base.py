@@ -48,6 +48,9 @@ class DataSection(Section):
     # A source with no place of its own to look (no system package, no download) needs
     # data.root or $CNNLAB_DATA: what the folder must hold, for the error; "" = it does not.
     root_holds: ClassVar[str] = ""
+    # A vector target's values -> a class index (GSN: counts -> pair), so a regression task
+    # on it can report how often its prediction lands in the right class.
+    to_class: ClassVar[dict[str, Callable[[torch.Tensor], torch.Tensor]]] = {}
 
     @model_validator(mode="after")
     def _root_given(self) -> DataSection:

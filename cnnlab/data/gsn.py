@@ -159,6 +159,9 @@ def counts_to_class(pred_counts: torch.Tensor) -> torch.Tensor:
     return _PAIR_INDEX.to(p.device)[i, j] * SPLITS + a - 1
 
 
+GSNConfig.to_class = {"counts": counts_to_class}  # the count head, read as a classifier
+
+
 # ------------------------------------------------------------------------------ files
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field
 
-from cnnlab.tasks.base import TargetInfo, Task, TaskSection
+from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection
 from cnnlab.tasks.classification import Classification
 from cnnlab.tasks.meter import EpochMeter, evaluate, total_loss
 from cnnlab.tasks.regression import Regression
@@ -51,6 +51,7 @@ __all__ = [
     "TASKS",
     "EpochMeter",
     "TargetInfo",
+    "TargetSpec",
     "Task",
     "TaskConfig",
     "create_tasks",

@@ -28,6 +28,17 @@ class TaskSection(Section):
     head: HeadConfig = HeadConfig()
 
 
+@dataclass(frozen=True)
+class TargetSpec:
+    """What the source says about a task's target, before any pixel is read."""
+
+    classes: list[str] | None = None  # a categorical target's class names
+    components: list[str] | None = None  # a vector target's component names
+    # A vector target's values -> the index of a class (GSN: six counts -> the shape-pair
+    # class), so a regression head can be scored as a classifier as well.
+    to_class: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
 @dataclass
 class TargetInfo:
     """What a head needs to know about its target, learnt from the training split."""
@@ -56,16 +67,11 @@ class Task:
     def target(self) -> str:
         return self.cfg.target
 
-    def fit(
-        self,
-        classes: list[str] | None,
-        values: Callable[[], torch.Tensor] | None,
-        components: list[str] | None = None,
-    ) -> None:
-        """Learn what the head needs: `classes` of a categorical target (None otherwise),
-        `components` of a vector target (None for a scalar); `values()` gives the training
-        split's targets, or is None when the statistics come with the weights (a checkpoint)."""
-        self.info = TargetInfo(classes=classes, components=components)
+    def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
+        """Learn what the head needs: the source's `spec` of the target (its classes or
+        components); `values()` gives the training split's targets, or is None when the
+        statistics come with the weights (a checkpoint)."""
+        self.info = TargetInfo(classes=spec.classes, components=spec.components)
 
     def head(self, in_features: int) -> nn.Module:
         raise NotImplementedError

@@ -12,7 +12,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.heads import MLPHead
-from cnnlab.tasks.base import TargetInfo, Task, TaskSection
+from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection
 
 if TYPE_CHECKING:
     from torchmetrics import MetricCollection
@@ -39,18 +39,13 @@ class Classification(Task):
     step_metrics = ("accuracy",)
     figures = ("confusion",)
 
-    def fit(
-        self,
-        classes: list[str] | None,
-        values: Callable[[], torch.Tensor] | None,
-        components: list[str] | None = None,
-    ) -> None:
-        if not classes:
+    def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
+        if not spec.classes:
             raise CnnlabError(
                 f"tasks.{self.name}: target {self.target!r} is not categorical; classify a "
                 "target with classes, or make this task type: regression"
             )
-        self.info = TargetInfo(classes=list(classes))
+        self.info = TargetInfo(classes=list(spec.classes))
 
     @property
     def num_classes(self) -> int:

@@ -13,13 +13,13 @@ from torch import nn
 from cnnlab.config import HeadConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.models.heads import MLPHead
-from cnnlab.tasks.base import TargetInfo, Task, TaskSection
+from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection
 
 LOSSES = {"mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss, "l1": F.l1_loss}
 
 
 if TYPE_CHECKING:
-    from torchmetrics import MetricCollection
+    from torchmetrics import Metric, MetricCollection
 
 
 class RegressionConfig(TaskSection):
@@ -60,20 +60,40 @@ class RegressionHead(MLPHead):
         return out.float() * self.target_std + self.target_mean
 
 
+def class_agreement(to_class: Callable[[torch.Tensor], torch.Tensor]) -> Metric:
+    """A metric: how often the predicted vector and the true one give the same class (GSN:
+    the count head read as a classifier, comparable with the class head's accuracy)."""
+    import torchmetrics
+
+    class _Agreement(torchmetrics.Metric):
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_state("same", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+            self.add_state("total", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+        def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+            self.same += (to_class(pred) == to_class(target)).sum()
+            self.total += target.shape[0]
+
+        def compute(self) -> torch.Tensor:
+            return self.same.float() / self.total.clamp_min(1)
+
+    return _Agreement()
+
+
 class Regression(Task):
     config = RegressionConfig
     metrics = ("loss", "mae", "rmse")
+    maximize = frozenset({"accuracy"})  # of a vector target read as a class (TargetSpec)
+    to_class: Callable[[torch.Tensor], torch.Tensor] | None = None
     headline = ("rmse",)
     step_metrics = ("mae", "mse")
     figures = ("regression",)
 
-    def fit(
-        self,
-        classes: list[str] | None,
-        values: Callable[[], torch.Tensor] | None,
-        components: list[str] | None = None,
-    ) -> None:
+    def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
+        components = spec.components
         self.info = TargetInfo(components=components)
+        self.to_class = spec.to_class
         if not self.cfg.standardize or values is None:
             return
         v = values().double()  # (N,) or (N, K)
@@ -117,6 +137,8 @@ class Regression(Task):
             k = self.outputs
             metrics["rmse_each"] = MultioutputWrapper(torchmetrics.MeanSquaredError(False), k)
             metrics["mae_each"] = MultioutputWrapper(torchmetrics.MeanAbsoluteError(), k)
+        if self.to_class is not None:
+            metrics["accuracy"] = class_agreement(self.to_class)
         return torchmetrics.MetricCollection(metrics)
 
     def epoch_values(self, computed: dict) -> dict[str, float]:

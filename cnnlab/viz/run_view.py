@@ -22,6 +22,7 @@ from cnnlab.precision import autocast_for
 from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks import Task, create_tasks
+from cnnlab.train import target_spec
 from cnnlab.viz.hooks import analysis_mode, forward_hooks, last_conv
 
 
@@ -78,7 +79,7 @@ class RunView:
         tasks = create_tasks(self.recipe.tasks)
         components = self.checkpoint.get("components", {})  # absent in older checkpoints
         for task in tasks.values():
-            task.fit(self.classes.get(task.target), None, components.get(task.target))
+            task.fit(target_spec(self.recipe.data, self.classes, components, task.target))
         return tasks
 
     def task_classes(self, task: str) -> list[str]:
