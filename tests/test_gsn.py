@@ -175,6 +175,13 @@ def test_bad_rows_are_one_line_with_their_line_numbers(folder, tmp_path):
     with pytest.raises(CnnlabError, match=r"line 4: img_00002.png is 32x28"):
         SOURCES["gsn"].load(config(bad, val_rows=20))
 
+    secret = tmp_path / "secret.png"  # outside the folder, behind a link a row names
+    Image.new("L", (28, 28)).save(secret)
+    (bad / "img_00002.png").unlink()
+    (bad / "img_00002.png").symlink_to(secret)
+    with pytest.raises(CnnlabError, match=r"line 4: img_00002.png links outside"):
+        SOURCES["gsn"].load(config(bad, val_rows=20))
+
     (bad / "labels.csv").write_text("file,squares,circles,up,right,down,left\n")
     with pytest.raises(CnnlabError, match="line 1: header must be name,squares"):
         describe(config(bad))

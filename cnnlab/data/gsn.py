@@ -242,9 +242,13 @@ def _decode_all(folder: Path, names: list[str]) -> tuple[np.ndarray, list[tuple[
     """uint8 (N, 1, 28, 28) and the problems (csv line, what) of images that failed."""
     out = np.empty((len(names), 1, SIZE, SIZE), dtype=np.uint8)
     problems: list[tuple[int, str]] = []
+    inside = folder.resolve()
 
     def one(k: int) -> None:
         path = folder / names[k]
+        if path.exists() and not path.resolve().is_relative_to(inside):
+            problems.append((k + 2, f"{names[k]} links outside {folder}"))
+            return  # a file list never makes cnnlab read outside its folder
         try:
             with Image.open(path) as im:
                 im.load()
