@@ -23,7 +23,14 @@ import torch
 
 from cnnlab.data.augment import UNCHANGED, LabelMap
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
-from cnnlab.data.files import cache_dir, download_checked, extract_tar, named_dir, search
+from cnnlab.data.files import (
+    cache_dir,
+    download_checked,
+    extract_tar,
+    named_dir,
+    search,
+    why_not_here,
+)
 from cnnlab.errors import CnnlabError
 
 # The official release (https://www.cs.toronto.edu/~kriz/cifar.html) and its published MD5s,
@@ -133,21 +140,12 @@ def _find_in(folder: Path) -> dict[str, Path] | None:
     return None
 
 
-def _what_is_missing(folder: Path) -> str:
-    if not folder.exists():
-        return "no such folder"
-    if not folder.is_dir():
-        return "a file, not a folder"
-    lacks = min((_missing(folder), _missing(folder / FOLDER)), key=len)
-    return "missing " + ", ".join(lacks)
-
-
-def _locate_named(folder: Path, name: str) -> dict[str, Path]:
-    found = _find_in(folder)
-    if found:
-        return found
-    raise CnnlabError(
-        f"CIFAR-10 is not in {folder}, the folder {name} names ({_what_is_missing(folder)}). "
+def _not_in_named(folder: Path, name: str) -> CnnlabError:
+    """One error naming the folder someone named and what it lacks."""
+    lacking = [_missing(folder), _missing(folder / FOLDER)]
+    return CnnlabError(
+        f"CIFAR-10 is not in {folder}, the folder {name} names "
+        f"({why_not_here(folder, lacking)}). "
         f"Fix: put {FOLDER} (data_batch_1..5, test_batch, batches.meta) there, point {name} "
         "at the folder that holds it, or unset it to let cnnlab find or download the data"
     )
@@ -167,7 +165,7 @@ def locate(root: str | None, allow_download: bool = True) -> dict[str, Path]:
     if found:
         return found
     if named_dir(root):
-        return _locate_named(*named_dir(root))
+        raise _not_in_named(*named_dir(root))
     raise CnnlabError(
         f"CIFAR-10 not found (searched {cache}; {reason}). Fix: run `cnnlab fetch cifar10` "
         f"where the internet is reachable, or put {FOLDER} in a folder and set data.root or "

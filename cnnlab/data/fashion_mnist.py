@@ -16,7 +16,7 @@ import torch
 
 from cnnlab.data.augment import UNCHANGED, LabelMap
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source, mean_ink
-from cnnlab.data.files import cache_dir, download_checked, named_dir, search
+from cnnlab.data.files import cache_dir, download_checked, named_dir, search, why_not_here
 from cnnlab.errors import CnnlabError
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
@@ -104,26 +104,15 @@ def _find_in(folder: Path) -> dict[str, Path] | None:
     return None
 
 
-def _what_is_missing(folder: Path) -> str:
-    """Why `folder` does not hold the data: no folder, or the files its best layout lacks."""
-    if not folder.exists():
-        return "no such folder"
-    if not folder.is_dir():
-        return "a file, not a folder"
-    lacks = min(
-        ([stem for stem in FILES.values() if not _idx_file(folder / sub, stem)] for sub in SUBDIRS),
-        key=len,
-    )
-    return "missing " + ", ".join(f"{stem}[.gz]" for stem in lacks)
-
-
-def _locate_named(folder: Path, name: str) -> dict[str, Path]:
-    """The files in the folder someone named, or one error naming it and what it lacks."""
-    found = _find_in(folder)
-    if found:
-        return found
-    raise CnnlabError(
-        f"Fashion-MNIST is not in {folder}, the folder {name} names ({_what_is_missing(folder)}). "
+def _not_in_named(folder: Path, name: str) -> CnnlabError:
+    """One error naming the folder someone named and what it lacks."""
+    lacking = [
+        [f"{stem}[.gz]" for stem in FILES.values() if not _idx_file(folder / sub, stem)]
+        for sub in SUBDIRS
+    ]
+    return CnnlabError(
+        f"Fashion-MNIST is not in {folder}, the folder {name} names "
+        f"({why_not_here(folder, lacking)}). "
         f"Fix: put the four idx files there (plain or .gz), point {name} at the folder that "
         "holds them, or unset it to let cnnlab find or download the data"
     )
@@ -147,7 +136,7 @@ def locate(root: str | None, allow_download: bool = True) -> dict[str, Path]:
     if found:
         return found
     if named_dir(root):
-        return _locate_named(*named_dir(root))
+        raise _not_in_named(*named_dir(root))
     searched = ", ".join(str(d) for d in dirs)
     raise CnnlabError(
         f"Fashion-MNIST not found (searched {searched}; {reason}). Fix: `sudo apt-get install "

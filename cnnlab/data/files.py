@@ -63,6 +63,16 @@ def search(
     return found, "" if found else "the download holds no complete copy"
 
 
+def why_not_here(folder: Path, lacking: list[list[str]]) -> str:
+    """Why a folder someone named does not hold a source's files: no folder, a file, or
+    what the best of its layouts lacks (`lacking`: the missing names, per layout)."""
+    if not folder.exists():
+        return "no such folder"
+    if not folder.is_dir():
+        return "a file, not a folder"
+    return "missing " + ", ".join(min(lacking, key=len))
+
+
 def download_checked(name: str, mirrors: list[str], target: Path, md5: str) -> Path:
     """`target/name` from the first mirror whose copy matches `md5`; a partial or wrong file
     never stays behind. Mirrors are URL prefixes ending in "/"."""
