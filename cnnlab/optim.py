@@ -44,10 +44,25 @@ def optimizer_options(cfg: OptimizerConfig) -> dict:
     return {"betas": ADAM_BETAS if cfg.betas is None else cfg.betas}
 
 
+FUSED_DEVICES = ("cpu", "cuda")  # where torch has one-kernel SGD / Adam / AdamW updates
+
+
+def fused(model: nn.Module) -> bool:
+    """Whether to take torch's fused update: one kernel per parameter instead of a dozen
+    elementwise passes. On this project's 2-core EPYC, Adam over seed 003's 12.8 M weights
+    took 48 ms per step unfused and 6.6 ms fused, 45 % of the whole training step.
+    Fused updates are ordinary float arithmetic in a different order: not bit-identical to
+    the unfused ones, but deterministic, so exact resume is unaffected."""
+    devices = {p.device.type for p in model.parameters()}
+    floats = all(p.is_floating_point() for p in model.parameters())
+    return floats and len(devices) == 1 and devices <= set(FUSED_DEVICES)
+
+
 def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The recipe's optimizer over `model`, decaying weights only (see param_groups)."""
     groups = param_groups(model, cfg.weight_decay)
-    return OPTIMIZERS[cfg.name](groups, lr=cfg.lr, **optimizer_options(cfg))
+    options = optimizer_options(cfg) | ({"fused": True} if fused(model) else {})
+    return OPTIMIZERS[cfg.name](groups, lr=cfg.lr, **options)
 
 
 def build_scheduler(

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cnnlab.optim import build_optimizer
+from cnnlab.optim import build_optimizer, param_groups
 from cnnlab.recipe import load_recipe
 from tests.conftest import DEMO
 
@@ -32,3 +32,25 @@ def test_weight_decay_reaches_weights_only():
     groups = built("name=adamw", "weight_decay=0.05").param_groups
     assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
     assert [p.ndim for p in groups[0]["params"]] == [2] and groups[1]["params"][0].ndim == 1
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_cpu_updates_are_fused_and_match_the_unfused_ones(name: str):
+    """One kernel per parameter on the CPU, and the same step (up to float rounding)."""
+    torch.manual_seed(0)
+    a = torch.nn.Linear(8, 4)
+    b = torch.nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    recipe = load_recipe(DEMO, [f"train.optimizer.name={name}", "train.optimizer.lr=0.01"])
+    fused = build_optimizer(recipe.train.optimizer, a)
+    unfused = fused.defaults | {"fused": False, "foreach": False}
+    unfused.pop("decoupled_weight_decay", None)  # AdamW sets it itself
+    plain = type(fused)(param_groups(b, recipe.train.optimizer.weight_decay), **unfused)
+    assert fused.defaults["fused"] is True
+    x = torch.randn(16, 8)
+    for model, opt in ((a, fused), (b, plain)):
+        for _ in range(3):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    torch.testing.assert_close(a.weight, b.weight)
