@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +271,27 @@ def test_the_count_head_is_scored_as_a_classifier_too():
     metrics = task.epoch_metrics()
     metrics.update(pred, truth)
     assert task.epoch_values(metrics.compute())["accuracy"] == 0.5
+
+
+def test_the_three_way_study_from_the_shell(folder, tmp_path):
+    """gsn_settings: 3 settings × 3 seeds, then the report compares them inside too."""
+    tiny = [f"data.root={folder}", "data.val_rows=20", "train.epochs=1", "train.threads=1",
+            "model.filters=[4,4,4,4]", "model.dense=[16]"]  # fmt: skip
+    out = tmp_path / "sweeps"
+    sets = [a for s in tiny for a in ("--set", s)]
+    done = run_cli("sweep", "gsn_multitask", "gsn_settings", "--out", str(out), *sets)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (path,) = out.iterdir()
+    report = run_cli("report", str(path), "--group-by", "setting")
+    assert report.returncode == 0, report.stderr[-3000:]
+    page = re.sub(r">\s+<", "><", (path / "report.html").read_text())
+    for setting in ("classification", "counts", "joint"):  # a study-table row each, 3 seeds
+        assert f'<td>setting = {setting}</td><td class="num">3</td>' in page
+    dead = page.split("Dead units by setting")[1]
+    assert "<th>setting = joint (3 runs)</th>" in dead
+    assert re.search(r"<td>backbone\.dense\.1 \(16\)</td><td class=\"num\">[0-9.]+% ± ", dead)
+    # the confusion of each trained class head: none for counts only (its weight is 0)
+    assert (path / "setting_joint_group_errors_cls.png").stat().st_size > 2000
+    assert (path / "setting_classification_confusion_cls.png").is_file()
+    assert not list(path.glob("setting_counts_*.png"))
+    assert "setting = joint: Errors by group: cls (its best run)" in page

@@ -10,6 +10,7 @@ through jinja2's autoescape.
 
 from __future__ import annotations
 
+import base64
 import math
 import statistics
 from collections import Counter, defaultdict
@@ -19,6 +20,7 @@ import numpy as np
 
 from cnnlab.recipe import flatten, metric_goal
 from cnnlab.runs import write_text
+from cnnlab.sweep.inside import dead_rows, inside_groups
 from cnnlab.sweep.results import TrialRow, load_trials, open_study
 from cnnlab.sweep.study import SweepFolder
 
@@ -369,6 +371,18 @@ row per value (is it this value).</p></div>
 <td class="num">{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>
 <p>Validation metrics at each run's best epoch; training time summed over its epochs.</p>
 </div>{% endif %}
+{% if dead %}<h2>Dead units by {{ group_by }}</h2><div class="wide">
+<table><tr>{% for h in dead[0] %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in dead[1] %}<tr><td>{{ row[0] }}</td>{% for c in row[1:] %}
+<td class="num">{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>
+<p>Share of each activation layer's units that never output &gt; 0 on the validation images
+(mean ± std over each group's best runs): a dead ReLU unit passes no gradient and has stopped
+learning.</p></div>{% endif %}
+{% for chart in inside_charts %}<h3>{{ chart.title }}</h3>
+<img src="data:image/png;base64,{{ chart.png }}" style="max-width:100%" alt="{{ chart.title }}">
+{% if chart.table %}<table><tr>{% for h in chart.table[0] %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in chart.table %}<tr>{% for v in row.values() %}<td>{{ v }}</td>{% endfor %}</tr>
+{% endfor %}</table>{% endif %}{% endfor %}
 <h2>Selection</h2>
 {% if selection %}<table><tr>{% for h in selection[0] %}<th>{{ h }}</th>{% endfor %}</tr>
 {% for row in selection[1] %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}
@@ -437,6 +451,7 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
     counts = defaultdict(int)
     for r in rows:
         counts[r.outcome] += 1
+    inside = inside_groups(with_runs, labels, metric, goal) if group_by else []
     page = env.from_string(TEMPLATE).render(
         name=meta["study"],
         path=str(folder.path),
@@ -456,6 +471,8 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
         fig_curves=div(chart_curves(with_runs, labels, metric)),
         group_counts=sorted(Counter(labels).items()),
         summary=group_table(with_runs, labels, metrics) if group_by else None,
+        dead=dead_rows(inside) if inside else None,
+        inside_charts=[_embedded(c, folder.path) for g in inside for c in g.charts],
         selection=_selection(folder),
         trials=trials,
         pngs=save_pngs(folder.path, with_runs, labels, metric, imp),
@@ -463,6 +480,12 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
     out = folder.path / "report.html"
     write_text(out, page)
     return out
+
+
+def _embedded(chart, folder: Path) -> dict:
+    """A group's chart saved beside the sweep's PNGs and inlined in the page."""
+    png = base64.b64encode(chart.save(folder).read_bytes()).decode("ascii")
+    return {"title": chart.title, "png": png, "table": chart.table}
 
 
 def _selection(folder: SweepFolder):

@@ -51,6 +51,11 @@ class RunView:
         self.recipe: Recipe = self.run.recipe()
         self.device = torch.device(device)
 
+    def share_splits(self, splits: Splits) -> None:
+        """Use data another view of the same data section, seed and layout has loaded (a
+        sweep's runs share it): loading is the slow part of looking inside many runs."""
+        self.__dict__["splits"] = splits
+
     @property
     def name(self) -> str:
         return self.run.path.name
