@@ -15,6 +15,7 @@ from torch import nn
 from cnnlab.config import Activation, Section
 from cnnlab.errors import CnnlabError
 from cnnlab.models.base import Backbone, FeatureInfo
+from cnnlab.models.dropout import Dropout
 from cnnlab.models.layers import create_act, init_kaiming
 
 
@@ -99,7 +100,7 @@ class CNN(Backbone):
         )
         self.pool = nn.AdaptiveAvgPool2d(1) if cfg.global_pool else nn.Identity()
         self.flatten = nn.Flatten()
-        self.drop = nn.Dropout(cfg.feature_dropout) if cfg.feature_dropout else nn.Identity()
+        self.drop = Dropout(cfg.feature_dropout) if cfg.feature_dropout else nn.Identity()
         h, w = image_size
         for _ in range(cfg.blocks):
             h, w = h // cfg.pool, w // cfg.pool

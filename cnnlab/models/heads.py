@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.config import HeadConfig
+from cnnlab.models.dropout import Dropout
 from cnnlab.models.layers import create_act
 
 
@@ -17,10 +18,10 @@ class MLPHead(nn.Sequential):
             layers += [
                 nn.Linear(in_dim, width),
                 create_act(cfg.activation),
-                nn.Dropout(cfg.dropout),
+                Dropout(cfg.dropout),
             ]
             in_dim = width
         if not cfg.hidden and cfg.dropout > 0:
-            layers.append(nn.Dropout(cfg.dropout))
+            layers.append(Dropout(cfg.dropout))
         layers.append(nn.Linear(in_dim, out_dim))
         super().__init__(*layers)
