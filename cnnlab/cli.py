@@ -202,7 +202,10 @@ def report(
     if SweepFolder.is_sweep(path):
         from cnnlab.sweep.report import build_report as build_sweep_report
 
-        typer.echo(f"report: {build_sweep_report(SweepFolder(path), storage, group_by)}")
+        page = build_sweep_report(SweepFolder(path), storage, group_by)
+        if group_by:  # the study's tables on the screen too
+            typer.echo((page.parent / "study.md").read_text())
+        typer.echo(f"report: {page}")
         return
     from cnnlab.report import build_report
 

@@ -295,3 +295,6 @@ def test_the_three_way_study_from_the_shell(folder, tmp_path):
     assert (path / "setting_classification_confusion_cls.png").is_file()
     assert not list(path.glob("setting_counts_*.png"))
     assert "setting = joint: Errors by group: cls (its best run)" in page
+    study = (path / "study.md").read_text()  # the same tables for a README, and on screen
+    assert "| setting = counts | 3 |" in study and "Dead units by setting" in study
+    assert "| setting = counts | 3 |" in report.stdout

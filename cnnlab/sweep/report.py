@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnlab.progress import markdown_table
 from cnnlab.recipe import flatten, metric_goal
 from cnnlab.runs import write_text
 from cnnlab.sweep.inside import dead_rows, inside_groups
@@ -452,6 +453,10 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
     for r in rows:
         counts[r.outcome] += 1
     inside = inside_groups(with_runs, labels, metric, goal) if group_by else []
+    summary = group_table(with_runs, labels, metrics) if group_by else None
+    dead = dead_rows(inside) if inside else None
+    if summary:
+        _write_study(folder.path / "study.md", group_by, summary, dead)
     page = env.from_string(TEMPLATE).render(
         name=meta["study"],
         path=str(folder.path),
@@ -470,8 +475,8 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
         group_by=group_by,
         fig_curves=div(chart_curves(with_runs, labels, metric)),
         group_counts=sorted(Counter(labels).items()),
-        summary=group_table(with_runs, labels, metrics) if group_by else None,
-        dead=dead_rows(inside) if inside else None,
+        summary=summary,
+        dead=dead,
         inside_charts=[_embedded(c, folder.path) for g in inside for c in g.charts],
         selection=_selection(folder),
         trials=trials,
@@ -480,6 +485,15 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
     out = folder.path / "report.html"
     write_text(out, page)
     return out
+
+
+def _write_study(path: Path, group_by: str, summary, dead) -> None:
+    """study.md: the study's tables as Markdown, for a paper or a README."""
+    parts = [f"## By {group_by}: mean ± std over trials\n", markdown_table(*summary)]
+    if dead:
+        parts += [f"\n## Dead units by {group_by} (share never > 0 on validation)\n"]
+        parts += [markdown_table(*dead)]
+    write_text(path, "\n".join(parts))
 
 
 def _embedded(chart, folder: Path) -> dict:
