@@ -20,6 +20,11 @@ from cnnlab.data.gsn import CLASS_NAMES, COUNT_NAMES, counts_to_class, pair_clas
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.recipe import load_recipe
+from cnnlab.sweep import inside
+from cnnlab.sweep.inside import inside_groups
+from cnnlab.sweep.report import groups
+from cnnlab.sweep.results import load_trials
+from cnnlab.sweep.study import SweepFolder
 from cnnlab.tasks import TargetSpec, task_class
 from cnnlab.tasks.regression import RegressionConfig
 from cnnlab.train import check_data
@@ -273,7 +278,7 @@ def test_the_count_head_is_scored_as_a_classifier_too():
     assert task.epoch_values(metrics.compute())["accuracy"] == 0.5
 
 
-def test_the_three_way_study_from_the_shell(folder, tmp_path):
+def test_the_three_way_study_from_the_shell(folder, tmp_path, monkeypatch):
     """gsn_settings: 3 settings × 3 seeds, then the report compares them inside too."""
     tiny = [f"data.root={folder}", "data.val_rows=20", "train.epochs=1", "train.threads=1",
             "model.filters=[4,4,4,4]", "model.dense=[16]"]  # fmt: skip
@@ -298,3 +303,8 @@ def test_the_three_way_study_from_the_shell(folder, tmp_path):
     study = (path / "study.md").read_text()  # the same tables for a README, and on screen
     assert "| setting = counts | 3 |" in study and "Dead units by setting" in study
     assert "| setting = counts | 3 |" in report.stdout
+    rows = load_trials(SweepFolder.open(path), None)
+    labels = groups(rows, "setting")
+    assert len(inside_groups(rows, labels, "val.loss", "minimize")) == 3
+    monkeypatch.setattr(inside, "MAX_GROUPS", 2)  # a continuous parameter: not looked inside
+    assert inside_groups(rows, labels, "val.loss", "minimize") == []

@@ -22,6 +22,7 @@ from cnnlab.viz.confusion import confusion_charts, confusion_counts
 from cnnlab.viz.dead_units import alive_units, dead_table
 
 MAX_RUNS = 5  # runs per group whose dead units are measured: each is a pass over val
+MAX_GROUPS = 12  # more groups (a continuous parameter) is not a study of settings: skipped
 CONFUSION_KEYS = ("confusion_", "group_errors_")  # of a task's views, the two a study compares
 
 
@@ -37,11 +38,14 @@ class Group:
 
 def inside_groups(rows: list[TrialRow], labels: list[str], metric: str, goal: str) -> list[Group]:
     """Per group (in label order), the dead units of its best runs and its best run's
-    confusion. Runs of one data section share one load of the data."""
+    confusion. Runs of one data section share one load of the data. Nothing when there are
+    more than MAX_GROUPS groups: each would cost model loads and passes over the data."""
     members: dict[str, list[TrialRow]] = defaultdict(list)
     for r, label in zip(rows, labels, strict=True):
         if r.run is not None and r.run.best_path.is_file():
             members[label].append(r)
+    if len(members) > MAX_GROUPS:
+        return []
     data: dict[str, Splits] = {}
     out = []
     for label, group in sorted(members.items()):
