@@ -16,7 +16,7 @@ import yaml
 from cnnlab.errors import CnnlabError
 from cnnlab.sweep.launch import sweep
 from cnnlab.sweep.report import group_table, groups
-from cnnlab.sweep.results import TrialRow, load_trials
+from cnnlab.sweep.results import TrialRow, load_trials, with_runs
 from cnnlab.sweep.select import pareto_front
 from cnnlab.sweep.spec import load_sweep
 from cnnlab.sweep.storage import open_storage
@@ -148,6 +148,8 @@ def test_interrupted_sweep_resumes_the_trial_from_its_checkpoint(tmp_path, sig):
     assert retry.run_dir == rows[0].run_dir  # continued the same run folder
     assert [m["epoch"] for m in retry.run.read_metrics()] == [1, 2, 3]
     assert len(list((path / "runs").iterdir())) == 2  # nothing ran twice
+    complete = sorted(n for n, r in rows.items() if r.state == "complete")
+    assert sorted(r.number for r in with_runs(list(rows.values()))) == complete  # once each
 
 
 def test_journal_file_takes_parallel_writers(tmp_path):

@@ -22,7 +22,7 @@ from cnnlab.progress import markdown_table
 from cnnlab.recipe import flatten, metric_goal
 from cnnlab.runs import write_text
 from cnnlab.sweep.inside import dead_rows, inside_groups
-from cnnlab.sweep.results import TrialRow, load_trials, open_study
+from cnnlab.sweep.results import TrialRow, load_trials, open_study, with_runs
 from cnnlab.sweep.study import SweepFolder
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
@@ -422,9 +422,9 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
     study = open_study(folder, storage)
     rows = load_trials(folder, storage, study)
     metric, goal = meta["metric"], meta["goal"]
-    with_runs = [r for r in rows if r.metrics]
-    labels = groups(with_runs, group_by)
-    metrics = [metric, *[m for m in val_metrics(with_runs) if m != metric]]
+    runs = with_runs(rows)
+    labels = groups(runs, group_by)
+    metrics = [metric, *[m for m in val_metrics(runs) if m != metric]]
     imp = importances(study, metric)
     done = [r for r in rows if r.state == "complete"]
     pick = max if goal == "maximize" else min
@@ -452,8 +452,8 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
     counts = defaultdict(int)
     for r in rows:
         counts[r.outcome] += 1
-    inside = inside_groups(with_runs, labels, metric, goal) if group_by else []
-    summary = group_table(with_runs, labels, metrics) if group_by else None
+    inside = inside_groups(runs, labels, metric, goal) if group_by else []
+    summary = group_table(runs, labels, metrics) if group_by else None
     dead = dead_rows(inside) if inside else None
     if summary:
         _write_study(folder.path / "study.md", group_by, summary, dead)
@@ -473,14 +473,14 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
         corr=correlations(done, metrics),
         metrics=metrics,
         group_by=group_by,
-        fig_curves=div(chart_curves(with_runs, labels, metric)),
+        fig_curves=div(chart_curves(runs, labels, metric)),
         group_counts=sorted(Counter(labels).items()),
         summary=summary,
         dead=dead,
         inside_charts=[_embedded(c, folder.path) for g in inside for c in g.charts],
         selection=_selection(folder),
         trials=trials,
-        pngs=save_pngs(folder.path, with_runs, labels, metric, imp),
+        pngs=save_pngs(folder.path, runs, labels, metric, imp),
     )
     out = folder.path / "report.html"
     write_text(out, page)

@@ -132,6 +132,12 @@ def load_trials(folder: SweepFolder, storage_url: str | None, study=None) -> lis
     return rows
 
 
+def with_runs(rows: list[TrialRow]) -> list[TrialRow]:
+    """The trials whose run folder holds metrics, each folder once: a trial retried as
+    another handed its folder on, and counting both would count one run twice in a study."""
+    return [r for r in rows if r.retried_as is None and r.metrics]
+
+
 def differs(recipe: dict, base: dict) -> dict[str, Any]:
     """Recipe fields that differ from the base recipe, minus what every trial sets."""
     a, b = flatten(recipe), flatten(base)
