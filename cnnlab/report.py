@@ -27,6 +27,7 @@ SECTIONS = [
     ("predictions", "Predictions", ["predictions"]),
     ("confusion", "Confusion", ["confusion"]),
     ("regression", "Regression", ["regression"]),
+    ("pixels", "Per-pixel predictions", ["pixels"]),
     ("feature-maps", "Feature maps", ["feature-maps"]),
     ("filters", "First-layer filters", ["filters"]),
     ("guided-backprop", "Guided backpropagation", ["guided-backprop"]),

@@ -122,7 +122,9 @@ class Trainer:
     Building it checks the recipe against the source's description (headers only), then
     loads the data and the model and settles the device and precision: every check a recipe
     can fail happens here, before `train()` writes a run folder. `precision`
-    overrides the recipe's (a resumed or evaluated run keeps the one it trained in)."""
+    overrides the recipe's (a resumed or evaluated run keeps the one it trained in), and
+    `saved` is the checkpoint such a run continues from or is judged by: its classes (a
+    colorizing run's palette) are kept, not refitted."""
 
     def __init__(
         self,
@@ -130,6 +132,7 @@ class Trainer:
         run: RunFolder | None = None,
         on_epoch: Callable[[dict], None] | None = None,
         precision: str | None = None,
+        saved: dict | None = None,
     ):
         self.recipe, self.run = recipe, run
         self.on_epoch = on_epoch  # called with each epoch's metrics row (sweeps prune here)
@@ -140,7 +143,12 @@ class Trainer:
         self.device = resolve_device(recipe.train.device)
         torch.manual_seed(recipe.seed)
         self.splits = prepare_splits(
-            recipe.data, recipe.seed, self.needed, self.device, recipe.train.channels_last
+            recipe.data,
+            recipe.seed,
+            self.needed,
+            self.device,
+            recipe.train.channels_last,
+            saved.get("classes") if saved else None,
         )
         for task in self.tasks.values():  # now with the pixels: a regression's statistics
             values = lambda t=task.target: train_values(self.splits, t)  # noqa: E731
@@ -398,7 +406,7 @@ def train(
                 f"{run.path} has no checkpoint yet (checkpoints/last.pt); start it anew"
             )
         saved = load_checkpoint(run.last_path)
-    trainer = Trainer(recipe, precision=saved.get("precision") if saved else None)
+    trainer = Trainer(recipe, precision=saved.get("precision") if saved else None, saved=saved)
     if run is None:
         run = RunFolder.create(recipe)
     with run.lock():
@@ -455,5 +463,5 @@ def write_run_report(run: RunFolder) -> None:
 def evaluate_run(path: str | Path) -> dict[str, float]:
     """`cnnlab eval`: test-set metrics of a run's best checkpoint."""
     run = RunFolder.open(path)
-    precision = load_checkpoint(run.best_path).get("precision")  # the one it trained in
-    return Trainer(run.recipe(), run, precision=precision).test()
+    best = load_checkpoint(run.best_path)
+    return Trainer(run.recipe(), run, precision=best.get("precision"), saved=best).test()

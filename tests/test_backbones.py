@@ -98,7 +98,9 @@ def check_stages(backbone: Backbone, x: torch.Tensor) -> list[torch.Tensor]:
         if h % info.stride == 0:  # an exact reduction: the stride is the size ratio
             assert h / fmap.shape[-2] == info.stride
     strides = [info.stride for info in backbone.feature_info]
-    assert strides == sorted(strides)
+    deepest = strides.index(max(strides))  # an encoder goes down; a decoder climbs back
+    assert strides[: deepest + 1] == sorted(strides[: deepest + 1])
+    assert strides[deepest:] == sorted(strides[deepest:], reverse=True)
     assert torch.equal(backbone.forward_features(x), maps[-1])
     assert backbone(x).shape == (n, backbone.num_features)
     return maps

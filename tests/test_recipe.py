@@ -151,9 +151,9 @@ def test_cross_field_checks():
         ("tasks.cls.standardize=true", "unknown key 'tasks.cls.standardize'; valid keys here: "
          "target, weight, head, type, loss, label_smoothing"),
         ("tasks.cls.type=segmentation", "tasks.cls.type = 'segmentation': choose one of: "
-         "classification, regression"),
+         "classification, regression, pixel_classification"),
         ("tasks.cls.type=null", "tasks.cls.type is missing: choose one of: classification, "
-         "regression"),
+         "regression, pixel_classification"),
         ("tasks.cls.head.widht=3", "unknown key 'tasks.cls.head.widht'; valid keys here: "
          "hidden, dropout, activation"),
     ],

@@ -63,6 +63,7 @@ def test_a_data_section_without_source_is_fashion_mnist_as_before(tmp_path):
         "train_subset",
         "test_subset",
         "augment",
+        "colorize",
     ]
     assert validate(saved).data == load_recipe(DEMO).data
 

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -91,7 +93,7 @@ def test_a_vector_regression_learns_each_component_in_its_own_units():
     values = torch.tensor([[0.0, 10.0], [2.0, 30.0], [4.0, 20.0]])
     task.fit(TargetSpec(components=["a", "b"]), lambda: values)
     assert task.info.mean == [2.0, 20.0] and task.info.std == [2.0, 10.0]
-    head = task.head(5)
+    head = task.head(SimpleNamespace(num_features=5))  # a backbone as far as a head asks
     out = head(torch.randn(4, 5))
     assert out.shape == (4, 2)
     assert torch.allclose(head.decode(head.encode(values)), values)  # per-component units

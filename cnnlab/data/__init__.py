@@ -7,12 +7,14 @@ else in cnnlab changes.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, Union
 
 from pydantic import Discriminator, Tag
 
-from cnnlab.data import cifar10, fashion_mnist, gsn, image_folder
+from cnnlab.data import cifar10, colorize, fashion_mnist, gsn, image_folder, skimage_photos
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
+from cnnlab.data.colorize import TARGET
 from cnnlab.errors import CnnlabError
 
 SOURCES: dict[str, Source] = {
@@ -20,6 +22,7 @@ SOURCES: dict[str, Source] = {
     "cifar10": cifar10.SOURCE,
     "image_folder": image_folder.SOURCE,
     "gsn": gsn.SOURCE,
+    "skimage_photos": skimage_photos.SOURCE,
 }
 
 DEFAULT_SOURCE = "fashion_mnist"  # a data section without `source` (older recipes) reads it
@@ -55,8 +58,14 @@ def list_datasets() -> dict[str, str]:
 
 
 def describe(cfg: DataSection) -> DataInfo:
-    """What the recipe's source provides, from headers only: no pixel is read."""
-    return get_source(cfg.source).describe(cfg)
+    """What the recipe's source provides, from headers only: no pixel is read. Colorizing
+    turns it into grey images with a per-pixel `colour` target."""
+    info = get_source(cfg.source).describe(cfg)
+    if cfg.colorize is None:
+        return info
+    colorize.check_colour(cfg.source, info.shape[0])
+    names = colorize.placeholder_names(cfg.colorize)
+    return replace(info, shape=(1, *info.shape[1:]), targets={**info.targets, TARGET: names})
 
 
 def load_dataset(source: str, root: str | None = None) -> Dataset:

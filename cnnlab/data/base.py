@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 
 from cnnlab.config import Section
 from cnnlab.data.augment import AugmentConfig, LabelMap
+from cnnlab.data.colorize import ColorizeConfig
 
 # A derived target is computed from the image the model sees, as float in [0, 1],
 # (B, C, H, W) -> (B,), so augmentation that changes it (a shift that cuts pixels off)
@@ -38,6 +39,7 @@ class DataSection(Section):
     train_subset: int | None = Field(None, ge=10)  # keep a stratified subset of training images
     test_subset: int | None = Field(None, ge=10)  # keep the first N test images (quick checks)
     augment: AugmentConfig = AugmentConfig()
+    colorize: ColorizeConfig | None = None  # grey input, per-pixel colour classes (seed 001)
 
     # How each geometric transform (hflip, vflip, rot90, translate) changes this source's
     # targets: None = unchanged, a function = applied to the transformed images' targets

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cnnlab.data import get_source
+from cnnlab.data import colorize, get_source
 from cnnlab.data.augment import UNCHANGED, AugmentConfig, LabelMap, augment
 from cnnlab.data.base import DataSection, DerivedTarget, ImageSet
 from cnnlab.data.split import stratified_split, stratified_subset
@@ -37,10 +37,11 @@ class Splits:
     channels_last: bool = True
     # how each geometric augmentation changes the targets: the source's DataSection.label_maps
     label_maps: dict[str, LabelMap | None] = field(default_factory=lambda: dict(UNCHANGED))
+    grey: bool = False  # colorizing: the model sees the luminance of the colour images
 
     @property
     def in_channels(self) -> int:
-        return self.train.images.shape[1]
+        return 1 if self.grey else self.train.images.shape[1]
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -52,10 +53,13 @@ class Splits:
     # ------------------------------------------------------------------ batches
 
     def finish(self, x: torch.Tensor, targets: dict[str, torch.Tensor], needed: set[str]) -> Batch:
-        """Add derived targets (from the [0, 1] image the model sees), then normalize."""
+        """Add derived targets (from the [0, 1] image, in colour), then make the model's
+        input: its luminance when colorizing, normalized."""
         out = {k: v for k, v in targets.items() if k in needed}
         for name in needed & self.derived.keys():
             out[name] = self.derived[name](x)
+        if self.grey:
+            x = colorize.luminance(x)
         x = (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -105,16 +109,19 @@ def prepare_splits(
     needed: set[str],
     device: torch.device,
     channels_last: bool = True,
+    saved_classes: dict[str, list[str]] | None = None,
 ) -> Splits:
     """Load the source, carve the stratified validation split (unless the source gives one),
-    move everything to `device`. `needed`: the targets the tasks train on."""
+    move everything to `device`. `needed`: the targets the tasks train on. `saved_classes`:
+    those a checkpoint holds; colorizing reads its palette from them rather than refitting."""
     source = get_source(cfg.source)
     ds = source.load(cfg)
-    missing = sorted(needed - set(ds.target_names()))
+    provided = ds.target_names() + ([colorize.TARGET] if cfg.colorize else [])
+    missing = sorted(needed - set(provided))
     if missing:
         raise CnnlabError(
             f"target {missing[0]!r} is not provided by {cfg.source}; "
-            f"choose one of: {', '.join(ds.target_names())}"
+            f"choose one of: {', '.join(provided)}"
         )
     train = ds.train
     h, w = train.images.shape[2:]
@@ -136,7 +143,16 @@ def prepare_splits(
     test = ds.test
     if cfg.test_subset:
         test = test.subset(torch.arange(min(cfg.test_subset, len(test))))
-    if source.stats is not None:
+    classes, derived = dict(ds.classes), dict(ds.derived)
+    if cfg.colorize is not None:
+        colorize.check_colour(cfg.source, train.images.shape[1])
+        palette = colorize.palette_from_names((saved_classes or {}).get(colorize.TARGET, []))
+        if palette is None:
+            palette = colorize.fit_palette(train.images, cfg.colorize, seed)
+        classes[colorize.TARGET] = colorize.palette_names(palette)
+        derived[colorize.TARGET] = colorize.nearest_colour(palette.to(device))
+        mean, std = channel_stats(train.images, colorize.luminance)
+    elif source.stats is not None:
         mean, std = (torch.tensor(v, dtype=torch.float32) for v in source.stats)
     else:
         mean, std = channel_stats(train.images)
@@ -144,11 +160,12 @@ def prepare_splits(
         train=train.to(device),
         val=val.to(device),
         test=test.to(device),
-        classes=ds.classes,
+        classes=classes,
         components=ds.components,
-        derived=ds.derived,
+        derived=derived,
         mean=mean.to(device),
         std=std.to(device),
         channels_last=channels_last,
         label_maps=type(cfg).label_maps,
+        grey=cfg.colorize is not None,
     )

@@ -2,7 +2,8 @@
 
 A new backbone is one file (its config section and its `Backbone` subclass) and one entry in
 BACKBONES; the recipe's `model.backbone` picks it. Heads attach to its
-`forward(x) -> (B, num_features)`; each task builds its own head (`cnnlab/tasks/`).
+pooled features, or, when the head names a `stage` (a per-pixel head), to that stage's map;
+each task builds its own head for the backbone (`cnnlab/tasks/`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from torch import nn
 from cnnlab.config import Section
 from cnnlab.models.base import Backbone, FeatureInfo
 from cnnlab.models.cnn import CNN, CNNConfig
+from cnnlab.models.colorizer import Colorizer, ColorizerConfig
 from cnnlab.models.resnet import PlainNetConfig, ResNet, ResNetConfig
 
 
 class HeadMaker(Protocol):
-    """What the model needs of a task (`cnnlab.tasks.Task`): a head for the features."""
+    """What the model needs of a task (`cnnlab.tasks.Task`): a head for the backbone. A head
+    with an integer `stage` attribute reads that stage's map, any other the pooled features."""
 
-    def head(self, in_features: int) -> nn.Module: ...
+    def head(self, backbone: Backbone) -> nn.Module: ...
 
 
 class BackboneEntry(NamedTuple):
@@ -37,6 +40,9 @@ BACKBONES: dict[str, BackboneEntry] = {
         ResNet, ResNetConfig, "CIFAR ResNet(n), depth 6n+2, option-A shortcuts (seed 004)"
     ),
     "plainnet": BackboneEntry(ResNet, PlainNetConfig, "ResNet(n) without shortcuts (seed 004)"),
+    "colorizer": BackboneEntry(
+        Colorizer, ColorizerConfig, "3 conv-pool blocks, 3 transposed convs back up (seed 001)"
+    ),
 }
 
 
@@ -67,19 +73,29 @@ def list_backbones() -> dict[str, str]:
 
 
 class MultiTaskModel(nn.Module):
-    """A shared backbone and one head per task; forward returns {task: raw output}."""
+    """A shared backbone and one head per task; forward returns {task: raw output}.
+
+    The backbone runs once per batch: image-level heads read its pooled features, per-pixel
+    heads the stage map their `stage` names."""
 
     def __init__(self, backbone: Backbone, heads: dict[str, nn.Module]):
         super().__init__()
         self.backbone = backbone
         self.heads = nn.ModuleDict(heads)
+        self.stages = {name: getattr(head, "stage", None) for name, head in heads.items()}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_features(x)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.backbone(x)  # (B, F)
-        return {name: head(features) for name, head in self.heads.items()}
+        maps = self.backbone.forward_intermediates(x)
+        pooled = None
+        if None in self.stages.values():
+            pooled = self.backbone.forward_pooled(maps)  # (B, F)
+        return {
+            name: head(pooled if self.stages[name] is None else maps[self.stages[name]])
+            for name, head in self.heads.items()
+        }
 
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Decoded predictions: class indices, regression values in target units."""
@@ -100,7 +116,7 @@ def create_model(
 ) -> MultiTaskModel:
     """The backbone `cfg` names with one head per task (each task knows its target by now)."""
     backbone = create_backbone(cfg, in_channels, image_size)
-    heads = {name: task.head(backbone.num_features) for name, task in tasks.items()}
+    heads = {name: task.head(backbone) for name, task in tasks.items()}
     model = MultiTaskModel(backbone, heads)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

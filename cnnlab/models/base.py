@@ -1,9 +1,10 @@
 """What every backbone offers, after timm: its feature stages and three forward passes.
 
 `forward_intermediates(x)` gives the map of every stage, `forward_features(x)` the last one,
-and `forward(x)` the pooled or flattened features the MLP heads see. `feature_info` says,
-without running the model, what each stage gives: a per-pixel head attaches to a stage by it,
-and the figures hook the stage's module by its name.
+and `forward(x)` the pooled or flattened features the MLP heads see (`forward_pooled` makes
+them from the stage maps, so a model with per-pixel and image-level heads runs the backbone
+once). `feature_info` says, without running the model, what each stage gives: a per-pixel
+head attaches to a stage by it, and the figures hook the stage's module by its name.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class FeatureInfo:
 
 class Backbone(nn.Module):
     """Base of every backbone. A subclass sets `feature_info` and `num_features` in its
-    `__init__(cfg, in_channels, image_size)` and writes `forward_intermediates` and `forward`."""
+    `__init__(cfg, in_channels, image_size)` and writes `forward_intermediates` and
+    `forward_pooled`."""
 
     feature_info: list[FeatureInfo]  # one entry per stage, in forward order
     num_features: int  # width of forward(x): the input of the heads
@@ -37,6 +39,9 @@ class Backbone(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_intermediates(x)[-1]  # (B, C, H, W) of the last stage
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The features the heads see, (B, num_features)."""
+    def forward_pooled(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The features an image-level head sees, (B, num_features), from the stage maps."""
         raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_pooled(self.forward_intermediates(x))  # (B, num_features)

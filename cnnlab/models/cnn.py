@@ -133,6 +133,6 @@ class CNN(Backbone):
             maps.append(x)
         return maps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = self.drop(self.flatten(self.pool(self.forward_features(x))))
+    def forward_pooled(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        flat = self.drop(self.flatten(self.pool(maps[-1])))
         return self.dense(flat)  # (B, num_features)

@@ -102,5 +102,5 @@ class ResNet(Backbone):
             maps.append(x)
         return maps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.flatten(self.pool(self.forward_features(x)))  # (B, widths[2])
+    def forward_pooled(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        return self.flatten(self.pool(maps[-1]))  # (B, widths[2])

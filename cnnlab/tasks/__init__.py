@@ -13,11 +13,13 @@ from pydantic import Field
 from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection
 from cnnlab.tasks.classification import Classification
 from cnnlab.tasks.meter import EpochMeter, evaluate, total_loss
+from cnnlab.tasks.pixel import PixelClassification
 from cnnlab.tasks.regression import Regression
 
 TASKS: dict[str, type[Task]] = {
     "classification": Classification,
     "regression": Regression,
+    "pixel_classification": PixelClassification,
 }
 
 # The recipe's `tasks.<name>` section: one config per type, told apart by `type`.

@@ -19,6 +19,8 @@ from cnnlab.config import HeadConfig, Section
 if TYPE_CHECKING:
     from torchmetrics import MetricCollection
 
+    from cnnlab.models.base import Backbone
+
 
 class TaskSection(Section):
     """Fields every task has; a task type adds its own and a `type` literal (its tag)."""
@@ -73,7 +75,9 @@ class Task:
         statistics come with the weights (a checkpoint)."""
         self.info = TargetInfo(classes=spec.classes, components=spec.components)
 
-    def head(self, in_features: int) -> nn.Module:
+    def head(self, backbone: Backbone) -> nn.Module:
+        """This task's head for `backbone`: on its pooled features (`num_features` wide), or
+        on one of its stages (`feature_info`), when the head says so with a `stage` index."""
         raise NotImplementedError
 
     def loss(self, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,8 @@ from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection
 if TYPE_CHECKING:
     from torchmetrics import MetricCollection
 
+    from cnnlab.models.base import Backbone
+
 
 class ClassificationConfig(TaskSection):
     type: Literal["classification"] = "classification"
@@ -51,8 +53,8 @@ class Classification(Task):
     def num_classes(self) -> int:
         return len(self.info.classes or ())
 
-    def head(self, in_features: int) -> nn.Module:
-        return ClassificationHead(in_features, self.num_classes, self.cfg.head)
+    def head(self, backbone: Backbone) -> nn.Module:
+        return ClassificationHead(backbone.num_features, self.num_classes, self.cfg.head)
 
     def loss(self, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(out.float(), target, label_smoothing=self.cfg.label_smoothing)

@@ -21,6 +21,8 @@ LOSSES = {"mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss, "l1": F.l1_loss}
 if TYPE_CHECKING:
     from torchmetrics import Metric, MetricCollection
 
+    from cnnlab.models.base import Backbone
+
 
 class RegressionConfig(TaskSection):
     type: Literal["regression"] = "regression"
@@ -110,9 +112,9 @@ class Regression(Task):
     def outputs(self) -> int | None:
         return None if self.info.components is None else len(self.info.components)
 
-    def head(self, in_features: int) -> nn.Module:
-        info = self.info
-        return RegressionHead(in_features, self.cfg.head, info.mean, info.std, self.outputs)
+    def head(self, backbone: Backbone) -> nn.Module:
+        info, width = self.info, backbone.num_features
+        return RegressionHead(width, self.cfg.head, info.mean, info.std, self.outputs)
 
     def loss(self, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return LOSSES[self.cfg.loss](out.float(), head.encode(target.float()))

@@ -18,6 +18,7 @@ from cnnlab.viz.curves import curves
 from cnnlab.viz.dead_units import dead_units
 from cnnlab.viz.features import feature_maps, filters
 from cnnlab.viz.guided import guided_backprop
+from cnnlab.viz.pixels import pixels
 from cnnlab.viz.predictions import predictions
 from cnnlab.viz.regression import regression
 from cnnlab.viz.run_view import RunView
@@ -34,6 +35,9 @@ FIGURES: dict[str, FigureSpec] = {
     "predictions": FigureSpec(predictions, "grid of test images, true vs predicted (--grid)"),
     "confusion": FigureSpec(confusion, "confusion matrices, per-class accuracy, top errors"),
     "regression": FigureSpec(regression, "predicted vs true and residuals per regression task"),
+    "pixels": FigureSpec(
+        pixels, "per-pixel tasks: input, predicted, true (--images); palette; accuracy per class"
+    ),
     "feature-maps": FigureSpec(
         feature_maps, "first channels of every block (--images, --channels)"
     ),

@@ -108,7 +108,12 @@ class RunView:
             recipe = self.recipe
             needed = {t.target for t in recipe.tasks.values()}
             return prepare_splits(
-                recipe.data, recipe.seed, needed, self.device, recipe.train.channels_last
+                recipe.data,
+                recipe.seed,
+                needed,
+                self.device,
+                recipe.train.channels_last,
+                self.classes,
             )
 
     @cached_property

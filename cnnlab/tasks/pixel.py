@@ -1,0 +1,139 @@
+"""Per-pixel classification: a class for every pixel (seed 001's colour classes, or any
+per-pixel labels a source provides), read from one spatial stage of the backbone.
+
+The head is 1×1 convolutions on the stage's map (seed 001's classifier is one, NC → NC),
+upsampled bilinearly to the input's size when the stage is coarser. Metrics count pixels:
+accuracy over all of them, and the mean over classes of the intersection over union, which a
+model that paints everything in the commonest colour cannot fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models.layers import create_act
+from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection
+
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
+
+    from cnnlab.config import HeadConfig
+    from cnnlab.models.base import Backbone
+
+
+class PixelClassificationConfig(TaskSection):
+    type: Literal["pixel_classification"] = "pixel_classification"
+    loss: Literal["cross_entropy"] = "cross_entropy"
+    stage: int = -1  # the backbone stage the head reads (`cnnlab backbones`); -1: the last
+    # Each class's weight in the loss: none (all 1), balanced (the inverse of its share of the
+    # training pixels, scaled to mean 1: rare colours count as much as the sky), or one per class.
+    class_weights: Literal["none", "balanced"] | list[float] = "none"
+
+
+class PixelHead(nn.Module):
+    """(1×1 conv → act) per hidden size, then 1×1 conv to the classes; logits (B, K, H, W) at
+    the input's size. `stage` tells the model which map to hand it."""
+
+    def __init__(self, stage: int, channels: int, stride: int, classes: int, cfg: HeadConfig):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for width in cfg.hidden:
+            layers += [nn.Conv2d(channels, width, 1), create_act(cfg.activation)]
+            layers += [nn.Dropout2d(cfg.dropout)] if cfg.dropout > 0 else []
+            channels = width
+        self.classify = nn.Sequential(*layers, nn.Conv2d(channels, classes, 1))
+        self.stage, self.stride = stage, stride
+        self.register_buffer("class_weight", torch.ones(classes))
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        out = self.classify(fmap)
+        if self.stride > 1:
+            out = F.interpolate(out, scale_factor=self.stride, mode="bilinear")
+        return out
+
+    def decode(self, out: torch.Tensor) -> torch.Tensor:
+        return out.argmax(dim=1)  # (B, H, W)
+
+
+class PixelClassification(Task):
+    config = PixelClassificationConfig
+    metrics = ("loss", "accuracy", "miou")
+    maximize = frozenset({"accuracy", "miou"})
+    headline = ("accuracy", "miou")
+    step_metrics = ("accuracy",)
+    figures = ("pixels",)
+
+    def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
+        if not spec.classes:
+            raise CnnlabError(
+                f"tasks.{self.name}: target {self.target!r} has no classes; a per-pixel "
+                "classification needs per-pixel class labels (data.colorize gives `colour`)"
+            )
+        self.info = TargetInfo(classes=list(spec.classes))
+        self.weights = self._weights(values)
+
+    def _weights(self, values: Callable[[], torch.Tensor] | None) -> torch.Tensor | None:
+        """The loss's class weights; None when they come with the head's weights."""
+        choice, k = self.cfg.class_weights, self.num_classes
+        if isinstance(choice, list):
+            if len(choice) != k:
+                raise CnnlabError(
+                    f"tasks.{self.name}.class_weights has {len(choice)} entries for {k} "
+                    "classes; give one per class, or balanced, or none"
+                )
+            return torch.tensor(choice, dtype=torch.float32)
+        if choice == "none":
+            return torch.ones(k)
+        if values is None:
+            return None
+        share = torch.bincount(values().flatten().cpu(), minlength=k).double()
+        weight = torch.where(share > 0, share.sum() / (k * share.clamp_min(1)), 0.0)
+        return (weight * k / weight.sum()).float()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.info.classes or ())
+
+    def head(self, backbone: Backbone) -> nn.Module:
+        stages = backbone.feature_info
+        if not -len(stages) <= self.cfg.stage < len(stages):
+            raise CnnlabError(
+                f"tasks.{self.name}.stage {self.cfg.stage}: the backbone has {len(stages)} "
+                f"stages ({', '.join(s.name for s in stages)}); choose 0 to {len(stages) - 1}"
+            )
+        index = self.cfg.stage % len(stages)
+        stage = stages[index]
+        head = PixelHead(index, stage.channels, stage.stride, self.num_classes, self.cfg.head)
+        if self.weights is not None:
+            head.class_weight.copy_(self.weights)
+        return head
+
+    def loss(self, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out.float(), target, weight=head.class_weight)
+
+    def step_sums(self, pred: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
+        return [(pred == target).float().mean()]
+
+    def epoch_metrics(self) -> MetricCollection:
+        import torchmetrics
+
+        kw = {"num_classes": self.num_classes, "validate_args": False}
+        c = torchmetrics.classification
+        return torchmetrics.MetricCollection(
+            {
+                "accuracy": c.MulticlassAccuracy(average="micro", **kw),
+                "miou": c.MulticlassJaccardIndex(average="macro", **kw),
+            }
+        )
+
+    def caption(
+        self, truth: torch.Tensor, pred: torch.Tensor, short: Callable[[str], str] = str
+    ) -> tuple[str, bool]:
+        right = (truth == pred).float().mean().item()
+        return f"{right:.0%} of pixels right", right < 0.5

@@ -1,0 +1,110 @@
+"""Per-pixel tasks (seed 001's colorization): what the model painted, beside the truth.
+
+For each per-pixel task, on validation images: a grid of the model's input (grey when
+colorizing), the predicted classes, the true classes and the photograph; the palette, with
+each colour's share of the pixels; and the pixel accuracy of every class. Classes named
+"#rrggbb" (a colorizing run's palette) are drawn in their own colour, any others with a
+categorical colour map.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+import torch
+
+from cnnlab.data.colorize import palette_from_names
+from cnnlab.viz.base import Chart, check_count, new_figure, show_image
+from cnnlab.viz.confusion import confusion_counts, per_class_accuracy
+from cnnlab.viz.predictions import pick
+from cnnlab.viz.run_view import RunView
+
+
+def class_colours(names: list[str]) -> torch.Tensor:
+    """(K, 3) float in [0, 1]: the palette itself, or tab20's colours for other classes."""
+    palette = palette_from_names(names)
+    if palette is not None:
+        return palette.float() / 255
+    cmap = matplotlib.colormaps["tab20"]
+    return torch.tensor([cmap(i % 20)[:3] for i in range(len(names))])
+
+
+def paint(classes: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+    """(H, W) class indices -> (3, H, W) float image."""
+    return colours[classes].permute(2, 0, 1)
+
+
+def pixels(view: RunView, images: int = 8) -> list[Chart]:
+    check_count("images", images, 32)
+    tasks = view.tasks_with("pixels")
+    if not tasks:
+        return []
+    preds = view.predict("val")
+    val = view.split("val")
+    index = pick(len(val), images, view.recipe.seed)
+    charts = []
+    for task in tasks:
+        names = view.task_classes(task)
+        colours = class_colours(names)
+        truth, pred = preds.truth[task], preds.pred[task]
+        charts.append(_grid(view, task, index, truth, pred, colours))
+        charts += _classes(task, names, colours, truth, pred)
+    return charts
+
+
+def _grid(view: RunView, task: str, index, truth, pred, colours) -> Chart:
+    """Rows of images; columns: model input, predicted, true, photograph."""
+    grey = view.batch("val", index).float().cpu()  # normalized model input (B, C, H, W)
+    photos = view.split("val").images[index.to(view.device)].cpu()
+    fig = new_figure(7.2, 1.9 * len(index))
+    axes = fig.subplots(len(index), 4, squeeze=False)
+    heads = ["input (model sees)", "predicted", "true (palette)", "photograph"]
+    for row, i in enumerate(index.tolist()):
+        right = (pred[i] == truth[i]).float().mean().item()
+        show_image(axes[row, 0], grey[row].mean(0, keepdim=True), cmap="gray")
+        show_image(axes[row, 1], paint(pred[i], colours), f"{right:.0%} of pixels right")
+        show_image(axes[row, 2], paint(truth[i], colours))
+        show_image(axes[row, 3], photos[row])
+    for ax, head in zip(axes[0], heads, strict=True):
+        ax.set_title(f"{head}\n{ax.get_title()}".strip())
+    accuracy = (pred[index] == truth[index]).float().mean().item()
+    return Chart(
+        f"pixels_{task}",
+        f"{task}: predicted and true classes of {len(index)} validation images",
+        fig,
+        f"Pixel accuracy on these images: {accuracy:.1%}. Columns: what the model sees, its "
+        "prediction, the target it learnt from, the original.",
+        extra={"index": index.tolist(), "accuracy": accuracy},
+    )
+
+
+def _classes(task: str, names: list[str], colours, truth, pred) -> list[Chart]:
+    """The palette with each class's share of validation pixels, and its pixel accuracy."""
+    cm = confusion_counts(truth.flatten(), pred.flatten(), len(names))
+    share = cm.sum(1).double() / cm.sum().clamp_min(1)
+    accuracy = per_class_accuracy(cm)
+    k = len(names)
+    fig = new_figure(max(6.0, 0.32 * k), 4.2)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.bar(range(k), share.numpy(), color=colours.numpy(), edgecolor="#444", linewidth=0.5)
+    top.set(ylabel="share of pixels", title=f"{task}: the {k} classes (validation pixels)")
+    bottom.bar(range(k), accuracy.numpy(), color=colours.numpy(), edgecolor="#444", linewidth=0.5)
+    bottom.set(ylabel="pixel accuracy", ylim=(0, 1))
+    bottom.set_xticks(range(k), names, rotation=90, fontsize=7)
+    rows = [
+        {"class": n, "share of pixels": round(s, 4), "pixel accuracy": round(a, 4)}
+        for n, s, a in zip(names, share.tolist(), accuracy.tolist(), strict=True)
+    ]
+    never = [
+        n for n, a, s in zip(names, accuracy.tolist(), share.tolist(), strict=True) if s and not a
+    ]
+    caption = f"Classes never predicted right: {', '.join(never)}." if never else ""
+    return [
+        Chart(
+            f"classes_{task}",
+            f"{task}: palette, share of pixels and pixel accuracy per class",
+            fig,
+            caption,
+            table=rows,
+            extra={"accuracy": accuracy.tolist(), "share": share.tolist()},
+        )
+    ]
