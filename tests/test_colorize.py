@@ -18,7 +18,8 @@ from cnnlab.data.batches import prepare_splits
 from cnnlab.data.cifar10 import CIFAR10Config
 from cnnlab.data.stats import channel_stats
 from cnnlab.errors import CnnlabError
-from cnnlab.models import FeatureInfo
+from cnnlab.models import FeatureInfo, create_backbone
+from cnnlab.models.colorizer import ColorizerConfig
 from cnnlab.recipe import load_recipe
 from cnnlab.tasks import TargetSpec, task_class
 from cnnlab.tasks.pixel import PixelClassificationConfig
@@ -214,3 +215,18 @@ def test_a_per_pixel_head_on_the_plain_cnn(cifar, tmp_path):
     assert head.stage == 0 and head.stride == 2
     x = view.batch("val", torch.arange(4))
     assert view.model(x)["colour"].shape == (4, 24, 32, 32)  # upsampled to the image
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_the_colorizer_climbs_back_to_the_image_size(size):
+    cfg = ColorizerConfig(filters=4, kernel_size=5, decoder_out=6)
+    net = create_backbone(cfg, 1, (size, size))
+    maps = net.forward_intermediates(torch.zeros(2, 1, size, size))
+    assert [m.shape[1:] for m in maps] == [
+        (4, size // 2, size // 2), (8, size // 4, size // 4), (16, size // 8, size // 8),
+        (8, size // 4, size // 4), (4, size // 2, size // 2), (6, size, size),
+    ]  # fmt: skip
+    ups = [m for m in net.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [(u.kernel_size, u.stride) for u in ups] == [((2, 2), (2, 2))] * 3
+    with pytest.raises(ValueError, match="kernel_size 4 is even"):
+        ColorizerConfig(kernel_size=4)
