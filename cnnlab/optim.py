@@ -24,6 +24,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 SGD_MOMENTUM = 0.9
 SGD_NESTEROV = False
 ADAM_BETAS = (0.9, 0.999)  # Adam and AdamW
+ADAM_EPS = 1e-8
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "adam": torch.optim.Adam,  # weight_decay is L2 added to the gradient (as seed 004 used it)
@@ -41,7 +42,10 @@ def optimizer_options(cfg: OptimizerConfig) -> dict:
             "momentum": SGD_MOMENTUM if cfg.momentum is None else cfg.momentum,
             "nesterov": SGD_NESTEROV if cfg.nesterov is None else cfg.nesterov,
         }
-    return {"betas": ADAM_BETAS if cfg.betas is None else cfg.betas}
+    return {
+        "betas": ADAM_BETAS if cfg.betas is None else cfg.betas,
+        "eps": ADAM_EPS if cfg.eps is None else cfg.eps,
+    }
 
 
 FUSED_DEVICES = ("cpu", "cuda")  # where torch has one-kernel SGD / Adam / AdamW updates

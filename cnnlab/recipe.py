@@ -44,6 +44,7 @@ OPTIMIZER_FIELDS: dict[str, tuple[str, ...]] = {
     "momentum": ("sgd",),
     "nesterov": ("sgd",),
     "betas": ("adam", "adamw"),
+    "eps": ("adam", "adamw"),
 }
 
 
@@ -56,6 +57,9 @@ class OptimizerConfig(Section):
     momentum: float | None = Field(None, ge=0.0, lt=1.0)  # sgd only; null = 0.9
     nesterov: bool | None = None  # sgd only, needs momentum > 0; null = false
     betas: tuple[Beta, Beta] | None = None  # adam / adamw only; null = (0.9, 0.999)
+    # adam / adamw only; null = 1e-8. A larger eps shrinks the steps of weights whose
+    # gradients are smaller than it, towards SGD's lr × gradient, and leaves the others be.
+    eps: float | None = Field(None, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _checks(self) -> OptimizerConfig:

@@ -22,10 +22,12 @@ def test_sgd_defaults_and_set_fields():
 
 
 @pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
-def test_adam_defaults_and_set_betas(name: str, cls: type):
+def test_adam_defaults_and_set_betas_and_eps(name: str, cls: type):
     adam = built(f"name={name}")
     assert type(adam) is cls and adam.defaults["betas"] == (0.9, 0.999)
+    assert adam.defaults["eps"] == 1e-8
     assert built(f"name={name}", "betas=[0.5, 0.9]").defaults["betas"] == (0.5, 0.9)
+    assert built(f"name={name}", "eps=0.001").defaults["eps"] == 1e-3
 
 
 def test_weight_decay_reaches_weights_only():

@@ -73,6 +73,7 @@ def test_list_items_are_checked_one_by_one(override: str, expected: str):
         ("adam", "momentum=0.9", "momentum = 0.9 applies to sgd only, not adam; drop momentum or"),
         ("adamw", "nesterov=false", "nesterov = False applies to sgd only, not adamw"),
         ("sgd", "betas=[0.9, 0.99]", "betas = (0.9, 0.99) applies to adam / adamw only, not sgd"),
+        ("sgd", "eps=0.001", "eps = 0.001 applies to adam / adamw only, not sgd"),
     ],
 )
 def test_optimizer_fields_must_fit_the_optimizer(name: str, field: str, expected: str):
