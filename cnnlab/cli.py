@@ -252,8 +252,10 @@ def count(
         None, "--input", help="CxHxW, e.g. 3x224x224 (default: the data's image shape)"
     ),
 ) -> None:
-    """Per layer: output shape, parameters and MACs (measured two ways); seed 002's formulas."""
-    from cnnlab.count import count_recipe, first_classifier, outside, parse_input, seed002_terms
+    """Per layer: output shape, parameters and MACs (measured two ways); the seed's formulas
+    (seed 001's for the colorizer, seed 002's for the plain CNN)."""
+    from cnnlab.closed_forms import closed_forms, seed_for
+    from cnnlab.count import count_recipe, parse_input
     from cnnlab.progress import print_table
     from cnnlab.recipe import load_recipe
 
@@ -270,22 +272,31 @@ def count(
     rows.append(["total", "", "", f"{total:,}", f"{macs:,}", f"{counted:,}"])
     header = ["layer", "kind", "output", "parameters", "MACs (shapes)", "MACs (FLOP counter)"]
     print_table(header, rows, f"{parsed.name}: one {'×'.join(map(str, shape))} image")
-    task = first_classifier(parsed)
+    seed = seed_for(model)
     try:
-        terms = seed002_terms(costs, model, shape, task) if task else []
+        forms = closed_forms(seed, parsed, model, costs, shape)
     except CnnlabError as err:
-        typer.echo(f"seed 002's formulas do not apply: {err}")
+        typer.echo(f"seed {seed}'s formulas do not apply: {err}")
         return
-    if terms:
-        header = ["layer", "", "seed 002's formula", "measured", "agrees"]
-        rows = [
-            [t.layer, t.what, f"{t.formula:,.0f}", f"{t.measured:,}",
-             "yes" if t.agrees else f"no: {t.why or 'differs'}"]
-            for t in terms
-        ]  # fmt: skip
-        print_table(header, rows, "seed 002's closed forms at the same sizes")
-        extra = ", ".join(f"{c.name} {c.params:,}" for c in outside(costs, terms, task))
-        typer.echo(f"parameters outside seed 002's formulas: {extra or 'none'}")
+    if not forms.terms:
+        return
+    written = any(t.expr for t in forms.terms)  # the formula as the seed wrote it, then its value
+    header = ["layer", "", f"seed {seed}'s formula", *(["value"] * written), "measured", "agrees"]
+    rows = [
+        [t.layer, t.what, *([t.expr] * written), _number(t.formula), f"{t.measured:,}",
+         "yes" if t.agrees else f"no: {t.why or 'differs'}"]
+        for t in forms.terms
+    ]  # fmt: skip
+    print_table(header, rows, f"seed {seed}'s closed forms at {forms.at}")
+    extra = ", ".join(f"{name} {n:,}" for name, n in forms.outside)
+    if len(forms.outside) > 1:
+        extra += f" ({sum(n for _, n in forms.outside):,} in all)"
+    typer.echo(f"parameters outside seed {seed}'s formulas: {extra or 'none'}")
+
+
+def _number(x: float) -> str:
+    """A formula's value: whole where it is (to the digit), else to two decimals."""
+    return f"{x:,.0f}" if abs(x - round(x)) < 1e-9 else f"{x:,.2f}"
 
 
 def main() -> None:
