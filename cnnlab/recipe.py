@@ -294,9 +294,10 @@ def upgrade_saved(raw: dict) -> dict:
     standardize whatever the task type. Drop the ones the chosen kind does not have, so
     older run and sweep folders still load."""
     opt = (raw.get("train") or {}).get("optimizer")
-    if isinstance(opt, dict) and all(opt.get(k) is not None for k in OPTIMIZER_FIELDS):
-        for field, readers in OPTIMIZER_FIELDS.items():
-            if opt.get("name", "adamw") not in readers:
+    shared = ("momentum", "nesterov", "betas")  # the fields of the old shared schema
+    if isinstance(opt, dict) and all(opt.get(k) is not None for k in shared):
+        for field in shared:
+            if opt.get("name", "adamw") not in OPTIMIZER_FIELDS[field]:
                 opt[field] = None
     for task in (raw.get("tasks") or {}).values():
         kind = TASKS.get(task.get("type")) if isinstance(task, dict) else None

@@ -4,6 +4,7 @@ task and its head, and runs of the shipped recipe on three colour sources."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,7 +25,7 @@ from cnnlab.recipe import load_recipe
 from cnnlab.tasks import TargetSpec, task_class
 from cnnlab.tasks.pixel import PixelClassificationConfig
 from cnnlab.train import train
-from cnnlab.viz import RunView
+from cnnlab.viz import RunView, make_charts
 from tests.conftest import run_cli
 from tests.test_cifar10 import fake_cifar
 from tests.test_image_folder import make_tree
@@ -150,6 +151,19 @@ def test_balanced_weights_give_rare_classes_the_weight_of_common_ones():
         pixel_task(class_weights=[1.0, 2.0]).fit(TargetSpec(classes=["a", "b", "c"]))
 
 
+def test_the_per_pixel_loss_is_the_mean_over_pixels_of_minus_log_softmax():
+    task = pixel_task()
+    task.fit(TargetSpec(classes=["a", "b"]))
+    head = task.head(SimpleNamespace(feature_info=[FeatureInfo("x", 4, 1)]))
+    out = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]]]])  # (1 image, 2 classes, 1 x 2 pixels)
+    target = torch.tensor([[[0, 1]]])
+    # pixel 1: class a, logits (2, 0); pixel 2: class b, logits (0, 0)
+    by_hand = (-math.log(math.e**2 / (math.e**2 + 1)) - math.log(0.5)) / 2
+    assert task.loss(head, out, target).item() == pytest.approx(by_hand)
+    (step,) = task.step_sums(head.decode(out), target)
+    assert step.item() == 0.5  # pixel 1 right; pixel 2 a tie, argmax picks class a: wrong
+
+
 def test_pixel_accuracy_and_mean_iou_count_pixels():
     task = pixel_task()
     task.fit(TargetSpec(classes=["a", "b"]))
@@ -186,6 +200,17 @@ def test_the_shipped_recipe_on_scikit_images_photographs_trains_and_reports(tmp_
     html = (run / "report.html").read_text()
     assert "Per-pixel predictions" in html and "palette, share of pixels" in html
     assert (run / "figures" / "pixels_colour.png").stat().st_size > 5000
+    view = RunView(run)
+    _, classes = make_charts(view, "pixels")
+    train_targets = torch.cat(
+        [t["colour"] for _, t in view.splits.eval_batches("train", 64, {"colour"})]
+    )
+    common = torch.bincount(train_targets.flatten(), minlength=24).argmax()
+    val_targets = torch.cat(
+        [t["colour"] for _, t in view.splits.eval_batches("val", 64, {"colour"})]
+    )
+    baseline = (val_targets == common).float().mean().item()
+    assert classes.extra["baseline"] == pytest.approx(baseline) and "would score" in classes.caption
     again = run_cli("eval", str(run))  # the saved palette: the same test metrics
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"| test.colour.accuracy | {test['test.colour.accuracy']:.4f} |" in again.stdout

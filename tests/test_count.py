@@ -12,6 +12,7 @@ from cnnlab.closed_forms.seed001 import seed001_terms
 from cnnlab.closed_forms.seed002 import first_classifier, seed002_terms
 from cnnlab.count import count_recipe, measure, parse_input
 from cnnlab.errors import CnnlabError
+from cnnlab.models import BACKBONES, MultiTaskModel, create_backbone
 from cnnlab.recipe import load_recipe
 from tests.conftest import DEMO, run_cli
 
@@ -241,3 +242,15 @@ def test_cli_count_puts_the_colorizer_beside_seed001s_formulas():
     weights = "k²(NF·NIC + 10NF²) + 40NF² + 4NF·NC + NC²"
     assert f"| total | weights | {weights} | 301,408 | 301,408 | yes |" in text
     assert "parameters outside seed 001's formulas: backbone.encoder.0.1 64," in text
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_shapes_and_the_flop_counter_agree_on_every_backbone(backbone):
+    """Every layer type a registered backbone is made of (convs strided or not, transposed
+    convs, linear layers, and the parameter-free ones), counted both ways, layer by layer."""
+    cfg = BACKBONES[backbone].config()
+    body = create_backbone(cfg, 3, (32, 32))
+    net = MultiTaskModel(body, {"cls": torch.nn.Linear(body.num_features, 10)})
+    costs = measure(net, (3, 32, 32))
+    kinds = {c.kind for c in costs if c.macs}
+    assert kinds and [c.macs for c in costs] == [c.counted_macs for c in costs], kinds

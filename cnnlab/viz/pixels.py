@@ -47,8 +47,17 @@ def pixels(view: RunView, images: int = 8) -> list[Chart]:
         colours = class_colours(names)
         truth, pred = preds.truth[task], preds.pred[task]
         charts.append(_grid(view, task, index, truth, pred, colours))
-        charts += _classes(task, names, colours, truth, pred)
+        charts += _classes(task, names, colours, truth, pred, commonest(view, task))
     return charts
+
+
+def commonest(view: RunView, task: str) -> int:
+    """The class of most training pixels: the baseline paints every pixel with it."""
+    target = view.recipe.tasks[task].target
+    counts = torch.zeros(len(view.task_classes(task)), dtype=torch.long)
+    for _, targets in view.splits.eval_batches("train", 1024, {target}):
+        counts += torch.bincount(targets[target].flatten().cpu(), minlength=len(counts))
+    return int(counts.argmax())
 
 
 def _grid(view: RunView, task: str, index, truth, pred, colours) -> Chart:
@@ -77,8 +86,9 @@ def _grid(view: RunView, task: str, index, truth, pred, colours) -> Chart:
     )
 
 
-def _classes(task: str, names: list[str], colours, truth, pred) -> list[Chart]:
-    """The palette with each class's share of validation pixels, and its pixel accuracy."""
+def _classes(task: str, names: list[str], colours, truth, pred, common: int) -> list[Chart]:
+    """The palette with each class's share of validation pixels, and its pixel accuracy,
+    against the baseline that paints every pixel in the commonest training class."""
     cm = confusion_counts(truth.flatten(), pred.flatten(), len(names))
     share = cm.sum(1).double() / cm.sum().clamp_min(1)
     accuracy = per_class_accuracy(cm)
@@ -97,7 +107,12 @@ def _classes(task: str, names: list[str], colours, truth, pred) -> list[Chart]:
     never = [
         n for n, a, s in zip(names, accuracy.tolist(), share.tolist(), strict=True) if s and not a
     ]
-    caption = f"Classes never predicted right: {', '.join(never)}." if never else ""
+    overall, baseline = cm.diag().sum().item() / cm.sum().item(), share[common].item()
+    caption = (
+        f"Pixel accuracy {overall:.1%} on validation; painting every pixel {names[common]} "
+        f"(the commonest colour of the training pixels) would score {baseline:.1%}."
+    )
+    caption += f" Classes never predicted right: {', '.join(never)}." if never else ""
     return [
         Chart(
             f"classes_{task}",
@@ -105,6 +120,6 @@ def _classes(task: str, names: list[str], colours, truth, pred) -> list[Chart]:
             fig,
             caption,
             table=rows,
-            extra={"accuracy": accuracy.tolist(), "share": share.tolist()},
+            extra={"accuracy": accuracy.tolist(), "share": share.tolist(), "baseline": baseline},
         )
     ]
