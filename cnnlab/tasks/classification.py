@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,13 @@ class Classification(Task):
     headline = ("accuracy", "f1")
     step_metrics = ("accuracy",)
     figures = ("confusion",)
+    # each per-epoch metric but the loss: torchmetrics' multiclass metric and its average
+    measures: ClassVar[dict[str, tuple[str, str]]] = {
+        "accuracy": ("MulticlassAccuracy", "micro"),
+        "precision": ("MulticlassPrecision", "macro"),
+        "recall": ("MulticlassRecall", "macro"),
+        "f1": ("MulticlassF1Score", "macro"),
+    }
 
     def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
         if not spec.classes:
@@ -69,10 +76,8 @@ class Classification(Task):
         c = torchmetrics.classification
         return torchmetrics.MetricCollection(
             {
-                "accuracy": c.MulticlassAccuracy(average="micro", **kw),
-                "precision": c.MulticlassPrecision(average="macro", **kw),
-                "recall": c.MulticlassRecall(average="macro", **kw),
-                "f1": c.MulticlassF1Score(average="macro", **kw),
+                name: getattr(c, kind)(average=avg, **kw)
+                for name, (kind, avg) in self.measures.items()
             }
         )
 

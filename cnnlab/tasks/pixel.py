@@ -10,7 +10,7 @@ model that paints everything in the commonest colour cannot fake.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +18,10 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.layers import create_act
-from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection
+from cnnlab.tasks.base import TargetInfo, TargetSpec, TaskSection
+from cnnlab.tasks.classification import Classification
 
 if TYPE_CHECKING:
-    from torchmetrics import MetricCollection
-
     from cnnlab.config import HeadConfig
     from cnnlab.models.base import Backbone
 
@@ -61,13 +60,19 @@ class PixelHead(nn.Module):
         return out.argmax(dim=1)  # (B, H, W)
 
 
-class PixelClassification(Task):
+class PixelClassification(Classification):
+    """A classification of every pixel: the class's per-step accuracy and its metrics by
+    name; its own head, loss, class weights and figures."""
+
     config = PixelClassificationConfig
     metrics = ("loss", "accuracy", "miou")
     maximize = frozenset({"accuracy", "miou"})
     headline = ("accuracy", "miou")
-    step_metrics = ("accuracy",)
     figures = ("pixels",)
+    measures: ClassVar[dict[str, tuple[str, str]]] = {
+        "accuracy": ("MulticlassAccuracy", "micro"),
+        "miou": ("MulticlassJaccardIndex", "macro"),
+    }
 
     def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
         if not spec.classes:
@@ -96,10 +101,6 @@ class PixelClassification(Task):
         weight = torch.where(share > 0, share.sum() / (k * share.clamp_min(1)), 0.0)
         return (weight * k / weight.sum()).float()
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.info.classes or ())
-
     def head(self, backbone: Backbone) -> nn.Module:
         stages = backbone.feature_info
         if not -len(stages) <= self.cfg.stage < len(stages):
@@ -116,21 +117,6 @@ class PixelClassification(Task):
 
     def loss(self, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(out.float(), target, weight=head.class_weight)
-
-    def step_sums(self, pred: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
-        return [(pred == target).float().mean()]
-
-    def epoch_metrics(self) -> MetricCollection:
-        import torchmetrics
-
-        kw = {"num_classes": self.num_classes, "validate_args": False}
-        c = torchmetrics.classification
-        return torchmetrics.MetricCollection(
-            {
-                "accuracy": c.MulticlassAccuracy(average="micro", **kw),
-                "miou": c.MulticlassJaccardIndex(average="macro", **kw),
-            }
-        )
 
     def caption(
         self, truth: torch.Tensor, pred: torch.Tensor, short: Callable[[str], str] = str
