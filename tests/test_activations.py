@@ -12,6 +12,7 @@ from torch import nn
 
 from cnnlab.models import activations
 from cnnlab.models.activations import Mish, mish
+from cnnlab.models.compiled import Kernels
 from cnnlab.models.layers import create_act
 from tests.conftest import ROOT
 
@@ -151,7 +152,7 @@ def test_a_failing_compile_falls_back_to_aten(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no compiler")
 
-    kernels = activations._Kernels()
+    kernels = Kernels("Mish", activations._mish_forward, activations._mish_backward)
     monkeypatch.setattr(activations, "KERNELS", kernels)
     monkeypatch.setattr(kernels, "forward", broken)
     monkeypatch.setattr(kernels, "backward", broken)

@@ -6,6 +6,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import create_backbone, create_model
 from cnnlab.models.cnn import CNNConfig
 from cnnlab.models.layers import ACTIVATIONS
+from cnnlab.models.pool import MaxPool2d
 from tests.conftest import fitted_tasks
 
 
@@ -81,7 +82,7 @@ def seed004_cnn(**extra) -> CNNConfig:
 def test_seed004_block_order_and_parameter_count():
     net = create_backbone(seed004_cnn(), 3, (32, 32))
     kinds = [type(m) for m in net.blocks[0]]
-    assert kinds == [nn.Conv2d, nn.MaxPool2d, nn.ReLU, nn.BatchNorm2d]
+    assert kinds == [nn.Conv2d, MaxPool2d, nn.ReLU, nn.BatchNorm2d]  # cnnlab's, an nn.MaxPool2d
     chans = [3, 32, 64, 128, 256]
     conv = sum(chans[i] * chans[i + 1] * 9 + chans[i + 1] for i in range(4))  # with biases
     norm = sum(2 * c for c in chans[1:])

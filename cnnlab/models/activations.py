@@ -13,30 +13,24 @@ each (internal arithmetic in fp32 for bf16/fp16 tensors); the forward saves only
 input, the backward recomputes from it. Tensors are flattened to 1-D in memory order before
 the call, so one compiled kernel serves every shape, batch size and memory format.
 
-Anything the fast path does not cover runs aten's `F.mish`, with the same result: other
-devices and dtypes, tensors under MIN_NUMEL elements, functorch transforms, memory layouts
-that are not dense, the double backward (create_graph=True), `CNNLAB_FAST_ACT=0`, and any
-failure to compile (no C++ compiler on the machine, for example), after which the fast path
-is switched off for the process.
+Anything the fast path does not cover runs aten's `F.mish`, with the same result
+(`cnnlab/models/compiled.py` says when), and so do memory layouts that are not dense and
+the double backward (create_graph=True).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger(__name__)
+from cnnlab.models.compiled import MIN_NUMEL, Kernels, usable
 
-_FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+__all__ = ["MIN_NUMEL", "Mish", "mish"]
+
 _LIMIT = 20.0  # above it mish(x) == x and mish'(x) == 1 in fp32
-# Smaller tensors run aten: nothing to gain there, and it keeps the compiled variants to one
-# per dtype (dynamo specialises sizes 0 and 1 and recompiles at most 8 times per function).
-MIN_NUMEL = 1 << 14
 
 
 def _mish_forward(x: torch.Tensor) -> torch.Tensor:
@@ -56,31 +50,7 @@ def _mish_backward(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return (grad.float() * slope).to(grad.dtype)
 
 
-class _Kernels:
-    """The compiled pair, built on first use; `failed` once compiling or running broke."""
-
-    def __init__(self) -> None:
-        self.forward: Callable | None = None
-        self.backward: Callable | None = None
-        self.failed = os.environ.get("CNNLAB_FAST_ACT", "1") == "0"
-
-    def get(self) -> tuple[Callable, Callable] | None:
-        if self.failed:
-            return None
-        if self.forward is None:
-            # Inductor's C++ toolchain lookup warns about CUDA_HOME on a machine without CUDA,
-            # which has nothing to do with a CPU kernel; a run's output should not carry it.
-            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-            self.forward = torch.compile(_mish_forward, dynamic=True, fullgraph=True)
-            self.backward = torch.compile(_mish_backward, dynamic=True, fullgraph=True)
-        return self.forward, self.backward
-
-    def disable(self, err: BaseException) -> None:
-        self.failed = True
-        log.info("fused Mish unavailable, using aten's: %s: %s", type(err).__name__, err)
-
-
-KERNELS = _Kernels()
+KERNELS = Kernels("Mish", _mish_forward, _mish_backward)
 
 
 def _flat(t: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]] | None:
@@ -140,22 +110,7 @@ def _format(t: torch.Tensor) -> torch.memory_format:
 
 
 def _fast(x: torch.Tensor) -> bool:
-    return (
-        x.device.type == "cpu"
-        and x.dtype in _FAST_DTYPES
-        and x.numel() >= MIN_NUMEL
-        and not KERNELS.failed
-        and not _transforming()
-        and not torch.compiler.is_compiling()
-    )
-
-
-def _transforming() -> bool:
-    """Inside a torch.func transform (vmap, grad), where the plain formula must run. torch
-    has no public test for it; the private one is looked up, so a torch without it
-    costs only this check (then a transform over Mish fails loudly, never silently)."""
-    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
-    return peek is not None and peek() is not None
+    return usable(x, KERNELS)
 
 
 def mish(x: torch.Tensor) -> torch.Tensor:

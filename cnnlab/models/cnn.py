@@ -17,6 +17,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models.base import Backbone, FeatureInfo
 from cnnlab.models.dropout import Dropout
 from cnnlab.models.layers import create_act, init_kaiming
+from cnnlab.models.pool import MaxPool2d
 
 
 class CNNConfig(Section):
@@ -68,7 +69,7 @@ class ConvBlock(nn.Sequential):
     order conv_pool_act_bn, Conv → MaxPool → Act → BN (one conv per block)."""
 
     def __init__(self, cin: int, cout: int, cfg: CNNConfig):
-        pool = [nn.MaxPool2d(cfg.pool)] if cfg.pool > 1 else []
+        pool = [MaxPool2d(cfg.pool)] if cfg.pool > 1 else []
         layers: list[nn.Module] = []
         if cfg.order == "conv_pool_act_bn":
             # The bias comes before the activation here, so batch norm does not cancel it.

@@ -20,6 +20,7 @@ from cnnlab.config import Activation, Section
 from cnnlab.errors import CnnlabError
 from cnnlab.models.base import Backbone, FeatureInfo
 from cnnlab.models.layers import create_act, init_kaiming
+from cnnlab.models.pool import MaxPool2d
 
 
 class ColorizerConfig(Section):
@@ -45,7 +46,7 @@ class ColorizerConfig(Section):
 
 def _stage(layer: nn.Module, channels: int, cfg: ColorizerConfig, pool: bool) -> nn.Sequential:
     norm = [nn.BatchNorm2d(channels)] if cfg.batch_norm else []
-    return nn.Sequential(layer, *norm, create_act(cfg.activation), *([nn.MaxPool2d(2)] * pool))
+    return nn.Sequential(layer, *norm, create_act(cfg.activation), *([MaxPool2d(2)] * pool))
 
 
 class Colorizer(Backbone):

@@ -1,0 +1,68 @@
+"""The compiled 2×2 max-pool equals aten's, forward and backward, ties included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnlab.models import pool
+from cnnlab.models.pool import MaxPool2d
+
+
+def maps(shape, dtype, ties: bool) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen)
+    if ties:  # few distinct values: most windows hold their maximum more than once
+        x = x.mul(2).round().clamp(-2, 2)
+    return x.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+def both(x: torch.Tensor, grad: torch.Tensor | None = None):
+    """(output, input gradient) of cnnlab's pool and of aten's on the same input."""
+    results = []
+    for run in (lambda t: MaxPool2d(2)(t), lambda t: F.max_pool2d(t, 2)):
+        t = x.detach().clone().requires_grad_()
+        y = run(t)
+        g = torch.randn_like(y) if grad is None else grad
+        grad = g
+        y.backward(g)
+        results.append((y.detach(), t.grad))
+    return results
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("ties", [False, True])
+def test_forward_and_backward_equal_atens(dtype, ties):
+    for batch in (3, 5):  # one compiled variant, batch sizes vary
+        x = maps((batch, 16, 32, 24), dtype, ties)
+        (y, dx), (y_ref, dx_ref) = both(x)
+        assert torch.equal(y, y_ref) and torch.equal(dx, dx_ref)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    assert not pool.KERNELS.failed  # the compiled path ran
+
+
+def test_what_it_does_not_cover_runs_atens():
+    odd = maps((2, 16, 33, 32), torch.float32, False)
+    assert not pool._fast(MaxPool2d(2), odd.requires_grad_())
+    nchw = torch.randn(2, 16, 32, 32, requires_grad=True)
+    assert not pool._fast(MaxPool2d(2), nchw)
+    x = maps((2, 16, 32, 32), torch.float32, False).requires_grad_()
+    assert pool._fast(MaxPool2d(2), x) and not pool._fast(MaxPool2d(3), x)
+    with torch.no_grad():
+        assert not pool._fast(MaxPool2d(2), x)  # evaluation: aten
+    (y, dx), (y_ref, dx_ref) = both(odd)
+    assert torch.equal(y, y_ref) and torch.equal(dx, dx_ref)
+
+
+def test_a_failing_compile_falls_back_to_aten(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler")
+
+    kernels = pool.Kernels("max-pool", broken, broken)
+    monkeypatch.setattr(pool, "KERNELS", kernels)
+    monkeypatch.setattr(kernels, "forward", broken)
+    monkeypatch.setattr(kernels, "backward", broken)
+    x = maps((2, 16, 32, 32), torch.float32, True)
+    (y, dx), (y_ref, dx_ref) = both(x)
+    assert kernels.failed and torch.equal(y, y_ref) and torch.equal(dx, dx_ref)
