@@ -1,9 +1,10 @@
-"""aten's activations versus cnnlab's (`create_act`), forward + backward, on the CPU.
+"""aten's activations and 2×2 max-pool versus cnnlab's (`create_act`, `MaxPool2d`), forward +
+backward, on the CPU.
 
-The shape of seed 002's first Mish at 224 px, (32, 32, 224, 224) channels_last, in fp32 and
-bf16; median of interleaved repeats (the machine may be shared). The first call of a fused
-activation includes compiling it (inductor; cached on disk afterwards, see
-TORCHINDUCTOR_CACHE_DIR), printed apart.
+The shape of seed 002's first Mish (and max-pool) at 224 px, (32, 32, 224, 224)
+channels_last, in fp32 and bf16; median of interleaved repeats (the machine may be shared).
+The first call of a compiled layer includes compiling it (inductor; cached on disk
+afterwards, see TORCHINDUCTOR_CACHE_DIR), printed apart.
 
     PYTHONPATH=. .venv/bin/python benchmarks/activations.py [--repeats 7] [--threads 2]
 """
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.models.layers import ACTIVATIONS, create_act
+from cnnlab.models.pool import MaxPool2d
 
 ATEN = {
     "relu": F.relu,
@@ -33,6 +35,18 @@ def step(fn, x: torch.Tensor, g: torch.Tensor) -> float:
     t = time.perf_counter()
     fn(x).backward(g)
     return time.perf_counter() - t
+
+
+def compare(name: str, ours, aten, x: torch.Tensor, g: torch.Tensor, repeats: int) -> None:
+    first = step(ours, x, g)
+    step(aten, x, g)
+    times: dict[str, list[float]] = {"aten": [], "cnnlab": []}
+    for _ in range(repeats):  # interleaved
+        times["aten"].append(step(aten, x, g))
+        times["cnnlab"].append(step(ours, x, g))
+    a, c = (statistics.median(times[k]) * 1000 for k in ("aten", "cnnlab"))
+    dt = str(x.dtype).removeprefix("torch.")
+    print(f"{name:<12}{dt:<10}{a:>9.0f}{c:>11.0f}{a / c:>9.2f}x{first:>12.1f}", flush=True)
 
 
 def main() -> None:
@@ -55,16 +69,9 @@ def main() -> None:
         x.requires_grad_()
         g = torch.randn_like(x)
         for name in ACTIVATIONS:
-            ours = create_act(name)
-            first = step(ours, x, g)
-            step(ATEN[name], x, g)
-            times: dict[str, list[float]] = {"aten": [], "cnnlab": []}
-            for _ in range(args.repeats):  # interleaved
-                times["aten"].append(step(ATEN[name], x, g))
-                times["cnnlab"].append(step(ours, x, g))
-            a, c = (statistics.median(times[k]) * 1000 for k in ("aten", "cnnlab"))
-            dt = str(dtype).removeprefix("torch.")
-            print(f"{name:<12}{dt:<10}{a:>9.0f}{c:>11.0f}{a / c:>9.2f}x{first:>12.1f}", flush=True)
+            compare(name, create_act(name), ATEN[name], x, g, args.repeats)
+        pooled = g[:, :, ::2, ::2].contiguous(memory_format=torch.channels_last)
+        compare("maxpool 2x2", MaxPool2d(2), lambda t: F.max_pool2d(t, 2), x, pooled, args.repeats)
 
 
 if __name__ == "__main__":
