@@ -31,10 +31,16 @@ def both(x: torch.Tensor, grad: torch.Tensor | None = None):
     return results
 
 
+@pytest.fixture(autouse=True)
+def fresh(monkeypatch):
+    """Kernels of this module's own: a test elsewhere in the process cannot have broken them."""
+    monkeypatch.setattr(pool, "KERNELS", pool.Kernels("max-pool", *pool.KERNELS.sources, False))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("ties", [False, True])
 def test_forward_and_backward_equal_atens(dtype, ties):
-    for batch in (3, 5):  # one compiled variant, batch sizes vary
+    for batch in (3, 5, 1):  # one compiled variant for batches of 2 and more; 1 its own
         x = maps((batch, 16, 32, 24), dtype, ties)
         (y, dx), (y_ref, dx_ref) = both(x)
         assert torch.equal(y, y_ref) and torch.equal(dx, dx_ref)
@@ -59,10 +65,18 @@ def test_a_failing_compile_falls_back_to_aten(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no compiler")
 
-    kernels = pool.Kernels("max-pool", broken, broken)
+    kernels = pool.Kernels("max-pool", broken, broken, dynamic=False)
     monkeypatch.setattr(pool, "KERNELS", kernels)
-    monkeypatch.setattr(kernels, "forward", broken)
-    monkeypatch.setattr(kernels, "backward", broken)
     x = maps((2, 16, 32, 32), torch.float32, True)
     (y, dx), (y_ref, dx_ref) = both(x)
     assert kernels.failed and torch.equal(y, y_ref) and torch.equal(dx, dx_ref)
+
+
+def test_many_map_shapes_keep_their_compiled_kernels():
+    """More shapes and precisions than dynamo keeps variants of one function (8)."""
+    for channels in (4, 8, 12, 16, 24):
+        for dtype in (torch.float32, torch.bfloat16):
+            x = maps((2, channels, 64, 64), dtype, False)
+            (y, dx), (y_ref, dx_ref) = both(x)
+            assert torch.equal(y, y_ref) and torch.equal(dx, dx_ref)
+    assert not pool.KERNELS.failed and len(pool.KERNELS.compiled) == 10

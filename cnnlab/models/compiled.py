@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Hashable
 
 import torch
 
@@ -24,31 +25,44 @@ MIN_NUMEL = 1 << 14
 
 
 class Kernels:
-    """A compiled (forward, backward) pair, built on first use; `failed` once compiling or
-    running broke. `dynamic`: whether sizes are symbolic (False: the caller marks the
-    dimensions that vary with torch._dynamo.mark_dynamic, the others are specialised)."""
+    """Compiled (forward, backward) pairs, built on first use; `failed` once compiling or
+    running broke.
+
+    With `dynamic`, one pair serves every size. Without, sizes are specialised (a symbolic
+    size can cost a loop its vectorisation) and each `key` (the sizes that matter) gets its
+    own pair, compiled from its own copy of the functions: dynamo keeps at most 8 variants
+    per code object, and a network's layers, two precisions or a sweep over widths need
+    more."""
 
     def __init__(self, name: str, forward: Callable, backward: Callable, dynamic: bool = True):
         self.name, self.sources, self.dynamic = name, (forward, backward), dynamic
-        self.forward: Callable | None = None
-        self.backward: Callable | None = None
+        self.compiled: dict[Hashable, tuple[Callable, Callable]] = {}
         self.failed = os.environ.get("CNNLAB_FAST_ACT", "1") == "0"
 
-    def get(self) -> tuple[Callable, Callable] | None:
+    def get(self, key: Hashable = None) -> tuple[Callable, Callable] | None:
         if self.failed:
             return None
-        if self.forward is None:
+        if key not in self.compiled:
             # Inductor's C++ toolchain lookup warns about CUDA_HOME on a machine without CUDA,
             # which has nothing to do with a CPU kernel; a run's output should not carry it.
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-            self.forward, self.backward = (
-                torch.compile(fn, dynamic=self.dynamic, fullgraph=True) for fn in self.sources
+            tag = len(self.compiled)
+            fns = self.sources if self.dynamic else tuple(_copy(f, tag) for f in self.sources)
+            forward, backward = (
+                torch.compile(fn, dynamic=self.dynamic, fullgraph=True) for fn in fns
             )
-        return self.forward, self.backward
+            self.compiled[key] = (forward, backward)
+        return self.compiled[key]
 
     def disable(self, err: BaseException) -> None:
         self.failed = True
         log.info("fused %s unavailable, using aten's: %s: %s", self.name, type(err).__name__, err)
+
+
+def _copy(fn: Callable, tag: int) -> Callable:
+    """The same function with its own code object, so its compiled variants are its own."""
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{tag}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
 def transforming() -> bool:

@@ -7,7 +7,9 @@ step. Here the forward is a max over each 2×2 window of the channels-last map, 
 the output; the backward compares the input with it and hands each window's gradient to its
 first maximum in row-major order, as aten's kernel does, so both directions equal aten's
 bit for bit, ties included. Both are compiled by inductor with the batch size symbolic and
-the channels fixed (the vectorised dimension), one variant per channel count and dtype.
+the map's height, width and channels fixed (a symbolic size cost the backward its
+vectorisation: 77 ms against 45 ms on a (32, 32, 224, 224) bf16 map), one pair per map
+shape and dtype.
 
 The compiled path covers what training needs: 2×2 windows with stride 2 and no padding on
 channels-last maps of even size, with gradients on. Everything else (evaluation, other
@@ -56,16 +58,22 @@ KERNELS = Kernels("max-pool", _pool_forward, _pool_backward, dynamic=False)
 
 def _nhwc(t: torch.Tensor) -> torch.Tensor:
     """A channels-last (N, C, H, W) tensor as the contiguous (N, H, W, C) it is in memory,
-    its batch size marked as varying (one compiled variant serves every batch size)."""
+    its batch size marked as varying (one compiled variant serves every batch size but 1,
+    which dynamo always specialises)."""
     t = t.permute(0, 2, 3, 1)
-    torch._dynamo.mark_dynamic(t, 0)
+    if t.shape[0] > 1:
+        torch._dynamo.mark_dynamic(t, 0)
     return t
+
+
+def _key(x: torch.Tensor) -> tuple:
+    return (*x.shape[1:], x.dtype)
 
 
 class _MaxPoolFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        kernels = KERNELS.get()
+        kernels = KERNELS.get(_key(x))
         out = None
         if kernels is not None:
             try:
@@ -81,7 +89,7 @@ class _MaxPoolFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         x, out = ctx.saved_tensors
-        kernels = KERNELS.get()
+        kernels = KERNELS.get(_key(x))
         if kernels is not None and not torch.is_grad_enabled():
             try:
                 g = grad.contiguous(memory_format=torch.channels_last)
