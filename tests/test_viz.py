@@ -50,7 +50,9 @@ def view(report_run) -> RunView:
 def test_every_figure_on_every_backbone(backbone, tiny, tmp_path, report_run):
     # The shared run already is a cnn: no second training for it.
     shared = backbone == "cnn"
-    smallest = ", n: 1" if backbone in ("resnet", "plainnet") else ""  # one block per stage
+    smallest = {"resnet": ", n: 1", "plainnet": ", n: 1", "colorizer": ", filters: 4"}.get(
+        backbone, ""
+    )  # one block per stage; the fewest filters
     path = (
         report_run[0] if shared else train(tiny(f"model={{backbone: {backbone}{smallest}}}")).path
     )
