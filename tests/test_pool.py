@@ -35,6 +35,7 @@ def both(x: torch.Tensor, grad: torch.Tensor | None = None):
 def fresh(monkeypatch):
     """Kernels of this module's own: a test elsewhere in the process cannot have broken them."""
     monkeypatch.setattr(pool, "KERNELS", pool.Kernels("max-pool", *pool.KERNELS.sources, False))
+    monkeypatch.setattr(pool, "MIN_VALUES", 1 << 14)  # small maps, the same kernels
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -70,6 +71,14 @@ def test_a_failing_compile_falls_back_to_aten(monkeypatch):
     x = maps((2, 16, 32, 32), torch.float32, True)
     (y, dx), (y_ref, dx_ref) = both(x)
     assert kernels.failed and torch.equal(y, y_ref) and torch.equal(dx, dx_ref)
+
+
+def test_small_maps_run_atens(monkeypatch):
+    monkeypatch.setattr(pool, "MIN_VALUES", 1 << 22)
+    x = maps((2, 16, 32, 32), torch.float32, False).requires_grad_()
+    assert not pool._fast(MaxPool2d(2), x)
+    big = torch.empty(16, 32, 96, 96).contiguous(memory_format=torch.channels_last)
+    assert pool._fast(MaxPool2d(2), big.requires_grad_())
 
 
 def test_many_map_shapes_keep_their_compiled_kernels():

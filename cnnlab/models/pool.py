@@ -12,8 +12,9 @@ vectorisation: 77 ms against 45 ms on a (32, 32, 224, 224) bf16 map), one pair p
 shape and dtype.
 
 The compiled path covers what training needs: 2×2 windows with stride 2 and no padding on
-channels-last maps of even size, with gradients on. Everything else (evaluation, other
-windows or layouts, odd sizes, and whatever `cnnlab/models/compiled.py` excludes) runs aten.
+large (MIN_VALUES) channels-last maps of even size, with gradients on. Everything else
+(evaluation, small maps, other windows or layouts, odd sizes, and whatever
+`cnnlab/models/compiled.py` excludes) runs aten.
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ def _pool_backward(x: torch.Tensor, out: torch.Tensor, grad: torch.Tensor) -> to
 
 
 KERNELS = Kernels("max-pool", _pool_forward, _pool_backward, dynamic=False)
+# Maps smaller than this run aten's: at 28 or 56 px both take a millisecond or two, and
+# compiling a kernel per shape would cost more than it saves (seed 002's 224 and 112 px
+# maps, 51 M and 13 M values at batch 32, are where the time goes).
+MIN_VALUES = 1 << 22
 
 
 def _nhwc(t: torch.Tensor) -> torch.Tensor:
@@ -118,6 +123,7 @@ def _fast(module: nn.MaxPool2d, x: torch.Tensor) -> bool:
         and x.shape[2] % 2 == 0
         and x.shape[3] % 2 == 0
         and x.is_contiguous(memory_format=torch.channels_last)
+        and x.numel() >= MIN_VALUES
         and usable(x, KERNELS)
     )
 
