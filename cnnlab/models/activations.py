@@ -63,26 +63,21 @@ def _flat(t: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch
     return None
 
 
-def _run(kernel: Callable, *tensors: torch.Tensor) -> torch.Tensor | None:
-    """kernel on the flattened tensors (same layout), reshaped back; None if it failed."""
+def _run(direction: int, *tensors: torch.Tensor) -> torch.Tensor | None:
+    """The compiled forward (0) or backward (1) on the flattened tensors (same layout),
+    reshaped back; None where it does not apply or failed."""
     flats = [_flat(t) for t in tensors]
     if any(f is None for f in flats) or len({t.stride() for t in tensors}) > 1:
         return None
-    try:
-        with torch.autocast("cpu", enabled=False):
-            out = kernel(*(f[0].detach() for f in flats))  # one variant per dtype
-    except Exception as err:  # no compiler, inductor bug: aten from now on
-        KERNELS.disable(err)
-        return None
-    return flats[0][1](out)
+    out = KERNELS.run(direction, *(f[0].detach() for f in flats))  # one variant per dtype
+    return None if out is None else flats[0][1](out)
 
 
 class _MishFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
-        kernels = KERNELS.get()
-        out = None if kernels is None else _run(kernels[0], x)
+        out = _run(0, x)
         return F.mish(x) if out is None else out
 
     @staticmethod
@@ -90,12 +85,7 @@ class _MishFunction(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
             return _mish_backward(x, grad)
-        kernels = KERNELS.get()
-        out = (
-            None
-            if kernels is None
-            else _run(kernels[1], x, grad.contiguous(memory_format=_format(x)))
-        )
+        out = _run(1, x, grad.contiguous(memory_format=_format(x)))
         return torch.ops.aten.mish_backward(grad, x) if out is None else out
 
 

@@ -54,6 +54,20 @@ class Kernels:
             self.compiled[key] = (forward, backward)
         return self.compiled[key]
 
+    def run(self, direction: int, *tensors: torch.Tensor, key: Hashable = None):
+        """The compiled forward (0) or backward (1) on `tensors`, outside autocast (the
+        kernels do their own fp32 arithmetic); None when it is off or fails, after which it
+        stays off and the caller runs aten's."""
+        pair = self.get(key)
+        if pair is None:
+            return None
+        try:
+            with torch.autocast("cpu", enabled=False):
+                return pair[direction](*tensors)
+        except Exception as err:  # no compiler, inductor bug: aten from now on
+            self.disable(err)
+            return None
+
     def disable(self, err: BaseException) -> None:
         self.failed = True
         log.info("fused %s unavailable, using aten's: %s: %s", self.name, type(err).__name__, err)

@@ -78,31 +78,22 @@ def _key(x: torch.Tensor) -> tuple:
 class _MaxPoolFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        kernels = KERNELS.get(_key(x))
-        out = None
-        if kernels is not None:
-            try:
-                with torch.autocast("cpu", enabled=False):
-                    out = kernels[0](_nhwc(x.detach())).permute(0, 3, 1, 2)
-            except Exception as err:  # no compiler, inductor bug: aten from now on
-                KERNELS.disable(err)
+        out = KERNELS.run(0, _nhwc(x.detach()), key=_key(x))
         if out is None:
             out, _ = torch.ops.aten.max_pool2d_with_indices(x, 2, 2)
+        else:
+            out = out.permute(0, 3, 1, 2)
         ctx.save_for_backward(x, out)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         x, out = ctx.saved_tensors
-        kernels = KERNELS.get(_key(x))
-        if kernels is not None and not torch.is_grad_enabled():
-            try:
-                g = grad.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cpu", enabled=False):
-                    dx = kernels[1](_nhwc(x), _nhwc(out), _nhwc(g))
+        if not torch.is_grad_enabled():  # not a double backward
+            g = grad.contiguous(memory_format=torch.channels_last)
+            dx = KERNELS.run(1, _nhwc(x), _nhwc(out), _nhwc(g), key=_key(x))
+            if dx is not None:
                 return dx.permute(0, 3, 1, 2)
-            except Exception as err:
-                KERNELS.disable(err)
         # aten's own backward, from the indices it computes again
         with torch.enable_grad():
             xr = x.detach().requires_grad_()
