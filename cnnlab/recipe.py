@@ -111,6 +111,9 @@ class TrainConfig(Section):
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     grad_clip: float | None = Field(None, gt=0.0)  # max global grad norm; None = off
+    # keep an exponential moving average of the weights (e.g. 0.999: about the last 1,000
+    # steps); validation, the best checkpoint and the test use it. None = off
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
     monitor: str = "val.loss"  # metric that picks the best checkpoint (goal inferred)
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps

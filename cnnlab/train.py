@@ -21,6 +21,7 @@ from torch import nn
 
 from cnnlab.data import DataSection, describe
 from cnnlab.data.batches import Splits, prepare_splits
+from cnnlab.ema import WeightAverage
 from cnnlab.errors import CnnlabError
 from cnnlab.loggers import Loggers
 from cnnlab.models import MultiTaskModel, create_model
@@ -163,6 +164,8 @@ class Trainer:
             self.tasks,
             recipe.train.channels_last,
         ).to(self.device)
+        decay = recipe.train.ema_decay
+        self.ema = WeightAverage(self.model, decay) if decay else None
         self.steps_per_epoch = self.splits.steps_per_epoch(recipe.train.batch_size)
         self.optimizer = build_optimizer(recipe.train.optimizer, self.model)
         self.scheduler, self.per_step = build_scheduler(
@@ -186,14 +189,25 @@ class Trainer:
 
         return choose(recipe.train.precision, self.device, self.model, x, loss_of)
 
+    @property
+    def judged(self) -> nn.Module:
+        """The weights validation, checkpoints' `model` and the test see: the average when
+        the recipe keeps one (train.ema_decay), else the trained weights themselves."""
+        return self.ema.module if self.ema else self.model
+
     # ------------------------------------------------------------- checkpoints
 
     def checkpoint(self, gen: torch.Generator | None = None) -> dict:
+        """Everything a resume needs. `model` holds the weights the run is judged by (what
+        eval, figures and reports load); with an average kept, the weights training goes on
+        from are `train_model`."""
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        trained = {"train_model": self.model.state_dict()} if self.ema else {}
         return {
-            "model": self.model.state_dict(),
+            "model": self.judged.state_dict(),
+            **trained,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "train_meter": self.train_meter.state_dict(),
@@ -214,7 +228,9 @@ class Trainer:
         """Continue from a checkpoint loaded on the CPU: load_state_dict copies weights and
         optimizer state to the device, while RNG states must stay CPU ByteTensors (a CUDA
         generator's set_state refuses anything else)."""
-        self.model.load_state_dict(ckpt["model"])
+        self.model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+        if self.ema:
+            self.ema.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler and ckpt["scheduler"]:
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -287,6 +303,8 @@ class Trainer:
                 if cfg.grad_clip:
                     nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
+                if self.ema:
+                    self.ema.update(self.model)
                 if self.scheduler and self.per_step:
                     self.scheduler.step()
                 self.train_meter.update(self.model, outputs, targets, total, losses)
@@ -341,7 +359,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         self.val_meter.reset()
         batches = self.splits.eval_batches("val", self.recipe.train.eval_batch_size, self.needed)
-        evaluate(self.model, self.val_meter, batches, self.autocast)
+        evaluate(self.judged, self.val_meter, batches, self.autocast)
         return self.val_meter.compute("val")
 
     def _track_best(self, row: dict) -> None:
