@@ -39,6 +39,7 @@ from cnnlab.tasks import (
     metric_goal,
     total_loss,
 )
+from cnnlab.tta import ViewAverage
 
 # ------------------------------------------------------------------- device, precision
 
@@ -164,6 +165,10 @@ class Trainer:
             self.tasks,
             recipe.train.channels_last,
         ).to(self.device)
+        views = recipe.train.tta
+        self.views = (
+            ViewAverage(views, self.tasks, recipe.data, self.splits.image_size) if views else None
+        )
         decay = recipe.train.ema_decay
         self.ema = WeightAverage(self.model, decay) if decay else None
         self.steps_per_epoch = self.splits.steps_per_epoch(recipe.train.batch_size)
@@ -392,7 +397,7 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         meter = EpochMeter(self.tasks, self.device)
         batches = self.splits.eval_batches("test", self.recipe.train.eval_batch_size, self.needed)
-        evaluate(self.model, meter, batches, self.autocast)
+        evaluate(self.model, meter, batches, self.autocast, self.views)
         metrics = {"best_epoch": ckpt["loop"]["epoch"], **meter.compute("test")}
         write_json(self.run.test_path, metrics)
         return metrics

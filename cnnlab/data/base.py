@@ -18,7 +18,7 @@ import torch
 from pydantic import Field, model_validator
 
 from cnnlab.config import Section
-from cnnlab.data.augment import AugmentConfig, LabelMap
+from cnnlab.data.augment import AugmentConfig, LabelMap, Targets
 from cnnlab.data.colorize import ColorizeConfig
 
 # A derived target is computed from the image the model sees, as float in [0, 1],
@@ -53,6 +53,10 @@ class DataSection(Section):
     # A vector target's values -> a class index (GSN: counts -> pair), so a regression task
     # on it can report how often its prediction lands in the right class.
     to_class: ClassVar[dict[str, Callable[[torch.Tensor], torch.Tensor]]] = {}
+    # A categorical target a label map changes -> one full set of targets per class, in class
+    # order (GSN: pair k and its counts), so test-time views can map each class as a view
+    # maps the image (cnnlab/tta.py).
+    class_targets: ClassVar[dict[str, Callable[[], Targets]]] = {}
 
     @model_validator(mode="after")
     def _root_given(self) -> DataSection:

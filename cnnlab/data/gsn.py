@@ -162,6 +162,18 @@ def counts_to_class(pred_counts: torch.Tensor) -> torch.Tensor:
 GSNConfig.to_class = {"counts": counts_to_class}  # the count head, read as a classifier
 
 
+def class_targets() -> Targets:
+    """The 135 classes in order, each with its counts: where a view sends a class."""
+    counts = torch.zeros(len(CLASS_NAMES), len(TYPES))
+    for k, (i, j) in enumerate(PAIRS):
+        for a in range(1, SPLITS + 1):
+            counts[k * SPLITS + a - 1, [i, j]] = torch.tensor([a, SHAPES_PER_IMAGE - a]).float()
+    return {"pair": torch.arange(len(CLASS_NAMES)), "counts": counts}
+
+
+GSNConfig.class_targets = {"pair": class_targets}
+
+
 # ------------------------------------------------------------------------------ files
 
 

@@ -108,11 +108,12 @@ class EpochMeter(nn.Module):
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, meter: EpochMeter, batches, autocast) -> None:
-    """Run `model` over eval batches and feed the meter (caller resets and computes)."""
+def evaluate(model: nn.Module, meter: EpochMeter, batches, autocast, views=None) -> None:
+    """Run `model` over eval batches and feed the meter (caller resets and computes).
+    `views(model, x)`: test-time views (cnnlab/tta.py) in place of one forward pass."""
     model.eval()
     for x, targets in batches:
         with autocast():
-            outputs = model(x)
+            outputs = views(model, x) if views else model(x)
         total, losses = total_loss(meter.tasks, model, outputs, targets)
         meter.update(model, outputs, targets, total, losses)

@@ -23,6 +23,7 @@ from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks import Task, create_tasks
 from cnnlab.train import target_spec
+from cnnlab.tta import ViewAverage
 from cnnlab.viz.hooks import analysis_mode, forward_hooks, last_conv
 
 
@@ -131,6 +132,14 @@ class RunView:
             model.requires_grad_(False)
             return model.to(self.device).eval()
 
+    @cached_property
+    def views(self) -> ViewAverage | None:
+        """The recipe's test-time views: the figures show what the test metrics measured."""
+        names = self.recipe.train.tta
+        if not names:
+            return None
+        return ViewAverage(names, self.tasks, self.recipe.data, self.splits.image_size)
+
     def split(self, name: str) -> ImageSet:
         return getattr(self.splits, name)
 
@@ -160,10 +169,14 @@ class RunView:
         _, conv = last_conv(self.model)
         record = lambda n, m, y: peaks.append(y.float().amax(dim=(2, 3)).cpu())  # noqa: E731
         autocast = autocast_for(self.device, self.precision)
-        with analysis_mode(self.model), forward_hooks({"conv": conv}, record):
+        with analysis_mode(self.model):
             for x, targets in self.batches(split):
-                with autocast():
-                    out = self.model.predict(x)
+                with autocast(), forward_hooks({"conv": conv}, record):
+                    out = self.model(x)
+                if self.views:  # the peaks stay those of the image as it is
+                    with autocast():
+                        out = self.views(self.model, x)
+                out = {name: self.model.heads[name].decode(o) for name, o in out.items()}
                 for name, task in self.recipe.tasks.items():
                     truth[name].append(targets[task.target].cpu())
                     pred[name].append(out[name].cpu())
