@@ -9,13 +9,19 @@ from torch.optim import lr_scheduler
 from cnnlab.recipe import OptimizerConfig, TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay weights of convs and linears only: decaying biases and BN scales only hurts."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict]:
+    """Decay weights of convs and linears only: decaying biases and BN scales only hurts.
+    A backbone that trains at a share of the rate (a pretrained one's `backbone_lr`) gets
+    groups of its own with that share of `lr`; frozen parameters are left out."""
+    scales = getattr(getattr(model, "backbone", None), "lr_scales", dict)()
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault((p.ndim >= 2, scales.get(id(p), 1.0)), []).append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "weight_decay": weight_decay if decay else 0.0}
+        | ({"lr": lr * scale} if scale != 1.0 else {})
+        for (decay, scale), params in groups.items()
     ]
 
 
@@ -64,7 +70,7 @@ def fused(model: nn.Module) -> bool:
 
 def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The recipe's optimizer over `model`, decaying weights only (see param_groups)."""
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr)
     options = optimizer_options(cfg) | ({"fused": True} if fused(model) else {})
     return OPTIMIZERS[cfg.name](groups, lr=cfg.lr, **options)
 

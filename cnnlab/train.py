@@ -24,7 +24,7 @@ from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.ema import WeightAverage
 from cnnlab.errors import CnnlabError
 from cnnlab.loggers import Loggers
-from cnnlab.models import MultiTaskModel, create_model
+from cnnlab.models import MultiTaskModel, create_model, owns_input
 from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.precision import Choice, autocast_for, choose, record
 from cnnlab.progress import EpochProgress, console, print_metrics_table
@@ -151,6 +151,7 @@ class Trainer:
             self.device,
             recipe.train.channels_last,
             saved.get("classes") if saved else None,
+            normalize=not owns_input(recipe.model),
         )
         for task in self.tasks.values():  # now with the pixels: a regression's statistics
             values = lambda t=task.target: train_values(self.splits, t)  # noqa: E731

@@ -47,7 +47,8 @@ def test_cpu_updates_are_fused_and_match_the_unfused_ones(name: str):
     fused = build_optimizer(recipe.train.optimizer, a)
     unfused = fused.defaults | {"fused": False, "foreach": False}
     unfused.pop("decoupled_weight_decay", None)  # AdamW sets it itself
-    plain = type(fused)(param_groups(b, recipe.train.optimizer.weight_decay), **unfused)
+    groups = param_groups(b, recipe.train.optimizer.weight_decay, recipe.train.optimizer.lr)
+    plain = type(fused)(groups, **unfused)
     assert fused.defaults["fused"] is True
     x = torch.randn(16, 8)
     for model, opt in ((a, fused), (b, plain)):

@@ -110,10 +110,13 @@ def prepare_splits(
     device: torch.device,
     channels_last: bool = True,
     saved_classes: dict[str, list[str]] | None = None,
+    normalize: bool = True,
 ) -> Splits:
     """Load the source, carve the stratified validation split (unless the source gives one),
     move everything to `device`. `needed`: the targets the tasks train on. `saved_classes`:
-    those a checkpoint holds; colorizing reads its palette from them rather than refitting."""
+    those a checkpoint holds; colorizing reads its palette from them rather than refitting.
+    `normalize=False`: batches stay in [0, 1], for a backbone that normalizes its own input
+    (a pretrained one, by the statistics it was trained with)."""
     source = get_source(cfg.source)
     ds = source.load(cfg)
     provided = ds.target_names() + ([colorize.TARGET] if cfg.colorize else [])
@@ -152,6 +155,9 @@ def prepare_splits(
         classes[colorize.TARGET] = colorize.palette_names(palette)
         derived[colorize.TARGET] = colorize.nearest_colour(palette.to(device))
         mean, std = channel_stats(train.images, colorize.luminance)
+    elif not normalize:
+        channels = train.images.shape[1]
+        mean, std = torch.zeros(channels), torch.ones(channels)
     elif source.stats is not None:
         mean, std = (torch.tensor(v, dtype=torch.float32) for v in source.stats)
     else:

@@ -19,6 +19,7 @@ from cnnlab.models.base import Backbone, FeatureInfo
 from cnnlab.models.cnn import CNN, CNNConfig
 from cnnlab.models.colorizer import Colorizer, ColorizerConfig
 from cnnlab.models.resnet import PlainNetConfig, ResNet, ResNetConfig
+from cnnlab.models.timm_backbone import TimmBackbone, TimmConfig
 
 
 class HeadMaker(Protocol):
@@ -43,6 +44,9 @@ BACKBONES: dict[str, BackboneEntry] = {
     "colorizer": BackboneEntry(
         Colorizer, ColorizerConfig, "3 conv-pool blocks, 3 transposed convs back up (seed 001)"
     ),
+    "timm": BackboneEntry(
+        TimmBackbone, TimmConfig, "any timm model by model.name, ImageNet-pretrained (seed 002)"
+    ),
 }
 
 
@@ -66,6 +70,11 @@ def tagged_by_backbone(configs: list[type[Section]]) -> Any:
 
 # The recipe's `model` section: one config per backbone, told apart by `backbone`.
 ModelConfig = tagged_by_backbone([b.config for b in BACKBONES.values()])
+
+
+def owns_input(cfg: Section) -> bool:
+    """Whether the backbone normalizes its own input (the data pipeline then does not)."""
+    return getattr(type(cfg), "owns_input", False)
 
 
 def list_backbones() -> dict[str, str]:
@@ -133,4 +142,5 @@ __all__ = [
     "create_backbone",
     "create_model",
     "list_backbones",
+    "owns_input",
 ]

@@ -17,7 +17,7 @@ import torch
 from cnnlab.data.base import ImageSet
 from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.errors import CnnlabError
-from cnnlab.models import MultiTaskModel, create_model
+from cnnlab.models import MultiTaskModel, create_model, owns_input
 from cnnlab.precision import autocast_for
 from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, load_checkpoint
@@ -115,6 +115,7 @@ class RunView:
                 self.device,
                 recipe.train.channels_last,
                 self.classes,
+                normalize=not owns_input(recipe.model),
             )
 
     @cached_property

