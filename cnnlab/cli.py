@@ -71,8 +71,14 @@ def datasets() -> None:
 
 
 @app.command()
-def backbones() -> None:
+def backbones(
+    pretrained: bool = typer.Option(False, "--pretrained", help="list pretrained timm models"),
+    filter_: str | None = typer.Option(None, "--filter", help="with --pretrained: e.g. 'resnet*'"),
+) -> None:
     """List the backbones a recipe's model.backbone can name, each with its keys and defaults."""
+    if pretrained:
+        _pretrained_backbones(filter_)
+        return
     import yaml
 
     from cnnlab.models import BACKBONES
@@ -82,6 +88,51 @@ def backbones() -> None:
         section = {"model": entry.config().model_dump(mode="json")}
         flow = yaml.safe_dump(section, default_flow_style=True, sort_keys=False, width=10**6)
         typer.echo(f"{'':<10} {flow.strip()[1:-1]}")  # model: {backbone: cnn, blocks: 3, ...}
+
+
+def _pretrained_backbones(pattern: str | None) -> None:
+    import timm
+
+    from cnnlab.models.weights import PACKAGED
+
+    typer.echo("pretrained backbones: model: {backbone: timm, name: NAME}")
+    for name, entry in PACKAGED.items():
+        typer.echo(f"  {name:<28} {entry.about}")
+    names = timm.list_models(pattern or "*", pretrained=True)
+    archs = sorted({n.split(".")[0] for n in names})
+    if pattern:
+        for name in archs:
+            typer.echo(f"  {name:<28} timm, downloaded when online, then cached")
+        return
+    examples = ", ".join(a for a in ("resnet50", "convnext_tiny", "efficientnet_b0") if a in archs)
+    typer.echo(
+        f"  and {len(archs):,} timm architectures, downloaded when online, then cached "
+        f"(e.g. {examples}); --filter 'resnet*' lists them"
+    )
+
+
+@app.command()
+def predict(
+    images: list[Path] = typer.Argument(..., help="image files and/or folders of images"),
+    model: str = typer.Option(
+        "efficientnet_lite0", help="ImageNet model (cnnlab backbones --pretrained)"
+    ),
+    weights: str | None = typer.Option(None, help="a local weight file in timm's names"),
+    top: int = typer.Option(5, min=1, max=20, help="classes shown per image"),
+    figure: Path = typer.Option(Path("predictions.png"), help="where to draw the figure"),
+) -> None:
+    """An ImageNet-pretrained model as it is: top classes of each image, and a figure."""
+    from cnnlab.models.timm_backbone import TimmConfig
+    from cnnlab.predict import draw
+    from cnnlab.predict import predict as top_classes
+
+    TimmConfig(name=model)  # an unknown name fails here, with suggestions
+    found = top_classes(model, images, top, weights)
+    for p in found:
+        typer.echo(f"{p.path}")
+        for rank, (name, prob) in enumerate(p.top, 1):
+            typer.echo(f"  {rank}. {prob:6.1%}  {name}")
+    typer.echo(f"figure: {draw(found, figure, f'{model}: ImageNet top-{top}')}")
 
 
 @app.command()

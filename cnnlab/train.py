@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cnnlab import feature_cache
 from cnnlab.data import DataSection, describe
 from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.ema import WeightAverage
@@ -170,8 +171,6 @@ class Trainer:
         self.views = (
             ViewAverage(views, self.tasks, recipe.data, self.splits.image_size) if views else None
         )
-        decay = recipe.train.ema_decay
-        self.ema = WeightAverage(self.model, decay) if decay else None
         self.steps_per_epoch = self.splits.steps_per_epoch(recipe.train.batch_size)
         self.optimizer = build_optimizer(recipe.train.optimizer, self.model)
         self.scheduler, self.per_step = build_scheduler(
@@ -181,6 +180,22 @@ class Trainer:
         self.val_meter = EpochMeter(self.tasks, self.device)
         self.precision = Choice(precision, "saved") if precision else self._choose_precision(recipe)
         self.autocast = autocast_for(self.device, self.precision.precision)
+        if feature_cache.applies(self.model, getattr(recipe.model, "cache_features", False)):
+            if self.views:
+                raise CnnlabError(
+                    "train.tta needs images, and a frozen backbone's heads train on cached "
+                    "features: set model.cache_features=false or train.tta=[]"
+                )
+            self.splits = feature_cache.cache_features(
+                self.model,
+                self.splits,
+                self.needed,
+                recipe.train.eval_batch_size,
+                self.autocast,
+                recipe.train.progress,
+            )
+        decay = recipe.train.ema_decay  # after caching: the copy must know it as well
+        self.ema = WeightAverage(self.model, decay) if decay else None
         self.state = LoopState()
         self.data_state: torch.Tensor | None = None  # data generator state of a mid-epoch resume
         self._stop = False

@@ -61,7 +61,9 @@ def tagged_by_backbone(configs: list[type[Section]]) -> Any:
 
     def pick(value: Any) -> str | None:
         if isinstance(value, dict):
-            return value.get("backbone", tags[0])
+            tag = value.get("backbone", tags[0])
+            # `backbone: resnet50` is short for `backbone: timm, name: resnet50`
+            return tag if tag in tags or "timm" not in tags else "timm"
         return getattr(value, "backbone", None)
 
     members = tuple(Annotated[c, Tag(t)] for c, t in zip(configs, tags, strict=True))

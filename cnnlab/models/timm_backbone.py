@@ -17,11 +17,11 @@ and trains the heads on them (`cache_features`).
 from __future__ import annotations
 
 import difflib
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from cnnlab.config import Section
@@ -53,31 +53,59 @@ class TimmConfig(Section):
 
     owns_input: ClassVar[bool] = True  # the data pipeline leaves normalization to it
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        """`backbone: resnet50` (no cnnlab backbone of that name) = timm's resnet50."""
+        if isinstance(data, dict) and data.get("backbone", "timm") != "timm":
+            name = data["backbone"]
+            if name not in PACKAGED and not _is_timm_model(name):
+                from cnnlab.models import BACKBONES
+
+                raise ValueError(
+                    f"model.backbone = {name!r}: choose one of: {', '.join(BACKBONES)}, "
+                    f"or a timm model name{_close(name)}"
+                )
+            data = {**data, "backbone": "timm", "name": name}
+        return data
+
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        import timm
-
-        if name in PACKAGED or timm.is_model(name):
+        if name in PACKAGED or _is_timm_model(name):
             return name
-        close = difflib.get_close_matches(name, [*PACKAGED, *timm.list_models()], n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"{name!r} is not a timm model{hint} (cnnlab backbones --pretrained)")
+        raise ValueError(f"{name!r} is not a timm model{_close(name)}")
 
 
-def _pretrained_state(cfg: TimmConfig, arch: str) -> tuple[dict[str, torch.Tensor], str]:
-    """(the weights the recipe asks for, in timm's names; where they came from)."""
-    if cfg.weights:
-        return read_state_dict(cfg.weights), f"model.weights {cfg.weights}"
-    if cfg.name in PACKAGED:
-        return packaged_state(cfg.name), f"{cfg.name}'s packaged ImageNet weights"
+def _is_timm_model(name: str) -> bool:
+    import timm
+
+    return timm.is_model(name)
+
+
+def _close(name: str) -> str:
+    """ "; did you mean a, b, c?" from the packaged and timm names, or nothing."""
+    import timm
+
+    close = difflib.get_close_matches(name, [*PACKAGED, *timm.list_models()], n=3)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def pretrained_state(name: str, weights: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """(ImageNet weights of cnnlab's `name` in timm's names, classifier included; where
+    they came from): a local file, a package's copy, or timm's download (and cache)."""
+    arch = timm_arch(name)
+    if weights:
+        return read_state_dict(weights), f"model.weights {weights}"
+    if name in PACKAGED:
+        return packaged_state(name), f"{name}'s packaged ImageNet weights"
     import timm
 
     try:
-        downloaded = timm.create_model(arch, pretrained=True, num_classes=0)
+        downloaded = timm.create_model(arch, pretrained=True)
     except Exception as err:  # no network, no cache, or no weights for this name
         raise CnnlabError(
-            f"model.name {cfg.name}: timm could not get its pretrained weights "
+            f"model.name {name}: timm could not get its pretrained weights "
             f"({type(err).__name__}: {str(err)[:120]}); offline, give model.weights=FILE, "
             "use efficientnet_lite0, or set model.pretrained=false"
         ) from None
@@ -119,7 +147,7 @@ class TimmBackbone(Backbone):
         arch = timm_arch(cfg.name)
         self.body = timm.create_model(arch, pretrained=False, num_classes=0)
         if cfg.pretrained or cfg.weights:
-            state, source = _pretrained_state(cfg, arch)
+            state, source = pretrained_state(cfg.name, cfg.weights)
             classifier = self.body.pretrained_cfg.get("classifier", "classifier")
             load_checked(self.body, state, source, skip=(f"{classifier}.",))
         data = resolve_data_config({}, model=self.body)
