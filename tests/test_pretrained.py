@@ -1,0 +1,176 @@
+"""Pretrained backbones: ImageNet weights used as they are (offline), weight files checked
+key by key, the backbone's own input adaptation, freezing, and heads on cached features."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import skimage.data
+import timm
+import torch
+from PIL import Image
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_backbone, create_model
+from cnnlab.models.timm_backbone import InputAdapter, TimmConfig
+from cnnlab.models.weights import lite0_file, lite0_key, load_checked, read_state_dict
+from cnnlab.optim import build_optimizer
+from cnnlab.recipe import load_recipe
+from cnnlab.train import check_data, train
+from cnnlab.viz.run_view import RunView
+from tests.conftest import ROOT, TINY, run_cli
+
+CATS = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
+LOWDATA = ROOT / "cnnlab" / "recipes" / "fashion_finetune_lowdata.yaml"
+
+
+def test_predict_names_the_cat_and_the_espresso(tmp_path: Path):
+    """Part C: the offline EfficientNet-Lite0, as it is, on scikit-image's photographs."""
+    cat, coffee = tmp_path / "chelsea.png", tmp_path / "coffee.png"
+    Image.fromarray(skimage.data.chelsea()).save(cat)
+    Image.fromarray(skimage.data.coffee()).save(coffee)
+    figure = tmp_path / "top5.png"
+    out = run_cli(
+        "predict", "--model", "efficientnet_lite0", str(tmp_path), "--figure", str(figure)
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    first = {
+        lines[i].rsplit("/", 1)[-1]: lines[i + 1]
+        for i in range(len(lines) - 1)
+        if lines[i].endswith(".png")
+    }
+    names = timm.data.ImageNetInfo()
+    cat_names = {names.index_to_description(i) for i in CATS}
+    assert first["chelsea.png"].split("%", 1)[1].strip() in cat_names, out.stdout
+    assert first["coffee.png"].split("%", 1)[1].strip() in ("espresso", "cup"), out.stdout
+    assert figure.stat().st_size > 10_000
+
+
+def test_the_key_map_places_every_packaged_weight():
+    state = read_state_dict(lite0_file())
+    renamed = {lite0_key(k): v for k, v in state.items()}
+    model = timm.create_model("tf_efficientnet_lite0")
+    assert renamed.keys() == model.state_dict().keys()  # 296 keys, none left over
+    load_checked(model, renamed, "lite0")
+    assert torch.equal(model.conv_stem.weight, state["_conv_stem.weight"])
+    assert torch.equal(model.blocks[6][0].conv_pwl.weight, state["_blocks.15._project_conv.weight"])
+
+
+def weights_file(tmp_path: Path, change) -> str:
+    state = timm.create_model("resnet18", num_classes=0).state_dict()
+    change(state)
+    path = tmp_path / "w.pt"
+    torch.save(state, path)
+    return str(path)
+
+
+def backbone_with(weights: str):
+    return create_backbone(TimmConfig(name="resnet18", weights=weights, input_size=32), 3, (32, 32))
+
+
+def test_bad_weight_files_are_refused_naming_the_first_offending_key(tmp_path: Path):
+    backbone_with(weights_file(tmp_path, lambda s: None))  # the right file loads
+    wrong = weights_file(tmp_path, lambda s: s.update({"layer1.0.conv1.weight": torch.zeros(1)}))
+    with pytest.raises(CnnlabError, match=r"key 'layer1.0.conv1.weight' has shape \(1,\)"):
+        backbone_with(wrong)
+    missing = weights_file(tmp_path, lambda s: s.pop("bn1.running_var"))
+    with pytest.raises(CnnlabError, match="missing key 'bn1.running_var'"):
+        backbone_with(missing)
+    extra = weights_file(tmp_path, lambda s: s.update({"mystery.weight": torch.zeros(2)}))
+    with pytest.raises(CnnlabError, match="unexpected key 'mystery.weight'"):
+        backbone_with(extra)
+
+
+class Payload:
+    """A pickled object: loading it must never run its code."""
+
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def test_a_pickle_with_objects_and_a_broken_file_are_refused(tmp_path: Path):
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"conv1.weight": Payload()}, f, protocol=2)
+    with pytest.raises(CnnlabError, match="carries pickled Python objects and was refused"):
+        backbone_with(str(evil))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(CnnlabError, match="not a readable safetensors file"):
+        backbone_with(str(broken))
+    with pytest.raises(CnnlabError, match="not found"):
+        backbone_with(str(tmp_path / "absent.pt"))
+
+
+def test_the_adapter_makes_three_normalized_channels_at_the_networks_size():
+    adapt = InputAdapter(64, (0.5, 0.4, 0.3), (0.5, 0.25, 0.1), "bicubic")
+    out = adapt(torch.full((2, 1, 28, 28), 0.5))
+    assert out.shape == (2, 3, 64, 64)
+    expected = torch.tensor([0.0, 0.4, 2.0]).view(1, 3, 1, 1).expand_as(out)
+    torch.testing.assert_close(out, expected)
+
+
+def lowdata(tmp_path: Path, *overrides: str):
+    quick = [o for o in TINY if not o.startswith(("model.", "data.train_subset"))]
+    quick += ["model.input_size=32", "data.train_subset=300", "data.test_subset=200"]
+    return load_recipe(LOWDATA, [f"output_dir={tmp_path / 'runs'}", *quick, *overrides])
+
+
+def test_freezing_strategies_train_what_they_say(tmp_path: Path):
+    def trainable(freeze: str, **more) -> tuple[int, list]:
+        r = lowdata(
+            tmp_path, f"model.freeze={freeze}", *(f"model.{k}={v}" for k, v in more.items())
+        )
+        model = create_model(r.model, 1, (28, 28), check_data(r))
+        body = model.backbone.body
+        opt = build_optimizer(r.train.optimizer, model)
+        count = sum(p.numel() for p in body.parameters() if p.requires_grad)
+        return count, [(len(g["params"]), g["lr"]) for g in opt.param_groups], model
+
+    everything = sum(
+        p.numel() for p in timm.create_model("tf_efficientnet_lite0", num_classes=0).parameters()
+    )
+    full, groups, _ = trainable("none", backbone_lr=0.1)
+    assert full == everything and {lr for _, lr in groups} == {1e-3, 1e-4}
+    head, groups, model = trainable("all_but_head")
+    assert head == 0 and model.backbone.frozen and {lr for _, lr in groups} == {1e-3}
+    last, _, model = trainable("last_stages", train_stages=1)
+    stage5 = sum(p.numel() for p in model.backbone.body.blocks[5:].parameters())
+    tail = stage5 + sum(
+        p.numel()
+        for m in (model.backbone.body.conv_head, model.backbone.body.bn2)
+        for p in m.parameters()
+    )
+    assert last == tail  # blocks 5 and 6 (stride 32) and the head conv, nothing before
+    model.train()
+    assert not model.backbone.body.bn1.training and model.backbone.body.bn2.training
+    with pytest.raises(CnnlabError, match="train them all with freeze: none"):
+        trainable("last_stages", train_stages=5)
+
+
+def test_heads_on_cached_features_score_as_the_whole_model_does(tmp_path: Path):
+    run = train(lowdata(tmp_path, "model.freeze=all_but_head", "train.epochs=15"))
+    test = json.loads(run.test_path.read_text())
+    best = torch.load(run.best_path, weights_only=True)["model"]
+    pretrained = timm.create_model("tf_efficientnet_lite0", num_classes=0)
+    lite0 = {lite0_key(k): v for k, v in read_state_dict(lite0_file()).items()}
+    load_checked(pretrained, lite0, "lite0", skip=("classifier.",))
+    for key, value in pretrained.state_dict().items():  # nothing of the network moved
+        assert torch.equal(best[f"backbone.body.{key}"], value), key
+    view = RunView(run.path).test_predictions  # the whole model on the test images
+    accuracy = (view.pred["cls"] == view.truth["cls"]).float().mean().item()
+    assert accuracy == pytest.approx(test["test.cls.accuracy"], abs=1.5 / 200)
+    assert test["test.cls.accuracy"] > 0.3  # ImageNet features tell clothes apart
+
+
+def test_an_offline_download_is_one_line_with_the_ways_out(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = lowdata(tmp_path, "model.name=resnet18", "model.weights=null")
+    with pytest.raises(
+        CnnlabError, match="could not get its pretrained weights.*model.weights=FILE"
+    ):
+        train(r)
