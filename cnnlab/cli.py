@@ -136,6 +136,37 @@ def predict(
 
 
 @app.command()
+def landscape(
+    runs: list[Path] = typer.Argument(..., help="run folders (several: compared side by side)"),
+    dims: int = typer.Option(2, min=1, max=2, help="1: a curve, 2: a surface"),
+    points: int = typer.Option(21, min=3, max=201, help="grid points per axis (odd: 0 is one)"),
+    span: float = typer.Option(1.0, min=1e-6, help="the grid runs from -span to +span"),
+    samples: int = typer.Option(2000, min=1, help="training images the loss is measured on"),
+    seed: int = typer.Option(0, help="seeds the directions and the images"),
+    bn: str = typer.Option("eval", help="BatchNorm: eval (running statistics) or train"),
+    include_bias_bn: bool = typer.Option(False, help="also move biases and BN parameters"),
+    trajectory: bool = typer.Option(False, help="the plane of the training path (PCA)"),
+    log: bool = typer.Option(False, help="log-scale loss in the figures"),
+    budget: float | None = typer.Option(None, help="minutes; the rest on the next call"),
+    out: Path = typer.Option(Path("landscapes"), help="where several runs are compared"),
+) -> None:
+    """Loss landscape around a run's weights (Li et al. 2017), saved in <run>/landscape/."""
+    from cnnlab.landscape import Settings
+    from cnnlab.landscape import landscape as compute
+
+    if bn not in ("eval", "train"):
+        raise CnnlabError(f"--bn {bn}: choose eval or train")
+    if trajectory and dims != 2:
+        raise CnnlabError("--trajectory draws the path on a plane: use --dims 2")
+    settings = Settings(
+        dims, points, span, samples, seed, bn, include_bias_bn, "pca" if trajectory else "random"
+    )
+    compute(runs, settings, budget, log, out)
+    for run in runs:
+        typer.echo(f"landscape: {run / 'landscape'}")
+
+
+@app.command()
 def fetch(
     source: str = typer.Argument(..., help="data source name (cnnlab datasets)"),
     root: str | None = typer.Option(None, help="the one folder to read, as data.root"),

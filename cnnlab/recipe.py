@@ -126,6 +126,9 @@ class TrainConfig(Section):
     channels_last: bool = True
     threads: int | None = Field(None, ge=1)  # CPU threads; None = all cores
     checkpoint_minutes: float = Field(5.0, gt=0.0)  # mid-epoch checkpoint interval
+    # also keep the weights of every N-th epoch (checkpoints/epoch_NNN.pt): the training
+    # path `cnnlab landscape --trajectory` draws. None = only last.pt and best.pt
+    keep_every: int | None = Field(None, ge=1)
     progress: bool = True  # live progress bar on the terminal
     report: bool = True  # write report.html + figures/ after the test evaluation
     test_at_end: bool = True  # evaluate the best checkpoint on test; sweeps turn it off

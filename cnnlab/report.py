@@ -32,6 +32,7 @@ SECTIONS = [
     ("filters", "First-layer filters", ["filters"]),
     ("guided-backprop", "Guided backpropagation", ["guided-backprop"]),
     ("dead-units", "Dead units", ["dead-units"]),
+    ("landscape", "Loss landscape", ["landscape"]),
 ]
 
 TEMPLATES = jinja2.Environment(

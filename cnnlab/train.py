@@ -372,6 +372,10 @@ class Trainer:
         self._track_best(row)
         self.run.append_metrics(row)
         self.save_last()
+        every = self.recipe.train.keep_every
+        if every and st.epoch % every == 0:  # weights only: a point of the training path
+            path = self.run.last_path.with_name(f"epoch_{st.epoch:03d}.pt")
+            self.run.save_checkpoint(path, {"model": self.judged.state_dict()})
         if self.recipe.train.progress:
             EpochProgress.summary(row, self.recipe.train.monitor)
         if self.on_epoch is not None:

@@ -48,6 +48,10 @@ def test_predict_names_the_cat_and_the_espresso(tmp_path: Path):
     assert first["chelsea.png"].split("%", 1)[1].strip() in cat_names, out.stdout
     assert first["coffee.png"].split("%", 1)[1].strip() in ("espresso", "cup"), out.stdout
     assert figure.stat().st_size > 10_000
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    bad = run_cli("predict", str(tmp_path / "broken.jpg"), "--figure", str(figure))
+    assert bad.returncode == 2 and "broken.jpg: not a readable image" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_the_key_map_places_every_packaged_weight():
@@ -153,7 +157,8 @@ def test_freezing_strategies_train_what_they_say(tmp_path: Path):
 
 
 def test_heads_on_cached_features_score_as_the_whole_model_does(tmp_path: Path):
-    run = train(lowdata(tmp_path, "model.freeze=all_but_head", "train.epochs=15"))
+    both = ["tasks.ink.type=regression", "tasks.ink.target=ink"]  # two heads, one frozen body
+    run = train(lowdata(tmp_path, "model.freeze=all_but_head", "train.epochs=15", *both))
     test = json.loads(run.test_path.read_text())
     best = torch.load(run.best_path, weights_only=True)["model"]
     pretrained = timm.create_model("tf_efficientnet_lite0", num_classes=0)
@@ -165,6 +170,9 @@ def test_heads_on_cached_features_score_as_the_whole_model_does(tmp_path: Path):
     accuracy = (view.pred["cls"] == view.truth["cls"]).float().mean().item()
     assert accuracy == pytest.approx(test["test.cls.accuracy"], abs=1.5 / 200)
     assert test["test.cls.accuracy"] > 0.3  # ImageNet features tell clothes apart
+    # the ink target, derived from each image, was cached with the features: it is learnt
+    ink = view.truth["ink"]
+    assert test["test.ink.rmse"] < 0.8 * (ink - ink.mean()).pow(2).mean().sqrt().item()
 
 
 def test_an_offline_download_is_one_line_with_the_ways_out(tmp_path: Path, monkeypatch):

@@ -18,6 +18,7 @@ from cnnlab.viz.curves import curves
 from cnnlab.viz.dead_units import dead_units
 from cnnlab.viz.features import feature_maps, filters
 from cnnlab.viz.guided import guided_backprop
+from cnnlab.viz.landscape import landscape
 from cnnlab.viz.pixels import pixels
 from cnnlab.viz.predictions import predictions
 from cnnlab.viz.regression import regression
@@ -44,6 +45,7 @@ FIGURES: dict[str, FigureSpec] = {
     "filters": FigureSpec(filters, "first-layer filters and their maps for one test image"),
     "guided-backprop": FigureSpec(guided_backprop, "guided backprop, last conv layer (--neurons)"),
     "dead-units": FigureSpec(dead_units, "units that never activate on the validation set"),
+    "landscape": FigureSpec(landscape, "the loss landscape `cnnlab landscape RUN` computed"),
 }
 
 
