@@ -22,6 +22,15 @@ def _label(log: bool) -> str:
     return "log10 loss" if log else "loss"
 
 
+def _axis_names(surface: Surface) -> tuple[str, str]:
+    shares = surface.extra.get("explained")
+    if shares:  # the path's own plane: say how much of the path each axis holds
+        return tuple(
+            f"PCA direction {k + 1} ({share:.0%} of the path)" for k, share in enumerate(shares)
+        )
+    return "direction 1", "direction 2"
+
+
 def contour_on(ax: Axes, surface: Surface, title: str, log: bool, path=None) -> None:
     """Filled contours with labelled level lines; the trained weights at the centre, and the
     training path when given (then the plane is the path's own PCA plane)."""
@@ -35,8 +44,9 @@ def contour_on(ax: Axes, surface: Surface, title: str, log: bool, path=None) -> 
         xy = np.asarray(path)
         ax.plot(xy[:, 0], xy[:, 1], "-o", color="orange", markersize=3, label="training path")
         ax.legend(loc="upper right", fontsize=6)
-    ax.set_xlabel("direction 1")
-    ax.set_ylabel("direction 2")
+    x_name, y_name = _axis_names(surface)
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
     ax.set_aspect("equal")
     ax.set_title(title)
 
@@ -58,8 +68,9 @@ def surface3d(surface: Surface, name: str, log: bool = False) -> Chart:
     a = np.asarray(surface.coords)
     x, y = np.meshgrid(a, a)
     ax.plot_surface(x, y, _values(surface, log), cmap="viridis", linewidth=0, antialiased=True)
-    ax.set_xlabel("direction 1")
-    ax.set_ylabel("direction 2")
+    x_name, y_name = _axis_names(surface)
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
     ax.set_zlabel(_label(log))
     ax.set_title(shorten(name, 40))
     return Chart("landscape_surface", "Loss landscape: 3-D surface", fig)
