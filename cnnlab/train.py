@@ -181,24 +181,28 @@ class Trainer:
         self.precision = Choice(precision, "saved") if precision else self._choose_precision(recipe)
         self.autocast = autocast_for(self.device, self.precision.precision)
         if feature_cache.applies(self.model, getattr(recipe.model, "cache_features", False)):
-            if self.views:
-                raise CnnlabError(
-                    "train.tta needs images, and a frozen backbone's heads train on cached "
-                    "features: set model.cache_features=false or train.tta=[]"
-                )
-            self.splits = feature_cache.cache_features(
-                self.model,
-                self.splits,
-                self.needed,
-                recipe.train.eval_batch_size,
-                self.autocast,
-                recipe.train.progress,
-            )
+            self._cache_features(recipe)
         decay = recipe.train.ema_decay  # after caching: the copy must know it as well
         self.ema = WeightAverage(self.model, decay) if decay else None
         self.state = LoopState()
         self.data_state: torch.Tensor | None = None  # data generator state of a mid-epoch resume
         self._stop = False
+
+    def _cache_features(self, recipe: Recipe) -> None:
+        """A frozen backbone's pooled features, once: the heads train on them (feature_cache)."""
+        if self.views:
+            raise CnnlabError(
+                "train.tta needs images, and a frozen backbone's heads train on cached "
+                "features: set model.cache_features=false or train.tta=[]"
+            )
+        self.splits = feature_cache.cache_features(
+            self.model,
+            self.splits,
+            self.needed,
+            recipe.train.eval_batch_size,
+            self.autocast,
+            recipe.train.progress,
+        )
 
     def _choose_precision(self, recipe: Recipe) -> Choice:
         """`auto` times the run's own model on its first training batch in each precision."""

@@ -1,0 +1,91 @@
+"""Loss-landscape evaluation speed against this machine's matrix-product rate.
+
+A landscape is forward passes and nothing else, so its speed is measured against the
+fastest thing the machine does: the same process first times square matrix products in
+fp32 and bf16, then fills a small grid of the seed 004 study's ResNet-20 (random weights:
+speed does not depend on them) on 2,000 Fashion-sized images exactly as `cnnlab landscape`
+does, in both precisions, and prints achieved FLOP/s as a share of the matrix-product rate,
+and what a 21 x 21 grid would take.
+
+    .venv/bin/python benchmarks/landscape.py [--samples 2000] [--points 3] [--batch 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cnnlab.catalog import RECIPES
+from cnnlab.landscape.directions import filter_normalized
+from cnnlab.landscape.surface import Settings, Surface, fill
+from cnnlab.models import create_model
+from cnnlab.recipe import load_recipe
+from cnnlab.runs import device_name
+from cnnlab.train import check_data
+
+RECIPE = RECIPES / "fashion_landscape.yaml"
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of an n x n matrix product, the best of `repeats`."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--points", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=500)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    recipe = load_recipe(RECIPE)
+    model = create_model(recipe.model, 1, (28, 28), check_data(recipe)).eval()
+    images = torch.randn(args.samples, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (args.samples,))
+    batches = [(images[i : i + args.batch], labels[i : i + args.batch])
+               for i in range(0, args.samples, args.batch)]  # fmt: skip
+    with FlopCounterMode(display=False) as counter:
+        model(images[:1])
+    flops = counter.get_total_flops()  # per image, forward
+    print(f"machine: {device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads")
+    print(f"ResNet-20 forward: {flops / 1e6:.1f} MFLOP per image; {args.samples} images a point")
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        peak = matmul_rate(dtype)
+
+        def evaluate(m, dtype=dtype):
+            total = torch.zeros(())
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is torch.bfloat16):
+                for x, y in batches:
+                    total += torch.nn.functional.cross_entropy(m(x)["cls"].float(), y) * len(x)
+            return (total / args.samples).item(), math.nan
+
+        settings = Settings(2, args.points, 1.0, args.samples, 0)
+        dirs = [filter_normalized(model, s) for s in (0, 1)]
+        evaluate(model)  # warm-up: kernels chosen, caches filled
+        surface = Surface.empty(settings)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            fill(model, surface, dirs, evaluate)
+            seconds = time.perf_counter() - start
+        per_point = seconds / args.points**2
+        rate = args.samples * flops / per_point
+        print(
+            f"{name}: matrix products {peak / 1e9:6.1f} GFLOP/s; landscape {rate / 1e9:6.1f} "
+            f"GFLOP/s = {rate / peak:.0%} of it; {per_point:.2f} s a point, 21 x 21 in "
+            f"{441 * per_point / 60:.1f} min"
+        )
+
+
+if __name__ == "__main__":
+    main()
