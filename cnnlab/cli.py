@@ -149,6 +149,7 @@ def landscape(
     log: bool = typer.Option(False, help="log-scale loss in the figures"),
     budget: float | None = typer.Option(None, help="minutes; the rest on the next call"),
     out: Path = typer.Option(Path("landscapes"), help="where several runs are compared"),
+    names: str | None = typer.Option(None, help="labels of the runs, comma-separated"),
 ) -> None:
     """Loss landscape around a run's weights (Li et al. 2017), saved in <run>/landscape/."""
     from cnnlab.landscape import Settings
@@ -161,7 +162,10 @@ def landscape(
     settings = Settings(
         dims, points, span, samples, seed, bn, include_bias_bn, "pca" if trajectory else "random"
     )
-    compute(runs, settings, budget, log, out)
+    labels = names.split(",") if names else None
+    if labels and len(labels) != len(runs):
+        raise CnnlabError(f"--names gives {len(labels)} labels for {len(runs)} runs")
+    compute(runs, settings, budget, log, out, labels=labels)
     for run in runs:
         typer.echo(f"landscape: {run / 'landscape'}")
 

@@ -101,7 +101,7 @@ def _open_surface(file: Path, settings: Settings) -> Surface:
 
 
 def landscape_of(
-    run: Path, settings: Settings, budget_s: float | None, log: bool, batch_size: int
+    run: Path, settings: Settings, budget_s: float | None, log: bool, batch_size: int, label: str
 ) -> Surface:
     view = RunView(run, device="cuda" if torch.cuda.is_available() else "cpu")
     model = view.model
@@ -136,7 +136,7 @@ def landscape_of(
         left = len(surface.missing())
         console.print(f"{run.name}: budget spent, {left} points left; the same command goes on")
     else:
-        draw(surface, folder, view.name, log)
+        draw(surface, folder, label, log)
     return surface
 
 
@@ -157,16 +157,19 @@ def landscape(
     log: bool = False,
     out: Path | None = None,
     batch_size: int = 500,
+    labels: list[str] | None = None,
 ) -> dict[str, Surface]:
-    """Every run's landscape; with several runs, the side-by-side figures in `out`."""
+    """Every run's landscape, by label (default: the run folder's name); with several runs,
+    the side-by-side figures in `out`."""
     surfaces: dict[str, Surface] = {}
     started = time.monotonic()
-    for run in runs:
+    for k, run in enumerate(runs):
         left = None if budget_min is None else budget_min * 60 - (time.monotonic() - started)
         if left is not None and left <= 0 and surfaces:
             console.print(f"{run.name}: no budget left; the same command goes on from here")
             continue
-        surfaces[run.name] = landscape_of(run, settings, left, log, batch_size)
+        label = labels[k] if labels else run.name
+        surfaces[label] = landscape_of(run, settings, left, log, batch_size, label)
     done = {k: s for k, s in surfaces.items() if not s.missing()}
     if len(done) > 1 and out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.colors import BoundaryNorm
 
 from cnnlab.landscape.flatness import flatness
 from cnnlab.landscape.surface import Surface
 from cnnlab.viz.base import Chart, new_figure, shorten
 
 LEVELS = 12
+CLIP = 0.9  # the 3-D surface shows heights up to this quantile of the grid
 
 
 def _values(surface: Surface, log: bool) -> np.ndarray:
@@ -31,12 +33,24 @@ def _axis_names(surface: Surface) -> tuple[str, str]:
     return "direction 1", "direction 2"
 
 
-def contour_on(ax: Axes, surface: Surface, title: str, log: bool, path=None) -> None:
+def levels(z: np.ndarray) -> np.ndarray:
+    """Levels at quantiles of the grid's values: each band holds an equal share of the grid,
+    so the basin keeps its shape in the picture even when the rim climbs a thousandfold
+    (BatchNorm with running statistics far from the moved weights' own)."""
+    return np.unique(np.quantile(z[np.isfinite(z)], np.linspace(0, 1, LEVELS + 1)))
+
+
+def contour_on(
+    ax: Axes, surface: Surface, title: str, log: bool, path=None, bands: np.ndarray | None = None
+) -> None:
     """Filled contours with labelled level lines; the trained weights at the centre, and the
-    training path when given (then the plane is the path's own PCA plane)."""
+    training path when given (then the plane is the path's own PCA plane). `bands`: levels
+    shared with other panels (default: this grid's own)."""
     a = np.asarray(surface.coords)
     z = _values(surface, log)
-    filled = ax.contourf(a, a, z, levels=LEVELS, cmap="viridis")
+    bands = levels(z) if bands is None else bands
+    norm = BoundaryNorm(bands, ncolors=256)  # one colour per band, however wide in loss
+    filled = ax.contourf(a, a, z, levels=bands, cmap="viridis", norm=norm)
     lines = ax.contour(a, a, z, levels=filled.levels, colors="white", linewidths=0.6)
     ax.clabel(lines, inline=True, fontsize=6, fmt="%.2f")
     ax.plot([0], [0], marker="*", color="red", markersize=9, label="trained weights")
@@ -67,13 +81,16 @@ def surface3d(surface: Surface, name: str, log: bool = False) -> Chart:
     ax = fig.add_subplot(projection="3d")
     a = np.asarray(surface.coords)
     x, y = np.meshgrid(a, a)
-    ax.plot_surface(x, y, _values(surface, log), cmap="viridis", linewidth=0, antialiased=True)
+    z = _values(surface, log)
+    cap = float(np.quantile(z, CLIP))  # the rim clipped: the basin, not the corners, fills it
+    ax.plot_surface(x, y, np.minimum(z, cap), cmap="viridis", linewidth=0, antialiased=True)
     x_name, y_name = _axis_names(surface)
     ax.set_xlabel(x_name)
     ax.set_ylabel(y_name)
     ax.set_zlabel(_label(log))
     ax.set_title(shorten(name, 40))
-    return Chart("landscape_surface", "Loss landscape: 3-D surface", fig)
+    caption = f"heights above the grid's {CLIP:.0%} quantile ({cap:.3g}) drawn at it"
+    return Chart("landscape_surface", "Loss landscape: 3-D surface", fig, caption)
 
 
 def curves(surfaces: dict[str, Surface], log: bool = False) -> Chart:
@@ -95,12 +112,13 @@ def curves(surfaces: dict[str, Surface], log: bool = False) -> Chart:
 
 
 def side_by_side(surfaces: dict[str, Surface], log: bool = False) -> Chart:
-    """One contour per model in a row, on a shared colour scale so heights compare."""
+    """One contour per model in a row, with the same levels so heights compare."""
     n = len(surfaces)
     fig = new_figure(4.2 * n, 4.0)
     axes = np.atleast_1d(fig.subplots(1, n))
+    bands = levels(np.concatenate([_values(s, log).ravel() for s in surfaces.values()]))
     for ax, (name, s) in zip(axes, surfaces.items(), strict=True):
-        contour_on(ax, s, shorten(name, 30), log, s.extra.get("path"))
+        contour_on(ax, s, shorten(name, 30), log, s.extra.get("path"), bands)
     return Chart("landscape_compare", "Loss landscapes side by side", fig)
 
 
