@@ -14,7 +14,7 @@ reports rebuild and run it on images as usual.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from rich.progress import Progress
@@ -35,25 +35,13 @@ def applies(model: MultiTaskModel, cache: bool) -> bool:
 class CachedSplits(Splits):
     """Splits whose `images` are pooled features (N, F): batches are slices, nothing else."""
 
-    def train_batches(
-        self,
-        batch_size: int,
-        gen: torch.Generator,
-        aug: AugmentConfig,
-        needed: set[str],
-        start: int = 0,
-        resume_state: torch.Tensor | None = None,
-    ) -> Iterator[Batch]:
-        perm = torch.randperm(len(self.train), generator=gen, device=gen.device)
-        for step in range(start, self.steps_per_epoch(batch_size)):
-            idx = perm[step * batch_size : (step + 1) * batch_size]
-            yield self.train.images[idx], {k: v[idx] for k, v in self.train.targets.items()}
+    def train_batch(
+        self, idx: torch.Tensor, gen: torch.Generator, aug: AugmentConfig, needed: set[str]
+    ) -> Batch:
+        return self.train.images[idx], {k: v[idx] for k, v in self.train.targets.items()}
 
-    def eval_batches(self, split: str, batch_size: int, needed: set[str]) -> Iterator[Batch]:
-        data: ImageSet = getattr(self, split)
-        for lo in range(0, len(data), batch_size):
-            hi = lo + batch_size
-            yield data.images[lo:hi], {k: v[lo:hi] for k, v in data.targets.items()}
+    def eval_batch(self, data: ImageSet, rows: slice, needed: set[str]) -> Batch:
+        return data.images[rows], {k: v[rows] for k, v in data.targets.items()}
 
 
 @torch.inference_mode()

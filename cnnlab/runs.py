@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import json
 import os
-import pickle
 import platform
 import socket
 import subprocess
@@ -39,6 +38,7 @@ import torch
 
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import Recipe, dump_recipe, load_saved_recipe
+from cnnlab.safe_load import torch_load
 
 CHECKPOINT_FORMAT = 1
 LOCK_FILE = ".lock"
@@ -212,21 +212,10 @@ class RunFolder:
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """Load with weights_only=True: a file that carries pickled Python objects is refused."""
+    """A cnnlab checkpoint, read safely (torch_load)."""
     if not Path(path).is_file():
         raise CnnlabError(f"checkpoint {path} not found; the run has not finished an epoch yet")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[-1][:160]
-        raise CnnlabError(
-            f"{path} carries pickled Python objects and was refused (cnnlab loads checkpoints "
-            f"with weights_only=True; {first}). Re-save it as a plain state_dict"
-        ) from None
-    except (RuntimeError, EOFError) as err:
-        raise CnnlabError(
-            f"{path} is not a readable checkpoint ({err}); it may be truncated"
-        ) from None
+    state = torch_load(path, device)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CnnlabError(f"{path} is not a cnnlab checkpoint (format {CHECKPOINT_FORMAT})")
     return state

@@ -146,13 +146,13 @@ def test_a_budgeted_grid_goes_on_where_it_stopped(two_runs, tmp_path):
 
 def test_the_command_compares_runs_and_draws_the_training_path(two_runs, tmp_path):
     a, b = two_runs
-    out = run_cli("landscape", str(a), str(b), "--dims", "1", "--points", "5",
-                  "--samples", "100", "--out", str(tmp_path / "cmp"))  # fmt: skip
+    out = run_cli("landscape", str(a), str(b), "--dims", "1", "--points", "5", "--samples",
+                  "100", "--out", str(tmp_path / "cmp"), "--names", "deeper,shallower")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "5 grid points x 100 images = 500 forward passes" in out.stdout
     assert (tmp_path / "cmp" / "landscape_1d.png").stat().st_size > 5000
     rows = json.loads((tmp_path / "cmp" / "flatness_1d.json").read_text())
-    assert [r["model"] for r in rows] == [a.name, b.name]
+    assert [r["model"] for r in rows] == ["deeper", "shallower"]
     path = run_cli("landscape", str(a), "--trajectory", "--points", "5", "--samples", "100")
     assert path.returncode == 0, path.stderr
     surface = Surface.load(a / "landscape" / "surface_2d.json")

@@ -84,17 +84,25 @@ class Splits:
             gen.set_state(resume_state)
         for step in range(start, self.steps_per_epoch(batch_size)):
             idx = perm[step * batch_size : (step + 1) * batch_size]
-            x = self.train.images[idx].float().div_(255)
-            targets = {k: v[idx] for k, v in self.train.targets.items()}
-            x, targets = augment(x, targets, aug, gen, self.label_maps)
-            yield self.finish(x, targets, needed)
+            yield self.train_batch(idx, gen, aug, needed)
+
+    def train_batch(
+        self, idx: torch.Tensor, gen: torch.Generator, aug: AugmentConfig, needed: set[str]
+    ) -> Batch:
+        """The training images at `idx`, augmented with draws from `gen`, made model input."""
+        x = self.train.images[idx].float().div_(255)
+        targets = {k: v[idx] for k, v in self.train.targets.items()}
+        x, targets = augment(x, targets, aug, gen, self.label_maps)
+        return self.finish(x, targets, needed)
 
     def eval_batches(self, split: str, batch_size: int, needed: set[str]) -> Iterator[Batch]:
         data: ImageSet = getattr(self, split)
         for lo in range(0, len(data), batch_size):
-            x = data.images[lo : lo + batch_size].float().div_(255)
-            targets = {k: v[lo : lo + batch_size] for k, v in data.targets.items()}
-            yield self.finish(x, targets, needed)
+            yield self.eval_batch(data, slice(lo, lo + batch_size), needed)
+
+    def eval_batch(self, data: ImageSet, rows: slice, needed: set[str]) -> Batch:
+        x = data.images[rows].float().div_(255)
+        return self.finish(x, {k: v[rows] for k, v in data.targets.items()}, needed)
 
 
 def _num_batches(n: int, batch_size: int) -> int:

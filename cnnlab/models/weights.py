@@ -14,7 +14,6 @@ BN epsilon 1e-3, as the weights were trained), block by block.
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.safe_load import torch_load
 
 KeyMap = Callable[[str], str]
 
@@ -43,16 +43,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise CnnlabError(
                 f"model.weights: {path} is not a readable safetensors file ({err})"
             ) from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[-1][:160]
-        raise CnnlabError(
-            f"model.weights: {path} carries pickled Python objects and was refused (weights "
-            f"are read with weights_only=True; {first}); save a plain state_dict or safetensors"
-        ) from None
-    except (RuntimeError, EOFError, ValueError) as err:
-        raise CnnlabError(f"model.weights: {path} is not a readable weight file ({err})") from None
+    state = torch_load(path, "cpu", "weight file")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # the usual {"state_dict": ...} wrapper
     if not isinstance(state, dict) or not all(
