@@ -1,5 +1,6 @@
 """Sweep files in the W&B format: parsing, name maps, and checks before any trial runs."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -30,10 +31,12 @@ MAP_FILES = sorted(SWEEPS.glob("*.map.yaml"))
 
 
 def shipped_spec(path: Path):
-    """A shipped sweep file checked against the recipe it was written for."""
-    recipe = SEED000 if path.name.startswith(("seed000", "seed001")) else DEMO
-    if path.name.startswith("gsn"):
-        recipe = RECIPES / "gsn_multitask.yaml"
+    """A shipped sweep file checked against the recipe it was written for: the one its
+    comment names ("Base: <recipe>"), else the demo (seed 000's for its own files)."""
+    named = re.search(r"Base: (\w+)", path.read_text())
+    recipe = SEED000 if path.name.startswith("seed000") else DEMO
+    if named:
+        recipe = RECIPES / f"{named[1]}.yaml"
     return load_sweep(path, base(recipe))
 
 
