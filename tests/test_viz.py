@@ -57,7 +57,9 @@ def test_every_figure_on_every_backbone(backbone, tiny, tmp_path, report_run):
         "timm": ", input_size: 32",  # the pretrained network at 32 px, not its own 224
     }.get(backbone, "")  # one block per stage; the fewest filters
     path = (
-        report_run[0] if shared else train(tiny(f"model={{backbone: {backbone}{smallest}}}")).path
+        report_run[0]
+        if shared
+        else train(tiny(f"model={{backbone: {backbone}{smallest}}}", "data.train_subset=500")).path
     )
     view = RunView(path)
     for name in FIGURES:
