@@ -25,7 +25,7 @@ from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.ema import WeightAverage
 from cnnlab.errors import CnnlabError
 from cnnlab.loggers import Loggers
-from cnnlab.models import MultiTaskModel, create_model, owns_input
+from cnnlab.models import MultiTaskModel, create_model, for_checkpoint, owns_input
 from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.precision import Choice, autocast_for, choose, record
 from cnnlab.progress import EpochProgress, console, print_metrics_table
@@ -161,12 +161,14 @@ class Trainer:
                 target_spec(recipe.data, splits.classes, splits.components, task.target), values
             )
         self.model: MultiTaskModel = create_model(
-            recipe.model,
+            for_checkpoint(recipe.model) if saved else recipe.model,
             self.splits.in_channels,
             self.splits.image_size,
             self.tasks,
             recipe.train.channels_last,
         ).to(self.device)
+        if saved:  # now, not at restore: a frozen backbone's features are cached below
+            self.model.load_state_dict(saved.get("train_model", saved["model"]))
         views = recipe.train.tta
         self.views = (
             ViewAverage(views, self.tasks, recipe.data, self.splits.image_size) if views else None

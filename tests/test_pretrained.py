@@ -19,7 +19,7 @@ from cnnlab.models.timm_backbone import InputAdapter, TimmConfig
 from cnnlab.models.weights import lite0_file, lite0_key, load_checked, read_state_dict
 from cnnlab.optim import build_optimizer
 from cnnlab.recipe import load_recipe
-from cnnlab.train import check_data, train
+from cnnlab.train import check_data, evaluate_run, train
 from cnnlab.viz.run_view import RunView
 from tests.conftest import ROOT, TINY, run_cli
 
@@ -166,6 +166,7 @@ def test_heads_on_cached_features_score_as_the_whole_model_does(tmp_path: Path):
     load_checked(pretrained, lite0, "lite0", skip=("classifier.",))
     for key, value in pretrained.state_dict().items():  # nothing of the network moved
         assert torch.equal(best[f"backbone.body.{key}"], value), key
+    assert evaluate_run(run.path) == test  # eval: built without fetching, then cached again
     view = RunView(run.path).test_predictions  # the whole model on the test images
     accuracy = (view.pred["cls"] == view.truth["cls"]).float().mean().item()
     assert accuracy == pytest.approx(test["test.cls.accuracy"], abs=1.5 / 200)

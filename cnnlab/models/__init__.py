@@ -79,6 +79,14 @@ def owns_input(cfg: Section) -> bool:
     return getattr(type(cfg), "owns_input", False)
 
 
+def for_checkpoint(cfg: Section) -> Section:
+    """The model section for a network whose weights come from a checkpoint next: nothing
+    pretrained is fetched (eval and resume work offline, whatever the run started from)."""
+    if getattr(cfg, "pretrained", False) or getattr(cfg, "weights", None):
+        return cfg.model_copy(update={"pretrained": False, "weights": None})
+    return cfg
+
+
 def list_backbones() -> dict[str, str]:
     return {name: b.doc for name, b in BACKBONES.items()}
 
@@ -143,6 +151,7 @@ __all__ = [
     "MultiTaskModel",
     "create_backbone",
     "create_model",
+    "for_checkpoint",
     "list_backbones",
     "owns_input",
 ]

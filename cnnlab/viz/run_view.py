@@ -17,7 +17,7 @@ import torch
 from cnnlab.data.base import ImageSet
 from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.errors import CnnlabError
-from cnnlab.models import MultiTaskModel, create_model, owns_input
+from cnnlab.models import MultiTaskModel, create_model, for_checkpoint, owns_input
 from cnnlab.precision import autocast_for
 from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, load_checkpoint
@@ -123,7 +123,7 @@ class RunView:
         """Best weights in a freshly built model, eval mode, gradients off."""
         with torch.inference_mode(False):
             model = create_model(
-                self.recipe.model,
+                for_checkpoint(self.recipe.model),
                 self.splits.in_channels,
                 self.splits.image_size,
                 self.tasks,
