@@ -89,7 +89,9 @@ def test_rescaling_a_relu_layer_leaves_the_normalized_landscape_unchanged():
 
 def test_weights_and_buffers_come_back_bit_for_bit():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten())
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5)
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(16, 1, 5, 5)
 
@@ -98,10 +100,14 @@ def test_weights_and_buffers_come_back_bit_for_bit():
 
     dirs = [filter_normalized(model, 0, include_1d=True)]
     for bn in ("eval", "train"):  # train: batch statistics, running ones updated, then restored
-        surface = Surface.empty(Settings(dims=1, points=9, span=1.0, samples=16, seed=0, bn=bn))
-        fill(model, surface, dirs, evaluate)
-        after = model.state_dict()
-        assert all(torch.equal(after[k], v) for k, v in before.items())
+        grids = []
+        for _ in range(2):  # dropout stays off in both modes: the same grid twice
+            surface = Surface.empty(Settings(dims=1, points=9, span=1.0, samples=16, seed=0, bn=bn))
+            fill(model, surface, dirs, evaluate)
+            grids.append(surface.loss)
+            after = model.state_dict()
+            assert all(torch.equal(after[k], v) for k, v in before.items())
+        assert grids[0] == grids[1]
 
 
 def test_flatness_numbers_of_a_known_bowl():

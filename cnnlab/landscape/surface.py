@@ -110,7 +110,11 @@ def fill(
     started, last_save = time.monotonic(), time.monotonic()
     done_before, complete = surface.seconds, True
     with restored(model) as w, torch.no_grad():
-        model.train(surface.settings.bn == "train")
+        model.eval()  # dropout off; with bn=train only BatchNorm uses each batch's statistics
+        if surface.settings.bn == "train":
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()
         params = parameters(model)
         for n, (i, j) in enumerate(surface.missing()):
             if n and budget_s is not None and time.monotonic() - started > budget_s:
