@@ -29,17 +29,19 @@ def _split(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
 
 class WeightAverage:
     """`module`: a copy of the model holding EMA weights, in eval mode, without gradients.
-    Starts equal to the model; `update(model)` after every optimizer step."""
+    Starts equal to the model; `update()` after every optimizer step. The model's tensors
+    are listed once here (loading a state dict copies into them, so they stay valid)."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
         self._update = get_ema_multi_avg_fn(decay)
         self._floats, self._others = _split(self.module)
+        self._source = _split(model)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        floats, others = _split(model)
+    def update(self) -> None:
+        floats, others = self._source
         self._update(self._floats, floats, None)
         for mine, theirs in zip(self._others, others, strict=True):
             mine.copy_(theirs)

@@ -331,7 +331,7 @@ class Trainer:
                     nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
                 if self.ema:
-                    self.ema.update(self.model)
+                    self.ema.update()
                 if self.scheduler and self.per_step:
                     self.scheduler.step()
                 self.train_meter.update(self.model, outputs, targets, total, losses)

@@ -20,7 +20,7 @@ def test_the_average_follows_the_formula_and_copies_integer_buffers():
         model[0].weight.add_(1.0)
         model[1].running_mean.fill_(2.0)
         model[1].num_batches_tracked.fill_(7)
-    ema.update(model)
+    ema.update()
     torch.testing.assert_close(ema.module[0].weight, w0 + 0.1)  # 0.9 * w0 + 0.1 * (w0 + 1)
     torch.testing.assert_close(ema.module[1].running_mean, torch.full((2,), 0.2))
     assert ema.module[1].num_batches_tracked.item() == 7

@@ -28,7 +28,6 @@ from cnnlab.precision import autocast_for
 from cnnlab.progress import console
 from cnnlab.runs import load_checkpoint
 from cnnlab.tasks import total_loss
-from cnnlab.viz.base import Chart
 from cnnlab.viz.run_view import RunView
 
 
@@ -84,7 +83,8 @@ def _directions(view: RunView, model, settings: Settings):
             "train with train.keep_every=1"
         )
     names = [n for n, _ in model.named_parameters()]
-    path = [[load_checkpoint(p)["model"][n] for n in names] for p in kept]
+    states = (load_checkpoint(p)["model"] for p in kept)  # each file read once
+    path = [[state[n] for n in names] for state in states]
     final = [p.detach().cpu() for p in model.parameters()]
     dirs, coords, shares = path_directions(path, final, settings.include_1d)
     extra = {"path": coords.tolist(), "explained": shares, "epochs": [p.stem for p in kept]}
@@ -142,12 +142,8 @@ def landscape_of(
 
 def draw(surface: Surface, folder: Path, name: str, log: bool) -> list[Path]:
     dims = surface.settings.dims
-    charts: list[Chart] = [plots.curves({name: surface}, log)]
-    if dims == 2:
-        charts += [plots.contour(surface, name, log), plots.surface3d(surface, name, log)]
-    charts.append(plots.flatness_chart({name: surface}))
     (folder / f"flatness_{dims}d.json").write_text(json.dumps(flatness(surface), indent=1))
-    return [c.save(folder) for c in charts]
+    return [c.save(folder) for c in plots.run_charts(surface, name, log)]
 
 
 def landscape(

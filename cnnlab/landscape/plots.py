@@ -137,3 +137,13 @@ def flatness_chart(surfaces: dict[str, Surface]) -> Chart:
     )
     table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
     return Chart("landscape_flatness", "Flatness", fig, caption, table=table, extra={"rows": rows})
+
+
+def run_charts(surface: Surface, name: str, log: bool = False) -> list[Chart]:
+    """One run's figures of one surface: contour and 3-D (2-D grids), the curve through the
+    weights and the flatness, keyed by the grid's dimension where both kinds can exist."""
+    dims = surface.settings.dims
+    charts = [contour(surface, name, log), surface3d(surface, name, log)] if dims == 2 else []
+    curve, flat = curves({name: surface}, log), flatness_chart({name: surface})
+    curve.key, flat.key = f"landscape_curve_{dims}d", f"landscape_flatness_{dims}d"
+    return [*charts, curve, flat]

@@ -18,9 +18,5 @@ def landscape(view: RunView) -> list[Chart]:
         surface = Surface.load(file)
         if surface.missing():  # a budgeted run not finished yet: its figures come later
             continue
-        if dims == 2:
-            charts += [plots.contour(surface, view.name), plots.surface3d(surface, view.name)]
-        curve, flat = plots.curves({view.name: surface}), plots.flatness_chart({view.name: surface})
-        curve.key, flat.key = f"landscape_curve_{dims}d", f"landscape_flatness_{dims}d"
-        charts += [curve, flat]
+        charts += plots.run_charts(surface, view.name)
     return charts
