@@ -30,12 +30,15 @@ def train(
         raise CnnlabError(
             "--resume continues a run with its saved recipe; drop the recipe and --set"
         )
+    from cnnlab.distributed import from_environment
     from cnnlab.runs import RunFolder
     from cnnlab.train import train as run_training
 
     if resume is not None:
         parsed = RunFolder.open(resume).recipe()
     run = run_training(parsed, resume=resume)
+    if not from_environment().main:  # a torchrun rank other than 0: rank 0 tells
+        return
     typer.echo(f"run folder: {run.path}")
     if parsed.train.report and (run.path / "report.html").is_file():
         typer.echo(f"report: {run.path / 'report.html'}")

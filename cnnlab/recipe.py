@@ -125,6 +125,8 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
     threads: int | None = Field(None, ge=1)  # CPU threads; None = all cores
+    # under torchrun on GPUs: BatchNorm statistics over the global batch, not each rank's
+    sync_bn: bool = False
     checkpoint_minutes: float = Field(5.0, gt=0.0)  # mid-epoch checkpoint interval
     # also keep the weights of every N-th epoch (checkpoints/epoch_NNN.pt): the training
     # path `cnnlab landscape --trajectory` draws. None = only last.pt and best.pt

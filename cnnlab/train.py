@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab import feature_cache
+from cnnlab import distributed, feature_cache
 from cnnlab.data import DataSection, describe
 from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.ema import WeightAverage
@@ -29,7 +29,7 @@ from cnnlab.models import MultiTaskModel, create_model, for_checkpoint, owns_inp
 from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.precision import Choice, autocast_for, choose, record
 from cnnlab.progress import EpochProgress, console, print_metrics_table
-from cnnlab.recipe import Recipe
+from cnnlab.recipe import LogConfig, Recipe
 from cnnlab.runs import RunFolder, environment, load_checkpoint, write_json
 from cnnlab.tasks import (
     EpochMeter,
@@ -82,6 +82,7 @@ class LoopState:
     best_value: float | None = None
     best_epoch: int = 0
     bad_epochs: int = 0  # epochs since the early-stopping metric last improved
+    watch_best: float | None = None  # the early-stopping metric's best value so far
     elapsed: float = 0.0  # training seconds so far, over all sessions
 
 
@@ -137,13 +138,17 @@ class Trainer:
         precision: str | None = None,
         saved: dict | None = None,
     ):
-        self.recipe, self.run = recipe, run
-        self.on_epoch = on_epoch  # called with each epoch's metrics row (sweeps prune here)
         self.tasks = check_data(recipe)  # a wrong target stops before any pixel is read
         self.needed = {t.target for t in recipe.tasks.values()}
         if recipe.train.threads:
             torch.set_num_threads(recipe.train.threads)
-        self.device = resolve_device(recipe.train.device)
+        # under torchrun: join the other processes; only rank 0 shows progress
+        self.ranks, self.device = distributed.join(resolve_device(recipe.train.device))
+        if not self.ranks.main:  # nor logs to dashboards
+            quiet = recipe.train.model_copy(update={"progress": False})
+            recipe = recipe.model_copy(update={"train": quiet, "log": LogConfig()})
+        self.recipe, self.run = recipe, run
+        self.on_epoch = on_epoch  # called with each epoch's metrics row (sweeps prune here)
         torch.manual_seed(recipe.seed)
         self.splits = prepare_splits(
             recipe.data,
@@ -184,6 +189,8 @@ class Trainer:
         self.autocast = autocast_for(self.device, self.precision.precision)
         if feature_cache.applies(self.model, getattr(recipe.model, "cache_features", False)):
             self._cache_features(recipe)
+        # what trains: the model itself, or DDP's wrapper, which averages the gradients
+        self.stepped: nn.Module = self._data_parallel() if self.ranks.active else self.model
         decay = recipe.train.ema_decay  # after caching: the copy must know it as well
         self.ema = WeightAverage(self.model, decay) if decay else None
         self.state = LoopState()
@@ -206,8 +213,28 @@ class Trainer:
             recipe.train.progress,
         )
 
+    def _data_parallel(self) -> nn.Module:
+        """The model inside DistributedDataParallel: gradients averaged across ranks in the
+        backward pass; rank 0's weights copied to all at the start."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.recipe.train.sync_bn:
+            if self.device.type != "cuda":
+                raise CnnlabError("train.sync_bn needs CUDA GPUs (torch has no CPU SyncBatchNorm)")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids)
+
     def _choose_precision(self, recipe: Recipe) -> Choice:
-        """`auto` times the run's own model on its first training batch in each precision."""
+        """`auto` times the run's own model on its first training batch in each precision.
+        Under torchrun rank 0 times it and every rank takes its choice."""
+        if self.ranks.active:
+            mine = self._time_precision(recipe) if self.ranks.main else None
+            chosen = distributed.from_main(mine and mine.precision, self.ranks, self.device)
+            return mine or Choice(chosen, "rank 0")  # rank 0 reports it
+        return self._time_precision(recipe)
+
+    def _time_precision(self, recipe: Recipe) -> Choice:
         batch_size = min(recipe.train.batch_size, len(self.splits.train))
         x, targets = next(self.splits.eval_batches("train", batch_size, self.needed))
 
@@ -287,8 +314,15 @@ class Trainer:
         """Train to the last epoch (or early stop), checkpointing as it goes."""
         cfg = self.recipe.train
         # Ctrl-C only sets a flag; the loop stops between steps with a checkpoint written.
+        # Data-parallel ranks cannot agree on that step: a signal stops them at once (torchrun
+        # signals every rank when one fails), and the last checkpoint is where they resume.
         main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, self._request_stop) if main else None
+        handlers = (
+            dict.fromkeys((signal.SIGINT, signal.SIGTERM), distributed.halt)
+            if self.ranks.active
+            else {signal.SIGINT: self._request_stop}
+        )
+        previous = {s: signal.signal(s, h) for s, h in handlers.items()} if main else {}
         self.run.set_status("running", epoch=self.state.epoch)
         try:
             while self.state.epoch < cfg.epochs and not self._early_stopped():
@@ -296,9 +330,12 @@ class Trainer:
                     self.run.set_status("interrupted", epoch=self.state.epoch, step=0)
                     raise KeyboardInterrupt
                 self._train_epoch()
+        except distributed.PEER_LOST as err:
+            self.run.set_status("interrupted", epoch=self.state.epoch, step=0)
+            raise distributed.lost_peer(err, self.ranks, self.run.path, self.state.epoch) from None
         finally:
-            if main:
-                signal.signal(signal.SIGINT, previous)
+            for s, h in previous.items():
+                signal.signal(s, h)
         self.run.set_status("trained", epoch=self.state.epoch)
 
     def _epoch_generator(self) -> torch.Generator:
@@ -309,6 +346,8 @@ class Trainer:
     def _train_epoch(self) -> None:
         cfg, st = self.recipe.train, self.state
         gen = self._epoch_generator()
+        if self.ranks.active:  # dropout: each rank its own draws, or their noise would repeat
+            torch.manual_seed(distributed.rank_seed(self.recipe.seed, st.epoch, self.ranks))
         if st.step == 0:
             self.train_meter.reset()
         batches = self.splits.train_batches(
@@ -322,11 +361,12 @@ class Trainer:
             st.epoch + 1, cfg.epochs, self.steps_per_epoch, st.step, cfg.progress
         ) as bar:
             for x, targets in batches:
+                x, targets, share = distributed.shard(x, targets, self.ranks)
                 with self.autocast():
-                    outputs = self.model(x)
+                    outputs = self.stepped(x)
                     total, losses = total_loss(self.tasks, self.model, outputs, targets)
                 self.optimizer.zero_grad(set_to_none=True)
-                total.backward()
+                (total * share).backward()
                 if cfg.grad_clip:
                     nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
@@ -365,6 +405,7 @@ class Trainer:
 
     def _end_epoch(self, started: float, images_per_s: float) -> None:
         st = self.state
+        distributed.add_up(self.train_meter.sums, self.ranks)  # each rank saw its shard
         row = {"epoch": st.epoch + 1, **self.train_meter.compute("train")}
         if not math.isfinite(row["train.loss"]):
             self._check_finite(torch.tensor(row["train.loss"]))
@@ -389,8 +430,10 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         self.val_meter.reset()
-        batches = self.splits.eval_batches("val", self.recipe.train.eval_batch_size, self.needed)
+        size, part = self.recipe.train.eval_batch_size, (self.ranks.rank, self.ranks.world)
+        batches = self.splits.eval_batches("val", size, self.needed, part)
         evaluate(self.judged, self.val_meter, batches, self.autocast)
+        distributed.add_up(self.val_meter.sums, self.ranks)  # torchmetrics adds up its own
         return self.val_meter.compute("val")
 
     def _track_best(self, row: dict) -> None:
@@ -402,14 +445,14 @@ class Trainer:
         if better:
             st.best_value, st.best_epoch = value, st.epoch
             self.run.save_checkpoint(self.run.best_path, self.checkpoint())
+        # from the loop's state, not the metrics file: every data-parallel rank decides alike
         watch = cfg.early_stopping.metric or cfg.monitor
-        history = [r[watch] for r in self.run.read_metrics()]
-        best_before = (max if metric_goal(watch) == "max" else min)(history, default=None)
         sign = 1 if metric_goal(watch) == "max" else -1
-        improved = (
-            best_before is None or sign * (row[watch] - best_before) > cfg.early_stopping.min_delta
-        )
+        before = st.watch_best
+        improved = before is None or sign * (row[watch] - before) > cfg.early_stopping.min_delta
         st.bad_epochs = 0 if improved else st.bad_epochs + 1
+        if before is None or sign * (row[watch] - before) > 0:
+            st.watch_best = row[watch]
 
     def _early_stopped(self) -> bool:
         patience = self.recipe.train.early_stopping.patience
@@ -456,8 +499,8 @@ def train(
             )
         saved = load_checkpoint(run.last_path)
     trainer = Trainer(recipe, precision=saved.get("precision") if saved else None, saved=saved)
-    if run is None:
-        run = RunFolder.create(recipe)
+    ranks = trainer.ranks  # under torchrun: rank 0 makes and writes the folder
+    run = distributed.run_folder(run, lambda: RunFolder.create(recipe), ranks, trainer.device)
     with run.lock():
         return _train_in(trainer, run, saved, on_epoch)
 
@@ -466,17 +509,18 @@ def _train_in(
     trainer: Trainer, run: RunFolder, saved: dict | None, on_epoch: Callable[[dict], None] | None
 ) -> RunFolder:
     """The part of `train()` that writes: it runs holding the run folder's lock."""
-    recipe = trainer.recipe
+    recipe, ranks = trainer.recipe, trainer.ranks
     if saved is None and run.metrics_path.is_file():  # a killed attempt's folder, started anew
         run.truncate_metrics(0)
     loggers = Loggers(recipe, run)  # W&B / TensorBoard / MLflow when the recipe asks
     try:
         trainer.run, trainer.on_epoch = run, loggers.chain(on_epoch)
-        env = environment(trainer.device)
-        write_json(run.path / "env.json", {**env, "precision": record(trainer.precision)})
+        env = {**environment(trainer.device), "processes": ranks.world}
+        if ranks.main:
+            write_json(run.path / "env.json", {**env, "precision": record(trainer.precision)})
         if saved is not None:
             trainer.restore(saved)
-        if saved is not None:  # also in a sweep worker's log, where a retry resumes
+        if saved is not None and ranks.main:  # also in a sweep worker's log, where retries resume
             console.print(f"resuming {run.path} at {trainer.where()}")
         if recipe.train.progress:
             console.print(trainer.precision.describe())
@@ -487,6 +531,9 @@ def _train_in(
                 f"interrupted at epoch {trainer.state.epoch + 1}, step {trainer.state.step}; "
                 f"continue with: cnnlab train --resume {run.path}"
             ) from None
+        distributed.leave()  # trained together; the test and report are rank 0's alone
+        if not ranks.main:
+            return run
         # Sweep trials skip the test set: it must not drive a choice.
         metrics = trainer.test() if recipe.train.test_at_end else {}
         run.set_status("finished", epoch=trainer.state.epoch, best_epoch=trainer.state.best_epoch)

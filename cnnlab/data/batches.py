@@ -95,10 +95,16 @@ class Splits:
         x, targets = augment(x, targets, aug, gen, self.label_maps)
         return self.finish(x, targets, needed)
 
-    def eval_batches(self, split: str, batch_size: int, needed: set[str]) -> Iterator[Batch]:
+    def eval_batches(
+        self, split: str, batch_size: int, needed: set[str], part: tuple[int, int] = (0, 1)
+    ) -> Iterator[Batch]:
+        """The split in order; `part` (i, k): only the i-th of k equal runs of its rows (the
+        share one of k data-parallel ranks evaluates)."""
         data: ImageSet = getattr(self, split)
-        for lo in range(0, len(data), batch_size):
-            yield self.eval_batch(data, slice(lo, lo + batch_size), needed)
+        i, k = part
+        start, stop = len(data) * i // k, len(data) * (i + 1) // k
+        for lo in range(start, stop, batch_size):
+            yield self.eval_batch(data, slice(lo, min(lo + batch_size, stop)), needed)
 
     def eval_batch(self, data: ImageSet, rows: slice, needed: set[str]) -> Batch:
         x = data.images[rows].float().div_(255)

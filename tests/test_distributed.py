@@ -1,0 +1,127 @@
+"""Data-parallel training under torchrun: two CPU processes (gloo) on the real Fashion-MNIST
+train the same model as one process with the same global batch, and a killed rank stops the
+other with one line and a folder that resumes."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.data.batches import Splits
+from cnnlab.distributed import Ranks, shard
+from cnnlab.runs import RunFolder, load_checkpoint
+from tests.conftest import DEMO, ROOT, TINY
+
+# BatchNorm normalizes each rank's slice and dropout draws per rank (by design, as in any
+# DDP run): without them the two processes must follow the one-process path exactly.
+SAME_PATH = [
+    *TINY,
+    "model.batch_norm=false",
+    "tasks.cls.head.dropout=0",
+    "tasks.ink.head.dropout=0",
+    "train.precision=fp32",
+    "train.epochs=2",
+]
+TIMING = {"seconds", "images_per_s"}
+
+
+def cnnlab(out: Path, overrides: list[str], processes: int, *, wait: bool = True):
+    """`cnnlab train` on the demo recipe, as one process or under torchrun."""
+    sets = [a for o in [f"output_dir={out}", *overrides] for a in ("--set", o)]
+    return launch(["train", str(DEMO), *sets], processes, wait=wait)
+
+
+def launch(args: list[str], processes: int, *, wait: bool = True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if processes == 1:
+        cmd = [sys.executable, "-m", "cnnlab", *args]
+    else:  # --standalone: a rendezvous on a free local port (tests run side by side)
+        run = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        cmd = [*run, "--nproc_per_node", str(processes), "-m", "cnnlab", *args]
+    if not wait:
+        return subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def only_run(out: Path) -> RunFolder:
+    (path,) = out.iterdir()
+    return RunFolder.open(path)
+
+
+def test_two_processes_train_what_one_process_trains(tmp_path):
+    one = cnnlab(tmp_path / "one", SAME_PATH, 1)
+    two = cnnlab(tmp_path / "two", SAME_PATH, 2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("run folder:") == 1  # rank 0 speaks for both
+    a, b = only_run(tmp_path / "one"), only_run(tmp_path / "two")
+    rows_a, rows_b = a.read_metrics(), b.read_metrics()
+    assert [r["epoch"] for r in rows_b] == [1, 2]  # one metrics file, written once per epoch
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        for key in ra.keys() - TIMING - {"lr"}:
+            assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-6), key
+    wa, wb = load_checkpoint(a.last_path)["model"], load_checkpoint(b.last_path)["model"]
+    for name, tensor in wa.items():
+        torch.testing.assert_close(wb[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    assert (b.path / "test_metrics.json").is_file() and b.status()["state"] == "finished"
+
+
+def test_a_killed_rank_stops_the_other_with_one_line_and_the_run_resumes(tmp_path):
+    out = tmp_path / "runs"
+    proc = cnnlab(out, [*TINY, "data.train_subset=1000", "train.epochs=12"], 2, wait=False)
+    last = None
+    for _ in range(600):  # the first epoch's checkpoint: then one rank dies mid-run
+        found = list(out.glob("*/checkpoints/last.pt"))
+        if found:
+            last = found[0]
+            break
+        time.sleep(0.2)
+    assert last is not None, proc.communicate()[0]
+    ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    victim = sorted(int(p) for p in ranks.stdout.split())[-1]  # the later-started: rank 1
+    os.kill(victim, 9)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0
+    lines = [line for line in output.splitlines() if line.startswith("error: rank 0 of 2")]
+    assert len(lines) == 1, output
+    assert "continue with: torchrun --nproc_per_node 2 -m cnnlab train --resume" in lines[0]
+    run = only_run(out)
+    assert run.status()["state"] == "interrupted"
+    done = len(run.read_metrics())
+    assert 1 <= done < 12 and load_checkpoint(run.last_path)["loop"]["epoch"] == done
+    again = launch(["train", "--resume", str(run.path)], 2)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"at epoch {done + 1} of 12" in again.stdout
+    assert [r["epoch"] for r in run.read_metrics()] == list(range(1, 13))
+    assert run.status()["state"] == "finished"
+
+
+def test_shards_weight_the_loss_back_to_the_global_mean():
+    """Uneven slices (a trailing batch): the factors make DDP's average of the ranks' mean
+    losses the mean over the whole batch."""
+    x = torch.arange(5.0).view(5, 1, 1, 1)
+    parts = [shard(x, {"y": x.flatten()}, Ranks(rank=r, world=2)) for r in range(2)]
+    assert [len(p[0]) for p in parts] == [2, 3]
+    assert torch.cat([p[1]["y"] for p in parts]).tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    ddp_mean = sum(p[0].mean() * p[2] for p in parts) / 2
+    assert ddp_mean.item() == pytest.approx(x.mean().item())
+
+
+def test_evaluation_parts_cover_every_row_once():
+    images = torch.arange(7, dtype=torch.uint8).view(7, 1, 1, 1)
+    split = type("Split", (), {"images": images, "targets": {}, "__len__": lambda s: 7})()
+    splits = Splits.__new__(Splits)
+    splits.val = split
+    splits.finish = lambda x, t, needed: (x, t)
+    seen = [
+        b[0].flatten().mul(255).round().tolist()
+        for k in range(3)
+        for b in splits.eval_batches("val", 2, set(), (k, 3))
+    ]
+    assert sorted(v for batch in seen for v in batch) == list(range(7))
