@@ -289,6 +289,8 @@ class Trainer:
         if self.scheduler and ckpt["scheduler"]:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.train_meter.restore(ckpt["train_meter"])
+        if not self.ranks.main:  # rank 0 saved its own share of a broken epoch's sums
+            self.train_meter.reset()
         self.state = LoopState(**ckpt["loop"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if "cuda" in ckpt["rng"]:

@@ -1,0 +1,89 @@
+"""Seconds of training until Fashion-MNIST test accuracy first reaches a target, per seed.
+
+Each seed trains the recipe as `cnnlab train` would (same Trainer, same run folder). After
+every epoch the weights the run is judged by (the average, when the recipe keeps one) are
+scored on the test set with the recipe's test-time views: a measurement only, since the run
+itself picks its checkpoint on validation. The clock is the loop's own training time (the
+steps, not validation or this scoring). At the end the run's own test of its best
+checkpoint gives the final accuracy and ink RMSE.
+
+    .venv/bin/python benchmarks/time_to_accuracy.py [--recipe fashion_multitask]
+        [--seeds 0 1 2] [--target 0.93] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+
+from cnnlab.catalog import recipe_file
+from cnnlab.recipe import load_recipe
+from cnnlab.runs import RunFolder, device_name
+from cnnlab.tasks import EpochMeter, evaluate
+from cnnlab.train import Trainer, _train_in
+
+
+def one_seed(recipe_name: str, seed: int, target: float, sets: list[str], out: str) -> dict:
+    recipe = load_recipe(
+        recipe_file(recipe_name),
+        [*sets, f"seed={seed}", f"output_dir={out}", "train.report=false", "train.progress=false"],
+    )
+    trainer = Trainer(recipe)
+    curve: list[tuple[float, float]] = []  # (training seconds, test accuracy) per epoch
+
+    def score(row: dict) -> None:
+        meter = EpochMeter(trainer.tasks, trainer.device)
+        batches = trainer.splits.eval_batches("test", 1000, trainer.needed)
+        evaluate(trainer.judged, meter, batches, trainer.autocast, trainer.views)
+        curve.append((trainer.state.elapsed, meter.compute("test")["test.cls.accuracy"]))
+
+    run = RunFolder.create(recipe)
+    with run.lock():
+        _train_in(trainer, run, None, score)
+    final = run.test_metrics()
+    reached = next((s for s, acc in curve if acc >= target), None)
+    return {
+        "seed": seed,
+        "seconds_to_target": reached,
+        "train_seconds": trainer.state.elapsed,
+        "epochs": len(curve),
+        "accuracy": final["test.cls.accuracy"],
+        "rmse": final.get("test.ink.rmse"),
+        "precision": trainer.precision.precision,
+        "device": device_name(trainer.device),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipe", default="fashion_multitask")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--target", type=float, default=0.93)
+    parser.add_argument("--set", dest="sets", action="append", default=[])
+    args = parser.parse_args()
+    print(f"{args.recipe}: seconds of training to {args.target:.1%} test accuracy")
+    rows = []
+    with tempfile.TemporaryDirectory() as out:
+        for seed in args.seeds:
+            r = one_seed(args.recipe, seed, args.target, args.sets, out)
+            rows.append(r)
+            to = f"{r['seconds_to_target']:.1f} s" if r["seconds_to_target"] else "not reached"
+            rmse = f"{r['rmse']:.4f}" if r["rmse"] is not None else "-"
+            print(
+                f"seed {seed}: {to} (training {r['train_seconds']:.1f} s, {r['epochs']} epochs, "
+                f"{r['precision']}); final test accuracy {r['accuracy']:.2%}, ink RMSE {rmse}"
+            )
+    times = [r["seconds_to_target"] for r in rows]
+    hit = [t for t in times if t is not None]
+    median = statistics.median(t if t is not None else float("inf") for t in times)
+    print(
+        f"reached on {len(hit)} of {len(rows)} seeds; median seconds to target: "
+        + (f"{median:.1f}" if hit and median != float("inf") else "not reached")
+    )
+    seconds = statistics.median(r["train_seconds"] for r in rows)
+    print(f"median training seconds: {seconds:.1f} on {rows[0]['device']}")
+
+
+if __name__ == "__main__":
+    main()
