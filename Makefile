@@ -41,7 +41,7 @@ postgres:
 	fi
 
 demo: data
-	$(CNNLAB) train fashion_multitask
+	$(CNNLAB) train fashion_fast
 
 # One pytest worker per core, a test file per worker (module fixtures stay shared): the
 # suite is mostly subprocesses, sleeps and small models, and takes 5 min instead of 6 on 2 cores.

@@ -19,6 +19,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.peak import matmul_rate
 from cnnlab.catalog import RECIPES
 from cnnlab.landscape.directions import filter_normalized
 from cnnlab.landscape.surface import Settings, Surface, fill
@@ -28,18 +29,6 @@ from cnnlab.runs import device_name
 from cnnlab.train import check_data
 
 RECIPE = RECIPES / "fashion_landscape.yaml"
-
-
-def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of an n x n matrix product, the best of `repeats`."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 def main() -> None:

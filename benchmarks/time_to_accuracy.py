@@ -52,6 +52,7 @@ def one_seed(recipe_name: str, seed: int, target: float, sets: list[str], out: s
         "rmse": final.get("test.ink.rmse"),
         "precision": trainer.precision.precision,
         "device": device_name(trainer.device),
+        "curve": curve,
     }
 
 
@@ -74,6 +75,7 @@ def main() -> None:
                 f"seed {seed}: {to} (training {r['train_seconds']:.1f} s, {r['epochs']} epochs, "
                 f"{r['precision']}); final test accuracy {r['accuracy']:.2%}, ink RMSE {rmse}"
             )
+            print("  per epoch:", "  ".join(f"{s:.0f}s {a:.2%}" for s, a in r["curve"]))
     times = [r["seconds_to_target"] for r in rows]
     hit = [t for t in times if t is not None]
     median = statistics.median(t if t is not None else float("inf") for t in times)

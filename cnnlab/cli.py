@@ -18,25 +18,33 @@ def train(
     recipe: str | None = typer.Argument(None, help="recipe YAML file or shipped recipe name"),
     set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value"),
     resume: Path | None = typer.Option(None, "--resume", help="continue this run folder"),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="train in this prepared run folder (a sweep's trial)"
+    ),
 ) -> None:
     """Train a recipe, then evaluate its best checkpoint on the test set."""
     from cnnlab.recipe import load_recipe
 
-    if resume is None:
+    folder = resume or run_dir
+    if folder is None:
         if recipe is None:
             raise CnnlabError("give a recipe (cnnlab recipes lists them) or --resume runs/<run>")
         parsed = load_recipe(recipe_file(recipe), set_)  # validated before any data is read
-    elif recipe or set_:
+    elif recipe or set_ or (resume and run_dir):
         raise CnnlabError(
-            "--resume continues a run with its saved recipe; drop the recipe and --set"
+            "--resume and --run-dir train a folder's saved recipe; give one, and no recipe or --set"
         )
     from cnnlab.distributed import from_environment
     from cnnlab.runs import RunFolder
     from cnnlab.train import train as run_training
 
-    if resume is not None:
-        parsed = RunFolder.open(resume).recipe()
-    run = run_training(parsed, resume=resume)
+    if folder is not None:
+        run = RunFolder.open(folder)
+        parsed = run.recipe()
+    if run_dir is not None:  # from its last checkpoint if it has one, else from the start
+        run = run_training(parsed, resume=run.path if run.last_path.is_file() else None, run=run)
+    else:
+        run = run_training(parsed, resume=resume)
     if not from_environment().main:  # a torchrun rank other than 0: rank 0 tells
         return
     typer.echo(f"run folder: {run.path}")
@@ -242,13 +250,23 @@ def sweep(
     resume: bool = typer.Option(False, "--resume", help="continue the latest such sweep"),
     max_failures: int = typer.Option(3, help="a worker stops after this many failures in a row"),
     heartbeat: int = typer.Option(10, help="seconds between a worker's signs of life"),
+    trial_processes: int = typer.Option(
+        1, help="processes each trial trains on (torchrun, data-parallel)"
+    ),
 ) -> None:
     """Run a hyperparameter sweep: every trial is a run folder inside the sweep folder."""
+    from cnnlab.distributed import from_environment
     from cnnlab.sweep.launch import sweep as run_sweep
+
+    if from_environment().active:
+        raise CnnlabError(
+            "run cnnlab sweep itself as one process; --trial-processes N starts torchrun "
+            "for each trial"
+        )
 
     folder = run_sweep(
         recipe_file(recipe), sweep_file(spec), set_, name_map, trials, workers, storage, study,
-        out, resume, max_failures, heartbeat,
+        out, resume, max_failures, heartbeat, trial_processes,
     )  # fmt: skip
     typer.echo(f"sweep folder: {folder.path}")
 

@@ -2,6 +2,7 @@
 train the same model as one process with the same global batch, and a killed rank stops the
 other with one line and a folder that resumes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,11 @@ import torch
 
 from cnnlab.data.batches import Splits
 from cnnlab.distributed import Ranks, shard
+from cnnlab.recipe import load_recipe
 from cnnlab.runs import RunFolder, load_checkpoint
+from cnnlab.sweep.results import load_trials
+from cnnlab.sweep.study import SweepFolder
+from cnnlab.sweep.torchrun import train_in_processes
 from tests.conftest import DEMO, ROOT, TINY
 
 # BatchNorm normalizes each rank's slice and dropout draws per rank (by design, as in any
@@ -125,3 +130,61 @@ def test_evaluation_parts_cover_every_row_once():
         for b in splits.eval_batches("val", 2, set(), (k, 3))
     ]
     assert sorted(v for batch in seen for v in batch) == list(range(7))
+
+
+def test_a_sweep_trains_each_trial_on_two_processes(tmp_path):
+    """--trial-processes 2: every trial is a torchrun of its own; the worker follows its
+    metrics (Optuna sees every epoch) and the run folders are written once, by rank 0."""
+    spec = tmp_path / "lr.yaml"
+    spec.write_text(
+        "method: grid\nmetric: {name: val.cls.accuracy}\n"
+        "parameters: {train.optimizer.lr: {values: [0.002, 0.004]}}\n"
+    )
+    sets = [a for o in [*TINY, "data.train_subset=1000", "train.epochs=2"] for a in ("--set", o)]
+    args = ["sweep", str(DEMO), str(spec), "--trial-processes", "2", "--out", str(tmp_path)]
+    done = launch([*args, *sets], 1)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 processes a trial (torchrun)" in done.stdout
+    (path,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    folder = SweepFolder.open(path)
+    rows = load_trials(folder, None)
+    assert [r.state for r in rows] == ["complete", "complete"]
+    assert [r.epochs for r in rows] == [2, 2]  # each epoch reported to Optuna as it came
+    for r in rows:
+        env = json.loads((r.run.path / "env.json").read_text())
+        assert env["processes"] == 2 and r.run.status()["state"] == "finished"
+        metrics = r.run.read_metrics()
+        assert [m["epoch"] for m in metrics] == [1, 2]
+        assert r.value == pytest.approx(max(m["val.cls.accuracy"] for m in metrics))
+
+
+def test_sweep_under_torchrun_is_refused_with_the_way_to_do_it(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("method: grid\nparameters: {seed: {values: [0]}}\n")
+    out = launch(["sweep", str(DEMO), str(spec), "--out", str(tmp_path)], 2)
+    assert out.returncode != 0
+    assert "--trial-processes N starts torchrun for each trial" in out.stdout + out.stderr
+
+
+def test_what_the_worker_raises_stops_a_trials_processes(tmp_path):
+    """A pruned trial: the worker's callback raises after epoch 1, the processes are
+    stopped at once and the folder keeps a checkpoint to resume from."""
+    recipe = load_recipe(
+        DEMO, [f"output_dir={tmp_path}", *TINY, "data.train_subset=1000", "train.epochs=30"]
+    )
+    run = RunFolder.create(recipe)
+
+    class Pruned(Exception):
+        pass
+
+    def on_epoch(row: dict) -> None:
+        if row["epoch"] == 1:
+            raise Pruned
+
+    started = time.monotonic()
+    with pytest.raises(Pruned):
+        train_in_processes(run, 2, on_epoch)
+    assert time.monotonic() - started < 60  # 30 epochs would take minutes
+    assert 1 <= len(run.read_metrics()) < 30 and run.last_path.is_file()
+    left = subprocess.run(["pgrep", "-f", f"--run-dir {run.path}"], capture_output=True)
+    assert left.stdout == b""  # no rank outlives the trial

@@ -33,10 +33,11 @@ def sweep(
     resume: bool = False,
     max_failures: int = 3,
     heartbeat: int = 10,
+    trial_processes: int = 1,
 ) -> SweepFolder:
     """Run (or continue, or join) a sweep and return its folder."""
-    if workers < 1:
-        raise CnnlabError("--workers must be at least 1")
+    if workers < 1 or trial_processes < 1:
+        raise CnnlabError("--workers and --trial-processes must be at least 1")
     if resume:
         if overrides or map_path:
             raise CnnlabError(
@@ -60,6 +61,7 @@ def sweep(
             "trials": total,
             "max_failures": max_failures,
             "heartbeat": heartbeat,
+            "trial_processes": trial_processes,  # a resume or a joining worker keeps them
             "storage": None if storage is None else _redact(storage),
         }
         # An unreachable database, or a study in it started from other inputs, stops here,
@@ -76,9 +78,11 @@ def sweep(
     meta = folder.meta()
     if trials is not None and resume and trials != meta["trials"]:
         raise CnnlabError(f"--resume keeps the study's budget of {meta['trials']} trials")
+    processes = meta.get("trial_processes", 1)
     console.print(
         f"sweep {folder.path}: {spec.method} over {len(spec.params)} parameters, "
         f"{meta['trials']} trials, {meta['goal']} {spec.metric}, {workers} worker(s)"
+        + (f", {processes} processes a trial (torchrun)" if processes > 1 else "")
     )
     try:
         _work(folder, storage, workers)

@@ -41,6 +41,7 @@ from cnnlab.sweep.storage import (
     worker_id,
 )
 from cnnlab.sweep.study import SweepFolder, load_study
+from cnnlab.sweep.torchrun import child_env, train_in_processes
 
 STORAGE_ENV = "CNNLAB_SWEEP_STORAGE"
 # GridSampler's record of a trial's grid point. Not public API: read to count the budget
@@ -53,8 +54,10 @@ TRIAL_LINK = "trial.json"  # in each run folder: which study and trial(s) it bel
 
 
 def trial_overrides(folder: SweepFolder, number: int, threads: int, device: str | None) -> dict:
-    """Settings every trial gets on top of its sampled parameters."""
-    spec_metric = folder.meta()["metric"]
+    """Settings every trial gets on top of its sampled parameters. A trial on several
+    processes shares the worker's threads among them."""
+    meta = folder.meta()
+    spec_metric, processes = meta["metric"], meta.get("trial_processes", 1)
     out = {
         "output_dir": str(folder.runs_path),
         "name": f"trial{number:04d}",
@@ -62,7 +65,7 @@ def trial_overrides(folder: SweepFolder, number: int, threads: int, device: str 
         "train.test_at_end": False,  # select --test alone reads the test set
         "train.report": False,  # one report per sweep, not one per trial
         "train.monitor": spec_metric,  # best.pt = best epoch by the sweep metric
-        "train.threads": threads,
+        "train.threads": max(1, threads // processes),
     }
     if device:
         out["train.device"] = device
@@ -152,10 +155,14 @@ class Objective:
         try:
             from cnnlab.train import train
 
+            on_epoch = epoch_reporter(trial, self.spec, recipe.train.epochs)
+            processes = self.folder.meta().get("trial_processes", 1)
             with run.lock():  # a late worker may still train here: then the folder is its
                 self._link(run, trial)
-                on_epoch = epoch_reporter(trial, self.spec, recipe.train.epochs)
-                train(recipe, resume=resume, on_epoch=on_epoch, run=run)
+                if processes == 1:
+                    train(recipe, resume=resume, on_epoch=on_epoch, run=run)
+            if processes > 1:  # torchrun's rank 0 holds the lock while the processes train
+                train_in_processes(run, processes, on_epoch)
             value, epoch = best_value(run, self.spec.metric)
         except RunInUse as err:
             self._failed(trial, None, err)  # its status and trial.json belong to the holder
@@ -376,11 +383,9 @@ def worker_slots(workers: int, train: dict) -> list[tuple[int, str | None]]:
 
 def spawn_workers(folder: SweepFolder, storage_url: str | None, workers: int) -> int:
     """Start `workers` processes on this machine and wait for them; returns how many failed."""
-    env = dict(os.environ)
+    env = child_env()
     if storage_url:
         env[STORAGE_ENV] = storage_url
-    root = str(Path(__file__).resolve().parent.parent.parent)  # so workers import this cnnlab
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     procs = []
     for index, (threads, dev) in enumerate(worker_slots(workers, folder.base()["train"])):
         cmd = [sys.executable, "-m", "cnnlab.sweep.worker", str(folder.path)]

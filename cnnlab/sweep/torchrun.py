@@ -1,0 +1,86 @@
+"""A sweep trial trained on several processes: torchrun runs `cnnlab train --run-dir` in the
+trial's folder, and the worker follows its metrics file to feed Optuna's pruner.
+
+The trial's processes live apart from the worker: whatever ends them (an error, a NaN, a
+pruned trial, Ctrl-C) ends all of them together, as torchrun does, and the worker goes on
+to the next trial with nothing left half-joined. Pruning stops the processes with SIGTERM;
+their folder keeps its last checkpoint like any interrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cnnlab.errors import CnnlabError
+from cnnlab.runs import RunFolder
+
+LOG = "processes.log"  # the processes' output, in the trial's run folder
+POLL_S = 0.5
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a process this sweep starts: it imports this very cnnlab."""
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
+def command(run: RunFolder, processes: int) -> list[str]:
+    """torchrun on a free local port (--standalone), rank 0 taking the folder's lock."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    train = ["-m", "cnnlab", "train", "--run-dir", str(run.path)]
+    return [*launch, "--nproc_per_node", str(processes), *train]
+
+
+def train_in_processes(
+    run: RunFolder, processes: int, on_epoch: Callable[[dict], None] | None
+) -> None:
+    """Train the run folder's recipe on `processes` processes; `on_epoch(row)` sees each
+    epoch's metrics as the processes write them, and what it raises (a pruned trial) stops
+    them and is raised here."""
+    seen = len(run.read_metrics())  # a resumed trial: its earlier epochs were reported
+    with open(run.path / LOG, "a") as log:
+        out = {"stdout": log, "stderr": subprocess.STDOUT}
+        proc = subprocess.Popen(command(run, processes), env=child_env(), **out)
+        try:
+            while True:
+                done = proc.poll() is not None
+                rows = run.read_metrics()
+                for row in rows[seen:]:
+                    if on_epoch is not None:
+                        on_epoch(row)
+                seen = len(rows)
+                if done:
+                    break
+                time.sleep(POLL_S)
+        except BaseException:  # pruned, or Ctrl-C: stop every process, then say why
+            stop(proc)
+            raise
+    if proc.returncode != 0:
+        raise CnnlabError(f"the trial's {processes} processes failed: {last_error(run)}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to torchrun, which passes it to every rank; they stop within a step."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def last_error(run: RunFolder) -> str:
+    """The processes' own one-line reason, else the last line they wrote."""
+    lines = (run.path / LOG).read_text(errors="replace").splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    if errors:
+        return errors[0].removeprefix("error: ")
+    return lines[-1] if lines else f"no output (see {run.path / LOG})"
