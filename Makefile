@@ -66,7 +66,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check cnnlab tests benchmarks docs
 
 bench: data
-	$(PY) benchmarks/throughput.py
+	PYTHONPATH=. $(PY) benchmarks/throughput.py
+	$(PY) benchmarks/time_to_accuracy.py
 	$(PY) benchmarks/sweep_efficiency.py
 	$(PY) benchmarks/sweep_report_scale.py
 

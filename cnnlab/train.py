@@ -517,8 +517,8 @@ def _train_in(
     loggers = Loggers(recipe, run)  # W&B / TensorBoard / MLflow when the recipe asks
     try:
         trainer.run, trainer.on_epoch = run, loggers.chain(on_epoch)
-        env = {**environment(trainer.device), "processes": ranks.world}
         if ranks.main:
+            env = {**environment(trainer.device), "processes": ranks.world}
             write_json(run.path / "env.json", {**env, "precision": record(trainer.precision)})
         if saved is not None:
             trainer.restore(saved)
