@@ -135,7 +135,7 @@ def main() -> None:
     nchw = load_recipe(DEMO, [*overrides, "train.channels_last=false"])
     model = create_model(nchw.model, 1, (28, 28), trainer.tasks, channels_last=False)
     x = train.images[: args.batch].float().div(255)
-    flops = training_flops(model, x, torch.zeros(args.batch, 1))
+    flops = training_flops(model, x, torch.zeros(args.batch))
 
     # Interleaved repeats, judged on medians: one run of the same setup varies by ~7 % here.
     runs: dict[str, list[float]] = {"auto": [], "fp32": [], "bf16": [], "seed": []}
