@@ -160,8 +160,13 @@ def halt(signum: int, frame: object) -> None:
     raise Halted(f"{signal.Signals(signum).name}: one process failed or all were interrupted")
 
 
-# what a rank sees when the others are gone: a signal, or a collective that failed
-PEER_LOST = (Halted, dist.DistError)
+def peers_lost(err: BaseException) -> bool:
+    """What a rank sees when the others are gone: a signal (torchrun stopping it), or a
+    collective that failed (gloo raises a plain RuntimeError naming its transport)."""
+    if isinstance(err, (Halted, dist.DistError)):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(k in text for k in ("gloo", "NCCL", "Connection"))
 
 
 def lost_peer(err: BaseException, ranks: Ranks, run_path: object, epoch: int) -> CnnlabError:

@@ -332,7 +332,12 @@ class Trainer:
                     self.run.set_status("interrupted", epoch=self.state.epoch, step=0)
                     raise KeyboardInterrupt
                 self._train_epoch()
-        except distributed.PEER_LOST as err:
+        except Exception as err:
+            if not (self.ranks.active and distributed.peers_lost(err)):
+                raise
+            if previous:  # torchrun's SIGTERM may follow: it must not cut the last line short
+                previous.pop(signal.SIGTERM)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self.run.set_status("interrupted", epoch=self.state.epoch, step=0)
             raise distributed.lost_peer(err, self.ranks, self.run.path, self.state.epoch) from None
         finally:
