@@ -147,11 +147,6 @@ def from_main(text: str | None, ranks: Ranks, device: torch.device) -> str:
     return bytes(buf.cpu().tolist()).decode()
 
 
-def wait_for_all(ranks: Ranks) -> None:
-    if ranks.active:
-        dist.barrier()
-
-
 class Halted(Exception):
     """A data-parallel rank was signalled to stop (Ctrl-C, or torchrun after a rank failed)."""
 
@@ -169,7 +164,7 @@ def peers_lost(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and any(k in text for k in ("gloo", "NCCL", "Connection"))
 
 
-def lost_peer(err: BaseException, ranks: Ranks, run_path: object, epoch: int) -> CnnlabError:
+def stopped(err: BaseException, ranks: Ranks, run_path: object, epoch: int) -> CnnlabError:
     """One line for a rank that stopped with the others (one killed, crashed, interrupted)."""
     return CnnlabError(
         f"rank {ranks.rank} of {ranks.world} stopped in epoch {epoch + 1} ({_first_line(err)}); "

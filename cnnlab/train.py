@@ -339,7 +339,7 @@ class Trainer:
                 previous.pop(signal.SIGTERM)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self.run.set_status("interrupted", epoch=self.state.epoch, step=0)
-            raise distributed.lost_peer(err, self.ranks, self.run.path, self.state.epoch) from None
+            raise distributed.stopped(err, self.ranks, self.run.path, self.state.epoch) from None
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
