@@ -31,6 +31,7 @@ from torchvision import transforms
 from benchmarks.peak import matmul_rate
 from cnnlab.catalog import RECIPES
 from cnnlab.models import create_model
+from cnnlab.precision import Choice
 from cnnlab.recipe import load_recipe
 from cnnlab.runs import RunFolder, device_name
 from cnnlab.train import Trainer
@@ -101,15 +102,14 @@ def training_flops(model: torch.nn.Module, x: torch.Tensor, ink: torch.Tensor) -
     return counter.get_total_flops() / x.shape[0]
 
 
-def cnnlab_loop(recipe) -> tuple[float, str, str]:
+def cnnlab_loop(recipe) -> tuple[float, Choice]:
     """(images/s that cnnlab's loop reports for its second epoch, the precision it ran in
     and why)."""
     with tempfile.TemporaryDirectory() as tmp:
         recipe.output_dir = tmp
         trainer = Trainer(recipe, RunFolder.create(recipe))
         trainer.fit()
-        speed = trainer.run.read_metrics()[-1]["images_per_s"]
-        return speed, trainer.precision.precision, trainer.precision.describe()
+        return trainer.run.read_metrics()[-1]["images_per_s"], trainer.precision
 
 
 def main() -> None:
@@ -139,18 +139,17 @@ def main() -> None:
 
     # Interleaved repeats, judged on medians: one run of the same setup varies by ~7 % here.
     runs: dict[str, list[float]] = {"auto": [], "fp32": [], "bf16": [], "seed": []}
-    how: dict[str, str] = {}
-    chosen = "fp32"
+    choice: dict[str, Choice] = {}
     for _ in range(args.repeats):
         for precision in ("auto", "fp32", "bf16"):  # auto first: a fresh cache measures here
             recipe = load_recipe(DEMO, [*overrides, f"train.precision={precision}"])
-            speed, ran_in, how[precision] = cnnlab_loop(recipe)
-            chosen = ran_in if precision == "auto" else chosen
+            speed, choice[precision] = cnnlab_loop(recipe)
             runs[precision].append(speed)
         labels = train.targets["label"]
         runs["seed"].append(reference_loop(model, train.images, labels, args.batch, args.workers))
-    ours = {p: (statistics.median(runs[p]), how[p]) for p in how}
+    ours = {p: (statistics.median(runs[p]), c.describe()) for p, c in choice.items()}
     ref = statistics.median(runs["seed"])
+    chosen = choice["auto"].precision
     peak = matmul_rate(torch.bfloat16 if chosen == "bf16" else torch.float32)
 
     print(f"device: {device_name(torch.device('cpu'))}, threads: {torch.get_num_threads()}")

@@ -19,8 +19,7 @@ import tempfile
 
 from cnnlab.catalog import recipe_file
 from cnnlab.recipe import load_recipe
-from cnnlab.runs import RunFolder, device_name, load_checkpoint
-from cnnlab.tasks import EpochMeter, evaluate
+from cnnlab.runs import RunFolder, device_name
 from cnnlab.train import Trainer, _train_in
 
 
@@ -32,22 +31,15 @@ def one_seed(recipe_name: str, seed: int, target: float, sets: list[str], out: s
     trainer = Trainer(recipe)
     curve: list[tuple[float, float]] = []  # (training seconds, test accuracy) per epoch
 
-    def test_accuracy(views) -> float:
-        meter = EpochMeter(trainer.tasks, trainer.device)
-        batches = trainer.splits.eval_batches("test", 1000, trainer.needed)
-        evaluate(trainer.judged, meter, batches, trainer.autocast, views)
-        return meter.compute("test")["test.cls.accuracy"]
-
     def score(row: dict) -> None:
-        curve.append((trainer.state.elapsed, test_accuracy(trainer.views)))
+        accuracy = trainer.measure(trainer.judged, trainer.views)["test.cls.accuracy"]
+        curve.append((trainer.state.elapsed, accuracy))
 
     run = RunFolder.create(recipe)
     with run.lock():
         _train_in(trainer, run, None, score)
     final = run.test_metrics()  # the best checkpoint, with the recipe's test-time views
-    trainer.model.load_state_dict(load_checkpoint(run.best_path)["model"])
-    trainer.ema = None  # judged = the best checkpoint's weights, now in trainer.model
-    one_view = test_accuracy(None)
+    one_view = trainer.measure(trainer.model, None)["test.cls.accuracy"]  # test() loaded best
     reached = next((s for s, acc in curve if acc >= target), None)
     return {
         "seed": seed,

@@ -373,7 +373,7 @@ class Trainer:
                     outputs = self.stepped(x)
                     total, losses = total_loss(self.tasks, self.model, outputs, targets)
                 self.optimizer.zero_grad(set_to_none=True)
-                (total * share).backward()
+                (total if share == 1.0 else total * share).backward()
                 if cfg.grad_clip:
                     nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
@@ -471,12 +471,16 @@ class Trainer:
         """Test-set metrics of the best checkpoint: the only place the test set is read."""
         ckpt = load_checkpoint(self.run.best_path)
         self.model.load_state_dict(ckpt["model"])
-        meter = EpochMeter(self.tasks, self.device)
-        batches = self.splits.eval_batches("test", self.recipe.train.eval_batch_size, self.needed)
-        evaluate(self.model, meter, batches, self.autocast, self.views)
-        metrics = {"best_epoch": ckpt["loop"]["epoch"], **meter.compute("test")}
+        metrics = {"best_epoch": ckpt["loop"]["epoch"], **self.measure(self.model, self.views)}
         write_json(self.run.test_path, metrics)
         return metrics
+
+    def measure(self, model: nn.Module, views: ViewAverage | None) -> dict[str, float]:
+        """`model`'s test-set metrics, averaged over `views` when given."""
+        meter = EpochMeter(self.tasks, self.device)
+        batches = self.splits.eval_batches("test", self.recipe.train.eval_batch_size, self.needed)
+        evaluate(model, meter, batches, self.autocast, views)
+        return meter.compute("test")
 
 
 # ------------------------------------------------------------------ entry points

@@ -112,9 +112,11 @@ class Objective:
     last_outcome: str = ""
     last_number: int = -1
     base: dict = field(default_factory=dict)
+    processes: int = 1
 
     def __post_init__(self):
         self.base = self.folder.base()
+        self.processes = self.folder.meta().get("trial_processes", 1)  # torchrun per trial
 
     def sample(self, trial) -> dict:
         values = {}
@@ -156,13 +158,12 @@ class Objective:
             from cnnlab.train import train
 
             on_epoch = epoch_reporter(trial, self.spec, recipe.train.epochs)
-            processes = self.folder.meta().get("trial_processes", 1)
             with run.lock():  # a late worker may still train here: then the folder is its
                 self._link(run, trial)
-                if processes == 1:
+                if self.processes == 1:
                     train(recipe, resume=resume, on_epoch=on_epoch, run=run)
-            if processes > 1:  # torchrun's rank 0 holds the lock while the processes train
-                train_in_processes(run, processes, on_epoch)
+            if self.processes > 1:  # torchrun's rank 0 holds the lock while the processes train
+                train_in_processes(run, self.processes, on_epoch)
             value, epoch = best_value(run, self.spec.metric)
         except RunInUse as err:
             self._failed(trial, None, err)  # its status and trial.json belong to the holder
