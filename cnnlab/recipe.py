@@ -116,8 +116,9 @@ class TrainConfig(Section):
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
     # test-time views: the test (and `cnnlab eval`) averages the model over every
     # combination of these transforms, each answer mapped back through the source's label
-    # maps (a GSN flip swaps triangles); validation stays single-view. [] = off
-    tta: list[Literal["hflip", "vflip", "rot90"]] = Field(default_factory=list)
+    # maps (a GSN flip swaps triangles; translate: one pixel each way); validation stays
+    # single-view. [] = off
+    tta: list[Literal["hflip", "vflip", "rot90", "translate"]] = Field(default_factory=list)
     monitor: str = "val.loss"  # metric that picks the best checkpoint (goal inferred)
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps

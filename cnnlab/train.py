@@ -174,9 +174,11 @@ class Trainer:
         ).to(self.device)
         if saved:  # now, not at restore: a frozen backbone's features are cached below
             self.model.load_state_dict(saved.get("train_model", saved["model"]))
-        views = recipe.train.tta
+        views, splits = recipe.train.tta, self.splits
         self.views = (
-            ViewAverage(views, self.tasks, recipe.data, self.splits.image_size) if views else None
+            ViewAverage(views, self.tasks, recipe.data, splits.image_size, splits.black)
+            if views
+            else None
         )
         self.steps_per_epoch = self.splits.steps_per_epoch(recipe.train.batch_size)
         self.optimizer = build_optimizer(recipe.train.optimizer, self.model)

@@ -1,6 +1,9 @@
 """Test-time views: the model judged on each symmetry of an image, its answers mapped back to
 the image as it is and averaged.
 
+A shift (`translate`: one pixel up, down, left or right, the uncovered edge black as in
+training's translate) is a view too; with hflip it makes ten.
+
 A flip or a quarter turn can change what an image's labels are (a mirrored GSN image has its
 left and right triangles swapped), so the model's answer on a view is about the view's
 labels. Each answer is mapped back before averaging: a class head's probabilities
@@ -21,32 +24,62 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from cnnlab.data.augment import LabelMap, Targets, relabel
 from cnnlab.data.base import WHAT, DataSection
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks import Task
 
-TRANSFORMS = ("hflip", "vflip", "rot90")
+TRANSFORMS = ("hflip", "vflip", "rot90", "translate")
+# (dy, dx) of translate's views: one pixel each way. The four diagonal shifts as well measured
+# no better on Fashion-MNIST (93.28 % against 93.27 % with flips, one model) at twice the cost.
+SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
+
+
+def shifted(x: torch.Tensor, dy: int, dx: int, fill: torch.Tensor | None) -> torch.Tensor:
+    """x moved dy rows down and dx columns right. The uncovered edge takes `fill` (C,), or,
+    with None, repeats its neighbour (a per-pixel answer moved back has nothing there)."""
+    h, w = x.shape[-2:]
+    top, bottom, left, right = max(dy, 0), max(-dy, 0), max(dx, 0), max(-dx, 0)
+    if fill is None:
+        moved = F.pad(x, (left, right, top, bottom), mode="replicate")
+    else:
+        moved = F.pad(x, (left, right, top, bottom))
+        c, (hp, wp) = fill.to(x.dtype).view(1, -1, 1, 1), moved.shape[-2:]
+        moved[..., :top, :] = moved[..., hp - bottom :, :] = c
+        moved[..., :left] = moved[..., wp - right :] = c
+    out = moved[..., bottom : bottom + h, right : right + w]
+    last = x.is_contiguous(memory_format=torch.channels_last) and x.ndim == 4
+    return out.contiguous(memory_format=torch.channels_last if last else torch.contiguous_format)
 
 
 @dataclass(frozen=True)
 class View:
-    """Mirror left-right, then up-down, then turn counter-clockwise: augmentation's order."""
+    """Mirror left-right, then up-down, then turn counter-clockwise, then shift:
+    augmentation's order."""
 
     hflip: bool = False
     vflip: bool = False
     turns: int = 0
+    shift: tuple[int, int] = (0, 0)  # (dy, dx)
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, fill: torch.Tensor | None = None) -> torch.Tensor:
+        """The view of model input x; `fill` (C,): the input value of a black pixel."""
         if self.hflip:
             x = x.flip(-1)
         if self.vflip:
             x = x.flip(-2)
-        return torch.rot90(x, self.turns, (-2, -1)) if self.turns else x
+        x = torch.rot90(x, self.turns, (-2, -1)) if self.turns else x
+        if self.shift != (0, 0):
+            x = shifted(x, *self.shift, x.new_zeros(x.shape[1]) if fill is None else fill)
+        return x
 
     def undo(self, x: torch.Tensor) -> torch.Tensor:
-        """The inverse of `apply`, for maps aligned with the view (per-pixel outputs)."""
+        """The inverse of `apply`, for maps aligned with the view (per-pixel outputs); the
+        edge a shift pushed out is the nearest answer inside."""
+        if self.shift != (0, 0):
+            x = shifted(x, -self.shift[0], -self.shift[1], None)
         x = torch.rot90(x, -self.turns, (-2, -1)) if self.turns else x
         if self.vflip:
             x = x.flip(-2)
@@ -62,20 +95,23 @@ class View:
             targets = relabel("vflip", targets, every, maps)
         if self.turns:
             targets = relabel("rot90", targets, torch.full((n,), self.turns), maps)
+        if self.shift != (0, 0):
+            targets = relabel("translate", targets, torch.tensor([self.shift]).expand(n, 2), maps)
         return targets
 
 
 def distinct_views(names: list[str]) -> list[View]:
     """Every combination of the named transforms, each distinct effect once (with rot90,
     hflip and vflip give the 8 symmetries of the square, not 16), the identity first."""
-    probe = torch.arange(9.0).view(1, 1, 3, 3)
+    probe = torch.arange(1.0, 10.0).view(1, 1, 3, 3)
     seen, views = set(), []
-    for h, v, t in itertools.product(
+    for h, v, t, s in itertools.product(
         (False, True) if "hflip" in names else (False,),
         (False, True) if "vflip" in names else (False,),
         range(4) if "rot90" in names else (0,),
+        SHIFTS if "translate" in names else SHIFTS[:1],
     ):
-        view = View(h, v, t)
+        view = View(h, v, t, s)
         key = tuple(view.apply(probe).flatten().tolist())
         if key not in seen:
             seen.add(key)
@@ -118,7 +154,9 @@ class ViewAverage:
         tasks: dict[str, Task],
         data: DataSection,
         image_size: tuple[int, int],
+        black: torch.Tensor | None = None,
     ):
+        """`black` (C,): the model input of a black pixel, which shifted views uncover."""
         for name in names:
             if name not in type(data).label_maps:
                 raise CnnlabError(
@@ -127,7 +165,7 @@ class ViewAverage:
                 )
         if "rot90" in names and image_size[0] != image_size[1]:
             raise CnnlabError(f"train.tta: rot90 needs square images, not {image_size}")
-        self.tasks = tasks
+        self.tasks, self.black = tasks, black
         self.views = [
             (view, {name: _where_sent(task, data, view) for name, task in tasks.items()})
             for view in distinct_views(names)
@@ -136,7 +174,7 @@ class ViewAverage:
     def __call__(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         sums: dict[str, torch.Tensor] = {}
         for view, sent in self.views:
-            for name, out in model(view.apply(x)).items():
+            for name, out in model(view.apply(x, self.black)).items():
                 back = self._back(model.heads[name], name, out, view, sent[name])
                 sums[name] = back if name not in sums else sums[name] + back
         n = len(self.views)

@@ -33,6 +33,23 @@ def test_views_are_the_distinct_symmetries_and_undo_inverts_apply():
         assert torch.equal(view.undo(view.apply(x)), x)
 
 
+def test_shifted_views_move_the_image_one_pixel_and_uncover_black():
+    assert len(distinct_views(["hflip", "translate"])) == 10
+    x = torch.rand(2, 3, 6, 6)
+    black = torch.tensor([-1.0, -2.0, -3.0])
+    down = View(shift=(1, 0)).apply(x, black)
+    assert torch.equal(down[:, :, 1:], x[:, :, :-1])
+    assert torch.equal(down[:, :, 0], black.view(1, 3, 1).expand(2, 3, 6))
+    left = View(shift=(0, -1)).apply(x.contiguous(memory_format=torch.channels_last), black)
+    assert torch.equal(left[..., :-1], x[..., 1:]) and (left[..., -1] == black.view(1, 3, 1)).all()
+    assert left.is_contiguous(memory_format=torch.channels_last)  # the model's layout kept
+    for view in distinct_views(["hflip", "translate"]):  # undo: back in place, edge repeated
+        back = view.undo(view.apply(x, black))
+        assert torch.equal(back[..., 1:-1, 1:-1], x[..., 1:-1, 1:-1])
+    with pytest.raises(CnnlabError, match="translate is not declared by gsn"):
+        ViewAverage(["translate"], gsn_tasks(), GSNConfig(root="x"), (28, 28))
+
+
 def test_class_targets_list_every_class_with_its_counts():
     t = class_targets()
     assert torch.equal(pair_class(t["counts"]), t["pair"])

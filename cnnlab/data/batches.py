@@ -47,6 +47,12 @@ class Splits:
     def image_size(self) -> tuple[int, int]:
         return tuple(self.train.images.shape[2:])
 
+    @property
+    def black(self) -> torch.Tensor:
+        """(C,) the model input of a black pixel: what a shifted test-time view uncovers,
+        as training's translate pads the raw image with zeros before normalizing."""
+        return -self.mean / self.std
+
     def steps_per_epoch(self, batch_size: int) -> int:
         return _num_batches(len(self.train), batch_size)
 

@@ -139,7 +139,8 @@ class RunView:
         names = self.recipe.train.tta
         if not names:
             return None
-        return ViewAverage(names, self.tasks, self.recipe.data, self.splits.image_size)
+        splits = self.splits
+        return ViewAverage(names, self.tasks, self.recipe.data, splits.image_size, splits.black)
 
     def split(self, name: str) -> ImageSet:
         return getattr(self.splits, name)
