@@ -36,7 +36,7 @@ from cnnlab.recipe import load_recipe
 from cnnlab.runs import RunFolder, device_name
 from cnnlab.train import Trainer
 
-DEMO = RECIPES / "fashion_multitask.yaml"
+DEMO = RECIPES / "fashion_fast.yaml"  # the demo's recipe, so its network
 
 
 class SeedStyleDataset(torch.utils.data.Dataset):
