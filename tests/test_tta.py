@@ -117,9 +117,9 @@ def test_undeclared_views_and_sources_that_cannot_map_classes_are_refused():
 
 def test_a_run_with_views_is_tested_and_evaluated_with_them(tiny):
     plain = train(tiny("train.epochs=1", "data.train_subset=2000"))
-    viewed = train(tiny("train.epochs=1", "data.train_subset=2000", "train.tta=[hflip]"))
+    viewed = train(tiny("train.epochs=1", "data.train_subset=2000", "train.tta=[hflip,translate]"))
     a, b = (json.loads(r.test_path.read_text()) for r in (plain, viewed))
-    assert a["test.cls.accuracy"] != b["test.cls.accuracy"]  # same weights, two views averaged
+    assert a["test.cls.accuracy"] != b["test.cls.accuracy"]  # same weights, ten views averaged
     assert evaluate_run(viewed.path) == b
     shown = RunView(viewed.path).test_predictions  # the figures show what the test measured
     accuracy = (shown.pred["cls"] == shown.truth["cls"]).float().mean().item()
