@@ -7,7 +7,7 @@ itself picks its checkpoint on validation. The clock is the loop's own training 
 steps, not validation or this scoring). At the end the run's own test of its best
 checkpoint gives the final accuracy and ink RMSE.
 
-    .venv/bin/python benchmarks/time_to_accuracy.py [--recipe fashion_multitask]
+    .venv/bin/python benchmarks/time_to_accuracy.py [--recipe fashion_fast]
         [--seeds 0 1 2] [--target 0.93] [--set key=value ...]
 """
 
@@ -57,7 +57,7 @@ def one_seed(recipe_name: str, seed: int, target: float, sets: list[str], out: s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--recipe", default="fashion_multitask")
+    parser.add_argument("--recipe", default="fashion_fast")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--target", type=float, default=0.93)
     parser.add_argument("--set", dest="sets", action="append", default=[])
