@@ -40,7 +40,7 @@ from cnnlab.tasks import (
     metric_goal,
     total_loss,
 )
-from cnnlab.tta import ViewAverage
+from cnnlab.tta import ViewAverage, run_views
 
 # ------------------------------------------------------------------- device, precision
 
@@ -174,12 +174,7 @@ class Trainer:
         ).to(self.device)
         if saved:  # now, not at restore: a frozen backbone's features are cached below
             self.model.load_state_dict(saved.get("train_model", saved["model"]))
-        views, splits = recipe.train.tta, self.splits
-        self.views = (
-            ViewAverage(views, self.tasks, recipe.data, splits.image_size, splits.black)
-            if views
-            else None
-        )
+        self.views = run_views(recipe.train.tta, self.tasks, recipe.data, self.splits)
         self.steps_per_epoch = self.splits.steps_per_epoch(recipe.train.batch_size)
         self.optimizer = build_optimizer(recipe.train.optimizer, self.model)
         self.scheduler, self.per_step = build_scheduler(

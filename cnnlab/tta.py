@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from cnnlab.data.augment import LabelMap, Targets, relabel
 from cnnlab.data.base import WHAT, DataSection
+from cnnlab.data.batches import Splits
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks import Task
 
@@ -141,6 +142,14 @@ def _where_sent(task: Task, data: DataSection, view: View) -> torch.Tensor | Non
     if not (permutation and (sent.sum(1) == 1).all()):
         raise CnnlabError(f"train.tta: views mix the components of {target!r}; set train.tta=[]")
     return sent.argmax(1)
+
+
+def run_views(
+    names: list[str], tasks: dict[str, Task], data: DataSection, splits: Splits
+) -> ViewAverage | None:
+    """The recipe's `train.tta` for a run's data, None when it names no view: the test and
+    the figures of a run build theirs alike, so the figures show what the test measured."""
+    return ViewAverage(names, tasks, data, splits.image_size, splits.black) if names else None
 
 
 class ViewAverage:

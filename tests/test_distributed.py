@@ -21,16 +21,16 @@ from cnnlab.sweep.study import SweepFolder
 from cnnlab.sweep.torchrun import train_in_processes
 from tests.conftest import DEMO, ROOT, TINY
 
+SMALL = [*TINY, "data.train_subset=1000"]  # a thousand images: each torch process starts fast
 # BatchNorm normalizes each rank's slice and dropout draws per rank (by design, as in any
 # DDP run): without them the two processes must follow the one-process path exactly.
 SAME_PATH = [
-    *TINY,
+    *SMALL,
     "model.batch_norm=false",
     "tasks.cls.head.dropout=0",
     "tasks.ink.head.dropout=0",
     "train.precision=fp32",
     "train.epochs=2",
-    "data.train_subset=1000",
 ]
 TIMING = {"seconds", "images_per_s"}
 
@@ -80,7 +80,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
 
 def test_a_killed_rank_stops_the_other_with_one_line_and_the_run_resumes(tmp_path):
     out = tmp_path / "runs"
-    proc = cnnlab(out, [*TINY, "data.train_subset=1000", "train.epochs=8"], 2, wait=False)
+    proc = cnnlab(out, [*SMALL, "train.epochs=8"], 2, wait=False)
     last = None
     for _ in range(600):  # the first epoch's checkpoint: then one rank dies mid-run
         found = list(out.glob("*/checkpoints/last.pt"))
@@ -141,7 +141,7 @@ def test_a_sweep_trains_its_trial_on_two_processes(tmp_path):
         "method: grid\nmetric: {name: val.cls.accuracy}\n"
         "parameters: {train.optimizer.lr: {values: [0.004]}}\n"
     )
-    sets = [a for o in [*TINY, "data.train_subset=1000", "train.epochs=2"] for a in ("--set", o)]
+    sets = [a for o in [*SMALL, "train.epochs=2"] for a in ("--set", o)]
     args = ["sweep", str(DEMO), str(spec), "--trial-processes", "2", "--out", str(tmp_path)]
     done = launch([*args, *sets], 1)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -171,9 +171,7 @@ def test_sweep_under_torchrun_is_refused_with_the_way_to_do_it(tmp_path):
 def test_what_the_worker_raises_stops_a_trials_processes(tmp_path):
     """A pruned trial: the worker's callback raises after epoch 1, the processes are
     stopped at once and the folder keeps a checkpoint to resume from."""
-    recipe = load_recipe(
-        DEMO, [f"output_dir={tmp_path}", *TINY, "data.train_subset=1000", "train.epochs=30"]
-    )
+    recipe = load_recipe(DEMO, [f"output_dir={tmp_path}", *SMALL, "train.epochs=30"])
     run = RunFolder.create(recipe)
 
     class Pruned(Exception):

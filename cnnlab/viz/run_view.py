@@ -23,7 +23,7 @@ from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks import Task, create_tasks
 from cnnlab.train import target_spec
-from cnnlab.tta import ViewAverage
+from cnnlab.tta import ViewAverage, run_views
 from cnnlab.viz.hooks import analysis_mode, forward_hooks, last_conv
 
 
@@ -136,11 +136,7 @@ class RunView:
     @cached_property
     def views(self) -> ViewAverage | None:
         """The recipe's test-time views: the figures show what the test metrics measured."""
-        names = self.recipe.train.tta
-        if not names:
-            return None
-        splits = self.splits
-        return ViewAverage(names, self.tasks, self.recipe.data, splits.image_size, splits.black)
+        return run_views(self.recipe.train.tta, self.tasks, self.recipe.data, self.splits)
 
     def split(self, name: str) -> ImageSet:
         return getattr(self.splits, name)
