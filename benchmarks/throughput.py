@@ -11,7 +11,7 @@ backward, counted by torch's FLOP counter) times cnnlab's images/s are then held
 the matrix-product rate this process measures in the precision cnnlab chose.
 
     PYTHONPATH=. .venv/bin/python benchmarks/throughput.py [--images 25600] [--batch 64]
-        [--repeats 5]
+        [--repeats 5] [--set model.filters=[32,128,256] ...]
 """
 
 from __future__ import annotations
@@ -120,6 +120,9 @@ def main() -> None:
         "--workers", type=int, default=2, help="DataLoader workers of the reference"
     )
     parser.add_argument("--repeats", type=int, default=5, help="runs of each setup")
+    parser.add_argument(
+        "--set", action="append", default=[], help="recipe override, e.g. model.filters=[...]"
+    )
     args = parser.parse_args()
 
     overrides = [
@@ -128,6 +131,7 @@ def main() -> None:
         "train.epochs=2",
         "train.progress=false",
         "train.device=cpu",
+        *args.set,
     ]
     recipe = load_recipe(DEMO, overrides)
     trainer = Trainer(recipe, RunFolder(tempfile.mkdtemp()))  # same images and same model shape
