@@ -1,8 +1,8 @@
 """Seed 003's training step: cnnlab's fused optimizer and CPU dropout against torch's defaults.
 
 The network is gsn_multitask's (Conv 1→8→16→32→64, no pooling, Linear 64·28·28 → 256 with
-dropout 0.5 before it and 0.3 after, a 135-way and a 6-way head), built by cnnlab from the
-recipe. Its 12.8 M-weight dense layer makes the optimizer update and the dropout mask over
+the recipe's dropout before and after it, a 135-way and a 6-way head), built by cnnlab from
+the recipe. Its 12.8 M-weight dense layer makes the optimizer update and the dropout mask over
 50,176 features weigh as much as the convolutions. Both sides train the same model on the
 same batches, in the same precision, interleaved round by round so that a load change on
 the machine hits both alike; each side's time is its fastest round.
