@@ -98,3 +98,28 @@ def test_seed004_block_order_and_parameter_count():
 def test_seed004_order_refuses_several_convs_per_block():
     with pytest.raises(ValueError, match="order conv_pool_act_bn has one conv per block"):
         seed004_cnn(convs_per_block=2)
+
+
+@pytest.mark.parametrize("order", ["conv_pool_act_bn", "conv_bn_act"])
+def test_strided_stem_reads_the_pooled_blocks_window(order):
+    """stem: strided replaces Conv 3×3 + MaxPool 2 by one 4×4 conv with stride 2: the same
+    maps downstream, and each output reads the same 4×4 input window the pooled block's
+    output could draw on."""
+    pooled = create_backbone(CNNConfig(order=order), 1, (28, 28)).eval()
+    strided = create_backbone(CNNConfig(order=order, stem="strided"), 1, (28, 28)).eval()
+    conv = strided.blocks[0][0]
+    assert type(conv) is nn.Conv2d and conv.kernel_size == (4, 4) and conv.stride == (2, 2)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in strided.blocks[0])
+    assert strided.blocks[1:].state_dict().keys() == pooled.blocks[1:].state_dict().keys()
+    x = torch.randn(2, 1, 28, 28)
+    shapes = [m.shape for m in pooled.forward_intermediates(x)]
+    assert [m.shape for m in strided.forward_intermediates(x)] == shapes
+    x.requires_grad_(True)
+    strided.blocks[0](x)[0, :, 5, 5].sum().backward()
+    rows, cols = x.grad[0, 0].abs().sum(1).nonzero(), x.grad[0, 0].abs().sum(0).nonzero()
+    assert rows.flatten().tolist() == [9, 10, 11, 12] == cols.flatten().tolist()
+
+
+def test_strided_stem_needs_a_pool_to_fold():
+    with pytest.raises(ValueError, match="stem: strided folds"):
+        CNNConfig(stem="strided", pool=1)

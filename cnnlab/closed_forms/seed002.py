@@ -29,6 +29,11 @@ def seed002_terms(
             "they describe seed 002's plain CNN (conv-activation-pool blocks, one dense layer); "
             f"this model's backbone is a {type(model.backbone).__name__}"
         )
+    if model.backbone.blocks[0][0].stride != (1, 1):
+        raise CnnlabError(
+            "they describe conv-activation-pool blocks, and this CNN's first block is one "
+            "strided convolution: set model.stem=pooled"
+        )
     convs = [c for c in costs if c.kind == "Conv2d" and c.name.startswith("backbone.")]
     linears = [c for c in costs if c.kind == "Linear" and c.name.startswith(f"heads.{task}.")]
     if len(linears) != 2 or not convs:
