@@ -77,6 +77,15 @@ class CNNConfig(Section):
         return [max(1, round(self.base_filters * factor**i)) for i in range(self.blocks)]
 
 
+def _conv(cin: int, cout: int, cfg: CNNConfig, strided: bool, bias: bool) -> nn.Conv2d:
+    """A k×k same-padded conv; `strided`: that conv and the p×p pool after it as one conv of
+    stride p, which reads the same (k + p - 1)² window."""
+    k, p = cfg.kernel_size, cfg.pool
+    if strided:
+        return nn.Conv2d(cin, cout, k + p - 1, stride=p, padding=k // 2, bias=bias)
+    return nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias)
+
+
 class ConvBlock(nn.Sequential):
     """`convs` × (Conv k×k, same padding → BN → Act), then MaxPool and Dropout2d; or, with
     order conv_pool_act_bn, Conv → MaxPool → Act → BN (one conv per block). `strided`: the
@@ -85,24 +94,15 @@ class ConvBlock(nn.Sequential):
     def __init__(self, cin: int, cout: int, cfg: CNNConfig, strided: bool = False):
         pool = [MaxPool2d(cfg.pool)] if cfg.pool > 1 and not strided else []
         layers: list[nn.Module] = []
-        if strided:  # k×k conv then p×p pool: each output reads a (k + p - 1)² window
-            k, p = cfg.kernel_size, cfg.pool
-            pool_first = cfg.order == "conv_pool_act_bn"
-            bias = pool_first or not cfg.batch_norm  # batch norm right after would cancel it
-            conv = nn.Conv2d(cin, cout, k + p - 1, stride=p, padding=k // 2, bias=bias)
-            norm = [nn.BatchNorm2d(cout)] if cfg.batch_norm else []
-            act = [create_act(cfg.activation)]
-            layers += [conv, *(act + norm if pool_first else norm + act)]
-        elif cfg.order == "conv_pool_act_bn":
+        if cfg.order == "conv_pool_act_bn":
             # The bias comes before the activation here, so batch norm does not cancel it.
-            conv = nn.Conv2d(cin, cout, cfg.kernel_size, padding=cfg.kernel_size // 2)
+            conv = _conv(cin, cout, cfg, strided, bias=True)
             norm = [nn.BatchNorm2d(cout)] if cfg.batch_norm else []
             layers += [conv, *pool, create_act(cfg.activation), *norm]
         else:
-            for i in range(cfg.convs_per_block):
+            for i in range(cfg.convs_per_block):  # one when strided (CNNConfig checks)
                 c_in = cin if i == 0 else cout
-                k = cfg.kernel_size
-                conv = nn.Conv2d(c_in, cout, k, padding=k // 2, bias=not cfg.batch_norm)
+                conv = _conv(c_in, cout, cfg, strided and i == 0, bias=not cfg.batch_norm)
                 layers += [conv, *([nn.BatchNorm2d(cout)] if cfg.batch_norm else [])]
                 layers.append(create_act(cfg.activation))
             layers += pool
