@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from cnnlab.allocator import keep_freed_memory
 from cnnlab.catalog import recipe_file, shipped_recipes, shipped_sweeps, sweep_file
 from cnnlab.errors import CnnlabError
 
@@ -407,6 +408,7 @@ def _number(x: float) -> str:
 
 
 def main() -> None:
+    keep_freed_memory()  # before the first tensor: every command's steps reuse their memory
     try:
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:  # typer returns 130 on Ctrl-C here, not raising

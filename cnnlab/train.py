@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from cnnlab import distributed, feature_cache
+from cnnlab.allocator import keep_freed_memory
 from cnnlab.data import DataSection, describe
 from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.ema import WeightAverage
@@ -139,6 +140,7 @@ class Trainer:
         saved: dict | None = None,
     ):
         self.tasks = check_data(recipe)  # a wrong target stops before any pixel is read
+        keep_freed_memory()  # also for a Trainer built from Python, not the command line
         self.needed = {t.target for t in recipe.tasks.values()}
         if recipe.train.threads:
             torch.set_num_threads(recipe.train.threads)

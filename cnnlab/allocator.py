@@ -1,0 +1,41 @@
+"""Keep freed memory in the process, so a training step stops paying the kernel for pages.
+
+glibc's malloc serves a large request with a fresh `mmap` and hands it back with `munmap`
+when it is freed; it also trims the heap's top once enough of it is free. Its threshold
+adapts, but only up to 32 MB. A training or evaluation step allocates and frees the same
+activation sizes every step, so every step the kernel maps those pages again and zeroes
+them, one page fault per 4 KB. Measured on the project's 2-core EPYC (bf16):
+
+- a 224 px CNN (four conv blocks, batch 32) trains at 412 ms a step instead of 672 ms
+  (2,500 page faults a step instead of 212,000);
+- Fashion-MNIST's test with ten views per image takes 5.5 s instead of 10.6 s, and its
+  validation 0.15 s instead of 0.33 s (batches of 1000 make 50 MB maps).
+
+The price: the process keeps its peak memory until it exits (that CNN's resident size went
+from 1.5 GB to 1.9 GB), as PyTorch's caching allocator does on a GPU. Set
+`CNNLAB_KEEP_FREED=0` to keep glibc's own policy. On other C libraries nothing changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+# <malloc.h>: mallopt parameters
+M_TRIM_THRESHOLD = -1  # free bytes at the heap's top before it is given back
+M_MMAP_MAX = -4  # how many blocks may be served by mmap at once; 0: none, all from the heap
+NEVER_TRIM = 2**31 - 1  # mallopt takes a C int
+
+
+def keep_freed_memory() -> bool:
+    """Serve every block from the heap and never trim it (glibc only). Idempotent and
+    process-wide; True when the policy is in effect."""
+    if os.environ.get("CNNLAB_KEEP_FREED", "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL(None)  # the C library this process already runs on
+    except (OSError, TypeError):  # Windows names no process library
+        return False
+    if not hasattr(libc, "gnu_get_libc_version"):  # musl, macOS, Windows: their own policies
+        return False
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
