@@ -6,13 +6,15 @@ adapts, but only up to 32 MB. A training or evaluation step allocates and frees 
 activation sizes every step, so every step the kernel maps those pages again and zeroes
 them, one page fault per 4 KB. Measured on the project's 2-core EPYC (bf16):
 
-- a 224 px CNN (four conv blocks, batch 32) trains at 412 ms a step instead of 672 ms
-  (2,500 page faults a step instead of 212,000);
+- seed 002's CNN at 224 px (`inat_scratch`, batch 64) trains at 143 images/s instead of
+  66; a four-block one at batch 32 takes 412 ms a step instead of 672 ms (2,500 page
+  faults a step instead of 212,000);
 - Fashion-MNIST's test with ten views per image takes 5.5 s instead of 10.6 s, and its
   validation 0.15 s instead of 0.33 s (batches of 1000 make 50 MB maps).
 
-The price: the process keeps its peak memory until it exits (that CNN's resident size went
-from 1.5 GB to 1.9 GB), as PyTorch's caching allocator does on a GPU. Set
+The price: the process keeps what it freed until it exits, as PyTorch's caching allocator
+does on a GPU, and freed blocks of many sizes fragment the heap: `inat_scratch`'s peak
+resident size went from about 3 GB to about 5 GB, `fashion_fast`'s stayed at 1 GB. Set
 `CNNLAB_KEEP_FREED=0` to keep glibc's own policy. On other C libraries nothing changes.
 """
 
