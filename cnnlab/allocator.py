@@ -29,15 +29,20 @@ M_MMAP_MAX = -4  # how many blocks may be served by mmap at once; 0: none, all f
 NEVER_TRIM = 2**31 - 1  # mallopt takes a C int
 
 
+def glibc() -> ctypes.CDLL | None:
+    """The GNU C library this process runs on, or None on any other (musl, macOS, Windows),
+    which keeps its own policy."""
+    try:
+        libc = ctypes.CDLL(None)  # the C library already loaded into this process
+    except (OSError, TypeError):  # Windows names no process library
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
+
+
 def keep_freed_memory() -> bool:
     """Serve every block from the heap and never trim it (glibc only). Idempotent and
     process-wide; True when the policy is in effect."""
-    if os.environ.get("CNNLAB_KEEP_FREED", "1") == "0":
-        return False
-    try:
-        libc = ctypes.CDLL(None)  # the C library this process already runs on
-    except (OSError, TypeError):  # Windows names no process library
-        return False
-    if not hasattr(libc, "gnu_get_libc_version"):  # musl, macOS, Windows: their own policies
+    libc = glibc()
+    if libc is None or os.environ.get("CNNLAB_KEEP_FREED", "1") == "0":
         return False
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))

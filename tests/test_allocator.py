@@ -4,7 +4,6 @@ process-wide."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import subprocess
@@ -12,13 +11,13 @@ import sys
 
 import pytest
 
-GLIBC = hasattr(ctypes.CDLL(None), "gnu_get_libc_version") if sys.platform != "win32" else False
+from cnnlab.allocator import glibc
 
 # Allocate, touch and free a 64 MB map (larger than glibc's adaptive mmap limit) as a step's
 # activations are; report the page faults of eight steps after ten. The first few steps grow
 # the heap until freed blocks coalesce into one that fits; after that no page is new.
 PROBE = """
-import json, resource, sys, torch
+import json, resource, torch
 from cnnlab.allocator import keep_freed_memory
 kept = keep_freed_memory()
 def step():
@@ -43,7 +42,7 @@ def _probe(keep: str) -> dict:
 
 
 @pytest.mark.skipif(
-    not GLIBC, reason="the policy is glibc's mallopt; other C libraries keep theirs"
+    glibc() is None, reason="the policy is glibc's mallopt; other C libraries keep theirs"
 )
 def test_freed_maps_are_reused_without_page_faults():
     kept, system = _probe("1"), _probe("0")
