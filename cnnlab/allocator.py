@@ -21,6 +21,7 @@ resident size went from about 3 GB to about 5 GB, `fashion_fast`'s stayed at 1 G
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 
 # <malloc.h>: mallopt parameters
@@ -39,9 +40,10 @@ def glibc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "gnu_get_libc_version") else None
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
-    """Serve every block from the heap and never trim it (glibc only). Idempotent and
-    process-wide; True when the policy is in effect."""
+    """Serve every block from the heap and never trim it (glibc only). Process-wide, so
+    set once however many commands or Trainers ask; True when the policy is in effect."""
     libc = glibc()
     if libc is None or os.environ.get("CNNLAB_KEEP_FREED", "1") == "0":
         return False
