@@ -23,6 +23,7 @@ from cnnlab.config import Activation, Section
 from cnnlab.errors import CnnlabError
 from cnnlab.models.base import Backbone, FeatureInfo
 from cnnlab.models.dropout import Dropout
+from cnnlab.models.flatten import Flatten
 from cnnlab.models.layers import create_act, init_kaiming
 from cnnlab.models.pool import MaxPool2d
 
@@ -123,7 +124,7 @@ class CNN(Backbone):
             for i in range(cfg.blocks)
         )
         self.pool = nn.AdaptiveAvgPool2d(1) if cfg.global_pool else nn.Identity()
-        self.flatten = nn.Flatten()
+        self.flatten = Flatten()
         self.drop = Dropout(cfg.feature_dropout) if cfg.feature_dropout else nn.Identity()
         h, w = image_size
         for _ in range(cfg.blocks):
