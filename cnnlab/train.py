@@ -367,20 +367,7 @@ class Trainer:
             st.epoch + 1, cfg.epochs, self.steps_per_epoch, st.step, cfg.progress
         ) as bar:
             for x, targets in batches:
-                x, targets, share = distributed.shard(x, targets, self.ranks)
-                with self.autocast():
-                    outputs = self.stepped(x)
-                    total, losses = total_loss(self.tasks, self.model, outputs, targets)
-                self.optimizer.zero_grad(set_to_none=True)
-                (total if share == 1.0 else total * share).backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.optimizer.step()
-                if self.ema:
-                    self.ema.update()
-                if self.scheduler and self.per_step:
-                    self.scheduler.step()
-                self.train_meter.update(self.model, outputs, targets, total, losses)
+                total = self.train_step(x, targets)
                 st.step += 1
                 st.global_step += 1
                 images = (st.step - first_step) * cfg.batch_size
@@ -399,6 +386,25 @@ class Trainer:
         st.elapsed += time.monotonic() - last_save
         trained = (st.step - first_step) * cfg.batch_size
         self._end_epoch(started, trained / max(time.monotonic() - started, 1e-9))
+
+    def train_step(self, x: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One optimizer step on a batch (this rank's shard of it), its sums in the epoch's
+        meter; the loss stays a tensor, read only when a checkpoint is written."""
+        x, targets, share = distributed.shard(x, targets, self.ranks)
+        with self.autocast():
+            outputs = self.stepped(x)
+            total, losses = total_loss(self.tasks, self.model, outputs, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        (total if share == 1.0 else total * share).backward()
+        if self.recipe.train.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.train.grad_clip)
+        self.optimizer.step()
+        if self.ema:
+            self.ema.update()
+        if self.scheduler and self.per_step:
+            self.scheduler.step()
+        self.train_meter.update(self.model, outputs, targets, total, losses)
+        return total
 
     def _check_finite(self, total: torch.Tensor) -> None:
         if not torch.isfinite(total).item():
