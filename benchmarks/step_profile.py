@@ -73,7 +73,7 @@ def main() -> None:
     recipe = load_recipe(recipe_file(args.recipe), overrides)
     trainer = Trainer(recipe, RunFolder(tempfile.mkdtemp()))
     gen = torch.Generator().manual_seed(0)
-    need = 3 * args.steps + 20
+    need = 20 + 2 * args.steps + 1  # warm-up, timed, profiled, and one to count FLOPs
     if trainer.steps_per_epoch < need:
         parser.error(f"the recipe's epoch has {trainer.steps_per_epoch} steps; {need} needed")
     batches = trainer.splits.train_batches(args.batch, gen, recipe.data.augment, trainer.needed)
@@ -90,8 +90,8 @@ def main() -> None:
         per_kind[kind_of(event)] += event.self_cpu_time_total / args.steps / 1e3  # ms a step
     profiled = sum(per_kind.values())
     chosen = trainer.precision.precision
-    print(f"{recipe.name}, batch {args.batch}, {chosen}, {device_name(trainer.device)}, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
+    where = f"{device_name(trainer.device)}, {torch.get_num_threads()} threads"
+    print(f"{recipe.name}, batch {args.batch}, {chosen}, {where}")
     print(f"a step: {wall:.2f} ms timed, {profiled:.2f} ms of operators under the profiler")
     for kind, ms in per_kind.most_common():
         print(f"  {kind:<40} {ms:6.2f} ms  {ms / profiled:6.1%}")
