@@ -8,6 +8,7 @@ and thread count).
 
 from __future__ import annotations
 
+import gc
 import math
 import signal
 import threading
@@ -406,6 +407,16 @@ class Trainer:
         self.train_meter.update(self.model, outputs, targets, total, losses)
         return total
 
+    def leave_ranks(self) -> None:
+        """Done training together: DDP's wrapper goes first, then the process group, while
+        the interpreter is whole. Left to the interpreter's exit, gloo's threads and the
+        wrapper's work are torn down mid-finalization, where a rank can abort after a run that
+        finished."""
+        if self.ranks.active:
+            self.stepped = self.model
+            gc.collect()  # the wrapper's hooks refer back to it
+        distributed.leave()
+
     def _check_finite(self, total: torch.Tensor) -> None:
         if not torch.isfinite(total).item():
             where = f"epoch {self.state.epoch + 1}, step {self.state.step}"
@@ -547,7 +558,7 @@ def _train_in(
                 f"interrupted at epoch {trainer.state.epoch + 1}, step {trainer.state.step}; "
                 f"continue with: cnnlab train --resume {run.path}"
             ) from None
-        distributed.leave()  # trained together; the test and report are rank 0's alone
+        trainer.leave_ranks()  # trained together; the test and report are rank 0's alone
         if not ranks.main:
             return run
         # Sweep trials skip the test set: it must not drive a choice.

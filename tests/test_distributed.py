@@ -14,8 +14,10 @@ import torch
 
 from cnnlab.data.batches import Splits
 from cnnlab.distributed import Ranks, shard
+from cnnlab.errors import CnnlabError
 from cnnlab.recipe import load_recipe
 from cnnlab.runs import RunFolder, load_checkpoint
+from cnnlab.sweep import torchrun
 from cnnlab.sweep.results import load_trials
 from cnnlab.sweep.study import SweepFolder
 from cnnlab.sweep.torchrun import train_in_processes
@@ -188,3 +190,23 @@ def test_what_the_worker_raises_stops_a_trials_processes(tmp_path):
     assert 1 <= len(run.read_metrics()) < 30 and run.last_path.is_file()
     left = subprocess.run(["pgrep", "-f", f"--run-dir {run.path}"], capture_output=True)
     assert left.stdout == b""  # no rank outlives the trial
+
+
+@pytest.mark.parametrize("state", ["finished", "trained"])
+def test_a_process_that_dies_on_its_way_out(tmp_path, monkeypatch, capsys, state):
+    """After rank 0 wrote `finished`, the trial's results are whole: a process aborting as
+    it exits (SIGABRT, as gloo's teardown once did in CI) is a warning. Before, it fails."""
+    recipe = load_recipe(DEMO, [f"output_dir={tmp_path}", *SMALL])
+    run = RunFolder.create(recipe)
+    script = (
+        "import os, sys; from cnnlab.runs import RunFolder; "
+        f"RunFolder.open(sys.argv[1]).set_status({state!r}); os.abort()"
+    )
+    monkeypatch.setattr(torchrun, "command", lambda r, n: [sys.executable, "-c", script, r.path])
+    if state == "finished":
+        train_in_processes(run, 2, None)
+        assert run.status()["state"] == "finished"
+        assert "finished, then one of its processes exited with code" in capsys.readouterr().out
+    else:
+        with pytest.raises(CnnlabError, match="the trial's 2 processes failed"):
+            train_in_processes(run, 2, None)
