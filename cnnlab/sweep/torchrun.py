@@ -90,4 +90,5 @@ def last_error(run: RunFolder) -> str:
     errors = [line for line in lines if line.startswith("error: ")]
     if errors:
         return errors[0].removeprefix("error: ")
-    return lines[-1] if lines else f"no output (see {run.path / LOG})"
+    said = [line.strip() for line in lines if line.strip(" =-")]  # not torchrun's rules
+    return said[-1] if said else f"no output (see {run.path / LOG})"
