@@ -409,12 +409,12 @@ class Trainer:
 
     def leave_ranks(self) -> None:
         """Done training together: DDP's wrapper goes first, then the process group, while
-        the interpreter is whole. Left to the interpreter's exit, gloo's threads and the
-        wrapper's work are torn down mid-finalization, where a rank can abort after a run that
-        finished."""
+        the interpreter is whole. Left to the exit, gloo's threads and the wrapper are torn
+        down during the interpreter's finalization, which is where one CI run saw a rank
+        abort (SIGABRT) after its trial had finished."""
         if self.ranks.active:
             self.stepped = self.model
-            gc.collect()  # the wrapper's hooks refer back to it
+            gc.collect()  # now, not at exit, should the wrapper sit in a reference cycle
         distributed.leave()
 
     def _check_finite(self, total: torch.Tensor) -> None:
