@@ -18,3 +18,8 @@ def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
         a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
+
+
+def precision_rate(precision: str) -> float:
+    """The yardstick for a loop that runs in `precision` ("bf16" or "fp32")."""
+    return matmul_rate(torch.bfloat16 if precision == "bf16" else torch.float32)

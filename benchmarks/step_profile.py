@@ -22,7 +22,7 @@ from collections import Counter
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from benchmarks.peak import matmul_rate
+from benchmarks.peak import precision_rate
 from benchmarks.throughput import training_flops
 from cnnlab.catalog import recipe_file
 from cnnlab.recipe import load_recipe
@@ -98,7 +98,7 @@ def main() -> None:
 
     x, _ = next(batches)
     flops = training_flops(trainer.model, x.float(), torch.zeros(x.shape[0]))
-    peak = matmul_rate(torch.bfloat16 if chosen == "bf16" else torch.float32)
+    peak = precision_rate(chosen)
     budget = args.batch * flops / (0.6 * peak) * 1e3
     conv = per_kind["convolution"]
     print(

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-from benchmarks.peak import matmul_rate
+from benchmarks.peak import precision_rate
 from cnnlab.catalog import RECIPES
 from cnnlab.models import create_model
 from cnnlab.precision import Choice
@@ -154,7 +154,7 @@ def main() -> None:
     ours = {p: (statistics.median(runs[p]), c.describe()) for p, c in choice.items()}
     ref = statistics.median(runs["seed"])
     chosen = choice["auto"].precision
-    peak = matmul_rate(torch.bfloat16 if chosen == "bf16" else torch.float32)
+    peak = precision_rate(chosen)
 
     print(f"device: {device_name(torch.device('cpu'))}, threads: {torch.get_num_threads()}")
     print(f"model: {recipe.model.block_filters()} filters, batch {args.batch}, {len(train)} images")

@@ -397,8 +397,8 @@ class Trainer:
             total, losses = total_loss(self.tasks, self.model, outputs, targets)
         self.optimizer.zero_grad(set_to_none=True)
         (total if share == 1.0 else total * share).backward()
-        if self.recipe.train.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.train.grad_clip)
+        if clip := self.recipe.train.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.optimizer.step()
         if self.ema:
             self.ema.update()

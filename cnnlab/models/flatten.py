@@ -31,11 +31,12 @@ class Flatten(nn.Flatten):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         whole = self.start_dim == 1 and self.end_dim == -1
-        if whole and x.dim() == 4 and x.requires_grad and _channels_last(x):
+        if whole and x.requires_grad and _channels_last(x):
             return _FlattenKeepLayout.apply(x)
         return super().forward(x)
 
 
 def _channels_last(x: torch.Tensor) -> bool:
-    """Channels-last and not also (C, H, W)-contiguous (a 1×1 map is both: a view then)."""
+    """A 4-D channels-last map that is not also (C, H, W)-contiguous (a 1×1 map is both: a
+    view then). Other ranks are never channels-last."""
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
