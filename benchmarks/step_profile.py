@@ -15,7 +15,6 @@ convolutions alone use?
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from collections import Counter
 
@@ -26,7 +25,7 @@ from benchmarks.peak import precision_rate
 from benchmarks.throughput import training_flops
 from cnnlab.catalog import recipe_file
 from cnnlab.recipe import load_recipe
-from cnnlab.runs import RunFolder, device_name
+from cnnlab.runs import device_name
 from cnnlab.train import Trainer
 
 DATA = "cnnlab: data path"
@@ -71,7 +70,7 @@ def main() -> None:
 
     overrides = [f"train.batch_size={args.batch}", "train.progress=false", *args.set]
     recipe = load_recipe(recipe_file(args.recipe), overrides)
-    trainer = Trainer(recipe, RunFolder(tempfile.mkdtemp()))
+    trainer = Trainer(recipe)  # train_step writes no run folder
     gen = torch.Generator().manual_seed(0)
     need = 20 + 2 * args.steps + 1  # warm-up, timed, profiled, and one to count FLOPs
     if trainer.steps_per_epoch < need:

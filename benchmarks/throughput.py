@@ -134,7 +134,7 @@ def main() -> None:
         *args.set,
     ]
     recipe = load_recipe(DEMO, overrides)
-    trainer = Trainer(recipe, RunFolder(tempfile.mkdtemp()))  # same images and same model shape
+    trainer = Trainer(recipe)  # the same images and model shape; no run folder needed
     train = trainer.splits.train
     nchw = load_recipe(DEMO, [*overrides, "train.channels_last=false"])
     model = create_model(nchw.model, 1, (28, 28), trainer.tasks, channels_last=False)
