@@ -61,9 +61,12 @@ browser:
 readme-images: browser $(if $(RUN),$(STAMP),data)
 	$(PY) -m docs.readme_images $(RUN)
 
+# ruff, then the layers contract in pyproject.toml: no module imports a layer above its own,
+# and no circle of imports anywhere in the package (import-linter)
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check cnnlab tests benchmarks docs
 	$(VENV)/bin/ruff check cnnlab tests benchmarks docs
+	$(VENV)/bin/lint-imports
 
 bench: data
 	PYTHONPATH=. $(PY) benchmarks/throughput.py

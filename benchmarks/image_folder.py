@@ -34,12 +34,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from cnnlab.build import Built, build
 from cnnlab.catalog import RECIPES
 from cnnlab.data.split import stratified_split
+from cnnlab.loop import Trainer
 from cnnlab.models import create_model
 from cnnlab.recipe import load_recipe
 from cnnlab.runs import RunFolder, device_name
-from cnnlab.train import Trainer
 
 RECIPE = RECIPES / "inat_scratch.yaml"
 CLASSES = 10
@@ -68,13 +69,15 @@ def cnnlab_epochs(recipe) -> tuple[list[float], Trainer]:
     with tempfile.TemporaryDirectory() as tmp:
         recipe.output_dir = tmp
         trainer = Trainer(
-            recipe, RunFolder.create(recipe), on_epoch=lambda row: marks.append(time.perf_counter())
+            build(recipe),
+            RunFolder.create(recipe),
+            on_epoch=lambda row: marks.append(time.perf_counter()),
         )
         trainer.fit()
     return [b - a for a, b in itertools.pairwise(marks)], trainer
 
 
-def seed_style_epochs(recipe, trainer: Trainer, root: Path, epochs: int, workers: int):
+def seed_style_epochs(recipe, built: Built, root: Path, epochs: int, workers: int):
     """Seconds of each epoch of a seed-style loop on the same files and model shape."""
     size = recipe.data.image_size
     tf = transforms.Compose(
@@ -96,7 +99,7 @@ def seed_style_epochs(recipe, trainer: Trainer, root: Path, epochs: int, workers
         drop_last=False,
     )
     val = DataLoader(Subset(data, held.tolist()), batch_size=batch, num_workers=workers)
-    model = create_model(recipe.model, 3, (size, size), trainer.tasks, channels_last=False)
+    model = create_model(recipe.model, 3, (size, size), built.tasks, channels_last=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     times = []
     for _ in range(epochs):
@@ -149,12 +152,12 @@ def main() -> None:
         ]
         # The precision `auto` picks is timed once per machine and model and cached: do that
         # here, then drop the image cache, so the first epoch below times the data alone.
-        Trainer(load_recipe(RECIPE, overrides), None)
+        build(load_recipe(RECIPE, overrides))
         shutil.rmtree(tmp_path / "cache" / "cnnlab" / "image_folder")
         recipe = load_recipe(RECIPE, overrides)
         ours, trainer = cnnlab_epochs(recipe)
         start = time.perf_counter()
-        again = Trainer(load_recipe(RECIPE, overrides), None)  # the cache is reused
+        again = build(load_recipe(RECIPE, overrides))  # the cache is reused
         reload_s = time.perf_counter() - start
         nchw = load_recipe(RECIPE, [*overrides, "train.channels_last=false"])
         theirs = seed_style_epochs(nchw, again, root, epochs, args.workers)

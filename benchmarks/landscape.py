@@ -20,13 +20,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.peak import matmul_rate
+from cnnlab.build import check_data
 from cnnlab.catalog import RECIPES
 from cnnlab.landscape.directions import filter_normalized
 from cnnlab.landscape.surface import Settings, Surface, fill
 from cnnlab.models import create_model
 from cnnlab.recipe import load_recipe
 from cnnlab.runs import device_name
-from cnnlab.train import check_data
 
 RECIPE = RECIPES / "fashion_landscape.yaml"
 

@@ -23,10 +23,11 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from benchmarks.peak import precision_rate
 from benchmarks.throughput import training_flops
+from cnnlab.build import build
 from cnnlab.catalog import recipe_file
+from cnnlab.loop import Trainer
 from cnnlab.recipe import load_recipe
 from cnnlab.runs import device_name
-from cnnlab.train import Trainer
 
 DATA = "cnnlab: data path"
 # (kind of work, substrings of the operator names that count as it); the first match wins
@@ -70,7 +71,7 @@ def main() -> None:
 
     overrides = [f"train.batch_size={args.batch}", "train.progress=false", *args.set]
     recipe = load_recipe(recipe_file(args.recipe), overrides)
-    trainer = Trainer(recipe)  # train_step writes no run folder
+    trainer = Trainer(build(recipe))  # train_step writes no run folder
     gen = torch.Generator().manual_seed(0)
     need = 20 + 2 * args.steps + 1  # warm-up, timed, profiled, and one to count FLOPs
     if trainer.steps_per_epoch < need:

@@ -29,12 +29,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from benchmarks.peak import precision_rate
+from cnnlab.build import build
 from cnnlab.catalog import RECIPES
+from cnnlab.loop import Trainer
 from cnnlab.models import create_model
 from cnnlab.precision import Choice
 from cnnlab.recipe import load_recipe
 from cnnlab.runs import RunFolder, device_name
-from cnnlab.train import Trainer
 
 DEMO = RECIPES / "fashion_fast.yaml"  # the demo's recipe, so its network
 
@@ -107,7 +108,7 @@ def cnnlab_loop(recipe) -> tuple[float, Choice]:
     and why)."""
     with tempfile.TemporaryDirectory() as tmp:
         recipe.output_dir = tmp
-        trainer = Trainer(recipe, RunFolder.create(recipe))
+        trainer = Trainer(build(recipe), RunFolder.create(recipe))
         trainer.fit()
         return trainer.run.read_metrics()[-1]["images_per_s"], trainer.precision
 
@@ -134,10 +135,10 @@ def main() -> None:
         *args.set,
     ]
     recipe = load_recipe(DEMO, overrides)
-    trainer = Trainer(recipe)  # the same images and model shape; no run folder needed
-    train = trainer.splits.train
+    built = build(recipe)  # the same images and model shape; no run folder needed
+    train = built.splits.train
     nchw = load_recipe(DEMO, [*overrides, "train.channels_last=false"])
-    model = create_model(nchw.model, 1, (28, 28), trainer.tasks, channels_last=False)
+    model = create_model(nchw.model, 1, (28, 28), built.tasks, channels_last=False)
     x = train.images[: args.batch].float().div(255)
     flops = training_flops(model, x, torch.zeros(args.batch))
 

@@ -17,10 +17,12 @@ import argparse
 import statistics
 import tempfile
 
+from cnnlab.build import build
 from cnnlab.catalog import recipe_file
+from cnnlab.experiment import train_in
+from cnnlab.loop import Trainer
 from cnnlab.recipe import load_recipe
 from cnnlab.runs import RunFolder, device_name
-from cnnlab.train import Trainer, _train_in
 
 
 def one_seed(recipe_name: str, seed: int, target: float, sets: list[str], out: str) -> dict:
@@ -28,7 +30,7 @@ def one_seed(recipe_name: str, seed: int, target: float, sets: list[str], out: s
         recipe_file(recipe_name),
         [*sets, f"seed={seed}", f"output_dir={out}", "train.report=false", "train.progress=false"],
     )
-    trainer = Trainer(recipe)
+    trainer = Trainer(build(recipe))
     curve: list[tuple[float, float]] = []  # (training seconds, test accuracy) per epoch
 
     def score(row: dict) -> None:
@@ -37,7 +39,7 @@ def one_seed(recipe_name: str, seed: int, target: float, sets: list[str], out: s
 
     run = RunFolder.create(recipe)
     with run.lock():
-        _train_in(trainer, run, None, score)
+        train_in(trainer, run, on_epoch=score)
     final = run.test_metrics()  # the best checkpoint, with the recipe's test-time views
     one_view = trainer.measure(trainer.model, None)["test.cls.accuracy"]  # test() loaded best
     reached = next((s for s, acc in curve if acc >= target), None)

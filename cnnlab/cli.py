@@ -36,8 +36,8 @@ def train(
             "--resume and --run-dir train a folder's saved recipe; give one, and no recipe or --set"
         )
     from cnnlab.distributed import from_environment
+    from cnnlab.experiment import train as run_training
     from cnnlab.runs import RunFolder
-    from cnnlab.train import train as run_training
 
     if folder is not None:
         run = RunFolder.open(folder)
@@ -56,8 +56,8 @@ def train(
 @app.command("eval")
 def eval_(run: Path = typer.Argument(..., help="run folder")) -> None:
     """Test-set metrics of a run's best checkpoint."""
+    from cnnlab.evaluation import evaluate_run
     from cnnlab.progress import print_metrics_table
-    from cnnlab.train import evaluate_run
 
     print_metrics_table(evaluate_run(run), f"test metrics of {run}")
 
@@ -165,7 +165,7 @@ def landscape(
 ) -> None:
     """Loss landscape around a run's weights (Li et al. 2017), saved in <run>/landscape/."""
     from cnnlab.landscape import Settings
-    from cnnlab.landscape import landscape as compute
+    from cnnlab.landscape_runs import landscape as compute
 
     if bn not in ("eval", "train"):
         raise CnnlabError(f"--bn {bn}: choose eval or train")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from cnnlab.build import model_for_shapes
 from cnnlab.errors import CnnlabError
 
 # ----------------------------------------------------------------------- measured
@@ -116,13 +117,7 @@ def parse_input(text: str) -> tuple[int, int, int]:
 
 def count_recipe(recipe, input_shape: tuple[int, int, int] | None = None):
     """(the recipe's real model, its input shape, per-layer costs). Without `input_shape`
-    the source's image shape is used; class counts always come from the source. Only the
-    source's description is read (headers), never its pixels."""
-    from cnnlab.data import describe
-    from cnnlab.models import create_model
-    from cnnlab.train import check_data
-
-    tasks = check_data(recipe)
-    shape = input_shape or describe(recipe.data).shape
-    model = create_model(recipe.model, shape[0], shape[1:], tasks, channels_last=False)
+    the source's image shape is used. A source that declares its shapes and classes
+    (CIFAR-10, Fashion-MNIST) needs no files; any other is described from headers only."""
+    model, shape = model_for_shapes(recipe, input_shape)
     return model, shape, measure(model, shape)

@@ -17,9 +17,9 @@ from pathlib import Path
 from PIL import Image
 
 from cnnlab.catalog import RECIPES
+from cnnlab.experiment import train
 from cnnlab.recipe import load_recipe
 from cnnlab.report import build_report
-from cnnlab.train import train
 from cnnlab.viz import RunView, make_charts
 from tests.browser import chromium
 

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
+from cnnlab.build import check_data
 from cnnlab.catalog import RECIPES
 from cnnlab.data import SOURCES, describe
 from cnnlab.data import cifar10 as cf
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.recipe import load_recipe
-from cnnlab.train import check_data
 from tests.conftest import run_cli
 
 PER_BATCH, N_TEST = 20, 20
@@ -278,6 +278,20 @@ def test_cnnlab_count_on_the_generated_folder(folder):
     out = run_cli("count", "cifar10_resnet20", "--set", f"data.root={folder}")
     assert out.returncode == 0, out.stderr
     assert "270,410" in out.stdout
+
+
+def test_cnnlab_count_needs_no_cifar10_on_the_machine(tmp_path):
+    """CIFAR-10's format fixes its shapes and classes: the model is built without its files,
+    also where data.root names an empty folder."""
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    for sets in ([], ["--input", "3x64x64"]):
+        out = run_cli("count", "cifar10_resnet20", *sets, env={"CNNLAB_DATA": str(empty)})
+        assert out.returncode == 0, out.stderr
+        assert "270,410" in out.stdout  # ResNet-20's parameters, whatever the image size
+    assert "3×64×64" in out.stdout
+    with pytest.raises(CnnlabError, match="CIFAR-10 is not in"):
+        describe(load_recipe(RECIPES / "cifar10_resnet20.yaml", [f"data.root={empty}"]).data)
 
 
 def test_train_and_eval_through_the_cli(folder, tmp_path):

@@ -19,12 +19,13 @@ from cnnlab.data.batches import prepare_splits
 from cnnlab.data.cifar10 import CIFAR10Config
 from cnnlab.data.stats import channel_stats
 from cnnlab.errors import CnnlabError
+from cnnlab.evaluation import evaluate_run
+from cnnlab.experiment import train
 from cnnlab.models import FeatureInfo, create_backbone
 from cnnlab.models.colorizer import ColorizerConfig
 from cnnlab.recipe import load_recipe
 from cnnlab.tasks import TargetSpec, task_class
 from cnnlab.tasks.pixel import PixelClassificationConfig
-from cnnlab.train import evaluate_run, train
 from cnnlab.viz import RunView, make_charts
 from tests.conftest import run_cli
 from tests.test_cifar10 import fake_cifar

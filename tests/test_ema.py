@@ -6,9 +6,12 @@ import pytest
 import torch
 from torch import nn
 
+from cnnlab.build import build
 from cnnlab.ema import WeightAverage
+from cnnlab.evaluation import evaluate_run
+from cnnlab.experiment import train
+from cnnlab.loop import Trainer
 from cnnlab.runs import RunFolder, load_checkpoint
-from cnnlab.train import Trainer, evaluate_run, train
 from tests.test_train import comparable, interrupt_after
 
 
@@ -40,7 +43,7 @@ def test_resume_with_an_average_reproduces_the_uninterrupted_run(tiny):
     recipe = tiny("train.epochs=2", "train.ema_decay=0.9", "data.train_subset=2000")
     reference = train(recipe)
     run = RunFolder.create(recipe)
-    first = Trainer(recipe, run)
+    first = Trainer(build(recipe), run)
     interrupt_after(first, 7)
     with pytest.raises(KeyboardInterrupt):
         first.fit()

@@ -13,6 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
+from cnnlab.build import check_data
 from cnnlab.catalog import RECIPES
 from cnnlab.data import SOURCES, describe
 from cnnlab.data import gsn_generator as gen
@@ -27,7 +28,6 @@ from cnnlab.sweep.results import load_trials
 from cnnlab.sweep.study import SweepFolder
 from cnnlab.tasks import TargetSpec, task_class
 from cnnlab.tasks.regression import RegressionConfig
-from cnnlab.train import check_data
 from tests.conftest import run_cli
 
 N = 120

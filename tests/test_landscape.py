@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.landscape import Settings, Surface, landscape
+from cnnlab.experiment import train
+from cnnlab.landscape import Settings, Surface
 from cnnlab.landscape.directions import filter_normalized
 from cnnlab.landscape.flatness import flatness
 from cnnlab.landscape.surface import fill
-from cnnlab.train import train
+from cnnlab.landscape_runs import landscape
 from cnnlab.viz import RunView, make_charts
 from tests.conftest import run_cli
 

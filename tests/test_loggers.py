@@ -7,7 +7,7 @@ import time
 import pytest
 
 from cnnlab.errors import CnnlabError
-from cnnlab.train import train
+from cnnlab.experiment import train
 
 
 def test_tensorboard_gets_every_epoch_and_the_test_metrics(tiny):

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from cnnlab import precision
+from cnnlab.build import build
+from cnnlab.experiment import train
+from cnnlab.loop import Trainer
 from cnnlab.precision import Choice, choose
 from cnnlab.runs import RunFolder, load_checkpoint
-from cnnlab.train import Trainer, train
 from tests.test_train import comparable, interrupt_after
 
 
@@ -83,7 +85,7 @@ def test_the_run_records_its_choice_and_keeps_it_on_resume(tiny):
     recipe = tiny("train.epochs=2")
     assert recipe.train.precision == "auto"  # the default
     run = RunFolder.create(recipe)
-    first = Trainer(recipe, run)
+    first = Trainer(build(recipe), run)
     chosen = first.precision.precision
     interrupt_after(first, 7)
     with pytest.raises(KeyboardInterrupt):

@@ -13,13 +13,15 @@ import timm
 import torch
 from PIL import Image
 
+from cnnlab.build import check_data
 from cnnlab.errors import CnnlabError
+from cnnlab.evaluation import evaluate_run
+from cnnlab.experiment import train
 from cnnlab.models import create_backbone, create_model
 from cnnlab.models.timm_backbone import InputAdapter, TimmConfig
 from cnnlab.models.weights import lite0_file, lite0_key, load_checked, read_state_dict
 from cnnlab.optim import build_optimizer
 from cnnlab.recipe import load_recipe
-from cnnlab.train import check_data, evaluate_run, train
 from cnnlab.viz.run_view import RunView
 from tests.conftest import ROOT, TINY, run_cli
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cnnlab.experiment import train
 from cnnlab.models import create_model
 from cnnlab.recipe import load_recipe
-from cnnlab.train import train
 from tests.conftest import DEMO, fitted_tasks, run_cli
 
 LINEAR_HEAD = ["tasks.ink=null", "tasks.cls.head={hidden: [], dropout: 0}"]

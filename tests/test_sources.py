@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from cnnlab.build import build
 from cnnlab.data import SOURCES, describe
 from cnnlab.data import fashion_mnist as fm
 from cnnlab.data import stats as stats_module
@@ -18,7 +19,6 @@ from cnnlab.data.split import stratified_split, stratified_subset
 from cnnlab.data.stats import channel_stats
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import dump_recipe, load_recipe, validate
-from cnnlab.train import Trainer
 from tests.conftest import DEMO
 from tests.test_data import fake_fashion
 
@@ -117,7 +117,7 @@ def test_the_recipe_is_checked_before_any_pixel_is_read(tiny, monkeypatch, overr
 
     monkeypatch.setattr(fm, "read_idx", no_pixels)
     with pytest.raises(CnnlabError, match=says):
-        Trainer(tiny(override))
+        build(tiny(override))
 
 
 # ------------------------------------------------------------ normalization statistics

@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from cnnlab.build import build
 from cnnlab.errors import CnnlabError
+from cnnlab.evaluation import evaluate_run
+from cnnlab.experiment import train
+from cnnlab.loop import Trainer
 from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.recipe import dump_recipe
 from cnnlab.runs import RunFolder, load_checkpoint
-from cnnlab.train import Trainer, evaluate_run, train
 from tests.conftest import DEMO, ROOT, TINY, run_cli
 
 TIMING = {"seconds", "images_per_s"}
@@ -69,7 +72,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny, stop_at):
     reference = train(recipe)
 
     run = RunFolder.create(recipe)
-    first = Trainer(recipe, run)
+    first = Trainer(build(recipe), run)
     interrupt_after(first, stop_at)
     with pytest.raises(KeyboardInterrupt):
         first.fit()
@@ -80,7 +83,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny, stop_at):
         f.write('{"epoch": 2, "train.lo')
 
     # RNG states come back as CPU ByteTensors: a CUDA generator's set_state takes nothing else
-    probe = Trainer(recipe, run)
+    probe = Trainer(build(recipe), run)
     probe.restore(saved)
     assert probe.data_state.device.type == "cpu" and probe.data_state.dtype == torch.uint8
     assert saved["rng"]["torch"].device.type == "cpu"

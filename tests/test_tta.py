@@ -14,10 +14,11 @@ from cnnlab.config import HeadConfig
 from cnnlab.data.fashion_mnist import FashionMNISTConfig
 from cnnlab.data.gsn import CLASS_NAMES, COUNT_NAMES, GSNConfig, class_targets, pair_class
 from cnnlab.errors import CnnlabError
+from cnnlab.evaluation import evaluate_run
+from cnnlab.experiment import train
 from cnnlab.tasks import TargetSpec, task_class
 from cnnlab.tasks.classification import ClassificationConfig
 from cnnlab.tasks.regression import RegressionConfig, RegressionHead
-from cnnlab.train import evaluate_run, train
 from cnnlab.tta import View, ViewAverage, distinct_views
 from cnnlab.viz.run_view import RunView
 from tests.test_augment import TRIANGLES, pointing, triangles

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.experiment import train
 from cnnlab.models import BACKBONES
-from cnnlab.train import train
 from cnnlab.viz import FIGURES, RunView, make_charts
 from cnnlab.viz.base import grid_shape
 from cnnlab.viz.confusion import (

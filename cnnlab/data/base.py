@@ -165,6 +165,10 @@ class Source:
     # Per-channel (mean, std) in [0, 1] of the dataset, where it publishes them; None: computed
     # from the run's training split by a streaming pass (cnnlab/data/stats.py).
     stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # (cfg) -> DataInfo without the files, where the format fixes shapes and classes
+    # (CIFAR-10 is 3x32x32 in ten classes): a model is then built with no data on the
+    # machine (`cnnlab count`). None: only `describe` knows, from the files.
+    declares: Callable[..., DataInfo] | None = None
 
 
 def mean_ink(images: torch.Tensor) -> torch.Tensor:

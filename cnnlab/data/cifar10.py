@@ -223,10 +223,23 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------ source
 
 
+# batches.meta's label_names in the official archive: what `declared` answers without files
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
 def describe(cfg: CIFAR10Config) -> DataInfo:
     """Classes and sizes from batches.meta: no pixel is read."""
     files = locate(cfg.root)
     names, per_batch = read_meta(files[META])
+    return _info(cfg, names, per_batch)
+
+
+def declared(cfg: CIFAR10Config) -> DataInfo:
+    """The official format's shapes and classes, with no file read: 5 + 1 batches of 10,000."""
+    return _info(cfg, CLASSES, 10_000)
+
+
+def _info(cfg: CIFAR10Config, names: list[str], per_batch: int) -> DataInfo:
     sizes = {}
     for split, count, subset in (
         ("train", len(TRAIN) * per_batch, cfg.train_subset),
@@ -268,4 +281,5 @@ SOURCE = Source(
     locate=locate,
     doc="CIFAR-10 32x32 colour, 10 classes",
     stats=((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    declares=declared,
 )

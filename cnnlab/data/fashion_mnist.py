@@ -165,6 +165,15 @@ def describe(cfg: FashionMNISTConfig) -> DataInfo:
     )
 
 
+def declared(cfg: FashionMNISTConfig) -> DataInfo:
+    """The official files' shapes and classes, with none of them read: 60,000 + 10,000."""
+    sizes = {"train": 60_000, "test": 10_000}
+    for split, subset in (("train", cfg.train_subset), ("test", cfg.test_subset)):
+        sizes[split] = min(sizes[split], subset) if subset else sizes[split]
+    targets = {"label": list(official().classes), "ink": None}
+    return DataInfo("fashion_mnist", (1, 28, 28), targets, sizes, "carved")
+
+
 def load(root: str | None = None, allow_download: bool = True) -> Dataset:
     """The 60k/10k splits as uint8 (N, 1, 28, 28); targets: label (stored), ink (derived)."""
     files = locate(root, allow_download)
@@ -190,4 +199,5 @@ SOURCE = Source(
     load=lambda cfg: load(cfg.root),
     locate=locate,
     doc="Fashion-MNIST 28x28 grayscale, 10 classes + ink",
+    declares=declared,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from cnnlab.build import check_data
 from cnnlab.errors import CnnlabError
 from cnnlab.progress import console
 from cnnlab.recipe import apply_overrides, read_yaml, validate
@@ -17,11 +18,10 @@ from cnnlab.sweep.study import (
     fingerprint,
     latest,
 )
-from cnnlab.train import check_data
 
 
 def sweep(
-    recipe_path: Path,
+    recipe_path: Path | dict,
     sweep_path: Path,
     overrides: list[str],
     map_path: Path | None = None,
@@ -35,7 +35,8 @@ def sweep(
     heartbeat: int = 10,
     trial_processes: int = 1,
 ) -> SweepFolder:
-    """Run (or continue, or join) a sweep and return its folder."""
+    """Run (or continue, or join) a sweep and return its folder. `recipe_path`: the base
+    recipe's file, or the recipe itself as a dict (from Python)."""
     if workers < 1 or trial_processes < 1:
         raise CnnlabError("--workers and --trial-processes must be at least 1")
     if resume:
@@ -47,7 +48,10 @@ def sweep(
         spec = folder.spec()
         console.print(f"resuming {folder.path} (its saved recipe and sweep file)")
     else:
-        base = base_recipe(apply_overrides(read_yaml(recipe_path), overrides), str(recipe_path))
+        given = isinstance(recipe_path, dict)
+        raw = dict(recipe_path) if given else read_yaml(recipe_path)
+        source = "base recipe" if given else str(recipe_path)
+        base = base_recipe(apply_overrides(raw, overrides), source)
         if map_path is None:
             beside = sweep_path.with_name(sweep_path.name.removesuffix(".yaml") + ".map.yaml")
             map_path = beside if beside.is_file() else None

@@ -114,7 +114,7 @@ def _test(picks: list[Pick], folder: SweepFolder) -> None:
             run = RunFolder(folder.run_path(pick.run, pick.trial))
             done[pick.run] = run.test_metrics()
             if not done[pick.run]:
-                from cnnlab.train import evaluate_run
+                from cnnlab.evaluation import evaluate_run
 
                 done[pick.run] = evaluate_run(run.path)
         pick.test = done[pick.run]

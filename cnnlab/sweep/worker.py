@@ -155,7 +155,7 @@ class Objective:
             self._failed(trial, None, err)
             raise
         try:
-            from cnnlab.train import train
+            from cnnlab.experiment import train
 
             on_epoch = epoch_reporter(trial, self.spec, recipe.train.epochs)
             with run.lock():  # a late worker may still train here: then the folder is its

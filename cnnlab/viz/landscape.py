@@ -3,8 +3,8 @@ when it has not been computed (the report then leaves the section out)."""
 
 from __future__ import annotations
 
-from cnnlab.landscape import plots
 from cnnlab.landscape.surface import Surface
+from cnnlab.viz import landscape_plots as plots
 from cnnlab.viz.base import Chart
 from cnnlab.viz.run_view import RunView
 

@@ -1,9 +1,9 @@
 """A finished run as the figures see it: recipe, metrics, best weights, data, predictions.
 
 Everything is read from the run folder (recipe.yaml, metrics.jsonl, checkpoints/best.pt
-loaded with weights_only=True) and the dataset through the same `prepare_splits` path
-training used, so figures show exactly the split the run was evaluated on. Nothing here
-writes to the run or touches training state (optimizer, last.pt, rng).
+loaded with weights_only=True) and rebuilt through the one build path training used
+(`cnnlab.build`), so figures show exactly the split and model the run was evaluated on.
+Nothing here writes to the run or touches training state (optimizer, last.pt, rng).
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.build import Built, build, saved_precision, saved_tasks
 from cnnlab.data.base import ImageSet
-from cnnlab.data.batches import Splits, prepare_splits
+from cnnlab.data.batches import Splits
 from cnnlab.errors import CnnlabError
-from cnnlab.models import MultiTaskModel, create_model, for_checkpoint, owns_input
+from cnnlab.models import MultiTaskModel
 from cnnlab.precision import autocast_for
 from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, load_checkpoint
-from cnnlab.tasks import Task, create_tasks
-from cnnlab.train import target_spec
-from cnnlab.tta import ViewAverage, run_views
+from cnnlab.tasks import Task
+from cnnlab.tta import ViewAverage
 from cnnlab.viz.hooks import analysis_mode, forward_hooks, last_conv
 
 
@@ -55,7 +55,7 @@ class RunView:
     def share_splits(self, splits: Splits) -> None:
         """Use data another view of the same data section, seed and layout has loaded (a
         sweep's runs share it): loading is the slow part of looking inside many runs."""
-        self.__dict__["splits"] = splits
+        self._shared = splits
 
     @property
     def name(self) -> str:
@@ -70,8 +70,7 @@ class RunView:
         """The precision the run trained and was tested in: predictions drawn in another one
         would not match the reported test metrics (a confusion matrix whose diagonal
         disagrees with the accuracy above it)."""
-        saved = self.checkpoint.get("precision", self.recipe.train.precision)
-        return saved if saved in ("fp32", "bf16") else "fp32"
+        return saved_precision(self.checkpoint, self.recipe)
 
     @property
     def classes(self) -> dict[str, list[str]]:
@@ -80,13 +79,9 @@ class RunView:
 
     @cached_property
     def tasks(self) -> dict[str, Task]:
-        """The run's tasks, told their classes; a regression head's statistics come with
-        the weights."""
-        tasks = create_tasks(self.recipe.tasks)
-        components = self.checkpoint.get("components", {})  # absent in older checkpoints
-        for task in tasks.values():
-            task.fit(target_spec(self.recipe.data, self.classes, components, task.target))
-        return tasks
+        """The run's tasks, told their classes by the checkpoint: no data is loaded for a
+        figure that needs only the metrics."""
+        return saved_tasks(self.recipe, self.checkpoint)
 
     def task_classes(self, task: str) -> list[str]:
         return list(self.tasks[task].info.classes or [])
@@ -102,41 +97,32 @@ class RunView:
         return self.run.test_metrics()
 
     @cached_property
-    def splits(self) -> Splits:
-        # Normal tensors even when first asked for inside inference_mode: guided backprop
-        # later needs autograd through the same data and weights.
+    def built(self) -> Built:
+        """The run rebuilt with its best weights: data, tasks, model, test-time views.
+        Normal tensors even when first asked for inside inference_mode: guided backprop
+        later needs autograd through the same data and weights."""
         with torch.inference_mode(False):
-            recipe = self.recipe
-            needed = {t.target for t in recipe.tasks.values()}
-            return prepare_splits(
-                recipe.data,
-                recipe.seed,
-                needed,
-                self.device,
-                recipe.train.channels_last,
-                self.classes,
-                normalize=not owns_input(recipe.model),
+            shared = getattr(self, "_shared", None)
+            built = build(
+                self.recipe, self.checkpoint, device=self.device, weights="judged", splits=shared
             )
+            built.model.requires_grad_(False)
+            built.model.eval()
+            return built
 
-    @cached_property
+    @property
+    def splits(self) -> Splits:
+        return self.built.splits
+
+    @property
     def model(self) -> MultiTaskModel:
         """Best weights in a freshly built model, eval mode, gradients off."""
-        with torch.inference_mode(False):
-            model = create_model(
-                for_checkpoint(self.recipe.model),
-                self.splits.in_channels,
-                self.splits.image_size,
-                self.tasks,
-                self.recipe.train.channels_last,
-            )
-            model.load_state_dict(self.checkpoint["model"])  # also the regression target stats
-            model.requires_grad_(False)
-            return model.to(self.device).eval()
+        return self.built.model
 
-    @cached_property
+    @property
     def views(self) -> ViewAverage | None:
         """The recipe's test-time views: the figures show what the test metrics measured."""
-        return run_views(self.recipe.train.tta, self.tasks, self.recipe.data, self.splits)
+        return self.built.views
 
     def split(self, name: str) -> ImageSet:
         return getattr(self.splits, name)

@@ -1,5 +1,8 @@
 """The training loop, written out in one place: fit, validate, checkpoint, resume, test.
 
+The Trainer receives a built run (`cnnlab.build`) and only loops; `cnnlab.experiment`
+makes the run folder around it, tests the best checkpoint and writes the report.
+
 Determinism: the batch order and augmentation draws of epoch e come from a generator
 seeded with (seed, e); dropout uses torch's global generator. Both states go into every
 checkpoint, so a resumed run replays the uninterrupted one exactly (on the same device
@@ -15,61 +18,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from cnnlab import distributed, feature_cache
-from cnnlab.allocator import keep_freed_memory
-from cnnlab.data import DataSection, describe
-from cnnlab.data.batches import Splits, prepare_splits
+from cnnlab.build import Built
 from cnnlab.ema import WeightAverage
 from cnnlab.errors import CnnlabError
-from cnnlab.loggers import Loggers
-from cnnlab.models import MultiTaskModel, create_model, for_checkpoint, owns_input
+from cnnlab.evaluation import measure
 from cnnlab.optim import build_optimizer, build_scheduler
-from cnnlab.precision import Choice, autocast_for, choose, record
-from cnnlab.progress import EpochProgress, console, print_metrics_table
+from cnnlab.precision import autocast_for
+from cnnlab.progress import EpochProgress
 from cnnlab.recipe import LogConfig, Recipe
-from cnnlab.runs import RunFolder, environment, load_checkpoint, write_json
-from cnnlab.tasks import (
-    EpochMeter,
-    TargetSpec,
-    Task,
-    create_tasks,
-    evaluate,
-    metric_goal,
-    total_loss,
-)
-from cnnlab.tta import ViewAverage, run_views
-
-# ------------------------------------------------------------------- device, precision
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CnnlabError(
-            f"train.device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CnnlabError(
-            "train.device is cuda but no CUDA GPU is visible; use train.device=auto or cpu"
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise CnnlabError(
-            "train.device is mps but MPS is not available; use train.device=auto or cpu"
-        )
-    return device
-
+from cnnlab.runs import RunFolder, load_checkpoint, write_json
+from cnnlab.tasks import EpochMeter, evaluate, metric_goal, total_loss
+from cnnlab.tta import ViewAverage
 
 # ----------------------------------------------------------------------- state
 
@@ -88,96 +52,30 @@ class LoopState:
     elapsed: float = 0.0  # training seconds so far, over all sessions
 
 
-def check_data(recipe: Recipe) -> dict[str, Task]:
-    """The recipe's tasks, checked against what its source provides from headers only (no
-    pixel is read): every target exists, and each task type accepts it (a classification
-    needs a categorical target). Fitted with their classes; statistics need the pixels."""
-    info = describe(recipe.data)
-    tasks = create_tasks(recipe.tasks)
-    for name, task in tasks.items():
-        if task.target not in info.targets:
-            raise CnnlabError(
-                f"tasks.{name}.target {task.target!r} is not provided by {info.source}; "
-                f"choose one of: {', '.join(info.targets)}"
-            )
-        task.fit(target_spec(recipe.data, info.targets, info.components, task.target))
-    return tasks
-
-
-def target_spec(
-    data: DataSection, classes: dict, components: dict[str, list[str]], target: str
-) -> TargetSpec:
-    """A target as the tasks see it: its classes or components from the source's description
-    (or a checkpoint), and how the source reads a vector of it as a class (its config's
-    `to_class`)."""
-    return TargetSpec(
-        classes=classes.get(target),
-        components=components.get(target),
-        to_class=type(data).to_class.get(target),
-    )
-
-
-def train_values(splits: Splits, target: str) -> torch.Tensor:
-    """Every training image's value of one target (derived ones computed batch by batch)."""
-    return torch.cat([t[target] for _, t in splits.eval_batches("train", 4096, {target})])
-
-
 class Trainer:
-    """One run: model, optimizer, data and the loop; `fit()` trains, `test()` evaluates.
+    """The loop of one run: optimizer, schedule, epochs, validation, checkpoints.
 
-    Building it checks the recipe against the source's description (headers only), then
-    loads the data and the model and settles the device and precision: every check a recipe
-    can fail happens here, before `train()` writes a run folder. `precision`
-    overrides the recipe's (a resumed or evaluated run keeps the one it trained in), and
-    `saved` is the checkpoint such a run continues from or is judged by: its classes (a
-    colorizing run's palette) are kept, not refitted."""
+    It receives what `cnnlab.build.build` made of the recipe (tasks, splits, model,
+    precision) and adds only what training needs: the optimizer and schedule, the meters,
+    the weight average and DDP's wrapper. A run that continues from a checkpoint is built
+    with it (`build(recipe, saved)`) and then `restore`d."""
 
     def __init__(
         self,
-        recipe: Recipe,
+        built: Built,
         run: RunFolder | None = None,
         on_epoch: Callable[[dict], None] | None = None,
-        precision: str | None = None,
-        saved: dict | None = None,
     ):
-        self.tasks = check_data(recipe)  # a wrong target stops before any pixel is read
-        keep_freed_memory()  # also for a Trainer built from Python, not the command line
-        self.needed = {t.target for t in recipe.tasks.values()}
-        if recipe.train.threads:
-            torch.set_num_threads(recipe.train.threads)
-        # under torchrun: join the other processes; only rank 0 shows progress
-        self.ranks, self.device = distributed.join(resolve_device(recipe.train.device))
-        if not self.ranks.main:  # nor logs to dashboards
+        recipe = built.recipe
+        self.built, self.ranks, self.device = built, built.ranks, built.device
+        self.tasks, self.splits, self.model = built.tasks, built.splits, built.model
+        self.needed = built.needed
+        self.views, self.precision = built.views, built.precision
+        if not self.ranks.main:  # only rank 0 shows progress, nor logs to dashboards
             quiet = recipe.train.model_copy(update={"progress": False})
             recipe = recipe.model_copy(update={"train": quiet, "log": LogConfig()})
         self.recipe, self.run = recipe, run
         self.on_epoch = on_epoch  # called with each epoch's metrics row (sweeps prune here)
-        torch.manual_seed(recipe.seed)
-        self.splits = prepare_splits(
-            recipe.data,
-            recipe.seed,
-            self.needed,
-            self.device,
-            recipe.train.channels_last,
-            saved.get("classes") if saved else None,
-            normalize=not owns_input(recipe.model),
-        )
-        for task in self.tasks.values():  # now with the pixels: a regression's statistics
-            values = lambda t=task.target: train_values(self.splits, t)  # noqa: E731
-            splits = self.splits
-            task.fit(
-                target_spec(recipe.data, splits.classes, splits.components, task.target), values
-            )
-        self.model: MultiTaskModel = create_model(
-            for_checkpoint(recipe.model) if saved else recipe.model,
-            self.splits.in_channels,
-            self.splits.image_size,
-            self.tasks,
-            recipe.train.channels_last,
-        ).to(self.device)
-        if saved:  # now, not at restore: a frozen backbone's features are cached below
-            self.model.load_state_dict(saved.get("train_model", saved["model"]))
-        self.views = run_views(recipe.train.tta, self.tasks, recipe.data, self.splits)
         self.steps_per_epoch = self.splits.steps_per_epoch(recipe.train.batch_size)
         self.optimizer = build_optimizer(recipe.train.optimizer, self.model)
         self.scheduler, self.per_step = build_scheduler(
@@ -185,7 +83,6 @@ class Trainer:
         )
         self.train_meter = EpochMeter(self.tasks, self.device, detailed=False)
         self.val_meter = EpochMeter(self.tasks, self.device)
-        self.precision = Choice(precision, "saved") if precision else self._choose_precision(recipe)
         self.autocast = autocast_for(self.device, self.precision.precision)
         if feature_cache.applies(self.model, getattr(recipe.model, "cache_features", False)):
             self._cache_features(recipe)
@@ -225,24 +122,6 @@ class Trainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(self.model, device_ids=ids)
 
-    def _choose_precision(self, recipe: Recipe) -> Choice:
-        """`auto` times the run's own model on its first training batch in each precision.
-        Under torchrun rank 0 times it and every rank takes its choice."""
-        if self.ranks.active:
-            mine = self._time_precision(recipe) if self.ranks.main else None
-            chosen = distributed.from_main(mine and mine.precision, self.ranks, self.device)
-            return mine or Choice(chosen, "rank 0")  # rank 0 reports it
-        return self._time_precision(recipe)
-
-    def _time_precision(self, recipe: Recipe) -> Choice:
-        batch_size = min(recipe.train.batch_size, len(self.splits.train))
-        x, targets = next(self.splits.eval_batches("train", batch_size, self.needed))
-
-        def loss_of(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-            return total_loss(self.tasks, self.model, outputs, targets)[0]
-
-        return choose(recipe.train.precision, self.device, self.model, x, loss_of)
-
     @property
     def judged(self) -> nn.Module:
         """The weights validation, checkpoints' `model` and the test see: the average when
@@ -273,6 +152,8 @@ class Trainer:
             "classes": self.splits.classes,
             "components": self.splits.components,
             "normalize": {"mean": self.splits.mean.tolist(), "std": self.splits.std.tolist()},
+            # what the model takes, (C, H, W): predictions on new images need no data set
+            "input": [self.built.splits.in_channels, *self.built.splits.image_size],
         }
 
     def save_last(self, gen: torch.Generator | None = None) -> None:
@@ -493,98 +374,5 @@ class Trainer:
 
     def measure(self, model: nn.Module, views: ViewAverage | None) -> dict[str, float]:
         """`model`'s test-set metrics, averaged over `views` when given."""
-        meter = EpochMeter(self.tasks, self.device)
-        batches = self.splits.eval_batches("test", self.recipe.train.eval_batch_size, self.needed)
-        evaluate(model, meter, batches, self.autocast, views)
-        return meter.compute("test")
-
-
-# ------------------------------------------------------------------ entry points
-
-
-def train(
-    recipe: Recipe,
-    resume: str | Path | None = None,
-    on_epoch: Callable[[dict], None] | None = None,
-    run: RunFolder | None = None,
-) -> RunFolder:
-    """Train a recipe (or continue a run folder) and evaluate its best checkpoint on test.
-
-    `on_epoch(row)` sees every epoch's metrics after they are saved; an exception it raises
-    (a sweep pruning the trial) ends training with the run folder consistent. `run` is a
-    fresh folder made by the caller (a sweep links it to its trial before training starts).
-    A new run folder is made only once the data, model, device and precision are settled,
-    so a recipe that cannot run leaves nothing behind.
-    """
-    Loggers.check(recipe)  # a missing logging package stops before any folder is made
-    saved = None
-    if resume is not None:
-        run = RunFolder.open(resume)
-        if not run.last_path.is_file():
-            raise CnnlabError(
-                f"{run.path} has no checkpoint yet (checkpoints/last.pt); start it anew"
-            )
-        saved = load_checkpoint(run.last_path)
-    trainer = Trainer(recipe, precision=saved.get("precision") if saved else None, saved=saved)
-    ranks = trainer.ranks  # under torchrun: rank 0 makes and writes the folder
-    run = distributed.run_folder(run, lambda: RunFolder.create(recipe), ranks, trainer.device)
-    with run.lock():
-        return _train_in(trainer, run, saved, on_epoch)
-
-
-def _train_in(
-    trainer: Trainer, run: RunFolder, saved: dict | None, on_epoch: Callable[[dict], None] | None
-) -> RunFolder:
-    """The part of `train()` that writes: it runs holding the run folder's lock."""
-    recipe, ranks = trainer.recipe, trainer.ranks
-    if saved is None and run.metrics_path.is_file():  # a killed attempt's folder, started anew
-        run.truncate_metrics(0)
-    loggers = Loggers(recipe, run)  # W&B / TensorBoard / MLflow when the recipe asks
-    try:
-        trainer.run, trainer.on_epoch = run, loggers.chain(on_epoch)
-        if ranks.main:
-            env = {**environment(trainer.device), "processes": ranks.world}
-            write_json(run.path / "env.json", {**env, "precision": record(trainer.precision)})
-        if saved is not None:
-            trainer.restore(saved)
-        if saved is not None and ranks.main:  # also in a sweep worker's log, where retries resume
-            console.print(f"resuming {run.path} at {trainer.where()}")
-        if recipe.train.progress:
-            console.print(trainer.precision.describe())
-        try:
-            trainer.fit()
-        except KeyboardInterrupt:
-            raise CnnlabError(
-                f"interrupted at epoch {trainer.state.epoch + 1}, step {trainer.state.step}; "
-                f"continue with: cnnlab train --resume {run.path}"
-            ) from None
-        trainer.leave_ranks()  # trained together; the test and report are rank 0's alone
-        if not ranks.main:
-            return run
-        # Sweep trials skip the test set: it must not drive a choice.
-        metrics = trainer.test() if recipe.train.test_at_end else {}
-        run.set_status("finished", epoch=trainer.state.epoch, best_epoch=trainer.state.best_epoch)
-        if metrics and recipe.train.progress:
-            print_metrics_table(metrics, "test metrics of the best checkpoint")
-        if metrics and recipe.train.report:
-            write_run_report(run)
-        return run
-    finally:
-        loggers.close(run.test_metrics())
-
-
-def write_run_report(run: RunFolder) -> None:
-    """report.html + figures/ of a finished run; a failure leaves the trained run intact."""
-    from cnnlab.report import build_report
-
-    try:
-        build_report(run.path)
-    except CnnlabError as err:
-        print(f"warning: no report ({err}); retry with: cnnlab report {run.path}")
-
-
-def evaluate_run(path: str | Path) -> dict[str, float]:
-    """`cnnlab eval`: test-set metrics of a run's best checkpoint."""
-    run = RunFolder.open(path)
-    best = load_checkpoint(run.best_path)
-    return Trainer(run.recipe(), run, precision=best.get("precision"), saved=best).test()
+        size = self.recipe.train.eval_batch_size
+        return measure(self.tasks, self.splits, model, self.autocast, size, views)

@@ -20,7 +20,6 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.landscape import plots
 from cnnlab.landscape.directions import filter_normalized, path_directions
 from cnnlab.landscape.flatness import flatness
 from cnnlab.landscape.surface import Settings, Surface, fill
@@ -28,6 +27,7 @@ from cnnlab.precision import autocast_for
 from cnnlab.progress import console
 from cnnlab.runs import load_checkpoint
 from cnnlab.tasks import total_loss
+from cnnlab.viz import landscape_plots as plots
 from cnnlab.viz.run_view import RunView
 
 

@@ -1,0 +1,267 @@
+"""One build path: a recipe, and optionally a saved checkpoint, into what a run needs.
+
+Training, evaluation, the figures, the loss landscape, counting and the benchmarks all get
+their tasks, data splits, model and precision from here, so a model is rebuilt from a run
+folder exactly as it trained, and nothing that only looks at a model (eval, a figure)
+builds an optimizer. Every check a recipe can fail happens while building, before a run
+folder exists.
+
+    check_data(recipe)          tasks, checked against the source's headers (no pixel)
+    model_for_shapes(recipe)    the model from declared shapes: `cnnlab count`, no data needed
+    build(recipe, saved)        tasks + splits + model (+ weights) + precision + test views
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from cnnlab import distributed
+from cnnlab.allocator import keep_freed_memory
+from cnnlab.data import DataInfo, DataSection, describe, get_source
+from cnnlab.data.batches import Splits, prepare_splits
+from cnnlab.distributed import Ranks
+from cnnlab.errors import CnnlabError
+from cnnlab.models import MultiTaskModel, create_model, for_checkpoint, owns_input
+from cnnlab.precision import Choice, autocast_for, choose
+from cnnlab.recipe import Recipe
+from cnnlab.tasks import TargetSpec, Task, create_tasks, total_loss
+from cnnlab.tta import ViewAverage, run_views
+
+# --------------------------------------------------------------------------- device
+
+
+def resolve_device(name: str) -> torch.device:
+    """`train.device` as a torch device; `auto` takes a CUDA GPU, else Apple's MPS, else CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CnnlabError(
+            f"train.device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CnnlabError(
+            "train.device is cuda but no CUDA GPU is visible; use train.device=auto or cpu"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CnnlabError(
+            "train.device is mps but MPS is not available; use train.device=auto or cpu"
+        )
+    return device
+
+
+# ---------------------------------------------------------------------------- tasks
+
+
+def target_spec(
+    data: DataSection, classes: dict, components: dict[str, list[str]], target: str
+) -> TargetSpec:
+    """A target as the tasks see it: its classes or components from the source's description
+    (or a checkpoint), and how the source reads a vector of it as a class (its config's
+    `to_class`)."""
+    return TargetSpec(
+        classes=classes.get(target),
+        components=components.get(target),
+        to_class=type(data).to_class.get(target),
+    )
+
+
+def tasks_for(recipe: Recipe, info: DataInfo) -> dict[str, Task]:
+    """The recipe's tasks checked against a description of the data: every target exists,
+    and each task type accepts it (a classification needs a categorical target)."""
+    tasks = create_tasks(recipe.tasks)
+    for name, task in tasks.items():
+        if task.target not in info.targets:
+            raise CnnlabError(
+                f"tasks.{name}.target {task.target!r} is not provided by {info.source}; "
+                f"choose one of: {', '.join(info.targets)}"
+            )
+        task.fit(target_spec(recipe.data, info.targets, info.components, task.target))
+    return tasks
+
+
+def check_data(recipe: Recipe) -> dict[str, Task]:
+    """The recipe's tasks, checked against what its source provides from headers only (no
+    pixel is read). Fitted with their classes; statistics need the pixels."""
+    return tasks_for(recipe, describe(recipe.data))
+
+
+def saved_tasks(recipe: Recipe, saved: dict) -> dict[str, Task]:
+    """The tasks of a trained run, told their classes by its checkpoint: no data is read (a
+    regression head's statistics come with the weights)."""
+    tasks = create_tasks(recipe.tasks)
+    components = saved.get("components", {})  # absent in older checkpoints
+    for task in tasks.values():
+        task.fit(target_spec(recipe.data, saved["classes"], components, task.target))
+    return tasks
+
+
+def train_values(splits: Splits, target: str) -> torch.Tensor:
+    """Every training image's value of one target (derived ones computed batch by batch)."""
+    return torch.cat([t[target] for _, t in splits.eval_batches("train", 4096, {target})])
+
+
+def fit_to_pixels(recipe: Recipe, tasks: dict[str, Task], splits: Splits) -> None:
+    """Tell the tasks what only the loaded data knows: a regression's statistics, the
+    classes a source found while loading (a colorizer's palette)."""
+    for task in tasks.values():
+        values = lambda t=task.target: train_values(splits, t)  # noqa: E731
+        spec = target_spec(recipe.data, splits.classes, splits.components, task.target)
+        task.fit(spec, values)
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def build_model(
+    recipe: Recipe,
+    tasks: dict[str, Task],
+    shape: tuple[int, int, int],
+    from_checkpoint: bool = False,
+    channels_last: bool | None = None,
+) -> MultiTaskModel:
+    """The recipe's backbone with one head per task for (C, H, W) images. A model whose
+    weights come from a checkpoint next fetches nothing pretrained (works offline)."""
+    cfg = for_checkpoint(recipe.model) if from_checkpoint else recipe.model
+    last = recipe.train.channels_last if channels_last is None else channels_last
+    return create_model(cfg, shape[0], shape[1:], tasks, last)
+
+
+def declared_info(recipe: Recipe) -> DataInfo:
+    """What the source says without its files where it declares its shapes (CIFAR-10 is
+    always 3x32x32 in ten classes), else its description from the files' headers."""
+    source = get_source(recipe.data.source)
+    if source.declares is not None and recipe.data.colorize is None:
+        return source.declares(recipe.data)
+    return describe(recipe.data)
+
+
+def model_for_shapes(
+    recipe: Recipe, shape: tuple[int, int, int] | None = None
+) -> tuple[MultiTaskModel, tuple[int, int, int]]:
+    """The recipe's model for one image shape (default: the source's), without loading any
+    data: what `cnnlab count` measures. NCHW, as counting hooks see it."""
+    info = declared_info(recipe)
+    model = build_model(recipe, tasks_for(recipe, info), shape or info.shape, channels_last=False)
+    return model, shape or info.shape
+
+
+# ---------------------------------------------------------------------------- built
+
+
+@dataclass
+class Built:
+    """What a run needs, from one recipe (and checkpoint): the loop trains it, eval and the
+    figures look at it."""
+
+    recipe: Recipe
+    tasks: dict[str, Task]
+    splits: Splits
+    model: MultiTaskModel
+    device: torch.device
+    precision: Choice
+    views: ViewAverage | None  # the recipe's test-time views
+    ranks: Ranks = field(default_factory=Ranks)
+
+    @property
+    def needed(self) -> set[str]:
+        """The targets the tasks read."""
+        return {t.target for t in self.recipe.tasks.values()}
+
+    def autocast(self):
+        """A context manager: the chosen precision on the run's device."""
+        return autocast_for(self.device, self.precision.precision)()
+
+
+Weights = Literal["train", "judged"]
+
+
+def build(
+    recipe: Recipe,
+    saved: dict | None = None,
+    *,
+    device: torch.device | str | None = None,
+    ranks: Ranks | None = None,
+    weights: Weights = "train",
+    splits: Splits | None = None,
+) -> Built:
+    """Tasks, splits, model and precision for `recipe`.
+
+    `saved`: a checkpoint the run continues from or is judged by. Its classes (a colorizing
+    run's palette) are kept, not refitted; its precision is kept (predictions in another
+    would not match the reported metrics); its weights are loaded: the ones training goes
+    on from (`weights="train"`), or those the run is judged by (`"judged"`: the average when
+    one was kept). `device`: default the recipe's. `ranks`: this process's place under
+    torchrun (rank 0 times the precision for all). `splits`: data another build of the same
+    data section has loaded (a sweep's runs share it)."""
+    keep_freed_memory()  # also when built from Python, not the command line
+    tasks = check_data(recipe)  # a wrong target stops before any pixel is read
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    device = torch.device(device) if device is not None else resolve_device(recipe.train.device)
+    ranks = ranks or Ranks()
+    torch.manual_seed(recipe.seed)
+    if splits is None:
+        splits = prepare_splits(
+            recipe.data,
+            recipe.seed,
+            {t.target for t in recipe.tasks.values()},
+            device,
+            recipe.train.channels_last,
+            saved.get("classes") if saved else None,
+            normalize=not owns_input(recipe.model),
+        )
+    fit_to_pixels(recipe, tasks, splits)
+    shape = (splits.in_channels, *splits.image_size)
+    model = build_model(recipe, tasks, shape, from_checkpoint=saved is not None).to(device)
+    if saved is not None:  # before precision is timed and a frozen backbone's features cached
+        key = "train_model" if weights == "train" and "train_model" in saved else "model"
+        model.load_state_dict(saved[key])
+    views = run_views(recipe.train.tta, tasks, recipe.data, splits)
+    if saved is not None:
+        precision = Choice(saved_precision(saved, recipe), "saved")
+    else:
+        precision = choose_precision(recipe, tasks, splits, model, device, ranks)
+    return Built(recipe, tasks, splits, model, device, precision, views, ranks)
+
+
+def saved_precision(saved: dict, recipe: Recipe) -> str:
+    """The precision a checkpoint trained in (older ones: the recipe's, where definite)."""
+    value = saved.get("precision", recipe.train.precision)
+    return value if value in ("fp32", "bf16") else "fp32"
+
+
+def choose_precision(
+    recipe: Recipe,
+    tasks: dict[str, Task],
+    splits: Splits,
+    model: MultiTaskModel,
+    device: torch.device,
+    ranks: Ranks,
+) -> Choice:
+    """`auto` times the run's own model on its first training batch in each precision.
+    Under torchrun rank 0 times it and every rank takes its choice."""
+
+    def timed() -> Choice:
+        needed = {t.target for t in recipe.tasks.values()}
+        batch_size = min(recipe.train.batch_size, len(splits.train))
+        x, targets = next(splits.eval_batches("train", batch_size, needed))
+
+        def loss_of(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            return total_loss(tasks, model, outputs, targets)[0]
+
+        return choose(recipe.train.precision, device, model, x, loss_of)
+
+    if not ranks.active:
+        return timed()
+    mine = timed() if ranks.main else None
+    chosen = distributed.from_main(mine and mine.precision, ranks, device)
+    return mine or Choice(chosen, "rank 0")  # rank 0 reports it

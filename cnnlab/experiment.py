@@ -1,0 +1,106 @@
+"""A whole run from a recipe: build, train, test the best checkpoint, write the report.
+
+`train()` is what `cnnlab train` and `cnnlab.train()` call. It joins the other processes
+under torchrun, builds the run (`cnnlab.build`), and only then makes a run folder, so a
+recipe that cannot run leaves nothing behind. The Trainer loops; this module writes around
+it: env.json, dashboards, test.json, report.html.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from cnnlab import distributed
+from cnnlab.build import build, resolve_device
+from cnnlab.errors import CnnlabError
+from cnnlab.loggers import Loggers
+from cnnlab.loop import Trainer
+from cnnlab.precision import record
+from cnnlab.progress import console, print_metrics_table
+from cnnlab.recipe import Recipe
+from cnnlab.runs import RunFolder, environment, load_checkpoint, write_json
+
+
+def train(
+    recipe: Recipe,
+    resume: str | Path | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    run: RunFolder | None = None,
+) -> RunFolder:
+    """Train a recipe (or continue a run folder) and evaluate its best checkpoint on test.
+
+    `on_epoch(row)` sees every epoch's metrics after they are saved; an exception it raises
+    (a sweep pruning the trial) ends training with the run folder consistent. `run` is a
+    fresh folder made by the caller (a sweep links it to its trial before training starts).
+    """
+    Loggers.check(recipe)  # a missing logging package stops before any folder is made
+    saved = None
+    if resume is not None:
+        run = RunFolder.open(resume)
+        if not run.last_path.is_file():
+            raise CnnlabError(
+                f"{run.path} has no checkpoint yet (checkpoints/last.pt); start it anew"
+            )
+        saved = load_checkpoint(run.last_path)
+    # under torchrun: join the other processes first; each trains on its own device
+    ranks, device = distributed.join(resolve_device(recipe.train.device))
+    trainer = Trainer(build(recipe, saved, device=device, ranks=ranks))
+    run = distributed.run_folder(run, lambda: RunFolder.create(recipe), ranks, device)
+    with run.lock():
+        return train_in(trainer, run, saved, on_epoch)
+
+
+def train_in(
+    trainer: Trainer,
+    run: RunFolder,
+    saved: dict | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> RunFolder:
+    """The part of `train()` that writes, holding the run folder's lock: fit, then test
+    and report on rank 0."""
+    recipe, ranks = trainer.recipe, trainer.ranks
+    if saved is None and run.metrics_path.is_file():  # a killed attempt's folder, started anew
+        run.truncate_metrics(0)
+    loggers = Loggers(recipe, run)  # W&B / TensorBoard / MLflow when the recipe asks
+    try:
+        trainer.run, trainer.on_epoch = run, loggers.chain(on_epoch)
+        if ranks.main:
+            env = {**environment(trainer.device), "processes": ranks.world}
+            write_json(run.path / "env.json", {**env, "precision": record(trainer.precision)})
+        if saved is not None:
+            trainer.restore(saved)
+        if saved is not None and ranks.main:  # also in a sweep worker's log, where retries resume
+            console.print(f"resuming {run.path} at {trainer.where()}")
+        if recipe.train.progress:
+            console.print(trainer.precision.describe())
+        try:
+            trainer.fit()
+        except KeyboardInterrupt:
+            raise CnnlabError(
+                f"interrupted at epoch {trainer.state.epoch + 1}, step {trainer.state.step}; "
+                f"continue with: cnnlab train --resume {run.path}"
+            ) from None
+        trainer.leave_ranks()  # trained together; the test and report are rank 0's alone
+        if not ranks.main:
+            return run
+        # Sweep trials skip the test set: it must not drive a choice.
+        metrics = trainer.test() if recipe.train.test_at_end else {}
+        run.set_status("finished", epoch=trainer.state.epoch, best_epoch=trainer.state.best_epoch)
+        if metrics and recipe.train.progress:
+            print_metrics_table(metrics, "test metrics of the best checkpoint")
+        if metrics and recipe.train.report:
+            write_run_report(run)
+        return run
+    finally:
+        loggers.close(run.test_metrics())
+
+
+def write_run_report(run: RunFolder) -> None:
+    """report.html + figures/ of a finished run; a failure leaves the trained run intact."""
+    from cnnlab.report import build_report
+
+    try:
+        build_report(run.path)
+    except CnnlabError as err:
+        print(f"warning: no report ({err}); retry with: cnnlab report {run.path}")
