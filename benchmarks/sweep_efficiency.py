@@ -1,7 +1,7 @@
 """Does TPE with early termination find the grid's best model for a fraction of its cost?
 
 Both sides run here, in one process, on the same small space over the Fashion-MNIST demo
-recipe (short epochs on a subset) and the same trial code (`cnnlab.sweep`):
+recipe (short epochs on a subset) and the same trial code (`cnnlab.sweeps`):
 
   grid   every configuration, every epoch                (GridSampler, no pruning)
   tpe    a fixed number of trials, W&B's hyperband rule  (TPESampler + SuccessiveHalvingPruner)
@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 from cnnlab.catalog import RECIPES
-from cnnlab.sweep.launch import sweep
-from cnnlab.sweep.results import load_trials
+from cnnlab.sweeps.launch import sweep
+from cnnlab.sweeps.results import load_trials
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE = """

@@ -21,10 +21,10 @@ import yaml
 
 from cnnlab.catalog import RECIPES
 from cnnlab.recipe import read_yaml
-from cnnlab.sweep.report import build_report
-from cnnlab.sweep.spec import apply_to
-from cnnlab.sweep.storage import open_storage
-from cnnlab.sweep.study import base_recipe, create_or_join
+from cnnlab.sweeps.report import build_report
+from cnnlab.sweeps.spec import apply_to
+from cnnlab.sweeps.storage import open_storage
+from cnnlab.sweeps.study import base_recipe, create_or_join
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = """method: random

@@ -1,3 +1,99 @@
-"""cnnlab: CNN image experiments as YAML recipes."""
+"""cnnlab: CNN image experiments as YAML recipes, from the command line or from Python.
+
+    import cnnlab
+    run = cnnlab.train("fashion_fast", overrides={"train.epochs": 3})
+    run.metrics, run.test_metrics, run.predict(images), run.figure("confusion")
+
+The names below load on first use, so `import cnnlab` (and the `cnnlab` command) stays
+quick: torch and the rest arrive with the first function called.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "load_recipe": "cnnlab.api",
+    "train": "cnnlab.api",
+    "resume": "cnnlab.api",
+    "load_run": "cnnlab.api",
+    "sweep": "cnnlab.api",
+    "Run": "cnnlab.api",
+    "Sweep": "cnnlab.api",
+    "Recipe": "cnnlab.recipe",
+    "CnnlabError": "cnnlab.errors",
+    "Predictions": "cnnlab.inference",
+    "Chart": "cnnlab.viz.base",
+    "RunView": "cnnlab.viz.run_view",
+    "Backbone": "cnnlab.models.base",
+    "FeatureInfo": "cnnlab.models.base",
+    "register_backbone": "cnnlab.components",
+    "register_source": "cnnlab.components",
+    "register_task": "cnnlab.components",
+    "register_figure": "cnnlab.components",
+    "unregister": "cnnlab.components",
+    "registration_scope": "cnnlab.components",
+    "import_modules": "cnnlab.components",
+    "load_entry_points": "cnnlab.components",
+}
+
+if TYPE_CHECKING:
+    from cnnlab.api import Run, Sweep, load_recipe, load_run, resume, sweep, train
+    from cnnlab.components import (
+        import_modules,
+        load_entry_points,
+        register_backbone,
+        register_figure,
+        register_source,
+        register_task,
+        registration_scope,
+        unregister,
+    )
+    from cnnlab.errors import CnnlabError
+    from cnnlab.inference import Predictions
+    from cnnlab.models.base import Backbone, FeatureInfo
+    from cnnlab.recipe import Recipe
+    from cnnlab.viz.base import Chart
+    from cnnlab.viz.run_view import RunView
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cnnlab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # once: later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = [
+    "Backbone",
+    "Chart",
+    "CnnlabError",
+    "FeatureInfo",
+    "Predictions",
+    "Recipe",
+    "Run",
+    "RunView",
+    "Sweep",
+    "import_modules",
+    "load_entry_points",
+    "load_recipe",
+    "load_run",
+    "register_backbone",
+    "register_figure",
+    "register_source",
+    "register_task",
+    "registration_scope",
+    "resume",
+    "sweep",
+    "train",
+    "unregister",
+]

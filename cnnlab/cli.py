@@ -9,9 +9,29 @@ import typer
 
 from cnnlab.allocator import keep_freed_memory
 from cnnlab.catalog import recipe_file, shipped_recipes, shipped_sweeps, sweep_file
+from cnnlab.components import import_from_environment, load_entry_points
 from cnnlab.errors import CnnlabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+# --import: code that registers components (cnnlab/components.py); recipes never name code.
+IMPORT_HELP = "module (dotted, from this folder) or .py file that registers components; repeatable"
+Imports = typer.Option([], "--import", metavar="MODULE", help=IMPORT_HELP)
+
+
+def _import(modules: list[str]) -> None:
+    """Import the --import modules before a command reads its recipe or run."""
+    if modules:
+        from cnnlab.components import import_modules
+
+        import_modules(modules)
+
+
+@app.callback()
+def _options(imports: list[str] = Imports) -> None:
+    # `cnnlab --import my_components train ...`: before the command. Each command that reads
+    # recipes or runs takes --import too (`cnnlab train --import my_file.py my.yaml`).
+    _import(imports)
 
 
 @app.command()
@@ -22,15 +42,17 @@ def train(
     run_dir: Path | None = typer.Option(
         None, "--run-dir", help="train in this prepared run folder (a sweep's trial)"
     ),
+    imports: list[str] = Imports,
 ) -> None:
     """Train a recipe, then evaluate its best checkpoint on the test set."""
-    from cnnlab.recipe import load_recipe
+    _import(imports)
+    from cnnlab import api
 
     folder = resume or run_dir
     if folder is None:
         if recipe is None:
             raise CnnlabError("give a recipe (cnnlab recipes lists them) or --resume runs/<run>")
-        parsed = load_recipe(recipe_file(recipe), set_)  # validated before any data is read
+        parsed = api.load_recipe(recipe, set_)  # validated before any data is read
     elif recipe or set_ or (resume and run_dir):
         raise CnnlabError(
             "--resume and --run-dir train a folder's saved recipe; give one, and no recipe or --set"
@@ -44,8 +66,10 @@ def train(
         parsed = run.recipe()
     if run_dir is not None:  # from its last checkpoint if it has one, else from the start
         run = run_training(parsed, resume=run.path if run.last_path.is_file() else None, run=run)
+    elif resume is not None:
+        run = api.resume(resume)
     else:
-        run = run_training(parsed, resume=resume)
+        run = api.train(parsed)
     if not from_environment().main:  # a torchrun rank other than 0: rank 0 tells
         return
     typer.echo(f"run folder: {run.path}")
@@ -54,12 +78,13 @@ def train(
 
 
 @app.command("eval")
-def eval_(run: Path = typer.Argument(..., help="run folder")) -> None:
+def eval_(run: Path = typer.Argument(..., help="run folder"), imports: list[str] = Imports) -> None:
     """Test-set metrics of a run's best checkpoint."""
-    from cnnlab.evaluation import evaluate_run
+    _import(imports)
+    from cnnlab.api import load_run
     from cnnlab.progress import print_metrics_table
 
-    print_metrics_table(evaluate_run(run), f"test metrics of {run}")
+    print_metrics_table(load_run(run).evaluate(), f"test metrics of {run}")
 
 
 @app.command()
@@ -254,10 +279,12 @@ def sweep(
     trial_processes: int = typer.Option(
         1, help="processes each trial trains on (torchrun, data-parallel)"
     ),
+    imports: list[str] = Imports,
 ) -> None:
     """Run a hyperparameter sweep: every trial is a run folder inside the sweep folder."""
+    _import(imports)  # and its workers and trials import them too ($CNNLAB_IMPORT)
     from cnnlab.distributed import from_environment
-    from cnnlab.sweep.launch import sweep as run_sweep
+    from cnnlab.sweeps.launch import sweep as run_sweep
 
     if from_environment().active:
         raise CnnlabError(
@@ -280,9 +307,9 @@ def select(
     storage: str | None = typer.Option(None, help="the study's database URL, if not a file"),
 ) -> None:
     """Pick the best run per metric (and the Pareto front); --test adds the test table."""
-    from cnnlab.sweep.select import print_table
-    from cnnlab.sweep.select import select as pick
-    from cnnlab.sweep.study import SweepFolder
+    from cnnlab.sweeps.select import print_table
+    from cnnlab.sweeps.select import select as pick
+    from cnnlab.sweeps.study import SweepFolder
 
     folder = SweepFolder.open(sweep_folder)
     picks = pick(folder, metric, storage, test)
@@ -303,12 +330,14 @@ def report(
     storage: str | None = typer.Option(
         None, help="sweeps: the study's database URL, if not a file"
     ),
+    imports: list[str] = Imports,
 ) -> None:
     """Write report.html (self-contained) and PNGs for a run folder or a sweep folder."""
-    from cnnlab.sweep.study import SweepFolder
+    _import(imports)
+    from cnnlab.sweeps.study import SweepFolder
 
     if SweepFolder.is_sweep(path):
-        from cnnlab.sweep.report import build_report as build_sweep_report
+        from cnnlab.sweeps.report import build_report as build_sweep_report
 
         page = build_sweep_report(SweepFolder(path), storage, group_by)
         if group_by:  # the study's tables on the screen too
@@ -332,8 +361,10 @@ def viz(
     neurons: int | None = typer.Option(None, help="guided-backprop: neurons of the last conv"),
     grid: str | None = typer.Option(None, help="predictions: ROWSxCOLS, e.g. 10x3"),
     out: Path | None = typer.Option(None, help="folder for the PNGs (default RUN/figures)"),
+    imports: list[str] = Imports,
 ) -> None:
     """Draw one figure of a run as PNG files."""
+    _import(imports)
     from cnnlab.viz import FIGURES, render
 
     if figure not in FIGURES:  # before torch and the data are loaded
@@ -359,9 +390,11 @@ def count(
     input_shape: str | None = typer.Option(
         None, "--input", help="CxHxW, e.g. 3x224x224 (default: the data's image shape)"
     ),
+    imports: list[str] = Imports,
 ) -> None:
     """Per layer: output shape, parameters and MACs (measured two ways); the seed's formulas
     (seed 001's for the colorizer, seed 002's for the plain CNN)."""
+    _import(imports)
     from cnnlab.closed_forms import closed_forms, seed_for
     from cnnlab.count import count_recipe, parse_input
     from cnnlab.progress import print_table
@@ -410,6 +443,10 @@ def _number(x: float) -> str:
 def main() -> None:
     keep_freed_memory()  # before the first tensor: every command's steps reuse their memory
     try:
+        # Components from installed packages, then the --import modules of the cnnlab that
+        # started this process (a sweep trial under torchrun), before any recipe is read.
+        load_entry_points()
+        import_from_environment()
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:  # typer returns 130 on Ctrl-C here, not raising
             typer.secho("aborted", err=True, fg="red")

@@ -17,12 +17,27 @@ console = Console(highlight=False, soft_wrap=True)
 REFRESH_S = 0.5  # the live loss costs a host sync, so it is read at most this often
 
 
+def live_bars() -> bool:
+    """Whether a bar can redraw in place: a terminal, or Jupyter with ipywidgets (rich draws
+    it in a widget there; without one it would print a new bar at every refresh)."""
+    if console.is_terminal:
+        return True
+    if not console.is_jupyter:
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class EpochProgress:
     """A rich progress bar for one epoch with live loss and images/s; silent if disabled."""
 
     def __init__(self, epoch: int, epochs: int, steps: int, start: int, enabled: bool = True):
-        # A live bar belongs on a terminal; in a log it only leaves blank lines behind.
-        self.enabled = enabled and console.is_terminal
+        # A live bar belongs on a terminal or in a notebook; in a log it only leaves blank
+        # lines behind.
+        self.enabled = enabled and live_bars()
         self.last = 0.0
         if enabled:
             self.bar = Progress(
@@ -91,8 +106,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def print_table(header: list[str], rows: list[list[str]], title: str) -> None:
     """A rich table on a terminal; Markdown elsewhere, where rich would squeeze it into 80
-    columns and fold every cell."""
-    if not console.is_terminal:
+    columns and fold every cell. Jupyter shows the rich table as HTML."""
+    if not (console.is_terminal or console.is_jupyter):
         console.print(f"{title}\n\n{markdown_table(header, rows)}", markup=False)
         return
     from rich.markup import escape

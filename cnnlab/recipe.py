@@ -5,13 +5,18 @@ Tasks define their sections in `cnnlab/tasks/`, sources theirs in `cnnlab/data/`
 with the train and log sections, and sits above them all. A recipe is YAML validated before
 anything runs. Unknown keys are errors (a typo must stop the run, not be ignored), and every
 error is reported as one line naming the key, the value and what is allowed.
+
+The `data`, `model` and `tasks` sections are unions over the registries; when a user
+registers a component (cnnlab/components.py), `rebuild_schema` rebuilds them, so its
+section is checked, and its errors read, as a built-in one's.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Optional, get_args
 
 import yaml
 from pydantic import (
@@ -25,11 +30,12 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from cnnlab.config import Section
-from cnnlab.data import DataConfig, default_data
+from cnnlab.data import DEFAULT_SOURCE, SOURCES, DataConfig, data_config, default_data
 from cnnlab.errors import CnnlabError
-from cnnlab.models import ModelConfig
+from cnnlab.models import BACKBONES, ModelConfig, model_config
 from cnnlab.models.cnn import CNNConfig
-from cnnlab.tasks import TASKS, TaskConfig, metric_goal, task_class
+from cnnlab.registrations import missing_hint, register_hint
+from cnnlab.tasks import TASKS, TaskConfig, metric_goal, task_class, task_config
 
 # List items are checked one by one: a size of 0 or -5 must stop here, not inside torch.
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # Adam's running-average decay rates
@@ -173,6 +179,25 @@ class Recipe(Section):
         if self.train.early_stopping.metric:
             check_metric_name(self, self.train.early_stopping.metric)
         return self
+
+
+# Models whose fields embed the Recipe or its unions, rebuilt with it (none outside yet: the
+# sweep files validate through `validate`).
+SCHEMA_DEPENDENTS: list[type[BaseModel]] = []
+
+
+def rebuild_schema() -> None:
+    """Rebuild the recipe from the registries as they are now: the `data`, `model` and
+    `tasks` unions gain (or lose) registered components. Pydantic compiles a model's
+    validator once; replacing the three fields and forcing a rebuild recompiles it, so the
+    class every module imports validates the new sections with the usual one-line errors."""
+    fields = Recipe.model_fields
+    fields["data"] = FieldInfo.from_annotated_attribute(data_config(), default_data())
+    fields["model"] = FieldInfo.from_annotated_attribute(model_config(), CNNConfig())
+    fields["tasks"] = FieldInfo.from_annotation(dict[str, Optional[task_config()]])  # noqa: UP045
+    Recipe.model_rebuild(force=True)
+    for model in SCHEMA_DEPENDENTS:
+        model.model_rebuild(force=True)
 
 
 def metric_names(recipe: Recipe, split: str = "val") -> list[str]:
@@ -322,7 +347,40 @@ def upgrade_saved(raw: dict) -> dict:
 
 def load_saved_recipe(path: str | Path) -> Recipe:
     """A recipe.yaml that cnnlab wrote into a run or sweep folder, from any version."""
-    return validate(upgrade_saved(read_yaml(path)), source=str(path))
+    raw = upgrade_saved(read_yaml(path))
+    check_registered(raw, Path(path))
+    return validate(raw, source=str(path))
+
+
+def check_registered(raw: dict, path: Path) -> None:
+    """A saved recipe naming a component this process has not registered (the run imported
+    the module that registers it; this process did not): one line naming the component and
+    what to import, as the run's env.json recorded it, instead of an unknown-tag error."""
+    model, data = raw.get("model") or {}, raw.get("data") or {}
+    tasks = [t for t in (raw.get("tasks") or {}).values() if isinstance(t, dict)]
+    used = [
+        ("backbone", model.get("backbone", "cnn") if isinstance(model, dict) else None),
+        ("source", data.get("source", DEFAULT_SOURCE) if isinstance(data, dict) else None),
+        *(("task", t.get("type")) for t in tasks),
+    ]
+    registries = {"backbone": BACKBONES, "source": SOURCES, "task": TASKS}
+    for kind, name in used:
+        if isinstance(name, str) and name not in registries[kind]:
+            origin = _recorded_origin(path.parent / "env.json", kind, name)
+            raise CnnlabError(
+                f"run {path.parent} used {kind} {name!r}, which is not registered in this "
+                f"process; {missing_hint(origin)}"
+            )
+
+
+def _recorded_origin(env_path: Path, kind: str, name: str) -> dict | None:
+    """Where the run's process got a component from (env.json's `components`), if known."""
+    try:
+        recorded = json.loads(env_path.read_text()).get("components", [])
+    except (OSError, ValueError, AttributeError):
+        return None
+    found = [c for c in recorded if c.get("kind") == kind and c.get("name") == name]
+    return found[-1] if found else None
 
 
 def validate(raw: dict, source: str = "recipe") -> Recipe:
@@ -341,6 +399,7 @@ def dump_recipe(recipe: Recipe) -> str:
 # The keys that pick a tagged union's member: tasks.<name>.type, model.backbone, data.source.
 # Pydantic puts the chosen member's tag into an error's location.
 TAG_FIELDS = ("type", "backbone", "source")
+TAG_KINDS = {"type": "task", "backbone": "backbone", "source": "source"}  # for the hint
 
 
 def describe_error(err: dict) -> str:
@@ -369,11 +428,12 @@ def _tag_problem(key: str, err: dict, sections: list[type[BaseModel]]) -> str:
     name = next((n for n in TAG_FIELDS if any(n in c.model_fields for c in sections)), "type")
     tags = ", ".join(t for t in (_tag(c) for c in sections) if t)
     given = err.get("input") if isinstance(err.get("input"), dict) else {}
+    hint = register_hint(TAG_KINDS[name])
     if given.get(name) is None:
         return f"{key}.{name} is missing: choose one of: {tags}"
     if name == "source":
-        return f"{key}.source {given[name]!r} is unknown; choose one of: {tags}"
-    return f"{key}.{name} = {given[name]!r}: choose one of: {tags}"
+        return f"{key}.source {given[name]!r} is unknown; choose one of: {tags}; {hint}"
+    return f"{key}.{name} = {given[name]!r}: choose one of: {tags}; {hint}"
 
 
 def _walk(loc: tuple) -> tuple[str, list[type[BaseModel]]]:

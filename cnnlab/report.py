@@ -19,7 +19,7 @@ import jinja2
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import best_row, dump_recipe
 from cnnlab.runs import write_text
-from cnnlab.viz import Chart, RunView, make_charts
+from cnnlab.viz import BUILT_IN, FIGURES, Chart, RunView, make_charts
 
 # (section id, title, figure names): the order of report.html
 SECTIONS = [
@@ -34,6 +34,15 @@ SECTIONS = [
     ("dead-units", "Dead units", ["dead-units"]),
     ("landscape", "Loss landscape", ["landscape"]),
 ]
+
+
+def sections() -> list[tuple[str, str, list[str]]]:
+    """SECTIONS, then one section per figure a user registered (cnnlab/components.py), in
+    registration order, titled by its name."""
+    shown = {name for _, _, names in SECTIONS for name in names}
+    extra = [name for name in FIGURES if name not in shown and name not in BUILT_IN]
+    return [*SECTIONS, *((name, name, [name]) for name in extra)]
+
 
 TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("cnnlab", "templates"),
@@ -89,6 +98,11 @@ def _section(view: RunView, sid: str, title: str, names: list[str], folder: Path
         except CnnlabError as err:  # e.g. a backbone without conv layers: say so, go on
             section.missing = str(err)
             continue
+        except Exception as err:  # a user's figure fails: the rest of the report still counts
+            if name in BUILT_IN:
+                raise
+            section.missing = f"{name} failed: {type(err).__name__}: {err}"
+            continue
         section.blocks += [_block(c, folder) for c in charts]
     return section
 
@@ -116,9 +130,9 @@ def build_report(run: str | Path) -> Path:
     started = time.monotonic()
     view = RunView(run)
     folder = view.run.path / "figures"
-    sections = [_section(view, sid, title, names, folder) for sid, title, names in SECTIONS]
+    shown = [_section(view, sid, title, names, folder) for sid, title, names in sections()]
     # A section with nothing to show and nothing to explain (no regression task) is left out.
-    sections = [s for s in sections if s.blocks or s.missing]
+    shown = [s for s in shown if s.blocks or s.missing]
     env_path = view.run.path / "env.json"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     import plotly.offline
@@ -132,7 +146,7 @@ def build_report(run: str | Path) -> Path:
         recipe_yaml=dump_recipe(view.recipe),
         env=env,
         env_json=json.dumps(env, indent=2),
-        sections=sections,
+        sections=shown,
         fmt=_fmt,
         plotly_js=plotly.offline.get_plotlyjs(),
         built=time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -38,6 +38,7 @@ import torch
 
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import Recipe, dump_recipe, load_saved_recipe
+from cnnlab.registrations import origins
 from cnnlab.safe_load import torch_load
 
 CHECKPOINT_FORMAT = 1
@@ -93,14 +94,16 @@ class RunFolder:
         self._warned = False  # about a torn metrics line: once per folder, not every epoch
 
     @classmethod
-    def create(cls, recipe: Recipe) -> RunFolder:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = Path(recipe.output_dir) / f"{recipe.name}-{stamp}"
-        path, n = base, 1
-        while path.exists():
-            n += 1
-            path = base.with_name(f"{base.name}-{n}")
-        path.mkdir(parents=True)
+    def create(cls, recipe: Recipe, path: Path | None = None) -> RunFolder:
+        """A new run folder: `path` (made or empty) or `<output_dir>/<name>-<time>`."""
+        if path is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            base = Path(recipe.output_dir) / f"{recipe.name}-{stamp}"
+            path, n = base, 1
+            while path.exists():
+                n += 1
+                path = base.with_name(f"{base.name}-{n}")
+        path.mkdir(parents=True, exist_ok=True)
         run = cls(path)
         write_text(run.recipe_path, dump_recipe(recipe))
         return run
@@ -269,7 +272,10 @@ def device_name(device: torch.device) -> str:
 
 
 def environment(device: torch.device) -> dict:
-    """What a reader needs to trust or reproduce a number: versions, hardware, commit."""
+    """What a reader needs to trust or reproduce a number: versions, hardware, commit, and
+    the components users registered (with where they came from: a process that reloads the
+    run without them names what to import)."""
+    registered = origins()
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -283,4 +289,5 @@ def environment(device: torch.device) -> dict:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"components": registered} if registered else {}),
     }

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 
-from cnnlab.sweep.storage import open_storage
+from cnnlab.sweeps.storage import open_storage
 
 if __name__ == "__main__":
     folder, n = Path(sys.argv[1]), int(sys.argv[2])

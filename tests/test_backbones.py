@@ -81,7 +81,11 @@ def test_with_two_backbones_model_errors_still_read_as_written(monkeypatch):
         CnnlabError, match=re.escape(f"'model.blokcs'; valid keys here: {cnn_keys}") + "$"
     ):
         load_recipe(DEMO, ["model.blokcs=2"])
-    with pytest.raises(CnnlabError, match=r"model\.backbone = 'vit': choose one of: cnn, other$"):
+    with pytest.raises(
+        CnnlabError,
+        match=r"model\.backbone = 'vit': choose one of: cnn, other; register your own with "
+        r"@cnnlab\.register_backbone \(see cnnlab --import\)$",
+    ):
         load_recipe(DEMO, ["model.backbone=vit"])
 
 

@@ -17,10 +17,10 @@ from cnnlab.distributed import Ranks, shard
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import load_recipe
 from cnnlab.runs import RunFolder, load_checkpoint
-from cnnlab.sweep import torchrun
-from cnnlab.sweep.results import load_trials
-from cnnlab.sweep.study import SweepFolder
-from cnnlab.sweep.torchrun import train_in_processes
+from cnnlab.sweeps import torchrun
+from cnnlab.sweeps.results import load_trials
+from cnnlab.sweeps.study import SweepFolder
+from cnnlab.sweeps.torchrun import train_in_processes
 from tests.conftest import DEMO, ROOT, TINY
 
 SMALL = [*TINY, "data.train_subset=1000"]  # a thousand images: each torch process starts fast

@@ -21,11 +21,11 @@ from cnnlab.data.gsn import CLASS_NAMES, COUNT_NAMES, counts_to_class, pair_clas
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.recipe import load_recipe
-from cnnlab.sweep import inside
-from cnnlab.sweep.inside import inside_groups
-from cnnlab.sweep.report import groups
-from cnnlab.sweep.results import load_trials
-from cnnlab.sweep.study import SweepFolder
+from cnnlab.sweeps import inside
+from cnnlab.sweeps.inside import inside_groups
+from cnnlab.sweeps.report import groups
+from cnnlab.sweeps.results import load_trials
+from cnnlab.sweeps.study import SweepFolder
 from cnnlab.tasks import TargetSpec, task_class
 from cnnlab.tasks.regression import RegressionConfig
 from tests.conftest import run_cli

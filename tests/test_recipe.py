@@ -152,7 +152,8 @@ def test_cross_field_checks():
         ("tasks.cls.standardize=true", "unknown key 'tasks.cls.standardize'; valid keys here: "
          "target, weight, head, type, loss, label_smoothing"),
         ("tasks.cls.type=segmentation", "tasks.cls.type = 'segmentation': choose one of: "
-         "classification, regression, pixel_classification"),
+         "classification, regression, pixel_classification; register your own with "
+         "@cnnlab.register_task (see cnnlab --import)"),
         ("tasks.cls.type=null", "tasks.cls.type is missing: choose one of: classification, "
          "regression, pixel_classification"),
         ("tasks.cls.head.widht=3", "unknown key 'tasks.cls.head.widht'; valid keys here: "

@@ -14,13 +14,13 @@ import pytest
 import yaml
 
 from cnnlab.errors import CnnlabError
-from cnnlab.sweep.launch import sweep
-from cnnlab.sweep.report import group_table, groups
-from cnnlab.sweep.results import TrialRow, load_trials, with_runs
-from cnnlab.sweep.select import pareto_front
-from cnnlab.sweep.spec import load_sweep
-from cnnlab.sweep.storage import open_storage
-from cnnlab.sweep.study import SweepFolder
+from cnnlab.sweeps.launch import sweep
+from cnnlab.sweeps.report import group_table, groups
+from cnnlab.sweeps.results import TrialRow, load_trials, with_runs
+from cnnlab.sweeps.select import pareto_front
+from cnnlab.sweeps.spec import load_sweep
+from cnnlab.sweeps.storage import open_storage
+from cnnlab.sweeps.study import SweepFolder
 from tests.conftest import DEMO, ROOT, run_cli
 from tests.conftest import TINY as CONFTEST_TINY
 
@@ -235,8 +235,8 @@ def test_a_repeated_configuration_reuses_the_finished_run(tmp_path):
 @pytest.mark.parametrize("method", ["grid", "random"])
 def test_two_workers_racing_for_the_last_trial_leave_one_to_run(tmp_path, method):
     """Both passed the budget check and both created a trial: the later number yields."""
-    from cnnlab.sweep.study import base_recipe
-    from cnnlab.sweep.worker import is_surplus
+    from cnnlab.sweeps.study import base_recipe
+    from cnnlab.sweeps.worker import is_surplus
 
     base = base_recipe(yaml.safe_load(DEMO.read_text()), "demo")
     spec = load_sweep(lr_sweep(tmp_path, method, "{values: [0.1, 0.01, 0.001]}"), base)
@@ -290,8 +290,8 @@ C, P = "complete", "pruned"
 def test_early_terminate_stops_the_trials_worked_out_by_hand(tmp_path, early, epochs, expected):
     """The worker's per-epoch reporter and the sweep's pruner in a real journal study, fed
     the curves above instead of training."""
-    from cnnlab.sweep.study import base_recipe, pruner_for
-    from cnnlab.sweep.worker import epoch_reporter
+    from cnnlab.sweeps.study import base_recipe, pruner_for
+    from cnnlab.sweeps.worker import epoch_reporter
 
     text = "method: random\nmetric: {name: val.cls.accuracy}\n"
     text += f"parameters: {{model.blocks: {{values: [2, 3]}}}}\nearly_terminate: {early}\n"

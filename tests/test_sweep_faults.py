@@ -17,11 +17,11 @@ import pytest
 
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import read_yaml
-from cnnlab.sweep.launch import sweep
-from cnnlab.sweep.results import load_trials, open_study
-from cnnlab.sweep.select import select
-from cnnlab.sweep.storage import open_storage
-from cnnlab.sweep.study import (
+from cnnlab.sweeps.launch import sweep
+from cnnlab.sweeps.results import load_trials, open_study
+from cnnlab.sweeps.select import select
+from cnnlab.sweeps.storage import open_storage
+from cnnlab.sweeps.study import (
     INPUTS_ATTR,
     SweepFolder,
     base_recipe,
@@ -30,7 +30,7 @@ from cnnlab.sweep.study import (
     load_study,
     study_folder,
 )
-from cnnlab.sweep.worker import run_worker
+from cnnlab.sweeps.worker import run_worker
 from tests.conftest import DEMO, ROOT, run_cli
 from tests.test_runs import LOCK_AND_WAIT
 from tests.test_sweep import DIVERGES, TINY, lr_sweep, sets, write
@@ -234,8 +234,8 @@ JOIN = """
 import sys, time
 from pathlib import Path
 from cnnlab.errors import CnnlabError
-from cnnlab.sweep.storage import open_storage
-from cnnlab.sweep.study import SweepFolder, load_study
+from cnnlab.sweeps.storage import open_storage
+from cnnlab.sweeps.study import SweepFolder, load_study
 folder, url, start, journal = sys.argv[1:]
 folder = SweepFolder(Path(folder))
 storage = open_storage(url or None, Path(journal), 1)
@@ -310,7 +310,7 @@ def test_importance_errors_are_not_too_few_trials(finished, tmp_path, monkeypatc
     """Below 3 complete trials the page says "too few"; an error in Optuna is raised."""
     from optuna.importance import PedAnovaImportanceEvaluator
 
-    from cnnlab.sweep.report import importances
+    from cnnlab.sweeps.report import importances
 
     folder = copy_of(finished, tmp_path)
     study = open_study(folder, None)
@@ -331,7 +331,7 @@ def test_importance_errors_are_not_too_few_trials(finished, tmp_path, monkeypatc
 
 def test_a_surplus_trial_yields_and_frees_its_grid_point(finished, tmp_path):
     """The grid is done: a late worker's trial is pruned as surplus, off the grid, untrained."""
-    from cnnlab.sweep.worker import GRID_ATTR, Objective
+    from cnnlab.sweeps.worker import GRID_ATTR, Objective
 
     folder = copy_of(finished, tmp_path)
     storage, spec = open_storage(None, folder.path, 1), folder.spec()

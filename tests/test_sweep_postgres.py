@@ -12,8 +12,8 @@ import optuna
 import pytest
 import sqlalchemy
 
-from cnnlab.sweep.results import load_trials
-from cnnlab.sweep.study import SweepFolder
+from cnnlab.sweeps.results import load_trials
+from cnnlab.sweeps.study import SweepFolder
 from tests.conftest import DEMO, ROOT, run_cli
 from tests.postgres import postgres_server
 from tests.test_sweep_faults import LR_GRID, race_to_start

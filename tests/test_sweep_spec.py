@@ -9,8 +9,8 @@ import yaml
 from cnnlab.catalog import RECIPES, SWEEPS
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import apply_overrides, read_yaml
-from cnnlab.sweep.spec import load_sweep
-from cnnlab.sweep.study import base_recipe, pruner_for, sampler_for
+from cnnlab.sweeps.spec import load_sweep
+from cnnlab.sweeps.study import base_recipe, pruner_for, sampler_for
 from tests.conftest import DEMO
 
 SEED000 = RECIPES / "seed000_best_accuracy.yaml"

@@ -1,8 +1,9 @@
 """Data sources by name: each one's recipe section, its cheap description and its tensors.
 
 A new source is one file (its `DataSection` subclass, `describe`, `load`, `locate` and a
-`SOURCE` entry) and one line in SOURCES; the recipe's `data.source` picks it, and nothing
-else in cnnlab changes.
+`SOURCE` entry) and one line in SOURCES, or, outside cnnlab, one `cnnlab.register_source`
+call (cnnlab/components.py); the recipe's `data.source` picks it, and nothing else in cnnlab
+changes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from cnnlab.data import cifar10, colorize, fashion_mnist, gsn, image_folder, ski
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
 from cnnlab.data.colorize import TARGET
 from cnnlab.errors import CnnlabError
+from cnnlab.registrations import register_hint
 
 SOURCES: dict[str, Source] = {
     "fashion_mnist": fashion_mnist.SOURCE,
@@ -35,12 +37,15 @@ def _source_of(raw: Any) -> str | None:
     return getattr(raw, "source", None)
 
 
-# The recipe's `data` section: one config per source, told apart by `source`. Pydantic
-# accepts the tagged union with a single member too, so the errors read the same with one.
-DataConfig = Annotated[
-    Union[tuple(Annotated[s.config, Tag(name)] for name, s in SOURCES.items())],  # noqa: UP007
-    Discriminator(_source_of),
-]
+def data_config() -> Any:
+    """The recipe's `data` section as SOURCES holds it now: one config per source, told apart
+    by `source` (cnnlab/recipe.py rebuilds the recipe with it after a registration). Pydantic
+    accepts the tagged union with a single member too, so the errors read the same with one."""
+    members = tuple(Annotated[s.config, Tag(name)] for name, s in SOURCES.items())
+    return Annotated[Union[members], Discriminator(_source_of)]  # noqa: UP007 (built at run time)
+
+
+DataConfig = data_config()  # the built-in sources' section
 
 
 def default_data() -> DataSection:
@@ -49,7 +54,10 @@ def default_data() -> DataSection:
 
 def get_source(name: str) -> Source:
     if name not in SOURCES:
-        raise CnnlabError(f"data.source {name!r} is unknown; choose one of: {', '.join(SOURCES)}")
+        raise CnnlabError(
+            f"data.source {name!r} is unknown; choose one of: {', '.join(SOURCES)}; "
+            f"{register_hint('source')}"
+        )
     return SOURCES[name]
 
 
@@ -81,6 +89,7 @@ __all__ = [
     "Dataset",
     "ImageSet",
     "Source",
+    "data_config",
     "default_data",
     "describe",
     "get_source",

@@ -202,9 +202,9 @@ def _decode_all(root: Path, rels: list[str], size: int, resize: str) -> tuple[np
         except Exception:  # corrupt, truncated, empty, not an image, too large
             failed.append(i)
 
-    from cnnlab.progress import console
+    from cnnlab.progress import console, live_bars
 
-    live = console.is_terminal
+    live = live_bars()
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
         if live:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn

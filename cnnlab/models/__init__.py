@@ -1,13 +1,15 @@
 """Backbones by name, and the multi-task model that joins a backbone with its heads.
 
 A new backbone is one file (its config section and its `Backbone` subclass) and one entry in
-BACKBONES; the recipe's `model.backbone` picks it. Heads attach to its
+BACKBONES, or, outside cnnlab, `@cnnlab.register_backbone` (cnnlab/components.py) on any
+module that maps images to feature maps; the recipe's `model.backbone` picks it. Heads attach to its
 pooled features, or, when the head names a `stage` (a per-pixel head), to that stage's map;
 each task builds its own head for the backbone (`cnnlab/tasks/`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, NamedTuple, Protocol, Union
 
 import torch
@@ -30,7 +32,9 @@ class HeadMaker(Protocol):
 
 
 class BackboneEntry(NamedTuple):
-    module: type[Backbone]  # built as module(cfg, in_channels, image_size)
+    # module(cfg, in_channels, image_size) builds it: a Backbone subclass, or for a registered
+    # plain module the ModuleBuilder that wraps it (cnnlab/models/adapter.py)
+    module: Callable[[Any, int, tuple[int, int]], Backbone]
     config: type[Section]  # its `model` section, with `backbone: Literal["<name>"]`
     doc: str  # one line for `cnnlab backbones`
 
@@ -70,8 +74,13 @@ def tagged_by_backbone(configs: list[type[Section]]) -> Any:
     return Annotated[Union[members], Discriminator(pick)]  # noqa: UP007 (built at run time)
 
 
-# The recipe's `model` section: one config per backbone, told apart by `backbone`.
-ModelConfig = tagged_by_backbone([b.config for b in BACKBONES.values()])
+def model_config() -> Any:
+    """The recipe's `model` section as BACKBONES holds it now: one config per backbone, told
+    apart by `backbone` (cnnlab/recipe.py rebuilds the recipe with it after a registration)."""
+    return tagged_by_backbone([b.config for b in BACKBONES.values()])
+
+
+ModelConfig = model_config()  # the built-in backbones' section
 
 
 def owns_input(cfg: Section) -> bool:
@@ -153,5 +162,6 @@ __all__ = [
     "create_model",
     "for_checkpoint",
     "list_backbones",
+    "model_config",
     "owns_input",
 ]

@@ -28,6 +28,7 @@ from cnnlab.config import Section
 from cnnlab.errors import CnnlabError
 from cnnlab.models.base import Backbone, FeatureInfo
 from cnnlab.models.weights import PACKAGED, load_checked, packaged_state, read_state_dict
+from cnnlab.registrations import register_hint
 
 
 def timm_arch(name: str) -> str:
@@ -64,7 +65,7 @@ class TimmConfig(Section):
 
                 raise ValueError(
                     f"model.backbone = {name!r}: choose one of: {', '.join(BACKBONES)}, "
-                    f"or a timm model name{_close(name)}"
+                    f"or a timm model name{_close(name)}; {register_hint('backbone')}"
                 )
             data = {**data, "backbone": "timm", "name": name}
         return data

@@ -1,7 +1,8 @@
 """Task types by name: what each head is trained on, its loss and its metrics.
 
 A new task type is one file (its config section and its `Task` subclass) and one entry in
-TASKS; the recipe's `tasks.<name>.type` picks it, and nothing else in cnnlab changes.
+TASKS, or, outside cnnlab, `@cnnlab.register_task` on the class (cnnlab/components.py); the
+recipe's `tasks.<name>.type` picks it, and nothing else in cnnlab changes.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ TASKS: dict[str, type[Task]] = {
     "pixel_classification": PixelClassification,
 }
 
-# The recipe's `tasks.<name>` section: one config per type, told apart by `type`.
-TaskConfig = Annotated[
-    Union[tuple(t.config for t in TASKS.values())],  # noqa: UP007 (a union built at run time)
-    Field(discriminator="type"),
-]
+
+def task_config() -> Any:
+    """The recipe's `tasks.<name>` section as TASKS holds it now: one config per type, told
+    apart by `type` (cnnlab/recipe.py rebuilds the recipe with it after a registration)."""
+    members = tuple(t.config for t in TASKS.values())
+    return Annotated[Union[members], Field(discriminator="type")]  # noqa: UP007 (run time)
+
+
+TaskConfig = task_config()  # the built-in task types' section
 
 
 def task_class(cfg: TaskSection) -> type[Task]:
@@ -61,5 +66,6 @@ __all__ = [
     "headline_metrics",
     "metric_goal",
     "task_class",
+    "task_config",
     "total_loss",
 ]

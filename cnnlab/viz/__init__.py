@@ -1,7 +1,8 @@
 """Figures of a run, by name: `cnnlab viz RUN NAME` and report.html both use this registry.
 
 Each figure function takes a `RunView` (plus its own options) and returns a list of
-`Chart`s; a new figure is one function here and one entry in FIGURES.
+`Chart`s; a new figure is one function here and one entry in FIGURES, or, outside cnnlab,
+`@cnnlab.register_figure` on the function (cnnlab/components.py).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def list_figures() -> dict[str, str]:
     return {name: spec.doc for name, spec in FIGURES.items()}
 
 
+BUILT_IN = frozenset(FIGURES)  # the report's fixed sections; registered ones come after
+
+
 def get_figure(name: str) -> FigureSpec:
     if name not in FIGURES:
         raise CnnlabError(f"figure {name!r} is unknown; choose one of: {', '.join(FIGURES)}")
@@ -78,4 +82,13 @@ def render(run: str | Path, name: str, out: Path | None = None, **options) -> li
     return [chart.save(folder) for chart in make_charts(view, name, **options)]
 
 
-__all__ = ["FIGURES", "Chart", "RunView", "get_figure", "list_figures", "make_charts", "render"]
+__all__ = [
+    "BUILT_IN",
+    "FIGURES",
+    "Chart",
+    "RunView",
+    "get_figure",
+    "list_figures",
+    "make_charts",
+    "render",
+]

@@ -31,11 +31,20 @@ class Chart:
 
     key: str  # file stem under figures/, e.g. "confusion_cls"
     title: str
-    figure: Figure
+    figure: Figure = field(repr=False)
     caption: str = ""
-    plotly: Any | None = None  # a plotly Figure for report.html
-    table: list[dict] | None = None  # rows shown under the figure in report.html
-    extra: dict = field(default_factory=dict)  # numbers tests and the report read
+    plotly: Any | None = field(default=None, repr=False)  # a plotly Figure for report.html
+    table: list[dict] | None = field(default=None, repr=False)  # rows under it in report.html
+    extra: dict = field(default_factory=dict, repr=False)  # numbers tests and the report read
+
+    def _repr_png_(self) -> bytes:
+        """The picture Jupyter shows when a chart is the value of a cell."""
+        import io
+
+        buffer = io.BytesIO()
+        with matplotlib.rc_context(RC):
+            self.figure.savefig(buffer, format="png", bbox_inches="tight")
+        return buffer.getvalue()
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)

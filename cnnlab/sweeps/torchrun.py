@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cnnlab.components import child_environment
 from cnnlab.errors import CnnlabError
 from cnnlab.runs import RunFolder
 
@@ -24,11 +25,12 @@ POLL_S = 0.5
 
 
 def child_env() -> dict[str, str]:
-    """The environment of a process this sweep starts: it imports this very cnnlab."""
+    """The environment of a process this sweep starts: it imports this very cnnlab, and the
+    modules `--import` named ($CNNLAB_IMPORT), so it knows the components recipes name."""
     root = str(Path(__file__).resolve().parent.parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return env
+    return child_environment(env)
 
 
 def command(run: RunFolder, processes: int) -> list[str]:

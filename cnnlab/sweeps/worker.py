@@ -10,7 +10,7 @@ A trial's outcome is recorded on the trial: complete, pruned, failed with `outco
 and `fail_reason`, failed with `outcome=interrupted` (Ctrl-C; a retry is queued), or failed
 with no outcome (its worker stopped sending heartbeats; Optuna queued a retry).
 
-    python -m cnnlab.sweep.worker SWEEP_FOLDER --index I --threads T [--device D]
+    python -m cnnlab.sweeps.worker SWEEP_FOLDER --index I --threads T [--device D]
 (the storage URL, which may hold a password, comes in $CNNLAB_SWEEP_STORAGE)
 """
 
@@ -28,20 +28,21 @@ from pathlib import Path
 
 from optuna.storages import BaseStorage
 
+from cnnlab.components import import_from_environment, load_entry_points
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import best_row, validate
 from cnnlab.runs import RunFolder, RunInUse, write_json
-from cnnlab.sweep.results import SURPLUS
-from cnnlab.sweep.spec import SweepSpec, apply_to
-from cnnlab.sweep.storage import (
+from cnnlab.sweeps.results import SURPLUS
+from cnnlab.sweeps.spec import SweepSpec, apply_to
+from cnnlab.sweeps.storage import (
     WORKER_ATTR,
     RetryStaleTrial,
     open_storage,
     redact,
     worker_id,
 )
-from cnnlab.sweep.study import SweepFolder, load_study
-from cnnlab.sweep.torchrun import child_env, train_in_processes
+from cnnlab.sweeps.study import SweepFolder, load_study
+from cnnlab.sweeps.torchrun import child_env, train_in_processes
 
 STORAGE_ENV = "CNNLAB_SWEEP_STORAGE"
 # GridSampler's record of a trial's grid point. Not public API: read to count the budget
@@ -389,7 +390,7 @@ def spawn_workers(folder: SweepFolder, storage_url: str | None, workers: int) ->
         env[STORAGE_ENV] = storage_url
     procs = []
     for index, (threads, dev) in enumerate(worker_slots(workers, folder.base()["train"])):
-        cmd = [sys.executable, "-m", "cnnlab.sweep.worker", str(folder.path)]
+        cmd = [sys.executable, "-m", "cnnlab.sweeps.worker", str(folder.path)]
         cmd += ["--index", str(index), "--threads", str(threads)]
         if dev:
             cmd += ["--device", dev]
@@ -410,6 +411,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     try:
+        # the components `cnnlab sweep` knew: installed plug-ins and its --import modules
+        load_entry_points()
+        import_from_environment()
         why = run_worker(
             SweepFolder.open(args.folder),
             os.environ.get(STORAGE_ENV),

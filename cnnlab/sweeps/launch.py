@@ -9,8 +9,8 @@ from cnnlab.build import check_data
 from cnnlab.errors import CnnlabError
 from cnnlab.progress import console
 from cnnlab.recipe import apply_overrides, read_yaml, validate
-from cnnlab.sweep.spec import load_sweep
-from cnnlab.sweep.study import (
+from cnnlab.sweeps.spec import load_sweep
+from cnnlab.sweeps.study import (
     SweepFolder,
     base_recipe,
     check_joinable,
@@ -71,7 +71,7 @@ def sweep(
         # An unreachable database, or a study in it started from other inputs, stops here,
         # before a folder is made.
         if storage is not None:
-            from cnnlab.sweep.storage import open_storage
+            from cnnlab.sweeps.storage import open_storage
 
             db = open_storage(storage, out, heartbeat)
             if study:
@@ -101,16 +101,16 @@ def sweep(
 
 def _work(folder: SweepFolder, storage: str | None, workers: int) -> None:
     if workers == 1:
-        from cnnlab.sweep.worker import run_worker, worker_slots
+        from cnnlab.sweeps.worker import run_worker, worker_slots
 
         threads, device = worker_slots(1, folder.base()["train"])[0]
         why = run_worker(folder, storage, threads, device)
         if why != "done":
             raise CnnlabError(f"worker {why}; see the reasons above, fix them, then --resume")
         return
-    from cnnlab.sweep.storage import open_storage
-    from cnnlab.sweep.study import load_study
-    from cnnlab.sweep.worker import spawn_workers
+    from cnnlab.sweeps.storage import open_storage
+    from cnnlab.sweeps.study import load_study
+    from cnnlab.sweeps.worker import spawn_workers
 
     # Create the study here, once, rather than have N workers race to create it.
     load_study(
@@ -136,14 +136,14 @@ def _budget(spec, trials: int | None) -> int:
 
 
 def _redact(url: str) -> str:
-    from cnnlab.sweep.storage import redact
+    from cnnlab.sweeps.storage import redact
 
     return redact(url)
 
 
 def summarize(folder: SweepFolder, storage: str | None) -> None:
     """Counts by outcome, the best trial, and the commands that come next."""
-    from cnnlab.sweep.results import load_trials
+    from cnnlab.sweeps.results import load_trials
 
     rows = load_trials(folder, storage)
     counts = Counter(r.outcome for r in rows)

@@ -14,7 +14,7 @@ from typing import Any
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import best_row, flatten
 from cnnlab.runs import RunFolder
-from cnnlab.sweep.study import SweepFolder
+from cnnlab.sweeps.study import SweepFolder
 
 SURPLUS = "surplus"  # the outcome of a trial that yielded its slot to an earlier one
 
@@ -77,7 +77,7 @@ class TrialRow:
 def open_study(folder: SweepFolder, storage_url: str | None):
     import optuna
 
-    from cnnlab.sweep.storage import open_storage
+    from cnnlab.sweeps.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     meta = folder.meta()

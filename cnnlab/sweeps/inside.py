@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from cnnlab.data.batches import Splits
-from cnnlab.sweep.results import TrialRow
+from cnnlab.sweeps.results import TrialRow
 from cnnlab.viz import Chart, RunView
 from cnnlab.viz.confusion import confusion_charts, confusion_counts
 from cnnlab.viz.dead_units import alive_units, dead_table

@@ -18,8 +18,8 @@ from cnnlab.progress import markdown_table
 from cnnlab.progress import print_table as show_table
 from cnnlab.recipe import metric_goal, metric_names, validate
 from cnnlab.runs import write_json, write_text
-from cnnlab.sweep.results import TrialRow, differs, load_trials
-from cnnlab.sweep.study import SweepFolder
+from cnnlab.sweeps.results import TrialRow, differs, load_trials
+from cnnlab.sweeps.study import SweepFolder
 
 TEST_COLUMNS = ("accuracy", "mae", "rmse")  # per task, as in seed 000's Table 1
 

@@ -21,9 +21,9 @@ import numpy as np
 from cnnlab.progress import markdown_table
 from cnnlab.recipe import flatten, metric_goal
 from cnnlab.runs import write_text
-from cnnlab.sweep.inside import dead_rows, inside_groups
-from cnnlab.sweep.results import TrialRow, load_trials, open_study, with_runs
-from cnnlab.sweep.study import SweepFolder
+from cnnlab.sweeps.inside import dead_rows, inside_groups
+from cnnlab.sweeps.results import TrialRow, load_trials, open_study, with_runs
+from cnnlab.sweeps.study import SweepFolder
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
 OUTCOME_COLOURS = {
@@ -506,7 +506,7 @@ def _selection(folder: SweepFolder):
     """The table `cnnlab select` saved, as (header, rows), or None."""
     import json
 
-    from cnnlab.sweep.select import Pick, table
+    from cnnlab.sweeps.select import Pick, table
 
     path = folder.path / "selection.json"
     if not path.is_file():

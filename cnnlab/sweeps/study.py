@@ -29,7 +29,7 @@ import yaml
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import dump_recipe, upgrade_saved, validate
 from cnnlab.runs import write_json, write_text
-from cnnlab.sweep.spec import SweepSpec, load_sweep
+from cnnlab.sweeps.spec import SweepSpec, load_sweep
 
 META = "sweep.json"
 INPUTS_ATTR = "cnnlab:inputs"  # study user attr: fingerprint() of what the study started from

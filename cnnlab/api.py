@@ -1,0 +1,281 @@
+"""cnnlab from Python: the functions a notebook or script calls, and the `Run` they return.
+
+    import cnnlab
+    run = cnnlab.train("fashion_fast", overrides={"train.epochs": 3})
+    run.metrics                      # one row per epoch, a pandas DataFrame
+    run.predict(["shoe.png"])["cls"].labels
+    run.figure("confusion")          # shows inline in Jupyter, saved in RUN/figures/
+
+The `cnnlab` command is a thin layer over these same functions: a recipe given here is
+checked exactly as on the command line, and every problem a user can fix is one
+`CnnlabError` line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from cnnlab.build import resolve_device
+from cnnlab.catalog import recipe_file, sweep_file
+from cnnlab.errors import CnnlabError
+from cnnlab.evaluation import evaluate_run
+from cnnlab.experiment import train as train_recipe
+from cnnlab.inference import ImageLike, Predictions, Predictor
+from cnnlab.recipe import Recipe, apply_overrides, read_yaml, set_path, validate
+from cnnlab.runs import RunFolder, load_checkpoint
+from cnnlab.viz import RunView, make_charts
+
+RecipeLike = str | Path | Mapping[str, Any] | Recipe
+Overrides = Mapping[str, Any] | Sequence[str] | None
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def load_recipe(name_or_path: RecipeLike, overrides: Overrides = None) -> Recipe:
+    """The typed recipe: a shipped name (`cnnlab recipes`), a YAML path, a dict or a Recipe,
+    with `overrides` applied (`{"train.epochs": 3}` or `["train.epochs=3"]`, checked as
+    `--set` is). The result is a pydantic model: change it in Python, then train it."""
+    if isinstance(name_or_path, Recipe):
+        raw, source = name_or_path.model_dump(mode="json"), "recipe"
+    elif isinstance(name_or_path, Mapping):
+        raw, source = _plain(name_or_path), "recipe"
+    else:
+        path = recipe_file(name_or_path)
+        raw, source = read_yaml(path), str(path)
+    return validate(_overridden(raw, overrides), source=source)
+
+
+def _overridden(raw: dict, overrides: Overrides) -> dict:
+    if overrides is None:
+        return raw
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            path = [p for p in str(key).split(".") if p]
+            if not path:
+                raise CnnlabError(f"overrides: empty key {key!r}; expected e.g. 'train.epochs'")
+            set_path(raw, path, _plain(value), f"overrides[{key!r}]")
+        return raw
+    if isinstance(overrides, str):  # one "key=value": not a sequence of characters
+        overrides = [overrides]
+    return apply_overrides(raw, list(overrides))
+
+
+def _plain(value: Any) -> Any:
+    """A copy made of dicts and lists, so overriding never changes the caller's objects."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------------ runs
+
+
+def train(
+    recipe: RecipeLike, overrides: Overrides = None, run_dir: str | Path | None = None
+) -> Run:
+    """Train a recipe, test its best checkpoint and write its report, as `cnnlab train`
+    does; returns the finished run. `run_dir`: the folder to train in (new or empty);
+    default `<output_dir>/<name>-<time>`."""
+    parsed = load_recipe(recipe, overrides)
+    folder = None
+    if run_dir is not None:
+        folder = _fresh_folder(Path(run_dir), parsed)
+    return Run(train_recipe(parsed, run=folder).path)
+
+
+def _fresh_folder(path: Path, recipe: Recipe) -> RunFolder:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise CnnlabError(
+            f"run_dir {path} is not empty; give a new folder, or continue a run with "
+            f"cnnlab train --resume {path}"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return RunFolder.create(recipe, path)
+
+
+def resume(path: str | Path) -> Run:
+    """Continue an interrupted run from its last checkpoint, exactly where it stopped."""
+    run = RunFolder.open(path)
+    return Run(train_recipe(run.recipe(), resume=run.path).path)
+
+
+def load_run(path: str | Path) -> Run:
+    """A run folder, finished or not, for its metrics, predictions, figures and report."""
+    return Run(path)
+
+
+class Charts(list):
+    """A figure's charts: Jupyter shows each picture inline; each is saved as well."""
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        for chart in self:
+            display(chart)
+
+
+class Run:
+    """One run folder as Python sees it. The model and data are built on first use (the
+    figures, `evaluate`, `predict`), through the same build path training used."""
+
+    def __init__(self, path: str | Path):
+        self.folder = RunFolder.open(path)
+
+    def __repr__(self) -> str:
+        state = self.folder.status().get("state", "new")
+        return f"Run({str(self.path)!r}, {state})"
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.folder.recipe()
+
+    @property
+    def status(self) -> dict:
+        """state (running, interrupted, trained, finished, failed), epoch, reason."""
+        return self.folder.status()
+
+    @property
+    def metrics(self):
+        """One row per epoch: train, validation, lr, seconds (a pandas DataFrame)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.folder.read_metrics())
+
+    @property
+    def test_metrics(self) -> dict[str, float]:
+        """The test metrics of the best checkpoint, as training ended ({} before that)."""
+        return self.folder.test_metrics()
+
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        """A split's metrics (test or val), recomputed from the best checkpoint."""
+        if split not in ("test", "val"):
+            raise CnnlabError(f"evaluate: split {split!r}; choose test or val")
+        return evaluate_run(self.path, split)
+
+    @cached_property
+    def _view(self) -> RunView:
+        return RunView(self.path, resolve_device(self.recipe.train.device))
+
+    @cached_property
+    def _predictor(self) -> Predictor:
+        view = self._view
+        return Predictor(view.recipe, load_checkpoint(self.folder.best_path), view.device)
+
+    def predict(self, images: ImageLike | Sequence[ImageLike]) -> Predictions:
+        """Each task's answer for new images: file paths, PIL images, numpy arrays (H, W) or
+        (H, W, C), tensors (C, H, W), or one (B, C, H, W) batch; uint8, or float in [0, 1].
+        They are resized to the run's image size and normalized as training did."""
+        self._view  # noqa: B018 (a run without best.pt stops here, in one line)
+        return self._predictor(images)
+
+    def figure(self, name: str, **options: Any) -> Charts:
+        """One figure (`cnnlab figures` lists them) saved into RUN/figures/; in Jupyter the
+        returned charts show themselves."""
+        charts = Charts(make_charts(self._view, name, **options))
+        for chart in charts:
+            chart.save(self.path / "figures")
+        return charts
+
+    def report(self) -> Path:
+        """Write RUN/report.html (every figure, self-contained) and return its path."""
+        from cnnlab.report import build_report
+
+        return build_report(self.path)
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+class Sweep:
+    """A sweep folder: its trials as a table, and the choice of the best runs."""
+
+    def __init__(self, path: str | Path, storage: str | None = None):
+        from cnnlab.sweeps.study import SweepFolder
+
+        self.folder = SweepFolder.open(path)
+        self.storage = storage
+
+    def __repr__(self) -> str:
+        return f"Sweep({str(self.path)!r})"
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
+
+    @property
+    def results(self):
+        """One row per trial (a pandas DataFrame): number, state, value, its parameters,
+        its run folder, seconds."""
+        import pandas as pd
+
+        from cnnlab.sweeps.results import load_trials
+
+        rows = []
+        for t in load_trials(self.folder, self.storage):
+            run = t.run
+            seconds = (t.end - t.start).total_seconds() if t.start and t.end else None
+            rows.append(
+                {"trial": t.number, "state": t.outcome, "value": t.value, **t.params,
+                 "epochs": t.epochs, "seconds": seconds, "run": str(run.path) if run else None}
+            )  # fmt: skip
+        return pd.DataFrame(rows)
+
+    def select(self, metrics: str | Sequence[str] = (), test: bool = False):
+        """The best run per validation metric (several: also their Pareto front), as a
+        DataFrame; `test=True` evaluates the chosen runs on the test set, once each."""
+        import pandas as pd
+
+        from cnnlab.sweeps.select import select
+
+        names = [metrics] if isinstance(metrics, str) else list(metrics)
+        picks = select(self.folder, names, self.storage, test)
+        return pd.DataFrame(
+            [{"role": p.role, "trial": p.trial, "run": p.run, **p.val, **(p.test or {}),
+              **p.differs} for p in picks]
+        )  # fmt: skip
+
+    def run(self, trial: int) -> Run:
+        """The run folder of one trial."""
+        found = self.results
+        row = found[found["trial"] == trial]
+        if row.empty or row.iloc[0]["run"] is None:
+            raise CnnlabError(f"{self.path} has no run folder for trial {trial}")
+        return Run(row.iloc[0]["run"])
+
+
+def sweep(
+    recipe: RecipeLike,
+    sweep_file_or_name: str | Path,
+    overrides: Overrides = None,
+    **options: Any,
+) -> Sweep:
+    """Run a sweep (a W&B-format file or a shipped sweep's name) over a base recipe, as
+    `cnnlab sweep` does; `options` are its flags: trials, workers, storage, study, out,
+    resume, max_failures, heartbeat, trial_processes, name_map."""
+    from cnnlab.sweeps.launch import sweep as run_sweep
+
+    base = load_recipe(recipe, overrides).model_dump(mode="json")
+    known = {"trials", "workers", "storage", "study", "out", "resume", "max_failures",
+             "heartbeat", "trial_processes", "name_map"}  # fmt: skip
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise CnnlabError(f"sweep: unknown option {unknown[0]!r}; choose from {sorted(known)}")
+    if "out" in options:
+        options["out"] = Path(options["out"])
+    if "name_map" in options:
+        options["map_path"] = Path(options.pop("name_map"))
+    folder = run_sweep(base, sweep_file(sweep_file_or_name), [], **options)
+    return Sweep(folder.path, options.get("storage"))
+
+
+__all__ = ["Charts", "Run", "Sweep", "load_recipe", "load_run", "resume", "sweep", "train"]

@@ -1,0 +1,185 @@
+"""Predictions of a trained run on images it has never seen: files, arrays, PIL images.
+
+The model is rebuilt from the run's recipe and best checkpoint through the one build path
+(`cnnlab.build`), without its data set: the checkpoint holds what the input must look like
+(its shape and the normalization of training). Each image is turned into that input the
+way training made it (grey or colour, resized, scaled to [0, 1], normalized), and the
+answer is decoded per task: class names and probabilities, regression values in the
+target's units, per-pixel class maps. The recipe's test-time views are applied, so a test
+image gets the class the run's own test gave it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from cnnlab.build import build_model, declared_info, saved_precision, saved_tasks
+from cnnlab.data import colorize
+from cnnlab.errors import CnnlabError
+from cnnlab.models import MultiTaskModel
+from cnnlab.precision import autocast_for
+from cnnlab.recipe import Recipe
+from cnnlab.tasks import Task
+from cnnlab.tta import ViewAverage
+
+ImageLike = str | Path | np.ndarray | torch.Tensor | Image.Image
+
+
+@dataclass
+class Prediction:
+    """One task's answers for a batch of images (numpy, on the CPU)."""
+
+    task: str
+    index: np.ndarray | None = None  # (N,) class index, or (N, H, W) per pixel
+    labels: list[str] | None = None  # (N,) class names of a classification
+    probabilities: np.ndarray | None = None  # (N, K) of a classification
+    values: np.ndarray | None = None  # (N,) or (N, D) of a regression, in the target's units
+    classes: list[str] | None = None  # every class name, in index order
+
+
+class Predictions(dict):
+    """Task name -> `Prediction`; `table()` puts the image-level ones side by side."""
+
+    def table(self):
+        """A pandas DataFrame, one row per image: each classification's class and its
+        probability, each regression's value(s). Per-pixel maps stay in `[task].index`."""
+        import pandas as pd
+
+        columns: dict[str, Any] = {}
+        for name, p in self.items():
+            if p.labels is not None:
+                columns[name] = p.labels
+                columns[f"{name}.probability"] = p.probabilities.max(axis=1)
+            elif p.values is not None and p.values.ndim == 1:
+                columns[name] = p.values
+            elif p.values is not None:
+                for k in range(p.values.shape[1]):
+                    columns[f"{name}[{k}]"] = p.values[:, k]
+        return pd.DataFrame(columns)
+
+
+class Predictor:
+    """A run's best model, ready for new images; built once, used for any number of calls."""
+
+    def __init__(self, recipe: Recipe, saved: dict, device: torch.device):
+        self.recipe, self.device = recipe, device
+        self.tasks: dict[str, Task] = saved_tasks(recipe, saved)
+        shape = tuple(saved.get("input") or _shape_without_input(recipe))
+        self.shape: tuple[int, int, int] = shape  # (C, H, W) the model takes
+        model = build_model(recipe, self.tasks, shape, from_checkpoint=True)
+        model.load_state_dict(saved["model"])
+        self.model: MultiTaskModel = model.to(device).eval().requires_grad_(False)
+        self.mean = torch.tensor(saved["normalize"]["mean"], device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(saved["normalize"]["std"], device=device).view(1, -1, 1, 1)
+        self.grey = recipe.data.colorize is not None
+        self.autocast = autocast_for(device, saved_precision(saved, recipe))
+        names = recipe.train.tta
+        black = (-self.mean / self.std).flatten()
+        views = ViewAverage(names, self.tasks, recipe.data, shape[1:], black) if names else None
+        self.views = views
+
+    def inputs(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        """Model input (B, C, H, W) from images as training made it from its uint8 pixels."""
+        colour_channels = 3 if self.grey else self.shape[0]
+        batch = to_batch(images, colour_channels, self.shape[1:]).to(self.device)
+        if self.grey:
+            batch = colorize.luminance(batch)
+        x = (batch - self.mean) / self.std
+        if self.recipe.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @torch.inference_mode()
+    def __call__(self, images: ImageLike | Sequence[ImageLike]) -> Predictions:
+        x = self.inputs(images)
+        with self.autocast():
+            out = self.views(self.model, x) if self.views else self.model(x)
+        return Predictions({name: self._decode(name, o.float()) for name, o in out.items()})
+
+    def _decode(self, name: str, raw: torch.Tensor) -> Prediction:
+        head, classes = self.model.heads[name], self.tasks[name].info.classes
+        decoded = head.decode(raw).cpu()
+        if classes is None:  # a regression: values in the target's units
+            return Prediction(name, values=decoded.numpy())
+        index = decoded.numpy()
+        if index.ndim > 1:  # a per-pixel class map
+            return Prediction(name, index=index, classes=list(classes))
+        probabilities = raw.softmax(dim=1).cpu().numpy()
+        labels = [classes[i] for i in index]
+        return Prediction(name, index, labels, probabilities, classes=list(classes))
+
+
+def _shape_without_input(recipe: Recipe) -> tuple[int, int, int]:
+    """A checkpoint from before cnnlab saved its input shape: the source's description."""
+    c, h, w = declared_info(recipe).shape
+    return (1 if recipe.data.colorize is not None else c), h, w
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def to_batch(
+    images: ImageLike | Sequence[ImageLike], channels: int, size: tuple[int, int]
+) -> torch.Tensor:
+    """(B, channels, H, W) float in [0, 1] at `size`. A 4-D tensor or array is one batch;
+    anything else is one image or a list of them. uint8 is scaled by 255; float is taken as
+    [0, 1] already. Colour is made grey by luminance, grey repeated into colour."""
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        return torch.cat([_one(img, channels, size) for img in images])
+    if isinstance(images, (str, Path, np.ndarray, torch.Tensor, Image.Image)):
+        images = [images]
+    if not images:
+        raise CnnlabError("predict: no images given")
+    return torch.cat([_one(img, channels, size) for img in images])
+
+
+def _one(image: ImageLike, channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """One image as (1, channels, H, W) float in [0, 1]."""
+    if isinstance(image, (str, Path)):
+        image = _open(Path(image))
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))
+    if x.ndim == 2:
+        x = x.unsqueeze(0)  # (H, W): grey
+    elif x.ndim == 3 and x.shape[-1] in (1, 3, 4) and x.shape[0] not in (1, 3, 4):
+        x = x.permute(2, 0, 1)  # (H, W, C), as numpy and PIL hold images
+    if x.ndim != 3:
+        raise CnnlabError(
+            f"predict: an image of shape {tuple(x.shape)}; give (H, W), (H, W, C) or (C, H, W)"
+        )
+    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    x = _channels(x[:3] if x.shape[0] == 4 else x, channels)  # RGBA: alpha dropped
+    if tuple(x.shape[1:]) != tuple(size):
+        x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)
+        return x.clamp_(0, 1)
+    return x[None]
+
+
+def _channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    if x.shape[0] == channels:
+        return x
+    if channels == 1 and x.shape[0] == 3:
+        return colorize.luminance(x[None])[0]
+    if channels == 3 and x.shape[0] == 1:
+        return x.expand(3, -1, -1)
+    raise CnnlabError(f"predict: an image with {x.shape[0]} channels; the model takes {channels}")
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise CnnlabError(f"predict: {path} not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im
+    except (UnidentifiedImageError, OSError) as err:
+        raise CnnlabError(f"predict: {path} is not a readable image ({err})") from None

@@ -1,0 +1,57 @@
+"""The record of what users registered (cnnlab/components.py), and how messages tell them to.
+
+Why a module of its own at the bottom of the layers: the recipe's errors (an unknown
+`model.backbone`), the data sources' and the run folder's env.json read this record and
+these words, and they sit below `components.py`, which imports every registry. Nothing of
+cnnlab is imported here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Kind = Literal["backbone", "source", "task", "figure"]
+
+# What registers one of each kind, for "register your own with ..." at the end of an error.
+REGISTER: dict[str, str] = {
+    "backbone": "@cnnlab.register_backbone",
+    "source": "cnnlab.register_source",
+    "task": "@cnnlab.register_task",
+    "figure": "@cnnlab.register_figure",
+}
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One user registration, kept so that it can be undone and its origin named."""
+
+    kind: Kind
+    name: str
+    previous: Any  # the entry it replaced (replace=True), put back by `unregister`; None: new
+    origin: dict[str, str]  # {"import": spec} | {"package": name} | {"module": name}
+
+
+REGISTERED: list[Registration] = []  # this process's user registrations, in order
+
+
+def register_hint(kind: Kind) -> str:
+    """The end of an "unknown component" error: how to add one of your own."""
+    return f"register your own with {REGISTER[kind]} (see cnnlab --import)"
+
+
+def origins() -> list[dict[str, str]]:
+    """Each user registration and where it came from, for a run's env.json: a later process
+    that lacks one can say what to import (`missing_hint`)."""
+    return [{"kind": r.kind, "name": r.name, **r.origin} for r in REGISTERED]
+
+
+def missing_hint(origin: dict[str, str] | None) -> str:
+    """How to get a component back in a process that lacks it, from its recorded origin."""
+    origin = origin or {}
+    if origin.get("package"):
+        return f"install the package that registers it ({origin['package']})"
+    spec = origin.get("import") or origin.get("module")
+    if not spec or spec == "__main__":
+        spec = "MODULE"
+    return f"import the module that registers it (cnnlab --import {spec} ...)"

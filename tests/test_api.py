@@ -1,0 +1,151 @@
+"""The Python API: recipes from names, dicts and objects; a run trained, read back,
+evaluated and asked about new images; its figures and report; a sweep as tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import cnnlab
+from cnnlab.viz import RunView
+from tests.conftest import ROOT
+
+FAST = {  # the demo recipe in seconds; test-time views stay on, as in the demo
+    "data.train_subset": 2000,
+    "data.test_subset": 400,
+    "model.base_filters": 8,
+    "train.epochs": 1,
+    "train.progress": False,
+    "train.threads": 2,
+    "train.device": "cpu",
+    "train.report": False,
+    "train.ema_decay": None,  # 16 steps: an average would still be mostly the initial weights
+}
+
+
+def test_load_recipe_takes_names_dicts_and_recipes_with_the_same_checks():
+    recipe = cnnlab.load_recipe("fashion_fast", {"train.epochs": 3})
+    assert isinstance(recipe, cnnlab.Recipe) and recipe.train.epochs == 3
+    recipe.train.epochs = 5  # editable in Python, then given back
+    again = cnnlab.load_recipe(recipe, ["train.batch_size=32"])
+    assert (again.train.epochs, again.train.batch_size) == (5, 32)
+    raw = recipe.model_dump(mode="json")
+    assert cnnlab.load_recipe(raw, {"model": {"backbone": "cnn", "blocks": 2}}).model.blocks == 2
+    assert raw["model"]["blocks"] == 3  # the caller's dict is not changed
+    with pytest.raises(
+        cnnlab.CnnlabError, match=r"unknown key 'train.epoch'; valid keys here: epochs"
+    ):
+        cnnlab.load_recipe("fashion_fast", {"train.epoch": 3})
+    with pytest.raises(cnnlab.CnnlabError, match=r"train.epochs = 0"):
+        cnnlab.load_recipe("fashion_fast", {"train.epochs": 0})
+    with pytest.raises(cnnlab.CnnlabError, match="not found"):
+        cnnlab.load_recipe("no_such_recipe.yaml")
+
+
+@pytest.fixture(scope="module")
+def api_run(tmp_path_factory) -> cnnlab.Run:
+    out = tmp_path_factory.mktemp("api")
+    return cnnlab.train("fashion_fast", {**FAST, "output_dir": str(out / "runs")})
+
+
+def test_a_run_reads_back_as_tables(api_run):
+    run = cnnlab.load_run(api_run.path)
+    assert run.path == api_run.path and run.status["state"] == "finished"
+    assert isinstance(run.metrics, pd.DataFrame)
+    assert list(run.metrics["epoch"]) == [1] and "val.cls.accuracy" in run.metrics
+    saved = json.loads((run.path / "test_metrics.json").read_text())
+    assert run.test_metrics == saved and saved["test.cls.accuracy"] > 0.5
+    assert run.evaluate() == saved  # rebuilt from the checkpoint: the same numbers
+    assert set(run.evaluate("val")) >= {"val.cls.accuracy", "val.ink.rmse"}
+
+
+def test_predict_gives_the_classes_the_runs_own_test_gave(api_run, tmp_path):
+    view = RunView(api_run.path)
+    truth = view.test_predictions.pred  # the test pass, with the recipe's test-time views
+    images = view.split("test").images.cpu()  # uint8 (N, 1, 28, 28), as the source decoded
+    p = api_run.predict(images)
+    assert p["cls"].probabilities.shape == (len(images), 10)
+    assert np.allclose(p["cls"].probabilities.sum(1), 1, atol=1e-4)
+    assert (p["cls"].index == truth["cls"].numpy()).all()
+    assert p["cls"].labels[:3] == [view.task_classes("cls")[i] for i in truth["cls"][:3]]
+    assert np.allclose(p["ink"].values, truth["ink"].numpy(), atol=1e-5)  # target's units
+
+    # the same images as files, a PIL image and an (H, W) array: the same answers
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(images[i, 0].numpy()).save(paths[-1])
+    from_files = api_run.predict(paths)
+    assert from_files["cls"].labels == p["cls"].labels[:3]
+    one = api_run.predict(Image.open(paths[0]))
+    assert one["cls"].labels == p["cls"].labels[:1]
+    assert api_run.predict(images[0, 0].numpy())["cls"].labels == p["cls"].labels[:1]
+    table = from_files.table()
+    assert list(table.columns) == ["cls", "cls.probability", "ink"] and len(table) == 3
+
+    # a colour photo of another size is made grey and resized as the model needs
+    photo = np.random.default_rng(0).integers(0, 255, (56, 40, 3), dtype=np.uint8)
+    assert len(api_run.predict(photo)["cls"].labels) == 1
+    with pytest.raises(cnnlab.CnnlabError, match="not found"):
+        api_run.predict([tmp_path / "missing.png"])
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(cnnlab.CnnlabError, match="not a readable image"):
+        api_run.predict([tmp_path / "broken.png"])
+
+
+def test_figures_show_inline_and_are_saved(api_run):
+    charts = api_run.figure("confusion")
+    assert charts and all(c._repr_png_().startswith(b"\x89PNG") for c in charts)
+    assert (api_run.path / "figures" / f"{charts[0].key}.png").is_file()
+    with pytest.raises(cnnlab.CnnlabError, match="unknown"):
+        api_run.figure("no-such-figure")
+    assert api_run.report() == api_run.path / "report.html"
+
+
+def test_train_into_a_chosen_folder_refuses_one_in_use(tmp_path):
+    target = tmp_path / "mine"
+    run = cnnlab.train("fashion_fast", {**FAST, "data.train_subset": 500}, run_dir=target)
+    assert run.path == target and (target / "checkpoints" / "best.pt").is_file()
+    with pytest.raises(cnnlab.CnnlabError, match="is not empty"):
+        cnnlab.train("fashion_fast", FAST, run_dir=target)
+
+
+def test_import_cnnlab_from_anywhere_stays_light(tmp_path):
+    """`import cnnlab` loads no torch: the names arrive on first use."""
+    code = "import sys, cnnlab; print('torch' in sys.modules, cnnlab.Run.__name__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "Run"]
+
+
+def test_a_sweep_from_python_gives_its_trials_and_choice(tmp_path):
+    sweep_file = tmp_path / "lr.yaml"
+    sweep_file.write_text(
+        "method: grid\nmetric: {name: val.cls.accuracy, goal: maximize}\n"
+        "parameters:\n  train.optimizer.lr: {values: [0.003, 0.01]}\n"
+    )
+    recipe = cnnlab.load_recipe("fashion_fast", {**FAST, "data.train_subset": 500})
+    sweep = cnnlab.sweep(recipe, sweep_file, out=tmp_path / "sweeps", trials=2)
+    results = sweep.results
+    assert len(results) == 2 and set(results["state"]) == {"complete"}
+    assert sorted(results["train.optimizer.lr"]) == [0.003, 0.01]
+    chosen = sweep.select("val.cls.accuracy")
+    assert chosen.loc[0, "role"] == "best val.cls.accuracy"
+    best = results.loc[results["value"].idxmax()]
+    assert chosen.loc[0, "trial"] == best["trial"]
+    assert isinstance(sweep.run(int(best["trial"])), cnnlab.Run)
+    with pytest.raises(cnnlab.CnnlabError, match="unknown option 'trail'"):
+        cnnlab.sweep(recipe, sweep_file, trail=3)

@@ -1,0 +1,547 @@
+"""Components registered from outside cnnlab: a plain module as a backbone in one line, a
+source, a task type and a figure, each joining the recipe's schema, the training loop, the
+figures, checkpoints and the command line (cnnlab/components.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from cnnlab import components
+from cnnlab.components import (
+    import_modules,
+    register_backbone,
+    register_figure,
+    register_source,
+    register_task,
+    registration_scope,
+    unregister,
+)
+from cnnlab.config import Section
+from cnnlab.data import describe
+from cnnlab.data.augment import LabelMap
+from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet
+from cnnlab.errors import CnnlabError
+from cnnlab.experiment import train
+from cnnlab.models import create_model, list_backbones
+from cnnlab.models.base import Backbone, FeatureInfo
+from cnnlab.recipe import Recipe, load_recipe, validate
+from cnnlab.report import sections
+from cnnlab.runs import RunFolder, load_checkpoint
+from cnnlab.tasks.regression import Regression, RegressionConfig
+from cnnlab.viz import FIGURES, Chart, RunView, list_figures, make_charts, render
+from cnnlab.viz.hooks import feature_blocks
+from tests.conftest import DEMO, ROOT, TINY, fitted_tasks
+
+CLI = str(Path(sys.executable).with_name("cnnlab"))
+TIMING = {"seconds", "images_per_s"}
+
+
+@pytest.fixture(autouse=True)
+def scope():
+    """Each test's registrations end with it: the next test sees the built-in schema."""
+    with registration_scope():
+        yield
+
+
+class TwoConv(nn.Module):
+    """Two convolutions, the second strided: a plain module, nothing of cnnlab."""
+
+    def __init__(self, in_channels: int = 1, width: int = 16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.act = nn.ReLU()
+        self.conv2 = nn.Conv2d(width, width, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.act(self.conv1(x)))  # (B, width, H/2, W/2)
+
+
+TASKS = {"cls": {"type": "classification", "target": "label"}}
+TWOCONV = {"model": {"backbone": "twoconv", "width": 8}, "tasks": TASKS}
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(CnnlabError) as err:
+        validate(raw)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def tiny_twoconv(tmp_path: Path, *overrides: str) -> Recipe:
+    """The demo recipe (classification + ink regression) shrunk, on the registered module."""
+    sets = [o for o in TINY if not o.startswith("model.")]
+    model = "model={backbone: twoconv, width: 8}"
+    return load_recipe(DEMO, [f"output_dir={tmp_path / 'runs'}", *sets, model, *overrides])
+
+
+# ---------------------------------------------------------------------- the schema
+
+
+def test_a_plain_module_joins_the_recipe_in_one_line():
+    register_backbone("twoconv")(TwoConv)
+    recipe = validate(TWOCONV)
+    assert recipe.model.backbone == "twoconv" and recipe.model.width == 8
+    assert validate({"model": {"backbone": "twoconv"}, "tasks": TASKS}).model.width == 16
+    assert list(type(recipe.model).model_fields) == ["backbone", "width"]  # not in_channels
+    assert (
+        list_backbones()["twoconv"]
+        == "Two convolutions, the second strided: a plain module, nothing of cnnlab."
+    )
+
+    assert error_of({**TWOCONV, "model": {"backbone": "twoconv", "widht": 8}}) == (
+        "recipe: unknown key 'model.widht'; valid keys here: backbone, width"
+    )
+    assert error_of({**TWOCONV, "model": {"backbone": "twoconv", "width": "wide"}}).startswith(
+        "recipe: model.width = 'wide': Input should be a valid integer"
+    )
+    # the saved recipe validates again as it was written
+    assert validate(yaml.safe_load(yaml.safe_dump(recipe.model_dump(mode="json")))) == recipe
+
+    unregister("backbone", "twoconv")
+    assert "choose one of: cnn, resnet, plainnet, colorizer, timm, or" in error_of(TWOCONV)
+
+
+def test_an_unknown_component_lists_the_registered_ones_and_how_to_register():
+    register_backbone("twoconv")(TwoConv)
+    msg = error_of({**TWOCONV, "model": {"backbone": "threeconv"}})
+    assert "model.backbone = 'threeconv': choose one of: cnn, resnet, plainnet, colorizer, " in msg
+    assert "timm, twoconv, or a timm model name" in msg
+    assert msg.endswith("register your own with @cnnlab.register_backbone (see cnnlab --import)")
+    msg = error_of({"data": {"source": "mnist2"}, "tasks": TASKS})
+    assert "data.source 'mnist2' is unknown; choose one of: fashion_mnist, cifar10" in msg
+    assert msg.endswith("; register your own with cnnlab.register_source (see cnnlab --import)")
+    msg = error_of({"tasks": {"cls": {"type": "segmentation", "target": "label"}}})
+    assert msg.endswith(
+        "tasks.cls.type = 'segmentation': choose one of: classification, regression, "
+        "pixel_classification; register your own with @cnnlab.register_task (see cnnlab --import)"
+    )
+
+
+def test_a_name_is_taken_once_and_a_section_answers_to_its_name():
+    register_backbone("twoconv")(TwoConv)
+    with pytest.raises(CnnlabError, match=r"^backbone 'twoconv' is already registered \(by "):
+        register_backbone("twoconv")(TwoConv)
+    with pytest.raises(CnnlabError, match="backbone 'cnn' is already registered .built into cnn"):
+        register_backbone("cnn")(TwoConv)
+
+    class Wide(TwoConv):
+        def __init__(self, in_channels: int = 1, width: int = 64):
+            super().__init__(in_channels, width)
+
+    register_backbone("twoconv", replace=True)(Wide)
+    assert validate(TWOCONV).model.width == 8 and type(validate(TWOCONV).model).__name__ == (
+        "WideConfig"
+    )
+    unregister("backbone", "twoconv")  # the replaced entry comes back
+    assert type(validate(TWOCONV).model).__name__ == "TwoConvConfig"
+
+    class Mislabelled(Section):
+        backbone: Literal["other"] = "other"
+
+    with pytest.raises(CnnlabError) as err:
+        register_backbone("mine", config=Mislabelled)(TwoConv)
+    assert str(err.value) == (
+        "backbone 'mine': its config Mislabelled must say `backbone: Literal['mine'] = 'mine'` "
+        "(the recipe's `backbone` picks it by that tag); it has backbone = 'other'"
+    )
+
+    class Needy(nn.Module):
+        def __init__(self, depth: int):
+            super().__init__()
+
+    with pytest.raises(CnnlabError, match=r"Needy\(depth\): .* needs a keyword default"):
+        register_backbone("needy")(Needy)
+    with pytest.raises(CnnlabError, match="'cnn' is built into cnnlab; only registered"):
+        unregister("backbone", "cnn")
+
+
+# ------------------------------------------------------------- training and figures
+
+
+def test_a_registered_backbone_trains_resumes_exactly_draws_and_reloads(tmp_path):
+    register_backbone("twoconv")(TwoConv)
+
+    @register_figure("kernel-norms", "norm of each first-layer filter")
+    def kernel_norms(view) -> list[Chart]:
+        from cnnlab.viz.base import new_figure
+
+        weight = view.model.backbone.net.conv1.weight  # the module's own names, kept
+        fig = new_figure(3, 2)
+        fig.subplots().bar(range(weight.shape[0]), weight.flatten(1).norm(dim=1).tolist())
+        return [Chart("kernel_norms", "Kernel norms", fig)]
+
+    recipe = tiny_twoconv(
+        tmp_path, "train.epochs=2", "data.train_subset=600", "data.test_subset=100",
+        "train.precision=fp32",
+    )  # fmt: skip
+    reference = train(recipe)
+
+    def stop_after_first(row: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(CnnlabError, match="interrupted"):
+        train(recipe, on_epoch=stop_after_first)
+    (run_path,) = set((tmp_path / "runs").iterdir()) - {reference.path}
+    resumed = train(recipe, resume=run_path)
+    rows = [[{k: v for k, v in r.items() if k not in TIMING} for r in run.read_metrics()]
+            for run in (reference, resumed)]  # fmt: skip
+    assert len(rows[0]) == 2 and rows[0] == rows[1]
+    assert reference.test_metrics() == resumed.test_metrics()
+    state = load_checkpoint(reference.best_path)["model"]
+    assert {"backbone.net.conv1.weight", "backbone.net.conv2.bias"} <= state.keys()
+
+    # every figure: they hook the stage by its FeatureInfo name, find the module's
+    # convolutions and activations, and the registered one draws beside them
+    view = RunView(reference.path)
+    for name in FIGURES:
+        charts = make_charts(view, name)
+        assert charts or name in ("pixels", "landscape"), name  # no such task; not computed
+    assert render(reference.path, "kernel-norms", tmp_path / "figures")[0].stat().st_size > 2000
+    env = json.loads((reference.path / "env.json").read_text())
+    assert {"kind": "backbone", "name": "twoconv", "module": __name__} in env["components"]
+
+    # without the registration, the run says what is missing and what to import
+    unregister("backbone", "twoconv")
+    with pytest.raises(CnnlabError) as err:
+        RunFolder.open(reference.path).recipe()
+    assert str(err.value) == (
+        f"run {reference.path} used backbone 'twoconv', which is not registered in this "
+        f"process; import the module that registers it (cnnlab --import {__name__} ...)"
+    )
+
+
+class Pyramid(nn.Module):
+    """Three stages, each half the size: forward returns all three maps, as timm's
+    `feature_info` says."""
+
+    def __init__(self, in_channels: int = 3, width: int = 4):
+        super().__init__()
+        chans = [in_channels, width, 2 * width, 4 * width]
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=1), nn.ReLU())
+            for i in range(3)
+        )
+        self.feature_info = [
+            {"num_chs": chans[i + 1], "reduction": 2 ** (i + 1), "module": f"stages.{i}"}
+            for i in range(3)
+        ]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
+
+
+def test_every_stage_of_a_module_with_feature_info_takes_a_pixel_head():
+    register_backbone("pyramid")(Pyramid)
+    raw = {
+        "model": {"backbone": "pyramid", "width": 4},
+        "tasks": {"colour": {"type": "pixel_classification", "target": "colour", "stage": 1}},
+    }
+    recipe = validate(raw)
+    tasks = fitted_tasks(recipe, classes=5)
+    model = create_model(recipe.model, 3, (32, 32), tasks, channels_last=False)
+    backbone = model.backbone
+    assert [(s.channels, s.stride) for s in backbone.feature_info] == [(4, 2), (8, 4), (16, 8)]
+    maps = backbone.forward_intermediates(torch.zeros(2, 3, 32, 32))
+    assert [m.shape[1:] for m in maps] == [(4, 16, 16), (8, 8, 8), (16, 4, 4)]
+    out = model(torch.zeros(2, 3, 32, 32))["colour"]
+    assert out.shape == (2, 5, 32, 32)  # stage 1's map, upsampled by its stride 4
+    assert list(feature_blocks(model)) == ["block 1", "block 2", "block 3"]
+    assert backbone.forward_pooled(maps).shape == (2, backbone.num_features) == (2, 16)
+
+    class Liar(Pyramid):
+        def __init__(self, in_channels: int = 3, width: int = 4):
+            super().__init__(in_channels, width)
+            self.feature_info = self.feature_info[:2]
+
+    register_backbone("liar")(Liar)
+    with pytest.raises(CnnlabError, match=r"declares stages of \[4, 8\] channels but its forward"):
+        create_model(validate({**raw, "model": {"backbone": "liar"}}).model, 3, (32, 32), tasks)
+
+
+class WidthConfig(Section):
+    backbone: Literal["pooled"] = "pooled"
+    width: int = 8
+
+
+class Pooled(Backbone):
+    """A cnnlab Backbone of its own, with its own section."""
+
+    def __init__(self, cfg: WidthConfig, in_channels: int, image_size: tuple[int, int]):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, cfg.width, 3, padding=1)
+        self.feature_info = [FeatureInfo("conv", cfg.width, 1)]
+        self.num_features = cfg.width
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.conv(x)]
+
+    def forward_pooled(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        return maps[-1].amax(dim=(2, 3))
+
+
+def test_a_backbone_subclass_registers_with_its_own_section():
+    with pytest.raises(CnnlabError, match="give its section with register_backbone"):
+        register_backbone("pooled")(Pooled)
+    register_backbone("pooled", config=WidthConfig)(Pooled)
+    recipe = validate({"model": {"backbone": "pooled", "width": 3}, "tasks": TASKS})
+    model = create_model(recipe.model, 1, (28, 28), fitted_tasks(recipe))
+    assert type(model.backbone) is Pooled and model(torch.zeros(2, 1, 28, 28))["cls"].shape == (
+        2,
+        10,
+    )
+
+
+# ------------------------------------------------------------- sources, tasks, figures
+
+
+class StripesConfig(DataSection):
+    source: Literal["stripes"] = "stripes"
+    # a flip or a shift leaves stripes as they were: the label stays
+    label_maps: ClassVar[dict[str, LabelMap | None]] = {"hflip": None, "translate": None}
+    images: int = 400  # per split
+
+
+def stripes(n: int, seed: int) -> ImageSet:
+    """Images with horizontal (0) or vertical (1) stripes; target `label` and `ink`."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    rows = (torch.arange(12) % 3 == 0).to(torch.uint8).mul(200)  # (12,)
+    images = torch.where(
+        labels.view(n, 1, 1, 1) == 0, rows.view(1, 1, 12, 1), rows.view(1, 1, 1, 12)
+    ).expand(n, 1, 12, 12)
+    images = (images + torch.randint(0, 40, (n, 1, 12, 12), generator=g)).to(torch.uint8)
+    return ImageSet(images.contiguous(), {"label": labels})
+
+
+def stripes_info(cfg: StripesConfig) -> DataInfo:
+    sizes = {"train": cfg.images, "test": cfg.images}
+    return DataInfo("stripes", (1, 12, 12), {"label": ["rows", "columns"]}, sizes, "carved")
+
+
+def stripes_load(cfg: StripesConfig) -> Dataset:
+    """Horizontal or vertical stripes, 12x12 grey."""
+    train, test = stripes(cfg.images, 0), stripes(cfg.images, 1)
+    return Dataset("stripes", train, test, classes={"label": ["rows", "columns"]})
+
+
+class LabelRegression(Regression):
+    """A regression of the class index, standardized: a task type of one's own."""
+
+    class config(RegressionConfig):
+        type: Literal["label_regression"] = "label_regression"
+
+
+def test_a_registered_source_and_task_train_together(tmp_path):
+    register_backbone("twoconv")(TwoConv)
+    register_source("stripes", config=StripesConfig, describe=stripes_info, load=stripes_load)
+    register_task("label_regression")(LabelRegression)
+    raw = {
+        "output_dir": str(tmp_path / "runs"),
+        "data": {"source": "stripes", "images": 200},
+        "model": {"backbone": "twoconv", "width": 4},
+        "tasks": {"kind": {"type": "label_regression", "target": "label"}, **TASKS},
+        "train": {"epochs": 2, "progress": False, "report": False, "device": "cpu",
+                  "batch_size": 32, "precision": "fp32", "threads": 2},
+    }  # fmt: skip
+    recipe = validate(raw)
+    assert describe(recipe.data).shape == (1, 12, 12)
+    assert "unknown key 'data.imgs'" in error_of({**raw, "data": {"source": "stripes", "imgs": 3}})
+    assert error_of({**raw, "tasks": {"k": {"type": "label_regression", "target": "label",
+                                            "label_smoothing": 0.1}}}).startswith(
+        "recipe: unknown key 'tasks.k.label_smoothing'; valid keys here: target, weight, head"
+    )  # fmt: skip
+    run = train(recipe)
+    assert run.test_metrics()["test.cls.accuracy"] > 0.9  # stripes are easy
+    assert "test.kind.rmse" in run.test_metrics()
+
+    with pytest.raises(CnnlabError, match="source 'auto': its config must be a .*DataSection"):
+        register_source("auto", config=WidthConfig, describe=stripes_info, load=stripes_load)
+    plain = register_source("plain", describe=stripes_info, load=stripes_load)
+    assert plain.doc == "Horizontal or vertical stripes, 12x12 grey."
+    assert error_of({**raw, "data": {"source": "plain"}}).startswith(
+        "recipe: data.augment.hflip: plain does not say how a left-right flip changes its "
+    )
+    register_source("plain", describe=stripes_info, load=stripes_load, replace=True,
+                    label_maps={"hflip": None, "translate": None})  # fmt: skip
+    assert validate({**raw, "data": {"source": "plain", "val_fraction": 0.2}}).data.source == (
+        "plain"
+    )
+    with pytest.raises(CnnlabError, match="registered no `locate`"):
+        plain.locate(None, False)
+
+
+def test_a_registered_figure_is_listed_and_gets_a_report_section():
+    built_in = [sid for sid, _, _ in sections()]
+
+    @register_figure("weight-norms", "norm of every weight tensor")
+    def weight_norms(view, top: int = 5) -> list[Chart]:
+        return []
+
+    assert list_figures()["weight-norms"] == "norm of every weight tensor"
+    assert sections()[-1] == ("weight-norms", "weight-norms", ["weight-norms"])
+    assert [sid for sid, _, _ in sections()][:-1] == built_in
+    with pytest.raises(CnnlabError, match="figure 'curves' is already registered"):
+        register_figure("curves")(weight_norms)
+    unregister("figure", "weight-norms")
+    assert "weight-norms" not in list_figures() and [s for s, _, _ in sections()] == built_in
+
+
+# ------------------------------------------------------------------ importing code
+
+COMPONENTS = '''
+import torch
+from torch import nn
+
+from cnnlab.components import register_backbone
+
+
+@register_backbone("twoconv")
+class TwoConv(nn.Module):
+    """Two convolutions, the second strided."""
+
+    def __init__(self, in_channels: int = 1, width: int = 16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.conv1(x)))
+'''
+
+
+def test_import_modules_takes_files_and_module_names(tmp_path, monkeypatch):
+    (tmp_path / "my_components.py").write_text(COMPONENTS)
+    import_modules([str(tmp_path / "my_components.py")])
+    import_modules([str(tmp_path / "my_components.py")])  # once per process: no duplicate
+    assert validate(TWOCONV).model.width == 8
+    assert components.child_environment({})["CNNLAB_IMPORT"] == str(tmp_path / "my_components.py")
+    with pytest.raises(CnnlabError) as err:
+        import_modules(["no_such_components"])
+    assert str(err.value).startswith("--import no_such_components: no module named ")
+    with pytest.raises(CnnlabError, match=r"^--import missing\.py: no such file .*missing\.py"):
+        import_modules(["missing.py"])
+
+
+def test_import_of_a_module_name_from_the_current_folder(tmp_path, monkeypatch):
+    (tmp_path / "team_components.py").write_text(COMPONENTS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    import_modules(["team_components"])
+    assert validate(TWOCONV).model.backbone == "twoconv"
+    assert components.imported_modules() == ["team_components"]
+
+
+def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )  # fmt: skip
+
+
+def test_cli_train_imports_a_file(tmp_path):
+    (tmp_path / "my_file.py").write_text(COMPONENTS)
+    recipe = yaml.safe_load(DEMO.read_text())
+    recipe["model"] = {"backbone": "twoconv", "width": 8}
+    recipe["output_dir"] = str(tmp_path / "runs")
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    sets = [o for o in TINY if not o.startswith("model.")]
+    sets += ["data.train_subset=1000", "train.precision=fp32"]
+
+    out = cli(
+        "train",
+        "--import",
+        "my_file.py",
+        "recipe.yaml",
+        *(a for s in sets for a in ("--set", s)),
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    env = json.loads((run / "env.json").read_text())
+    assert env["components"] == [
+        {"kind": "backbone", "name": "twoconv", "import": str(tmp_path / "my_file.py")}
+    ]
+
+    out = cli("train", "--import", "absent_module", "recipe.yaml", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert out.stderr.startswith("error: --import absent_module: no module named 'absent_module'")
+
+
+def test_cli_count_imports_a_module_from_the_current_folder(tmp_path, monkeypatch):
+    """`cnnlab --import MODULE count`, through the command's parser, in this process."""
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+
+    (tmp_path / "my_components.py").write_text(COMPONENTS)
+    recipe = yaml.safe_load(DEMO.read_text())
+    recipe["model"] = {"backbone": "twoconv", "width": 8}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # --import puts this folder on it
+    out = CliRunner().invoke(app, ["--import", "my_components", "count", "recipe.yaml"])
+    assert out.exit_code == 0, out.output
+    assert "backbone.net.conv1" in out.output and "seed 002's formulas do not apply" in out.output
+
+
+def test_installed_entry_points_register_and_a_broken_one_is_one_warning(tmp_path):
+    site = tmp_path / "site"
+    (site / "lab_plugin-0.1.dist-info").mkdir(parents=True)
+    (site / "lab_plugin-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: lab-plugin\nVersion: 0.1\n"
+    )
+    (site / "lab_plugin-0.1.dist-info" / "entry_points.txt").write_text(
+        "[cnnlab.components]\nnets = lab_plugin_nets\nbroken = lab_plugin_broken:setup\n"
+    )
+    (site / "lab_plugin_nets.py").write_text(COMPONENTS)
+    (site / "lab_plugin_broken.py").write_text(
+        "def setup():\n    raise RuntimeError('no GPU driver')\n"
+    )
+    out = cli("backbones", cwd=tmp_path, env={"PYTHONPATH": f"{ROOT}{os.pathsep}{site}"})
+    assert out.returncode == 0, out.stderr
+    assert "twoconv" in out.stdout and "Two convolutions, the second strided." in out.stdout
+    assert out.stderr == (
+        "warning: components of package lab-plugin not loaded (entry point broken = "
+        "lab_plugin_broken:setup: RuntimeError: no GPU driver)\n"
+    )
+
+
+def test_the_schema_is_the_built_in_one_outside_a_scope():
+    with registration_scope():
+        register_backbone("twoconv")(TwoConv)
+        assert validate(TWOCONV).model.backbone == "twoconv"
+    assert "'twoconv': choose one of: cnn," in error_of(TWOCONV)
+    assert components.registered() == []
+
+
+def test_processes_a_sweep_starts_import_what_the_command_imported(tmp_path):
+    """A sweep's workers and torchrun's ranks get $CNNLAB_IMPORT (`child_env`); `cnnlab`'s
+    main imports it before reading the command line, as `cnnlab train --run-dir` does."""
+    from cnnlab.sweeps.torchrun import child_env
+
+    (tmp_path / "my_components.py").write_text(COMPONENTS)
+    recipe = yaml.safe_load(DEMO.read_text())
+    recipe["model"] = {"backbone": "twoconv", "width": 8}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    import_modules([str(tmp_path / "my_components.py")])
+    assert child_env()["CNNLAB_IMPORT"] == str(tmp_path / "my_components.py")
+    out = subprocess.run(
+        [sys.executable, "-m", "cnnlab", "count", "recipe.yaml"], capture_output=True,
+        text=True, env=child_env(), cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "backbone.net.conv2" in out.stdout
