@@ -1,0 +1,201 @@
+"""The examples a user starts from run as shipped: the quickstart notebook top to bottom in a
+real Jupyter kernel, the custom-backbone script, and its class through `cnnlab --import`."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from cnnlab.api import load_recipe
+from cnnlab.components import registration_scope
+from cnnlab.models import BACKBONES
+from tests.conftest import ROOT, TINY, run_cli
+
+EXAMPLES = ROOT / "examples"
+NOTEBOOK = EXAMPLES / "quickstart.ipynb"
+SCRIPT = EXAMPLES / "custom_backbone.py"
+CHANCE = 0.1  # ten Fashion-MNIST classes
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def kernel_manager(folder: Path):
+    """A "python3" kernel that runs this interpreter (the venv's, where cnnlab is installed),
+    whatever kernelspecs the machine or the user's Jupyter folders hold."""
+    from ipykernel.kernelspec import write_kernel_spec
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    write_kernel_spec(folder / "python3")  # argv: sys.executable -m ipykernel_launcher ...
+    specs = KernelSpecManager(kernel_dirs=[str(folder)])
+    manager = KernelManager(kernel_name="python3", kernel_spec_manager=specs)
+    assert manager.kernel_spec.argv[0] == sys.executable
+    return manager
+
+
+def cell(nb, text: str):
+    """The code cell whose source is `text`, else the one cell whose source contains it."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    exact = [c for c in code if c.source.strip() == text]
+    (found,) = exact or [c for c in code if text in c.source]
+    return found
+
+
+def data(cell_, mime: str) -> list[str]:
+    """Every `mime` payload the cell displayed or returned."""
+    return [o["data"][mime] for o in cell_.outputs if mime in o.get("data", {})]
+
+
+def result(cell_) -> str:
+    """The text of the cell's value (its last line's), as Jupyter shows it under the cell."""
+    (found,) = [o for o in cell_.outputs if o["output_type"] == "execute_result"]
+    return found["data"]["text/plain"]
+
+
+def text(cell_) -> str:
+    """What the cell printed and its text results, together."""
+    printed = [o.get("text", "") for o in cell_.outputs if o["output_type"] == "stream"]
+    return "".join(printed) + "".join(data(cell_, "text/plain"))
+
+
+# ------------------------------------------------------------------------ fast checks
+
+
+def test_notebook_is_kept_without_outputs():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and [c for c in nb.cells if c.cell_type == "markdown"]
+    for c in code:
+        assert c.outputs == [], f"outputs kept in cell {c.id}: clear them before committing"
+        assert c.execution_count is None, f"execution count kept in cell {c.id}"
+    assert nb.metadata.kernelspec.name == "python3"
+
+
+def test_script_imports_without_training(tmp_path, monkeypatch):
+    """`--import examples/custom_backbone.py` only registers TinyNet: nothing trains."""
+    monkeypatch.chdir(tmp_path)
+    with registration_scope():
+        spec = importlib.util.spec_from_file_location("custom_backbone_example", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)
+        spec.loader.exec_module(module)
+        assert "tinynet" in BACKBONES
+        recipe = load_recipe("fashion_fast", {"model": {"backbone": "tinynet", "width": 8}})
+        assert recipe.model.backbone == "tinynet" and recipe.model.width == 8
+    assert "tinynet" not in BACKBONES
+    assert list(tmp_path.iterdir()) == []  # no run folder
+
+
+def test_cli_lists_the_imported_backbone():
+    out = run_cli("--import", "examples/custom_backbone.py", "backbones")
+    assert out.returncode == 0, out.stderr
+    assert "tinynet" in out.stdout
+
+
+# ------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_runs(tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("CNNLAB_EXAMPLES_OUT", str(runs))
+    client = NotebookClient(
+        nb,
+        km=kernel_manager(tmp_path / "kernels"),
+        timeout=600,
+        resources={"metadata": {"path": str(tmp_path)}},  # the kernel's working folder
+    )
+    start = time.perf_counter()
+    client.execute()  # raises CellExecutionError, with the traceback, at a failing cell
+    seconds = time.perf_counter() - start
+    print(f"quickstart.ipynb ran in {seconds:.0f} s")  # about 1.5 min on two CPU cores
+
+    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert "cls" in text(cell(nb, "recipe = cnnlab.load_recipe"))
+    (metrics,) = data(cell(nb, "run.metrics["), "text/html")
+    assert "val.cls.accuracy" in metrics and "<table" in metrics
+    test = ast.literal_eval(result(cell(nb, "run.test_metrics")))
+    assert test["best_epoch"] == 1 and test["test.cls.accuracy"] > 3 * CHANCE
+    for figure in ('run.figure("curves")', 'run.figure("confusion")'):
+        assert data(cell(nb, figure), "image/png"), f"{figure} showed no picture"
+    (table,) = data(cell(nb, "p.table()"), "text/html")
+    assert "true class" in table and "Ankle boot" in table
+    assert table.count("<tr") == 1 + 8  # the header, then one row per image
+
+    tiny = cell(nb, '"backbone": "tinynet"')
+    assert "backbone='tinynet'" in text(tiny) and "width=24" in text(tiny)
+    tiny_test = ast.literal_eval(result(tiny))
+    assert tiny_test["test.cls.accuracy"] > 3 * CHANCE  # one short epoch learns something
+    assert len(data(cell(nb, 'tiny.figure("feature-maps"'), "image/png")) == 2
+
+    reloaded = result(cell(nb, "cnnlab.load_run(run.path)"))
+    assert "finished" in reloaded and reloaded.endswith("True)")  # same test metrics
+
+    folders = sorted(runs.iterdir())
+    assert len(folders) == 2  # the demo run and TinyNet's
+    pngs = {p.name for f in folders for p in (f / "figures").glob("*.png")}
+    assert {"curves.png", "confusion_cls.png", "feature_maps_1.png"} <= pngs
+
+
+@pytest.mark.slow
+def test_custom_backbone_script(tmp_path):
+    runs = tmp_path / "runs"
+    command = [sys.executable, str(SCRIPT), "--epochs", "1", "--out", str(runs)]
+    out = subprocess.run(
+        [*command, "--train-subset", "2000"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    (folder,) = runs.iterdir()
+    assert f"run folder: {folder}" in out.stdout
+    saved = yaml.safe_load((folder / "recipe.yaml").read_text())
+    assert saved["model"] == {"backbone": "tinynet", "width": 24}
+    test = json.loads((folder / "test_metrics.json").read_text())
+    assert test["test.cls.accuracy"] > 3 * CHANCE
+    assert f"test accuracy {test['test.cls.accuracy']:.3f}" in out.stdout
+    assert "true class" in out.stdout and "Ankle boot" in out.stdout  # the predictions table
+    report = folder / "report.html"
+    assert f"report: {report}" in out.stdout
+    assert report.is_file() and "tinynet" in report.read_text()
+
+
+@pytest.mark.slow
+def test_cli_trains_the_imported_backbone(tmp_path):
+    sets = [
+        f"output_dir={tmp_path / 'runs'}",
+        *(s for s in TINY if not s.startswith("model.")),  # TINY's model keys are the CNN's
+        "model={backbone: tinynet, width: 8}",
+        "train.ema_decay=null",  # fashion_fast's weight average needs more than 1 tiny epoch
+    ]
+    out = run_cli(
+        "train",
+        "--import",
+        "examples/custom_backbone.py",
+        "fashion_fast",
+        *(a for s in sets for a in ("--set", s)),
+    )
+    assert out.returncode == 0, out.stderr
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert f"run folder: {folder}" in out.stdout
+    saved = yaml.safe_load((folder / "recipe.yaml").read_text())
+    assert saved["model"] == {"backbone": "tinynet", "width": 8}
+    assert json.loads((folder / "test_metrics.json").read_text())["test.cls.accuracy"] > CHANCE
+    env = json.loads((folder / "env.json").read_text())
+    assert {"kind": "backbone", "name": "tinynet", "import": str(SCRIPT)} in env["components"]
