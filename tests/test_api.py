@@ -105,8 +105,7 @@ def test_figures_show_inline_and_are_saved(api_run):
     assert charts and all(c._repr_png_().startswith(b"\x89PNG") for c in charts)
     assert (api_run.path / "figures" / f"{charts[0].key}.png").is_file()
     with pytest.raises(cnnlab.CnnlabError, match="unknown"):
-        api_run.figure("no-such-figure")
-    assert api_run.report() == api_run.path / "report.html"
+        api_run.figure("no-such-figure")  # (Run.report(): examples/custom_backbone.py)
 
 
 def test_train_into_a_chosen_folder_refuses_one_in_use(tmp_path):
@@ -119,7 +118,7 @@ def test_train_into_a_chosen_folder_refuses_one_in_use(tmp_path):
 
 def test_import_cnnlab_from_anywhere_stays_light(tmp_path):
     """`import cnnlab` loads no torch: the names arrive on first use."""
-    code = "import sys, cnnlab; print('torch' in sys.modules, cnnlab.Run.__name__)"
+    code = "import sys, cnnlab; print('torch' in sys.modules, 'train' in dir(cnnlab))"
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,
@@ -128,7 +127,7 @@ def test_import_cnnlab_from_anywhere_stays_light(tmp_path):
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["False", "Run"]
+    assert out.stdout.split() == ["False", "True"]
 
 
 def test_a_sweep_from_python_gives_its_trials_and_choice(tmp_path):
