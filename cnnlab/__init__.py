@@ -37,15 +37,13 @@ _EXPORTS = {
     "register_figure": "cnnlab.components",
     "unregister": "cnnlab.components",
     "registration_scope": "cnnlab.components",
-    "import_modules": "cnnlab.components",
-    "load_entry_points": "cnnlab.components",
+    "import_modules": "cnnlab.plugins",
+    "load_entry_points": "cnnlab.plugins",
 }
 
 if TYPE_CHECKING:
     from cnnlab.api import Run, Sweep, load_recipe, load_run, resume, sweep, train
     from cnnlab.components import (
-        import_modules,
-        load_entry_points,
         register_backbone,
         register_figure,
         register_source,
@@ -56,6 +54,7 @@ if TYPE_CHECKING:
     from cnnlab.errors import CnnlabError
     from cnnlab.inference import Predictions
     from cnnlab.models.base import Backbone, FeatureInfo
+    from cnnlab.plugins import import_modules, load_entry_points
     from cnnlab.recipe import Recipe
     from cnnlab.viz.base import Chart
     from cnnlab.viz.run_view import RunView

@@ -9,8 +9,8 @@ import typer
 
 from cnnlab.allocator import keep_freed_memory
 from cnnlab.catalog import recipe_file, shipped_recipes, shipped_sweeps, sweep_file
-from cnnlab.components import import_from_environment, load_entry_points
 from cnnlab.errors import CnnlabError
+from cnnlab.plugins import import_from_environment, load_entry_points
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -22,7 +22,7 @@ Imports = typer.Option([], "--import", metavar="MODULE", help=IMPORT_HELP)
 def _import(modules: list[str]) -> None:
     """Import the --import modules before a command reads its recipe or run."""
     if modules:
-        from cnnlab.components import import_modules
+        from cnnlab.plugins import import_modules
 
         import_modules(modules)
 

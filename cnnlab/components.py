@@ -17,10 +17,11 @@ user's own network, data or figure lives in the user's own file. As with timm's
 Where registrations come from, explicitly, never from a recipe (a recipe names components,
 not code to run):
 - `--import MODULE` on the command line (a dotted name importable from the current folder,
-  or a path to a .py file): `import_modules`. The modules are passed on in $CNNLAB_IMPORT to
-  the processes a command starts (sweep workers, torchrun ranks), which import them too.
+  or a path to a .py file): `cnnlab.plugins.import_modules`. The modules are passed on in
+  $CNNLAB_IMPORT to the processes a command starts (sweep workers, torchrun ranks), which
+  import them too.
 - installed packages, through the entry-point group `cnnlab.components` (the `pytest11`
-  pattern): `load_entry_points`, once per process, before the command line is read.
+  pattern): `cnnlab.plugins.load_entry_points`, once per process, before the command line is read.
 - a user's own script that imports cnnlab and calls these functions.
 
 After a backbone, source or task type registers, the recipe's schema is rebuilt from the
@@ -34,13 +35,9 @@ when a component registers.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import inspect
-import os
 import re
 import sys
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
@@ -49,6 +46,7 @@ from pydantic import create_model
 
 from cnnlab.config import Section
 from cnnlab.errors import CnnlabError
+from cnnlab.plugins import IMPORTED, LOADING
 from cnnlab.registrations import REGISTERED, Kind, Registration
 
 if TYPE_CHECKING:
@@ -56,15 +54,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-IMPORT_ENV = "CNNLAB_IMPORT"  # os.pathsep-separated --import modules, for child processes
-ENTRY_POINT_GROUP = "cnnlab.components"
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")  # a name a recipe and a command line can hold
 # The recipe key each kind's tag sits in, and the decorator that registers one.
 TAG_KEYS: dict[str, str] = {"backbone": "backbone", "source": "source", "task": "type"}
-# --import specs done in this process (files as absolute paths) -> the module's name
-_IMPORTED: dict[str, str] = {}
-_LOADING: list[dict[str, str]] = []  # the import or entry point being loaded right now
-_ENTRY_POINTS: list[bool] = []  # non-empty once load_entry_points has run
 
 
 # ------------------------------------------------------------------------ registering
@@ -245,7 +237,7 @@ def registration_scope() -> Iterator[None]:
     """Every registration and --import made inside the block is undone when it ends: the
     imported modules are forgotten (imported again, they register again) and no longer
     passed on to child processes. The tests use it, so each sees the built-in schema."""
-    before, imported = list(REGISTERED), dict(_IMPORTED)  # `before` keeps its ids taken
+    before, imported = list(REGISTERED), dict(IMPORTED)  # `before` keeps its ids taken
     try:
         yield
     finally:
@@ -254,8 +246,8 @@ def registration_scope() -> Iterator[None]:
         for record in reversed(added):  # the latest first: each puts back what it replaced
             REGISTERED.remove(record)
             _undo(record)
-        for spec in set(_IMPORTED) - set(imported):
-            sys.modules.pop(_IMPORTED.pop(spec), None)
+        for spec in set(IMPORTED) - set(imported):
+            sys.modules.pop(IMPORTED.pop(spec), None)
         for kind in {r.kind for r in added}:
             _schema_changed(kind)
 
@@ -263,128 +255,6 @@ def registration_scope() -> Iterator[None]:
 def registered() -> list[Registration]:
     """This process's user registrations, in order (built-in components are not listed)."""
     return list(REGISTERED)
-
-
-# ------------------------------------------------------------------------ loading code
-
-
-def import_modules(names: list[str]) -> None:
-    """Import each `--import` MODULE once per process: a dotted module name, importable from
-    the current folder (which is put on sys.path), or a path to a .py file (its folder goes
-    on sys.path, as for `python file.py`). A module that cannot be found, or one whose
-    registration fails, is one CnnlabError line; child processes get them in $CNNLAB_IMPORT
-    (`child_environment`)."""
-    for text in names:
-        spec = text.strip()
-        if not spec:
-            continue
-        is_file = spec.endswith(".py") or os.sep in spec or "/" in spec
-        key = str(Path(spec).expanduser().resolve()) if is_file else spec
-        if key in _IMPORTED:
-            continue
-        _LOADING.append({"import": key})
-        try:
-            module = _import_file(Path(key)) if is_file else _import_module(spec)
-        except CnnlabError as err:
-            raise CnnlabError(f"--import {spec}: {err}") from None
-        finally:
-            _LOADING.pop()
-        _IMPORTED[key] = module
-
-
-def _import_module(name: str) -> str:
-    here = os.getcwd()
-    if here not in sys.path and "" not in sys.path:
-        sys.path.insert(0, here)
-    try:
-        importlib.import_module(name)
-    except ModuleNotFoundError as err:
-        if err.name is None or (name + ".").startswith(err.name + "."):
-            raise CnnlabError(
-                f"no module named {name!r} in {here} or the installed packages; give a module "
-                "importable from this folder (my_components, pkg.components) or a .py file path"
-            ) from None
-        raise CnnlabError(f"it needs {err.name!r}, which is not installed") from None
-    return name
-
-
-def _import_file(path: Path) -> str:
-    """Import a .py file as a module; returns the module's name."""
-    if not path.is_file():
-        raise CnnlabError(f"no such file {path}; give a .py file or a module name")
-    folder = str(path.parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    # Under its own name, so `import my_components` elsewhere finds this very module (one
-    # registration, not two); a name taken by another module gets a private one.
-    name = path.stem
-    if not name.isidentifier() or (name in sys.modules and _file_of(name) != path):
-        name = f"_cnnlab_import_{abs(hash(str(path))):x}"
-    if name in sys.modules:
-        return name
-    loader = importlib.util.spec_from_file_location(name, path)
-    if loader is None or loader.loader is None:
-        raise CnnlabError(f"{path} cannot be imported as Python")
-    module = importlib.util.module_from_spec(loader)
-    sys.modules[name] = module
-    try:
-        loader.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return name
-
-
-def _file_of(module: str) -> Path | None:
-    file = getattr(sys.modules.get(module), "__file__", None)
-    return Path(file).resolve() if file else None
-
-
-def imported_modules() -> list[str]:
-    """The `--import` specs this process imported (files as absolute paths)."""
-    return list(_IMPORTED)
-
-
-def import_from_environment() -> None:
-    """Import what the parent process imported ($CNNLAB_IMPORT): a sweep worker or a
-    torchrun rank must know the components the sweep's recipes name."""
-    value = os.environ.get(IMPORT_ENV, "")
-    import_modules([s for s in value.split(os.pathsep) if s])
-
-
-def child_environment(env: dict[str, str]) -> dict[str, str]:
-    """`env` for a process this one starts, with $CNNLAB_IMPORT naming every --import."""
-    if _IMPORTED:
-        env = {**env, IMPORT_ENV: os.pathsep.join(_IMPORTED)}
-    return env
-
-
-def load_entry_points() -> None:
-    """Load the components installed packages declare in the entry-point group
-    `cnnlab.components`, once per process: each entry point is a module (importing it
-    registers) or a function (called). One that fails is one warning line naming its
-    package, not a crash: a broken plug-in must not stop every cnnlab command."""
-    if _ENTRY_POINTS:
-        return
-    _ENTRY_POINTS.append(True)
-    from importlib.metadata import entry_points
-
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        package = point.dist.name if point.dist is not None else point.module
-        _LOADING.append({"package": package, "entry_point": point.name})
-        try:
-            found = point.load()
-            if callable(found) and not isinstance(found, type | types.ModuleType):
-                found()
-        except Exception as err:
-            why = str(err).splitlines()[0] if str(err) else ""
-            print(
-                f"warning: components of package {package} not loaded (entry point "
-                f"{point.name} = {point.value}: {type(err).__name__}: {why})",
-                file=sys.stderr,
-            )
-        finally:
-            _LOADING.pop()
 
 
 # ------------------------------------------------------------------------ internals
@@ -452,8 +322,8 @@ def _where(kind: Kind, name: str) -> str:
 def _origin(obj: Any) -> dict[str, str]:
     """Where a registration comes from: the --import or entry point being loaded, else the
     module that defines the component."""
-    if _LOADING:
-        return dict(_LOADING[-1])
+    if LOADING:
+        return dict(LOADING[-1])
     # A script's own registrations ("__main__") name no module to import: importing the
     # script would run it again.
     return {"module": getattr(obj, "__module__", None) or "__main__"}

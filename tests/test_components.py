@@ -16,9 +16,8 @@ import torch
 import yaml
 from torch import nn
 
-from cnnlab import components
+from cnnlab import components, plugins
 from cnnlab.components import (
-    import_modules,
     register_backbone,
     register_figure,
     register_source,
@@ -34,6 +33,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
 from cnnlab.models import create_model, list_backbones
 from cnnlab.models.base import Backbone, FeatureInfo
+from cnnlab.plugins import import_modules
 from cnnlab.recipe import Recipe, load_recipe, validate
 from cnnlab.report import sections
 from cnnlab.runs import RunFolder, load_checkpoint
@@ -428,7 +428,7 @@ def test_import_modules_takes_files_and_module_names(tmp_path, monkeypatch):
     import_modules([str(tmp_path / "my_components.py")])
     import_modules([str(tmp_path / "my_components.py")])  # once per process: no duplicate
     assert validate(TWOCONV).model.width == 8
-    assert components.child_environment({})["CNNLAB_IMPORT"] == str(tmp_path / "my_components.py")
+    assert plugins.child_environment({})["CNNLAB_IMPORT"] == str(tmp_path / "my_components.py")
     with pytest.raises(CnnlabError) as err:
         import_modules(["no_such_components"])
     assert str(err.value).startswith("--import no_such_components: no module named ")
@@ -442,7 +442,7 @@ def test_import_of_a_module_name_from_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     import_modules(["team_components"])
     assert validate(TWOCONV).model.backbone == "twoconv"
-    assert components.imported_modules() == ["team_components"]
+    assert plugins.imported_modules() == ["team_components"]
 
 
 def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:

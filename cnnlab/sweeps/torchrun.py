@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cnnlab.components import child_environment
 from cnnlab.errors import CnnlabError
+from cnnlab.plugins import child_environment
 from cnnlab.runs import RunFolder
 
 LOG = "processes.log"  # the processes' output, in the trial's run folder

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from optuna.storages import BaseStorage
 
-from cnnlab.components import import_from_environment, load_entry_points
 from cnnlab.errors import CnnlabError
+from cnnlab.plugins import import_from_environment, load_entry_points
 from cnnlab.recipe import best_row, validate
 from cnnlab.runs import RunFolder, RunInUse, write_json
 from cnnlab.sweeps.results import SURPLUS
