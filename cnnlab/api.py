@@ -25,7 +25,7 @@ from cnnlab.evaluation import evaluate_run
 from cnnlab.experiment import train as train_recipe
 from cnnlab.inference import ImageLike, Predictions, Predictor
 from cnnlab.recipe import Recipe, apply_overrides, read_yaml, set_path, validate
-from cnnlab.runs import RunFolder, load_checkpoint
+from cnnlab.runs import RunFolder
 from cnnlab.viz import RunView, make_charts
 
 RecipeLike = str | Path | Mapping[str, Any] | Recipe
@@ -169,7 +169,7 @@ class Run:
     @cached_property
     def _predictor(self) -> Predictor:
         view = self._view
-        return Predictor(view.recipe, load_checkpoint(self.folder.best_path), view.device)
+        return Predictor(view.recipe, view.checkpoint, view.device)  # read once, shared
 
     def predict(self, images: ImageLike | Sequence[ImageLike]) -> Predictions:
         """Each task's answer for new images: file paths, PIL images, numpy arrays (H, W) or

@@ -25,7 +25,7 @@ from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.distributed import Ranks
 from cnnlab.errors import CnnlabError
 from cnnlab.models import MultiTaskModel, create_model, for_checkpoint, owns_input
-from cnnlab.precision import Choice, autocast_for, choose
+from cnnlab.precision import Choice, choose
 from cnnlab.recipe import Recipe
 from cnnlab.tasks import TargetSpec, Task, create_tasks, total_loss
 from cnnlab.tta import ViewAverage, run_views
@@ -175,10 +175,6 @@ class Built:
     def needed(self) -> set[str]:
         """The targets the tasks read."""
         return {t.target for t in self.recipe.tasks.values()}
-
-    def autocast(self):
-        """A context manager: the chosen precision on the run's device."""
-        return autocast_for(self.device, self.precision.precision)()
 
 
 Weights = Literal["train", "judged"]
