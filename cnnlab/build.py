@@ -71,6 +71,7 @@ def target_spec(
         classes=classes.get(target),
         components=components.get(target),
         to_class=type(data).to_class.get(target),
+        per_pixel=data.per_pixel(target),
     )
 
 

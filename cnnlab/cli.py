@@ -253,6 +253,23 @@ def data_gsn(
         print_table(["statistic", "value"], rows, f"gsn generator, seed {seed}")
 
 
+@data_app.command("shapes")
+def data_shapes(
+    out: Path = typer.Option(
+        Path("data/shapes"), help="folder to write (new, empty or a shapes one)"
+    ),
+    n: int = typer.Option(2000, "--n", min=20, max=200000, help="rows (images) to draw"),
+    size: int = typer.Option(32, min=16, max=512, help="image side in pixels"),
+    seed: int = typer.Option(0, help="the same seed writes the same images"),
+) -> None:
+    """Generate a table of shapes: images/, masks/ and labels.csv with a class, a number, a
+    count vector, a mask and a split column (what `data.source: table` reads)."""
+    from cnnlab.data import shapes_table
+
+    table = shapes_table.write(out, n, size, seed)
+    typer.echo(f"shapes: {n:,} rows -> {table}")
+
+
 # ------------------------------------------------------------------------ sweeps
 
 

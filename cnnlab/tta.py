@@ -123,8 +123,8 @@ def distinct_views(names: list[str]) -> list[View]:
 def _where_sent(task: Task, data: DataSection, view: View) -> torch.Tensor | None:
     """(K,) index: the view's output channel that answers for channel k of the image as it
     is. None: the view leaves this task's labels alone."""
-    maps, target = type(data).label_maps, task.target
-    if all(maps.get(n) is None for n in TRANSFORMS):
+    maps, target = data.maps(), task.target
+    if all(maps.get(n) is None for n in TRANSFORMS) or data.keeps_classes(target):
         return None
     if task.info.classes is not None:
         make = type(data).class_targets.get(target)
@@ -167,7 +167,7 @@ class ViewAverage:
     ):
         """`black` (C,): the model input of a black pixel, which shifted views uncover."""
         for name in names:
-            if name not in type(data).label_maps:
+            if name not in data.maps():
                 raise CnnlabError(
                     f"train.tta: {name} is not declared by {data.source} ({WHAT[name]} may "
                     "change its targets); leave it out of train.tta"

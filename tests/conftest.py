@@ -58,7 +58,8 @@ def fitted_tasks(
     categorical target, `ink` = (mean, std) for every standardized one."""
     tasks = create_tasks(recipe.tasks)
     for task in tasks.values():
-        task.fit(TargetSpec(classes=[f"class {i}" for i in range(classes)]))
+        per_pixel = task.cfg.type == "pixel_classification"
+        task.fit(TargetSpec(classes=[f"class {i}" for i in range(classes)], per_pixel=per_pixel))
         if task.info.classes is None:
             task.info = TargetInfo(mean=ink[0], std=ink[1])
     return tasks

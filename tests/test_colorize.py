@@ -125,14 +125,14 @@ def pixel_task(**cfg):
 
 def test_a_head_on_a_coarse_stage_paints_at_full_size():
     task = pixel_task(stage=0)
-    task.fit(TargetSpec(classes=["a", "b", "c"]))
+    task.fit(TargetSpec(classes=["a", "b", "c"], per_pixel=True))
     backbone = SimpleNamespace(feature_info=[FeatureInfo("blocks.0", 8, 2), FeatureInfo("b", 4, 4)])
     head = task.head(backbone)
     assert head.stage == 0
     out = head(torch.randn(2, 8, 16, 16))
     assert out.shape == (2, 3, 32, 32) and head.decode(out).shape == (2, 32, 32)
     deep = pixel_task(stage=5)
-    deep.fit(TargetSpec(classes=["a", "b", "c"]))
+    deep.fit(TargetSpec(classes=["a", "b", "c"], per_pixel=True))
     with pytest.raises(CnnlabError, match=r"stage 5: the backbone has 2 stages"):
         deep.head(backbone)
 
@@ -140,7 +140,7 @@ def test_a_head_on_a_coarse_stage_paints_at_full_size():
 def test_balanced_weights_give_rare_classes_the_weight_of_common_ones():
     task = pixel_task(class_weights="balanced")
     values = torch.tensor([[[0, 0, 0], [0, 0, 1]]])  # 5 of class 0, 1 of class 1, none of 2
-    task.fit(TargetSpec(classes=["a", "b", "c"]), lambda: values)
+    task.fit(TargetSpec(classes=["a", "b", "c"], per_pixel=True), lambda: values)
     w = task.weights
     assert w[2] == 0 and torch.isclose(w[1] / w[0], torch.tensor(5.0)) and w.mean() == 1.0
     head = task.head(SimpleNamespace(feature_info=[FeatureInfo("x", 4, 1)]))
@@ -149,12 +149,12 @@ def test_balanced_weights_give_rare_classes_the_weight_of_common_ones():
     expected = F.cross_entropy(out, target, weight=w)
     assert torch.isclose(task.loss(head, out, target), expected)
     with pytest.raises(CnnlabError, match="class_weights has 2 entries for 3 classes"):
-        pixel_task(class_weights=[1.0, 2.0]).fit(TargetSpec(classes=["a", "b", "c"]))
+        pixel_task(class_weights=[1.0, 2.0]).fit(TargetSpec(classes=["a", "b", "c"], per_pixel=True))
 
 
 def test_the_per_pixel_loss_is_the_mean_over_pixels_of_minus_log_softmax():
     task = pixel_task()
-    task.fit(TargetSpec(classes=["a", "b"]))
+    task.fit(TargetSpec(classes=["a", "b"], per_pixel=True))
     head = task.head(SimpleNamespace(feature_info=[FeatureInfo("x", 4, 1)]))
     out = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]]]])  # (1 image, 2 classes, 1 x 2 pixels)
     target = torch.tensor([[[0, 1]]])
@@ -167,7 +167,7 @@ def test_the_per_pixel_loss_is_the_mean_over_pixels_of_minus_log_softmax():
 
 def test_pixel_accuracy_and_mean_iou_count_pixels():
     task = pixel_task()
-    task.fit(TargetSpec(classes=["a", "b"]))
+    task.fit(TargetSpec(classes=["a", "b"], per_pixel=True))
     metrics = task.epoch_metrics()
     truth = torch.tensor([[[0, 0], [1, 1]]])
     pred = torch.tensor([[[0, 1], [1, 1]]])

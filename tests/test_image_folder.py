@@ -14,6 +14,7 @@ from PIL import Image
 
 from cnnlab.data import describe
 from cnnlab.data import image_folder as imf
+from cnnlab.data.decoded import decode_image
 from cnnlab.data.batches import prepare_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import load_recipe
@@ -99,10 +100,10 @@ def test_bad_entries_are_skipped_and_named_in_one_warning(tree, capsys):
 
 
 def test_grey_and_rgba_become_rgb(tree):
-    grey = imf.decode(tree / "train/c1/grey.png", 16, "squash")
+    grey = decode_image(tree / "train/c1/grey.png", 16, "squash")
     assert grey.shape == (3, 16, 16)
     assert (grey[0] == grey[1]).all() and (grey[1] == grey[2]).all()
-    rgba = imf.decode(tree / "train/c2/rgba.png", 16, "squash")
+    rgba = decode_image(tree / "train/c2/rgba.png", 16, "squash")
     assert rgba.shape == (3, 16, 16)
     assert (rgba[:, :, :6] == 255).all()  # transparent: composited on white
     assert (rgba[:, :, 10:] == np.array([255, 0, 0]).reshape(3, 1, 1)).all()  # opaque red
@@ -114,9 +115,9 @@ def test_crop_keeps_the_centre_and_squash_keeps_everything(tmp_path):
     stripes[:, 32:64, 1] = 255
     stripes[:, 64:, 2] = 255
     Image.fromarray(stripes).save(tmp_path / "wide.png")
-    crop = imf.decode(tmp_path / "wide.png", 16, "crop")
+    crop = decode_image(tmp_path / "wide.png", 16, "crop")
     assert (crop[1, :, 1:15] == 255).all() and (crop[[0, 2], :, 1:15] == 0).all()
-    squash = imf.decode(tmp_path / "wide.png", 16, "squash")
+    squash = decode_image(tmp_path / "wide.png", 16, "squash")
     assert (squash[:, :, 0] == np.array([255, 0, 0]).reshape(3, 1)).all()
     assert (squash[:, :, 8] == np.array([0, 255, 0]).reshape(3, 1)).all()
     assert (squash[:, :, 15] == np.array([0, 0, 255]).reshape(3, 1)).all()

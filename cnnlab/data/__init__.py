@@ -13,7 +13,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Discriminator, Tag
 
-from cnnlab.data import cifar10, colorize, fashion_mnist, gsn, image_folder, skimage_photos
+from cnnlab.data import cifar10, colorize, fashion_mnist, gsn, image_folder, skimage_photos, table
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
 from cnnlab.data.colorize import TARGET
 from cnnlab.errors import CnnlabError
@@ -24,6 +24,7 @@ SOURCES: dict[str, Source] = {
     "cifar10": cifar10.SOURCE,
     "image_folder": image_folder.SOURCE,
     "gsn": gsn.SOURCE,
+    "table": table.SOURCE,
     "skimage_photos": skimage_photos.SOURCE,
 }
 

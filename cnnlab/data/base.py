@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 
 from cnnlab.config import Section
 from cnnlab.data.augment import AugmentConfig, LabelMap, Targets
+from cnnlab.data.colorize import TARGET as COLOUR
 from cnnlab.data.colorize import ColorizeConfig
 
 # A derived target is computed from the image the model sees, as float in [0, 1],
@@ -68,15 +69,37 @@ class DataSection(Section):
 
     @model_validator(mode="after")
     def _augment_declared(self) -> DataSection:
+        maps = self.maps()
         for name in self.augment.geometric():
-            if name not in type(self).label_maps:
-                why = type(self).refused.get(name, "")
+            if name not in maps:
+                why = self.refusal(name)
                 raise ValueError(
                     f"data.augment.{name}: {self.source} does not say how {WHAT[name]} changes its "
                     f"targets{f' ({why})' if why else ''}; turn it off ({OFF[name]})"
-                    + _others(type(self).label_maps)
+                    + _others(maps)
                 )
         return self
+
+    # A source whose recipe section declares the moves (a table's vector targets) overrides
+    # these three; the others answer from their class variables.
+
+    def maps(self) -> dict[str, LabelMap | None]:
+        """How each geometric transform changes this recipe's targets (see `label_maps`)."""
+        return type(self).label_maps
+
+    def refusal(self, name: str) -> str:
+        """Why transform `name` is not declared, for the one-line error; "" = no reason."""
+        return type(self).refused.get(name, "")
+
+    def per_pixel(self, target: str) -> bool:
+        """Whether `target` is a class per pixel (a mask), not one value per image."""
+        return self.colorize is not None and target == COLOUR
+
+    def keeps_classes(self, target: str) -> bool:
+        """Whether every declared transform leaves the classes of `target` where they are
+        (a per-pixel map still moves with its image), so test-time views need no map of
+        its classes."""
+        return False
 
 
 WHAT = {"hflip": "a left-right flip", "vflip": "an up-down flip", "rot90": "a quarter turn"}
@@ -144,9 +167,11 @@ class Dataset:
         return sorted(set(self.train.targets) | set(self.derived))
 
     def stratify_by(self) -> torch.Tensor | None:
-        """Labels of the first categorical target, used to stratify splits."""
+        """Labels of the first categorical per-image target (not a per-pixel map), used to
+        stratify splits."""
         for name in self.classes:
-            return self.train.targets[name]
+            if self.train.targets[name].ndim == 1:
+                return self.train.targets[name]
         return None
 
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 import torch
 
 from cnnlab.data import colorize, get_source
-from cnnlab.data.augment import UNCHANGED, AugmentConfig, LabelMap, augment
+from cnnlab.data.augment import NO_LABEL, UNCHANGED, AugmentConfig, LabelMap, augment, is_mask
 from cnnlab.data.base import DataSection, DerivedTarget, ImageSet
 from cnnlab.data.split import stratified_split, stratified_subset
 from cnnlab.data.stats import channel_stats
 from cnnlab.errors import CnnlabError
+from cnnlab.tasks.pixel import NO_CLASS
 
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -61,7 +62,7 @@ class Splits:
     def finish(self, x: torch.Tensor, targets: dict[str, torch.Tensor], needed: set[str]) -> Batch:
         """Add derived targets (from the [0, 1] image, in colour), then make the model's
         input: its luminance when colorizing, normalized."""
-        out = {k: v for k, v in targets.items() if k in needed}
+        out = {k: _labels(v) if is_mask(v) else v for k, v in targets.items() if k in needed}
         for name in needed & self.derived.keys():
             out[name] = self.derived[name](x)
         if self.grey:
@@ -115,6 +116,11 @@ class Splits:
     def eval_batch(self, data: ImageSet, rows: slice, needed: set[str]) -> Batch:
         x = data.images[rows].float().div_(255)
         return self.finish(x, {k: v[rows] for k, v in data.targets.items()}, needed)
+
+
+def _labels(mask: torch.Tensor) -> torch.Tensor:
+    """A uint8 mask as the class indices a per-pixel loss reads: long, "no label" ignored."""
+    return mask.long().masked_fill_(mask == NO_LABEL, NO_CLASS)
 
 
 def _num_batches(n: int, batch_size: int) -> int:
@@ -192,6 +198,6 @@ def prepare_splits(
         mean=mean.to(device),
         std=std.to(device),
         channels_last=channels_last,
-        label_maps=type(cfg).label_maps,
+        label_maps=cfg.maps(),
         grey=cfg.colorize is not None,
     )

@@ -23,40 +23,33 @@ written to.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from PIL import Image
 from pydantic import Field
 
 from cnnlab.data.augment import UNCHANGED, LabelMap
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
-from cnnlab.data.files import cache_dir, named_dir
+from cnnlab.data.decoded import cached_decode, decode_image
+from cnnlab.data.files import named_dir
 from cnnlab.data.split import stratified_split
 from cnnlab.errors import CnnlabError
 
-FORMAT = 1  # bump when the cached array or the manifest changes meaning
+FORMAT = 2  # bump when the cached array or the manifest changes meaning
 TEST_SEED = 0  # the single-folder layout's test split is the same for every run seed
 CACHE_NAME = "image_folder"
 LAYOUT = "root/train/<class>/* + root/val/<class>/*, or root/<class>/*"
-# Decoding: a thread pool. Pillow releases the GIL while it decodes and resizes, and with
-# Image.draft libjpeg decodes a JPEG at 1/2, 1/4 or 1/8 scale when that still covers the
-# target size (a help for large photos; none at 500x375 -> 224, where 1/2 would be too
-# small). Measured on the 2-core AMD EPYC, 300 JPEGs around 500x375 -> 224 px, two runs:
-# threads 502 / 329 images/s, serial 443 / 344, a process pool 403 / 265 (its start and
-# the pickled arrays cost more than they win); draft off: threads 511 / 334. The machine is
-# shared and noisy; threads were never clearly worse and cost nothing to start.
-DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
-WHITE = (255, 255, 255, 255)  # transparent pixels are composited on white
+# Decoding (cnnlab/data/decoded.py): a thread pool. Pillow releases the GIL while it decodes
+# and resizes, and with Image.draft libjpeg decodes a JPEG at 1/2, 1/4 or 1/8 scale when that
+# still covers the target size (a help for large photos; none at 500x375 -> 224, where 1/2
+# would be too small). Measured on the 2-core AMD EPYC, 300 JPEGs around 500x375 -> 224 px,
+# two runs: threads 502 / 329 images/s, serial 443 / 344, a process pool 403 / 265 (its
+# start and the pickled arrays cost more than they win); draft off: threads 511 / 334. The
+# machine is shared and noisy; threads were never clearly worse and cost nothing to start.
 
 
 class ImageFolderConfig(DataSection):
@@ -167,75 +160,11 @@ def scan(root: str | None) -> Scan:
     return out
 
 
-# ------------------------------------------------------------------------------ decoding
-
-
-def decode(path: str | Path, size: int, resize: str) -> np.ndarray:
-    """One image as uint8 (3, size, size) RGB. Grey, palette, CMYK and the rest are
-    converted; transparency is composited on white. Raises on anything unreadable."""
-    with Image.open(path) as im:
-        if im.format == "JPEG":
-            im.draft("RGB", (size, size))  # libjpeg scales down while decoding (>= size)
-        im.load()
-        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-            rgba = im.convert("RGBA")
-            im = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba)
-        im = im.convert("RGB")
-        w, h = im.size
-        box = (0.0, 0.0, float(w), float(h))
-        if resize == "crop" and w != h:
-            side = min(w, h)
-            left, top = (w - side) / 2, (h - side) / 2
-            box = (left, top, left + side, top + side)
-        im = im.resize((size, size), Image.Resampling.BILINEAR, box=box)
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
-
-
-def _decode_all(root: Path, rels: list[str], size: int, resize: str) -> tuple[np.ndarray, list]:
-    """(uint8 (N, 3, S, S) of the readable files, the indices that failed)."""
-    out = np.empty((len(rels), 3, size, size), dtype=np.uint8)
-    failed: list[int] = []
-
-    def one(i: int) -> None:
-        try:
-            out[i] = decode(root / rels[i], size, resize)
-        except Exception:  # corrupt, truncated, empty, not an image, too large
-            failed.append(i)
-
-    from cnnlab.progress import console, live_bars
-
-    live = live_bars()
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        if live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            with Progress(
-                TextColumn("image_folder: decoding"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                console=console,
-                transient=True,
-            ) as bar:
-                task = bar.add_task("decode", total=len(rels))
-                for _ in pool.map(one, range(len(rels))):
-                    bar.advance(task)
-        else:
-            list(pool.map(one, range(len(rels))))
-    failed.sort()
-    if failed:
-        out = np.delete(out, failed, axis=0)
-    return out, failed
-
-
 # ------------------------------------------------------------------------------ the cache
 
 
-def cache_path(cfg: ImageFolderConfig, resolved_root: Path) -> Path:
-    key = json.dumps([str(resolved_root), cfg.image_size, cfg.resize, FORMAT])
-    return cache_dir(CACHE_NAME) / hashlib.sha256(key.encode()).hexdigest()
-
-
-def _manifest_of(found: Scan, cfg: ImageFolderConfig) -> dict:
+def _identity(found: Scan, cfg: ImageFolderConfig) -> dict:
+    """What the cache must match: every file as scanned, and how it is decoded."""
     return {
         "format": FORMAT,
         "root": str(found.root),
@@ -247,66 +176,22 @@ def _manifest_of(found: Scan, cfg: ImageFolderConfig) -> dict:
     }
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _warn_skipped(skipped: list[str]) -> None:
-    if skipped:
-        shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        print(
-            f"image_folder: warning: {len(skipped):,} files skipped (empty, corrupt, not an "
-            f"image, or outside the folder): {shown}",
-            file=sys.stderr,
-        )
-
-
-def cached_pixels(cfg: ImageFolderConfig) -> tuple[Scan, np.ndarray, dict]:
-    """(the scan, uint8 (N, 3, S, S), the manifest) from the cache if it matches the folder
-    as it is now, else decoded afresh and cached."""
+def cached_pixels(cfg: ImageFolderConfig) -> tuple[Scan, np.ndarray, list[tuple]]:
+    """(the scan, uint8 (N, 3, S, S), the decoded files' scan entries) from the cache if it
+    matches the folder as it is now, else decoded afresh and cached."""
     found = scan(cfg.root)
-    folder = cache_path(cfg, found.root)
-    array_file, manifest_file = folder / "images.npy", folder / "manifest.json"
-    want = _manifest_of(found, cfg)
-    try:
-        saved = json.loads(manifest_file.read_text())
-        if {k: saved.get(k) for k in want} == want:
-            images = np.load(array_file, mmap_mode="r")
-            if images.shape == (len(saved["rows"]), 3, cfg.image_size, cfg.image_size):
-                print(f"image_folder: cache reused ({array_file})", file=sys.stderr)
-                _warn_skipped(saved["skipped"])
-                return found, np.array(images), saved  # one sequential read into memory
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # no cache yet, or an unreadable one: decode again
-    start = time.perf_counter()
     rels = [f[0] for f in found.files]
-    images, failed = _decode_all(found.root, rels, cfg.image_size, cfg.resize)
-    bad = set(failed)
-    kept = [f for i, f in enumerate(found.files) if i not in bad]
-    manifest = {
-        **want,
-        "rows": [f[0] for f in kept],
-        "labels": [f[4] for f in kept],
-        "splits": [f[3] for f in kept],
-        "skipped": found.outside + [rels[i] for i in failed],
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest_file.unlink(missing_ok=True)  # never a manifest that describes another array
-    _write_atomic(array_file, lambda f: np.save(f, images))
-    _write_atomic(manifest_file, lambda f: f.write(json.dumps(manifest).encode()))
-    print(
-        f"image_folder: decoded {len(images):,} images in {time.perf_counter() - start:.1f} s "
-        f"→ cache {array_file}",
-        file=sys.stderr,
+    size = cfg.image_size
+    decoded = cached_decode(
+        CACHE_NAME,
+        [str(found.root), size, cfg.resize, FORMAT],
+        _identity(found, cfg),
+        rels,
+        {"images": (3, size, size)},
+        lambda i: {"images": decode_image(found.root / rels[i], size, cfg.resize)},
+        skipped=found.outside,
     )
-    _warn_skipped(manifest["skipped"])
-    return found, images, manifest
+    return found, decoded.arrays["images"], [found.files[i] for i in decoded.kept]
 
 
 # ------------------------------------------------------------------------------ the source
@@ -346,11 +231,11 @@ def _rows(pixels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def load(cfg: ImageFolderConfig) -> Dataset:
     """Train and test as uint8 (N, 3, S, S) with targets {"label": long}."""
-    found, images, manifest = cached_pixels(cfg)
+    found, images, files = cached_pixels(cfg)
     pixels = torch.from_numpy(images)
-    labels = torch.tensor(manifest["labels"], dtype=torch.long)
+    labels = torch.tensor([f[4] for f in files], dtype=torch.long)
     if found.layout == "given":
-        is_test = torch.tensor([s == "test" for s in manifest["splits"]], dtype=torch.bool)
+        is_test = torch.tensor([f[3] == "test" for f in files], dtype=torch.bool)
         train_idx = torch.nonzero(~is_test).flatten()
         test_idx = torch.nonzero(is_test).flatten()
     else:

@@ -39,6 +39,7 @@ class TargetSpec:
     # A vector target's values -> the index of a class (GSN: six counts -> the shape-pair
     # class), so a regression head can be scored as a classifier as well.
     to_class: Callable[[torch.Tensor], torch.Tensor] | None = None
+    per_pixel: bool = False  # a class for every pixel (a mask), not one value per image
 
 
 @dataclass

@@ -48,11 +48,18 @@ class Classification(Task):
         "f1": ("MulticlassF1Score", "macro"),
     }
 
+    metric_options: ClassVar[dict] = {}  # more keyword arguments of the torchmetrics metrics
+
     def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
         if not spec.classes:
             raise CnnlabError(
                 f"tasks.{self.name}: target {self.target!r} is not categorical; classify a "
                 "target with classes, or make this task type: regression"
+            )
+        if spec.per_pixel:
+            raise CnnlabError(
+                f"tasks.{self.name}: target {self.target!r} is a class per pixel (a mask); "
+                "make this task type: pixel_classification"
             )
         self.info = TargetInfo(classes=list(spec.classes))
 
@@ -72,7 +79,7 @@ class Classification(Task):
     def epoch_metrics(self) -> MetricCollection:
         import torchmetrics  # imported when a meter is built: a recipe check needs no metrics
 
-        kw = {"num_classes": self.num_classes, "validate_args": False}
+        kw = {"num_classes": self.num_classes, "validate_args": False, **self.metric_options}
         c = torchmetrics.classification
         return torchmetrics.MetricCollection(
             {

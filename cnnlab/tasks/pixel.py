@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from cnnlab.models.base import Backbone
 
 
+NO_CLASS = -100  # a pixel without a class (a mask's 255): no loss, no metric; torch's ignore_index
+
+
 class PixelClassificationConfig(TaskSection):
     type: Literal["pixel_classification"] = "pixel_classification"
     loss: Literal["cross_entropy"] = "cross_entropy"
@@ -73,12 +76,13 @@ class PixelClassification(Classification):
         "accuracy": ("MulticlassAccuracy", "micro"),
         "miou": ("MulticlassJaccardIndex", "macro"),
     }
+    metric_options: ClassVar[dict] = {"ignore_index": NO_CLASS}
 
     def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
-        if not spec.classes:
+        if not (spec.classes and spec.per_pixel):
             raise CnnlabError(
-                f"tasks.{self.name}: target {self.target!r} has no classes; a per-pixel "
-                "classification needs per-pixel class labels (data.colorize gives `colour`)"
+                f"tasks.{self.name}: target {self.target!r} is not a class per pixel; a per-pixel "
+                "classification needs a mask (a table's kind: mask, or data.colorize's `colour`)"
             )
         self.info = TargetInfo(classes=list(spec.classes))
         self.weights = self._weights(values)
@@ -97,7 +101,8 @@ class PixelClassification(Classification):
             return torch.ones(k)
         if values is None:
             return None
-        share = torch.bincount(values().flatten().cpu(), minlength=k).double()
+        labels = values().flatten().cpu()
+        share = torch.bincount(labels[labels != NO_CLASS], minlength=k).double()
         weight = torch.where(share > 0, share.sum() / (k * share.clamp_min(1)), 0.0)
         return (weight * k / weight.sum()).float()
 
@@ -116,10 +121,15 @@ class PixelClassification(Classification):
         return head
 
     def loss(self, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(out.float(), target, weight=head.class_weight)
+        return F.cross_entropy(out.float(), target, weight=head.class_weight, ignore_index=NO_CLASS)
+
+    def step_sums(self, pred: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
+        labelled = target != NO_CLASS
+        return [((pred == target) & labelled).sum() / labelled.sum().clamp_min(1)]
 
     def caption(
         self, truth: torch.Tensor, pred: torch.Tensor, short: Callable[[str], str] = str
     ) -> tuple[str, bool]:
-        right = (truth == pred).float().mean().item()
+        labelled = truth != NO_CLASS
+        right = ((truth == pred) & labelled).sum().item() / max(1, labelled.sum().item())
         return f"{right:.0%} of pixels right", right < 0.5

@@ -28,9 +28,19 @@ def class_colours(names: list[str]) -> torch.Tensor:
     return torch.tensor([cmap(i % 20)[:3] for i in range(len(names))])
 
 
+UNLABELLED = (0.25, 0.25, 0.25)  # pixels a mask leaves without a class: dark grey
+
+
 def paint(classes: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
-    """(H, W) class indices -> (3, H, W) float image."""
-    return colours[classes].permute(2, 0, 1)
+    """(H, W) class indices -> (3, H, W) float image; unlabelled pixels (NO_CLASS) grey."""
+    table = torch.cat([colours.float(), torch.tensor([UNLABELLED])])
+    return table[classes.where(classes >= 0, len(colours))].permute(2, 0, 1)
+
+
+def right_share(truth: torch.Tensor, pred: torch.Tensor) -> float:
+    """The share of labelled pixels predicted right."""
+    labelled = truth >= 0
+    return ((pred == truth) & labelled).sum().item() / max(1, labelled.sum().item())
 
 
 def pixels(view: RunView, images: int = 8) -> list[Chart]:
@@ -56,26 +66,33 @@ def commonest(view: RunView, task: str) -> int:
     target = view.recipe.tasks[task].target
     counts = torch.zeros(len(view.task_classes(task)), dtype=torch.long)
     for _, targets in view.splits.eval_batches("train", 1024, {target}):
-        counts += torch.bincount(targets[target].flatten().cpu(), minlength=len(counts))
+        values = targets[target].flatten().cpu()
+        counts += torch.bincount(values[values >= 0], minlength=len(counts))
     return int(counts.argmax())
 
 
 def _grid(view: RunView, task: str, index, truth, pred, colours) -> Chart:
-    """Rows of images; columns: model input, predicted, true, photograph."""
-    grey = view.batch("val", index).float().cpu()  # normalized model input (B, C, H, W)
+    """Rows of images; columns: image, predicted, true (colorizing: the grey input the model
+    sees first, the photograph last)."""
     photos = view.split("val").images[index.to(view.device)].cpu()
-    fig = new_figure(7.2, 1.9 * len(index))
-    axes = fig.subplots(len(index), 4, squeeze=False)
-    heads = ["input (model sees)", "predicted", "true (palette)", "photograph"]
+    grey = view.splits.grey
+    heads = ["input (model sees)"] if grey else ["image"]
+    heads += ["predicted", "true (palette)" if grey else "true", *(["photograph"] if grey else [])]
+    fig = new_figure(1.8 * len(heads), 1.9 * len(index))
+    axes = fig.subplots(len(index), len(heads), squeeze=False)
+    inputs = view.batch("val", index).float().cpu() if grey else None  # normalized (B, C, H, W)
     for row, i in enumerate(index.tolist()):
-        right = (pred[i] == truth[i]).float().mean().item()
-        show_image(axes[row, 0], grey[row].mean(0, keepdim=True), cmap="gray")
+        right = right_share(truth[i], pred[i])
+        if inputs is not None:
+            show_image(axes[row, 0], inputs[row].mean(0, keepdim=True), cmap="gray")
+            show_image(axes[row, 3], photos[row])
+        else:
+            show_image(axes[row, 0], photos[row])
         show_image(axes[row, 1], paint(pred[i], colours), f"{right:.0%} of pixels right")
         show_image(axes[row, 2], paint(truth[i], colours))
-        show_image(axes[row, 3], photos[row])
     for ax, head in zip(axes[0], heads, strict=True):
         ax.set_title(f"{head}\n{ax.get_title()}".strip())
-    accuracy = (pred[index] == truth[index]).float().mean().item()
+    accuracy = right_share(truth[index], pred[index])
     return Chart(
         f"pixels_{task}",
         f"{task}: predicted and true classes of {len(index)} validation images",
@@ -89,7 +106,8 @@ def _grid(view: RunView, task: str, index, truth, pred, colours) -> Chart:
 def _classes(task: str, names: list[str], colours, truth, pred, common: int) -> list[Chart]:
     """The palette with each class's share of validation pixels, and its pixel accuracy,
     against the baseline that paints every pixel in the commonest training class."""
-    cm = confusion_counts(truth.flatten(), pred.flatten(), len(names))
+    labelled = truth.flatten() >= 0
+    cm = confusion_counts(truth.flatten()[labelled], pred.flatten()[labelled], len(names))
     share = cm.sum(1).double() / cm.sum().clamp_min(1)
     accuracy = per_class_accuracy(cm)
     k = len(names)
@@ -110,7 +128,7 @@ def _classes(task: str, names: list[str], colours, truth, pred, common: int) -> 
     overall, baseline = cm.diag().sum().item() / cm.sum().item(), share[common].item()
     caption = (
         f"Pixel accuracy {overall:.1%} on validation; painting every pixel {names[common]} "
-        f"(the commonest colour of the training pixels) would score {baseline:.1%}."
+        f"(the commonest class of the training pixels) would score {baseline:.1%}."
     )
     caption += f" Classes never predicted right: {', '.join(never)}." if never else ""
     return [

@@ -1,0 +1,606 @@
+"""A table of images and their targets: `images/0001.png` plus a CSV or Parquet file of
+columns, the commonest layout of anyone's own data.
+
+    data:
+      source: table
+      table: my_data/labels.csv        # or .parquet; relative to data.root when given
+      image_column: image              # paths relative to data.root, else the table's folder
+      targets:
+        shape: {kind: category, column: shape}            # classes: sorted distinct values
+        size: {kind: number, column: size}                # a regression target
+        counts: {kind: vector, columns: [squares, circles]}
+        mask: {kind: mask, column: mask, classes: [background, disc, square]}
+      split: {column: split}           # optional; without it test and val are carved
+
+Targets: `category` (strings or integers; classes are the sorted distinct values, or the
+recipe's `classes` list, in that order), `number` (float), `vector` (several numeric columns
+as one target, its components named by them) and `mask` (a path to a PNG of class indices,
+grey or palette, resized with nearest neighbour; 255 means "no label"; classes from the
+recipe's list, else 0..max found).
+
+Augmentation keeps labels true: a mask moves with its image (cnnlab/data/augment.py), a
+category or a number is unchanged by a flip, a turn or a shift, and a vector target is
+refused under a geometric transform unless the recipe says how it changes:
+`hflip: same`, `hflip: {swap: [[right, left]]}`, `rot90: {cycle: [up, left, down, right]}`
+(a counter-clockwise quarter turn moves each column's value to the next).
+
+`describe()` reads the table and checks every row before any pixel is decoded: a missing
+column, an empty table, a value that is not a number, a duplicated path, a path or link
+leading outside the folder, an unknown split value, a class too small to carve from. Pixels
+are decoded once, in parallel, into the cache (cnnlab/data/decoded.py), which notices a
+changed image, mask or table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from cnnlab.config import Section
+from cnnlab.data.augment import GEOMETRIC, NO_LABEL, LabelMap, Targets
+from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
+from cnnlab.data.decoded import cached_decode, decode_image, decode_mask
+from cnnlab.data.split import stratified_split
+from cnnlab.errors import CnnlabError
+
+FORMAT = 1  # bump when the cached arrays or their identity change meaning
+TEST_SEED = 0  # the carved test rows are the same for every run seed
+SHOWN = 5  # problems named in one error line
+
+
+# ------------------------------------------------------------------------------ config
+
+
+class Move(Section):
+    """How a geometric transform changes a vector target's components."""
+
+    # flips: pairs of columns whose values trade places
+    swap: list[tuple[str, str]] = Field(default_factory=list)
+    # rot90: a quarter turn (counter-clockwise) moves each column's value to the next
+    cycle: list[str] = Field(default_factory=list)
+
+
+class TargetColumn(Section):
+    """One target of the table: its kind and where its values are."""
+
+    kind: Literal["category", "number", "vector", "mask"]
+    column: str | None = None  # category, number, mask: the column read
+    columns: list[str] | None = None  # vector: the components, in this order
+    classes: list[str] | None = None  # category: values in class order; mask: index names
+    # vector only: how each geometric transform changes it; None = not declared (refused)
+    hflip: Literal["same"] | Move | None = None
+    vflip: Literal["same"] | Move | None = None
+    rot90: Literal["same"] | Move | None = None
+    translate: Literal["same"] | None = None
+
+    @model_validator(mode="after")
+    def _columns_fit_kind(self) -> TargetColumn:
+        if self.kind == "vector":
+            if not self.columns or self.column:
+                raise ValueError("a vector target names its components with columns: [a, b, ...]")
+            for name in GEOMETRIC:
+                move = getattr(self, name)
+                if isinstance(move, Move):
+                    unknown = {c for pair in move.swap for c in pair} | set(move.cycle)
+                    unknown -= set(self.columns)
+                    if unknown:
+                        raise ValueError(f"{name} names {sorted(unknown)}, not in columns")
+                    if (move.swap and name == "rot90") or (move.cycle and name != "rot90"):
+                        raise ValueError(f"{name}: flips swap columns, a rot90 cycles them")
+        else:
+            if not self.column or self.columns:
+                raise ValueError(f"a {self.kind} target names one column: column: NAME")
+            if any(getattr(self, name) is not None for name in GEOMETRIC):
+                raise ValueError(
+                    f"only a vector target declares moves; a {self.kind} target keeps its "
+                    "label under flips, turns and shifts (a mask moves with its image)"
+                )
+        return self
+
+
+class SplitColumn(Section):
+    """Which rows are train, val and test, by the values of one column (compared as text)."""
+
+    column: str
+    train: list[str] = Field(default_factory=lambda: ["train"])
+    # none of these present: validation is carved from train
+    val: list[str] = Field(default_factory=lambda: ["val", "valid", "validation"])
+    test: list[str] = Field(default_factory=lambda: ["test"])
+
+
+class TableConfig(DataSection):
+    """`data:` of a table recipe."""
+
+    source: Literal["table"] = "table"
+    table: str  # the CSV or Parquet file; relative to data.root when given, else to the cwd
+    image_column: str = "image"
+    targets: dict[str, TargetColumn] = Field(min_length=1)
+    split: SplitColumn | None = None
+    # images become image_size x image_size; None: the first image's shorter side
+    image_size: int | None = Field(None, ge=8)
+    resize: Literal["crop", "squash"] = "crop"  # crop: the centre square of the shorter side
+    channels: Literal[1, 3] | None = None  # 1 grey, 3 RGB; None: as the first image is
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.9)  # carved when there is no split column
+    on_bad_image: Literal["skip", "stop"] = "skip"  # an unreadable image or mask
+
+    def maps(self) -> dict[str, LabelMap | None]:
+        return {name: _map(self, name) for name in GEOMETRIC if _declared(self, name)}
+
+    def refusal(self, name: str) -> str:
+        missing = [t for t, c in self.targets.items() if c.kind == "vector" and not _moves(c, name)]
+        return (
+            f"the vector target {missing[0]} does not declare it: add "
+            f"data.targets.{missing[0]}.{name}: same (or how it moves)"
+            if missing
+            else ""
+        )
+
+    def per_pixel(self, target: str) -> bool:
+        spec = self.targets.get(target)
+        return (spec is not None and spec.kind == "mask") or super().per_pixel(target)
+
+    def keeps_classes(self, target: str) -> bool:
+        spec = self.targets.get(target)
+        return spec is not None and spec.kind != "vector"
+
+
+def _moves(spec: TargetColumn, name: str) -> Literal["same"] | Move | None:
+    return getattr(spec, name)
+
+
+def _declared(cfg: TableConfig, name: str) -> bool:
+    return all(_moves(c, name) is not None for c in cfg.targets.values() if c.kind == "vector")
+
+
+def _map(cfg: TableConfig, name: str) -> LabelMap | None:
+    """The label map of one declared transform: None when no vector target changes."""
+    moves = {
+        t: (c.columns or [], m)
+        for t, c in cfg.targets.items()
+        if c.kind == "vector" and isinstance(m := _moves(c, name), Move)
+    }
+    if not moves:
+        return None
+
+    def apply(targets: Targets, drawn: torch.Tensor) -> Targets:
+        out = dict(targets)
+        for target, (columns, move) in moves.items():
+            if target in out:
+                out[target] = _moved(out[target], columns, move, drawn)
+        return out
+
+    return apply
+
+
+def _moved(v: torch.Tensor, columns: list[str], move: Move, drawn: torch.Tensor) -> torch.Tensor:
+    """A vector target after a flip (drawn: bool per image) or quarter turns (drawn: 0..3)."""
+    at = {c: i for i, c in enumerate(columns)}
+    if move.swap:
+        perm = list(range(len(columns)))
+        for a, b in move.swap:
+            perm[at[a]], perm[at[b]] = at[b], at[a]
+        return torch.where(drawn[:, None], v[:, perm], v)
+    ring = torch.tensor([at[c] for c in move.cycle], device=v.device)
+    n = len(ring)
+    # after k turns the value at ring[q] came from ring[q - k]
+    src = ring[(torch.arange(n, device=v.device)[None, :] - drawn[:, None]) % n]  # (B, n)
+    out = v.clone()
+    out[:, ring] = v.gather(1, src)
+    return out
+
+
+# ------------------------------------------------------------------------------ rows
+
+
+@dataclass
+class Rows:
+    """The table read and checked: what describe() knows, and load() decodes."""
+
+    table: Path  # resolved
+    base: Path  # resolved folder the paths are relative to
+    images: list[str]  # relative paths, as written
+    masks: dict[str, list[str]]  # mask target -> relative paths
+    values: dict[str, np.ndarray]  # category: (N,) class index; number (N,); vector (N, K)
+    classes: dict[str, list[str]]  # category (and mask, when listed) class names
+    split: np.ndarray | None  # (N,) 0 train, 1 val, 2 test; None: carved
+    shape: tuple[int, int, int]
+
+
+def _table_path(cfg: TableConfig) -> Path:
+    path = Path(cfg.table).expanduser()
+    if not path.is_absolute() and cfg.root:
+        path = Path(cfg.root).expanduser() / path
+    return path
+
+
+def _read(path: Path) -> Any:
+    """The table as a pandas DataFrame of its raw values (strings stay strings)."""
+    import pandas as pd  # imported here: `import cnnlab` and other recipes need no pandas
+
+    if not path.is_file():
+        what = "no such file" if not path.exists() else "not a file"
+        raise CnnlabError(
+            f"data.table: {path}: {what}; point data.table at the CSV or Parquet file"
+        )
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except ImportError as err:
+        raise CnnlabError(f"data.table: {path}: reading Parquet needs pyarrow ({err})") from None
+    except Exception as err:  # malformed CSV, not Parquet, not UTF-8
+        raise CnnlabError(f"data.table: {path}: cannot read it ({err})") from None
+
+
+class _Problems:
+    """Bad rows collected over the whole table, reported in one line."""
+
+    def __init__(self, path: Path):
+        self.path, self.csv, self.found = path, path.suffix.lower() not in (".parquet", ".pq"), []
+
+    def where(self, row: int) -> str:
+        return f"line {row + 2}" if self.csv else f"row {row + 1}"  # CSV: the header is line 1
+
+    def add(self, row: int, column: str, what: str) -> None:
+        self.found.append(f"{self.where(row)}, column {column!r}: {what}")
+
+    def raise_any(self) -> None:
+        if self.found:
+            more = f"; and {len(self.found) - SHOWN} more" if len(self.found) > SHOWN else ""
+            raise CnnlabError(
+                f"data.table: {self.path}: {len(self.found)} bad values: "
+                + "; ".join(self.found[:SHOWN])
+                + more
+            )
+
+
+def _text(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def _paths(df: Any, column: str, base: Path, problems: _Problems) -> list[str]:
+    """The column's relative paths, each checked to stay inside `base` (links too)."""
+    out = []
+    for row, value in enumerate(df[column].tolist()):
+        rel = _text(value).strip()
+        out.append(rel)
+        if not rel:
+            problems.add(row, column, "no path")
+            continue
+        if Path(rel).is_absolute() or not (base / rel).resolve().is_relative_to(base):
+            problems.add(row, column, f"{rel} leads outside {base}")
+    return out
+
+
+def _numbers(df: Any, column: str, problems: _Problems) -> np.ndarray:
+    out = np.zeros(len(df), dtype=np.float32)
+    for row, value in enumerate(df[column].tolist()):
+        try:
+            number = float(_text(value))
+        except ValueError:
+            number = float("nan")
+        if not np.isfinite(number):
+            problems.add(row, column, f"{_text(value)!r} is not a number")
+        else:
+            out[row] = number
+    return out
+
+
+def _categories(
+    df: Any, column: str, listed: list[str] | None, problems: _Problems
+) -> tuple[np.ndarray, list[str]]:
+    """(class index per row, class names): the recipe's list, else the sorted distinct values
+    (numerically when every value is an integer)."""
+    raw = [_text(v).strip() for v in df[column].tolist()]
+    for row, value in enumerate(raw):
+        if not value:
+            problems.add(row, column, "no class")
+    present = sorted({v for v in raw if v})
+    if listed is not None:
+        names = list(listed)
+    elif present and all(_is_int(v) for v in present):
+        names = sorted(present, key=int)
+    else:
+        names = present
+    index = {name: i for i, name in enumerate(names)}
+    labels = np.zeros(len(raw), dtype=np.int64)
+    for row, value in enumerate(raw):
+        if value and value not in index:
+            problems.add(row, column, f"{value!r} is not one of the listed classes")
+        labels[row] = index.get(value, 0)
+    return labels, names
+
+
+def _is_int(text: str) -> bool:
+    try:
+        return float(text) == int(float(text))
+    except ValueError:
+        return False
+
+
+def _splits(df: Any, cfg: SplitColumn, problems: _Problems) -> np.ndarray:
+    codes = {v: 0 for v in cfg.train} | {v: 1 for v in cfg.val} | {v: 2 for v in cfg.test}
+    out = np.zeros(len(df), dtype=np.int64)
+    for row, value in enumerate(df[cfg.column].tolist()):
+        text = _text(value).strip()
+        if text not in codes:
+            known = ", ".join(sorted(codes))
+            problems.add(row, cfg.column, f"{text!r} is none of {known} (data.split)")
+        out[row] = codes.get(text, 0)
+    return out
+
+
+def read_rows(cfg: TableConfig) -> Rows:
+    """The table, every row checked; no pixel is read (the first image's header fixes the
+    shape when the recipe does not)."""
+    path = _table_path(cfg)
+    df = _read(path)
+    base = (Path(cfg.root).expanduser() if cfg.root else path.parent).resolve()
+    needed = [cfg.image_column] + ([cfg.split.column] if cfg.split else [])
+    for spec in cfg.targets.values():
+        needed += spec.columns or [spec.column]
+    missing = [c for c in dict.fromkeys(needed) if c not in df.columns]
+    if missing:
+        raise CnnlabError(
+            f"data.table: {path} has no column {missing[0]!r}; its columns: "
+            f"{', '.join(map(str, df.columns))}"
+        )
+    if len(df) == 0:
+        raise CnnlabError(f"data.table: {path} has no rows under its header")
+    problems = _Problems(path)
+    images = _paths(df, cfg.image_column, base, problems)
+    masks, values, classes = {}, {}, {}
+    for name, spec in cfg.targets.items():
+        if spec.kind == "mask":
+            masks[name] = _paths(df, spec.column, base, problems)
+            if spec.classes:
+                classes[name] = list(spec.classes)
+        elif spec.kind == "category":
+            values[name], classes[name] = _categories(df, spec.column, spec.classes, problems)
+        elif spec.kind == "number":
+            values[name] = _numbers(df, spec.column, problems)
+        else:
+            values[name] = np.stack([_numbers(df, c, problems) for c in spec.columns], axis=1)
+    split = _splits(df, cfg.split, problems) if cfg.split else None
+    _no_duplicates(images, cfg.image_column, problems)
+    problems.raise_any()
+    rows = Rows(path.resolve(), base, images, masks, values, classes, split, (0, 0, 0))
+    _check_split(cfg, rows)
+    rows.shape = _shape(cfg, rows)
+    return rows
+
+
+def _no_duplicates(images: list[str], column: str, problems: _Problems) -> None:
+    first: dict[str, int] = {}
+    for row, rel in enumerate(images):
+        key = os.path.normpath(rel)
+        if key in first:
+            problems.add(
+                row, column, f"{rel} is listed twice (first on {problems.where(first[key])})"
+            )
+        first.setdefault(key, row)
+
+
+def _stratify_target(cfg: TableConfig) -> str | None:
+    return next((t for t, c in cfg.targets.items() if c.kind == "category"), None)
+
+
+def _check_split(cfg: TableConfig, rows: Rows) -> None:
+    """Every part a run needs has rows, and a stratified carve has enough of each class."""
+    n = len(rows.images)
+    parts = rows.split if rows.split is not None else np.zeros(n, dtype=np.int64)
+    if rows.split is not None:
+        for code, part in ((0, "train"), (2, "test")):
+            if not (parts == code).any():
+                raise CnnlabError(
+                    f"data.split: no row of {rows.table} has a {part} value "
+                    f"({', '.join(getattr(cfg.split, part))}); set data.split.{part}"
+                )
+    carves = (0 if rows.split is not None else 1) + (0 if (parts == 1).any() else 1)
+    target = _stratify_target(cfg)
+    if target is None or not carves:
+        if (parts == 0).sum() < 2 + carves:
+            raise CnnlabError(f"data.table: {rows.table} has too few training rows to carve from")
+        return
+    labels = rows.values[target][parts == 0]
+    counts = np.bincount(labels, minlength=len(rows.classes[target]))
+    small = np.flatnonzero((counts > 0) & (counts < carves + 1))
+    if len(small):
+        k = int(small[0])
+        raise CnnlabError(
+            f"data.table: class {rows.classes[target][k]!r} of {target} has {counts[k]} "
+            f"training row(s); carving {'test and validation' if carves == 2 else 'validation'} "
+            f"stratified needs at least {carves + 1} per class (add rows, or give a split column)"
+        )
+
+
+def _shape(cfg: TableConfig, rows: Rows) -> tuple[int, int, int]:
+    """(C, S, S): the recipe's, else from the first image's header (no pixel decoded)."""
+    if cfg.image_size and cfg.channels:
+        return (cfg.channels, cfg.image_size, cfg.image_size)
+    from PIL import Image
+
+    first = rows.base / rows.images[0]
+    try:
+        with Image.open(first) as im:
+            size, mode = min(im.size), im.mode
+    except Exception as err:
+        raise CnnlabError(
+            f"data.table: the first image, {first}, cannot be read ({type(err).__name__}); "
+            "set data.image_size and data.channels, or fix the image"
+        ) from None
+    channels = cfg.channels or (1 if mode in ("1", "L", "I", "I;16", "F") else 3)
+    return (channels, cfg.image_size or max(8, size), cfg.image_size or max(8, size))
+
+
+# ------------------------------------------------------------------------------ source
+
+
+def _mask_names(cfg: TableConfig, rows: Rows, found: int | None) -> dict[str, list[str]]:
+    """Each mask target's class names: the recipe's list, else 0..highest index found (two
+    placeholders while describing, before any mask is read)."""
+    out = {}
+    for name in rows.masks:
+        if name in rows.classes:
+            out[name] = rows.classes[name]
+        else:
+            out[name] = [str(k) for k in range(found if found is not None else 2)]
+    return out
+
+
+def describe(cfg: TableConfig) -> DataInfo:
+    """Targets, classes and sizes from the table alone; every row is checked."""
+    rows = read_rows(cfg)
+    n = len(rows.images)
+    if rows.split is None:
+        test = round(n * cfg.test_fraction)
+        train, val = n - test, None
+    else:
+        train, val, test = (int((rows.split == k).sum()) for k in range(3))
+    targets: dict[str, list[str] | None] = {}
+    classes = {**rows.classes, **_mask_names(cfg, rows, None)}
+    for name in cfg.targets:
+        targets[name] = classes.get(name)
+    sizes = {
+        "train": min(train, cfg.train_subset) if cfg.train_subset else train,
+        "test": min(test, cfg.test_subset) if cfg.test_subset else test,
+    }
+    if val:
+        sizes["val"] = val
+    return DataInfo(
+        source="table",
+        shape=rows.shape,
+        targets=targets,
+        sizes=sizes,
+        validation="given" if val else "carved",
+        components={t: list(c.columns) for t, c in cfg.targets.items() if c.columns},
+    )
+
+
+def _identity(rows: Rows, cfg: TableConfig) -> list:
+    """The table's stat and every file's: a changed image, mask or table decodes again."""
+
+    def stat(path: Path) -> list:
+        try:
+            st = path.stat()
+            return [st.st_size, st.st_mtime_ns]
+        except OSError:
+            return [None, None]
+
+    files = rows.images + [p for paths in rows.masks.values() for p in paths]
+    return [FORMAT, str(rows.table), stat(rows.table), list(rows.shape), cfg.resize] + [
+        [rel, *stat(rows.base / rel)] for rel in files
+    ]
+
+
+def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, np.ndarray], list[int]]:
+    """(uint8 arrays "images" (N, C, S, S) and each mask (N, S, S), the decoded rows)."""
+    c, s, _ = rows.shape
+    mode = "L" if c == 1 else "RGB"
+    shapes = {"images": rows.shape, **{name: (s, s) for name in rows.masks}}
+
+    def one(i: int) -> dict[str, np.ndarray]:
+        out = {"images": decode_image(rows.base / rows.images[i], s, cfg.resize, mode)}
+        for name, paths in rows.masks.items():
+            out[name] = decode_mask(rows.base / paths[i], s, cfg.resize)
+        return out
+
+    names = [
+        " / ".join([rows.images[i], *(paths[i] for paths in rows.masks.values())])
+        for i in range(len(rows.images))
+    ]
+    key = [str(rows.table), str(rows.base), list(rows.shape), cfg.resize, FORMAT]
+    decoded = cached_decode("table", key, _identity(rows, cfg), names, shapes, one)
+    if decoded.skipped and cfg.on_bad_image == "stop":
+        raise CnnlabError(
+            f"data.table: {len(decoded.skipped)} rows cannot be read (first: "
+            f"{decoded.skipped[0]}); fix or remove them, or set data.on_bad_image: skip"
+        )
+    if not decoded.kept:
+        raise CnnlabError(f"data.table: no image of {rows.table} could be read")
+    return decoded.arrays, decoded.kept
+
+
+def load(cfg: TableConfig) -> Dataset:
+    """Images as uint8 (N, C, S, S); targets: category long (N,), number float (N,), vector
+    float (N, K), mask uint8 (N, S, S) (255: no label)."""
+    rows = read_rows(cfg)
+    arrays, kept = decode(cfg, rows)
+    index = torch.tensor(kept, dtype=torch.long)
+    targets: dict[str, torch.Tensor] = {}
+    for name, spec in cfg.targets.items():
+        if spec.kind == "mask":
+            targets[name] = torch.from_numpy(arrays[name])
+        else:
+            targets[name] = torch.from_numpy(rows.values[name])[index]
+    found = max(
+        (int(targets[m].masked_fill(targets[m] == NO_LABEL, 0).max()) + 1 for m in rows.masks),
+        default=None,
+    )
+    classes = {**rows.classes, **_mask_names(cfg, rows, found)}
+    _check_masks(rows, targets, classes)
+    data = ImageSet(torch.from_numpy(arrays["images"]), targets)
+    split = torch.from_numpy(rows.split)[index] if rows.split is not None else None
+    train, val, test = _parts(cfg, data, split)
+    return Dataset(
+        name="table",
+        train=train,
+        test=test,
+        val=val,
+        classes={t: classes[t] for t, c in cfg.targets.items() if c.kind in ("category", "mask")},
+        components={t: list(c.columns) for t, c in cfg.targets.items() if c.columns},
+    )
+
+
+def _check_masks(rows: Rows, targets: Targets, classes: dict[str, list[str]]) -> None:
+    for name in rows.masks:
+        m = targets[name]
+        top = int(m.masked_fill(m == NO_LABEL, 0).max()) if len(m) else 0
+        if top >= len(classes[name]):
+            raise CnnlabError(
+                f"data.targets.{name}: a mask holds class index {top}, but {len(classes[name])} "
+                "classes are listed; list them all (255 means no label)"
+            )
+
+
+def _parts(
+    cfg: TableConfig, data: ImageSet, split: torch.Tensor | None
+) -> tuple[ImageSet, ImageSet | None, ImageSet]:
+    """(train, val or None when it is carved later, test)."""
+    if split is not None:
+        val = torch.nonzero(split == 1).flatten()
+        return (
+            data.subset(torch.nonzero(split == 0).flatten()),
+            data.subset(val) if len(val) else None,
+            data.subset(torch.nonzero(split == 2).flatten()),
+        )
+    target = _stratify_target(cfg)
+    labels = data.targets[target] if target else None
+    keep, test = stratified_split(labels, len(data), cfg.test_fraction, TEST_SEED)
+    return data.subset(keep), None, data.subset(test)
+
+
+def locate(root: str | None, allow_download: bool = False) -> dict[str, Path]:
+    """Nothing to fetch: a recipe's data.table names the file and the file names its images."""
+    raise CnnlabError(
+        "table: nothing to fetch; a recipe's data.table names the CSV or Parquet file and "
+        "the file names its images"
+    )
+
+
+SOURCE = Source(
+    config=TableConfig,
+    describe=describe,
+    load=load,
+    locate=locate,
+    doc="a CSV or Parquet table of image paths and target columns (classes, numbers, masks)",
+    stats=None,  # mean/std from a streaming pass over the run's training split
+)
+
+__all__ = ["SOURCE", "Move", "SplitColumn", "TableConfig", "TargetColumn", "describe", "load"]

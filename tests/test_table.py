@@ -1,0 +1,341 @@
+"""`data.source: table`: a CSV or Parquet file of image paths and target columns, every
+kind of target (a class, a number, a vector, a mask), its checks, its cache, augmentation
+that keeps labels true, and whole runs through the command line and the Python API."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import cnnlab
+from cnnlab.api import load_recipe
+from cnnlab.data import describe, get_source, gsn, gsn_generator, shapes_table, table
+from cnnlab.data.augment import NO_LABEL, AugmentConfig, augment
+from cnnlab.errors import CnnlabError
+from cnnlab.experiment import train
+from tests.conftest import run_cli
+
+ROWS, SIZE = 200, 16
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    """A generated shapes table: 200 rows of 16x16 images with masks, read-only here."""
+    folder = tmp_path_factory.mktemp("shapes")
+    shapes_table.write(folder, ROWS, SIZE, seed=3)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def recipe_dict(folder: Path, tmp_path: Path, **data) -> dict:
+    """The shipped table_example on `folder`, shrunk to seconds; `data` edits its data."""
+    raw = yaml.safe_load((Path(cnnlab.__file__).parent / "recipes/table_example.yaml").read_text())
+    raw["data"].update({"table": str(folder / "labels.csv"), **data})
+    raw["model"]["filters"] = 8
+    raw["train"].update(epochs=1, batch_size=32, progress=False, threads=2, device="cpu")
+    raw["train"].update(report=False, precision="fp32")
+    raw["tasks"]["counts"] = {"type": "regression", "target": "counts"}
+    raw["output_dir"] = str(tmp_path / "runs")
+    return raw
+
+
+def table_rows(folder: Path) -> list[dict]:
+    with open(folder / "labels.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def no_runs(tmp_path: Path) -> bool:
+    runs = tmp_path / "runs"
+    return not runs.exists() or not any(runs.iterdir())
+
+
+# ------------------------------------------------------------------- what it reads
+
+
+def test_describe_reads_every_kind_of_target_without_pixels(shapes, tmp_path):
+    cfg = load_recipe(recipe_dict(shapes, tmp_path)).data
+    info = describe(cfg)
+    assert info.shape == (3, SIZE, SIZE)
+    assert info.targets["kind"] == ["disc", "square", "triangle"]  # sorted distinct values
+    assert info.targets["area"] is None and info.targets["counts"] is None
+    assert info.targets["mask"] == shapes_table.MASK_CLASSES
+    assert info.components == {"counts": ["discs", "squares", "triangles"]}
+    assert info.sizes == {"train": 160, "val": 20, "test": 20} and info.validation == "given"
+    assert not (tmp_path / "cache").exists()  # nothing decoded
+
+
+def test_load_gives_each_target_its_type_and_masks_their_images(shapes, tmp_path):
+    cfg = load_recipe(recipe_dict(shapes, tmp_path)).data
+    ds = table.load(cfg)
+    rows = table_rows(shapes)
+    train = [r for r in rows if r["split"] == "train"]
+    assert len(ds.train) == len(train) and len(ds.val) == 20 and len(ds.test) == 20
+    t = ds.train.targets
+    assert t["kind"].dtype == torch.long and t["area"].dtype == torch.float32
+    assert t["counts"].shape == (160, 3) and t["mask"].shape == (160, SIZE, SIZE)
+    first = train[0]
+    assert ds.classes["kind"][int(t["kind"][0])] == first["kind"]
+    assert t["area"][0].item() == pytest.approx(float(first["area"]))
+    assert t["counts"][0].tolist() == [float(first[c]) for c in ("discs", "squares", "triangles")]
+    mask = np.asarray(Image.open(shapes / first["mask"]))
+    assert torch.equal(t["mask"][0], torch.from_numpy(mask.copy()))
+    image = np.asarray(Image.open(shapes / first["image"])).transpose(2, 0, 1)
+    assert torch.equal(ds.train.images[0], torch.from_numpy(image))
+    # the mask marks the shapes: a background pixel there is the image's background
+    assert (t["mask"][0] > 0).float().mean().item() == pytest.approx(float(first["area"]), abs=1e-3)
+
+
+def test_parquet_and_carved_splits_and_integer_classes(shapes, tmp_path):
+    import pandas as pd
+
+    df = pd.read_csv(shapes / "labels.csv").drop(columns="split")
+    df["level"] = df["discs"] * 10  # integers: classes sort as numbers, 0 < 10 < 20
+    folder = tmp_path / "pq"
+    shutil.copytree(shapes, folder)
+    df.to_parquet(folder / "labels.parquet")
+    raw = recipe_dict(folder, tmp_path, table=str(folder / "labels.parquet"), split=None)
+    raw["data"]["targets"]["level"] = {"kind": "category", "column": "level"}
+    cfg = load_recipe(raw).data
+    info = describe(cfg)
+    assert info.targets["level"] == sorted({str(v) for v in df["level"]}, key=int)
+    assert info.validation == "carved" and info.sizes == {"train": 160, "test": 40}
+    ds = table.load(cfg)
+    assert len(ds.train) + len(ds.test) == ROWS and ds.val is None
+    # the carve is stratified by the first category: each kind keeps its share
+    for part in (ds.train, ds.test):
+        share = torch.bincount(part.targets["kind"], minlength=3).float() / len(part)
+        overall = torch.tensor(df["kind"].value_counts(normalize=True).sort_index().values)
+        assert torch.allclose(share, overall.float(), atol=0.06)
+
+
+def test_gsn_read_as_a_table_gives_what_the_gsn_source_gives(tmp_path):
+    folder = tmp_path / "gsn"
+    gsn_generator.write(folder, 120, seed=2)
+    raw = {
+        "name": "gsn_table",
+        "data": {
+            "source": "table",
+            "table": str(folder / "labels.csv"),
+            "image_column": "name",
+            "targets": {"counts": {"kind": "vector", "columns": list(gsn.COUNT_NAMES)}},
+            "augment": {"hflip": False, "translate": 0},
+        },
+        "tasks": {"counts": {"type": "regression", "target": "counts"}},
+    }
+    cfg = load_recipe(raw).data
+    arrays, kept = table.decode(cfg, table.read_rows(cfg))
+    ds = gsn.load(gsn.GSNConfig(root=str(folder), val_rows=20))
+    assert kept == list(range(120)) and describe(cfg).shape == (1, 28, 28)
+    assert np.array_equal(arrays["images"], torch.cat([ds.train.images, ds.val.images]).numpy())
+    counts = table.read_rows(cfg).values["counts"]
+    assert np.array_equal(counts, torch.cat([ds.train.targets["counts"], ds.val.targets["counts"]]))
+
+
+# ------------------------------------------------------------------- bad tables
+
+
+def bad_table(tmp_path: Path, shapes: Path, edit) -> dict:
+    """A copy of the shapes table changed by `edit(rows) -> rows` (lists, header first)."""
+    folder = tmp_path / "bad"
+    shutil.copytree(shapes, folder)
+    with open(folder / "labels.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    with open(folder / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows(edit(rows))
+    return recipe_dict(folder, tmp_path)
+
+
+def _set(row: int, column: str, value: str):
+    def edit(rows):
+        rows[row][rows[0].index(column)] = value
+        return rows
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda r: [[c for c in row if c != row[r[0].index("area")]] for row in r],
+            "has no column 'area'; its columns: image, mask, kind, discs",
+        ),
+        (lambda r: r[:1], "has no rows under its header"),
+        (_set(5, "area", "n/a"), "line 6, column 'area': 'n/a' is not a number"),
+        (_set(7, "squares", ""), "line 8, column 'squares': '' is not a number"),
+        (
+            _set(3, "image", "images/00001.png"),
+            "line 4, column 'image': images/00001.png is listed twice (first on line 3)",
+        ),
+        (
+            _set(2, "image", "../../etc/passwd"),
+            "line 3, column 'image': ../../etc/passwd leads outside",
+        ),
+        (_set(4, "split", "holdout"), "line 5, column 'split': 'holdout' is none of"),
+    ],
+    ids=["column", "empty", "number", "blank", "duplicate", "outside", "split"],
+)
+def test_a_bad_table_stops_in_one_line_before_a_run_folder(shapes, tmp_path, edit, message):
+    raw = bad_table(tmp_path, shapes, edit)
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.train(raw)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert no_runs(tmp_path)
+
+
+def test_a_class_too_small_to_carve_and_a_link_outside_are_refused(shapes, tmp_path):
+    def one_disc(rows):
+        discs = [row for row in rows[1:] if row[2] == "disc"]
+        return rows[:1] + [row for row in rows[1:] if row[2] != "disc"] + discs[:1]
+
+    raw = bad_table(tmp_path, shapes, one_disc)
+    raw["data"]["split"] = None
+    with pytest.raises(CnnlabError, match="class 'disc' of kind has 1 training row"):
+        cnnlab.train(raw)
+    folder = tmp_path / "bad"
+    first = table_rows(folder)[0]["image"]
+    (folder / first).unlink()
+    (folder / first).symlink_to(shapes / first)
+    raw = recipe_dict(folder, tmp_path)
+    with pytest.raises(CnnlabError, match=f"line 2, column 'image': {first} leads outside"):
+        cnnlab.train(raw)
+    assert no_runs(tmp_path)
+
+
+def test_unreadable_images_are_skipped_with_a_warning_or_stop_the_run(shapes, tmp_path, capsys):
+    raw = bad_table(tmp_path, shapes, lambda rows: rows)
+    (tmp_path / "bad" / "images" / "00004.png").write_bytes(b"not a png")
+    (tmp_path / "bad" / "masks" / "00011.png").unlink()
+    ds = table.load(load_recipe(raw).data)
+    err = capsys.readouterr().err
+    assert "2 files skipped" in err and "images/00004.png" in err and "masks/00011.png" in err
+    assert len(ds.train) + len(ds.val) + len(ds.test) == ROWS - 2
+    raw["data"]["on_bad_image"] = "stop"
+    with pytest.raises(CnnlabError, match="2 rows cannot be read"):
+        cnnlab.train(raw)
+    assert no_runs(tmp_path)
+
+
+def test_the_cache_is_reused_and_a_changed_mask_is_noticed(shapes, tmp_path, capsys):
+    raw = bad_table(tmp_path, shapes, lambda rows: rows)
+    cfg = load_recipe(raw).data
+    table.load(cfg)
+    assert "decoded 200 rows" in capsys.readouterr().err
+    table.load(cfg)
+    assert "cache reused" in capsys.readouterr().err
+    mask = tmp_path / "bad" / "masks" / "00000.png"
+    values = np.asarray(Image.open(mask)).copy()
+    values[:] = 2
+    Image.fromarray(values, "L").save(mask)  # a grey PNG of indices is a mask too
+    ds = table.load(cfg)
+    assert "decoded 200 rows" in capsys.readouterr().err
+    assert (ds.train.targets["mask"][0] == 2).all()
+
+
+# ------------------------------------------------------------- labels stay true
+
+
+def test_masks_move_with_their_images_and_shifts_uncover_no_label():
+    x = torch.rand(8, 3, 6, 6)
+    mask = (x[:, 0] * 3).to(torch.uint8)  # the mask is a function of the image
+    cfg = AugmentConfig(hflip=True, vflip=True, rot90=True, translate=2)
+    out, targets = augment(x, {"mask": mask}, cfg, torch.Generator().manual_seed(0))
+    moved = targets["mask"]
+    covered = moved != NO_LABEL
+    assert (~covered).any() and covered.any()
+    assert torch.equal((out[:, 0] * 3).to(torch.uint8)[covered], moved[covered])
+    assert (out[:, :, :, :][~covered[:, None].expand_as(out)] == 0).all()  # shifted-in: black
+
+
+def test_declared_vector_moves_match_gsn_and_undeclared_ones_are_refused(shapes, tmp_path):
+    moves = {
+        "hflip": {"swap": [["right", "left"]]},
+        "vflip": {"swap": [["up", "down"]]},
+        "rot90": {"cycle": ["up", "left", "down", "right"]},
+    }
+    spec = {"kind": "vector", "columns": list(gsn.COUNT_NAMES), **moves}
+    raw = recipe_dict(shapes, tmp_path)
+    raw["data"]["targets"] = {"counts": spec}
+    raw["tasks"] = {"counts": {"type": "regression", "target": "counts"}}
+    raw["train"]["monitor"] = "val.counts.rmse"
+    cfg = load_recipe(raw).data
+    counts = gsn.class_targets()["counts"]
+    for name, drawn in (
+        ("hflip", torch.ones(135, dtype=torch.bool)),
+        ("rot90", torch.arange(135) % 4),
+    ):
+        ours = cfg.maps()[name]({"counts": counts}, drawn)["counts"]
+        theirs = gsn.GSNConfig.label_maps[name]({"counts": counts}, drawn)["counts"]
+        assert torch.equal(ours, theirs)
+    del raw["data"]["targets"]["counts"]["rot90"]
+    with pytest.raises(CnnlabError) as err:
+        load_recipe(raw)
+    assert "data.augment.rot90: table does not say how a quarter turn changes its targets" in str(
+        err.value
+    ) and "data.targets.counts.rot90: same" in str(err.value)
+
+
+# ------------------------------------------------------------------- whole runs
+
+
+def test_a_table_trains_evaluates_resumes_predicts_and_reports(shapes, tmp_path):
+    raw = recipe_dict(shapes, tmp_path)
+    raw["train"].update(epochs=2, report=True)
+    recipe_file = tmp_path / "table.yaml"
+    recipe_file.write_text(yaml.safe_dump(raw))
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    out = run_cli("train", str(recipe_file), env=env)
+    assert out.returncode == 0, out.stderr
+    (path,) = (tmp_path / "runs").iterdir()
+    run = cnnlab.load_run(path)
+    assert set(run.test_metrics) >= {"test.kind.accuracy", "test.area.rmse", "test.mask.miou"}
+    assert run.test_metrics["test.counts.rmse"] < 2.0
+    evaluated = run.evaluate("test")
+    assert evaluated["test.mask.miou"] == pytest.approx(run.test_metrics["test.mask.miou"])
+    html = (path / "report.html").read_text()
+    assert "pixels_mask" in html and "confusion" in html
+    # predict names the table's classes and gives a mask per image
+    rows = [r for r in table_rows(shapes) if r["split"] == "test"][:4]
+    preds = run.predict([str(shapes / r["image"]) for r in rows])
+    assert set(preds["kind"].labels) <= {"disc", "square", "triangle"}
+    assert preds["mask"].index.shape == (4, SIZE, SIZE)
+    assert preds["mask"].classes == shapes_table.MASK_CLASSES
+
+
+def test_an_interrupted_table_run_resumes_exactly(shapes, tmp_path):
+    recipe = load_recipe(recipe_dict(shapes, tmp_path), {"train.epochs": 2})
+    reference = train(recipe)
+
+    def stop_after_first(row: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(CnnlabError, match="interrupted"):
+        train(recipe, on_epoch=stop_after_first)
+    (stopped,) = set((tmp_path / "runs").iterdir()) - {reference.path}
+    resumed = train(recipe, resume=stopped)
+    timing = {"seconds", "images_per_s"}
+    rows = [[{k: v for k, v in r.items() if k not in timing} for r in run.read_metrics()]
+            for run in (reference, resumed)]  # fmt: skip
+    assert len(rows[0]) == 2 and rows[0] == rows[1]
+    assert reference.test_metrics() == resumed.test_metrics()
+
+
+def test_the_python_api_trains_a_table_and_checks_it_first(shapes, tmp_path):
+    raw = recipe_dict(shapes, tmp_path)
+    run = cnnlab.train(raw, overrides={"train.epochs": 1})
+    assert run.status["state"] == "finished" and "test.mask.miou" in run.test_metrics
+    raw["tasks"]["kind"]["target"] = "mask"
+    with pytest.raises(CnnlabError, match="is a class per pixel .a mask.; make this task type"):
+        cnnlab.train(raw)
+    assert get_source("table").config is table.TableConfig
