@@ -149,7 +149,9 @@ def test_balanced_weights_give_rare_classes_the_weight_of_common_ones():
     expected = F.cross_entropy(out, target, weight=w)
     assert torch.isclose(task.loss(head, out, target), expected)
     with pytest.raises(CnnlabError, match="class_weights has 2 entries for 3 classes"):
-        pixel_task(class_weights=[1.0, 2.0]).fit(TargetSpec(classes=["a", "b", "c"], per_pixel=True))
+        pixel_task(class_weights=[1.0, 2.0]).fit(
+            TargetSpec(classes=["a", "b", "c"], per_pixel=True)
+        )
 
 
 def test_the_per_pixel_loss_is_the_mean_over_pixels_of_minus_log_softmax():

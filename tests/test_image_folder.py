@@ -14,8 +14,8 @@ from PIL import Image
 
 from cnnlab.data import describe
 from cnnlab.data import image_folder as imf
-from cnnlab.data.decoded import decode_image
 from cnnlab.data.batches import prepare_splits
+from cnnlab.data.decoded import decode_image
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import load_recipe
 from tests.conftest import ROOT, run_cli

@@ -91,7 +91,7 @@ def test_load_gives_each_target_its_type_and_masks_their_images(shapes, tmp_path
     mask = np.asarray(Image.open(shapes / first["mask"]))
     assert torch.equal(t["mask"][0], torch.from_numpy(mask.copy()))
     image = np.asarray(Image.open(shapes / first["image"])).transpose(2, 0, 1)
-    assert torch.equal(ds.train.images[0], torch.from_numpy(image))
+    assert torch.equal(ds.train.images[0], torch.from_numpy(image.copy()))
     # the mask marks the shapes: a background pixel there is the image's background
     assert (t["mask"][0] > 0).float().mean().item() == pytest.approx(float(first["area"]), abs=1e-3)
 
@@ -301,8 +301,10 @@ def test_a_table_trains_evaluates_resumes_predicts_and_reports(shapes, tmp_path)
     run = cnnlab.load_run(path)
     assert set(run.test_metrics) >= {"test.kind.accuracy", "test.area.rmse", "test.mask.miou"}
     assert run.test_metrics["test.counts.rmse"] < 2.0
-    evaluated = run.evaluate("test")
-    assert evaluated["test.mask.miou"] == pytest.approx(run.test_metrics["test.mask.miou"])
+    evaluated = run_cli("eval", str(path), env=env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    miou = run.test_metrics["test.mask.miou"]
+    assert f"| test.mask.miou | {miou:.4f} |" in evaluated.stdout
     html = (path / "report.html").read_text()
     assert "pixels_mask" in html and "confusion" in html
     # predict names the table's classes and gives a mask per image
@@ -339,3 +341,39 @@ def test_the_python_api_trains_a_table_and_checks_it_first(shapes, tmp_path):
     with pytest.raises(CnnlabError, match="is a class per pixel .a mask.; make this task type"):
         cnnlab.train(raw)
     assert get_source("table").config is table.TableConfig
+
+
+def test_a_table_is_a_source_a_user_subclasses_and_registers(shapes, tmp_path):
+    from typing import Literal
+
+    from pydantic import Field
+
+    from cnnlab.components import register_source, registration_scope
+    from cnnlab.data.base import Dataset
+
+    class ShapesOnly(table.TableConfig):
+        """The shapes table with its columns fixed: a recipe names only the file."""
+
+        source: Literal["shapes_only"] = "shapes_only"
+        targets: dict[str, table.TargetColumn] = Field(
+            default_factory=lambda: {"kind": table.TargetColumn(kind="category", column="kind")}
+        )
+
+    def load(cfg: ShapesOnly) -> Dataset:
+        ds = table.load(cfg)
+        ds.train = ds.train.subset(torch.arange(100))  # a wrapper may change what it gives
+        return ds
+
+    with registration_scope():
+        register_source("shapes_only", config=ShapesOnly, describe=table.describe, load=load)
+        raw = {
+            "data": {"source": "shapes_only", "table": str(shapes / "labels.csv"),
+                     "split": {"column": "split"}, "augment": {"translate": 0}},
+            "model": {"base_filters": 8, "blocks": 2},
+            "tasks": {"kind": {"type": "classification", "target": "kind"}},
+            "train": {"epochs": 1, "device": "cpu", "progress": False, "report": False},
+            "output_dir": str(tmp_path / "runs"),
+        }  # fmt: skip
+        assert describe(load_recipe(raw).data).source == "shapes_only"
+        run = cnnlab.train(raw)
+        assert run.recipe.data.source == "shapes_only" and "test.kind.accuracy" in run.test_metrics

@@ -65,6 +65,12 @@ class Move(Section):
     # rot90: a quarter turn (counter-clockwise) moves each column's value to the next
     cycle: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _one_kind(self) -> Move:
+        if bool(self.swap) == bool(self.cycle):
+            raise ValueError("give swap: [[a, b], ...] (a flip) or cycle: [a, b, ...] (rot90)")
+        return self
+
 
 class TargetColumn(Section):
     """One target of the table: its kind and where its values are."""
@@ -226,7 +232,8 @@ def _read(path: Path) -> Any:
     if not path.is_file():
         what = "no such file" if not path.exists() else "not a file"
         raise CnnlabError(
-            f"data.table: {path}: {what}; point data.table at the CSV or Parquet file"
+            f"data.table: {path}: {what}; point data.table at the CSV or Parquet file "
+            "(`cnnlab data shapes --out FOLDER` writes an example one)"
         )
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
@@ -474,7 +481,7 @@ def describe(cfg: TableConfig) -> DataInfo:
     if val:
         sizes["val"] = val
     return DataInfo(
-        source="table",
+        source=cfg.source,
         shape=rows.shape,
         targets=targets,
         sizes=sizes,
@@ -549,7 +556,7 @@ def load(cfg: TableConfig) -> Dataset:
     split = torch.from_numpy(rows.split)[index] if rows.split is not None else None
     train, val, test = _parts(cfg, data, split)
     return Dataset(
-        name="table",
+        name=cfg.source,
         train=train,
         test=test,
         val=val,
