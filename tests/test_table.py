@@ -106,12 +106,19 @@ def test_parquet_and_carved_splits_and_integer_classes(shapes, tmp_path):
     df.to_parquet(folder / "labels.parquet")
     raw = recipe_dict(folder, tmp_path, table=str(folder / "labels.parquet"), split=None)
     raw["data"]["targets"]["level"] = {"kind": "category", "column": "level"}
+    del raw["data"]["targets"]["mask"]["classes"]  # named by the indices found
+    raw["data"]["image_size"] = 10  # masks shrink by nearest neighbour: no class in between
     cfg = load_recipe(raw).data
     info = describe(cfg)
     assert info.targets["level"] == sorted({str(v) for v in df["level"]}, key=int)
     assert info.validation == "carved" and info.sizes == {"train": 160, "test": 40}
     ds = table.load(cfg)
     assert len(ds.train) + len(ds.test) == ROWS and ds.val is None
+    assert ds.classes["mask"] == ["0", "1", "2", "3"] and ds.train.images.shape[2:] == (10, 10)
+    arrays, _ = table.decode(cfg, table.read_rows(cfg))  # in the table's row order
+    for row in range(10):
+        found = set(np.unique(np.asarray(Image.open(folder / df["mask"][row]))).tolist())
+        assert set(np.unique(arrays["mask"][row]).tolist()) <= found
     # the carve is stratified by the first category: each kind keeps its share
     for part in (ds.train, ds.test):
         share = torch.bincount(part.targets["kind"], minlength=3).float() / len(part)
