@@ -149,16 +149,59 @@ def _pretrained_backbones(pattern: str | None) -> None:
 
 
 @app.command()
+def export(
+    run: Path = typer.Argument(..., help="run folder"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (onnxruntime, anywhere) or pt2"),
+    out: Path | None = typer.Option(None, help="file to write (default RUN/export/model.FORMAT)"),
+    check: bool = typer.Option(True, help="compare the file with torch on the test images"),
+    imports: list[str] = Imports,
+) -> None:
+    """The run's best model as one file: uint8 images in, every task's answer out."""
+    _import(imports)
+    from cnnlab.export import check_parity, export_run
+
+    path = export_run(run, fmt, out)
+    typer.echo(f"exported: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if not check:
+        return
+    engine = "onnxruntime" if fmt == "onnx" else "torch.export"
+    parity = check_parity(path, run)
+    typer.echo(f"{engine} against torch on {parity.images:,} test images:")
+    for name, diff in parity.max_abs_diff.items():
+        line = f"{name}: max |difference| {diff:.2e}"
+        if name in parity.agreement:
+            line += f", top-1 agreement {parity.agreement[name]:.2%}"
+        if name in parity.accuracy:
+            ours, theirs = parity.accuracy[name]
+            line += f", test accuracy {ours:.4f} in torch, {theirs:.4f} in {engine}"
+        typer.echo(line)
+
+
+@app.command()
 def predict(
-    images: list[Path] = typer.Argument(..., help="image files and/or folders of images"),
+    images: list[Path] = typer.Argument(
+        ..., help="RUN then image files and/or folders; or images alone for an ImageNet model"
+    ),
     model: str = typer.Option(
         "efficientnet_lite0", help="ImageNet model (cnnlab backbones --pretrained)"
     ),
     weights: str | None = typer.Option(None, help="a local weight file in timm's names"),
     top: int = typer.Option(5, min=1, max=20, help="classes shown per image"),
     figure: Path = typer.Option(Path("predictions.png"), help="where to draw the figure"),
+    onnx: Path | None = typer.Option(None, help="a run's exported model.onnx (or .pt2) to run"),
+    out: Path | None = typer.Option(None, help="write every image's answers to this CSV"),
+    imports: list[str] = Imports,
 ) -> None:
-    """An ImageNet-pretrained model as it is: top classes of each image, and a figure."""
+    """A trained run's answers on new images (`cnnlab predict RUN IMAGES`, or `--onnx FILE
+    IMAGES` for an exported one); without a run, an ImageNet-pretrained model as it is."""
+    _import(imports)
+    from cnnlab.predict import image_paths
+
+    run = images[0] if images and (images[0] / "recipe.yaml").is_file() else None
+    if run is not None or onnx is not None:
+        files = image_paths(images[1:] if run is not None else images)
+        _predict_run(run, onnx, files, figure, out)
+        return
     from cnnlab.models.timm_backbone import TimmConfig
     from cnnlab.predict import draw
     from cnnlab.predict import predict as top_classes
@@ -170,6 +213,32 @@ def predict(
         for rank, (name, prob) in enumerate(p.top, 1):
             typer.echo(f"  {rank}. {prob:6.1%}  {name}")
     typer.echo(f"figure: {draw(found, figure, f'{model}: ImageNet top-{top}')}")
+
+
+def _predict_run(
+    run: Path | None, onnx: Path | None, files: list[Path], figure: Path, out: Path | None
+) -> None:
+    from cnnlab.viz.new_images import caption, draw_predictions
+
+    if onnx is not None:
+        from cnnlab.export import predict_exported
+
+        found, source = predict_exported(onnx, files), str(onnx)
+    else:
+        from cnnlab.api import load_run
+
+        found, source = load_run(run).predict(files), str(run)
+    for i, path in enumerate(files):
+        typer.echo(f"{path}")
+        for line in caption(found, i).splitlines():
+            typer.echo(f"  {line}")
+    if out is not None:
+        table = found.table()
+        table.insert(0, "image", [str(p) for p in files])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False)
+        typer.echo(f"table: {out}")
+    typer.echo(f"figure: {draw_predictions(files, found, figure, source)}")
 
 
 @app.command()

@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from cnnlab.build import build_model, declared_info, saved_precision, saved_tasks
 from cnnlab.data import colorize
+from cnnlab.data.decoded import decode_image
 from cnnlab.errors import CnnlabError
 from cnnlab.models import MultiTaskModel
 from cnnlab.precision import autocast_for
@@ -43,6 +44,7 @@ class Prediction:
     probabilities: np.ndarray | None = None  # (N, K) of a classification
     values: np.ndarray | None = None  # (N,) or (N, D) of a regression, in the target's units
     classes: list[str] | None = None  # every class name, in index order
+    components: list[str] | None = None  # a vector regression's component names
 
 
 class Predictions(dict):
@@ -61,8 +63,9 @@ class Predictions(dict):
             elif p.values is not None and p.values.ndim == 1:
                 columns[name] = p.values
             elif p.values is not None:
-                for k in range(p.values.shape[1]):
-                    columns[f"{name}[{k}]"] = p.values[:, k]
+                names = p.components or [str(k) for k in range(p.values.shape[1])]
+                for k, part in enumerate(names):
+                    columns[f"{name}.{part}"] = p.values[:, k]
         return pd.DataFrame(columns)
 
 
@@ -89,7 +92,8 @@ class Predictor:
     def inputs(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
         """Model input (B, C, H, W) from images as training made it from its uint8 pixels."""
         colour_channels = 3 if self.grey else self.shape[0]
-        batch = to_batch(images, colour_channels, self.shape[1:]).to(self.device)
+        resize = getattr(self.recipe.data, "resize", "squash")  # as the source decoded files
+        batch = to_batch(images, colour_channels, self.shape[1:], resize).to(self.device)
         if self.grey:
             batch = colorize.luminance(batch)
         x = (batch - self.mean) / self.std
@@ -108,7 +112,8 @@ class Predictor:
         head, classes = self.model.heads[name], self.tasks[name].info.classes
         decoded = head.decode(raw).cpu()
         if classes is None:  # a regression: values in the target's units
-            return Prediction(name, values=decoded.numpy())
+            components = self.tasks[name].info.components
+            return Prediction(name, values=decoded.numpy(), components=components)
         index = decoded.numpy()
         if index.ndim > 1:  # a per-pixel class map
             return Prediction(name, index=index, classes=list(classes))
@@ -127,23 +132,29 @@ def _shape_without_input(recipe: Recipe) -> tuple[int, int, int]:
 
 
 def to_batch(
-    images: ImageLike | Sequence[ImageLike], channels: int, size: tuple[int, int]
+    images: ImageLike | Sequence[ImageLike],
+    channels: int,
+    size: tuple[int, int],
+    resize: str = "squash",
 ) -> torch.Tensor:
     """(B, channels, H, W) float in [0, 1] at `size`. A 4-D tensor or array is one batch;
     anything else is one image or a list of them. uint8 is scaled by 255; float is taken as
-    [0, 1] already. Colour is made grey by luminance, grey repeated into colour."""
+    [0, 1] already. Colour is made grey by luminance, grey repeated into colour. A file is
+    decoded as the sources decode theirs (`resize`: crop or squash to the square)."""
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-        return torch.cat([_one(img, channels, size) for img in images])
+        return torch.cat([_one(img, channels, size, resize) for img in images])
     if isinstance(images, (str, Path, np.ndarray, torch.Tensor, Image.Image)):
         images = [images]
     if not images:
         raise CnnlabError("predict: no images given")
-    return torch.cat([_one(img, channels, size) for img in images])
+    return torch.cat([_one(img, channels, size, resize) for img in images])
 
 
-def _one(image: ImageLike, channels: int, size: tuple[int, int]) -> torch.Tensor:
+def _one(image: ImageLike, channels: int, size: tuple[int, int], resize: str) -> torch.Tensor:
     """One image as (1, channels, H, W) float in [0, 1]."""
-    if isinstance(image, (str, Path)):
+    if isinstance(image, (str, Path)) and size[0] == size[1]:
+        image = torch.from_numpy(read_file(Path(image), channels, size[0], resize).copy())
+    elif isinstance(image, (str, Path)):
         image = _open(Path(image))
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("L" if channels == 1 else "RGB"))
@@ -172,6 +183,16 @@ def _channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     if channels == 3 and x.shape[0] == 1:
         return x.expand(3, -1, -1)
     raise CnnlabError(f"predict: an image with {x.shape[0]} channels; the model takes {channels}")
+
+
+def read_file(path: Path, channels: int, size: int, resize: str) -> np.ndarray:
+    """An image file as uint8 (channels, size, size), decoded as image_folder and table do."""
+    if not path.is_file():
+        raise CnnlabError(f"predict: {path} not found")
+    try:
+        return decode_image(path, size, resize, "L" if channels == 1 else "RGB")
+    except Exception as err:  # not an image, truncated, unsupported
+        raise CnnlabError(f"predict: {path} is not a readable image ({err})") from None
 
 
 def _open(path: Path) -> Image.Image:

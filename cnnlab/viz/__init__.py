@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
+from cnnlab.viz.attributions import attributions
 from cnnlab.viz.base import Chart
 from cnnlab.viz.confusion import confusion
 from cnnlab.viz.curves import curves
@@ -24,6 +25,7 @@ from cnnlab.viz.pixels import pixels
 from cnnlab.viz.predictions import predictions
 from cnnlab.viz.regression import regression
 from cnnlab.viz.run_view import RunView
+from cnnlab.viz.sanity import sanity
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,12 @@ FIGURES: dict[str, FigureSpec] = {
     ),
     "filters": FigureSpec(filters, "first-layer filters and their maps for one test image"),
     "guided-backprop": FigureSpec(guided_backprop, "guided backprop, last conv layer (--neurons)"),
+    "attributions": FigureSpec(
+        attributions, "Grad-CAM, Guided Grad-CAM, gradient, Integrated Gradients (--images)"
+    ),
+    "sanity": FigureSpec(
+        sanity, "do the saliency maps depend on the weights? cascading randomization (--steps)"
+    ),
     "dead-units": FigureSpec(dead_units, "units that never activate on the validation set"),
     "landscape": FigureSpec(landscape, "the loss landscape `cnnlab landscape RUN` computed"),
 }

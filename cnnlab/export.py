@@ -1,0 +1,287 @@
+"""A trained run as a file that leaves cnnlab: ONNX (PyTorch's dynamo exporter) or a
+`torch.export` program (.pt2).
+
+The exported graph takes what a camera or a PNG gives, uint8 images (B, C, H, W) at the run's
+size, and answers every task by name: a classification its probabilities (B, K), a per-pixel
+classification its probabilities (B, K, H, W), a regression its values in the target's units
+(B,) or (B, D). Everything training did to an image before the model saw it is inside:
+scaling to [0, 1], luminance when colorizing, the training split's normalization, the
+recipe's test-time views, and a fitted temperature when the run has one; so the file gives
+the metrics the run's test reported. The batch size is free; the image size is the run's.
+What the outputs mean (class names, components, units) is written into the ONNX file's
+metadata (`cnnlab.outputs`, JSON) and beside a .pt2 file (`<file>.json`).
+
+    path = export_run("runs/fashion_fast-...", "onnx")
+    report = check_parity(path, "runs/fashion_fast-...")   # onnxruntime against torch
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlab.build import build
+from cnnlab.data import colorize
+from cnnlab.errors import CnnlabError
+from cnnlab.inference import Prediction, Predictions, read_file
+from cnnlab.runs import RunFolder, load_checkpoint
+
+Format = Literal["onnx", "pt2"]
+INPUT = "images"
+OPSET = 18
+
+
+class Exported(nn.Module):
+    """uint8 images in, each task's answer out, in the order of `names`."""
+
+    def __init__(self, built, temperature: dict[str, float] | None = None):
+        super().__init__()
+        self.model, self.views, self.tasks = built.model, built.views, built.tasks
+        self.names = list(built.tasks)
+        self.grey = built.splits.grey
+        self.resize = getattr(built.recipe.data, "resize", "squash")
+        self.register_buffer("mean", built.splits.mean.view(1, -1, 1, 1).float().cpu())
+        self.register_buffer("std", built.splits.std.view(1, -1, 1, 1).float().cpu())
+        self.temperature = {n: float((temperature or {}).get(n, 1.0)) for n in self.names}
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = images.float() / 255.0
+        if self.grey:
+            x = colorize.luminance(x)
+        x = (x - self.mean) / self.std
+        out = self.views(self.model, x) if self.views is not None else self.model(x)
+        return tuple(self._answer(name, out[name]) for name in self.names)
+
+    def _answer(self, name: str, out: torch.Tensor) -> torch.Tensor:
+        task = self.tasks[name]
+        if task.info.classes is None:
+            return self.model.heads[name].decode(out)
+        # logits, or the log of the views' mean probabilities (cnnlab/tta.py): either way
+        # a softmax gives the probabilities the test scored
+        return (out.float() / self.temperature[name]).softmax(dim=1)
+
+    def describe(self) -> list[dict]:
+        """What each output is: name, kind, classes or components."""
+        outs = []
+        for name in self.names:
+            info = self.tasks[name].info
+            kind = "probabilities" if info.classes is not None else "values"
+            outs.append(
+                {
+                    "name": name,
+                    "kind": kind,
+                    "task": type(self.tasks[name]).__name__,
+                    "classes": info.classes,
+                    "components": info.components,
+                    "temperature": self.temperature[name],
+                }
+            )
+        return outs
+
+
+@dataclass
+class Loaded:
+    """A run's best model, wrapped for export, with its test images (uint8, CPU) and their
+    targets."""
+
+    module: Exported
+    images: torch.Tensor
+    targets: dict[str, torch.Tensor]
+    recipe_name: str
+
+
+def wrap(built, temperature: dict[str, float] | None = None) -> Exported:
+    """The built model as it will be exported: fp32, NCHW, on the CPU, eval mode."""
+    built.model.eval().requires_grad_(False)
+    built.model = built.model.float().to(memory_format=torch.contiguous_format)
+    return Exported(built, temperature).eval()
+
+
+def load_for_export(path: str | Path) -> Loaded:
+    """The run's judged weights in fp32 on the CPU, views and temperature included."""
+    run = RunFolder.open(path)
+    if not run.best_path.is_file():
+        raise CnnlabError(f"export: {run.path} has no checkpoints/best.pt; train it first")
+    saved = load_checkpoint(run.best_path, "cpu")
+    with torch.inference_mode(False):
+        built = build(run.recipe(), saved, device="cpu", weights="judged")
+    test = built.splits.test
+    targets = {k: v.cpu() for k, v in test.targets.items()}
+    return Loaded(
+        wrap(built, saved.get("temperature")), test.images.cpu(), targets, run.recipe().name
+    )
+
+
+def export_run(path: str | Path, fmt: Format = "onnx", out: str | Path | None = None) -> Path:
+    """Write the run's model as `fmt` (default: RUN/export/model.onnx or .pt2); returns it."""
+    loaded = load_for_export(path)
+    target = Path(out) if out else Path(path) / "export" / f"model.{fmt}"
+    return export_module(loaded.module, loaded.images[:2], target, fmt, loaded.recipe_name)
+
+
+def export_module(
+    module: Exported, example: torch.Tensor, target: Path, fmt: Format, name: str = ""
+) -> Path:
+    """`module` written to `target` with a free batch size; `example`: uint8 (B, C, H, W)."""
+    if fmt not in ("onnx", "pt2"):
+        raise CnnlabError(f"export: format {fmt!r}; choose onnx or pt2")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "recipe": name,
+        "input": {"name": INPUT, "dtype": "uint8", "shape": ["batch", *example.shape[1:]]},
+        "resize": module.resize,  # how image files become the input's square
+        "outputs": module.describe(),
+    }
+    example = example.contiguous()
+    shapes = {INPUT: {0: torch.export.Dim("batch", min=1, max=65536)}}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if fmt == "onnx":
+                _onnx(module, example, target, shapes, meta)
+            else:
+                program = torch.export.export(module, (example,), dynamic_shapes=shapes)
+                torch.export.save(program, target)
+                Path(f"{target}.json").write_text(json.dumps(meta, indent=1))
+    except Exception as err:  # the exporter's own errors name the operation that failed
+        raise CnnlabError(
+            f"export: the model cannot be exported to {fmt}: {_first_line(err)}"
+        ) from None
+    return target
+
+
+def _onnx(module: Exported, example: torch.Tensor, target: Path, shapes: dict, meta: dict) -> None:
+    import onnx
+
+    program = torch.onnx.export(
+        module,
+        (example,),
+        dynamo=True,
+        input_names=[INPUT],
+        output_names=module.names,
+        dynamic_shapes=shapes,
+        opset_version=OPSET,
+        verbose=False,
+    )
+    program.save(str(target))
+    model = onnx.load(str(target))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "cnnlab.outputs", json.dumps(meta)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(target))
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+# ---------------------------------------------------------------------------- parity
+
+
+@dataclass
+class Parity:
+    """onnxruntime (or the loaded .pt2 program) against torch on the run's test images."""
+
+    images: int
+    agreement: dict[str, float]  # classification outputs: share of images with the same top-1
+    max_abs_diff: dict[str, float]  # every output
+    outputs: tuple[list, list] = ((), ())  # (torch's, the file's), per output
+    accuracy: dict[str, tuple[float, float]] = field(default_factory=dict)  # torch, file
+
+
+def run_exported(path: Path, images: np.ndarray, batch: int = 256) -> list[np.ndarray]:
+    """Each output of an exported file on uint8 images (N, C, H, W), batch by batch."""
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        run = lambda x: session.run(None, {INPUT: x})  # noqa: E731
+    else:
+        program = torch.export.load(str(path)).module()
+        run = lambda x: [o.numpy() for o in program(torch.from_numpy(x))]  # noqa: E731
+    parts = [run(np.ascontiguousarray(images[i : i + batch])) for i in range(0, len(images), batch)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def compare(module: Exported, path: Path, images: torch.Tensor, batch: int = 256) -> Parity:
+    """The exported file and the torch module on the same uint8 images."""
+    theirs = run_exported(path, images.numpy(), batch)
+    with torch.inference_mode():
+        parts = [module(images[i : i + batch]) for i in range(0, len(images), batch)]
+    ours = [torch.cat(o).numpy() for o in zip(*parts, strict=True)]
+    agreement, diff = {}, {}
+    for out, a, b in zip(module.describe(), ours, theirs, strict=True):
+        diff[out["name"]] = float(np.abs(a - b).max())
+        if out["kind"] == "probabilities":
+            agreement[out["name"]] = float((a.argmax(1) == b.argmax(1)).mean())
+    return Parity(len(images), agreement, diff, outputs=(ours, theirs))
+
+
+def check_parity(path: str | Path, run: str | Path, limit: int | None = None) -> Parity:
+    """The exported file against the run's torch model on its test images, with each
+    per-image classification's test accuracy in both."""
+    loaded = load_for_export(run)
+    images = loaded.images[:limit] if limit else loaded.images
+    parity = compare(loaded.module, Path(path), images)
+    for k, out in enumerate(loaded.module.describe()):
+        truth = loaded.targets.get(loaded.module.tasks[out["name"]].target)
+        ours, theirs = parity.outputs[0][k], parity.outputs[1][k]
+        if out["kind"] == "probabilities" and truth is not None and truth.ndim == 1:
+            t = truth[: len(images)].numpy()
+            parity.accuracy[out["name"]] = (
+                float((ours.argmax(1) == t).mean()),
+                float((theirs.argmax(1) == t).mean()),
+            )
+    return parity
+
+
+# ------------------------------------------------------------------- predictions
+
+
+def metadata(path: Path) -> dict:
+    """What an exported file says about its input and outputs."""
+    if path.suffix == ".onnx":
+        import onnx
+
+        props = {
+            p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
+        }
+        if "cnnlab.outputs" not in props:
+            raise CnnlabError(f"predict: {path} was not exported by cnnlab (no cnnlab.outputs)")
+        return json.loads(props["cnnlab.outputs"])
+    side = Path(f"{path}.json")
+    if not side.is_file():
+        raise CnnlabError(f"predict: {side} is missing; export the run again")
+    return json.loads(side.read_text())
+
+
+def predict_exported(path: str | Path, files: list[Path]) -> Predictions:
+    """Each task's answer for image files from an exported model (onnxruntime for .onnx),
+    the files decoded as the run's source decoded its own."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnlabError(f"predict: {path}: no such file; `cnnlab export RUN` writes one")
+    meta = metadata(path)
+    channels, size = meta["input"]["shape"][1], meta["input"]["shape"][2]
+    images = np.stack([read_file(f, channels, size, meta.get("resize", "squash")) for f in files])
+    outputs = run_exported(path, images)
+    found = {}
+    for out, value in zip(meta["outputs"], outputs, strict=True):
+        name, classes = out["name"], out["classes"]
+        if out["kind"] == "values":
+            found[name] = Prediction(name, values=value, components=out["components"])
+        elif value.ndim == 4:  # per-pixel probabilities
+            found[name] = Prediction(name, index=value.argmax(1), classes=classes)
+        else:
+            index = value.argmax(1)
+            labels = [classes[i] for i in index]
+            found[name] = Prediction(name, index, labels, value, classes=classes)
+    return Predictions(found)

@@ -1,0 +1,141 @@
+"""Where in the image a prediction comes from: Grad-CAM, Guided Grad-CAM, the plain gradient
+and Integrated Gradients (Captum), side by side, for the prediction grid's test images.
+
+Each method explains one number per image: a classification head's logit of the class it
+predicted, a regression head's output (the first component of a vector). Grad-CAM weighs the
+last conv layer's maps by their pooled gradient and upsamples the positive part to the image;
+Guided Grad-CAM multiplies that by guided backprop; the gradient is |d score / d pixel|;
+Integrated Gradients sums gradients along the straight path from a black image. Every map is
+reduced to (H, W) (absolute values, summed over channels) and scaled to [0, 1] for display.
+Whether a map depends on what the network learnt is `cnnlab viz RUN sanity`'s question.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from cnnlab.viz.base import Chart, check_count, new_figure, show_image
+from cnnlab.viz.guided import guided_nonlinearities
+from cnnlab.viz.hooks import analysis_mode, last_conv
+from cnnlab.viz.predictions import pick
+from cnnlab.viz.run_view import RunView
+
+METHODS = ("Grad-CAM", "Guided Grad-CAM", "gradient", "Integrated Gradients")
+IG_STEPS = 32
+
+Maps = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (model, x) -> (B, H, W)
+
+
+class Score(nn.Module):
+    """model -> (B,) the number a method explains for one task."""
+
+    def __init__(self, model: nn.Module, task: str, target: torch.Tensor | None):
+        super().__init__()
+        self.model, self.task = model, task
+        self.register_buffer("target", target if target is not None else torch.zeros(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)[self.task].float()
+        if self.target.numel():  # a class: its logit for each image (Captum may tile x)
+            index = self.target.repeat(x.shape[0] // len(self.target))
+            return out.gather(1, index[:, None]).squeeze(1)
+        return out if out.ndim == 1 else out[:, 0]
+
+
+def _flat(a: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) attributions -> (B, H, W): absolute values summed over channels."""
+    return a.detach().abs().sum(dim=1).float()
+
+
+def attribute(
+    method: str, model: nn.Module, task: str, x: torch.Tensor, target: torch.Tensor | None,
+    black: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """One method's maps (B, H, W) for images x (B, C, H, W), model input."""
+    from captum.attr import (
+        GuidedGradCam,
+        IntegratedGradients,
+        LayerAttribution,
+        LayerGradCam,
+        Saliency,
+    )
+
+    score = Score(model, task, target)
+    layer = last_conv(model)[1] if "Grad-CAM" in method else None
+    x = x.detach().clone().requires_grad_(True)
+    with analysis_mode(model), warnings.catch_warnings():
+        warnings.filterwarnings("ignore")
+        if method == "Grad-CAM":
+            cam = LayerGradCam(score, layer).attribute(x, relu_attributions=True)
+            up = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), "bilinear")
+            return up.detach()[:, 0].float().clamp_min(0)
+        if method == "Guided Grad-CAM":
+            with guided_nonlinearities(model):
+                return _flat(GuidedGradCam(score, layer).attribute(x))
+        if method == "gradient":
+            return _flat(Saliency(score).attribute(x, abs=True))
+        if method == "Integrated Gradients":
+            base = torch.zeros_like(x) if black is None else black.view(1, -1, 1, 1).expand_as(x)
+            ig = IntegratedGradients(score)
+            return _flat(ig.attribute(x, baselines=base, n_steps=IG_STEPS, internal_batch_size=64))
+    raise ValueError(f"unknown attribution method {method!r}; choose one of {METHODS}")
+
+
+def explained(view: RunView) -> list[str]:
+    """The tasks a map can explain: one number per image (not per-pixel tasks)."""
+    return [n for n, t in view.tasks.items() if "pixels" not in t.figures]
+
+
+def targets_of(view: RunView, task: str, index: torch.Tensor) -> torch.Tensor | None:
+    """The predicted class of each chosen test image (None for a regression)."""
+    if view.tasks[task].info.classes is None:
+        return None
+    return view.test_predictions.pred[task][index].long().to(view.device)
+
+
+def unit(maps: torch.Tensor) -> torch.Tensor:
+    """Each map scaled to [0, 1] on its own."""
+    flat = maps.flatten(1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    return ((flat - lo[:, None]) / (hi - lo).clamp_min(1e-12)[:, None]).view_as(maps)
+
+
+def attributions(view: RunView, images: int = 6) -> list[Chart]:
+    check_count("images", images, 16)
+    index = pick(len(view.split("test")), images, view.recipe.seed)
+    x = view.batch("test", index)
+    test = view.split("test")
+    charts = []
+    for task in explained(view):
+        target = targets_of(view, task, index)
+        maps = {m: unit(attribute(m, view.model, task, x, target, view.splits.black).cpu())
+                for m in METHODS}  # fmt: skip
+        fig = new_figure(1.6 * (1 + len(METHODS)), 1.7 * len(index))
+        axes = fig.subplots(len(index), 1 + len(METHODS), squeeze=False)
+        classes = view.tasks[task].info.classes
+        for row, i in enumerate(index.tolist()):
+            said = classes[int(target[row])] if classes is not None else ""
+            show_image(axes[row, 0], test.images[i], said[:18])
+            for col, m in enumerate(METHODS, 1):
+                axes[row, col].imshow(maps[m][row].numpy(), cmap="inferno", vmin=0, vmax=1)
+                axes[row, col].set_xticks([])
+                axes[row, col].set_yticks([])
+                if row == 0:
+                    axes[row, col].set_title(m, fontsize=8)
+        what = "the predicted class's logit" if classes is not None else "the output"
+        charts.append(
+            Chart(
+                f"attributions_{task}",
+                f"{task}: Grad-CAM, Guided Grad-CAM, gradient, Integrated Gradients",
+                fig,
+                f"What in each test image raises {what} of {task}, by four methods (bright = "
+                "more). Grad-CAM reads the last conv layer, so it is coarse; `cnnlab viz RUN "
+                "sanity` shows which of these maps depend on the trained weights.",
+                extra={"index": index.tolist(), "maps": maps},
+            )
+        )
+    return charts

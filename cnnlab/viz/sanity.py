@@ -1,0 +1,158 @@
+"""The sanity check of Adebayo et al. (NeurIPS 2018), built in: does a saliency map depend on
+what the network learnt?
+
+The network's layers are re-initialized one group after another from the top (the heads
+first, then the backbone from its last layer down: cascading randomization), and each method
+of `attributions` is recomputed on the same test images at every step. A map that explains
+the model changes as its weights go (its Spearman rank correlation with the trained model's
+map falls towards 0); a map that stays put shows the image more than the model, as guided
+backprop was found to. An edge detector (the image's Sobel gradient), which has no weights
+at all, runs alongside as the control: its correlation is 1 at every step.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.viz.attributions import METHODS, attribute, explained, targets_of, unit
+from cnnlab.viz.base import Chart, check_count, new_figure
+from cnnlab.viz.predictions import pick
+from cnnlab.viz.run_view import RunView
+
+CONTROL = "edges (no model)"
+STEPS = 6  # randomization steps shown; layers are grouped evenly into this many
+DEPENDS = 0.5  # |rank correlation| below this once every layer is random: the map depends
+SEED = 0
+
+
+def layers_top_down(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules with their own weights, heads first, then the backbone from the top."""
+    own = [
+        (n, m) for n, m in model.named_modules()
+        if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False))
+    ]  # fmt: skip
+    heads = [(n, m) for n, m in own if n.startswith("heads.")]
+    rest = [(n, m) for n, m in own if not n.startswith("heads.")]
+    return heads[::-1] + rest[::-1]
+
+
+def groups(layers: list, steps: int) -> list[list]:
+    """The layers cut into at most `steps` consecutive groups of near-equal size."""
+    steps = max(1, min(steps, len(layers)))
+    bounds = [round(k * len(layers) / steps) for k in range(steps + 1)]
+    return [layers[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B,) Spearman rank correlation of maps a[i] and b[i] (ties broken by position)."""
+    ra = a.flatten(1).argsort(1).argsort(1).double()
+    rb = b.flatten(1).argsort(1).argsort(1).double()
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-12)
+
+
+def edges(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) Sobel gradient magnitude of the image, summed over channels."""
+    k = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], device=x.device)
+    kernels = torch.stack([k, k.T])[:, None].repeat(x.shape[1], 1, 1, 1)  # (2C, 1, 3, 3)
+    g = F.conv2d(x.float(), kernels, padding=1, groups=x.shape[1])
+    return g.pow(2).view(x.shape[0], x.shape[1], 2, *x.shape[2:]).sum((1, 2)).sqrt()
+
+
+def cascade(
+    model: nn.Module, task: str, x: torch.Tensor, target: torch.Tensor | None,
+    black: torch.Tensor | None = None, steps: int = STEPS, methods=METHODS,
+) -> tuple[list[str], dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]]]:  # fmt: skip
+    """(step labels, maps per method per step, rank correlation (B,) per method per step);
+    step 0 is the trained model. The model itself is never changed (a copy is randomized)."""
+    maps = {m: [attribute(m, model, task, x, target, black).cpu()] for m in methods}
+    maps[CONTROL] = [edges(x).cpu()]
+    copy_ = copy.deepcopy(model)
+    torch.manual_seed(SEED)
+    labels = ["trained"]
+    for group in groups(layers_top_down(copy_), steps):
+        for _, module in group:
+            module.reset_parameters()
+        labels.append(f"…{group[-1][0]}")  # randomized down to this layer
+        for m in methods:
+            maps[m].append(attribute(m, copy_, task, x, target, black).cpu())
+        maps[CONTROL].append(edges(x).cpu())
+    rho = {m: [spearman(v[0], step) for step in v] for m, v in maps.items()}
+    return labels, maps, rho
+
+
+def verdict(rho: dict[str, list[torch.Tensor]]) -> dict[str, str]:
+    """Each method: whether it depends on the weights (its correlation, all layers random)."""
+    out = {}
+    for m, steps in rho.items():
+        last = float(steps[-1].mean())
+        out[m] = "depends on the weights" if abs(last) < DEPENDS else "barely depends on them"
+    return out
+
+
+def sanity(view: RunView, images: int = 4, steps: int = STEPS) -> list[Chart]:
+    check_count("images", images, 16)
+    check_count("steps", steps, 20)
+    tasks = explained(view)
+    if not tasks:
+        return []
+    task = tasks[0]
+    index = pick(len(view.split("test")), images, view.recipe.seed)
+    x = view.batch("test", index)
+    target = targets_of(view, task, index)
+    labels, maps, rho = cascade(view.model, task, x, target, view.splits.black, steps)
+    said = verdict(rho)
+    fig = new_figure(6.4, 3.6)
+    ax = fig.subplots()
+    for m, values in rho.items():
+        ax.plot(range(len(labels)), [float(v.mean()) for v in values], marker="o",
+                linestyle="--" if m == CONTROL else "-", label=f"{m}: {said[m]}")  # fmt: skip
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+    title = f"{task}: cascading randomization, {len(index)} test images"
+    ax.set(xlabel="layers randomized, from the top", ylabel="rank correlation with trained")
+    ax.set(ylim=(-0.2, 1.05), title=title)
+    ax.axhline(0, color="#888", linewidth=0.6)
+    ax.legend(fontsize=7)
+    rows = []
+    for m, vals in rho.items():
+        means = {lab: round(float(v.mean()), 3) for lab, v in zip(labels, vals, strict=True)}
+        rows.append({"method": m, **means, "verdict": said[m]})
+    grid = new_figure(1.3 * len(labels), 1.3 * len(maps))
+    axes = grid.subplots(len(maps), len(labels), squeeze=False)
+    for r, (m, steps_maps) in enumerate(maps.items()):
+        for c, step in enumerate(steps_maps):
+            axes[r, c].imshow(unit(step[:1])[0].numpy(), cmap="inferno", vmin=0, vmax=1)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(labels[c], fontsize=6)
+        axes[r, 0].set_ylabel(m, fontsize=7)
+    depends = [m for m, v in said.items() if v.startswith("depends")]
+    barely = [m for m, v in said.items() if not v.startswith("depends")]
+    caption = (
+        f"Depend on the trained weights: {', '.join(depends) or 'none'}. Barely change when "
+        f"they are replaced by random ones: {', '.join(barely) or 'none'} (the edge detector "
+        "has no weights: it is the control). Adebayo et al., Sanity Checks for Saliency Maps."
+    )
+    return [
+        Chart(
+            "sanity",
+            f"{task}: sanity check of the saliency maps",
+            fig,
+            caption,
+            table=rows,
+            extra={"labels": labels, "rho": rho, "verdict": said},
+        ),
+        Chart(
+            "sanity_maps",
+            f"{task}: maps as the layers are randomized (first image)",
+            grid,
+            "Rows: methods; columns: the trained model, then more and more layers "
+            "randomized from the top.",
+        ),
+    ]

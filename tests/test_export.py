@@ -1,0 +1,131 @@
+"""A run leaves cnnlab: ONNX through PyTorch's dynamo exporter, checked by onnx's checker and
+run in onnxruntime against torch on every backbone and task type; .pt2 through torch.export;
+one line for a model that cannot be exported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.build import build
+from cnnlab.components import register_backbone, registration_scope
+from cnnlab.errors import CnnlabError
+from cnnlab.experiment import train
+from cnnlab.export import compare, export_module, run_exported, wrap
+from cnnlab.models import BACKBONES
+from tests.conftest import run_cli
+
+# fp32 graphs, the same operations in another engine: probabilities agree to this
+TOLERANCE = 1e-4
+SMALLEST = {
+    "resnet": ", n: 1",
+    "plainnet": ", n: 1",
+    "colorizer": ", filters: 4",
+    "timm": ", input_size: 32",
+}
+
+
+def exported_agrees(recipe, tmp_path: Path, images: int = 64) -> None:
+    """Export the recipe's (untrained) model and compare onnxruntime with torch."""
+    built = build(recipe, device="cpu")
+    module = wrap(built)
+    test = built.splits.test.images[:images].cpu()
+    path = export_module(module, test[:2], tmp_path / "model.onnx", "onnx", "test")
+    parity = compare(module, path, test)
+    assert parity.images == len(test)
+    for name, diff in parity.max_abs_diff.items():
+        assert diff < TOLERANCE * max(1.0, float(np.abs(parity.outputs[0][0]).max())), name
+    assert all(a >= 0.98 for a in parity.agreement.values()), parity.agreement
+    outputs = run_exported(path, test[:3].numpy())  # a batch size the export never saw
+    assert [o.shape[0] for o in outputs] == [3] * len(module.names)
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_every_backbone_exports_and_onnxruntime_agrees(backbone, tiny, tmp_path):
+    recipe = tiny(f"model={{backbone: {backbone}{SMALLEST.get(backbone, '')}}}")
+    exported_agrees(recipe, tmp_path)
+
+
+def test_every_task_type_and_test_time_views_export(tmp_path):
+    """A table with a class, a number, a vector and a mask, on an encoder-decoder, with the
+    eight symmetries of the square averaged inside the graph."""
+    import yaml
+
+    import cnnlab
+    from cnnlab.api import load_recipe
+    from cnnlab.data import shapes_table
+
+    shapes_table.write(tmp_path / "shapes", 60, 16, seed=1)
+    raw = yaml.safe_load((Path(cnnlab.__file__).parent / "recipes/table_example.yaml").read_text())
+    raw["data"]["table"] = str(tmp_path / "shapes" / "labels.csv")
+    raw["model"]["filters"] = 4
+    raw["tasks"]["counts"] = {"type": "regression", "target": "counts"}
+    raw["train"].update(tta=["hflip", "vflip", "rot90"], device="cpu", threads=2)
+    exported_agrees(load_recipe(raw), tmp_path, images=12)
+
+
+def test_a_registered_module_exports(tiny, tmp_path):
+    class Two(nn.Module):
+        def __init__(self, in_channels: int = 1, width: int = 8):
+            super().__init__()
+            self.a = nn.Conv2d(in_channels, width, 3, padding=1)
+            self.b = nn.Conv2d(width, width, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    with registration_scope():
+        register_backbone("two")(Two)
+        exported_agrees(tiny("model={backbone: two}"), tmp_path)
+
+
+def test_a_model_that_cannot_be_exported_is_one_line(tiny, tmp_path):
+    class Branchy(nn.Module):
+        def __init__(self, in_channels: int = 1):
+            super().__init__()
+            self.conv = nn.Conv2d(in_channels, 4, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            if float(y.mean()) > 0:  # a Python branch on a value: no graph can hold it
+                return y * 2
+            return y
+
+    with registration_scope():
+        register_backbone("branchy")(Branchy)
+        built = build(tiny("model={backbone: branchy}"), device="cpu")
+        with pytest.raises(CnnlabError) as err:
+            export_module(wrap(built), built.splits.test.images[:2], tmp_path / "m.onnx", "onnx")
+    assert str(err.value).startswith("export: the model cannot be exported to onnx: ")
+    assert "\n" not in str(err.value)
+
+
+def test_cli_exports_a_trained_run_with_the_same_test_accuracy(tiny, tmp_path):
+    """The demo's recipe (its ten test-time views included), trained briefly: the exported
+    file scores the run's own test accuracy in onnxruntime; .pt2 loads back too."""
+    run = train(tiny("train.precision=fp32"))
+    out = run_cli("export", str(run.path))
+    assert out.returncode == 0, out.stderr
+    onnx_file = run.path / "export" / "model.onnx"
+    assert f"exported: {onnx_file}" in out.stdout
+    tested = json.loads((run.path / "test_metrics.json").read_text())["test.cls.accuracy"]
+    line = next(line for line in out.stdout.splitlines() if line.startswith("cls: "))
+    assert f"test accuracy {tested:.4f} in torch, {tested:.4f} in onnxruntime" in line
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
+    outputs = json.loads(meta["cnnlab.outputs"])["outputs"]
+    assert [o["name"] for o in outputs] == ["cls", "ink"]
+    assert "Ankle boot" in outputs[0]["classes"]
+
+    pt2 = run_cli("export", str(run.path), "--format", "pt2", "--out", str(tmp_path / "m.pt2"))
+    assert pt2.returncode == 0, pt2.stderr
+    images = np.zeros((2, 1, 28, 28), dtype=np.uint8)
+    probs, ink = run_exported(tmp_path / "m.pt2", images)
+    assert probs.shape == (2, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert ink.shape == (2,)
