@@ -73,6 +73,7 @@ bench: data
 	$(PY) benchmarks/time_to_accuracy.py
 	$(PY) benchmarks/sweep_efficiency.py
 	$(PY) benchmarks/sweep_report_scale.py
+	PYTHONPATH=. $(PY) benchmarks/inference.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -31,6 +31,8 @@ SECTIONS = [
     ("feature-maps", "Feature maps", ["feature-maps"]),
     ("filters", "First-layer filters", ["filters"]),
     ("guided-backprop", "Guided backpropagation", ["guided-backprop"]),
+    ("attributions", "Where predictions come from", ["attributions"]),
+    ("sanity", "Sanity check of the saliency maps", ["sanity"]),
     ("dead-units", "Dead units", ["dead-units"]),
     ("landscape", "Loss landscape", ["landscape"]),
 ]

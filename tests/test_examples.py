@@ -177,6 +177,7 @@ def test_custom_backbone_script(tmp_path):
     assert "tinynet" in html
     # every figure of a classification + regression run, drawn on the user's network
     for figure in ("curves", "predictions", "confusion", "regression", "feature-maps",
-                   "filters", "guided-backprop", "dead-units"):  # fmt: skip
+                   "filters", "guided-backprop", "attributions", "sanity",
+                   "dead-units"):  # fmt: skip
         assert f'<section id="{figure}">' in html, figure
     assert "<figure" in html.split('<section id="guided-backprop">')[1].split("</section>")[0]
