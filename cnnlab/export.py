@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlab.build import build
+from cnnlab.build import Built, build
 from cnnlab.data import colorize
 from cnnlab.errors import CnnlabError
 from cnnlab.inference import Prediction, Predictions, read_file
@@ -41,7 +41,7 @@ OPSET = 18
 class Exported(nn.Module):
     """uint8 images in, each task's answer out, in the order of `names`."""
 
-    def __init__(self, built, temperature: dict[str, float] | None = None):
+    def __init__(self, built: Built, temperature: dict[str, float] | None = None):
         super().__init__()
         self.model, self.views, self.tasks = built.model, built.views, built.tasks
         self.names = list(built.tasks)
@@ -97,7 +97,7 @@ class Loaded:
     recipe_name: str
 
 
-def wrap(built, temperature: dict[str, float] | None = None) -> Exported:
+def wrap(built: Built, temperature: dict[str, float] | None = None) -> Exported:
     """The built model as it will be exported: fp32, NCHW, on the CPU, eval mode."""
     built.model.eval().requires_grad_(False)
     built.model = built.model.float().to(memory_format=torch.contiguous_format)

@@ -449,15 +449,15 @@ def _shape(cfg: TableConfig, rows: Rows) -> tuple[int, int, int]:
 # ------------------------------------------------------------------------------ source
 
 
-def _mask_names(cfg: TableConfig, rows: Rows, found: int | None) -> dict[str, list[str]]:
-    """Each mask target's class names: the recipe's list, else 0..highest index found (two
-    placeholders while describing, before any mask is read)."""
+def _mask_names(rows: Rows, tops: dict[str, int] | None) -> dict[str, list[str]]:
+    """Each mask target's class names: the recipe's list, else 0..its highest index found
+    (two placeholders while describing, before any mask is read)."""
     out = {}
     for name in rows.masks:
         if name in rows.classes:
             out[name] = rows.classes[name]
         else:
-            out[name] = [str(k) for k in range(found if found is not None else 2)]
+            out[name] = [str(k) for k in range(tops[name] + 1 if tops is not None else 2)]
     return out
 
 
@@ -471,7 +471,7 @@ def describe(cfg: TableConfig) -> DataInfo:
     else:
         train, val, test = (int((rows.split == k).sum()) for k in range(3))
     targets: dict[str, list[str] | None] = {}
-    classes = {**rows.classes, **_mask_names(cfg, rows, None)}
+    classes = {**rows.classes, **_mask_names(rows, None)}
     for name in cfg.targets:
         targets[name] = classes.get(name)
     sizes = {
@@ -546,12 +546,9 @@ def load(cfg: TableConfig) -> Dataset:
             targets[name] = torch.from_numpy(arrays[name])
         else:
             targets[name] = torch.from_numpy(rows.values[name])[index]
-    found = max(
-        (int(targets[m].masked_fill(targets[m] == NO_LABEL, 0).max()) + 1 for m in rows.masks),
-        default=None,
-    )
-    classes = {**rows.classes, **_mask_names(cfg, rows, found)}
-    _check_masks(rows, targets, classes)
+    tops = {m: _highest(targets[m]) for m in rows.masks}  # each mask's highest class index
+    classes = {**rows.classes, **_mask_names(rows, tops)}
+    _check_masks(tops, classes)
     data = ImageSet(torch.from_numpy(arrays["images"]), targets)
     split = torch.from_numpy(rows.split)[index] if rows.split is not None else None
     train, val, test = _parts(cfg, data, split)
@@ -565,10 +562,12 @@ def load(cfg: TableConfig) -> Dataset:
     )
 
 
-def _check_masks(rows: Rows, targets: Targets, classes: dict[str, list[str]]) -> None:
-    for name in rows.masks:
-        m = targets[name]
-        top = int(m.masked_fill(m == NO_LABEL, 0).max()) if len(m) else 0
+def _highest(masks: torch.Tensor) -> int:
+    return int(masks.masked_fill(masks == NO_LABEL, 0).max()) if len(masks) else 0
+
+
+def _check_masks(tops: dict[str, int], classes: dict[str, list[str]]) -> None:
+    for name, top in tops.items():
         if top >= len(classes[name]):
             raise CnnlabError(
                 f"data.targets.{name}: a mask holds class index {top}, but {len(classes[name])} "

@@ -8,7 +8,7 @@ the same window, strided by the pool (3×3 then 2×2 pooling: 4×4 with stride 2
 28-pixel image the first block's full-size maps (32 of 28×28, written, pooled, zero-filled
 and read again in the backward pass) cost a CPU step 1.6-2.8 ms of 15 for 2 % of its FLOPs;
 the strided convolution never makes them. It reads the same pixels but is not max-pooling's
-shift-tolerant choice among them (README, Speed: faster epochs, a little less accuracy).
+shift-tolerant choice among them (docs/benchmarks.md: faster epochs, a little less accuracy).
 """
 
 from __future__ import annotations
