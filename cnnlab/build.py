@@ -102,6 +102,15 @@ def saved_tasks(recipe: Recipe, saved: dict) -> dict[str, Task]:
     components = saved.get("components", {})  # absent in older checkpoints
     for task in tasks.values():
         task.fit(target_spec(recipe.data, saved["classes"], components, task.target))
+    return with_temperatures(tasks, saved)
+
+
+def with_temperatures(tasks: dict[str, Task], saved: dict | None) -> dict[str, Task]:
+    """The tasks at the temperatures fitted to the checkpoint's weights (`cnnlab calibrate`):
+    every prediction, metric and export then gives the calibrated probabilities."""
+    for name, value in ((saved or {}).get("temperature") or {}).items():
+        if name in tasks:
+            tasks[name].temperature = float(value)
     return tasks
 
 
@@ -217,6 +226,7 @@ def build(
             normalize=not owns_input(recipe.model),
         )
     fit_to_pixels(recipe, tasks, splits)
+    with_temperatures(tasks, saved)
     shape = (splits.in_channels, *splits.image_size)
     model = build_model(recipe, tasks, shape, from_checkpoint=saved is not None).to(device)
     if saved is not None:  # before precision is timed and a frozen backbone's features cached

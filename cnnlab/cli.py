@@ -149,6 +149,22 @@ def _pretrained_backbones(pattern: str | None) -> None:
 
 
 @app.command()
+def calibrate(
+    run: Path = typer.Argument(..., help="run folder"), imports: list[str] = Imports
+) -> None:
+    """Fit each classification's temperature on the validation set; saved with the best
+    weights, used by eval, predict, figures and export."""
+    _import(imports)
+    from cnnlab.calibration import calibrate_run, summary
+
+    for line in summary(calibrate_run(run)):
+        typer.echo(line)
+    typer.echo(
+        f"saved in {run / 'checkpoints' / 'best.pt'}; redraw the report: cnnlab report {run}"
+    )
+
+
+@app.command()
 def export(
     run: Path = typer.Argument(..., help="run folder"),
     fmt: str = typer.Option("onnx", "--format", help="onnx (onnxruntime, anywhere) or pt2"),

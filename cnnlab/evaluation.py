@@ -31,9 +31,10 @@ def measure(
     views: ViewAverage | None = None,
     split: str = "test",
 ) -> dict[str, float]:
-    """`model`'s metrics on one split, averaged over `views` when given."""
+    """`model`'s metrics on one split, averaged over `views` when given; with how well
+    its probabilities are calibrated (ECE, MCE), at the tasks' temperatures."""
     device = next(model.parameters()).device
-    meter = EpochMeter(tasks, device)
+    meter = EpochMeter(tasks, device, calibration=True)
     needed = {t.target for t in tasks.values()}
     evaluate(model, meter, splits.eval_batches(split, batch_size, needed), autocast, views)
     return meter.compute(split)

@@ -3,7 +3,7 @@
 `train()` is what `cnnlab train` and `cnnlab.train()` call. It joins the other processes
 under torchrun, builds the run (`cnnlab.build`), and only then makes a run folder, so a
 recipe that cannot run leaves nothing behind. The Trainer loops; this module writes around
-it: env.json, dashboards, test.json, report.html.
+it: env.json, dashboards, calibration.json, test.json, report.html.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cnnlab import distributed
 from cnnlab.build import build, resolve_device
+from cnnlab.calibration import calibrate_run, summary
 from cnnlab.errors import CnnlabError
 from cnnlab.loggers import Loggers
 from cnnlab.loop import Trainer
@@ -84,8 +85,14 @@ def train_in(
         trainer.leave_ranks()  # trained together; the test and report are rank 0's alone
         if not ranks.main:
             return run
+        if recipe.train.calibrate:  # measures the test set at its temperatures as well
+            result = calibrate_run(run.path, trainer.built.splits, trainer.device)
+            if recipe.train.progress:
+                console.print("\n".join(["calibrated (temperature scaling):", *summary(result)]))
         # Sweep trials skip the test set: it must not drive a choice.
-        metrics = trainer.test() if recipe.train.test_at_end else {}
+        metrics = {}
+        if recipe.train.test_at_end:
+            metrics = run.test_metrics() if recipe.train.calibrate else trainer.test()
         run.set_status("finished", epoch=trainer.state.epoch, best_epoch=trainer.state.best_epoch)
         if metrics and recipe.train.progress:
             print_metrics_table(metrics, "test metrics of the best checkpoint")

@@ -32,6 +32,7 @@ from cnnlab.data import colorize
 from cnnlab.errors import CnnlabError
 from cnnlab.inference import Prediction, Predictions, read_file
 from cnnlab.runs import RunFolder, load_checkpoint
+from cnnlab.tasks.classification import Classification
 
 Format = Literal["onnx", "pt2"]
 INPUT = "images"
@@ -41,7 +42,7 @@ OPSET = 18
 class Exported(nn.Module):
     """uint8 images in, each task's answer out, in the order of `names`."""
 
-    def __init__(self, built: Built, temperature: dict[str, float] | None = None):
+    def __init__(self, built: Built):
         super().__init__()
         self.model, self.views, self.tasks = built.model, built.views, built.tasks
         self.names = list(built.tasks)
@@ -49,7 +50,6 @@ class Exported(nn.Module):
         self.resize = getattr(built.recipe.data, "resize", "squash")
         self.register_buffer("mean", built.splits.mean.view(1, -1, 1, 1).float().cpu())
         self.register_buffer("std", built.splits.std.view(1, -1, 1, 1).float().cpu())
-        self.temperature = {n: float((temperature or {}).get(n, 1.0)) for n in self.names}
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = images.float() / 255.0
@@ -61,18 +61,19 @@ class Exported(nn.Module):
 
     def _answer(self, name: str, out: torch.Tensor) -> torch.Tensor:
         task = self.tasks[name]
-        if task.info.classes is None:
+        if not isinstance(task, Classification):
             return self.model.heads[name].decode(out)
-        # logits, or the log of the views' mean probabilities (cnnlab/tta.py): either way
-        # a softmax gives the probabilities the test scored
-        return (out.float() / self.temperature[name]).softmax(dim=1)
+        # logits, or the log of the views' mean probabilities (cnnlab/tta.py), at the fitted
+        # temperature (a constant in the graph): the probabilities the test scored
+        return task.probabilities(out)
 
     def describe(self) -> list[dict]:
         """What each output is: name, kind, classes or components."""
         outs = []
         for name in self.names:
-            info = self.tasks[name].info
-            kind = "probabilities" if info.classes is not None else "values"
+            task = self.tasks[name]
+            info, classify = task.info, isinstance(task, Classification)
+            kind = "probabilities" if classify else "values"
             outs.append(
                 {
                     "name": name,
@@ -80,7 +81,7 @@ class Exported(nn.Module):
                     "task": type(self.tasks[name]).__name__,
                     "classes": info.classes,
                     "components": info.components,
-                    "temperature": self.temperature[name],
+                    "temperature": task.temperature if classify else None,
                 }
             )
         return outs
@@ -97,11 +98,11 @@ class Loaded:
     recipe_name: str
 
 
-def wrap(built: Built, temperature: dict[str, float] | None = None) -> Exported:
+def wrap(built: Built) -> Exported:
     """The built model as it will be exported: fp32, NCHW, on the CPU, eval mode."""
     built.model.eval().requires_grad_(False)
     built.model = built.model.float().to(memory_format=torch.contiguous_format)
-    return Exported(built, temperature).eval()
+    return Exported(built).eval()
 
 
 def load_for_export(path: str | Path) -> Loaded:
@@ -114,9 +115,7 @@ def load_for_export(path: str | Path) -> Loaded:
         built = build(run.recipe(), saved, device="cpu", weights="judged")
     test = built.splits.test
     targets = {k: v.cpu() for k, v in test.targets.items()}
-    return Loaded(
-        wrap(built, saved.get("temperature")), test.images.cpu(), targets, run.recipe().name
-    )
+    return Loaded(wrap(built), test.images.cpu(), targets, run.recipe().name)
 
 
 def export_run(path: str | Path, fmt: Format = "onnx", out: str | Path | None = None) -> Path:

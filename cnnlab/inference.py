@@ -29,6 +29,7 @@ from cnnlab.models import MultiTaskModel
 from cnnlab.precision import autocast_for
 from cnnlab.recipe import Recipe
 from cnnlab.tasks import Task
+from cnnlab.tasks.classification import Classification
 from cnnlab.tta import ViewAverage
 
 ImageLike = str | Path | np.ndarray | torch.Tensor | Image.Image
@@ -117,7 +118,9 @@ class Predictor:
         index = decoded.numpy()
         if index.ndim > 1:  # a per-pixel class map
             return Prediction(name, index=index, classes=list(classes))
-        probabilities = raw.softmax(dim=1).cpu().numpy()
+        task = self.tasks[name]  # a classification's probabilities are at its temperature
+        probs = task.probabilities(raw) if isinstance(task, Classification) else raw.softmax(1)
+        probabilities = probs.cpu().numpy()
         labels = [classes[i] for i in index]
         return Prediction(name, index, labels, probabilities, classes=list(classes))
 

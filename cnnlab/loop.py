@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from cnnlab import distributed, feature_cache
-from cnnlab.build import Built
+from cnnlab.build import Built, with_temperatures
 from cnnlab.ema import WeightAverage
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import measure
@@ -368,6 +368,7 @@ class Trainer:
         """Test-set metrics of the best checkpoint: the only place the test set is read."""
         ckpt = load_checkpoint(self.run.best_path)
         self.model.load_state_dict(ckpt["model"])
+        with_temperatures(self.tasks, ckpt)
         metrics = {"best_epoch": ckpt["loop"]["epoch"], **self.measure(self.model, self.views)}
         write_json(self.run.test_path, metrics)
         return metrics

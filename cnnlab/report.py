@@ -26,6 +26,7 @@ SECTIONS = [
     ("curves", "Learning curves", ["curves"]),
     ("predictions", "Predictions", ["predictions"]),
     ("confusion", "Confusion", ["confusion"]),
+    ("reliability", "Calibration", ["reliability"]),
     ("regression", "Regression", ["regression"]),
     ("pixels", "Per-pixel predictions", ["pixels"]),
     ("feature-maps", "Feature maps", ["feature-maps"]),

@@ -123,6 +123,7 @@ class RunFolder:
     best_path = property(lambda self: self.path / "checkpoints" / "best.pt")
     test_path = property(lambda self: self.path / "test_metrics.json")
     status_path = property(lambda self: self.path / "status.json")
+    calibration_path = property(lambda self: self.path / "calibration.json")
 
     def recipe(self) -> Recipe:
         return load_saved_recipe(self.recipe_path)
@@ -205,6 +206,11 @@ class RunFolder:
     def test_metrics(self) -> dict:
         """The saved test metrics of the best checkpoint; {} before the test set was read."""
         return json.loads(self.test_path.read_text()) if self.test_path.is_file() else {}
+
+    def calibration(self) -> dict:
+        """What `cnnlab calibrate` fitted and measured; {} for a run never calibrated."""
+        path = self.calibration_path
+        return json.loads(path.read_text()) if path.is_file() else {}
 
     # -------------------------------------------------------------- checkpoints
 

@@ -5,6 +5,7 @@ that keeps labels true, and whole runs through the command line and the Python A
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -298,7 +299,7 @@ def test_declared_vector_moves_match_gsn_and_undeclared_ones_are_refused(shapes,
 
 def test_a_table_trains_evaluates_resumes_predicts_and_reports(shapes, tmp_path):
     raw = recipe_dict(shapes, tmp_path)
-    raw["train"].update(epochs=2, report=True)
+    raw["train"].update(epochs=2, report=True, calibrate=True)
     recipe_file = tmp_path / "table.yaml"
     recipe_file.write_text(yaml.safe_dump(raw))
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
@@ -314,6 +315,13 @@ def test_a_table_trains_evaluates_resumes_predicts_and_reports(shapes, tmp_path)
     assert f"| test.mask.miou | {miou:.4f} |" in evaluated.stdout
     html = (path / "report.html").read_text()
     assert "pixels_mask" in html and "confusion" in html
+    # both classifications calibrated: the image-level one and the per-pixel one
+    fitted = json.loads((path / "calibration.json").read_text())["tasks"]
+    assert set(fitted) == {"kind", "mask"}
+    assert fitted["mask"]["test"]["after"]["ece"] == pytest.approx(
+        run.test_metrics["test.mask.ece"], abs=2e-3
+    )
+    assert "reliability_mask" in html and "reliability_kind" in html
     # predict names the table's classes and gives a mask per image
     rows = [r for r in table_rows(shapes) if r["split"] == "test"][:4]
     preds = run.predict([str(shapes / r["image"]) for r in rows])

@@ -96,6 +96,17 @@ class Task:
         """The detailed metrics of validation and test, accumulated on the device."""
         raise NotImplementedError
 
+    def calibration_metrics(self) -> dict[str, Any]:
+        """Metrics of how far the probabilities can be trusted, added to the test's
+        `epoch_metrics` (a task without probabilities has none)."""
+        return {}
+
+    def update_metrics(
+        self, metrics: MetricCollection, head: nn.Module, out: torch.Tensor, target: torch.Tensor
+    ) -> None:
+        """Feed one batch of raw head outputs to the detailed metrics (decoded by default)."""
+        metrics.update(head.decode(out), target)
+
     def epoch_values(self, computed: dict[str, Any]) -> dict[str, float]:
         """`epoch_metrics().compute()` as named floats (a task whose metrics return one value
         per output names each one here)."""

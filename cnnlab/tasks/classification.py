@@ -1,4 +1,5 @@
-"""Classification: logits per class, cross-entropy, accuracy and macro precision/recall/F1."""
+"""Classification: logits per class, cross-entropy, accuracy and macro precision/recall/F1;
+on the test set also the expected and maximum calibration error of its probabilities."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class Classification(Task):
     maximize = frozenset({"accuracy", "precision", "recall", "f1"})
     headline = ("accuracy", "f1")
     step_metrics = ("accuracy",)
-    figures = ("confusion",)
+    figures = ("confusion", "reliability")
     # each per-epoch metric but the loss: torchmetrics' multiclass metric and its average
     measures: ClassVar[dict[str, tuple[str, str]]] = {
         "accuracy": ("MulticlassAccuracy", "micro"),
@@ -49,6 +50,10 @@ class Classification(Task):
     }
 
     metric_options: ClassVar[dict] = {}  # more keyword arguments of the torchmetrics metrics
+    # Probabilities are softmax(logits / temperature); a temperature is fitted on the
+    # validation set after training (cnnlab/calibration.py) and saved with the best weights.
+    temperature: float = 1.0
+    calibration_bins: ClassVar[int] = 15  # equal-width confidence bins of ECE and MCE
 
     def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
         if not spec.classes:
@@ -87,6 +92,28 @@ class Classification(Task):
                 for name, (kind, avg) in self.measures.items()
             }
         )
+
+    def probabilities(self, out: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (on dim 1) from the head's logits, or from the log of the
+        test-time views' mean probabilities (cnnlab/tta.py), at the fitted temperature."""
+        return (out.float() / self.temperature).softmax(dim=1)
+
+    def calibration_metrics(self) -> dict:
+        import torchmetrics
+
+        kw = {"num_classes": self.num_classes, "validate_args": False, **self.metric_options}
+        error = torchmetrics.classification.MulticlassCalibrationError
+        bins = self.calibration_bins
+        return {
+            "ece": error(n_bins=bins, norm="l1", **kw),
+            "mce": error(n_bins=bins, norm="max", **kw),
+        }
+
+    def update_metrics(
+        self, metrics: MetricCollection, head: nn.Module, out: torch.Tensor, target: torch.Tensor
+    ) -> None:
+        # probabilities serve every metric: torchmetrics takes the argmax for the counts
+        metrics.update(self.probabilities(out), target)
 
     def caption(
         self, truth: torch.Tensor, pred: torch.Tensor, short: Callable[[str], str] = str

@@ -43,13 +43,21 @@ class EpochMeter(nn.Module):
     reports the same epoch metrics as an uninterrupted one.
     """
 
-    def __init__(self, tasks: dict[str, Task], device: torch.device, detailed: bool = True):
+    def __init__(
+        self,
+        tasks: dict[str, Task],
+        device: torch.device,
+        detailed: bool = True,
+        calibration: bool = False,
+    ):
         super().__init__()
         self.tasks, self.detailed = tasks, detailed
         self.metrics = nn.ModuleDict()
         if detailed:
             for name, task in tasks.items():
                 self.metrics[name] = task.epoch_metrics()
+                if calibration:  # a test's: kept out of validation, whose state checkpoints hold
+                    self.metrics[name].add_metrics(task.calibration_metrics())
                 self.metrics[name].persistent(True)  # running states go into state_dict()
         # Layout of `sums`: count, total loss, then per task: its loss and, when not
         # detailed, its step metrics.
@@ -70,11 +78,11 @@ class EpochMeter(nn.Module):
         stats = [torch.ones((), device=total.device), total.detach().float()]
         for name, task in self.tasks.items():
             stats.append(losses[name].detach().float())
-            pred, target = model.heads[name].decode(outputs[name].detach()), targets[task.target]
+            head, out, target = model.heads[name], outputs[name].detach(), targets[task.target]
             if self.detailed:
-                self.metrics[name].update(pred, target)
+                task.update_metrics(self.metrics[name], head, out, target)
             else:
-                stats += task.step_sums(pred, target)
+                stats += task.step_sums(head.decode(out), target)
         self.sums += torch.stack(stats).double() * n
 
     def compute(self, split: str) -> dict[str, float]:

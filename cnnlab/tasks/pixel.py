@@ -71,7 +71,7 @@ class PixelClassification(Classification):
     metrics = ("loss", "accuracy", "miou")
     maximize = frozenset({"accuracy", "miou"})
     headline = ("accuracy", "miou")
-    figures = ("pixels",)
+    figures = ("pixels", "reliability")
     measures: ClassVar[dict[str, tuple[str, str]]] = {
         "accuracy": ("MulticlassAccuracy", "micro"),
         "miou": ("MulticlassJaccardIndex", "macro"),

@@ -24,6 +24,7 @@ from cnnlab.viz.landscape import landscape
 from cnnlab.viz.pixels import pixels
 from cnnlab.viz.predictions import predictions
 from cnnlab.viz.regression import regression
+from cnnlab.viz.reliability import reliability
 from cnnlab.viz.run_view import RunView
 from cnnlab.viz.sanity import sanity
 
@@ -38,6 +39,9 @@ FIGURES: dict[str, FigureSpec] = {
     "curves": FigureSpec(curves, "train/val loss and metrics per epoch, one panel per task"),
     "predictions": FigureSpec(predictions, "grid of test images, true vs predicted (--grid)"),
     "confusion": FigureSpec(confusion, "confusion matrices, per-class accuracy, top errors"),
+    "reliability": FigureSpec(
+        reliability, "reliability diagrams: confidence vs accuracy, before/after calibration"
+    ),
     "regression": FigureSpec(regression, "predicted vs true and residuals per regression task"),
     "pixels": FigureSpec(
         pixels, "per-pixel tasks: input, predicted, true (--images); palette; accuracy per class"

@@ -23,6 +23,7 @@ from cnnlab.precision import autocast_for
 from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks import Task
+from cnnlab.tasks.calibration import Rows, batch_rows, share_kept
 from cnnlab.tta import ViewAverage
 from cnnlab.viz.hooks import analysis_mode, forward_hooks, last_conv
 
@@ -34,6 +35,9 @@ class Predictions:
     truth: dict[str, torch.Tensor]  # task -> (N,) class index or target value
     pred: dict[str, torch.Tensor]  # task -> (N,)
     peaks: torch.Tensor  # (N, C) each image's max of each channel of the last conv layer
+    # a classification's raw outputs (before its temperature) as rows: one per image, or a
+    # sample of a mask's labelled pixels; what the reliability diagram bins
+    rows: dict[str, Rows]
 
 
 class RunView:
@@ -150,6 +154,8 @@ class RunView:
         truth: dict[str, list[torch.Tensor]] = {k: [] for k in self.recipe.tasks}
         pred: dict[str, list[torch.Tensor]] = {k: [] for k in self.recipe.tasks}
         peaks: list[torch.Tensor] = []
+        rows: dict[str, list[Rows]] = {k: [] for k in self.tasks_with("reliability")}
+        images, gen = len(self.split(split)), torch.Generator().manual_seed(0)
         _, conv = last_conv(self.model)
         record = lambda n, m, y: peaks.append(y.float().amax(dim=(2, 3)).cpu())  # noqa: E731
         autocast = autocast_for(self.device, self.precision)
@@ -160,6 +166,10 @@ class RunView:
                 if self.views:  # the peaks stay those of the image as it is
                     with autocast():
                         out = self.views(self.model, x)
+                for name, parts in rows.items():
+                    target = targets[self.recipe.tasks[name].target]
+                    keep = share_kept(out[name][0, 0].numel(), images)
+                    parts.append(batch_rows(out[name], target, keep, gen))
                 out = {name: self.model.heads[name].decode(o) for name, o in out.items()}
                 for name, task in self.recipe.tasks.items():
                     truth[name].append(targets[task.target].cpu())
@@ -168,4 +178,5 @@ class RunView:
             {k: torch.cat(v) for k, v in truth.items()},
             {k: torch.cat(v) for k, v in pred.items()},
             torch.cat(peaks),
+            {k: Rows.join(v) for k, v in rows.items()},
         )

@@ -1,0 +1,119 @@
+"""Temperature scaling of a trained run: `cnnlab calibrate RUN`, or `train.calibrate: true`.
+
+Each classification task gets one temperature, fitted on the validation set's outputs of the
+run's judged weights, with the recipe's test-time views (so it fits the probabilities the
+test and every prediction give). It is saved in checkpoints/best.pt beside those weights:
+eval, predict, the figures and export read it from there, and a later best checkpoint (a
+resumed run) starts without one, since it was fitted to other weights. calibration.json
+holds each task's numbers before and after, on validation and test; test_metrics.json is
+measured again at the new temperatures (accuracy cannot change; ECE, MCE can).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cnnlab.build import Built, build
+from cnnlab.data.batches import Splits
+from cnnlab.errors import CnnlabError
+from cnnlab.evaluation import measure
+from cnnlab.precision import autocast_for
+from cnnlab.runs import RunFolder, load_checkpoint, write_json
+from cnnlab.tasks.calibration import Rows, batch_rows, fit_temperature, scores, share_kept
+from cnnlab.tasks.classification import Classification
+
+
+def calibrated_tasks(built: Built) -> list[str]:
+    """The tasks whose outputs are probabilities: every classification, per pixel too."""
+    return [name for name, task in built.tasks.items() if isinstance(task, Classification)]
+
+
+@torch.inference_mode()
+def collect(built: Built, split: str, names: list[str]) -> dict[str, Rows]:
+    """Raw outputs (before any temperature) of the judged model on one split, as rows."""
+    model, size = built.model.eval(), built.recipe.train.eval_batch_size
+    autocast = autocast_for(built.device, built.precision.precision)
+    images, gen = len(getattr(built.splits, split)), torch.Generator().manual_seed(0)
+    parts: dict[str, list[Rows]] = {name: [] for name in names}
+    for x, targets in built.splits.eval_batches(split, size, built.needed):
+        with autocast():
+            out = built.views(model, x) if built.views is not None else model(x)
+        for name in names:
+            keep = share_kept(out[name][0, 0].numel(), images)
+            target = targets[built.tasks[name].target]
+            parts[name].append(batch_rows(out[name], target, keep, gen))
+    return {name: Rows.join(rows) for name, rows in parts.items()}
+
+
+def fit(built: Built, test: bool = True) -> dict[str, dict]:
+    """Each classification task's temperature, and its numbers before and after (on
+    validation, and on test unless `test` is off: a sweep trial never reads it)."""
+    names = calibrated_tasks(built)
+    if not names:
+        raise CnnlabError(
+            "calibrate: the run has no classification task; temperature scaling calibrates "
+            "class probabilities"
+        )
+    if len(built.splits.val) == 0:
+        raise CnnlabError("calibrate: the run has no validation images to fit a temperature on")
+    val = collect(built, "val", names)
+    tested = collect(built, "test", names) if test else {}
+    result = {}
+    for name in names:
+        t = fit_temperature(val[name])
+        result[name] = {"temperature": t, "val": _before_after(val[name], t)}
+        if name in tested:
+            result[name]["test"] = _before_after(tested[name], t)
+    return result
+
+
+def _before_after(rows: Rows, temperature: float) -> dict:
+    return {
+        "rows": len(rows.targets),
+        "before": scores(rows, 1.0),
+        "after": scores(rows, temperature),
+    }
+
+
+def calibrate_run(
+    path: str | Path, splits: Splits | None = None, device: torch.device | str | None = None
+) -> dict[str, dict]:
+    """Fit, save with the best weights, write calibration.json and test_metrics.json again.
+    `splits`: the data training already loaded (train.calibrate), else loaded anew."""
+    run = RunFolder.open(path)
+    if not run.best_path.is_file():
+        raise CnnlabError(f"calibrate: {run.path} has no checkpoints/best.pt; train it first")
+    saved = load_checkpoint(run.best_path)
+    recipe = run.recipe()
+    built = build(recipe, saved, device=device or "cpu", weights="judged", splits=splits)
+    with run.lock():
+        result = fit(built, test=recipe.train.test_at_end)
+        saved["temperature"] = {name: r["temperature"] for name, r in result.items()}
+        run.save_checkpoint(run.best_path, saved)
+        write_json(run.calibration_path, {"best_epoch": saved["loop"]["epoch"], "tasks": result})
+        if recipe.train.test_at_end:
+            for name, r in result.items():
+                built.tasks[name].temperature = r["temperature"]
+            autocast = autocast_for(built.device, built.precision.precision)
+            size = recipe.train.eval_batch_size
+            metrics = measure(built.tasks, built.splits, built.model, autocast, size, built.views)
+            write_json(run.test_path, {"best_epoch": saved["loop"]["epoch"], **metrics})
+    return result
+
+
+def summary(result: dict[str, dict]) -> list[str]:
+    """One line per task and split: the temperature, NLL and ECE before -> after."""
+    lines = []
+    for name, r in result.items():
+        for split in ("val", "test"):
+            if split not in r:
+                continue
+            b, a = r[split]["before"], r[split]["after"]
+            lines.append(
+                f"{name}: T = {r['temperature']:.3f}; {split} NLL {b['nll']:.4f} -> "
+                f"{a['nll']:.4f}, ECE {b['ece']:.4f} -> {a['ece']:.4f}, "
+                f"MCE {b['mce']:.4f} -> {a['mce']:.4f}"
+            )
+    return lines

@@ -1,0 +1,114 @@
+"""Do a classifier's probabilities mean what they say? Calibration error, reliability bins and
+temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017).
+
+Everything works on rows: one row of logits (K,) per image, or per labelled pixel of a
+per-pixel task, with its true class. A temperature T divides the logits before the softmax;
+it changes no prediction (the argmax stays), only how sure each one claims to be. It is
+fitted by minimizing the negative log-likelihood on the validation set, which a single
+positive number cannot overfit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.tasks.pixel import NO_CLASS
+
+MAX_ROWS = 1 << 20  # rows kept per split and task: every image; a sample of a mask's pixels
+
+
+@dataclass
+class Rows:
+    """A split's logits as rows (N, K) with their classes (N,), float32 / int64 on the CPU."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+
+    @staticmethod
+    def join(parts: list[Rows]) -> Rows:
+        return Rows(torch.cat([p.logits for p in parts]), torch.cat([p.targets for p in parts]))
+
+
+def batch_rows(out: torch.Tensor, target: torch.Tensor, keep: float, gen: torch.Generator) -> Rows:
+    """One batch's rows: (B, K) as they are; (B, K, H, W) as one row per labelled pixel, a
+    `keep` share of them drawn with `gen` (so a split of masks fits in memory)."""
+    out = out.detach().float()
+    if out.ndim > 2:
+        out = out.movedim(1, -1).reshape(-1, out.shape[1])
+    target = target.reshape(-1)
+    labelled = target != NO_CLASS
+    if keep < 1.0:
+        labelled &= torch.rand(target.shape, generator=gen, device="cpu").to(target.device) < keep
+    if not bool(labelled.all()):
+        out, target = out[labelled], target[labelled]
+    return Rows(out.cpu(), target.long().cpu())
+
+
+def share_kept(rows_per_image: int, images: int, limit: int = MAX_ROWS) -> float:
+    """The share of rows to keep so a split yields about `limit` of them."""
+    return min(1.0, limit / max(1, rows_per_image * images))
+
+
+def fit_temperature(rows: Rows) -> float:
+    """The T > 0 that minimizes the NLL of softmax(logits / T); L-BFGS on log T."""
+    with torch.inference_mode(False), torch.enable_grad():
+        logits, targets = rows.logits.clone(), rows.targets.clone()
+        log_t = torch.zeros((), requires_grad=True)
+        opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(logits / log_t.exp(), targets)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        value = float(log_t.detach().exp())
+    if not math.isfinite(value):  # NLL without a minimum: every row right (or wrong) alike
+        return 1.0
+    return value
+
+
+@dataclass
+class Bins:
+    """Equal-width confidence bins: each bin's row count, mean confidence and accuracy."""
+
+    edges: torch.Tensor  # (bins + 1,)
+    count: torch.Tensor  # (bins,)
+    confidence: torch.Tensor  # (bins,) NaN where empty
+    accuracy: torch.Tensor  # (bins,) NaN where empty
+
+
+def reliability(rows: Rows, temperature: float = 1.0, bins: int = 15) -> Bins:
+    """Top-label reliability bins of softmax(logits / T), the diagram of the ECE: bins as
+    torchmetrics draws them (an edge goes to the bin above), a confidence of 1.0 in the last."""
+    probs = (rows.logits / temperature).softmax(dim=1)
+    confidence, predicted = probs.max(dim=1)
+    correct = (predicted == rows.targets).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    index = (torch.bucketize(confidence, edges, right=True) - 1).clamp(0, bins - 1)
+    count = torch.bincount(index, minlength=bins).float()
+    per_bin = lambda v: torch.bincount(index, v, minlength=bins) / count  # noqa: E731
+    return Bins(edges, count, per_bin(confidence), per_bin(correct))
+
+
+def scores(rows: Rows, temperature: float = 1.0, bins: int = 15) -> dict[str, float]:
+    """Accuracy, NLL, ECE and MCE (torchmetrics, as the test metrics) of softmax(logits / T)."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    scaled = rows.logits / temperature
+    error = lambda norm: multiclass_calibration_error(  # noqa: E731
+        scaled.softmax(dim=1), rows.targets, scaled.shape[1], bins, norm, validate_args=False
+    )
+    accuracy = (scaled.argmax(dim=1) == rows.targets).float().mean()
+    nll = F.cross_entropy(scaled, rows.targets)
+    return {
+        "accuracy": float(accuracy),
+        "nll": float(nll),
+        "ece": float(error("l1")),
+        "mce": float(error("max")),
+    }

@@ -1,0 +1,72 @@
+"""Reliability diagrams: is a prediction made with 90 % confidence right 90 % of the time?
+
+One panel per state of each classification's probabilities on the test set: as trained, and,
+when the run was calibrated (`cnnlab calibrate`), at its fitted temperature. Bars are each
+confidence bin's accuracy; the red part is its gap to the diagonal, whose count-weighted mean
+is the ECE; the grey histogram below counts the predictions in each bin.
+"""
+
+from __future__ import annotations
+
+from cnnlab.tasks.calibration import reliability as bins_of
+from cnnlab.tasks.calibration import scores
+from cnnlab.viz.base import Chart, new_figure
+from cnnlab.viz.run_view import RunView
+
+
+def reliability(view: RunView) -> list[Chart]:
+    charts = []
+    for task in view.tasks_with("reliability"):
+        rows = view.test_predictions.rows[task]
+        fitted = view.tasks[task].temperature
+        states = [("as trained", 1.0)]
+        if fitted != 1.0:
+            states.append((f"calibrated, T = {fitted:.3f}", fitted))
+        fig = new_figure(4.2 * len(states), 5.2)
+        axes = fig.subplots(2, len(states), squeeze=False, height_ratios=[3, 1])
+        table = []
+        for col, (label, t) in enumerate(states):
+            numbers = scores(rows, t)
+            table.append({"probabilities": label, "temperature": round(t, 4)} | _rounded(numbers))
+            _panel(axes[0, col], axes[1, col], rows, t, f"{task}: {label}\n", numbers)
+        unit = (
+            "labelled pixels (a sample)" if view.test_predictions.pred[task].ndim > 1 else "images"
+        )
+        caption = (
+            f"{len(rows.targets):,} test {unit}; 15 equal-width confidence bins; ECE: "
+            "count-weighted mean gap, MCE: largest gap"
+        )
+        charts.append(
+            Chart(
+                f"reliability_{task}",
+                f"Reliability: {task}",
+                fig,
+                caption=caption,
+                table=table,
+                extra={"temperature": fitted, "states": table},
+            )
+        )
+    return charts
+
+
+def _rounded(numbers: dict[str, float]) -> dict[str, float]:
+    return {"accuracy": round(numbers["accuracy"], 4), "NLL": round(numbers["nll"], 4),
+            "ECE": round(numbers["ece"], 4), "MCE": round(numbers["mce"], 4)}  # fmt: skip
+
+
+def _panel(top, bottom, rows, temperature: float, title: str, numbers: dict) -> None:
+    b = bins_of(rows, temperature)
+    left, width = b.edges[:-1].numpy(), float(b.edges[1] - b.edges[0])
+    acc, conf = b.accuracy.nan_to_num().numpy(), b.confidence.nan_to_num().numpy()
+    filled = b.count.numpy() > 0
+    top.bar(left[filled], acc[filled], width, align="edge", color="#4c72b0", edgecolor="white",
+            label="accuracy")  # fmt: skip
+    lo, hi = acc.clip(max=conf), acc.clip(min=conf)
+    top.bar(left[filled], (hi - lo)[filled], width, bottom=lo[filled], align="edge",
+            color="#c44e52", alpha=0.45, edgecolor="#c44e52", label="gap")  # fmt: skip
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect")
+    top.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy in the bin")
+    top.set_title(f"{title}ECE {numbers['ece']:.4f}, MCE {numbers['mce']:.4f}", fontsize=10)
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar(left, b.count.numpy(), width, align="edge", color="grey")
+    bottom.set(xlim=(0, 1), xlabel="confidence (top-class probability)", ylabel="count")

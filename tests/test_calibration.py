@@ -1,0 +1,143 @@
+"""Calibration: ECE and MCE in the test metrics, temperature scaling fitted on validation,
+saved with the best weights and used by eval, predict, the figures and export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+import cnnlab
+from cnnlab.build import build
+from cnnlab.calibration import fit
+from cnnlab.errors import CnnlabError
+from cnnlab.experiment import train
+from cnnlab.export import load_for_export
+from cnnlab.runs import load_checkpoint
+from cnnlab.tasks.calibration import Rows, batch_rows, fit_temperature, reliability, scores
+from cnnlab.tasks.pixel import NO_CLASS
+from cnnlab.viz import RunView, make_charts
+from tests.conftest import run_cli
+
+
+def drawn_at(temperature: float, n: int = 20000, seed: int = 0) -> Rows:
+    """Logits, and classes drawn from softmax(logits / temperature): a model whose
+    probabilities are right once divided by that temperature."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, 10, generator=gen) * 3
+    classes = torch.multinomial((logits / temperature).softmax(1), 1, generator=gen)
+    return Rows(logits, classes.squeeze(1))
+
+
+@pytest.mark.parametrize("truth", [0.5, 2.5])
+def test_the_fitted_temperature_is_the_one_the_classes_were_drawn_at(truth):
+    rows = drawn_at(truth)
+    fitted = fit_temperature(rows)
+    assert fitted == pytest.approx(truth, rel=0.05)
+    before, after = scores(rows), scores(rows, fitted)
+    assert after["nll"] < before["nll"] and after["ece"] < 0.02 < before["ece"]
+    assert after["accuracy"] == before["accuracy"]  # a temperature moves no argmax
+
+
+def test_the_reliability_bins_are_the_bins_of_torchmetrics_ece():
+    rows = drawn_at(2.0, n=5000)
+    b = reliability(rows, 1.3)
+    gap = (b.accuracy - b.confidence).abs().nan_to_num()
+    ece = float((gap * b.count).sum() / b.count.sum())
+    probs = (rows.logits / 1.3).softmax(1)
+    assert ece == pytest.approx(
+        float(multiclass_calibration_error(probs, rows.targets, 10)), abs=1e-6
+    )
+    assert int(b.count.sum()) == 5000
+
+
+def test_a_mask_gives_one_row_per_labelled_pixel_and_a_sample_when_asked():
+    out = torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[0, :4] = NO_CLASS  # 32 unlabelled pixels
+    gen = torch.Generator().manual_seed(0)
+    rows = batch_rows(out, target, 1.0, gen)
+    assert rows.logits.shape == (128 - 32, 3)
+    assert torch.equal(rows.logits[0], out[0, :, 4, 0])  # pixel (4, 0) is the first labelled
+    sampled = batch_rows(out.repeat(50, 1, 1, 1), target.repeat(50, 1, 1), 0.25, gen)
+    assert 0.2 < len(sampled.targets) / (50 * 96) < 0.3
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """The demo recipe, tiny, trained with train.calibrate: true."""
+    from tests.conftest import tiny_recipe
+
+    return train(tiny_recipe(tmp_path_factory.mktemp("calibrated"), "train.calibrate=true"))
+
+
+def test_training_calibrates_and_saves_the_temperature_with_the_best_weights(calibrated):
+    fitted = json.loads(calibrated.calibration_path.read_text())["tasks"]
+    assert set(fitted) == {"cls"}  # ink is a regression
+    cls = fitted["cls"]
+    assert cls["val"]["after"]["nll"] <= cls["val"]["before"]["nll"]  # fitted on it
+    assert cls["val"]["after"]["accuracy"] == cls["val"]["before"]["accuracy"]
+    saved = load_checkpoint(calibrated.best_path)
+    assert saved["temperature"] == {"cls": cls["temperature"]} and cls["temperature"] != 1.0
+    tested = json.loads(calibrated.test_path.read_text())
+    assert tested["test.cls.ece"] == pytest.approx(cls["test"]["after"]["ece"], abs=1e-5)
+    assert tested["test.cls.mce"] == pytest.approx(cls["test"]["after"]["mce"], abs=1e-5)
+    assert "test.ink.ece" not in tested
+    assert cnnlab.load_run(calibrated.path).evaluate()["test.cls.ece"] == pytest.approx(
+        tested["test.cls.ece"], abs=1e-6
+    )
+
+
+def test_predict_export_and_the_reliability_diagram_use_the_temperature(calibrated):
+    t = load_checkpoint(calibrated.best_path)["temperature"]["cls"]
+    run = cnnlab.load_run(calibrated.path)
+    images = RunView(calibrated.path).split("test").images[:16].cpu()
+    p = torch.from_numpy(run.predict(images)["cls"].probabilities).double()
+    loaded = load_for_export(calibrated.path)
+    exported = loaded.module(images)[0].double()
+    assert torch.allclose(exported, p, atol=1e-5)
+    assert loaded.module.describe()[0]["temperature"] == t
+    # log-probabilities, centred per image, are the logits / T: undo T and compare with T = 1
+    loaded.module.tasks["cls"].temperature = 1.0
+    raw = loaded.module(images)[0].double().log()
+    centred = lambda v: v - v.mean(dim=1, keepdim=True)  # noqa: E731
+    assert torch.allclose(centred(p.log()) * t, centred(raw), atol=1e-3)
+
+    (chart,) = make_charts(RunView(calibrated.path), "reliability")
+    states = chart.extra["states"]
+    assert [s["temperature"] for s in states] == [1.0, round(t, 4)]
+    assert states[1]["ECE"] == round(run.test_metrics["test.cls.ece"], 4)
+    assert states[0]["accuracy"] == states[1]["accuracy"]
+
+
+def test_the_cli_calibrates_again_to_the_same_temperature(calibrated):
+    before = load_checkpoint(calibrated.best_path)["temperature"]["cls"]
+    out = run_cli("calibrate", str(calibrated.path))
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("cls: T = ") and "test NLL" in x)
+    assert f"T = {before:.3f}" in line
+    again = load_checkpoint(calibrated.best_path)["temperature"]["cls"]
+    assert again == pytest.approx(before, rel=1e-4)
+
+
+def test_a_run_without_a_classification_cannot_be_calibrated(tiny):
+    built = build(
+        tiny("tasks={ink: {type: regression, target: ink}}", "train.monitor=val.ink.rmse")
+    )
+    with pytest.raises(CnnlabError, match="no classification task"):
+        fit(built)
+
+
+def test_test_metrics_report_calibration_error_without_calibrating(tiny):
+    run = train(tiny("train.tta=[]"))
+    tested = run.test_metrics()
+    assert 0.0 <= tested["test.cls.ece"] <= tested["test.cls.mce"] <= 1.0
+    assert not run.calibration_path.exists()
+    view = RunView(run.path)
+    (chart,) = make_charts(view, "reliability")
+    assert len(chart.extra["states"]) == 1
+    assert chart.extra["states"][0]["ECE"] == round(tested["test.cls.ece"], 4)
+    assert np.isclose(chart.extra["temperature"], 1.0)
