@@ -17,8 +17,12 @@ metadata (`cnnlab.outputs`, JSON) and beside a .pt2 file (`<file>.json`).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -141,8 +145,7 @@ def export_module(
     example = example.contiguous()
     shapes = {INPUT: {0: torch.export.Dim("batch", min=1, max=65536)}}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet():
             if fmt == "onnx":
                 _onnx(module, example, target, shapes, meta)
             else:
@@ -150,10 +153,62 @@ def export_module(
                 torch.export.save(program, target)
                 Path(f"{target}.json").write_text(json.dumps(meta, indent=1))
     except Exception as err:  # the exporter's own errors name the operation that failed
-        raise CnnlabError(
-            f"export: the model cannot be exported to {fmt}: {_first_line(err)}"
-        ) from None
+        where, why = culprit(module, example, fmt) or ("", _first_line(err))
+        raise CnnlabError(f"export: the model cannot be exported to {fmt}: {where}{why}") from None
     return target
+
+
+def _capture(module: nn.Module, args: tuple, fmt: Format) -> None:
+    """Export without writing: what fails here fails in `export_module`."""
+    if fmt == "onnx":
+        torch.onnx.export(module, args, dynamo=True, verbose=False, report=False)
+    else:
+        torch.export.export(module, args)
+
+
+def _called_below(module: nn.Module, seen: dict) -> Iterator[nn.Module]:
+    """The outermost layers under `module` that were called (a backbone wrapper reached
+    through a method is skipped for the layers it calls)."""
+    for child in module.children():
+        if child in seen:
+            yield child
+        else:
+            yield from _called_below(child, seen)
+
+
+def culprit(module: Exported, example: torch.Tensor, fmt: Format) -> tuple[str, str] | None:
+    """("layer NAME (Class): ", the exporter's line) for the innermost layer that cannot be
+    exported on its own inputs while each of its children can; None when none is found.
+
+    Each layer's first inputs are recorded in one eager pass; from the whole model down,
+    the first child that fails on its own is followed, so only one path of layers is tried.
+    """
+    seen: dict[nn.Module, tuple] = {}
+    record = lambda m, args: seen.setdefault(m, args) and None  # noqa: E731
+    handles = [m.register_forward_pre_hook(record) for m in module.modules()]
+    try:
+        with torch.no_grad():
+            module(example)
+    except Exception:  # the model fails eagerly: no layer to name
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    current, failure = module, None
+    while True:
+        for child in _called_below(current, seen):
+            try:
+                with _quiet():
+                    _capture(child, seen[child], fmt)
+            except Exception as err:  # probing: any failure is the answer
+                current, failure = child, _first_line(err)
+                break
+        else:
+            break
+    if failure is None:
+        return None
+    name = next(n for n, m in module.named_modules() if m is current).removeprefix("model.")
+    return f"layer {name} ({type(current).__name__}): ", failure
 
 
 def _onnx(module: Exported, example: torch.Tensor, target: Path, shapes: dict, meta: dict) -> None:
@@ -177,9 +232,26 @@ def _onnx(module: Exported, example: torch.Tensor, target: Path, shapes: dict, m
     onnx.save(model, str(target))
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
+def _first_line(err: BaseException) -> str:
+    """The first line of the innermost cause: the exporter wraps what went wrong in advice."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No exporter warnings or log lines on the terminal: a failure becomes one line."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
 
 
 # ---------------------------------------------------------------------------- parity
