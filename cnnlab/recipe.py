@@ -405,11 +405,14 @@ TAG_FIELDS = ("type", "backbone", "source")
 TAG_KINDS = {"type": "task", "backbone": "backbone", "source": "source"}  # for the hint
 
 
-def describe_error(err: dict) -> str:
-    """One line for one pydantic error: key path, offending value, what is allowed."""
-    key, sections = _walk(err["loc"])
+def describe_error(err: dict, root: type[BaseModel] | None = None, whole: str = "recipe") -> str:
+    """One line for one pydantic error: key path, offending value, what is allowed. `root`:
+    the model validated (default the recipe; a sweep's parameter form), `whole` its name
+    when the error is about all of it."""
+    root = root or Recipe
+    key, sections = _walk(err["loc"], root, whole)
     if err["type"] == "extra_forbidden":
-        valid = _field_names(_walk(err["loc"][:-1])[1])
+        valid = _field_names(_walk(err["loc"][:-1], root, whole)[1])
         hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
         return f"unknown key {key!r}{hint}"
     if err["type"] == "missing":
@@ -439,12 +442,12 @@ def _tag_problem(key: str, err: dict, sections: list[type[BaseModel]]) -> str:
     return f"{key}.{name} = {given[name]!r}: choose one of: {tags}; {hint}"
 
 
-def _walk(loc: tuple) -> tuple[str, list[type[BaseModel]]]:
+def _walk(loc: tuple, root: type[BaseModel], whole: str) -> tuple[str, list[type[BaseModel]]]:
     """The key path as a user writes it (`model.filters[0]`, `tasks.cls.head`) and the
     section class(es) it ends in. Pydantic puts a tagged union's tag into the location
     (`tasks.cls.classification.head`, `data.fashion_mnist.root`): it is left out of the key
     and picks the member, even where the union has a single member."""
-    key, sections, union = "", [Recipe], False
+    key, sections, union = "", [root], False
     for part in loc:
         if isinstance(part, int):
             key += f"[{part}]"
@@ -461,7 +464,7 @@ def _walk(loc: tuple) -> tuple[str, list[type[BaseModel]]]:
             sections = _sections_in(fields[part].annotation)
             union = _is_tagged(fields[part].annotation) or _is_tagged(fields[part])
         # else: a dict key (a task's name) or an unknown key: the sections stay
-    return key or "recipe", sections
+    return key or whole, sections
 
 
 def _is_tagged(annotation: Any) -> bool:

@@ -61,8 +61,8 @@ def add_trial(folder: SweepFolder, state: str, run_dir: str) -> None:
         optuna.trial.create_trial(
             state=optuna.trial.TrialState[state],
             value=0.5 if state == "COMPLETE" else None,
-            params={lr.name: lr.choices[0]},
-            distributions={lr.name: lr.distribution()},
+            params={lr.name: lr.form.space().choices[0]},
+            distributions={lr.name: lr.form.space()},
             user_attrs={"run_dir": run_dir},
         )
     )

@@ -104,16 +104,20 @@ early_terminate: {type: hyperband, max_iter: 27, s: 2, eta: 3}
 """,
     )
     spec = load_sweep(path, base())
-    dist = {p.name: p.distribution() for p in spec.params}
+    dist = {p.name: p.form.space() for p in spec.params}
     assert dist["train.optimizer.lr"].log and dist["train.optimizer.lr"].low == 0.0001
     assert type(dist["train.optimizer.weight_decay"]).__name__ == "FloatDistribution"
     assert type(dist["model.base_filters"]).__name__ == "IntDistribution"
-    assert dist["train.batch_size"].step == 32
+    batch = spec.param("train.batch_size")  # W&B's q_uniform: uniform, then rounded to q
+    assert batch.decode(79.0) == 64 and batch.decode(81.0) == 96 and type(batch.decode(81.0)) is int
+    assert batch.grid_values() == [32, 64, 96, 128]
     assert spec.goal == "minimize" and spec.constants == {"model.kernel_size": 5}
     hidden = spec.param("tasks.cls.head.hidden")
-    assert spec.overrides({"tasks.cls.head.hidden": hidden.choices[1]})[
-        "tasks.cls.head.hidden"
-    ] == [128, 64]
+    assert hidden.decode(hidden.form.space().choices[1]) == [128, 64]
+    assert spec.overrides({"tasks.cls.head.hidden": [128, 64]})["tasks.cls.head.hidden"] == [
+        128,
+        64,
+    ]
     assert spec.early_terminate == {"min_resource": 3, "reduction_factor": 3, "last_band": 9}
     assert type(pruner_for(spec)).__name__ == "SuccessiveHalvingPruner"
     assert type(sampler_for(spec, 10, 0)).__name__ == "RandomSampler"
@@ -136,11 +140,21 @@ early_terminate: {type: hyperband, max_iter: 27, s: 2, eta: 3}
          "parameters: {train.optimizer.lr: {min: 0.1, max: 1.0}}",
          "method grid needs a list of `values`"),
         ("method: random\nmetric: {name: val.loss}\n"
-         "parameters: {train.optimizer.lr: {distribution: normal, mu: 0, sigma: 1}}",
-         "unsupported key 'mu'"),
+         "parameters: {train.optimizer.lr: {distribution: normal, mean: 0, sigma: 1}}",
+         r"'train.optimizer.lr' \(normal\): unknown key 'mean'; valid keys here: distribution, "
+         "mu, sigma"),
         ("method: random\nmetric: {name: val.loss}\n"
-         "parameters: {train.optimizer.lr: {distribution: q_log_uniform_values, min: 0.1, max: 1}}",
-         "has no Optuna equivalent"),
+         "parameters: {train.optimizer.lr: {distribution: gamma, min: 0.1, max: 1}}",
+         "unknown distribution 'gamma'; use one of: constant, categorical"),
+        ("method: random\nmetric: {name: val.loss}\n"
+         "parameters: {model.activation: {values: [relu, gelu], probabilities: [0.5, 0.4]}}",
+         "probabilities add up to 0.9; make them add up to 1"),
+        ("method: random\nmetric: {name: val.loss}\n"
+         "parameters: {train.optimizer.lr: {distribution: normal, mu: 0.01, sigma: 0.01}}",
+         r"'train.optimizer.lr' = -0.0209.*greater than 0"),
+        ("method: random\nmetric: {name: val.loss}\n"
+         "parameters: {train: {parameters: {optimizer: {lr: {min: 0.1, max: 1}}}}}",
+         "'train.optimizer': no form in \\['lr'\\].*or nested `parameters`"),
         ("method: random\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
          "early_terminate: {type: envelope}", "hyperband only"),
         ("method: random\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
@@ -215,3 +229,15 @@ def test_grid_and_random_without_a_metric_use_the_recipes_monitor(tmp_path):
         assert "no metric in the sweep file: minimizing the recipe's train.monitor" in spec.notes[0]
     acc = load_sweep(write(tmp_path, text.format("grid")), base())  # the demo monitors accuracy
     assert (acc.metric, acc.goal) == ("val.cls.accuracy", "maximize")
+
+
+def test_run_cap_caps_every_sweep_as_w_and_b_caps_its_runs(tmp_path):
+    from cnnlab.sweeps.launch import _budget
+
+    grid = write(tmp_path, "method: grid\nmetric: {name: val.loss}\nrun_cap: 2\n"
+                 "parameters: {model.blocks: {values: [1, 2, 3]}}\n")  # fmt: skip
+    assert _budget(load_sweep(grid, base()), None) == 2
+    rand = write(tmp_path, "method: random\nmetric: {name: val.loss}\nrun_cap: 3\n"
+                 "parameters: {train.optimizer.lr: {min: 0.001, max: 0.01}}\n")  # fmt: skip
+    assert _budget(load_sweep(rand, base()), 5) == 3
+    assert _budget(load_sweep(rand, base()), None) == 3

@@ -122,17 +122,18 @@ def _work(folder: SweepFolder, storage: str | None, workers: int) -> None:
 
 
 def _budget(spec, trials: int | None) -> int:
-    if trials is not None:
-        if trials < 1:
-            raise CnnlabError("--trials must be at least 1")
-        return min(trials, spec.grid_size()) if spec.method == "grid" else trials
-    if spec.method == "grid":
-        return spec.grid_size()
+    """--trials, else a grid's size, else the file's run_cap; run_cap caps every sweep, as W&B
+    caps its runs, and a grid never runs a point twice."""
+    if trials is not None and trials < 1:
+        raise CnnlabError("--trials must be at least 1")
+    budget = trials or (spec.grid_size() if spec.method == "grid" else spec.run_cap)
+    if budget is None:
+        raise CnnlabError(
+            f"method {spec.method} needs a budget: give --trials N (or run_cap in the file)"
+        )
     if spec.run_cap:
-        return spec.run_cap
-    raise CnnlabError(
-        f"method {spec.method} needs a budget: give --trials N (or run_cap in the file)"
-    )
+        budget = min(budget, spec.run_cap)
+    return min(budget, spec.grid_size()) if spec.method == "grid" else budget
 
 
 def _redact(url: str) -> str:

@@ -29,182 +29,100 @@ with one line instead of failing trial after trial.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe import Recipe, load_yaml, metric_goal, metric_names, set_path, validate
+from cnnlab.recipe import (
+    Recipe,
+    describe_error,
+    load_yaml,
+    metric_goal,
+    metric_names,
+    set_path,
+    validate,
+)
+from cnnlab.sweeps.distributions import FORMS, Constant, Form, form_name
 
 METHODS = ("grid", "random", "bayes")
 # Keys that only W&B's agent or UI reads: accepted, ignored, and said so.
 AGENT_KEYS = ("program", "command", "project", "entity", "name", "description")
 SWEEP_KEYS = ("method", "metric", "parameters", "early_terminate", "run_cap", *AGENT_KEYS)
-PARAM_KEYS = ("values", "value", "min", "max", "distribution", "q")
-DISTRIBUTIONS = (
-    "constant",
-    "categorical",
-    "int_uniform",
-    "uniform",
-    "q_uniform",
-    "log_uniform",
-    "log_uniform_values",
-)
-# W&B distributions with no Optuna equivalent: named in the error so nobody guesses.
-UNSUPPORTED = (
-    "q_log_uniform",
-    "q_log_uniform_values",
-    "inv_log_uniform",
-    "inv_log_uniform_values",
-    "normal",
-    "q_normal",
-    "log_normal",
-    "q_log_normal",
-    "beta",
-    "q_beta",
-)
 
 
 # ------------------------------------------------------------------- parameters
 
 
-def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str))
-
-
 @dataclass(frozen=True)
 class Param:
-    """One swept parameter, named as in the sweep file (that is Optuna's name too)."""
+    """One swept parameter, named as in the sweep file (a nested block's names joined by
+    dots); that is Optuna's name for its variable too. Its form does the arithmetic."""
 
     name: str
-    kind: str  # categorical | int | float
-    choices: tuple = ()  # categorical: values as written (lists/dicts kept as JSON text)
-    low: float = 0.0
-    high: float = 0.0
-    log: bool = False
-    step: float | None = None
+    form: Form
 
-    def distribution(self):
-        """The Optuna distribution; imported late so `--help` stays fast."""
-        from optuna.distributions import (
-            CategoricalDistribution,
-            FloatDistribution,
-            IntDistribution,
-        )
+    def suggest(self, trial) -> Any:
+        return self.form.suggest(trial, self.name)
 
-        if self.kind == "categorical":
-            return CategoricalDistribution(self.choices)
-        if self.kind == "int":
-            return IntDistribution(int(self.low), int(self.high), log=self.log, step=self.step or 1)
-        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
-
-    def decode(self, value: Any) -> Any:
-        """An Optuna value back to the value written in the sweep file."""
-        if self.kind == "categorical" and isinstance(value, str) and value.startswith("json:"):
-            return json.loads(value[5:])
-        return value
+    def decode(self, stored: Any) -> Any:
+        """The value of a variable Optuna stored (a quantile, a rounded value's source)."""
+        return self.form.value(stored)
 
     def samples(self) -> list[Any]:
-        """Values to validate against the recipe: every choice, or both ends of the range."""
-        if self.kind == "categorical":
-            return [self.decode(c) for c in self.choices]
-        if self.kind == "int":
-            return [int(self.low), int(self.high)]
-        return [self.low, self.high]
+        return self.form.checked()
 
     def grid_values(self) -> list[Any]:
-        if self.kind == "categorical":
-            return list(self.choices)
-        if self.kind == "int" and not self.log and self.high - self.low < 1000:
-            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
-        raise CnnlabError(
-            f"sweep parameter {self.name!r}: method grid needs a list of `values` "
-            "(or int_uniform); a continuous range has no grid — use method random or bayes"
-        )
+        return self.form.grid(self.name)
+
+    def describe(self) -> dict:
+        return {"name": self.name, **self.form.model_dump(mode="json", by_alias=True)}
 
 
-def _choice(value: Any) -> Any:
-    """Optuna stores scalars only: a list value such as [128] is kept as tagged JSON."""
-    return value if _scalar(value) else "json:" + json.dumps(value)
-
-
-def parse_param(name: str, spec: Any) -> Param | tuple[str, Any]:
-    """A W&B parameter block -> Param, or ("constant", value) for `value:`."""
-    if not isinstance(spec, dict):
+def parse_param(name: str, block: Any) -> Param:
+    """A W&B parameter block -> Param (a `value:` block is a Constant form)."""
+    if not isinstance(block, dict):
         raise CnnlabError(
             f"sweep parameter {name!r}: expected a mapping such as {{values: [...]}} "
-            f"or {{min: 0, max: 1}}, got {spec!r}"
+            f"or {{min: 0, max: 1}}, got {block!r}"
         )
-    if "parameters" in spec:
+    try:
+        kind = form_name(block)
+    except CnnlabError as err:
+        raise CnnlabError(f"sweep parameter {name!r}: {err}") from None
+    if kind not in FORMS:
         raise CnnlabError(
-            f"sweep parameter {name!r}: nested `parameters` blocks are not supported; "
-            "write one dotted name per parameter (e.g. train.optimizer.lr)"
+            f"sweep parameter {name!r}: unknown distribution {kind!r}; use one of: "
+            f"{', '.join(FORMS)}"
         )
-    unknown = [k for k in spec if k not in PARAM_KEYS]
-    if unknown:
-        raise CnnlabError(
-            f"sweep parameter {name!r}: unsupported key {unknown[0]!r}; "
-            f"supported: {', '.join(PARAM_KEYS)}"
-        )
-    dist = spec.get("distribution") or _infer_distribution(name, spec)
-    if dist in UNSUPPORTED:
-        raise CnnlabError(
-            f"sweep parameter {name!r}: distribution {dist!r} has no Optuna equivalent; "
-            f"use one of: {', '.join(DISTRIBUTIONS)}"
-        )
-    if dist not in DISTRIBUTIONS:
-        raise CnnlabError(
-            f"sweep parameter {name!r}: unknown distribution {dist!r}; "
-            f"use one of: {', '.join(DISTRIBUTIONS)}"
-        )
-    if dist == "constant":
-        return ("constant", _need(name, spec, "value"))
-    if dist == "categorical":
-        values = _need(name, spec, "values")
-        if not isinstance(values, list) or not values:
-            raise CnnlabError(f"sweep parameter {name!r}: `values` must be a non-empty list")
-        return Param(name, "categorical", choices=tuple(_choice(v) for v in values))
-    low, high = _need(name, spec, "min"), _need(name, spec, "max")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
-        raise CnnlabError(f"sweep parameter {name!r}: min and max must be numbers")
-    if low >= high:
-        raise CnnlabError(f"sweep parameter {name!r}: min {low} must be below max {high}")
-    if dist == "int_uniform":
-        return Param(name, "int", low=int(low), high=int(high))
-    if dist == "uniform":
-        return Param(name, "float", low=float(low), high=float(high))
-    if dist == "q_uniform":
-        q = spec.get("q", 1)
-        if all(isinstance(v, int) for v in (low, high, q)):
-            return Param(name, "int", low=low, high=high, step=q)
-        return Param(name, "float", low=float(low), high=float(high), step=float(q))
-    if dist == "log_uniform":  # W&B: min/max are natural logs of the bounds
-        return Param(name, "float", low=math.exp(low), high=math.exp(high), log=True)
-    if low <= 0:
-        raise CnnlabError(f"sweep parameter {name!r}: log_uniform_values needs min > 0")
-    return Param(name, "float", low=float(low), high=float(high), log=True)
+    form = FORMS[kind]
+    try:
+        return Param(name, form.model_validate({**block, "distribution": kind}))
+    except ValidationError as err:
+        detail = describe_error(err.errors()[0], form, "the block")
+        raise CnnlabError(f"sweep parameter {name!r} ({kind}): {detail}") from None
 
 
-def _infer_distribution(name: str, spec: dict) -> str:
-    """W&B's rules when `distribution` is left out."""
-    if "value" in spec:
-        return "constant"
-    if "values" in spec:
-        return "categorical"
-    if "min" in spec and "max" in spec:
-        ints = all(
-            isinstance(spec[k], int) and not isinstance(spec[k], bool) for k in ("min", "max")
-        )
-        return "int_uniform" if ints else "uniform"
-    raise CnnlabError(f"sweep parameter {name!r}: give `values`, `value`, or `min` and `max`")
-
-
-def _need(name: str, spec: dict, key: str) -> Any:
-    if key not in spec:
-        raise CnnlabError(f"sweep parameter {name!r}: missing `{key}`")
-    return spec[key]
+def flatten_parameters(parameters: dict, source: str, prefix: str = "") -> dict[str, Any]:
+    """W&B's nested `parameters` blocks as dotted names: {optimizer: {parameters: {lr: ...}}}
+    sweeps `optimizer.lr`, the same recipe field a dotted name reaches."""
+    flat: dict[str, Any] = {}
+    for key, block in parameters.items():
+        name = f"{prefix}{key}"
+        if isinstance(block, dict) and "parameters" in block:
+            inner = block["parameters"]
+            if set(block) != {"parameters"} or not isinstance(inner, dict) or not inner:
+                raise CnnlabError(
+                    f"sweep file {source}: {name} holds nested `parameters` (a mapping of "
+                    "names to blocks) and nothing else"
+                )
+            flat.update(flatten_parameters(inner, source, f"{name}."))
+        else:
+            flat[name] = block
+    return flat
 
 
 # ------------------------------------------------------------------- name map
@@ -283,6 +201,14 @@ class SweepSpec:
     run_cap: int | None = None
     notes: list[str] = field(default_factory=list)  # what was ignored, said once at start
     metric_aliases: dict[str, str] = field(default_factory=dict)
+    # W&B's metric.target: once a trial reaches it, no new trial starts (running ones finish)
+    target: float | None = None
+
+    def reached(self, value: float | None) -> bool:
+        """Whether a trial's value meets metric.target."""
+        if self.target is None or value is None:
+            return False
+        return value >= self.target if self.goal == "maximize" else value <= self.target
 
     @property
     def direction(self) -> str:
@@ -292,13 +218,13 @@ class SweepSpec:
         return next(p for p in self.params if p.name == name)
 
     def overrides(self, values: dict[str, Any]) -> dict[str, Any]:
-        """Optuna's params (plus the constants) -> {dotted recipe path: value}."""
+        """Parameter values (plus the constants) -> {dotted recipe path: value}."""
         out: dict[str, Any] = {}
         for name, value in self.constants.items():
             out.update(self.entry(name).overrides(name, value))
         for p in self.params:
             if p.name in values:
-                out.update(self.entry(p.name).overrides(p.name, p.decode(values[p.name])))
+                out.update(self.entry(p.name).overrides(p.name, values[p.name]))
         return out
 
     def entry(self, name: str) -> MapEntry:
@@ -370,8 +296,9 @@ def parse_sweep(
         raise CnnlabError(
             f"sweep file {source}: method {method!r}; use one of: {', '.join(METHODS)}"
         )
+    target = None
     if "metric" in raw:
-        metric, goal, metric_notes = _parse_metric(raw["metric"], source, metric_map)
+        metric, goal, metric_notes, target = _parse_metric(raw["metric"], source, metric_map)
     else:
         metric, goal, metric_notes = _default_metric(method, monitor, source)
     notes += metric_notes
@@ -379,12 +306,13 @@ def parse_sweep(
     parameters = raw.get("parameters")
     if not isinstance(parameters, dict) or not parameters:
         raise CnnlabError(f"sweep file {source}: `parameters` must map names to value blocks")
+    parameters = flatten_parameters(parameters, source)
     for name, block in parameters.items():
         parsed = parse_param(str(name), block)
-        if isinstance(parsed, Param):
-            params.append(parsed)
+        if isinstance(parsed.form, Constant):
+            constants[parsed.name] = parsed.form.value_
         else:
-            constants[str(name)] = parsed[1]
+            params.append(parsed)
     extra = set(mapping) - set(parameters)
     if extra:
         raise CnnlabError(
@@ -396,14 +324,16 @@ def parse_sweep(
         raise CnnlabError(f"sweep file {source}: run_cap must be a positive integer")
     early = _parse_early_terminate(raw.get("early_terminate"), source, notes)
     spec = SweepSpec(
-        method, metric, goal, params, constants, mapping, early, run_cap, notes, metric_map
+        method, metric, goal, params, constants, mapping, early, run_cap, notes, metric_map, target
     )
     if method == "grid":
         spec.grid()  # a continuous range has no grid: say so now
     return spec
 
 
-def _parse_metric(raw: Any, source: str, metric_map: dict[str, str]) -> tuple[str, str, list]:
+def _parse_metric(
+    raw: Any, source: str, metric_map: dict[str, str]
+) -> tuple[str, str, list, float | None]:
     if not isinstance(raw, dict) or "name" not in raw:
         raise CnnlabError(
             f"sweep file {source}: metric must be {{name: ..., goal: maximize}} (or leave it "
@@ -412,7 +342,7 @@ def _parse_metric(raw: Any, source: str, metric_map: dict[str, str]) -> tuple[st
     unknown = set(raw) - {"name", "goal", "target"}
     if unknown:
         raise CnnlabError(f"sweep file {source}: metric key {sorted(unknown)[0]!r}; use name, goal")
-    notes = ["ignoring metric.target (the sweep runs its trial budget)"] if "target" in raw else []
+    notes = []
     name = metric_map.get(str(raw["name"]), str(raw["name"]))
     goal = raw.get("goal")
     if goal is None:
@@ -421,7 +351,10 @@ def _parse_metric(raw: Any, source: str, metric_map: dict[str, str]) -> tuple[st
             notes.append(f"metric.goal not given: maximizing {name} (W&B would minimize it)")
     if goal not in ("maximize", "minimize"):
         raise CnnlabError(f"sweep file {source}: metric.goal {goal!r}; use maximize or minimize")
-    return name, goal, notes
+    target = raw.get("target")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))):
+        raise CnnlabError(f"sweep file {source}: metric.target {target!r}; give a number")
+    return name, goal, notes, None if target is None else float(target)
 
 
 def _default_metric(method: str, monitor: str, source: str) -> tuple[str, str, list]:

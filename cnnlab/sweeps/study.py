@@ -249,10 +249,11 @@ def fingerprint(spec: SweepSpec, base: dict, trials: int) -> dict[str, Any]:
         "method": spec.method,
         "metric": spec.metric,
         "goal": spec.goal,
-        "params": sorted((asdict(p) for p in spec.params), key=lambda p: p["name"]),
+        "params": sorted((p.describe() for p in spec.params), key=lambda p: p["name"]),
         "constants": spec.constants,
         "mapping": {name: asdict(entry) for name, entry in spec.mapping.items()},
         "early_terminate": spec.early_terminate,
+        "target": spec.target,
     }
     return {"sweep": _digest(sweep), "recipe": _digest(base), "budget": trials}
 

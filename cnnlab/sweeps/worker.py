@@ -120,17 +120,8 @@ class Objective:
         self.processes = self.folder.meta().get("trial_processes", 1)  # torchrun per trial
 
     def sample(self, trial) -> dict:
-        values = {}
-        for p in self.spec.params:
-            if p.kind == "categorical":
-                values[p.name] = trial.suggest_categorical(p.name, p.choices)
-            elif p.kind == "int":
-                values[p.name] = trial.suggest_int(
-                    p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log
-                )
-            else:
-                values[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
-        return values
+        """The trial's value of every parameter (each form samples its own way)."""
+        return {p.name: p.suggest(trial) for p in self.spec.params}
 
     def __call__(self, trial) -> float:
         import optuna
@@ -343,24 +334,30 @@ def run_worker(
         settled, pending, waiting = study_progress(study, spec, trials)
         if settled >= trials:
             return "done"
+        hit = next((t for t in study.get_trials(deepcopy=False) if spec.reached(t.value)), None)
+        if hit is not None:
+            print(f"[worker {index}] trial {hit.number} reached metric.target {spec.target:g}: "
+                  "no new trial starts", flush=True)  # fmt: skip
+            return "done"
         if settled + pending >= trials and not waiting:
             time.sleep(max(0.5, meta["heartbeat"] / 2))  # the rest runs elsewhere: watch it
             continue
         study.optimize(objective, n_trials=1, catch=(Exception,))
         if objective.last_outcome == "surplus":
             continue
-        _say(study.get_trials(deepcopy=False)[objective.last_number], index)
+        _say(study.get_trials(deepcopy=False)[objective.last_number], index, spec)
         failures = failures + 1 if objective.last_outcome == "error" else 0
         if failures >= meta["max_failures"]:
             return f"stopped after {failures} consecutive failed trials"
 
 
-def _say(trial, index: int) -> None:
-    """One line per trial this worker ran."""
+def _say(trial, index: int, spec: SweepSpec) -> None:
+    """One line per trial this worker ran, with its parameters' values."""
     outcome = trial.user_attrs.get("outcome") or trial.state.name.lower()
     value = f" {trial.value:.4f}" if trial.value is not None else ""
+    values = {p.name: p.decode(trial.params[p.name]) for p in spec.params if p.name in trial.params}
     params = "  ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
     )
     epochs = trial.user_attrs.get("epochs", 0)
     noun = "epoch" if epochs == 1 else "epochs"
