@@ -415,7 +415,7 @@ def select(
 
     folder = SweepFolder.open(sweep_folder)
     picks = pick(folder, metric, storage, test)
-    names = [folder.spec().resolve_metric(m) for m in metric] or [folder.meta()["metric"]]
+    names = [folder.spec().resolve_metric(m) for m in metric] or [folder.meta().metric]
     print_table(picks, names, f"selection from {folder.path}")
     typer.echo(f"saved {folder.path / 'selection.md'} (and .json, .csv)")
 

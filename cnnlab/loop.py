@@ -343,15 +343,13 @@ class Trainer:
     def _track_best(self, row: dict) -> None:
         cfg, st = self.recipe.train, self.state
         value = row[cfg.monitor]
-        better = st.best_value is None or (
-            value > st.best_value if metric_goal(cfg.monitor) == "max" else value < st.best_value
-        )
+        better = st.best_value is None or (metric_goal(cfg.monitor).better(value, st.best_value))
         if better:
             st.best_value, st.best_epoch = value, st.epoch
             self.run.save_checkpoint(self.run.best_path, self.checkpoint())
         # from the loop's state, not the metrics file: every data-parallel rank decides alike
         watch = cfg.early_stopping.metric or cfg.monitor
-        sign = 1 if metric_goal(watch) == "max" else -1
+        sign = metric_goal(watch).sign
         before = st.watch_best
         improved = before is None or sign * (row[watch] - before) > cfg.early_stopping.min_delta
         st.bad_epochs = 0 if improved else st.bad_epochs + 1

@@ -88,14 +88,11 @@ def predict(
 
 def draw(predictions: list[Prediction], path: Path, title: str) -> Path:
     """Each image beside a bar chart of its top classes; one row per image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global state, no window
 
     rows = len(predictions)
-    fig, axes = plt.subplots(rows, 2, figsize=(9, 2.6 * rows), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1.6]})  # fmt: skip
+    fig = Figure(figsize=(9, 2.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, 2, squeeze=False, width_ratios=[1, 1.6])
     for (ax_img, ax_bar), p in zip(axes, predictions, strict=True):
         ax_img.imshow(p.image)
         ax_img.set_title(p.path.name, fontsize=9)
@@ -106,8 +103,6 @@ def draw(predictions: list[Prediction], path: Path, title: str) -> Path:
         ax_bar.set_xlabel("probability")
         ax_bar.tick_params(labelsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

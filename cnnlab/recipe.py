@@ -221,8 +221,7 @@ def best_row(rows: list[dict], metric: str) -> dict | None:
     """The metrics row whose `metric` is best (the epoch best.pt holds when it is the monitor)."""
     if not rows:
         return None
-    pick = max if metric_goal(metric) == "max" else min
-    return pick(rows, key=lambda r: r.get(metric, float("nan")))
+    return metric_goal(metric).best(rows, key=lambda r: r.get(metric, float("nan")))
 
 
 def flatten(raw: dict, prefix: str = "") -> dict[str, Any]:

@@ -86,7 +86,8 @@ def _png(chart: Chart, folder: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _block(chart: Chart, folder: Path) -> Block:
+def block(chart: Chart, folder: Path) -> Block:
+    """A chart saved as `folder/KEY.png` and made ready for a page (both reports use it)."""
     plot = None
     if chart.plotly is not None:
         plot = script_json(chart.plotly.to_json())
@@ -106,7 +107,7 @@ def _section(view: RunView, sid: str, title: str, names: list[str], folder: Path
                 raise
             section.missing = f"{name} failed: {type(err).__name__}: {err}"
             continue
-        section.blocks += [_block(c, folder) for c in charts]
+        section.blocks += [block(c, folder) for c in charts]
     return section
 
 
@@ -124,7 +125,7 @@ def metrics_table(view: RunView) -> list[dict]:
     return out
 
 
-def _fmt(value) -> str:
+def format_value(value) -> str:
     return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -150,7 +151,7 @@ def build_report(run: str | Path) -> Path:
         env=env,
         env_json=json.dumps(env, indent=2),
         sections=shown,
-        fmt=_fmt,
+        fmt=format_value,
         plotly_js=plotly.offline.get_plotlyjs(),
         built=time.strftime("%Y-%m-%d %H:%M:%S"),
         seconds=round(time.monotonic() - started, 1),

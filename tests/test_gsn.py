@@ -23,10 +23,10 @@ from cnnlab.models import create_model
 from cnnlab.recipe import load_recipe
 from cnnlab.sweeps import inside
 from cnnlab.sweeps.inside import inside_groups
-from cnnlab.sweeps.report import groups
 from cnnlab.sweeps.results import load_trials
+from cnnlab.sweeps.statistics import groups
 from cnnlab.sweeps.study import SweepFolder
-from cnnlab.tasks import TargetSpec, task_class
+from cnnlab.tasks import Goal, TargetSpec, task_class
 from cnnlab.tasks.regression import RegressionConfig
 from tests.conftest import run_cli
 
@@ -305,6 +305,6 @@ def test_the_three_way_study_from_the_shell(folder, tmp_path, monkeypatch):
     assert "| setting = counts | 3 |" in report.stdout
     rows = load_trials(SweepFolder.open(path), None)
     labels = groups(rows, "setting")
-    assert len(inside_groups(rows, labels, "val.loss", "minimize")) == 3
+    assert len(inside_groups(rows, labels, "val.loss", Goal.MINIMIZE)) == 3
     monkeypatch.setattr(inside, "MAX_GROUPS", 2)  # a continuous parameter: not looked inside
     assert inside_groups(rows, labels, "val.loss", "minimize") == []

@@ -130,9 +130,14 @@ def test_monitor_must_name_a_reported_metric():
 
 
 def test_metric_goal():
-    assert metric_goal("val.cls.accuracy") == "max"
-    assert metric_goal("val.ink.rmse") == "min"
-    assert metric_goal("val.loss") == "min"
+    from cnnlab.tasks import Goal
+
+    assert metric_goal("val.cls.accuracy") is Goal.MAXIMIZE == "maximize"  # W&B's spelling
+    assert metric_goal("val.ink.rmse") is Goal.MINIMIZE
+    assert metric_goal("val.loss") is Goal.MINIMIZE
+    assert Goal.MAXIMIZE.better(0.9, 0.8) and Goal.MINIMIZE.better(0.1, 0.2)
+    assert not Goal.MINIMIZE.better(0.2, 0.2)
+    assert Goal.MINIMIZE.best([3, 1, 2], key=float) == 1 == -Goal.MINIMIZE.sign
 
 
 def test_cross_field_checks():

@@ -15,14 +15,16 @@ import yaml
 
 from cnnlab.errors import CnnlabError
 from cnnlab.sweeps.launch import sweep
-from cnnlab.sweeps.report import group_table, groups
 from cnnlab.sweeps.results import TrialRow, load_trials, with_runs
 from cnnlab.sweeps.select import pareto_front
 from cnnlab.sweeps.spec import load_sweep
+from cnnlab.sweeps.statistics import group_table, groups
 from cnnlab.sweeps.storage import open_storage
 from cnnlab.sweeps.study import SweepFolder
+from tests.browser import chromium, visit
 from tests.conftest import DEMO, ROOT, run_cli
 from tests.conftest import TINY as CONFTEST_TINY
+from tests.test_report import FIGURES_JS
 
 TINY = [*CONFTEST_TINY, "data.train_subset=1000", "train.threads=1"]  # a core per worker
 
@@ -63,7 +65,7 @@ def test_lambda_grid_then_select_and_report_from_the_shell(tmp_path):
     assert len({tuple(sorted(r.params.items())) for r in rows}) == 9  # each grid point once
     for r in rows:  # linked both ways
         link = json.loads((r.run.path / "trial.json").read_text())
-        assert link["trials"] == [r.number] and link["study"] == folder.meta()["study"]
+        assert link["trials"] == [r.number] and link["study"] == folder.meta().study
         assert not r.run.test_path.exists()  # the test set is not read during the sweep
 
     picked = run_cli("select", str(path), "--metric", "val.cls.accuracy",
@@ -93,8 +95,14 @@ def test_lambda_grid_then_select_and_report_from_the_shell(tmp_path):
     assert "mean ± std over trials" in page
     assert "<script src=" not in page and "<link" not in page  # self-contained, offline
     assert "best val.cls.accuracy" in page
-    for png in ("metric_vs_time", "parallel_coordinates", "importance", "learning_curves"):
+    charts = ("metric_vs_time", "parallel_coordinates", "importance", "learning_curves")
+    for png in charts:
         assert (path / f"{png}.png").stat().st_size > 5000
+    with chromium() as browser:  # every interactive chart drawn, nothing broken on the page
+        seen = visit(browser, (path / "report.html").as_uri(), FIGURES_JS)
+    assert not seen.console_errors and not seen.dialogs
+    drawn = {f["id"]: f["drawn"] and f["w"] > 300 for f in seen.value}
+    assert all(drawn[f"plot-{key}"] for key in charts), drawn
 
 
 def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):

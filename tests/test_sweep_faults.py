@@ -23,6 +23,7 @@ from cnnlab.sweeps.select import select
 from cnnlab.sweeps.storage import open_storage
 from cnnlab.sweeps.study import (
     INPUTS_ATTR,
+    Settings,
     SweepFolder,
     base_recipe,
     create_or_join,
@@ -79,7 +80,7 @@ def test_a_sweep_without_a_metric_ranks_by_train_monitor_and_says_so(finished):
         in said
     )
     meta = SweepFolder(path).meta()
-    assert (meta["metric"], meta["goal"]) == ("val.ink.rmse", "minimize")
+    assert (meta.metric, meta.goal) == ("val.ink.rmse", "minimize")
     rows = load_trials(SweepFolder(path), None)
     assert [r.state for r in rows] == ["complete", "complete"]
     best = min(rows, key=lambda r: r.value)
@@ -255,7 +256,8 @@ def race_to_start(tmp_path: Path, url: str | None = None) -> None:
     folders = []
     for i, high in enumerate(["0.003", "0.01"]):
         file = write(tmp_path, LR_GRID.replace("0.003", high), f"s{i}.yaml")
-        folders.append(create_or_join(tmp_path / f"m{i}", "race", base, file, None, {"trials": 2}))
+        settings = Settings(method="grid", metric="val.loss", goal="minimize", trials=2)
+        folders.append(create_or_join(tmp_path / f"m{i}", "race", base, file, None, settings))
     start = str(time.time() + 6)  # after every process has imported cnnlab
     procs = [
         (f, subprocess.Popen([sys.executable, "-c", JOIN, str(f.path), url or "", start,
@@ -310,7 +312,7 @@ def test_importance_errors_are_not_too_few_trials(finished, tmp_path, monkeypatc
     """Below 3 complete trials the page says "too few"; an error in Optuna is raised."""
     from optuna.importance import PedAnovaImportanceEvaluator
 
-    from cnnlab.sweeps.report import importances
+    from cnnlab.sweeps.statistics import importances
 
     folder = copy_of(finished, tmp_path)
     study = open_study(folder, None)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from cnnlab.data.batches import Splits
 from cnnlab.sweeps.results import TrialRow
+from cnnlab.tasks import Goal
 from cnnlab.viz import Chart, RunView
 from cnnlab.viz.confusion import confusion_charts, confusion_counts
 from cnnlab.viz.dead_units import alive_units, dead_table
@@ -36,7 +37,7 @@ class Group:
     charts: list[Chart] = field(default_factory=list)  # the best run's confusion views
 
 
-def inside_groups(rows: list[TrialRow], labels: list[str], metric: str, goal: str) -> list[Group]:
+def inside_groups(rows: list[TrialRow], labels: list[str], metric: str, goal: Goal) -> list[Group]:
     """Per group (in label order), the dead units of its best runs and its best run's
     confusion. Runs of one data section share one load of the data. Nothing when there are
     more than MAX_GROUPS groups: each would cost model loads and passes over the data."""
@@ -84,11 +85,11 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
 
 
-def _rank(row: TrialRow, metric: str, goal: str) -> float:
+def _rank(row: TrialRow, metric: str, goal: Goal) -> float:
     value = row.at_best_epoch().get(metric)
     if not isinstance(value, int | float):
         return float("inf")
-    return -value if goal == "maximize" else value
+    return -goal.sign * value
 
 
 def _view(row: TrialRow, data: dict[str, Splits]) -> RunView:

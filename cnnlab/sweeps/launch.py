@@ -11,6 +11,7 @@ from cnnlab.progress import console
 from cnnlab.recipe import apply_overrides, read_yaml, validate
 from cnnlab.sweeps.spec import load_sweep
 from cnnlab.sweeps.study import (
+    Settings,
     SweepFolder,
     base_recipe,
     check_joinable,
@@ -58,16 +59,16 @@ def sweep(
         spec = load_sweep(sweep_path, base, map_path)  # every check, before any trial
         check_data(validate(base, source="base recipe"))  # the data is there (headers only)
         total = _budget(spec, trials)
-        settings = {
-            "method": spec.method,
-            "metric": spec.metric,
-            "goal": spec.goal,
-            "trials": total,
-            "max_failures": max_failures,
-            "heartbeat": heartbeat,
-            "trial_processes": trial_processes,  # a resume or a joining worker keeps them
-            "storage": None if storage is None else _redact(storage),
-        }
+        settings = Settings(
+            method=spec.method,
+            metric=spec.metric,
+            goal=spec.goal,
+            trials=total,
+            max_failures=max_failures,
+            heartbeat=heartbeat,
+            trial_processes=trial_processes,  # a resume or a joining worker keeps them
+            storage=None if storage is None else _redact(storage),
+        )
         # An unreachable database, or a study in it started from other inputs, stops here,
         # before a folder is made.
         if storage is not None:
@@ -80,12 +81,12 @@ def sweep(
     for note in spec.notes:
         console.print(f"note: {note}")
     meta = folder.meta()
-    if trials is not None and resume and trials != meta["trials"]:
-        raise CnnlabError(f"--resume keeps the study's budget of {meta['trials']} trials")
-    processes = meta.get("trial_processes", 1)
+    if trials is not None and resume and trials != meta.trials:
+        raise CnnlabError(f"--resume keeps the study's budget of {meta.trials} trials")
+    processes = meta.trial_processes
     console.print(
         f"sweep {folder.path}: {spec.method} over {len(spec.params)} parameters, "
-        f"{meta['trials']} trials, {meta['goal']} {spec.metric}, {workers} worker(s)"
+        f"{meta.trials} trials, {meta.goal} {spec.metric}, {workers} worker(s)"
         + (f", {processes} processes a trial (torchrun)" if processes > 1 else "")
     )
     try:
@@ -113,9 +114,7 @@ def _work(folder: SweepFolder, storage: str | None, workers: int) -> None:
     from cnnlab.sweeps.worker import spawn_workers
 
     # Create the study here, once, rather than have N workers race to create it.
-    load_study(
-        folder, open_storage(storage, folder.path, folder.meta()["heartbeat"]), folder.spec()
-    )
+    load_study(folder, open_storage(storage, folder.path, folder.meta().heartbeat), folder.spec())
     bad = spawn_workers(folder, storage, workers)
     if bad:
         raise CnnlabError(f"{bad} of {workers} workers stopped early; see above, then --resume")
@@ -152,13 +151,11 @@ def summarize(folder: SweepFolder, storage: str | None) -> None:
     meta = folder.meta()
     done = [r for r in rows if r.state == "complete"]
     if done:
-        pick = max if meta["goal"] == "maximize" else min
+        pick = meta.goal.best
         best = pick(done, key=lambda r: r.value)
-        console.print(
-            f"best {meta['metric']} = {best.value:.4f}: trial {best.number} {best.run_dir}"
-        )
-    db = f" --storage {meta['storage']}" if meta.get("storage") else ""  # password redacted
+        console.print(f"best {meta.metric} = {best.value:.4f}: trial {best.number} {best.run_dir}")
+    db = f" --storage {meta.storage}" if meta.storage else ""  # password redacted
     console.print(
-        f"next: cnnlab select {folder.path} --metric {meta['metric']} --test{db} ; "
+        f"next: cnnlab select {folder.path} --metric {meta.metric} --test{db} ; "
         f"cnnlab report {folder.path}{db}"
     )

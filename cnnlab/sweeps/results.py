@@ -81,12 +81,12 @@ def open_study(folder: SweepFolder, storage_url: str | None):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     meta = folder.meta()
-    if storage_url is None and meta.get("storage"):
+    if storage_url is None and meta.storage:
         raise CnnlabError(
-            f"{folder.path}'s study lives in {meta['storage']}; give --storage with its URL"
+            f"{folder.path}'s study lives in {meta.storage}; give --storage with its URL"
         )
-    storage = open_storage(storage_url, folder.path, meta["heartbeat"])
-    return optuna.load_study(study_name=meta["study"], storage=storage)
+    storage = open_storage(storage_url, folder.path, meta.heartbeat)
+    return optuna.load_study(study_name=meta.study, storage=storage)
 
 
 def load_trials(folder: SweepFolder, storage_url: str | None, study=None) -> list[TrialRow]:

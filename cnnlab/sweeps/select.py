@@ -35,7 +35,7 @@ class Pick:
 
 
 def better(a: float, b: float, metric: str) -> bool:
-    return a > b if metric_goal(metric) == "max" else a < b
+    return metric_goal(metric).better(a, b)
 
 
 def pareto_front(points: list[dict[str, float]], metrics: list[str]) -> list[int]:

@@ -47,6 +47,7 @@ from cnnlab.recipe import (
     validate,
 )
 from cnnlab.sweeps.distributions import FORMS, Constant, Form, form_name
+from cnnlab.tasks import Goal
 
 METHODS = ("grid", "random", "bayes")
 # Keys that only W&B's agent or UI reads: accepted, ignored, and said so.
@@ -193,7 +194,7 @@ class SweepSpec:
 
     method: str
     metric: str  # a recipe metric, e.g. val.cls.accuracy
-    goal: str  # maximize | minimize
+    goal: Goal
     params: list[Param]
     constants: dict[str, Any]  # `value:` parameters, applied to every trial
     mapping: dict[str, MapEntry] = field(default_factory=dict)
@@ -208,7 +209,7 @@ class SweepSpec:
         """Whether a trial's value meets metric.target."""
         if self.target is None or value is None:
             return False
-        return value >= self.target if self.goal == "maximize" else value <= self.target
+        return self.goal.sign * value >= self.goal.sign * self.target
 
     @property
     def direction(self) -> str:
@@ -346,11 +347,12 @@ def _parse_metric(
     name = metric_map.get(str(raw["name"]), str(raw["name"]))
     goal = raw.get("goal")
     if goal is None:
-        goal = _goal(name)
-        if goal == "maximize":  # W&B's own default is minimize, whatever the metric
+        goal = metric_goal(name)
+        if goal is Goal.MAXIMIZE:  # W&B's own default is minimize, whatever the metric
             notes.append(f"metric.goal not given: maximizing {name} (W&B would minimize it)")
-    if goal not in ("maximize", "minimize"):
+    if goal not in tuple(Goal):
         raise CnnlabError(f"sweep file {source}: metric.goal {goal!r}; use maximize or minimize")
+    goal = Goal(goal)
     target = raw.get("target")
     if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))):
         raise CnnlabError(f"sweep file {source}: metric.target {target!r}; give a number")
@@ -364,17 +366,12 @@ def _default_metric(method: str, monitor: str, source: str) -> tuple[str, str, l
     if method == "bayes":
         raise CnnlabError(
             f"sweep file {source}: method bayes models the metric, so it needs one: add "
-            f"metric: {{name: {monitor}, goal: {_goal(monitor)}}} (or use method random)"
+            f"metric: {{name: {monitor}, goal: {metric_goal(monitor)}}} (or use method random)"
         )
-    goal = _goal(monitor)
-    verb = "maximizing" if goal == "maximize" else "minimizing"
+    goal = metric_goal(monitor)
+    verb = "maximizing" if goal is Goal.MAXIMIZE else "minimizing"
     note = f"no metric in the sweep file: {verb} the recipe's train.monitor, {monitor}"
     return monitor, goal, [note]
-
-
-def _goal(metric: str) -> str:
-    """The goal a metric's name implies (accuracy: maximize, loss: minimize)."""
-    return "maximize" if metric_goal(metric) == "max" else "minimize"
 
 
 def _parse_early_terminate(raw: Any, source: str, notes: list[str]) -> dict | None:

@@ -22,19 +22,44 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe import dump_recipe, upgrade_saved, validate
+from cnnlab.recipe import describe_error, dump_recipe, upgrade_saved, validate
 from cnnlab.runs import write_json, write_text
 from cnnlab.sweeps.spec import SweepSpec, load_sweep
+from cnnlab.tasks import Goal
 
 META = "sweep.json"
 INPUTS_ATTR = "cnnlab:inputs"  # study user attr: fingerprint() of what the study started from
 INPUTS_WAIT = 10.0  # seconds a joining worker waits for the study's creator to store them
 INPUT_NAMES = {"sweep": "sweep file", "recipe": "base recipe"}
+
+
+class Settings(BaseModel):
+    """How a sweep runs, decided when it starts (`cnnlab sweep`) and kept in sweep.json."""
+
+    model_config = ConfigDict(extra="ignore")  # a newer cnnlab's extra fields: read the rest
+
+    method: Literal["grid", "random", "bayes"]
+    metric: str  # a recipe metric, e.g. val.cls.accuracy
+    goal: Goal
+    trials: int = Field(ge=1)  # the study's budget, counted across workers
+    max_failures: int = Field(3, ge=1)  # consecutive failed trials that stop a worker
+    heartbeat: int = Field(10, ge=1)  # seconds between a running trial's heartbeats
+    trial_processes: int = Field(1, ge=1)  # torchrun processes per trial
+    storage: str | None = None  # the database URL, password redacted; None: the journal file
+
+
+class Meta(Settings):
+    """sweep.json: the settings, the study's name, and where and when the sweep began."""
+
+    study: str
+    sweep_file: str
+    created: str = ""
 
 
 @dataclass
@@ -62,8 +87,18 @@ class SweepFolder:
     def is_sweep(path: str | Path) -> bool:
         return (Path(path) / META).is_file()
 
-    def meta(self) -> dict[str, Any]:
-        return json.loads(self.meta_path.read_text())
+    def meta(self) -> Meta:
+        try:
+            return Meta.model_validate(json.loads(self.meta_path.read_text()))
+        except (ValueError, ValidationError) as err:
+            detail = (
+                describe_error(err.errors()[0], Meta, META)
+                if isinstance(err, ValidationError)
+                else str(err)
+            )
+            raise CnnlabError(
+                f"{self.meta_path} is damaged ({detail}); start the sweep anew in another --out"
+            ) from None
 
     def base(self) -> dict:
         """The saved base recipe (raw), readable whichever cnnlab version wrote it."""
@@ -81,7 +116,7 @@ class SweepFolder:
         path = self.path / run_dir
         if not within(self.runs_path, path):
             raise CnnlabError(
-                f"trial {trial}: its run_dir {run_dir!r} in study {self.meta()['study']!r} lies "
+                f"trial {trial}: its run_dir {run_dir!r} in study {self.meta().study!r} lies "
                 f"outside {self.runs_path}; cnnlab writes runs/<name> there, so someone else "
                 "wrote this value: check who writes to the study, or use another --study"
             )
@@ -117,7 +152,7 @@ def create_or_join(
     base: dict,
     sweep_file: Path,
     map_file: Path | None,
-    settings: dict[str, Any],
+    settings: Settings,
 ) -> SweepFolder:
     """A new sweep folder, or the existing one of the same named study (an earlier run of
     the same line made it): then its saved inputs must agree, or the workers, which read
@@ -128,22 +163,26 @@ def create_or_join(
     folder = SweepFolder(path)
     if folder.meta_path.is_file():
         saved = folder.meta()
-        if saved["study"] != (study or path.name):
+        if saved.study != (study or path.name):
             raise CnnlabError(
                 f"{path} holds study {saved['study']!r}, not {study!r}; choose another --out"
             )
-        started = fingerprint(folder.spec(), folder.base(), saved["trials"])
-        given = fingerprint(load_sweep(sweep_file, base, map_file), base, settings["trials"])
-        same_inputs(saved["study"], started, given)
+        started = fingerprint(folder.spec(), folder.base(), saved.trials)
+        given = fingerprint(load_sweep(sweep_file, base, map_file), base, settings.trials)
+        same_inputs(saved.study, started, given)
         return folder
     path.mkdir(parents=True, exist_ok=True)
     write_text(folder.recipe_path, yaml.safe_dump(base, sort_keys=False))
     shutil.copyfile(sweep_file, folder.sweep_path)
     if map_file is not None:
         shutil.copyfile(map_file, folder.map_path)
-    meta = {"study": study or path.name, "sweep_file": str(sweep_file), **settings}
-    meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_json(folder.meta_path, meta)
+    meta = Meta(
+        **settings.model_dump(),
+        study=study or path.name,
+        sweep_file=str(sweep_file),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    write_json(folder.meta_path, meta.model_dump(mode="json"))
     return folder
 
 
@@ -208,11 +247,11 @@ def load_study(folder: SweepFolder, storage, spec: SweepSpec, seed: int | None =
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # cnnlab says what happens itself
     meta = folder.meta()
-    mine = fingerprint(spec, folder.base(), meta["trials"])
+    mine = fingerprint(spec, folder.base(), meta.trials)
     how = {
-        "study_name": meta["study"],
+        "study_name": meta.study,
         "storage": storage,
-        "sampler": sampler_for(spec, meta["trials"], seed),
+        "sampler": sampler_for(spec, meta.trials, seed),
         "pruner": pruner_for(spec),
     }
     try:

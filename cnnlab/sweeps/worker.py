@@ -58,7 +58,7 @@ def trial_overrides(folder: SweepFolder, number: int, threads: int, device: str 
     """Settings every trial gets on top of its sampled parameters. A trial on several
     processes shares the worker's threads among them."""
     meta = folder.meta()
-    spec_metric, processes = meta["metric"], meta.get("trial_processes", 1)
+    spec_metric, processes = meta.metric, meta.trial_processes
     out = {
         "output_dir": str(folder.runs_path),
         "name": f"trial{number:04d}",
@@ -117,7 +117,7 @@ class Objective:
 
     def __post_init__(self):
         self.base = self.folder.base()
-        self.processes = self.folder.meta().get("trial_processes", 1)  # torchrun per trial
+        self.processes = self.folder.meta().trial_processes  # torchrun per trial
 
     def sample(self, trial) -> dict:
         """The trial's value of every parameter (each form samples its own way)."""
@@ -208,7 +208,7 @@ class Objective:
             link,
             {
                 "sweep": str(self.folder.path.resolve()),
-                "study": self.folder.meta()["study"],
+                "study": self.folder.meta().study,
                 "storage": self.storage_name,
                 "trials": [*numbers, trial.number],
             },
@@ -318,7 +318,7 @@ def run_worker(
 
     meta = folder.meta()
     spec = folder.spec()
-    storage = open_storage(storage_url, folder.path, meta["heartbeat"])
+    storage = open_storage(storage_url, folder.path, meta.heartbeat)
     # GridSampler's grid order must agree across workers: one seed. Random / TPE: seeded per
     # local worker (reproducible); unseeded with a shared database, where workers must differ.
     base_seed = validate(folder.base()).seed
@@ -327,7 +327,7 @@ def run_worker(
     else:
         seed = base_seed * 1000 + index if storage_url is None else None
     study = load_study(folder, storage, spec, seed)
-    trials, failures = meta["trials"], 0
+    trials, failures = meta.trials, 0
     objective = Objective(folder, spec, threads, device, redact(storage_url), trials, storage)
     while True:
         optuna.storages.fail_stale_trials(study)
@@ -340,14 +340,14 @@ def run_worker(
                   "no new trial starts", flush=True)  # fmt: skip
             return "done"
         if settled + pending >= trials and not waiting:
-            time.sleep(max(0.5, meta["heartbeat"] / 2))  # the rest runs elsewhere: watch it
+            time.sleep(max(0.5, meta.heartbeat / 2))  # the rest runs elsewhere: watch it
             continue
         study.optimize(objective, n_trials=1, catch=(Exception,))
         if objective.last_outcome == "surplus":
             continue
         _say(study.get_trials(deepcopy=False)[objective.last_number], index, spec)
         failures = failures + 1 if objective.last_outcome == "error" else 0
-        if failures >= meta["max_failures"]:
+        if failures >= meta.max_failures:
             return f"stopped after {failures} consecutive failed trials"
 
 

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection
 from cnnlab.tasks.classification import Classification
+from cnnlab.tasks.goal import Goal
 from cnnlab.tasks.meter import EpochMeter, evaluate, total_loss
 from cnnlab.tasks.pixel import PixelClassification
 from cnnlab.tasks.regression import Regression
@@ -43,10 +44,10 @@ def create_tasks(cfgs: dict[str, Any]) -> dict[str, Task]:
     return {name: task_class(cfg)(name, cfg) for name, cfg in cfgs.items()}
 
 
-def metric_goal(name: str) -> str:
-    """Whether a metric such as `val.cls.accuracy` improves upwards ("max") or downwards."""
+def metric_goal(name: str) -> Goal:
+    """Whether a metric such as `val.cls.accuracy` improves upwards or downwards."""
     ups = set().union(*(t.maximize for t in TASKS.values()))
-    return "max" if name.rsplit(".", 1)[-1] in ups else "min"
+    return Goal.MAXIMIZE if name.rsplit(".", 1)[-1] in ups else Goal.MINIMIZE
 
 
 def headline_metrics() -> set[str]:
@@ -57,6 +58,7 @@ def headline_metrics() -> set[str]:
 __all__ = [
     "TASKS",
     "EpochMeter",
+    "Goal",
     "TargetInfo",
     "TargetSpec",
     "Task",

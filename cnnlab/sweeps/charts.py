@@ -1,0 +1,145 @@
+"""The sweep report's charts as the figure layer's `Chart`s: each one's data is worked out
+once, then drawn twice from it, as a PNG (matplotlib, no pyplot) and as an interactive plotly
+chart for report.html.
+
+- the sweep metric against each trial's start time, with the best so far;
+- parallel coordinates: one line per trial across the parameters and the metric;
+- the parameters' importance for the sweep metric;
+- learning curves, one colour per group of trials.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import plotly.graph_objects as go
+from matplotlib import colormaps
+from matplotlib.collections import LineCollection
+
+from cnnlab.sweeps.results import TrialRow
+from cnnlab.sweeps.statistics import param_columns
+from cnnlab.tasks import Goal
+from cnnlab.viz.base import Chart, new_figure
+
+COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
+OUTCOME_COLOURS = {"complete": "#1f77b4", "pruned": "#ff7f0e"}
+
+
+def metric_vs_time(rows: list[TrialRow], metric: str, goal: Goal) -> Chart:
+    timed = sorted((r for r in rows if r.start and r.value is not None), key=lambda r: r.start)
+    points = {o: [r for r in timed if r.outcome == o] for o in OUTCOME_COLOURS}
+    done = points["complete"]
+    best = [goal.best((r.value for r in done[: i + 1]), key=float) for i in range(len(done))]
+
+    fig = new_figure(7, 4)
+    ax = fig.subplots()
+    pfig = go.Figure()
+    for outcome, sel in points.items():
+        xs, ys = [r.start for r in sel], [r.value for r in sel]
+        ax.scatter(xs, ys, s=14, label=outcome, color=OUTCOME_COLOURS[outcome])
+        pfig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=outcome,
+                                  marker={"color": OUTCOME_COLOURS[outcome]},
+                                  text=[_hover(r) for r in sel], hoverinfo="text+y"))  # fmt: skip
+    ax.step([r.start for r in done], best, where="post", color="black", label="best so far")
+    step = {"shape": "hv", "color": "black"}
+    pfig.add_trace(
+        go.Scatter(x=[r.start for r in done], y=best, mode="lines", line=step, name="best so far")
+    )
+    ax.set(xlabel="trial start", ylabel=metric, title=f"{metric} vs trial start")
+    ax.legend()
+    fig.autofmt_xdate()
+    pfig.update_layout(xaxis_title="trial start", yaxis_title=metric, height=420)
+    return Chart("metric_vs_time", f"{metric} vs trial start time", fig, plotly=pfig)
+
+
+def _hover(r: TrialRow) -> str:
+    return f"trial {r.number}<br>" + "<br>".join(f"{k}={v}" for k, v in r.params.items())
+
+
+def parallel(rows: list[TrialRow], metric: str, goal: Goal) -> Chart:
+    """Each axis a parameter (categorical ones by level) and last the metric; the PNG scales
+    each axis to its range and draws the best trials on top."""
+    done = [r for r in rows if r.value is not None]
+    axes: list[tuple[str, np.ndarray, list[str] | None]] = []  # (name, values, level names)
+    for name, values in param_columns(done).items():
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            axes.append((name, np.asarray(values, float), None))
+        else:
+            levels = sorted({str(v) for v in values})
+            axes.append((name, np.asarray([levels.index(str(v)) for v in values], float), levels))
+    axes.append((metric, np.asarray([r.value for r in done], float), None))
+
+    dims = [{"label": n, "values": v.tolist()} for n, v, _ in axes]
+    for dim, (_, _, levels) in zip(dims, axes, strict=True):
+        if levels is not None:
+            dim.update(tickvals=list(range(len(levels))), ticktext=levels)
+    metric_values = axes[-1][1]
+    line = {"color": metric_values.tolist(), "colorscale": "Viridis", "showscale": True}
+    pfig = go.Figure(go.Parcoords(dimensions=dims, line=line))
+    pfig.update_layout(height=460)
+
+    fig = new_figure(7, 4)
+    ax = fig.subplots()
+    if done:
+        scaled = np.stack([_unit(v) for _, v, _ in axes], axis=1)  # (trials, axes)
+        order = np.argsort(goal.sign * metric_values)  # the best drawn last, on top
+        xs = np.arange(len(axes))
+        segments = [np.column_stack([xs, scaled[i]]) for i in order]
+        colours = colormaps["viridis"](scaled[order, -1])
+        ax.add_collection(LineCollection(segments, colors=colours, alpha=0.6, linewidths=1))
+        ax.set_xticks(range(len(axes)), [n for n, _, _ in axes], rotation=20, fontsize=7)
+    ax.set(xlim=(-0.1, len(axes) - 0.9), ylim=(-0.05, 1.05), yticks=[],
+           xlabel="parameter", ylabel="scaled to its range",
+           title="parallel coordinates (each axis scaled to its range)")  # fmt: skip
+    return Chart("parallel_coordinates", "Parallel coordinates", fig, plotly=pfig)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    span = x.max() - x.min()
+    return (x - x.min()) / span if span else np.full_like(x, 0.5)
+
+
+def importance(imp: dict[str, float]) -> Chart:
+    names = list(imp)[::-1]  # the most important on top
+    values = [imp[n] for n in names]
+    fig = new_figure(6, 1 + 0.4 * len(names))
+    ax = fig.subplots()
+    ax.barh(names, values)
+    ax.set(xlabel="importance (PED-ANOVA)", ylabel="parameter", title="parameter importance")
+    pfig = go.Figure(go.Bar(x=values, y=names, orientation="h"))
+    pfig.update_layout(
+        xaxis_title="importance (PED-ANOVA)",
+        height=110 + 34 * len(names),  # the margins below plus one bar per parameter
+        margin={"l": 20, "r": 20, "t": 20, "b": 60},
+        yaxis={"automargin": True},  # long dotted names push the bars right, not off-page
+    )
+    return Chart("importance", "Parameter importance", fig, plotly=pfig)
+
+
+def curves(rows: list[TrialRow], labels: list[str], metric: str) -> Chart:
+    """One colour per group; in plotly one trace per group (curves joined by gaps), fast
+    with thousands of trials."""
+    lines: dict[str, list[list[tuple[int, float]]]] = defaultdict(list)
+    for r, label in zip(rows, labels, strict=True):
+        points = [(m["epoch"], m[metric]) for m in r.metrics if metric in m]
+        if points:
+            lines[label].append(points)
+    fig = new_figure(7, 4)
+    ax = fig.subplots()
+    pfig = go.Figure()
+    for i, (label, group) in enumerate(sorted(lines.items())):
+        colour = COLOURS[i % len(COLOURS)]
+        ax.add_collection(LineCollection(group, colors=colour, alpha=0.7, linewidths=1))
+        flat = np.asarray([p for pts in group for p in pts], float)
+        ax.plot(flat[:, 0], flat[:, 1], "o", ms=3, color=colour, label=label)  # 1-epoch runs too
+        xs = [x for pts in group for x in [*(p[0] for p in pts), None]]
+        ys = [y for pts in group for y in [*(p[1] for p in pts), None]]
+        pfig.add_trace(
+            go.Scatter(x=xs, y=ys, mode="lines+markers", name=label, line={"color": colour})
+        )
+    ax.autoscale()
+    ax.set(xlabel="epoch", ylabel=metric, title="learning curves")
+    ax.legend(fontsize=8)
+    pfig.update_layout(xaxis_title="epoch", yaxis_title=metric, height=420)
+    return Chart("learning_curves", "Learning curves", fig, plotly=pfig)

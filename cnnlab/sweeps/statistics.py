@@ -1,0 +1,130 @@
+"""The numbers a sweep's report shows: which parameters matter and how groups compare.
+
+Per trial, at its run's best epoch: each parameter's Pearson correlation with each
+validation metric (a categorical one per value, as W&B does), Optuna's PED-ANOVA importance
+for the sweep metric, and per group of trials (an outcome, a recipe field, a swept name, or
+"A > B") mean ± std of the summary metrics and of the training time.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+
+import numpy as np
+
+from cnnlab.recipe import flatten
+from cnnlab.sweeps.results import TrialRow
+
+
+def val_metrics(rows: list[TrialRow]) -> list[str]:
+    """Validation metrics every finished run reports, the sweep metric first."""
+    names: list[str] = []
+    for r in rows:
+        for k in r.at_best_epoch():
+            if k.startswith("val.") and k not in names:
+                names.append(k)
+    return names
+
+
+def param_columns(rows: list[TrialRow]) -> dict[str, list]:
+    """Each parameter's values over the rows (lists/dicts as text)."""
+    names = sorted({k for r in rows for k in r.params})
+    return {n: [_plain(r.params.get(n)) for r in rows] for n in names}
+
+
+def _plain(value):
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def correlations(rows: list[TrialRow], metrics: list[str]) -> list[tuple[str, list[float]]]:
+    """Pearson correlation of each parameter with each metric at the runs' best epochs.
+    A categorical parameter gives one row per value (is it this value: 0/1), as W&B does."""
+    best = [r.at_best_epoch() for r in rows]
+    table = []
+    for name, values in param_columns(rows).items():
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numeric:
+            columns = [(name, [float(v) for v in values])]
+        else:
+            columns = [
+                (f"{name} = {level}", [float(v == level) for v in values])
+                for level in sorted(set(values), key=str)
+            ]
+        for label, xs in columns:
+            table.append(
+                (label, [_pearson(xs, [b.get(m, math.nan) for b in best]) for m in metrics])
+            )
+    return table
+
+
+def _pearson(xs: list[float], ys: list[float]) -> float:
+    x, y = np.asarray(xs, float), np.asarray(ys, float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) < 3 or x.std() == 0 or y.std() == 0:
+        return math.nan
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def importances(study, metric: str) -> dict[str, float]:
+    """Optuna's PED-ANOVA importances of the parameters for the sweep metric; none (the page
+    says "too few trials") below 3 complete trials, where Optuna would only split the
+    importance evenly. Any error Optuna raises is a bug to see, not "too few"."""
+    import optuna
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 3:
+        return {}
+    return get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
+
+
+def groups(rows: list[TrialRow], group_by: str | None) -> list[str]:
+    """A label per row: by outcome, by one recipe field or swept parameter (a name the sweep
+    file samples, such as gsn_settings' `setting`), or A,B -> "A > B" / "=" / "<"."""
+    if not group_by:
+        return [r.outcome for r in rows]
+    fields = [f.strip() for f in group_by.split(",")]
+    labels = []
+    for r in rows:
+        flat = {**r.params, **flatten(r.recipe)}
+        if len(fields) == 1:
+            labels.append(f"{fields[0]} = {flat.get(fields[0])}")
+            continue
+        a, b = flat.get(fields[0]), flat.get(fields[1])
+        try:
+            sign = ">" if a > b else "<" if a < b else "="
+        except TypeError:
+            sign = "?"
+        labels.append(f"{fields[0]} {sign} {fields[1]}")
+    return labels
+
+
+SUMMARY = ("loss", "accuracy", "f1", "rmse", "mae")  # what a study table compares per group
+
+
+def group_table(
+    rows: list[TrialRow], labels: list[str], metrics: list[str]
+) -> tuple[list[str], list[list[str]]]:
+    """Per group, mean ± std over its trials of each summary metric (at each run's best
+    epoch) and of the training time: the table a study of settings × seeds reports."""
+    cols = [m for m in metrics if m.rsplit(".", 1)[-1] in SUMMARY]
+    members: dict[str, list[TrialRow]] = defaultdict(list)
+    for r, label in zip(rows, labels, strict=True):
+        members[label].append(r)
+    body = []
+    for label, group in sorted(members.items()):
+        cells = [label, str(len(group))]
+        cells += [_mean_std([r.at_best_epoch().get(m) for r in group]) for m in cols]
+        minutes = [sum(e.get("seconds", 0.0) for e in r.metrics) / 60 for r in group]
+        body.append([*cells, _mean_std(minutes, digits=2)])
+    return ["group", "trials", *cols, "training minutes"], body
+
+
+def _mean_std(values: list, digits: int = 4) -> str:
+    v = [x for x in values if isinstance(x, int | float) and math.isfinite(x)]
+    if len(v) < 2:
+        return f"{v[0]:.{digits}f}" if v else ""
+    return f"{statistics.mean(v):.{digits}f} ± {statistics.stdev(v):.{digits}f}"
