@@ -14,7 +14,7 @@ from scipy import stats
 
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import read_yaml
-from cnnlab.sweeps.spec import Param, flatten_parameters, parse_param
+from cnnlab.sweeps.parameters import Param, flatten_parameters, parse_param
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 DRAWS = 2000

@@ -133,9 +133,9 @@ early_terminate: {type: hyperband, max_iter: 27, s: 2, eta: 3}
         ("method: grid\nmetric: {name: val_acc}\nparameters: {model.blocks: {values: [2]}}",
          "metric 'val_acc' is not reported; choose one of: val.loss"),
         ("method: hyper\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}",
-         "method 'hyper'; use one of: grid, random, bayes"),
+         "method = 'hyper': Input should be 'grid', 'random' or 'bayes'"),
         ("method: grid\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
-         "run_caps: 3", "unsupported key 'run_caps'"),
+         "run_caps: 3", "unknown key 'run_caps'; valid keys here: method, metric"),
         ("method: grid\nmetric: {name: val.loss}\n"
          "parameters: {train.optimizer.lr: {min: 0.1, max: 1.0}}",
          "method grid needs a list of `values`"),
@@ -156,15 +156,17 @@ early_terminate: {type: hyperband, max_iter: 27, s: 2, eta: 3}
          "parameters: {train: {parameters: {optimizer: {lr: {min: 0.1, max: 1}}}}}",
          "'train.optimizer': no form in \\['lr'\\].*or nested `parameters`"),
         ("method: random\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
-         "early_terminate: {type: envelope}", "hyperband only"),
+         "early_terminate: {type: envelope}",
+         "early_terminate.type = 'envelope': Input should be 'hyperband'"),
         ("method: random\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
-         "early_terminate: {type: hyperband, max_iter: 27}", "give s >= 1"),
+         "early_terminate: {type: hyperband, max_iter: 27}",
+         "early_terminate: give min_iter, or max_iter with s >= 1"),
         ("method: random\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
          "early_terminate: {type: hyperband, min_iter: 1, eta: 1}",
-         "early_terminate.eta = 1; give a whole number >= 2"),
+         "early_terminate.eta = 1: Input should be greater than or equal to 2"),
         ("method: random\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
          "early_terminate: {type: hyperband, min_iter: 0}",
-         "early_terminate.min_iter = 0; give a whole number >= 1"),
+         "early_terminate.min_iter = 0: Input should be greater than or equal to 1"),
         ("method: random\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
          "early_terminate: {type: hyperband, eta: three}", "early_terminate.eta = 'three'"),
         ("method: bayes\nparameters: {train.optimizer.lr: {min: 0.001, max: 0.01}}",
