@@ -8,7 +8,6 @@ are grouped as "group:rest" (e.g. GSN's shape pair "circles+squares:5"), errors 
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from cnnlab.viz.base import Chart, new_figure, shorten
 from cnnlab.viz.run_view import RunView
@@ -20,6 +19,9 @@ TOP_PAIRS = 15
 
 def confusion_counts(truth: torch.Tensor, pred: torch.Tensor, n: int) -> torch.Tensor:
     """(n, n) int64, rows = true class, columns = predicted class."""
+    # imported here: torchmetrics' import costs seconds every command that never draws one
+    from torchmetrics.functional.classification import multiclass_confusion_matrix
+
     return multiclass_confusion_matrix(pred, truth, num_classes=n, validate_args=False).long()
 
 
