@@ -28,6 +28,7 @@ from cnnlab.models import MultiTaskModel, create_model, for_checkpoint, owns_inp
 from cnnlab.precision import Choice, choose
 from cnnlab.recipe import Recipe
 from cnnlab.tasks import TargetSpec, Task, create_tasks, total_loss
+from cnnlab.tasks.classification import Classification
 from cnnlab.tta import ViewAverage, run_views
 
 # --------------------------------------------------------------------------- device
@@ -210,6 +211,11 @@ def build(
     data section has loaded (a sweep's runs share it)."""
     keep_freed_memory()  # also when built from Python, not the command line
     tasks = check_data(recipe)  # a wrong target stops before any pixel is read
+    if recipe.train.calibrate and not any(isinstance(t, Classification) for t in tasks.values()):
+        raise CnnlabError(
+            "train.calibrate: the recipe has no classification task, and temperature scaling "
+            "calibrates class probabilities; set train.calibrate=false"
+        )
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     device = torch.device(device) if device is not None else resolve_device(recipe.train.device)

@@ -85,14 +85,11 @@ def train_in(
         trainer.leave_ranks()  # trained together; the test and report are rank 0's alone
         if not ranks.main:
             return run
-        if recipe.train.calibrate:  # measures the test set at its temperatures as well
-            result = calibrate_run(run.path, trainer.built.splits, trainer.device)
-            if recipe.train.progress:
-                console.print("\n".join(["calibrated (temperature scaling):", *summary(result)]))
+        calibrated = recipe.train.calibrate and _calibrate(trainer, run)
         # Sweep trials skip the test set: it must not drive a choice.
         metrics = {}
-        if recipe.train.test_at_end:
-            metrics = run.test_metrics() if recipe.train.calibrate else trainer.test()
+        if recipe.train.test_at_end:  # calibrating measured the test set at its temperatures
+            metrics = run.test_metrics() if calibrated else trainer.test()
         run.set_status("finished", epoch=trainer.state.epoch, best_epoch=trainer.state.best_epoch)
         if metrics and recipe.train.progress:
             print_metrics_table(metrics, "test metrics of the best checkpoint")
@@ -101,6 +98,18 @@ def train_in(
         return run
     finally:
         loggers.close(run.test_metrics())
+
+
+def _calibrate(trainer: Trainer, run: RunFolder) -> bool:
+    """train.calibrate after training; a failure leaves the trained run intact and says so."""
+    try:
+        result = calibrate_run(run.path, trainer.built.splits, trainer.device)
+    except CnnlabError as err:
+        print(f"warning: not calibrated ({err}); retry with: cnnlab calibrate {run.path}")
+        return False
+    if trainer.recipe.train.progress:
+        console.print("\n".join(["calibrated (temperature scaling):", *summary(result)]))
+    return True
 
 
 def write_run_report(run: RunFolder) -> None:

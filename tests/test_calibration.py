@@ -141,3 +141,14 @@ def test_test_metrics_report_calibration_error_without_calibrating(tiny):
     assert len(chart.extra["states"]) == 1
     assert chart.extra["states"][0]["ECE"] == round(tested["test.cls.ece"], 4)
     assert np.isclose(chart.extra["temperature"], 1.0)
+
+
+def test_train_calibrate_without_a_classification_stops_before_a_run_folder(tiny, tmp_path):
+    recipe = tiny(
+        "tasks={ink: {type: regression, target: ink}}",
+        "train.monitor=val.ink.rmse",
+        "train.calibrate=true",
+    )
+    with pytest.raises(CnnlabError, match="train.calibrate: the recipe has no classification"):
+        train(recipe)
+    assert not (tmp_path / "runs").exists()
