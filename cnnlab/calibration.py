@@ -87,7 +87,9 @@ def calibrate_run(
         raise CnnlabError(f"calibrate: {run.path} has no checkpoints/best.pt; train it first")
     saved = load_checkpoint(run.best_path)
     recipe = run.recipe()
-    built = build(recipe, saved, device=device or "cpu", weights="judged", splits=splits)
+    built = build(
+        recipe, saved, device=device, weights="judged", splits=splits
+    )  # None: the recipe's
     with run.lock():
         result = fit(built, test=recipe.train.test_at_end)
         saved["temperature"] = {name: r["temperature"] for name, r in result.items()}
