@@ -87,9 +87,8 @@ def calibrate_run(
         raise CnnlabError(f"calibrate: {run.path} has no checkpoints/best.pt; train it first")
     saved = load_checkpoint(run.best_path)
     recipe = run.recipe()
-    built = build(
-        recipe, saved, device=device, weights="judged", splits=splits
-    )  # None: the recipe's
+    # device None: the recipe's (a GPU when there is one)
+    built = build(recipe, saved, device=device, weights="judged", splits=splits)
     with run.lock():
         result = fit(built, test=recipe.train.test_at_end)
         saved["temperature"] = {name: r["temperature"] for name, r in result.items()}
