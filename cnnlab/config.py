@@ -25,4 +25,4 @@ class HeadConfig(Section):
 
     hidden: list[PositiveInt] = [128]  # hidden layer sizes of the MLP head; [] = linear head
     dropout: float = Field(0.3, ge=0.0, lt=1.0)  # before every linear layer of the head
-    activation: Activation = "relu"
+    activation: Activation = "relu"  # after every hidden layer

@@ -55,9 +55,9 @@ OPTIMIZER_FIELDS: dict[str, tuple[str, ...]] = {
 
 
 class OptimizerConfig(Section):
-    name: Literal["sgd", "adam", "adamw"] = "adamw"
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    name: Literal["sgd", "adam", "adamw"] = "adamw"  # torch.optim's optimizer of that name
+    lr: float = Field(1e-3, gt=0.0)  # learning rate (the peak rate under onecycle)
+    weight_decay: float = Field(0.0, ge=0.0)  # L2 penalty (adamw: decoupled decay)
     # null = the optimizer's default (cnnlab/optim.py). Unset fields stay null in the saved
     # recipe.yaml, so it validates again on --resume and under a sweep that changes `name`.
     momentum: float | None = Field(None, ge=0.0, lt=1.0)  # sgd only; null = 0.9
@@ -95,6 +95,8 @@ def check_nesterov_has_momentum(cfg: OptimizerConfig) -> None:
 
 
 class SchedulerConfig(Section):
+    # none = constant rate; step / multistep: lr *= gamma at intervals / milestones; onecycle:
+    # warm up to lr then anneal (per step); cosine: decay to 0 over the epochs (per step)
     name: Literal["none", "step", "multistep", "onecycle", "cosine"] = "none"
     step_size: int = Field(10, ge=1)  # step: epochs between decays
     # multistep: the epochs at which lr *= gamma
@@ -107,15 +109,15 @@ class SchedulerConfig(Section):
 class EarlyStoppingConfig(Section):
     patience: int | None = Field(None, ge=1)  # epochs without improvement; None = off
     metric: str | None = None  # validation metric to watch; None = train.monitor
-    min_delta: float = Field(0.0, ge=0.0)
+    min_delta: float = Field(0.0, ge=0.0)  # a change smaller than this is no improvement
 
 
 class TrainConfig(Section):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(1000, ge=1)
-    optimizer: OptimizerConfig = OptimizerConfig()
-    scheduler: SchedulerConfig = SchedulerConfig()
+    epochs: int = Field(10, ge=1)  # passes over the training split
+    batch_size: int = Field(64, ge=1)  # images per step (the global batch under torchrun)
+    eval_batch_size: int = Field(1000, ge=1)  # images per forward pass in validation / test
+    optimizer: OptimizerConfig = OptimizerConfig()  # which optimizer, its rate and settings
+    scheduler: SchedulerConfig = SchedulerConfig()  # how the learning rate changes over training
     grad_clip: float | None = Field(None, gt=0.0)  # max global grad norm; None = off
     # keep an exponential moving average of the weights (e.g. 0.999: about the last 1,000
     # steps); validation, the best checkpoint and the test use it. None = off
@@ -126,11 +128,11 @@ class TrainConfig(Section):
     # single-view. [] = off
     tta: list[Literal["hflip", "vflip", "rot90", "translate"]] = Field(default_factory=list)
     monitor: str = "val.loss"  # metric that picks the best checkpoint (goal inferred)
-    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()  # stop when a metric stalls
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     # bf16 = autocast, weights stay fp32; auto = the faster here (timed once, cached)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    channels_last: bool = True
+    channels_last: bool = True  # NHWC memory layout: faster convolutions on most hardware
     threads: int | None = Field(None, ge=1)  # CPU threads; None = all cores
     # under torchrun on GPUs: BatchNorm statistics over the global batch, not each rank's
     sync_bn: bool = False
@@ -161,12 +163,12 @@ class LogConfig(Section):
 
 class Recipe(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.\-]+$")  # run folder prefix
-    seed: int = 0
-    output_dir: str = "runs"
+    seed: int = 0  # seeds the split, initial weights, batch order and augmentation
+    output_dir: str = "runs"  # where run folders are made: <output_dir>/<name>-<time>
     data: DataConfig = default_data()  # the section of the source `data.source` names
     model: ModelConfig = CNNConfig()  # `backbone` picks the section; cnnlab backbones
-    tasks: dict[str, TaskConfig | None]
-    train: TrainConfig = TrainConfig()
+    tasks: dict[str, TaskConfig | None]  # name -> task; loss = Σ weight · task loss; null drops one
+    train: TrainConfig = TrainConfig()  # how the model is trained and evaluated
     log: LogConfig = LogConfig()  # optional dashboards; metrics.jsonl is always written
 
     @model_validator(mode="after")

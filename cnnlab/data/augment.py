@@ -47,17 +47,17 @@ class BrightnessConfig(Section):
 
 
 class ContrastConfig(Section):
-    p: float = Field(0.0, ge=0.0, le=1.0)
+    p: float = Field(0.0, ge=0.0, le=1.0)  # share of images changed; 0 = off
     max: float = Field(0.2, ge=0.0, le=1.0)  # scale around the image mean by U(1-max, 1+max)
 
 
 class NoiseConfig(Section):
-    p: float = Field(0.0, ge=0.0, le=1.0)
+    p: float = Field(0.0, ge=0.0, le=1.0)  # share of images changed; 0 = off
     std: float = Field(0.05, ge=0.0, le=1.0)  # Gaussian noise added to every pixel
 
 
 class EraseConfig(Section):
-    p: float = Field(0.0, ge=0.0, le=1.0)
+    p: float = Field(0.0, ge=0.0, le=1.0)  # share of images changed; 0 = off
     max_frac: float = Field(0.1, gt=0.0, le=1.0)  # one rectangle of up to this share, set to 0
 
 
@@ -66,10 +66,10 @@ class AugmentConfig(Section):
     translate: int = Field(2, ge=0, le=16)  # max shift in pixels (pad-and-crop); 0 = off
     vflip: bool = False  # random vertical flip, p = 0.5 per image
     rot90: bool = False  # turn by 0, 90, 180 or 270 degrees, uniformly (square images only)
-    brightness: BrightnessConfig = BrightnessConfig()
-    contrast: ContrastConfig = ContrastConfig()
-    noise: NoiseConfig = NoiseConfig()
-    erase: EraseConfig = EraseConfig()
+    brightness: BrightnessConfig = BrightnessConfig()  # shift every pixel of some images
+    contrast: ContrastConfig = ContrastConfig()  # scale some images around their mean
+    noise: NoiseConfig = NoiseConfig()  # add Gaussian noise to some images
+    erase: EraseConfig = EraseConfig()  # blank a random rectangle of some images
 
     def geometric(self) -> list[str]:
         """The geometric transforms this config turns on, in the order they are applied."""

@@ -39,7 +39,7 @@ class DataSection(Section):
     val_fraction: float = Field(0.1, gt=0.0, lt=0.9)  # stratified, carved from the training set
     train_subset: int | None = Field(None, ge=10)  # keep a stratified subset of training images
     test_subset: int | None = Field(None, ge=10)  # keep the first N test images (quick checks)
-    augment: AugmentConfig = AugmentConfig()
+    augment: AugmentConfig = AugmentConfig()  # whole-batch augmentation of training batches
     colorize: ColorizeConfig | None = None  # grey input, per-pixel colour classes (seed 001)
 
     # How each geometric transform (hflip, vflip, rot90, translate) changes this source's

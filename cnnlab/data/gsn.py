@@ -72,7 +72,7 @@ class GSNConfig(DataSection):
     """`data:` of a GSN recipe."""
 
     source: Literal["gsn"] = "gsn"
-    augment: GSNAugmentConfig = GSNAugmentConfig()
+    augment: GSNAugmentConfig = GSNAugmentConfig()  # all off by default; flips are label-aware
     label_maps: ClassVar[dict[str, LabelMap | None]] = {}  # filled in below, after the maps
     refused: ClassVar[dict[str, str]] = {"translate": "counts change when a shape is cut off"}
     # the last val_rows rows of labels.csv are the validation set, and (GSN has no test

@@ -73,12 +73,12 @@ class SkimagePhotosConfig(DataSection):
     }
     image_size: int = Field(32, ge=8, le=256)  # side of every crop, in pixels
     train_images: int = Field(8000, ge=10)  # crops in each split
-    val_images: int = Field(1000, ge=10)
-    test_images: int = Field(1000, ge=10)
+    val_images: int = Field(1000, ge=10)  # crops in the validation split
+    test_images: int = Field(1000, ge=10)  # crops in the test split
     crop_seed: int = Field(0, ge=0)  # where the crops lie; the same seed, the same bytes
     # a crop's side as a share of the shorter side of the photo's smallest band
     min_scale: float = Field(0.15, gt=0.0, le=1.0)
-    max_scale: float = Field(0.6, gt=0.0, le=1.0)
+    max_scale: float = Field(0.6, gt=0.0, le=1.0)  # the largest crop, as min_scale
 
     @model_validator(mode="after")
     def _scales_ordered(self) -> SkimagePhotosConfig:

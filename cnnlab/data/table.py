@@ -75,15 +75,15 @@ class Move(Section):
 class TargetColumn(Section):
     """One target of the table: its kind and where its values are."""
 
-    kind: Literal["category", "number", "vector", "mask"]
+    kind: Literal["category", "number", "vector", "mask"]  # a class, a value, values, a mask
     column: str | None = None  # category, number, mask: the column read
     columns: list[str] | None = None  # vector: the components, in this order
     classes: list[str] | None = None  # category: values in class order; mask: index names
     # vector only: how each geometric transform changes it; None = not declared (refused)
     hflip: Literal["same"] | Move | None = None
-    vflip: Literal["same"] | Move | None = None
-    rot90: Literal["same"] | Move | None = None
-    translate: Literal["same"] | None = None
+    vflip: Literal["same"] | Move | None = None  # as hflip, for a vertical flip
+    rot90: Literal["same"] | Move | None = None  # as hflip, for a quarter turn
+    translate: Literal["same"] | None = None  # a shift: same, or refused
 
     @model_validator(mode="after")
     def _columns_fit_kind(self) -> TargetColumn:
@@ -113,11 +113,11 @@ class TargetColumn(Section):
 class SplitColumn(Section):
     """Which rows are train, val and test, by the values of one column (compared as text)."""
 
-    column: str
-    train: list[str] = Field(default_factory=lambda: ["train"])
+    column: str  # the column whose values say train, val or test
+    train: list[str] = Field(default_factory=lambda: ["train"])  # values meaning train
     # none of these present: validation is carved from train
     val: list[str] = Field(default_factory=lambda: ["val", "valid", "validation"])
-    test: list[str] = Field(default_factory=lambda: ["test"])
+    test: list[str] = Field(default_factory=lambda: ["test"])  # values meaning test
 
 
 class TableConfig(DataSection):
@@ -125,9 +125,9 @@ class TableConfig(DataSection):
 
     source: Literal["table"] = "table"
     table: str  # the CSV or Parquet file; relative to data.root when given, else to the cwd
-    image_column: str = "image"
-    targets: dict[str, TargetColumn] = Field(min_length=1)
-    split: SplitColumn | None = None
+    image_column: str = "image"  # the column of image paths (relative to the table's folder)
+    targets: dict[str, TargetColumn] = Field(min_length=1)  # target name -> columns it is read from
+    split: SplitColumn | None = None  # rows' split by a column; None: val and test carved
     # images become image_size x image_size; None: the first image's shorter side
     image_size: int | None = Field(None, ge=8)
     resize: Literal["crop", "squash"] = "crop"  # crop: the centre square of the shorter side

@@ -36,10 +36,10 @@ class CNNConfig(Section):
     filters: list[PositiveInt] | None = None  # per block; overrides base_filters + filter_org
     base_filters: int = Field(32, ge=1)  # filters of the first block
     filter_org: Literal["same", "double", "half"] = "double"  # how filters change per block
-    kernel_size: int = Field(3, ge=1, le=11)
-    convs_per_block: int = Field(1, ge=1, le=4)
-    activation: Activation = "relu"
-    batch_norm: bool = True
+    kernel_size: int = Field(3, ge=1, le=11)  # side of every conv's kernel, odd ("same" padding)
+    convs_per_block: int = Field(1, ge=1, le=4)  # convolutions before each pool
+    activation: Activation = "relu"  # after every conv
+    batch_norm: bool = True  # BatchNorm after every conv
     pool: int = Field(2, ge=1, le=4)  # max-pool kernel and stride; 1 = no pooling
     order: Literal["conv_bn_act", "conv_pool_act_bn"] = "conv_bn_act"  # see the module doc
     stem: Literal["pooled", "strided"] = "pooled"  # the first block's downsampling; see above
@@ -49,7 +49,7 @@ class CNNConfig(Section):
     # Dense layers (Linear → Act) shared by every head, after flattening: seed 003's network
     # ends in Linear(64·28·28 → 256) + ReLU that both of its heads read. [] = none.
     dense: list[PositiveInt] = Field(default_factory=list)
-    init: Literal["default", "kaiming"] = "kaiming"
+    init: Literal["default", "kaiming"] = "kaiming"  # kaiming: He normal weights; default: torch's
 
     @model_validator(mode="after")
     def _filters_match_blocks(self) -> CNNConfig:

@@ -30,9 +30,9 @@ class ColorizerConfig(Section):
     filters: int = Field(32, ge=1, le=1024)  # NF: the first conv's filters (then 2NF, 4NF)
     kernel_size: int = Field(3, ge=1, le=11)  # k of the encoder's convs, odd (padding k // 2)
     decoder_out: int | None = Field(None, ge=1)  # channels of the last transposed conv; None: NF
-    activation: Activation = "relu"
+    activation: Activation = "relu"  # after every conv and transposed conv
     batch_norm: bool = True  # after every conv and transposed conv but the heads'
-    init: Literal["default", "kaiming"] = "kaiming"
+    init: Literal["default", "kaiming"] = "kaiming"  # kaiming: He normal weights; default: torch's
 
     @model_validator(mode="after")
     def _odd_kernel(self) -> ColorizerConfig:

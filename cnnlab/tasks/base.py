@@ -27,7 +27,7 @@ class TaskSection(Section):
 
     target: str  # a target the dataset provides (fashion_mnist: label, ink)
     weight: float = Field(1.0, ge=0.0)  # lambda: the task's weight in the summed loss
-    head: HeadConfig = HeadConfig()
+    head: HeadConfig = HeadConfig()  # the MLP on the backbone's pooled features
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ NO_CLASS = -100  # a pixel without a class (a mask's 255): no loss, no metric; t
 
 class PixelClassificationConfig(TaskSection):
     type: Literal["pixel_classification"] = "pixel_classification"
-    loss: Literal["cross_entropy"] = "cross_entropy"
+    loss: Literal["cross_entropy"] = "cross_entropy"  # per pixel; unlabelled pixels left out
     stage: int = -1  # the backbone stage the head reads (`cnnlab backbones`); -1: the last
     # Each class's weight in the loss: none (all 1), balanced (the inverse of its share of the
     # training pixels, scaled to mean 1: rare colours count as much as the sky), or one per class.

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 class RegressionConfig(TaskSection):
     type: Literal["regression"] = "regression"
-    loss: Literal["mse", "smooth_l1", "l1"] = "mse"
+    loss: Literal["mse", "smooth_l1", "l1"] = "mse"  # on the standardized target if standardize
     standardize: bool = True  # learn (y - mean) / std of the training split; report in y's units
 
 
