@@ -11,6 +11,8 @@ from pathlib import Path
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 SWEEPS = RECIPES / "sweeps"
+# A recipe's first line may tell editors its schema (yaml-language-server, e.g. VS Code's YAML)
+MODELINE_PREFIX = "# yaml-language-server:"
 
 
 def _find(name: str | Path, folder: Path) -> Path:
@@ -31,7 +33,8 @@ def sweep_file(name: str | Path) -> Path:
 
 
 def _first_line(path: Path) -> str:
-    lines = path.read_text().splitlines()
+    """The file's first comment that says what it is (an editor's schema line is skipped)."""
+    lines = [x for x in path.read_text().splitlines() if not x.startswith(MODELINE_PREFIX)]
     return lines[0].lstrip("# ").strip() if lines else ""
 
 

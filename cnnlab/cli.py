@@ -99,6 +99,17 @@ def recipes() -> None:
 
 
 @app.command()
+def schema(imports: list[str] = Imports) -> None:
+    """Print the recipe's JSON Schema (with registered components), for editors and checks.
+
+    The shipped copy, cnnlab/recipes/recipe.schema.json, is this output."""
+    _import(imports)
+    from cnnlab.schema import schema_text
+
+    typer.echo(schema_text(), nl=False)
+
+
+@app.command()
 def datasets() -> None:
     """List the data sources a recipe can name in data.source."""
     from cnnlab.data import list_datasets
