@@ -331,7 +331,8 @@ def data_gsn(
     seed: int = typer.Option(1, help="the same seed writes the same bytes"),
     stats: bool = typer.Option(False, "--stats", help="print the generator's statistics"),
 ) -> None:
-    """Generate GSN (seed 003's shapes): img_NNNNN.png + labels.csv, the original format."""
+    """Generate GSN (Geometric Shape Numbers, the shape-counting data set of a reproduced
+    study): img_NNNNN.png + labels.csv, its original format."""
     import time
 
     from cnnlab.data import gsn_generator
@@ -462,7 +463,7 @@ def report(
     typer.echo(f"report: {build_report(path)}")
 
 
-# --------------------------------------------------------- viz + report (issue 4)
+# ---------------------------------------------------------------- viz + report
 
 
 @app.command()
@@ -505,10 +506,10 @@ def count(
     ),
     imports: list[str] = Imports,
 ) -> None:
-    """Per layer: output shape, parameters and MACs (measured two ways); the seed's formulas
-    (seed 001's for the colorizer, seed 002's for the plain CNN)."""
+    """Per layer: output shape, parameters and MACs (measured two ways), beside the closed-form
+    counts the reproduced reports derived (the colorizer's; a plain CNN's)."""
     _import(imports)
-    from cnnlab.closed_forms import closed_forms, seed_for
+    from cnnlab.closed_forms import WHOSE, closed_forms, seed_for
     from cnnlab.count import count_recipe, parse_input
     from cnnlab.progress import print_table
     from cnnlab.recipe import load_recipe
@@ -527,25 +528,26 @@ def count(
     header = ["layer", "kind", "output", "parameters", "MACs (shapes)", "MACs (FLOP counter)"]
     print_table(header, rows, f"{parsed.name}: one {'×'.join(map(str, shape))} image")
     seed = seed_for(model)
+    whose = WHOSE[seed]
     try:
         forms = closed_forms(seed, parsed, model, costs, shape)
     except CnnlabError as err:
-        typer.echo(f"seed {seed}'s formulas do not apply: {err}")
+        typer.echo(f"the formulas of {whose} do not apply: {err}")
         return
     if not forms.terms:
         return
     written = any(t.expr for t in forms.terms)  # the formula as the seed wrote it, then its value
-    header = ["layer", "", f"seed {seed}'s formula", *(["value"] * written), "measured", "agrees"]
+    header = ["layer", "", "formula", *(["value"] * written), "measured", "agrees"]
     rows = [
         [t.layer, t.what, *([t.expr] * written), _number(t.formula), f"{t.measured:,}",
          "yes" if t.agrees else f"no: {t.why or 'differs'}"]
         for t in forms.terms
     ]  # fmt: skip
-    print_table(header, rows, f"seed {seed}'s closed forms at {forms.at}")
+    print_table(header, rows, f"closed forms of {whose} at {forms.at}")
     extra = ", ".join(f"{name} {n:,}" for name, n in forms.outside)
     if len(forms.outside) > 1:
         extra += f" ({sum(n for _, n in forms.outside):,} in all)"
-    typer.echo(f"parameters outside seed {seed}'s formulas: {extra or 'none'}")
+    typer.echo(f"parameters outside the formulas of {whose}: {extra or 'none'}")
 
 
 def _number(x: float) -> str:

@@ -8,8 +8,8 @@ import torch
 
 from cnnlab.catalog import RECIPES
 from cnnlab.closed_forms import closed_forms, seed_for
-from cnnlab.closed_forms.seed001 import seed001_terms
-from cnnlab.closed_forms.seed002 import first_classifier, seed002_terms
+from cnnlab.closed_forms.colorizer_counts import colorizer_terms
+from cnnlab.closed_forms.plain_cnn_counts import first_classifier, plain_cnn_terms
 from cnnlab.count import count_recipe, measure, parse_input
 from cnnlab.errors import CnnlabError
 from cnnlab.models import BACKBONES, MultiTaskModel, create_backbone
@@ -42,7 +42,7 @@ def test_a_seed002_cnn_costs_what_seed002_derived():
     params, ops = seed002_totals(224)
     assert sum(p.numel() for p in model.parameters()) == params
     assert 2 * sum(c.macs for c in costs) == ops
-    terms = seed002_terms(costs, model, shape, "cls")
+    terms = plain_cnn_terms(costs, model, shape, "cls")
     assert len(terms) == 2 * 5 + 4 and all(t.agrees for t in terms), terms
 
 
@@ -64,7 +64,7 @@ def test_measure_counts_transposed_convolutions():
 def test_where_a_formula_disagrees_it_names_the_layer_and_the_term():
     recipe = load_recipe(DEMO, [*SEED002, "model.batch_norm=true"])
     model, shape, costs = count_recipe(recipe, (3, 100, 100))  # 100 is not a multiple of 32
-    terms = {(t.layer, t.what): t for t in seed002_terms(costs, model, shape, "cls")}
+    terms = {(t.layer, t.what): t for t in plain_cnn_terms(costs, model, shape, "cls")}
     bias = terms[("conv 2", "parameters")]
     assert bias.formula - bias.measured == M and "16 biases" in bias.why
     assert terms[("conv 1", "computations")].agrees  # 100×100 is exact for the first layer
@@ -77,7 +77,7 @@ def test_formulas_need_one_dense_layer():
     recipe = load_recipe(DEMO, [*SEED002, "tasks.cls.head.hidden=[64, 32]"])
     model, shape, costs = count_recipe(recipe, (3, 64, 64))
     with pytest.raises(CnnlabError, match=r"has 2 dense layers: set its head.hidden to one"):
-        seed002_terms(costs, model, shape, "cls")
+        plain_cnn_terms(costs, model, shape, "cls")
 
 
 @pytest.mark.parametrize("text", ["3x224", "0x8x8", "axbxc", "3*224*224"])
@@ -93,21 +93,23 @@ def test_cli_count_prints_the_layers_and_the_formulas():
     params, _ = seed002_totals(224)
     assert f"| total |  |  | {params:,} |" in out.stdout
     assert out.stdout.count("| yes |") == 14 and "| no:" not in out.stdout
-    assert "parameters outside seed 002's formulas: none" in out.stdout
+    assert (
+        "parameters outside the formulas of the iNaturalist report (seed 002): none" in out.stdout
+    )
 
 
 def test_formulas_are_for_the_plain_cnn_only():
     recipe = load_recipe(DEMO, ["model={backbone: resnet, n: 1}", "tasks.ink=null"])
     model, shape, costs = count_recipe(recipe, (3, 32, 32))
     with pytest.raises(CnnlabError, match="this model's backbone is a ResNet"):
-        seed002_terms(costs, model, shape, "cls")
+        plain_cnn_terms(costs, model, shape, "cls")
 
 
 def test_formulas_refuse_a_strided_stem():
     recipe = load_recipe(DEMO, ["model.stem=strided", "tasks.ink=null"])
     model, shape, costs = count_recipe(recipe, (1, 28, 28))
     with pytest.raises(CnnlabError, match="first block is one strided convolution"):
-        seed002_terms(costs, model, shape, "cls")
+        plain_cnn_terms(costs, model, shape, "cls")
 
 
 # ------------------------------------------------------------------ seed 001's colorizer
@@ -123,7 +125,7 @@ def seed001(overrides=(), size=32):
     """{(layer, quantity): term} of the shipped colorize recipe's real model at size×size."""
     recipe = load_recipe(COLORIZE, list(overrides))
     model, shape, costs = count_recipe(recipe, (1, size, size))
-    return {(t.layer, t.what): t for t in seed001_terms(costs, model, shape, "colour")}
+    return {(t.layer, t.what): t for t in colorizer_terms(costs, model, shape, "colour")}
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -241,14 +243,16 @@ def test_cli_count_puts_the_colorizer_beside_seed001s_formulas():
     text = out.stdout
     up = "| backbone.decoder.0.0 | ConvTranspose2d | 64×8×8 | 32,768 | 524,288 | 524,288 |"
     assert up in text  # both MAC columns: weights × the 4×4 input
-    assert "seed 001's closed forms at NIC 1, NF 32, k 5, NC 24, H×W 32×32" in text
-    assert "| layer |  | seed 001's formula | value | measured | agrees |" in text
+    at = "NIC 1, NF 32, k 5, NC 24, H×W 32×32"
+    assert f"closed forms of the colorization assignment (seed 001) at {at}" in text
+    assert "| layer |  | formula | value | measured | agrees |" in text
     assert "| conv 1 | weights | NF·NIC·k² | 800 | 800 | yes |" in text
     assert "| deconv 1 | MACs | 32NF²·HW/16 | 2,097,152 | 524,288 | no: seed 001 multiplies" in text
     assert text.count("4× fewer |") == 3 and text.count("| no:") == 4
     weights = "k²(NF·NIC + 10NF²) + 40NF² + 4NF·NC + NC²"
     assert f"| total | weights | {weights} | 301,408 | 301,408 | yes |" in text
-    assert "parameters outside seed 001's formulas: backbone.encoder.0.1 64," in text
+    outside = "parameters outside the formulas of the colorization assignment (seed 001): "
+    assert outside + "backbone.encoder.0.1 64," in text
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))

@@ -1,7 +1,10 @@
-"""The closed forms earlier seeds derived by hand, one small module per seed, each evaluated at
-the sizes of the model `cnnlab count` builds and put beside the measurement term by term.
+"""The closed-form counts that two reproduced reports derived by hand (the "seeds": the five
+experiment reports cnnlab reproduces), one small module per network, each evaluated at the
+sizes of the model `cnnlab count` builds and put beside the measurement term by term.
 
-Each seed described one kind of network (seed 001 its colorizer, seed 002 a plain CNN), so which
+Each report described one kind of network (the colorization assignment, seed 001, its
+encoder-decoder: `colorizer_counts`; the iNaturalist report, seed 002, a plain CNN of
+conv-activation-pool blocks: `plain_cnn_counts`), so which
 formulas apply is read from the built model's backbone, never from the recipe's text; formulas
 that do not describe the model say why instead of printing numbers that mean nothing. Kept apart
 from `cnnlab.count`, which only measures, so that no formula leaks into what is measured.
@@ -14,6 +17,12 @@ from dataclasses import dataclass
 from torch import nn
 
 from cnnlab.count import LayerCost, Term
+
+# Whose formulas each seed's are, for the lines `cnnlab count` prints.
+WHOSE = {
+    "001": "the colorization assignment (seed 001)",
+    "002": "the iNaturalist report (seed 002)",
+}
 
 
 @dataclass
@@ -38,18 +47,18 @@ def closed_forms(
     """The seed's terms beside the measured `costs`; none where the recipe has no task its
     output layer stands for. CnnlabError (saying why) where they do not describe the model."""
     if seed == "001":
-        from cnnlab.closed_forms import seed001
+        from cnnlab.closed_forms import colorizer_counts
 
-        task = seed001.pixel_task(model)
+        task = colorizer_counts.pixel_task(model)
         return Forms(
-            seed001.seed001_terms(costs, model, shape, task),
-            seed001.outside(costs, model, task),
-            str(seed001.sizes(model, shape, task)),
+            colorizer_counts.colorizer_terms(costs, model, shape, task),
+            colorizer_counts.outside(costs, model, task),
+            str(colorizer_counts.sizes(model, shape, task)),
         )
-    from cnnlab.closed_forms import seed002
+    from cnnlab.closed_forms import plain_cnn_counts
 
-    task = seed002.first_classifier(recipe)
+    task = plain_cnn_counts.first_classifier(recipe)
     if task is None:
         return Forms([], [])
-    terms = seed002.seed002_terms(costs, model, shape, task)
-    return Forms(terms, [(c.name, c.params) for c in seed002.outside(costs, terms, task)])
+    terms = plain_cnn_counts.plain_cnn_terms(costs, model, shape, task)
+    return Forms(terms, [(c.name, c.params) for c in plain_cnn_counts.outside(costs, terms, task)])

@@ -1,4 +1,5 @@
-"""Seed 001's closed forms for its colorizer, evaluated beside the measured model.
+"""Closed-form counts of the colorizer, derived by hand in the colorization assignment (seed
+001, one of the reproduced reports), evaluated beside the measured model.
 
 Seed 001 counted by hand, for its encoder-decoder (`cnnlab/models/colorizer.py`: three k×k
 conv-BN-ReLU-maxpool blocks of NF, 2NF, 4NF filters, three 2×2 stride-2 transposed convs
@@ -163,7 +164,7 @@ def sizes(model: nn.Module, input_shape: tuple[int, int, int], task: str) -> Siz
                  modules[classify].out_channels, h, w)  # fmt: skip
 
 
-def seed001_terms(
+def colorizer_terms(
     costs: list[LayerCost], model: nn.Module, input_shape: tuple[int, int, int], task: str
 ) -> list[Term]:
     """Per layer seed 001's weights, outputs and MACs beside the model's; then its totals.

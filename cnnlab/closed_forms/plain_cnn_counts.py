@@ -1,4 +1,5 @@
-"""Seed 002's closed forms for its plain CNN, evaluated beside the measured model.
+"""Closed-form counts of a plain CNN (the five-block CNN of the iNaturalist report, seed 002,
+or any number of blocks), evaluated beside the measured model.
 
 Seed 002 derived by hand the parameters and computations of a CNN of L conv-activation-maxpool
 blocks (m_i filters of k×k on an I×I×c input), one dense layer of n neurons and an output layer
@@ -15,7 +16,7 @@ from cnnlab.count import LayerCost, Term
 from cnnlab.errors import CnnlabError
 
 
-def seed002_terms(
+def plain_cnn_terms(
     costs: list[LayerCost], model: nn.Module, input_shape: tuple[int, int, int], task: str
 ) -> list[Term]:
     """Seed 002's per-layer terms with m_i filters of k×k, dense n, C classes, I×I×c input:
