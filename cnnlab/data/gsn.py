@@ -339,6 +339,6 @@ SOURCE = Source(
     describe=describe,
     load=load,
     locate=locate,
-    doc="GSN 28x28 binary shapes (seed 003): 135 pair classes, 6 counts; val = test",
+    doc="GSN (Geometric Shape Numbers) 28x28 binary shapes: 135 pair classes, 6 counts; val = test",
     stats=None,  # mean/std from a streaming pass over the run's training split
 )

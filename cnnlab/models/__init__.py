@@ -40,16 +40,20 @@ class BackboneEntry(NamedTuple):
 
 
 BACKBONES: dict[str, BackboneEntry] = {
-    "cnn": BackboneEntry(CNN, CNNConfig, "configurable Conv-BN-Act-Pool blocks (seeds 000-003)"),
+    "cnn": BackboneEntry(CNN, CNNConfig, "configurable Conv-BN-Act-Pool blocks"),
     "resnet": BackboneEntry(
-        ResNet, ResNetConfig, "CIFAR ResNet(n), depth 6n+2, option-A shortcuts (seed 004)"
+        ResNet, ResNetConfig, "CIFAR ResNet(n), depth 6n+2, option-A shortcuts (He et al. 2015)"
     ),
-    "plainnet": BackboneEntry(ResNet, PlainNetConfig, "ResNet(n) without shortcuts (seed 004)"),
+    "plainnet": BackboneEntry(
+        ResNet, PlainNetConfig, "ResNet(n) without shortcuts: the degradation baseline"
+    ),
     "colorizer": BackboneEntry(
-        Colorizer, ColorizerConfig, "3 conv-pool blocks, 3 transposed convs back up (seed 001)"
+        Colorizer,
+        ColorizerConfig,
+        "encoder-decoder: 3 conv-pool blocks, 3 transposed convs back up",
     ),
     "timm": BackboneEntry(
-        TimmBackbone, TimmConfig, "any timm model by model.name, ImageNet-pretrained (seed 002)"
+        TimmBackbone, TimmConfig, "any timm model by model.name, ImageNet-pretrained"
     ),
 }
 
