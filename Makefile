@@ -6,7 +6,7 @@ CNNLAB := $(VENV)/bin/cnnlab
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data postgres browser demo test lint bench clean
+.PHONY: setup data postgres browser demo test lint bench clean docs
 
 setup: $(STAMP)
 
@@ -45,7 +45,7 @@ demo: data
 
 # One pytest worker per core, a test file per worker (module fixtures stay shared): the
 # suite is mostly subprocesses, sleeps and small models, and takes 5 min instead of 6 on 2 cores.
-test: data browser postgres
+test: docs data browser postgres
 	$(VENV)/bin/pytest -q -n auto --dist loadfile
 
 # Headless Chromium for the report's browser test (tests/test_report.py) and readme-images:
@@ -60,6 +60,11 @@ browser:
 .PHONY: readme-images
 readme-images: browser $(if $(RUN),$(STAMP),data)
 	$(PY) -m docs.readme_images $(RUN)
+
+# The documentation site (mkdocs.yml) into site/: --strict, so a broken link or anchor, or a
+# reference page that cannot be generated from the code, fails the build (and `make test`).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs build --strict --quiet
 
 # ruff, then the layers contract in pyproject.toml: no module imports a layer above its own,
 # and no circle of imports anywhere in the package (import-linter)
