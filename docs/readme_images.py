@@ -1,4 +1,4 @@
-"""The pictures in README.md's "What a run gives" (docs/images/), made from a real run by
+"""The pictures of README.md and the docs site's pages (docs/images/), made from a real run by
 one command so that they can follow the report and the figures when those change.
 
     make readme-images                  # trains the demo recipe for 3 epochs, uses that run
