@@ -6,9 +6,10 @@ output elements × its input channels per group × its kernel area; a linear lay
 2 FLOPs). A transposed conv's MACs are its INPUT elements × its output channels per group ×
 its kernel area: every input pixel meets every weight once, whatever the output's size.
 
-The closed forms earlier seeds derived by hand live in `cnnlab.closed_forms`, one module per
-seed, and are evaluated beside this measurement as `Term`s; this module only measures, so a
-formula can never leak into what is measured.
+The closed forms that two of the reproduced reports (the "seeds") derived by hand live in
+`cnnlab.closed_forms`, one module per network they describe, and are evaluated beside this
+measurement as `Term`s; this module only measures, so a formula can never leak into what is
+measured.
 """
 
 from __future__ import annotations
