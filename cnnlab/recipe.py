@@ -55,6 +55,9 @@ OPTIMIZER_FIELDS: dict[str, tuple[str, ...]] = {
 
 
 class OptimizerConfig(Section):
+    """`train.optimizer`: which torch optimizer and its settings; each optional field only for
+    the optimizers that read it."""
+
     name: Literal["sgd", "adam", "adamw"] = "adamw"  # torch.optim's optimizer of that name
     lr: float = Field(1e-3, gt=0.0)  # learning rate (the peak rate under onecycle)
     weight_decay: float = Field(0.0, ge=0.0)  # L2 penalty (adamw: decoupled decay)
@@ -95,6 +98,8 @@ def check_nesterov_has_momentum(cfg: OptimizerConfig) -> None:
 
 
 class SchedulerConfig(Section):
+    """`train.scheduler`: how the learning rate changes over the epochs."""
+
     # none = constant rate; step / multistep: lr *= gamma at intervals / milestones; onecycle:
     # warm up to lr then anneal (per step); cosine: decay to 0 over the epochs (per step)
     name: Literal["none", "step", "multistep", "onecycle", "cosine"] = "none"
@@ -107,12 +112,17 @@ class SchedulerConfig(Section):
 
 
 class EarlyStoppingConfig(Section):
+    """`train.early_stopping`: stop when a validation metric has not improved for a while."""
+
     patience: int | None = Field(None, ge=1)  # epochs without improvement; None = off
     metric: str | None = None  # validation metric to watch; None = train.monitor
     min_delta: float = Field(0.0, ge=0.0)  # a change smaller than this is no improvement
 
 
 class TrainConfig(Section):
+    """`train`: the loop, its optimizer and schedule, the device and precision, what is kept
+    and what runs after training."""
+
     epochs: int = Field(10, ge=1)  # passes over the training split
     batch_size: int = Field(64, ge=1)  # images per step (the global batch under torchrun)
     eval_batch_size: int = Field(1000, ge=1)  # images per forward pass in validation / test
@@ -152,6 +162,8 @@ class TrainConfig(Section):
 
 
 class LogConfig(Section):
+    """`log`: dashboards that also receive each epoch's metrics."""
+
     wandb: bool = False  # also log to Weights & Biases (WANDB_MODE=offline works offline)
     tensorboard: bool = False  # TensorBoard event files in <run>/tensorboard
     mlflow: bool = False  # an MLflow run at $MLFLOW_TRACKING_URI (e.g. sqlite:///mlflow.db)

@@ -98,8 +98,9 @@ def type_of(prop: dict) -> str:
         return type_of(prop["allOf"][0])
     if "const" in prop:
         return code(json.dumps(prop["const"]))
-    if "enum" in prop:
-        return "one of the allowed"
+    if "enum" in prop:  # the values are in the allowed column; their kind here
+        kinds = {type(v).__name__ for v in prop["enum"]}
+        return " or ".join(sorted(kinds))
     kind = prop.get("type", "any")
     if kind == "array":
         if "prefixItems" in prop:
@@ -149,8 +150,8 @@ def default_of(prop: dict, required: bool) -> str:
 def section_page(anchor: str, where: str, section: dict) -> list[str]:
     title = "The top level" if anchor == "recipe" else where
     lines = [f"## {cell(title)} {{ #{anchor} }}", ""]
-    if anchor != "recipe":
-        lines += [f"Section `{anchor}`. {cell(section.get('description', ''))}", ""]
+    if anchor != "recipe" and section.get("description"):
+        lines += [cell(section["description"]), ""]
     lines += ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
     required = set(section.get("required", []))
     for key, prop in section.get("properties", {}).items():

@@ -42,26 +42,36 @@ UNCHANGED: dict[str, LabelMap | None] = dict.fromkeys(GEOMETRIC)
 
 
 class BrightnessConfig(Section):
+    """Shift every pixel of some images by one random amount."""
+
     p: float = Field(0.0, ge=0.0, le=1.0)  # share of images changed; 0 = off
     max: float = Field(0.1, ge=0.0, le=1.0)  # add U(-max, max) to every pixel of the image
 
 
 class ContrastConfig(Section):
+    """Scale some images around their mean."""
+
     p: float = Field(0.0, ge=0.0, le=1.0)  # share of images changed; 0 = off
     max: float = Field(0.2, ge=0.0, le=1.0)  # scale around the image mean by U(1-max, 1+max)
 
 
 class NoiseConfig(Section):
+    """Add Gaussian noise to some images."""
+
     p: float = Field(0.0, ge=0.0, le=1.0)  # share of images changed; 0 = off
     std: float = Field(0.05, ge=0.0, le=1.0)  # Gaussian noise added to every pixel
 
 
 class EraseConfig(Section):
+    """Blank one random rectangle of some images (random erasing)."""
+
     p: float = Field(0.0, ge=0.0, le=1.0)  # share of images changed; 0 = off
     max_frac: float = Field(0.1, gt=0.0, le=1.0)  # one rectangle of up to this share, set to 0
 
 
 class AugmentConfig(Section):
+    """`data.augment`: whole-batch augmentation of the training batches, on the device."""
+
     hflip: bool = True  # random horizontal flip, p = 0.5 per image
     translate: int = Field(2, ge=0, le=16)  # max shift in pixels (pad-and-crop); 0 = off
     vflip: bool = False  # random vertical flip, p = 0.5 per image

@@ -24,6 +24,8 @@ from cnnlab.models.layers import create_act, init_kaiming
 
 
 class ResNetConfig(Section):
+    """`model` of a CIFAR ResNet(n) (He et al. 2015, §4.2): three stages of n basic blocks."""
+
     backbone: Literal["resnet"] = "resnet"
     n: int = Field(3, ge=1, le=200)  # blocks per stage: depth 6n + 2 (3: 20, 9: 56, 18: 110)
     widths: tuple[PositiveInt, PositiveInt, PositiveInt] = (16, 32, 64)  # channels per stage
@@ -34,6 +36,8 @@ class ResNetConfig(Section):
 
 
 class PlainNetConfig(ResNetConfig):
+    """`model` of a PlainNet(n): ResNet(n)'s layers without the shortcuts."""
+
     backbone: Literal["plainnet"] = "plainnet"
 
     residual: ClassVar[bool] = False

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 
 class ClassificationConfig(TaskSection):
+    """A task that names one class per image."""
+
     type: Literal["classification"] = "classification"
     loss: Literal["cross_entropy"] = "cross_entropy"  # the only loss of a classification
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # 0.1: the true class gets 0.9 + 0.01

@@ -30,6 +30,8 @@ NO_CLASS = -100  # a pixel without a class (a mask's 255): no loss, no metric; t
 
 
 class PixelClassificationConfig(TaskSection):
+    """A task that names one class per pixel (a mask, or colorization's palette colours)."""
+
     type: Literal["pixel_classification"] = "pixel_classification"
     loss: Literal["cross_entropy"] = "cross_entropy"  # per pixel; unlabelled pixels left out
     stage: int = -1  # the backbone stage the head reads (`cnnlab backbones`); -1: the last

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 
 class RegressionConfig(TaskSection):
+    """A task that predicts a number, or a vector of numbers, per image."""
+
     type: Literal["regression"] = "regression"
     loss: Literal["mse", "smooth_l1", "l1"] = "mse"  # on the standardized target if standardize
     standardize: bool = True  # learn (y - mean) / std of the training split; report in y's units
