@@ -495,7 +495,7 @@ def test_cli_count_imports_a_module_from_the_current_folder(tmp_path, monkeypatc
     monkeypatch.setattr(sys, "path", list(sys.path))  # --import puts this folder on it
     out = CliRunner().invoke(app, ["--import", "my_components", "count", "recipe.yaml"])
     assert out.exit_code == 0, out.output
-    assert "backbone.net.conv1" in out.output and "seed 002's formulas do not apply" in out.output
+    assert "backbone.net.conv1" in out.output and "(seed 002) do not apply" in out.output
 
 
 def test_installed_entry_points_register_and_a_broken_one_is_one_warning(tmp_path):

@@ -130,7 +130,8 @@ def layers(model: nn.Module, task: str) -> list[tuple[Form, str, str]]:
     backbone = model.backbone
     if not isinstance(backbone, Colorizer):
         raise CnnlabError(
-            "they describe seed 001's colorizer (three conv blocks, three transposed convs); "
+            "they describe the colorization assignment's colorizer (three conv blocks, three "
+            "transposed convs); "
             f"this model's backbone is a {type(backbone).__name__}"
         )
     head = model.heads[task]

@@ -27,7 +27,8 @@ def plain_cnn_terms(
 
     if not isinstance(model.backbone, CNN):
         raise CnnlabError(
-            "they describe seed 002's plain CNN (conv-activation-pool blocks, one dense layer); "
+            "they describe the iNaturalist report's plain CNN (conv-activation-pool blocks, one "
+            "dense layer); "
             f"this model's backbone is a {type(model.backbone).__name__}"
         )
     if model.backbone.blocks[0][0].stride != (1, 1):
@@ -39,7 +40,8 @@ def plain_cnn_terms(
     linears = [c for c in costs if c.kind == "Linear" and c.name.startswith(f"heads.{task}.")]
     if len(linears) != 2 or not convs:
         raise CnnlabError(
-            f"seed 002's formulas describe conv-act-pool blocks and one dense layer before the "
+            f"the iNaturalist report's formulas describe conv-act-pool blocks and one dense layer "
+            "before the "
             f"output; tasks.{task}.head has {len(linears) - 1} dense layers: set its "
             "head.hidden to one size, e.g. [256]"
         )

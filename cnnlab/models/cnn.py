@@ -65,8 +65,8 @@ class CNNConfig(Section):
             )
         if self.order == "conv_pool_act_bn" and self.convs_per_block > 1:
             raise ValueError(
-                "order conv_pool_act_bn has one conv per block (seed 004's CNN); "
-                "set convs_per_block: 1 or order: conv_bn_act"
+                "order conv_pool_act_bn has one conv per block (the CIFAR-10 CNN of the ResNet "
+                "study); set convs_per_block: 1 or order: conv_bn_act"
             )
         return self
 

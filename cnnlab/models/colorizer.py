@@ -57,7 +57,8 @@ class Colorizer(Backbone):
         if min(image_size) < 8:
             raise CnnlabError(
                 f"model.backbone colorizer halves the image three times; {image_size[0]}x"
-                f"{image_size[1]} is too small (8x8 at least; seed 001 uses 32 and 64)"
+                f"{image_size[1]} is too small (8x8 at least; the colorization assignment used "
+                "32 and 64)"
             )
         nf, k = cfg.filters, cfg.kernel_size
         enc = [in_channels, nf, 2 * nf, 4 * nf]
