@@ -99,11 +99,20 @@ def recipes() -> None:
 
 
 @app.command()
-def schema(imports: list[str] = Imports) -> None:
+def schema(
+    sweep: bool = typer.Option(False, "--sweep", help="the sweep file's schema instead"),
+    imports: list[str] = Imports,
+) -> None:
     """Print the recipe's JSON Schema (with registered components), for editors and checks.
 
-    The shipped copy, cnnlab/recipes/recipe.schema.json, is this output."""
+    The shipped copies, cnnlab/recipes/recipe.schema.json and (--sweep)
+    cnnlab/recipes/sweeps/sweep.schema.json, are this output."""
     _import(imports)
+    if sweep:
+        from cnnlab.sweeps.schema import sweep_schema_text
+
+        typer.echo(sweep_schema_text(), nl=False)
+        return
     from cnnlab.schema import schema_text
 
     typer.echo(schema_text(), nl=False)
