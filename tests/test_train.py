@@ -186,7 +186,7 @@ def test_cli_train_interrupt_resume_eval(tmp_path):
     """As a user: Ctrl-C mid-run, resume, eval; the result equals an uninterrupted run."""
     sets = [
         f"output_dir={tmp_path / 'runs'}",
-        "data.train_subset=6000",
+        "data.train_subset=2000",
         "data.test_subset=500",
         "model.base_filters=8",
         "train.epochs=3",
@@ -218,7 +218,7 @@ def test_cli_train_interrupt_resume_eval(tmp_path):
         timeout=300,
     )
     assert resume.returncode == 0, resume.stderr
-    steps = 6000 * 9 // 10 // 64 + 1  # the train split of 6,000 images in batches of 64
+    steps = 2000 * 9 // 10 // 64 + 1  # the train split of 2,000 images in batches of 64
     where = rf"epoch [123] of 3(, step \d+ of {steps}| from its start \([012] done\))"
     assert re.search(rf"resuming {run_dir} at {where}", resume.stdout), resume.stdout
     evaluated = subprocess.run(
