@@ -30,17 +30,45 @@ def small_model() -> torch.nn.Module:
     )  # fmt: skip
 
 
-def slowed_in(slow: str):
-    """A loss that costs 100 ms more per step in the `slow` precision: far above what a
-    busy machine adds to this model's sub-millisecond step."""
+def slowed_in(slow: str, seconds: float = 0.1, calls: list | None = None):
+    """A loss that costs `seconds` more per step in the `slow` precision (100 ms: far above
+    what a busy machine adds to this model's sub-millisecond step); `calls` collects the
+    precision of every step."""
 
     def loss_of(out: torch.Tensor) -> torch.Tensor:
         in_bf16 = torch.is_autocast_enabled("cpu")
+        if calls is not None:
+            calls.append("bf16" if in_bf16 else "fp32")
         if in_bf16 == (slow == "bf16"):
-            time.sleep(0.1)
+            time.sleep(seconds)
         return out.float().square().mean()
 
     return loss_of
+
+
+def test_a_precision_far_slower_is_rejected_after_one_warm_step():
+    """bf16 without bf16 hardware runs 12x slower: two steps of it settle the question."""
+    calls: list[str] = []
+    x = torch.randn(16, 1, 16, 16)
+    choice = precision.measure(torch.device("cpu"), small_model(), x, slowed_in("bf16", 0.1, calls))
+    assert choice.precision == "fp32" and calls.count("bf16") == 2
+    assert choice.images_per_s["fp32"] > precision.CLEAR * choice.images_per_s["bf16"]
+
+
+def test_precisions_close_together_are_timed_in_interleaved_rounds():
+    calls: list[str] = []
+    slow = slowed_in("bf16", 0.01, calls)
+
+    def loss_of(out: torch.Tensor) -> torch.Tensor:  # both slow, bf16 a bit more: 1.5x
+        time.sleep(0.02)
+        return slow(out)
+
+    choice = precision.measure(
+        torch.device("cpu"), small_model(), torch.randn(8, 1, 16, 16), loss_of
+    )
+    assert choice.precision == "fp32"
+    assert calls.count("bf16") == calls.count("fp32") > 2 + precision.ROUNDS  # warm-up + rounds
+    assert 1.2 < choice.images_per_s["fp32"] / choice.images_per_s["bf16"] < precision.CLEAR
 
 
 @pytest.mark.parametrize("slow", ["bf16", "fp32"])
