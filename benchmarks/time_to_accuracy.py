@@ -1,4 +1,4 @@
-"""Seconds of training until Fashion-MNIST test accuracy first reaches a target, per seed.
+"""Seconds and FLOPs of training until Fashion-MNIST test accuracy first reaches a target.
 
 Each seed trains the recipe as `cnnlab train` would (same Trainer, same run folder). After
 every epoch the weights the run is judged by (the average, when the recipe keeps one) are
@@ -7,6 +7,13 @@ itself picks its checkpoint on validation. The clock is the loop's own training 
 steps, not validation or this scoring). At the end the run's own test of its best
 checkpoint gives the final accuracy and ink RMSE.
 
+FLOPs are the arithmetic a host of any speed must do: images trained until the epoch that
+first reaches the target, times one training image's forward + loss + backward as torch's
+FLOP counter sees it on a real batch (the optimizer's few per weight left out, as FLOP
+counts of training usually are). Test-time views and validation are not training FLOPs.
+The demo's network costs about 46 MFLOP a training image, so an epoch of 57,088 images is
+about 2.6 TFLOP (10^12).
+
     .venv/bin/python benchmarks/time_to_accuracy.py [--recipe fashion_fast]
         [--seeds 0 1 2] [--target 0.93] [--set key=value ...]
 """
@@ -14,8 +21,12 @@ checkpoint gives the final accuracy and ink RMSE.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab.build import build
 from cnnlab.catalog import recipe_file
@@ -23,6 +34,23 @@ from cnnlab.experiment import train_in
 from cnnlab.loop import Trainer
 from cnnlab.recipe import load_recipe
 from cnnlab.runs import RunFolder, device_name
+from cnnlab.tasks.meter import total_loss
+
+
+def flops_per_image(trainer: Trainer) -> float:
+    """One training image's forward, loss and backward, counted on a copy of the model and
+    the first batch of a throwaway generator: the run itself is left untouched."""
+    model = copy.deepcopy(trainer.model).train()
+    gen = torch.Generator().manual_seed(0)
+    batch = trainer.recipe.train.batch_size
+    splits, recipe = trainer.splits, trainer.recipe
+    x, targets = next(splits.train_batches(batch, gen, recipe.data.augment, trainer.needed))
+    rng = torch.get_rng_state()
+    with FlopCounterMode(display=False) as counter, trainer.autocast():
+        total, _ = total_loss(trainer.tasks, model, model(x), targets)
+        total.backward()
+    torch.set_rng_state(rng)
+    return counter.get_total_flops() / x.shape[0]
 
 
 def one_seed(recipe_name: str, seed: int, target: float, sets: list[str], out: str) -> dict:
@@ -31,6 +59,8 @@ def one_seed(recipe_name: str, seed: int, target: float, sets: list[str], out: s
         [*sets, f"seed={seed}", f"output_dir={out}", "train.report=false", "train.progress=false"],
     )
     trainer = Trainer(build(recipe))
+    per_image = flops_per_image(trainer)
+    per_epoch = trainer.steps_per_epoch * recipe.train.batch_size * per_image
     curve: list[tuple[float, float]] = []  # (training seconds, test accuracy) per epoch
 
     def score(row: dict) -> None:
@@ -42,10 +72,13 @@ def one_seed(recipe_name: str, seed: int, target: float, sets: list[str], out: s
         train_in(trainer, run, on_epoch=score)
     final = run.test_metrics()  # the best checkpoint, with the recipe's test-time views
     one_view = trainer.measure(trainer.model, None)["test.cls.accuracy"]  # test() loaded best
-    reached = next((s for s, acc in curve if acc >= target), None)
+    first = next((i for i, (_, acc) in enumerate(curve) if acc >= target), None)
+    reached = None if first is None else curve[first][0]
     return {
         "seed": seed,
         "seconds_to_target": reached,
+        "tflop_to_target": None if first is None else (first + 1) * per_epoch / 1e12,
+        "tflop_per_epoch": per_epoch / 1e12,
         "train_seconds": trainer.state.elapsed,
         "epochs": len(curve),
         "accuracy": final["test.cls.accuracy"],
@@ -64,20 +97,29 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.93)
     parser.add_argument("--set", dest="sets", action="append", default=[])
     args = parser.parse_args()
-    print(f"{args.recipe}: seconds of training to {args.target:.1%} test accuracy")
+    print(f"{args.recipe}: seconds and FLOPs of training to {args.target:.1%} test accuracy")
     rows = []
     with tempfile.TemporaryDirectory() as out:
         for seed in args.seeds:
             r = one_seed(args.recipe, seed, args.target, args.sets, out)
             rows.append(r)
-            to = f"{r['seconds_to_target']:.1f} s" if r["seconds_to_target"] else "not reached"
+            to = (
+                f"{r['seconds_to_target']:.1f} s, {r['tflop_to_target']:.3g} TFLOP"
+                if r["seconds_to_target"]
+                else "not reached"
+            )
             rmse = f"{r['rmse']:.4f}" if r["rmse"] is not None else "-"
             print(
                 f"seed {seed}: {to} (training {r['train_seconds']:.1f} s, {r['epochs']} epochs, "
                 f"{r['precision']}); final test accuracy {r['accuracy']:.2%} "
-                f"({r['one_view']:.2%} without test-time views), ink RMSE {rmse}"
+                f"({r['one_view']:.2%} without test-time views), ink RMSE {rmse}; "
+                f"{r['tflop_per_epoch']:.3g} TFLOP an epoch",
+                flush=True,
             )
             print("  per epoch:", "  ".join(f"{s:.0f}s {a:.2%}" for s, a in r["curve"]))
+    flops = [r["tflop_to_target"] for r in rows if r["tflop_to_target"] is not None]
+    if flops:
+        print(f"TFLOP to target: {', '.join(f'{f:.2f}' for f in flops)} (max {max(flops):.2f})")
     times = [r["seconds_to_target"] for r in rows]
     hit = [t for t in times if t is not None]
     median = statistics.median(t if t is not None else float("inf") for t in times)
