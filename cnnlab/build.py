@@ -249,7 +249,7 @@ def build(
 def saved_precision(saved: dict, recipe: Recipe) -> str:
     """The precision a checkpoint trained in (older ones: the recipe's, where definite)."""
     value = saved.get("precision", recipe.train.precision)
-    return value if value in ("fp32", "bf16") else "fp32"
+    return value if value in ("fp32", "bf16", "fp16") else "fp32"
 
 
 def choose_precision(

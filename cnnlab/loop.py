@@ -6,7 +6,7 @@ makes the run folder around it, tests the best checkpoint and writes the report.
 Determinism: the batch order and augmentation draws of epoch e come from a generator
 seeded with (seed, e); dropout uses torch's global generator. Both states go into every
 checkpoint, so a resumed run replays the uninterrupted one exactly (on the same device
-and thread count).
+and thread count). In fp16 the loss scaler's state goes in as well.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from cnnlab.ema import WeightAverage
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import measure
 from cnnlab.optim import build_optimizer, build_scheduler
-from cnnlab.precision import autocast_for
+from cnnlab.precision import autocast_for, scaler_for, tune_cuda
 from cnnlab.progress import EpochProgress
 from cnnlab.recipe import LogConfig, Recipe
 from cnnlab.runs import RunFolder, load_checkpoint, write_json
@@ -84,6 +84,11 @@ class Trainer:
         self.train_meter = EpochMeter(self.tasks, self.device, detailed=False)
         self.val_meter = EpochMeter(self.tasks, self.device)
         self.autocast = autocast_for(self.device, self.precision.precision)
+        self.scaler = scaler_for(self.device, self.precision.precision)
+        # steps the scaler skipped this epoch (gradients overflowed): counted on the device
+        self.skipped = torch.zeros((), dtype=torch.int64, device=self.device)
+        if self.device.type == "cuda":
+            tune_cuda()
         if feature_cache.applies(self.model, getattr(recipe.model, "cache_features", False)):
             self._cache_features(recipe)
         # what trains: the model itself, or DDP's wrapper, which averages the gradients
@@ -138,11 +143,13 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         trained = {"train_model": self.model.state_dict()} if self.ema else {}
+        scaled = {"scaler": self._scaler_state()} if self.scaler else {}  # fp16 only
         return {
             "model": self.judged.state_dict(),
             **trained,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            **scaled,
             "train_meter": self.train_meter.state_dict(),
             "loop": asdict(self.state),
             "rng": rng,
@@ -155,6 +162,11 @@ class Trainer:
             # what the model takes, (C, H, W): predictions on new images need no data set
             "input": [self.built.splits.in_channels, *self.built.splits.image_size],
         }
+
+    def _scaler_state(self) -> dict:
+        """The loss scale and its growth counter (plain numbers: weights_only loads them),
+        and the epoch's skipped steps so far, so a mid-epoch resume counts on."""
+        return {"state": self.scaler.state_dict(), "skipped": int(self.skipped.item())}
 
     def save_last(self, gen: torch.Generator | None = None) -> None:
         self.run.save_checkpoint(self.run.last_path, self.checkpoint(gen))
@@ -169,6 +181,9 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler and ckpt["scheduler"]:
             self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler and "scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler"]["state"])
+            self.skipped.fill_(ckpt["scaler"]["skipped"])
         self.train_meter.restore(ckpt["train_meter"])
         if not self.ranks.main:  # rank 0 saved its own share of a broken epoch's sums
             self.train_meter.reset()
@@ -238,6 +253,7 @@ class Trainer:
             torch.manual_seed(distributed.rank_seed(self.recipe.seed, st.epoch, self.ranks))
         if st.step == 0:
             self.train_meter.reset()
+            self.skipped.zero_()
         batches = self.splits.train_batches(
             cfg.batch_size, gen, self.recipe.data.augment, self.needed, st.step, self.data_state
         )
@@ -277,16 +293,34 @@ class Trainer:
             outputs = self.stepped(x)
             total, losses = total_loss(self.tasks, self.model, outputs, targets)
         self.optimizer.zero_grad(set_to_none=True)
-        (total if share == 1.0 else total * share).backward()
-        if clip := self.recipe.train.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self.optimizer.step()
+        loss = total if share == 1.0 else total * share
+        if self.scaler:
+            self._scaled_step(loss)
+        else:
+            loss.backward()
+            if clip := self.recipe.train.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.optimizer.step()
         if self.ema:
             self.ema.update()
         if self.scheduler and self.per_step:
             self.scheduler.step()
         self.train_meter.update(self.model, outputs, targets, total, losses)
         return total
+
+    def _scaled_step(self, loss: torch.Tensor) -> None:
+        """fp16's step: backward through the scaled loss, unscale (before clipping, which
+        must see true gradients), step unless the gradients overflowed. The scaler lowers
+        its scale exactly when it skipped, so comparing the scale tensors on the device
+        counts skipped steps with no wait for the device (no .item() per step)."""
+        self.scaler.scale(loss).backward()
+        if clip := self.recipe.train.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.scaler.step(self.optimizer)
+        before = self.scaler._scale.clone()  # the scale tensor itself: get_scale() would sync
+        self.scaler.update()
+        self.skipped += self.scaler._scale < before
 
     def leave_ranks(self) -> None:
         """Done training together: DDP's wrapper goes first, then the process group, while
@@ -302,15 +336,20 @@ class Trainer:
         if not torch.isfinite(total).item():
             where = f"epoch {self.state.epoch + 1}, step {self.state.step}"
             self.run.set_status("failed", reason=f"non-finite loss at {where}")
+            # fp16's scaler handles overflowing gradients; a non-finite loss is the forward
+            # pass itself overflowing fp16's range (65,504), which bf16 and fp32 do not
+            fix = "set train.precision=bf16 or fp32" if self.scaler else "set train.grad_clip"
             raise CnnlabError(
-                f"the loss became {total.item()} at {where}; lower train.optimizer.lr or set "
-                f"train.grad_clip (the last good checkpoint stays in {self.run.last_path.parent})"
+                f"the loss became {total.item()} at {where}; lower train.optimizer.lr or {fix} "
+                f"(the last good checkpoint stays in {self.run.last_path.parent})"
             )
 
     def _end_epoch(self, started: float, images_per_s: float) -> None:
         st = self.state
         distributed.add_up(self.train_meter.sums, self.ranks)  # each rank saw its shard
         row = {"epoch": st.epoch + 1, **self.train_meter.compute("train")}
+        if self.scaler:  # the same on every rank: each scaler saw the averaged gradients
+            row["train.skipped_steps"] = int(self.skipped.item())
         if not math.isfinite(row["train.loss"]):
             self._check_finite(torch.tensor(row["train.loss"]))
         row.update(self.validate())

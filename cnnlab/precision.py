@@ -6,8 +6,13 @@ fixed default is right. On a CPU, `auto` times a few forward + backward passes o
 run's own model on one real batch in each precision, interleaved so that a load change on
 the machine hits both alike, and keeps the faster. The answer is cached per machine,
 thread count, torch version, model and batch shape, so it costs a few seconds once.
-On a CUDA GPU bf16 is chosen where the device supports it (tensor cores make it faster
-everywhere it exists); elsewhere fp32.
+On a CUDA GPU nothing is timed: the device's compute capability decides (`for_gpu`).
+bf16 where the GPU computes it natively (8.0 and up: Ampere, Ada, Hopper, Blackwell);
+fp16 with loss scaling (`torch.amp.GradScaler`) on 7.x, whose tensor cores take fp16 but
+not bf16 (Volta, Turing); fp32 below 7.0, where there are no tensor cores and fp16
+arithmetic is slow or no faster (Pascal's GTX cards run it at 1/64 rate). On a CPU fp16 is
+never offered: its autocast is slow there and loss scaling buys nothing; bf16 or fp32 is.
+These GPU paths are tested with the capability faked, not yet on a real GPU.
 """
 
 from __future__ import annotations
@@ -25,13 +30,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-PRECISIONS = ("fp32", "bf16")
+from cnnlab.errors import CnnlabError
+
+PRECISIONS = ("fp32", "bf16")  # what `auto` times on a CPU (fp16: only on CUDA)
 MARGIN = 0.97  # bf16 must be at least 3 % faster: on a tie fp32 keeps its extra accuracy
 BUDGET_S = 6.0  # rough ceiling on the timed part, whatever the model costs
 ROUNDS = 5  # interleaved rounds; each precision's time is its fastest round (load only adds)
 WARMUP = 3  # untimed steps per precision: the first ones pick kernels and allocate
 CLEAR = 3.0  # one precision this many times slower on a warm step: no rounds needed
 
+HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}  # autocast's dtype per precision
 LossFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # model outputs -> scalar loss
 
 
@@ -39,16 +47,19 @@ LossFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # model outputs -> s
 class Choice:
     """The precision a run trains in, and why."""
 
-    precision: str  # fp32 | bf16
+    precision: str  # fp32 | bf16 | fp16
     how: str  # recipe | measured | cached | device | saved (a resumed or evaluated run's own)
     images_per_s: dict[str, float] | None = None  # forward + backward, per precision
+    reason: str | None = None  # how == "device": what about the GPU decided it
 
     def describe(self) -> str:
         if self.how in ("recipe", "saved"):
             why = "recipe" if self.how == "recipe" else "the one this run trained in"
             return f"precision: {self.precision} ({why})"
         if self.how == "device":
-            return f"precision: {self.precision} (auto: chosen by what the device supports)"
+            return (
+                f"precision: {self.precision} (auto: {self.reason or 'what the device supports'})"
+            )
         figures = ", ".join(f"{p} {v:,.0f}" for p, v in (self.images_per_s or {}).items())
         return f"precision: {self.precision} (auto, {self.how}: {figures} images/s)"
 
@@ -56,10 +67,41 @@ class Choice:
 def autocast_for(
     device: torch.device, precision: str
 ) -> Callable[[], contextlib.AbstractContextManager]:
-    """A zero-argument context factory: bf16 autocast, or nothing for fp32."""
-    if precision == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    """A zero-argument context factory: bf16 or fp16 autocast, or nothing for fp32."""
+    if precision in HALF:
+        return lambda: torch.autocast(device.type, dtype=HALF[precision])
     return contextlib.nullcontext
+
+
+def scaler_for(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """fp16's loss scaler, None otherwise. fp16 keeps 5 exponent bits: small gradients
+    underflow to zero unless the loss is scaled up first; the scaler unscales them before
+    the step, skips steps whose gradients overflowed and lowers the scale. bf16 has fp32's
+    exponent range and needs none."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+def for_gpu(capability: tuple[int, int], bf16_native: bool) -> tuple[str, str]:
+    """(precision, reason) for a CUDA GPU of this compute capability; `bf16_native`: the
+    device computes bf16 itself (torch.cuda.is_bf16_supported(including_emulation=False)),
+    not through fp32 emulation, which would be slower than fp32."""
+    cc = f"compute capability {capability[0]}.{capability[1]}"
+    if bf16_native:
+        return "bf16", f"{cc}: native bf16 tensor cores, fp32's range, no loss scaling"
+    if capability >= (7, 0):
+        return "fp16", f"{cc}: fp16 tensor cores but no native bf16; fp16 with loss scaling"
+    return "fp32", f"{cc}: no tensor cores, half precision would save memory but not time"
+
+
+def tune_cuda() -> None:
+    """What speeds up training on CUDA at little cost in accuracy: cuDNN times its
+    convolution algorithms once per input shape and keeps the fastest (every batch but the
+    last has one shape), and fp32 matrix products use TF32 tensor cores where the GPU has
+    them (8.0 and up; cuDNN's convolutions already do by default). The autotuned choice
+    may differ between sessions, so a resumed GPU run matches the uninterrupted one
+    closely, not bit for bit (cuDNN's default algorithms do not promise that either)."""
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")
 
 
 def cache_path() -> Path:
@@ -76,10 +118,18 @@ def choose(
 ) -> Choice:
     """The precision to train in. The measurement trains on one real batch `x` (B, C, H, W)
     with `loss_of(outputs)` as the loss."""
+    if requested == "fp16" and device.type == "cpu":
+        raise CnnlabError(
+            "train.precision=fp16 needs a CUDA GPU (fp16 autocast on a CPU is slow and its "
+            "loss scaling buys nothing); on a CPU set train.precision to bf16, fp32 or auto"
+        )
     if requested != "auto":
         return Choice(requested, "recipe")
     if device.type == "cuda":
-        return Choice("bf16" if torch.cuda.is_bf16_supported() else "fp32", "device")
+        capability = torch.cuda.get_device_capability(device)
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        chosen, reason = for_gpu(capability, native)
+        return Choice(chosen, "device", reason=reason)
     if device.type != "cpu":
         return Choice("fp32", "device")
     key = _cache_key(device, model, x)

@@ -1,8 +1,13 @@
-"""`train.precision: auto`: timed on the run's own model, cached, recorded, kept on resume."""
+"""`train.precision: auto`: timed on the run's own model on a CPU, cached, recorded, kept
+on resume; on a GPU decided by its compute capability (faked here: the decision runs on the
+CPU); fp16's loss scaler in the loop, its checkpoints and resume (on the CPU, which torch's
+fp16 autocast and GradScaler also serve). Tests marked `gpu` need a real CUDA GPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import time
 
 import pytest
@@ -10,9 +15,11 @@ import torch
 
 from cnnlab import precision
 from cnnlab.build import build
+from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
 from cnnlab.loop import Trainer
-from cnnlab.precision import Choice, choose
+from cnnlab.precision import Choice, choose, for_gpu, record
+from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, load_checkpoint
 from tests.test_train import comparable, interrupt_after
 
@@ -139,3 +146,152 @@ def test_the_run_records_its_choice_and_keeps_it_on_resume(tiny):
         "images_per_s": next(iter(cache.values()))["images_per_s"],
     }
     assert comparable(fresh) != comparable(resumed)  # the precision really changes results
+
+
+# ------------------------------------------------------------------- GPUs, faked
+
+
+def fake_gpu(monkeypatch, capability: tuple[int, int], bf16_native: bool) -> None:
+    """torch.cuda answering as a GPU of this capability would; bf16 asked without emulation."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        assert including_emulation is False, "emulated bf16 is slower than fp32: ask natively"
+        return bf16_native
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+
+
+@pytest.mark.parametrize(
+    ("capability", "native", "expected"),
+    [
+        ((7, 5), False, "fp16"),
+        ((8, 0), True, "bf16"),
+        ((9, 0), True, "bf16"),
+        ((6, 1), False, "fp32"),
+    ],
+)
+def test_auto_on_a_gpu_follows_its_compute_capability(monkeypatch, capability, native, expected):
+    """Turing (7.5): fp16 tensor cores, no bf16 -> fp16 with a scaler; Ampere (8.0) and
+    Hopper (9.0): native bf16; Pascal (6.1): no tensor cores -> fp32. Nothing is timed."""
+    fake_gpu(monkeypatch, capability, native)
+    choice = choose("auto", torch.device("cuda"), small_model(), torch.randn(2, 1, 16, 16), None)
+    assert (choice.precision, choice.how) == (expected, "device")
+    assert f"compute capability {capability[0]}.{capability[1]}" in choice.reason
+    assert choice.reason in choice.describe()
+    assert record(choice) == {"precision": expected, "how": "device", "reason": choice.reason}
+    assert not precision.cache_path().exists()
+
+
+def test_the_decision_is_a_pure_function_of_capability_and_native_bf16():
+    assert for_gpu((7, 0), False)[0] == "fp16"  # Volta
+    assert for_gpu((8, 6), True)[0] == "bf16"
+    assert for_gpu((8, 0), False)[0] == "fp16"  # bf16 not native (emulated): fp16 instead
+    assert for_gpu((5, 2), False)[0] == "fp32"
+
+
+def test_a_recipe_precision_is_kept_on_a_gpu(monkeypatch):
+    fake_gpu(monkeypatch, (7, 5), False)
+    assert choose("fp32", torch.device("cuda"), small_model(), None, None) == Choice(
+        "fp32", "recipe"
+    )
+    assert choose("fp16", torch.device("cuda"), small_model(), None, None).precision == "fp16"
+
+
+def test_fp16_on_a_cpu_is_one_clear_error(tiny):
+    recipe = tiny("train.precision=fp16")
+    assert recipe.train.precision == "fp16"  # the recipe accepts it: a GPU may run it
+    with pytest.raises(CnnlabError, match="fp16 needs a CUDA GPU.*set train.precision to bf16"):
+        build(recipe)
+    with pytest.raises(CnnlabError) as err:
+        choose("fp16", torch.device("cpu"), small_model(), None, None)
+    assert "\n" not in str(err.value)
+
+
+def test_tune_cuda_turns_on_cudnn_autotuning_and_tf32(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    before = torch.get_float32_matmul_precision()
+    try:
+        precision.tune_cuda()
+        assert torch.backends.cudnn.benchmark is True
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+# ------------------------------------------------------- fp16's loss scaler, on the CPU
+
+HUGE_SCALE = 2.0**24  # overflows fp16 gradients: the first steps are skipped, the scale halves
+
+
+def fp16_trainer(recipe: Recipe, run: RunFolder) -> Trainer:
+    """A Trainer in fp16 on the CPU: the recipe cannot ask for it there (choose refuses),
+    so the built run's precision is replaced, as a GPU's `auto` on 7.x would choose it.
+    The scaler starts so high that its first steps overflow and are skipped."""
+    trainer = Trainer(dataclasses.replace(build(recipe), precision=Choice("fp16", "device")), run)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=HUGE_SCALE)
+    return trainer
+
+
+def test_fp16_scales_counts_skipped_steps_and_resumes_exactly(tiny):
+    recipe = tiny("train.epochs=2", "data.train_subset=400", "train.scheduler.name=none")
+    reference = RunFolder.create(recipe)
+    whole = fp16_trainer(recipe, reference)
+    whole.fit()
+    rows = reference.read_metrics()
+    skipped = [r["train.skipped_steps"] for r in rows]
+    scale = whole.scaler.get_scale()
+    # the scale only halved (2,000 clean steps would be needed to grow it): once per skip
+    assert sum(skipped) == math.log2(HUGE_SCALE / scale) and skipped[0] > 0
+    assert all(math.isfinite(r["train.loss"]) for r in rows)  # overflowing grads: no error
+    assert skipped[1] < whole.steps_per_epoch  # the scale came down to where steps are taken
+    saved = load_checkpoint(reference.last_path)  # weights_only: plain numbers load
+    assert saved["precision"] == "fp16" and saved["scaler"]["state"]["scale"] == scale
+
+    run = RunFolder.create(recipe)
+    first = fp16_trainer(recipe, run)
+    interrupt_after(first, 3)  # mid-skipping: the epoch's count so far must be kept
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    mid = load_checkpoint(run.last_path)["scaler"]
+    assert mid["skipped"] == 3 and mid["state"]["scale"] == HUGE_SCALE / 8
+    resumed = train(recipe, resume=run.path)  # the saved precision: fp16, the saved scale
+    assert comparable(resumed) == comparable(reference)
+
+
+def test_runs_without_a_scaler_keep_the_checkpoint_format(tiny):
+    recipe = tiny("train.precision=fp32", "data.train_subset=200")
+    run = train(recipe)
+    saved = load_checkpoint(run.last_path)
+    assert "scaler" not in saved
+    assert "train.skipped_steps" not in run.read_metrics()[0]
+    # an fp16 trainer continuing from a checkpoint without a scaler starts a fresh one
+    trainer = fp16_trainer(recipe, run)
+    trainer.restore(saved)
+    assert trainer.scaler.get_scale() == HUGE_SCALE
+
+
+# ------------------------------------------------------------------- real GPUs
+
+gpu = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+@pytest.mark.parametrize("requested", ["auto", "fp16"])
+@gpu[0]
+@gpu[1]
+def test_a_real_gpu_trains_in_its_precision(tiny, requested):
+    """Not yet run on a real GPU: auto follows the device's capability, fp16 keeps its
+    scaler's state in the checkpoint, cuDNN autotunes."""
+    recipe = tiny("train.device=cuda", f"train.precision={requested}", "data.train_subset=400")
+    run = train(recipe)
+    env = json.loads((run.path / "env.json").read_text())
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    expected = for_gpu(torch.cuda.get_device_capability(), native)[0]
+    assert env["precision"]["precision"] == (expected if requested == "auto" else "fp16")
+    assert torch.backends.cudnn.benchmark is True
+    saved = load_checkpoint(run.last_path)
+    assert ("scaler" in saved) == (saved["precision"] == "fp16")
+    assert all(math.isfinite(r["train.loss"]) for r in run.read_metrics())
