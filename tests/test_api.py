@@ -23,7 +23,7 @@ FAST = {  # the demo recipe in seconds; test-time views stay on, as in the demo
     "model.base_filters": 8,
     "train.epochs": 1,
     "train.progress": False,
-    "train.threads": 2,
+    "train.threads": 1,
     "train.device": "cpu",
     "train.report": False,
     "train.ema_decay": None,  # 16 steps: an average would still be mostly the initial weights

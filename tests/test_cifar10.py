@@ -298,7 +298,7 @@ def test_train_and_eval_through_the_cli(folder, tmp_path):
     sets = [
         f"data.root={folder}", f"output_dir={tmp_path / 'runs'}", "train.epochs=1",
         "train.batch_size=20", "train.report=false", "train.progress=false",
-        "train.device=cpu", "train.threads=2", "train.precision=fp32",
+        "train.device=cpu", "train.threads=1", "train.precision=fp32",
         "model.filters=[8,8,8,8]", "tasks.cls.head.hidden=[16]",
     ]  # fmt: skip
     trained = run_cli("train", "cifar10_cnn", *(a for s in sets for a in ("--set", s)))

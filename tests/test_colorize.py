@@ -183,7 +183,7 @@ def test_pixel_accuracy_and_mean_iou_count_pixels():
 # ----------------------------------------------------------- the recipe, end to end
 
 QUICK = [
-    "train.epochs=1", "train.progress=false", "train.device=cpu", "train.threads=2",
+    "train.epochs=1", "train.progress=false", "train.device=cpu", "train.threads=1",
     "train.precision=fp32", "model.filters=8", "model.kernel_size=3",
 ]  # fmt: skip
 

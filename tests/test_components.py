@@ -355,7 +355,7 @@ def test_a_registered_source_and_task_train_together(tmp_path):
         "model": {"backbone": "twoconv", "width": 4},
         "tasks": {"kind": {"type": "label_regression", "target": "label"}, **TASKS},
         "train": {"epochs": 2, "progress": False, "report": False, "device": "cpu",
-                  "batch_size": 32, "precision": "fp32", "threads": 2},
+                  "batch_size": 32, "precision": "fp32", "threads": 1},
     }  # fmt: skip
     recipe = validate(raw)
     assert describe(recipe.data).shape == (1, 12, 12)

@@ -47,7 +47,7 @@ def test_real_fashion_mnist_shapes_and_targets():
     assert ds.test.images.shape == (10000, 1, 28, 28)
     assert torch.bincount(ds.train.targets["label"]).tolist() == [6000] * 10
     assert ds.classes["label"][0] == "T-shirt/top" and len(ds.classes["label"]) == 10
-    assert fm.CLASSES == list(fm.official().classes)  # the names written out are torchvision's
+    assert list(fm.official().classes) == fm.CLASSES  # the names written out are torchvision's
     # Images whose mean pixel is known by construction, scaled to [0, 1] as the model sees them.
     known = torch.zeros(4, 1, 28, 28, dtype=torch.uint8)
     known[1] = 255  # all white

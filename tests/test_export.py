@@ -65,7 +65,7 @@ def test_every_task_type_and_test_time_views_export(tmp_path):
     raw["data"]["table"] = str(tmp_path / "shapes" / "labels.csv")
     raw["model"]["filters"] = 4
     raw["tasks"]["counts"] = {"type": "regression", "target": "counts"}
-    raw["train"].update(tta=["hflip", "vflip", "rot90"], device="cpu", threads=2)
+    raw["train"].update(tta=["hflip", "vflip", "rot90"], device="cpu", threads=1)
     exported_agrees(load_recipe(raw), tmp_path, images=12)
 
 

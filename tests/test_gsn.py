@@ -231,7 +231,7 @@ def test_cli_train_on_gsn(folder, tmp_path):
             "batch_size": 16,
             "progress": False,
             "device": "cpu",
-            "threads": 2,
+            "threads": 1,
             "report": True,  # every figure, on a vector target too
             "monitor": "val.cls.accuracy",
         },

@@ -208,7 +208,7 @@ def test_cli_train_then_eval(tree, tmp_path):
             "progress": False,
             "device": "cpu",
             "precision": "fp32",
-            "threads": 2,
+            "threads": 1,
             "report": False,
             "monitor": "val.cls.accuracy",
         },

@@ -64,10 +64,12 @@ def test_a_precision_far_slower_is_rejected_after_one_warm_step():
 
 def test_precisions_close_together_are_timed_in_interleaved_rounds():
     calls: list[str] = []
-    slow = slowed_in("bf16", 0.01, calls)
+    slow = slowed_in("bf16", 0.02, calls)
 
-    def loss_of(out: torch.Tensor) -> torch.Tensor:  # both slow, bf16 a bit more: 1.5x
-        time.sleep(0.02)
+    # both slow, bf16 a bit more (1.5x): a busy machine would have to delay one bf16 step
+    # by 60 ms to make it look 3x slower
+    def loss_of(out: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.04)
         return slow(out)
 
     choice = precision.measure(
@@ -234,7 +236,9 @@ def fp16_trainer(recipe: Recipe, run: RunFolder) -> Trainer:
 
 
 def test_fp16_scales_counts_skipped_steps_and_resumes_exactly(tiny):
-    recipe = tiny("train.epochs=2", "data.train_subset=400", "train.scheduler.name=none")
+    # few images: fp16 runs many times slower than fp32 on a CPU
+    sets = ["data.train_subset=400", "data.test_subset=100", "train.scheduler.name=none"]
+    recipe = tiny("train.epochs=2", *sets)
     reference = RunFolder.create(recipe)
     whole = fp16_trainer(recipe, reference)
     whole.fit()

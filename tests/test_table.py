@@ -44,7 +44,7 @@ def recipe_dict(folder: Path, tmp_path: Path, **data) -> dict:
     raw = yaml.safe_load((Path(cnnlab.__file__).parent / "recipes/table_example.yaml").read_text())
     raw["data"].update({"table": str(folder / "labels.csv"), **data})
     raw["model"]["filters"] = 8
-    raw["train"].update(epochs=1, batch_size=32, progress=False, threads=2, device="cpu")
+    raw["train"].update(epochs=1, batch_size=32, progress=False, threads=1, device="cpu")
     raw["train"].update(report=False, precision="fp32")
     raw["tasks"]["counts"] = {"type": "regression", "target": "counts"}
     raw["output_dir"] = str(tmp_path / "runs")

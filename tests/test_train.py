@@ -191,7 +191,7 @@ def test_cli_train_interrupt_resume_eval(tmp_path):
         "model.base_filters=8",
         "train.epochs=3",
         "train.progress=false",
-        "train.threads=2",
+        "train.threads=1",
         "train.report=false",
     ]
     args = [sys.executable, "-m", "cnnlab.cli", "train", "fashion_multitask"]

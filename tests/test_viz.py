@@ -15,6 +15,7 @@ from torch import nn
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
 from cnnlab.models import BACKBONES
+from cnnlab.precision import autocast_for
 from cnnlab.viz import FIGURES, RunView, make_charts
 from cnnlab.viz.base import grid_shape
 from cnnlab.viz.confusion import (
@@ -226,7 +227,9 @@ def test_guided_backprop_figure_picks_the_most_exciting_image(view):
     (chart,) = make_charts(view, "guided-backprop", neurons=4)
     assert len(chart.extra["channels"]) == 4
     _, conv = last_conv(view.model)
-    acts = capture(view.model, {"c": conv}, view.batch("test", torch.arange(500)))["c"]
+    x = view.batch("test", torch.arange(500))
+    with autocast_for(view.device, view.precision)():  # the precision the figure predicts in
+        acts = capture(view.model, {"c": conv}, x)["c"]
     peaks = acts.amax(dim=(2, 3))  # (N, C)
     for c, i in zip(chart.extra["channels"], chart.extra["images"], strict=True):
         assert peaks[:, c].argmax().item() == i
