@@ -43,10 +43,10 @@ postgres:
 demo: data
 	$(CNNLAB) train fashion_fast
 
-# One pytest worker per core, a test file per worker (module fixtures stay shared): the
-# suite is mostly subprocesses, sleeps and small models, and takes 5 min instead of 6 on 2 cores.
+# One pytest worker per core, a test file per worker (module fixtures stay shared), one
+# thread per process (tests/conftest.py); the 15 slowest tests are listed at the end.
 test: docs data browser postgres
-	$(VENV)/bin/pytest -q -n auto --dist loadfile
+	$(VENV)/bin/pytest -q -n auto --dist loadfile --durations=15
 
 # Headless Chromium for the report's browser test (tests/test_report.py) and readme-images:
 # Debian's package, driven by Playwright from the dev extra (never `playwright install`).
