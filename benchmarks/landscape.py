@@ -72,7 +72,8 @@ def main() -> None:
         print(
             f"{name}: matrix products {peak / 1e9:6.1f} GFLOP/s; landscape {rate / 1e9:6.1f} "
             f"GFLOP/s = {rate / peak:.0%} of it; {per_point:.2f} s a point, 21 x 21 in "
-            f"{441 * per_point / 60:.1f} min"
+            f"{441 * per_point / 60:.1f} min",
+            flush=True,
         )
 
 

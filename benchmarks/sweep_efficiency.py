@@ -84,7 +84,7 @@ def main() -> None:
         costs.append(tpe[1] / grid[1])
         print(f"seed {seed}: grid best {grid[0]:.4f} ({grid[1]} trial-epochs, {grid[3]:.0f} s)  "
               f"tpe best {tpe[0]:.4f} ({tpe[1]} trial-epochs in {tpe[2]} trials, {tpe[3]:.0f} s)  "
-              f"gap {gaps[-1]:+.2f} pp  cost {costs[-1]:.0%}")  # fmt: skip
+              f"gap {gaps[-1]:+.2f} pp  cost {costs[-1]:.0%}", flush=True)  # fmt: skip
     gap, cost = statistics.median(gaps), statistics.median(costs)
     print(f"median gap {gap:+.2f} pp (bar <= 0.5), median cost {cost:.0%} of the grid's "
           "trial-epochs (bar <= 40%)")  # fmt: skip

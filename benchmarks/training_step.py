@@ -10,7 +10,13 @@ the machine hits both alike; each side's time is its fastest round.
 - cnnlab: the optimizer `build_optimizer` makes (fused Adam on the CPU) and cnnlab's Dropout.
 - torch defaults: `torch.optim.Adam` as a seed script writes it (foreach) and nn.Dropout.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/training_step.py [--steps 30] [--precision bf16]
+The precision is `auto`'s unless given: `cnnlab.precision.measure` on this model and batch,
+so a CPU without bf16 instructions (a loaded EPYC-C: a bf16 step 4.6 s, fp32 0.9 s; the
+default bf16 run would have taken over ten minutes) compares the two sides in fp32 and
+reports the slower precision from that measurement.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/training_step.py [--steps 30]
+        [--precision auto|fp32|bf16]
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from cnnlab.catalog import RECIPES
 from cnnlab.models import create_model
 from cnnlab.models.dropout import Dropout
 from cnnlab.optim import build_optimizer
+from cnnlab.precision import measure
 from cnnlab.recipe import load_recipe
 from cnnlab.runs import device_name
 from cnnlab.tasks import TargetSpec, create_tasks
@@ -52,17 +59,30 @@ def torch_dropouts(model: nn.Module) -> nn.Module:
     return model
 
 
-def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: str):
-    x = torch.rand(BATCH, 1, 28, 28)
-    y = torch.randint(0, 135, (BATCH,))
-    counts = torch.rand(BATCH, 6) * 9
+X = torch.rand(BATCH, 1, 28, 28)  # one batch for both sides and for the measurement
+Y = torch.randint(0, 135, (BATCH,))
+COUNTS = torch.rand(BATCH, 6) * 9
 
+
+def loss_of(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    return F.cross_entropy(out["cls"].float(), Y) + F.smooth_l1_loss(out["cnt"].float(), COUNTS)
+
+
+def pick_precision(model: nn.Module, requested: str) -> str:
+    """`auto`: the faster by `cnnlab.precision.measure`, whose one warm step per precision
+    settles a precision more than 3x slower without timing it further."""
+    if requested != "auto":
+        return requested
+    choice = measure(torch.device("cpu"), model, X, loss_of)
+    figures = ", ".join(f"{p} {v:,.0f}" for p, v in (choice.images_per_s or {}).items())
+    print(f"auto's measurement (forward + backward, images/s): {figures}", flush=True)
+    return choice.precision
+
+
+def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: str):
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = model(x)
-            loss = F.cross_entropy(out["cls"].float(), y) + F.smooth_l1_loss(
-                out["cnt"].float(), counts
-            )
+            loss = loss_of(model(X))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -74,11 +94,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=30, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     args = parser.parse_args()
     torch.manual_seed(0)
     ours, recipe = seed_003_model()
     theirs = torch_dropouts(copy.deepcopy(ours))
+    print(f"device: {device_name(torch.device('cpu'))}, threads: {torch.get_num_threads()}, "
+          f"batch {BATCH}", flush=True)  # fmt: skip
+    args.precision = pick_precision(ours, args.precision)
+    print(f"precision: {args.precision}", flush=True)
     sides = {
         "cnnlab": make_step(ours, build_optimizer(recipe.train.optimizer, ours), args.precision),
         "torch defaults": make_step(
@@ -91,14 +115,14 @@ def main() -> None:
         for _ in range(3):  # first steps allocate and pick kernels
             step()
     best = dict.fromkeys(sides, float("inf"))
-    for _ in range(args.rounds):
+    for round_ in range(args.rounds):
         for name, step in sides.items():
             start = time.perf_counter()
             for _ in range(args.steps):
                 step()
-            best[name] = min(best[name], (time.perf_counter() - start) / args.steps)
-    print(f"device: {device_name(torch.device('cpu'))}, threads: {torch.get_num_threads()}, "
-          f"{args.precision}, batch {BATCH}")  # fmt: skip
+            seconds = (time.perf_counter() - start) / args.steps
+            best[name] = min(best[name], seconds)
+            print(f"round {round_ + 1}, {name}: {seconds * 1000:.1f} ms per step", flush=True)
     for name, seconds in best.items():
         print(f"{name:>15}: {seconds * 1000:6.1f} ms per step, {BATCH / seconds:6.0f} images/s")
     ratio = best["torch defaults"] / best["cnnlab"]
