@@ -5,7 +5,11 @@ fastest thing the machine does: the same process first times square matrix produ
 fp32 and bf16, then fills a small grid of the seed 004 study's ResNet-20 (random weights:
 speed does not depend on them) on 2,000 Fashion-sized images exactly as `cnnlab landscape`
 does, in both precisions, and prints achieved FLOP/s as a share of the matrix-product rate,
-and what a 21 x 21 grid would take.
+and what a 21 x 21 grid would take. One warm batch per precision is timed first, as
+`train.precision: auto` does: a precision more than `CLEAR` (3) times slower than the
+other (bf16 on a CPU without bf16 instructions, where its grid ran past 5 minutes) is
+reported from that batch instead of filling the grid (or timing its matrix products: one
+2048 x 2048 bf16 product took 58 s there).
 
     .venv/bin/python benchmarks/landscape.py [--samples 2000] [--points 3] [--batch 500]
 """
@@ -25,10 +29,23 @@ from cnnlab.catalog import RECIPES
 from cnnlab.landscape.directions import filter_normalized
 from cnnlab.landscape.surface import Settings, Surface, fill
 from cnnlab.models import create_model
+from cnnlab.precision import CLEAR
 from cnnlab.recipe import load_recipe
 from cnnlab.runs import device_name
 
 RECIPE = RECIPES / "fashion_landscape.yaml"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def batch_seconds(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype) -> float:
+    """One forward of `x` after a warm one: enough to tell a precision several times slower
+    from the other without paying for its grid."""
+    bf16 = dtype is torch.bfloat16
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        model(x)
+        start = time.perf_counter()
+        model(x)
+        return time.perf_counter() - start
 
 
 def main() -> None:
@@ -49,7 +66,19 @@ def main() -> None:
     flops = counter.get_total_flops()  # per image, forward
     print(f"machine: {device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads")
     print(f"ResNet-20 forward: {flops / 1e6:.1f} MFLOP per image; {args.samples} images a point")
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    x = batches[0][0]
+    one = {name: batch_seconds(model, x, dtype) for name, dtype in DTYPES.items()}
+    for name, dtype in DTYPES.items():
+        if one[name] > CLEAR * min(one.values()):  # its matrix products too: 58 s each
+            rate = len(x) * flops / one[name]
+            print(
+                f"{name}: one warm batch {rate / 1e9:6.1f} GFLOP/s, "
+                f"{one[name] / min(one.values()):.1f}x the faster precision's time: reported "
+                f"from that batch, no grid or matrix products (a point ~ "
+                f"{one[name] * len(batches):.1f} s)",
+                flush=True,
+            )
+            continue
         peak = matmul_rate(dtype)
 
         def evaluate(m, dtype=dtype):
