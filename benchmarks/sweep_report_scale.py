@@ -24,7 +24,7 @@ from cnnlab.recipe import read_yaml
 from cnnlab.sweeps.report import build_report
 from cnnlab.sweeps.spec import apply_to
 from cnnlab.sweeps.storage import open_storage
-from cnnlab.sweeps.study import base_recipe, create_or_join
+from cnnlab.sweeps.study import Settings, base_recipe, create_or_join
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = """method: random
@@ -41,14 +41,13 @@ def synthesize(folder_root: Path, n: int):
     base = base_recipe(read_yaml(RECIPES / "fashion_multitask.yaml"), "recipe")
     sweep_file = folder_root / "big.yaml"
     sweep_file.write_text(SWEEP)
-    settings = {"method": "random", "metric": "val.cls.accuracy", "goal": "maximize",
-                "trials": n, "max_failures": 3, "heartbeat": 10, "storage": None}  # fmt: skip
+    settings = Settings(method="random", metric="val.cls.accuracy", goal="maximize", trials=n)
     folder = create_or_join(folder_root / "out", None, base, sweep_file, None, settings)
     spec = folder.spec()
-    study = optuna.create_study(study_name=folder.meta()["study"], direction="maximize",
+    study = optuna.create_study(study_name=folder.meta().study, direction="maximize",
                                 storage=open_storage(None, folder.path, 10))  # fmt: skip
     rng = random.Random(0)
-    dists = {p.name: p.distribution() for p in spec.params}
+    dists = {p.name: p.form.space() for p in spec.params}
     for number in range(n):
         params = {
             "train.optimizer.lr": 10 ** rng.uniform(-4, -2),

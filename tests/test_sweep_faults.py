@@ -231,6 +231,17 @@ def test_a_worker_with_an_edited_sweep_file_is_refused_by_the_study(finished, tm
         load_study(folder, storage, folder.spec())
 
 
+def test_a_folder_holding_another_study_is_one_line(tmp_path):
+    """--study names a folder whose sweep.json holds another study (moved or renamed)."""
+    base = base_recipe(read_yaml(DEMO), "demo")
+    file = write(tmp_path, LR_GRID)
+    settings = Settings(method="grid", metric="val.loss", goal="minimize", trials=2)
+    create_or_join(tmp_path / "out", "first", base, file, None, settings)
+    (tmp_path / "out" / "first").rename(tmp_path / "out" / "second")
+    with pytest.raises(CnnlabError, match="holds study 'first', not 'second'; choose another"):
+        create_or_join(tmp_path / "out", "second", base, file, None, settings)
+
+
 JOIN = """
 import sys, time
 from pathlib import Path

@@ -165,7 +165,7 @@ def create_or_join(
         saved = folder.meta()
         if saved.study != (study or path.name):
             raise CnnlabError(
-                f"{path} holds study {saved['study']!r}, not {study!r}; choose another --out"
+                f"{path} holds study {saved.study!r}, not {study!r}; choose another --out"
             )
         started = fingerprint(folder.spec(), folder.base(), saved.trials)
         given = fingerprint(load_sweep(sweep_file, base, map_file), base, settings.trials)
