@@ -29,7 +29,7 @@ from cnnlab.catalog import RECIPES
 from cnnlab.landscape.directions import filter_normalized
 from cnnlab.landscape.surface import Settings, Surface, fill
 from cnnlab.models import create_model
-from cnnlab.precision import CLEAR
+from cnnlab.precision import far_slower
 from cnnlab.recipe import load_recipe
 from cnnlab.runs import device_name
 
@@ -68,8 +68,9 @@ def main() -> None:
     print(f"ResNet-20 forward: {flops / 1e6:.1f} MFLOP per image; {args.samples} images a point")
     x = batches[0][0]
     one = {name: batch_seconds(model, x, dtype) for name, dtype in DTYPES.items()}
+    slow = far_slower({name: 1 / seconds for name, seconds in one.items()})
     for name, dtype in DTYPES.items():
-        if one[name] > CLEAR * min(one.values()):  # its matrix products too: 58 s each
+        if name in slow:  # its matrix products too: 58 s each
             rate = len(x) * flops / one[name]
             print(
                 f"{name}: one warm batch {rate / 1e9:6.1f} GFLOP/s, "

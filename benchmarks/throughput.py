@@ -43,7 +43,7 @@ from cnnlab.build import Built, build
 from cnnlab.catalog import RECIPES
 from cnnlab.loop import Trainer
 from cnnlab.models import create_model
-from cnnlab.precision import CLEAR, PRECISIONS, Choice, measure
+from cnnlab.precision import CLEAR, PRECISIONS, Choice, far_slower, measure
 from cnnlab.recipe import load_recipe
 from cnnlab.runs import RunFolder, device_name
 from cnnlab.tasks import total_loss
@@ -136,13 +136,6 @@ def measured_rates(built: Built, batch: int) -> dict[str, float]:
     return choice.images_per_s or {}
 
 
-def too_slow(rates: dict[str, float]) -> set[str]:
-    """Precisions measured more than CLEAR times slower than the fastest: `measure()`
-    settles those from one warm step, and a full run of one would only confirm it."""
-    fastest = max(rates.values())
-    return {p for p, v in rates.items() if v * CLEAR < fastest}
-
-
 def timed(label: str, run: Callable[[], float]) -> float:
     """Images/s of `run()`, printed with its wall time as soon as it ends."""
     start = time.perf_counter()
@@ -209,7 +202,7 @@ def main() -> None:
     print(f"device: {device_name(torch.device('cpu'))}, threads: {torch.get_num_threads()}")
     probe = build(load_recipe(DEMO, [*overrides_for(args, FLOOR), "train.precision=fp32"]))
     rates = measured_rates(probe, args.batch)  # the model's shape does not depend on the size
-    skipped = too_slow(rates)
+    skipped = far_slower(rates)
     figures = ", ".join(f"{p} {v:,.0f}" for p, v in rates.items())
     print(f"auto's measurement (forward + backward, images/s): {figures}", flush=True)
     full = [p for p in PRECISIONS if p not in skipped]

@@ -25,7 +25,7 @@ from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.distributed import Ranks
 from cnnlab.errors import CnnlabError
 from cnnlab.models import MultiTaskModel, create_model, for_checkpoint, owns_input
-from cnnlab.precision import Choice, choose
+from cnnlab.precision import HALF, Choice, choose
 from cnnlab.recipe import Recipe
 from cnnlab.tasks import TargetSpec, Task, create_tasks, total_loss
 from cnnlab.tasks.classification import Classification
@@ -249,7 +249,7 @@ def build(
 def saved_precision(saved: dict, recipe: Recipe) -> str:
     """The precision a checkpoint trained in (older ones: the recipe's, where definite)."""
     value = saved.get("precision", recipe.train.precision)
-    return value if value in ("fp32", "bf16", "fp16") else "fp32"
+    return value if value in ("fp32", *HALF) else "fp32"
 
 
 def choose_precision(

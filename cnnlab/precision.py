@@ -160,7 +160,7 @@ def measure(
         for precision in PRECISIONS:
             step(precision, 1)  # the first step picks kernels and allocates
         one = {p: step(p, 1) for p in PRECISIONS}
-        if max(one.values()) > CLEAR * min(one.values()):
+        if far_slower({p: 1 / t for p, t in one.items()}):
             seconds = {p: (t, 1) for p, t in one.items()}
         else:
             seconds = _fastest_rounds(step, max(one.values()))
@@ -169,6 +169,13 @@ def measure(
     per_s = {p: x.shape[0] * steps / t for p, (t, steps) in seconds.items()}
     faster = "bf16" if per_s["bf16"] * MARGIN > per_s["fp32"] else "fp32"
     return Choice(faster, "measured", {p: round(v, 1) for p, v in per_s.items()})
+
+
+def far_slower(rates: dict[str, float]) -> set[str]:
+    """The precisions more than CLEAR times slower than the fastest (rates: higher is
+    faster): one warm step tells them apart, and timing them further changes nothing."""
+    fastest = max(rates.values())
+    return {p for p, v in rates.items() if v * CLEAR < fastest}
 
 
 def _fastest_rounds(step: Callable[[str, int], float], one: float) -> dict[str, tuple[float, int]]:
