@@ -85,8 +85,13 @@ def one_seed(recipe_name: str, seed: int, target: float, sets: list[str], out: s
         "one_view": one_view,
         "rmse": final.get("test.ink.rmse"),
         "precision": trainer.precision.precision,
+        "precision_why": trainer.precision.describe(),  # how auto chose it (env.json has it)
+        # the loop's own figure (training steps only), the median epoch: the first one pays
+        # for picking kernels (cuDNN's autotuning on a GPU)
+        "images_per_s": statistics.median(row["images_per_s"] for row in run.read_metrics()),
         "device": device_name(trainer.device),
         "curve": curve,
+        "run": run.path,
     }
 
 
