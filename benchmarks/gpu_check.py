@@ -39,8 +39,10 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +60,8 @@ from cnnlab.runs import RunFolder, device_name, load_checkpoint
 ROOT = Path(__file__).resolve().parent.parent
 DEMO, RESNET = "fashion_fast", "cifar10_resnet20"
 TARGET = 0.93  # Fashion-MNIST test accuracy the demo is known to reach (docs/benchmarks.md)
-QUICK_DEMO = ["data.train_subset=1000", "data.test_subset=200"]  # seconds on a CPU
+# seconds on a CPU: a thousand images, no temperature fitted after training
+QUICK_DEMO = ["data.train_subset=1000", "data.test_subset=200", "train.calibrate=false"]
 TIMING = {"seconds", "images_per_s"}  # metrics columns that are clocks, not results
 # resumed against uninterrupted: (relative, absolute) tolerance per device type
 TOLERANCE = {"cpu": (1e-6, 1e-9), "cuda": (2e-2, 5e-3)}
@@ -74,8 +77,24 @@ class Check:
     out: Path
     cifar_root: str | None
     fashion_root: str | None
-    precision: str = "auto"  # stage 1's choice, pinned in the later demo runs
+    precision: str | None = None  # stage 1's choice, pinned in the demo's later runs
     cifar: tuple[str, str] | None = None  # (data.root, what it holds), once found or made
+    pool: ThreadPoolExecutor = field(default_factory=ThreadPoolExecutor)
+    started: dict[str, Future] = field(default_factory=dict)  # runs of other processes
+
+    def begin(self, key: str, start: Callable[[Check], Any]) -> Future:
+        """`start(check)` in a thread, once: a stage waits for what it started, or for
+        what --quick started at the outset."""
+        if key not in self.started:
+            self.started[key] = self.pool.submit(start, self)
+        return self.started[key]
+
+    def pinned(self) -> str:
+        """The precision of the demo's runs in other processes: stage 1's choice, so that
+        none times it again; fp32 when --quick starts them before stage 1 on a CPU."""
+        if self.precision is not None:
+            return self.precision
+        return "fp32" if self.device == "cpu" else "auto"
 
     def sets(self, folder: str, *more: str) -> list[str]:
         """Recipe overrides every run shares: its own output folder, the device, quiet."""
@@ -237,7 +256,7 @@ def _cifar_data(check: Check) -> tuple[str, str]:
         files = cifar10.locate(None, allow_download=False)
         return str(files[cifar10.META].parent), "CIFAR-10 (found)"
     except CnnlabError:
-        per_batch, n_test = (80, 100) if check.quick else (10_000, 10_000)
+        per_batch, n_test = (40, 50) if check.quick else (10_000, 10_000)
         folder = synthetic_cifar(check.out / "cifar", per_batch, n_test)
         return str(folder), f"generated CIFAR-10-format data, {5 * per_batch:,} images"
 
@@ -245,7 +264,8 @@ def _cifar_data(check: Check) -> tuple[str, str]:
 def resnet(check: Check) -> Outcome:
     """ResNet-20 through the `cifar10` source: the precision chosen and images/s."""
     root, what = cifar_data(check)
-    quick = ["data.train_subset=320", "data.test_subset=64", "train.batch_size=32"]
+    # --quick: 200 images (real ones too) in batches of 16, which auto times on a CPU
+    quick = ["data.train_subset=200", "data.test_subset=50", "train.batch_size=16"]
     epochs = 1 if check.quick else 3
     sets = [f"data.root={root}", f"train.epochs={epochs}", *(quick if check.quick else [])]
     run = train(load_recipe(recipe_file(RESNET), check.sets("resnet", *sets)))
@@ -260,37 +280,46 @@ def resnet(check: Check) -> Outcome:
 # ------------------------------------------------------------ 3. every device
 
 
-def all_devices(check: Check) -> Outcome:
-    """The demo under torchrun, one process per GPU (NCCL), or 2 CPU processes (gloo)."""
-    cuda = check.device == "cuda"
-    n = torch.cuda.device_count() if cuda else 2
-    backend = "nccl" if cuda else "gloo"
-    if n == 1:
-        backend = "none: one GPU, one process, no group to join"
+def processes(check: Check) -> int:
+    """One process per GPU; 2 on a CPU (gloo), the fewest that make a group."""
+    return torch.cuda.device_count() if check.device == "cuda" else 2
+
+
+def torchrun(check: Check) -> tuple[subprocess.CompletedProcess, float, str]:
+    """`torchrun -m cnnlab train` on the demo: (the finished process, seconds, precision)."""
+    precision = check.pinned()
     epochs = 2 if check.quick else 8  # the demo's own 8
-    quick = ["train.calibrate=false"] if check.quick else []
-    sets = check.demo_sets("torchrun", f"train.epochs={epochs}", *quick)
-    sets.append(f"train.precision={check.precision}")  # what stage 1 chose: no timing again
+    sets = check.demo_sets("torchrun", f"train.epochs={epochs}", f"train.precision={precision}")
     started = time.monotonic()
     done = subprocess.run(
-        cnnlab_command(["train", str(recipe_file(DEMO)), *set_args(sets)], n),
+        cnnlab_command(["train", str(recipe_file(DEMO)), *set_args(sets)], processes(check)),
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300 if check.quick else 1800,
     )
-    seconds = time.monotonic() - started
+    return done, time.monotonic() - started, precision
+
+
+def all_devices(check: Check) -> Outcome:
+    """The demo under torchrun, one process per GPU (NCCL), or 2 CPU processes (gloo)."""
+    n = processes(check)
+    backend = "nccl" if check.device == "cuda" else "gloo"
+    if n == 1:
+        backend = "none: one GPU, one process, no group to join"
+    done, seconds, precision = check.begin("torchrun", torchrun).result()
     if done.returncode != 0:
         tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
         return Outcome(f"{n} processes, exit {done.returncode}", "\n".join(tail))
     run = only_run(check.out / "torchrun")
+    epochs = run.recipe().train.epochs
     env = json.loads((run.path / "env.json").read_text())
     wrong = finite_run(run, epochs)
     if wrong is None and env["processes"] != n:
         wrong = f"env.json says {env['processes']} processes, not {n}"
     figures = (
-        f"{n} processes, backend {backend}; {median_rate(run):,.0f} images/s (all processes); "
-        f"{epochs} epochs with finite losses, test accuracy "
+        f"{n} processes, backend {backend}, {precision}; {median_rate(run):,.0f} images/s "
+        f"(all processes); {epochs} epochs, losses finite, test accuracy "
         f"{run.test_metrics()['test.cls.accuracy']:.2%}; {seconds:.0f} s with start-up"
     )
     return Outcome(figures, wrong)
@@ -299,12 +328,22 @@ def all_devices(check: Check) -> Outcome:
 # ----------------------------------------------------------- 4. kill and resume
 
 
-def kill_after_first_epoch(sets: list[str], folder: Path) -> RunFolder:
-    """Start `cnnlab train`, SIGKILL it once its first epoch is written and a later
-    checkpoint has replaced the one seen then (mid-epoch 2 when checkpoints come often:
+def resumable(check: Check) -> list[str]:
+    """The demo's overrides for the run that is killed and its uninterrupted twin:
+    checkpoints every few steps, so that the kill lands mid-epoch."""
+    epochs, every = (3, 0.05) if check.quick else (3, 0.5)  # checkpoint every `every` s
+    more = [f"train.epochs={epochs}", f"train.checkpoint_minutes={every / 60}"]
+    return [*more, "train.calibrate=false", f"train.precision={check.pinned()}"]
+
+
+def killed(check: Check) -> RunFolder:
+    """Start `cnnlab train`, SIGKILL it once its first epoch is written and two later
+    checkpoints have replaced the one seen then (mid-epoch 2 when checkpoints come often:
     the data generator's state is restored as well); the folder it leaves behind."""
+    folder = check.out / "killed"
+    sets = check.demo_sets("killed", *resumable(check))
     cmd = cnnlab_command(["train", str(recipe_file(DEMO)), *set_args(sets)])
-    with open(folder.parent / f"{folder.name}.log", "w") as log:
+    with open(check.out / "killed.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
             return _kill_when_due(proc, folder)
@@ -315,7 +354,7 @@ def kill_after_first_epoch(sets: list[str], folder: Path) -> RunFolder:
 
 
 def _kill_when_due(proc: subprocess.Popen, folder: Path) -> RunFolder:
-    run, seen = None, None
+    run, seen = None, set()
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -325,9 +364,8 @@ def _kill_when_due(proc: subprocess.Popen, folder: Path) -> RunFolder:
             )
         run = run or _opened(folder)
         if run is not None and run.read_metrics():
-            now = _identity(run.last_path)
-            seen = seen or now
-            if now != seen:  # a checkpoint after the one of epoch 1's end
+            seen.add(_identity(run.last_path))
+            if len(seen) == 3:  # two checkpoints after the one seen with epoch 1's row
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 return run
@@ -368,14 +406,13 @@ def largest_gap(a: list[dict], b: list[dict], rel: float, abs_: float) -> tuple[
 
 def kill_and_resume(check: Check) -> Outcome:
     """Killed, resumed, compared with the same recipe and seed trained without a break."""
-    epochs, every = (3, 0.05) if check.quick else (3, 1.0)  # checkpoint every `every` s
-    more = [f"train.epochs={epochs}", f"train.checkpoint_minutes={every / 60}"]
-    more += ["train.calibrate=false", f"train.precision={check.precision}"]
-    run = kill_after_first_epoch(check.demo_sets("killed", *more), check.out / "killed")
+    run = check.begin("killed", killed).result()
     loop = load_checkpoint(run.last_path)["loop"]
     where = f"killed at epoch {loop['epoch'] + 1}, step {loop['step']}"
     resumed = train(run.recipe(), resume=run.path)
-    reference = train(load_recipe(recipe_file(DEMO), check.demo_sets("uninterrupted", *more)))
+    epochs = resumed.recipe().train.epochs
+    twin = run.recipe().model_copy(update={"output_dir": str(check.out / "uninterrupted")})
+    reference = train(twin)  # the killed run's own recipe, whatever was pinned when
     wrong = finite_run(resumed, epochs)
     rel, abs_ = TOLERANCE["cuda" if check.device == "cuda" else "cpu"]
     a = [*reference.read_metrics(), reference.test_metrics()]
@@ -388,7 +425,7 @@ def kill_and_resume(check: Check) -> Outcome:
         compared += ": equal"
     else:
         compared += f": {worst}, {gap:.2g} of the tolerance (rel {rel:g}, abs {abs_:g})"
-    figures = f"{where} (SIGKILL), resumed; {compared}"
+    figures = f"{twin.train.precision}, {where} (SIGKILL), resumed; {compared}"
     return Outcome(figures, wrong)
 
 
@@ -468,7 +505,7 @@ def run_stage(number: int, title: str, stage: Callable[[Check], Outcome], check:
     except Exception as err:  # every failure is this stage's FAIL line, the next stage runs
         traceback.print_exc()
         first = (str(err).strip().splitlines() or [""])[0]
-        outcome = Outcome("raised", f"{type(err).__name__}: {first}")
+        outcome = Outcome(f"{type(err).__name__}: {first}", "the traceback is on stderr")
     mark = "PASS" if outcome.ok else "FAIL"
     took = time.monotonic() - started
     print(f"[{number}/{len(STAGES)}] {mark}  {title}: {outcome.figures} ({took:.1f} s)")
@@ -511,9 +548,14 @@ def main() -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         out = args.out or Path(tmp)
+        out.mkdir(parents=True, exist_ok=True)
         check = Check(args.device, args.quick, out, args.cifar_root, args.fashion_root)
         print(header(check), flush=True)
-        outcomes = [run_stage(i, *stage, check) for i, stage in enumerate(STAGES, 1)]
+        if check.quick:  # their processes start while this one trains: half the wait
+            check.begin("torchrun", torchrun)
+            check.begin("killed", killed)
+        with check.pool:
+            outcomes = [run_stage(i, *stage, check) for i, stage in enumerate(STAGES, 1)]
     print(summary(outcomes))
     failed = [title for (title, _), o in zip(STAGES, outcomes, strict=True) if not o.ok]
     verdict = f"FAIL: {', '.join(failed)}" if failed else "all stages PASS"
