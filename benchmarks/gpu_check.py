@@ -1,26 +1,31 @@
 """A GPU check ready to run: what cnnlab claims about GPUs, tried on one, stage by stage.
 
-1. one device: the demo recipe (fashion_fast) as `cnnlab train` trains it: the precision
-   `auto` chose and why, training images/s, and the seconds of training until Fashion-MNIST
-   test accuracy first reaches 93 % (benchmarks/time_to_accuracy.py's measurement);
-2. ResNet-20 (cifar10_resnet20) on CIFAR-10-format data through the `cifar10` source: the
-   real files when found (or --cifar-root), else generated ones in the official layout;
+1. one device: the demo recipe (fashion_fast, its 8 epochs) as `cnnlab train` trains it:
+   the precision `auto` chose and why, training images/s, and the seconds of training until
+   Fashion-MNIST test accuracy first reaches 93 % (benchmarks/time_to_accuracy.py's own
+   measurement; not reaching it fails the stage);
+2. ResNet-20 (cifar10_resnet20, 3 epochs) on CIFAR-10-format data read by the `cifar10`
+   source: the real files where cnnlab finds them (or --cifar-root), else files generated
+   in the official layout (50,000 + 10,000 images, each class a pattern under noise);
    images/s and precision;
-3. every device under torchrun: one process per GPU, joined by NCCL (with --device cpu: 2
-   processes, gloo); the run must finish every epoch with finite losses;
-4. kill and resume: a run is killed (SIGKILL, no clean-up) after its first epoch, resumed
-   from its last checkpoint, and its metrics compared with an uninterrupted run of the same
-   recipe and seed: equal on a CPU; on a GPU within 2 % (cuDNN's autotuned algorithms may
-   differ between sessions and some are not bit-reproducible, `precision.tune_cuda`);
-5. no host synchronization: training steps of both recipes under
-   `torch.cuda.set_sync_debug_mode("error")`, after warm-up (not applicable on a CPU).
+3. every device under torchrun: the demo with one process per GPU, joined by NCCL (with
+   --device cpu: 2 processes, gloo); every epoch must be there with finite losses;
+4. kill and resume: the demo (3 epochs, a checkpoint every half second) started as
+   `cnnlab train`, killed with SIGKILL in its second epoch, resumed from its last
+   checkpoint, its metrics and test compared with an uninterrupted run of the same recipe
+   and seed: equal on a CPU; on a GPU within 2 % or 0.01 (cuDNN's autotuned algorithms may
+   differ between sessions and some are not bit-reproducible: precision.tune_cuda);
+5. no host synchronization: 10 training steps of each recipe, after 3 of warm-up, with
+   `torch.cuda.set_sync_debug_mode("error")`: a batch drawn or a step that waits for the
+   GPU fails the stage (on a CPU: not applicable, and said so).
 
-Each stage prints one line as it ends, PASS or FAIL with its figures; a table sums them up
-and the exit status is 1 when any stage failed. `--quick` shrinks every stage to seconds
-(a few hundred images, 1-3 epochs): CI runs `--device cpu --quick` so the script keeps
-working where there is no GPU (tests/test_gpu_check.py). Run folders go to a temporary
-folder (or --out). The Fashion-MNIST files must be on the machine (`cnnlab fetch
-fashion_mnist`, or --fashion-root).
+Each stage prints one line as it ends, PASS or FAIL with its figures; a markdown table
+sums them up and the exit status is 1 when any stage failed. `--quick` shrinks the stages
+to seconds (a thousand images, 1-3 epochs; stage 4 with checkpoints every 50 ms) and
+starts the processes of stages 3 and 4 at the outset: CI runs `--device cpu --quick` so the
+script keeps working where there is no GPU (tests/test_gpu_check.py); its figures mean
+nothing. Run folders go to a temporary folder (or --out). The Fashion-MNIST files must be
+on the machine (`cnnlab fetch fashion_mnist`, or --fashion-root).
 
     PYTHONPATH=. .venv/bin/python benchmarks/gpu_check.py [--device cuda] [--quick]
         [--cifar-root DIR] [--fashion-root DIR] [--out DIR]
@@ -64,7 +69,7 @@ TARGET = 0.93  # Fashion-MNIST test accuracy the demo is known to reach (docs/be
 QUICK_DEMO = ["data.train_subset=1000", "data.test_subset=200", "train.calibrate=false"]
 TIMING = {"seconds", "images_per_s"}  # metrics columns that are clocks, not results
 # resumed against uninterrupted: (relative, absolute) tolerance per device type
-TOLERANCE = {"cpu": (1e-6, 1e-9), "cuda": (2e-2, 5e-3)}
+TOLERANCE = {"cpu": (1e-6, 1e-9), "cuda": (2e-2, 1e-2)}
 WARMUP_STEPS, CHECKED_STEPS = 3, 10  # the sync check: kernels picked first, then watched
 
 
@@ -219,11 +224,11 @@ def synthetic_cifar(root: Path, per_batch: int, n_test: int) -> Path:
     folder = root / cifar10.FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    patterns = rng.integers(0, 256, (10, cifar10.PIXELS))
+    patterns = rng.integers(0, 256, (10, cifar10.PIXELS), dtype=np.uint16)
 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
         labels = rng.integers(0, 10, n)
-        noise = rng.integers(0, 256, (n, cifar10.PIXELS))
+        noise = rng.integers(0, 256, (n, cifar10.PIXELS), dtype=np.uint16)  # 60 MB a batch
         return ((patterns[labels] + noise) // 2).astype(np.uint8), labels
 
     for i, name in enumerate(cifar10.TRAIN, 1):
@@ -256,7 +261,7 @@ def _cifar_data(check: Check) -> tuple[str, str]:
         files = cifar10.locate(None, allow_download=False)
         return str(files[cifar10.META].parent), "CIFAR-10 (found)"
     except CnnlabError:
-        per_batch, n_test = (40, 50) if check.quick else (10_000, 10_000)
+        per_batch, n_test = (400, 100) if check.quick else (10_000, 10_000)
         folder = synthetic_cifar(check.out / "cifar", per_batch, n_test)
         return str(folder), f"generated CIFAR-10-format data, {5 * per_batch:,} images"
 
@@ -270,9 +275,11 @@ def resnet(check: Check) -> Outcome:
     sets = [f"data.root={root}", f"train.epochs={epochs}", *(quick if check.quick else [])]
     run = train(load_recipe(recipe_file(RESNET), check.sets("resnet", *sets)))
     wrong = finite_run(run, epochs)
+    trained = " (--quick: 200 of them)" if check.quick else ""
     figures = (
-        f"{what}; precision {chosen_precision(run)}; {median_rate(run):,.0f} images/s; "
-        f"{epochs} epoch(s), test accuracy {run.test_metrics()['test.cls.accuracy']:.2%}"
+        f"{what}{trained}; precision {chosen_precision(run)}; {median_rate(run):,.0f} "
+        f"images/s; {epochs} epoch(s), test accuracy "
+        f"{run.test_metrics()['test.cls.accuracy']:.2%}"
     )
     return Outcome(figures, wrong)
 
@@ -448,13 +455,12 @@ def host_sync(check: Check) -> Outcome:
 
 
 def sync_recipes(check: Check) -> list[tuple[str, list[str]]]:
-    """The two recipes on a few thousand images: enough batches, quick to load."""
+    """The two recipes on a few thousand images: quick to load, and one epoch holds the
+    steps watched (a new epoch's shuffle is not a step)."""
     fashion = [f"data.root={check.fashion_root}"] if check.fashion_root else []
     cifar = [f"data.root={cifar_data(check)[0]}"]
-    return [
-        (DEMO, [*fashion, "data.train_subset=2000", "data.test_subset=100"]),
-        (RESNET, [*cifar, "data.train_subset=2000", "data.test_subset=100"]),
-    ]
+    few = ["data.train_subset=4000", "data.test_subset=100"]
+    return [(DEMO, [*fashion, *few]), (RESNET, [*cifar, *few])]
 
 
 def watched_steps(trainer: Trainer) -> str | None:
@@ -462,6 +468,8 @@ def watched_steps(trainer: Trainer) -> str | None:
     CHECKED_STEPS with every sync an error: the batch drawn, then the step. What synced,
     or None."""
     cfg = trainer.recipe
+    if trainer.steps_per_epoch < WARMUP_STEPS + CHECKED_STEPS:
+        raise CnnlabError(f"{trainer.steps_per_epoch} steps an epoch: too few to watch")
     gen = torch.Generator(device=trainer.device).manual_seed(cfg.seed)
     batches = trainer.splits.train_batches(
         cfg.train.batch_size, gen, cfg.data.augment, trainer.needed

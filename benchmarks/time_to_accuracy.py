@@ -39,17 +39,22 @@ from cnnlab.tasks.meter import total_loss
 
 def flops_per_image(trainer: Trainer) -> float:
     """One training image's forward, loss and backward, counted on a copy of the model and
-    the first batch of a throwaway generator: the run itself is left untouched."""
+    the first batch of a throwaway generator: the run itself is left untouched (dropout's
+    draws come from the global generators, the device's included, restored after)."""
     model = copy.deepcopy(trainer.model).train()
-    gen = torch.Generator().manual_seed(0)
+    device = trainer.device
+    gen = torch.Generator(device=device).manual_seed(0)  # augmentation draws on the device
     batch = trainer.recipe.train.batch_size
     splits, recipe = trainer.splits, trainer.recipe
     x, targets = next(splits.train_batches(batch, gen, recipe.data.augment, trainer.needed))
-    rng = torch.get_rng_state()
-    with FlopCounterMode(display=False) as counter, trainer.autocast():
+    cuda = [device] if device.type == "cuda" else []
+    with (
+        torch.random.fork_rng(devices=cuda, device_type="cuda"),
+        FlopCounterMode(display=False) as counter,
+        trainer.autocast(),
+    ):
         total, _ = total_loss(trainer.tasks, model, model(x), targets)
         total.backward()
-    torch.set_rng_state(rng)
     return counter.get_total_flops() / x.shape[0]
 
 
