@@ -119,7 +119,8 @@ def load_for_export(path: str | Path) -> Loaded:
         built = build(run.recipe(), saved, device="cpu", weights="judged")
     test = built.splits.test
     targets = {k: v.cpu() for k, v in test.targets.items()}
-    return Loaded(wrap(built), test.images.cpu(), targets, run.recipe().name)
+    images = test.images[:].cpu()  # [:]: mapped test images are read, in-memory ones viewed
+    return Loaded(wrap(built), images, targets, run.recipe().name)
 
 
 def export_run(path: str | Path, fmt: Format = "onnx", out: str | Path | None = None) -> Path:

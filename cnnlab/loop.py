@@ -255,7 +255,13 @@ class Trainer:
             self.train_meter.reset()
             self.skipped.zero_()
         batches = self.splits.train_batches(
-            cfg.batch_size, gen, self.recipe.data.augment, self.needed, st.step, self.data_state
+            cfg.batch_size,
+            gen,
+            self.recipe.data.augment,
+            self.needed,
+            st.step,
+            self.data_state,
+            part=(self.ranks.rank, self.ranks.world),  # mapped images: read this rank's shard
         )
         self.data_state = None
         self.model.train()

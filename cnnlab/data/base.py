@@ -21,6 +21,7 @@ from cnnlab.config import Section
 from cnnlab.data.augment import AugmentConfig, LabelMap, Targets
 from cnnlab.data.colorize import TARGET as COLOUR
 from cnnlab.data.colorize import ColorizeConfig
+from cnnlab.data.mapped import Pixels, take
 
 # A derived target is computed from the image the model sees, as float in [0, 1],
 # (B, C, H, W) -> (B,), so augmentation that changes it (a shift that cuts pixels off)
@@ -135,16 +136,17 @@ class DataInfo:
 
 @dataclass
 class ImageSet:
-    """One split in memory: images (N, C, H, W) uint8 and per-image targets (N, ...)."""
+    """One split: images (N, C, H, W) uint8, in memory or mapped from the decode cache
+    (cnnlab/data/mapped.py), and per-image targets (N, ...), always in memory."""
 
-    images: torch.Tensor
+    images: Pixels
     targets: dict[str, torch.Tensor]
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def subset(self, index: torch.Tensor) -> ImageSet:
-        return ImageSet(self.images[index], {k: v[index] for k, v in self.targets.items()})
+        return ImageSet(take(self.images, index), {k: v[index] for k, v in self.targets.items()})
 
     def to(self, device: torch.device | str) -> ImageSet:
         return ImageSet(self.images.to(device), {k: v.to(device) for k, v in self.targets.items()})

@@ -1,8 +1,9 @@
-"""From in-memory uint8 splits to model-ready batches, gathered by index on the device.
+"""From uint8 splits to model-ready batches, gathered by index on the device.
 
-Train/val/test splits live on the training device as uint8. A batch is a slice of a
-seeded permutation; conversion to float, augmentation, derived targets and normalization
-are whole-batch tensor ops.
+Train/val/test splits live on the training device as uint8, or, for a set larger than
+memory, stay mapped from the decode cache and are read batch by batch, a few ahead
+(cnnlab/data/mapped.py). A batch is a slice of a seeded permutation; conversion to float,
+augmentation, derived targets and normalization are whole-batch tensor ops.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from cnnlab.data import colorize, get_source
 from cnnlab.data.augment import NO_LABEL, UNCHANGED, AugmentConfig, LabelMap, augment, is_mask
 from cnnlab.data.base import DataSection, DerivedTarget, ImageSet
+from cnnlab.data.mapped import MappedImages, read_ahead
 from cnnlab.data.split import stratified_split, stratified_subset
 from cnnlab.data.stats import channel_stats
 from cnnlab.errors import CnnlabError
@@ -80,24 +82,45 @@ class Splits:
         needed: set[str],
         start: int = 0,
         resume_state: torch.Tensor | None = None,
+        part: tuple[int, int] = (0, 1),
     ) -> Iterator[Batch]:
         """One epoch of shuffled, augmented batches, starting at batch `start`.
 
         The permutation is drawn first from `gen`; on resume the generator is then set to
-        the saved state so the remaining augmentation draws match the original run.
+        the saved state so the remaining augmentation draws match the original run. Mapped
+        images are read a few batches ahead in the background (reading draws nothing, so
+        the batches are those of the in-memory path), and `part` (i, k), a data-parallel
+        rank's place, reads only the rows of its shard of each batch.
         """
         perm = torch.randperm(len(self.train), generator=gen, device=gen.device)
         if resume_state is not None:
             gen.set_state(resume_state)
-        for step in range(start, self.steps_per_epoch(batch_size)):
-            idx = perm[step * batch_size : (step + 1) * batch_size]
-            yield self.train_batch(idx, gen, aug, needed)
+        steps = range(start, self.steps_per_epoch(batch_size))
+        indices = [perm[step * batch_size : (step + 1) * batch_size] for step in steps]
+        images = self.train.images
+        if not isinstance(images, MappedImages):
+            for idx in indices:
+                yield self.train_batch(idx, gen, aug, needed)
+            return
+        for idx, pixels in zip(indices, read_ahead(images, indices, part), strict=True):
+            yield self.augmented(pixels, idx, gen, aug, needed)
 
     def train_batch(
         self, idx: torch.Tensor, gen: torch.Generator, aug: AugmentConfig, needed: set[str]
     ) -> Batch:
         """The training images at `idx`, augmented with draws from `gen`, made model input."""
-        x = self.train.images[idx].float().div_(255)
+        return self.augmented(self.train.images[idx], idx, gen, aug, needed)
+
+    def augmented(
+        self,
+        pixels: torch.Tensor,
+        idx: torch.Tensor,
+        gen: torch.Generator,
+        aug: AugmentConfig,
+        needed: set[str],
+    ) -> Batch:
+        """Training images `pixels` (uint8, the rows `idx`) augmented, made model input."""
+        x = pixels.float().div_(255)
         targets = {k: v[idx] for k, v in self.train.targets.items()}
         x, targets = augment(x, targets, aug, gen, self.label_maps)
         return self.finish(x, targets, needed)
@@ -110,8 +133,15 @@ class Splits:
         data: ImageSet = getattr(self, split)
         i, k = part
         start, stop = len(data) * i // k, len(data) * (i + 1) // k
-        for lo in range(start, stop, batch_size):
-            yield self.eval_batch(data, slice(lo, min(lo + batch_size, stop)), needed)
+        rows = [slice(lo, min(lo + batch_size, stop)) for lo in range(start, stop, batch_size)]
+        if not isinstance(data.images, MappedImages):
+            for r in rows:
+                yield self.eval_batch(data, r, needed)
+            return
+        ahead = read_ahead(data.images, [torch.arange(r.start, r.stop) for r in rows])
+        for r, pixels in zip(rows, ahead, strict=True):
+            x = pixels.float().div_(255)
+            yield self.finish(x, {k: v[r] for k, v in data.targets.items()}, needed)
 
     def eval_batch(self, data: ImageSet, rows: slice, needed: set[str]) -> Batch:
         x = data.images[rows].float().div_(255)

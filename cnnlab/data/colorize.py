@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from cnnlab.config import Section
+from cnnlab.data.mapped import Pixels, pixels_at
 from cnnlab.errors import CnnlabError
 
 TARGET = "colour"  # the derived per-pixel target a colorizing recipe's task names
@@ -47,7 +48,7 @@ def luminance(x: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(dim=1, keepdim=True)
 
 
-def fit_palette(images: torch.Tensor, cfg: ColorizeConfig, seed: int) -> torch.Tensor:
+def fit_palette(images: Pixels, cfg: ColorizeConfig, seed: int) -> torch.Tensor:
     """NC colours (NC, 3) uint8, dark to light, by k-means on a seeded sample of the pixels
     of uint8 images (N, 3, H, W); the sample is gathered by index, never a copy of the set."""
     from sklearn.cluster import MiniBatchKMeans  # imported here: recipe checks do not need it
@@ -56,7 +57,7 @@ def fit_palette(images: torch.Tensor, cfg: ColorizeConfig, seed: int) -> torch.T
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randint(n * h * w, (min(cfg.sample_pixels, n * h * w),), generator=gen)
     image, rest = pick // (h * w), pick % (h * w)
-    pixels = images[image, :, rest // w, rest % w].cpu().double().div(255).numpy()  # (S, 3)
+    pixels = pixels_at(images, image, rest // w, rest % w).cpu().double().div(255).numpy()  # (S, 3)
     kmeans = MiniBatchKMeans(cfg.colours, random_state=seed, batch_size=4096, n_init=3)
     centres = torch.from_numpy(kmeans.fit(pixels).cluster_centers_).float()
     centres = centres[luminance(centres.view(-1, 3, 1, 1)).flatten().argsort()]

@@ -5,7 +5,9 @@ identifies its files (names, sizes, mtimes, the table's own) and a function that
 one row; the arrays are cached in `cache_dir(source)/<sha256 of the key>/` beside a manifest
 of that identity. A later load compares the identity only (a stat per file, no pixel) and
 reuses the arrays when nothing changed, else decodes again. The user's folder is never
-written to, and a manifest never describes an array it was not written with.
+written to, and a manifest never describes an array it was not written with. Rows are
+decoded straight into memory-mapped files, and a set larger than memory stays mapped
+(`data.storage`, cnnlab/data/memory.py; reading it: cnnlab/data/mapped.py).
 
 Decoding runs in a thread pool: Pillow releases the GIL while it decodes and resizes (on the
 2-core AMD EPYC threads were never clearly slower than a process pool or a serial loop, and
@@ -14,6 +16,7 @@ cost nothing to start; measurements in cnnlab/data/image_folder.py).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -26,9 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from cnnlab.data.files import cache_dir
+from cnnlab.data.mapped import MappedImages, Pixels, RowFile
+from cnnlab.data.memory import Storage, choose
 
 DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 WHITE = (255, 255, 255, 255)  # transparent pixels are composited on white
@@ -81,22 +87,23 @@ def _box(wh: tuple[int, int], resize: str) -> tuple[float, float, float, float]:
 
 @dataclass
 class Decoded:
-    """The rows that decoded, as arrays, and the names of those that did not."""
+    """The rows that decoded, as uint8 tensors or mapped images, and the names of those that
+    did not."""
 
-    arrays: dict[str, np.ndarray]  # name -> (N kept, ...) uint8
+    pixels: dict[str, Pixels]  # name -> (N kept, ...) uint8: in memory, or mapped ("images")
     kept: list[int]  # the decoded rows' indices in the order the source listed them
     skipped: list[str]  # what could not be read, named for the warning
 
 
 def decode_rows(
     label: str,
-    n: int,
-    shapes: dict[str, tuple[int, ...]],
+    out: dict[str, np.ndarray],
     decode_row: Callable[[int], dict[str, np.ndarray]],
-) -> tuple[dict[str, np.ndarray], list[int]]:
-    """(arrays of all n rows, the indices that failed), decoded by a thread pool with a bar.
-    A row fails when `decode_row` raises: corrupt, truncated, empty, not an image."""
-    out = {name: np.empty((n, *shape), dtype=np.uint8) for name, shape in shapes.items()}
+) -> list[int]:
+    """Decode every row into `out` (arrays of n rows, in memory or memory-mapped files) with
+    a thread pool and a bar; the indices that failed. A row fails when `decode_row` raises:
+    corrupt, truncated, empty, not an image; its rows of `out` stay zeros."""
+    n = len(next(iter(out.values())))
     failed: list[int] = []
 
     def one(i: int) -> None:
@@ -119,7 +126,7 @@ def decode_rows(
                     bar.advance(task)
         else:
             list(pool.map(one, range(n)))
-    return out, sorted(failed)
+    return sorted(failed)
 
 
 def cached_decode(
@@ -130,46 +137,105 @@ def cached_decode(
     shapes: dict[str, tuple[int, ...]],
     decode_row: Callable[[int], dict[str, np.ndarray]],
     skipped: list[str] | None = None,
+    storage: Storage = "auto",
 ) -> Decoded:
     """The decoded rows from `cache_dir(label)/<sha256 of key>/` when its manifest holds the
     same `identity` (the files' names, sizes and mtimes, as the source lists them), else
     decoded afresh and cached. `names[i]`: row i as the warning names it when it fails;
-    `skipped`: what the source left out before decoding (links pointing outside)."""
+    `skipped`: what the source left out before decoding (links pointing outside).
+
+    The cache holds one row per name (a failed row stays zeros; the manifest's `kept` lists
+    the others), decoded straight into memory-mapped files, so a set larger than memory is
+    decoded too. `storage` (memory.choose): the kept "images" are then read into memory, or
+    stay mapped (other arrays, a table's masks, are always read into memory). One process
+    decodes while the others of a torchrun job wait on the folder's lock and reuse it."""
     folder = cache_dir(label) / hashlib.sha256(json.dumps(key).encode()).hexdigest()
-    manifest_file = folder / "manifest.json"
+    folder.mkdir(parents=True, exist_ok=True)
     files = {name: folder / f"{name}.npy" for name in shapes}
+    size = len(names) * sum(int(np.prod(s)) for s in shapes.values())
+    mapped, why = choose(storage, size)
+    print(f"{label}: {'mapped from disk' if mapped else 'held in memory'} ({why})", file=sys.stderr)
+    with open(folder / ".lock", "wb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        saved = _manifest(folder / "manifest.json", identity, files, len(names), shapes)
+        if saved is not None:
+            print(f"{label}: cache reused ({next(iter(files.values()))})", file=sys.stderr)
+        else:
+            saved = _decode_into(label, folder, files, names, shapes, decode_row, identity, skipped)
+    warn_skipped(label, saved["skipped"])
+    kept = saved["kept"]
+    pixels = {k: _load(f, kept, len(names), mapped and k == "images") for k, f in files.items()}
+    return Decoded(pixels, kept, saved["skipped"])
+
+
+def _manifest(
+    file: Path, identity: Any, files: dict[str, Path], n: int, shapes: dict[str, tuple[int, ...]]
+) -> dict | None:
+    """The saved manifest when it describes this identity and arrays of the right shape."""
     try:
-        saved = json.loads(manifest_file.read_text())
-        if saved.get("identity") == identity:
-            arrays = {k: np.load(f, mmap_mode="r") for k, f in files.items()}
-            if all(a.shape == (len(saved["kept"]), *shapes[k]) for k, a in arrays.items()):
-                print(f"{label}: cache reused ({next(iter(files.values()))})", file=sys.stderr)
-                warn_skipped(label, saved["skipped"])
-                # one sequential read of each into memory
-                arrays = {k: np.array(a) for k, a in arrays.items()}
-                return Decoded(arrays, saved["kept"], saved["skipped"])
+        saved = json.loads(file.read_text())
+        if saved.get("identity") != identity:
+            return None
+        for k, f in files.items():
+            if np.load(f, mmap_mode="r").shape != (n, *shapes[k]):
+                return None
+        return saved
     except (OSError, ValueError, KeyError, TypeError):
-        pass  # no cache yet, or an unreadable one: decode again
+        return None  # no cache yet, or an unreadable one: decode again
+
+
+def _decode_into(
+    label: str,
+    folder: Path,
+    files: dict[str, Path],
+    names: list[str],
+    shapes: dict[str, tuple[int, ...]],
+    decode_row: Callable[[int], dict[str, np.ndarray]],
+    identity: Any,
+    skipped: list[str] | None,
+) -> dict:
+    """Decode every row into temporary mapped files, then rename them into place and write
+    the manifest last: a manifest never describes an array it was not written with."""
     start = time.perf_counter()
-    arrays, failed = decode_rows(label, len(names), shapes, decode_row)
-    if failed:
-        arrays = {k: np.delete(a, failed, axis=0) for k, a in arrays.items()}
+    (folder / "manifest.json").unlink(missing_ok=True)
+    tmp = {k: f.with_name(f".{f.name}.{os.getpid()}.tmp") for k, f in files.items()}
+    try:
+        out = {
+            k: np.lib.format.open_memmap(tmp[k], "w+", np.uint8, (len(names), *shapes[k]))
+            for k in files
+        }
+        failed = decode_rows(label, out, decode_row)
+        for array in out.values():
+            array.flush()
+        out.clear()  # the mappings close before their files are renamed
+        for k in files:
+            os.replace(tmp[k], files[k])
+    finally:
+        for t in tmp.values():
+            t.unlink(missing_ok=True)
     bad = set(failed)
     kept = [i for i in range(len(names)) if i not in bad]
-    decoded = Decoded(arrays, kept, list(skipped or []) + [names[i] for i in failed])
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest_file.unlink(missing_ok=True)  # never a manifest that describes another array
-    for name, array in arrays.items():
-        write_atomic(files[name], lambda f, a=array: np.save(f, a))
-    manifest = {"identity": identity, "kept": decoded.kept, "skipped": decoded.skipped}
-    write_atomic(manifest_file, lambda f: f.write(json.dumps(manifest).encode()))
+    manifest = {
+        "identity": identity,
+        "kept": kept,
+        "skipped": list(skipped or []) + [names[i] for i in failed],
+    }
+    write_atomic(folder / "manifest.json", lambda f: f.write(json.dumps(manifest).encode()))
     seconds = time.perf_counter() - start
     print(
-        f"{label}: decoded {len(decoded.kept):,} rows in {seconds:.1f} s → cache {folder}",
-        file=sys.stderr,
+        f"{label}: decoded {len(kept):,} rows in {seconds:.1f} s → cache {folder}", file=sys.stderr
     )
-    warn_skipped(label, decoded.skipped)
-    return decoded
+    return manifest
+
+
+def _load(file: Path, kept: list[int], n: int, mapped: bool) -> Pixels:
+    """The kept rows of one cached array: mapped (read by batch later), or read into memory
+    (one sequential read; with failed rows, only the kept ones are copied)."""
+    if mapped:
+        return MappedImages(RowFile.open(file), torch.tensor(kept, dtype=torch.long))
+    array = np.load(file, mmap_mode="r")
+    rows = np.array(array) if len(kept) == n else array[np.asarray(kept, dtype=np.int64)]
+    return torch.from_numpy(rows)
 
 
 def write_atomic(path: Path, write: Callable[[Any], Any]) -> None:

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 
@@ -36,6 +35,8 @@ from cnnlab.data.augment import UNCHANGED, LabelMap
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
 from cnnlab.data.decoded import cached_decode, decode_image
 from cnnlab.data.files import named_dir
+from cnnlab.data.mapped import MappedImages, Pixels
+from cnnlab.data.memory import Storage
 from cnnlab.data.split import stratified_split
 from cnnlab.errors import CnnlabError
 
@@ -65,6 +66,9 @@ class ImageFolderConfig(DataSection):
     # Only for a single root/<class>/* folder: the stratified share kept as the test set,
     # carved with a fixed seed (the same for every run). With train/ + val/, val/ is the test.
     test_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    # decoded pixels held in memory, or mapped from the cache file and read by batch; auto:
+    # mapped when the cache is over half the memory available (cnnlab/data/memory.py)
+    storage: Storage = "auto"
     root_holds: ClassVar[str] = "train/ and val/ (or one folder per class)"
 
 
@@ -176,9 +180,9 @@ def _identity(found: Scan, cfg: ImageFolderConfig) -> dict:
     }
 
 
-def cached_pixels(cfg: ImageFolderConfig) -> tuple[Scan, np.ndarray, list[tuple]]:
-    """(the scan, uint8 (N, 3, S, S), the decoded files' scan entries) from the cache if it
-    matches the folder as it is now, else decoded afresh and cached."""
+def cached_pixels(cfg: ImageFolderConfig) -> tuple[Scan, Pixels, list[tuple]]:
+    """(the scan, uint8 (N, 3, S, S) in memory or mapped, the decoded files' scan entries)
+    from the cache if it matches the folder as it is now, else decoded afresh and cached."""
     found = scan(cfg.root)
     rels = [f[0] for f in found.files]
     size = cfg.image_size
@@ -190,8 +194,9 @@ def cached_pixels(cfg: ImageFolderConfig) -> tuple[Scan, np.ndarray, list[tuple]
         {"images": (3, size, size)},
         lambda i: {"images": decode_image(found.root / rels[i], size, cfg.resize)},
         skipped=found.outside,
+        storage=cfg.storage,
     )
-    return found, decoded.arrays["images"], [found.files[i] for i in decoded.kept]
+    return found, decoded.pixels["images"], [found.files[i] for i in decoded.kept]
 
 
 # ------------------------------------------------------------------------------ the source
@@ -221,9 +226,12 @@ def describe(cfg: ImageFolderConfig) -> DataInfo:
     )
 
 
-def _rows(pixels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def _rows(pixels: Pixels, index: torch.Tensor) -> Pixels:
     """pixels[index], as a view when the rows are consecutive (train/ then val/ are, in the
-    cache): iNaturalist-12K at 224 px is 1.8 GB, and a copy of it is memory nobody needs."""
+    cache): iNaturalist-12K at 224 px is 1.8 GB, and a copy of it is memory nobody needs.
+    Mapped pixels only compose the index."""
+    if isinstance(pixels, MappedImages):
+        return pixels.subset(index)
     if len(index) and torch.equal(index, torch.arange(int(index[0]), int(index[0]) + len(index))):
         return pixels[int(index[0]) : int(index[0]) + len(index)]
     return pixels[index]
@@ -231,8 +239,7 @@ def _rows(pixels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def load(cfg: ImageFolderConfig) -> Dataset:
     """Train and test as uint8 (N, 3, S, S) with targets {"label": long}."""
-    found, images, files = cached_pixels(cfg)
-    pixels = torch.from_numpy(images)
+    found, pixels, files = cached_pixels(cfg)
     labels = torch.tensor([f[4] for f in files], dtype=torch.long)
     if found.layout == "given":
         is_test = torch.tensor([f[3] == "test" for f in files], dtype=torch.bool)

@@ -11,15 +11,20 @@ from collections.abc import Callable
 
 import torch
 
+from cnnlab.data.mapped import MappedImages, Pixels
+
 CHUNK_VALUES = 1 << 22  # values converted at once: 32 MiB of float64 per chunk
 
 
 def channel_stats(
-    images: torch.Tensor, view: Callable[[torch.Tensor], torch.Tensor] | None = None
+    images: Pixels, view: Callable[[torch.Tensor], torch.Tensor] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and (unbiased) std per channel of uint8 images (N, C, H, W), scaled to [0, 1],
     as float32 (C,) tensors; std is at least 1e-6 so normalizing never divides by zero.
-    `view` maps each float64 chunk to what the model sees (colorizing: its luminance)."""
+    `view` maps each float64 chunk to what the model sees (colorizing: its luminance).
+    Mapped images are read in file order: the sums are exact, so the order changes nothing."""
+    if isinstance(images, MappedImages):
+        images = images.in_file_order()
     n, c, h, w = images.shape
     chunk = max(1, CHUNK_VALUES // (c * h * w))
     total = squares = torch.zeros((), dtype=torch.float64)

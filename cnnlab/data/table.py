@@ -46,6 +46,8 @@ from cnnlab.config import Section
 from cnnlab.data.augment import GEOMETRIC, NO_LABEL, LabelMap, Targets
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
 from cnnlab.data.decoded import cached_decode, decode_image, decode_mask
+from cnnlab.data.mapped import Pixels
+from cnnlab.data.memory import Storage
 from cnnlab.data.split import stratified_split
 from cnnlab.errors import CnnlabError
 
@@ -134,6 +136,9 @@ class TableConfig(DataSection):
     channels: Literal[1, 3] | None = None  # 1 grey, 3 RGB; None: as the first image is
     test_fraction: float = Field(0.2, gt=0.0, lt=0.9)  # carved when there is no split column
     on_bad_image: Literal["skip", "stop"] = "skip"  # an unreadable image or mask
+    # decoded images held in memory, or mapped from the cache file and read by batch; auto:
+    # mapped when the cache is over half the memory available (masks stay in memory)
+    storage: Storage = "auto"
 
     def maps(self) -> dict[str, LabelMap | None]:
         return {name: _map(self, name) for name in GEOMETRIC if _declared(self, name)}
@@ -506,8 +511,9 @@ def _identity(rows: Rows, cfg: TableConfig) -> list:
     ]
 
 
-def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, np.ndarray], list[int]]:
-    """(uint8 arrays "images" (N, C, S, S) and each mask (N, S, S), the decoded rows)."""
+def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, Pixels], list[int]]:
+    """(uint8 "images" (N, C, S, S), in memory or mapped, and each mask (N, S, S) in memory,
+    the decoded rows)."""
     c, s, _ = rows.shape
     mode = "L" if c == 1 else "RGB"
     shapes = {"images": rows.shape, **{name: (s, s) for name in rows.masks}}
@@ -523,7 +529,9 @@ def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, np.ndarray], list[in
         for i in range(len(rows.images))
     ]
     key = [str(rows.table), str(rows.base), list(rows.shape), cfg.resize, FORMAT]
-    decoded = cached_decode("table", key, _identity(rows, cfg), names, shapes, one)
+    decoded = cached_decode(
+        "table", key, _identity(rows, cfg), names, shapes, one, storage=cfg.storage
+    )
     if decoded.skipped and cfg.on_bad_image == "stop":
         raise CnnlabError(
             f"data.table: {len(decoded.skipped)} rows cannot be read (first: "
@@ -531,7 +539,7 @@ def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, np.ndarray], list[in
         )
     if not decoded.kept:
         raise CnnlabError(f"data.table: no image of {rows.table} could be read")
-    return decoded.arrays, decoded.kept
+    return decoded.pixels, decoded.kept
 
 
 def load(cfg: TableConfig) -> Dataset:
@@ -543,13 +551,13 @@ def load(cfg: TableConfig) -> Dataset:
     targets: dict[str, torch.Tensor] = {}
     for name, spec in cfg.targets.items():
         if spec.kind == "mask":
-            targets[name] = torch.from_numpy(arrays[name])
+            targets[name] = arrays[name]
         else:
             targets[name] = torch.from_numpy(rows.values[name])[index]
     tops = {m: _highest(targets[m]) for m in rows.masks}  # each mask's highest class index
     classes = {**rows.classes, **_mask_names(rows, tops)}
     _check_masks(tops, classes)
-    data = ImageSet(torch.from_numpy(arrays["images"]), targets)
+    data = ImageSet(arrays["images"], targets)
     split = torch.from_numpy(rows.split)[index] if rows.split is not None else None
     train, val, test = _parts(cfg, data, split)
     return Dataset(
