@@ -180,7 +180,8 @@ def set_args(sets: list[str]) -> list[str]:
 def one_device(check: Check) -> Outcome:
     """The demo as it trains, timed to 93 % by time_to_accuracy.py's own function."""
     epochs = ["train.epochs=1"] if check.quick else []
-    r = one_seed(DEMO, 0, TARGET, check.demo_sets("one_device", *epochs), str(check.out))
+    folder = check.out / "one_device"  # one_seed sets output_dir itself
+    r = one_seed(DEMO, 0, TARGET, check.demo_sets("one_device", *epochs), str(folder))
     check.precision = r["precision"]
     run = RunFolder.open(r["run"])
     wrong = finite_run(run, r["epochs"])
@@ -246,8 +247,8 @@ def synthetic_cifar(root: Path, per_batch: int, n_test: int) -> Path:
 
 def cifar_data(check: Check) -> tuple[str, str]:
     """(data.root, what it holds), found or made once: --cifar-root, else the CIFAR-10
-    cnnlab finds without downloading, else generated files (official sizes, or a few
-    hundred with --quick)."""
+    cnnlab finds without downloading, else generated files (official sizes, or 2,000
+    training images with --quick)."""
     if check.cifar is None:
         check.cifar = _cifar_data(check)
     return check.cifar
@@ -372,6 +373,7 @@ def _kill_when_due(proc: subprocess.Popen, folder: Path) -> RunFolder:
         run = run or _opened(folder)
         if run is not None and run.read_metrics():
             seen.add(_identity(run.last_path))
+            seen.discard(None)  # epoch 1 written, its checkpoint not yet
             if len(seen) == 3:  # two checkpoints after the one seen with epoch 1's row
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
