@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 AHEAD = 3  # batches read in the background while the current one trains
+AHEAD_BYTES = 128 << 20  # but no more than this much uint8 (large evaluation batches)
 PAGE = mmap.PAGESIZE
 HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
@@ -136,15 +137,17 @@ def take(images: Pixels, index: torch.Tensor) -> Pixels:
 def read_ahead(
     images: MappedImages, batches: Iterable[torch.Tensor], part: tuple[int, int] = (0, 1)
 ) -> Iterator[torch.Tensor]:
-    """The pixels of each index batch, read AHEAD batches early by one background thread.
+    """The pixels of each index batch, read AHEAD batches early (AHEAD_BYTES at most) by one
+    background thread.
     `part` (i, k): only the i-th of k contiguous slices of each batch is read, the rest are
     zeros (a data-parallel rank's shard, distributed.shard's slicing); the batch keeps its
     size, so augmentation draws as many numbers as on one process."""
+    row = int(np.prod(images.shape[1:]))
     with ThreadPoolExecutor(1, thread_name_prefix="cnnlab-read") as pool:
         pending: list[Future] = []
         for idx in batches:
             pending.append(pool.submit(_shard, images, idx, part))
-            if len(pending) > AHEAD:
+            if len(pending) > max(1, min(AHEAD, AHEAD_BYTES // max(1, len(idx) * row))):
                 yield pending.pop(0).result()
         for future in pending:
             yield future.result()
