@@ -2,8 +2,11 @@
 
 bf16 autocast is 2.4x faster than fp32 for matrix products on one of this project's CPUs
 (AMD EPYC with AVX-512 BF16) and 1.9x slower on another (Intel Xeon without AMX), so no
-fixed default is right. On a CPU, `auto` times a few forward + backward passes of the
-run's own model on one real batch in each precision, interleaved so that a load change on
+fixed default is right. On a CPU without bf16 instructions (no `avx512_bf16`, `amx_bf16` or
+Arm's `bf16` in /proc/cpuinfo, like most laptops) bf16 is emulated and about 10x slower, so
+`auto` takes fp32 without timing (timing it cost half a minute at 224 px). On a CPU with
+them, or where /proc/cpuinfo does not say, `auto` times a few forward + backward passes of
+the run's own model on one real batch in each precision, interleaved so that a load change on
 the machine hits both alike, and keeps the faster. The answer is cached per machine,
 thread count, torch version, model and batch shape, so it costs a few seconds once.
 On a CUDA GPU nothing is timed: the device's compute capability decides (`for_gpu`).
@@ -38,6 +41,8 @@ BUDGET_S = 6.0  # rough ceiling on the timed part, whatever the model costs
 ROUNDS = 5  # interleaved rounds; each precision's time is its fastest round (load only adds)
 WARMUP = 3  # untimed steps per precision: the first ones pick kernels and allocate
 CLEAR = 3.0  # one precision this many times slower on a warm step: no rounds needed
+BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # /proc/cpuinfo: x86's and Arm's bf16
+NO_BF16 = "no bf16 instructions on this CPU (avx512_bf16, amx_bf16): bf16 would be emulated"
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}  # autocast's dtype per precision
 LossFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # model outputs -> scalar loss
@@ -136,9 +141,24 @@ def choose(
     cached = _read_cache().get(key)
     if isinstance(cached, dict) and cached.get("precision") in PRECISIONS:
         return Choice(cached["precision"], "cached", cached.get("images_per_s"))
+    if cpu_bf16() is False:
+        return Choice("fp32", "device", reason=NO_BF16)
     choice = measure(device, model, x, loss_of)
     _write_cache(key, choice)
     return choice
+
+
+def cpu_bf16() -> bool | None:
+    """Whether this CPU has bf16 instructions, from /proc/cpuinfo's flags (x86) or features
+    (Arm); None where that file does not say (another OS): `auto` then measures."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith(("flags", "Features")):
+            return bool(BF16_FLAGS & set(line.split(":", 1)[1].split()))
+    return None
 
 
 def measure(

@@ -195,24 +195,29 @@ def test_the_cache_is_reused_and_rebuilt_when_a_file_changes(tree, tmp_path, cap
 # ------------------------------------------------------------------------ end to end
 
 
-def test_cli_train_then_eval(tree, tmp_path):
-    recipe = {
-        "name": "folder_tiny",
-        "output_dir": str(tmp_path / "runs"),
+def folder_recipe(tree: Path, out: Path, name: str = "folder_tiny", epochs: int = 1) -> dict:
+    """A recipe of seconds on the generated tree: 16 px, two blocks of four filters."""
+    return {
+        "name": name,
+        "output_dir": str(out),
         "data": {"source": "image_folder", "root": str(tree), "image_size": 16},
         "model": {"backbone": "cnn", "blocks": 2, "base_filters": 4, "filter_org": "same"},
         "tasks": {"cls": {"type": "classification", "target": "label"}},
         "train": {
-            "epochs": 1,
+            "epochs": epochs,
             "batch_size": 16,
             "progress": False,
             "device": "cpu",
             "precision": "fp32",
             "threads": 1,
             "report": False,
-            "monitor": "val.cls.accuracy",
         },
     }
+
+
+def test_cli_train_then_eval(tree, tmp_path):
+    recipe = folder_recipe(tree, tmp_path / "runs")
+    recipe["train"]["monitor"] = "val.cls.accuracy"
     path = tmp_path / "folder.yaml"
     path.write_text(yaml.safe_dump(recipe))
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}

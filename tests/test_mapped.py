@@ -15,7 +15,7 @@ from cnnlab.data import memory
 from cnnlab.data.mapped import MappedImages, pixels_at, read_ahead
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
-from tests.test_image_folder import cfg_of, make_tree, train_counts
+from tests.test_image_folder import cfg_of, folder_recipe, make_tree, train_counts
 
 TIMING = {"seconds", "images_per_s"}
 
@@ -28,23 +28,10 @@ def tree(tmp_path, monkeypatch) -> Path:
 
 
 def recipe(tree: Path, tmp_path: Path, storage: str, epochs: int = 2) -> dict:
-    return {
-        "name": f"folder_{storage}",
-        "seed": 3,
-        "output_dir": str(tmp_path / "runs" / storage),
-        "data": {"source": "image_folder", "root": str(tree), "image_size": 16, "storage": storage},
-        "model": {"backbone": "cnn", "blocks": 2, "base_filters": 4, "filter_org": "same"},
-        "tasks": {"cls": {"type": "classification", "target": "label"}},
-        "train": {
-            "epochs": epochs,
-            "batch_size": 16,
-            "progress": False,
-            "device": "cpu",
-            "precision": "fp32",
-            "threads": 1,
-            "report": False,
-        },
-    }
+    out = folder_recipe(tree, tmp_path / "runs" / storage, f"folder_{storage}", epochs)
+    out["seed"] = 3
+    out["data"]["storage"] = storage
+    return out
 
 
 def metrics(run) -> list[dict]:

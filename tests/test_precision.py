@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,11 +24,35 @@ from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, load_checkpoint
 from tests.test_train import comparable, interrupt_after
 
+READ_FLAGS = precision.cpu_bf16  # the real reader (the fixture below replaces it)
+
 
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
-    """Each test starts with no cached choice."""
+    """Each test starts with no cached choice, on a CPU that has bf16 instructions (so auto
+    measures, whatever this host has)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: True)
+
+
+def test_a_cpu_without_bf16_instructions_takes_fp32_untimed(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: False)
+    calls: list = []
+    x = torch.randn(4, 1, 16, 16)
+    choice = choose("auto", torch.device("cpu"), small_model(), x, slowed_in("fp32", 0.1, calls))
+    assert (choice.precision, choice.how, calls) == ("fp32", "device", [])  # nothing timed
+    assert "no bf16 instructions" in choice.describe()
+    assert not precision.cache_path().exists()
+
+
+def test_the_cpu_flags_are_read_from_proc_cpuinfo():
+    flags = Path("/proc/cpuinfo")
+    if not flags.exists():
+        assert READ_FLAGS() is None
+        return
+    text = flags.read_text()
+    expected = any(f in text.split() for f in precision.BF16_FLAGS)
+    assert READ_FLAGS() is expected
 
 
 def small_model() -> torch.nn.Module:
