@@ -141,8 +141,9 @@ class TrainConfig(Section):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()  # stop when a metric stalls
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     # bf16 / fp16 = autocast, weights stay fp32; fp16 (CUDA only) adds loss scaling. auto =
-    # on a CPU the faster of fp32 and bf16 (timed once, cached); on a GPU bf16 where it is
-    # native (compute capability 8.0+), fp16 on 7.x, fp32 below
+    # on a CPU fp32 where it has no bf16 instructions, else the faster of fp32 and bf16
+    # (timed once, cached); on a GPU bf16 where it is native (compute capability 8.0+),
+    # fp16 on 7.x, fp32 below
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True  # NHWC memory layout: faster convolutions on most hardware
     threads: int | None = Field(None, ge=1)  # CPU threads; None = all cores
