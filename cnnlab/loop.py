@@ -193,6 +193,8 @@ class Trainer:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
         self.data_state = ckpt["data_gen"]
         self.run.truncate_metrics(self.state.epoch)
+        if "row" in ckpt and len(self.run.read_metrics()) < self.state.epoch:
+            self.run.append_metrics(ckpt["row"])  # stopped between the checkpoint and its row
 
     def where(self) -> str:
         """Where a resumed run picks up, in words."""
@@ -366,8 +368,10 @@ class Trainer:
         row["images_per_s"] = round(images_per_s, 1)  # training steps only, not validation
         st.epoch, st.step = st.epoch + 1, 0
         self._track_best(row)
+        # the checkpoint first, holding its row: whoever reads the row (a sweep pruning the
+        # trial) may stop the processes at once, and a resume then still starts here
+        self.run.save_checkpoint(self.run.last_path, {**self.checkpoint(), "row": row})
         self.run.append_metrics(row)
-        self.save_last()
         every = self.recipe.train.keep_every
         if every and st.epoch % every == 0:  # weights only: a point of the training path
             path = self.run.last_path.with_name(f"epoch_{st.epoch:03d}.pt")

@@ -93,6 +93,25 @@ def test_resume_reproduces_the_uninterrupted_run(tiny, stop_at):
     assert json.loads(resumed.test_path.read_text()) == json.loads(reference.test_path.read_text())
 
 
+def test_stopped_between_its_checkpoint_and_its_row_a_run_resumes_with_the_row(tiny):
+    """A sweep stops a trial's processes as soon as it reads an epoch's row: the epoch's
+    checkpoint is written first and holds the row, which a resume puts back if it is lost."""
+    recipe = tiny("train.epochs=2", "data.train_subset=1000")
+    reference = train(recipe)
+    run = RunFolder.create(recipe)
+
+    def pruned(row: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(build(recipe), run, on_epoch=pruned).fit()
+    (row,) = run.read_metrics()
+    assert load_checkpoint(run.last_path)["row"] == row  # the checkpoint was there first
+    run.truncate_metrics(0)  # as if stopped after the checkpoint, before its row
+    resumed = train(recipe, resume=run.path)
+    assert comparable(resumed) == comparable(reference)
+
+
 def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(tiny):
     recipe = tiny(
         "train.epochs=2",
