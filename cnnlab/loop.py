@@ -168,8 +168,10 @@ class Trainer:
         and the epoch's skipped steps so far, so a mid-epoch resume counts on."""
         return {"state": self.scaler.state_dict(), "skipped": int(self.skipped.item())}
 
-    def save_last(self, gen: torch.Generator | None = None) -> None:
-        self.run.save_checkpoint(self.run.last_path, self.checkpoint(gen))
+    def save_last(self, gen: torch.Generator | None = None, row: dict | None = None) -> None:
+        """last.pt; at an epoch's end it also holds that epoch's metrics `row`."""
+        extra = {"row": row} if row is not None else {}
+        self.run.save_checkpoint(self.run.last_path, {**self.checkpoint(gen), **extra})
 
     def restore(self, ckpt: dict) -> None:
         """Continue from a checkpoint loaded on the CPU: load_state_dict copies weights and
@@ -370,7 +372,7 @@ class Trainer:
         self._track_best(row)
         # the checkpoint first, holding its row: whoever reads the row (a sweep pruning the
         # trial) may stop the processes at once, and a resume then still starts here
-        self.run.save_checkpoint(self.run.last_path, {**self.checkpoint(), "row": row})
+        self.save_last(row=row)
         self.run.append_metrics(row)
         every = self.recipe.train.keep_every
         if every and st.epoch % every == 0:  # weights only: a point of the training path
