@@ -16,7 +16,7 @@ import torch
 from cnnlab.data import colorize, get_source
 from cnnlab.data.augment import NO_LABEL, UNCHANGED, AugmentConfig, LabelMap, augment, is_mask
 from cnnlab.data.base import DataSection, DerivedTarget, ImageSet
-from cnnlab.data.mapped import MappedImages, Pixels, read_ahead
+from cnnlab.data.mapped import MappedImages, read_ahead
 from cnnlab.data.split import stratified_split, stratified_subset
 from cnnlab.data.stats import channel_stats
 from cnnlab.errors import CnnlabError
@@ -97,9 +97,19 @@ class Splits:
             gen.set_state(resume_state)
         steps = range(start, self.steps_per_epoch(batch_size))
         indices = [perm[step * batch_size : (step + 1) * batch_size] for step in steps]
-        pixels = _pixels(self.train.images, indices, part)
-        for idx, batch in zip(indices, pixels, strict=True):
-            yield self.augmented(batch, idx, gen, aug, needed)
+        images = self.train.images
+        if not isinstance(images, MappedImages):
+            for idx in indices:
+                yield self.train_batch(idx, gen, aug, needed)
+            return
+        for idx, pixels in zip(indices, read_ahead(images, indices, part), strict=True):
+            yield self.augmented(pixels, idx, gen, aug, needed)
+
+    def train_batch(
+        self, idx: torch.Tensor, gen: torch.Generator, aug: AugmentConfig, needed: set[str]
+    ) -> Batch:
+        """The training images at `idx`, augmented with draws from `gen`, made model input."""
+        return self.augmented(self.train.images[idx], idx, gen, aug, needed)
 
     def augmented(
         self,
@@ -124,21 +134,18 @@ class Splits:
         i, k = part
         start, stop = len(data) * i // k, len(data) * (i + 1) // k
         rows = [slice(lo, min(lo + batch_size, stop)) for lo in range(start, stop, batch_size)]
-        for r, pixels in zip(rows, _pixels(data.images, rows), strict=True):
+        if not isinstance(data.images, MappedImages):
+            for r in rows:
+                yield self.eval_batch(data, r, needed)
+            return
+        ahead = read_ahead(data.images, [torch.arange(r.start, r.stop) for r in rows])
+        for r, pixels in zip(rows, ahead, strict=True):
             x = pixels.float().div_(255)
             yield self.finish(x, {k: v[r] for k, v in data.targets.items()}, needed)
 
-
-def _pixels(
-    images: Pixels, batches: list[torch.Tensor] | list[slice], part: tuple[int, int] = (0, 1)
-) -> Iterator[torch.Tensor]:
-    """Each batch's uint8 pixels (rows by index or slice): mapped images read a few batches
-    ahead in the background, `part` (i, k) a data-parallel rank's shard only; in-memory
-    ones indexed as they are needed (a slice is a view)."""
-    if not isinstance(images, MappedImages):
-        return (images[b] for b in batches)
-    rows = [b if isinstance(b, torch.Tensor) else torch.arange(b.start, b.stop) for b in batches]
-    return read_ahead(images, rows, part)
+    def eval_batch(self, data: ImageSet, rows: slice, needed: set[str]) -> Batch:
+        x = data.images[rows].float().div_(255)
+        return self.finish(x, {k: v[rows] for k, v in data.targets.items()}, needed)
 
 
 def _labels(mask: torch.Tensor) -> torch.Tensor:
