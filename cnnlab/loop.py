@@ -88,7 +88,7 @@ class Trainer:
         # steps the scaler skipped this epoch (gradients overflowed): counted on the device
         self.skipped = torch.zeros((), dtype=torch.int64, device=self.device)
         if self.device.type == "cuda":
-            tune_cuda()
+            tune_cuda(recipe.train.deterministic)
         if feature_cache.applies(self.model, getattr(recipe.model, "cache_features", False)):
             self._cache_features(recipe)
         # what trains: the model itself, or DDP's wrapper, which averages the gradients

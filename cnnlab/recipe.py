@@ -146,6 +146,10 @@ class TrainConfig(Section):
     # fp16 on 7.x, fp32 below
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True  # NHWC memory layout: faster convolutions on most hardware
+    # on a GPU, the same bits in every process: cuDNN's deterministic algorithms instead of
+    # autotuning, so a resumed run equals the uninterrupted one exactly (some speed lost).
+    # The CPU is deterministic already
+    deterministic: bool = False
     threads: int | None = Field(None, ge=1)  # CPU threads; None = all cores
     # under torchrun on GPUs: BatchNorm statistics over the global batch, not each rank's
     sync_bn: bool = False

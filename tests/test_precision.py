@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -20,8 +21,9 @@ from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
 from cnnlab.loop import Trainer
 from cnnlab.precision import Choice, choose, for_gpu, record
-from cnnlab.recipe import Recipe
+from cnnlab.recipe import Recipe, load_recipe
 from cnnlab.runs import RunFolder, load_checkpoint
+from tests.conftest import DEMO
 from tests.test_train import comparable, interrupt_after
 
 READ_FLAGS = precision.cpu_bf16  # the real reader (the fixture below replaces it)
@@ -241,8 +243,34 @@ def test_tune_cuda_turns_on_cudnn_autotuning_and_tf32(monkeypatch):
     try:
         precision.tune_cuda()
         assert torch.backends.cudnn.benchmark is True
+        assert torch.backends.cudnn.deterministic is False
+        assert not torch.are_deterministic_algorithms_enabled()
         assert torch.get_float32_matmul_precision() == "high"
     finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_deterministic_trades_autotuning_for_deterministic_kernels(monkeypatch):
+    """train.deterministic: no autotuning, deterministic kernels, and the cuBLAS workspace
+    setting they need; a later run without it gets autotuning back (one notebook, two runs).
+    On a real GPU, benchmarks/gpu_check.py's stage 4 shows a resume equal bit for bit."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    recipe = load_recipe(DEMO, ["train.deterministic=true"])
+    assert recipe.train.deterministic is True
+    before = torch.get_float32_matmul_precision()
+    try:
+        precision.tune_cuda(recipe.train.deterministic)
+        assert torch.backends.cudnn.benchmark is False
+        assert torch.backends.cudnn.deterministic is True
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        precision.tune_cuda()
+        assert torch.backends.cudnn.benchmark is True
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
         torch.set_float32_matmul_precision(before)
 
 
