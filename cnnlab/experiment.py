@@ -14,9 +14,11 @@ from pathlib import Path
 from cnnlab import distributed
 from cnnlab.build import build, resolve_device
 from cnnlab.calibration import calibrate_run, summary
+from cnnlab.data.batches import Splits
 from cnnlab.errors import CnnlabError
 from cnnlab.loggers import Loggers
 from cnnlab.loop import Trainer
+from cnnlab.models.compiled import compiled_kernels
 from cnnlab.precision import record
 from cnnlab.progress import console, print_metrics_table
 from cnnlab.recipe import Recipe
@@ -94,7 +96,8 @@ def train_in(
         if metrics and recipe.train.progress:
             print_metrics_table(metrics, "test metrics of the best checkpoint")
         if metrics and recipe.train.report:
-            write_run_report(run)
+            on_cpu = trainer.device.type == "cpu"  # the figures' data lives on the CPU
+            write_run_report(run, trainer.built.splits if on_cpu else None)
         return run
     finally:
         loggers.close(run.test_metrics())
@@ -103,7 +106,8 @@ def train_in(
 def _calibrate(trainer: Trainer, run: RunFolder) -> bool:
     """train.calibrate after training; a failure leaves the trained run intact and says so."""
     try:
-        result = calibrate_run(run.path, trainer.built.splits, trainer.device)
+        with compiled_kernels(trainer.built.fused):
+            result = calibrate_run(run.path, trainer.built.splits, trainer.device)
     except CnnlabError as err:
         print(f"warning: not calibrated ({err}); retry with: cnnlab calibrate {run.path}")
         return False
@@ -112,11 +116,11 @@ def _calibrate(trainer: Trainer, run: RunFolder) -> bool:
     return True
 
 
-def write_run_report(run: RunFolder) -> None:
+def write_run_report(run: RunFolder, splits: Splits | None = None) -> None:
     """report.html + figures/ of a finished run; a failure leaves the trained run intact."""
     from cnnlab.report import build_report
 
     try:
-        build_report(run.path)
+        build_report(run.path, splits)
     except CnnlabError as err:
         print(f"warning: no report ({err}); retry with: cnnlab report {run.path}")

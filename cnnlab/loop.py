@@ -27,6 +27,7 @@ from cnnlab.build import Built, with_temperatures
 from cnnlab.ema import WeightAverage
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import measure
+from cnnlab.models.compiled import compiled_kernels
 from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.precision import autocast_for, scaler_for, tune_cuda
 from cnnlab.progress import EpochProgress
@@ -214,7 +215,6 @@ class Trainer:
 
     def fit(self) -> None:
         """Train to the last epoch (or early stop), checkpointing as it goes."""
-        cfg = self.recipe.train
         # Ctrl-C only sets a flag; the loop stops between steps with a checkpoint written.
         # Data-parallel ranks cannot agree on that step: a signal stops them at once (torchrun
         # signals every rank when one fails), and the last checkpoint is where they resume.
@@ -227,11 +227,8 @@ class Trainer:
         previous = {s: signal.signal(s, h) for s, h in handlers.items()} if main else {}
         self.run.set_status("running", epoch=self.state.epoch)
         try:
-            while self.state.epoch < cfg.epochs and not self._early_stopped():
-                if self._stop:  # arrived during validation: last.pt is already current
-                    self.run.set_status("interrupted", epoch=self.state.epoch, step=0)
-                    raise KeyboardInterrupt
-                self._train_epoch()
+            with compiled_kernels(self.built.fused):
+                self._epochs()
         except Exception as err:
             if not (self.ranks.active and distributed.peers_lost(err)):
                 raise
@@ -244,6 +241,13 @@ class Trainer:
             for s, h in previous.items():
                 signal.signal(s, h)
         self.run.set_status("trained", epoch=self.state.epoch)
+
+    def _epochs(self) -> None:
+        while self.state.epoch < self.recipe.train.epochs and not self._early_stopped():
+            if self._stop:  # arrived during validation: last.pt is already current
+                self.run.set_status("interrupted", epoch=self.state.epoch, step=0)
+                raise KeyboardInterrupt
+            self._train_epoch()
 
     def _epoch_generator(self) -> torch.Generator:
         gen = torch.Generator(device=self.device)
@@ -425,4 +429,5 @@ class Trainer:
     def measure(self, model: nn.Module, views: ViewAverage | None) -> dict[str, float]:
         """`model`'s test-set metrics, averaged over `views` when given."""
         size = self.recipe.train.eval_batch_size
-        return measure(self.tasks, self.splits, model, self.autocast, size, views)
+        with compiled_kernels(self.built.fused):
+            return measure(self.tasks, self.splits, model, self.autocast, size, views)

@@ -38,7 +38,7 @@ from cnnlab.errors import CnnlabError
 PRECISIONS = ("fp32", "bf16")  # what `auto` times on a CPU (fp16: only on CUDA)
 MARGIN = 0.97  # bf16 must be at least 3 % faster: on a tie fp32 keeps its extra accuracy
 BUDGET_S = 6.0  # rough ceiling on the timed part, whatever the model costs
-ROUNDS = 5  # interleaved rounds; each precision's time is its fastest round (load only adds)
+ROUNDS = 5  # interleaved rounds at most (2 at least); each precision's time is its fastest
 WARMUP = 3  # untimed steps per precision: the first ones pick kernels and allocate
 CLEAR = 3.0  # one precision this many times slower on a warm step: no rounds needed
 BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # /proc/cpuinfo: x86's and Arm's bf16
@@ -207,12 +207,17 @@ def far_slower(rates: dict[str, float]) -> set[str]:
 
 
 def _fastest_rounds(step: Callable[[str, int], float], one: float) -> dict[str, tuple[float, int]]:
-    """Interleaved rounds, each precision's fastest: (seconds, steps) per precision."""
-    for precision in PRECISIONS:
-        step(precision, WARMUP - 1)
-    steps = int(min(6, max(1, BUDGET_S / (2 * ROUNDS * max(one, 1e-4)))))
+    """Interleaved rounds, each precision's fastest: (seconds, steps) per precision. Rounds,
+    steps per round and the extra warm-up steps all fit BUDGET_S: at 224 px a step takes a
+    second, and 5 rounds with 3 warm-ups had made the measurement 20 s of a 30-step run."""
+    both = 2 * max(one, 1e-4)  # one step of each precision
+    rounds = int(min(ROUNDS, max(2, BUDGET_S / both)))
+    steps = int(min(6, max(1, BUDGET_S / (rounds * both))))
+    if (WARMUP - 1) * both <= BUDGET_S / 3:  # cheap: settle the kernels further first
+        for precision in PRECISIONS:
+            step(precision, WARMUP - 1)
     times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for precision in PRECISIONS:
             times[precision].append(step(precision, steps))
     return {p: (min(t), steps) for p, t in times.items()}

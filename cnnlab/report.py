@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jinja2
 
+from cnnlab.data.batches import Splits
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import best_row, dump_recipe
 from cnnlab.runs import write_text
@@ -129,10 +130,13 @@ def format_value(value) -> str:
     return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def build_report(run: str | Path) -> Path:
-    """Write RUN/figures/*.png and RUN/report.html; returns the report's path."""
+def build_report(run: str | Path, splits: Splits | None = None) -> Path:
+    """Write RUN/figures/*.png and RUN/report.html; returns the report's path. `splits`:
+    the run's data as training loaded it on the CPU, so that it is not loaded again."""
     started = time.monotonic()
     view = RunView(run)
+    if splits is not None:
+        view.share_splits(splits)
     folder = view.run.path / "figures"
     shown = [_section(view, sid, title, names, folder) for sid, title, names in sections()]
     # A section with nothing to show and nothing to explain (no regression task) is left out.

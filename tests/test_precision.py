@@ -107,6 +107,21 @@ def test_precisions_close_together_are_timed_in_interleaved_rounds():
     assert 1.2 < choice.images_per_s["fp32"] / choice.images_per_s["bf16"] < precision.CLEAR
 
 
+def test_slow_steps_keep_the_timed_rounds_within_the_budget():
+    """At 224 px a step takes a second or more: two interleaved rounds of one step each,
+    no extra warm-up, instead of 5 rounds after 2 more warm-up steps (20 s of a short run)."""
+    spent: list[tuple[str, float]] = []
+
+    def step(p: str, n: int) -> float:  # simulated: fp32 1.5 s a step, bf16 1.2 s
+        spent.append((p, n * (1.5 if p == "fp32" else 1.2)))
+        return spent[-1][1]
+
+    result = precision._fastest_rounds(step, 1.5)
+    assert sum(t for _, t in spent) <= precision.BUDGET_S
+    assert [p for p, _ in spent] == ["fp32", "bf16", "fp32", "bf16"]
+    assert result == {"fp32": (1.5, 1), "bf16": (1.2, 1)}
+
+
 @pytest.mark.parametrize("slow", ["bf16", "fp32"])
 def test_auto_keeps_the_faster_precision_and_caches_it(slow):
     x = torch.randn(16, 1, 16, 16)

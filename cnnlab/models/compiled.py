@@ -9,10 +9,12 @@ switched off for the process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import types
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextvars import ContextVar
 
 import torch
 
@@ -22,6 +24,17 @@ FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Smaller tensors run aten: nothing to gain there, and it keeps the compiled variants few
 # (dynamo specialises sizes 0 and 1 and recompiles at most 8 times per function).
 MIN_NUMEL = 1 << 14
+_ALLOWED: ContextVar[bool] = ContextVar("cnnlab_fused_kernels", default=True)
+
+
+@contextlib.contextmanager
+def compiled_kernels(enabled: bool) -> Iterator[None]:
+    """Allow (or not) the compiled kernels in the code this wraps, this thread only."""
+    token = _ALLOWED.set(enabled)
+    try:
+        yield
+    finally:
+        _ALLOWED.reset(token)
 
 
 class Kernels:
@@ -94,6 +107,7 @@ def usable(x: torch.Tensor, kernels: Kernels) -> bool:
         and x.dtype in FAST_DTYPES
         and x.numel() >= MIN_NUMEL
         and not kernels.failed
+        and _ALLOWED.get()
         and not transforming()
         and not torch.compiler.is_compiling()
     )

@@ -53,9 +53,10 @@ def _flat(a: torch.Tensor) -> torch.Tensor:
 
 def attribute(
     method: str, model: nn.Module, task: str, x: torch.Tensor, target: torch.Tensor | None,
-    black: torch.Tensor | None = None,
+    black: torch.Tensor | None = None, ig_steps: int = IG_STEPS,
 ) -> torch.Tensor:  # fmt: skip
-    """One method's maps (B, H, W) for images x (B, C, H, W), model input."""
+    """One method's maps (B, H, W) for images x (B, C, H, W), model input; Integrated
+    Gradients sums `ig_steps` gradients along its path."""
     from captum.attr import (
         GuidedGradCam,
         IntegratedGradients,
@@ -81,7 +82,7 @@ def attribute(
         if method == "Integrated Gradients":
             base = torch.zeros_like(x) if black is None else black.view(1, -1, 1, 1).expand_as(x)
             ig = IntegratedGradients(score)
-            return _flat(ig.attribute(x, baselines=base, n_steps=IG_STEPS, internal_batch_size=64))
+            return _flat(ig.attribute(x, baselines=base, n_steps=ig_steps, internal_batch_size=64))
     raise ValueError(f"unknown attribution method {method!r}; choose one of {METHODS}")
 
 

@@ -23,6 +23,9 @@ from cnnlab.errors import CnnlabError
 
 # Class names and run names are user text: never let "$" start matplotlib's mathtext.
 RC = {"text.parse_math": False, "font.size": 9, "axes.titlesize": 9, "savefig.dpi": 130}
+# zlib level 3 instead of Pillow's 6: a report's PNGs (3 MB for seed 002's prediction grid)
+# were written in 4.8 s instead of 6.8, a little larger
+PNG = {"bbox_inches": "tight", "pil_kwargs": {"compress_level": 3}}
 
 
 @dataclass
@@ -43,14 +46,14 @@ class Chart:
 
         buffer = io.BytesIO()
         with matplotlib.rc_context(RC):
-            self.figure.savefig(buffer, format="png", bbox_inches="tight")
+            self.figure.savefig(buffer, format="png", **PNG)
         return buffer.getvalue()
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self.key}.png"
         with matplotlib.rc_context(RC):
-            self.figure.savefig(path, bbox_inches="tight")
+            self.figure.savefig(path, **PNG)
         return path
 
 

@@ -28,6 +28,11 @@ CONTROL = "edges (no model)"
 STEPS = 6  # randomization steps shown; layers are grouped evenly into this many
 DEPENDS = 0.5  # |rank correlation| below this once every layer is random: the map depends
 SEED = 0
+# Integrated Gradients' steps here (32 in the attributions figure): the check asks how a map
+# changes as the weights go, of every step alike, and computes it 7 times over. On seed
+# 002's network at 224 px, 8 steps' maps rank-correlated with 32 steps' at 0.96-0.97, trained
+# or randomized, and the check's curves came out equal to two decimals in a fifth the time
+IG_STEPS = 8
 
 
 def layers_top_down(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -67,10 +72,11 @@ def edges(x: torch.Tensor) -> torch.Tensor:
 def cascade(
     model: nn.Module, task: str, x: torch.Tensor, target: torch.Tensor | None,
     black: torch.Tensor | None = None, steps: int = STEPS, methods=METHODS,
+    ig_steps: int = IG_STEPS,
 ) -> tuple[list[str], dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]]]:  # fmt: skip
     """(step labels, maps per method per step, rank correlation (B,) per method per step);
     step 0 is the trained model. The model itself is never changed (a copy is randomized)."""
-    maps = {m: [attribute(m, model, task, x, target, black).cpu()] for m in methods}
+    maps = {m: [attribute(m, model, task, x, target, black, ig_steps).cpu()] for m in methods}
     maps[CONTROL] = [edges(x).cpu()]
     copy_ = copy.deepcopy(model)
     torch.manual_seed(SEED)
@@ -80,7 +86,7 @@ def cascade(
             module.reset_parameters()
         labels.append(f"…{group[-1][0]}")  # randomized down to this layer
         for m in methods:
-            maps[m].append(attribute(m, copy_, task, x, target, black).cpu())
+            maps[m].append(attribute(m, copy_, task, x, target, black, ig_steps).cpu())
         maps[CONTROL].append(edges(x).cpu())
     rho = {m: [spearman(v[0], step) for step in v] for m, v in maps.items()}
     return labels, maps, rho
