@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.build import FUSED_MIN_STEPS, fused_kernels
+from cnnlab.data.batches import prepare_splits
 from cnnlab.models import activations
 from cnnlab.models.activations import Mish, mish
-from cnnlab.models.compiled import Kernels
+from cnnlab.models.compiled import Kernels, compiled_kernels
 from cnnlab.models.layers import create_act
 from tests.conftest import ROOT
 
@@ -146,6 +148,38 @@ def test_module_is_an_nn_mish_and_hooks_fire():
     m(x).sum().backward()
     assert seen == ["fwd", "bwd"]
     torch.testing.assert_close(x.grad, torch.func.grad(lambda t: F.mish(t).sum())(x.detach()))
+
+
+def test_compiled_kernels_false_runs_aten_in_its_block_only(monkeypatch):
+    """What a short run and the figures use: aten's kernel inside the block (nothing is
+    compiled there), the compiled one again after it."""
+    x = torch.randn(activations.MIN_NUMEL)
+    compiles: list[str] = []
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiles.append(1) or real(fn, **kw))
+    monkeypatch.setattr(activations, "KERNELS", Kernels("Mish", *activations.KERNELS.sources))
+    with compiled_kernels(False):
+        assert not activations._fast(x)
+        torch.testing.assert_close(mish(x), F.mish(x))
+    assert compiles == [] and activations._fast(x)
+
+
+@pytest.mark.parametrize(
+    ("sets", "fused"),
+    [
+        ([], False),  # 2,000 images less validation, batch 64, 1 epoch: under 30 steps
+        (["train.fused_kernels=true"], True),
+        (["train.epochs=14"], True),  # over 14 x 25 steps
+        (["train.epochs=14", "train.fused_kernels=false"], False),
+    ],
+)
+def test_auto_compiles_for_runs_long_enough_to_pay_for_it(tiny, sets, fused):
+    recipe = tiny(*sets)
+    needed = {t.target for t in recipe.tasks.values()}
+    splits = prepare_splits(recipe.data, recipe.seed, needed, torch.device("cpu"), True)
+    steps = splits.steps_per_epoch(recipe.train.batch_size) * recipe.train.epochs
+    assert (steps >= FUSED_MIN_STEPS) == (recipe.train.epochs == 14)
+    assert fused_kernels(recipe, splits) is fused
 
 
 def test_a_failing_compile_falls_back_to_aten(monkeypatch):
