@@ -29,9 +29,10 @@ def precision_rate(precision: str) -> float:
 
 
 def main() -> None:
-    """Both rates, fp32 first; a bf16 product more than 3x slower than fp32's (emulated, on
-    a CPU without bf16 instructions) is reported from one product, not repeated."""
-    from cnnlab.precision import cpu_bf16
+    """Both rates, fp32 first; a bf16 product far slower than fp32's (precision.far_slower,
+    as `auto` judges it: emulated, on a CPU without bf16 instructions) is reported from one
+    product, not repeated."""
+    from cnnlab.precision import CLEAR, cpu_bf16, far_slower
     from cnnlab.runs import device_name
 
     print(f"{device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads; bf16 "
@@ -39,9 +40,9 @@ def main() -> None:
     fp32 = matmul_rate(torch.float32)
     print(f"fp32: {fp32 / 1e9:,.0f} GFLOP/s (2048 x 2048 products, best of 5)", flush=True)
     one = matmul_rate(torch.bfloat16, repeats=1)
-    slow = one < fp32 / 3
+    slow = "bf16" in far_slower({"fp32": fp32, "bf16": one})
     bf16 = one if slow else matmul_rate(torch.bfloat16)
-    how = "one product: over 3x slower, not repeated" if slow else "best of 5"
+    how = f"one product: over {CLEAR:g}x slower, not repeated" if slow else "best of 5"
     print(f"bf16: {bf16 / 1e9:,.0f} GFLOP/s ({how}); bf16 / fp32 = {bf16 / fp32:.2f}")
 
 

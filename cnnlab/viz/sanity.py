@@ -32,7 +32,7 @@ SEED = 0
 # changes as the weights go, of every step alike, and computes it 7 times over. On seed
 # 002's network at 224 px, 8 steps' maps rank-correlated with 32 steps' at 0.96-0.97, trained
 # or randomized, and the check's curves came out equal to two decimals in a fifth the time
-IG_STEPS = 8
+CASCADE_IG_STEPS = 8
 
 
 def layers_top_down(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -72,7 +72,7 @@ def edges(x: torch.Tensor) -> torch.Tensor:
 def cascade(
     model: nn.Module, task: str, x: torch.Tensor, target: torch.Tensor | None,
     black: torch.Tensor | None = None, steps: int = STEPS, methods=METHODS,
-    ig_steps: int = IG_STEPS,
+    ig_steps: int = CASCADE_IG_STEPS,
 ) -> tuple[list[str], dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]]]:  # fmt: skip
     """(step labels, maps per method per step, rank correlation (B,) per method per step);
     step 0 is the trained model. The model itself is never changed (a copy is randomized)."""
