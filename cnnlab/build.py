@@ -13,6 +13,7 @@ folder exists.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,7 +27,7 @@ from cnnlab.distributed import Ranks
 from cnnlab.errors import CnnlabError
 from cnnlab.models import MultiTaskModel, create_model, for_checkpoint, owns_input
 from cnnlab.models.compiled import compiled_kernels
-from cnnlab.precision import HALF, Choice, choose
+from cnnlab.precision import HALF, Choice, choose, probe_size
 from cnnlab.recipe import Recipe
 from cnnlab.tasks import TargetSpec, Task, create_tasks, total_loss
 from cnnlab.tasks.classification import Classification
@@ -278,12 +279,14 @@ def choose_precision(
     device: torch.device,
     ranks: Ranks,
 ) -> Choice:
-    """`auto` times the run's own model on its first training batch in each precision.
+    """`auto` times the run's own model on its first training batch (PROBE_PIXELS of it)
+    in each precision.
     Under torchrun rank 0 times it and every rank takes its choice."""
 
     def timed() -> Choice:
         needed = {t.target for t in recipe.tasks.values()}
-        batch_size = min(recipe.train.batch_size, len(splits.train))
+        pixels = math.prod(splits.train.images.shape[2:])
+        batch_size = probe_size(min(recipe.train.batch_size, len(splits.train)), pixels)
         x, targets = next(splits.eval_batches("train", batch_size, needed))
 
         def loss_of(outputs: dict[str, torch.Tensor]) -> torch.Tensor:

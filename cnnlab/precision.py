@@ -6,8 +6,8 @@ fixed default is right. On a CPU without bf16 instructions (no `avx512_bf16`, `a
 Arm's `bf16` in /proc/cpuinfo, like most laptops) bf16 is emulated and about 10x slower, so
 `auto` takes fp32 without timing (timing it cost half a minute at 224 px). On a CPU with
 them, or where /proc/cpuinfo does not say, `auto` times a few forward + backward passes of
-the run's own model on one real batch in each precision, interleaved so that a load change on
-the machine hits both alike, and keeps the faster. The answer is cached per machine,
+the run's own model on (part of) one real batch in each precision, interleaved so that a
+load change on the machine hits both alike, and keeps the faster. The answer is cached per machine,
 thread count, torch version, model and batch shape, so it costs a few seconds once.
 On a CUDA GPU nothing is timed: the device's compute capability decides (`for_gpu`).
 bf16 where the GPU computes it natively (8.0 and up: Ampere, Ada, Hopper, Blackwell);
@@ -37,7 +37,12 @@ from cnnlab.errors import CnnlabError
 
 PRECISIONS = ("fp32", "bf16")  # what `auto` times on a CPU (fp16: only on CUDA)
 MARGIN = 0.97  # bf16 must be at least 3 % faster: on a tie fp32 keeps its extra accuracy
-BUDGET_S = 6.0  # rough ceiling on the timed part, whatever the model costs
+BUDGET_S = 2.0  # rough ceiling on the timed part, whatever the model costs
+# The timed batch holds at most this many pixels (8 images at 224 px; a whole batch of small
+# ones): per image, a step at 224 px is large enough to keep the cores busy, and on seed
+# 002's network bf16 / fp32 came out 1.44-1.52 on 8 images against 1.49-1.62 on 32, in a
+# quarter the time
+PROBE_PIXELS = 8 * 224 * 224
 ROUNDS = 5  # interleaved rounds at most (2 at least); each precision's time is its fastest
 WARMUP = 3  # untimed steps per precision: the first ones pick kernels and allocate
 CLEAR = 3.0  # one precision this many times slower on a warm step: no rounds needed
@@ -156,6 +161,11 @@ def choose(
     return choice
 
 
+def probe_size(batch_size: int, pixels_per_image: int) -> int:
+    """How many images of a training batch `auto` times: PROBE_PIXELS' worth, at least one."""
+    return max(1, min(batch_size, PROBE_PIXELS // max(pixels_per_image, 1)))
+
+
 def cpu_bf16() -> bool | None:
     """Whether this CPU has bf16 instructions, from /proc/cpuinfo's flags (x86) or features
     (Arm); None where that file does not say (another OS): `auto` then measures."""
@@ -208,8 +218,9 @@ def far_slower(rates: dict[str, float]) -> set[str]:
 
 def _fastest_rounds(step: Callable[[str, int], float], one: float) -> dict[str, tuple[float, int]]:
     """Interleaved rounds, each precision's fastest: (seconds, steps) per precision. Rounds,
-    steps per round and the extra warm-up steps all fit BUDGET_S: at 224 px a step takes a
-    second, and 5 rounds with 3 warm-ups had made the measurement 20 s of a 30-step run."""
+    steps per round and the extra warm-up steps all fit BUDGET_S (where one step of each
+    takes longer, two rounds of one step): timing whole batches at 224 px, a second a step,
+    5 rounds with 3 warm-ups had made the measurement 20 s of a 30-step run."""
     both = 2 * max(one, 1e-4)  # one step of each precision
     rounds = int(min(ROUNDS, max(2, BUDGET_S / both)))
     steps = int(min(6, max(1, BUDGET_S / (rounds * both))))

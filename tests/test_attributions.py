@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from cnnlab.viz import RunView, make_charts
-from cnnlab.viz.attributions import METHODS, attribute
+from cnnlab.viz.attributions import METHODS, Score, attribute, attribute_all
+from cnnlab.viz.guided import guided_nonlinearities
+from cnnlab.viz.hooks import analysis_mode, last_conv
 from cnnlab.viz.sanity import CONTROL, cascade, groups, layers_top_down, spearman, verdict
 
 
@@ -66,6 +68,10 @@ def test_every_method_maps_a_trained_run_and_the_figures_draw(report_run, tmp_pa
     for method in METHODS:
         maps = attribute(method, view.model, "cls", x, target, view.splits.black)
         assert maps.shape == (3, 28, 28) and (maps >= 0).all() and maps.sum() > 0, method
+    every = attribute_all(METHODS, view.model, "cls", x, target, view.splits.black)
+    for method in METHODS:  # all at once (one Grad-CAM map serving two methods): the same
+        one = attribute(method, view.model, "cls", x, target, view.splits.black)
+        torch.testing.assert_close(every[method], one)
     (cls, ink) = make_charts(view, "attributions", images=3)
     assert cls.key == "attributions_cls" and ink.key == "attributions_ink"
     sanity, grid = make_charts(view, "sanity", images=2, steps=3)
@@ -73,3 +79,21 @@ def test_every_method_maps_a_trained_run_and_the_figures_draw(report_run, tmp_pa
     assert set(rho) == {*METHODS, CONTROL} and len(sanity.extra["labels"]) == 4
     assert torch.allclose(rho[CONTROL][-1], torch.ones(2, dtype=torch.float64))
     assert sanity.save(tmp_path).stat().st_size > 2000 and grid.save(tmp_path).stat().st_size > 2000
+
+
+def test_guided_grad_cam_from_the_grad_cam_map_equals_captums_own(report_run):
+    """Guided Grad-CAM reuses the Grad-CAM map rather than computing it again in Captum's
+    `GuidedGradCam`: the maps must be the same."""
+    from captum.attr import GuidedGradCam
+
+    view = RunView(report_run[0])
+    x = view.batch("test", torch.arange(4))
+    target = view.test_predictions.pred["cls"][:4].long()
+    ours = attribute("Guided Grad-CAM", view.model, "cls", x, target)
+    score = Score(view.model, "cls", target)
+    with analysis_mode(view.model), guided_nonlinearities(view.model):
+        theirs = GuidedGradCam(score, last_conv(view.model)[1]).attribute(
+            x.clone().requires_grad_()
+        )
+    torch.testing.assert_close(ours, theirs.detach().abs().sum(1).float())
+    assert ours.sum() > 0

@@ -108,18 +108,22 @@ def test_precisions_close_together_are_timed_in_interleaved_rounds():
 
 
 def test_slow_steps_keep_the_timed_rounds_within_the_budget():
-    """At 224 px a step takes a second or more: two interleaved rounds of one step each,
-    no extra warm-up, instead of 5 rounds after 2 more warm-up steps (20 s of a short run)."""
+    """Large images: `auto` times 8 of them at 224 px (a whole batch of small ones), and a slow
+    step gets two interleaved rounds of one step each, no extra warm-up, instead of 5 rounds
+    after 2 more warm-up steps (20 s of a short run)."""
+    assert precision.probe_size(32, 224 * 224) == 8
+    assert precision.probe_size(32, 448 * 448) == 2 and precision.probe_size(32, 4096**2) == 1
+    assert precision.probe_size(256, 28 * 28) == 256 and precision.probe_size(4, 32 * 32) == 4
     spent: list[tuple[str, float]] = []
 
-    def step(p: str, n: int) -> float:  # simulated: fp32 1.5 s a step, bf16 1.2 s
-        spent.append((p, n * (1.5 if p == "fp32" else 1.2)))
+    def step(p: str, n: int) -> float:  # simulated: fp32 0.5 s a step, bf16 0.4 s
+        spent.append((p, n * (0.5 if p == "fp32" else 0.4)))
         return spent[-1][1]
 
-    result = precision._fastest_rounds(step, 1.5)
+    result = precision._fastest_rounds(step, 0.5)
     assert sum(t for _, t in spent) <= precision.BUDGET_S
     assert [p for p, _ in spent] == ["fp32", "bf16", "fp32", "bf16"]
-    assert result == {"fp32": (1.5, 1), "bf16": (1.2, 1)}
+    assert result == {"fp32": (0.5, 1), "bf16": (0.4, 1)}
 
 
 @pytest.mark.parametrize("slow", ["bf16", "fp32"])

@@ -220,6 +220,11 @@ def test_guided_backprop_equals_a_manual_guided_computation(view, act):
         model.eval().forward_features(plain)
     out["y"][:, 0].amax(dim=(1, 2)).sum().backward()
     assert not torch.allclose(plain.grad, guided_gradient(model, conv, 0, x))
+    # one channel per image: each image gets its own channel's map (same batch, same kernels:
+    # at ReLU's exact ties another batch size may route a max elsewhere)
+    both = guided_gradient(model, conv, torch.tensor([0, 5]), x)
+    torch.testing.assert_close(both[0], guided_gradient(model, conv, 0, x)[0])
+    torch.testing.assert_close(both[1], guided_gradient(model, conv, 5, x)[1])
     assert no_hooks_left(model)
 
 

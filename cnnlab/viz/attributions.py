@@ -13,7 +13,7 @@ Whether a map depends on what the network learnt is `cnnlab viz RUN sanity`'s qu
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -25,7 +25,9 @@ from cnnlab.viz.predictions import pick
 from cnnlab.viz.run_view import RunView
 
 METHODS = ("Grad-CAM", "Guided Grad-CAM", "gradient", "Integrated Gradients")
-IG_STEPS = 32
+# Integrated Gradients' steps: against 64 steps' maps, 16 rank-correlated at 0.99 and 32 at
+# 0.997 (seed 002's network at 224 px), and 16 take half the time; Captum's default is 50
+IG_STEPS = 16
 
 Maps = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (model, x) -> (B, H, W)
 
@@ -55,35 +57,52 @@ def attribute(
     method: str, model: nn.Module, task: str, x: torch.Tensor, target: torch.Tensor | None,
     black: torch.Tensor | None = None, ig_steps: int = IG_STEPS,
 ) -> torch.Tensor:  # fmt: skip
-    """One method's maps (B, H, W) for images x (B, C, H, W), model input; Integrated
-    Gradients sums `ig_steps` gradients along its path."""
+    """One method's maps (B, H, W) for images x (B, C, H, W), model input."""
+    return attribute_all((method,), model, task, x, target, black, ig_steps)[method]
+
+
+def attribute_all(
+    methods: Sequence[str], model: nn.Module, task: str, x: torch.Tensor,
+    target: torch.Tensor | None, black: torch.Tensor | None = None, ig_steps: int = IG_STEPS,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Each method's maps (B, H, W) for images x (B, C, H, W), model input; Integrated
+    Gradients sums `ig_steps` gradients along its path. Guided Grad-CAM is guided backprop
+    times the Grad-CAM map upsampled to the image (nearest), as Captum's `GuidedGradCam`
+    computes it, but from the Grad-CAM map already made: one backward pass fewer."""
     from captum.attr import (
-        GuidedGradCam,
+        GuidedBackprop,
         IntegratedGradients,
         LayerAttribution,
         LayerGradCam,
         Saliency,
     )
 
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown attribution method {unknown[0]!r}; choose one of {METHODS}")
     score = Score(model, task, target)
-    layer = last_conv(model)[1] if "Grad-CAM" in method else None
     x = x.detach().clone().requires_grad_(True)
+    size = tuple(x.shape[2:])
+    out: dict[str, torch.Tensor] = {}
     with analysis_mode(model), warnings.catch_warnings():
         warnings.filterwarnings("ignore")
-        if method == "Grad-CAM":
-            cam = LayerGradCam(score, layer).attribute(x, relu_attributions=True)
-            up = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), "bilinear")
-            return up.detach()[:, 0].float().clamp_min(0)
-        if method == "Guided Grad-CAM":
+        if {"Grad-CAM", "Guided Grad-CAM"} & set(methods):
+            layer = last_conv(model)[1]
+            cam = LayerGradCam(score, layer).attribute(x, relu_attributions=True).detach()
+            up = LayerAttribution.interpolate(cam, size, "bilinear")
+            out["Grad-CAM"] = up[:, 0].float().clamp_min(0)
+        if "Guided Grad-CAM" in methods:
             with guided_nonlinearities(model):
-                return _flat(GuidedGradCam(score, layer).attribute(x))
-        if method == "gradient":
-            return _flat(Saliency(score).attribute(x, abs=True))
-        if method == "Integrated Gradients":
+                guided = GuidedBackprop(score).attribute(x).detach()
+            out["Guided Grad-CAM"] = _flat(guided * LayerAttribution.interpolate(cam, size))
+        if "gradient" in methods:
+            out["gradient"] = _flat(Saliency(score).attribute(x, abs=True))
+        if "Integrated Gradients" in methods:
             base = torch.zeros_like(x) if black is None else black.view(1, -1, 1, 1).expand_as(x)
             ig = IntegratedGradients(score)
-            return _flat(ig.attribute(x, baselines=base, n_steps=ig_steps, internal_batch_size=64))
-    raise ValueError(f"unknown attribution method {method!r}; choose one of {METHODS}")
+            maps = ig.attribute(x, baselines=base, n_steps=ig_steps, internal_batch_size=64)
+            out["Integrated Gradients"] = _flat(maps)
+    return {m: out[m] for m in methods}
 
 
 def explained(view: RunView) -> list[str]:
@@ -113,8 +132,8 @@ def attributions(view: RunView, images: int = 6) -> list[Chart]:
     charts = []
     for task in explained(view):
         target = targets_of(view, task, index)
-        maps = {m: unit(attribute(m, view.model, task, x, target, view.splits.black).cpu())
-                for m in METHODS}  # fmt: skip
+        found = attribute_all(METHODS, view.model, task, x, target, view.splits.black)
+        maps = {m: unit(v.cpu()) for m, v in found.items()}
         fig = new_figure(1.6 * (1 + len(METHODS)), 1.7 * len(index))
         axes = fig.subplots(len(index), 1 + len(METHODS), squeeze=False)
         classes = view.tasks[task].info.classes

@@ -32,9 +32,11 @@ from cnnlab.viz.run_view import RunView
 
 
 class NeuronOutput(nn.Module):
-    """model -> (B,) value of one channel of `layer` (max over H, W), for Captum."""
+    """model -> (B,) value of one channel of `layer` (max over H, W), for Captum: the same
+    channel for every image, or one channel per image (a (B,) tensor), so that many
+    neurons' images go through in one batch (in eval mode the images do not interact)."""
 
-    def __init__(self, model: nn.Module, layer: nn.Module, channel: int):
+    def __init__(self, model: nn.Module, layer: nn.Module, channel: int | torch.Tensor):
         super().__init__()
         self.model, self.layer, self.channel = model, layer, channel
 
@@ -42,7 +44,10 @@ class NeuronOutput(nn.Module):
         out: dict[str, torch.Tensor] = {}
         with forward_hooks({"layer": self.layer}, lambda n, m, y: out.__setitem__(n, y)):
             features_of(self.model, x)
-        return out["layer"][:, self.channel].amax(dim=(1, 2))  # (B,)
+        y = out["layer"]
+        if isinstance(self.channel, int):
+            return y[:, self.channel].amax(dim=(1, 2))  # (B,)
+        return y[torch.arange(len(y), device=y.device), self.channel.to(y.device)].amax((1, 2))
 
 
 @contextmanager
@@ -66,8 +71,11 @@ def guided_nonlinearities(model: nn.Module) -> Iterator[None]:
             handle.remove()
 
 
-def guided_gradient(model: nn.Module, layer: nn.Module, channel: int, x: torch.Tensor):
-    """Guided backprop of one channel's peak for images x (B, C, H, W)."""
+def guided_gradient(
+    model: nn.Module, layer: nn.Module, channel: int | torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
+    """Guided backprop of one channel's peak (or of channel[i] for image i) for images x
+    (B, C, H, W)."""
     with analysis_mode(model), guided_nonlinearities(model), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Setting backward hooks")
         gbp = GuidedBackprop(NeuronOutput(model, layer, channel))
@@ -85,12 +93,11 @@ def guided_backprop(view: RunView, neurons: int = 10) -> list[Chart]:
     test = view.split("test")
     fig = new_figure(3.6, 1.8 * len(channels))
     axes = fig.subplots(len(channels), 2, squeeze=False)
-    grads = []
-    for r, c in enumerate(channels):
+    images = best_image[channels]
+    x = view.batch("test", images)  # one pass for all: each image's own channel
+    grads = list(guided_gradient(view.model, conv, torch.tensor(channels), x).cpu())
+    for r, (c, g) in enumerate(zip(channels, grads, strict=True)):
         i = int(best_image[c])
-        x = view.batch("test", torch.tensor([i]))
-        g = guided_gradient(view.model, conv, c, x)[0].cpu()  # (C, H, W)
-        grads.append(g)
         show_image(axes[r, 0], test.images[i], f"ch {c}: test #{i}")
         axes[r, 0].set_ylabel(f"peak {best_value[c]:.2f}")
         show_image(axes[r, 1], unit_range(g), "guided gradient")
