@@ -7,8 +7,8 @@ Arm's `bf16` in /proc/cpuinfo, like most laptops) bf16 is emulated and about 10x
 `auto` takes fp32 without timing (timing it cost half a minute at 224 px). On a CPU with
 them, or where /proc/cpuinfo does not say, `auto` times a few forward + backward passes of
 the run's own model on (part of) one real batch in each precision, interleaved so that a
-load change on the machine hits both alike, and keeps the faster. The answer is cached per machine,
-thread count, torch version, model and batch shape, so it costs a few seconds once.
+load change on the machine hits both alike, and keeps the faster. The answer is cached per
+machine, thread count, torch version, model and batch shape, so it costs a few seconds once.
 On a CUDA GPU nothing is timed: the device's compute capability decides (`for_gpu`).
 bf16 where the GPU computes it natively (8.0 and up: Ampere, Ada, Hopper, Blackwell);
 fp16 with loss scaling (`torch.amp.GradScaler`) on 7.x, whose tensor cores take fp16 but

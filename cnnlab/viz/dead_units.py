@@ -48,7 +48,7 @@ def dead_table(alive: dict[str, torch.Tensor]) -> list[dict]:
 
 def dead_units(view: RunView) -> list[Chart]:
     # in the run's precision, as it trained and was tested: in bf16 the pass at 224 px took
-    # half the time; a unit's sign is what counts, and bf16 keeps fp32's range
+    # a quarter less time; a unit's sign is what counts, and bf16 keeps fp32's range
     with autocast_for(view.device, view.precision)():
         rows = dead_table(alive_units(view.model, view.batches("val")))
     total = sum(r["units"] for r in rows)
