@@ -24,9 +24,9 @@ from cnnlab.errors import CnnlabError
 # Class names and run names are user text: never let "$" start matplotlib's mathtext.
 RC = {"text.parse_math": False, "font.size": 9, "axes.titlesize": 9, "savefig.dpi": 130}
 # zlib level 3 instead of Pillow's 6: a report's PNGs (3 MB for seed 002's prediction grid)
-# were written in 4.8 s instead of 6.8, a little larger. No bbox_inches="tight": it draws each
-# figure twice (to find the box, then to write), and the constrained layout every figure is
-# made with already keeps titles and labels inside (seed 002's report: 20-30 % less time)
+# were written in 4.8 s instead of 6.8, a little larger. No bbox_inches="tight": finding the
+# box measures every artist once more, on top of the layout pass the constrained layout
+# already makes, which keeps titles and labels inside (seed 002's PNGs: 20-30 % less time)
 PNG = {"pil_kwargs": {"compress_level": 3}}
 
 
