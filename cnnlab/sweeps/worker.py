@@ -48,6 +48,10 @@ STORAGE_ENV = "CNNLAB_SWEEP_STORAGE"
 # GridSampler's record of a trial's grid point. Not public API: read to count the budget
 # per point and reset when a trial yields; the Optuna pin in pyproject.toml covers it.
 GRID_ATTR = "grid_id"
+# How often a worker with nothing left to start looks whether the others' trials finished (and
+# whether one went stale). Half a heartbeat (5 s) had kept a finished sweep of tiny trials
+# waiting 4-5 s for a worker that was only watching
+WATCH_S = 1.0
 TRIAL_LINK = "trial.json"  # in each run folder: which study and trial(s) it belongs to
 
 
@@ -340,7 +344,7 @@ def run_worker(
                   "no new trial starts", flush=True)  # fmt: skip
             return "done"
         if settled + pending >= trials and not waiting:
-            time.sleep(max(0.5, meta.heartbeat / 2))  # the rest runs elsewhere: watch it
+            time.sleep(WATCH_S)  # the rest runs elsewhere: watch it
             continue
         study.optimize(objective, n_trials=1, catch=(Exception,))
         if objective.last_outcome == "surplus":
