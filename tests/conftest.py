@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = RECIPES / "fashion_multitask.yaml"
 
 # The whole suite runs on the CPU with one thread per process, so metrics compare exactly
-# and the two pytest workers (one per core) never oversubscribe the cores: two processes of
-# two threads each on two cores ran the same training 1.8-2.1x slower than one thread each.
+# and the pytest workers (one per core and one more: the Makefile) do not fight over the
+# cores: two processes of two threads each on two cores ran the same training 1.8-2.1x
+# slower than one thread each.
 # Commands the tests start (runs, sweeps, notebook kernels) inherit OMP_NUM_THREADS.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
