@@ -52,7 +52,8 @@ demo: data
 # A pytest worker per core and one more, a test file per worker (module fixtures stay
 # shared), one thread per process (tests/conftest.py). Many tests wait on processes they
 # start (the CLI, sweep workers, torchrun), and the extra worker fills those gaps: on a
-# 2-core EPYC the suite took 448 s with 3 workers, 507 s with 2 and 545 s with 4.
+# 2-core EPYC the suite took 436-514 s with 3 workers (three runs), 481-572 s with 2 (six
+# runs; the host's speed varies) and 545 s with 4.
 # The 15 slowest tests are listed at the end.
 WORKERS := $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) + 1 )))
 test: docs data browser postgres
