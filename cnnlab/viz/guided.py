@@ -49,9 +49,8 @@ class NeuronOutput(nn.Module):
         with forward_hooks({"layer": self.layer}, lambda n, m, y: out.__setitem__(n, y)):
             features_of(self.model, x)
         y = out["layer"]
-        if isinstance(self.channel, int):
-            return y[:, self.channel].amax(dim=(1, 2))  # (B,)
-        return y[torch.arange(len(y), device=y.device), self.channel.to(y.device)].amax((1, 2))
+        channel = torch.as_tensor(self.channel, device=y.device).expand(len(y))
+        return y[torch.arange(len(y), device=y.device), channel].amax(dim=(1, 2))  # (B,)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,18 @@ def edges(x: torch.Tensor) -> torch.Tensor:
     return g.pow(2).view(x.shape[0], x.shape[1], 2, *x.shape[2:]).sum((1, 2)).sqrt()
 
 
+def randomized(model: nn.Module, steps: int) -> Iterator[tuple[str, nn.Module]]:
+    """("trained", model), then a copy with one more group of layers re-initialized at each
+    step, labelled by the lowest layer randomized so far; `model` itself is never changed."""
+    yield "trained", model
+    copy_ = copy.deepcopy(model)
+    torch.manual_seed(SEED)
+    for group in groups(layers_top_down(copy_), steps):
+        for _, module in group:
+            module.reset_parameters()
+        yield f"…{group[-1][0]}", copy_
+
+
 def cascade(
     model: nn.Module, task: str, x: torch.Tensor, target: torch.Tensor | None,
     black: torch.Tensor | None = None, steps: int = STEPS, methods=METHODS,
@@ -84,20 +97,13 @@ def cascade(
 ) -> tuple[list[str], dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]]]:  # fmt: skip
     """(step labels, maps per method per step, rank correlation (B,) per method per step);
     step 0 is the trained model. The model itself is never changed (a copy is randomized)."""
-    found = attribute_all(methods, model, task, x, target, black, ig_steps)
-    maps = {m: [v.cpu()] for m, v in found.items()}
-    maps[CONTROL] = [edges(x).cpu()]
-    copy_ = copy.deepcopy(model)
-    torch.manual_seed(SEED)
-    labels = ["trained"]
-    for group in groups(layers_top_down(copy_), steps):
-        for _, module in group:
-            module.reset_parameters()
-        labels.append(f"…{group[-1][0]}")  # randomized down to this layer
-        found = attribute_all(methods, copy_, task, x, target, black, ig_steps)
-        for m, v in found.items():
+    labels: list[str] = []
+    maps: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
+    for label, state in randomized(model, steps):
+        labels.append(label)
+        for m, v in attribute_all(methods, state, task, x, target, black, ig_steps).items():
             maps[m].append(v.cpu())
-        maps[CONTROL].append(edges(x).cpu())
+    maps[CONTROL] = [edges(x).cpu()] * len(labels)  # no weights: the same map at every step
     rho = {}
     for m, v in maps.items():
         trained = centred_ranks(v[0])
