@@ -42,16 +42,16 @@ def test_the_fitted_temperature_is_the_one_the_classes_were_drawn_at(truth):
     assert after["accuracy"] == before["accuracy"]  # a temperature moves no argmax
 
 
-def test_the_reliability_bins_are_the_bins_of_torchmetrics_ece():
+def test_the_errors_from_the_reliability_bins_are_torchmetrics_ece_and_mce():
     rows = drawn_at(2.0, n=5000)
     b = reliability(rows, 1.3)
-    gap = (b.accuracy - b.confidence).abs().nan_to_num()
-    ece = float((gap * b.count).sum() / b.count.sum())
-    probs = (rows.logits / 1.3).softmax(1)
-    assert ece == pytest.approx(
-        float(multiclass_calibration_error(probs, rows.targets, 10)), abs=1e-6
-    )
     assert int(b.count.sum()) == 5000
+    probs = (rows.logits / 1.3).softmax(1)
+    said = scores(rows, 1.3)
+    for key, norm in (("ece", "l1"), ("mce", "max")):
+        expected = float(multiclass_calibration_error(probs, rows.targets, 10, norm=norm))
+        assert said[key] == pytest.approx(expected, abs=1e-6)
+    assert said["mce"] > said["ece"] > 0.01  # T = 1.3 is not the 2.0 the classes were drawn at
 
 
 def test_a_mask_gives_one_row_per_labelled_pixel_and_a_sample_when_asked():

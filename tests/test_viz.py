@@ -24,7 +24,7 @@ from cnnlab.viz.confusion import (
     group_accuracy,
     group_errors,
 )
-from cnnlab.viz.dead_units import alive_units
+from cnnlab.viz.dead_units import alive_units, unit_max
 from cnnlab.viz.features import _filter_images, capture
 from cnnlab.viz.guided import guided_gradient
 from cnnlab.viz.hooks import analysis_mode, feature_blocks, forward_hooks, last_conv
@@ -262,6 +262,16 @@ def test_dead_units_counts_units_forced_dead(view):
     assert torch.equal(after[head_act], expect_head)
     assert (~after[head_act]).sum() >= 10
     assert no_hooks_left(model)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_a_units_largest_output_in_either_memory_layout(layout):
+    y = torch.randn(3, 5, 7, 4).to(memory_format=layout)
+    y[:, 2] = -1.0  # a dead unit
+    y[1, 4, 6, 3] = 9.0  # one unit's peak, at its last position
+    expected = y.transpose(0, 1).reshape(5, -1).amax(1)
+    assert torch.equal(unit_max(y), expected) and unit_max(y)[2] == -1 and unit_max(y)[4] == 9
+    assert torch.equal(unit_max(y[:, :, 0, 0]), y[:, :, 0, 0].amax(0))  # a dense layer's
 
 
 # --------------------------------------------------- hooks: removed, in-place, reuse

@@ -15,14 +15,26 @@ from cnnlab.viz.hooks import activation_layers, analysis_mode, check_single_use,
 from cnnlab.viz.run_view import RunView
 
 
+def unit_max(y: torch.Tensor) -> torch.Tensor:
+    """(B, C, ...) -> (C,) each unit's largest output. A channels-last map is reduced as rows
+    of W * C values, then over W: reducing (B*H*W, C) straight down its short rows, or
+    `(y > 0).any(...)` on the mask, took 10-20x longer (a batch of seed 002 at 224 px: 28 ms
+    against 260-590)."""
+    last = y.movedim(1, -1)
+    if y.dim() > 2 and last.is_contiguous():
+        return (
+            last.reshape(-1, last.shape[-2] * last.shape[-1]).amax(0).view(-1, y.shape[1]).amax(0)
+        )
+    return y.amax(dim=[d for d in range(y.dim()) if d != 1])
+
+
 @torch.inference_mode()
 def alive_units(model: nn.Module, batches) -> dict[str, torch.Tensor]:
     """Activation layer name -> (units,) bool: did the unit ever output > 0?"""
     alive: dict[str, torch.Tensor] = {}
 
     def record(name: str, module: nn.Module, y: torch.Tensor) -> None:
-        dims = [d for d in range(y.dim()) if d != 1]  # all but the unit (channel) dim
-        fired = (y > 0).any(dim=dims).cpu() if y.dim() > 1 else (y > 0).cpu()
+        fired = (unit_max(y) > 0).cpu() if y.dim() > 1 else (y > 0).cpu()
         alive[name] = alive[name] | fired if name in alive else fired
 
     forwards = 0
