@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import torch
 from cnnlab.catalog import RECIPES
 from cnnlab.recipe import Recipe, load_recipe
 from cnnlab.tasks import TargetInfo, TargetSpec, Task, create_tasks
+from tests import cli_process
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = RECIPES / "fashion_multitask.yaml"
@@ -45,15 +44,9 @@ def tiny_recipe(tmp_path: Path, *overrides: str) -> Recipe:
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
-    """Run `cnnlab ...` as a user would; returns the CompletedProcess."""
-    return subprocess.run(
-        [sys.executable, "-m", "cnnlab.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd or ROOT,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-    )
+    """Run `cnnlab ...` as a user would, in its own process (tests/cli_process.py: forked
+    from one that imported cnnlab already); returns the CompletedProcess."""
+    return cli_process.run(list(args), cwd or ROOT, env, timeout)
 
 
 def fitted_tasks(
