@@ -53,7 +53,8 @@ demo: data
 # shared), one thread per process (tests/conftest.py). Many tests wait on processes they
 # start (the CLI, sweep workers, torchrun), and the extra worker fills those gaps: on a
 # 2-core EPYC the suite took 436-514 s with 3 workers (three runs), 481-572 s with 2 (six
-# runs; the host's speed varies) and 545 s with 4.
+# runs; the host's speed varies) and 545 s with 4; since the CLI's processes start with
+# their imports done (tests/cli_process.py), 312 s with 3.
 # The 15 slowest tests are listed at the end.
 WORKERS := $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) + 1 )))
 test: docs data browser postgres
