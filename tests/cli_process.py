@@ -3,11 +3,12 @@
 Every command a test runs is its own process, with its own exit code, output, working folder
 and environment, as a user's is. What it skips is the start: importing torch, dynamo,
 torchmetrics, matplotlib, captum, optuna and cnnlab cost 3-5 s of CPU a command, and the
-suite runs dozens (the whole suite took 800 CPU-seconds, 520 this way). Python's forkserver imports them once per pytest worker,
-before any tensor or thread exists, and forks each command from that process. A command
-given environment variables of its own starts a fresh interpreter instead (some are read at
-import), as every command does with CNNLAB_TEST_FRESH=1; commands that start commands of
-their own (sweep workers, torchrun ranks) start them fresh, as for a user.
+suite runs dozens (the whole suite took 800 CPU-seconds, 520 this way). Python's forkserver
+imports them once per pytest worker, before any tensor or thread exists, and forks each
+command from that process. A command given environment variables of its own starts a fresh
+interpreter instead (some are read at import), as every command does with
+CNNLAB_TEST_FRESH=1; commands that start commands of their own (sweep workers, torchrun
+ranks) start them fresh, as for a user.
 """
 
 from __future__ import annotations
