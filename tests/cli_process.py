@@ -77,8 +77,6 @@ def run(args: list[str], cwd: Path, env: dict | None, timeout: int) -> subproces
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         out.touch()
         err.touch()
-        sys.stdout.flush()
-        sys.stderr.flush()
         proc = context().Process(
             target=_command, args=(list(args), str(cwd), dict(os.environ), str(out), str(err))
         )

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cnnlab.viz import RunView, make_charts
-from cnnlab.viz.attributions import METHODS, Score, attribute, attribute_all
+from cnnlab.viz.attributions import METHODS, Score, attribute_all
 from cnnlab.viz.guided import guided_nonlinearities
 from cnnlab.viz.hooks import analysis_mode, last_conv
 from cnnlab.viz.sanity import CONTROL, cascade, groups, layers_top_down, spearman, verdict
@@ -66,11 +66,11 @@ def test_every_method_maps_a_trained_run_and_the_figures_draw(report_run, tmp_pa
     x = view.batch("test", torch.arange(3))
     target = view.test_predictions.pred["cls"][:3].long()
     for method in METHODS:
-        maps = attribute(method, view.model, "cls", x, target, view.splits.black)
+        maps = attribute_all((method,), view.model, "cls", x, target, view.splits.black)[method]
         assert maps.shape == (3, 28, 28) and (maps >= 0).all() and maps.sum() > 0, method
     every = attribute_all(METHODS, view.model, "cls", x, target, view.splits.black)
     for method in METHODS:  # all at once (one Grad-CAM map serving two methods): the same
-        one = attribute(method, view.model, "cls", x, target, view.splits.black)
+        one = attribute_all((method,), view.model, "cls", x, target, view.splits.black)[method]
         torch.testing.assert_close(every[method], one)
     (cls, ink) = make_charts(view, "attributions", images=3)
     assert cls.key == "attributions_cls" and ink.key == "attributions_ink"
@@ -89,7 +89,7 @@ def test_guided_grad_cam_from_the_grad_cam_map_equals_captums_own(report_run):
     view = RunView(report_run[0])
     x = view.batch("test", torch.arange(4))
     target = view.test_predictions.pred["cls"][:4].long()
-    ours = attribute("Guided Grad-CAM", view.model, "cls", x, target)
+    ours = attribute_all(("Guided Grad-CAM",), view.model, "cls", x, target)["Guided Grad-CAM"]
     score = Score(view.model, "cls", target)
     with analysis_mode(view.model), guided_nonlinearities(view.model):
         theirs = GuidedGradCam(score, last_conv(view.model)[1]).attribute(

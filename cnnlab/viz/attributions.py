@@ -53,14 +53,6 @@ def _flat(a: torch.Tensor) -> torch.Tensor:
     return a.detach().abs().sum(dim=1).float()
 
 
-def attribute(
-    method: str, model: nn.Module, task: str, x: torch.Tensor, target: torch.Tensor | None,
-    black: torch.Tensor | None = None, ig_steps: int = IG_STEPS,
-) -> torch.Tensor:  # fmt: skip
-    """One method's maps (B, H, W) for images x (B, C, H, W), model input."""
-    return attribute_all((method,), model, task, x, target, black, ig_steps)[method]
-
-
 def attribute_all(
     methods: Sequence[str], model: nn.Module, task: str, x: torch.Tensor,
     target: torch.Tensor | None, black: torch.Tensor | None = None, ig_steps: int = IG_STEPS,
