@@ -327,7 +327,7 @@ def test_feature_maps_show_every_block(view):
     shapes = charts[0].extra["shapes"]
     assert list(shapes) == ["block 1", "block 2", "block 3"]
     assert [s[1:] for s in shapes.values()] == [(8, 14, 14), (16, 7, 7), (32, 3, 3)]
-    assert len(charts[0].figure.axes) == 4 * 3  # (input row + 3 blocks) x 3 channels
+    assert charts[0].extra["grid"] == (4, 3)  # (input row + 3 blocks) x 3 channels
 
 
 def test_filter_grids():

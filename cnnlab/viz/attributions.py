@@ -18,9 +18,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from cnnlab.viz.base import Chart, check_count, new_figure, show_image
+from cnnlab.viz.base import Chart, check_count
 from cnnlab.viz.guided import guided_nonlinearities
 from cnnlab.viz.hooks import analysis_mode, last_conv
+from cnnlab.viz.mosaic import Tile, colored, mosaic, rgb, side_for
 from cnnlab.viz.predictions import pick
 from cnnlab.viz.run_view import RunView
 
@@ -126,18 +127,15 @@ def attributions(view: RunView, images: int = 6) -> list[Chart]:
         target = targets_of(view, task, index)
         found = attribute_all(METHODS, view.model, task, x, target, view.splits.black)
         maps = {m: unit(v.cpu()) for m, v in found.items()}
-        fig = new_figure(1.6 * (1 + len(METHODS)), 1.7 * len(index))
-        axes = fig.subplots(len(index), 1 + len(METHODS), squeeze=False)
         classes = view.tasks[task].info.classes
+        tiles = []
         for row, i in enumerate(index.tolist()):
             said = classes[int(target[row])] if classes is not None else ""
-            show_image(axes[row, 0], test.images[i], said[:18])
-            for col, m in enumerate(METHODS, 1):
-                axes[row, col].imshow(maps[m][row].numpy(), cmap="inferno", vmin=0, vmax=1)
-                axes[row, col].set_xticks([])
-                axes[row, col].set_yticks([])
-                if row == 0:
-                    axes[row, col].set_title(m, fontsize=8)
+            tiles.append([Tile(rgb(test.images[i]), said[:18])])
+            tiles[-1] += [
+                Tile(colored(maps[m][row], "inferno", 0, 1), m if row == 0 else "") for m in METHODS
+            ]
+        fig = mosaic(tiles, side_for(test.images.shape[-2], 150))
         what = "the predicted class's logit" if classes is not None else "the output"
         charts.append(
             Chart(

@@ -16,7 +16,6 @@ matplotlib.use("Agg")  # before anything imports pyplot; we never open a window
 
 import numpy as np
 import torch
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from cnnlab.errors import CnnlabError
@@ -62,31 +61,6 @@ class Chart:
 def new_figure(width: float, height: float) -> Figure:
     with matplotlib.rc_context(RC):
         return Figure(figsize=(width, height), layout="constrained")
-
-
-def show_image(ax: Axes, image: torch.Tensor, title: str = "", **kw) -> None:
-    """Draw a uint8 or float image (C, H, W) with C = 1 (gray), 3 (RGB) or any (channel 0)."""
-    img = image.detach().cpu().float()
-    if image.dtype == torch.uint8:
-        img = img / 255.0
-    if img.shape[0] == 3:
-        ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), **kw)
-    else:
-        ax.imshow(img[0].numpy(), cmap=kw.pop("cmap", "gray"), **kw)
-    ax.set_title(title)
-    hide_ticks(ax)
-
-
-def show_map(ax: Axes, fmap: torch.Tensor, title: str = "", cmap: str = "viridis") -> None:
-    """Draw one activation map (H, W), scaled to its own range."""
-    ax.imshow(fmap.detach().float().cpu().numpy(), cmap=cmap)
-    ax.set_title(title)
-    hide_ticks(ax)
-
-
-def hide_ticks(ax: Axes) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def unit_range(x: torch.Tensor) -> torch.Tensor:

@@ -5,16 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.viz.base import (
-    Chart,
-    check_count,
-    grid_shape,
-    hide_ticks,
-    new_figure,
-    show_image,
-    show_map,
-)
+from cnnlab.viz.base import Chart, check_count, grid_shape
 from cnnlab.viz.hooks import analysis_mode, feature_blocks, features_of, first_conv, forward_hooks
+from cnnlab.viz.mosaic import Tile, colored, mosaic, rgb, side_for
 from cnnlab.viz.predictions import pick
 from cnnlab.viz.run_view import RunView
 
@@ -36,28 +29,26 @@ def feature_maps(view: RunView, images: int = 3, channels: int = 4) -> list[Char
     index = pick(len(test), images, view.recipe.seed + 1)
     blocks = feature_blocks(view.model)
     maps = capture(view.model, blocks, view.batch("test", index))
+    side = side_for(test.images.shape[-2], 112)
     charts = []
     for n, i in enumerate(index.tolist()):
-        fig = new_figure(1.6 * channels, 1.7 * (len(blocks) + 1))
-        axes = fig.subplots(len(blocks) + 1, channels, squeeze=False)
-        show_image(axes[0, 0], test.images[i], f"test image #{i}")
-        for ax in axes[0, 1:]:
-            ax.set_visible(False)
-        for r, (name, fmap) in enumerate(maps.items(), start=1):  # fmap (B, C, H, W)
-            for c in range(channels):
-                ax = axes[r, c]
-                if c < fmap.shape[1]:
-                    show_map(ax, fmap[n, c], f"ch {c}")
-                else:
-                    ax.set_visible(False)
-            axes[r, 0].set_ylabel(f"{name}\n{tuple(fmap.shape[1:])}")
-        fig.suptitle(f"Feature maps of test image #{i}: first {channels} channels per block")
+        tiles = [[Tile(rgb(test.images[i]), f"test image #{i}")]]
+        tiles += [
+            [Tile(colored(fmap[n, c]), f"ch {c}") for c in range(min(channels, fmap.shape[1]))]
+            for fmap in maps.values()  # (B, C, H, W)
+        ]
+        labels = ["", *(f"{name}\n{tuple(fmap.shape[1:])}" for name, fmap in maps.items())]
+        title = f"Feature maps of test image #{i}: first {channels} channels per block"
+        fig = mosaic(tiles, side, title, labels)
         charts.append(
             Chart(
                 f"feature_maps_{n + 1}",
                 f"Feature maps, test image #{i}",
                 fig,
-                extra={"shapes": {k: tuple(v.shape) for k, v in maps.items()}},
+                extra={
+                    "shapes": {k: tuple(v.shape) for k, v in maps.items()},
+                    "grid": (len(tiles), max(len(r) for r in tiles)),
+                },
             )
         )
     return charts
@@ -79,33 +70,24 @@ def filters(view: RunView) -> list[Chart]:
     name, conv = first_conv(view.model)
     w = _filter_images(conv.weight)  # (O, C, k, k)
     rows, cols = grid_shape(w.shape[0])
-    fig = new_figure(1.1 * cols, 1.2 * rows)
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for o, ax in enumerate(axes):
-        if o < w.shape[0]:
-            show_image(ax, w[o], str(o), interpolation="nearest")
-        else:
-            ax.set_visible(False)
+    tiles = [Tile(rgb(w[o]), str(o)) for o in range(w.shape[0])]
     kind = "RGB" if conv.weight.shape[1] == 3 else f"{conv.weight.shape[1]}-channel"
-    fig.suptitle(
+    fig = mosaic(
+        [tiles[r * cols : (r + 1) * cols] for r in range(rows)],
+        side_for(w.shape[-1], 90),
         f"{w.shape[0]} first-layer filters ({name}, {kind}, "
-        f"{conv.kernel_size[0]}x{conv.kernel_size[1]})"
+        f"{conv.kernel_size[0]}x{conv.kernel_size[1]})",
     )
     test = view.split("test")
     i = pick(len(test), 1, view.recipe.seed + 2)
     maps = capture(view.model, {name: conv}, view.batch("test", i))[name][0]  # (O, H, W)
-    fig2 = new_figure(1.1 * (cols + 1), 1.2 * rows)
-    axes2 = fig2.subplots(rows, cols + 1, squeeze=False)
-    show_image(axes2[0, 0], test.images[int(i)], f"test #{int(i)}")
-    for ax in axes2[1:, 0]:
-        ax.set_visible(False)
-    for o, ax in enumerate(axes2[:, 1:].ravel()):
-        if o < maps.shape[0]:
-            show_map(ax, maps[o], str(o))
-        else:
-            ax.set_visible(False)
-    fig2.suptitle(f"Outputs of the {maps.shape[0]} first-layer filters for test image #{int(i)}")
-    hide_ticks(axes2[0, 0])
+    tiles = [Tile(colored(m), str(o)) for o, m in enumerate(maps)]
+    first = Tile(rgb(test.images[int(i)]), f"test #{int(i)}")
+    fig2 = mosaic(
+        [[first if r == 0 else None, *tiles[r * cols : (r + 1) * cols]] for r in range(rows)],
+        side_for(maps.shape[-1], 90),
+        f"Outputs of the {maps.shape[0]} first-layer filters for test image #{int(i)}",
+    )
     return [
         Chart(
             "filters",

@@ -20,7 +20,7 @@ import torch
 from captum.attr import GuidedBackprop
 from torch import nn
 
-from cnnlab.viz.base import Chart, check_count, new_figure, show_image, unit_range
+from cnnlab.viz.base import Chart, check_count, unit_range
 from cnnlab.viz.hooks import (
     ACTIVATION_TYPES,
     analysis_mode,
@@ -28,6 +28,7 @@ from cnnlab.viz.hooks import (
     forward_hooks,
     last_conv,
 )
+from cnnlab.viz.mosaic import Tile, mosaic, rgb, side_for
 from cnnlab.viz.run_view import RunView
 
 # neurons' images through one backward pass: seed 002's 10 at 224 px took 0.39 s instead of
@@ -94,19 +95,24 @@ def guided_backprop(view: RunView, neurons: int = 10) -> list[Chart]:
     channels = best_value.argsort(descending=True)[: min(neurons, len(best_value))]
     channels = channels.sort().values.tolist()  # the most excitable channels, in order
     test = view.split("test")
-    fig = new_figure(3.6, 1.8 * len(channels))
-    axes = fig.subplots(len(channels), 2, squeeze=False)
     grads: list[torch.Tensor] = []
     for lo in range(0, len(channels), BATCH):  # a batch of images, each its own channel
         chosen = torch.tensor(channels[lo : lo + BATCH])
         x = view.batch("test", best_image[chosen])
         grads += list(guided_gradient(view.model, conv, chosen, x).cpu())
-    for r, (c, g) in enumerate(zip(channels, grads, strict=True)):
-        i = int(best_image[c])
-        show_image(axes[r, 0], test.images[i], f"ch {c}: test #{i}")
-        axes[r, 0].set_ylabel(f"peak {best_value[c]:.2f}")
-        show_image(axes[r, 1], unit_range(g), "guided gradient")
-    fig.suptitle(f"Guided backprop, {name}\n(top-{len(channels)} channels by peak)")
+    tiles = [
+        [
+            Tile(rgb(test.images[int(best_image[c])]), f"ch {c}: test #{int(best_image[c])}"),
+            Tile(rgb(unit_range(g)), "guided gradient"),
+        ]
+        for c, g in zip(channels, grads, strict=True)
+    ]
+    fig = mosaic(
+        tiles,
+        side_for(test.images.shape[-2], 150),
+        f"Guided backprop, {name}\n(top-{len(channels)} channels by peak)",
+        [f"peak {best_value[c]:.2f}" for c in channels],
+    )
     return [
         Chart(
             "guided_backprop",

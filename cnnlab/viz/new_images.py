@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 from cnnlab.inference import Predictions
-from cnnlab.viz.base import new_figure, show_image
+from cnnlab.viz.mosaic import Tile, mosaic, rgb
 from cnnlab.viz.pixels import class_colours, paint
 
 SHOWN = 16  # images drawn; the CSV holds them all
+SIDE = 200  # pixels
 
 
 def caption(predictions: Predictions, i: int) -> str:
@@ -36,30 +37,19 @@ def draw_predictions(files: list[Path], predictions: Predictions, out: Path, tit
     n = min(len(files), SHOWN)
     cols = 1 + len(maps)
     per_row = max(1, 4 // cols)
-    rows = (n + per_row - 1) // per_row
-    lines = max(1, caption(predictions, 0).count("\n") + 1)
-    fig = new_figure(2.2 * cols * per_row, (2.2 + 0.28 * lines) * rows)
-    axes = fig.subplots(rows, cols * per_row, squeeze=False).flatten()
-    for ax in axes:
-        ax.axis("off")
+    tiles: list[Tile] = []
     for i in range(n):
         with Image.open(files[i]) as im:
-            image = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-        ax = axes[i * cols]
-        show_image(ax, image)
-        ax.set_title(files[i].name, fontsize=7)
-        ax.set_xlabel(caption(predictions, i), fontsize=7)
-        ax.axis("on")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for k, name in enumerate(maps):
+            im = im.convert("RGB")
+            im.thumbnail((SIDE, SIDE))  # a photo's megapixels shrink here, not in the grid
+            image = np.array(im)
+        tiles.append(Tile(image, files[i].name, caption(predictions, i)))
+        for name in maps:
             p = predictions[name]
-            show_image(
-                axes[i * cols + 1 + k],
-                paint(torch.from_numpy(p.index[i]), class_colours(p.classes)),
-            )
-            axes[i * cols + 1 + k].set_title(f"{name} (predicted)", fontsize=7)
-    fig.suptitle(title, fontsize=9)
+            painted = paint(torch.from_numpy(p.index[i]), class_colours(p.classes))
+            tiles.append(Tile(rgb(painted), f"{name} (predicted)"))
+    width = cols * per_row
+    fig = mosaic([tiles[r : r + width] for r in range(0, len(tiles), width)], SIDE, title)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
+    fig.savefig(out)
     return out

@@ -13,8 +13,9 @@ import matplotlib
 import torch
 
 from cnnlab.data.colorize import palette_from_names
-from cnnlab.viz.base import Chart, check_count, new_figure, show_image
+from cnnlab.viz.base import Chart, check_count, new_figure
 from cnnlab.viz.confusion import confusion_counts, per_class_accuracy
+from cnnlab.viz.mosaic import Tile, colored, mosaic, rgb, side_for
 from cnnlab.viz.predictions import pick
 from cnnlab.viz.run_view import RunView
 
@@ -78,20 +79,18 @@ def _grid(view: RunView, task: str, index, truth, pred, colours) -> Chart:
     grey = view.splits.grey
     heads = ["input (model sees)"] if grey else ["image"]
     heads += ["predicted", "true (palette)" if grey else "true", *(["photograph"] if grey else [])]
-    fig = new_figure(1.8 * len(heads), 1.9 * len(index))
-    axes = fig.subplots(len(index), len(heads), squeeze=False)
     inputs = view.batch("val", index).float().cpu() if grey else None  # normalized (B, C, H, W)
+    tiles = []
     for row, i in enumerate(index.tolist()):
-        right = right_share(truth[i], pred[i])
-        if inputs is not None:
-            show_image(axes[row, 0], inputs[row].mean(0, keepdim=True), cmap="gray")
-            show_image(axes[row, 3], photos[row])
-        else:
-            show_image(axes[row, 0], photos[row])
-        show_image(axes[row, 1], paint(pred[i], colours), f"{right:.0%} of pixels right")
-        show_image(axes[row, 2], paint(truth[i], colours))
-    for ax, head in zip(axes[0], heads, strict=True):
-        ax.set_title(f"{head}\n{ax.get_title()}".strip())
+        seen = colored(inputs[row].mean(0), "gray") if inputs is not None else rgb(photos[row])
+        right = f"{right_share(truth[i], pred[i]):.0%} of pixels right"
+        shown = [seen, rgb(paint(pred[i], colours)), rgb(paint(truth[i], colours))]
+        shown += [rgb(photos[row])] if grey else []
+        said = ["", right, "", ""]
+        if row == 0:
+            said = [f"{head}\n{text}".strip() for head, text in zip(heads, said, strict=False)]
+        tiles.append([Tile(p, t) for p, t in zip(shown, said, strict=False)])
+    fig = mosaic(tiles, side_for(photos.shape[-2], 140))
     accuracy = right_share(truth[index], pred[index])
     return Chart(
         f"pixels_{task}",

@@ -7,7 +7,8 @@ import re
 import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.viz.base import Chart, new_figure, shorten, show_image
+from cnnlab.viz.base import Chart, shorten
+from cnnlab.viz.mosaic import Tile, mosaic, rgb, side_for
 from cnnlab.viz.run_view import RunView
 
 WRONG, RIGHT = "#c0392b", "#1e6b34"
@@ -42,21 +43,17 @@ def predictions(view: RunView, grid: str = "10x3") -> list[Chart]:
     test = view.split("test")
     index = pick(len(test), rows * cols, view.recipe.seed)
     rows = (len(index) + cols - 1) // cols
-    fig = new_figure(2.0 * cols, 2.2 * rows)
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    n_wrong = 0
-    for ax, i in zip(axes, index.tolist(), strict=False):
+    tiles, n_wrong = [], 0
+    for i in index.tolist():
         text, wrong = _label(view, i)
         n_wrong += wrong
-        show_image(ax, test.images[i])
-        ax.set_xlabel(text, color=WRONG if wrong else RIGHT, fontsize=7)
-        for side in ax.spines.values():
-            side.set(color=WRONG if wrong else RIGHT, linewidth=2.5 if wrong else 0.8)
-    for ax in axes[len(index) :]:
-        ax.set_visible(False)
-    fig.suptitle(
+        colour = WRONG if wrong else RIGHT
+        tiles.append(Tile(rgb(test.images[i]), label=text, color=colour, frame=4 if wrong else 1))
+    fig = mosaic(
+        [tiles[r * cols : (r + 1) * cols] for r in range(rows)],
+        side_for(test.images.shape[-2], 200),
         f"{len(index)} test images: predicted class\n(✗ and red = wrong, true class "
-        f"in brackets)\nregression: true → predicted"
+        f"in brackets)\nregression: true → predicted",
     )
     return [
         Chart(

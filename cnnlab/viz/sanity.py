@@ -22,6 +22,7 @@ from torch import nn
 
 from cnnlab.viz.attributions import METHODS, attribute_all, explained, targets_of, unit
 from cnnlab.viz.base import Chart, check_count, new_figure
+from cnnlab.viz.mosaic import Tile, colored, mosaic, side_for
 from cnnlab.viz.predictions import pick
 from cnnlab.viz.run_view import RunView
 
@@ -111,6 +112,16 @@ def cascade(
     return labels, maps, rho
 
 
+def wrap(name: str, width: int = 16) -> str:
+    """A module path on lines of at most about `width` characters, broken after dots."""
+    lines = [""]
+    for part in name.split("."):
+        if lines[-1] and len(lines[-1]) + len(part) > width:
+            lines.append("")
+        lines[-1] += part + "."
+    return "\n".join(lines)[:-1]
+
+
 def verdict(rho: dict[str, list[torch.Tensor]]) -> dict[str, str]:
     """Each method: whether it depends on the weights (its correlation, all layers random)."""
     out = {}
@@ -147,16 +158,14 @@ def sanity(view: RunView, images: int = 4, steps: int = STEPS) -> list[Chart]:
     for m, vals in rho.items():
         means = {lab: round(float(v.mean()), 3) for lab, v in zip(labels, vals, strict=True)}
         rows.append({"method": m, **means, "verdict": said[m]})
-    grid = new_figure(1.3 * len(labels), 1.3 * len(maps))
-    axes = grid.subplots(len(maps), len(labels), squeeze=False)
-    for r, (m, steps_maps) in enumerate(maps.items()):
-        for c, step in enumerate(steps_maps):
-            axes[r, c].imshow(unit(step[:1])[0].numpy(), cmap="inferno", vmin=0, vmax=1)
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-            if r == 0:
-                axes[r, c].set_title(labels[c], fontsize=6)
-        axes[r, 0].set_ylabel(m, fontsize=7)
+    tiles = [
+        [
+            Tile(colored(unit(step[:1])[0], "inferno", 0, 1), wrap(labels[c]) if r == 0 else "")
+            for c, step in enumerate(steps_maps)
+        ]
+        for r, steps_maps in enumerate(maps.values())
+    ]
+    grid = mosaic(tiles, side_for(x.shape[-2], 112), row_labels=list(maps), font=6)
     depends = [m for m, v in said.items() if v.startswith("depends")]
     barely = [m for m, v in said.items() if not v.startswith("depends")]
     caption = (
