@@ -483,6 +483,10 @@ def viz(
     channels: int | None = typer.Option(None, help="feature-maps: channels per block"),
     neurons: int | None = typer.Option(None, help="guided-backprop: neurons of the last conv"),
     grid: str | None = typer.Option(None, help="predictions: ROWSxCOLS, e.g. 10x3"),
+    steps: int | None = typer.Option(None, help="sanity: randomization steps"),
+    ig_steps: int | None = typer.Option(
+        None, help="attributions: Integrated Gradients' steps (default 8)"
+    ),
     out: Path | None = typer.Option(None, help="folder for the PNGs (default RUN/figures)"),
     imports: list[str] = Imports,
 ) -> None:
@@ -493,6 +497,7 @@ def viz(
     if figure not in FIGURES:  # before torch and the data are loaded
         raise CnnlabError(f"figure {figure!r} is unknown; choose one of: {', '.join(FIGURES)}")
     given = {"images": images, "channels": channels, "neurons": neurons, "grid": grid}
+    given |= {"steps": steps, "ig_steps": ig_steps}
     for path in render(run, figure, out, **{k: v for k, v in given.items() if v is not None}):
         typer.echo(str(path))
 

@@ -97,3 +97,24 @@ def test_guided_grad_cam_from_the_grad_cam_map_equals_captums_own(report_run):
         )
     torch.testing.assert_close(ours, theirs.detach().abs().sum(1).float())
     assert ours.sum() > 0
+
+
+def test_grad_cam_and_the_gradient_from_one_pass_equal_captums_own(report_run):
+    """Grad-CAM and the plain gradient share one backward pass rather than running Captum's
+    `LayerGradCam` and `Saliency`: the maps must be the same."""
+    from captum.attr import LayerAttribution, LayerGradCam, Saliency
+
+    view = RunView(report_run[0])
+    x = view.batch("test", torch.arange(4))
+    target = view.test_predictions.pred["cls"][:4].long()
+    ours = attribute_all(("Grad-CAM", "gradient"), view.model, "cls", x, target)
+    score = Score(view.model, "cls", target)
+    with analysis_mode(view.model):
+        cam = LayerGradCam(score, last_conv(view.model)[1]).attribute(
+            x.clone().requires_grad_(), relu_attributions=True
+        )
+        gradient = Saliency(score).attribute(x.clone().requires_grad_(), abs=True)
+    up = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[2:]), "bilinear")
+    torch.testing.assert_close(ours["Grad-CAM"], up[:, 0].float().clamp_min(0))
+    torch.testing.assert_close(ours["gradient"], gradient.detach().sum(1).float())
+    assert ours["Grad-CAM"].sum() > 0 and ours["gradient"].sum() > 0

@@ -28,6 +28,7 @@ from cnnlab.viz.dead_units import alive_units, unit_max
 from cnnlab.viz.features import _filter_images, capture
 from cnnlab.viz.guided import guided_gradient
 from cnnlab.viz.hooks import analysis_mode, feature_blocks, forward_hooks, last_conv
+from cnnlab.viz.mosaic import DPI, Tile, colored, fit, mosaic, rgb, side_for
 from cnnlab.viz.predictions import parse_grid
 from tests.conftest import run_cli
 
@@ -330,6 +331,42 @@ def test_feature_maps_show_every_block(view):
     assert charts[0].extra["grid"] == (4, 3)  # (input row + 3 blocks) x 3 channels
 
 
+def test_tile_sides_avoid_resampling_where_they_can():
+    assert side_for(224, 200) == 224  # close enough: the image's own pixels
+    assert side_for(224, 112) == 112  # half, so its 56, 28, 14 px block maps scale by 2, 4, 8
+    assert side_for(28, 200) == 196 and side_for(3, 90) == 90  # whole multiples
+    assert side_for(224, 150) == 150  # neither is close: the target, smoothed
+
+
+def test_fit_keeps_the_aspect_and_enlarges_small_images_as_squares():
+    filt = rgb(torch.rand(3, 3, 3))
+    big = fit(filt, 90)
+    assert big.shape == (90, 90, 3)
+    assert (big[:30, :30] == filt[0, 0]).all() and (big[60:, 30:60] == filt[2, 1]).all()
+    wide = fit(rgb(torch.rand(3, 20, 40)), 100)
+    assert wide.shape == (50, 100, 3)
+    gray = rgb(torch.full((1, 4, 4), 0.5))
+    assert gray.shape == (4, 4, 3) and (gray == 128).all()  # one channel shown in gray
+
+
+def test_a_mosaic_places_each_tile_with_its_frame_and_texts():
+    red = rgb(torch.tensor([1.0, 0, 0]).view(3, 1, 1).expand(3, 8, 8))
+    tiles = [[Tile(red, "a", "wrong", "#0000ff", frame=2), None], [None, Tile(red, "b")]]
+    fig = mosaic(tiles, 16, "title", ["row 1", "row 2"])
+    canvas = fig.axes[0].images[0].get_array()
+    assert fig.get_size_inches() * DPI == pytest.approx(canvas.shape[1::-1])
+    reds = (canvas == [255, 0, 0]).all(-1)
+    assert reds.sum() == 2 * 16 * 16  # two tiles, each 8 px enlarged to 16
+    assert (canvas == [0, 0, 255]).all(-1).sum() == 20 * 20 - 16 * 16  # the 2 px frame
+    ys, xs = reds.nonzero()
+    assert xs.min() < canvas.shape[1] / 2 < xs.max() and ys.min() < canvas.shape[0] / 2 < ys.max()
+    texts = [t.get_text() for t in fig.texts]
+    assert sorted(texts) == sorted(["title", "row 1", "row 2", "a", "wrong", "b"])
+    assert [t.get_color() for t in fig.texts if t.get_text() == "wrong"] == ["#0000ff"]
+    spread = colored(torch.arange(4.0).view(2, 2), "gray")
+    assert spread[0, 0].tolist() == [0, 0, 0] and spread[1, 1].tolist() == [255, 255, 255]
+
+
 def test_filter_grids():
     assert grid_shape(64) == (8, 8) and grid_shape(32) == (6, 6) and grid_shape(8) == (3, 3)
     rgb = _filter_images(torch.randn(64, 3, 5, 5))
@@ -376,6 +413,9 @@ def test_viz_cli_draws_pngs_and_rejects_bad_input(report_run, tmp_path, capsys, 
         ("viz", run, "predictions", "--grid", "10x"): "expected ROWSxCOLS",
         ("viz", run, "filters", "--grid", "2x2"): "--grid does not apply to filters",
         ("viz", run, "feature-maps", "--channels", "0"): "--channels 0: choose 1 to 64",
+        ("viz", run, "attributions", "--ig-steps", "0"): "--ig-steps 0: choose 1 to 256",
+        ("viz", run, "curves", "--ig-steps", "3"): "--ig-steps does not apply to curves",
+        ("viz", run, "predictions", "--steps", "3"): "its options: --grid",
         ("viz", str(tmp_path), "filters"): "is not a run folder",
         ("report", str(tmp_path / "nope")): "is not a folder",
     }
@@ -386,6 +426,12 @@ def test_viz_cli_draws_pngs_and_rejects_bad_input(report_run, tmp_path, capsys, 
         assert len(err.strip().splitlines()) == 1
     status, stdout, _ = cli(capsys, monkeypatch, "figures")
     assert status == 0 and "guided-backprop" in stdout and "dead-units" in stdout
+    sanity = tmp_path / "sanity"
+    status, _, err = cli(
+        capsys, monkeypatch, "viz", run, "sanity", "--steps", "2", "--out", str(sanity)
+    )
+    assert status == 0, err
+    assert sorted(p.name for p in sanity.iterdir()) == ["sanity.png", "sanity_maps.png"]
 
 
 def test_a_run_without_checkpoint_is_one_clear_error(report_run, tmp_path):

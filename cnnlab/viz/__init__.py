@@ -53,10 +53,12 @@ FIGURES: dict[str, FigureSpec] = {
     "filters": FigureSpec(filters, "first-layer filters and their maps for one test image"),
     "guided-backprop": FigureSpec(guided_backprop, "guided backprop, last conv layer (--neurons)"),
     "attributions": FigureSpec(
-        attributions, "Grad-CAM, Guided Grad-CAM, gradient, Integrated Gradients (--images)"
+        attributions,
+        "Grad-CAM, Guided Grad-CAM, gradient, Integrated Gradients (--images, --ig-steps)",
     ),
     "sanity": FigureSpec(
-        sanity, "do the saliency maps depend on the weights? cascading randomization (--steps)"
+        sanity,
+        "do the saliency maps depend on the weights? cascading randomization (--images, --steps)",
     ),
     "dead-units": FigureSpec(dead_units, "units that never activate on the validation set"),
     "landscape": FigureSpec(landscape, "the loss landscape `cnnlab landscape RUN` computed"),
@@ -80,10 +82,11 @@ def make_charts(view: RunView, name: str, **options) -> list[Chart]:
     """Run one figure with the options the user gave; an option it does not take is an error."""
     spec = get_figure(name)
     accepted = list(inspect.signature(spec.make).parameters)[1:]
+    flag = lambda key: "--" + key.replace("_", "-")  # noqa: E731  (as typed: --ig-steps)
     for key in options:
         if key not in accepted:
-            allowed = ", ".join(f"--{a}" for a in accepted) or "none"
-            raise CnnlabError(f"--{key} does not apply to {name}; its options: {allowed}")
+            allowed = ", ".join(flag(a) for a in accepted) or "none"
+            raise CnnlabError(f"{flag(key)} does not apply to {name}; its options: {allowed}")
     # a figure runs the model on a few images, once: compiling kernels for their shapes took
     # longer than it saved (seed 002's report: 45 s on a cold cache against 27 s with aten's)
     with compiled_kernels(False):
