@@ -103,15 +103,18 @@ def mosaic(
 ) -> Figure:  # fmt: skip
     """A figure of `tiles` (rows of tiles; None leaves a place empty), each fitted into a
     side x side square, with the grid's title above and a label left of each row."""
-    rows, cols = len(tiles), max(len(r) for r in tiles)
+    cols = max(len(r) for r in tiles)
     every = [t for r in tiles for t in r if t is not None]
     pad = 2 + max((t.frame for t in every), default=0)  # between a text and its image
-    above = _lines([t.title for t in every]) * _line(font) + pad
-    below = _lines([t.label for t in every]) * _line(font) + pad
+    band = lambda texts: _lines(texts) * _line(font) + pad  # noqa: E731  (a row's texts)
+    above = [band([t.title for t in row if t is not None]) for row in tiles]
+    below = [band([t.label for t in row if t is not None]) for row in tiles]
     left = _lines(row_labels) * _line(font) + (GAP if row_labels else 0)
     top = _lines([title]) * _line(9) + (GAP if title else 0)
-    cell_w, cell_h = side + GAP, above + side + below + GAP
-    width, height = 2 * MARGIN + left + cols * cell_w, 2 * MARGIN + top + rows * cell_h
+    heights = [a + side + b + GAP for a, b in zip(above, below, strict=True)]
+    starts = np.cumsum([MARGIN + top, *heights]).tolist()  # each row's top edge
+    cell_w = side + GAP
+    width, height = 2 * MARGIN + left + cols * cell_w, starts[-1] + MARGIN
     canvas = np.full((height, width, 3), 255, np.uint8)
     with matplotlib.rc_context(RC):
         fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
@@ -119,7 +122,7 @@ def mosaic(
     if title:
         texts.append((width / 2, MARGIN, title, {"va": "top", "fontsize": 9}))
     for r, row in enumerate(tiles):
-        y0 = MARGIN + top + r * cell_h + above
+        y0 = starts[r] + above[r]
         if r < len(row_labels) and row_labels[r]:
             x = MARGIN + left - GAP
             texts.append((x, y0 + side / 2, row_labels[r], {"rotation": 90, "va": "center",
