@@ -62,7 +62,8 @@ def grad_cam_and_gradient(
     gradient, summed, the positive part; None without a layer) and d score / d x, from one
     forward and backward pass: on the sanity check's 7 model states, a sixth of its passes."""
     kept: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda m, i, y: kept.append(y)) if layer else None
+    hook = lambda m, i, y: kept.append(y)  # noqa: E731
+    handle = layer.register_forward_hook(hook) if layer is not None else None
     try:
         scores = score(x)
     finally:
