@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.gpu_check import write_cifar_batch
 from cnnlab.build import check_data
 from cnnlab.catalog import RECIPES
 from cnnlab.data import SOURCES, describe
@@ -28,18 +29,6 @@ PER_BATCH, N_TEST = 20, 20
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def write_batch(path: Path, data: np.ndarray, labels: list[int], name: bytes) -> None:
-    """A batch as the official files hold it: a protocol-2 pickle of a dict with bytes keys."""
-    batch = {
-        b"batch_label": name,
-        b"labels": labels,
-        b"data": data.astype(np.uint8),
-        b"filenames": [f"img_{i:05d}.png".encode() for i in range(len(labels))],
-    }
-    with open(path, "wb") as f:
-        pickle.dump(batch, f, protocol=2)
-
-
 def fake_cifar(root: Path, per_batch: int = PER_BATCH, n_test: int = N_TEST) -> Path:
     """`root/cifar-10-batches-py` with 5 training batches, a test batch and batches.meta."""
     folder = root / cf.FOLDER
@@ -48,11 +37,12 @@ def fake_cifar(root: Path, per_batch: int = PER_BATCH, n_test: int = N_TEST) -> 
     for i in range(1, 6):
         data = rng.integers(0, 256, (per_batch, 3072))
         labels = [(j + i) % 10 for j in range(per_batch)]
-        write_batch(folder / f"data_batch_{i}", data, labels, f"training batch {i} of 5".encode())
+        name = f"training batch {i} of 5"
+        write_cifar_batch(folder / f"data_batch_{i}", data.astype(np.uint8), np.array(labels), name)
     test = np.zeros((n_test, 3072), np.uint8)
     test[0, 0] = 255  # image 0: red channel, top-left pixel
     test[1, 1024 + 32 * 2 + 5] = 200  # image 1: green channel, row 2, column 5
-    write_batch(folder / "test_batch", test, [j % 10 for j in range(n_test)], b"testing batch 1")
+    write_cifar_batch(folder / "test_batch", test, np.arange(n_test) % 10, "testing batch 1")
     meta = {
         b"num_cases_per_batch": per_batch,
         b"label_names": [n.encode() for n in NAMES],
