@@ -233,6 +233,7 @@ def build(
             recipe.train.channels_last,
             saved.get("classes") if saved else None,
             normalize=not owns_input(recipe.model),
+            saved_normalize=saved.get("normalize") if saved else None,
         )
     fit_to_pixels(recipe, tasks, splits)
     with_temperatures(tasks, saved)

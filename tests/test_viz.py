@@ -12,10 +12,13 @@ import pytest
 import torch
 from torch import nn
 
+from cnnlab.build import build
+from cnnlab.data import batches
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
 from cnnlab.models import BACKBONES
 from cnnlab.precision import autocast_for
+from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.viz import FIGURES, RunView, make_charts
 from cnnlab.viz.base import grid_shape
 from cnnlab.viz.confusion import (
@@ -465,3 +468,25 @@ def test_figures_of_a_run_whose_metrics_end_in_a_torn_line(report_run, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "skipped unreadable line(s) 3" in out.stderr and "Traceback" not in out.stderr
     assert (tmp_path / "figs" / "curves.png").stat().st_size > 10_000
+
+
+def test_a_run_is_rebuilt_with_the_input_statistics_it_trained_with(report_run, monkeypatch):
+    """A report, an evaluation or a resume take the input's mean and std from the checkpoint:
+    measuring them again read the whole training set once more (minutes for a set larger
+    than memory), and gives the same numbers."""
+    run = RunFolder.open(report_run[0])
+    saved = load_checkpoint(run.best_path, "cpu")
+    measured = build(run.recipe()).splits  # a new run measures them
+    assert measured.mean.tolist() == saved["normalize"]["mean"]
+    assert measured.std.tolist() == saved["normalize"]["std"]
+
+    def measure(*args, **kwargs):
+        raise AssertionError("the statistics were measured again")
+
+    monkeypatch.setattr(batches, "channel_stats", measure)
+    view = RunView(report_run[0])
+    torch.testing.assert_close(view.splits.mean, measured.mean, rtol=0, atol=0)
+    torch.testing.assert_close(view.splits.std, measured.std, rtol=0, atol=0)
+    old = {k: v for k, v in saved.items() if k != "normalize"}  # a checkpoint from before
+    with pytest.raises(AssertionError, match="measured again"):
+        build(run.recipe(), old, weights="judged")

@@ -16,7 +16,7 @@ import torch
 from cnnlab.data import colorize, get_source
 from cnnlab.data.augment import NO_LABEL, UNCHANGED, AugmentConfig, LabelMap, augment, is_mask
 from cnnlab.data.base import DataSection, DerivedTarget, ImageSet
-from cnnlab.data.mapped import MappedImages, read_ahead
+from cnnlab.data.mapped import MappedImages, Pixels, read_ahead
 from cnnlab.data.split import stratified_split, stratified_subset
 from cnnlab.data.stats import channel_stats
 from cnnlab.errors import CnnlabError
@@ -159,6 +159,26 @@ def _num_batches(n: int, batch_size: int) -> int:
     return full + (1 if rest > 1 else 0)
 
 
+def input_statistics(
+    cfg: DataSection, known: tuple | None, images: Pixels, normalize: bool,
+    saved: dict[str, list[float]] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Mean and std per channel of what the model sees, as float32 (C,) tensors: a run's own,
+    from its checkpoint, when it has them (resuming, evaluating, a report: measuring them
+    again read the whole training set once more, minutes for one larger than memory); when
+    colorizing, measured on the training images' luminance; none (0 and 1) for a backbone
+    that normalizes its own input; a source's published ones (`known`); else measured."""
+    if saved is not None:
+        return tuple(torch.tensor(saved[k], dtype=torch.float32) for k in ("mean", "std"))
+    if cfg.colorize is not None:
+        return channel_stats(images, colorize.luminance)
+    if not normalize:
+        return torch.zeros(images.shape[1]), torch.ones(images.shape[1])
+    if known is not None:
+        return tuple(torch.tensor(v, dtype=torch.float32) for v in known)
+    return channel_stats(images)
+
+
 def prepare_splits(
     cfg: DataSection,
     seed: int,
@@ -167,12 +187,14 @@ def prepare_splits(
     channels_last: bool = True,
     saved_classes: dict[str, list[str]] | None = None,
     normalize: bool = True,
+    saved_normalize: dict[str, list[float]] | None = None,
 ) -> Splits:
     """Load the source, carve the stratified validation split (unless the source gives one),
     move everything to `device`. `needed`: the targets the tasks train on. `saved_classes`:
     those a checkpoint holds; colorizing reads its palette from them rather than refitting.
     `normalize=False`: batches stay in [0, 1], for a backbone that normalizes its own input
-    (a pretrained one, by the statistics it was trained with)."""
+    (a pretrained one, by the statistics it was trained with). `saved_normalize`: the mean
+    and std a checkpoint holds, used rather than measured again (`input_statistics`)."""
     source = get_source(cfg.source)
     ds = source.load(cfg)
     provided = ds.target_names() + ([colorize.TARGET] if cfg.colorize else [])
@@ -210,14 +232,7 @@ def prepare_splits(
             palette = colorize.fit_palette(train.images, cfg.colorize, seed)
         classes[colorize.TARGET] = colorize.palette_names(palette)
         derived[colorize.TARGET] = colorize.nearest_colour(palette.to(device))
-        mean, std = channel_stats(train.images, colorize.luminance)
-    elif not normalize:
-        channels = train.images.shape[1]
-        mean, std = torch.zeros(channels), torch.ones(channels)
-    elif source.stats is not None:
-        mean, std = (torch.tensor(v, dtype=torch.float32) for v in source.stats)
-    else:
-        mean, std = channel_stats(train.images)
+    mean, std = input_statistics(cfg, source.stats, train.images, normalize, saved_normalize)
     return Splits(
         train=train.to(device),
         val=val.to(device),
