@@ -11,7 +11,7 @@ import torch
 
 from cnnlab.api import load_recipe
 from cnnlab.data import image_folder as imf
-from cnnlab.data import memory
+from cnnlab.data import memory, stats
 from cnnlab.data.mapped import MappedImages, pixels_at, read_ahead
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
@@ -106,6 +106,24 @@ def test_mapped_images_read_what_memory_holds_and_skip_the_corrupt(tree, capsys)
     gen = torch.Generator().manual_seed(0)  # colorizing's palette samples pixels by index
     at = [torch.randint(n, (3000,), generator=gen) for n in (len(a), 16, 16)]
     assert torch.equal(pixels_at(b.images, *at), pixels_at(a.images, *at))
+
+
+def test_a_large_set_is_measured_on_a_sample_the_same_in_either_storage(tree, monkeypatch):
+    held = imf.load(cfg_of(tree, storage="memory")).train.images
+    mapped = imf.load(cfg_of(tree, storage="mapped")).train.images
+    n, c, h, w = held.shape
+    monkeypatch.setattr(stats, "SAMPLE_BYTES", 10 * c * h * w)  # ten images' pixels
+    rows = stats.sample_rows(n, c * h * w)
+    assert len(rows) == 10 and torch.equal(rows, rows.sort().values)
+    assert torch.equal(rows, stats.sample_rows(n, c * h * w))  # seeded: the same every time
+    sampled = stats.channel_stats(held)
+    assert all(torch.equal(a, b) for a, b in zip(sampled, stats.channel_stats(mapped), strict=True))
+    direct = held[rows].double().div(255)
+    assert torch.allclose(sampled[0].double(), direct.mean(dim=(0, 2, 3)), rtol=1e-6, atol=0)
+    assert torch.allclose(sampled[1].double(), direct.std(dim=(0, 2, 3)), rtol=1e-5, atol=0)
+    monkeypatch.setattr(stats, "SAMPLE_BYTES", 1 << 30)
+    assert stats.sample_rows(n, c * h * w) is None  # a set within it is measured whole
+    assert not torch.equal(stats.channel_stats(held)[0], sampled[0])
 
 
 def test_a_rank_reads_only_its_shard_of_each_batch(tree):
