@@ -496,8 +496,10 @@ def viz(
 
     if figure not in FIGURES:  # before torch and the data are loaded
         raise CnnlabError(f"figure {figure!r} is unknown; choose one of: {', '.join(FIGURES)}")
-    given = {"images": images, "channels": channels, "neurons": neurons, "grid": grid}
-    given |= {"steps": steps, "ig_steps": ig_steps}
+    given = {
+        "images": images, "channels": channels, "neurons": neurons, "grid": grid,
+        "steps": steps, "ig_steps": ig_steps,
+    }  # fmt: skip
     for path in render(run, figure, out, **{k: v for k, v in given.items() if v is not None}):
         typer.echo(str(path))
 

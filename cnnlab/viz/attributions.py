@@ -20,7 +20,7 @@ from torch import nn
 
 from cnnlab.viz.base import Chart, check_count
 from cnnlab.viz.guided import guided_nonlinearities
-from cnnlab.viz.hooks import analysis_mode, last_conv
+from cnnlab.viz.hooks import analysis_mode, forward_hooks, last_conv
 from cnnlab.viz.mosaic import Tile, colored, mosaic, rgb, side_for
 from cnnlab.viz.predictions import pick
 from cnnlab.viz.run_view import RunView
@@ -62,13 +62,9 @@ def grad_cam_and_gradient(
     gradient, summed, the positive part; None without a layer) and d score / d x, from one
     forward and backward pass: on the sanity check's 7 model states, a sixth of its passes."""
     kept: list[torch.Tensor] = []
-    hook = lambda m, i, y: kept.append(y)  # noqa: E731
-    handle = layer.register_forward_hook(hook) if layer is not None else None
-    try:
+    layers = {} if layer is None else {"layer": layer}
+    with forward_hooks(layers, lambda n, m, y: kept.append(y)):
         scores = score(x)
-    finally:
-        if handle is not None:
-            handle.remove()
     gradients = torch.autograd.grad(scores.sum(), (x, *kept))
     if layer is None:
         return None, gradients[0].detach()

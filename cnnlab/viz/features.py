@@ -7,7 +7,7 @@ from torch import nn
 
 from cnnlab.viz.base import Chart, check_count, grid_shape
 from cnnlab.viz.hooks import analysis_mode, feature_blocks, features_of, first_conv, forward_hooks
-from cnnlab.viz.mosaic import Tile, colored, mosaic, rgb, side_for
+from cnnlab.viz.mosaic import Tile, colored, mosaic, rgb, rows_of, side_for
 from cnnlab.viz.predictions import pick
 from cnnlab.viz.run_view import RunView
 
@@ -69,11 +69,11 @@ def filters(view: RunView) -> list[Chart]:
     """First-layer filters as a grid (8x8 for 64) and their activation maps for one image."""
     name, conv = first_conv(view.model)
     w = _filter_images(conv.weight)  # (O, C, k, k)
-    rows, cols = grid_shape(w.shape[0])
+    _, cols = grid_shape(w.shape[0])
     tiles = [Tile(rgb(w[o]), str(o)) for o in range(w.shape[0])]
     kind = "RGB" if conv.weight.shape[1] == 3 else f"{conv.weight.shape[1]}-channel"
     fig = mosaic(
-        [tiles[r * cols : (r + 1) * cols] for r in range(rows)],
+        rows_of(tiles, cols),
         side_for(w.shape[-1], 90),
         f"{w.shape[0]} first-layer filters ({name}, {kind}, "
         f"{conv.kernel_size[0]}x{conv.kernel_size[1]})",
@@ -84,7 +84,7 @@ def filters(view: RunView) -> list[Chart]:
     tiles = [Tile(colored(m), str(o)) for o, m in enumerate(maps)]
     first = Tile(rgb(test.images[int(i)]), f"test #{int(i)}")
     fig2 = mosaic(
-        [[first if r == 0 else None, *tiles[r * cols : (r + 1) * cols]] for r in range(rows)],
+        [[first if r == 0 else None, *row] for r, row in enumerate(rows_of(tiles, cols))],
         side_for(maps.shape[-1], 90),
         f"Outputs of the {maps.shape[0]} first-layer filters for test image #{int(i)}",
     )

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from cnnlab.viz.base import RC
+from cnnlab.viz.base import RC, unit_range
 
 DPI = RC["savefig.dpi"]
 GAP = 10  # pixels between tiles
@@ -53,11 +53,14 @@ def colored(fmap: torch.Tensor, cmap: str = "viridis", lo: float | None = None,
     """One map (H, W) through a colour map, scaled from lo to hi (its own range when None),
     as (H, W, 3) uint8."""
     m = fmap.detach().float().cpu()
-    lo = float(m.min()) if lo is None else lo
-    hi = float(m.max()) if hi is None else hi
-    scaled = ((m - lo) / (hi - lo)).clamp(0, 1) if hi > lo else torch.full_like(m, 0.5)
+    scaled = unit_range(m) if lo is None or hi is None else ((m - lo) / (hi - lo)).clamp(0, 1)
     colours = matplotlib.colormaps[cmap](scaled.numpy(), bytes=True)
     return np.ascontiguousarray(colours[..., :3])
+
+
+def rows_of(tiles: Sequence[Tile], cols: int) -> list[list[Tile]]:
+    """A flat list of tiles as rows of `cols` (the last one shorter)."""
+    return [list(tiles[r : r + cols]) for r in range(0, len(tiles), cols)]
 
 
 def side_for(native: int, target: int) -> int:

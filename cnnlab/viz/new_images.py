@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from cnnlab.inference import Predictions
-from cnnlab.viz.mosaic import Tile, mosaic, rgb
+from cnnlab.viz.mosaic import Tile, mosaic, rgb, rows_of
 from cnnlab.viz.pixels import class_colours, paint
 
 SHOWN = 16  # images drawn; the CSV holds them all
@@ -49,7 +49,7 @@ def draw_predictions(files: list[Path], predictions: Predictions, out: Path, tit
             painted = paint(torch.from_numpy(p.index[i]), class_colours(p.classes))
             tiles.append(Tile(rgb(painted), f"{name} (predicted)"))
     width = cols * per_row
-    fig = mosaic([tiles[r : r + width] for r in range(0, len(tiles), width)], SIDE, title)
+    fig = mosaic(rows_of(tiles, width), SIDE, title)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out

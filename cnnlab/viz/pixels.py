@@ -86,10 +86,11 @@ def _grid(view: RunView, task: str, index, truth, pred, colours) -> Chart:
         right = f"{right_share(truth[i], pred[i]):.0%} of pixels right"
         shown = [seen, rgb(paint(pred[i], colours)), rgb(paint(truth[i], colours))]
         shown += [rgb(photos[row])] if grey else []
-        said = ["", right, "", ""]
-        if row == 0:
-            said = [f"{head}\n{text}".strip() for head, text in zip(heads, said, strict=False)]
-        tiles.append([Tile(p, t) for p, t in zip(shown, said, strict=False)])
+        said = [
+            (heads[c] + "\n" if row == 0 else "") + (right if c == 1 else "")
+            for c in range(len(shown))
+        ]
+        tiles.append([Tile(p, t.strip()) for p, t in zip(shown, said, strict=True)])
     fig = mosaic(tiles, side_for(photos.shape[-2], 140))
     accuracy = right_share(truth[index], pred[index])
     return Chart(

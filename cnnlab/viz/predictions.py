@@ -8,7 +8,7 @@ import torch
 
 from cnnlab.errors import CnnlabError
 from cnnlab.viz.base import Chart, shorten
-from cnnlab.viz.mosaic import Tile, mosaic, rgb, side_for
+from cnnlab.viz.mosaic import Tile, mosaic, rgb, rows_of, side_for
 from cnnlab.viz.run_view import RunView
 
 WRONG, RIGHT = "#c0392b", "#1e6b34"
@@ -50,7 +50,7 @@ def predictions(view: RunView, grid: str = "10x3") -> list[Chart]:
         colour = WRONG if wrong else RIGHT
         tiles.append(Tile(rgb(test.images[i]), label=text, color=colour, frame=4 if wrong else 1))
     fig = mosaic(
-        [tiles[r * cols : (r + 1) * cols] for r in range(rows)],
+        rows_of(tiles, cols),
         side_for(test.images.shape[-2], 200),
         f"{len(index)} test images: predicted class\n(✗ and red = wrong, true class "
         f"in brackets)\nregression: true → predicted",
