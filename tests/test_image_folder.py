@@ -99,6 +99,28 @@ def test_bad_entries_are_skipped_and_named_in_one_warning(tree, capsys):
     assert torch.bincount(ds.train.targets["label"]).tolist() == train_counts()
 
 
+def test_the_scan_follows_symlinks_only_inside_the_root(tmp_path):
+    """A link to a file inside the root is an image of its class; one leading out (a file
+    or a whole class folder) is listed as outside and never read; a link to a folder is no
+    image."""
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    for folder in (root / "a", root / "b", elsewhere):
+        folder.mkdir(parents=True)
+    (root / "a/one.jpg").write_bytes(b"x" * 10)
+    (elsewhere / "secret.jpg").write_bytes(b"y" * 20)
+    os.symlink(root / "a/one.jpg", root / "b/linked.jpg")
+    os.symlink(elsewhere / "secret.jpg", root / "b/out.jpg")
+    os.symlink(root / "a", root / "b/folder")
+    os.symlink(elsewhere, root / "c")
+    found = imf.scan(str(root))
+    assert found.classes == ["a", "b", "c"]
+    assert [(f[0], f[1], f[4]) for f in found.files] == [
+        ("a/one.jpg", 10, 0),
+        ("b/linked.jpg", 10, 1),
+    ]
+    assert found.outside == ["b/out.jpg", "c"]
+
+
 def test_grey_and_rgba_become_rgb(tree):
     grey = decode_image(tree / "train/c1/grey.png", 16, "squash")
     assert grey.shape == (3, 16, 16)

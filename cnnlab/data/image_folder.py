@@ -148,20 +148,27 @@ def scan(root: str | None) -> Scan:
     for split, folder in dirs.items():
         for label, cls in enumerate(classes):
             cdir = folder / cls
+            prefix = os.path.relpath(cdir, base)
             if not cdir.resolve().is_relative_to(base_resolved):
-                out.outside.append(os.path.relpath(cdir, base))
+                out.outside.append(prefix)
                 continue
             for entry in _entries(cdir):
-                rel = os.path.relpath(os.path.join(cdir, entry.name), base)
-                real = Path(entry.path).resolve()
-                if not real.is_relative_to(base_resolved):
+                rel = os.path.join(prefix, entry.name)
+                if entry.is_symlink() and not _inside(entry, base_resolved):
                     out.outside.append(rel)
                     continue
-                if not real.is_file():
+                if not entry.is_file():
                     continue  # sub-folders and special files are no images of this class
-                st = real.stat()
+                st = entry.stat()
                 out.files.append((rel, st.st_size, st.st_mtime_ns, split, label))
     return out
+
+
+def _inside(entry: os.DirEntry, root: Path) -> bool:
+    """Whether a symlink's target lies inside `root`. Only a symlink can lead out of a class
+    folder already resolved inside it: resolving every file instead (a system call per
+    part of its path) took 14 s for 121,000 files, against 0.6 s for the whole scan."""
+    return Path(entry.path).resolve().is_relative_to(root)
 
 
 # ------------------------------------------------------------------------------ the cache
