@@ -221,6 +221,28 @@ def test_a_class_too_small_to_carve_and_a_link_outside_are_refused(shapes, tmp_p
     assert no_runs(tmp_path)
 
 
+def test_a_path_is_inside_the_folder_only_when_its_links_are(tmp_path):
+    """Each folder is resolved once, the file only when it is a link: the answers are those
+    of resolving every path."""
+    from cnnlab.data.table import _inside
+
+    base, out = tmp_path / "base", tmp_path / "out"
+    (base / "a").mkdir(parents=True)
+    out.mkdir()
+    (base / "a/x.png").write_bytes(b"x")
+    (out / "y.png").write_bytes(b"y")
+    (base / "a/in.png").symlink_to(base / "a/x.png")
+    (base / "a/out.png").symlink_to(out / "y.png")
+    (base / "away").symlink_to(out)
+    folders: dict[str, Path] = {}
+    cases = {"a/x.png": True, "a/in.png": True, "a/missing.png": True, "a/../a/x.png": True,
+             "a/out.png": False, "away/y.png": False, "../out/y.png": False,
+             "a/../../out/y.png": False, "..": False, "a/..": True}  # fmt: skip
+    for rel, inside in cases.items():
+        assert _inside(base, rel, folders) is inside, rel
+        assert (base / rel).resolve().is_relative_to(base) is inside, rel
+
+
 def test_unreadable_images_are_skipped_with_a_warning_or_stop_the_run(shapes, tmp_path, capsys):
     raw = bad_table(tmp_path, shapes, lambda rows: rows)
     (tmp_path / "bad" / "images" / "00004.png").write_bytes(b"not a png")

