@@ -18,8 +18,8 @@ fits. Every training run is a real `cnnlab train` in a child process (a cheap st
     + page cache charged to it, which the kernel reclaims at the limit, so it is bounded by
     the limit by construction) and ru_maxrss (which also counts pages of torch's shared
     libraries that other processes loaded) are printed beside it. The in-memory path under
-    the same limit is run too: it must be killed (or stall at the limit, stopped after
-    HELD_S seconds), or the limit proves nothing.
+    the same limit is run too: it must be killed (or stall at the limit: then it is
+    stopped), or the limit proves nothing.
 (c) epoch time at 1x, 2x and 4x the images (train_subset of the big set; every pass reads
     from disk, as the cache file is evicted from the page cache before each run): the time
     per image within 15 % (max / min <= 1.15), i.e. linear in the images.
@@ -50,11 +50,12 @@ CLASSES = 10
 CGROUPS = Path("/sys/fs/cgroup")
 SAMPLE_S = 0.1  # how often the child's memory is read
 DISTINCT = 200  # distinct pictures per class, the files cycle through them
-# The in-memory path under the limit: the kernel kills it (26 s), or, when reclaiming its
-# own code pages always frees one more page, it stalls at the limit, re-reading them from
-# disk (700 MB/s, no progress: minutes before any kill). Either way it trains nothing;
-# after this long it is stopped.
-HELD_S = 45
+# The in-memory path under the limit: the kernel kills it (26-33 s), or, when reclaiming
+# its own code pages always frees one more page, it stalls at the limit, re-reading them
+# from disk (700 MB/s, no progress: minutes before any kill). Either way it trains nothing;
+# it is stopped once its anonymous memory has stayed above AT_LIMIT of the limit for
+# STALL_S, or after HELD_S in any case.
+AT_LIMIT, STALL_S, HELD_S = 0.95, 5.0, 120
 # 1x, in memory limits. An epoch reads each image once, in a shuffled order, so no image is
 # read twice within it and the page cache cannot serve the larger sets better than the
 # smaller: above the limit, the size changes how long an epoch takes, not how it reads.
@@ -204,26 +205,41 @@ def _try_write(file: Path, text: str) -> None:
 
 
 class Peak:
-    """The child's peak RssAnon (and the cgroup's rss), sampled in a thread."""
+    """The child's peak RssAnon (and the cgroup's rss), sampled in a thread. With `stall_at`
+    (bytes), `on_stall` is called once RssAnon has stayed at or above it for STALL_S."""
 
-    def __init__(self, pid: int, folder: Path | None):
+    def __init__(self, pid: int, folder: Path | None, stall_at: int | None = None, on_stall=None):
         self.pid, self.folder, self.anon, self.group_rss = pid, folder, 0, 0
+        self.stall_at, self.on_stall, self.stalled = stall_at, on_stall, False
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
 
     def _watch(self) -> None:
+        since = None
         while not self.done.wait(SAMPLE_S):
             try:
                 for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
                     if line.startswith("RssAnon:"):
-                        self.anon = max(self.anon, int(line.split()[1]) * 1024)
+                        anon = int(line.split()[1]) * 1024
+                        self.anon = max(self.anon, anon)
+                        since = self._stall(anon, since)
             except OSError:
                 pass
             if self.folder is not None and (self.folder / "memory.stat").exists():
                 for line in (self.folder / "memory.stat").read_text().splitlines():
                     if line.startswith(("total_rss ", "anon ")):
                         self.group_rss = max(self.group_rss, int(line.split()[1]))
+
+    def _stall(self, anon: int, since: float | None) -> float | None:
+        """Since when RssAnon has been at the stall mark (None: it is below it)."""
+        if self.stall_at is None or anon < self.stall_at:
+            return None
+        since = since or time.monotonic()
+        if not self.stalled and time.monotonic() - since >= STALL_S:
+            self.stalled = True
+            self.on_stall()
+        return since
 
     def stop(self) -> None:
         self.done.set()
@@ -232,11 +248,11 @@ class Peak:
 
 def train(
     root: Path, size: int, storage: str, env: dict, work: Path, epochs: int = 1,
-    subset: int | None = None, cgroup: tuple | None = None, deadline: float | None = None,
+    subset: int | None = None, cgroup: tuple | None = None, stall_at: int | None = None,
 ) -> dict:  # fmt: skip
     """One `cnnlab train` in a child process (in the cgroup when given): its metrics rows,
-    peaks, exit code and the data line cnnlab printed. After `deadline` seconds the child
-    is killed (`stopped`)."""
+    peaks, exit code and the data line cnnlab printed. With `stall_at`, the child is killed
+    (`stopped`) once its RssAnon has stayed there for STALL_S, or after HELD_S."""
     recipe = {
         "name": f"ooc_{storage}_{subset or 'all'}",
         "output_dir": str(work / "runs"),
@@ -287,14 +303,14 @@ def train(
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         preexec_fn=join,
     )  # fmt: skip
-    peak = Peak(child.pid, folder)
-    timer = threading.Timer(deadline, child.kill) if deadline else None
+    peak = Peak(child.pid, folder, stall_at, child.kill)
+    timer = threading.Timer(HELD_S, child.kill) if stall_at else None
     if timer:
         timer.start()
     err = child.stderr.read() if child.stderr else ""
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
-    stopped = timer is not None and timer.finished.is_set()
+    stopped = peak.stalled or (timer is not None and timer.finished.is_set())
     if timer:
         timer.cancel()
     peak.stop()
@@ -313,18 +329,15 @@ def train(
         "rc": child.returncode, "rows": rows, "anon": peak.anon, "group_rss": peak.group_rss,
         "group_peak": group_peak, "maxrss": usage.ru_maxrss * 1024, "line": line.strip(),
         "wall": time.perf_counter() - start, "stderr": err, "stopped": stopped,
+        "stalled": peak.stalled,
     }  # fmt: skip
-
-
-def at_limit(run: dict, limit: int) -> bool:
-    return run["anon"] >= 0.9 * limit
 
 
 def held_outcome(held: dict, limit: int) -> str:
     """What became of the in-memory path under the limit, in words."""
     if held["stopped"]:
         peak = f"peak RssAnon {mb(held['anon'])} of {mb(limit)}"
-        where = "stalled at the limit" if at_limit(held, limit) else "NOT at the limit"
+        where = f"stalled at the limit for {STALL_S:.0f} s" if held["stalled"] else "NOT stalled"
         return f"{where} ({peak}, no epoch), stopped after {held['wall']:.0f} s"
     ran = f"exit {held['rc']} after {held['wall']:.0f} s"
     if held["rc"] != 0 and not held["rows"]:
@@ -386,10 +399,8 @@ def report(args, limit, row, n1, fits, small, big, env, work) -> None:
         say(f"\n(b) under a {mb(limit)} limit ({cgroup[2]})")
         evict(CACHE / "decoded")
         held = train(big, args.size, "memory", env, work, subset=n1, cgroup=cgroup,
-                     deadline=HELD_S)  # fmt: skip
-        killed = (
-            held["rc"] != 0 and not held["rows"] and (not held["stopped"] or at_limit(held, limit))
-        )
+                     stall_at=int(AT_LIMIT * limit))  # fmt: skip
+        killed = held["rc"] != 0 and not held["rows"] and (held["stalled"] or not held["stopped"])
         say(f"  storage memory, {n1:,} images: {held_outcome(held, limit)}")
         times, peaks = {}, []
         for k in (1, 2, 4):
