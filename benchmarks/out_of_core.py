@@ -50,7 +50,7 @@ CLASSES = 10
 CGROUPS = Path("/sys/fs/cgroup")
 SAMPLE_S = 0.1  # how often the child's memory is read
 DISTINCT = 200  # distinct pictures per class, the files cycle through them
-# The in-memory path under the limit: the kernel kills it (26-33 s), or, when reclaiming
+# The in-memory path under the limit: the kernel kills it, or, when reclaiming
 # its own code pages always frees one more page, it stalls at the limit, re-reading them
 # from disk (700 MB/s, no progress: minutes before any kill). Either way it trains nothing;
 # it is stopped once its anonymous memory has stayed above AT_LIMIT of the limit for
