@@ -224,7 +224,7 @@ def test_a_class_too_small_to_carve_and_a_link_outside_are_refused(shapes, tmp_p
 def test_a_path_is_inside_the_folder_only_when_its_links_are(tmp_path):
     """Each folder is resolved once, the file only when it is a link: the answers are those
     of resolving every path."""
-    from cnnlab.data.table import _inside
+    from cnnlab.data.files import stays_inside
 
     base, out = tmp_path / "base", tmp_path / "out"
     (base / "a").mkdir(parents=True)
@@ -234,12 +234,12 @@ def test_a_path_is_inside_the_folder_only_when_its_links_are(tmp_path):
     (base / "a/in.png").symlink_to(base / "a/x.png")
     (base / "a/out.png").symlink_to(out / "y.png")
     (base / "away").symlink_to(out)
-    folders: dict[str, Path] = {}
+    folders: dict[str, tuple[Path, bool]] = {}
     cases = {"a/x.png": True, "a/in.png": True, "a/missing.png": True, "a/../a/x.png": True,
              "a/out.png": False, "away/y.png": False, "../out/y.png": False,
              "a/../../out/y.png": False, "..": False, "a/..": True}  # fmt: skip
     for rel, inside in cases.items():
-        assert _inside(base, rel, folders) is inside, rel
+        assert stays_inside(base, rel, folders) is inside, rel
         assert (base / rel).resolve().is_relative_to(base) is inside, rel
 
 

@@ -33,6 +33,28 @@ def named_dir(root: str | None) -> tuple[Path, str] | None:
     return None
 
 
+def stays_inside(
+    root: Path, rel: str, folders: dict[str, tuple[Path, bool]], link: bool | None = None
+) -> bool:
+    """Whether root/rel, links followed, stays inside `root` (resolved): no folder or file
+    list may lead a source out of the folder it was given. Each folder is resolved once
+    (`folders` keeps it and whether it is inside) and a file only when it is a link
+    (`link`: known already, from a directory listing; None: looked up). Resolving every path
+    instead, a system call per part of it, took 14 s for an image folder of 121,000 files."""
+    parent, name = os.path.split(rel)
+    if name in ("", ".", ".."):
+        return (root / rel).resolve().is_relative_to(root)
+    if parent not in folders:
+        real = (root / parent).resolve()
+        folders[parent] = real, real.is_relative_to(root)
+    folder, inside = folders[parent]
+    if link is None:
+        link = (folder / name).is_symlink()
+    if link:
+        return (folder / name).resolve().is_relative_to(root)
+    return inside  # a file that is no link lies where its folder does
+
+
 Files = dict[str, Path]
 
 

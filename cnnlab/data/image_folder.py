@@ -34,7 +34,7 @@ from pydantic import Field
 from cnnlab.data.augment import UNCHANGED, LabelMap
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
 from cnnlab.data.decoded import cached_decode, decode_image
-from cnnlab.data.files import named_dir
+from cnnlab.data.files import named_dir, stays_inside
 from cnnlab.data.mapped import MappedImages, Pixels
 from cnnlab.data.memory import Storage
 from cnnlab.data.split import stratified_split
@@ -145,16 +145,17 @@ def scan(root: str | None) -> Scan:
                 f"train/: {only_train}; only in val/: {only_val}"
             )
     out = Scan(base_resolved, classes, "single" if "all" in dirs else "given")
+    folders: dict[str, tuple[Path, bool]] = {}
     for split, folder in dirs.items():
         for label, cls in enumerate(classes):
             cdir = folder / cls
             prefix = os.path.relpath(cdir, base)
-            if not cdir.resolve().is_relative_to(base_resolved):
+            if not stays_inside(base_resolved, prefix, folders):
                 out.outside.append(prefix)
                 continue
             for entry in _entries(cdir):
                 rel = os.path.join(prefix, entry.name)
-                if entry.is_symlink() and not _inside(entry, base_resolved):
+                if not stays_inside(base_resolved, rel, folders, entry.is_symlink()):
                     out.outside.append(rel)
                     continue
                 if not entry.is_file():
@@ -162,13 +163,6 @@ def scan(root: str | None) -> Scan:
                 st = entry.stat()
                 out.files.append((rel, st.st_size, st.st_mtime_ns, split, label))
     return out
-
-
-def _inside(entry: os.DirEntry, root: Path) -> bool:
-    """Whether a symlink's target lies inside `root`. Only a symlink can lead out of a class
-    folder already resolved inside it: resolving every file instead (a system call per
-    part of its path) took 14 s for 121,000 files, against 0.6 s for the whole scan."""
-    return Path(entry.path).resolve().is_relative_to(root)
 
 
 # ------------------------------------------------------------------------------ the cache
