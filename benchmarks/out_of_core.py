@@ -206,11 +206,13 @@ def _try_write(file: Path, text: str) -> None:
 
 class Peak:
     """The child's peak RssAnon (and the cgroup's rss), sampled in a thread. With `stall_at`
-    (bytes), `on_stall` is called once RssAnon has stayed at or above it for STALL_S."""
+    (bytes), `kill` is called once RssAnon has stayed at or above it for STALL_S (`stalled`),
+    or after HELD_S in any case (`stopped`, both)."""
 
-    def __init__(self, pid: int, folder: Path | None, stall_at: int | None = None, on_stall=None):
+    def __init__(self, pid: int, folder: Path | None, stall_at: int | None = None, kill=None):
         self.pid, self.folder, self.anon, self.group_rss = pid, folder, 0, 0
-        self.stall_at, self.on_stall, self.stalled = stall_at, on_stall, False
+        self.stall_at, self.kill, self.stalled, self.stopped = stall_at, kill, False, False
+        self.started = time.monotonic()
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
@@ -232,13 +234,16 @@ class Peak:
                         self.group_rss = max(self.group_rss, int(line.split()[1]))
 
     def _stall(self, anon: int, since: float | None) -> float | None:
-        """Since when RssAnon has been at the stall mark (None: it is below it)."""
-        if self.stall_at is None or anon < self.stall_at:
+        """Since when RssAnon has been at the stall mark (None: below it); kills the child
+        once it has been there for STALL_S, or once HELD_S have passed."""
+        if self.stall_at is None or self.stopped:
             return None
-        since = since or time.monotonic()
-        if not self.stalled and time.monotonic() - since >= STALL_S:
-            self.stalled = True
-            self.on_stall()
+        now = time.monotonic()
+        since = (since or now) if anon >= self.stall_at else None
+        self.stalled = since is not None and now - since >= STALL_S
+        if self.stalled or now - self.started >= HELD_S:
+            self.stopped = True
+            self.kill()
         return since
 
     def stop(self) -> None:
@@ -304,15 +309,9 @@ def train(
         preexec_fn=join,
     )  # fmt: skip
     peak = Peak(child.pid, folder, stall_at, child.kill)
-    timer = threading.Timer(HELD_S, child.kill) if stall_at else None
-    if timer:
-        timer.start()
     err = child.stderr.read() if child.stderr else ""
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
-    stopped = peak.stalled or (timer is not None and timer.finished.is_set())
-    if timer:
-        timer.cancel()
     peak.stop()
     runs = sorted(set((work / "runs").glob("*")) - before) if (work / "runs").exists() else []
     rows = []
@@ -328,7 +327,7 @@ def train(
     return {
         "rc": child.returncode, "rows": rows, "anon": peak.anon, "group_rss": peak.group_rss,
         "group_peak": group_peak, "maxrss": usage.ru_maxrss * 1024, "line": line.strip(),
-        "wall": time.perf_counter() - start, "stderr": err, "stopped": stopped,
+        "wall": time.perf_counter() - start, "stderr": err, "stopped": peak.stopped,
         "stalled": peak.stalled,
     }  # fmt: skip
 
