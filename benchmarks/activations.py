@@ -4,7 +4,9 @@ backward, on the CPU.
 The shape of seed 002's first Mish (and max-pool) at 224 px, (32, 32, 224, 224)
 channels_last, in fp32 and bf16; median of interleaved repeats (the machine may be shared).
 The first call of a compiled layer includes compiling it (inductor; cached on disk
-afterwards, see TORCHINDUCTOR_CACHE_DIR), printed apart.
+afterwards, see TORCHINDUCTOR_CACHE_DIR), printed apart. "mish chunked" is cnnlab's Mish
+where nothing is compiled (short runs, figures and reports): the same formulas in eager
+ops, a cache-sized chunk at a time.
 
     PYTHONPATH=. .venv/bin/python benchmarks/activations.py [--repeats 7] [--threads 2]
 """
@@ -18,6 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from cnnlab.allocator import keep_freed_memory
+from cnnlab.models.compiled import compiled_kernels
 from cnnlab.models.layers import ACTIVATIONS, create_act
 from cnnlab.models.pool import MaxPool2d
 
@@ -46,7 +50,7 @@ def compare(name: str, ours, aten, x: torch.Tensor, g: torch.Tensor, repeats: in
         times["cnnlab"].append(step(ours, x, g))
     a, c = (statistics.median(times[k]) * 1000 for k in ("aten", "cnnlab"))
     dt = str(x.dtype).removeprefix("torch.")
-    print(f"{name:<12}{dt:<10}{a:>9.0f}{c:>11.0f}{a / c:>9.2f}x{first:>12.1f}", flush=True)
+    print(f"{name:<14}{dt:<10}{a:>9.0f}{c:>11.0f}{a / c:>9.2f}x{first:>12.1f}", flush=True)
 
 
 def main() -> None:
@@ -56,12 +60,13 @@ def main() -> None:
     ap.add_argument("--shape", type=int, nargs=4, default=[32, 32, 224, 224])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as every cnnlab command does: freed maps are reused, not faulted in
     print(
         f"shape {tuple(args.shape)} channels_last, {args.threads} threads, fwd+bwd, "
         f"median of {args.repeats}"
     )
     print(
-        f"{'activation':<12}{'dtype':<10}{'aten ms':>9}{'cnnlab ms':>11}"
+        f"{'activation':<14}{'dtype':<10}{'aten ms':>9}{'cnnlab ms':>11}"
         f"{'speed-up':>10}{'1st call s':>12}"
     )
     for dtype in (torch.float32, torch.bfloat16):
@@ -70,6 +75,8 @@ def main() -> None:
         g = torch.randn_like(x)
         for name in ACTIVATIONS:
             compare(name, create_act(name), ATEN[name], x, g, args.repeats)
+        with compiled_kernels(False):
+            compare("mish chunked", create_act("mish"), F.mish, x, g, args.repeats)
         pooled = g[:, :, ::2, ::2].contiguous(memory_format=torch.channels_last)
         compare("maxpool 2x2", MaxPool2d(2), lambda t: F.max_pool2d(t, 2), x, pooled, args.repeats)
 

@@ -43,16 +43,18 @@ def both(x: torch.Tensor, g: torch.Tensor, dtype):
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2)}
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "chunked"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize(
     ("shape", "channels_last"),
     [((4, 6, 29, 31), True), ((4, 6, 29, 31), False), ((3, 6000), False), ((1, 17, 33, 31), True)],
 )
-def test_matches_torch_forward_and_gradient(dtype, shape, channels_last):
+def test_matches_torch_forward_and_gradient(dtype, shape, channels_last, compiled):
     x = inputs(shape, dtype, channels_last)
     g = torch.randn(shape).to(dtype)
     g = g.contiguous(memory_format=torch.channels_last) if channels_last else g
-    y, gx, y_ref, gx_ref = both(x, g, dtype)
+    with compiled_kernels(compiled):
+        y, gx, y_ref, gx_ref = both(x, g, dtype)
     assert y.dtype == dtype and gx.dtype == dtype
     assert y.shape == x.shape and y.stride() == x.stride()
     assert torch.isfinite(y).all() and torch.isfinite(gx).all()
@@ -71,10 +73,12 @@ def test_fp32_equals_aten_to_rounding():
     torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-6)
 
 
-def test_extremes_are_exact_limits():
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "chunked"])
+def test_extremes_are_exact_limits(compiled):
     x = torch.tensor([1e4, -1e4, 1e3, -1e3, 100.0, -100.0]).repeat(4000).requires_grad_()
-    y = mish(x)
-    y.sum().backward()
+    with compiled_kernels(compiled):
+        y = mish(x)
+        y.sum().backward()
     assert y.tolist()[:3] == [1e4, 0.0, 1e3] and y.tolist()[4] == 100.0
     assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
     assert x.grad.tolist()[0] == 1.0 and x.grad.tolist()[2] == 1.0 and abs(x.grad[1]) < 1e-30
@@ -150,18 +154,28 @@ def test_module_is_an_nn_mish_and_hooks_fire():
     torch.testing.assert_close(x.grad, torch.func.grad(lambda t: F.mish(t).sum())(x.detach()))
 
 
-def test_compiled_kernels_false_runs_aten_in_its_block_only(monkeypatch):
-    """What a short run and the figures use: aten's kernel inside the block (nothing is
-    compiled there), the compiled one again after it."""
-    x = torch.randn(activations.MIN_NUMEL)
-    compiles: list[str] = []
+def test_compiled_kernels_false_runs_the_chunked_formulas_in_its_block_only(monkeypatch):
+    """What a short run and the figures use: the same formulas uncompiled, a chunk at a time
+    (nothing is compiled in the block), the compiled kernels again after it."""
+    x = inputs((3, 8, 150, 150), torch.float32, True)  # three chunks, the last one short
+    assert x.numel() % activations._CHUNK and x.numel() > 2 * activations._CHUNK
+    g = torch.randn_like(x)
+    compiles, chunked = [], []
     real = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiles.append(1) or real(fn, **kw))
     monkeypatch.setattr(activations, "KERNELS", Kernels("Mish", *activations.KERNELS.sources))
-    with compiled_kernels(False):
-        assert not activations._fast(x)
-        torch.testing.assert_close(mish(x), F.mish(x))
-    assert compiles == [] and activations._fast(x)
+    for name in ("_chunked_forward", "_chunked_backward"):
+        fn = getattr(activations, name)
+        monkeypatch.setattr(activations, name, lambda *t, fn=fn: chunked.append(fn) or fn(*t))
+    for dtype in (torch.float32, torch.bfloat16):
+        with compiled_kernels(False):
+            y, gx, y_ref, gx_ref = both(x.to(dtype), g.to(dtype), dtype)
+        assert y.dtype == gx.dtype == dtype and y.stride() == x.stride()
+        torch.testing.assert_close(y, y_ref, **TOL[dtype])
+        torch.testing.assert_close(gx, gx_ref, **TOL[dtype])
+    assert compiles == [] and len(chunked) == 4
+    mish(x)
+    assert compiles and len(chunked) == 4
 
 
 @pytest.mark.parametrize(
@@ -182,7 +196,7 @@ def test_auto_compiles_for_runs_long_enough_to_pay_for_it(tiny, sets, fused):
     assert fused_kernels(recipe, splits) is fused
 
 
-def test_a_failing_compile_falls_back_to_aten(monkeypatch):
+def test_a_failing_compile_falls_back_to_the_chunked_formulas(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no compiler")
 

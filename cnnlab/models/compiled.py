@@ -4,7 +4,8 @@ A layer's forward and backward are plain tensor functions compiled on first use.
 the compiled path does not cover runs aten's op with the same result: other devices, small
 tensors, functorch transforms, code being compiled, `CNNLAB_FAST_ACT=0`, and any failure to
 compile (no C++ compiler on the machine, for example), after which that kernel pair is
-switched off for the process.
+switched off for the process. (A layer may have a second, uncompiled path of its own for
+where the compiled one is off: Mish does, cnnlab/models/activations.py.)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Smaller tensors run aten: nothing to gain there, and it keeps the compiled variants few
 # (dynamo specialises sizes 0 and 1 and recompiles at most 8 times per function).
 MIN_NUMEL = 1 << 14
+OFF = os.environ.get("CNNLAB_FAST_ACT", "1") == "0"  # aten's ops everywhere
 _ALLOWED: ContextVar[bool] = ContextVar("cnnlab_fused_kernels", default=True)
 
 
@@ -50,7 +52,7 @@ class Kernels:
     def __init__(self, name: str, forward: Callable, backward: Callable, dynamic: bool = True):
         self.name, self.sources, self.dynamic = name, (forward, backward), dynamic
         self.compiled: dict[Hashable, tuple[Callable, Callable]] = {}
-        self.failed = os.environ.get("CNNLAB_FAST_ACT", "1") == "0"
+        self.failed = OFF
 
     def get(self, key: Hashable = None) -> tuple[Callable, Callable] | None:
         if self.failed:
@@ -100,14 +102,24 @@ def transforming() -> bool:
     return peek is not None and peek() is not None
 
 
-def usable(x: torch.Tensor, kernels: Kernels) -> bool:
-    """Whether the compiled pair may run on x (see the module docstring)."""
+def eligible(x: torch.Tensor) -> bool:
+    """Whether x is a tensor a layer's own CPU kernels are for (see the module docstring),
+    whether or not the compiled ones may run here."""
     return (
         x.device.type == "cpu"
         and x.dtype in FAST_DTYPES
         and x.numel() >= MIN_NUMEL
-        and not kernels.failed
-        and _ALLOWED.get()
+        and not OFF
         and not transforming()
         and not torch.compiler.is_compiling()
     )
+
+
+def allowed(kernels: Kernels) -> bool:
+    """Whether the compiled pair may run in this block and still works."""
+    return not kernels.failed and _ALLOWED.get()
+
+
+def usable(x: torch.Tensor, kernels: Kernels) -> bool:
+    """Whether the compiled pair may run on x."""
+    return eligible(x) and allowed(kernels)
