@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnnlab.build import resolve_device
 from cnnlab.catalog import recipe_file, sweep_file
@@ -26,7 +26,9 @@ from cnnlab.experiment import train as train_recipe
 from cnnlab.inference import ImageLike, Predictions, Predictor
 from cnnlab.recipe import Recipe, apply_overrides, read_yaml, set_path, validate
 from cnnlab.runs import RunFolder
-from cnnlab.viz import RunView, make_charts
+
+if TYPE_CHECKING:  # the figures (matplotlib, captum) load when a figure is asked for
+    from cnnlab.viz import RunView
 
 RecipeLike = str | Path | Mapping[str, Any] | Recipe
 Overrides = Mapping[str, Any] | Sequence[str] | None
@@ -164,6 +166,8 @@ class Run:
 
     @cached_property
     def _view(self) -> RunView:
+        from cnnlab.viz import RunView
+
         return RunView(self.path, resolve_device(self.recipe.train.device))
 
     @cached_property
@@ -181,6 +185,8 @@ class Run:
     def figure(self, name: str, **options: Any) -> Charts:
         """One figure (`cnnlab figures` lists them) saved into RUN/figures/; in Jupyter the
         returned charts show themselves."""
+        from cnnlab.viz import make_charts
+
         charts = Charts(make_charts(self._view, name, **options))
         for chart in charts:
             chart.save(self.path / "figures")
