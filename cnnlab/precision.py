@@ -8,7 +8,9 @@ Arm's `bf16` in /proc/cpuinfo, like most laptops) bf16 is emulated and about 10x
 them, or where /proc/cpuinfo does not say, `auto` times a few forward + backward passes of
 the run's own model on (part of) one real batch in each precision, interleaved so that a
 load change on the machine hits both alike, and keeps the faster. The answer is cached per
-machine, thread count, torch version, model and batch shape, so it costs a few seconds once.
+machine (its CPU's name and flags), thread count, torch version, model and batch shape, so
+it costs a few seconds once; a CPU without bf16 takes fp32 before the cache is read, so a
+home folder shared by machines of one name but not one kind cannot hand it bf16.
 On a CUDA GPU nothing is timed: the device's compute capability decides (`for_gpu`).
 bf16 where the GPU computes it natively (8.0 and up: Ampere, Ada, Hopper, Blackwell);
 fp16 with loss scaling (`torch.amp.GradScaler`) on 7.x, whose tensor cores take fp16 but
@@ -150,12 +152,12 @@ def choose(
         return Choice(chosen, "device", reason=reason)
     if device.type != "cpu":
         return Choice("fp32", "device")
+    if cpu_bf16() is False:
+        return Choice("fp32", "device", reason=NO_BF16)
     key = _cache_key(device, model, x)
     cached = _read_cache().get(key)
     if isinstance(cached, dict) and cached.get("precision") in PRECISIONS:
         return Choice(cached["precision"], "cached", cached.get("images_per_s"))
-    if cpu_bf16() is False:
-        return Choice("fp32", "device", reason=NO_BF16)
     choice = measure(device, model, x, loss_of)
     _write_cache(key, choice)
     return choice
@@ -166,17 +168,24 @@ def probe_size(batch_size: int, pixels_per_image: int) -> int:
     return max(1, min(batch_size, PROBE_PIXELS // max(pixels_per_image, 1)))
 
 
-def cpu_bf16() -> bool | None:
-    """Whether this CPU has bf16 instructions, from /proc/cpuinfo's flags (x86) or features
-    (Arm); None where that file does not say (another OS): `auto` then measures."""
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's flags (x86) or features (Arm) from /proc/cpuinfo; None where that file does
+    not say (another OS)."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         return None
     for line in lines:
         if line.startswith(("flags", "Features")):
-            return bool(BF16_FLAGS & set(line.split(":", 1)[1].split()))
+            return frozenset(line.split(":", 1)[1].split())
     return None
+
+
+def cpu_bf16() -> bool | None:
+    """Whether this CPU has bf16 instructions; None where /proc/cpuinfo does not say:
+    `auto` then measures."""
+    flags = cpu_flags()
+    return None if flags is None else bool(BF16_FLAGS & flags)
 
 
 def measure(
@@ -262,7 +271,10 @@ def _cache_key(device: torch.device, model: nn.Module, x: torch.Tensor) -> str:
     layout = "channels_last" if x.is_contiguous(memory_format=torch.channels_last) else "nchw"
     shape = hashlib.sha1(f"{model}|{tuple(x.shape)}|{layout}".encode()).hexdigest()[:16]
     threads = torch.get_num_threads()
-    return f"{device_name(device)}|{threads} threads|torch {torch.__version__}|{shape}"
+    flags = hashlib.sha1(" ".join(sorted(cpu_flags() or ())).encode()).hexdigest()[:8]
+    return (
+        f"{device_name(device)}|flags {flags}|{threads} threads|torch {torch.__version__}|{shape}"
+    )
 
 
 def _read_cache() -> dict:

@@ -47,6 +47,25 @@ def test_a_cpu_without_bf16_instructions_takes_fp32_untimed(monkeypatch):
     assert not precision.cache_path().exists()
 
 
+def test_a_cached_bf16_is_not_taken_by_a_cpu_without_bf16_or_with_other_flags(monkeypatch):
+    """One home folder, machines of one name but not one kind (a cluster's nodes)."""
+    x, model = torch.randn(16, 1, 16, 16), small_model()
+    flags = frozenset({"sse2", "avx512_bf16"})
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    first = choose("auto", torch.device("cpu"), model, x, slowed_in("fp32"))
+    assert (first.how, first.precision) == ("measured", "bf16")
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: False)
+    calls: list = []
+    without = choose("auto", torch.device("cpu"), model, x, slowed_in("fp32", 0.1, calls))
+    assert (without.how, without.precision, calls) == ("device", "fp32", [])
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: True)
+    assert choose("auto", torch.device("cpu"), model, x, slowed_in("fp32")).how == "cached"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags | {"amx_bf16"})
+    other = choose("auto", torch.device("cpu"), model, x, slowed_in("bf16"))
+    assert (other.how, other.precision) == ("measured", "fp32")  # its own entry
+    assert len(json.loads(precision.cache_path().read_text())) == 2
+
+
 def test_the_cpu_flags_are_read_from_proc_cpuinfo():
     flags = Path("/proc/cpuinfo")
     if not flags.exists():
