@@ -74,6 +74,8 @@ def one_seed(recipe_name: str, seed: int, target: float, sets: list[str], out: s
     def score(row: dict) -> None:
         accuracy = trainer.measure(trainer.judged, trainer.views)["test.cls.accuracy"]
         curve.append((trainer.state.elapsed, accuracy))
+        seconds = f"{trainer.state.elapsed:.0f} s trained"
+        print(f"  seed {seed}, epoch {len(curve)}: {seconds}, test {accuracy:.2%}", flush=True)
 
     run = RunFolder.create(recipe)
     with run.lock():
