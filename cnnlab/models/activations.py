@@ -18,10 +18,9 @@ C++ compiler), the same formulas run uncompiled, a chunk of 2^18 values at a tim
 place, so that their six to eleven passes stay in the core's cache (aten's kernel makes one
 pass, but of three transcendental functions). Forward + backward on seed 002's first map at
 224 px (benchmarks/activations.py): 2.2-2.4x aten's speed without AVX-512, 1.4-1.5x with;
-the compiled kernels, 5-7x. Anything
-neither path covers runs aten's `F.mish`, with the same result (`cnnlab/models/compiled.py`
-says when), and so do memory layouts that are not dense and the double backward
-(create_graph=True).
+the compiled kernels, 5-7x. Anything neither path covers runs aten's `F.mish`, with the
+same result (`cnnlab/models/compiled.py` says when), and so do memory layouts that are not
+dense and the double backward (create_graph=True).
 """
 
 from __future__ import annotations
