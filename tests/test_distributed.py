@@ -21,7 +21,7 @@ from cnnlab.sweeps import torchrun
 from cnnlab.sweeps.results import load_trials
 from cnnlab.sweeps.study import SweepFolder
 from cnnlab.sweeps.torchrun import train_in_processes
-from tests.conftest import DEMO, ROOT, TINY
+from tests.conftest import DEMO, ROOT, TINY, run_cli
 
 SMALL = [*TINY, "data.train_subset=1000"]  # a thousand images: each torch process starts fast
 # BatchNorm normalizes each rank's slice and dropout draws per rank (by design, as in any
@@ -44,6 +44,8 @@ def cnnlab(out: Path, overrides: list[str], processes: int, *, wait: bool = True
 
 
 def launch(args: list[str], processes: int, *, wait: bool = True, env: dict | None = None):
+    if processes == 1 and wait and not env:  # started already imported (tests/cli_process.py)
+        return run_cli(*args)
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     if processes == 1:
         cmd = [sys.executable, "-m", "cnnlab", *args]
