@@ -229,24 +229,12 @@ def test_cli_train_interrupt_resume_eval(tmp_path):
     assert "Traceback" not in err
     run_dir = next((tmp_path / "runs").iterdir())
 
-    resume = subprocess.run(
-        [sys.executable, "-m", "cnnlab.cli", "train", "--resume", str(run_dir)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resume = run_cli("train", "--resume", str(run_dir))
     assert resume.returncode == 0, resume.stderr
     steps = 2000 * 9 // 10 // 64 + 1  # the train split of 2,000 images in batches of 64
     where = rf"epoch [123] of 3(, step \d+ of {steps}| from its start \([012] done\))"
     assert re.search(rf"resuming {run_dir} at {where}", resume.stdout), resume.stdout
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "cnnlab.cli", "eval", str(run_dir)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    evaluated = run_cli("eval", str(run_dir))
     assert evaluated.returncode == 0 and "test.cls.accuracy" in evaluated.stdout
 
     from cnnlab.recipe import load_recipe
