@@ -6,7 +6,7 @@ torchmetrics, matplotlib, captum, optuna and cnnlab cost 3-5 s of CPU a command,
 suite runs dozens (the whole suite took 800 CPU-seconds, 520 this way). Python's forkserver
 imports them once per pytest worker, before any tensor or thread exists, and forks each
 command from that process. A command given environment variables of its own starts a fresh
-interpreter instead (some are read at import), as every command does with
+interpreter instead (some are read at import; READ_WHEN_RUN are not), as every command does with
 CNNLAB_TEST_FRESH=1; commands that start commands of their own (sweep workers, torchrun
 ranks) start them fresh, as for a user.
 """
@@ -33,6 +33,10 @@ PRELOAD = [
     "cnnlab.sweeps.launch",
 ]
 CLI = Path(__file__).resolve().parent.parent / "cnnlab" / "cli.py"
+# Variables cnnlab reads when a command runs, not at import: a command given only these still
+# starts already imported. (Hugging Face's hub fixes its cache folder at import: no test gives
+# XDG_CACHE_HOME to a command that downloads weights.)
+READ_WHEN_RUN = frozenset({"XDG_CACHE_HOME", "CNNLAB_DATA"})
 _context: multiprocessing.context.BaseContext | None = None
 
 
@@ -68,17 +72,17 @@ def run(args: list[str], cwd: Path, env: dict | None, timeout: int) -> subproces
     """`python -m cnnlab.cli ARGS` in `cwd` with this environment (plus `env`), output
     captured as text: a CompletedProcess, or subprocess.TimeoutExpired."""
     cmd = [sys.executable, "-m", "cnnlab.cli", *args]
-    if env or fresh():
+    environ = {**os.environ, **(env or {})}
+    if fresh() or not (env or {}).keys() <= READ_WHEN_RUN:
         return subprocess.run(
-            cmd, capture_output=True, text=True, cwd=cwd,
-            env={**os.environ, **(env or {})}, timeout=timeout,
-        )  # fmt: skip
+            cmd, capture_output=True, text=True, cwd=cwd, env=environ, timeout=timeout
+        )
     with tempfile.TemporaryDirectory(prefix="cnnlab-cli-") as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         out.touch()
         err.touch()
         proc = context().Process(
-            target=_command, args=(list(args), str(cwd), dict(os.environ), str(out), str(err))
+            target=_command, args=(list(args), str(cwd), environ, str(out), str(err))
         )
         proc.start()
         proc.join(timeout)
