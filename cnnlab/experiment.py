@@ -97,7 +97,7 @@ def train_in(
             print_metrics_table(metrics, "test metrics of the best checkpoint")
         if metrics and recipe.train.report:
             on_cpu = trainer.device.type == "cpu"  # the figures' data lives on the CPU
-            write_run_report(run, trainer.built.splits if on_cpu else None)
+            write_run_report(run, trainer.built.splits if on_cpu else None, recipe.train.progress)
         return run
     finally:
         loggers.close(run.test_metrics())
@@ -116,11 +116,11 @@ def _calibrate(trainer: Trainer, run: RunFolder) -> bool:
     return True
 
 
-def write_run_report(run: RunFolder, splits: Splits | None = None) -> None:
+def write_run_report(run: RunFolder, splits: Splits | None = None, show: bool = True) -> None:
     """report.html + figures/ of a finished run; a failure leaves the trained run intact."""
     from cnnlab.report import build_report
 
     try:
-        build_report(run.path, splits)
+        build_report(run.path, splits, show)
     except CnnlabError as err:
         print(f"warning: no report ({err}); retry with: cnnlab report {run.path}")

@@ -17,13 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from rich.progress import Progress
 
 from cnnlab.data.augment import AugmentConfig
 from cnnlab.data.base import ImageSet
 from cnnlab.data.batches import Batch, Splits
 from cnnlab.models import MultiTaskModel
-from cnnlab.progress import console
+from cnnlab.progress import console, counting
 
 
 def applies(model: MultiTaskModel, cache: bool) -> bool:
@@ -58,15 +57,14 @@ def cache_features(
     backbone.eval()
     sizes = {name: len(getattr(splits, name)) for name in ("train", "val", "test")}
     cached = {}
-    with Progress(console=console, transient=True, disable=not show) as bar:
-        task = bar.add_task("features of the frozen backbone", total=sum(sizes.values()))
+    with counting("features of the frozen backbone", sum(sizes.values()), show) as advance:
         for name in sizes:
             feats, targets = [], []
             for x, t in splits.eval_batches(name, batch_size, needed):
                 with autocast():
                     feats.append(backbone(x).float())
                 targets.append(t)
-                bar.advance(task, x.shape[0])
+                advance(x.shape[0])
             keys = targets[0].keys() if targets else needed
             cached[name] = ImageSet(
                 torch.cat(feats) if feats else torch.empty(0, backbone.num_features),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -29,6 +30,29 @@ def live_bars() -> bool:
     except ImportError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def counting(label: str, total: int, show: bool = True) -> Iterator[Callable[..., None]]:
+    """A transient bar, `label ━━━━━━   3/13 info`, where one can redraw in place (live_bars);
+    elsewhere nothing, since a log keeps only half-drawn bars. Yields `advance(steps=1, info=...)`:
+    steps done, and what is being done now."""
+    if not (show and live_bars()):
+        yield lambda steps=1, info=None: None
+        return
+    columns = (
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(label, total=total, info="")
+
+        def advance(steps: int = 1, info: str | None = None) -> None:
+            bar.update(task, advance=steps, **({} if info is None else {"info": info}))
+
+        yield advance
 
 
 class EpochProgress:

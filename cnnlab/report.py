@@ -18,6 +18,7 @@ import jinja2
 
 from cnnlab.data.batches import Splits
 from cnnlab.errors import CnnlabError
+from cnnlab.progress import counting
 from cnnlab.recipe import best_row, dump_recipe
 from cnnlab.runs import write_text
 from cnnlab.viz import BUILT_IN, FIGURES, Chart, RunView, make_charts
@@ -130,15 +131,21 @@ def format_value(value) -> str:
     return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def build_report(run: str | Path, splits: Splits | None = None) -> Path:
+def build_report(run: str | Path, splits: Splits | None = None, show: bool = True) -> Path:
     """Write RUN/figures/*.png and RUN/report.html; returns the report's path. `splits`:
-    the run's data as training loaded it on the CPU, so that it is not loaded again."""
+    the run's data as training loaded it on the CPU, so that it is not loaded again; `show`:
+    a bar naming the figure being drawn (on a terminal or in Jupyter)."""
     started = time.monotonic()
     view = RunView(run)
     if splits is not None:
         view.share_splits(splits)
     folder = view.run.path / "figures"
-    shown = [_section(view, sid, title, names, folder) for sid, title, names in sections()]
+    shown, parts = [], sections()
+    with counting("report", len(parts), show) as advance:
+        for sid, title, names in parts:
+            advance(0, info=title)
+            shown.append(_section(view, sid, title, names, folder))
+            advance()
     # A section with nothing to show and nothing to explain (no regression task) is left out.
     shown = [s for s in shown if s.blocks or s.missing]
     env_path = view.run.path / "env.json"

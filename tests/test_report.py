@@ -84,6 +84,37 @@ def test_report_renders_in_chromium(report_run, browser):
     assert not blank(page.screenshot)
 
 
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "log"])
+def test_a_terminal_is_told_which_figure_is_drawn_and_a_log_nothing(
+    report_run, tmp_path, monkeypatch, terminal
+):
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from cnnlab import progress
+    from cnnlab.report import sections
+
+    screen = io.StringIO()
+    monkeypatch.setattr(progress, "console", Console(file=screen, force_terminal=True, width=120))
+    monkeypatch.setattr(progress, "live_bars", lambda: terminal)
+    shown: list[str] = []
+    real = Progress.update
+    monkeypatch.setattr(
+        Progress,
+        "update",
+        lambda bar, task, **kw: shown.append(kw.get("info")) or real(bar, task, **kw),
+    )
+    run = tmp_path / "run"
+    shutil.copytree(report_run[0], run)
+    assert build_report(run).is_file()
+    titles = [title for _, title, _ in sections()]
+    if not terminal:
+        assert shown == [] and screen.getvalue() == ""
+        return
+    assert [s for s in shown if s] == titles  # each named before it is drawn
+    assert f"{len(titles)}/{len(titles)}" in screen.getvalue()  # the bar's last frame
+
+
 def test_user_text_is_rendered_as_text(report_run, browser, tmp_path):
     """Run name, class names and recipe values that hold HTML stay text everywhere."""
     run = tmp_path / "<img src=y onerror=alert(3)> & run"  # a folder name: no "/"

@@ -113,19 +113,11 @@ def decode_rows(
         except Exception:  # whatever the file held, the row is skipped and named
             failed.append(i)
 
-    from cnnlab.progress import console, live_bars
+    from cnnlab.progress import counting
 
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        if live_bars():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            columns = (TextColumn(f"{label}: decoding"), BarColumn(), MofNCompleteColumn())
-            with Progress(*columns, console=console, transient=True) as bar:
-                task = bar.add_task("decode", total=n)
-                for _ in pool.map(one, range(n)):
-                    bar.advance(task)
-        else:
-            list(pool.map(one, range(n)))
+    with ThreadPoolExecutor(DECODE_THREADS) as pool, counting(f"{label}: decoding", n) as advance:
+        for _ in pool.map(one, range(n)):
+            advance()
     return sorted(failed)
 
 
