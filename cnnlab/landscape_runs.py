@@ -17,14 +17,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.landscape.directions import filter_normalized, path_directions
 from cnnlab.landscape.flatness import flatness
 from cnnlab.landscape.surface import Settings, Surface, fill
 from cnnlab.precision import autocast_for
-from cnnlab.progress import console
+from cnnlab.progress import console, counting
 from cnnlab.runs import load_checkpoint
 from cnnlab.tasks import total_loss
 from cnnlab.viz import landscape_plots as plots
@@ -127,11 +126,9 @@ def landscape_of(
             f"{len(todo) * each / 60:.1f} min here ({each:.2f} s a point)"
             + (f"; budget {max(budget_s, 0) / 60:.1f} min" if budget_s is not None else "")
         )
-    columns = [TextColumn(run.name), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("points", total=len(todo))
+    with counting(run.name, len(todo), eta=True) as advance:
         complete = fill(model, surface, dirs, evaluate, lambda s: s.save(file), budget_s,
-                        lambda: bar.advance(task))  # fmt: skip
+                        advance)  # fmt: skip
     if not complete:
         left = len(surface.missing())
         console.print(f"{run.name}: budget spent, {left} points left; the same command goes on")

@@ -33,19 +33,18 @@ def live_bars() -> bool:
 
 
 @contextlib.contextmanager
-def counting(label: str, total: int, show: bool = True) -> Iterator[Callable[..., None]]:
-    """A transient bar, `label ━━━━━━   3/13 info`, where one can redraw in place (live_bars);
-    elsewhere nothing, since a log keeps only half-drawn bars. Yields `advance(steps=1, info=...)`:
-    steps done, and what is being done now."""
+def counting(
+    label: str, total: int, show: bool = True, eta: bool = False
+) -> Iterator[Callable[..., None]]:
+    """A transient bar, `label ━━━━━━   3/13 info` (with `eta`, the time left too), where one
+    can redraw in place (live_bars); elsewhere nothing, since a log keeps only half-drawn
+    bars. Yields `advance(steps=1, info=...)`: steps done, and what is being done now."""
     if not (show and live_bars()):
         yield lambda steps=1, info=None: None
         return
-    columns = (
-        TextColumn(label),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-    )
+    columns = [TextColumn(label), BarColumn(), MofNCompleteColumn()]
+    columns += [TimeRemainingColumn()] if eta else []
+    columns += [TextColumn("{task.fields[info]}")]
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(label, total=total, info="")
 
