@@ -256,9 +256,9 @@ def build(
 # 224 px, batch 64, on a 2-core EPYC: compiling took 20 s per precision, and the kernels
 # saved 0.50 s of a 0.95 s bf16 step against aten's Mish (0.39 of 1.27 in fp32), so they won
 # after about 50 steps. Against the chunked Mish they save less: without bf16 (fp32, AVX2),
-# epochs of 10 steps took 9.1 s compiled against 12.2 s, after 18.7 s of compiling, even at
-# about 60 steps. 200 leaves room for hosts where compiling is slower or the layers matter
-# less.
+# epochs of 10 steps took 9.1 s compiled against 12.2 s, after 18.7 s of compiling, so
+# compiling paid from about 60 steps. 200 leaves room for hosts where compiling is slower or
+# the layers matter less.
 FUSED_MIN_STEPS = 200
 
 
