@@ -70,26 +70,28 @@ def _buffers(x: torch.Tensor, count: int) -> list[torch.Tensor]:
     return [torch.empty(min(_CHUNK, x.numel())) for _ in range(count)]
 
 
-def _chunks(out: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor | None]]:
-    """Each chunk's span, and the fp32 buffer to compute it in (None: in `out` itself)."""
-    (buffer,) = _buffers(out, 1) if out.dtype != torch.float32 else (None,)
+def _chunks(out: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Each chunk's span of `out` and the fp32 tensor to compute it in: that part of `out`
+    itself, or (bf16, fp16) a buffer copied into it once the chunk is done."""
+    buffer = None if out.dtype == torch.float32 else torch.empty(min(_CHUNK, out.numel()))
     for start in range(0, out.numel(), _CHUNK):
-        yield slice(start, start + _CHUNK), buffer
+        span = slice(start, start + _CHUNK)
+        part = out[span]
+        work = part if buffer is None else buffer[: part.numel()]
+        yield span, work
+        if buffer is not None:
+            part.copy_(work)
 
 
 def _chunked_forward(x: torch.Tensor) -> torch.Tensor:
     """`_mish_forward` on a 1-D tensor without a compiler (see the module docstring)."""
     out = torch.empty_like(x)
     (t,) = _buffers(x, 1)
-    for span, buffer in _chunks(out):
-        xs = x[span]
-        k = xs.numel()
-        e, tk = (out[span] if buffer is None else buffer[:k]), t[:k]
+    for span, e in _chunks(out):
+        xs, tk = x[span], t[: e.numel()]
         _clamped(xs, e).exp_()
         e.mul_(torch.add(e, 2, out=tk))  # n = e (e + 2)
         e.div_(torch.add(e, 2, out=tk)).mul_(xs)  # x n / (n + 2)
-        if buffer is not None:
-            out[span].copy_(e)
     return out
 
 
@@ -98,17 +100,14 @@ def _chunked_backward(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     no slope in fp32, and keeps x·e² finite), slope = (n·d + 4·x·e·(e + 1)) / d²."""
     out = torch.empty_like(grad)
     b, c = _buffers(x, 2)
-    for span, buffer in _chunks(out):
+    for span, a in _chunks(out):
         xs, gs = x[span], grad[span]
-        k = xs.numel()
-        a, bk, ck = (out[span] if buffer is None else buffer[:k]), b[:k], c[:k]
+        bk, ck = b[: a.numel()], c[: a.numel()]
         torch.exp(_clamped(xs, a), out=ck)  # a = x clamped, c = e
         torch.add(ck, 1, out=bk).mul_(ck).mul_(a).mul_(4)  # b = 4 x e (e + 1)
         torch.add(ck, 2, out=a).mul_(ck)  # a = n
         torch.add(a, 2, out=ck)  # c = d
         a.mul_(ck).add_(bk).div_(ck.mul_(ck)).mul_(gs)  # grad · slope
-        if buffer is not None:
-            out[span].copy_(a)
     return out
 
 
