@@ -44,14 +44,14 @@ def cnnlab(out: Path, overrides: list[str], processes: int, *, wait: bool = True
 
 
 def launch(args: list[str], processes: int, *, wait: bool = True, env: dict | None = None):
-    if processes == 1 and wait and not env:  # started already imported (tests/cli_process.py)
-        return run_cli(*args)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    """`cnnlab ARGS` as one process (started as tests/cli_process.py starts every command)
+    or under torchrun; `wait=False` (torchrun only) returns the running Popen."""
     if processes == 1:
-        cmd = [sys.executable, "-m", "cnnlab", *args]
-    else:  # --standalone: a rendezvous on a free local port (tests run side by side)
-        run = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        cmd = [*run, "--nproc_per_node", str(processes), "-m", "cnnlab", *args]
+        return run_cli(*args, env=env)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    # --standalone: a rendezvous on a free local port (tests run side by side)
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd = [*run, "--nproc_per_node", str(processes), "-m", "cnnlab", *args]
     if not wait:
         return subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
