@@ -332,16 +332,20 @@ def train(
     }  # fmt: skip
 
 
-def held_outcome(held: dict, limit: int) -> str:
-    """What became of the in-memory path under the limit, in words."""
+def held_outcome(held: dict, limit: int) -> tuple[str, bool]:
+    """What became of the in-memory path under the limit, in words, and whether it trained
+    nothing as a set over the limit must (killed, or stalled at the limit)."""
+    epochs = len(held["rows"])
     if held["stopped"]:
-        peak = f"peak RssAnon {mb(held['anon'])} of {mb(limit)}"
+        peak = f"peak RssAnon {mb(held['anon'])} of {mb(limit)}, {epochs} epoch(s)"
         where = f"stalled at the limit for {STALL_S:.0f} s" if held["stalled"] else "NOT stalled"
-        return f"{where} ({peak}, no epoch), stopped after {held['wall']:.0f} s"
+        return f"{where} ({peak}), stopped after {held['wall']:.0f} s", held[
+            "stalled"
+        ] and not epochs
     ran = f"exit {held['rc']} after {held['wall']:.0f} s"
-    if held["rc"] != 0 and not held["rows"]:
-        return f"{ran} (killed, as a set over the limit must be)"
-    return f"{ran}, {len(held['rows'])} epoch(s): NOT killed"
+    if held["rc"] != 0 and not epochs:
+        return f"{ran} (killed, as a set over the limit must be)", True
+    return f"{ran}, {epochs} epoch(s): NOT killed", False
 
 
 def mb(n: float) -> str:
@@ -399,8 +403,8 @@ def report(args, limit, row, n1, fits, small, big, env, work) -> None:
         evict(CACHE / "decoded")
         held = train(big, args.size, "memory", env, work, subset=n1, cgroup=cgroup,
                      stall_at=int(AT_LIMIT * limit))  # fmt: skip
-        killed = held["rc"] != 0 and not held["rows"] and (held["stalled"] or not held["stopped"])
-        say(f"  storage memory, {n1:,} images: {held_outcome(held, limit)}")
+        outcome, killed = held_outcome(held, limit)
+        say(f"  storage memory, {n1:,} images: {outcome}")
         times, peaks = {}, []
         for k in (1, 2, 4):
             evict(CACHE / "decoded")
