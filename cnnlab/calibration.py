@@ -18,9 +18,9 @@ import torch
 from cnnlab.build import Built, build
 from cnnlab.data.batches import Splits
 from cnnlab.errors import CnnlabError
-from cnnlab.evaluation import measure
 from cnnlab.precision import autocast_for
 from cnnlab.runs import RunFolder, load_checkpoint, write_json
+from cnnlab.tasks import EpochMeter, total_loss
 from cnnlab.tasks.calibration import Rows, batch_rows, fit_temperature, scores, share_kept
 from cnnlab.tasks.classification import Classification
 
@@ -31,8 +31,12 @@ def calibrated_tasks(built: Built) -> list[str]:
 
 
 @torch.inference_mode()
-def collect(built: Built, split: str, names: list[str]) -> dict[str, Rows]:
-    """Raw outputs (before any temperature) of the judged model on one split, as rows."""
+def collect(
+    built: Built, split: str, names: list[str], meter: EpochMeter | None = None
+) -> dict[str, Rows]:
+    """Raw outputs (before any temperature) of the judged model on one split, as rows;
+    `meter`, when given, is fed the same outputs (the test metrics at the temperatures
+    just fitted come from the pass that gives the test's rows, not from a second one)."""
     model, size = built.model.eval(), built.recipe.train.eval_batch_size
     autocast = autocast_for(built.device, built.precision.precision)
     images, gen = len(getattr(built.splits, split)), torch.Generator().manual_seed(0)
@@ -40,6 +44,8 @@ def collect(built: Built, split: str, names: list[str]) -> dict[str, Rows]:
     for x, targets in built.splits.eval_batches(split, size, built.needed):
         with autocast():
             out = built.views(model, x) if built.views is not None else model(x)
+        if meter is not None:  # as `evaluate` feeds it
+            meter.update(model, out, targets, *total_loss(built.tasks, model, out, targets))
         for name in names:
             keep = share_kept(out[name][0, 0].numel(), images)
             target = targets[built.tasks[name].target]
@@ -47,9 +53,10 @@ def collect(built: Built, split: str, names: list[str]) -> dict[str, Rows]:
     return {name: Rows.join(rows) for name, rows in parts.items()}
 
 
-def fit(built: Built, test: bool = True) -> dict[str, dict]:
-    """Each classification task's temperature, and its numbers before and after (on
-    validation, and on test unless `test` is off: a sweep trial never reads it)."""
+def fit(built: Built, test: bool = True) -> tuple[dict[str, dict], dict[str, float]]:
+    """Each classification task's temperature, set on `built.tasks`, and its numbers before
+    and after on validation; unless `test` is off (a sweep trial never reads the test set),
+    on test too, with the test metrics at the new temperatures from the same pass."""
     names = calibrated_tasks(built)
     if not names:
         raise CnnlabError(
@@ -59,14 +66,18 @@ def fit(built: Built, test: bool = True) -> dict[str, dict]:
     if len(built.splits.val) == 0:
         raise CnnlabError("calibrate: the run has no validation images to fit a temperature on")
     val = collect(built, "val", names)
-    tested = collect(built, "test", names) if test else {}
     result = {}
     for name in names:
         t = fit_temperature(val[name])
         result[name] = {"temperature": t, "val": _before_after(val[name], t)}
-        if name in tested:
-            result[name]["test"] = _before_after(tested[name], t)
-    return result
+        built.tasks[name].temperature = t
+    if not test:
+        return result, {}
+    meter = EpochMeter(built.tasks, built.device, calibration=True)
+    tested = collect(built, "test", names, meter)
+    for name in names:
+        result[name]["test"] = _before_after(tested[name], result[name]["temperature"])
+    return result, meter.compute("test")
 
 
 def _before_after(rows: Rows, temperature: float) -> dict:
@@ -90,16 +101,11 @@ def calibrate_run(
     # device None: the recipe's (a GPU when there is one)
     built = build(recipe, saved, device=device, weights="judged", splits=splits)
     with run.lock():
-        result = fit(built, test=recipe.train.test_at_end)
+        result, metrics = fit(built, test=recipe.train.test_at_end)
         saved["temperature"] = {name: r["temperature"] for name, r in result.items()}
         run.save_checkpoint(run.best_path, saved)
         write_json(run.calibration_path, {"best_epoch": saved["loop"]["epoch"], "tasks": result})
-        if recipe.train.test_at_end:
-            for name, r in result.items():
-                built.tasks[name].temperature = r["temperature"]
-            autocast = autocast_for(built.device, built.precision.precision)
-            size = recipe.train.eval_batch_size
-            metrics = measure(built.tasks, built.splits, built.model, autocast, size, built.views)
+        if metrics:
             write_json(run.test_path, {"best_epoch": saved["loop"]["epoch"], **metrics})
     return result
 
