@@ -16,10 +16,13 @@ from cnnlab.data.gsn import CLASS_NAMES, COUNT_NAMES, GSNConfig, class_targets, 
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import evaluate_run
 from cnnlab.experiment import train
+from cnnlab.precision import autocast_for
 from cnnlab.tasks import TargetSpec, task_class
 from cnnlab.tasks.classification import ClassificationConfig
 from cnnlab.tasks.regression import RegressionConfig, RegressionHead
 from cnnlab.tta import View, ViewAverage, distinct_views
+from cnnlab.viz.features import capture
+from cnnlab.viz.hooks import last_conv
 from cnnlab.viz.run_view import RunView
 from tests.test_augment import TRIANGLES, pointing, triangles
 
@@ -126,3 +129,9 @@ def test_a_run_with_views_is_tested_and_evaluated_with_them(tiny):
     accuracy = (shown.pred["cls"] == shown.truth["cls"]).float().mean().item()
     assert accuracy == pytest.approx(b["test.cls.accuracy"], abs=1e-6)
     assert len(shown.peaks) == len(shown.truth["cls"])  # one row of peaks per image
+    # the peaks are those of the image as it is (the first view), not of a shifted mirror
+    view = RunView(viewed.path)
+    x, _ = next(iter(view.batches("test")))
+    with autocast_for(view.device, view.precision)():
+        first = capture(view.model, {"conv": last_conv(view.model)[1]}, x)["conv"]
+    assert torch.equal(shown.peaks[: len(x)], first.float().amax(dim=(2, 3)))

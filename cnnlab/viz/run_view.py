@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from cnnlab.build import Built, build, saved_precision, saved_tasks
 from cnnlab.data.base import ImageSet
@@ -157,15 +158,20 @@ class RunView:
         rows: dict[str, list[Rows]] = {k: [] for k in self.tasks_with("reliability")}
         images, gen = len(self.split(split)), torch.Generator().manual_seed(0)
         _, conv = last_conv(self.model)
-        record = lambda n, m, y: peaks.append(y.float().amax(dim=(2, 3)).cpu())  # noqa: E731
+        seen: list[torch.Tensor] = []  # this batch's peaks: its first forward's only
+
+        def record(name: str, module: nn.Module, y: torch.Tensor) -> None:
+            if not seen:
+                seen.append(y.float().amax(dim=(2, 3)).cpu())
+
         autocast = autocast_for(self.device, self.precision)
         with analysis_mode(self.model):
             for x, targets in self.batches(split):
+                # the first of the test-time views is the image as it is: its forward gives
+                # the peaks, so they stay those of the image as it is
                 with autocast(), forward_hooks({"conv": conv}, record):
-                    out = self.model(x)
-                if self.views:  # the peaks stay those of the image as it is
-                    with autocast():
-                        out = self.views(self.model, x)
+                    out = self.views(self.model, x) if self.views else self.model(x)
+                peaks.append(seen.pop())
                 for name, parts in rows.items():
                     target = targets[self.recipe.tasks[name].target]
                     keep = share_kept(out[name][0, 0].numel(), images)
