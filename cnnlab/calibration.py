@@ -37,7 +37,7 @@ def collect(
     """Raw outputs (before any temperature) of the judged model on one split, as rows;
     `meter`, when given, is fed the same outputs (the test metrics at the temperatures
     just fitted come from the pass that gives the test's rows, not from a second one)."""
-    model, size = built.model.eval(), built.recipe.train.eval_batch_size
+    model, size = built.model.eval(), built.eval_batch_size
     autocast = autocast_for(built.device, built.precision.precision)
     images, gen = len(getattr(built.splits, split)), torch.Generator().manual_seed(0)
     parts: dict[str, list[Rows]] = {name: [] for name in names}

@@ -51,7 +51,7 @@ def evaluate_run(path: str | Path, split: str = "test") -> dict[str, float]:
     best = load_checkpoint(run.best_path)
     built = build(run.recipe(), best, weights="judged")
     autocast = autocast_for(built.device, built.precision.precision)
-    size = built.recipe.train.eval_batch_size
+    size = built.eval_batch_size
     views = built.views if split == "test" else None  # validation is single-view
     metrics = measure(built.tasks, built.splits, built.model, autocast, size, views, split)
     return {"best_epoch": best["loop"]["epoch"], **metrics}

@@ -111,7 +111,7 @@ class Trainer:
             self.model,
             self.splits,
             self.needed,
-            recipe.train.eval_batch_size,
+            self.built.eval_batch_size,
             self.autocast,
             recipe.train.progress,
         )
@@ -389,7 +389,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         self.val_meter.reset()
-        size, part = self.recipe.train.eval_batch_size, (self.ranks.rank, self.ranks.world)
+        size, part = self.built.eval_batch_size, (self.ranks.rank, self.ranks.world)
         batches = self.splits.eval_batches("val", size, self.needed, part)
         evaluate(self.judged, self.val_meter, batches, self.autocast)
         distributed.add_up(self.val_meter.sums, self.ranks)  # torchmetrics adds up its own
@@ -428,6 +428,6 @@ class Trainer:
 
     def measure(self, model: nn.Module, views: ViewAverage | None) -> dict[str, float]:
         """`model`'s test-set metrics, averaged over `views` when given."""
-        size = self.recipe.train.eval_batch_size
+        size = self.built.eval_batch_size
         with compiled_kernels(self.built.fused):
             return measure(self.tasks, self.splits, model, self.autocast, size, views)

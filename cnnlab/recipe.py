@@ -125,7 +125,9 @@ class TrainConfig(Section):
 
     epochs: int = Field(10, ge=1)  # passes over the training split
     batch_size: int = Field(64, ge=1)  # images per step (the global batch under torchrun)
-    eval_batch_size: int = Field(1000, ge=1)  # images per forward pass in validation / test
+    # images per forward pass in validation and test; auto: up to 1,000, fewer where the
+    # model's maps are large (about 1 GiB a pass: 55 images of seed 002's network at 224 px)
+    eval_batch_size: PositiveInt | Literal["auto"] = "auto"
     optimizer: OptimizerConfig = OptimizerConfig()  # which optimizer, its rate and settings
     scheduler: SchedulerConfig = SchedulerConfig()  # how the learning rate changes over training
     grad_clip: float | None = Field(None, gt=0.0)  # max global grad norm; None = off

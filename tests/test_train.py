@@ -272,3 +272,29 @@ def test_output_outside_a_terminal_keeps_one_line_per_epoch(tmp_path):
     assert all("val.cls.accuracy" in e and "val.ink.rmse" in e and "img/s" in e for e in epochs)
     assert re.search(r"^\| test\.cls\.accuracy \| 0\.\d{4} \|$", out.stdout, re.M), out.stdout
     assert any(line.startswith("precision: ") for line in lines)
+
+
+def test_validation_and_test_batches_are_sized_by_the_models_largest_map(tiny, monkeypatch):
+    """`train.eval_batch_size: auto` keeps a pass's maps within EVAL_BYTES: a fixed 1,000
+    put seed 002's network at 224 px at 19.5 GB a validation batch."""
+    import cnnlab.build as building
+    from cnnlab.data.batches import Splits
+
+    built = build(tiny())
+    assert built.recipe.train.eval_batch_size == "auto" and built.eval_batch_size == 1000
+    largest = building.largest_map(built.model, torch.zeros(1, 1, 28, 28))
+    assert largest >= 8 * 28 * 28  # the first block's 8 maps of 28 x 28, at least
+    monkeypatch.setattr(building, "EVAL_BYTES", building.PEAK_PER_MAP * 4 * largest * 96)
+    asked: list[tuple[str, int]] = []
+    cut = Splits.eval_batches
+
+    def eval_batches(self, split, size, *rest):
+        asked.append((split, size))
+        return cut(self, split, size, *rest)
+
+    monkeypatch.setattr(Splits, "eval_batches", eval_batches)
+    run = train(tiny())
+    assert evaluate_run(run.path) == run.test_metrics()  # training, its test and eval alike
+    assert ("val", 96) in asked and ("test", 96) in asked
+    assert {size for split, size in asked if split in ("val", "test")} == {96}
+    assert build(tiny("train.eval_batch_size=250")).eval_batch_size == 250  # as given

@@ -142,7 +142,7 @@ class RunView:
         """Batches as the test evaluation made them: the same batch size, so the same
         kernels and the same rounding in bf16."""
         needed = {t.target for t in self.recipe.tasks.values()}
-        return self.splits.eval_batches(split, self.recipe.train.eval_batch_size, needed)
+        return self.splits.eval_batches(split, self.built.eval_batch_size, needed)
 
     @cached_property
     def test_predictions(self) -> Predictions:
