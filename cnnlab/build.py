@@ -117,16 +117,11 @@ def with_temperatures(tasks: dict[str, Task], saved: dict | None) -> dict[str, T
     return tasks
 
 
-def train_values(splits: Splits, target: str) -> torch.Tensor:
-    """Every training image's value of one target (derived ones computed batch by batch)."""
-    return torch.cat([t[target] for _, t in splits.eval_batches("train", 4096, {target})])
-
-
 def fit_to_pixels(recipe: Recipe, tasks: dict[str, Task], splits: Splits) -> None:
     """Tell the tasks what only the loaded data knows: a regression's statistics, the
     classes a source found while loading (a colorizer's palette)."""
     for task in tasks.values():
-        values = lambda t=task.target: train_values(splits, t)  # noqa: E731
+        values = lambda t=task.target: splits.values("train", t)  # noqa: E731
         spec = target_spec(recipe.data, splits.classes, splits.components, task.target)
         task.fit(spec, values)
 

@@ -207,3 +207,18 @@ def test_splits_are_stratified_and_disjoint_from_test(tiny):
     assert len(splits.train) == 1800 and len(splits.val) == 200 and len(splits.test) == 500
     assert torch.bincount(splits.val.targets["label"]).tolist() == [20] * 10
     assert 0.2 < splits.mean.item() < 0.4 and 0.3 < splits.std.item() < 0.4
+
+
+def test_a_splits_values_of_a_target_are_what_its_batches_give(tiny, monkeypatch):
+    """What a regression standardizes by: stored targets as they are, derived ones (ink,
+    from the pixels) computed batch by batch."""
+    from cnnlab.build import build
+    from cnnlab.data.batches import Splits
+
+    splits = build(tiny()).splits
+    for target in ("label", "ink"):
+        batched = torch.cat([t[target] for _, t in splits.eval_batches("train", 700, {target})])
+        assert torch.equal(splits.values("train", target), batched)
+    # a stored target is read without converting a single image to floats
+    monkeypatch.setattr(Splits, "eval_batches", lambda *a: pytest.fail("images converted"))
+    assert len(splits.values("train", "label")) == len(splits.train)

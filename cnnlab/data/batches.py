@@ -8,6 +8,7 @@ augmentation, derived targets and normalization are whole-batch tensor ops.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.tasks.pixel import NO_CLASS
 
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
+VALUES_PIXELS = 1 << 24  # image values a batch when a derived target is computed for a split
 
 
 @dataclass
@@ -142,6 +144,17 @@ class Splits:
         for r, pixels in zip(rows, ahead, strict=True):
             x = pixels.float().div_(255)
             yield self.finish(x, {k: v[r] for k, v in data.targets.items()}, needed)
+
+    def values(self, split: str, target: str) -> torch.Tensor:
+        """Every image's value of one target, as batches give it. A stored target is read as
+        it is; a derived one is computed from the images, VALUES_PIXELS at a time (at 4,096
+        images a batch, 224 px images would have made 2.5 GB of floats for one number each)."""
+        data: ImageSet = getattr(self, split)
+        if target not in self.derived:
+            stored = data.targets[target]
+            return _labels(stored) if is_mask(stored) else stored
+        step = max(1, VALUES_PIXELS // math.prod(data.images.shape[1:]))
+        return torch.cat([t[target] for _, t in self.eval_batches(split, step, {target})])
 
     def eval_batch(self, data: ImageSet, rows: slice, needed: set[str]) -> Batch:
         x = data.images[rows].float().div_(255)
