@@ -267,8 +267,14 @@ def eval_batch_size(
     map one image makes in this model (one forward pass of a blank image, in fp32)."""
     if recipe.train.eval_batch_size != "auto":
         return recipe.train.eval_batch_size
-    per_image = PEAK_PER_MAP * 4 * largest_map(model, torch.zeros(1, *shape, device=device))
-    return max(1, min(EVAL_IMAGES, EVAL_BYTES // per_image))
+    return images_per_pass(model, torch.zeros(1, *shape, device=device))
+
+
+def images_per_pass(model: torch.nn.Module, one: torch.Tensor, most: int = EVAL_IMAGES) -> int:
+    """How many images like `one` (a batch of one) a forward pass without gradients takes
+    within EVAL_BYTES, at most `most`."""
+    per_image = PEAK_PER_MAP * 4 * largest_map(model, one)
+    return max(1, min(most, EVAL_BYTES // per_image))
 
 
 def largest_map(model: torch.nn.Module, x: torch.Tensor) -> int:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlab.build import Built, build
+from cnnlab.build import Built, build, images_per_pass
 from cnnlab.data import colorize
 from cnnlab.errors import CnnlabError
 from cnnlab.inference import Prediction, Predictions, read_file
@@ -302,7 +302,8 @@ def check_parity(path: str | Path, run: str | Path, limit: int | None = None) ->
     per-image classification's test accuracy in both."""
     loaded = load_for_export(run)
     images = loaded.images[:limit] if limit else loaded.images
-    parity = compare(loaded.module, Path(path), images)
+    batch = images_per_pass(loaded.module, images[:1], most=256)  # 256 at 28 px, 55 at 224
+    parity = compare(loaded.module, Path(path), images, batch)
     for k, out in enumerate(loaded.module.describe()):
         truth = loaded.targets.get(loaded.module.tasks[out["name"]].target)
         ours, theirs = parity.outputs[0][k], parity.outputs[1][k]

@@ -100,7 +100,12 @@ def _open_surface(file: Path, settings: Settings) -> Surface:
 
 
 def landscape_of(
-    run: Path, settings: Settings, budget_s: float | None, log: bool, batch_size: int, label: str
+    run: Path,
+    settings: Settings,
+    budget_s: float | None,
+    log: bool,
+    batch_size: int | None,
+    label: str,
 ) -> Surface:
     view = RunView(run, device="cuda" if torch.cuda.is_available() else "cpu")
     model = view.model
@@ -113,7 +118,9 @@ def landscape_of(
         settings = Settings(**{**asdict(settings), "span": round(1.25 * reach, 6)})
     surface = _open_surface(file, settings)
     surface.extra.update(extra)
-    batches = fixed_batches(view, settings.samples, settings.seed, batch_size)
+    batches = fixed_batches(
+        view, settings.samples, settings.seed, batch_size or view.built.eval_batch_size
+    )
     evaluate = evaluator(view, batches)
     todo = surface.missing()
     if todo:
@@ -149,11 +156,12 @@ def landscape(
     budget_min: float | None = None,
     log: bool = False,
     out: Path | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     labels: list[str] | None = None,
 ) -> dict[str, Surface]:
     """Every run's landscape, by label (default: the run folder's name); with several runs,
-    the side-by-side figures in `out`."""
+    the side-by-side figures in `out`. `batch_size`: images a forward pass, by default the
+    run's evaluation batches (`train.eval_batch_size`)."""
     surfaces: dict[str, Surface] = {}
     started = time.monotonic()
     for k, run in enumerate(runs):
