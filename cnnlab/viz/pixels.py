@@ -66,7 +66,7 @@ def commonest(view: RunView, task: str) -> int:
     """The class of most training pixels: the baseline paints every pixel with it."""
     target = view.recipe.tasks[task].target
     counts = torch.zeros(len(view.task_classes(task)), dtype=torch.long)
-    for _, targets in view.splits.eval_batches("train", 1024, {target}):
+    for _, targets in view.splits.eval_batches("train", view.built.eval_batch_size, {target}):
         values = targets[target].flatten().cpu()
         counts += torch.bincount(values[values >= 0], minlength=len(counts))
     return int(counts.argmax())
