@@ -11,6 +11,7 @@ measured again at the new temperatures (accuracy cannot change; ECE, MCE can).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -18,10 +19,11 @@ import torch
 from cnnlab.build import Built, build
 from cnnlab.data.batches import Splits
 from cnnlab.errors import CnnlabError
+from cnnlab.evaluation import Recorder
 from cnnlab.precision import autocast_for
 from cnnlab.runs import RunFolder, load_checkpoint, write_json
 from cnnlab.tasks import EpochMeter, total_loss
-from cnnlab.tasks.calibration import Rows, batch_rows, fit_temperature, scores, share_kept
+from cnnlab.tasks.calibration import Rows, fit_temperature, scores
 from cnnlab.tasks.classification import Classification
 
 
@@ -32,31 +34,38 @@ def calibrated_tasks(built: Built) -> list[str]:
 
 @torch.inference_mode()
 def collect(
-    built: Built, split: str, names: list[str], meter: EpochMeter | None = None
+    built: Built,
+    split: str,
+    names: list[str],
+    meter: EpochMeter | None = None,
+    recorder: Recorder | None = None,
 ) -> dict[str, Rows]:
-    """Raw outputs (before any temperature) of the judged model on one split, as rows;
-    `meter`, when given, is fed the same outputs (the test metrics at the temperatures
-    just fitted come from the pass that gives the test's rows, not from a second one)."""
-    model, size = built.model.eval(), built.eval_batch_size
+    """Raw outputs (before any temperature) of the judged model on one split, as rows.
+    The same pass feeds `meter` (the test metrics at the temperatures just fitted) and
+    `recorder` (what the report reads), when given."""
+    model = built.model.eval()
     autocast = autocast_for(built.device, built.precision.precision)
-    images, gen = len(getattr(built.splits, split)), torch.Generator().manual_seed(0)
-    parts: dict[str, list[Rows]] = {name: [] for name in names}
-    for x, targets in built.splits.eval_batches(split, size, built.needed):
-        with autocast():
-            out = built.views(model, x) if built.views is not None else model(x)
-        if meter is not None:  # as `evaluate` feeds it
-            meter.update(model, out, targets, *total_loss(built.tasks, model, out, targets))
-        for name in names:
-            keep = share_kept(out[name][0, 0].numel(), images)
-            target = targets[built.tasks[name].target]
-            parts[name].append(batch_rows(out[name], target, keep, gen))
-    return {name: Rows.join(rows) for name, rows in parts.items()}
+    targets_of = {name: task.target for name, task in built.tasks.items()}
+    own = Recorder(targets_of, None, names, len(getattr(built.splits, split)))
+    gatherers = [own] if recorder is None else [own, recorder]
+    with recorder.watching(model) if recorder else nullcontext():
+        for x, targets in built.splits.eval_batches(split, built.eval_batch_size, built.needed):
+            with autocast():
+                out = built.views(model, x) if built.views is not None else model(x)
+            if meter is not None:  # as `evaluate` feeds it
+                meter.update(model, out, targets, *total_loss(built.tasks, model, out, targets))
+            for gatherer in gatherers:
+                gatherer.add(model, out, targets)
+    return own.result().rows
 
 
-def fit(built: Built, test: bool = True) -> tuple[dict[str, dict], dict[str, float]]:
+def fit(
+    built: Built, test: bool = True, recorder: Recorder | None = None
+) -> tuple[dict[str, dict], dict[str, float]]:
     """Each classification task's temperature, set on `built.tasks`, and its numbers before
     and after on validation; unless `test` is off (a sweep trial never reads the test set),
-    on test too, with the test metrics at the new temperatures from the same pass."""
+    on test too, with the test metrics at the new temperatures from the same pass (which
+    `recorder` also watches)."""
     names = calibrated_tasks(built)
     if not names:
         raise CnnlabError(
@@ -74,7 +83,7 @@ def fit(built: Built, test: bool = True) -> tuple[dict[str, dict], dict[str, flo
     if not test:
         return result, {}
     meter = EpochMeter(built.tasks, built.device, calibration=True)
-    tested = collect(built, "test", names, meter)
+    tested = collect(built, "test", names, meter, recorder)
     for name in names:
         result[name]["test"] = _before_after(tested[name], result[name]["temperature"])
     return result, meter.compute("test")
@@ -89,10 +98,14 @@ def _before_after(rows: Rows, temperature: float) -> dict:
 
 
 def calibrate_run(
-    path: str | Path, splits: Splits | None = None, device: torch.device | str | None = None
+    path: str | Path,
+    splits: Splits | None = None,
+    device: torch.device | str | None = None,
+    recorder: Recorder | None = None,
 ) -> dict[str, dict]:
     """Fit, save with the best weights, write calibration.json and test_metrics.json again.
-    `splits`: the data training already loaded (train.calibrate), else loaded anew."""
+    `splits`: the data training already loaded (train.calibrate), else loaded anew;
+    `recorder`: watches the test pass."""
     run = RunFolder.open(path)
     if not run.best_path.is_file():
         raise CnnlabError(f"calibrate: {run.path} has no checkpoints/best.pt; train it first")
@@ -101,7 +114,7 @@ def calibrate_run(
     # device None: the recipe's (a GPU when there is one)
     built = build(recipe, saved, device=device, weights="judged", splits=splits)
     with run.lock():
-        result, metrics = fit(built, test=recipe.train.test_at_end)
+        result, metrics = fit(built, recipe.train.test_at_end, recorder)
         saved["temperature"] = {name: r["temperature"] for name, r in result.items()}
         run.save_checkpoint(run.best_path, saved)
         write_json(run.calibration_path, {"best_epoch": saved["loop"]["epoch"], "tasks": result})

@@ -6,7 +6,9 @@ measures them here: no optimizer, no run folder written.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,7 +20,82 @@ from cnnlab.errors import CnnlabError
 from cnnlab.precision import autocast_for
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks import EpochMeter, Task, evaluate
+from cnnlab.tasks.calibration import Rows, batch_rows, share_kept
 from cnnlab.tta import ViewAverage
+
+
+@dataclass
+class SplitPredictions:
+    """Decoded predictions of the best model on one split, on the CPU."""
+
+    truth: dict[str, torch.Tensor]  # task -> (N,) class index or target value
+    pred: dict[str, torch.Tensor]  # task -> (N,)
+    peaks: torch.Tensor  # (N, C) each image's max of each channel of the last conv layer
+    # a classification's raw outputs (before its temperature) as rows: one per image, or a
+    # sample of a mask's labelled pixels; what the reliability diagram bins
+    rows: dict[str, Rows]
+
+
+class Recorder:
+    """What the figures read from a pass over a split, gathered by the pass that measures
+    it: targets and decoded predictions, each image's per-channel peak of one layer (guided
+    backprop picks its images by them: `layer(model)`, the last conv), and the raw outputs
+    of `rows_of` as rows. `cnnlab train` hands its test pass's to the report, which would
+    otherwise run the model over the test set again, with every test-time view."""
+
+    def __init__(
+        self,
+        targets: dict[str, str],
+        layer: Callable[[nn.Module], nn.Module] | None,
+        rows_of: list[str],
+        images: int,
+    ):
+        """`targets`: each task's target; `layer` None: no peaks; `images`: the split's
+        length (a mask's rows are sampled to a share of it)."""
+        self.targets, self.layer, self.images = targets, layer, images
+        self.truth: dict[str, list[torch.Tensor]] = {k: [] for k in targets}
+        self.pred: dict[str, list[torch.Tensor]] = {k: [] for k in targets}
+        self.rows: dict[str, list[Rows]] = {k: [] for k in rows_of}
+        self.peaks: list[torch.Tensor] = []
+        self._seen: list[torch.Tensor] = []
+        self._gen = torch.Generator().manual_seed(0)
+
+    @contextmanager
+    def watching(self, model: nn.Module) -> Iterator[None]:
+        """The layer's peaks of each batch's first forward: the first test-time view is the
+        image as it is, so they stay those of the image as it is."""
+
+        def hook(module: nn.Module, inputs, y: torch.Tensor) -> None:
+            if not self._seen:
+                self._seen.append(y.float().amax(dim=(2, 3)).cpu())
+
+        if self.layer is None:
+            yield
+            return
+        handle = self.layer(model).register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def add(self, model: nn.Module, out: dict[str, torch.Tensor], targets: dict) -> None:
+        """One batch's outputs (averaged over the views) and targets."""
+        if self.layer is not None:
+            self.peaks.append(self._seen.pop())
+        for name, parts in self.rows.items():
+            keep = share_kept(out[name][0, 0].numel(), self.images)
+            parts.append(batch_rows(out[name], targets[self.targets[name]], keep, self._gen))
+        for name, target in self.targets.items():
+            self.truth[name].append(targets[target].cpu())
+            self.pred[name].append(model.heads[name].decode(out[name]).cpu())
+
+    def result(self) -> SplitPredictions:
+        return SplitPredictions(
+            {k: torch.cat(v) for k, v in self.truth.items()},
+            {k: torch.cat(v) for k, v in self.pred.items()},
+            torch.cat(self.peaks) if self.peaks else torch.empty(0, 0),
+            {k: Rows.join(v) for k, v in self.rows.items()},
+        )
 
 
 @torch.inference_mode()
@@ -30,13 +107,17 @@ def measure(
     batch_size: int,
     views: ViewAverage | None = None,
     split: str = "test",
+    recorder: Recorder | None = None,
 ) -> dict[str, float]:
     """`model`'s metrics on one split, averaged over `views` when given; with how well
-    its probabilities are calibrated (ECE, MCE), at the tasks' temperatures."""
+    its probabilities are calibrated (ECE, MCE), at the tasks' temperatures. `recorder`
+    gathers what the figures read from the same pass."""
     device = next(model.parameters()).device
     meter = EpochMeter(tasks, device, calibration=True)
     needed = {t.target for t in tasks.values()}
-    evaluate(model, meter, splits.eval_batches(split, batch_size, needed), autocast, views)
+    batches = splits.eval_batches(split, batch_size, needed)
+    with recorder.watching(model) if recorder else nullcontext():
+        evaluate(model, meter, batches, autocast, views, recorder and recorder.add)
     return meter.compute(split)
 
 

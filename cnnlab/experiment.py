@@ -16,6 +16,7 @@ from cnnlab.build import build, resolve_device
 from cnnlab.calibration import calibrate_run, summary
 from cnnlab.data.batches import Splits
 from cnnlab.errors import CnnlabError
+from cnnlab.evaluation import Recorder, SplitPredictions
 from cnnlab.loggers import Loggers
 from cnnlab.loop import Trainer
 from cnnlab.models.compiled import compiled_kernels
@@ -87,27 +88,51 @@ def train_in(
         trainer.leave_ranks()  # trained together; the test and report are rank 0's alone
         if not ranks.main:
             return run
-        calibrated = recipe.train.calibrate and _calibrate(trainer, run)
+        recorder = _recorder(trainer)  # the test pass gathers what the report reads
+        calibrated = recipe.train.calibrate and _calibrate(trainer, run, recorder)
+        if recipe.train.calibrate and not calibrated and recorder is not None:
+            recorder = _recorder(trainer)  # a calibration that failed may have begun one
         # Sweep trials skip the test set: it must not drive a choice.
         metrics = {}
         if recipe.train.test_at_end:  # calibrating measured the test set at its temperatures
-            metrics = run.test_metrics() if calibrated else trainer.test()
+            metrics = run.test_metrics() if calibrated else trainer.test(recorder)
         run.set_status("finished", epoch=trainer.state.epoch, best_epoch=trainer.state.best_epoch)
         if metrics and recipe.train.progress:
             print_metrics_table(metrics, "test metrics of the best checkpoint")
         if metrics and recipe.train.report:
             on_cpu = trainer.device.type == "cpu"  # the figures' data lives on the CPU
-            write_run_report(run, trainer.built.splits if on_cpu else None, recipe.train.progress)
+            splits = trainer.built.splits if on_cpu else None
+            predictions = recorder.result() if recorder else None
+            write_run_report(run, splits, predictions, recipe.train.progress)
         return run
     finally:
         loggers.close(run.test_metrics())
 
 
-def _calibrate(trainer: Trainer, run: RunFolder) -> bool:
+def _recorder(trainer: Trainer) -> Recorder | None:
+    """What the report will read from the test pass, gathered by it; None where the report
+    makes its own: no report or no test, a GPU (the figures' pass runs on the CPU), or no
+    conv layer whose peaks it would take."""
+    recipe = trainer.recipe
+    if not (recipe.train.report and recipe.train.test_at_end) or trainer.device.type != "cpu":
+        return None
+    from cnnlab.viz.hooks import last_conv
+
+    try:
+        last_conv(trainer.model)
+    except CnnlabError:
+        return None
+    reliability = [n for n, t in trainer.tasks.items() if "reliability" in t.figures]
+    targets = {name: task.target for name, task in recipe.tasks.items()}
+    layer = lambda model: last_conv(model)[1]  # noqa: E731
+    return Recorder(targets, layer, reliability, len(trainer.built.splits.test))
+
+
+def _calibrate(trainer: Trainer, run: RunFolder, recorder: Recorder | None) -> bool:
     """train.calibrate after training; a failure leaves the trained run intact and says so."""
     try:
         with compiled_kernels(trainer.built.fused):
-            result = calibrate_run(run.path, trainer.built.splits, trainer.device)
+            result = calibrate_run(run.path, trainer.built.splits, trainer.device, recorder)
     except CnnlabError as err:
         print(f"warning: not calibrated ({err}); retry with: cnnlab calibrate {run.path}")
         return False
@@ -116,11 +141,17 @@ def _calibrate(trainer: Trainer, run: RunFolder) -> bool:
     return True
 
 
-def write_run_report(run: RunFolder, splits: Splits | None = None, show: bool = True) -> None:
-    """report.html + figures/ of a finished run; a failure leaves the trained run intact."""
+def write_run_report(
+    run: RunFolder,
+    splits: Splits | None = None,
+    predictions: SplitPredictions | None = None,
+    show: bool = True,
+) -> None:
+    """report.html + figures/ of a finished run; a failure leaves the trained run intact.
+    `splits`, `predictions`: the data and test predictions training made, on the CPU."""
     from cnnlab.report import build_report
 
     try:
-        build_report(run.path, splits, show)
+        build_report(run.path, splits, show, predictions)
     except CnnlabError as err:
         print(f"warning: no report ({err}); retry with: cnnlab report {run.path}")

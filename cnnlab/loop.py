@@ -26,7 +26,7 @@ from cnnlab import distributed, feature_cache
 from cnnlab.build import Built, with_temperatures
 from cnnlab.ema import WeightAverage
 from cnnlab.errors import CnnlabError
-from cnnlab.evaluation import measure
+from cnnlab.evaluation import Recorder, measure
 from cnnlab.models.compiled import compiled_kernels
 from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.precision import autocast_for, scaler_for, tune_cuda
@@ -417,17 +417,23 @@ class Trainer:
 
     # -------------------------------------------------------------------- test
 
-    def test(self) -> dict[str, float]:
-        """Test-set metrics of the best checkpoint: the only place the test set is read."""
+    def test(self, recorder: Recorder | None = None) -> dict[str, float]:
+        """Test-set metrics of the best checkpoint: the only place the test set is read
+        (`recorder` watches the pass for the report)."""
         ckpt = load_checkpoint(self.run.best_path)
         self.model.load_state_dict(ckpt["model"])
         with_temperatures(self.tasks, ckpt)
-        metrics = {"best_epoch": ckpt["loop"]["epoch"], **self.measure(self.model, self.views)}
+        measured = self.measure(self.model, self.views, recorder)
+        metrics = {"best_epoch": ckpt["loop"]["epoch"], **measured}
         write_json(self.run.test_path, metrics)
         return metrics
 
-    def measure(self, model: nn.Module, views: ViewAverage | None) -> dict[str, float]:
+    def measure(
+        self, model: nn.Module, views: ViewAverage | None, recorder: Recorder | None = None
+    ) -> dict[str, float]:
         """`model`'s test-set metrics, averaged over `views` when given."""
         size = self.built.eval_batch_size
         with compiled_kernels(self.built.fused):
-            return measure(self.tasks, self.splits, model, self.autocast, size, views)
+            return measure(
+                self.tasks, self.splits, model, self.autocast, size, views, recorder=recorder
+            )

@@ -18,6 +18,7 @@ import jinja2
 
 from cnnlab.data.batches import Splits
 from cnnlab.errors import CnnlabError
+from cnnlab.evaluation import SplitPredictions
 from cnnlab.progress import counting
 from cnnlab.recipe import best_row, dump_recipe
 from cnnlab.runs import write_text
@@ -131,14 +132,22 @@ def format_value(value) -> str:
     return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def build_report(run: str | Path, splits: Splits | None = None, show: bool = True) -> Path:
-    """Write RUN/figures/*.png and RUN/report.html; returns the report's path. `splits`:
-    the run's data as training loaded it on the CPU, so that it is not loaded again; `show`:
-    a bar naming the figure being drawn (on a terminal or in Jupyter)."""
+def build_report(
+    run: str | Path,
+    splits: Splits | None = None,
+    show: bool = True,
+    predictions: SplitPredictions | None = None,
+) -> Path:
+    """Write RUN/figures/*.png and RUN/report.html; returns the report's path. `splits`,
+    `predictions`: the run's data and test predictions as training made them on the CPU,
+    so that neither is made again; `show`: a bar naming the figure being drawn (on a
+    terminal or in Jupyter)."""
     started = time.monotonic()
     view = RunView(run)
     if splits is not None:
         view.share_splits(splits)
+    if predictions is not None:
+        view.share_predictions(predictions)
     folder = view.run.path / "figures"
     shown, parts = [], sections()
     with counting("report", len(parts), show) as advance:

@@ -194,3 +194,33 @@ def test_script_json_cannot_close_a_script_element():
     out = script_json('{"a": "</script><script>alert(1)</script> & <!--"}')
     assert "<" not in out and ">" not in out and "&" not in out
     assert json.loads(out) == {"a": "</script><script>alert(1)</script> & <!--"}
+
+
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_train_hands_the_report_its_test_pass_predictions(tiny, monkeypatch, calibrate):
+    """`cnnlab train` gives the report what its test pass gathered (the calibration's pass
+    when it calibrates), not a second pass over the test set with every view: the same
+    predictions, peaks and rows a fresh look at the run computes."""
+    import cnnlab.report
+    from cnnlab.experiment import train
+
+    handed = {}
+
+    def report(run, splits=None, show=True, predictions=None):
+        handed.update(splits=splits, predictions=predictions)
+        return run / "report.html"
+
+    monkeypatch.setattr(cnnlab.report, "build_report", report)
+    on = "true" if calibrate else "false"
+    run = train(tiny("train.report=true", f"train.calibrate={on}", "train.tta=[hflip]"))
+    shared, fresh = handed["predictions"], RunView(run.path).test_predictions
+    assert handed["splits"] is not None and len(shared.peaks) == len(fresh.peaks) == 500
+    for name in fresh.truth:
+        assert torch.equal(shared.truth[name], fresh.truth[name])
+        assert torch.equal(shared.pred[name], fresh.pred[name])
+    assert torch.equal(shared.peaks, fresh.peaks)
+    assert list(shared.rows) == list(fresh.rows) == ["cls"]
+    assert torch.equal(shared.rows["cls"].logits, fresh.rows["cls"].logits)
+    view = RunView(run.path)
+    view.share_predictions(shared)
+    assert view.test_predictions is shared  # the report's figures read these, no new pass

@@ -8,37 +8,23 @@ Nothing here writes to the run or touches training state (optimizer, last.pt, rn
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from cnnlab.build import Built, build, saved_precision, saved_tasks
 from cnnlab.data.base import ImageSet
 from cnnlab.data.batches import Splits
 from cnnlab.errors import CnnlabError
+from cnnlab.evaluation import Recorder, SplitPredictions
 from cnnlab.models import MultiTaskModel
 from cnnlab.precision import autocast_for
 from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks import Task
-from cnnlab.tasks.calibration import Rows, batch_rows, share_kept
 from cnnlab.tta import ViewAverage
-from cnnlab.viz.hooks import analysis_mode, forward_hooks, last_conv
-
-
-@dataclass
-class Predictions:
-    """Decoded predictions of the best model on one split, on the CPU."""
-
-    truth: dict[str, torch.Tensor]  # task -> (N,) class index or target value
-    pred: dict[str, torch.Tensor]  # task -> (N,)
-    peaks: torch.Tensor  # (N, C) each image's max of each channel of the last conv layer
-    # a classification's raw outputs (before its temperature) as rows: one per image, or a
-    # sample of a mask's labelled pixels; what the reliability diagram bins
-    rows: dict[str, Rows]
+from cnnlab.viz.hooks import analysis_mode, last_conv
 
 
 class RunView:
@@ -144,45 +130,26 @@ class RunView:
         needed = {t.target for t in self.recipe.tasks.values()}
         return self.splits.eval_batches(split, self.built.eval_batch_size, needed)
 
+    def share_predictions(self, predictions: SplitPredictions) -> None:
+        """Use the test set's predictions the pass that measured it gathered (`cnnlab
+        train`): the same weights, precision, batches and views as `predict` would use."""
+        self.__dict__["test_predictions"] = predictions
+
     @cached_property
-    def test_predictions(self) -> Predictions:
+    def test_predictions(self) -> SplitPredictions:
         return self.predict("test")
 
     @torch.inference_mode()
-    def predict(self, split: str) -> Predictions:
+    def predict(self, split: str) -> SplitPredictions:
         """One pass over a split: decoded predictions, targets, and the per-channel peaks of
         the last conv layer (guided backprop picks its images from them)."""
-        truth: dict[str, list[torch.Tensor]] = {k: [] for k in self.recipe.tasks}
-        pred: dict[str, list[torch.Tensor]] = {k: [] for k in self.recipe.tasks}
-        peaks: list[torch.Tensor] = []
-        rows: dict[str, list[Rows]] = {k: [] for k in self.tasks_with("reliability")}
-        images, gen = len(self.split(split)), torch.Generator().manual_seed(0)
-        _, conv = last_conv(self.model)
-        seen: list[torch.Tensor] = []  # this batch's peaks: its first forward's only
-
-        def record(name: str, module: nn.Module, y: torch.Tensor) -> None:
-            if not seen:
-                seen.append(y.float().amax(dim=(2, 3)).cpu())
-
+        rows_of, images = self.tasks_with("reliability"), len(self.split(split))
+        targets = {name: task.target for name, task in self.recipe.tasks.items()}
+        recorder = Recorder(targets, lambda m: last_conv(m)[1], rows_of, images)
         autocast = autocast_for(self.device, self.precision)
-        with analysis_mode(self.model):
-            for x, targets in self.batches(split):
-                # the first of the test-time views is the image as it is: its forward gives
-                # the peaks, so they stay those of the image as it is
-                with autocast(), forward_hooks({"conv": conv}, record):
+        with analysis_mode(self.model), recorder.watching(self.model):
+            for x, batch_targets in self.batches(split):
+                with autocast():
                     out = self.views(self.model, x) if self.views else self.model(x)
-                peaks.append(seen.pop())
-                for name, parts in rows.items():
-                    target = targets[self.recipe.tasks[name].target]
-                    keep = share_kept(out[name][0, 0].numel(), images)
-                    parts.append(batch_rows(out[name], target, keep, gen))
-                out = {name: self.model.heads[name].decode(o) for name, o in out.items()}
-                for name, task in self.recipe.tasks.items():
-                    truth[name].append(targets[task.target].cpu())
-                    pred[name].append(out[name].cpu())
-        return Predictions(
-            {k: torch.cat(v) for k, v in truth.items()},
-            {k: torch.cat(v) for k, v in pred.items()},
-            torch.cat(peaks),
-            {k: Rows.join(v) for k, v in rows.items()},
-        )
+                recorder.add(self.model, out, batch_targets)
+        return recorder.result()
