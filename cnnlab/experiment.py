@@ -111,10 +111,13 @@ def train_in(
 
 def _recorder(trainer: Trainer) -> Recorder | None:
     """What the report will read from the test pass, gathered by it; None where the report
-    makes its own: no report or no test, a GPU (the figures' pass runs on the CPU), or no
-    conv layer whose peaks it would take."""
+    makes its own: no report or no test, a GPU (the figures' pass runs on the CPU), heads
+    tested on cached features (no image goes through the network), or no conv layer whose
+    peaks it would take."""
     recipe = trainer.recipe
     if not (recipe.train.report and recipe.train.test_at_end) or trainer.device.type != "cpu":
+        return None
+    if trainer.splits is not trainer.built.splits:  # a frozen backbone's cached features
         return None
     from cnnlab.viz.hooks import last_conv
 

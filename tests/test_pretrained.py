@@ -13,10 +13,11 @@ import timm
 import torch
 from PIL import Image
 
-from cnnlab.build import check_data
+from cnnlab.build import build, check_data
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import evaluate_run
 from cnnlab.experiment import train
+from cnnlab.loop import Trainer
 from cnnlab.models import create_backbone, create_model
 from cnnlab.models.timm_backbone import InputAdapter, TimmConfig
 from cnnlab.models.weights import lite0_file, lite0_key, load_checked, read_state_dict
@@ -176,6 +177,19 @@ def test_heads_on_cached_features_score_as_the_whole_model_does(tmp_path: Path):
     # the ink target, derived from each image, was cached with the features: it is learnt
     ink = view.truth["ink"]
     assert test["test.ink.rmse"] < 0.8 * (ink - ink.mean()).pow(2).mean().sqrt().item()
+
+
+def test_a_report_after_cached_features_makes_its_own_test_predictions(tmp_path: Path):
+    """The test pass of heads on cached features runs no image through the network: the
+    report cannot take its predictions (the last conv's peaks) from it."""
+    from cnnlab.experiment import _recorder
+
+    frozen = ["model.freeze=all_but_head", "train.report=true"]
+    trainer = Trainer(build(lowdata(tmp_path, *frozen)))
+    assert trainer.splits is not trainer.built.splits  # the heads' data: pooled features
+    assert _recorder(trainer) is None
+    images = Trainer(build(lowdata(tmp_path, *frozen, "model.cache_features=false")))
+    assert _recorder(images) is not None  # images go through the network: the pass gathers
 
 
 def test_an_offline_download_is_one_line_with_the_ways_out(tmp_path: Path, monkeypatch):
