@@ -45,8 +45,8 @@ def collect(
     `recorder` (what the report reads), when given."""
     model = built.model.eval()
     autocast = autocast_for(built.device, built.precision.precision)
-    targets_of = {name: task.target for name, task in built.tasks.items()}
-    own = Recorder(targets_of, None, names, len(getattr(built.splits, split)))
+    targets_of = {name: built.tasks[name].target for name in names}
+    own = Recorder(targets_of, None, names, len(getattr(built.splits, split)))  # the rows
     gatherers = [own] if recorder is None else [own, recorder]
     with recorder.watching(model) if recorder else nullcontext():
         for x, targets in built.splits.eval_batches(split, built.eval_batch_size, built.needed):
