@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from cnnlab.build import build_model, declared_info, saved_precision, saved_tasks
+from cnnlab.build import (
+    build_model,
+    declared_info,
+    images_per_pass,
+    saved_precision,
+    saved_tasks,
+)
 from cnnlab.data import colorize
 from cnnlab.data.decoded import decode_image
 from cnnlab.errors import CnnlabError
@@ -89,6 +95,8 @@ class Predictor:
         black = (-self.mean / self.std).flatten()
         views = ViewAverage(names, self.tasks, recipe.data, shape[1:], black) if names else None
         self.views = views
+        # images a forward pass, as the run's evaluation: any number of images per call
+        self.per_pass = images_per_pass(self.model, torch.zeros(1, *shape, device=device))
 
     def inputs(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
         """Model input (B, C, H, W) from images as training made it from its uint8 pixels."""
@@ -104,10 +112,15 @@ class Predictor:
 
     @torch.inference_mode()
     def __call__(self, images: ImageLike | Sequence[ImageLike]) -> Predictions:
-        x = self.inputs(images)
-        with self.autocast():
-            out = self.views(self.model, x) if self.views else self.model(x)
-        return Predictions({name: self._decode(name, o.float()) for name, o in out.items()})
+        """The answers for any number of images, `per_pass` through the model at a time (at
+        224 px, 500 images at once would have held about 10 GB of maps)."""
+        parts = []
+        for x in self.inputs(images).split(self.per_pass):
+            with self.autocast():
+                out = self.views(self.model, x) if self.views else self.model(x)
+            parts.append({name: o.float() for name, o in out.items()})
+        out = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+        return Predictions({name: self._decode(name, o) for name, o in out.items()})
 
     def _decode(self, name: str, raw: torch.Tensor) -> Prediction:
         head, classes = self.model.heads[name], self.tasks[name].info.classes

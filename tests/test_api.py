@@ -11,9 +11,11 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 import cnnlab
+from cnnlab.precision import autocast_for
 from cnnlab.viz import RunView
 from tests.conftest import ROOT
 
@@ -66,7 +68,7 @@ def test_a_run_reads_back_as_tables(api_run):
     assert set(run.evaluate("val")) >= {"val.cls.accuracy", "val.ink.rmse"}
 
 
-def test_predict_gives_the_classes_the_runs_own_test_gave(api_run, tmp_path):
+def test_predict_gives_the_classes_the_runs_own_test_gave(api_run, tmp_path, monkeypatch):
     view = RunView(api_run.path)
     truth = view.test_predictions.pred  # the test pass, with the recipe's test-time views
     images = view.split("test").images.cpu()  # uint8 (N, 1, 28, 28), as the source decoded
@@ -76,6 +78,22 @@ def test_predict_gives_the_classes_the_runs_own_test_gave(api_run, tmp_path):
     assert (p["cls"].index == truth["cls"].numpy()).all()
     assert p["cls"].labels[:3] == [view.task_classes("cls")[i] for i in truth["cls"][:3]]
     assert np.allclose(p["ink"].values, truth["ink"].numpy(), atol=1e-5)  # target's units
+    # any number of images a call, cut into passes within memory: the same answers (in fp32,
+    # where a pass's size changes no rounding that matters)
+    predictor = api_run._predictor
+    assert predictor.per_pass == 1000  # 28 px: up to 1,000 images a pass
+    monkeypatch.setattr(predictor, "autocast", autocast_for(torch.device("cpu"), "fp32"))
+    whole = api_run.predict(images)
+    monkeypatch.setattr(predictor, "per_pass", 128)
+    sizes: list[int] = []
+    hook = predictor.model.register_forward_hook(lambda m, i, o: sizes.append(len(i[0])))
+    cut = api_run.predict(images)
+    hook.remove()
+    assert max(sizes) == 128 and sorted(set(sizes)) == [len(images) % 128, 128]
+    assert np.array_equal(cut["cls"].index, whole["cls"].index)
+    assert np.allclose(cut["cls"].probabilities, whole["cls"].probabilities, atol=1e-5)
+    assert np.allclose(cut["ink"].values, whole["ink"].values, atol=1e-5)
+    monkeypatch.undo()
 
     # the same images as files, a PIL image and an (H, W) array: the same answers
     paths = []
