@@ -273,24 +273,35 @@ def eval_batch_size(
 def images_per_pass(model: torch.nn.Module, one: torch.Tensor, most: int = EVAL_IMAGES) -> int:
     """How many images like `one` (a batch of one) a forward pass without gradients takes
     within EVAL_BYTES, at most `most`."""
-    per_image = PEAK_PER_MAP * 4 * largest_map(model, one)
+    per_image = PEAK_PER_MAP * 4 * map_sizes(model, one)[0]
     return max(1, min(most, EVAL_BYTES // per_image))
 
 
-def largest_map(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """The most values any one module's output holds, for input x."""
-    sizes = [x.numel()]
+def images_per_backward(model: torch.nn.Module, one: torch.Tensor, most: int) -> int:
+    """How many images like `one` a forward and backward pass takes within EVAL_BYTES: the
+    backward keeps every layer's output, and makes a gradient of each as large."""
+    per_image = 2 * 4 * map_sizes(model, one)[1]
+    return max(1, min(most, EVAL_BYTES // per_image))
+
+
+def map_sizes(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """(the most values any one module's output holds, the values the outputs of all its
+    leaf modules hold together), for input x."""
+    largest, leaves = [x.numel()], [0]
 
     def record(module: torch.nn.Module, inputs, output) -> None:
-        pending = [output]
+        pending, size = [output], 0
         while pending:
             item = pending.pop()
             if isinstance(item, torch.Tensor):
-                sizes.append(item.numel())
+                largest.append(item.numel())
+                size += item.numel()
             elif isinstance(item, list | tuple):
                 pending.extend(item)
             elif isinstance(item, dict):
                 pending.extend(item.values())
+        if next(module.children(), None) is None:
+            leaves.append(size)
 
     hooks = [m.register_forward_hook(record) for m in model.modules()]
     was_training = model.training
@@ -301,7 +312,7 @@ def largest_map(model: torch.nn.Module, x: torch.Tensor) -> int:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    return max(sizes)
+    return max(largest), sum(leaves)
 
 
 # Training steps from which `train.fused_kernels: auto` compiles. Seed 002's network at

@@ -118,3 +118,30 @@ def test_grad_cam_and_the_gradient_from_one_pass_equal_captums_own(report_run):
     torch.testing.assert_close(ours["Grad-CAM"], up[:, 0].float().clamp_min(0))
     torch.testing.assert_close(ours["gradient"], gradient.detach().sum(1).float())
     assert ours["Grad-CAM"].sum() > 0 and ours["gradient"].sum() > 0
+
+
+def test_integrated_gradients_in_passes_that_fit_memory_equal_one_pass(report_run, monkeypatch):
+    """Integrated Gradients' path images go through the model with their gradients as many
+    at a time as fit EVAL_BYTES (at most 64): cut smaller, the same maps."""
+    from captum.attr import IntegratedGradients
+
+    import cnnlab.build as building
+
+    view = RunView(report_run[0])
+    x = view.batch("test", torch.arange(4))
+    target = view.test_predictions.pred["cls"][:4].long()
+    method = ("Integrated Gradients",)
+    whole = attribute_all(method, view.model, "cls", x, target, ig_steps=8)[method[0]]
+    leaves = building.map_sizes(view.model, x[:1])[1]
+    monkeypatch.setattr(building, "EVAL_BYTES", 2 * 4 * leaves * 5)  # 5 images a pass
+    asked = []
+    attribute = IntegratedGradients.attribute
+
+    def spy(self, *args, **kwargs):
+        asked.append(kwargs["internal_batch_size"])
+        return attribute(self, *args, **kwargs)
+
+    monkeypatch.setattr(IntegratedGradients, "attribute", spy)
+    cut = attribute_all(method, view.model, "cls", x, target, ig_steps=8)[method[0]]
+    assert asked == [5]
+    torch.testing.assert_close(cut, whole, rtol=1e-4, atol=1e-6)

@@ -282,8 +282,9 @@ def test_validation_and_test_batches_are_sized_by_the_models_largest_map(tiny, m
 
     built = build(tiny())
     assert built.recipe.train.eval_batch_size == "auto" and built.eval_batch_size == 1000
-    largest = building.largest_map(built.model, torch.zeros(1, 1, 28, 28))
+    largest, leaves = building.map_sizes(built.model, torch.zeros(1, 1, 28, 28))
     assert largest >= 8 * 28 * 28  # the first block's 8 maps of 28 x 28, at least
+    assert leaves > 3 * largest  # conv, norm, activation: the first block alone
     monkeypatch.setattr(building, "EVAL_BYTES", building.PEAK_PER_MAP * 4 * largest * 96)
     one = torch.zeros(1, 1, 28, 28)
     assert building.images_per_pass(built.model, one) == 96  # what export's check also asks

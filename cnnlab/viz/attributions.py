@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from cnnlab.build import images_per_backward
 from cnnlab.viz.base import Chart, check_count
 from cnnlab.viz.guided import guided_nonlinearities
 from cnnlab.viz.hooks import analysis_mode, forward_hooks, last_conv
@@ -108,7 +109,11 @@ def attribute_all(
         if "Integrated Gradients" in methods:
             base = torch.zeros_like(x) if black is None else black.view(1, -1, 1, 1).expand_as(x)
             ig = IntegratedGradients(score)
-            maps = ig.attribute(x, baselines=base, n_steps=ig_steps, internal_batch_size=64)
+            # its path's images at most 64 at a time, fewer where they would not fit EVAL_BYTES
+            # with their gradients (seed 002's network at 224 px: 20, where 48 at once took
+            # 3.6 GB and longer)
+            batch = images_per_backward(model, torch.zeros_like(x[:1]), most=64)
+            maps = ig.attribute(x, baselines=base, n_steps=ig_steps, internal_batch_size=batch)
             out["Integrated Gradients"] = _flat(maps)
     return {m: out[m] for m in methods}
 
