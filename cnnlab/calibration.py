@@ -15,6 +15,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from cnnlab.build import Built, build
 from cnnlab.data.batches import Splits
@@ -22,7 +23,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import Recorder
 from cnnlab.precision import autocast_for
 from cnnlab.runs import RunFolder, load_checkpoint, write_json
-from cnnlab.tasks import EpochMeter, total_loss
+from cnnlab.tasks import EpochMeter, evaluate
 from cnnlab.tasks.calibration import Rows, fit_temperature, scores
 from cnnlab.tasks.classification import Classification
 
@@ -43,19 +44,18 @@ def collect(
     """Raw outputs (before any temperature) of the judged model on one split, as rows.
     The same pass feeds `meter` (the test metrics at the temperatures just fitted) and
     `recorder` (what the report reads), when given."""
-    model = built.model.eval()
     autocast = autocast_for(built.device, built.precision.precision)
     targets_of = {name: built.tasks[name].target for name in names}
     own = Recorder(targets_of, None, names, len(getattr(built.splits, split)))  # the rows
     gatherers = [own] if recorder is None else [own, recorder]
-    with recorder.watching(model) if recorder else nullcontext():
-        for x, targets in built.splits.eval_batches(split, built.eval_batch_size, built.needed):
-            with autocast():
-                out = built.views(model, x) if built.views is not None else model(x)
-            if meter is not None:  # as `evaluate` feeds it
-                meter.update(model, out, targets, *total_loss(built.tasks, model, out, targets))
-            for gatherer in gatherers:
-                gatherer.add(model, out, targets)
+
+    def record(model: nn.Module, out: dict[str, torch.Tensor], targets: dict) -> None:
+        for gatherer in gatherers:
+            gatherer.add(model, out, targets)
+
+    batches = built.splits.eval_batches(split, built.eval_batch_size, built.needed)
+    with recorder.watching(built.model) if recorder else nullcontext():
+        evaluate(built.model, meter, batches, autocast, built.views, record)
     return own.result().rows
 
 

@@ -117,16 +117,17 @@ class EpochMeter(nn.Module):
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, meter: EpochMeter, batches, autocast, views=None, record=None
+    model: nn.Module, meter: EpochMeter | None, batches, autocast, views=None, record=None
 ) -> None:
     """Run `model` over eval batches and feed the meter (caller resets and computes).
     `views(model, x)`: test-time views (cnnlab/tta.py) in place of one forward pass;
-    `record(model, outputs, targets)` sees each batch too."""
+    `record(model, outputs, targets)` sees each batch too (with or without a meter)."""
     model.eval()
     for x, targets in batches:
         with autocast():
             outputs = views(model, x) if views else model(x)
-        total, losses = total_loss(meter.tasks, model, outputs, targets)
-        meter.update(model, outputs, targets, total, losses)
+        if meter is not None:
+            total, losses = total_loss(meter.tasks, model, outputs, targets)
+            meter.update(model, outputs, targets, total, losses)
         if record is not None:
             record(model, outputs, targets)

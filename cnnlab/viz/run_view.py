@@ -22,7 +22,7 @@ from cnnlab.models import MultiTaskModel
 from cnnlab.precision import autocast_for
 from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, load_checkpoint
-from cnnlab.tasks import Task
+from cnnlab.tasks import Task, evaluate
 from cnnlab.tta import ViewAverage
 from cnnlab.viz.hooks import analysis_mode, last_conv
 
@@ -148,8 +148,5 @@ class RunView:
         recorder = Recorder(targets, lambda m: last_conv(m)[1], rows_of, images)
         autocast = autocast_for(self.device, self.precision)
         with analysis_mode(self.model), recorder.watching(self.model):
-            for x, batch_targets in self.batches(split):
-                with autocast():
-                    out = self.views(self.model, x) if self.views else self.model(x)
-                recorder.add(self.model, out, batch_targets)
+            evaluate(self.model, None, self.batches(split), autocast, self.views, recorder.add)
         return recorder.result()
