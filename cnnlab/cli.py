@@ -37,7 +37,9 @@ def _options(imports: list[str] = Imports) -> None:
 @app.command()
 def train(
     recipe: str | None = typer.Argument(None, help="recipe YAML file or shipped recipe name"),
-    set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value"),
+    set_: list[str] = typer.Option(
+        [], "--set", metavar="KEY=VALUE", help="override a field: key.path=value"
+    ),
     resume: Path | None = typer.Option(None, "--resume", help="continue this run folder"),
     run_dir: Path | None = typer.Option(
         None, "--run-dir", help="train in this prepared run folder (a sweep's trial)"
@@ -385,7 +387,9 @@ def sweep(
     spec: str = typer.Argument(
         ..., metavar="SWEEP_FILE", help="sweep file (W&B format) or shipped sweep name"
     ),
-    set_: list[str] = typer.Option([], "--set", help="override a base recipe field"),
+    set_: list[str] = typer.Option(
+        [], "--set", metavar="KEY=VALUE", help="override a base recipe field"
+    ),
     name_map: Path | None = typer.Option(
         None, "--map", help="name map (default: <sweep>.map.yaml beside the sweep file)"
     ),
@@ -516,7 +520,9 @@ def figures() -> None:
 @app.command()
 def count(
     recipe: str = typer.Argument(..., help="recipe YAML file or shipped recipe name"),
-    set_: list[str] = typer.Option([], "--set", help="override a field: key.path=value"),
+    set_: list[str] = typer.Option(
+        [], "--set", metavar="KEY=VALUE", help="override a field: key.path=value"
+    ),
     input_shape: str | None = typer.Option(
         None, "--input", help="CxHxW, e.g. 3x224x224 (default: the data's image shape)"
     ),
@@ -589,13 +595,24 @@ def main() -> None:
         typer.secho("aborted", err=True, fg="red")
         sys.exit(130)
     except Exception as err:
-        # click's usage errors (bad option, missing argument) are user errors too.
-        import click
-
-        if isinstance(err, click.ClickException):
+        if isinstance(err, usage_errors()):  # a bad option, a missing argument: user errors
             err.show()
             sys.exit(2)
         raise
+
+
+def usage_errors() -> tuple[type[Exception], ...]:
+    """The classes of the command line's usage errors. typer raised click's until 0.28 and
+    raises its own copy's since 0.29 (`typer.TyperException` their base), when click itself
+    may not be installed: checking click's alone let an unknown option end in a traceback."""
+    kinds = [getattr(typer, "TyperException", None)]
+    try:
+        from click import ClickException
+
+        kinds.append(ClickException)
+    except ImportError:
+        pass
+    return tuple(k for k in kinds if k is not None)
 
 
 if __name__ == "__main__":

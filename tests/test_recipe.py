@@ -206,6 +206,17 @@ def test_cli_reports_yaml_syntax_error_with_line(tmp_path: Path):
     assert out.stderr.count("\n") == 1 and "expected ',' or '}'" in out.stderr
 
 
+def test_cli_usage_errors_end_without_traceback(tmp_path: Path):
+    """An unknown option or a missing argument: click's message and status 2, whichever copy
+    of click typer raises it from (its own since typer 0.29)."""
+    out = run_cli("report", str(tmp_path), "--bogus")
+    assert out.returncode == 2 and "No such option: --bogus" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    out = run_cli("eval")
+    assert out.returncode == 2 and "Missing argument" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def assert_cli_refuses(out, runs: Path, expected: str) -> None:
     """A user error seen as a user sees it: status 2, one line, no traceback, no run folder."""
     assert out.returncode == 2, out.stderr
