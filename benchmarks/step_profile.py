@@ -26,6 +26,7 @@ from benchmarks.throughput import training_flops
 from cnnlab.build import build
 from cnnlab.catalog import recipe_file
 from cnnlab.loop import Trainer
+from cnnlab.models.compiled import compiled_kernels
 from cnnlab.recipe import load_recipe
 from cnnlab.runs import device_name
 
@@ -55,10 +56,12 @@ def kind_of(event) -> str:
 
 
 def steps(trainer: Trainer, batches, n: int) -> None:
-    for _ in range(n):
-        with record_function(DATA):
-            x, targets = next(batches)
-        trainer.train_step(x, targets)
+    """As `Trainer.fit` runs them: with the compiled kernels where the recipe trains with them."""
+    with compiled_kernels(trainer.built.fused):
+        for _ in range(n):
+            with record_function(DATA):
+                x, targets = next(batches)
+            trainer.train_step(x, targets)
 
 
 def main() -> None:

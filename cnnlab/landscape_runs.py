@@ -22,6 +22,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.landscape.directions import filter_normalized, path_directions
 from cnnlab.landscape.flatness import flatness
 from cnnlab.landscape.surface import Settings, Surface, fill
+from cnnlab.models.compiled import compiled_kernels
 from cnnlab.precision import autocast_for
 from cnnlab.progress import console, counting
 from cnnlab.runs import load_checkpoint
@@ -133,7 +134,9 @@ def landscape_of(
             f"{len(todo) * each / 60:.1f} min here ({each:.2f} s a point)"
             + (f"; budget {max(budget_s, 0) / 60:.1f} min" if budget_s is not None else "")
         )
-    with counting(run.name, len(todo), eta=True) as advance:
+    # hundreds of passes over the same batches: compiling the kernels pays here
+    fused = view.recipe.train.fused_kernels is not False
+    with counting(run.name, len(todo), eta=True) as advance, compiled_kernels(fused):
         complete = fill(model, surface, dirs, evaluate, lambda s: s.save(file), budget_s,
                         advance)  # fmt: skip
     if not complete:

@@ -94,9 +94,11 @@ def test_non_dense_and_odd_layouts_fall_back_to_the_same_values():
 
 def test_dynamic_batch_sizes_share_one_kernel():
     m = Mish()
-    for batch in (32, 7, 1, 32):
-        x = inputs((batch, 8, 45, 46), torch.bfloat16, True)
-        torch.testing.assert_close(m(x), F.mish(x), **TOL[torch.bfloat16])
+    with compiled_kernels(True):
+        for batch in (32, 7, 1, 32):
+            x = inputs((batch, 8, 45, 46), torch.bfloat16, True)
+            torch.testing.assert_close(m(x), F.mish(x), **TOL[torch.bfloat16])
+    assert not activations.KERNELS.failed and len(activations.KERNELS.compiled) == 1
 
 
 def test_small_tensors_use_aten():
@@ -105,7 +107,8 @@ def test_small_tensors_use_aten():
     torch.testing.assert_close(mish(x), F.mish(x))
 
 
-def test_inside_autocast_in_a_model():
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "chunked"])
+def test_inside_autocast_in_a_model(compiled):
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), Mish(), nn.Flatten(), nn.LazyLinear(4)
@@ -116,7 +119,7 @@ def test_inside_autocast_in_a_model():
     grads = []
     for net in (model, ref):
         net.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16), compiled_kernels(compiled):
             out = net(x)
         out.float().sum().backward()
         grads.append(net[0].weight.grad.clone())
@@ -154,9 +157,10 @@ def test_module_is_an_nn_mish_and_hooks_fire():
     torch.testing.assert_close(x.grad, torch.func.grad(lambda t: F.mish(t).sum())(x.detach()))
 
 
-def test_compiled_kernels_false_runs_the_chunked_formulas_in_its_block_only(monkeypatch):
-    """What a short run and the figures use: the same formulas uncompiled, a chunk at a time
-    (nothing is compiled in the block), the compiled kernels again after it."""
+def test_compiled_kernels_run_only_where_a_block_allows_them(monkeypatch):
+    """What a short run, one pass over a split and the figures use: the same formulas
+    uncompiled, a chunk at a time (nothing is compiled), by default and in a block that says
+    False; the compiled kernels only in a block that says True (the training loop's)."""
     x = inputs((3, 8, 150, 150), torch.float32, True)  # three chunks, the last one short
     assert x.numel() % activations._CHUNK and x.numel() > 2 * activations._CHUNK
     g = torch.randn_like(x)
@@ -168,14 +172,17 @@ def test_compiled_kernels_false_runs_the_chunked_formulas_in_its_block_only(monk
         fn = getattr(activations, name)
         monkeypatch.setattr(activations, name, lambda *t, fn=fn: chunked.append(fn) or fn(*t))
     for dtype in (torch.float32, torch.bfloat16):
-        with compiled_kernels(False):
+        with compiled_kernels(True), compiled_kernels(False):
             y, gx, y_ref, gx_ref = both(x.to(dtype), g.to(dtype), dtype)
         assert y.dtype == gx.dtype == dtype and y.stride() == x.stride()
         torch.testing.assert_close(y, y_ref, **TOL[dtype])
         torch.testing.assert_close(gx, gx_ref, **TOL[dtype])
     assert compiles == [] and len(chunked) == 4
-    mish(x)
-    assert compiles and len(chunked) == 4
+    mish(x)  # no block: a user's own call, `cnnlab eval`
+    assert compiles == [] and len(chunked) == 5
+    with compiled_kernels(True):
+        mish(x)
+    assert compiles and len(chunked) == 5
 
 
 @pytest.mark.parametrize(
@@ -203,7 +210,8 @@ def test_a_failing_compile_falls_back_to_the_chunked_formulas(monkeypatch):
     kernels = Kernels("Mish", broken, broken)
     monkeypatch.setattr(activations, "KERNELS", kernels)
     x = inputs((2, 4, 55, 55), torch.float32, True).requires_grad_()
-    y = mish(x)
+    with compiled_kernels(True):
+        y = mish(x)
     assert kernels.failed
     y.sum().backward()
     xr = x.detach().clone().requires_grad_()
@@ -217,8 +225,10 @@ import torch, torch.nn.functional as F
 import torch._inductor.config as cfg
 cfg.cpp.cxx = ("/nonexistent/c++",)
 from cnnlab.models import activations
+from cnnlab.models.compiled import compiled_kernels
 x = torch.randn(2, 4, 55, 55).contiguous(memory_format=torch.channels_last).requires_grad_()
-y = activations.mish(x)
+with compiled_kernels(True):
+    y = activations.mish(x)
 y.sum().backward()
 xr = x.detach().clone().requires_grad_()
 F.mish(xr).sum().backward()

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.models import pool
+from cnnlab.models.compiled import compiled_kernels
 from cnnlab.models.pool import MaxPool2d
 
 
@@ -33,9 +34,12 @@ def both(x: torch.Tensor, grad: torch.Tensor | None = None):
 
 @pytest.fixture(autouse=True)
 def fresh(monkeypatch):
-    """Kernels of this module's own: a test elsewhere in the process cannot have broken them."""
+    """Kernels of this module's own, allowed as the training loop allows them: a test
+    elsewhere in the process cannot have broken them."""
     monkeypatch.setattr(pool, "KERNELS", pool.Kernels("max-pool", *pool.KERNELS.sources, False))
     monkeypatch.setattr(pool, "MIN_VALUES", 1 << 14)  # small maps, the same kernels
+    with compiled_kernels(True):
+        yield
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -13,14 +13,14 @@ each (internal arithmetic in fp32 for bf16/fp16 tensors); the forward saves only
 input, the backward recomputes from it. Tensors are flattened to 1-D in memory order before
 the call, so one compiled kernel serves every shape, batch size and memory format.
 
-Where the compiled kernels are off (a short run, the figures and reports, a machine without a
-C++ compiler), the same formulas run uncompiled, a chunk of 2^18 values at a time and in
-place, so that their six to eleven passes stay in the core's cache (aten's kernel makes one
-pass, but of three transcendental functions). Forward + backward on seed 002's first map at
-224 px (benchmarks/activations.py): 2.2-2.4x aten's speed without AVX-512, 1.4-1.5x with;
-the compiled kernels, 5-7x. Anything neither path covers runs aten's `F.mish`, with the
-same result (`cnnlab/models/compiled.py` says when), and so do memory layouts that are not
-dense and the double backward (create_graph=True).
+Where the compiled kernels are off (a short run, one pass over a split, the figures and
+reports, a machine without a C++ compiler), the same formulas run uncompiled, a chunk of
+2^18 values at a time and in place, so that their six to eleven passes stay in the core's
+cache (aten's kernel makes one pass, but of three transcendental functions). Forward +
+backward on seed 002's first map at 224 px (benchmarks/activations.py): 2.2-2.4x aten's
+speed without AVX-512, 1.4-1.5x with; the compiled kernels, 5-7x. Anything neither path
+covers runs aten's `F.mish`, with the same result (`cnnlab/models/compiled.py` says when),
+and so do memory layouts that are not dense and the double backward (create_graph=True).
 """
 
 from __future__ import annotations
