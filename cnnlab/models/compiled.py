@@ -108,16 +108,25 @@ def transforming() -> bool:
     return peek is not None and peek() is not None
 
 
+def tracing() -> bool:
+    """Inside torch.compile or torch.export (the ONNX exporter's), where sizes may be
+    symbolic: a test of one there becomes a guard, and an exported batch dimension takes
+    none (a map smaller per image than MIN_NUMEL made seed 002's network unexportable)."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.7
+    return torch.compiler.is_compiling() or exporting()
+
+
 def eligible(x: torch.Tensor) -> bool:
     """Whether x is a tensor a layer's own CPU kernels are for (see the module docstring),
-    whether or not the compiled ones may run here."""
+    whether or not the compiled ones may run here. The size is tested last: not at all
+    while tracing."""
     return (
-        x.device.type == "cpu"
+        not OFF
+        and not tracing()
+        and not transforming()
+        and x.device.type == "cpu"
         and x.dtype in FAST_DTYPES
         and x.numel() >= MIN_NUMEL
-        and not OFF
-        and not transforming()
-        and not torch.compiler.is_compiling()
     )
 
 

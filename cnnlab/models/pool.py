@@ -114,8 +114,8 @@ def _fast(module: nn.MaxPool2d, x: torch.Tensor) -> bool:
         and x.shape[2] % 2 == 0
         and x.shape[3] % 2 == 0
         and x.is_contiguous(memory_format=torch.channels_last)
+        and usable(x, KERNELS)  # before the size: it tests none while tracing
         and x.numel() >= MIN_VALUES
-        and usable(x, KERNELS)
     )
 
 
