@@ -174,8 +174,9 @@ def _pretrained_backbones(pattern: str | None) -> None:
 def calibrate(
     run: Path = typer.Argument(..., help="run folder"), imports: list[str] = Imports
 ) -> None:
-    """Fit each classification's temperature on the validation set; saved with the best
-    weights, used by eval, predict, figures and export."""
+    """Fit each classification's temperature on the validation set.
+
+    It is saved with the best weights; eval, predict, the figures and export use it."""
     _import(imports)
     from cnnlab.calibration import calibrate_run, summary
 
@@ -230,8 +231,10 @@ def predict(
     out: Path | None = typer.Option(None, help="write every image's answers to this CSV"),
     imports: list[str] = Imports,
 ) -> None:
-    """A trained run's answers on new images (`cnnlab predict RUN IMAGES`, or `--onnx FILE
-    IMAGES` for an exported one); without a run, an ImageNet-pretrained model as it is."""
+    """A trained run's answers on new images, or an exported file's, or a pretrained model's.
+
+    `cnnlab predict RUN IMAGES`, or `--onnx FILE IMAGES` for an exported one; without a run,
+    an ImageNet-pretrained model as it is."""
     _import(imports)
     from cnnlab.predict import image_paths
 
@@ -342,8 +345,9 @@ def data_gsn(
     seed: int = typer.Option(1, help="the same seed writes the same bytes"),
     stats: bool = typer.Option(False, "--stats", help="print the generator's statistics"),
 ) -> None:
-    """Generate GSN (Geometric Shape Numbers, the shape-counting data set of a reproduced
-    study): img_NNNNN.png + labels.csv, its original format."""
+    """Generate GSN, the shape-counting data set of a reproduced study.
+
+    GSN (Geometric Shape Numbers): img_NNNNN.png + labels.csv, its original format."""
     import time
 
     from cnnlab.data import gsn_generator
@@ -370,8 +374,10 @@ def data_shapes(
     size: int = typer.Option(32, min=16, max=512, help="image side in pixels"),
     seed: int = typer.Option(0, help="the same seed writes the same images"),
 ) -> None:
-    """Generate a table of shapes: images/, masks/ and labels.csv with a class, a number, a
-    count vector, a mask and a split column (what `data.source: table` reads)."""
+    """Generate a table of shapes: what `data.source: table` reads.
+
+    images/, masks/ and labels.csv with a class, a number, a count vector, a mask and a
+    split column."""
     from cnnlab.data import shapes_table
 
     table = shapes_table.write(out, n, size, seed)
@@ -528,8 +534,10 @@ def count(
     ),
     imports: list[str] = Imports,
 ) -> None:
-    """Per layer: output shape, parameters and MACs (measured two ways), beside the closed-form
-    counts the reproduced reports derived (the colorizer's; a plain CNN's)."""
+    """Per layer: output shape, parameters and MACs, beside the reports' closed forms.
+
+    MACs are measured two ways; the closed-form counts are those the reproduced reports
+    derived (the colorizer's; a plain CNN's)."""
     _import(imports)
     from cnnlab.closed_forms import WHOSE, closed_forms, seed_for
     from cnnlab.count import count_recipe, parse_input
