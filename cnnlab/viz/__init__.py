@@ -98,7 +98,12 @@ def render(run: str | Path, name: str, out: Path | None = None, **options) -> li
     get_figure(name)  # an unknown name fails before any data is loaded
     view = RunView(run)
     folder = out or view.run.path / "figures"
-    return [chart.save(folder) for chart in make_charts(view, name, **options)]
+    charts = make_charts(view, name, **options)
+    if not charts:  # e.g. pixels for a run without a per-pixel task: say so, not nothing
+        tasks = ", ".join(f"{n} ({t.cfg.type})" for n, t in view.tasks.items())
+        raise CnnlabError(f"{name} draws nothing for this run: none of its tasks, {tasks}, is one "
+                          "it applies to (`cnnlab figures` says what each draws)")  # fmt: skip
+    return [chart.save(folder) for chart in charts]
 
 
 __all__ = [
