@@ -163,7 +163,9 @@ class TrainConfig(Section):
     # also keep the weights of every N-th epoch (checkpoints/epoch_NNN.pt): the training
     # path `cnnlab landscape --trajectory` draws. None = only last.pt and best.pt
     keep_every: int | None = Field(None, ge=1)
-    progress: bool = True  # live progress bar on the terminal
+    # what a run prints: the precision, the epoch bar (a line per epoch where the output is
+    # not a terminal), the test table, the report's bar; false: quiet, as a sweep's trials
+    progress: bool = True
     report: bool = True  # write report.html + figures/ after the test evaluation
     test_at_end: bool = True  # evaluate the best checkpoint on test; sweeps turn it off
     # after training, fit each classification's temperature on the validation set (the
