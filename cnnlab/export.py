@@ -160,16 +160,26 @@ def export_module(
         with _quiet():
             found = culprit(module, example, fmt)
         where, why = found or ("", _first_line(err))
+        if re.search(r"\bbatch\b", why):  # a guard on the free batch dimension, in sympy
+            why += " (the layer's code tests the batch size, which the file leaves free)"
         raise CnnlabError(f"export: the model cannot be exported to {fmt}: {where}{why}") from None
     return target
 
 
 def _capture(module: nn.Module, args: tuple, fmt: Format) -> None:
-    """Export without writing: what fails here fails in `export_module`."""
+    """Export without writing, the first input's batch free as in `export_module`: what
+    fails here fails there (a layer that tests the batch size too)."""
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    shapes = tuple(
+        {0: batch} if i == 0 and isinstance(a, torch.Tensor) and a.dim() else None
+        for i, a in enumerate(args)
+    )
     if fmt == "onnx":
-        torch.onnx.export(module, args, dynamo=True, verbose=False, report=False)
+        torch.onnx.export(
+            module, args, dynamo=True, verbose=False, report=False, dynamic_shapes=shapes
+        )
     else:
-        torch.export.export(module, args)
+        torch.export.export(module, args, dynamic_shapes=shapes)
 
 
 def _called_below(module: nn.Module, seen: dict) -> Iterator[nn.Module]:

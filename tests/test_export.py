@@ -120,6 +120,25 @@ def test_a_model_that_cannot_be_exported_is_one_line_naming_the_layer(fmt, tiny,
     assert capsys.readouterr().err == ""  # torch.export printed the partial graph there
 
 
+def test_a_layer_that_tests_the_batch_size_is_named(tiny, tmp_path):
+    class Sized(nn.Module):
+        def __init__(self, in_channels: int = 1):
+            super().__init__()
+            self.conv = nn.Conv2d(in_channels, 4, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y * 2 if y.numel() >= 5000 else y  # true for batches of 2 and more
+
+    with registration_scope():
+        register_backbone("sized")(Sized)
+        built = build(tiny("model={backbone: sized}"), device="cpu")
+        with pytest.raises(CnnlabError) as err:
+            export_module(wrap(built), built.splits.test.images[:2], tmp_path / "m.onnx", "onnx")
+    assert "layer backbone.net (Sized): " in str(err.value)
+    assert "tests the batch size, which the file leaves free" in str(err.value)
+
+
 def test_cli_exports_a_trained_run_with_the_same_test_accuracy(tiny, tmp_path):
     """The demo's recipe (its ten test-time views included), trained briefly: the exported
     file scores the run's own test accuracy in onnxruntime; .pt2 loads back too."""
