@@ -182,6 +182,7 @@ def _set(row: int, column: str, value: str):
         (lambda r: r[:1], "has no rows under its header"),
         (_set(5, "area", "n/a"), "line 6, column 'area': 'n/a' is not a number"),
         (_set(7, "squares", ""), "line 8, column 'squares': '' is not a number"),
+        (_set(6, "area", "0,25"), "'0,25' is not a number (a decimal comma? write it with a"),
         (
             _set(3, "image", "images/00001.png"),
             "line 4, column 'image': images/00001.png is listed twice (first on line 3)",
@@ -192,7 +193,7 @@ def _set(row: int, column: str, value: str):
         ),
         (_set(4, "split", "holdout"), "line 5, column 'split': 'holdout' is none of"),
     ],
-    ids=["column", "empty", "number", "blank", "duplicate", "outside", "split"],
+    ids=["column", "empty", "number", "blank", "comma", "duplicate", "outside", "split"],
 )
 def test_a_bad_table_stops_in_one_line_before_a_run_folder(shapes, tmp_path, edit, message):
     raw = bad_table(tmp_path, shapes, edit)
@@ -200,6 +201,17 @@ def test_a_bad_table_stops_in_one_line_before_a_run_folder(shapes, tmp_path, edi
         cnnlab.train(raw)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert no_runs(tmp_path)
+
+
+@pytest.mark.parametrize("sep", [";", "\t"], ids=["semicolons", "tabs"])
+def test_a_spreadsheets_semicolons_or_tabs_read_as_commas(shapes, tmp_path, sep):
+    """What a spreadsheet saves where the decimal mark is a comma (`;`, with a byte-order
+    mark and CRLF lines), or a .tsv: the same table as the comma-separated original."""
+    text = (shapes / "labels.csv").read_text().replace(",", sep).replace("\n", "\r\n")
+    other = tmp_path / "labels.txt"
+    other.write_text(text, encoding="utf-8-sig", newline="")
+    assert table.separator(other) == sep
+    assert table._read(other).equals(table._read(shapes / "labels.csv"))  # columns too
 
 
 def test_a_class_too_small_to_carve_and_a_link_outside_are_refused(shapes, tmp_path):

@@ -231,6 +231,19 @@ def _table_path(cfg: TableConfig) -> Path:
     return path
 
 
+SEPARATORS = (",", ";", "\t", "|")
+
+
+def separator(path: Path) -> str:
+    """The CSV's separator, the commonest of SEPARATORS in its header line: a spreadsheet
+    saved where the decimal mark is a comma writes `;`, a .tsv file tabs."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        header = f.readline()
+    counts = {sep: header.count(sep) for sep in SEPARATORS}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
 def _read(path: Path) -> Any:
     """The table as a pandas DataFrame of its raw values (strings stay strings)."""
     import pandas as pd  # imported here: `import cnnlab` and other recipes need no pandas
@@ -244,7 +257,9 @@ def _read(path: Path) -> Any:
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             return pd.read_parquet(path)
-        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        return pd.read_csv(
+            path, sep=separator(path), dtype=str, keep_default_na=False, skipinitialspace=True
+        )
     except ImportError as err:
         raise CnnlabError(f"data.table: {path}: reading Parquet needs pyarrow ({err})") from None
     except Exception as err:  # malformed CSV, not Parquet, not UTF-8
@@ -300,7 +315,9 @@ def _numbers(df: Any, column: str, problems: _Problems) -> np.ndarray:
         except ValueError:
             number = float("nan")
         if not np.isfinite(number):
-            problems.add(row, column, f"{_text(value)!r} is not a number")
+            text = _text(value)
+            hint = " (a decimal comma? write it with a point)" if "," in text else ""
+            problems.add(row, column, f"{text!r} is not a number{hint}")
         else:
             out[row] = number
     return out
