@@ -29,7 +29,7 @@ from cnnlab.build import (
     saved_tasks,
 )
 from cnnlab.data import colorize
-from cnnlab.data.decoded import decode_image
+from cnnlab.data.decoded import decode_image, upright
 from cnnlab.errors import CnnlabError
 from cnnlab.models import MultiTaskModel
 from cnnlab.precision import autocast_for
@@ -217,6 +217,6 @@ def _open(path: Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
-            return im
+            return upright(im)
     except (UnidentifiedImageError, OSError) as err:
         raise CnnlabError(f"predict: {path} is not a readable image ({err})") from None

@@ -145,6 +145,34 @@ def test_crop_keeps_the_centre_and_squash_keeps_everything(tmp_path):
     assert (squash[:, :, 15] == np.array([0, 0, 255]).reshape(3, 1)).all()
 
 
+def sideways_photo(path: Path) -> None:
+    """A portrait photo as a phone stores it: the sensor's rows (landscape, the photo's top
+    on the left) and EXIF orientation 6, "turn 90 degrees clockwise to view"."""
+    upright = np.zeros((48, 32, 3), dtype=np.uint8)  # tall: red top half, blue bottom
+    upright[:24, :, 0] = 255
+    upright[24:, :, 2] = 255
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # anticlockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(path, quality=95, exif=exif)
+
+
+def test_a_photo_is_read_upright_by_training_and_predict(tmp_path):
+    from cnnlab.inference import to_batch
+
+    sideways_photo(tmp_path / "portrait.jpg")
+    with Image.open(tmp_path / "portrait.jpg") as stored:
+        assert stored.size == (48, 32)  # as stored: on its side
+    for pixels in (
+        decode_image(tmp_path / "portrait.jpg", 16, "squash"),  # image folders and tables
+        to_batch(tmp_path / "portrait.jpg", 3, (16, 16), "squash")[0].mul(255).numpy(),
+        to_batch(tmp_path / "portrait.jpg", 3, (16, 8), "squash")[0].mul(255).numpy(),
+    ):
+        top, bottom = pixels[:, 1], pixels[:, -2]  # red above, blue below
+        assert top[0].min() > 200 and top[2].max() < 60, top
+        assert bottom[2].min() > 200 and bottom[0].max() < 60, bottom
+
+
 def test_validation_is_carved_stratified_from_train(tree):
     cfg = cfg_of(tree)
     splits = prepare_splits(cfg, seed=3, needed={"label"}, device=torch.device("cpu"))

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cnnlab.data.files import cache_dir
 from cnnlab.data.mapped import MappedImages, Pixels, RowFile
@@ -39,17 +39,31 @@ from cnnlab.data.memory import Storage, choose
 DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 WHITE = (255, 255, 255, 255)  # transparent pixels are composited on white
 SHOWN = 5  # skipped files named in the one warning line
+# what `decode_image` makes of a file, part of every cache's key: bump when it changes
+# (2: photos turned upright by their EXIF orientation)
+PIXELS = 2
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """A photo as it is meant to be seen: phones and cameras store the sensor's rows and an
+    EXIF tag saying how to turn them, so a portrait photo read as stored lies on its side
+    (and its centre square is another part of it)."""
+    if im.getexif().get(ORIENTATION, 1) in (1, None):
+        return im
+    return ImageOps.exif_transpose(im)
 
 
 def decode_image(path: str | Path, size: int, resize: str, mode: str = "RGB") -> np.ndarray:
-    """One image as uint8 (C, size, size): RGB (C = 3) or grey ("L", C = 1). Palette, CMYK
-    and the rest are converted; transparency is composited on white. `resize`: "crop" takes
-    the centre square of the shorter side, "squash" the whole image. Raises on anything
-    unreadable."""
+    """One image as uint8 (C, size, size), upright: RGB (C = 3) or grey ("L", C = 1).
+    Palette, CMYK and the rest are converted; transparency is composited on white. `resize`:
+    "crop" takes the centre square of the shorter side, "squash" the whole image. Raises on
+    anything unreadable."""
     with Image.open(path) as im:
         if im.format == "JPEG":
             im.draft(mode, (size, size))  # libjpeg scales down while decoding (>= size)
         im.load()
+        im = upright(im)
         if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
             rgba = im.convert("RGBA")
             im = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba)
@@ -131,9 +145,9 @@ def cached_decode(
     skipped: list[str] | None = None,
     storage: Storage = "auto",
 ) -> Decoded:
-    """The decoded rows from `cache_dir(label)/<sha256 of key>/` when its manifest holds the
-    same `identity` (the files' names, sizes and mtimes, as the source lists them), else
-    decoded afresh and cached. `names[i]`: row i as the warning names it when it fails;
+    """The decoded rows from `cache_dir(label)/<sha256 of key and PIXELS>/` when its manifest
+    holds the same `identity` (the files' names, sizes and mtimes, as the source lists
+    them), else decoded afresh and cached. `names[i]`: row i as the warning names it when it fails;
     `skipped`: what the source left out before decoding (links pointing outside).
 
     The cache holds one row per name (a failed row stays zeros; the manifest's `kept` lists
@@ -141,7 +155,7 @@ def cached_decode(
     decoded too. `storage` (memory.choose): the kept "images" are then read into memory, or
     stay mapped (other arrays, a table's masks, are always read into memory). One process
     decodes while the others of a torchrun job wait on the folder's lock and reuse it."""
-    folder = cache_dir(label) / hashlib.sha256(json.dumps(key).encode()).hexdigest()
+    folder = cache_dir(label) / hashlib.sha256(json.dumps([key, PIXELS]).encode()).hexdigest()
     folder.mkdir(parents=True, exist_ok=True)
     files = {name: folder / f"{name}.npy" for name in shapes}
     size = len(names) * sum(int(np.prod(s)) for s in shapes.values())

@@ -14,8 +14,9 @@ entries are skipped; every file's resolved path must stay inside the root (a sym
 points out is skipped). Files that are empty, corrupt or no image are skipped too, all of
 them named in one warning line.
 
-Pixels are decoded once (in parallel, see DECODE_THREADS) to uint8 (N, 3, S, S) and cached
-in `cache_dir("image_folder")/<sha256 of root, size, resize, FORMAT>/` with a manifest of
+Pixels are decoded once (in parallel, see DECODE_THREADS), upright, to uint8 (N, 3, S, S)
+and cached in `cache_dir("image_folder")/<sha256 of root, size, resize, FORMAT and
+decoded.PIXELS>/` with a manifest of
 every file's name, size and mtime; a later load rescans the names and stats only, and
 reuses the cache when nothing changed (else decodes again). The user's folder is never
 written to.
