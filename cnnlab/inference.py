@@ -29,7 +29,7 @@ from cnnlab.build import (
     saved_tasks,
 )
 from cnnlab.data import colorize
-from cnnlab.data.decoded import decode_image, upright
+from cnnlab.data.decoded import as_read, decode_image, eight_bit
 from cnnlab.errors import CnnlabError
 from cnnlab.models import MultiTaskModel
 from cnnlab.precision import autocast_for
@@ -172,8 +172,8 @@ def _one(image: ImageLike, channels: int, size: tuple[int, int], resize: str) ->
         image = torch.from_numpy(read_file(Path(image), channels, size[0], resize).copy())
     elif isinstance(image, (str, Path)):
         image = _open(Path(image))
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    if isinstance(image, Image.Image):  # 16-bit and float grey as the sources read them
+        image = np.asarray(eight_bit(image).convert("L" if channels == 1 else "RGB"))
     x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))
     if x.ndim == 2:
         x = x.unsqueeze(0)  # (H, W): grey
@@ -217,6 +217,6 @@ def _open(path: Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
-            return upright(im)
+            return as_read(im)
     except (UnidentifiedImageError, OSError) as err:
         raise CnnlabError(f"predict: {path} is not a readable image ({err})") from None

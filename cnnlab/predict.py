@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from cnnlab.data.decoded import upright
+from cnnlab.data.decoded import as_read
 from cnnlab.errors import CnnlabError
 from cnnlab.models.timm_backbone import pretrained_state, timm_arch
 from cnnlab.models.weights import load_checked
@@ -48,7 +48,7 @@ def image_paths(inputs: list[Path]) -> list[Path]:
 def read_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as img:
-            return upright(img).convert("RGB")
+            return as_read(img).convert("RGB")
     except (UnidentifiedImageError, OSError) as err:
         raise CnnlabError(f"{path}: not a readable image ({err}); remove it or fix it") from None
 

@@ -173,6 +173,21 @@ def test_a_photo_is_read_upright_by_training_and_predict(tmp_path):
         assert bottom[2].min() > 200 and bottom[0].max() < 60, bottom
 
 
+def test_16_bit_and_float_grey_images_span_0_to_255(tmp_path):
+    """A microscope's 16-bit PNG and a float TIFF in 0-1: their whole range, not clipped at
+    255 (Pillow's own conversion made the first white and the second black)."""
+    ramp = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    Image.fromarray((ramp * 65535).round().astype(np.uint16)).save(tmp_path / "wide.png")
+    Image.fromarray(ramp).save(tmp_path / "float.tiff")
+    want = np.clip(ramp * 255 + 0.5, 0, 255).astype(np.uint8)
+    for name in ("wide.png", "float.tiff"):
+        with Image.open(tmp_path / name) as im:
+            assert im.mode in ("I;16", "F")
+        grey = decode_image(tmp_path / name, 64, "squash", "L")[0]
+        assert np.abs(grey.astype(int) - want).max() <= 1, name
+        assert decode_image(tmp_path / name, 64, "squash").shape == (3, 64, 64)
+
+
 def test_validation_is_carved_stratified_from_train(tree):
     cfg = cfg_of(tree)
     splits = prepare_splits(cfg, seed=3, needed={"label"}, device=torch.device("cpu"))

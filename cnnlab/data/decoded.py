@@ -40,9 +40,15 @@ DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 WHITE = (255, 255, 255, 255)  # transparent pixels are composited on white
 SHOWN = 5  # skipped files named in the one warning line
 # what `decode_image` makes of a file, part of every cache's key: bump when it changes
-# (2: photos turned upright by their EXIF orientation)
-PIXELS = 2
+# (2: photos turned upright by their EXIF orientation; 3: 16-bit and float grey scaled)
+PIXELS = 3
 ORIENTATION = 0x0112  # the EXIF tag
+WIDE = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I": 65535, "F": 1.0}  # full scale
+
+
+def as_read(im: Image.Image) -> Image.Image:
+    """A file's image as every reader takes it: upright, and 8 bits per channel."""
+    return eight_bit(upright(im))
 
 
 def upright(im: Image.Image) -> Image.Image:
@@ -54,16 +60,26 @@ def upright(im: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(im)
 
 
+def eight_bit(im: Image.Image) -> Image.Image:
+    """A 16-bit or float grey image (microscopes, scanners) as 8-bit grey, the full range of
+    its type to 0-255 (16 bits: 0-65535; float: 0-1). Pillow's own conversion clips at 255,
+    which turned a 16-bit image white (and a float one in 0-1 black)."""
+    if im.mode not in WIDE:
+        return im
+    values = np.asarray(im, dtype=np.float32) * (255.0 / WIDE[im.mode])
+    return Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8), "L")
+
+
 def decode_image(path: str | Path, size: int, resize: str, mode: str = "RGB") -> np.ndarray:
-    """One image as uint8 (C, size, size), upright: RGB (C = 3) or grey ("L", C = 1).
-    Palette, CMYK and the rest are converted; transparency is composited on white. `resize`:
-    "crop" takes the centre square of the shorter side, "squash" the whole image. Raises on
-    anything unreadable."""
+    """One image as uint8 (C, size, size), as `as_read` takes it: RGB (C = 3) or grey ("L",
+    C = 1). Palette, CMYK and the rest are converted; transparency is composited on white.
+    `resize`: "crop" takes the centre square of the shorter side, "squash" the whole image.
+    Raises on anything unreadable."""
     with Image.open(path) as im:
         if im.format == "JPEG":
             im.draft(mode, (size, size))  # libjpeg scales down while decoding (>= size)
         im.load()
-        im = upright(im)
+        im = as_read(im)
         if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
             rgba = im.convert("RGBA")
             im = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba)
