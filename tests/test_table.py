@@ -214,6 +214,22 @@ def test_a_spreadsheets_semicolons_or_tabs_read_as_commas(shapes, tmp_path, sep)
     assert table._read(other).equals(table._read(shapes / "labels.csv"))  # columns too
 
 
+def test_windows_paths_read_and_a_missing_first_image_is_named(shapes, tmp_path):
+    """A table written on Windows (images\\00001.png) reads as with slashes; a first image
+    that is not there says where the paths are read from, not "fix the image"."""
+
+    def backslashes(rows):
+        col = rows[0].index("image")
+        return [rows[0]] + [[*r[:col], r[col].replace("/", "\\"), *r[col + 1 :]] for r in rows[1:]]
+
+    raw = bad_table(tmp_path, shapes, backslashes)
+    rows = table.read_rows(load_recipe(raw).data)
+    assert rows.images[0] == table_rows(shapes)[0]["image"] and "\\" not in rows.images[1]
+    raw = bad_table(tmp_path / "gone", shapes, _set(1, "image", "pics/00000.png"))
+    with pytest.raises(CnnlabError, match=r"first image, .*pics/00000.png, is not there; the"):
+        cnnlab.train(raw)
+
+
 def test_a_class_too_small_to_carve_and_a_link_outside_are_refused(shapes, tmp_path):
     def one_disc(rows):
         discs = [row for row in rows[1:] if row[2] == "disc"]

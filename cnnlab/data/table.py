@@ -293,11 +293,12 @@ def _text(value: Any) -> str:
 
 
 def _paths(df: Any, column: str, base: Path, problems: _Problems) -> list[str]:
-    """The column's relative paths, each checked to stay inside `base` (links too)."""
+    """The column's relative paths, each checked to stay inside `base` (links too). A table
+    written on Windows separates folders by backslashes: read as slashes (on Windows too)."""
     out: list[str] = []
     folders: dict[str, tuple[Path, bool]] = {}
     for row, value in enumerate(df[column].tolist()):
-        rel = _text(value).strip()
+        rel = _text(value).strip().replace("\\", "/")
         out.append(rel)
         if not rel:
             problems.add(row, column, "no path")
@@ -461,6 +462,12 @@ def _shape(cfg: TableConfig, rows: Rows) -> tuple[int, int, int]:
     try:
         with Image.open(first) as im:
             size, mode = min(im.size), im.mode
+    except FileNotFoundError:
+        raise CnnlabError(
+            f"data.table: the first image, {first}, is not there; the paths in "
+            f"{rows.table.name} are read from {rows.base} (data.root when set, else the "
+            "table's folder)"
+        ) from None
     except Exception as err:
         raise CnnlabError(
             f"data.table: the first image, {first}, cannot be read ({type(err).__name__}); "
