@@ -121,6 +121,27 @@ def test_the_scan_follows_symlinks_only_inside_the_root(tmp_path):
     assert found.outside == ["b/out.jpg", "c"]
 
 
+def test_a_class_folders_sub_folders_are_its_images_and_an_empty_class_is_refused(tmp_path):
+    """root/cats/2019/*.jpg are cats, as torchvision's ImageFolder reads them (before, they
+    were left out and cats trained with no image at all); a link to a folder is not
+    followed; a class folder without a file stops the run with its name."""
+    root = tmp_path / "root"
+    for rel in ("cats/a.jpg", "cats/2019/b.jpg", "cats/2019/summer/c.jpg", "dogs/d.jpg"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    os.symlink(root / "cats", root / "dogs/cats_too")  # inside the root, but a folder link
+    found = imf.scan(str(root))
+    assert [(f[0], f[4]) for f in found.files] == [
+        ("cats/a.jpg", 0),
+        ("cats/2019/b.jpg", 0),
+        ("cats/2019/summer/c.jpg", 0),
+        ("dogs/d.jpg", 1),
+    ]
+    (root / "birds/2020").mkdir(parents=True)
+    with pytest.raises(CnnlabError, match=r"the class folder birds/ of .* holds no files"):
+        imf.scan(str(root))
+
+
 def test_grey_and_rgba_become_rgb(tree):
     grey = decode_image(tree / "train/c1/grey.png", 16, "squash")
     assert grey.shape == (3, 16, 16)

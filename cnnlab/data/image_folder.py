@@ -25,6 +25,8 @@ written to.
 from __future__ import annotations
 
 import os
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -147,23 +149,55 @@ def scan(root: str | None) -> Scan:
             )
     out = Scan(base_resolved, classes, "single" if "all" in dirs else "given")
     folders: dict[str, tuple[Path, bool]] = {}
+    away: set[str] = set()  # classes whose folder leads outside: named in the warning
     for split, folder in dirs.items():
         for label, cls in enumerate(classes):
             cdir = folder / cls
             prefix = os.path.relpath(cdir, base)
             if not stays_inside(base_resolved, prefix, folders):
                 out.outside.append(prefix)
+                away.add(cls)
                 continue
-            for entry in _entries(cdir):
-                rel = os.path.join(prefix, entry.name)
-                if not stays_inside(base_resolved, rel, folders, entry.is_symlink()):
-                    out.outside.append(rel)
-                    continue
-                if not entry.is_file():
-                    continue  # sub-folders and special files are no images of this class
-                st = entry.stat()
+            for rel, st in _class_files(base, base_resolved, prefix, folders, out.outside):
                 out.files.append((rel, st.st_size, st.st_mtime_ns, split, label))
+    _no_empty_class(out, away)
     return out
+
+
+def _class_files(
+    base: Path, root: Path, prefix: str, folders: dict[str, tuple[Path, bool]], outside: list[str]
+) -> Iterator[tuple[str, os.stat_result]]:
+    """(path relative to base, stat) of every file under base/prefix, its sub-folders'
+    included (a class's photos by year: torchvision's ImageFolder reads them too), a
+    folder's own files first, in name order. What leads outside `root` (base resolved) is
+    listed in `outside`; a link to a folder is not followed (no image in two classes, no
+    loop)."""
+    pending = [prefix]
+    while pending:
+        folder = pending.pop(0)
+        below = []
+        for entry in _entries(base / folder):
+            rel = os.path.join(folder, entry.name)
+            if not stays_inside(root, rel, folders, entry.is_symlink()):
+                outside.append(rel)
+            elif entry.is_dir(follow_symlinks=False):
+                below.append(rel)
+            elif entry.is_file():  # not a link to a folder, not a special file
+                yield rel, entry.stat()
+        pending[:0] = below  # depth first
+
+
+def _no_empty_class(found: Scan, away: set[str]) -> None:
+    """A class folder without a file would train a class that never appears: refused (one
+    whose folder leads outside the root, `away`, is named in the warning about those)."""
+    counts = Counter(f[4] for f in found.files)
+    empty = [c for label, c in enumerate(found.classes) if not counts[label] and c not in away]
+    if empty:
+        raise CnnlabError(
+            f"image_folder: the class folder {empty[0]}/ of {found.root} holds no files"
+            + (f" ({len(empty)} such classes)" if len(empty) > 1 else "")
+            + "; add its images or remove the folder"
+        )
 
 
 # ------------------------------------------------------------------------------ the cache
