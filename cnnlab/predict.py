@@ -29,11 +29,18 @@ class Prediction:
 
 
 def image_paths(inputs: list[Path]) -> list[Path]:
-    """The files named, and the images inside any folder named (sorted)."""
+    """The files named, and the images inside any folder named, its sub-folders' too (a data
+    set's class folders), sorted; hidden files and folders are left out."""
     paths: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += sorted(
+                p
+                for p in item.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(item).parts)
+                and p.is_file()
+            )
         elif item.is_file():
             paths.append(item)
         else:

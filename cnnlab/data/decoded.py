@@ -163,8 +163,8 @@ def cached_decode(
 ) -> Decoded:
     """The decoded rows from `cache_dir(label)/<sha256 of key and PIXELS>/` when its manifest
     holds the same `identity` (the files' names, sizes and mtimes, as the source lists
-    them), else decoded afresh and cached. `names[i]`: row i as the warning names it when it fails;
-    `skipped`: what the source left out before decoding (links pointing outside).
+    them), else decoded afresh and cached. `names[i]`: row i as the warning names it when
+    it fails; `skipped`: what the source left out before decoding (links pointing outside).
 
     The cache holds one row per name (a failed row stays zeros; the manifest's `kept` lists
     the others), decoded straight into memory-mapped files, so a set larger than memory is

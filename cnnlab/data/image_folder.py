@@ -9,17 +9,17 @@ Layouts (under `data.root`, else $CNNLAB_DATA):
   `test_fraction`), with a fixed seed (TEST_SEED) so it is the same images for every run
   seed; validation is then carved from the rest with the run's seed.
 
-Class names are the sorted sub-folder names (of `train/`, which `val/` must match). Hidden
-entries are skipped; every file's resolved path must stay inside the root (a symlink that
+Class names are the sorted sub-folder names (of `train/`, which `val/` must match); a
+class's images may lie in sub-folders of its own (`cats/2019/`). Hidden entries are
+skipped; every file's resolved path must stay inside the root (a symlink that
 points out is skipped). Files that are empty, corrupt or no image are skipped too, all of
 them named in one warning line.
 
 Pixels are decoded once (in parallel, see DECODE_THREADS), upright, to uint8 (N, 3, S, S)
 and cached in `cache_dir("image_folder")/<sha256 of root, size, resize, FORMAT and
-decoded.PIXELS>/` with a manifest of
-every file's name, size and mtime; a later load rescans the names and stats only, and
-reuses the cache when nothing changed (else decodes again). The user's folder is never
-written to.
+decoded.PIXELS>/` with a manifest of every file's name, size and mtime; a later load
+rescans the names and stats only, and reuses the cache when nothing changed (else decodes
+again). The user's folder is never written to.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from pydantic import Field, model_validator
 from cnnlab.config import Section
 from cnnlab.data.augment import GEOMETRIC, NO_LABEL, LabelMap, Targets
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
-from cnnlab.data.decoded import cached_decode, decode_image, decode_mask
+from cnnlab.data.decoded import WIDE, cached_decode, decode_image, decode_mask
 from cnnlab.data.files import stays_inside
 from cnnlab.data.mapped import Pixels
 from cnnlab.data.memory import Storage
@@ -473,7 +473,7 @@ def _shape(cfg: TableConfig, rows: Rows) -> tuple[int, int, int]:
             f"data.table: the first image, {first}, cannot be read ({type(err).__name__}); "
             "set data.image_size and data.channels, or fix the image"
         ) from None
-    channels = cfg.channels or (1 if mode in ("1", "L", "I", "I;16", "F") else 3)
+    channels = cfg.channels or (1 if mode in ("1", "L", *WIDE) else 3)
     return (channels, cfg.image_size or max(8, size), cfg.image_size or max(8, size))
 
 
