@@ -32,9 +32,12 @@ LOWDATA = ROOT / "cnnlab" / "recipes" / "fashion_finetune_lowdata.yaml"
 
 def test_predict_names_the_cat_and_the_espresso(tmp_path: Path):
     """Part C: the offline EfficientNet-Lite0, as it is, on scikit-image's photographs."""
-    cat, coffee = tmp_path / "chelsea.png", tmp_path / "coffee.png"
+    cat, coffee = tmp_path / "chelsea.png", tmp_path / "mugs" / "coffee.png"
+    for folder in (tmp_path / "mugs", tmp_path / ".thumbnails"):
+        folder.mkdir()
     Image.fromarray(skimage.data.chelsea()).save(cat)
-    Image.fromarray(skimage.data.coffee()).save(coffee)
+    Image.fromarray(skimage.data.coffee()).save(coffee)  # in a sub-folder: found too
+    Image.fromarray(skimage.data.coffee()).save(tmp_path / ".thumbnails" / "c.png")
     figure = tmp_path / "top5.png"
     out = run_cli(
         "predict", "--model", "efficientnet_lite0", str(tmp_path), "--figure", str(figure)
@@ -50,6 +53,7 @@ def test_predict_names_the_cat_and_the_espresso(tmp_path: Path):
     cat_names = {names.index_to_description(i) for i in CATS}
     assert first["chelsea.png"].split("%", 1)[1].strip() in cat_names, out.stdout
     assert first["coffee.png"].split("%", 1)[1].strip() in ("espresso", "cup"), out.stdout
+    assert len(first) == 2 and ".thumbnails" not in out.stdout  # hidden: left out
     assert figure.stat().st_size > 10_000
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     bad = run_cli("predict", str(tmp_path / "broken.jpg"), "--figure", str(figure))
