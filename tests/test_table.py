@@ -164,6 +164,16 @@ def bad_table(tmp_path: Path, shapes: Path, edit) -> dict:
     return recipe_dict(folder, tmp_path)
 
 
+def _column(column: str, change):
+    """An edit applying `change` to every value of one column."""
+
+    def edit(rows):
+        col = rows[0].index(column)
+        return [rows[0]] + [[*r[:col], change(r[col]), *r[col + 1 :]] for r in rows[1:]]
+
+    return edit
+
+
 def _set(row: int, column: str, value: str):
     def edit(rows):
         rows[row][rows[0].index(column)] = value
@@ -214,17 +224,18 @@ def test_a_spreadsheets_semicolons_or_tabs_read_as_commas(shapes, tmp_path, sep)
     assert table._read(other).equals(table._read(shapes / "labels.csv"))  # columns too
 
 
-def test_windows_paths_read_and_a_missing_first_image_is_named(shapes, tmp_path):
-    """A table written on Windows (images\\00001.png) reads as with slashes; a first image
-    that is not there says where the paths are read from, not "fix the image"."""
+def test_windows_paths_and_split_names_in_capitals_read_and_a_missing_image_is_named(
+    shapes, tmp_path
+):
+    """A table written on Windows (images\\00001.png) reads as with slashes, TRAIN as train;
+    a first image that is not there says where the paths are read from, not "fix it"."""
 
-    def backslashes(rows):
-        col = rows[0].index("image")
-        return [rows[0]] + [[*r[:col], r[col].replace("/", "\\"), *r[col + 1 :]] for r in rows[1:]]
-
-    raw = bad_table(tmp_path, shapes, backslashes)
+    raw = bad_table(tmp_path, shapes, _column("image", lambda v: v.replace("/", "\\")))
     rows = table.read_rows(load_recipe(raw).data)
     assert rows.images[0] == table_rows(shapes)[0]["image"] and "\\" not in rows.images[1]
+
+    raw = bad_table(tmp_path / "case", shapes, _column("split", str.upper))  # TRAIN, TEST
+    assert (table.read_rows(load_recipe(raw).data).split == rows.split).all()
     raw = bad_table(tmp_path / "gone", shapes, _set(1, "image", "pics/00000.png"))
     with pytest.raises(CnnlabError, match=r"first image, .*pics/00000.png, is not there; the"):
         cnnlab.train(raw)

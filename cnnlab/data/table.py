@@ -114,7 +114,8 @@ class TargetColumn(Section):
 
 
 class SplitColumn(Section):
-    """Which rows are train, val and test, by the values of one column (compared as text)."""
+    """Which rows are train, val and test, by the values of one column (compared as text,
+    in any case: Train, TEST)."""
 
     column: str  # the column whose values say train, val or test
     train: list[str] = Field(default_factory=lambda: ["train"])  # values meaning train
@@ -357,14 +358,15 @@ def _is_int(text: str) -> bool:
 
 
 def _splits(df: Any, cfg: SplitColumn, problems: _Problems) -> np.ndarray:
-    codes = {v: 0 for v in cfg.train} | {v: 1 for v in cfg.val} | {v: 2 for v in cfg.test}
+    named = ((cfg.train, 0), (cfg.val, 1), (cfg.test, 2))
+    codes = {v.casefold(): code for values, code in named for v in values}
     out = np.zeros(len(df), dtype=np.int64)
     for row, value in enumerate(df[cfg.column].tolist()):
         text = _text(value).strip()
-        if text not in codes:
+        if text.casefold() not in codes:
             known = ", ".join(sorted(codes))
             problems.add(row, cfg.column, f"{text!r} is none of {known} (data.split)")
-        out[row] = codes.get(text, 0)
+        out[row] = codes.get(text.casefold(), 0)
     return out
 
 
