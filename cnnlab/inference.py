@@ -29,7 +29,7 @@ from cnnlab.build import (
     saved_tasks,
 )
 from cnnlab.data import colorize
-from cnnlab.data.decoded import as_read, decode_image, eight_bit
+from cnnlab.data.decoded import as_read, decode_image, eight_bit, open_image
 from cnnlab.errors import CnnlabError
 from cnnlab.models import MultiTaskModel
 from cnnlab.precision import autocast_for
@@ -215,7 +215,7 @@ def _open(path: Path) -> Image.Image:
     if not path.is_file():
         raise CnnlabError(f"predict: {path} not found")
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.load()
             return as_read(im)
     except (UnidentifiedImageError, OSError) as err:

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from cnnlab.data.decoded import as_read
+from cnnlab.data.decoded import HEIF, as_read, open_image
 from cnnlab.errors import CnnlabError
 from cnnlab.models.timm_backbone import pretrained_state, timm_arch
 from cnnlab.models.weights import load_checked
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", *HEIF}
 
 
 @dataclass
@@ -54,7 +54,7 @@ def image_paths(inputs: list[Path]) -> list[Path]:
 
 def read_rgb(path: Path) -> Image.Image:
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             return as_read(img).convert("RGB")
     except (UnidentifiedImageError, OSError) as err:
         raise CnnlabError(f"{path}: not a readable image ({err}); remove it or fix it") from None

@@ -4,7 +4,9 @@ cache, and a whole `cnnlab train` + `cnnlab eval` on a generated tree."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -192,6 +194,27 @@ def test_a_photo_is_read_upright_by_training_and_predict(tmp_path):
         top, bottom = pixels[:, 1], pixels[:, -2]  # red above, blue below
         assert top[0].min() > 200 and top[2].max() < 60, top
         assert bottom[2].min() > 200 and bottom[0].max() < 60, bottom
+
+
+def test_an_iphones_heic_photo_is_read_and_without_pillow_heif_named(tmp_path, capsys):
+    import pillow_heif
+
+    from cnnlab.data import decoded
+
+    halves = np.zeros((32, 48, 3), dtype=np.uint8)
+    halves[:, :24, 0], halves[:, 24:, 2] = 255, 255  # red | blue
+    # written through pillow-heif itself: Pillow is not told of HEIC here, cnnlab tells it
+    pillow_heif.from_pillow(Image.fromarray(halves)).save(tmp_path / "IMG_0001.HEIC", quality=95)
+    pixels = decode_image(tmp_path / "IMG_0001.HEIC", 16, "squash")
+    assert pixels[0, :, 1].min() > 200 and pixels[2, :, 14].min() > 200
+    assert pixels[2, :, 1].max() < 60 and pixels[0, :, 14].max() < 60
+    decoded.heif_opens.cache_clear()
+    try:
+        with patch.dict(sys.modules, {"pillow_heif": None}):  # as if it were not installed
+            decoded.warn_skipped("image_folder", ["cats/IMG_0001.HEIC"])
+    finally:
+        decoded.heif_opens.cache_clear()
+    assert "HEIC photos open with `pip install 'cnnlab[heic]'`" in capsys.readouterr().err
 
 
 def test_16_bit_and_float_grey_images_span_0_to_255(tmp_path):

@@ -17,6 +17,7 @@ cost nothing to start; measurements in cnnlab/data/image_folder.py).
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -44,6 +45,28 @@ SHOWN = 5  # skipped files named in the one warning line
 PIXELS = 3
 ORIENTATION = 0x0112  # the EXIF tag
 WIDE = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I": 65535, "F": 1.0}  # full scale
+
+
+HEIF = (".heic", ".heif")  # an iPhone's photos: Pillow opens them through pillow-heif
+
+
+@functools.cache
+def heif_opens() -> bool:
+    """Whether HEIC/HEIF files open here: pillow-heif (`pip install 'cnnlab[heic]'`), when
+    installed, plugs them into Pillow; imported only once such a file is met."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """`Image.open`, HEIC/HEIF included where pillow-heif is installed."""
+    if str(path).lower().endswith(HEIF):
+        heif_opens()
+    return Image.open(path)
 
 
 def as_read(im: Image.Image) -> Image.Image:
@@ -75,7 +98,7 @@ def decode_image(path: str | Path, size: int, resize: str, mode: str = "RGB") ->
     C = 1). Palette, CMYK and the rest are converted; transparency is composited on white.
     `resize`: "crop" takes the centre square of the shorter side, "squash" the whole image.
     Raises on anything unreadable."""
-    with Image.open(path) as im:
+    with open_image(path) as im:
         if im.format == "JPEG":
             im.draft(mode, (size, size))  # libjpeg scales down while decoding (>= size)
         im.load()
@@ -273,8 +296,10 @@ def write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
 def warn_skipped(label: str, skipped: list[str]) -> None:
     if skipped:
         shown = ", ".join(skipped[:SHOWN]) + (", ..." if len(skipped) > SHOWN else "")
+        heic = any(name.lower().endswith(HEIF) for name in skipped) and not heif_opens()
         print(
             f"{label}: warning: {len(skipped):,} files skipped (empty, corrupt, not an "
-            f"image, or outside the folder): {shown}",
+            f"image, or outside the folder): {shown}"
+            + ("; HEIC photos open with `pip install 'cnnlab[heic]'`" if heic else ""),
             file=sys.stderr,
         )

@@ -45,7 +45,7 @@ from pydantic import Field, model_validator
 from cnnlab.config import Section
 from cnnlab.data.augment import GEOMETRIC, NO_LABEL, LabelMap, Targets
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
-from cnnlab.data.decoded import WIDE, cached_decode, decode_image, decode_mask
+from cnnlab.data.decoded import WIDE, cached_decode, decode_image, decode_mask, open_image
 from cnnlab.data.files import stays_inside
 from cnnlab.data.mapped import Pixels
 from cnnlab.data.memory import Storage
@@ -458,11 +458,9 @@ def _shape(cfg: TableConfig, rows: Rows) -> tuple[int, int, int]:
     """(C, S, S): the recipe's, else from the first image's header (no pixel decoded)."""
     if cfg.image_size and cfg.channels:
         return (cfg.channels, cfg.image_size, cfg.image_size)
-    from PIL import Image
-
     first = rows.base / rows.images[0]
     try:
-        with Image.open(first) as im:
+        with open_image(first) as im:
             size, mode = min(im.size), im.mode
     except FileNotFoundError:
         raise CnnlabError(

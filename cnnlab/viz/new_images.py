@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from cnnlab.data.decoded import as_read, open_image
 from cnnlab.inference import Predictions
 from cnnlab.viz.mosaic import Tile, mosaic, rgb, rows_of
 from cnnlab.viz.pixels import class_colours, paint
@@ -39,8 +39,8 @@ def draw_predictions(files: list[Path], predictions: Predictions, out: Path, tit
     per_row = max(1, 4 // cols)
     tiles: list[Tile] = []
     for i in range(n):
-        with Image.open(files[i]) as im:
-            im = im.convert("RGB")
+        with open_image(files[i]) as im:
+            im = as_read(im).convert("RGB")  # as the model read it: upright, 8 bits
             im.thumbnail((SIDE, SIDE))  # a photo's megapixels shrink here, not in the grid
             image = np.array(im)
         tiles.append(Tile(image, files[i].name, caption(predictions, i)))
