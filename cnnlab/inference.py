@@ -29,7 +29,7 @@ from cnnlab.build import (
     saved_tasks,
 )
 from cnnlab.data import colorize
-from cnnlab.data.decoded import as_read, decode_image, eight_bit, open_image
+from cnnlab.data.decoded import as_read, decode_image, open_image
 from cnnlab.errors import CnnlabError
 from cnnlab.models import MultiTaskModel
 from cnnlab.precision import autocast_for
@@ -172,8 +172,9 @@ def _one(image: ImageLike, channels: int, size: tuple[int, int], resize: str) ->
         image = torch.from_numpy(read_file(Path(image), channels, size[0], resize).copy())
     elif isinstance(image, (str, Path)):
         image = _open(Path(image))
-    if isinstance(image, Image.Image):  # 16-bit and float grey as the sources read them
-        image = np.asarray(eight_bit(image).convert("L" if channels == 1 else "RGB"))
+    if isinstance(image, Image.Image):  # as the sources read files: upright, 8 bits (a photo
+        # opened in a notebook keeps its EXIF orientation, which `as_read` applies)
+        image = np.asarray(as_read(image).convert("L" if channels == 1 else "RGB"))
     x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))
     if x.ndim == 2:
         x = x.unsqueeze(0)  # (H, W): grey
@@ -217,6 +218,6 @@ def _open(path: Path) -> Image.Image:
     try:
         with open_image(path) as im:
             im.load()
-            return as_read(im)
+            return im
     except (UnidentifiedImageError, OSError) as err:
         raise CnnlabError(f"predict: {path} is not a readable image ({err})") from None

@@ -190,6 +190,7 @@ def test_a_photo_is_read_upright_by_training_and_predict(tmp_path):
         decode_image(tmp_path / "portrait.jpg", 16, "squash"),  # image folders and tables
         to_batch(tmp_path / "portrait.jpg", 3, (16, 16), "squash")[0].mul(255).numpy(),
         to_batch(tmp_path / "portrait.jpg", 3, (16, 8), "squash")[0].mul(255).numpy(),
+        to_batch(Image.open(tmp_path / "portrait.jpg"), 3, (16, 16))[0].mul(255).numpy(),
     ):
         top, bottom = pixels[:, 1], pixels[:, -2]  # red above, blue below
         assert top[0].min() > 200 and top[2].max() < 60, top
