@@ -489,7 +489,9 @@ def report(
 def viz(
     run: Path = typer.Argument(..., help="run folder"),
     figure: str = typer.Argument(..., help="figure name; `cnnlab figures` lists them"),
-    images: int | None = typer.Option(None, help="feature-maps: test images to show"),
+    images: int | None = typer.Option(
+        None, help="feature-maps, attributions, sanity, mistakes: test images to show"
+    ),
     channels: int | None = typer.Option(None, help="feature-maps: channels per block"),
     neurons: int | None = typer.Option(None, help="guided-backprop: neurons of the last conv"),
     grid: str | None = typer.Option(None, help="predictions: ROWSxCOLS, e.g. 10x3"),

@@ -27,7 +27,7 @@ from cnnlab.viz import BUILT_IN, FIGURES, Chart, RunView, make_charts
 # (section id, title, figure names): the order of report.html
 SECTIONS = [
     ("curves", "Learning curves", ["curves"]),
-    ("predictions", "Predictions", ["predictions"]),
+    ("predictions", "Predictions", ["predictions", "mistakes"]),
     ("confusion", "Confusion", ["confusion"]),
     ("reliability", "Calibration", ["reliability"]),
     ("regression", "Regression", ["regression"]),

@@ -61,6 +61,7 @@ def test_train_writes_the_report_and_prints_its_path(report_run):
     assert {
         "curves.png",
         "predictions.png",
+        "mistakes_cls.png",
         "confusion_cls.png",
         "regression_ink.png",
         "feature_maps_1.png",

@@ -31,6 +31,7 @@ from cnnlab.viz.dead_units import alive_units, unit_max
 from cnnlab.viz.features import _filter_images, capture
 from cnnlab.viz.guided import guided_gradient
 from cnnlab.viz.hooks import analysis_mode, feature_blocks, forward_hooks, last_conv
+from cnnlab.viz.mistakes import confident_errors
 from cnnlab.viz.mosaic import DPI, Tile, colored, fit, mosaic, rgb, side_for
 from cnnlab.viz.predictions import parse_grid
 from tests.conftest import run_cli
@@ -368,6 +369,29 @@ def test_a_mosaic_places_each_tile_with_its_frame_and_texts():
     assert [t.get_color() for t in fig.texts if t.get_text() == "wrong"] == ["#0000ff"]
     spread = colored(torch.arange(4.0).view(2, 2), "gray")
     assert spread[0, 0].tolist() == [0, 0, 0] and spread[1, 1].tolist() == [255, 255, 255]
+
+
+def test_confident_errors_are_the_surest_wrong_ones_at_the_temperature():
+    logits = torch.tensor([[4.0, 0.0], [0.0, 3.0], [0.0, 1.0], [2.5, 0.0], [0.0, 9.0]])
+    truth = torch.tensor([1, 0, 0, 1, 1])  # the last is right, however sure
+    index, said, sure, true_p = confident_errors(logits, truth, 1.0, 3)
+    assert index.tolist() == [0, 1, 3] and said.tolist() == [0, 1, 0]
+    assert torch.allclose(sure + true_p, torch.ones(3, dtype=torch.float64))
+    assert torch.isclose(sure[0], torch.tensor(4.0, dtype=torch.float64).sigmoid())
+    every, _, cooler, _ = confident_errors(logits, truth, 2.0, 5)
+    assert every.tolist() == [0, 1, 3, 2] and cooler[0] < sure[0]  # T > 1: less sure
+
+
+def test_mistakes_shows_the_runs_surest_wrong_test_images(view):
+    (chart,) = make_charts(view, "mistakes", images=5)
+    preds, rows = view.test_predictions, view.test_predictions.rows["cls"]
+    wrong = (preds.pred["cls"] != preds.truth["cls"]).nonzero().squeeze(1)
+    index, confidence = chart.extra["index"], chart.extra["confidence"]
+    assert len(index) == 5 and set(index) <= set(wrong.tolist())
+    assert confidence == sorted(confidence, reverse=True)
+    probs = (rows.logits.double() / view.tasks["cls"].temperature).softmax(1).amax(1)
+    assert confidence[-1] >= probs[wrong].sort(descending=True).values[4] - 1e-12
+    assert f"{len(wrong):,} of {len(preds.pred['cls']):,} test images are wrong" in chart.caption
 
 
 def test_filter_grids():

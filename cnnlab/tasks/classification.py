@@ -42,7 +42,7 @@ class Classification(Task):
     maximize = frozenset({"accuracy", "precision", "recall", "f1"})
     headline = ("accuracy", "f1")
     step_metrics = ("accuracy",)
-    figures = ("confusion", "reliability")
+    figures = ("confusion", "reliability", "mistakes")
     # each per-epoch metric but the loss: torchmetrics' multiclass metric and its average
     measures: ClassVar[dict[str, tuple[str, str]]] = {
         "accuracy": ("MulticlassAccuracy", "micro"),

@@ -22,6 +22,7 @@ from cnnlab.viz.dead_units import dead_units
 from cnnlab.viz.features import feature_maps, filters
 from cnnlab.viz.guided import guided_backprop
 from cnnlab.viz.landscape import landscape
+from cnnlab.viz.mistakes import mistakes
 from cnnlab.viz.pixels import pixels
 from cnnlab.viz.predictions import predictions
 from cnnlab.viz.regression import regression
@@ -39,6 +40,9 @@ class FigureSpec:
 FIGURES: dict[str, FigureSpec] = {
     "curves": FigureSpec(curves, "train/val loss and metrics per epoch, one panel per task"),
     "predictions": FigureSpec(predictions, "grid of test images, true vs predicted (--grid)"),
+    "mistakes": FigureSpec(
+        mistakes, "the test images a classification got wrong most confidently (--images)"
+    ),
     "confusion": FigureSpec(confusion, "confusion matrices, per-class accuracy, top errors"),
     "reliability": FigureSpec(
         reliability, "reliability diagrams: confidence vs accuracy, before/after calibration"
