@@ -444,7 +444,7 @@ def test_viz_cli_draws_pngs_and_rejects_bad_input(report_run, tmp_path, capsys, 
         ("viz", run, "curves", "--ig-steps", "3"): "--ig-steps does not apply to curves",
         ("viz", run, "predictions", "--steps", "3"): "its options: --grid",
         ("viz", str(tmp_path), "filters"): "is not a run folder",
-        ("viz", run, "pixels"): "pixels draws nothing for this run: none of its tasks, cls (",
+        ("viz", run, "pixels"): "pixels draws nothing for this run (its tasks: cls (",
         ("report", str(tmp_path / "nope")): "is not a folder",
     }
     for args, message in cases.items():

@@ -6,12 +6,12 @@ the training loop (`train.fused_kernels`) and a loss landscape's many passes. On
 a split (`cnnlab eval`, `calibrate`, `predict`, export's check, the figures) or a user's own
 call of the model runs without them: seed 002's `cnnlab eval` took 17.4 s with them on an
 empty kernel cache and 9.6 s on a warm one, against 6.8 s without (its `cnnlab predict` of
-13 images 16.8 and 8.0 s, against 3.6). Anything the
-compiled path does not cover runs aten's op with the same result: other devices, small
-tensors, functorch transforms, code being compiled, `CNNLAB_FAST_ACT=0`, and any failure to
-compile (no C++ compiler on the machine, for example), after which that kernel pair is
-switched off for the process. (A layer may have a second, uncompiled path of its own for
-where the compiled one is off: Mish does, cnnlab/models/activations.py.)
+13 images 16.8 and 8.0 s, against 3.6). Anything the compiled path does not cover runs
+aten's op with the same result: other devices, small tensors, functorch transforms, code
+being compiled or exported, `CNNLAB_FAST_ACT=0`, and any failure to compile (no C++
+compiler on the machine, for example), after which that kernel pair is switched off for
+the process. (A layer may have a second, uncompiled path of its own for where the compiled
+one is off: Mish does, cnnlab/models/activations.py.)
 """
 
 from __future__ import annotations

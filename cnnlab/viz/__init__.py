@@ -103,10 +103,10 @@ def render(run: str | Path, name: str, out: Path | None = None, **options) -> li
     view = RunView(run)
     folder = out or view.run.path / "figures"
     charts = make_charts(view, name, **options)
-    if not charts:  # e.g. pixels for a run without a per-pixel task: say so, not nothing
+    if not charts:  # pixels without a per-pixel task, mistakes without one: say so
         tasks = ", ".join(f"{n} ({t.cfg.type})" for n, t in view.tasks.items())
-        raise CnnlabError(f"{name} draws nothing for this run: none of its tasks, {tasks}, is one "
-                          "it applies to (`cnnlab figures` says what each draws)")  # fmt: skip
+        raise CnnlabError(f"{name} draws nothing for this run (its tasks: {tasks}; `cnnlab "
+                          "figures` says what each figure draws)")  # fmt: skip
     return [chart.save(folder) for chart in charts]
 
 
