@@ -154,6 +154,18 @@ def test_grey_and_rgba_become_rgb(tree):
     assert (rgba[:, :, 10:] == np.array([255, 0, 0]).reshape(3, 1, 1)).all()  # opaque red
 
 
+def test_a_grey_folder_loads_as_one_channel(tree):
+    """channels: 1 (an X-ray folder): one channel by luminance, what Pillow's "L" makes of
+    each file; a cache of its own beside the RGB one."""
+    rgb, grey = imf.load(cfg_of(tree)), imf.load(cfg_of(tree, channels=1))
+    assert rgb.train.images.shape[1] == 3 and grey.train.images.shape[1] == 1
+    assert torch.equal(rgb.train.targets["label"], grey.train.targets["label"])
+    weights = torch.tensor([299, 587, 114]).view(1, 3, 1, 1)  # ITU-R 601, as Pillow's "L"
+    luminance = (rgb.train.images.int() * weights).sum(1, keepdim=True) / 1000
+    assert (luminance - grey.train.images.int()).abs().max() <= 4  # a JPEG decodes its luma
+    assert imf.describe(cfg_of(tree, channels=1)).shape == (1, 16, 16)
+
+
 def test_crop_keeps_the_centre_and_squash_keeps_everything(tmp_path):
     stripes = np.zeros((32, 96, 3), dtype=np.uint8)
     stripes[:, :32, 0] = 255  # red | green | blue thirds

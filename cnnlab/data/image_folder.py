@@ -15,7 +15,7 @@ skipped; every file's resolved path must stay inside the root (a symlink that
 points out is skipped). Files that are empty, corrupt or no image are skipped too, all of
 them named in one warning line.
 
-Pixels are decoded once (in parallel, see DECODE_THREADS), upright, to uint8 (N, 3, S, S)
+Pixels are decoded once (in parallel, see DECODE_THREADS), upright, to uint8 (N, C, S, S)
 and cached in `cache_dir("image_folder")/<sha256 of root, size, resize, FORMAT and
 decoded.PIXELS>/` with a manifest of every file's name, size and mtime; a later load
 rescans the names and stats only, and reuses the cache when nothing changed (else decodes
@@ -62,7 +62,10 @@ class ImageFolderConfig(DataSection):
     source: Literal["image_folder"] = "image_folder"
     # natural images: flipped, turned or shifted, they show the same class (augment.py)
     label_maps: ClassVar[dict[str, LabelMap | None]] = UNCHANGED
-    image_size: int = Field(224, ge=8)  # images become image_size x image_size RGB
+    image_size: int = Field(224, ge=8)  # images become image_size x image_size
+    # 3: RGB; 1: grey, by luminance (an X-ray folder: a third of the memory and of the first
+    # layer's input; a pretrained backbone wants 3)
+    channels: Literal[1, 3] = 3
     # crop: shorter side to image_size, then the centre square; squash: straight to the square
     resize: Literal["crop", "squash"] = "crop"
     val_fraction: float = Field(0.2, gt=0.0, lt=0.9)  # seed 002: 20 %, stratified
@@ -209,6 +212,7 @@ def _identity(found: Scan, cfg: ImageFolderConfig) -> dict:
         "format": FORMAT,
         "root": str(found.root),
         "image_size": cfg.image_size,
+        "channels": cfg.channels,
         "resize": cfg.resize,
         "classes": found.classes,
         "files": [list(f) for f in found.files],
@@ -217,18 +221,18 @@ def _identity(found: Scan, cfg: ImageFolderConfig) -> dict:
 
 
 def cached_pixels(cfg: ImageFolderConfig) -> tuple[Scan, Pixels, list[tuple]]:
-    """(the scan, uint8 (N, 3, S, S) in memory or mapped, the decoded files' scan entries)
+    """(the scan, uint8 (N, C, S, S) in memory or mapped, the decoded files' scan entries)
     from the cache if it matches the folder as it is now, else decoded afresh and cached."""
     found = scan(cfg.root)
     rels = [f[0] for f in found.files]
-    size = cfg.image_size
+    size, mode = cfg.image_size, "L" if cfg.channels == 1 else "RGB"
     decoded = cached_decode(
         CACHE_NAME,
-        [str(found.root), size, cfg.resize, FORMAT],
+        [str(found.root), size, cfg.resize, FORMAT, cfg.channels],
         _identity(found, cfg),
         rels,
-        {"images": (3, size, size)},
-        lambda i: {"images": decode_image(found.root / rels[i], size, cfg.resize)},
+        {"images": (cfg.channels, size, size)},
+        lambda i: {"images": decode_image(found.root / rels[i], size, cfg.resize, mode)},
         skipped=found.outside,
         storage=cfg.storage,
     )
@@ -255,7 +259,7 @@ def describe(cfg: ImageFolderConfig) -> DataInfo:
     }
     return DataInfo(
         source="image_folder",
-        shape=(3, cfg.image_size, cfg.image_size),
+        shape=(cfg.channels, cfg.image_size, cfg.image_size),
         targets={"label": found.classes},
         sizes=sizes,
         validation="carved",
@@ -274,7 +278,7 @@ def _rows(pixels: Pixels, index: torch.Tensor) -> Pixels:
 
 
 def load(cfg: ImageFolderConfig) -> Dataset:
-    """Train and test as uint8 (N, 3, S, S) with targets {"label": long}."""
+    """Train and test as uint8 (N, C, S, S) with targets {"label": long}."""
     found, pixels, files = cached_pixels(cfg)
     labels = torch.tensor([f[4] for f in files], dtype=torch.long)
     if found.layout == "given":
