@@ -64,7 +64,7 @@ class ImageFolderConfig(DataSection):
     label_maps: ClassVar[dict[str, LabelMap | None]] = UNCHANGED
     image_size: int = Field(224, ge=8)  # images become image_size x image_size
     # 3: RGB; 1: grey, by luminance (an X-ray folder: a third of the memory and of the first
-    # layer's input; a pretrained backbone wants 3)
+    # layer's input; a pretrained backbone repeats it into its 3 on the device)
     channels: Literal[1, 3] = 3
     # crop: shorter side to image_size, then the centre square; squash: straight to the square
     resize: Literal["crop", "squash"] = "crop"
