@@ -19,6 +19,7 @@ from cnnlab.experiment import train
 from cnnlab.models import BACKBONES
 from cnnlab.precision import autocast_for
 from cnnlab.runs import RunFolder, load_checkpoint
+from cnnlab.tasks.classification import confident_errors
 from cnnlab.viz import FIGURES, RunView, make_charts
 from cnnlab.viz.base import grid_shape
 from cnnlab.viz.confusion import (
@@ -31,7 +32,6 @@ from cnnlab.viz.dead_units import alive_units, unit_max
 from cnnlab.viz.features import _filter_images, capture
 from cnnlab.viz.guided import guided_gradient
 from cnnlab.viz.hooks import analysis_mode, feature_blocks, forward_hooks, last_conv
-from cnnlab.viz.mistakes import confident_errors
 from cnnlab.viz.mosaic import DPI, Tile, colored, fit, mosaic, rgb, side_for
 from cnnlab.viz.predictions import parse_grid
 from tests.conftest import run_cli
@@ -382,16 +382,19 @@ def test_confident_errors_are_the_surest_wrong_ones_at_the_temperature():
     assert every.tolist() == [0, 1, 3, 2] and cooler[0] < sure[0]  # T > 1: less sure
 
 
-def test_mistakes_shows_the_runs_surest_wrong_test_images(view):
-    (chart,) = make_charts(view, "mistakes", images=5)
+def test_mistakes_shows_each_tasks_worst_test_images(view):
+    """The classification's surest wrong answers, the regression's largest errors."""
+    cls, ink = make_charts(view, "mistakes", images=5)
     preds, rows = view.test_predictions, view.test_predictions.rows["cls"]
     wrong = (preds.pred["cls"] != preds.truth["cls"]).nonzero().squeeze(1)
-    index, confidence = chart.extra["index"], chart.extra["confidence"]
-    assert len(index) == 5 and set(index) <= set(wrong.tolist())
-    assert confidence == sorted(confidence, reverse=True)
-    probs = (rows.logits.double() / view.tasks["cls"].temperature).softmax(1).amax(1)
-    assert confidence[-1] >= probs[wrong].sort(descending=True).values[4] - 1e-12
-    assert f"{len(wrong):,} of {len(preds.pred['cls']):,} test images are wrong" in chart.caption
+    index = cls.extra["index"]
+    assert cls.key == "mistakes_cls" and len(index) == 5 and set(index) <= set(wrong.tolist())
+    sure = (rows.logits.double() / view.tasks["cls"].temperature).softmax(1).amax(1)
+    assert sure[index].tolist() == sorted(sure[index].tolist(), reverse=True)
+    assert sure[index[-1]] >= sure[wrong].sort(descending=True).values[4] - 1e-12
+    assert f"{len(wrong):,} of {len(preds.pred['cls']):,} test images are wrong" in cls.caption
+    error = (preds.pred["ink"] - preds.truth["ink"]).abs()
+    assert ink.key == "mistakes_ink" and ink.extra["index"] == error.topk(5).indices.tolist()
 
 
 def test_filter_grids():

@@ -118,3 +118,23 @@ class Task:
         """Text under one image of a prediction grid (names passed through `short`), and
         whether the prediction is wrong."""
         raise NotImplementedError
+
+    def worst(
+        self, truth: torch.Tensor, pred: torch.Tensor, logits: torch.Tensor | None, n: int,
+        short: Callable[[str], str] = str,
+    ) -> Worst | None:  # fmt: skip
+        """The at most `n` test images this task got most wrong, worst first (the `mistakes`
+        figure): `truth`, `pred` decoded, `logits` one raw row per image where the task
+        keeps them (`reliability`). None: the task does not rank its errors."""
+        return None
+
+
+@dataclass
+class Worst:
+    """A task's worst test images: their indices, worst first, a line under each, and what
+    the ranking is, for the figure's title and caption."""
+
+    index: torch.Tensor
+    lines: list[str]
+    what: str  # e.g. "wrong with the most confidence"
+    caption: str

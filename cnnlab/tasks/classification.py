@@ -13,7 +13,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.heads import MLPHead
-from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection
+from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection, Worst
 
 if TYPE_CHECKING:
     from torchmetrics import MetricCollection
@@ -125,3 +125,42 @@ class Classification(Task):
         if t == p:
             return short(names[t]), False
         return f"✗ {short(names[p])}\n(true {short(names[t])})", True
+
+    def worst(
+        self, truth: torch.Tensor, pred: torch.Tensor, logits: torch.Tensor | None, n: int,
+        short: Callable[[str], str] = str,
+    ) -> Worst | None:  # fmt: skip
+        """The wrong predictions made with the highest probability, at the fitted
+        temperature: where a wrong label, or two classes the model confuses, shows first."""
+        if logits is None or len(logits) != len(truth):  # no row per image
+            return None
+        index, said, sure, true_p = confident_errors(logits, truth, self.temperature, n)
+        names = self.info.classes or []
+        lines = [
+            f"✗ {short(names[p])} {s:.0%}\n(true {short(names[int(truth[i])])} {t:.0%})"
+            for i, p, s, t in zip(index.tolist(), said.tolist(), sure.tolist(), true_p.tolist(),
+                                  strict=True)
+        ]  # fmt: skip
+        wrong = int((logits.argmax(1) != truth).sum())
+        at = f" at the fitted temperature {self.temperature:.3g}" if self.temperature != 1 else ""
+        return Worst(
+            index,
+            lines,
+            "wrong with the most confidence",
+            f"{wrong:,} of {len(truth):,} test images are wrong; these {len(index)} most surely"
+            f"{at} (the predicted class's probability, and the true class's). A label that "
+            "looks wrong here is worth checking in the data; two classes that keep swapping "
+            "are the model's to learn.",
+        )
+
+
+def confident_errors(
+    logits: torch.Tensor, truth: torch.Tensor, temperature: float, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(index, predicted class, its probability, the true class's probability) of the at
+    most `n` wrong predictions made with the highest probability, at `temperature`."""
+    probs = (logits.double() / temperature).softmax(1)
+    confidence, predicted = probs.max(1)
+    wrong = (predicted != truth).nonzero().squeeze(1)
+    index = wrong[confidence[wrong].argsort(descending=True, stable=True)[:n]]
+    return index, predicted[index], confidence[index], probs[index, truth[index]]

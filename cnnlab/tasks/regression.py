@@ -13,7 +13,7 @@ from torch import nn
 from cnnlab.config import HeadConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.models.heads import MLPHead
-from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection
+from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection, Worst
 
 LOSSES = {"mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss, "l1": F.l1_loss}
 
@@ -92,7 +92,7 @@ class Regression(Task):
     to_class: Callable[[torch.Tensor], torch.Tensor] | None = None
     headline = ("rmse",)
     step_metrics = ("mae", "mse")
-    figures = ("regression",)
+    figures = ("regression", "mistakes")
 
     def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
         components = spec.components
@@ -162,3 +162,23 @@ class Regression(Task):
             return f"{self.name} {float(truth):.3g} → {float(pred):.3g}", False
         values = (",".join(f"{float(x):.2g}" for x in t) for t in (truth, pred))
         return f"{self.name} [{next(values)}] → [{next(values)}]", False
+
+    def worst(
+        self, truth: torch.Tensor, pred: torch.Tensor, logits: torch.Tensor | None, n: int,
+        short: Callable[[str], str] = str,
+    ) -> Worst | None:  # fmt: skip
+        """The largest errors in the target's units (a vector's: their Euclidean length)."""
+        error = (pred.double() - truth.double()).reshape(len(truth), -1).norm(dim=1)
+        index = error.argsort(descending=True, stable=True)[:n]
+        lines = [
+            f"{self.caption(truth[i], pred[i], short)[0]}\noff by {float(error[i]):.3g}"
+            for i in index.tolist()
+        ]
+        return Worst(
+            index,
+            lines,
+            "with the largest errors",
+            f"true → predicted, in the target's units; over the test set the root mean square "
+            f"of the errors is {float(error.pow(2).mean().sqrt()):.3g}. An image far off here "
+            "may hold a target that was measured or typed wrong.",
+        )

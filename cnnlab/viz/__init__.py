@@ -41,7 +41,7 @@ FIGURES: dict[str, FigureSpec] = {
     "curves": FigureSpec(curves, "train/val loss and metrics per epoch, one panel per task"),
     "predictions": FigureSpec(predictions, "grid of test images, true vs predicted (--grid)"),
     "mistakes": FigureSpec(
-        mistakes, "the test images a classification got wrong most confidently (--images)"
+        mistakes, "worst test images: surest wrong classes, largest regression errors (--images)"
     ),
     "confusion": FigureSpec(confusion, "confusion matrices, per-class accuracy, top errors"),
     "reliability": FigureSpec(
