@@ -147,7 +147,7 @@ def export_module(
     # a copy of its own: a slice of the test images shares their storage, and torch.export
     # saves an example's whole storage (seed 002's .pt2 held all 768 images: 117 MB, not 2 MB)
     example = example.clone(memory_format=torch.contiguous_format)
-    shapes = {INPUT: {0: torch.export.Dim("batch", min=1, max=65536)}}
+    shapes = {INPUT: {0: free_batch()}}
     try:
         with _quiet():
             if fmt == "onnx":
@@ -157,21 +157,23 @@ def export_module(
                 torch.export.save(program, target)
                 Path(f"{target}.json").write_text(json.dumps(meta, indent=1))
     except Exception as err:  # the exporter's own errors name the operation that failed
-        with _quiet():
-            found = culprit(module, example, fmt)
-        where, why = found or ("", _first_line(err))
+        where, why = culprit(module, example, fmt) or ("", _first_line(err))
         if re.search(r"\bbatch\b", why):  # a guard on the free batch dimension, in sympy
             why += " (the layer's code tests the batch size, which the file leaves free)"
         raise CnnlabError(f"export: the model cannot be exported to {fmt}: {where}{why}") from None
     return target
 
 
+def free_batch() -> torch.export.Dim:
+    """The exported file's batch dimension: any size from 1 up."""
+    return torch.export.Dim("batch", min=1, max=65536)
+
+
 def _capture(module: nn.Module, args: tuple, fmt: Format) -> None:
     """Export without writing, the first input's batch free as in `export_module`: what
     fails here fails there (a layer that tests the batch size too)."""
-    batch = torch.export.Dim("batch", min=1, max=65536)
     shapes = tuple(
-        {0: batch} if i == 0 and isinstance(a, torch.Tensor) and a.dim() else None
+        {0: free_batch()} if i == 0 and isinstance(a, torch.Tensor) and a.dim() else None
         for i, a in enumerate(args)
     )
     if fmt == "onnx":
