@@ -120,15 +120,13 @@ def _recorder(trainer: Trainer) -> Recorder | None:
     if trainer.splits is not trainer.built.splits:  # a frozen backbone's cached features
         return None
     from cnnlab.viz.hooks import last_conv
+    from cnnlab.viz.run_view import figures_recorder
 
     try:
         last_conv(trainer.model)
     except CnnlabError:
         return None
-    reliability = [n for n, t in trainer.tasks.items() if "reliability" in t.figures]
-    targets = {name: task.target for name, task in recipe.tasks.items()}
-    layer = lambda model: last_conv(model)[1]  # noqa: E731
-    return Recorder(targets, layer, reliability, len(trainer.built.splits.test))
+    return figures_recorder(trainer.tasks, len(trainer.built.splits.test))
 
 
 def _calibrate(trainer: Trainer, run: RunFolder, recorder: Recorder | None) -> bool:

@@ -27,6 +27,14 @@ from cnnlab.tta import ViewAverage
 from cnnlab.viz.hooks import analysis_mode, last_conv
 
 
+def figures_recorder(tasks: dict[str, Task], images: int) -> Recorder:
+    """What the figures read from a pass over a split of `images`: every task's targets and
+    predictions, the last conv layer's peaks, the rows of the reliability diagrams."""
+    rows_of = [name for name, task in tasks.items() if "reliability" in task.figures]
+    targets = {name: task.target for name, task in tasks.items()}
+    return Recorder(targets, lambda model: last_conv(model)[1], rows_of, images)
+
+
 class RunView:
     """Lazy access to one run; each heavy part (data, model, predictions) is built once."""
 
@@ -143,9 +151,7 @@ class RunView:
     def predict(self, split: str) -> SplitPredictions:
         """One pass over a split: decoded predictions, targets, and the per-channel peaks of
         the last conv layer (guided backprop picks its images from them)."""
-        rows_of, images = self.tasks_with("reliability"), len(self.split(split))
-        targets = {name: task.target for name, task in self.recipe.tasks.items()}
-        recorder = Recorder(targets, lambda m: last_conv(m)[1], rows_of, images)
+        recorder = figures_recorder(self.tasks, len(self.split(split)))
         autocast = autocast_for(self.device, self.precision)
         with analysis_mode(self.model), recorder.watching(self.model):
             evaluate(self.model, None, self.batches(split), autocast, self.views, recorder.add)
