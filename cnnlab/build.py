@@ -273,15 +273,18 @@ def eval_batch_size(
 def images_per_pass(model: torch.nn.Module, one: torch.Tensor, most: int = EVAL_IMAGES) -> int:
     """How many images like `one` (a batch of one) a forward pass without gradients takes
     within EVAL_BYTES, at most `most`."""
-    per_image = PEAK_PER_MAP * 4 * map_sizes(model, one)[0]
-    return max(1, min(most, EVAL_BYTES // per_image))
+    return _fitting(PEAK_PER_MAP * 4 * map_sizes(model, one)[0], most)
 
 
 def images_per_backward(model: torch.nn.Module, one: torch.Tensor, most: int) -> int:
     """How many images like `one` a forward and backward pass takes within EVAL_BYTES: the
     backward keeps every layer's output, and makes a gradient of each as large."""
-    per_image = 2 * 4 * map_sizes(model, one)[1]
-    return max(1, min(most, EVAL_BYTES // per_image))
+    return _fitting(2 * 4 * map_sizes(model, one)[1], most)
+
+
+def _fitting(bytes_per_image: int, most: int) -> int:
+    """Images within EVAL_BYTES: at least 1, at most `most`."""
+    return max(1, min(most, EVAL_BYTES // bytes_per_image))
 
 
 def map_sizes(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
