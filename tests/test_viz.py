@@ -32,7 +32,7 @@ from cnnlab.viz.dead_units import alive_units, unit_max
 from cnnlab.viz.features import _filter_images, capture
 from cnnlab.viz.guided import guided_gradient
 from cnnlab.viz.hooks import analysis_mode, feature_blocks, forward_hooks, last_conv
-from cnnlab.viz.mosaic import DPI, Tile, colored, fit, mosaic, rgb, side_for
+from cnnlab.viz.mosaic import DPI, GAP, Tile, colored, fit, mosaic, rgb, side_for, wrap
 from cnnlab.viz.predictions import parse_grid
 from tests.conftest import run_cli
 
@@ -371,6 +371,22 @@ def test_a_mosaic_places_each_tile_with_its_frame_and_texts():
     assert spread[0, 0].tolist() == [0, 0, 0] and spread[1, 1].tolist() == [255, 255, 255]
 
 
+def test_a_text_wider_than_its_tile_wraps_to_it():
+    """A caption of several tags broke out of its tile over the next one's: it wraps, at a
+    space first, and a text that fits stays one line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    grey = rgb(torch.full((3, 8, 8), 0.5))
+    long = "disc+square+triangle → disc+square+triangle"
+    fig = mosaic([[Tile(grey, label=long), Tile(grey, label="disc → disc")]], 160)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    texts = {t.get_text(): t.get_window_extent(renderer).width for t in fig.texts}
+    assert texts.keys() == {"disc+square+triangle →\ndisc+square+triangle", "disc → disc"}
+    assert max(texts.values()) <= 160 + GAP
+    assert wrap("a,b,c,d,e,f,g,h,i,j,k,l,m,n", 40, 7).count("\n") >= 2  # no space: at a comma
+    assert wrap("abcdefghijklmnopqrstuvwxyz", 40, 7) == "abcdefghijklmnopqrstuvwxyz"  # whole
+
+
 def test_confident_errors_are_the_surest_wrong_ones_at_the_temperature():
     logits = torch.tensor([[4.0, 0.0], [0.0, 3.0], [0.0, 1.0], [2.5, 0.0], [0.0, 9.0]])
     truth = torch.tensor([1, 0, 0, 1, 1])  # the last is right, however sure
@@ -408,6 +424,8 @@ def test_filter_grids():
 def test_predictions_grid(view):
     (chart,) = make_charts(view, "predictions", grid="4x5")
     assert len(chart.extra["index"]) == 20 and len(set(chart.extra["index"])) == 20
+    title = max((t.get_text() for t in chart.figure.texts), key=len)  # how each task reads
+    assert title.splitlines()[1:] == [f"{n}: {t.legend}" for n, t in view.tasks.items()]
     assert parse_grid("10x3") == (10, 3) and parse_grid(" 2 X 7 ") == (2, 7)
     for bad in ("10x", "x3", "0x3", "10*3", "", "100x1"):
         with pytest.raises(CnnlabError, match="ROWSxCOLS"):

@@ -61,6 +61,7 @@ class Task:
     headline: ClassVar[tuple[str, ...]] = ()  # worth a glance on each epoch's line
     step_metrics: ClassVar[tuple[str, ...]] = ()  # what the training meter sums per step
     figures: ClassVar[tuple[str, ...]] = ()  # figure families that apply (`cnnlab figures`)
+    legend: ClassVar[str] = ""  # how `caption` reads, for the title of the prediction grid
 
     def __init__(self, name: str, cfg: Any):
         self.name, self.cfg = name, cfg

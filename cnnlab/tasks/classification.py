@@ -43,6 +43,7 @@ class Classification(Task):
     headline = ("accuracy", "f1")
     step_metrics = ("accuracy",)
     figures = ("confusion", "reliability", "mistakes")
+    legend = "the predicted class; ✗ when wrong, the true class in brackets"
     # each per-epoch metric but the loss: torchmetrics' multiclass metric and its average
     measures: ClassVar[dict[str, tuple[str, str]]] = {
         "accuracy": ("MulticlassAccuracy", "micro"),

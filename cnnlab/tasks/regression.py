@@ -93,6 +93,7 @@ class Regression(Task):
     headline = ("rmse",)
     step_metrics = ("mae", "mse")
     figures = ("regression", "mistakes")
+    legend = "true → predicted"
 
     def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
         components = spec.components

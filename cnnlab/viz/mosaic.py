@@ -11,14 +11,18 @@ picture for a fraction of the time, and still a matplotlib `Figure` (a PNG for p
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cache
 
 import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.colors import to_rgb
+from matplotlib.font_manager import FontProperties
 from matplotlib.figure import Figure
 
 from cnnlab.viz.base import RC, unit_range
@@ -100,6 +104,45 @@ def _lines(texts: Sequence[str]) -> int:
     return max((t.count("\n") + 1 for t in texts if t), default=0)
 
 
+@cache
+def _measure(points: float) -> tuple[RendererAgg, FontProperties]:
+    return RendererAgg(1, 1, DPI), FontProperties(size=points)
+
+
+def _width(text: str, points: float) -> float:
+    """Pixels `text` takes on one line at `points` (matplotlib's own measure)."""
+    renderer, font = _measure(points)
+    return renderer.get_text_width_height_descent(text, font, ismath=False)[0]
+
+
+def _fill(line: str, pieces: str, pixels: float, points: float) -> list[str]:
+    """`line` as lines of whole pieces (the regular expression `pieces` cuts it into), as
+    many on each as fit `pixels`."""
+    out, current = [], ""
+    for piece in filter(None, re.findall(pieces, line)):
+        if current and _width((current + piece).rstrip(), points) > pixels:
+            out.append(current.rstrip())
+            current = ""
+        current += piece if current or piece.strip() else ""  # no line opens with a space
+    return [*out, current.rstrip()]
+
+
+def wrap(text: str, pixels: float, points: float) -> str:
+    """`text` with each line broken where it would be wider than `pixels`: after a space,
+    or where a word is wider still, after a + , / or _ (a caption of several tags or
+    numbers); a piece that still does not fit stays whole."""
+    em = points * DPI / 72  # no character is wider: a line this short needs no measuring
+    out = []
+    for line in text.split("\n"):
+        if len(line) * em <= pixels:
+            out.append(line)
+            continue
+        for part in _fill(line, r"[^ ]*(?: |$)", pixels, points):
+            wide = _width(part, points) > pixels
+            out += _fill(part, r"[^+,/_]*(?:[+,/_]|$)", pixels, points) if wide else [part]
+    return "\n".join(out)
+
+
 def mosaic(
     tiles: Sequence[Sequence[Tile | None]], side: int, title: str = "",
     row_labels: Sequence[str] = (), font: float = 7,
@@ -107,17 +150,25 @@ def mosaic(
     """A figure of `tiles` (rows of tiles; None leaves a place empty), each fitted into a
     side x side square, with the grid's title above and a label left of each row."""
     cols = max(len(r) for r in tiles)
+    room = side + GAP - 2  # a text's width under (or above) its tile
+    tiles = [
+        [t and replace(t, title=wrap(t.title, room, font), label=wrap(t.label, room, font))
+         for t in row]
+        for row in tiles
+    ]  # fmt: skip
     every = [t for r in tiles for t in r if t is not None]
     pad = 2 + max((t.frame for t in every), default=0)  # between a text and its image
     band = lambda texts: _lines(texts) * _line(font) + pad  # noqa: E731  (a row's texts)
     above = [band([t.title for t in row if t is not None]) for row in tiles]
     below = [band([t.label for t in row if t is not None]) for row in tiles]
     left = _lines(row_labels) * _line(font) + (GAP if row_labels else 0)
+    cell_w = side + GAP
+    width = 2 * MARGIN + left + cols * cell_w
+    title = wrap(title, width - 2 * MARGIN, 9)
     top = _lines([title]) * _line(9) + (GAP if title else 0)
     heights = [a + side + b + GAP for a, b in zip(above, below, strict=True)]
     starts = np.cumsum([MARGIN + top, *heights]).tolist()  # each row's top edge
-    cell_w = side + GAP
-    width, height = 2 * MARGIN + left + cols * cell_w, starts[-1] + MARGIN
+    height = starts[-1] + MARGIN
     canvas = np.full((height, width, 3), 255, np.uint8)
     with matplotlib.rc_context(RC):
         fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)

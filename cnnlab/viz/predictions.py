@@ -49,12 +49,9 @@ def predictions(view: RunView, grid: str = "10x3") -> list[Chart]:
         n_wrong += wrong
         colour = WRONG if wrong else RIGHT
         tiles.append(Tile(rgb(test.images[i]), label=text, color=colour, frame=4 if wrong else 1))
-    fig = mosaic(
-        rows_of(tiles, cols),
-        side_for(test.images.shape[-2], 200),
-        f"{len(index)} test images: predicted class\n(✗ and red = wrong, true class "
-        f"in brackets)\nregression: true → predicted",
-    )
+    legends = [f"{name}: {task.legend}" for name, task in view.tasks.items() if task.legend]
+    title = "\n".join([f"{len(index)} test images (red and framed: wrong)", *legends])
+    fig = mosaic(rows_of(tiles, cols), side_for(test.images.shape[-2], 200), title)
     return [
         Chart(
             "predictions",
