@@ -21,6 +21,7 @@ from cnnlab.data import describe, get_source, gsn, gsn_generator, shapes_table, 
 from cnnlab.data.augment import NO_LABEL, AugmentConfig, augment
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
+from cnnlab.viz.new_images import caption
 from tests.conftest import run_cli
 
 ROWS, SIZE = 200, 16
@@ -389,6 +390,10 @@ def test_a_table_trains_evaluates_resumes_predicts_and_reports(shapes, tmp_path)
     assert set(preds["kind"].labels) <= {"disc", "square", "triangle"}
     assert preds["mask"].index.shape == (4, SIZE, SIZE)
     assert preds["mask"].classes == shapes_table.MASK_CLASSES
+    discs, squares, triangles = preds["counts"].values[0]  # `cnnlab predict` names each
+    assert f"counts: discs {discs:.3g}, squares {squares:.3g}, triangles {triangles:.3g}" in (
+        caption(preds, 0).splitlines()
+    )
 
 
 def test_an_interrupted_table_run_resumes_exactly(shapes, tmp_path):

@@ -25,9 +25,9 @@ def caption(predictions: Predictions, i: int) -> str:
             lines.append(f"{name}: {p.labels[i]} ({p.probabilities[i].max():.0%})")
         elif p.values is not None:
             v = np.atleast_1d(p.values[i])
-            lines.append(
-                f"{name}: " + ", ".join(f"{x:.3g}" for x in v[:4]) + (" …" if len(v) > 4 else "")
-            )
+            names = [f"{c} " for c in p.components or []] or [""] * len(v)  # a vector's parts
+            said = ", ".join(f"{c}{x:.3g}" for c, x in zip(names[:4], v[:4], strict=True))
+            lines.append(f"{name}: {said}" + (" …" if len(v) > 4 else ""))
     return "\n".join(lines)
 
 
