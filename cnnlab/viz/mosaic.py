@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.colors import to_rgb
-from matplotlib.font_manager import FontProperties
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 
 from cnnlab.viz.base import RC, unit_range
 
