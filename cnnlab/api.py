@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from cnnlab.build import resolve_device
 from cnnlab.catalog import recipe_file, sweep_file
@@ -28,6 +28,9 @@ from cnnlab.recipe import Recipe, apply_overrides, read_yaml, set_path, validate
 from cnnlab.runs import RunFolder
 
 if TYPE_CHECKING:  # the figures (matplotlib, captum) load when a figure is asked for
+    import pandas as pd
+
+    from cnnlab.export import ExportedModel
     from cnnlab.viz import RunView
 
 RecipeLike = str | Path | Mapping[str, Any] | Recipe
@@ -197,6 +200,45 @@ class Run:
         from cnnlab.report import build_report
 
         return build_report(self.path)
+
+    def calibrate(self) -> pd.DataFrame:
+        """Fit each classification's temperature on the validation set and save it with the
+        best weights, as `cnnlab calibrate` does. One row per task and split: the
+        temperature, and accuracy, NLL, ECE and MCE before and after. Predictions, figures,
+        the report and exports made from here on use it."""
+        import pandas as pd
+
+        from cnnlab.calibration import calibrate_run
+
+        view = self.__dict__.get("_view")
+        loaded = view is not None and "built" in view.__dict__  # its data: not read again
+        splits, device = (view.splits, view.device) if loaded else (None, None)
+        result = calibrate_run(self.path, splits=splits, device=device)
+        self.__dict__.pop("_view", None)  # built with the old temperature
+        self.__dict__.pop("_predictor", None)
+        if splits is not None:
+            self._view.share_splits(splits)
+        rows = []
+        for task, r in result.items():
+            for split in ("val", "test"):
+                if split in r:
+                    before, after = r[split]["before"], r[split]["after"]
+                    rows.append({"task": task, "split": split, "temperature": r["temperature"],
+                                 **{f"{m} before": v for m, v in before.items()},
+                                 **{f"{m} after": v for m, v in after.items()}})  # fmt: skip
+        return pd.DataFrame(rows)
+
+    def export(
+        self, fmt: Literal["onnx", "pt2"] = "onnx", out: str | Path | None = None,
+        check: bool = True,
+    ) -> ExportedModel:  # fmt: skip
+        """The best model as one file that leaves cnnlab, as `cnnlab export` writes it
+        (default RUN/export/model.onnx): uint8 images in, every task's answer out. `check`
+        compares it with torch on the test images (`.parity`); `.predict(files)` runs the
+        file alone, as a user of it would."""
+        from cnnlab.export import export_checked
+
+        return export_checked(self.path, fmt, out, check)
 
 
 # ----------------------------------------------------------------------------- sweeps

@@ -197,22 +197,9 @@ def export(
 ) -> None:
     """The run's best model as one file: uint8 images in, every task's answer out."""
     _import(imports)
-    from cnnlab.export import check_parity, export_run
+    from cnnlab.export import export_checked
 
-    path = export_run(run, fmt, out)
-    typer.echo(f"exported: {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    if not check:
-        return
-    engine = "onnxruntime" if fmt == "onnx" else "torch.export"
-    parity = check_parity(path, run)
-    typer.echo(f"{engine} against torch on {parity.images:,} test images:")
-    for name, diff in parity.max_abs_diff.items():
-        line = f"{name}: max |difference| {diff:.2e}"
-        if name in parity.agreement:
-            line += f", top-1 agreement {parity.agreement[name]:.2%}"
-        if name in parity.accuracy:
-            ours, theirs = parity.accuracy[name]
-            line += f", test accuracy {ours:.4f} in torch, {theirs:.4f} in {engine}"
+    for line in export_checked(run, fmt, out, check).lines():
         typer.echo(line)
 
 

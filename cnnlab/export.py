@@ -11,8 +11,8 @@ the metrics the run's test reported. The batch size is free; the image size is t
 What the outputs mean (class names, components, units) is written into the ONNX file's
 metadata (`cnnlab.outputs`, JSON) and beside a .pt2 file (`<file>.json`).
 
-    path = export_run("runs/fashion_fast-...", "onnx")
-    report = check_parity(path, "runs/fashion_fast-...")   # onnxruntime against torch
+    exported = export_checked("runs/fashion_fast-...", "onnx")  # onnxruntime against torch
+    exported.parity.accuracy, exported.predict(["shoe.png"])
 """
 
 from __future__ import annotations
@@ -124,11 +124,16 @@ def load_for_export(path: str | Path) -> Loaded:
     return Loaded(wrap(built), images, targets, run.recipe().name)
 
 
-def export_run(path: str | Path, fmt: Format = "onnx", out: str | Path | None = None) -> Path:
-    """Write the run's model as `fmt` (default: RUN/export/model.onnx or .pt2); returns it."""
+def export_checked(
+    path: str | Path, fmt: Format = "onnx", out: str | Path | None = None, check: bool = True
+) -> ExportedModel:
+    """Write the run's model as `fmt` (default: RUN/export/model.onnx or .pt2), then
+    (`check`) compare the file with torch on the run's test images, with each
+    classification's test accuracy in both: the run's data and model built once."""
     loaded = load_for_export(path)
     target = Path(out) if out else Path(path) / "export" / f"model.{fmt}"
-    return export_module(loaded.module, loaded.images[:2], target, fmt, loaded.recipe_name)
+    target = export_module(loaded.module, loaded.images[:2], target, fmt, loaded.recipe_name)
+    return ExportedModel(target, parity_of(loaded, target) if check else None)
 
 
 def export_module(
@@ -315,13 +320,12 @@ def compare(module: Exported, path: Path, images: torch.Tensor, batch: int = 256
     return Parity(len(images), agreement, diff, outputs=(ours, theirs))
 
 
-def check_parity(path: str | Path, run: str | Path, limit: int | None = None) -> Parity:
+def parity_of(loaded: Loaded, path: Path, limit: int | None = None) -> Parity:
     """The exported file against the run's torch model on its test images, with each
     per-image classification's test accuracy in both."""
-    loaded = load_for_export(run)
     images = loaded.images[:limit] if limit else loaded.images
     batch = images_per_pass(loaded.module, images[:1], most=256)  # 256 at 28 px, 55 at 224
-    parity = compare(loaded.module, Path(path), images, batch)
+    parity = compare(loaded.module, path, images, batch)
     for k, out in enumerate(loaded.module.describe()):
         truth = loaded.targets.get(loaded.module.tasks[out["name"]].target)
         ours, theirs = parity.outputs[0][k], parity.outputs[1][k]
@@ -332,6 +336,38 @@ def check_parity(path: str | Path, run: str | Path, limit: int | None = None) ->
                 float((theirs.argmax(1) == t).mean()),
             )
     return parity
+
+
+@dataclass
+class ExportedModel:
+    """A run's exported file, and how it agreed with torch (None: not checked)."""
+
+    path: Path
+    parity: Parity | None = None
+
+    def lines(self) -> list[str]:
+        """What `cnnlab export` prints: the file, its size, and the check, an output a line."""
+        lines = [f"exported: {self.path} ({self.path.stat().st_size / 1e6:.1f} MB)"]
+        if self.parity is None:
+            return lines
+        engine = "onnxruntime" if self.path.suffix == ".onnx" else "torch.export"
+        lines.append(f"{engine} against torch on {self.parity.images:,} test images:")
+        for name, diff in self.parity.max_abs_diff.items():
+            line = f"{name}: max |difference| {diff:.2e}"
+            if name in self.parity.agreement:
+                line += f", top-1 agreement {self.parity.agreement[name]:.2%}"
+            if name in self.parity.accuracy:
+                ours, theirs = self.parity.accuracy[name]
+                line += f", test accuracy {ours:.4f} in torch, {theirs:.4f} in {engine}"
+            lines.append(line)
+        return lines
+
+    def __repr__(self) -> str:
+        return "\n".join(self.lines())
+
+    def predict(self, files: list[str | Path]) -> Predictions:
+        """Each task's answer for image files, from the file alone (`predict_exported`)."""
+        return predict_exported(self.path, [Path(f) for f in files])
 
 
 # ------------------------------------------------------------------- predictions

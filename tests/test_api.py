@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 import cnnlab
 from cnnlab.precision import autocast_for
+from cnnlab.runs import load_checkpoint
 from cnnlab.viz import RunView
 from tests.conftest import ROOT
 
@@ -124,6 +126,40 @@ def test_figures_show_inline_and_are_saved(api_run):
     assert (api_run.path / "figures" / f"{charts[0].key}.png").is_file()
     with pytest.raises(cnnlab.CnnlabError, match="unknown"):
         api_run.figure("no-such-figure")  # (Run.report(): examples/custom_backbone.py)
+
+
+def test_a_run_is_calibrated_and_exported_from_python(api_run, tmp_path):
+    """What a notebook does after training: fit the temperature, then ship the model; the
+    file answers as the run does, from the file alone."""
+    shutil.copytree(api_run.path, tmp_path / "run")
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    saved = load_checkpoint(best)
+    assert saved.pop("temperature")  # the recipe calibrates as it ends: as if it did not
+    torch.save(saved, best)
+    run = cnnlab.load_run(tmp_path / "run")
+    images = run._view.split("test").images[:4].cpu()
+    before = run.predict(images)["cls"].probabilities
+    fitted = run.calibrate()
+    assert list(fitted["split"]) == ["val", "test"] and (fitted["task"] == "cls").all()
+    t = float(fitted["temperature"][0])
+    assert t != 1.0 and fitted["ece after"][0] <= fitted["ece before"][0]
+    after = run.predict(images)["cls"].probabilities  # the new temperature, not a stale model
+    expected = torch.from_numpy(before).log().div(t).softmax(1).numpy()
+    assert np.allclose(after, expected, atol=1e-4)
+    assert run.test_metrics["test.cls.ece"] == pytest.approx(fitted["ece after"][1], abs=2e-3)
+
+    exported = run.export()
+    assert exported.path == run.path / "export" / "model.onnx" and exported.path.is_file()
+    ours, theirs = exported.parity.accuracy["cls"]
+    assert ours == theirs == pytest.approx(run.test_metrics["test.cls.accuracy"], abs=1e-6)
+    assert repr(exported).splitlines()[0].startswith(f"exported: {exported.path} (")
+    files = []
+    for i in range(len(images)):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(images[i, 0].numpy()).save(files[-1])
+    answers = exported.predict(files)
+    assert answers["cls"].labels == run.predict(files)["cls"].labels
+    assert np.allclose(answers["cls"].probabilities, after, atol=5e-3)  # fp32 file, bf16 run
 
 
 def test_train_into_a_chosen_folder_refuses_one_in_use(tmp_path):
