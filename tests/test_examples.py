@@ -136,6 +136,16 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert "true class" in table and "Ankle boot" in table
     assert table.count("<tr") == 1 + 8  # the header, then one row per image
 
+    assert len(data(cell(nb, 'run.figure("attributions"'), "image/png")) == 2  # cls, ink
+    (fitted,) = data(cell(nb, "run.calibrate()"), "text/html")
+    assert "temperature" in fitted and "ece after" in fitted and fitted.count("<tr") == 1 + 2
+    assert data(cell(nb, 'run.figure("reliability")'), "image/png")
+    shipped = result(cell(nb, "exported = run.export()"))
+    assert shipped.startswith("exported: ") and "model.onnx" in shipped
+    assert "top-1 agreement 100.00%" in shipped  # the file answers as torch does
+    (answers,) = data(cell(nb, "exported.predict(files)"), "text/html")
+    assert answers.count("<tr") == 1 + 4 and "cls.probability" in answers
+
     tiny = cell(nb, '"backbone": "tinynet"')
     assert "backbone='tinynet'" in text(tiny) and "width=24" in text(tiny)
     tiny_test = ast.literal_eval(result(tiny))
