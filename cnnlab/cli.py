@@ -486,6 +486,10 @@ def viz(
     ig_steps: int | None = typer.Option(
         None, help="attributions: Integrated Gradients' steps (default 8)"
     ),
+    component: str | None = typer.Option(
+        None,
+        help="attributions, sanity: the output of a vector task to explain (default: the first)",
+    ),
     out: Path | None = typer.Option(None, help="folder for the PNGs (default RUN/figures)"),
     imports: list[str] = Imports,
 ) -> None:
@@ -497,7 +501,7 @@ def viz(
         raise CnnlabError(f"figure {figure!r} is unknown; choose one of: {', '.join(FIGURES)}")
     given = {
         "images": images, "channels": channels, "neurons": neurons, "grid": grid,
-        "steps": steps, "ig_steps": ig_steps,
+        "steps": steps, "ig_steps": ig_steps, "component": component,
     }  # fmt: skip
     for path in render(run, figure, out, **{k: v for k, v in given.items() if v is not None}):
         typer.echo(str(path))

@@ -21,6 +21,8 @@ from cnnlab.data import describe, get_source, gsn, gsn_generator, shapes_table, 
 from cnnlab.data.augment import NO_LABEL, AugmentConfig, augment
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
+from cnnlab.viz import RunView, make_charts
+from cnnlab.viz.attributions import unit
 from cnnlab.viz.new_images import caption
 from tests.conftest import run_cli
 
@@ -390,6 +392,17 @@ def test_a_table_trains_evaluates_resumes_predicts_and_reports(shapes, tmp_path)
     assert set(preds["kind"].labels) <= {"disc", "square", "triangle"}
     assert preds["mask"].index.shape == (4, SIZE, SIZE)
     assert preds["mask"].classes == shapes_table.MASK_CLASSES
+    # the maps explain the output of a vector asked for, named above each image
+    view = RunView(path)
+    (counts,) = [c for c in make_charts(view, "attributions", images=2, component="squares")
+                 if c.key == "attributions_counts"]  # fmt: skip
+    assert "the output squares of counts" in counts.caption
+    assert [t.get_text() for t in counts.figure.texts].count("squares") == 2
+    x = view.batch("test", torch.tensor(counts.extra["index"])).requires_grad_(True)
+    view.model(x)["counts"][:, 1].sum().backward()
+    assert torch.allclose(counts.extra["maps"]["gradient"], unit(x.grad.abs().sum(1)), atol=1e-5)
+    with pytest.raises(CnnlabError, match="outputs are discs, squares, triangles$"):
+        make_charts(view, "attributions", component="circles")
     discs, squares, triangles = preds["counts"].values[0]  # `cnnlab predict` names each
     assert f"counts: discs {discs:.3g}, squares {squares:.3g}, triangles {triangles:.3g}" in (
         caption(preds, 0).splitlines()

@@ -58,7 +58,8 @@ FIGURES: dict[str, FigureSpec] = {
     "guided-backprop": FigureSpec(guided_backprop, "guided backprop, last conv layer (--neurons)"),
     "attributions": FigureSpec(
         attributions,
-        "Grad-CAM, Guided Grad-CAM, gradient, Integrated Gradients (--images, --ig-steps)",
+        "Grad-CAM, Guided Grad-CAM, gradient, Integrated Gradients (--images, --ig-steps, "
+        "--component)",
     ),
     "sanity": FigureSpec(
         sanity,

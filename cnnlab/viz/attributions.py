@@ -2,7 +2,8 @@
 and Integrated Gradients (Captum), side by side, for the prediction grid's test images.
 
 Each method explains one number per image: a classification head's logit of the class it
-predicted, a regression head's output (the first component of a vector). Grad-CAM weighs the
+predicted, a regression head's output (of a vector, one component: `--component`, by default
+the first). Grad-CAM weighs the
 last conv layer's maps by their pooled gradient and upsamples the positive part to the image;
 Guided Grad-CAM multiplies that by guided backprop; the gradient is |d score / d pixel|;
 Integrated Gradients sums gradients along the straight path from a black image. Every map is
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from cnnlab.build import images_per_backward
+from cnnlab.errors import CnnlabError
 from cnnlab.viz.base import Chart, check_count
 from cnnlab.viz.guided import guided_nonlinearities
 from cnnlab.viz.hooks import analysis_mode, forward_hooks, last_conv
@@ -45,7 +47,7 @@ class Score(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)[self.task].float()
-        if self.target.numel():  # a class: its logit for each image (Captum may tile x)
+        if self.target.numel():  # a class's logit, a component, per image (Captum tiles x)
             index = self.target.repeat(x.shape[0] // len(self.target))
             return out.gather(1, index[:, None]).squeeze(1)
         return out if out.ndim == 1 else out[:, 0]
@@ -123,11 +125,33 @@ def explained(view: RunView) -> list[str]:
     return [n for n, t in view.tasks.items() if "pixels" not in t.figures]
 
 
-def targets_of(view: RunView, task: str, index: torch.Tensor) -> torch.Tensor | None:
-    """The predicted class of each chosen test image (None for a regression)."""
-    if view.tasks[task].info.classes is None:
+def targets_of(
+    view: RunView, task: str, index: torch.Tensor, component: str | None = None
+) -> torch.Tensor | None:
+    """Which output each chosen test image's map explains: its predicted class, the
+    `component` of a vector (default: the first), None for a single number."""
+    info = view.tasks[task].info
+    if info.classes is not None:
+        return view.test_predictions.pred[task][index].long().to(view.device)
+    if not info.components:
         return None
-    return view.test_predictions.pred[task][index].long().to(view.device)
+    k = info.components.index(component) if component in info.components else 0
+    return torch.full((len(index),), k, device=view.device)
+
+
+def check_component(view: RunView, tasks: list[str], component: str | None) -> None:
+    """`--component` must name an output of one of the vector tasks explained."""
+    names = [c for t in tasks for c in view.tasks[t].info.components or []]
+    if component is not None and component not in names:
+        have = f"their outputs are {', '.join(names)}" if names else "none has several outputs"
+        raise CnnlabError(f"--component {component!r}: no task explained has it; {have}")
+
+
+def explains(view: RunView, task: str, target: torch.Tensor | None) -> list[str]:
+    """What is explained in each chosen image, as the figure names it."""
+    info = view.tasks[task].info
+    names = info.classes if info.classes is not None else info.components
+    return [names[int(t)] for t in target] if names and target is not None else []
 
 
 def unit(maps: torch.Tensor) -> torch.Tensor:
@@ -137,27 +161,33 @@ def unit(maps: torch.Tensor) -> torch.Tensor:
     return ((flat - lo[:, None]) / (hi - lo).clamp_min(1e-12)[:, None]).view_as(maps)
 
 
-def attributions(view: RunView, images: int = 6, ig_steps: int = IG_STEPS) -> list[Chart]:
+def attributions(
+    view: RunView, images: int = 6, ig_steps: int = IG_STEPS, component: str | None = None
+) -> list[Chart]:
     check_count("images", images, 16)
     check_count("ig-steps", ig_steps, 256)
+    check_component(view, explained(view), component)
     index = pick(len(view.split("test")), images, view.recipe.seed)
     x = view.batch("test", index)
     test = view.split("test")
     charts = []
     for task in explained(view):
-        target = targets_of(view, task, index)
+        target = targets_of(view, task, index, component)
         found = attribute_all(METHODS, view.model, task, x, target, view.splits.black, ig_steps)
         maps = {m: unit(v.cpu()) for m, v in found.items()}
         classes = view.tasks[task].info.classes
+        said = explains(view, task, target) or [""] * len(index)
         tiles = []
         for row, i in enumerate(index.tolist()):
-            said = classes[int(target[row])] if classes is not None else ""
-            tiles.append([Tile(rgb(test.images[i]), said[:18])])
+            tiles.append([Tile(rgb(test.images[i]), said[row][:18])])
             tiles[-1] += [
                 Tile(colored(maps[m][row], "inferno", 0, 1), m if row == 0 else "") for m in METHODS
             ]
         fig = mosaic(tiles, side_for(test.images.shape[-2], 150))
-        what = "the predicted class's logit" if classes is not None else "the output"
+        what = (
+            "the predicted class's logit" if classes is not None
+            else f"the output {said[0]}" if said[0] else "the output"
+        )  # fmt: skip
         charts.append(
             Chart(
                 f"attributions_{task}",

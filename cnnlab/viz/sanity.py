@@ -20,7 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.viz.attributions import METHODS, attribute_all, explained, targets_of, unit
+from cnnlab.viz.attributions import (
+    METHODS,
+    attribute_all,
+    check_component,
+    explained,
+    explains,
+    targets_of,
+    unit,
+)
 from cnnlab.viz.base import Chart, check_count, new_figure
 from cnnlab.viz.mosaic import Tile, colored, mosaic, side_for
 from cnnlab.viz.predictions import pick
@@ -132,16 +140,19 @@ def verdict(rho: dict[str, list[torch.Tensor]]) -> dict[str, str]:
     return out
 
 
-def sanity(view: RunView, images: int = 4, steps: int = STEPS) -> list[Chart]:
+def sanity(
+    view: RunView, images: int = 4, steps: int = STEPS, component: str | None = None
+) -> list[Chart]:
     check_count("images", images, 16)
     check_count("steps", steps, 20)
     tasks = explained(view)
     if not tasks:
         return []
     task = tasks[0]
+    check_component(view, [task], component)
     index = pick(len(view.split("test")), images, view.recipe.seed)
     x = view.batch("test", index)
-    target = targets_of(view, task, index)
+    target = targets_of(view, task, index, component)
     labels, maps, rho = cascade(view.model, task, x, target, view.splits.black, steps)
     said = verdict(rho)
     fig = new_figure(6.4, 3.6)
@@ -150,7 +161,9 @@ def sanity(view: RunView, images: int = 4, steps: int = STEPS) -> list[Chart]:
         ax.plot(range(len(labels)), [float(v.mean()) for v in values], marker="o",
                 linestyle="--" if m == CONTROL else "-", label=f"{m}: {said[m]}")  # fmt: skip
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
-    title = f"{task}: cascading randomization, {len(index)} test images"
+    vector = view.tasks[task].info.classes is None and target is not None
+    what = f"{task} ({explains(view, task, target)[0]})" if vector else task  # which output
+    title = f"{what}: cascading randomization, {len(index)} test images"
     ax.set(xlabel="layers randomized, from the top", ylabel="rank correlation with trained")
     ax.set(ylim=(-0.2, 1.05), title=title)
     ax.axhline(0, color="#888", linewidth=0.6)
