@@ -135,6 +135,9 @@ def test_metric_goal():
     assert metric_goal("val.cls.accuracy") is Goal.MAXIMIZE == "maximize"  # W&B's spelling
     assert metric_goal("val.ink.rmse") is Goal.MINIMIZE
     assert metric_goal("val.loss") is Goal.MINIMIZE
+    # one of a class or component (Task.epoch_values) goes its metric's way
+    assert metric_goal("val.tags.f1_has_disc") is Goal.MAXIMIZE
+    assert metric_goal("val.counts.rmse_squares") is Goal.MINIMIZE
     assert Goal.MAXIMIZE.better(0.9, 0.8) and Goal.MINIMIZE.better(0.1, 0.2)
     assert not Goal.MINIMIZE.better(0.2, 0.2)
     assert Goal.MINIMIZE.best([3, 1, 2], key=float) == 1 == -Goal.MINIMIZE.sign

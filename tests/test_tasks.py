@@ -5,8 +5,8 @@ import torch
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
-from cnnlab.tasks import EpochMeter, TargetSpec, task_class, total_loss
-from cnnlab.tasks.regression import RegressionConfig
+from cnnlab.tasks import EpochMeter, TargetSpec, Task, task_class, total_loss
+from cnnlab.tasks.regression import Regression, RegressionConfig
 from tests.conftest import fitted_tasks
 
 
@@ -109,3 +109,14 @@ def test_a_vector_target_its_source_did_not_name_is_one_line():
     task = task_class(cfg)("cnt", cfg)
     with pytest.raises(CnnlabError, match="its source names 0 components"):
         task.fit(TargetSpec(), lambda: torch.zeros(3, 6))
+
+
+def test_a_metric_of_one_value_per_component_is_named_by_them():
+    """A task of one's own whose torchmetrics give a value per output (average=None): each
+    is a float named `<metric>_<component>`; any other shape is one line saying what to do."""
+    task = Regression("tags", RegressionConfig(target="tags"))
+    task.fit(TargetSpec(components=["cat", "dog"]))
+    computed = {"f1": torch.tensor([0.5, 0.75]), "exact": torch.tensor(0.25)}
+    assert Task.epoch_values(task, computed) == {"f1_cat": 0.5, "f1_dog": 0.75, "exact": 0.25}
+    with pytest.raises(CnnlabError, match=r"^tasks.tags: metric 'f1' gave values of shape \(3,\)"):
+        Task.epoch_values(task, {"f1": torch.tensor([0.5, 0.75, 1.0])})

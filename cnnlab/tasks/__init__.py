@@ -45,9 +45,11 @@ def create_tasks(cfgs: dict[str, Any]) -> dict[str, Task]:
 
 
 def metric_goal(name: str) -> Goal:
-    """Whether a metric such as `val.cls.accuracy` improves upwards or downwards."""
+    """Whether a metric such as `val.cls.accuracy` improves upwards or downwards; one of a
+    class or component (`val.tags.f1_cat`, `Task.epoch_values`) as its metric (`f1`)."""
     ups = set().union(*(t.maximize for t in TASKS.values()))
-    return Goal.MAXIMIZE if name.rsplit(".", 1)[-1] in ups else Goal.MINIMIZE
+    metric = name.rsplit(".", 1)[-1]
+    return Goal.MAXIMIZE if metric in ups or metric.split("_", 1)[0] in ups else Goal.MINIMIZE
 
 
 def headline_metrics() -> set[str]:

@@ -15,6 +15,7 @@ from pydantic import Field
 from torch import nn
 
 from cnnlab.config import HeadConfig, Section
+from cnnlab.errors import CnnlabError
 
 if TYPE_CHECKING:
     from torchmetrics import MetricCollection
@@ -109,9 +110,24 @@ class Task:
         metrics.update(head.decode(out), target)
 
     def epoch_values(self, computed: dict[str, Any]) -> dict[str, float]:
-        """`epoch_metrics().compute()` as named floats (a task whose metrics return one value
-        per output names each one here)."""
-        return {m: float(v) for m, v in computed.items()}
+        """`epoch_metrics().compute()` as named floats. A metric with a value per class or
+        component (torchmetrics' `average=None`) gives one float per name, `f1_<name>`, whose
+        goal is its metric's (`f1`): the per-tag scores of a multi-label task of one's own."""
+        names = self.info.components or self.info.classes or []
+        out = {}
+        for m, v in computed.items():
+            v = torch.as_tensor(v)
+            if v.numel() == 1:
+                out[m] = float(v)
+            elif v.shape == (len(names),):
+                out.update({f"{m}_{n}": float(x) for n, x in zip(names, v, strict=True)})
+            else:
+                raise CnnlabError(
+                    f"tasks.{self.name}: metric {m!r} gave values of shape {tuple(v.shape)}; a "
+                    f"metric gives one number, or one per class or component ({len(names)}), "
+                    f"or {type(self).__name__}.epoch_values names them"
+                )
+        return out
 
     def caption(
         self, truth: torch.Tensor, pred: torch.Tensor, short: Callable[[str], str] = str
