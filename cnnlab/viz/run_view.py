@@ -58,6 +58,7 @@ class RunView:
 
     @property
     def name(self) -> str:
+        """The run folder's name, e.g. fashion_fast-20261205-101500."""
         return self.run.path.name
 
     @cached_property
@@ -90,9 +91,11 @@ class RunView:
         return [name for name, t in self.tasks.items() if figure in t.figures]
 
     def metrics(self) -> list[dict]:
+        """One dict per epoch, as metrics.jsonl holds them: train, val, lr, seconds."""
         return self.run.read_metrics()
 
     def test_metrics(self) -> dict:
+        """The best checkpoint's test metrics, as test_metrics.json holds them."""
         return self.run.test_metrics()
 
     @cached_property
@@ -124,6 +127,7 @@ class RunView:
         return self.built.views
 
     def split(self, name: str) -> ImageSet:
+        """A split (train, val, test) as uint8 images (N, C, H, W) and `targets` by name."""
         return getattr(self.splits, name)
 
     def batch(self, split: str, index: torch.Tensor) -> torch.Tensor:
@@ -145,6 +149,7 @@ class RunView:
 
     @cached_property
     def test_predictions(self) -> SplitPredictions:
+        """The test set's targets and predictions, from one pass every figure shares."""
         return self.predict("test")
 
     @torch.inference_mode()
