@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 import yaml
 
+import cnnlab
 from cnnlab.api import load_recipe
 from cnnlab.components import registration_scope
 from cnnlab.models import BACKBONES
@@ -25,6 +27,7 @@ from tests.conftest import ROOT, run_cli
 EXAMPLES = ROOT / "examples"
 NOTEBOOK = EXAMPLES / "quickstart.ipynb"
 SCRIPT = EXAMPLES / "custom_backbone.py"
+TASK_SCRIPT = EXAMPLES / "custom_task.py"
 CHANCE = 0.1  # ten Fashion-MNIST classes
 
 
@@ -210,3 +213,34 @@ def test_custom_figure_draws_from_the_command_line_and_python(report_run, tmp_pa
     answers = int(chart.caption.split(" of ")[1].split()[0].replace(",", ""))
     assert chart.extra["right"] / answers == pytest.approx(tested, abs=1e-6)
     assert len(chart.figure.axes[0].patches) == 2 * 5  # two stacked sets of 5 bins
+
+
+def test_custom_task_trains_on_a_table_is_explained_and_leaves_as_a_file(tmp_path, monkeypatch):
+    """examples/custom_task.py: a task type of one's own (multi-label tags) on a table of
+    images, through training, its per-tag metrics, its figures, predict and export."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with registration_scope():
+        spec = importlib.util.spec_from_file_location("custom_task_example", TASK_SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)
+        spec.loader.exec_module(module)
+        table = module.write_tags_table(tmp_path / "shapes", n=300, size=16)
+        run = cnnlab.train(
+            module.recipe(table, str(tmp_path / "runs"), epochs=2),
+            {"train.report": False, "train.progress": False, "train.precision": "fp32"},
+        )
+        test = run.test_metrics
+        each = [test[f"test.tags.f1_{tag}"] for tag in module.TAGS]
+        assert test["test.tags.macro_f1"] == pytest.approx(sum(each) / 3, abs=1e-6)
+        assert 0 <= test["test.tags.exact"] <= 1
+        (worst,) = [c for c in run.figure("mistakes", images=4) if c.key == "mistakes_tags"]
+        assert worst.title == "tags: the test images furthest from their true tags"
+        assert len(worst.extra["index"]) == 4
+        grid = max((t.get_text() for t in run.figure("predictions")[0].figure.texts), key=len)
+        assert "tags: true tags → tags predicted" in grid.splitlines()
+        files = [table.parent / "images" / f"{i:05d}.png" for i in range(3)]
+        tags = run.predict(files)["tags"]
+        assert tags.components == list(module.TAGS) and tags.values.shape == (3, 3)
+        assert ((tags.values > 0) & (tags.values < 1)).all()  # probabilities, as decoded
+        exported = run.export("pt2")
+        assert np.allclose(exported.predict(files)["tags"].values, tags.values, atol=1e-5)
