@@ -31,6 +31,12 @@ _EXPORTS = {
     "RunView": "cnnlab.viz.run_view",
     "Backbone": "cnnlab.models.base",
     "FeatureInfo": "cnnlab.models.base",
+    "MLPHead": "cnnlab.models.heads",
+    "Task": "cnnlab.tasks.base",
+    "TaskSection": "cnnlab.tasks.base",
+    "TargetSpec": "cnnlab.tasks.base",
+    "TargetInfo": "cnnlab.tasks.base",
+    "Worst": "cnnlab.tasks.base",
     "register_backbone": "cnnlab.components",
     "register_source": "cnnlab.components",
     "register_task": "cnnlab.components",
@@ -54,8 +60,10 @@ if TYPE_CHECKING:
     from cnnlab.errors import CnnlabError
     from cnnlab.inference import Predictions
     from cnnlab.models.base import Backbone, FeatureInfo
+    from cnnlab.models.heads import MLPHead
     from cnnlab.plugins import import_modules, load_entry_points
     from cnnlab.recipe import Recipe
+    from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection, Worst
     from cnnlab.viz.base import Chart
     from cnnlab.viz.run_view import RunView
 
@@ -77,11 +85,17 @@ __all__ = [
     "Chart",
     "CnnlabError",
     "FeatureInfo",
+    "MLPHead",
     "Predictions",
     "Recipe",
     "Run",
     "RunView",
     "Sweep",
+    "TargetInfo",
+    "TargetSpec",
+    "Task",
+    "TaskSection",
+    "Worst",
     "import_modules",
     "load_entry_points",
     "load_recipe",

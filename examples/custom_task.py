@@ -31,9 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 import cnnlab
-from cnnlab.errors import CnnlabError
-from cnnlab.models.heads import MLPHead
-from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection, Worst
+from cnnlab import CnnlabError, MLPHead, TargetInfo, TargetSpec, Task, TaskSection, Worst
 
 
 class TagsConfig(TaskSection):
