@@ -20,8 +20,6 @@ import cnnlab
 from cnnlab.api import load_recipe
 from cnnlab.components import registration_scope
 from cnnlab.models import BACKBONES
-from cnnlab.plugins import import_modules
-from cnnlab.viz import RunView, make_charts
 from tests.conftest import ROOT, run_cli
 
 EXAMPLES = ROOT / "examples"
@@ -196,23 +194,6 @@ def test_custom_backbone_script(tmp_path):
                    "dead-units"):  # fmt: skip
         assert f'<section id="{figure}">' in html, figure
     assert "<figure" in html.split('<section id="guided-backprop">')[1].split("</section>")[0]
-
-
-def test_custom_figure_draws_from_the_command_line_and_python(report_run, tmp_path):
-    """examples/custom_figure.py, imported as the docs say: `cnnlab viz` draws it; its
-    numbers are the run's own test answers."""
-    run = report_run[0]
-    out = run_cli("--import", "examples/custom_figure.py", "viz", str(run), "confidence",
-                  "--out", str(tmp_path))  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [str(tmp_path / "confidence_cls.png")]  # no ink: a regression
-    with registration_scope():
-        import_modules(["examples/custom_figure.py"])
-        (chart,) = make_charts(RunView(run), "confidence", bins=5)
-    tested = json.loads((run / "test_metrics.json").read_text())["test.cls.accuracy"]
-    answers = int(chart.caption.split(" of ")[1].split()[0].replace(",", ""))
-    assert chart.extra["right"] / answers == pytest.approx(tested, abs=1e-6)
-    assert len(chart.figure.axes[0].patches) == 2 * 5  # two stacked sets of 5 bins
 
 
 def test_custom_task_trains_on_a_table_is_explained_and_leaves_as_a_file(tmp_path, monkeypatch):

@@ -13,10 +13,12 @@ import torch
 from torch import nn
 
 from cnnlab.build import build
+from cnnlab.components import registration_scope
 from cnnlab.data import batches
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
 from cnnlab.models import BACKBONES
+from cnnlab.plugins import import_modules
 from cnnlab.precision import autocast_for
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks.classification import confident_errors
@@ -34,7 +36,7 @@ from cnnlab.viz.guided import guided_gradient
 from cnnlab.viz.hooks import analysis_mode, feature_blocks, forward_hooks, last_conv
 from cnnlab.viz.mosaic import DPI, GAP, Tile, colored, fit, mosaic, rgb, side_for, wrap
 from cnnlab.viz.predictions import parse_grid
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 
 def no_hooks_left(model: nn.Module) -> bool:
@@ -536,3 +538,22 @@ def test_a_run_is_rebuilt_with_the_input_statistics_it_trained_with(report_run, 
     old = {k: v for k, v in saved.items() if k != "normalize"}  # a checkpoint from before
     with pytest.raises(AssertionError, match="measured again"):
         build(run.recipe(), old, weights="judged")
+
+
+EXAMPLE = ROOT / "examples" / "custom_figure.py"
+
+
+def test_custom_figure_draws_from_the_command_line_and_python(report_run, tmp_path):
+    """examples/custom_figure.py, imported as the docs say: `cnnlab viz` draws it; its
+    numbers are the run's own test answers."""
+    run = report_run[0]
+    out = run_cli("--import", str(EXAMPLE), "viz", str(run), "confidence", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(tmp_path / "confidence_cls.png")]  # no ink: a regression
+    with registration_scope():
+        import_modules([str(EXAMPLE)])
+        (chart,) = make_charts(RunView(run), "confidence", bins=5)
+    tested = json.loads((run / "test_metrics.json").read_text())["test.cls.accuracy"]
+    answers = int(chart.caption.split(" of ")[1].split()[0].replace(",", ""))
+    assert chart.extra["right"] / answers == pytest.approx(tested, abs=1e-6)
+    assert len(chart.figure.axes[0].patches) == 2 * 5  # two stacked sets of 5 bins
