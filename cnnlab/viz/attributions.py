@@ -3,11 +3,11 @@ and Integrated Gradients (Captum), side by side, for the prediction grid's test 
 
 Each method explains one number per image: a classification head's logit of the class it
 predicted, a regression head's output (of a vector, one component: `--component`, by default
-the first). Grad-CAM weighs the
-last conv layer's maps by their pooled gradient and upsamples the positive part to the image;
-Guided Grad-CAM multiplies that by guided backprop; the gradient is |d score / d pixel|;
-Integrated Gradients sums gradients along the straight path from a black image. Every map is
-reduced to (H, W) (absolute values, summed over channels) and scaled to [0, 1] for display.
+the first). Grad-CAM weighs the last conv layer's maps by their pooled gradient and
+upsamples the positive part to the image; Guided Grad-CAM multiplies that by guided
+backprop; the gradient is |d score / d pixel|; Integrated Gradients sums gradients along
+the straight path from a black image. Every map is reduced to (H, W) (absolute values,
+summed over channels) and scaled to [0, 1] for display.
 Whether a map depends on what the network learnt is `cnnlab viz RUN sanity`'s question.
 """
 
