@@ -216,6 +216,9 @@ def predict(
     figure: Path = typer.Option(Path("predictions.png"), help="where to draw the figure"),
     onnx: Path | None = typer.Option(None, help="a run's exported model.onnx (or .pt2) to run"),
     out: Path | None = typer.Option(None, help="write every image's answers to this CSV"),
+    explain: bool = typer.Option(
+        False, help="a run's: also draw where in the first 16 images each answer comes from"
+    ),
     imports: list[str] = Imports,
 ) -> None:
     """A trained run's answers on new images, or an exported file's, or a pretrained model's.
@@ -226,9 +229,11 @@ def predict(
     from cnnlab.predict import image_paths
 
     run = images[0] if images and (images[0] / "recipe.yaml").is_file() else None
+    if explain and (run is None or onnx is not None):
+        raise CnnlabError("predict --explain: give a run folder first; its model is explained")
     if run is not None or onnx is not None:
         files = image_paths(images[1:] if run is not None else images)
-        _predict_run(run, onnx, files, figure, out)
+        _predict_run(run, onnx, files, figure, out, explain)
         return
     from cnnlab.models.timm_backbone import TimmConfig
     from cnnlab.predict import draw
@@ -244,8 +249,9 @@ def predict(
 
 
 def _predict_run(
-    run: Path | None, onnx: Path | None, files: list[Path], figure: Path, out: Path | None
-) -> None:
+    run: Path | None, onnx: Path | None, files: list[Path], figure: Path, out: Path | None,
+    explain: bool = False,
+) -> None:  # fmt: skip
     from cnnlab.viz.new_images import caption, draw_predictions
 
     if onnx is not None:
@@ -255,7 +261,8 @@ def _predict_run(
     else:
         from cnnlab.api import load_run
 
-        found, source = load_run(run).predict(files), str(run)
+        loaded = load_run(run)
+        found, source = loaded.predict(files), str(run)
     for i, path in enumerate(files):
         typer.echo(f"{path}")
         for line in caption(found, i).splitlines():
@@ -267,6 +274,9 @@ def _predict_run(
         table.to_csv(out, index=False)
         typer.echo(f"table: {out}")
     typer.echo(f"figure: {draw_predictions(files, found, figure, source)}")
+    if explain:
+        for chart in loaded.explain(files[:16]):
+            typer.echo(f"figure: {run / 'figures' / chart.key}.png")
 
 
 @app.command()

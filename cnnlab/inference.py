@@ -98,11 +98,19 @@ class Predictor:
         # images a forward pass, as the run's evaluation: any number of images per call
         self.per_pass = images_per_pass(self.model, torch.zeros(1, *shape, device=device))
 
-    def inputs(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
-        """Model input (B, C, H, W) from images as training made it from its uint8 pixels."""
+    def pixels(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        """The images at the run's size, (B, C, H, W) in [0, 1], as its source decodes
+        files: what the model sees before its normalization."""
         colour_channels = 3 if self.grey else self.shape[0]
         resize = getattr(self.recipe.data, "resize", "squash")  # as the source decoded files
-        batch = to_batch(images, colour_channels, self.shape[1:], resize).to(self.device)
+        return to_batch(images, colour_channels, self.shape[1:], resize).to(self.device)
+
+    def inputs(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        """Model input (B, C, H, W) from images as training made it from its uint8 pixels."""
+        return self.normalized(self.pixels(images))
+
+    def normalized(self, batch: torch.Tensor) -> torch.Tensor:
+        """`pixels` as the model's input: grey where it colorizes, normalized."""
         if self.grey:
             batch = colorize.luminance(batch)
         x = (batch - self.mean) / self.std

@@ -177,11 +177,12 @@ def main() -> None:
     test = run.test_metrics
     print("test F1 per tag: " + ", ".join(f"{t} {test[f'test.tags.f1_{t}']:.3f}" for t in TAGS))
 
-    run.figure("attributions", images=4, component="has_triangle")  # figures/attributions_*
+    images = [table.parent / "images" / f"{i:05d}.png" for i in range(3)]  # "new" images
+    run.figure("attributions", images=4, component="has_triangle")  # on test images
+    run.explain(images, component="has_triangle")  # on these: figures/explained_<task>.png
     print(run.calibrate().to_string(index=False))  # the classification's temperature
     exported = run.export()  # runs/<run>/export/model.onnx, checked against torch
     print(exported)
-    images = [table.parent / "images" / f"{i:05d}.png" for i in range(3)]
     print(exported.predict(images).table().to_string(float_format="%.2f"))
     print(f"report: {run.report()}")
 

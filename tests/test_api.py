@@ -19,6 +19,7 @@ import cnnlab
 from cnnlab.precision import autocast_for
 from cnnlab.runs import load_checkpoint
 from cnnlab.viz import RunView
+from cnnlab.viz.attributions import unit
 from tests.conftest import ROOT
 
 FAST = {  # the demo recipe in seconds; test-time views stay on, as in the demo
@@ -160,6 +161,36 @@ def test_a_run_is_calibrated_and_exported_from_python(api_run, tmp_path):
     answers = exported.predict(files)
     assert answers["cls"].labels == run.predict(files)["cls"].labels
     assert np.allclose(answers["cls"].probabilities, after, atol=5e-3)  # fp32 file, bf16 run
+
+
+def test_images_of_ones_own_are_explained(api_run, tmp_path):
+    """Run.explain: the maps of the class `predict` gives each image, from the saved model
+    alone; `cnnlab predict RUN IMAGES --explain` draws the same."""
+    images = RunView(api_run.path).split("test").images[:3].cpu()
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(images[i, 0].numpy()).save(files[-1])
+    cls, ink = api_run.explain(files)
+    assert (cls.key, ink.key) == ("explained_cls", "explained_ink")
+    said = api_run.predict(files)["cls"]
+    labels = [t.get_text() for t in cls.figure.texts if t.get_text() in said.classes]
+    assert labels == said.labels  # the class each image's row explains
+    predictor = api_run._predictor
+    x = predictor.inputs(files).requires_grad_(True)
+    logits = predictor.model(x)["cls"].float()
+    logits.gather(1, torch.as_tensor(said.index)[:, None]).sum().backward()
+    assert torch.allclose(cls.extra["maps"]["gradient"], unit(x.grad.abs().sum(1)), atol=1e-5)
+    assert (api_run.path / "figures" / "explained_cls.png").is_file()
+    with pytest.raises(cnnlab.CnnlabError, match="give at most 16"):
+        api_run.explain([files[0]] * 17)
+    out = subprocess.run(
+        [sys.executable, "-m", "cnnlab.cli", "predict", str(api_run.path), *map(str, files),
+         "--explain", "--figure", str(tmp_path / "p.png")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert f"figure: {api_run.path / 'figures' / 'explained_ink.png'}" in out.stdout
 
 
 def test_train_into_a_chosen_folder_refuses_one_in_use(tmp_path):

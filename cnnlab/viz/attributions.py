@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,6 +28,10 @@ from cnnlab.viz.hooks import analysis_mode, forward_hooks, last_conv
 from cnnlab.viz.mosaic import Tile, colored, mosaic, rgb, side_for
 from cnnlab.viz.predictions import pick
 from cnnlab.viz.run_view import RunView
+
+if TYPE_CHECKING:
+    from cnnlab.inference import Predictor
+    from cnnlab.tasks import Task
 
 METHODS = ("Grad-CAM", "Guided Grad-CAM", "gradient", "Integrated Gradients")
 # Integrated Gradients' steps (Captum's Gauss-Legendre points; its default is 50): against 64
@@ -122,7 +127,11 @@ def attribute_all(
 
 def explained(view: RunView) -> list[str]:
     """The tasks a map can explain: one number per image (not per-pixel tasks)."""
-    return [n for n, t in view.tasks.items() if "pixels" not in t.figures]
+    return explainable(view.tasks)
+
+
+def explainable(tasks: dict[str, Task]) -> list[str]:
+    return [n for n, t in tasks.items() if "pixels" not in t.figures]
 
 
 def targets_of(
@@ -130,27 +139,34 @@ def targets_of(
 ) -> torch.Tensor | None:
     """Which output each chosen test image's map explains: its predicted class, the
     `component` of a vector (default: the first), None for a single number."""
-    info = view.tasks[task].info
-    if info.classes is not None:
+    if view.tasks[task].info.classes is not None:
         return view.test_predictions.pred[task][index].long().to(view.device)
-    if not info.components:
+    return component_targets(view.tasks[task], len(index), component, view.device)
+
+
+def component_targets(
+    task: Task, n: int, component: str | None, device: torch.device
+) -> torch.Tensor | None:
+    """The index of `component` (default: the first) of a vector output, for n images; None
+    for a single number."""
+    names = task.info.components
+    if not names:
         return None
-    k = info.components.index(component) if component in info.components else 0
-    return torch.full((len(index),), k, device=view.device)
+    k = names.index(component) if component in names else 0
+    return torch.full((n,), k, device=device)
 
 
-def check_component(view: RunView, tasks: list[str], component: str | None) -> None:
-    """`--component` must name an output of one of the vector tasks explained."""
-    names = [c for t in tasks for c in view.tasks[t].info.components or []]
-    if component is not None and component not in names:
-        have = f"their outputs are {', '.join(names)}" if names else "none has several outputs"
+def check_component(tasks: dict[str, Task], names: list[str], component: str | None) -> None:
+    """`--component` must name an output of one of the vector tasks explained (`names`)."""
+    outputs = [c for t in names for c in tasks[t].info.components or []]
+    if component is not None and component not in outputs:
+        have = f"their outputs are {', '.join(outputs)}" if outputs else "none has several outputs"
         raise CnnlabError(f"--component {component!r}: no task explained has it; {have}")
 
 
-def explains(view: RunView, task: str, target: torch.Tensor | None) -> list[str]:
+def explains(task: Task, target: torch.Tensor | None) -> list[str]:
     """What is explained in each chosen image, as the figure names it."""
-    info = view.tasks[task].info
-    names = info.classes if info.classes is not None else info.components
+    names = task.info.classes if task.info.classes is not None else task.info.components
     return [names[int(t)] for t in target] if names and target is not None else []
 
 
@@ -166,37 +182,69 @@ def attributions(
 ) -> list[Chart]:
     check_count("images", images, 16)
     check_count("ig-steps", ig_steps, 256)
-    check_component(view, explained(view), component)
+    check_component(view.tasks, explained(view), component)
     index = pick(len(view.split("test")), images, view.recipe.seed)
-    x = view.batch("test", index)
-    test = view.split("test")
+    x, shown = view.batch("test", index), view.split("test").images[index.to(view.device)]
     charts = []
     for task in explained(view):
         target = targets_of(view, task, index, component)
-        found = attribute_all(METHODS, view.model, task, x, target, view.splits.black, ig_steps)
-        maps = {m: unit(v.cpu()) for m, v in found.items()}
-        classes = view.tasks[task].info.classes
-        said = explains(view, task, target) or [""] * len(index)
-        tiles = []
-        for row, i in enumerate(index.tolist()):
-            tiles.append([Tile(rgb(test.images[i]), said[row][:18])])
-            tiles[-1] += [
-                Tile(colored(maps[m][row], "inferno", 0, 1), m if row == 0 else "") for m in METHODS
-            ]
-        fig = mosaic(tiles, side_for(test.images.shape[-2], 150))
-        what = (
-            "the predicted class's logit" if classes is not None
-            else f"the output {said[0]}" if said[0] else "the output"
-        )  # fmt: skip
-        charts.append(
-            Chart(
-                f"attributions_{task}",
-                f"{task}: Grad-CAM, Guided Grad-CAM, gradient, Integrated Gradients",
-                fig,
-                f"What in each test image raises {what} of {task}, by four methods (bright = "
-                "more). Grad-CAM reads the last conv layer, so it is coarse; `cnnlab viz RUN "
-                "sanity` shows which of these maps depend on the trained weights.",
-                extra={"index": index.tolist(), "maps": maps},
-            )
-        )
+        key = f"attributions_{task}"
+        chart = maps_chart(view.tasks[task], view.model, view.splits.black, x, shown, target,
+                           ig_steps, key)  # fmt: skip
+        chart.extra["index"] = index.tolist()
+        charts.append(chart)
     return charts
+
+
+def explain(
+    predictor: Predictor, shown: torch.Tensor, component: str | None = None,
+    ig_steps: int = IG_STEPS,
+) -> list[Chart]:  # fmt: skip
+    """The four maps for images of one's own (`Run.explain`), `shown` as the model sees them
+    before normalizing (`Predictor.pixels`), each classification's for the class it
+    predicts; the run's data is not read."""
+    check_count("ig-steps", ig_steps, 256)
+    tasks = predictor.tasks
+    check_component(tasks, explainable(tasks), component)
+    if len(shown) > 16:
+        raise CnnlabError(f"explain: {len(shown)} images; give at most 16 at a time")
+    answers = predictor(shown)
+    x, black = predictor.normalized(shown), (-predictor.mean / predictor.std).flatten()
+    charts = []
+    for name in explainable(tasks):
+        target = component_targets(tasks[name], len(shown), component, shown.device)
+        if tasks[name].info.classes is not None:  # the class it predicts, views and all
+            target = torch.as_tensor(answers[name].index, device=shown.device).long()
+        charts.append(maps_chart(tasks[name], predictor.model, black, x, shown, target,
+                                 ig_steps, f"explained_{name}"))  # fmt: skip
+    return charts
+
+
+def maps_chart(
+    task: Task, model: nn.Module, black: torch.Tensor | None, x: torch.Tensor,
+    shown: torch.Tensor, target: torch.Tensor | None, ig_steps: int, key: str,
+) -> Chart:  # fmt: skip
+    """Each image beside its four maps, a row per image; `shown` as (B, C, H, W), uint8 or
+    [0, 1]; `key` the PNG's name."""
+    found = attribute_all(METHODS, model, task.name, x, target, black, ig_steps)
+    maps = {m: unit(v.cpu()) for m, v in found.items()}
+    said = explains(task, target) or [""] * len(x)
+    tiles = [
+        [Tile(rgb(shown[row]), said[row][:18])]
+        + [Tile(colored(maps[m][row], "inferno", 0, 1), m if row == 0 else "") for m in METHODS]
+        for row in range(len(x))
+    ]
+    fig = mosaic(tiles, side_for(shown.shape[-2], 150))
+    what = (
+        "the predicted class's logit" if task.info.classes is not None
+        else f"the output {said[0]}" if said[0] else "the output"
+    )  # fmt: skip
+    return Chart(
+        key,
+        f"{task.name}: Grad-CAM, Guided Grad-CAM, gradient, Integrated Gradients",
+        fig,
+        f"What in each image raises {what} of {task.name}, by four methods (bright = more). "
+        "Grad-CAM reads the last conv layer, so it is coarse; `cnnlab viz RUN sanity` shows "
+        "which of these maps depend on the trained weights.",
+        extra={"maps": maps},
+    )

@@ -149,7 +149,7 @@ def sanity(
     if not tasks:
         return []
     task = tasks[0]
-    check_component(view, [task], component)
+    check_component(view.tasks, [task], component)
     index = pick(len(view.split("test")), images, view.recipe.seed)
     x = view.batch("test", index)
     target = targets_of(view, task, index, component)
@@ -162,7 +162,7 @@ def sanity(
                 linestyle="--" if m == CONTROL else "-", label=f"{m}: {said[m]}")  # fmt: skip
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
     vector = view.tasks[task].info.classes is None and target is not None
-    what = f"{task} ({explains(view, task, target)[0]})" if vector else task  # which output
+    what = f"{task} ({explains(view.tasks[task], target)[0]})" if vector else task
     title = f"{what}: cascading randomization, {len(index)} test images"
     ax.set(xlabel="layers randomized, from the top", ylabel="rank correlation with trained")
     ax.set(ylim=(-0.2, 1.05), title=title)
