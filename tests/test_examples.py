@@ -148,6 +148,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert "top-1 agreement 100.00%" in shipped  # the file answers as torch does
     (answers,) = data(cell(nb, "exported.predict(files)"), "text/html")
     assert answers.count("<tr") == 1 + 4 and "cls.probability" in answers
+    assert len(data(cell(nb, "run.explain(files)"), "image/png")) == 2  # cls, ink
 
     tiny = cell(nb, '"backbone": "tinynet"')
     assert "backbone='tinynet'" in text(tiny) and "width=24" in text(tiny)
