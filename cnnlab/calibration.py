@@ -17,20 +17,27 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab.build import Built, build
+from cnnlab.build import Built, build, saved_tasks
 from cnnlab.data.batches import Splits
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import Recorder
 from cnnlab.precision import autocast_for
 from cnnlab.runs import RunFolder, load_checkpoint, write_json
-from cnnlab.tasks import EpochMeter, evaluate
+from cnnlab.tasks import EpochMeter, Task, evaluate
 from cnnlab.tasks.calibration import Rows, fit_temperature, scores
 from cnnlab.tasks.classification import Classification
 
 
-def calibrated_tasks(built: Built) -> list[str]:
-    """The tasks whose outputs are probabilities: every classification, per pixel too."""
-    return [name for name, task in built.tasks.items() if isinstance(task, Classification)]
+def calibrated_tasks(tasks: dict[str, Task]) -> list[str]:
+    """The tasks whose outputs are probabilities: every classification, per pixel too; a
+    run without one stops here."""
+    names = [name for name, task in tasks.items() if isinstance(task, Classification)]
+    if not names:
+        raise CnnlabError(
+            "calibrate: the run has no classification task; temperature scaling calibrates "
+            "class probabilities"
+        )
+    return names
 
 
 @torch.inference_mode()
@@ -66,12 +73,7 @@ def fit(
     and after on validation; unless `test` is off (a sweep trial never reads the test set),
     on test too, with the test metrics at the new temperatures from the same pass (which
     `recorder` also watches)."""
-    names = calibrated_tasks(built)
-    if not names:
-        raise CnnlabError(
-            "calibrate: the run has no classification task; temperature scaling calibrates "
-            "class probabilities"
-        )
+    names = calibrated_tasks(built.tasks)
     if len(built.splits.val) == 0:
         raise CnnlabError("calibrate: the run has no validation images to fit a temperature on")
     val = collect(built, "val", names)
@@ -111,6 +113,7 @@ def calibrate_run(
         raise CnnlabError(f"calibrate: {run.path} has no checkpoints/best.pt; train it first")
     saved = load_checkpoint(run.best_path)
     recipe = run.recipe()
+    calibrated_tasks(saved_tasks(recipe, saved))  # before any data is read
     # device None: the recipe's (a GPU when there is one)
     built = build(recipe, saved, device=device, weights="judged", splits=splits)
     with run.lock():

@@ -12,7 +12,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 
 import cnnlab
 from cnnlab.build import build
-from cnnlab.calibration import fit
+from cnnlab.calibration import calibrate_run, fit
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
 from cnnlab.export import load_for_export
@@ -126,12 +126,14 @@ def test_the_cli_calibrates_again_to_the_same_temperature(calibrated):
     assert again == pytest.approx(before, rel=1e-4)
 
 
-def test_a_run_without_a_classification_cannot_be_calibrated(tiny):
-    built = build(
-        tiny("tasks={ink: {type: regression, target: ink}}", "train.monitor=val.ink.rmse")
-    )
+def test_a_run_without_a_classification_cannot_be_calibrated(tiny, monkeypatch):
+    recipe = tiny("tasks={ink: {type: regression, target: ink}}", "train.monitor=val.ink.rmse")
     with pytest.raises(CnnlabError, match="no classification task"):
-        fit(built)
+        fit(build(recipe))
+    run = train(recipe)
+    monkeypatch.setattr("cnnlab.calibration.build", lambda *a, **k: pytest.fail("data read"))
+    with pytest.raises(CnnlabError, match="no classification task"):  # before any data
+        calibrate_run(run.path)
 
 
 def test_test_metrics_report_calibration_error_without_calibrating(tiny):
