@@ -105,6 +105,16 @@ def train_in(
             predictions = recorder.result() if recorder else None
             write_run_report(run, splits, predictions, recipe.train.progress)
         return run
+    except Exception as err:  # a bug (in a component of one's own, say): not left "running"
+        if run.status().get("state") in ("running", "trained"):
+            said = (str(err).strip().splitlines() or [""])[0]
+            run.set_status(
+                "failed", epoch=trainer.state.epoch, reason=f"{type(err).__name__}: {said}"
+            )
+            if run.last_path.is_file():
+                err.add_note(f"{run.path} is marked failed; once fixed, continue it where it "
+                             f"stopped: cnnlab train --resume {run.path}")  # fmt: skip
+        raise
     finally:
         loggers.close(run.test_metrics())
 

@@ -112,6 +112,28 @@ def test_stopped_between_its_checkpoint_and_its_row_a_run_resumes_with_the_row(t
     assert comparable(resumed) == comparable(reference)
 
 
+def test_a_bug_mid_run_marks_it_failed_and_it_resumes_once_fixed(tiny):
+    """An exception from code of one's own (here the epoch callback; a registered task's
+    loss alike) leaves the run `failed` with the reason, not `running`, and says how to go
+    on from its last checkpoint."""
+    recipe = tiny("train.epochs=2", "data.train_subset=1000")
+
+    def bug(row: dict) -> None:
+        raise RuntimeError("a bug in my own code\nits second line")
+
+    with pytest.raises(RuntimeError) as err:
+        train(recipe, on_epoch=bug)
+    (folder,) = Path(recipe.output_dir).iterdir()
+    status = RunFolder.open(folder).status()
+    assert (status["state"], status["reason"]) == ("failed", "RuntimeError: a bug in my own code")
+    assert err.value.__notes__ == [
+        f"{folder} is marked failed; once fixed, continue it where it stopped: "
+        f"cnnlab train --resume {folder}"
+    ]
+    resumed = train(recipe, resume=folder)
+    assert resumed.status()["state"] == "finished" and len(resumed.read_metrics()) == 2
+
+
 def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(tiny):
     recipe = tiny(
         "train.epochs=2",
