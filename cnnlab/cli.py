@@ -149,6 +149,23 @@ def backbones(
         typer.echo(f"{'':<10} {flow.strip()[1:-1]}")  # model: {backbone: cnn, blocks: 3, ...}
 
 
+@app.command()
+def tasks() -> None:
+    """List the task types a recipe's tasks.<name>.type can name, with keys and metrics."""
+    import yaml
+
+    from cnnlab.tasks import TASKS
+
+    for name, cls in TASKS.items():
+        doc = (cls.config.__doc__ or "").strip().splitlines()[0]
+        typer.echo(f"{name:<21} {doc}")
+        keys = cls.config(target="<target>").model_dump(mode="json")
+        section = {"<name>": {"type": keys.pop("type"), **keys}}
+        flow = yaml.safe_dump(section, default_flow_style=True, sort_keys=False, width=10**6)
+        typer.echo(f"{'':<21} {flow.strip()[1:-1]}")  # <name>: {type: ..., target: ...}
+        typer.echo(f"{'':<21} metrics: {', '.join(cls.metrics)}")
+
+
 def _pretrained_backbones(pattern: str | None) -> None:
     import timm
 

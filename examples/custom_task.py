@@ -35,7 +35,7 @@ from cnnlab import CnnlabError, MLPHead, TargetInfo, TargetSpec, Task, TaskSecti
 
 
 class TagsConfig(TaskSection):
-    """The recipe's `tasks.<name>` section of a `type: tags` task."""
+    """A task that says yes or no to each of several tags per image (multi-label)."""
 
     type: Literal["tags"] = "tags"
     threshold: float = Field(0.5, gt=0.0, lt=1.0)  # a tag is on above this probability

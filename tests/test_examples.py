@@ -100,6 +100,20 @@ def test_script_imports_without_training(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no run folder
 
 
+def test_cli_lists_the_imported_task_type_with_its_keys_and_metrics():
+    out = run_cli("--import", "examples/custom_task.py", "tasks")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines[::3]] == [
+        "classification", "regression", "pixel_classification", "tags"
+    ]  # fmt: skip
+    assert lines[-2].split() == [
+        "<name>:", "{type:", "tags,", "target:", "<target>,", "weight:", "1.0,", "head:",
+        "{hidden:", "[128],", "dropout:", "0.3,", "activation:", "relu},", "threshold:", "0.5}",
+    ]  # fmt: skip
+    assert lines[-1].split() == ["metrics:", "loss,", "macro_f1,", "exact"]
+
+
 def test_cli_lists_the_imported_backbone():
     out = run_cli("--import", "examples/custom_backbone.py", "backbones")
     assert out.returncode == 0, out.stderr
