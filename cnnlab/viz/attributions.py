@@ -126,11 +126,11 @@ def attribute_all(
 
 
 def explained(view: RunView) -> list[str]:
-    """The tasks a map can explain: one number per image (not per-pixel tasks)."""
     return explainable(view.tasks)
 
 
 def explainable(tasks: dict[str, Task]) -> list[str]:
+    """The tasks a map can explain: one number per image (not per-pixel tasks)."""
     return [n for n, t in tasks.items() if "pixels" not in t.figures]
 
 
