@@ -84,8 +84,8 @@ docs: $(STAMP)
 # ruff, then the layers contract in pyproject.toml: no module imports a layer above its own,
 # and no circle of imports anywhere in the package (import-linter)
 lint: $(STAMP)
-	$(VENV)/bin/ruff format --check cnnlab tests benchmarks docs
-	$(VENV)/bin/ruff check cnnlab tests benchmarks docs
+	$(VENV)/bin/ruff format --check cnnlab tests benchmarks docs examples
+	$(VENV)/bin/ruff check cnnlab tests benchmarks docs examples
 	$(VENV)/bin/lint-imports
 
 bench: data
