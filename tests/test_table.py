@@ -17,6 +17,7 @@ from PIL import Image
 
 import cnnlab
 from cnnlab.api import load_recipe
+from cnnlab.build import build
 from cnnlab.data import describe, get_source, gsn, gsn_generator, shapes_table, table
 from cnnlab.data.augment import NO_LABEL, AugmentConfig, augment
 from cnnlab.errors import CnnlabError
@@ -471,3 +472,37 @@ def test_a_table_is_a_source_a_user_subclasses_and_registers(shapes, tmp_path):
         assert describe(load_recipe(raw).data).source == "shapes_only"
         run = cnnlab.train(raw)
         assert run.recipe.data.source == "shapes_only" and "test.kind.accuracy" in run.test_metrics
+
+
+def test_whole_groups_stay_in_one_split(shapes, tmp_path):
+    """Four images per subject: validation and test are carved by whole subjects, the
+    classes stratified by each subject's first image; a split column that parts a subject
+    is refused, naming both rows."""
+    rows = table_rows(shapes)
+    fields = ["image", "kind", "sid", "subject", "split"]
+    with open(tmp_path / "subjects.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fields, extrasaction="ignore")
+        writer.writeheader()
+        for i, row in enumerate(rows):
+            split = "test" if i == 1 else "train" if i == 0 else row["split"]  # s0: parted
+            writer.writerow({**row, "sid": i // 4, "subject": f"s{i // 4}", "split": split})
+    targets = {"kind": {"kind": "category", "column": "kind"},
+               "sid": {"kind": "number", "column": "sid"}}  # fmt: skip
+    raw = recipe_dict(shapes, tmp_path, table=str(tmp_path / "subjects.csv"), root=str(shapes),
+                      targets=targets, split=None, group_column="subject")  # fmt: skip
+    raw["tasks"] = {"kind": {"type": "classification", "target": "kind"}}
+    raw["train"]["monitor"] = "val.kind.accuracy"
+    splits = build(load_recipe(raw)).splits
+    subjects = {p: getattr(splits, p).targets["sid"].long() for p in ("train", "val", "test")}
+    assert all(torch.bincount(s).unique().tolist() in ([0, 4], [4]) for s in subjects.values())
+    train, val, test = (set(s.tolist()) for s in subjects.values())
+    assert not (train & val or train & test or val & test) and len(val) and len(test)
+    assert len(train | val | test) == len(rows) // 4
+    assert abs(len(test) - 0.2 * len(rows) / 4) <= 3  # test_fraction counts subjects
+
+    raw["data"]["split"] = {"column": "split"}  # its first two rows, one subject, parted
+    with pytest.raises(CnnlabError) as err:
+        describe(load_recipe(raw).data)
+    assert "line 3, column 'subject': group 's0' is in test here and in train on line 2" in str(
+        err.value
+    )

@@ -164,6 +164,9 @@ class Dataset:
     derived: dict[str, DerivedTarget] = field(default_factory=dict)
     val: ImageSet | None = None
     components: dict[str, list[str]] = field(default_factory=dict)  # of each vector target
+    # (len(train),) group ids of the training images (a table's group_column): validation
+    # is carved by whole groups, so no patient or object is in both
+    groups: torch.Tensor | None = None
 
     def target_names(self) -> list[str]:
         return sorted(set(self.train.targets) | set(self.derived))

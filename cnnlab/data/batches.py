@@ -224,13 +224,14 @@ def prepare_splits(
             f"data.augment.rot90: {cfg.source} images are {w}x{h}; a quarter turn needs square "
             "images (turn it off: rot90: false)"
         )
-    labels = ds.stratify_by()
+    labels, groups = ds.stratify_by(), ds.groups
     if cfg.train_subset:
         sub = stratified_subset(labels, len(train), cfg.train_subset, seed)
         train = train.subset(sub)
         labels = labels[sub] if labels is not None else None
+        groups = groups[sub] if groups is not None else None
     if ds.val is None:
-        keep, held = stratified_split(labels, len(train), cfg.val_fraction, seed)
+        keep, held = stratified_split(labels, len(train), cfg.val_fraction, seed, groups)
         train, val = train.subset(keep), train.subset(held)
     else:
         val = ds.val

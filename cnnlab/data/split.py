@@ -6,13 +6,24 @@ import torch
 
 
 def stratified_split(
-    labels: torch.Tensor | None, n: int, fraction: float, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+    labels: torch.Tensor | None, n: int, fraction: float, seed: int,
+    groups: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Indices (keep, held_out) with `fraction` of each class held out (at least one).
 
     Without labels the split is a plain seeded permutation. Both index tensors are
-    sorted so the kept order does not depend on class layout.
+    sorted so the kept order does not depend on class layout. With `groups` (N,) ids
+    (the images of one patient or object), whole groups are held out, stratified by each
+    group's first row, and `fraction` counts groups: no group is on both sides.
     """
+    if groups is not None:
+        ids, inverse = torch.unique(groups, return_inverse=True)
+        rows = torch.arange(n)
+        first = torch.full((len(ids),), n).scatter_reduce(0, inverse, rows, "amin")
+        held = torch.zeros(len(ids), dtype=torch.bool)
+        held[stratified_split(None if labels is None else labels[first], len(ids), fraction,
+                              seed)[1]] = True  # fmt: skip
+        return torch.nonzero(~held[inverse]).flatten(), torch.nonzero(held[inverse]).flatten()
     gen = torch.Generator().manual_seed(seed)
     if labels is None:
         perm = torch.randperm(n, generator=gen)

@@ -132,6 +132,9 @@ class TableConfig(DataSection):
     image_column: str = "image"  # the column of image paths (relative to the table's folder)
     targets: dict[str, TargetColumn] = Field(min_length=1)  # target name -> columns it is read from
     split: SplitColumn | None = None  # rows' split by a column; None: val and test carved
+    # rows with one value here stay in one split (the images of one patient, object or
+    # session): val and test are carved by whole groups, and a split column may not part one
+    group_column: str | None = None
     # images become image_size x image_size; None: the first image's shorter side
     image_size: int | None = Field(None, ge=8)
     resize: Literal["crop", "squash"] = "crop"  # crop: the centre square of the shorter side
@@ -223,6 +226,7 @@ class Rows:
     classes: dict[str, list[str]]  # category (and mask, when listed) class names
     split: np.ndarray | None  # (N,) 0 train, 1 val, 2 test; None: carved
     shape: tuple[int, int, int]
+    groups: np.ndarray | None = None  # (N,) group ids (group_column); None: every row its own
 
 
 def _table_path(cfg: TableConfig) -> Path:
@@ -370,6 +374,27 @@ def _splits(df: Any, cfg: SplitColumn, problems: _Problems) -> np.ndarray:
     return out
 
 
+def _groups(df: Any, column: str, split: np.ndarray | None, problems: _Problems) -> np.ndarray:
+    """Each row's group id; a group parted between train, val and test by the split
+    column is a problem (its images would be learnt and tested on)."""
+    ids: dict[str, int] = {}
+    seen: dict[int, tuple[int, int]] = {}  # group -> (its first row, that row's split)
+    parts = ("train", "val", "test")
+    out = np.zeros(len(df), dtype=np.int64)
+    for row, value in enumerate(df[column].tolist()):
+        text = _text(value).strip()
+        if not text:
+            problems.add(row, column, "no group")
+        out[row] = ids.setdefault(text, len(ids))
+        first, part = seen.setdefault(out[row], (row, -1 if split is None else split[row]))
+        if split is not None and split[row] != part:
+            problems.add(
+                row, column, f"group {text!r} is in {parts[split[row]]} here and in "
+                f"{parts[part]} on {problems.where(first)}; a group's rows belong in one split",
+            )  # fmt: skip
+    return out
+
+
 def read_rows(cfg: TableConfig) -> Rows:
     """The table, every row checked; no pixel is read (the first image's header fixes the
     shape when the recipe does not)."""
@@ -377,6 +402,7 @@ def read_rows(cfg: TableConfig) -> Rows:
     df = _read(path)
     base = (Path(cfg.root).expanduser() if cfg.root else path.parent).resolve()
     needed = [cfg.image_column] + ([cfg.split.column] if cfg.split else [])
+    needed += [cfg.group_column] if cfg.group_column else []
     for spec in cfg.targets.values():
         needed += spec.columns or [spec.column]
     missing = [c for c in dict.fromkeys(needed) if c not in df.columns]
@@ -402,9 +428,10 @@ def read_rows(cfg: TableConfig) -> Rows:
         else:
             values[name] = np.stack([_numbers(df, c, problems) for c in spec.columns], axis=1)
     split = _splits(df, cfg.split, problems) if cfg.split else None
+    groups = _groups(df, cfg.group_column, split, problems) if cfg.group_column else None
     _no_duplicates(images, cfg.image_column, problems)
     problems.raise_any()
-    rows = Rows(path.resolve(), base, images, masks, values, classes, split, (0, 0, 0))
+    rows = Rows(path.resolve(), base, images, masks, values, classes, split, (0, 0, 0), groups)
     _check_split(cfg, rows)
     rows.shape = _shape(cfg, rows)
     return rows
@@ -438,18 +465,21 @@ def _check_split(cfg: TableConfig, rows: Rows) -> None:
                 )
     carves = (0 if rows.split is not None else 1) + (0 if (parts == 1).any() else 1)
     target = _stratify_target(cfg)
+    units = np.flatnonzero(parts == 0)  # what a carve takes: rows, or whole groups
+    if rows.groups is not None:  # a group counts once, as its first row
+        units = units[np.unique(rows.groups[units], return_index=True)[1]]
+    what = "training row(s)" if rows.groups is None else "group(s) of training rows"
     if target is None or not carves:
-        if (parts == 0).sum() < 2 + carves:
-            raise CnnlabError(f"data.table: {rows.table} has too few training rows to carve from")
+        if len(units) < 2 + carves:
+            raise CnnlabError(f"data.table: {rows.table} has too few {what} to carve from")
         return
-    labels = rows.values[target][parts == 0]
-    counts = np.bincount(labels, minlength=len(rows.classes[target]))
+    counts = np.bincount(rows.values[target][units], minlength=len(rows.classes[target]))
     small = np.flatnonzero((counts > 0) & (counts < carves + 1))
     if len(small):
         k = int(small[0])
         raise CnnlabError(
             f"data.table: class {rows.classes[target][k]!r} of {target} has {counts[k]} "
-            f"training row(s); carving {'test and validation' if carves == 2 else 'validation'} "
+            f"{what}; carving {'test and validation' if carves == 2 else 'validation'} "
             f"stratified needs at least {carves + 1} per class (add rows, or give a split column)"
         )
 
@@ -585,7 +615,8 @@ def load(cfg: TableConfig) -> Dataset:
     _check_masks(tops, classes)
     data = ImageSet(arrays["images"], targets)
     split = torch.from_numpy(rows.split)[index] if rows.split is not None else None
-    train, val, test = _parts(cfg, data, split)
+    groups = torch.from_numpy(rows.groups)[index] if rows.groups is not None else None
+    (train, val, test), train_rows = _parts(cfg, data, split, groups)
     return Dataset(
         name=cfg.source,
         train=train,
@@ -593,6 +624,7 @@ def load(cfg: TableConfig) -> Dataset:
         val=val,
         classes={t: classes[t] for t, c in cfg.targets.items() if c.kind in ("category", "mask")},
         components={t: list(c.columns) for t, c in cfg.targets.items() if c.columns},
+        groups=groups[train_rows] if groups is not None else None,
     )
 
 
@@ -610,20 +642,18 @@ def _check_masks(tops: dict[str, int], classes: dict[str, list[str]]) -> None:
 
 
 def _parts(
-    cfg: TableConfig, data: ImageSet, split: torch.Tensor | None
-) -> tuple[ImageSet, ImageSet | None, ImageSet]:
-    """(train, val or None when it is carved later, test)."""
+    cfg: TableConfig, data: ImageSet, split: torch.Tensor | None, groups: torch.Tensor | None
+) -> tuple[tuple[ImageSet, ImageSet | None, ImageSet], torch.Tensor]:
+    """(train, val or None when it is carved later, test), and the rows train holds."""
     if split is not None:
-        val = torch.nonzero(split == 1).flatten()
-        return (
-            data.subset(torch.nonzero(split == 0).flatten()),
-            data.subset(val) if len(val) else None,
-            data.subset(torch.nonzero(split == 2).flatten()),
-        )
+        train, val = torch.nonzero(split == 0).flatten(), torch.nonzero(split == 1).flatten()
+        parts = (data.subset(train), data.subset(val) if len(val) else None,
+                 data.subset(torch.nonzero(split == 2).flatten()))  # fmt: skip
+        return parts, train
     target = _stratify_target(cfg)
     labels = data.targets[target] if target else None
-    keep, test = stratified_split(labels, len(data), cfg.test_fraction, TEST_SEED)
-    return data.subset(keep), None, data.subset(test)
+    keep, test = stratified_split(labels, len(data), cfg.test_fraction, TEST_SEED, groups)
+    return (data.subset(keep), None, data.subset(test)), keep
 
 
 def locate(root: str | None, allow_download: bool = False) -> dict[str, Path]:
