@@ -236,6 +236,9 @@ def predict(
     explain: bool = typer.Option(
         False, help="a run's: also draw where in the first 16 images each answer comes from"
     ),
+    component: str | None = typer.Option(
+        None, help="--explain: the output of a vector task to explain (default: the first)"
+    ),
     imports: list[str] = Imports,
 ) -> None:
     """A trained run's answers on new images, or an exported file's, or a pretrained model's.
@@ -250,7 +253,7 @@ def predict(
         raise CnnlabError("predict --explain: give a run folder first; its model is explained")
     if run is not None or onnx is not None:
         files = image_paths(images[1:] if run is not None else images)
-        _predict_run(run, onnx, files, figure, out, explain)
+        _predict_run(run, onnx, files, figure, out, explain, component)
         return
     from cnnlab.models.timm_backbone import TimmConfig
     from cnnlab.predict import draw
@@ -267,7 +270,7 @@ def predict(
 
 def _predict_run(
     run: Path | None, onnx: Path | None, files: list[Path], figure: Path, out: Path | None,
-    explain: bool = False,
+    explain: bool = False, component: str | None = None,
 ) -> None:  # fmt: skip
     from cnnlab.viz.new_images import caption, draw_predictions
 
@@ -292,7 +295,7 @@ def _predict_run(
         typer.echo(f"table: {out}")
     typer.echo(f"figure: {draw_predictions(files, found, figure, source)}")
     if explain:
-        for chart in loaded.explain(files[:16]):
+        for chart in loaded.explain(files[:16], component):
             typer.echo(f"figure: {run / 'figures' / chart.key}.png")
 
 

@@ -240,3 +240,5 @@ def test_custom_task_trains_on_a_table_is_explained_and_leaves_as_a_file(tmp_pat
         assert ((tags.values > 0) & (tags.values < 1)).all()  # probabilities, as decoded
         exported = run.export("pt2")
         assert np.allclose(exported.predict(files)["tags"].values, tags.values, atol=1e-5)
+        explained = {c.key: c for c in run.explain(files, component="has_square")}
+        assert "raises the output has_square of tags" in explained["explained_tags"].caption
