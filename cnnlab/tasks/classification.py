@@ -142,7 +142,7 @@ class Classification(Task):
             for i, p, s, t in zip(index.tolist(), said.tolist(), sure.tolist(), true_p.tolist(),
                                   strict=True)
         ]  # fmt: skip
-        wrong = int((logits.argmax(1) != truth).sum())
+        wrong = int((pred != truth).sum())
         at = f" at the fitted temperature {self.temperature:.3g}" if self.temperature != 1 else ""
         return Worst(
             index,
