@@ -249,15 +249,16 @@ class Run:
 
     def export(
         self, fmt: Literal["onnx", "pt2"] = "onnx", out: str | Path | None = None,
-        check: bool = True,
+        check: bool = True, views: bool = True,
     ) -> ExportedModel:  # fmt: skip
         """The best model as one file that leaves cnnlab, as `cnnlab export` writes it
         (default RUN/export/model.onnx): uint8 images in, every task's answer out. `check`
         compares it with torch on the test images (`.parity`); `.predict(files)` runs the
-        file alone, as a user of it would."""
+        file alone, as a user of it would. `views` off leaves the recipe's test-time views
+        out: one pass per image instead of one per view."""
         from cnnlab.export import export_checked
 
-        return export_checked(self.path, fmt, out, check)
+        return export_checked(self.path, fmt, out, check, views)
 
 
 # ----------------------------------------------------------------------------- sweeps

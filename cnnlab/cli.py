@@ -210,13 +210,16 @@ def export(
     fmt: str = typer.Option("onnx", "--format", help="onnx (onnxruntime, anywhere) or pt2"),
     out: Path | None = typer.Option(None, help="file to write (default RUN/export/model.FORMAT)"),
     check: bool = typer.Option(True, help="compare the file with torch on the test images"),
+    views: bool = typer.Option(
+        True, help="the recipe's test-time views inside (--no-views: one pass per image)"
+    ),
     imports: list[str] = Imports,
 ) -> None:
     """The run's best model as one file: uint8 images in, every task's answer out."""
     _import(imports)
     from cnnlab.export import export_checked
 
-    for line in export_checked(run, fmt, out, check).lines():
+    for line in export_checked(run, fmt, out, check, views).lines():
         typer.echo(line)
 
 

@@ -50,6 +50,7 @@ class Exported(nn.Module):
     def __init__(self, built: Built):
         super().__init__()
         self.model, self.views, self.tasks = built.model, built.views, built.tasks
+        self.view_names = list(built.recipe.train.tta) if built.views is not None else []
         self.names = list(built.tasks)
         self.grey = built.splits.grey
         self.resize = getattr(built.recipe.data, "resize", "squash")
@@ -110,14 +111,17 @@ def wrap(built: Built) -> Exported:
     return Exported(built).eval()
 
 
-def load_for_export(path: str | Path) -> Loaded:
-    """The run's judged weights in fp32 on the CPU, views and temperature included."""
+def load_for_export(path: str | Path, views: bool = True) -> Loaded:
+    """The run's judged weights in fp32 on the CPU, temperature included, and the recipe's
+    test-time views unless `views` is off (one pass per image instead of one per view)."""
     run = RunFolder.open(path)
     if not run.best_path.is_file():
         raise CnnlabError(f"export: {run.path} has no checkpoints/best.pt; train it first")
     saved = load_checkpoint(run.best_path, "cpu")
     with torch.inference_mode(False):
         built = build(run.recipe(), saved, device="cpu", weights="judged")
+    if not views:
+        built.views = None
     test = built.splits.test
     targets = {k: v.cpu() for k, v in test.targets.items()}
     images = test.images[:].cpu()  # [:]: mapped test images are read, in-memory ones viewed
@@ -125,12 +129,15 @@ def load_for_export(path: str | Path) -> Loaded:
 
 
 def export_checked(
-    path: str | Path, fmt: Format = "onnx", out: str | Path | None = None, check: bool = True
-) -> ExportedModel:
+    path: str | Path, fmt: Format = "onnx", out: str | Path | None = None, check: bool = True,
+    views: bool = True,
+) -> ExportedModel:  # fmt: skip
     """Write the run's model as `fmt` (default: RUN/export/model.onnx or .pt2), then
     (`check`) compare the file with torch on the run's test images, with each
-    classification's test accuracy in both: the run's data and model built once."""
-    loaded = load_for_export(path)
+    classification's test accuracy in both: the run's data and model built once. `views`
+    off: without the recipe's test-time views, as many times faster as it has views, and
+    scoring what the model alone scores."""
+    loaded = load_for_export(path, views)
     target = Path(out) if out else Path(path) / "export" / f"model.{fmt}"
     target = export_module(loaded.module, loaded.images[:2], target, fmt, loaded.recipe_name)
     return ExportedModel(target, parity_of(loaded, target) if check else None)
@@ -147,6 +154,7 @@ def export_module(
         "recipe": name,
         "input": {"name": INPUT, "dtype": "uint8", "shape": ["batch", *example.shape[1:]]},
         "resize": module.resize,  # how image files become the input's square
+        "test_time_views": module.view_names,  # averaged inside the graph; [] for none
         "outputs": module.describe(),
     }
     # a copy of its own: a slice of the test images shares their storage, and torch.export

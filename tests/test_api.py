@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -161,6 +162,15 @@ def test_a_run_is_calibrated_and_exported_from_python(api_run, tmp_path):
     answers = exported.predict(files)
     assert answers["cls"].labels == run.predict(files)["cls"].labels
     assert np.allclose(answers["cls"].probabilities, after, atol=5e-3)  # fp32 file, bf16 run
+    # without the recipe's test-time views: one pass per image, and its metadata says so
+    lone = run.export("pt2", out=tmp_path / "lone.pt2", check=False, views=False)
+    assert lone.parity is None
+    views = [json.loads(Path(f"{e.path}.json").read_text())["test_time_views"]
+             for e in (exported, lone)]  # fmt: skip
+    assert views == [["hflip", "translate"], []]  # ten views, then none
+    alone = lone.predict(files)["cls"].probabilities
+    assert np.allclose(alone.sum(1), 1, atol=1e-5)
+    assert not np.allclose(alone, answers["cls"].probabilities, atol=1e-3)
 
 
 def test_images_of_ones_own_are_explained(api_run, tmp_path):
