@@ -277,6 +277,7 @@ def _predict_run(
 ) -> None:  # fmt: skip
     from cnnlab.viz.new_images import caption, draw_predictions
 
+    explained = []  # drawn first: a wrong --component stops before anything is printed
     if onnx is not None:
         from cnnlab.export import predict_exported
 
@@ -285,6 +286,7 @@ def _predict_run(
         from cnnlab.api import load_run
 
         loaded = load_run(run)
+        explained = loaded.explain(files[:16], component) if explain else []
         found, source = loaded.predict(files), str(run)
     for i, path in enumerate(files):
         typer.echo(f"{path}")
@@ -297,9 +299,8 @@ def _predict_run(
         table.to_csv(out, index=False)
         typer.echo(f"table: {out}")
     typer.echo(f"figure: {draw_predictions(files, found, figure, source)}")
-    if explain:
-        for chart in loaded.explain(files[:16], component):
-            typer.echo(f"figure: {run / 'figures' / chart.key}.png")
+    for chart in explained:
+        typer.echo(f"figure: {run / 'figures' / chart.key}.png")
 
 
 @app.command()

@@ -201,6 +201,13 @@ def test_images_of_ones_own_are_explained(api_run, tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert f"figure: {api_run.path / 'figures' / 'explained_ink.png'}" in out.stdout
+    wrong = subprocess.run(
+        [sys.executable, "-m", "cnnlab.cli", "predict", str(api_run.path), str(files[0]),
+         "--explain", "--component", "ink", "--figure", str(tmp_path / "q.png")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert wrong.returncode == 2 and wrong.stdout == ""  # refused before any answer is printed
+    assert wrong.stderr.strip().endswith("no task explained has it; none has several outputs")
 
 
 def test_train_into_a_chosen_folder_refuses_one_in_use(tmp_path):
