@@ -21,7 +21,7 @@ from cnnlab.precision import autocast_for
 from cnnlab.runs import load_checkpoint
 from cnnlab.viz import RunView
 from cnnlab.viz.attributions import unit
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 FAST = {  # the demo recipe in seconds; test-time views stay on, as in the demo
     "data.train_subset": 2000,
@@ -194,18 +194,12 @@ def test_images_of_ones_own_are_explained(api_run, tmp_path):
     assert (api_run.path / "figures" / "explained_cls.png").is_file()
     with pytest.raises(cnnlab.CnnlabError, match="give at most 16"):
         api_run.explain([files[0]] * 17)
-    out = subprocess.run(
-        [sys.executable, "-m", "cnnlab.cli", "predict", str(api_run.path), *map(str, files),
-         "--explain", "--figure", str(tmp_path / "p.png")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    out = run_cli("predict", str(api_run.path), *map(str, files), "--explain",
+                  "--figure", str(tmp_path / "p.png"))  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert f"figure: {api_run.path / 'figures' / 'explained_ink.png'}" in out.stdout
-    wrong = subprocess.run(
-        [sys.executable, "-m", "cnnlab.cli", "predict", str(api_run.path), str(files[0]),
-         "--explain", "--component", "ink", "--figure", str(tmp_path / "q.png")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    wrong = run_cli("predict", str(api_run.path), str(files[0]), "--explain", "--component",
+                    "ink", "--figure", str(tmp_path / "q.png"))  # fmt: skip
     assert wrong.returncode == 2 and wrong.stdout == ""  # refused before any answer is printed
     assert wrong.stderr.strip().endswith("no task explained has it; none has several outputs")
 
