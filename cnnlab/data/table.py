@@ -375,22 +375,21 @@ def _splits(df: Any, cfg: SplitColumn, problems: _Problems) -> np.ndarray:
 
 
 def _groups(df: Any, column: str, split: np.ndarray | None, problems: _Problems) -> np.ndarray:
-    """Each row's group id; a group parted between train, val and test by the split
-    column is a problem (its images would be learnt and tested on)."""
-    ids: dict[str, int] = {}
-    seen: dict[int, tuple[int, int]] = {}  # group -> (its first row, that row's split)
-    parts = ("train", "val", "test")
+    """Each row's group, named by the row it first appears on; a group parted between train,
+    val and test by the split column is a problem (its images would be learnt and tested)."""
+    first: dict[str, int] = {}
     out = np.zeros(len(df), dtype=np.int64)
     for row, value in enumerate(df[column].tolist()):
         text = _text(value).strip()
         if not text:
             problems.add(row, column, "no group")
-        out[row] = ids.setdefault(text, len(ids))
-        first, part = seen.setdefault(out[row], (row, -1 if split is None else split[row]))
-        if split is not None and split[row] != part:
+        out[row] = first.setdefault(text, row)
+        if split is not None and split[row] != split[out[row]]:
+            parts = ("train", "val", "test")
             problems.add(
                 row, column, f"group {text!r} is in {parts[split[row]]} here and in "
-                f"{parts[part]} on {problems.where(first)}; a group's rows belong in one split",
+                f"{parts[split[out[row]]]} on {problems.where(out[row])}; a group's rows "
+                "belong in one split",
             )  # fmt: skip
     return out
 
