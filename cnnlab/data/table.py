@@ -615,15 +615,15 @@ def load(cfg: TableConfig) -> Dataset:
     data = ImageSet(arrays["images"], targets)
     split = torch.from_numpy(rows.split)[index] if rows.split is not None else None
     groups = torch.from_numpy(rows.groups)[index] if rows.groups is not None else None
-    (train, val, test), train_rows = _parts(cfg, data, split, groups)
+    train, val, test = _parts(cfg, data, split, groups)
     return Dataset(
         name=cfg.source,
-        train=train,
-        test=test,
-        val=val,
+        train=data.subset(train),
+        test=data.subset(test),
+        val=data.subset(val) if val is not None else None,
         classes={t: classes[t] for t, c in cfg.targets.items() if c.kind in ("category", "mask")},
         components={t: list(c.columns) for t, c in cfg.targets.items() if c.columns},
-        groups=groups[train_rows] if groups is not None else None,
+        groups=groups[train] if groups is not None else None,
     )
 
 
@@ -642,17 +642,15 @@ def _check_masks(tops: dict[str, int], classes: dict[str, list[str]]) -> None:
 
 def _parts(
     cfg: TableConfig, data: ImageSet, split: torch.Tensor | None, groups: torch.Tensor | None
-) -> tuple[tuple[ImageSet, ImageSet | None, ImageSet], torch.Tensor]:
-    """(train, val or None when it is carved later, test), and the rows train holds."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The rows of train, val (None: carved later, from train) and test."""
     if split is not None:
-        train, val = torch.nonzero(split == 0).flatten(), torch.nonzero(split == 1).flatten()
-        parts = (data.subset(train), data.subset(val) if len(val) else None,
-                 data.subset(torch.nonzero(split == 2).flatten()))  # fmt: skip
-        return parts, train
+        train, val, test = (torch.nonzero(split == code).flatten() for code in range(3))
+        return train, val if len(val) else None, test
     target = _stratify_target(cfg)
     labels = data.targets[target] if target else None
     keep, test = stratified_split(labels, len(data), cfg.test_fraction, TEST_SEED, groups)
-    return (data.subset(keep), None, data.subset(test)), keep
+    return keep, None, test
 
 
 def locate(root: str | None, allow_download: bool = False) -> dict[str, Path]:
