@@ -328,17 +328,17 @@ def compare(module: Exported, path: Path, images: torch.Tensor, batch: int = 256
     return Parity(len(images), agreement, diff, outputs=(ours, theirs))
 
 
-def parity_of(loaded: Loaded, path: Path, limit: int | None = None) -> Parity:
+def parity_of(loaded: Loaded, path: Path) -> Parity:
     """The exported file against the run's torch model on its test images, with each
     per-image classification's test accuracy in both."""
-    images = loaded.images[:limit] if limit else loaded.images
+    images = loaded.images
     batch = images_per_pass(loaded.module, images[:1], most=256)  # 256 at 28 px, 55 at 224
     parity = compare(loaded.module, path, images, batch)
     for k, out in enumerate(loaded.module.describe()):
         truth = loaded.targets.get(loaded.module.tasks[out["name"]].target)
         ours, theirs = parity.outputs[0][k], parity.outputs[1][k]
         if out["kind"] == "probabilities" and truth is not None and truth.ndim == 1:
-            t = truth[: len(images)].numpy()
+            t = truth.numpy()
             parity.accuracy[out["name"]] = (
                 float((ours.argmax(1) == t).mean()),
                 float((theirs.argmax(1) == t).mean()),
