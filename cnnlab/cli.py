@@ -17,6 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # --import: code that registers components (cnnlab/components.py); recipes never name code.
 IMPORT_HELP = "module (dotted, from this folder) or .py file that registers components; repeatable"
 Imports = typer.Option([], "--import", metavar="MODULE", help=IMPORT_HELP)
+Sets = typer.Option([], "--set", metavar="KEY=VALUE", help="override a field: key.path=value")
 
 
 def _import(modules: list[str]) -> None:
@@ -37,9 +38,7 @@ def _options(imports: list[str] = Imports) -> None:
 @app.command()
 def train(
     recipe: str | None = typer.Argument(None, help="recipe YAML file or shipped recipe name"),
-    set_: list[str] = typer.Option(
-        [], "--set", metavar="KEY=VALUE", help="override a field: key.path=value"
-    ),
+    set_: list[str] = Sets,
     resume: Path | None = typer.Option(None, "--resume", help="continue this run folder"),
     run_dir: Path | None = typer.Option(
         None, "--run-dir", help="train in this prepared run folder (a sweep's trial)"
@@ -138,32 +137,32 @@ def backbones(
     if pretrained:
         _pretrained_backbones(filter_)
         return
-    import yaml
-
     from cnnlab.models import BACKBONES
 
     for name, entry in BACKBONES.items():
         typer.echo(f"{name:<10} {entry.doc}")
-        section = {"model": entry.config().model_dump(mode="json")}
-        flow = yaml.safe_dump(section, default_flow_style=True, sort_keys=False, width=10**6)
-        typer.echo(f"{'':<10} {flow.strip()[1:-1]}")  # model: {backbone: cnn, blocks: 3, ...}
+        typer.echo(f"{'':<10} {_one_line({'model': entry.config().model_dump(mode='json')})}")
 
 
 @app.command()
 def tasks() -> None:
     """List the task types a recipe's tasks.<name>.type can name, with keys and metrics."""
-    import yaml
-
     from cnnlab.tasks import TASKS
 
     for name, cls in TASKS.items():
         doc = (cls.config.__doc__ or "").strip().splitlines()[0]
         typer.echo(f"{name:<21} {doc}")
         keys = cls.config(target="<target>").model_dump(mode="json")
-        section = {"<name>": {"type": keys.pop("type"), **keys}}
-        flow = yaml.safe_dump(section, default_flow_style=True, sort_keys=False, width=10**6)
-        typer.echo(f"{'':<21} {flow.strip()[1:-1]}")  # <name>: {type: ..., target: ...}
+        typer.echo(f"{'':<21} {_one_line({'<name>': {'type': keys.pop('type'), **keys}})}")
         typer.echo(f"{'':<21} metrics: {', '.join(cls.metrics)}")
+
+
+def _one_line(section: dict) -> str:
+    """A recipe section as one line of YAML: `model: {backbone: cnn, blocks: 3, ...}`."""
+    import yaml
+
+    flow = yaml.safe_dump(section, default_flow_style=True, sort_keys=False, width=10**6)
+    return flow.strip()[1:-1]
 
 
 def _pretrained_backbones(pattern: str | None) -> None:
@@ -553,9 +552,7 @@ def figures() -> None:
 @app.command()
 def count(
     recipe: str = typer.Argument(..., help="recipe YAML file or shipped recipe name"),
-    set_: list[str] = typer.Option(
-        [], "--set", metavar="KEY=VALUE", help="override a field: key.path=value"
-    ),
+    set_: list[str] = Sets,
     input_shape: str | None = typer.Option(
         None, "--input", help="CxHxW, e.g. 3x224x224 (default: the data's image shape)"
     ),
