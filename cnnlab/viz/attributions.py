@@ -125,10 +125,6 @@ def attribute_all(
     return {m: out[m] for m in methods}
 
 
-def explained(view: RunView) -> list[str]:
-    return explainable(view.tasks)
-
-
 def explainable(tasks: dict[str, Task]) -> list[str]:
     """The tasks a map can explain: one number per image (not per-pixel tasks)."""
     return [n for n, t in tasks.items() if "pixels" not in t.figures]
@@ -182,11 +178,11 @@ def attributions(
 ) -> list[Chart]:
     check_count("images", images, 16)
     check_count("ig-steps", ig_steps, 256)
-    check_component(view.tasks, explained(view), component)
+    check_component(view.tasks, explainable(view.tasks), component)
     index = pick(len(view.split("test")), images, view.recipe.seed)
     x, shown = view.batch("test", index), view.split("test").images[index.to(view.device)]
     charts = []
-    for task in explained(view):
+    for task in explainable(view.tasks):
         target = targets_of(view, task, index, component)
         key = f"attributions_{task}"
         chart = maps_chart(view.tasks[task], view.model, view.splits.black, x, shown, target,

@@ -24,7 +24,7 @@ from cnnlab.viz.attributions import (
     METHODS,
     attribute_all,
     check_component,
-    explained,
+    explainable,
     explains,
     targets_of,
     unit,
@@ -145,7 +145,7 @@ def sanity(
 ) -> list[Chart]:
     check_count("images", images, 16)
     check_count("steps", steps, 20)
-    tasks = explained(view)
+    tasks = explainable(view.tasks)
     if not tasks:
         return []
     task = tasks[0]
