@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # the figures (matplotlib, captum) load when a figure is aske
     import pandas as pd
 
     from cnnlab.export import ExportedModel
-    from cnnlab.viz import RunView
+    from cnnlab.viz import Chart, RunView
 
 RecipeLike = str | Path | Mapping[str, Any] | Recipe
 Overrides = Mapping[str, Any] | Sequence[str] | None
@@ -190,10 +190,7 @@ class Run:
         returned charts show themselves."""
         from cnnlab.viz import make_charts
 
-        charts = Charts(make_charts(self._view, name, **options))
-        for chart in charts:
-            chart.save(self.path / "figures")
-        return charts
+        return self._saved(make_charts(self._view, name, **options))
 
     def explain(
         self, images: ImageLike | Sequence[ImageLike], component: str | None = None,
@@ -209,10 +206,13 @@ class Run:
         self._view  # noqa: B018 (a run without best.pt stops here, in one line)
         predictor = self._predictor
         shown = predictor.pixels(images)  # as the model sees them, before normalizing
-        charts = Charts(explain(predictor, shown, component, ig_steps or IG_STEPS))
+        return self._saved(explain(predictor, shown, component, ig_steps or IG_STEPS))
+
+    def _saved(self, charts: list[Chart]) -> Charts:
+        """The charts, each saved as RUN/figures/<key>.png."""
         for chart in charts:
             chart.save(self.path / "figures")
-        return charts
+        return Charts(charts)
 
     def report(self) -> Path:
         """Write RUN/report.html (every figure, self-contained) and return its path."""
