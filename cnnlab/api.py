@@ -221,10 +221,10 @@ class Run:
         return build_report(self.path)
 
     def calibrate(self) -> pd.DataFrame:
-        """Fit each classification's temperature on the validation set and save it with the
-        best weights, as `cnnlab calibrate` does. One row per task and split: the
-        temperature, and accuracy, NLL, ECE and MCE before and after. Predictions, figures,
-        the report and exports made from here on use it."""
+        """Fit a temperature for each task with probabilities (every classification) on the
+        validation set and save it with the best weights, as `cnnlab calibrate` does. One
+        row per task and split: the temperature, and accuracy, NLL, ECE and MCE before and
+        after. Predictions, figures, the report and exports made from here on use it."""
         import pandas as pd
 
         from cnnlab.calibration import calibrate_run

@@ -30,7 +30,6 @@ from cnnlab.models.compiled import compiled_kernels
 from cnnlab.precision import HALF, Choice, choose, probe_size
 from cnnlab.recipe import Recipe
 from cnnlab.tasks import TargetSpec, Task, create_tasks, total_loss
-from cnnlab.tasks.classification import Classification
 from cnnlab.tta import ViewAverage, run_views
 
 # --------------------------------------------------------------------------- device
@@ -210,10 +209,10 @@ def build(
     data section has loaded (a sweep's runs share it)."""
     keep_freed_memory()  # also when built from Python, not the command line
     tasks = check_data(recipe)  # a wrong target stops before any pixel is read
-    if recipe.train.calibrate and not any(isinstance(t, Classification) for t in tasks.values()):
+    if recipe.train.calibrate and not any(t.probabilistic for t in tasks.values()):
         raise CnnlabError(
-            "train.calibrate: the recipe has no classification task, and temperature scaling "
-            "calibrates class probabilities; set train.calibrate=false"
+            "train.calibrate: the recipe has no task with probabilities (a classification), "
+            "and temperature scaling calibrates them; set train.calibrate=false"
         )
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)

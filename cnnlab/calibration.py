@@ -1,12 +1,14 @@
 """Temperature scaling of a trained run: `cnnlab calibrate RUN`, or `train.calibrate: true`.
 
-Each classification task gets one temperature, fitted on the validation set's outputs of the
-run's judged weights, with the recipe's test-time views (so it fits the probabilities the
-test and every prediction give). It is saved in checkpoints/best.pt beside those weights:
-eval, predict, the figures and export read it from there, and a later best checkpoint (a
-resumed run) starts without one, since it was fitted to other weights. calibration.json
-holds each task's numbers before and after, on validation and test; test_metrics.json is
-measured again at the new temperatures (accuracy cannot change; ECE, MCE can).
+Each task whose outputs are probabilities (every classification, per pixel too, and a task
+type of one's own that says `probabilistic`) gets one temperature, fitted on the validation
+set's outputs of the run's judged weights, with the recipe's test-time views (so it fits the
+probabilities the test and every prediction give). It is saved in checkpoints/best.pt
+beside those weights: eval, predict, the figures and export read it from there, and a later
+best checkpoint (a resumed run) starts without one, since it was fitted to other weights.
+calibration.json holds each task's numbers before and after, on validation and test;
+test_metrics.json is measured again at the new temperatures (accuracy cannot change; ECE,
+MCE can).
 """
 
 from __future__ import annotations
@@ -25,17 +27,15 @@ from cnnlab.precision import autocast_for
 from cnnlab.runs import RunFolder, load_checkpoint, write_json
 from cnnlab.tasks import EpochMeter, Task, evaluate
 from cnnlab.tasks.calibration import Rows, fit_temperature, scores
-from cnnlab.tasks.classification import Classification
 
 
 def calibrated_tasks(tasks: dict[str, Task]) -> list[str]:
-    """The tasks whose outputs are probabilities: every classification, per pixel too; a
-    run without one stops here."""
-    names = [name for name, task in tasks.items() if isinstance(task, Classification)]
+    """The tasks whose outputs are probabilities; a run without one stops here."""
+    names = [name for name, task in tasks.items() if task.probabilistic]
     if not names:
         raise CnnlabError(
-            "calibrate: the run has no classification task; temperature scaling calibrates "
-            "class probabilities"
+            "calibrate: the run has no task with probabilities (a classification, or a task "
+            "type of one's own that sets `probabilistic`); temperature scaling calibrates them"
         )
     return names
 
@@ -69,7 +69,7 @@ def collect(
 def fit(
     built: Built, test: bool = True, recorder: Recorder | None = None
 ) -> tuple[dict[str, dict], dict[str, float]]:
-    """Each classification task's temperature, set on `built.tasks`, and its numbers before
+    """Each probabilistic task's temperature, set on `built.tasks`, and its numbers before
     and after on validation; unless `test` is off (a sweep trial never reads the test set),
     on test too, with the test metrics at the new temperatures from the same pass (which
     `recorder` also watches)."""
@@ -79,23 +79,24 @@ def fit(
     val = collect(built, "val", names)
     result = {}
     for name in names:
-        t = fit_temperature(val[name])
-        result[name] = {"temperature": t, "val": _before_after(val[name], t)}
+        t = fit_temperature(built.tasks[name], val[name])
+        result[name] = {"temperature": t, "val": _before_after(built.tasks[name], val[name], t)}
         built.tasks[name].temperature = t
     if not test:
         return result, {}
     meter = EpochMeter(built.tasks, built.device, calibration=True)
     tested = collect(built, "test", names, meter, recorder)
     for name in names:
-        result[name]["test"] = _before_after(tested[name], result[name]["temperature"])
+        t = result[name]["temperature"]
+        result[name]["test"] = _before_after(built.tasks[name], tested[name], t)
     return result, meter.compute("test")
 
 
-def _before_after(rows: Rows, temperature: float) -> dict:
+def _before_after(task: Task, rows: Rows, temperature: float) -> dict:
     return {
         "rows": len(rows.targets),
-        "before": scores(rows, 1.0),
-        "after": scores(rows, temperature),
+        "before": scores(task, rows, 1.0),
+        "after": scores(task, rows, temperature),
     }
 
 

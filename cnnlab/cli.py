@@ -190,7 +190,7 @@ def _pretrained_backbones(pattern: str | None) -> None:
 def calibrate(
     run: Path = typer.Argument(..., help="run folder"), imports: list[str] = Imports
 ) -> None:
-    """Fit each classification's temperature on the validation set.
+    """Fit a temperature for each task with probabilities on the validation set.
 
     It is saved with the best weights; eval, predict, the figures and export use it."""
     _import(imports)

@@ -4,12 +4,13 @@
 The exported graph takes what a camera or a PNG gives, uint8 images (B, C, H, W) at the run's
 size, and answers every task by name: a classification its probabilities (B, K), a per-pixel
 classification its probabilities (B, K, H, W), a regression its values in the target's units
-(B,) or (B, D). Everything training did to an image before the model saw it is inside:
-scaling to [0, 1], luminance when colorizing, the training split's normalization, the
-recipe's test-time views, and a fitted temperature when the run has one; so the file gives
-the metrics the run's test reported. The batch size is free; the image size is the run's.
-What the outputs mean (class names, components, units) is written into the ONNX file's
-metadata (`cnnlab.outputs`, JSON) and beside a .pt2 file (`<file>.json`).
+(B,) or (B, D), a task type of one's own its head's decoded values, or its probabilities.
+Everything training did to an image before the model saw it is inside: scaling to [0, 1],
+luminance when colorizing, the training split's normalization, the recipe's test-time views, and
+a fitted temperature when the run has one; so the file gives the metrics the run's test
+reported. The batch size is free; the image size is the run's. What the outputs mean (class
+names, components, units) is written into the ONNX file's metadata (`cnnlab.outputs`, JSON) and
+beside a .pt2 file (`<file>.json`).
 
     exported = export_checked("runs/fashion_fast-...", "onnx")  # onnxruntime against torch
     exported.parity.accuracy, exported.predict(["shoe.png"])
@@ -37,7 +38,6 @@ from cnnlab.data import colorize
 from cnnlab.errors import CnnlabError
 from cnnlab.inference import Prediction, Predictions, read_file
 from cnnlab.runs import RunFolder, load_checkpoint
-from cnnlab.tasks.classification import Classification
 
 Format = Literal["onnx", "pt2"]
 INPUT = "images"
@@ -67,7 +67,7 @@ class Exported(nn.Module):
 
     def _answer(self, name: str, out: torch.Tensor) -> torch.Tensor:
         task = self.tasks[name]
-        if not isinstance(task, Classification):
+        if not task.probabilistic:
             return self.model.heads[name].decode(out)
         # logits, or the log of the views' mean probabilities (cnnlab/tta.py), at the fitted
         # temperature (a constant in the graph): the probabilities the test scored
@@ -78,7 +78,7 @@ class Exported(nn.Module):
         outs = []
         for name in self.names:
             task = self.tasks[name]
-            info, classify = task.info, isinstance(task, Classification)
+            info, classify = task.info, task.probabilistic
             kind = "probabilities" if classify else "values"
             outs.append(
                 {
@@ -323,7 +323,7 @@ def compare(module: Exported, path: Path, images: torch.Tensor, batch: int = 256
     agreement, diff = {}, {}
     for out, a, b in zip(module.describe(), ours, theirs, strict=True):
         diff[out["name"]] = float(np.abs(a - b).max())
-        if out["kind"] == "probabilities":
+        if out["kind"] == "probabilities" and out["classes"]:  # the same class on top
             agreement[out["name"]] = float((a.argmax(1) == b.argmax(1)).mean())
     return Parity(len(images), agreement, diff, outputs=(ours, theirs))
 
@@ -411,7 +411,7 @@ def predict_exported(path: str | Path, files: list[Path]) -> Predictions:
     found = {}
     for out, value in zip(meta["outputs"], outputs, strict=True):
         name, classes = out["name"], out["classes"]
-        if out["kind"] == "values":
+        if out["kind"] == "values" or classes is None:  # a multi-label task's probabilities
             found[name] = Prediction(name, values=value, components=out["components"])
         elif value.ndim == 4:  # per-pixel probabilities
             found[name] = Prediction(name, index=value.argmax(1), classes=classes)

@@ -35,7 +35,6 @@ from cnnlab.models import MultiTaskModel
 from cnnlab.precision import autocast_for
 from cnnlab.recipe import Recipe
 from cnnlab.tasks import Task
-from cnnlab.tasks.classification import Classification
 from cnnlab.tta import ViewAverage
 
 ImageLike = str | Path | np.ndarray | torch.Tensor | Image.Image
@@ -131,16 +130,16 @@ class Predictor:
         return Predictions({name: self._decode(name, o) for name, o in out.items()})
 
     def _decode(self, name: str, raw: torch.Tensor) -> Prediction:
-        head, classes = self.model.heads[name], self.tasks[name].info.classes
-        decoded = head.decode(raw).cpu()
-        if classes is None:  # a regression: values in the target's units
-            components = self.tasks[name].info.components
-            return Prediction(name, values=decoded.numpy(), components=components)
-        index = decoded.numpy()
+        task, head = self.tasks[name], self.model.heads[name]
+        classes = task.info.classes
+        if classes is None:  # a regression's values in the target's units, or probabilities
+            # of one's own task type (multi-label tags), at its temperature
+            values = task.probabilities(raw) if task.probabilistic else head.decode(raw)
+            return Prediction(name, values=values.cpu().numpy(), components=task.info.components)
+        index = head.decode(raw).cpu().numpy()
         if index.ndim > 1:  # a per-pixel class map
             return Prediction(name, index=index, classes=list(classes))
-        task = self.tasks[name]  # a classification's probabilities are at its temperature
-        probs = task.probabilities(raw) if isinstance(task, Classification) else raw.softmax(1)
+        probs = task.probabilities(raw) if task.probabilistic else raw.softmax(1)
         probabilities = probs.cpu().numpy()
         labels = [classes[i] for i in index]
         return Prediction(name, index, labels, probabilities, classes=list(classes))

@@ -168,8 +168,8 @@ class TrainConfig(Section):
     progress: bool = True
     report: bool = True  # write report.html + figures/ after the test evaluation
     test_at_end: bool = True  # evaluate the best checkpoint on test; sweeps turn it off
-    # after training, fit each classification's temperature on the validation set (the
-    # same as `cnnlab calibrate RUN`): probabilities that mean what they say
+    # after training, fit a temperature for each task with probabilities (a classification)
+    # on the validation set (as `cnnlab calibrate RUN`): probabilities that mean what they say
     calibrate: bool = False
 
 

@@ -13,7 +13,9 @@ maps (those augmentation uses) applied to one set of targets per class (the sour
 `class_targets`), so test-time views and training augmentation cannot disagree.
 
 Class heads average probabilities and hand on their log (valid logits: the loss, argmax and
-softmax read them as the averaged distribution); regression heads average in target units.
+softmax read them as the averaged distribution); heads with an `encode` to undo their
+`decode` (regression) average in target units; any other head (a multi-label task's of
+one's own) averages its raw outputs, which for logits is the geometric mean of the odds.
 """
 
 from __future__ import annotations
@@ -195,7 +197,10 @@ class ViewAverage:
     def _back(
         self, head: nn.Module, name: str, out: torch.Tensor, view: View, sent: torch.Tensor | None
     ) -> torch.Tensor:
-        value = out.float().softmax(1) if self._is_class(name) else head.decode(out)
+        if self._is_class(name):
+            value = out.float().softmax(1)
+        else:
+            value = head.decode(out) if hasattr(head, "encode") else out.float()
         if value.ndim == 4:  # a per-pixel map: turn it back to the image as it is
             value = view.undo(value)
         if sent is not None:
@@ -205,4 +210,4 @@ class ViewAverage:
     def _finish(self, head: nn.Module, name: str, mean: torch.Tensor) -> torch.Tensor:
         if self._is_class(name):
             return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
-        return head.encode(mean)
+        return head.encode(mean) if hasattr(head, "encode") else mean

@@ -42,8 +42,9 @@ class TagsConfig(TaskSection):
 
 
 class TagsHead(MLPHead):
-    """One logit per tag; decoded to probabilities, which `predict` and an exported model
-    give (the threshold is the user's to choose)."""
+    """One logit per tag, decoded to its probability (as trained: the captions and the
+    training meter read these; `predict` and an exported model give the task's
+    `probabilities`, at the temperature `calibrate` fits)."""
 
     def decode(self, out: torch.Tensor) -> torch.Tensor:
         return out.float().sigmoid()
@@ -56,8 +57,9 @@ class Tags(Task):
     maximize = frozenset({"macro_f1", "exact", "f1"})  # f1: each tag's, f1_<tag>
     headline = ("macro_f1",)  # on every epoch's line
     step_metrics = ("tags_right",)  # the training meter's: the share of tags right
-    figures = ("mistakes",)
+    figures = ("mistakes", "reliability")
     legend = "true tags → tags predicted"
+    probabilistic = True  # sigmoid probabilities: `calibrate` fits a temperature for them
 
     def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
         if not spec.components:
@@ -90,7 +92,19 @@ class Tags(Task):
         )
 
     def update_metrics(self, metrics, head, out, target) -> None:
-        metrics.update(head.decode(out), target.long())
+        metrics.update(self.probabilities(out), target.long())
+
+    def probabilities(self, out: torch.Tensor) -> torch.Tensor:
+        return (out.float() / self.temperature).sigmoid()
+
+    def nll(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, target.float())
+
+    def outcomes(self, logits: torch.Tensor, target: torch.Tensor):
+        """Each tag of each image is a yes/no answer: the probability of the answer given,
+        and whether it is right."""
+        p = logits.sigmoid()
+        return torch.maximum(p, 1 - p), ((p > 0.5) == (target > 0.5)).float()
 
     def _on(self, values: torch.Tensor) -> str:
         names = self.info.components or []
@@ -180,7 +194,7 @@ def main() -> None:
     images = [table.parent / "images" / f"{i:05d}.png" for i in range(3)]  # "new" images
     run.figure("attributions", images=4, component="has_triangle")  # on test images
     run.explain(images, component="has_triangle")  # on these: figures/explained_<task>.png
-    print(run.calibrate().to_string(index=False))  # the classification's temperature
+    print(run.calibrate().to_string(index=False))  # a temperature each: tags and kind
     exported = run.export()  # runs/<run>/export/model.onnx, checked against torch
     print(exported)
     print(exported.predict(images).table().to_string(float_format="%.2f"))

@@ -18,6 +18,7 @@ from cnnlab.experiment import train
 from cnnlab.export import load_for_export
 from cnnlab.runs import load_checkpoint
 from cnnlab.tasks.calibration import Rows, batch_rows, fit_temperature, reliability, scores
+from cnnlab.tasks.classification import Classification, ClassificationConfig
 from cnnlab.tasks.pixel import NO_CLASS
 from cnnlab.viz import RunView, make_charts
 from tests.conftest import run_cli
@@ -32,22 +33,25 @@ def drawn_at(temperature: float, n: int = 20000, seed: int = 0) -> Rows:
     return Rows(logits, classes.squeeze(1))
 
 
+CLASSES = Classification("cls", ClassificationConfig(target="label"))  # softmax, 10 classes
+
+
 @pytest.mark.parametrize("truth", [0.5, 2.5])
 def test_the_fitted_temperature_is_the_one_the_classes_were_drawn_at(truth):
     rows = drawn_at(truth)
-    fitted = fit_temperature(rows)
+    fitted = fit_temperature(CLASSES, rows)
     assert fitted == pytest.approx(truth, rel=0.05)
-    before, after = scores(rows), scores(rows, fitted)
+    before, after = scores(CLASSES, rows), scores(CLASSES, rows, fitted)
     assert after["nll"] < before["nll"] and after["ece"] < 0.02 < before["ece"]
     assert after["accuracy"] == before["accuracy"]  # a temperature moves no argmax
 
 
 def test_the_errors_from_the_reliability_bins_are_torchmetrics_ece_and_mce():
     rows = drawn_at(2.0, n=5000)
-    b = reliability(rows, 1.3)
+    b = reliability(CLASSES, rows, 1.3)
     assert int(b.count.sum()) == 5000
     probs = (rows.logits / 1.3).softmax(1)
-    said = scores(rows, 1.3)
+    said = scores(CLASSES, rows, 1.3)
     for key, norm in (("ece", "l1"), ("mce", "max")):
         expected = float(multiclass_calibration_error(probs, rows.targets, 10, norm=norm))
         assert said[key] == pytest.approx(expected, abs=1e-6)
@@ -128,11 +132,11 @@ def test_the_cli_calibrates_again_to_the_same_temperature(calibrated):
 
 def test_a_run_without_a_classification_cannot_be_calibrated(tiny, monkeypatch):
     recipe = tiny("tasks={ink: {type: regression, target: ink}}", "train.monitor=val.ink.rmse")
-    with pytest.raises(CnnlabError, match="no classification task"):
+    with pytest.raises(CnnlabError, match="no task with probabilities"):
         fit(build(recipe))
     run = train(recipe)
     monkeypatch.setattr("cnnlab.calibration.build", lambda *a, **k: pytest.fail("data read"))
-    with pytest.raises(CnnlabError, match="no classification task"):  # before any data
+    with pytest.raises(CnnlabError, match="no task with probabilities"):  # before any data
         calibrate_run(run.path)
 
 
@@ -154,6 +158,8 @@ def test_train_calibrate_without_a_classification_stops_before_a_run_folder(tiny
         "train.monitor=val.ink.rmse",
         "train.calibrate=true",
     )
-    with pytest.raises(CnnlabError, match="train.calibrate: the recipe has no classification"):
+    with pytest.raises(
+        CnnlabError, match="train.calibrate: the recipe has no task with probabilities"
+    ):
         train(recipe)
     assert not (tmp_path / "runs").exists()

@@ -14,12 +14,15 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+import torch
 import yaml
+from torchmetrics.functional.classification import binary_calibration_error
 
 import cnnlab
 from cnnlab.api import load_recipe
 from cnnlab.components import registration_scope
 from cnnlab.models import BACKBONES
+from cnnlab.viz import RunView
 from tests.conftest import ROOT, run_cli
 
 EXAMPLES = ROOT / "examples"
@@ -213,7 +216,8 @@ def test_custom_backbone_script(tmp_path):
 
 def test_custom_task_trains_on_a_table_is_explained_and_leaves_as_a_file(tmp_path, monkeypatch):
     """examples/custom_task.py: a task type of one's own (multi-label tags) on a table of
-    images, through training, its per-tag metrics, its figures, predict and export."""
+    images, through training (with a test-time view), its per-tag metrics, its figures,
+    predict, calibration and export."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with registration_scope():
         spec = importlib.util.spec_from_file_location("custom_task_example", TASK_SCRIPT)
@@ -223,7 +227,12 @@ def test_custom_task_trains_on_a_table_is_explained_and_leaves_as_a_file(tmp_pat
         table = module.write_tags_table(tmp_path / "shapes", n=300, size=16)
         run = cnnlab.train(
             module.recipe(table, str(tmp_path / "runs"), epochs=2),
-            {"train.report": False, "train.progress": False, "train.precision": "fp32"},
+            {
+                "train.report": False,
+                "train.progress": False,
+                "train.precision": "fp32",
+                "train.tta": ["hflip"],
+            },
         )
         test = run.test_metrics
         each = [test[f"test.tags.f1_{tag}"] for tag in module.TAGS]
@@ -238,7 +247,24 @@ def test_custom_task_trains_on_a_table_is_explained_and_leaves_as_a_file(tmp_pat
         tags = run.predict(files)["tags"]
         assert tags.components == list(module.TAGS) and tags.values.shape == (3, 3)
         assert ((tags.values > 0) & (tags.values < 1)).all()  # probabilities, as decoded
+        table = run.calibrate()  # the tags' sigmoids get a temperature, as the class's softmax
+        assert set(table.task) == {"tags", "kind"}
+        t = float(table[table.task == "tags"].temperature.iloc[0])
+        assert t != 1.0
+        logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+        now = run.predict(files)["tags"].values
+        assert np.allclose(logit(now) * t, logit(tags.values), atol=1e-3)
+        fitted = json.loads((run.path / "calibration.json").read_text())["tasks"]["tags"]
+        rows = RunView(run.path).test_predictions.rows["tags"]  # each tag a yes/no answer:
+        p = (rows.logits / t).sigmoid()  # the ECE of how sure each is, and whether it is right
+        sure, right = torch.maximum(p, 1 - p), (p > 0.5) == (rows.targets > 0.5)
+        ece = binary_calibration_error(sure.flatten(), right.flatten().long(), n_bins=15)
+        assert fitted["test"]["after"]["ece"] == pytest.approx(float(ece), abs=1e-6)
+        assert fitted["test"]["after"]["nll"] < fitted["test"]["before"]["nll"]
+        (diagram,) = [c for c in run.figure("reliability") if c.key == "reliability_tags"]
+        assert "3 predictions each" in diagram.caption
+        assert [s["temperature"] for s in diagram.extra["states"]] == [1.0, round(t, 4)]
         exported = run.export("pt2")
-        assert np.allclose(exported.predict(files)["tags"].values, tags.values, atol=1e-5)
+        assert np.allclose(exported.predict(files)["tags"].values, now, atol=1e-5)
         explained = {c.key: c for c in run.explain(files, component="has_square")}
         assert "raises the output has_square of tags" in explained["explained_tags"].caption

@@ -63,6 +63,11 @@ class Task:
     step_metrics: ClassVar[tuple[str, ...]] = ()  # what the training meter sums per step
     figures: ClassVar[tuple[str, ...]] = ()  # figure families that apply (`cnnlab figures`)
     legend: ClassVar[str] = ""  # how `caption` reads, for the title of the prediction grid
+    # Outputs that are probabilities of logits (softmax, sigmoid): `probabilities`, `nll` and
+    # `outcomes` say how, and temperature scaling (`cnnlab calibrate`) fits `temperature`, by
+    # which every logit is divided before it becomes a probability, on the validation set.
+    probabilistic: ClassVar[bool] = False
+    temperature: float = 1.0
 
     def __init__(self, name: str, cfg: Any):
         self.name, self.cfg = name, cfg
@@ -102,6 +107,26 @@ class Task:
         """Metrics of how far the probabilities can be trusted, added to the test's
         `epoch_metrics` (a task without probabilities has none)."""
         return {}
+
+    def probabilities(self, out: torch.Tensor) -> torch.Tensor:
+        """A probabilistic task's probabilities from its head's raw output, at `temperature`:
+        what its metrics, `predict` and an exported model give."""
+        raise NotImplementedError
+
+    def nll(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """A probabilistic task's mean negative log-likelihood of `target` under `logits`,
+        already divided by a temperature (the loss a temperature is fitted to), as rows: one
+        per image, or per labelled pixel (`Rows`)."""
+        raise NotImplementedError
+
+    def outcomes(
+        self, logits: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each prediction the rows make, from `logits` already divided by a temperature: how
+        sure it is (the probability of what it says) and 1.0 where it is right, 0.0 where not
+        (a row may make several: a multi-label task's tags). Reliability diagrams, ECE and
+        MCE bin them."""
+        raise NotImplementedError
 
     def update_metrics(
         self, metrics: MetricCollection, head: nn.Module, out: torch.Tensor, target: torch.Tensor

@@ -1,11 +1,12 @@
-"""Do a classifier's probabilities mean what they say? Calibration error, reliability bins and
+"""Do a model's probabilities mean what they say? Calibration error, reliability bins and
 temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017).
 
 Everything works on rows: one row of logits (K,) per image, or per labelled pixel of a
-per-pixel task, with its true class. A temperature T divides the logits before the softmax;
-it changes no prediction (the argmax stays), only how sure each one claims to be. It is
-fitted by minimizing the negative log-likelihood on the validation set, which a single
-positive number cannot overfit.
+per-pixel task, with its target (a class; a multi-label task's K yes/no values). A
+temperature T divides the logits before they become probabilities (the task's softmax or
+sigmoid: `Task.nll`, `Task.outcomes`); it changes no argmax, only how sure each prediction
+claims to be. It is fitted by minimizing the negative log-likelihood on the validation set,
+which a single positive number cannot overfit.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from cnnlab.tasks.base import Task
 from cnnlab.tasks.pixel import NO_CLASS
 
 MAX_ROWS = 1 << 20  # rows kept per split and task: every image; a sample of a mask's pixels
@@ -23,7 +24,8 @@ MAX_ROWS = 1 << 20  # rows kept per split and task: every image; a sample of a m
 
 @dataclass
 class Rows:
-    """A split's logits as rows (N, K) with their classes (N,), float32 / int64 on the CPU."""
+    """A split's logits as rows (N, K) with their targets: classes (N,) or a multi-label
+    task's (N, K), float32 / int64 on the CPU."""
 
     logits: torch.Tensor
     targets: torch.Tensor
@@ -38,8 +40,9 @@ def batch_rows(out: torch.Tensor, target: torch.Tensor, keep: float, gen: torch.
     `keep` share of them drawn with `gen` (so a split of masks fits in memory)."""
     out = out.detach().float()
     if out.ndim > 2:
-        out = out.movedim(1, -1).reshape(-1, out.shape[1])
-    target = target.reshape(-1)
+        out, target = out.movedim(1, -1).reshape(-1, out.shape[1]), target.reshape(-1)
+    elif target.ndim > 1:  # a multi-label task's yes/no values, every one labelled
+        return Rows(out.cpu(), target.long().cpu())
     labelled = target != NO_CLASS
     if keep < 1.0:
         labelled &= torch.rand(target.shape, generator=gen, device="cpu").to(target.device) < keep
@@ -53,8 +56,8 @@ def share_kept(rows_per_image: int, images: int, limit: int = MAX_ROWS) -> float
     return min(1.0, limit / max(1, rows_per_image * images))
 
 
-def fit_temperature(rows: Rows) -> float:
-    """The T > 0 that minimizes the NLL of softmax(logits / T); L-BFGS on log T."""
+def fit_temperature(task: Task, rows: Rows) -> float:
+    """The T > 0 that minimizes the task's NLL of logits / T; L-BFGS on log T."""
     with torch.inference_mode(False), torch.enable_grad():
         logits, targets = rows.logits.clone(), rows.targets.clone()
         log_t = torch.zeros((), requires_grad=True)
@@ -62,7 +65,7 @@ def fit_temperature(rows: Rows) -> float:
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            loss = F.cross_entropy(logits / log_t.exp(), targets)
+            loss = task.nll(logits / log_t.exp(), targets)
             loss.backward()
             return loss
 
@@ -83,12 +86,13 @@ class Bins:
     accuracy: torch.Tensor  # (bins,) NaN where empty
 
 
-def reliability(rows: Rows, temperature: float = 1.0, bins: int = 15) -> Bins:
-    """Top-label reliability bins of softmax(logits / T), the diagram of the ECE: bins as
-    torchmetrics draws them (an edge goes to the bin above), a confidence of 1.0 in the last."""
-    probs = (rows.logits / temperature).softmax(dim=1)
-    confidence, predicted = probs.max(dim=1)
-    correct = (predicted == rows.targets).float()
+def reliability(task: Task, rows: Rows, temperature: float = 1.0, bins: int = 15) -> Bins:
+    """Reliability bins of the task's predictions at logits / T (a classification's top
+    label), the diagram of the ECE: bins as torchmetrics draws them (an edge goes to the bin
+    above), a confidence of 1.0 in the last."""
+    confidence, correct = (
+        t.flatten() for t in task.outcomes(rows.logits / temperature, rows.targets)
+    )
     edges = torch.linspace(0, 1, bins + 1)
     index = (torch.bucketize(confidence, edges, right=True) - 1).clamp(0, bins - 1)
     count = torch.bincount(index, minlength=bins).float()
@@ -96,17 +100,17 @@ def reliability(rows: Rows, temperature: float = 1.0, bins: int = 15) -> Bins:
     return Bins(edges, count, per_bin(confidence), per_bin(correct))
 
 
-def scores(rows: Rows, temperature: float = 1.0, bins: int = 15) -> dict[str, float]:
-    """Accuracy, NLL, ECE and MCE of softmax(logits / T). The errors come from the diagram's
-    own bins, which equal torchmetrics' (the test metrics' ECE and MCE; a test compares them):
-    the numbers under a diagram are the diagram's, and a report does not import torchmetrics
-    (1-2 s) to draw one."""
+def scores(task: Task, rows: Rows, temperature: float = 1.0, bins: int = 15) -> dict[str, float]:
+    """Accuracy (the share of its predictions right), NLL, ECE and MCE of the task's
+    probabilities at logits / T. The errors come from the diagram's own bins, which equal
+    torchmetrics' (the test metrics' ECE and MCE; a test compares them): the numbers under a
+    diagram are the diagram's, and a report does not import torchmetrics (1-2 s) to draw one."""
     scaled = rows.logits / temperature
-    b = reliability(rows, temperature, bins)
+    b = reliability(task, rows, temperature, bins)
     gap = (b.accuracy - b.confidence).abs().nan_to_num()  # an empty bin: no gap
     return {
-        "accuracy": float((scaled.argmax(dim=1) == rows.targets).float().mean()),
-        "nll": float(F.cross_entropy(scaled, rows.targets)),
+        "accuracy": float((b.accuracy.nan_to_num() * b.count).sum() / b.count.sum()),
+        "nll": float(task.nll(scaled, rows.targets)),
         "ece": float((gap * b.count).sum() / b.count.sum()),
         "mce": float(gap.max()),
     }

@@ -55,7 +55,7 @@ class Classification(Task):
     metric_options: ClassVar[dict] = {}  # more keyword arguments of the torchmetrics metrics
     # Probabilities are softmax(logits / temperature); a temperature is fitted on the
     # validation set after training (cnnlab/calibration.py) and saved with the best weights.
-    temperature: float = 1.0
+    probabilistic = True
     calibration_bins: ClassVar[int] = 15  # equal-width confidence bins of ECE and MCE
 
     def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
@@ -100,6 +100,16 @@ class Classification(Task):
         """Class probabilities (on dim 1) from the head's logits, or from the log of the
         test-time views' mean probabilities (cnnlab/tta.py), at the fitted temperature."""
         return (out.float() / self.temperature).softmax(dim=1)
+
+    def nll(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target)
+
+    def outcomes(
+        self, logits: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top class's probability, and whether it is the true one."""
+        confidence, predicted = logits.softmax(dim=1).max(dim=1)
+        return confidence, (predicted == target).float()
 
     def calibration_metrics(self) -> dict:
         import torchmetrics

@@ -1,6 +1,6 @@
 """Reliability diagrams: is a prediction made with 90 % confidence right 90 % of the time?
 
-One panel per state of each classification's probabilities on the test set: as trained, and,
+One panel per state of each probabilistic task's probabilities on the test set: as trained, and,
 when the run was calibrated (`cnnlab calibrate`), at its fitted temperature. Bars are each
 confidence bin's accuracy; the red part is its gap to the diagonal, whose count-weighted mean
 is the ECE; the grey histogram below counts the predictions in each bin.
@@ -8,8 +8,9 @@ is the ECE; the grey histogram below counts the predictions in each bin.
 
 from __future__ import annotations
 
+from cnnlab.tasks import Task
+from cnnlab.tasks.calibration import Bins, Rows, scores
 from cnnlab.tasks.calibration import reliability as bins_of
-from cnnlab.tasks.calibration import scores
 from cnnlab.viz.base import Chart, new_figure
 from cnnlab.viz.run_view import RunView
 
@@ -26,14 +27,12 @@ def reliability(view: RunView) -> list[Chart]:
         axes = fig.subplots(2, len(states), squeeze=False, height_ratios=[3, 1])
         table = []
         for col, (label, t) in enumerate(states):
-            numbers = scores(rows, t)
+            numbers = scores(view.tasks[task], rows, t)
             table.append({"probabilities": label, "temperature": round(t, 4)} | _rounded(numbers))
-            _panel(axes[0, col], axes[1, col], rows, t, f"{task}: {label}\n", numbers)
-        unit = (
-            "labelled pixels (a sample)" if view.test_predictions.pred[task].ndim > 1 else "images"
-        )
+            b = bins_of(view.tasks[task], rows, t)
+            _panel(axes[0, col], axes[1, col], b, f"{task}: {label}\n", numbers)
         caption = (
-            f"{len(rows.targets):,} test {unit}; 15 equal-width confidence bins; ECE: "
+            f"{_counted(view.tasks[task], rows)}; 15 equal-width confidence bins; ECE: "
             "count-weighted mean gap, MCE: largest gap"
         )
         charts.append(
@@ -49,13 +48,22 @@ def reliability(view: RunView) -> list[Chart]:
     return charts
 
 
+def _counted(task: Task, rows: Rows) -> str:
+    """What the diagram bins: test images, a sample of their labelled pixels, or each image's
+    several yes/no answers (a multi-label task's)."""
+    n = len(rows.targets)
+    if "pixels" in task.figures:
+        return f"{n:,} labelled test pixels (a sample)"
+    several = f", {rows.targets.shape[1]} predictions each" if rows.targets.ndim == 2 else ""
+    return f"{n:,} test images{several}"
+
+
 def _rounded(numbers: dict[str, float]) -> dict[str, float]:
     return {"accuracy": round(numbers["accuracy"], 4), "NLL": round(numbers["nll"], 4),
             "ECE": round(numbers["ece"], 4), "MCE": round(numbers["mce"], 4)}  # fmt: skip
 
 
-def _panel(top, bottom, rows, temperature: float, title: str, numbers: dict) -> None:
-    b = bins_of(rows, temperature)
+def _panel(top, bottom, b: Bins, title: str, numbers: dict) -> None:
     left, width = b.edges[:-1].numpy(), float(b.edges[1] - b.edges[0])
     acc, conf = b.accuracy.nan_to_num().numpy(), b.confidence.nan_to_num().numpy()
     filled = b.count.numpy() > 0
