@@ -9,6 +9,7 @@ import typer
 
 from cnnlab.allocator import keep_freed_memory
 from cnnlab.catalog import recipe_file, shipped_recipes, shipped_sweeps, sweep_file
+from cnnlab.collector import collect_rarely, skip_final_collections
 from cnnlab.errors import CnnlabError
 from cnnlab.plugins import import_from_environment, load_entry_points
 
@@ -611,6 +612,14 @@ def _number(x: float) -> str:
 
 def main() -> None:
     keep_freed_memory()  # before the first tensor: every command's steps reuse their memory
+    collect_rarely()  # a command's heap is mostly imports no collection frees
+    try:
+        _run()
+    finally:
+        skip_final_collections()  # the heap goes with the process
+
+
+def _run() -> None:
     try:
         # Components from installed packages, then the --import modules of the cnnlab that
         # started this process (a sweep trial under torchrun), before any recipe is read.
