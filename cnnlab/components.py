@@ -193,10 +193,29 @@ def register_task(name: str, *, replace: bool = False) -> Callable[[T], T]:
                 f"task {name!r}: {cls.__name__}.metrics must be a tuple of metric names, "
                 f'"loss" first (e.g. ("loss", "accuracy")); it is {metrics!r}'
             )
+        _check_probabilities(name, cls, Task)
         _add("task", name, cls, replace, cls)
         return cls
 
     return register
+
+
+def _check_probabilities(name: str, cls: type, base: type) -> None:
+    """A task type that calibrates or draws a reliability diagram says how its logits become
+    probabilities: `probabilistic`, and its own `probabilities`, `nll` and `outcomes`."""
+    if "reliability" in cls.figures and not cls.probabilistic:
+        raise CnnlabError(
+            f"task {name!r}: {cls.__name__}.figures has reliability, which needs probabilities; "
+            "set probabilistic = True (with probabilities, nll and outcomes) or leave it out"
+        )
+    missing = [
+        m for m in ("probabilities", "nll", "outcomes") if getattr(cls, m) is getattr(base, m)
+    ]
+    if cls.probabilistic and missing:
+        raise CnnlabError(
+            f"task {name!r}: {cls.__name__} is probabilistic but has no {', '.join(missing)}; "
+            "write them (examples/custom_task.py's Tags has all three) or drop probabilistic"
+        )
 
 
 def register_figure(name: str, doc: str = "", *, replace: bool = False) -> Callable[[T], T]:

@@ -165,6 +165,33 @@ def test_a_name_is_taken_once_and_a_section_answers_to_its_name():
         unregister("backbone", "cnn")
 
 
+def test_a_task_type_with_probabilities_says_how_it_makes_them():
+    class OnlyFlag(Regression):
+        class config(RegressionConfig):
+            type: Literal["onlyflag"] = "onlyflag"
+
+        probabilistic = True
+
+        def nll(self, logits, target):
+            return torch.zeros(())
+
+    with pytest.raises(CnnlabError) as err:
+        register_task("onlyflag")(OnlyFlag)
+    assert str(err.value) == (
+        "task 'onlyflag': OnlyFlag is probabilistic but has no probabilities, outcomes; write "
+        "them (examples/custom_task.py's Tags has all three) or drop probabilistic"
+    )
+
+    class Diagram(Regression):
+        class config(RegressionConfig):
+            type: Literal["diagram"] = "diagram"
+
+        figures = ("regression", "reliability")
+
+    with pytest.raises(CnnlabError, match=r"Diagram.figures has reliability, which needs prob"):
+        register_task("diagram")(Diagram)
+
+
 # ------------------------------------------------------------- training and figures
 
 
