@@ -499,6 +499,9 @@ def test_whole_groups_stay_in_one_split(shapes, tmp_path):
     assert not (train & val or train & test or val & test) and len(val) and len(test)
     assert len(train | val | test) == len(rows) // 4
     assert abs(len(test) - 0.2 * len(rows) / 4) <= 3  # test_fraction counts subjects
+    raw["data"]["test_fraction"] = 0.35  # rounded per class of subjects: not n × 0.35 rows
+    cfg = load_recipe(raw).data
+    assert describe(cfg).sizes["test"] == len(table.load(cfg).test) != round(len(rows) * 0.35)
 
     raw["data"]["split"] = {"column": "split"}  # its first two rows, one subject, parted
     with pytest.raises(CnnlabError) as err:

@@ -525,8 +525,11 @@ def describe(cfg: TableConfig) -> DataInfo:
     """Targets, classes and sizes from the table alone; every row is checked."""
     rows = read_rows(cfg)
     n = len(rows.images)
-    if rows.split is None:
-        test = round(n * cfg.test_fraction)
+    if rows.split is None:  # the carve load() makes, less the rows it cannot decode
+        target = _stratify_target(cfg)
+        labels = torch.from_numpy(rows.values[target]) if target else None
+        groups = torch.from_numpy(rows.groups) if rows.groups is not None else None
+        test = len(stratified_split(labels, n, cfg.test_fraction, TEST_SEED, groups)[1])
         train, val = n - test, None
     else:
         train, val, test = (int((rows.split == k).sum()) for k in range(3))
