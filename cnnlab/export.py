@@ -78,8 +78,8 @@ class Exported(nn.Module):
         outs = []
         for name in self.names:
             task = self.tasks[name]
-            info, classify = task.info, task.probabilistic
-            kind = "probabilities" if classify else "values"
+            info, probabilistic = task.info, task.probabilistic
+            kind = "probabilities" if probabilistic else "values"
             outs.append(
                 {
                     "name": name,
@@ -87,7 +87,7 @@ class Exported(nn.Module):
                     "task": type(self.tasks[name]).__name__,
                     "classes": info.classes,
                     "components": info.components,
-                    "temperature": task.temperature if classify else None,
+                    "temperature": task.temperature if probabilistic else None,
                 }
             )
         return outs

@@ -100,7 +100,9 @@ class Tags(Task):
     def nll(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits, target.float())
 
-    def outcomes(self, logits: torch.Tensor, target: torch.Tensor):
+    def outcomes(
+        self, logits: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each tag of each image is a yes/no answer: the probability of the answer given,
         and whether it is right."""
         p = logits.sigmoid()

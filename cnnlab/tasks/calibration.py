@@ -90,9 +90,16 @@ def reliability(task: Task, rows: Rows, temperature: float = 1.0, bins: int = 15
     """Reliability bins of the task's predictions at logits / T (a classification's top
     label), the diagram of the ECE: bins as torchmetrics draws them (an edge goes to the bin
     above), a confidence of 1.0 in the last."""
-    confidence, correct = (
-        t.flatten() for t in task.outcomes(rows.logits / temperature, rows.targets)
-    )
+    return _binned(*_outcomes(task, rows, temperature), bins)
+
+
+def _outcomes(task: Task, rows: Rows, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every prediction's confidence and whether it is right, flat (`Task.outcomes`)."""
+    confidence, correct = task.outcomes(rows.logits / temperature, rows.targets)
+    return confidence.flatten(), correct.flatten()
+
+
+def _binned(confidence: torch.Tensor, correct: torch.Tensor, bins: int) -> Bins:
     edges = torch.linspace(0, 1, bins + 1)
     index = (torch.bucketize(confidence, edges, right=True) - 1).clamp(0, bins - 1)
     count = torch.bincount(index, minlength=bins).float()
@@ -105,12 +112,12 @@ def scores(task: Task, rows: Rows, temperature: float = 1.0, bins: int = 15) -> 
     probabilities at logits / T. The errors come from the diagram's own bins, which equal
     torchmetrics' (the test metrics' ECE and MCE; a test compares them): the numbers under a
     diagram are the diagram's, and a report does not import torchmetrics (1-2 s) to draw one."""
-    scaled = rows.logits / temperature
-    b = reliability(task, rows, temperature, bins)
+    confidence, correct = _outcomes(task, rows, temperature)
+    b = _binned(confidence, correct, bins)
     gap = (b.accuracy - b.confidence).abs().nan_to_num()  # an empty bin: no gap
     return {
-        "accuracy": float((b.accuracy.nan_to_num() * b.count).sum() / b.count.sum()),
-        "nll": float(task.nll(scaled, rows.targets)),
+        "accuracy": float(correct.mean()),
+        "nll": float(task.nll(rows.logits / temperature, rows.targets)),
         "ece": float((gap * b.count).sum() / b.count.sum()),
         "mce": float(gap.max()),
     }
