@@ -226,7 +226,9 @@ def export(
 @app.command()
 def predict(
     images: list[Path] = typer.Argument(
-        ..., help="RUN then image files and/or folders; or images alone for an ImageNet model"
+        ...,
+        help="RUN (or its exported model.onnx / .pt2) then image files and/or folders; or "
+        "images alone for an ImageNet model",
     ),
     model: str = typer.Option(
         "efficientnet_lite0", help="ImageNet model (cnnlab backbones --pretrained)"
@@ -246,11 +248,13 @@ def predict(
 ) -> None:
     """A trained run's answers on new images, or an exported file's, or a pretrained model's.
 
-    `cnnlab predict RUN IMAGES`, or `--onnx FILE IMAGES` for an exported one; without a run,
-    an ImageNet-pretrained model as it is."""
+    `cnnlab predict RUN IMAGES`, or `cnnlab predict FILE IMAGES` for an exported one
+    (`--onnx FILE` too); without a run, an ImageNet-pretrained model as it is."""
     _import(imports)
     from cnnlab.predict import image_paths
 
+    if onnx is None and images and images[0].suffix in (".onnx", ".pt2"):
+        onnx, images = images[0], images[1:]  # an exported file named first, as a run is
     run = images[0] if images and (images[0] / "recipe.yaml").is_file() else None
     if explain and (run is None or onnx is not None):
         raise CnnlabError("predict --explain: give a run folder first; its model is explained")

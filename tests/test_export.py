@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from cnnlab.build import build
@@ -150,6 +151,10 @@ def test_cli_exports_a_trained_run_with_the_same_test_accuracy(tiny, tmp_path):
     outputs = json.loads(meta["cnnlab.outputs"])["outputs"]
     assert [o["name"] for o in outputs] == ["cls", "ink"]
     assert "Ankle boot" in outputs[0]["classes"]
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(tmp_path / "black.png")
+    named = run_cli("predict", str(onnx_file), str(tmp_path / "black.png"), cwd=tmp_path)
+    assert named.returncode == 0, named.stderr  # the file named first, as a run folder is
+    assert named.stdout.startswith(f"{tmp_path / 'black.png'}\n  cls: ")
 
     pt2 = run_cli("export", str(run.path), "--format", "pt2", "--out", str(tmp_path / "m.pt2"))
     assert pt2.returncode == 0, pt2.stderr
