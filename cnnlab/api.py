@@ -13,6 +13,7 @@ checked exactly as on the command line, and every problem a user can fix is one
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -227,12 +228,14 @@ class Run:
         after. Predictions, figures, the report and exports made from here on use it."""
         import pandas as pd
 
-        from cnnlab.calibration import calibrate_run
+        from cnnlab.calibration import calibrate_run, uninformed
 
         view = self.__dict__.get("_view")
         loaded = view is not None and "built" in view.__dict__  # its data: not read again
         splits, device = (view.splits, view.device) if loaded else (None, None)
         result = calibrate_run(self.path, splits=splits, device=device)
+        for line in uninformed(result):
+            warnings.warn(line, stacklevel=2)
         self.__dict__.pop("_view", None)  # built with the old temperature
         self.__dict__.pop("_predictor", None)
         if splits is not None:

@@ -127,8 +127,12 @@ def calibrate_run(
     return result
 
 
+UNINFORMED = 10.0  # a temperature above this flattens the probabilities to near uniform
+
+
 def summary(result: dict[str, dict]) -> list[str]:
-    """One line per task and split: the temperature, NLL and ECE before -> after."""
+    """One line per task and split: the temperature, NLL and ECE before -> after; then
+    `uninformed`'s lines."""
     lines = []
     for name, r in result.items():
         for split in ("val", "test"):
@@ -140,4 +144,15 @@ def summary(result: dict[str, dict]) -> list[str]:
                 f"{a['nll']:.4f}, ECE {b['ece']:.4f} -> {a['ece']:.4f}, "
                 f"MCE {b['mce']:.4f} -> {a['mce']:.4f}"
             )
-    return lines
+    return lines + uninformed(result)
+
+
+def uninformed(result: dict[str, dict]) -> list[str]:
+    """A line for each task whose temperature is so high that its logits barely inform its
+    probabilities: a model near chance, which calibration cannot make useful."""
+    return [
+        f"{name}: T = {r['temperature']:.3g} flattens its probabilities to about uniform: on "
+        "validation its logits tell little (a model near chance, or trained too briefly)"
+        for name, r in result.items()
+        if r["temperature"] > UNINFORMED
+    ]

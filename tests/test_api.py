@@ -173,6 +173,14 @@ def test_a_run_is_calibrated_and_exported_from_python(api_run, tmp_path):
     assert not np.allclose(alone, answers["cls"].probabilities, atol=1e-3)
 
 
+def test_a_temperature_that_flattens_the_probabilities_is_a_warning(api_run, tmp_path, monkeypatch):
+    shutil.copytree(api_run.path, tmp_path / "run")
+    monkeypatch.setattr("cnnlab.calibration.fit_temperature", lambda task, rows: 50.0)
+    with pytest.warns(UserWarning, match=r"^cls: T = 50 flattens its probabilities to about unif"):
+        fitted = cnnlab.load_run(tmp_path / "run").calibrate()
+    assert (fitted["temperature"] == 50.0).all()
+
+
 def test_images_of_ones_own_are_explained(api_run, tmp_path):
     """Run.explain: the maps of the class `predict` gives each image, from the saved model
     alone; `cnnlab predict RUN IMAGES --explain` draws the same."""

@@ -12,7 +12,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 
 import cnnlab
 from cnnlab.build import build
-from cnnlab.calibration import calibrate_run, fit
+from cnnlab.calibration import calibrate_run, fit, summary
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
 from cnnlab.export import load_for_export
@@ -44,6 +44,22 @@ def test_the_fitted_temperature_is_the_one_the_classes_were_drawn_at(truth):
     before, after = scores(CLASSES, rows), scores(CLASSES, rows, fitted)
     assert after["nll"] < before["nll"] and after["ece"] < 0.02 < before["ece"]
     assert after["accuracy"] == before["accuracy"]  # a temperature moves no argmax
+
+
+def test_logits_that_tell_nothing_get_a_high_temperature_and_a_line_saying_so():
+    gen = torch.Generator().manual_seed(0)
+    rows = Rows(torch.randn(5000, 10, generator=gen), torch.randint(0, 10, (5000,), generator=gen))
+    fitted = fit_temperature(CLASSES, rows)
+    assert fitted > 10
+    val = {"before": scores(CLASSES, rows), "after": scores(CLASSES, rows, fitted)}
+    result = {"cls": {"temperature": fitted, "val": val}}
+    lines = summary(result)
+    assert lines[0].startswith(f"cls: T = {fitted:.3f}; val NLL ")
+    assert lines[1] == (
+        f"cls: T = {fitted:.3g} flattens its probabilities to about uniform: on validation its "
+        "logits tell little (a model near chance, or trained too briefly)"
+    )
+    assert len(summary({"cls": {**result["cls"], "temperature": 1.5}})) == 1
 
 
 def test_the_errors_from_the_reliability_bins_are_torchmetrics_ece_and_mce():
