@@ -35,6 +35,21 @@ class SplitPredictions:
     # sample of a mask's labelled pixels; what the reliability diagram bins
     rows: dict[str, Rows]
 
+    def state(self) -> dict:
+        """Plain tensors in plain dicts: what a file read with weights_only=True may hold."""
+        rows = {k: {"logits": r.logits, "targets": r.targets} for k, r in self.rows.items()}
+        return {"truth": self.truth, "pred": self.pred, "peaks": self.peaks, "rows": rows}
+
+    @staticmethod
+    def from_state(state: dict) -> SplitPredictions:
+        rows = {k: Rows(r["logits"], r["targets"]) for k, r in state["rows"].items()}
+        return SplitPredictions(state["truth"], state["pred"], state["peaks"], rows)
+
+    def nbytes(self) -> int:
+        tensors = [*self.truth.values(), *self.pred.values(), self.peaks]
+        tensors += [t for r in self.rows.values() for t in (r.logits, r.targets)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
 
 class Recorder:
     """What the figures read from a pass over a split, gathered by the pass that measures

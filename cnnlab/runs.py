@@ -124,6 +124,8 @@ class RunFolder:
     test_path = property(lambda self: self.path / "test_metrics.json")
     status_path = property(lambda self: self.path / "status.json")
     calibration_path = property(lambda self: self.path / "calibration.json")
+    # the best weights' test predictions, kept by the report for the next one (a cache)
+    predictions_path = property(lambda self: self.path / "checkpoints" / "best_test.pt")
 
     def recipe(self) -> Recipe:
         return load_saved_recipe(self.recipe_path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 
@@ -15,8 +16,10 @@ import torch
 import yaml
 from PIL import Image
 
-from cnnlab.report import SECTIONS, build_report, script_json
+from cnnlab.data.base import ImageSet
+from cnnlab.report import SECTIONS, build_report, keep_predictions, script_json
 from cnnlab.viz import RunView, make_charts
+from cnnlab.viz.run_view import digest
 from tests.browser import chromium, visit
 
 FIGURES_JS = """Array.from(document.querySelectorAll('.figure')).map(e => {
@@ -225,3 +228,42 @@ def test_train_hands_the_report_its_test_pass_predictions(tiny, monkeypatch, cal
     view = RunView(run.path)
     view.share_predictions(shared)
     assert view.test_predictions is shared  # the report's figures read these, no new pass
+
+
+def test_the_report_keeps_the_test_predictions_for_the_next_look(report_run, tmp_path, monkeypatch):
+    """`cnnlab report` and `cnnlab viz` of a run whose report kept its test predictions make
+    no pass over the test set; new weights, a changed test set or an unreadable file do."""
+    run = shutil.copytree(report_run[0], tmp_path / "run")  # copy2: the same mtimes
+    kept = run / "checkpoints" / "best_test.pt"
+    assert kept.is_file()  # the report `cnnlab train` wrote kept them
+    fresh = RunView(run).predict("test")
+    made = []
+    monkeypatch.setattr(RunView, "predict", lambda self, split: made.append(split) or fresh)
+    view = RunView(run)
+    found = view.test_predictions
+    assert made == [] and view.predictions_kept
+    for name in fresh.truth:
+        assert torch.equal(found.truth[name], fresh.truth[name])
+        assert torch.equal(found.pred[name], fresh.pred[name])
+    assert torch.equal(found.peaks, fresh.peaks)
+    assert torch.equal(found.rows["cls"].logits, fresh.rows["cls"].logits)
+
+    kept.write_bytes(b"not a checkpoint")  # made again, not an error; kept again
+    view = RunView(run)
+    assert view.test_predictions is fresh and made == ["test"]
+    keep_predictions(view)
+    assert RunView(run).test_predictions.peaks.shape == fresh.peaks.shape and made == ["test"]
+
+    best = run / "checkpoints" / "best.pt"
+    os.utime(best, ns=(best.stat().st_atime_ns, best.stat().st_mtime_ns + 1))  # new weights
+    assert RunView(run).test_predictions is fresh and made == ["test", "test"]
+
+
+def test_the_digest_of_a_split_sees_one_pixel_and_one_label():
+    images = torch.zeros(5000, 1, 4, 4, dtype=torch.uint8)  # more than one 4096-image read
+    split = ImageSet(images, {"label": torch.zeros(5000, dtype=torch.long)})
+    first = digest(split)
+    images[4500, 0, 1, 2] = 1
+    second = digest(split)
+    split.targets["label"][3] = 2
+    assert len({first, second, digest(split)}) == 3

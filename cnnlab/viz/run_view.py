@@ -8,6 +8,7 @@ Nothing here writes to the run or touches training state (optimizer, last.pt, rn
 
 from __future__ import annotations
 
+import hashlib
 from functools import cached_property
 from pathlib import Path
 
@@ -25,6 +26,19 @@ from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks import Task, evaluate
 from cnnlab.tta import ViewAverage
 from cnnlab.viz.hooks import analysis_mode, last_conv
+
+
+def digest(split: ImageSet) -> str:
+    """A hash of a split's pixels and targets, read a few thousand images at a time (a
+    mapped split is not loaded whole)."""
+    h = hashlib.blake2b(digest_size=16)
+    images = split.images
+    for start in range(0, len(split), 4096):
+        h.update(images[start : start + 4096].cpu().contiguous().numpy())
+    for name in sorted(split.targets):
+        h.update(name.encode())
+        h.update(split.targets[name].cpu().contiguous().numpy())
+    return h.hexdigest()
 
 
 def figures_recorder(tasks: dict[str, Task], images: int) -> Recorder:
@@ -149,8 +163,33 @@ class RunView:
 
     @cached_property
     def test_predictions(self) -> SplitPredictions:
-        """The test set's targets and predictions, from one pass every figure shares."""
+        """The test set's targets and predictions, from one pass every figure shares, or as
+        the last report kept them for these weights and this test set."""
+        kept = self._kept_predictions()
+        if kept is not None:
+            self.predictions_kept = True
+            return kept
         return self.predict("test")
+
+    predictions_kept = False  # test_predictions came from the run folder, not a pass
+
+    def predictions_key(self) -> dict:
+        """What kept test predictions must match: the best checkpoint as it is on disk, and
+        the test split's every pixel and target (a label fixed in place counts)."""
+        stat = self.run.best_path.stat()
+        return {"best": [stat.st_size, stat.st_mtime_ns], "test": digest(self.split("test"))}
+
+    def _kept_predictions(self) -> SplitPredictions | None:
+        path = self.run.predictions_path
+        if not path.is_file():
+            return None
+        try:
+            state = load_checkpoint(path)
+        except CnnlabError:  # unreadable: made again, and kept again by the next report
+            return None
+        if state.get("key") != self.predictions_key():
+            return None
+        return SplitPredictions.from_state(state["predictions"])
 
     @torch.inference_mode()
     def predict(self, split: str) -> SplitPredictions:
