@@ -9,7 +9,9 @@ since it started, so the phases show where they begin; the summary splits the wa
 into the epochs (the loop's own seconds per epoch, training + validation, from
 metrics.jsonl) and everything else (the report the command writes included), then times
 the report alone: the whole `cnnlab report` command of the finished run, and the part the
-page's own clock counts (after the imports: data, the test pass, the figures).
+page's own clock counts (after the imports: data, the test pass, the figures); once with
+the test predictions the first report kept (checkpoints/best_test.pt), as a user's next
+report is, and once without them, as a run's first look is.
 
 Bars (issue 33): at most 30 s beyond the epochs on a first run; the report's figures in at
 most 15 s.
@@ -72,13 +74,18 @@ def main() -> None:
         (run,) = out.iterdir()
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         epochs = sum(r["seconds"] for r in rows if "seconds" in r)
-        print(f"cnnlab report {run.name}")
-        report = stamped([*CNNLAB, "report", str(run)], env)
-        built = re.search(r"report built .* in ([\d.]+) s", (run / "report.html").read_text())
+        reports = []
+        for kept in (True, False):  # as a user's next report; as a run's first look
+            if not kept:
+                (run / "checkpoints" / "best_test.pt").unlink()
+            print(f"cnnlab report {run.name} ({'test predictions kept' if kept else 'none kept'})")
+            seconds = stamped([*CNNLAB, "report", str(run)], env)
+            page = re.search(r"report built .* in ([\d.]+) s", (run / "report.html").read_text())
+            reports.append(f"{seconds:.1f} s (its page {page.group(1)} s)")
     print(
         f"wall {wall:.1f} s = epochs {epochs:.1f} s + {wall - epochs:.1f} s besides "
-        f"(bar: 30 s); the report, the whole command, {report:.1f} s (bar: 15 s), of which "
-        f"building the page (data, test pass, figures: its own clock) {built.group(1)} s; "
+        f"(bar: 30 s); the report, the whole command (bar: 15 s), with the test predictions "
+        f"the first report kept: {reports[0]}; without (a test pass): {reports[1]}; "
         f"host {device_name(torch.device('cpu'))}",
         flush=True,
     )
