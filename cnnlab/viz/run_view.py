@@ -27,6 +27,8 @@ from cnnlab.tasks import Task, evaluate
 from cnnlab.tta import ViewAverage
 from cnnlab.viz.hooks import analysis_mode, last_conv
 
+KEPT_FORMAT = 1  # of the test predictions a report keeps (SplitPredictions.state)
+
 
 def digest(split: ImageSet) -> str:
     """A hash of a split's pixels and targets, read a few thousand images at a time (a
@@ -177,7 +179,8 @@ class RunView:
         """What kept test predictions must match: the best checkpoint as it is on disk, and
         the test split's every pixel and target (a label fixed in place counts)."""
         stat = self.run.best_path.stat()
-        return {"best": [stat.st_size, stat.st_mtime_ns], "test": digest(self.split("test"))}
+        test = digest(self.split("test"))
+        return {"kept": KEPT_FORMAT, "best": [stat.st_size, stat.st_mtime_ns], "test": test}
 
     def _kept_predictions(self) -> SplitPredictions | None:
         path = self.run.predictions_path
