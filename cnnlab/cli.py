@@ -155,7 +155,11 @@ def tasks() -> None:
         typer.echo(f"{name:<21} {doc}")
         keys = cls.config(target="<target>").model_dump(mode="json")
         typer.echo(f"{'':<21} {_one_line({'<name>': {'type': keys.pop('type'), **keys}})}")
-        typer.echo(f"{'':<21} metrics: {', '.join(cls.metrics)}")
+        calibrated = (
+            "; probabilities: calibrate fits their temperature" if cls.probabilistic else ""
+        )
+        typer.echo(f"{'':<21} metrics: {', '.join(cls.metrics)}{calibrated}")
+        typer.echo(f"{'':<21} figures: {', '.join(cls.figures) or 'none of its own'}")
 
 
 def _one_line(section: dict) -> str:

@@ -107,14 +107,18 @@ def test_cli_lists_the_imported_task_type_with_its_keys_and_metrics():
     out = run_cli("--import", "examples/custom_task.py", "tasks")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert [line.split()[0] for line in lines[::3]] == [
+    assert [line.split()[0] for line in lines[::4]] == [
         "classification", "regression", "pixel_classification", "tags"
     ]  # fmt: skip
-    assert lines[-2].split() == [
+    assert lines[-3].split() == [
         "<name>:", "{type:", "tags,", "target:", "<target>,", "weight:", "1.0,", "head:",
         "{hidden:", "[128],", "dropout:", "0.3,", "activation:", "relu},", "threshold:", "0.5}",
     ]  # fmt: skip
-    assert lines[-1].split() == ["metrics:", "loss,", "macro_f1,", "exact"]
+    assert lines[-2].strip() == (
+        "metrics: loss, macro_f1, exact; probabilities: calibrate fits their temperature"
+    )
+    assert lines[-1].strip() == "figures: mistakes, reliability"
+    assert lines[6].strip() == "metrics: loss, mae, rmse"  # a regression has no probabilities
 
 
 def test_cli_lists_the_imported_backbone():
