@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from cnnlab.progress import counting
 from cnnlab.recipe import best_row, dump_recipe
 from cnnlab.runs import write_text
 from cnnlab.viz import BUILT_IN, FIGURES, Chart, RunView, make_charts
+from cnnlab.viz.base import write_png
 
 # (section id, title, figure names): the order of report.html
 SECTIONS = [
@@ -66,9 +68,14 @@ class Block:
     key: str
     title: str
     caption: str
-    png: str  # base64
+    png: str | Future[str]  # base64; a Future while the report's pool writes the file
     plot_json: str | None = None  # escaped plotly JSON, safe inside <script>
     table: list[dict] | None = None
+
+    def settle(self) -> None:
+        """Wait for the PNG (a failure to write it is raised here)."""
+        if isinstance(self.png, Future):
+            self.png = self.png.result()
 
 
 @dataclass
@@ -84,20 +91,31 @@ def script_json(data: str) -> str:
     return data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _png(chart: Chart, folder: Path) -> str:
-    path = chart.save(folder)
-    return base64.b64encode(path.read_bytes()).decode("ascii")
+def _png(chart: Chart, folder: Path, pool: Executor | None) -> str | Future[str]:
+    """The chart drawn here, then written as `folder/KEY.png` and encoded for the page, in
+    `pool` when given (while the next chart is drawn)."""
+    pixels = chart.pixels()
+
+    def encoded() -> str:
+        path = write_png(pixels, folder / f"{chart.key}.png")
+        return base64.b64encode(path.read_bytes()).decode("ascii")
+
+    return pool.submit(encoded) if pool is not None else encoded()
 
 
-def block(chart: Chart, folder: Path) -> Block:
-    """A chart saved as `folder/KEY.png` and made ready for a page (both reports use it)."""
+def block(chart: Chart, folder: Path, pool: Executor | None = None) -> Block:
+    """A chart saved as `folder/KEY.png` and made ready for a page (both reports use it);
+    with `pool`, its PNG is a Future until `Block.settle`."""
     plot = None
     if chart.plotly is not None:
         plot = script_json(chart.plotly.to_json())
-    return Block(chart.key, chart.title, chart.caption, _png(chart, folder), plot, chart.table)
+    png = _png(chart, folder, pool)
+    return Block(chart.key, chart.title, chart.caption, png, plot, chart.table)
 
 
-def _section(view: RunView, sid: str, title: str, names: list[str], folder: Path) -> Section:
+def _section(
+    view: RunView, sid: str, title: str, names: list[str], folder: Path, pool: Executor
+) -> Section:
     section = Section(sid, title)
     for name in names:
         try:
@@ -110,7 +128,7 @@ def _section(view: RunView, sid: str, title: str, names: list[str], folder: Path
                 raise
             section.missing = f"{name} failed: {type(err).__name__}: {err}"
             continue
-        section.blocks += [block(c, folder) for c in charts]
+        section.blocks += [block(c, folder, pool) for c in charts]
     return section
 
 
@@ -150,11 +168,13 @@ def build_report(
         view.share_predictions(predictions)
     folder = view.run.path / "figures"
     shown, parts = [], sections()
-    with counting("report", len(parts), show) as advance:
+    with ThreadPoolExecutor(1) as pool, counting("report", len(parts), show) as advance:
         for sid, title, names in parts:
             advance(0, info=title)
-            shown.append(_section(view, sid, title, names, folder))
+            shown.append(_section(view, sid, title, names, folder, pool))
             advance()
+    for b in (b for s in shown for b in s.blocks):
+        b.settle()
     # A section with nothing to show and nothing to explain (no regression task) is left out.
     shown = [s for s in shown if s.blocks or s.missing]
     env_path = view.run.path / "env.json"

@@ -557,3 +557,20 @@ def test_custom_figure_draws_from_the_command_line_and_python(report_run, tmp_pa
     answers = int(chart.caption.split(" of ")[1].split()[0].replace(",", ""))
     assert chart.extra["right"] / answers == pytest.approx(tested, abs=1e-6)
     assert len(chart.figure.axes[0].patches) == 2 * 5  # two stacked sets of 5 bins
+
+
+def test_a_chart_is_written_as_savefig_writes_it(view, tmp_path):
+    """The report draws a chart, then compresses its PNG while it draws the next: the file is
+    the one `savefig` writes, byte for byte (fresh charts each: a second draw of one figure
+    may lay it out a pixel apart)."""
+    import matplotlib
+
+    from cnnlab.viz.base import PNG, RC
+
+    for name in ("predictions", "confusion", "curves"):
+        (a, *_), (b, *_) = make_charts(view, name), make_charts(view, name)
+        with matplotlib.rc_context(RC):
+            a.figure.savefig(tmp_path / "savefig.png", **PNG)
+        canvas = b.figure.canvas
+        assert b.save(tmp_path).read_bytes() == (tmp_path / "savefig.png").read_bytes(), name
+        assert b.figure.canvas is canvas  # a figure of one's own keeps its canvas
