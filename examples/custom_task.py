@@ -8,8 +8,10 @@ Run it as a script (a short run: under a minute on a laptop CPU):
 It writes a table of generated shapes (`cnnlab data shapes`: images, and a column per tag
 saying whether the image holds a disc, a square, a triangle), trains the task `tags` on it
 beside the built-in classification of the largest shape, prints each tag's test F1,
-draws where in the images the triangle tag comes from, exports the model as ONNX and asks
-the file about a few images.
+draws where in the images the triangle tag comes from, fits a temperature for the tags'
+sigmoids as for the classification's softmax (the task says how its logits become
+probabilities: `probabilistic`, `probabilities`, `nll`, `outcomes`), exports the model as
+ONNX and asks the file about a few images.
 
 The same task from the command line: `--import` this file (importing it registers the task
 type `tags` and trains nothing), and name it in a recipe's `tasks`:
