@@ -198,20 +198,5 @@ def build_report(
     )
     path = view.run.path / "report.html"
     write_text(path, html)
-    keep_predictions(view)
+    view.keep_predictions()
     return path
-
-
-KEPT_BYTES = 256 << 20  # test predictions larger than this are made again for each report
-
-
-def keep_predictions(view: RunView) -> None:
-    """Save the test predictions the figures read, for the next report or `cnnlab viz` of
-    the same weights and test set: it skips a pass over the test set with every view (the
-    demo's 10,000 images, ten views each). Kept beside the best weights, read with
-    weights_only=True; a new best checkpoint, calibration or test set makes them stale."""
-    made = "test_predictions" in view.__dict__ and not view.predictions_kept
-    if not made or view.test_predictions.nbytes() > KEPT_BYTES:
-        return
-    state = {"key": view.predictions_key(), "predictions": view.test_predictions.state()}
-    view.run.save_checkpoint(view.run.predictions_path, state)

@@ -17,8 +17,8 @@ import yaml
 from PIL import Image
 
 from cnnlab.data.base import ImageSet
-from cnnlab.report import SECTIONS, build_report, keep_predictions, script_json
-from cnnlab.viz import RunView, make_charts
+from cnnlab.report import SECTIONS, build_report, script_json
+from cnnlab.viz import RunView, make_charts, render
 from cnnlab.viz.run_view import digest
 from tests.browser import chromium, visit
 
@@ -251,12 +251,15 @@ def test_the_report_keeps_the_test_predictions_for_the_next_look(report_run, tmp
     kept.write_bytes(b"not a checkpoint")  # made again, not an error; kept again
     view = RunView(run)
     assert view.test_predictions is fresh and made == ["test"]
-    keep_predictions(view)
+    view.keep_predictions()
     assert RunView(run).test_predictions.peaks.shape == fresh.peaks.shape and made == ["test"]
 
     best = run / "checkpoints" / "best.pt"
     os.utime(best, ns=(best.stat().st_atime_ns, best.stat().st_mtime_ns + 1))  # new weights
     assert RunView(run).test_predictions is fresh and made == ["test", "test"]
+    render(run, "confusion", tmp_path / "png")  # `cnnlab viz` makes them once, then keeps them
+    render(run, "mistakes", tmp_path / "png")
+    assert made == ["test", "test", "test"]
 
 
 def test_the_digest_of_a_split_sees_one_pixel_and_one_label():

@@ -3,7 +3,8 @@
 Everything is read from the run folder (recipe.yaml, metrics.jsonl, checkpoints/best.pt
 loaded with weights_only=True) and rebuilt through the one build path training used
 (`cnnlab.build`), so figures show exactly the split and model the run was evaluated on.
-Nothing here writes to the run or touches training state (optimizer, last.pt, rng).
+Nothing here touches training state (optimizer, last.pt, rng); the one file it writes is
+a cache, the test predictions it keeps for the next look (`keep_predictions`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from cnnlab.tta import ViewAverage
 from cnnlab.viz.hooks import analysis_mode, last_conv
 
 KEPT_FORMAT = 1  # of the test predictions a report keeps (SplitPredictions.state)
+KEPT_BYTES = 256 << 20  # larger test predictions (large masks) are made again at each look
 
 
 def digest(split: ImageSet) -> str:
@@ -181,6 +183,22 @@ class RunView:
         stat = self.run.best_path.stat()
         test = digest(self.split("test"))
         return {"kept": KEPT_FORMAT, "best": [stat.st_size, stat.st_mtime_ns], "test": test}
+
+    def keep_predictions(self) -> None:
+        """Save the test predictions the figures read, if a pass made them here, for the
+        next report, `cnnlab viz` or notebook on the same weights and test set: they skip a
+        pass over the test set with every view (the demo's 10,000 images, ten views each:
+        its report 7.8 s -> 5.5 s). Beside the best weights, read with weights_only=True; a
+        cache: a folder that cannot be written to keeps nothing, and says nothing."""
+        made = "test_predictions" in self.__dict__ and not self.predictions_kept
+        if not made or self.test_predictions.nbytes() > KEPT_BYTES:
+            return
+        state = {"key": self.predictions_key(), "predictions": self.test_predictions.state()}
+        try:
+            self.run.save_checkpoint(self.run.predictions_path, state)
+        except OSError:  # a run folder shared read-only, a full disk: the next look makes them
+            return
+        self.predictions_kept = True
 
     def _kept_predictions(self) -> SplitPredictions | None:
         path = self.run.predictions_path
