@@ -191,7 +191,9 @@ class Run:
         returned charts show themselves."""
         from cnnlab.viz import make_charts
 
-        return self._saved(make_charts(self._view, name, **options))
+        charts = self._saved(make_charts(self._view, name, **options))
+        self._view.keep_predictions()  # the next session's figures make no test pass
+        return charts
 
     def explain(
         self, images: ImageLike | Sequence[ImageLike], component: str | None = None,
