@@ -17,7 +17,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
 from cnnlab.export import load_for_export
 from cnnlab.runs import load_checkpoint
-from cnnlab.tasks.calibration import Rows, batch_rows, fit_temperature, reliability, scores
+from cnnlab.tasks.calibration import Rows, batch_rows, fit_temperature, judged, scores
 from cnnlab.tasks.classification import Classification, ClassificationConfig
 from cnnlab.tasks.pixel import NO_CLASS
 from cnnlab.viz import RunView, make_charts
@@ -64,10 +64,9 @@ def test_logits_that_tell_nothing_get_a_high_temperature_and_a_line_saying_so():
 
 def test_the_errors_from_the_reliability_bins_are_torchmetrics_ece_and_mce():
     rows = drawn_at(2.0, n=5000)
-    b = reliability(CLASSES, rows, 1.3)
+    b, said = judged(CLASSES, rows, 1.3)
     assert int(b.count.sum()) == 5000
     probs = (rows.logits / 1.3).softmax(1)
-    said = scores(CLASSES, rows, 1.3)
     for key, norm in (("ece", "l1"), ("mce", "max")):
         expected = float(multiclass_calibration_error(probs, rows.targets, 10, norm=norm))
         assert said[key] == pytest.approx(expected, abs=1e-6)

@@ -86,13 +86,6 @@ class Bins:
     accuracy: torch.Tensor  # (bins,) NaN where empty
 
 
-def reliability(task: Task, rows: Rows, temperature: float = 1.0, bins: int = 15) -> Bins:
-    """Reliability bins of the task's predictions at logits / T (a classification's top
-    label), the diagram of the ECE: bins as torchmetrics draws them (an edge goes to the bin
-    above), a confidence of 1.0 in the last."""
-    return _binned(*_outcomes(task, rows, temperature), bins)
-
-
 def _outcomes(task: Task, rows: Rows, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Every prediction's confidence and whether it is right, flat (`Task.outcomes`)."""
     confidence, correct = task.outcomes(rows.logits / temperature, rows.targets)
@@ -107,17 +100,26 @@ def _binned(confidence: torch.Tensor, correct: torch.Tensor, bins: int) -> Bins:
     return Bins(edges, count, per_bin(confidence), per_bin(correct))
 
 
-def scores(task: Task, rows: Rows, temperature: float = 1.0, bins: int = 15) -> dict[str, float]:
-    """Accuracy (the share of its predictions right), NLL, ECE and MCE of the task's
-    probabilities at logits / T. The errors come from the diagram's own bins, which equal
-    torchmetrics' (the test metrics' ECE and MCE; a test compares them): the numbers under a
-    diagram are the diagram's, and a report does not import torchmetrics (1-2 s) to draw one."""
+def judged(
+    task: Task, rows: Rows, temperature: float = 1.0, bins: int = 15
+) -> tuple[Bins, dict[str, float]]:
+    """The reliability bins of the task's predictions at logits / T (a classification's top
+    label: the diagram of the ECE, binned as torchmetrics bins, an edge going to the bin
+    above), and their accuracy (the share of predictions right), NLL, ECE and MCE. The errors
+    come from the diagram's own bins, which equal torchmetrics' (the test metrics' ECE and
+    MCE; a test compares them): the numbers under a diagram are the diagram's, and a report
+    does not import torchmetrics (1-2 s) to draw one."""
     confidence, correct = _outcomes(task, rows, temperature)
     b = _binned(confidence, correct, bins)
     gap = (b.accuracy - b.confidence).abs().nan_to_num()  # an empty bin: no gap
-    return {
+    return b, {
         "accuracy": float(correct.mean()),
         "nll": float(task.nll(rows.logits / temperature, rows.targets)),
         "ece": float((gap * b.count).sum() / b.count.sum()),
         "mce": float(gap.max()),
     }
+
+
+def scores(task: Task, rows: Rows, temperature: float = 1.0, bins: int = 15) -> dict[str, float]:
+    """`judged`'s numbers alone."""
+    return judged(task, rows, temperature, bins)[1]

@@ -9,8 +9,7 @@ is the ECE; the grey histogram below counts the predictions in each bin.
 from __future__ import annotations
 
 from cnnlab.tasks import Task
-from cnnlab.tasks.calibration import Bins, Rows, scores
-from cnnlab.tasks.calibration import reliability as bins_of
+from cnnlab.tasks.calibration import Bins, Rows, judged
 from cnnlab.viz.base import Chart, new_figure
 from cnnlab.viz.run_view import RunView
 
@@ -27,9 +26,8 @@ def reliability(view: RunView) -> list[Chart]:
         axes = fig.subplots(2, len(states), squeeze=False, height_ratios=[3, 1])
         table = []
         for col, (label, t) in enumerate(states):
-            numbers = scores(view.tasks[task], rows, t)
+            b, numbers = judged(view.tasks[task], rows, t)
             table.append({"probabilities": label, "temperature": round(t, 4)} | _rounded(numbers))
-            b = bins_of(view.tasks[task], rows, t)
             _panel(axes[0, col], axes[1, col], b, f"{task}: {label}\n", numbers)
         caption = (
             f"{_counted(view.tasks[task], rows)}; 15 equal-width confidence bins; ECE: "
