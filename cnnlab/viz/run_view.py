@@ -181,8 +181,12 @@ class RunView:
         """What kept test predictions must match: the best checkpoint as it is on disk, and
         the test split's every pixel and target (a label fixed in place counts)."""
         stat = self.run.best_path.stat()
-        test = digest(self.split("test"))
-        return {"kept": KEPT_FORMAT, "best": [stat.st_size, stat.st_mtime_ns], "test": test}
+        return {"kept": KEPT_FORMAT, "best": [stat.st_size, stat.st_mtime_ns], "test": self._test}
+
+    @cached_property
+    def _test(self) -> str:
+        """The test split's digest, read once (a stale file's check, then its replacement)."""
+        return digest(self.split("test"))
 
     def keep_predictions(self) -> None:
         """Save the test predictions the figures read, if a pass made them here, for the
