@@ -3,6 +3,7 @@ the model as it found it (hooks removed, flags restored), even when something fa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -16,11 +17,13 @@ from cnnlab.build import build
 from cnnlab.components import registration_scope
 from cnnlab.data import batches
 from cnnlab.errors import CnnlabError
+from cnnlab.evaluation import Recorder, SplitPredictions, unit_max
 from cnnlab.experiment import train
 from cnnlab.models import BACKBONES
 from cnnlab.plugins import import_modules
 from cnnlab.precision import autocast_for
 from cnnlab.runs import RunFolder, load_checkpoint
+from cnnlab.tasks import evaluate
 from cnnlab.tasks.classification import confident_errors
 from cnnlab.viz import FIGURES, RunView, make_charts
 from cnnlab.viz.base import grid_shape
@@ -30,10 +33,16 @@ from cnnlab.viz.confusion import (
     group_accuracy,
     group_errors,
 )
-from cnnlab.viz.dead_units import alive_units, unit_max
+from cnnlab.viz.dead_units import dead_table
 from cnnlab.viz.features import _filter_images, capture
 from cnnlab.viz.guided import guided_gradient
-from cnnlab.viz.hooks import analysis_mode, feature_blocks, forward_hooks, last_conv
+from cnnlab.viz.hooks import (
+    activation_modules,
+    analysis_mode,
+    feature_blocks,
+    forward_hooks,
+    last_conv,
+)
 from cnnlab.viz.mosaic import DPI, GAP, Tile, colored, fit, mosaic, rgb, side_for, wrap
 from cnnlab.viz.predictions import parse_grid
 from tests.conftest import ROOT, run_cli
@@ -44,6 +53,18 @@ def no_hooks_left(model: nn.Module) -> bool:
         not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
         for m in model.modules()
     )
+
+
+def recorded(model: nn.Module, batches, views=None) -> SplitPredictions:
+    """The units a pass over `batches` records (as the test pass every figure shares)."""
+    recorder = Recorder({}, None, [], 0, activation_modules)
+    with torch.inference_mode(), analysis_mode(model), recorder.watching(model):
+        evaluate(model, None, batches, contextlib.nullcontext, views, recorder.add)
+    return recorder.result()
+
+
+def alive_units(model: nn.Module, batches) -> dict[str, torch.Tensor]:
+    return recorded(model, batches).alive
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +300,7 @@ def test_a_units_largest_output_in_either_memory_layout(layout):
     expected = y.transpose(0, 1).reshape(5, -1).amax(1)
     assert torch.equal(unit_max(y), expected) and unit_max(y)[2] == -1 and unit_max(y)[4] == 9
     assert torch.equal(unit_max(y[:, :, 0, 0]), y[:, :, 0, 0].amax(0))  # a dense layer's
+    assert torch.equal(unit_max(torch.tensor([-2.0, 3.0, -1.0])), torch.tensor([3.0]))  # one
 
 
 # --------------------------------------------------- hooks: removed, in-place, reuse
@@ -320,9 +342,55 @@ def test_inplace_activations_are_switched_off_and_restored(view):
 def test_a_reused_activation_module_is_refused():
     act = nn.ReLU()
     model = nn.Sequential(nn.Conv2d(1, 4, 3), act, nn.Conv2d(4, 4, 3), act)
-    with pytest.raises(CnnlabError, match="reused"):
-        alive_units(model, [(torch.randn(2, 1, 8, 8), {})])
+    predictions = recorded(model, [(torch.randn(2, 1, 8, 8), {})])
+    assert predictions.reused == {"1": 2}
+    with pytest.raises(CnnlabError, match="module '1' runs 2 times per forward.*reused"):
+        dead_table(predictions)
     assert no_hooks_left(model)
+
+
+def test_units_are_those_of_each_image_as_it_is_not_of_its_other_views():
+    """The test pass averages test-time views; the units count the first, the image itself."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU())
+    model[0].weight.data[:, 0, 0, 0] = torch.tensor([1.0, -1.0])  # unit 1 fires on -x only
+    model[0].bias.data.zero_()
+    x = torch.rand(3, 1, 4, 4) + 0.1  # positive: unit 1 never fires on the image itself
+
+    def two_views(m: nn.Module, images: torch.Tensor):
+        return {"out": (m(images) + m(-images)) / 2}
+
+    both = recorded(model, [(x, {}), (x, {})], two_views)
+    assert list(both.alive) == ["1"] and torch.equal(both.alive["1"], torch.tensor([True, False]))
+    assert both.reused == {}  # two views are two forwards, not a reused module
+    assert torch.equal(recorded(model, [(-x, {})]).alive["1"], torch.tensor([False, True]))
+
+
+def test_the_dead_units_are_counted_over_the_test_set_by_the_shared_pass(view):
+    model = copy.deepcopy(view.model)
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(name, module, y):
+        fired = (y > 0).transpose(0, 1).flatten(1).any(1)
+        seen[name] = seen[name] | fired if name in seen else fired
+
+    hooks = forward_hooks(activation_modules(model), record)
+    autocast = autocast_for(view.device, view.precision)()
+    with torch.inference_mode(), analysis_mode(model), hooks, autocast:
+        for x, _ in view.batches("test"):
+            model(x)
+    assert view.test_predictions.alive  # the pass every figure shares, made before the figure
+    forwards = []
+    handle = view.model.register_forward_pre_hook(lambda m, a: forwards.append(1))
+    try:
+        (chart,) = make_charts(view, "dead-units")
+    finally:
+        handle.remove()
+    assert not forwards  # no pass of its own
+    dead = sum(int((~a).sum()) for a in seen.values())
+    assert chart.extra == {"dead": dead, "total": sum(len(a) for a in seen.values())}
+    assert (
+        f"{dead} of " in chart.caption and f"on the {len(view.split('test'))} test" in chart.caption
+    )
 
 
 # ----------------------------------------------------------------- shapes and options

@@ -20,9 +20,11 @@ from cnnlab.sweeps.results import TrialRow
 from cnnlab.tasks import Goal
 from cnnlab.viz import Chart, RunView
 from cnnlab.viz.confusion import confusion_charts, confusion_counts
-from cnnlab.viz.dead_units import alive_units, dead_table
+from cnnlab.viz.dead_units import dead_table
 
-MAX_RUNS = 5  # runs per group whose dead units are measured: each is a pass over val
+# runs per group whose dead units are counted: each a pass over the test set, unless a report
+# of it kept its test predictions (the pass keeps them for the next look)
+MAX_RUNS = 5
 MAX_GROUPS = 12  # more groups (a continuous parameter) is not a study of settings: skipped
 CONFUSION_KEYS = ("confusion_", "group_errors_")  # of a task's views, the two a study compares
 
@@ -54,18 +56,19 @@ def inside_groups(rows: list[TrialRow], labels: list[str], metric: str, goal: Go
         look = Group(label, len(ranked))
         for i, row in enumerate(ranked):
             view = _view(row, data)
-            for layer in dead_table(alive_units(view.model, view.batches("val"))):
+            for layer in dead_table(view.test_predictions):
                 key = f"{layer['layer']} ({layer['units']})"
                 look.dead.setdefault(key, []).append(layer["dead fraction"])
             if i == 0:
                 look.charts = _confusions(view, label)
+            view.keep_predictions()
         out.append(look)
     return out
 
 
 def dead_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     """The dead-unit table: a row per layer, a column per group, mean ± std of the share of
-    units that never fire on the validation images."""
+    units that never fire on the test images."""
     layers = list(dict.fromkeys(k for g in groups for k in g.dead))
     header = ["layer (units)", *(f"{g.label} ({g.runs} runs)" for g in groups)]
     body = [[layer, *(_share(g.dead.get(layer, [])) for g in groups)] for layer in layers]

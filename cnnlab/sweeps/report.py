@@ -110,7 +110,7 @@ def _write_study(path: Path, group_by: str, summary, dead) -> None:
     """study.md: the study's tables as Markdown, for a paper or a README."""
     parts = [f"## By {group_by}: mean ± std over trials\n", markdown_table(*summary)]
     if dead:
-        parts += [f"\n## Dead units by {group_by} (share never > 0 on validation)\n"]
+        parts += [f"\n## Dead units by {group_by} (share never > 0 on the test set)\n"]
         parts += [markdown_table(*dead)]
     write_text(path, "\n".join(parts))
 

@@ -65,7 +65,7 @@ FIGURES: dict[str, FigureSpec] = {
         sanity,
         "do the saliency maps depend on the weights? cascading randomization (--images, --steps)",
     ),
-    "dead-units": FigureSpec(dead_units, "units that never activate on the validation set"),
+    "dead-units": FigureSpec(dead_units, "units that never activate on the test set"),
     "landscape": FigureSpec(landscape, "the loss landscape `cnnlab landscape RUN` computed"),
 }
 

@@ -73,14 +73,14 @@ def analysis_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def check_single_use(calls: Counter, forwards: int) -> None:
-    """A module whose hook fired more often than the model ran is shared between places."""
-    for name, n in calls.items():
-        if n > forwards:
-            raise CnnlabError(
-                f"module {name!r} runs {n // max(forwards, 1)} times per forward (one module "
-                "reused in several places); hook-based figures need one module per use"
-            )
+def check_single_use(reused: dict[str, int]) -> None:
+    """A module that ran more than once per forward (`reused`: name -> times) is shared
+    between places, and its hook cannot tell them apart: say which."""
+    for name, times in reused.items():
+        raise CnnlabError(
+            f"module {name!r} runs {times} times per forward (one module reused in several "
+            "places); hook-based figures need one module per use"
+        )
 
 
 # ---------------------------------------------------------------- finding layers
@@ -120,9 +120,14 @@ def feature_blocks(model: nn.Module) -> dict[str, nn.Module]:
     return {f"block {i + 1}": backbone.get_submodule(s.name) for i, s in enumerate(stages)}
 
 
-def activation_layers(model: nn.Module) -> dict[str, nn.Module]:
+def activation_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Activation modules (ReLU, GELU, ...) anywhere in the model, by qualified name."""
-    acts = {n: m for n, m in model.named_modules() if isinstance(m, ACTIVATION_TYPES)}
+    return {n: m for n, m in model.named_modules() if isinstance(m, ACTIVATION_TYPES)}
+
+
+def activation_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """`activation_modules`, of which there must be one."""
+    acts = activation_modules(model)
     if not acts:
         raise CnnlabError(
             f"{type(model).__name__} has no activation modules (functional activations such "

@@ -26,9 +26,9 @@ from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks import Task, evaluate
 from cnnlab.tta import ViewAverage
-from cnnlab.viz.hooks import analysis_mode, last_conv
+from cnnlab.viz.hooks import activation_modules, analysis_mode, last_conv
 
-KEPT_FORMAT = 1  # of the test predictions a report keeps (SplitPredictions.state)
+KEPT_FORMAT = 2  # of the test predictions a report keeps (SplitPredictions.state)
 KEPT_BYTES = 256 << 20  # larger test predictions (large masks) are made again at each look
 
 
@@ -47,10 +47,11 @@ def digest(split: ImageSet) -> str:
 
 def figures_recorder(tasks: dict[str, Task], images: int) -> Recorder:
     """What the figures read from a pass over a split of `images`: every task's targets and
-    predictions, the last conv layer's peaks, the rows of the reliability diagrams."""
+    predictions, the last conv layer's peaks, which units of the activation layers fired,
+    the rows of the reliability diagrams."""
     rows_of = [name for name, task in tasks.items() if "reliability" in task.figures]
     targets = {name: task.target for name, task in tasks.items()}
-    return Recorder(targets, lambda model: last_conv(model)[1], rows_of, images)
+    return Recorder(targets, lambda model: last_conv(model)[1], rows_of, images, activation_modules)
 
 
 class RunView:
@@ -218,8 +219,8 @@ class RunView:
 
     @torch.inference_mode()
     def predict(self, split: str) -> SplitPredictions:
-        """One pass over a split: decoded predictions, targets, and the per-channel peaks of
-        the last conv layer (guided backprop picks its images from them)."""
+        """One pass over a split: decoded predictions, targets, and what the figures read
+        besides (`figures_recorder`)."""
         recorder = figures_recorder(self.tasks, len(self.split(split)))
         autocast = autocast_for(self.device, self.precision)
         with analysis_mode(self.model), recorder.watching(self.model):
