@@ -154,7 +154,7 @@ class Recorder:
         if self.layer is not None:
             self.peaks.append(self._seen.pop())
         for name, parts in self.rows.items():
-            keep = share_kept(out[name][0, 0].numel(), self.images)
+            keep = share_kept(out[name], self.images)
             parts.append(batch_rows(out[name], targets[self.targets[name]], keep, self._gen))
         for name, target in self.targets.items():
             self.truth[name].append(targets[target].cpu())

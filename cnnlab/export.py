@@ -337,7 +337,8 @@ def parity_of(loaded: Loaded, path: Path) -> Parity:
     for k, out in enumerate(loaded.module.describe()):
         truth = loaded.targets.get(loaded.module.tasks[out["name"]].target)
         ours, theirs = parity.outputs[0][k], parity.outputs[1][k]
-        if out["kind"] == "probabilities" and truth is not None and truth.ndim == 1:
+        per_image = truth is not None and truth.ndim == 1  # not a mask
+        if out["kind"] == "probabilities" and out["classes"] and per_image:  # a softmax's
             t = truth.numpy()
             parity.accuracy[out["name"]] = (
                 float((ours.argmax(1) == t).mean()),

@@ -13,10 +13,14 @@ from typing import ClassVar, Literal
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.functional.classification import binary_calibration_error
 
-from cnnlab import components, plugins
+import cnnlab
+from cnnlab import MLPHead, TargetInfo, TargetSpec, Task, TaskSection, Worst, components, plugins
 from cnnlab.components import (
     register_backbone,
     register_figure,
@@ -409,6 +413,97 @@ def test_a_registered_source_and_task_train_together(tmp_path):
     )
     with pytest.raises(CnnlabError, match="registered no `locate`"):
         plain.locate(None, False)
+
+
+class AboveConfig(TaskSection):
+    type: Literal["above"] = "above"
+    cut: float = 0.3
+
+
+class AboveHead(MLPHead):
+    """One logit per image, (B,): is the number above the cut?"""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).squeeze(1)
+
+    def decode(self, out: torch.Tensor) -> torch.Tensor:
+        return out.float().sigmoid()
+
+
+class Above(Task):
+    """A yes/no of one's own, read off a number target (a fraction, not a class index)."""
+
+    config = AboveConfig
+    metrics = ("loss",)
+    step_metrics = ("right",)
+    figures = ("mistakes", "reliability")
+    probabilistic = True
+
+    def fit(self, spec: TargetSpec, values=None) -> None:
+        self.info = TargetInfo()
+
+    def head(self, backbone) -> AboveHead:
+        return AboveHead(backbone.num_features, 1, self.cfg.head)
+
+    def yes(self, target: torch.Tensor) -> torch.Tensor:
+        return (target.float() > self.cfg.cut).float()
+
+    def loss(self, head, out, target):
+        return F.binary_cross_entropy_with_logits(out.float(), self.yes(target))
+
+    def step_sums(self, pred, target):
+        return [((pred > 0.5).float() == self.yes(target)).float().mean()]
+
+    def epoch_metrics(self) -> MetricCollection:
+        return MetricCollection({})
+
+    def update_metrics(self, metrics, head, out, target) -> None:
+        pass
+
+    def probabilities(self, out):
+        return (out.float() / self.temperature).sigmoid()
+
+    def nll(self, logits, target):
+        return F.binary_cross_entropy_with_logits(logits, self.yes(target))
+
+    def outcomes(self, logits, target):
+        p = logits.sigmoid()
+        return torch.maximum(p, 1 - p), ((p > 0.5).float() == self.yes(target)).float()
+
+    def caption(self, truth, pred, short=str):
+        said, true = bool(pred > 0.5), bool(truth > self.cfg.cut)
+        return f"{true} → {said}", said != true
+
+    def worst(self, truth, pred, logits, n, short=str):
+        index = (pred - self.yes(truth)).abs().argsort(descending=True)[:n]
+        return Worst(index, [self.caption(truth[i], pred[i])[0] for i in index], "most wrong", "")
+
+
+def test_a_task_type_with_one_logit_per_image_is_reported_calibrated_and_exported(tmp_path):
+    """A head of one's own may answer (B,), and its task read a number as its target: the
+    rows calibration and the reliability diagram bin keep the number, not its integer part."""
+    register_backbone("twoconv")(TwoConv)
+    register_task("above")(Above)
+    recipe = tiny_twoconv(
+        tmp_path, "tasks.big={type: above, target: ink, cut: 0.15}", "train.report=true"
+    )
+    run = cnnlab.load_run(train(recipe).path)
+    predictions = RunView(run.path).test_predictions
+    rows, ink = predictions.rows["big"], predictions.truth["big"]  # the test images' ink
+    assert ink.is_floating_point() and rows.logits.shape == ink.shape
+    assert torch.equal(rows.targets, ink)
+    assert 0 < int((ink > 0.15).sum()) < len(ink)  # yes and no both occur
+    html = (run.path / "report.html").read_text()
+    assert "reliability_big" in html and "mistakes_big" in html
+    table = run.calibrate()
+    t = float(table[table.task == "big"].temperature.iloc[0])
+    sure, right = Above("big", AboveConfig(target="ink", cut=0.15)).outcomes(rows.logits / t, ink)
+    ece = binary_calibration_error(sure, right.long(), n_bins=15)  # on the test images' inks
+    fitted = json.loads((run.path / "calibration.json").read_text())["tasks"]["big"]
+    assert fitted["test"]["after"]["ece"] == pytest.approx(float(ece), abs=1e-6)
+    lines = run.export().lines()
+    assert any(line.startswith("big: max |difference|") for line in lines)
+    assert run.predict(torch.zeros(2, 1, 28, 28))["big"].values.shape == (2,)
 
 
 def test_a_registered_figure_is_listed_and_gets_a_report_section():

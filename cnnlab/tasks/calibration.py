@@ -1,8 +1,9 @@
 """Do a model's probabilities mean what they say? Calibration error, reliability bins and
 temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017).
 
-Everything works on rows: one row of logits (K,) per image, or per labelled pixel of a
-per-pixel task, with its target (a class; a multi-label task's K yes/no values). A
+Everything works on rows: one row of logits (K,) per image (or one logit, a head of one's
+own that answers yes or no), or per labelled pixel of a per-pixel task, with its target as
+the task reads it (a class; a multi-label task's K yes/no values; a number it compares). A
 temperature T divides the logits before they become probabilities (the task's softmax or
 sigmoid: `Task.nll`, `Task.outcomes`); it changes no argmax, only how sure each prediction
 claims to be. It is fitted by minimizing the negative log-likelihood on the validation set,
@@ -24,8 +25,8 @@ MAX_ROWS = 1 << 20  # rows kept per split and task: every image; a sample of a m
 
 @dataclass
 class Rows:
-    """A split's logits as rows (N, K) with their targets: classes (N,) or a multi-label
-    task's (N, K), float32 / int64 on the CPU."""
+    """A split's logits as rows, (N, K) or (N,), with their targets: classes (N,), a
+    multi-label task's (N, K), or what a task of one's own reads; on the CPU."""
 
     logits: torch.Tensor
     targets: torch.Tensor
@@ -36,23 +37,29 @@ class Rows:
 
 
 def batch_rows(out: torch.Tensor, target: torch.Tensor, keep: float, gen: torch.Generator) -> Rows:
-    """One batch's rows: (B, K) as they are; (B, K, H, W) as one row per labelled pixel, a
-    `keep` share of them drawn with `gen` (so a split of masks fits in memory)."""
+    """One batch's rows: (B, K) or (B,) as they are; (B, K, H, W) as one row per labelled
+    pixel, a `keep` share of them drawn with `gen` (so a split of masks fits in memory).
+    Integer targets become int64 (classes, pixel labels; NO_CLASS dropped); floating ones
+    stay as they are, for the task to read (a yes/no it derives from a number)."""
     out = out.detach().float()
+    if not target.is_floating_point():
+        target = target.long()
     if out.ndim > 2:
         out, target = out.movedim(1, -1).reshape(-1, out.shape[1]), target.reshape(-1)
-    elif target.ndim > 1:  # a multi-label task's yes/no values, every one labelled
-        return Rows(out.cpu(), target.long().cpu())
+    elif target.ndim > 1 or target.is_floating_point():  # every row labelled
+        return Rows(out.cpu(), target.cpu())
     labelled = target != NO_CLASS
     if keep < 1.0:
         labelled &= torch.rand(target.shape, generator=gen, device="cpu").to(target.device) < keep
     if not bool(labelled.all()):
         out, target = out[labelled], target[labelled]
-    return Rows(out.cpu(), target.long().cpu())
+    return Rows(out.cpu(), target.cpu())
 
 
-def share_kept(rows_per_image: int, images: int, limit: int = MAX_ROWS) -> float:
-    """The share of rows to keep so a split yields about `limit` of them."""
+def share_kept(out: torch.Tensor, images: int, limit: int = MAX_ROWS) -> float:
+    """The share of a batch's rows to keep so a split of `images` yields about `limit`: a
+    (B, K, H, W) map makes a row per pixel, any other output one per image."""
+    rows_per_image = out[0, 0].numel() if out.ndim > 2 else 1
     return min(1.0, limit / max(1, rows_per_image * images))
 
 

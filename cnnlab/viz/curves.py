@@ -25,14 +25,13 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def _panels(view: RunView) -> list[tuple[str, list[str]]]:
-    """(panel title, metric suffixes) — "loss" first, then each task's loss and metrics."""
+    """(panel title, metric suffixes) — "loss" first, then each task's loss and metrics (a
+    task of one's own may have none but its loss)."""
     panels = [("total loss", ["loss"])]
     for name, task in view.tasks.items():
-        metrics = [m for m in task.metrics if m != "loss"]
-        panels += [
-            (f"{name}: loss", [f"{name}.loss"]),
-            (f"{name}: metrics", [f"{name}.{m}" for m in metrics]),
-        ]
+        panels.append((f"{name}: loss", [f"{name}.loss"]))
+        metrics = [f"{name}.{m}" for m in task.metrics if m != "loss"]
+        panels += [(f"{name}: metrics", metrics)] if metrics else []
     return panels
 
 
@@ -46,7 +45,8 @@ def _draw_panel(ax: Axes, rows: list[dict], title: str, keys: list[str]) -> None
     ax.set(title=title, xlabel="epoch", ylabel=title.rsplit(": ", 1)[-1])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.lines:  # a metric never logged (validation off) leaves its panel empty
+        ax.legend(fontsize=7)
 
 
 def _plotly_panel(
