@@ -239,7 +239,11 @@ def predict(
     ),
     weights: str | None = typer.Option(None, help="a local weight file in timm's names"),
     top: int = typer.Option(5, min=1, max=20, help="classes shown per image"),
-    figure: Path = typer.Option(Path("predictions.png"), help="where to draw the figure"),
+    figure: Path | None = typer.Option(
+        None,
+        help="draw the answers beside each image into this PNG; a run's or exported file's "
+        "only when given, an ImageNet model's by default into predictions.png",
+    ),
     onnx: Path | None = typer.Option(None, help="a run's exported model.onnx (or .pt2) to run"),
     out: Path | None = typer.Option(None, help="write every image's answers to this CSV"),
     explain: bool = typer.Option(
@@ -276,12 +280,13 @@ def predict(
         typer.echo(f"{p.path}")
         for rank, (name, prob) in enumerate(p.top, 1):
             typer.echo(f"  {rank}. {prob:6.1%}  {name}")
-    typer.echo(f"figure: {draw(found, figure, f'{model}: ImageNet top-{top}')}")
+    title = f"{model}: ImageNet top-{top}"
+    typer.echo(f"figure: {draw(found, figure or Path('predictions.png'), title)}")
 
 
 def _predict_run(
-    run: Path | None, onnx: Path | None, files: list[Path], figure: Path, out: Path | None,
-    explain: bool = False, component: str | None = None,
+    run: Path | None, onnx: Path | None, files: list[Path], figure: Path | None,
+    out: Path | None, explain: bool = False, component: str | None = None,
 ) -> None:  # fmt: skip
     from cnnlab.viz.new_images import caption, draw_predictions
 
@@ -306,7 +311,8 @@ def _predict_run(
         out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out, index=False)
         typer.echo(f"table: {out}")
-    typer.echo(f"figure: {draw_predictions(files, found, figure, source)}")
+    if figure is not None:  # asked for: nothing is written into the current folder unasked
+        typer.echo(f"figure: {draw_predictions(files, found, figure, source)}")
     for chart in explained:
         typer.echo(f"figure: {run / 'figures' / chart.key}.png")
 

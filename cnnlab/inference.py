@@ -161,9 +161,10 @@ def to_batch(
     resize: str = "squash",
 ) -> torch.Tensor:
     """(B, channels, H, W) float in [0, 1] at `size`. A 4-D tensor or array is one batch;
-    anything else is one image or a list of them. uint8 is scaled by 255; float is taken as
-    [0, 1] already. Colour is made grey by luminance, grey repeated into colour. A file is
-    decoded as the sources decode theirs (`resize`: crop or squash to the square)."""
+    anything else is one image or a list of them. uint8 is scaled by 255; float must be in
+    [0, 1] already (refused outside it). Colour is made grey by luminance, grey repeated
+    into colour. A file is decoded as the sources decode theirs (`resize`: crop or squash
+    to the square)."""
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
         return torch.cat([_one(img, channels, size, resize) for img in images])
     if isinstance(images, (str, Path, np.ndarray, torch.Tensor, Image.Image)):
@@ -191,12 +192,30 @@ def _one(image: ImageLike, channels: int, size: tuple[int, int], resize: str) ->
         raise CnnlabError(
             f"predict: an image of shape {tuple(x.shape)}; give (H, W), (H, W, C) or (C, H, W)"
         )
-    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    x = x.float().div(255) if x.dtype == torch.uint8 else _in_unit_range(x)
     x = _channels(x[:3] if x.shape[0] == 4 else x, channels)  # RGBA: alpha dropped
     if tuple(x.shape[1:]) != tuple(size):
         x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)
         return x.clamp_(0, 1)
     return x[None]
+
+
+def _in_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """A float (or int) image as float, refused unless in [0, 1]: a photo made float with
+    `.astype(np.float32)` keeps 0-255, and one normalized already would be normalized twice;
+    either gives wrong answers without a sign."""
+    dtype = str(x.dtype).removeprefix("torch.")
+    x = x.float()
+    lo, hi = (float(v) for v in x.aminmax()) if x.numel() else (0.0, 0.0)
+    said = f"predict: image values {lo:.4g} to {hi:.4g} ({dtype})"
+    if lo < -1e-3:
+        raise CnnlabError(
+            f"{said} look normalized already; the model normalizes its input itself, "
+            "so pass pixels in [0, 1] (or uint8)"
+        )
+    if hi > 1 + 1e-3:
+        raise CnnlabError(f"{said} look like 0-255 pixels; divide them by 255 or pass uint8")
+    return x
 
 
 def _channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -211,8 +230,7 @@ def _channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 def read_file(path: Path, channels: int, size: int, resize: str) -> np.ndarray:
     """An image file as uint8 (channels, size, size), decoded as image_folder and table do."""
-    if not path.is_file():
-        raise CnnlabError(f"predict: {path} not found")
+    _a_file(path)
     try:
         return decode_image(path, size, resize, "L" if channels == 1 else "RGB")
     except Exception as err:  # not an image, truncated, unsupported
@@ -220,11 +238,23 @@ def read_file(path: Path, channels: int, size: int, resize: str) -> np.ndarray:
 
 
 def _open(path: Path) -> Image.Image:
-    if not path.is_file():
-        raise CnnlabError(f"predict: {path} not found")
+    _a_file(path)
     try:
         with open_image(path) as im:
             im.load()
             return im
     except (UnidentifiedImageError, OSError) as err:
         raise CnnlabError(f"predict: {path} is not a readable image ({err})") from None
+
+
+def _a_file(path: Path) -> None:
+    """Refuse what is not a file. A folder is not expanded: the answers carry no file names,
+    so its images' order would be a guess; `image_paths` lists them as the CLI does."""
+    if path.is_dir():
+        raise CnnlabError(
+            f"predict: {path} is a folder; pass its image files: "
+            f"cnnlab.predict.image_paths([{str(path)!r}]) lists them, sorted, as `cnnlab "
+            "predict` does"
+        )
+    if not path.is_file():
+        raise CnnlabError(f"predict: {path} not found")

@@ -7,13 +7,15 @@ are printed by timm's ImageNet names and drawn beside the image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from cnnlab.data.decoded import HEIF, as_read, open_image
+from cnnlab.data.decoded import DECODE_THREADS, HEIF, as_read, open_image, warn_skipped
 from cnnlab.errors import CnnlabError
 from cnnlab.models.timm_backbone import pretrained_state, timm_arch
 from cnnlab.models.weights import load_checked
@@ -28,28 +30,57 @@ class Prediction:
     top: list[tuple[str, float]]  # (ImageNet class name, probability), best first
 
 
-def image_paths(inputs: list[Path]) -> list[Path]:
+def image_paths(inputs: Sequence[str | Path]) -> list[Path]:
     """The files named, and the images inside any folder named, its sub-folders' too (a data
-    set's class folders), sorted; hidden files and folders are left out."""
+    set's class folders), sorted; hidden files and folders are left out. A folder's file
+    that does not decode (truncated, not an image) is skipped and named in one warning, as
+    training skips it, so one bad file does not stop the rest; a file named is kept, and
+    its reader stops on it with one line."""
     paths: list[Path] = []
-    for item in inputs:
+    skipped: list[Path] = []
+    for item in map(Path, inputs):
         if item.is_dir():
-            paths += sorted(
-                p
-                for p in item.rglob("*")
-                if p.suffix.lower() in IMAGE_SUFFIXES
-                and not any(part.startswith(".") for part in p.relative_to(item).parts)
-                and p.is_file()
-            )
+            found = _in_folder(item)
+            with ThreadPoolExecutor(DECODE_THREADS) as pool:  # Pillow decodes without the GIL
+                readable = list(pool.map(_readable, found))
+            for path, ok in zip(found, readable, strict=True):
+                (paths if ok else skipped).append(path)
         elif item.is_file():
             paths.append(item)
         else:
             raise CnnlabError(f"{item}: no such file or folder; give image files or a folder")
+    warn_skipped("predict", [str(p) for p in skipped])
     if not paths:
+        said = f"{len(skipped)} found, none of them decodes" if skipped else "none found"
         raise CnnlabError(
-            f"no images in {', '.join(map(str, inputs))} ({', '.join(IMAGE_SUFFIXES)})"
+            f"no readable images in {', '.join(map(str, inputs))} ({said}); give image files "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     return paths
+
+
+def _in_folder(folder: Path) -> list[Path]:
+    """A folder's image files by suffix, its sub-folders' too, sorted; hidden ones left out."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
+    )
+
+
+def _readable(path: Path) -> bool:
+    """Whether the file decodes to its end: a truncated one opens, then fails to load. A
+    JPEG is decoded at an eighth of its size, which still reads all of its data."""
+    try:
+        with open_image(path) as im:
+            if im.format == "JPEG":
+                im.draft(im.mode, (1, 1))
+            im.load()
+        return True
+    except Exception:  # whatever the file held: skipped and named, as training does
+        return False
 
 
 def read_rgb(path: Path) -> Image.Image:

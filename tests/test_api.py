@@ -208,9 +208,10 @@ def test_images_of_ones_own_are_explained(api_run, tmp_path):
     out = run_cli("predict", str(api_run.path), *map(str, files), "--explain",
                   "--figure", str(tmp_path / "p.png"))  # fmt: skip
     assert out.returncode == 0, out.stderr
+    assert f"figure: {tmp_path / 'p.png'}" in out.stdout and (tmp_path / "p.png").is_file()
     assert f"figure: {api_run.path / 'figures' / 'explained_ink.png'}" in out.stdout
     wrong = run_cli("predict", str(api_run.path), str(files[0]), "--explain", "--component",
-                    "ink", "--figure", str(tmp_path / "q.png"))  # fmt: skip
+                    "ink")  # fmt: skip
     assert wrong.returncode == 2 and wrong.stdout == ""  # refused before any answer is printed
     assert wrong.stderr.strip().endswith("no task explained has it; none has several outputs")
 

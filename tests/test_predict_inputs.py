@@ -1,0 +1,128 @@
+"""What `predict` takes, from Python and the command line: arrays in the range they hold,
+folders, unreadable files among a folder's images, and the figure only when asked for."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cnnlab
+from cnnlab.experiment import train
+from cnnlab.predict import image_paths
+from tests.conftest import run_cli, tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def run_path(tmp_path_factory) -> Path:
+    """A tiny run of the demo recipe (two tasks, test-time views), in fp32."""
+    return train(tiny_recipe(tmp_path_factory.mktemp("predict"), "train.precision=fp32")).path
+
+
+def photos(folder: Path, n: int) -> list[Path]:
+    """n grey 28x28 PNGs with random pixels, written into folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    files = [folder / f"{i}.png" for i in range(n)]
+    for f in files:
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(f)
+    return files
+
+
+def truncated(path: Path) -> Path:
+    """A PNG cut in half: it opens, then fails to load."""
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64), dtype=np.uint8)).save(path)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    return path
+
+
+def test_a_float_image_outside_0_to_1_is_refused(run_path):
+    run = cnnlab.load_run(run_path)
+    photo = np.random.default_rng(1).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    photo[0, 0], photo[0, 1] = 0, 255
+    as_uint8 = run.predict([photo])["cls"]
+    scaled = run.predict([photo.astype(np.float32) / 255])["cls"]  # the same image, in [0, 1]
+    assert scaled.labels == as_uint8.labels
+    assert np.allclose(scaled.probabilities, as_uint8.probabilities, atol=1e-5)
+    with pytest.raises(cnnlab.CnnlabError) as raw:
+        run.predict([photo.astype(np.float32)])
+    assert str(raw.value) == (
+        "predict: image values 0 to 255 (float32) look like 0-255 pixels; divide them by 255 "
+        "or pass uint8"
+    )
+    normalized = (photo.astype(np.float32) / 255 - 0.5) / 0.25
+    with pytest.raises(
+        cnnlab.CnnlabError, match=r"values -2 to 2 \(float32\) look normalized already; "
+    ):
+        run.predict(normalized)
+    with pytest.raises(cnnlab.CnnlabError, match="0-255 pixels"):  # int64 as well as float
+        run.predict(photo.astype(np.int64))
+
+
+def test_a_folder_is_refused_by_name_and_a_missing_file_is_not_found(run_path, tmp_path):
+    run = cnnlab.load_run(run_path)
+    files = photos(tmp_path / "photos", 3)
+    with pytest.raises(cnnlab.CnnlabError) as folder:
+        run.predict([tmp_path / "photos"])
+    said = str(folder.value)
+    assert said.startswith(f"predict: {tmp_path / 'photos'} is a folder; pass its image files")
+    assert "cnnlab.predict.image_paths(" in said and "\n" not in said
+    listed = image_paths([str(tmp_path / "photos")])  # as the message says: names, sorted
+    assert listed == files
+    assert run.predict(listed)["cls"].labels == run.predict(files)["cls"].labels
+    with pytest.raises(cnnlab.CnnlabError, match=r"missing.png not found$"):
+        run.predict([tmp_path / "missing.png"])
+
+
+def test_a_folders_unreadable_files_are_skipped_with_one_warning(run_path, tmp_path):
+    good = photos(tmp_path / "mydata" / "img", 3)
+    bad = [truncated(tmp_path / "mydata" / "img" / "trunc.png")]
+    bad.append(tmp_path / "mydata" / "notes.jpg")
+    bad[-1].write_text("not a photo")
+    out = run_cli("predict", str(run_path), str(tmp_path / "mydata"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    named = [line for line in out.stdout.splitlines() if not line.startswith("  ")]
+    assert named == [str(f) for f in good]  # the readable ones, answered
+    (warning,) = [line for line in out.stderr.splitlines() if "warning" in line]
+    assert warning.startswith("predict: warning: 2 files skipped")
+    assert str(bad[0]) in warning and str(bad[1]) in warning
+    assert "figure:" not in out.stdout and not (tmp_path / "predictions.png").exists()
+
+    explicit = run_cli("predict", str(run_path), str(good[0]), str(bad[0]), cwd=tmp_path)
+    assert explicit.returncode == 2 and explicit.stdout == ""  # named: it stops, in one line
+    assert explicit.stderr.strip() == (
+        f"error: predict: {bad[0]} is not a readable image (image file is truncated)"
+    )
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    truncated(only_bad / "a.png")
+    none = run_cli("predict", str(run_path), str(only_bad))
+    assert none.returncode == 2 and none.stderr.strip().splitlines()[-1] == (
+        f"error: no readable images in {only_bad} (1 found, none of them decodes); give image "
+        "files (.bmp, .gif, .heic, .heif, .jpeg, .jpg, .png, .tif, .tiff, .webp)"
+    )
+
+
+def test_an_exported_file_skips_them_too_and_draws_only_when_asked(run_path, tmp_path):
+    onnx = tmp_path / "model.onnx"
+    made = run_cli("export", str(run_path), "--no-check", "--no-views", "--out", str(onnx))
+    assert made.returncode == 0, made.stderr
+    good = photos(tmp_path / "mydata", 2)
+    truncated(tmp_path / "mydata" / "trunc.png")
+    figure = tmp_path / "figures" / "answers.png"
+    out = run_cli("predict", str(onnx), str(tmp_path / "mydata"), "--figure", str(figure),
+                  cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert [line for line in out.stdout.splitlines() if line.startswith(str(tmp_path))] == [
+        *map(str, good)
+    ]
+    (warning,) = out.stderr.splitlines()  # worded "1 file" now, "1 files" before
+    assert re.match(
+        rf"predict: warning: 1 files? skipped .*: {tmp_path}/mydata/trunc.png$", warning
+    )
+    assert out.stdout.splitlines()[-1] == f"figure: {figure}"
+    assert Image.open(figure).size[0] > 100 and not (tmp_path / "predictions.png").exists()
