@@ -109,6 +109,11 @@ def test_describe_refuses_mismatched_headers(tmp_path):
     [
         ("tasks.cls.target=colour", "tasks.cls.target 'colour' is not provided by fashion_mnist"),
         ("tasks.cls.target=ink", "tasks.cls: target 'ink' is not categorical"),
+        (
+            "tasks.ink.target=label",
+            r"tasks.ink: target 'label' is categorical \(10 classes: T-shirt/top, Trouser, "
+            r"Pullover, Dress, ...\); a regression reads a number or a vector",
+        ),
     ],
 )
 def test_the_recipe_is_checked_before_any_pixel_is_read(tiny, monkeypatch, override, says):

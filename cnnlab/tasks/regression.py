@@ -96,6 +96,13 @@ class Regression(Task):
     legend = "true → predicted"
 
     def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
+        if spec.classes:  # its class indices would be fitted as numbers, and silently
+            shown = ", ".join(spec.classes[:4]) + (", ..." if len(spec.classes) > 4 else "")
+            raise CnnlabError(
+                f"tasks.{self.name}: target {self.target!r} is categorical ({len(spec.classes)} "
+                f"classes: {shown}); a regression reads a number or a vector: classify it "
+                "(type: classification), or name a numeric target"
+            )
         components = spec.components
         self.info = TargetInfo(components=components)
         self.to_class = spec.to_class
