@@ -298,22 +298,42 @@ def _registry(kind: Kind) -> dict[str, Any]:
 
 
 def _add(kind: Kind, name: str, entry: Any, replace: bool, obj: Any) -> None:
-    """Put `entry` into the registry and rebuild the schema; a failed rebuild undoes it."""
+    """Put `entry` into the registry and rebuild the schema; a failed rebuild undoes it. The
+    same definition registered again (a notebook cell run twice, a module reloaded) takes
+    its earlier registration's place; anything else must say replace=True."""
     registry = _registry(kind)
-    if name in registry and not replace:
+    defines = _defines(obj)
+    again = next((r for r in reversed(REGISTERED) if (r.kind, r.name) == (kind, name)), None)
+    again = again if again is not None and defines and again.defines == defines else None
+    if name in registry and not (replace or again):
         raise CnnlabError(
             f"{kind} {name!r} is already registered ({_where(kind, name)}); choose another "
             "name, or pass replace=True to replace it"
         )
-    record = Registration(kind, name, registry.get(name), _origin(obj))
+    earlier = registry.get(name)
+    previous = again.previous if again else earlier
+    record = Registration(kind, name, previous, _origin(obj), defines)
     registry[name] = entry
+    if again:
+        REGISTERED.remove(again)
     REGISTERED.append(record)
     try:
         _schema_changed(kind)
     except BaseException:
-        _undo(REGISTERED.pop())
+        REGISTERED.pop()
+        if again:  # the earlier run's registration stands
+            REGISTERED.append(again)
+            registry[name] = earlier
+        else:
+            _undo(record)
         _schema_changed(kind)
         raise
+
+
+def _defines(obj: Any) -> str | None:
+    """The registered class or function as "module.qualname": the same after a cell re-runs."""
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    return f"{module}.{qualname}" if module and qualname else None
 
 
 def _undo(record: Registration) -> None:

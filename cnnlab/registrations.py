@@ -30,6 +30,7 @@ class Registration:
     name: str
     previous: Any  # the entry it replaced (replace=True), put back by `unregister`; None: new
     origin: dict[str, str]  # {"import": spec} | {"package": name} | {"module": name}
+    defines: str | None = None  # the class or function registered, "module.qualname"
 
 
 REGISTERED: list[Registration] = []  # this process's user registrations, in order

@@ -27,6 +27,7 @@ from cnnlab.components import (
     register_figure,
     register_source,
     register_task,
+    registered,
     registration_scope,
     unregister,
 )
@@ -134,8 +135,12 @@ def test_an_unknown_component_lists_the_registered_ones_and_how_to_register():
 
 def test_a_name_is_taken_once_and_a_section_answers_to_its_name():
     register_backbone("twoconv")(TwoConv)
+
+    class Other(TwoConv):
+        pass
+
     with pytest.raises(CnnlabError, match=r"^backbone 'twoconv' is already registered \(by "):
-        register_backbone("twoconv")(TwoConv)
+        register_backbone("twoconv")(Other)
     with pytest.raises(CnnlabError, match="backbone 'cnn' is already registered .built into cnn"):
         register_backbone("cnn")(TwoConv)
 
@@ -168,6 +173,35 @@ def test_a_name_is_taken_once_and_a_section_answers_to_its_name():
         register_backbone("needy")(Needy)
     with pytest.raises(CnnlabError, match="'cnn' is built into cnnlab; only registered"):
         unregister("backbone", "cnn")
+
+
+CELL = """
+import cnnlab
+from torch import nn
+
+@cnnlab.register_backbone("cellnet")
+class CellNet(nn.Module):
+    def __init__(self, in_channels: int = 1, width: int = {width}):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, width, 3)
+
+    def forward(self, x):
+        return self.conv(x)
+"""
+
+
+def test_a_notebook_cell_run_again_registers_its_new_definition():
+    """Jupyter runs a cell in __main__ each time: the same class defined again replaces its
+    earlier self, where another class under that name must still say replace=True."""
+    recipe = {"model": {"backbone": "cellnet"}, "tasks": TASKS}
+    for width in (8, 12):  # the cell, edited and run again
+        exec(CELL.format(width=width), {"__name__": "__main__"})
+        assert validate(recipe).model.width == width
+    assert [r.name for r in registered()].count("cellnet") == 1
+    with pytest.raises(CnnlabError, match="backbone 'cellnet' is already registered"):
+        register_backbone("cellnet")(TwoConv)
+    unregister("backbone", "cellnet")  # gone: the cell's first run is not put back
+    assert "cellnet" not in list_backbones()
 
 
 def test_a_task_type_with_probabilities_says_how_it_makes_them():
