@@ -101,6 +101,19 @@ def test_bad_entries_are_skipped_and_named_in_one_warning(tree, capsys):
     assert torch.bincount(ds.train.targets["label"]).tolist() == train_counts()
 
 
+def test_one_bad_file_is_one_file_in_the_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "root" / cls).mkdir(parents=True)
+        for j in range(6):
+            _image(rng, 20, 20).save(tmp_path / "root" / cls / f"{j}.png")
+    (tmp_path / "root/b/empty.png").write_bytes(b"")
+    ds = imf.load(cfg_of(tmp_path / "root"))
+    assert "warning: 1 file skipped (empty, corrupt" in capsys.readouterr().err
+    assert len(ds.train) + len(ds.test) + (len(ds.val) if ds.val else 0) == 12
+
+
 def test_the_scan_follows_symlinks_only_inside_the_root(tmp_path):
     """A link to a file inside the root is an image of its class; one leading out (a file
     or a whole class folder) is listed as outside and never read; a link to a folder is no

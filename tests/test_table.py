@@ -228,11 +228,11 @@ def test_a_spreadsheets_semicolons_or_tabs_read_as_commas(shapes, tmp_path, sep)
     assert table._read(other).equals(table._read(shapes / "labels.csv"))  # columns too
 
 
-def test_windows_paths_and_split_names_in_capitals_read_and_a_missing_image_is_named(
+def test_windows_paths_and_split_names_in_capitals_read_and_a_wrong_folder_is_named(
     shapes, tmp_path
 ):
     """A table written on Windows (images\\00001.png) reads as with slashes, TRAIN as train;
-    a first image that is not there says where the paths are read from, not "fix it"."""
+    paths read from the wrong folder (no file there) say where they are read from."""
 
     raw = bad_table(tmp_path, shapes, _column("image", lambda v: v.replace("/", "\\")))
     rows = table.read_rows(load_recipe(raw).data)
@@ -240,9 +240,16 @@ def test_windows_paths_and_split_names_in_capitals_read_and_a_missing_image_is_n
 
     raw = bad_table(tmp_path / "case", shapes, _column("split", str.upper))  # TRAIN, TEST
     assert (table.read_rows(load_recipe(raw).data).split == rows.split).all()
-    raw = bad_table(tmp_path / "gone", shapes, _set(1, "image", "pics/00000.png"))
-    with pytest.raises(CnnlabError, match=r"first image, .*pics/00000.png, is not there; the"):
+    raw["data"]["root"] = str(tmp_path / "elsewhere")  # data.table stays absolute
+    with pytest.raises(CnnlabError) as err:
         cnnlab.train(raw)
+    assert str(err.value).endswith(
+        "no file its rows name exists (first: line 2, column 'image': images/00000.png, column "
+        "'mask': masks/00000.png); correct the path of each file that does not exist or remove "
+        f"its row (paths are read from {tmp_path / 'elsewhere'}: data.root when set, else the "
+        "table's folder)"
+    )
+    assert no_runs(tmp_path)
 
 
 def test_a_class_too_small_to_carve_and_a_link_outside_are_refused(shapes, tmp_path):
@@ -287,17 +294,133 @@ def test_a_path_is_inside_the_folder_only_when_its_links_are(tmp_path):
 
 
 def test_unreadable_images_are_skipped_with_a_warning_or_stop_the_run(shapes, tmp_path, capsys):
+    """A file that is there but no image is found while decoding, one that is not there by
+    the check: each named with its own reason, and either stops the run."""
     raw = bad_table(tmp_path, shapes, lambda rows: rows)
     (tmp_path / "bad" / "images" / "00004.png").write_bytes(b"not a png")
-    (tmp_path / "bad" / "masks" / "00011.png").unlink()
+    mask = tmp_path / "bad" / "masks" / "00011.png"
+    kept = mask.read_bytes()
+    mask.unlink()
     ds = table.load(load_recipe(raw).data)
-    err = capsys.readouterr().err
-    assert "2 files skipped" in err and "images/00004.png" in err and "masks/00011.png" in err
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if "warning" in line] == [
+        "table: warning: 1 row skipped, naming a file that does not exist: line 13, column "
+        f"'mask': masks/00011.png; correct the path of each file that does not exist or remove "
+        f"its row (paths are read from {tmp_path / 'bad'}: data.root when set, else the "
+        "table's folder)",
+        "table: warning: 1 file skipped (empty, corrupt, not an image, or outside the folder): "
+        "images/00004.png / masks/00004.png",
+    ]
     assert len(ds.train) + len(ds.val) + len(ds.test) == ROWS - 2
     raw["data"]["on_bad_image"] = "stop"
-    with pytest.raises(CnnlabError, match="2 rows cannot be read"):
+    with pytest.raises(CnnlabError, match="line 13, column 'mask': masks/00011.png does not exist"):
         cnnlab.train(raw)
+    mask.write_bytes(kept)
+    with pytest.raises(CnnlabError) as stop:
+        cnnlab.train(raw)
+    assert str(stop.value) == (
+        "data.table: 1 row cannot be read (an empty or corrupt file, or not an image; first: "
+        "images/00004.png / masks/00004.png); fix or remove it, or set data.on_bad_image: skip"
+    )
     assert no_runs(tmp_path)
+
+
+@pytest.mark.parametrize("on_bad_image", ["skip", "stop"])
+def test_files_that_do_not_exist_are_found_by_the_check_before_any_pixel(
+    shapes, tmp_path, capsys, on_bad_image
+):
+    """The check stats every path: a row naming an image or mask that is not there is named
+    with its line before decoding, and left out (skip, one warning per load) or stops the
+    run in one line (stop), as a value that is not a number does."""
+    raw = bad_table(tmp_path, shapes, _set(40, "image", "images/typo.png"))
+    (tmp_path / "bad" / "masks" / "00011.png").unlink()
+    (tmp_path / "bad" / "images" / "00003.png").unlink()  # and its mask: one row, two files
+    (tmp_path / "bad" / "masks" / "00003.png").unlink()
+    raw["data"]["on_bad_image"] = on_bad_image
+    cfg = load_recipe(raw).data
+    if on_bad_image == "stop":
+        with pytest.raises(CnnlabError) as err:
+            cnnlab.train(raw)
+        message = str(err.value)
+        assert "\n" not in message and message.startswith(f"data.table: {tmp_path / 'bad'}")
+        assert message.endswith(
+            "4 bad values: line 5, column 'image': images/00003.png does not exist; line 5, "
+            "column 'mask': masks/00003.png does not exist; line 13, column 'mask': "
+            "masks/00011.png does not exist; line 41, column 'image': images/typo.png does "
+            "not exist; correct the path of each file that does not exist or remove its row "
+            f"(paths are read from {tmp_path / 'bad'}: data.root when set, else the table's "
+            "folder), or set data.on_bad_image: skip to leave such rows out"
+        )
+        assert no_runs(tmp_path) and not (tmp_path / "cache").exists()  # nothing decoded
+        return
+    info = describe(cfg)
+    assert sum(info.sizes.values()) == ROWS - 3
+    assert not (tmp_path / "cache").exists() and "warning" not in capsys.readouterr().err
+    ds = table.load(cfg)
+    err = capsys.readouterr().err
+    assert (
+        "table: warning: 3 rows skipped, naming a file that does not exist: line 5, column "
+        "'image': images/00003.png, column 'mask': masks/00003.png; line 13, column 'mask': "
+        "masks/00011.png; line 41, column 'image': images/typo.png; correct the path"
+    ) in err
+    assert "files skipped" not in err and "decoded 197 rows" in err  # none failed decoding
+    assert len(ds.train) + len(ds.val) + len(ds.test) == ROWS - 3
+    areas = [float(r["area"]) for i, r in enumerate(table_rows(shapes)) if r["split"] == "train"
+             and i not in (3, 11, 39)]  # fmt: skip
+    assert ds.train.targets["area"].tolist() == pytest.approx(areas)  # targets kept aligned
+
+
+def test_a_files_state_is_one_lstat_links_resolved_only(tmp_path):
+    """There, missing (no file, no folder, a dangling link) or outside (a link or `..`
+    leading out, an absolute path), each as resolving the whole path would say."""
+    base, out = tmp_path / "base", tmp_path / "out"
+    (base / "a").mkdir(parents=True)
+    out.mkdir()
+    (base / "a/x.png").write_bytes(b"x")
+    (out / "y.png").write_bytes(b"y")
+    (base / "a/dangling.png").symlink_to(base / "a/gone.png")
+    (base / "a/in.png").symlink_to(base / "a/x.png")
+    (base / "a/out.png").symlink_to(out / "y.png")
+    (base / "away").symlink_to(out)
+    cases = {"a/x.png": "there", "a/in.png": "there", "a/missing.png": "missing",
+             "nofolder/x.png": "missing", "a/x.png/y.png": "missing",
+             "a/dangling.png": "missing", "a/out.png": "outside", "away/y.png": "outside",
+             "away/none.png": "outside", "../out/y.png": "outside", "../none.png": "outside",
+             str(base / "a/x.png"): "outside"}  # fmt: skip
+    folders: dict[str, tuple[Path, bool]] = {}
+    for rel, state in cases.items():
+        assert table._file_state(base, rel, folders) == state, rel
+
+
+def test_problems_are_listed_by_line_and_counted_in_good_english(shapes, tmp_path):
+    """Problems are found column by column and listed by line; one is "1 bad value"."""
+
+    def edits(rows):
+        for row, column, value in [(150, "squares", "q"), (120, "area", "x"), (90, "split", "z"),
+                                   (60, "discs", "y"), (30, "image", ""), (7, "area", "w"),
+                                   (7, "image", "")]:  # fmt: skip
+            rows[row][rows[0].index(column)] = value
+        return rows
+
+    raw = bad_table(tmp_path, shapes, edits)
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.train(raw)
+    lines = [part.split(",")[0] for part in str(err.value).split(": 7 bad values: ")[1].split("; ")]
+    assert lines == ["line 8", "line 8", "line 31", "line 61", "line 91", "and 2 more"]
+    assert "line 8, column 'image': no path; line 8, column 'area'" in str(err.value)
+    assert "listed twice" not in str(err.value)  # two rows without a path are not one path
+    raw = bad_table(tmp_path / "one", shapes, _set(5, "area", "n/a"))
+    with pytest.raises(CnnlabError, match=r"labels.csv: 1 bad value: line 6, column 'area'"):
+        cnnlab.train(raw)
+
+
+def test_counted_says_one_thing_and_many_things():
+    from cnnlab.data.decoded import counted
+
+    assert [counted(n, "file") for n in (0, 1, 2, 60000)] == [
+        "0 files", "1 file", "2 files", "60,000 files"]  # fmt: skip
+    assert counted(1, "group of rows", "groups of rows") == "1 group of rows"
+    assert counted(3, "group of rows", "groups of rows") == "3 groups of rows"
 
 
 def test_the_cache_is_reused_and_a_changed_mask_is_noticed(shapes, tmp_path, capsys):

@@ -293,13 +293,19 @@ def write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def counted(n: int, noun: str, nouns: str | None = None) -> str:
+    """`n` and the noun agreeing with it ("1 file", "2 files", "1,000 rows"): a message
+    read by a person says "1 file skipped", not "1 files"."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
+
+
 def warn_skipped(label: str, skipped: list[str]) -> None:
     if skipped:
         shown = ", ".join(skipped[:SHOWN]) + (", ..." if len(skipped) > SHOWN else "")
         heic = any(name.lower().endswith(HEIF) for name in skipped) and not heif_opens()
         print(
-            f"{label}: warning: {len(skipped):,} files skipped (empty, corrupt, not an "
-            f"image, or outside the folder): {shown}"
+            f"{label}: warning: {counted(len(skipped), 'file')} skipped (empty, corrupt, not "
+            f"an image, or outside the folder): {shown}"
             + ("; HEIC photos open with `pip install 'cnnlab[heic]'`" if heic else ""),
             file=sys.stderr,
         )

@@ -26,15 +26,18 @@ refused under a geometric transform unless the recipe says how it changes:
 
 `describe()` reads the table and checks every row before any pixel is decoded: a missing
 column, an empty table, a value that is not a number, a duplicated path, a path or link
-leading outside the folder, an unknown split value, a class too small to carve from. Pixels
-are decoded once, in parallel, into the cache (cnnlab/data/decoded.py), which notices a
-changed image, mask or table.
+leading outside the folder, an image or mask file that does not exist (its row skipped with
+a warning, or the run stopped: `on_bad_image`), an unknown split value, a class too small
+to carve from. Pixels are decoded once, in parallel, into the cache
+(cnnlab/data/decoded.py), which notices a changed image, mask or table.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import stat
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,7 +48,14 @@ from pydantic import Field, model_validator
 from cnnlab.config import Section
 from cnnlab.data.augment import GEOMETRIC, NO_LABEL, LabelMap, Targets
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
-from cnnlab.data.decoded import WIDE, cached_decode, decode_image, decode_mask, open_image
+from cnnlab.data.decoded import (
+    WIDE,
+    cached_decode,
+    counted,
+    decode_image,
+    decode_mask,
+    open_image,
+)
 from cnnlab.data.files import stays_inside
 from cnnlab.data.mapped import Pixels
 from cnnlab.data.memory import Storage
@@ -227,6 +237,8 @@ class Rows:
     split: np.ndarray | None  # (N,) 0 train, 1 val, 2 test; None: carved
     shape: tuple[int, int, int]
     groups: np.ndarray | None = None  # (N,) group ids (group_column); None: every row its own
+    # rows left out, a file they name not existing: "line 7, column 'image': a.png", a row each
+    absent: list[str] = field(default_factory=list)
 
 
 def _table_path(cfg: TableConfig) -> Path:
@@ -272,34 +284,48 @@ def _read(path: Path) -> Any:
 
 
 class _Problems:
-    """Bad rows collected over the whole table, reported in one line."""
+    """Bad rows collected over the whole table, reported in one line, in line order (they
+    are found column by column), with the fix of each kind once at its end."""
 
     def __init__(self, path: Path):
-        self.path, self.csv, self.found = path, path.suffix.lower() not in (".parquet", ".pq"), []
+        self.path, self.csv = path, path.suffix.lower() not in (".parquet", ".pq")
+        self.found: list[tuple[int, str]] = []
+        self.fixes: dict[str, None] = {}  # an ordered set
 
     def where(self, row: int) -> str:
         return f"line {row + 2}" if self.csv else f"row {row + 1}"  # CSV: the header is line 1
 
-    def add(self, row: int, column: str, what: str) -> None:
-        self.found.append(f"{self.where(row)}, column {column!r}: {what}")
+    def add(self, row: int, column: str, what: str, fix: str = "") -> None:
+        self.found.append((row, f"{self.where(row)}, column {column!r}: {what}"))
+        if fix:
+            self.fixes[fix] = None
 
     def raise_any(self) -> None:
         if self.found:
-            more = f"; and {len(self.found) - SHOWN} more" if len(self.found) > SHOWN else ""
+            found = [text for _, text in sorted(self.found, key=lambda f: f[0])]  # stable
             raise CnnlabError(
-                f"data.table: {self.path}: {len(self.found)} bad values: "
-                + "; ".join(self.found[:SHOWN])
-                + more
+                f"data.table: {self.path}: {counted(len(found), 'bad value')}: "
+                + _shown(found)
+                + "".join(f"; {fix}" for fix in self.fixes)
             )
+
+
+def _shown(items: list[str]) -> str:
+    """The first SHOWN items of a list a line names, and how many more there are."""
+    more = f"; and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
+    return "; ".join(items[:SHOWN]) + more
 
 
 def _text(value: Any) -> str:
     return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
-def _paths(df: Any, column: str, base: Path, problems: _Problems) -> list[str]:
-    """The column's relative paths, each checked to stay inside `base` (links too). A table
-    written on Windows separates folders by backslashes: read as slashes (on Windows too)."""
+def _paths(
+    df: Any, column: str, base: Path, problems: _Problems, absent: list[tuple[int, str, str]]
+) -> list[str]:
+    """The column's relative paths, each checked to stay inside `base` (links too) and to
+    exist (`absent` gets those that do not: (row, column, path)). A table written on Windows
+    separates folders by backslashes: read as slashes (on Windows too)."""
     out: list[str] = []
     folders: dict[str, tuple[Path, bool]] = {}
     for row, value in enumerate(df[column].tolist()):
@@ -308,9 +334,33 @@ def _paths(df: Any, column: str, base: Path, problems: _Problems) -> list[str]:
         if not rel:
             problems.add(row, column, "no path")
             continue
-        if Path(rel).is_absolute() or not stays_inside(base, rel, folders):
+        found = _file_state(base, rel, folders)
+        if found == "outside":
             problems.add(row, column, f"{rel} leads outside {base}")
+        elif found == "missing":
+            absent.append((row, column, rel))
     return out
+
+
+def _file_state(
+    base: Path, rel: str, folders: dict[str, tuple[Path, bool]]
+) -> Literal["there", "missing", "outside"]:
+    """Whether base/rel is a file inside `base`, leads outside it, or is not there. One
+    lstat per path says both whether it exists and whether it is a link (only a link is
+    resolved, files.stays_inside). Built from strings, not Paths: 60,000 rows take 0.26 s,
+    half the 0.51 s that checking links alone took with Paths (2-core AMD EPYC, warm cache)."""
+    if os.path.isabs(rel):
+        return "outside"
+    path = os.path.join(base, rel)
+    try:
+        link = stat.S_ISLNK(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: a NUL in it
+        return "missing" if stays_inside(base, rel, folders, link=False) else "outside"
+    except OSError:  # there, but not to be looked at: decoding names it as unreadable
+        link = False
+    if not stays_inside(base, rel, folders, link):
+        return "outside"
+    return "missing" if link and not os.path.exists(path) else "there"  # a dangling link
 
 
 def _numbers(df: Any, column: str, problems: _Problems) -> np.ndarray:
@@ -413,11 +463,12 @@ def read_rows(cfg: TableConfig) -> Rows:
     if len(df) == 0:
         raise CnnlabError(f"data.table: {path} has no rows under its header")
     problems = _Problems(path)
-    images = _paths(df, cfg.image_column, base, problems)
+    absent: list[tuple[int, str, str]] = []  # files named that do not exist
+    images = _paths(df, cfg.image_column, base, problems, absent)
     masks, values, classes = {}, {}, {}
     for name, spec in cfg.targets.items():
         if spec.kind == "mask":
-            masks[name] = _paths(df, spec.column, base, problems)
+            masks[name] = _paths(df, spec.column, base, problems, absent)
             if spec.classes:
                 classes[name] = list(spec.classes)
         elif spec.kind == "category":
@@ -429,16 +480,58 @@ def read_rows(cfg: TableConfig) -> Rows:
     split = _splits(df, cfg.split, problems) if cfg.split else None
     groups = _groups(df, cfg.group_column, split, problems) if cfg.group_column else None
     _no_duplicates(images, cfg.image_column, problems)
+    if cfg.on_bad_image == "stop":
+        for row, column, rel in absent:
+            problems.add(row, column, f"{rel} does not exist", _fix_absent(base, True))
     problems.raise_any()
     rows = Rows(path.resolve(), base, images, masks, values, classes, split, (0, 0, 0), groups)
+    if absent:  # on_bad_image: skip
+        rows = _without_absent(rows, absent, problems)
     _check_split(cfg, rows)
     rows.shape = _shape(cfg, rows)
     return rows
 
 
+def _fix_absent(base: Path, or_skip: bool) -> str:
+    """What to do about files that do not exist (`or_skip`: or leave their rows out)."""
+    return (
+        "correct the path of each file that does not exist or remove its row (paths are read "
+        f"from {base}: data.root when set, else the table's folder)"
+        + (", or set data.on_bad_image: skip to leave such rows out" if or_skip else "")
+    )
+
+
+def _without_absent(rows: Rows, absent: list[tuple[int, str, str]], problems: _Problems) -> Rows:
+    """The rows whose files all exist (on_bad_image: skip); the others are named, a line
+    each, for load()'s warning. No row left means the paths are read from the wrong folder:
+    that stops the run."""
+    parts: dict[int, list[str]] = {}
+    for row, column, rel in sorted(absent, key=lambda a: a[0]):
+        parts.setdefault(row, []).append(f"column {column!r}: {rel}")
+    named = [f"{problems.where(row)}, {', '.join(files)}" for row, files in parts.items()]
+    keep = np.setdiff1d(np.arange(len(rows.images)), list(parts))
+    if not len(keep):
+        raise CnnlabError(
+            f"data.table: {rows.table}: no file its rows name exists (first: {named[0]}); "
+            + _fix_absent(rows.base, or_skip=False)
+        )
+    pick = lambda paths: [paths[i] for i in keep]  # noqa: E731
+    return replace(
+        rows,
+        images=pick(rows.images),
+        masks={name: pick(paths) for name, paths in rows.masks.items()},
+        values={name: v[keep] for name, v in rows.values.items()},
+        split=rows.split[keep] if rows.split is not None else None,
+        groups=rows.groups[keep] if rows.groups is not None else None,
+        absent=named,
+    )
+
+
 def _no_duplicates(images: list[str], column: str, problems: _Problems) -> None:
     first: dict[str, int] = {}
     for row, rel in enumerate(images):
+        if not rel:  # "no path" already; two rows without one are not one path listed twice
+            continue
         key = os.path.normpath(rel)
         if key in first:
             problems.add(
@@ -467,7 +560,11 @@ def _check_split(cfg: TableConfig, rows: Rows) -> None:
     units = np.flatnonzero(parts == 0)  # what a carve takes: rows, or whole groups
     if rows.groups is not None:  # a group counts once, as its first row
         units = units[np.unique(rows.groups[units], return_index=True)[1]]
-    what = "training row(s)" if rows.groups is None else "group(s) of training rows"
+    one, what = (
+        ("training row", "training rows")
+        if rows.groups is None
+        else ("group of training rows", "groups of training rows")
+    )
     if target is None or not carves:
         if len(units) < 2 + carves:
             raise CnnlabError(f"data.table: {rows.table} has too few {what} to carve from")
@@ -476,9 +573,10 @@ def _check_split(cfg: TableConfig, rows: Rows) -> None:
     small = np.flatnonzero((counts > 0) & (counts < carves + 1))
     if len(small):
         k = int(small[0])
+        has = counted(int(counts[k]), one, what)
         raise CnnlabError(
-            f"data.table: class {rows.classes[target][k]!r} of {target} has {counts[k]} "
-            f"{what}; carving {'test and validation' if carves == 2 else 'validation'} "
+            f"data.table: class {rows.classes[target][k]!r} of {target} has {has}; carving "
+            f"{'test and validation' if carves == 2 else 'validation'} "
             f"stratified needs at least {carves + 1} per class (add rows, or give a split column)"
         )
 
@@ -491,13 +589,7 @@ def _shape(cfg: TableConfig, rows: Rows) -> tuple[int, int, int]:
     try:
         with open_image(first) as im:
             size, mode = min(im.size), im.mode
-    except FileNotFoundError:
-        raise CnnlabError(
-            f"data.table: the first image, {first}, is not there; the paths in "
-            f"{rows.table.name} are read from {rows.base} (data.root when set, else the "
-            "table's folder)"
-        ) from None
-    except Exception as err:
+    except Exception as err:  # one not there is left out by the check (_without_absent)
         raise CnnlabError(
             f"data.table: the first image, {first}, cannot be read ({type(err).__name__}); "
             "set data.image_size and data.channels, or fix the image"
@@ -587,17 +679,31 @@ def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, Pixels], list[int]]:
         for i in range(len(rows.images))
     ]
     key = [str(rows.table), str(rows.base), list(rows.shape), cfg.resize, FORMAT]
+    _warn_absent(rows)
     decoded = cached_decode(
         "table", key, _identity(rows, cfg), names, shapes, one, storage=cfg.storage
     )
     if decoded.skipped and cfg.on_bad_image == "stop":
+        n = len(decoded.skipped)
         raise CnnlabError(
-            f"data.table: {len(decoded.skipped)} rows cannot be read (first: "
-            f"{decoded.skipped[0]}); fix or remove them, or set data.on_bad_image: skip"
+            f"data.table: {counted(n, 'row')} cannot be read (an empty or corrupt file, or "
+            f"not an image; first: {decoded.skipped[0]}); fix or remove "
+            f"{'it' if n == 1 else 'them'}, or set data.on_bad_image: skip"
         )
     if not decoded.kept:
         raise CnnlabError(f"data.table: no image of {rows.table} could be read")
     return decoded.pixels, decoded.kept
+
+
+def _warn_absent(rows: Rows) -> None:
+    """The rows the check left out (on_bad_image: skip), in the warning's one line: told
+    once per load, where describe() (called more than once per run) stays quiet."""
+    if rows.absent:
+        print(
+            f"table: warning: {counted(len(rows.absent), 'row')} skipped, naming a file that "
+            f"does not exist: {_shown(rows.absent)}; {_fix_absent(rows.base, or_skip=False)}",
+            file=sys.stderr,
+        )
 
 
 def load(cfg: TableConfig) -> Dataset:
