@@ -520,8 +520,9 @@ def report(
 # ---------------------------------------------------------------- viz + report
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def viz(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="run folder"),
     figure: str = typer.Argument(..., help="figure name; `cnnlab figures` lists them"),
     images: int | None = typer.Option(
@@ -541,9 +542,10 @@ def viz(
     out: Path | None = typer.Option(None, help="folder for the PNGs (default RUN/figures)"),
     imports: list[str] = Imports,
 ) -> None:
-    """Draw one figure of a run as PNG files."""
+    """Draw one figure of a run as PNG files. A figure of one's own takes its own options
+    as --NAME VALUE (its function's keyword arguments)."""
     _import(imports)
-    from cnnlab.viz import FIGURES, render
+    from cnnlab.viz import FIGURES, render, typed_options
 
     if figure not in FIGURES:  # before torch and the data are loaded
         raise CnnlabError(f"figure {figure!r} is unknown; choose one of: {', '.join(FIGURES)}")
@@ -551,6 +553,7 @@ def viz(
         "images": images, "channels": channels, "neurons": neurons, "grid": grid,
         "steps": steps, "ig_steps": ig_steps, "component": component,
     }  # fmt: skip
+    given |= typed_options(figure, ctx.args)
     for path in render(run, figure, out, **{k: v for k, v in given.items() if v is not None}):
         typer.echo(str(path))
 

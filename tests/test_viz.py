@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cnnlab.build import build
-from cnnlab.components import registration_scope
+from cnnlab.components import register_figure, registration_scope
 from cnnlab.data import batches
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import Recorder, SplitPredictions, unit_max
@@ -25,7 +25,7 @@ from cnnlab.precision import autocast_for
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks import evaluate
 from cnnlab.tasks.classification import confident_errors
-from cnnlab.viz import FIGURES, RunView, make_charts
+from cnnlab.viz import FIGURES, Chart, RunView, make_charts
 from cnnlab.viz.base import grid_shape
 from cnnlab.viz.confusion import (
     confusion_charts,
@@ -551,6 +551,37 @@ def test_viz_cli_draws_pngs_and_rejects_bad_input(report_run, tmp_path, capsys, 
     )
     assert status == 0, err
     assert sorted(p.name for p in sanity.iterdir()) == ["sanity.png", "sanity_maps.png"]
+
+
+def test_a_figure_of_ones_own_takes_its_options_from_the_command_line(
+    report_run, tmp_path, capsys, monkeypatch
+):
+    """`cnnlab viz RUN NAME --bins 5`: each option typed as the figure's keyword default."""
+    given = []
+
+    def bars(view: RunView, bins: int = 3, log: bool = False, label: str = "x") -> list[Chart]:
+        given.append({"bins": bins, "log": log, "label": label})
+        return make_charts(view, "curves")
+
+    run, out = str(report_run[0]), str(tmp_path)
+    with registration_scope():
+        register_figure("bars")(bars)
+        args = ("viz", run, "bars", "--bins", "5", "--log=yes", "--out", out)
+        status, stdout, err = cli(capsys, monkeypatch, *args)
+        assert status == 0, err
+        assert given == [{"bins": 5, "log": True, "label": "x"}]
+        assert stdout.strip().endswith("curves.png")
+        cases = {
+            ("--bins", "five"): "--bins: 'five' is not an int",
+            ("--log", "maybe"): "--log: 'maybe' is not true or false",
+            ("--bin", "5"): "--bin does not apply to bars; its options: --bins, --log, --label",
+            ("--bins",): "--bins needs a value",
+            ("stray",): "viz: unexpected 'stray'; a figure's options are --NAME VALUE",
+        }
+        for extra, message in cases.items():
+            status, _, err = cli(capsys, monkeypatch, "viz", run, "bars", *extra)
+            assert status == 2 and err.strip() == f"error: {message}", err
+    assert len(given) == 1
 
 
 def test_a_run_without_checkpoint_is_one_clear_error(report_run, tmp_path):

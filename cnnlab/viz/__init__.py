@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.compiled import compiled_kernels
@@ -96,6 +97,42 @@ def make_charts(view: RunView, name: str, **options) -> list[Chart]:
     # longer than it saved (seed 002's report: 45 s on a cold cache against 27 s with aten's)
     with compiled_kernels(False):
         return spec.make(view, **options)
+
+
+def typed_options(name: str, args: list[str]) -> dict[str, Any]:
+    """A figure's own options as typed after `cnnlab viz RUN NAME` (`--bins 5`,
+    `--bins=5`), each converted to the type of its keyword's default (a figure of one's own
+    declares `bins: int = 15`); `make_charts` says which options the figure takes."""
+    params = inspect.signature(get_figure(name).make).parameters
+    options: dict[str, Any] = {}
+    words = iter(args)
+    for word in words:
+        key, has_value, value = word.removeprefix("--").partition("=")
+        if not word.startswith("--") or not key:
+            raise CnnlabError(f"viz: unexpected {word!r}; a figure's options are --NAME VALUE")
+        value = value if has_value else next(words, None)
+        if value is None:
+            raise CnnlabError(f"--{key} needs a value")
+        keyword = key.replace("-", "_")
+        default = params[keyword].default if keyword in params else None
+        options[keyword] = _typed(f"--{key}", value, default)
+    return options
+
+
+def _typed(flag: str, value: str, default: Any) -> Any:
+    """`value` as the type of `default` (a string where the default says nothing)."""
+    kind = type(default)
+    if kind is bool:
+        if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+            raise CnnlabError(f"{flag}: {value!r} is not true or false")
+        return value.lower() in ("true", "yes", "1")
+    if kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            raise CnnlabError(f"{flag}: {value!r} is not a{'n' if kind is int else ''} "
+                              f"{kind.__name__}") from None  # fmt: skip
+    return value
 
 
 def render(run: str | Path, name: str, out: Path | None = None, **options) -> list[Path]:
