@@ -150,7 +150,7 @@ class TableConfig(DataSection):
     resize: Literal["crop", "squash"] = "crop"  # crop: the centre square of the shorter side
     channels: Literal[1, 3] | None = None  # 1 grey, 3 RGB; None: as the first image is
     test_fraction: float = Field(0.2, gt=0.0, lt=0.9)  # carved when there is no split column
-    on_bad_image: Literal["skip", "stop"] = "skip"  # a missing or unreadable image or mask: skip its row
+    on_bad_image: Literal["skip", "stop"] = "skip"  # a missing or unreadable image or mask
     # decoded images held in memory, or mapped from the cache file and read by batch; auto:
     # mapped when the cache is over half the memory available (masks stay in memory)
     storage: Storage = "auto"
