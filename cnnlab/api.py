@@ -98,8 +98,8 @@ def train(
 def _fresh_folder(path: Path, recipe: Recipe) -> RunFolder:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise CnnlabError(
-            f"run_dir {path} is not empty; give a new folder, or continue a run with "
-            f"cnnlab train --resume {path}"
+            f"run_dir {path} is not empty; give a new folder, or continue the run in it with "
+            f"cnnlab.resume({str(path)!r})"
         )
     path.mkdir(parents=True, exist_ok=True)
     return RunFolder.create(recipe, path)

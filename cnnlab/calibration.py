@@ -110,8 +110,7 @@ def calibrate_run(
     `splits`: the data training already loaded (train.calibrate), else loaded anew;
     `recorder`: watches the test pass."""
     run = RunFolder.open(path)
-    if not run.best_path.is_file():
-        raise CnnlabError(f"calibrate: {run.path} has no checkpoints/best.pt; train it first")
+    run.check_trained("calibrate")
     saved = load_checkpoint(run.best_path)
     recipe = run.recipe()
     calibrated_tasks(saved_tasks(recipe, saved))  # before any data is read

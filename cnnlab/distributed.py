@@ -52,7 +52,7 @@ class Ranks:
     def resume_hint(self, path: object) -> str:
         """The command that continues a run folder with as many processes as now."""
         if not self.active:
-            return f"cnnlab train --resume {path}"
+            return f"cnnlab train --resume {path} (in Python: cnnlab.resume({str(path)!r}))"
         nodes = self.world // max(self.local_world, 1)
         launch = f"torchrun --nproc_per_node {self.local_world}"
         if nodes > 1:

@@ -17,7 +17,6 @@ from torch import nn
 
 from cnnlab.build import build
 from cnnlab.data.batches import Splits
-from cnnlab.errors import CnnlabError
 from cnnlab.precision import autocast_for
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks import EpochMeter, Task, evaluate
@@ -198,10 +197,7 @@ def evaluate_run(path: str | Path, split: str = "test") -> dict[str, float]:
     """`cnnlab eval`: a split's metrics of a run's best checkpoint, with the recipe's
     test-time views, in the precision it trained in."""
     run = RunFolder.open(path)
-    if not run.best_path.is_file():
-        raise CnnlabError(
-            f"{run.path} has no checkpoints/best.pt yet; evaluate a run that finished an epoch"
-        )
+    run.check_trained("eval")
     best = load_checkpoint(run.best_path)
     built = build(run.recipe(), best, weights="judged")
     autocast = autocast_for(built.device, built.precision.precision)

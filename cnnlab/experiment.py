@@ -46,6 +46,11 @@ def train(
             raise CnnlabError(
                 f"{run.path} has no checkpoint yet (checkpoints/last.pt); start it anew"
             )
+        if run.status().get("state") == "finished":
+            raise CnnlabError(
+                f"{run.path} has finished: trained, tested and reported; nothing is left to "
+                "continue (cnnlab eval tests it again; more epochs are a new run)"
+            )
         saved = load_checkpoint(run.last_path)
     # under torchrun: join the other processes first; each trains on its own device
     ranks, device = distributed.join(resolve_device(recipe.train.device))
@@ -83,7 +88,7 @@ def train_in(
         except KeyboardInterrupt:
             raise CnnlabError(
                 f"interrupted at epoch {trainer.state.epoch + 1}, step {trainer.state.step}; "
-                f"continue with: cnnlab train --resume {run.path}"
+                f"continue with: {ranks.resume_hint(run.path)}"
             ) from None
         trainer.leave_ranks()  # trained together; the test and report are rank 0's alone
         if not ranks.main:
@@ -113,7 +118,7 @@ def train_in(
             )
             if run.last_path.is_file():
                 err.add_note(f"{run.path} is marked failed; once fixed, continue it where it "
-                             f"stopped: cnnlab train --resume {run.path}")  # fmt: skip
+                             f"stopped: {ranks.resume_hint(run.path)}")  # fmt: skip
         raise
     finally:
         loggers.close(run.test_metrics())

@@ -115,8 +115,7 @@ def load_for_export(path: str | Path, views: bool = True) -> Loaded:
     """The run's judged weights in fp32 on the CPU, temperature included, and the recipe's
     test-time views unless `views` is off (one pass per image instead of one per view)."""
     run = RunFolder.open(path)
-    if not run.best_path.is_file():
-        raise CnnlabError(f"export: {run.path} has no checkpoints/best.pt; train it first")
+    run.check_trained("export")
     saved = load_checkpoint(run.best_path, "cpu")
     with torch.inference_mode(False):
         built = build(run.recipe(), saved, device="cpu", weights="judged")

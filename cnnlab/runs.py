@@ -130,6 +130,21 @@ class RunFolder:
     def recipe(self) -> Recipe:
         return load_saved_recipe(self.recipe_path)
 
+    def check_trained(self, what: str) -> None:
+        """`what` (figures, a test, an export) reads the best weights, which a run has once
+        an epoch finished: where there are none yet, say how to get them."""
+        if self.best_path.is_file():
+            return
+        then = (
+            f"continue it: cnnlab train --resume {self.path} (cnnlab.resume in Python)"
+            if self.last_path.is_file()
+            else "train it again"
+        )
+        raise CnnlabError(
+            f"{what}: {self.path} has no best weights (checkpoints/best.pt): it has not "
+            f"finished an epoch; {then}"
+        )
+
     # ------------------------------------------------------------------ metrics
 
     def read_metrics(self) -> list[dict]:

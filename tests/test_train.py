@@ -128,10 +128,32 @@ def test_a_bug_mid_run_marks_it_failed_and_it_resumes_once_fixed(tiny):
     assert (status["state"], status["reason"]) == ("failed", "RuntimeError: a bug in my own code")
     assert err.value.__notes__ == [
         f"{folder} is marked failed; once fixed, continue it where it stopped: "
-        f"cnnlab train --resume {folder}"
+        f"cnnlab train --resume {folder} (in Python: cnnlab.resume({str(folder)!r}))"
     ]
     resumed = train(recipe, resume=folder)
     assert resumed.status()["state"] == "finished" and len(resumed.read_metrics()) == 2
+    with pytest.raises(CnnlabError, match=f"^{folder} has finished: trained, tested and "):
+        train(recipe, resume=folder)  # nothing is left: it says so, and changes nothing
+    assert resumed.read_metrics() == RunFolder.open(folder).read_metrics()
+
+
+def test_a_run_trained_but_not_tested_resumes_to_its_test(tiny, capsys):
+    """Its every epoch done, a failure in the test or report: resuming goes straight there."""
+    recipe = tiny("train.epochs=2", "data.train_subset=1000")
+
+    def last(row: dict) -> None:
+        if row["epoch"] == 2:
+            raise RuntimeError("after the last epoch")
+
+    with pytest.raises(RuntimeError):
+        train(recipe, on_epoch=last)
+    (folder,) = Path(recipe.output_dir).iterdir()
+    capsys.readouterr()
+    resumed = train(recipe, resume=folder)
+    assert f"resuming {folder} at the end of its 2 epochs: its test and report" in (
+        capsys.readouterr().out
+    )
+    assert resumed.status()["state"] == "finished" and resumed.test_path.is_file()
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(tiny):

@@ -586,7 +586,15 @@ def test_a_figure_of_ones_own_takes_its_options_from_the_command_line(
 
 def test_a_run_without_checkpoint_is_one_clear_error(report_run, tmp_path):
     (tmp_path / "recipe.yaml").write_text((report_run[0] / "recipe.yaml").read_text())
-    with pytest.raises(CnnlabError, match="no checkpoints/best.pt yet"):
+    with pytest.raises(CnnlabError) as err:
+        RunView(tmp_path)
+    assert str(err.value) == (
+        f"figures and predictions: {tmp_path} has no best weights (checkpoints/best.pt): it "
+        "has not finished an epoch; train it again"
+    )
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")  # stopped within its first epoch
+    with pytest.raises(CnnlabError, match=rf"epoch; continue it: cnnlab train --resume {tmp_path}"):
         RunView(tmp_path)
 
 

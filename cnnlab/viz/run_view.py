@@ -62,11 +62,7 @@ class RunView:
         if not path.is_dir():
             raise CnnlabError(f"{path} is not a folder; give a run folder such as runs/<run>")
         self.run = RunFolder.open(path)
-        if not self.run.best_path.is_file():
-            raise CnnlabError(
-                f"{path} has no checkpoints/best.pt yet; figures need a run that finished "
-                "at least one epoch"
-            )
+        self.run.check_trained("figures and predictions")
         self.recipe: Recipe = self.run.recipe()
         self.device = torch.device(device)
 
