@@ -11,6 +11,7 @@ import torch
 from cnnlab.catalog import RECIPES
 from cnnlab.recipe import Recipe, load_recipe
 from cnnlab.tasks import TargetInfo, TargetSpec, Task, create_tasks
+from cnnlab.tasks.regression import Regression
 from tests import cli_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,10 +57,12 @@ def fitted_tasks(
     categorical target, `ink` = (mean, std) for every standardized one."""
     tasks = create_tasks(recipe.tasks)
     for task in tasks.values():
+        if isinstance(task, Regression):  # a number: no classes
+            task.fit(TargetSpec())
+            task.info = TargetInfo(mean=ink[0], std=ink[1])
+            continue
         per_pixel = task.cfg.type == "pixel_classification"
         task.fit(TargetSpec(classes=[f"class {i}" for i in range(classes)], per_pixel=per_pixel))
-        if task.info.classes is None:
-            task.info = TargetInfo(mean=ink[0], std=ink[1])
     return tasks
 
 
