@@ -271,9 +271,9 @@ def test_a_class_too_small_to_carve_and_a_link_outside_are_refused(shapes, tmp_p
     assert no_runs(tmp_path)
 
 
-def linked_tree(tmp_path: Path) -> tuple[Path, Path]:
+def linked_tree(tmp_path: Path) -> Path:
     """base/a/x.png, out/y.png, and links: base/a/in.png to x.png, base/a/out.png to y.png,
-    base/a/dangling.png to nothing, base/away to out/."""
+    base/a/dangling.png to nothing, base/away to out/; returns base."""
     base, out = tmp_path / "base", tmp_path / "out"
     (base / "a").mkdir(parents=True)
     out.mkdir()
@@ -283,7 +283,7 @@ def linked_tree(tmp_path: Path) -> tuple[Path, Path]:
     (base / "a/in.png").symlink_to(base / "a/x.png")
     (base / "a/out.png").symlink_to(out / "y.png")
     (base / "away").symlink_to(out)
-    return base, out
+    return base
 
 
 def test_a_path_is_inside_the_folder_only_when_its_links_are(tmp_path):
@@ -291,7 +291,7 @@ def test_a_path_is_inside_the_folder_only_when_its_links_are(tmp_path):
     of resolving every path."""
     from cnnlab.data.files import stays_inside
 
-    base, out = linked_tree(tmp_path)
+    base = linked_tree(tmp_path)
     folders: dict[str, tuple[Path, bool]] = {}
     cases = {"a/x.png": True, "a/in.png": True, "a/missing.png": True, "a/../a/x.png": True,
              "a/out.png": False, "away/y.png": False, "../out/y.png": False,
@@ -381,7 +381,7 @@ def test_files_that_do_not_exist_are_found_by_the_check_before_any_pixel(
 def test_a_files_state_is_one_lstat_links_resolved_only(tmp_path):
     """There, missing (no file, no folder, a dangling link) or outside (a link or `..`
     leading out, an absolute path), each as resolving the whole path would say."""
-    base, out = linked_tree(tmp_path)
+    base = linked_tree(tmp_path)
     cases = {"a/x.png": "there", "a/in.png": "there", "a/missing.png": "missing",
              "nofolder/x.png": "missing", "a/x.png/y.png": "missing",
              "a/dangling.png": "missing", "a/out.png": "outside", "away/y.png": "outside",
