@@ -241,8 +241,7 @@ def predict(
     top: int = typer.Option(5, min=1, max=20, help="classes shown per image"),
     figure: Path | None = typer.Option(
         None,
-        help="draw the answers beside each image into this PNG; a run's or exported file's "
-        "only when given, an ImageNet model's by default into predictions.png",
+        help="also draw the answers beside each image into this PNG",
     ),
     onnx: Path | None = typer.Option(None, help="a run's exported model.onnx (or .pt2) to run"),
     out: Path | None = typer.Option(None, help="write every image's answers to this CSV"),
@@ -280,8 +279,8 @@ def predict(
         typer.echo(f"{p.path}")
         for rank, (name, prob) in enumerate(p.top, 1):
             typer.echo(f"  {rank}. {prob:6.1%}  {name}")
-    title = f"{model}: ImageNet top-{top}"
-    typer.echo(f"figure: {draw(found, figure or Path('predictions.png'), title)}")
+    if figure is not None:  # asked for: nothing is written into the current folder unasked
+        typer.echo(f"figure: {draw(found, figure, f'{model}: ImageNet top-{top}')}")
 
 
 def _predict_run(
