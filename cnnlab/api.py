@@ -218,10 +218,15 @@ class Run:
         return Charts(charts)
 
     def report(self) -> Path:
-        """Write RUN/report.html (every figure, self-contained) and return its path."""
+        """Write RUN/report.html (every figure, self-contained) and return its path. The
+        data and test predictions this Run's figures loaded serve it: not read again."""
         from cnnlab.report import build_report
 
-        return build_report(self.path)
+        view = self.__dict__.get("_view")
+        if view is None or view.device.type != "cpu":  # the report's figures run on the CPU
+            return build_report(self.path)
+        splits = view.splits if "built" in view.__dict__ else None
+        return build_report(self.path, splits, predictions=view.__dict__.get("test_predictions"))
 
     def calibrate(self) -> pd.DataFrame:
         """Fit a temperature for each task with probabilities (every classification) on the

@@ -133,6 +133,20 @@ def test_figures_show_inline_and_are_saved(api_run):
         api_run.figure("no-such-figure")  # (Run.report(): examples/custom_backbone.py)
 
 
+def test_a_report_after_figures_reads_neither_the_data_nor_the_test_set_again(api_run, monkeypatch):
+    run = cnnlab.load_run(api_run.path)
+    run.figure("confusion")
+    (run.path / "checkpoints" / "best_test.pt").unlink()  # the Run holds them: not read back
+
+    def again(*args, **kwargs):
+        raise AssertionError("the report loaded the data or ran the test set again")
+
+    monkeypatch.setattr("cnnlab.build.prepare_splits", again)
+    monkeypatch.setattr("cnnlab.viz.run_view.RunView.predict", again)
+    report = run.report()
+    assert "confusion_cls" in report.read_text()
+
+
 def test_a_run_is_calibrated_and_exported_from_python(api_run, tmp_path):
     """What a notebook does after training: fit the temperature, then ship the model; the
     file answers as the run does, from the file alone."""
