@@ -189,9 +189,9 @@ class Run:
     def figure(self, name: str, **options: Any) -> Charts:
         """One figure (`cnnlab figures` lists them) saved into RUN/figures/; in Jupyter the
         returned charts show themselves."""
-        from cnnlab.viz import make_charts
+        from cnnlab.viz import drawn, make_charts
 
-        charts = self._saved(make_charts(self._view, name, **options))
+        charts = self._saved(drawn(self._view, name, make_charts(self._view, name, **options)))
         self._view.keep_predictions()  # the next session's figures make no test pass
         return charts
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,10 +24,13 @@ from cnnlab.experiment import train
 from cnnlab.models import BACKBONES
 from cnnlab.plugins import import_modules
 from cnnlab.precision import autocast_for
+from cnnlab.recipe import load_recipe
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks import evaluate
+from cnnlab.tasks.calibration import Rows
 from cnnlab.tasks.classification import confident_errors
-from cnnlab.viz import FIGURES, Chart, RunView, make_charts
+from cnnlab.viz import FIGURES, Chart, RunView, drawn, make_charts
+from cnnlab.viz.attributions import explain
 from cnnlab.viz.base import grid_shape
 from cnnlab.viz.confusion import (
     confusion_charts,
@@ -45,7 +50,7 @@ from cnnlab.viz.hooks import (
 )
 from cnnlab.viz.mosaic import DPI, GAP, Tile, colored, fit, mosaic, rgb, side_for, wrap
 from cnnlab.viz.predictions import parse_grid
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, fitted_tasks, run_cli
 
 
 def no_hooks_left(model: nn.Module) -> bool:
@@ -582,6 +587,38 @@ def test_a_figure_of_ones_own_takes_its_options_from_the_command_line(
             status, _, err = cli(capsys, monkeypatch, "viz", run, "bars", *extra)
             assert status == 2 and err.strip() == f"error: {message}", err
     assert len(given) == 1
+
+
+def test_a_figure_with_nothing_to_show_says_why(view, monkeypatch):
+    """A run that got every test image right has no mistake to show: one line says so (the
+    report shows it in the section), where an empty figure said nothing."""
+    with pytest.raises(CnnlabError, match=r"^pixels draws nothing for this run \(its tasks: cls"):
+        drawn(view, "pixels", make_charts(view, "pixels"))
+    predictions = view.test_predictions
+    logits = predictions.rows["cls"].logits
+    said = logits.argmax(1)  # as if every label were what the model says
+    perfect = dataclasses.replace(
+        predictions,
+        truth={**predictions.truth, "cls": said},
+        pred={**predictions.pred, "cls": said},
+        rows={**predictions.rows, "cls": Rows(logits, said)},
+    )
+    monkeypatch.setitem(view.__dict__, "test_predictions", perfect)
+    monkeypatch.setattr(view, "tasks_with", lambda figure: ["cls"])
+    with pytest.raises(CnnlabError) as err:
+        make_charts(view, "mistakes")
+    assert str(err.value) == (
+        f"mistakes: every one of the {len(view.split('test'))} test images is right for cls; "
+        "no mistake to show"
+    )
+
+
+def test_images_are_not_explained_by_a_run_that_answers_per_pixel():
+    recipe = load_recipe(ROOT / "cnnlab" / "recipes" / "table_example.yaml")
+    tasks = {n: t for n, t in fitted_tasks(recipe).items() if "pixels" in t.figures}
+    assert tasks
+    with pytest.raises(CnnlabError, match="every task of this run answers per pixel"):
+        explain(SimpleNamespace(tasks=tasks), torch.zeros(1, 3, 8, 8))
 
 
 def test_a_run_without_checkpoint_is_one_clear_error(report_run, tmp_path):

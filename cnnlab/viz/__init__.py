@@ -135,16 +135,22 @@ def _typed(flag: str, value: str, default: Any) -> Any:
     return value
 
 
+def drawn(view: RunView, name: str, charts: list[Chart]) -> list[Chart]:
+    """The charts a figure asked for by name drew; none (pixels without a per-pixel task)
+    is said in one line, not shown as nothing. The report leaves such sections out."""
+    if not charts:
+        tasks = ", ".join(f"{n} ({t.cfg.type})" for n, t in view.tasks.items())
+        raise CnnlabError(f"{name} draws nothing for this run (its tasks: {tasks}; `cnnlab "
+                          "figures` says what each figure draws)")  # fmt: skip
+    return charts
+
+
 def render(run: str | Path, name: str, out: Path | None = None, **options) -> list[Path]:
     """`cnnlab viz`: draw one figure of a run into RUN/figures/ (or `out`); PNG paths."""
     get_figure(name)  # an unknown name fails before any data is loaded
     view = RunView(run)
     folder = out or view.run.path / "figures"
-    charts = make_charts(view, name, **options)
-    if not charts:  # pixels without a per-pixel task, mistakes without one: say so
-        tasks = ", ".join(f"{n} ({t.cfg.type})" for n, t in view.tasks.items())
-        raise CnnlabError(f"{name} draws nothing for this run (its tasks: {tasks}; `cnnlab "
-                          "figures` says what each figure draws)")  # fmt: skip
+    charts = drawn(view, name, make_charts(view, name, **options))
     paths = [chart.save(folder) for chart in charts]
     view.keep_predictions()  # the next `cnnlab viz` of this run makes no test pass
     return paths
@@ -155,6 +161,7 @@ __all__ = [
     "FIGURES",
     "Chart",
     "RunView",
+    "drawn",
     "get_figure",
     "list_figures",
     "make_charts",

@@ -201,6 +201,11 @@ def explain(
     predicts; the run's data is not read."""
     check_count("ig-steps", ig_steps, 256)
     tasks = predictor.tasks
+    if not explainable(tasks):
+        raise CnnlabError(
+            "explain: every task of this run answers per pixel, and a map explains one number "
+            "per image; look at the predicted masks instead (predict, the pixels figure)"
+        )
     check_component(tasks, explainable(tasks), component)
     if len(shown) > 16:
         raise CnnlabError(f"explain: {len(shown)} images; give at most 16 at a time")

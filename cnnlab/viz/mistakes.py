@@ -6,6 +6,7 @@ model confuses shows first; on one's own data, often the first figure to look at
 
 from __future__ import annotations
 
+from cnnlab.errors import CnnlabError
 from cnnlab.viz.base import Chart, check_count, shorten
 from cnnlab.viz.mosaic import Tile, mosaic, rgb, rows_of, side_for
 from cnnlab.viz.predictions import WRONG
@@ -16,13 +17,16 @@ COLUMNS = 6
 
 def mistakes(view: RunView, images: int = 12) -> list[Chart]:
     check_count("images", images, 60)
-    test, preds, charts = view.split("test"), view.test_predictions, []
+    test, preds, charts, right = view.split("test"), view.test_predictions, [], []
     for name in view.tasks_with("mistakes"):
         rows = preds.rows.get(name)
         logits = rows.logits if rows is not None else None
         worst = view.tasks[name].worst(preds.truth[name], preds.pred[name], logits, images, shorten)
-        if worst is None or not len(worst.index):
-            continue  # nothing ranked, or every test image right
+        if worst is None:
+            continue  # the task does not rank its errors
+        if not len(worst.index):
+            right.append(name)
+            continue
         tiles = [
             Tile(rgb(test.images[i]), label=line, color=WRONG, frame=4)
             for i, line in zip(worst.index.tolist(), worst.lines, strict=True)
@@ -40,5 +44,10 @@ def mistakes(view: RunView, images: int = 12) -> list[Chart]:
                 worst.caption,
                 extra={"index": worst.index.tolist()},
             )
+        )
+    if right and not charts:  # said, not left blank: a run that made no mistake
+        raise CnnlabError(
+            f"mistakes: every one of the {len(test)} test images is right for "
+            f"{', '.join(right)}; no mistake to show"
         )
     return charts
