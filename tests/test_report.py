@@ -4,6 +4,7 @@ learning curves, not blank), and user text that tries to inject HTML rendered as
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -225,9 +226,31 @@ def test_train_hands_the_report_its_test_pass_predictions(tiny, monkeypatch, cal
     assert torch.equal(shared.peaks, fresh.peaks)
     assert list(shared.rows) == list(fresh.rows) == ["cls"]
     assert torch.equal(shared.rows["cls"].logits, fresh.rows["cls"].logits)
+    assert list(shared.alive) == list(fresh.alive) and shared.alive  # the dead units' record
+    assert all(torch.equal(shared.alive[k], fresh.alive[k]) for k in fresh.alive)
     view = RunView(run.path)
     view.share_predictions(shared)
     assert view.test_predictions is shared  # the report's figures read these, no new pass
+
+
+def test_a_section_says_what_one_of_its_figures_could_not_show(tiny):
+    """A classifier that got every test image right: the predictions section shows its grid
+    and says there is no mistake to show, where the figure used to be left out unsaid."""
+    from cnnlab.experiment import train
+    from cnnlab.tasks.calibration import Rows
+
+    run = train(tiny("tasks={cls: {type: classification, target: label}}"))
+    predictions = RunView(run.path).test_predictions
+    logits = predictions.rows["cls"].logits
+    said = logits.argmax(1)  # as if every label were what the model says
+    perfect = dataclasses.replace(
+        predictions, truth={"cls": said}, pred={"cls": said}, rows={"cls": Rows(logits, said)}
+    )
+    page = build_report(run.path, show=False, predictions=perfect).read_text()
+    section = page.split('<section id="predictions">')[1].split("</section>")[0]
+    assert "<figure" in section and (
+        f"mistakes: every one of the {len(said)} test images is right for cls" in section
+    )
 
 
 def test_the_report_keeps_the_test_predictions_for_the_next_look(report_run, tmp_path, monkeypatch):
