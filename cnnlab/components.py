@@ -79,7 +79,8 @@ def register_backbone(
       with its own `config`: a Section with `backbone: Literal[name] = name`.
 
     `doc` is the line `cnnlab backbones` shows (default: the class's docstring's first
-    line). A name already taken is an error unless `replace=True`.
+    line). A name taken by another class is an error unless `replace=True`; the same class
+    registered again (a notebook cell run twice) takes its earlier place.
     """
 
     def register(cls: T) -> T:

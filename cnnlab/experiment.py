@@ -48,8 +48,8 @@ def train(
             )
         if run.status().get("state") == "finished":
             raise CnnlabError(
-                f"{run.path} has finished: trained, tested and reported; nothing is left to "
-                "continue (cnnlab eval tests it again; more epochs are a new run)"
+                f"{run.path} has finished; nothing is left to continue (cnnlab eval tests it "
+                "again, cnnlab report draws its figures; more epochs are a new run)"
             )
         saved = load_checkpoint(run.last_path)
     # under torchrun: join the other processes first; each trains on its own device

@@ -132,7 +132,7 @@ def test_a_bug_mid_run_marks_it_failed_and_it_resumes_once_fixed(tiny):
     ]
     resumed = train(recipe, resume=folder)
     assert resumed.status()["state"] == "finished" and len(resumed.read_metrics()) == 2
-    with pytest.raises(CnnlabError, match=f"^{folder} has finished: trained, tested and "):
+    with pytest.raises(CnnlabError, match=f"^{folder} has finished; nothing is left to continue "):
         train(recipe, resume=folder)  # nothing is left: it says so, and changes nothing
     assert resumed.read_metrics() == RunFolder.open(folder).read_metrics()
 
