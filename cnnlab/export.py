@@ -36,7 +36,7 @@ from torch import nn
 from cnnlab.build import Built, build, images_per_pass
 from cnnlab.data import colorize
 from cnnlab.errors import CnnlabError
-from cnnlab.inference import Prediction, Predictions, read_file
+from cnnlab.inference import Prediction, Predictions, classified, read_file
 from cnnlab.runs import RunFolder, load_checkpoint
 
 Format = Literal["onnx", "pt2"]
@@ -400,7 +400,8 @@ def metadata(path: Path) -> dict:
 
 def predict_exported(path: str | Path, files: list[Path]) -> Predictions:
     """Each task's answer for image files from an exported model (onnxruntime for .onnx),
-    the files decoded as the run's source decoded its own."""
+    the files decoded as the run's source decoded its own: the same fields as the run's
+    `predict` gives, a per-pixel task's probabilities (N, K, H, W) included."""
     path = Path(path)
     if not path.is_file():
         raise CnnlabError(f"predict: {path}: no such file; `cnnlab export RUN` writes one")
@@ -413,10 +414,6 @@ def predict_exported(path: str | Path, files: list[Path]) -> Predictions:
         name, classes = out["name"], out["classes"]
         if out["kind"] == "values" or classes is None:  # a multi-label task's probabilities
             found[name] = Prediction(name, values=value, components=out["components"])
-        elif value.ndim == 4:  # per-pixel probabilities
-            found[name] = Prediction(name, index=value.argmax(1), classes=classes)
-        else:
-            index = value.argmax(1)
-            labels = [classes[i] for i in index]
-            found[name] = Prediction(name, index, labels, value, classes=classes)
+        else:  # (N, K) per image or (N, K, H, W) per pixel: decoded as the run decodes its own
+            found[name] = classified(name, value, classes)
     return Predictions(found)

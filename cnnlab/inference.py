@@ -43,23 +43,63 @@ ImageLike = str | Path | np.ndarray | torch.Tensor | Image.Image
 
 @dataclass
 class Prediction:
-    """One task's answers for a batch of images (numpy, on the CPU)."""
+    """One task's answers for a batch of N images (numpy, on the CPU).
+
+    A per-pixel task's maps are at the model's resolution (H x W, the run's input size), not
+    each image's own: pixel (y, x) of a map answers for pixel (y, x) of what the model saw, a
+    file squashed or centre-cropped to that square as the run's source read its files
+    (`data.resize`), an array or PIL image squashed to it."""
 
     task: str
     index: np.ndarray | None = None  # (N,) class index, or (N, H, W) per pixel
     labels: list[str] | None = None  # (N,) class names of a classification
-    probabilities: np.ndarray | None = None  # (N, K) of a classification
+    probabilities: np.ndarray | None = None  # (N, K) of a classification, (N, K, H, W) per pixel
     values: np.ndarray | None = None  # (N,) or (N, D) of a regression, in the target's units
     classes: list[str] | None = None  # every class name, in index order
     components: list[str] | None = None  # a vector regression's component names
 
+    @property
+    def per_pixel(self) -> bool:
+        """Whether this is a class map per image (a mask's task, colorization's colours)."""
+        return self.index is not None and self.index.ndim == 3
+
+    def shares(self, image: int | None = None) -> np.ndarray:
+        """(N, K): of each image's pixels, the share predicted as each class (rows sum to 1);
+        (K,) of one `image`. A per-pixel answer read as one row per image, as `table()` and
+        `cnnlab predict` give it."""
+        if not self.per_pixel or self.classes is None:
+            raise CnnlabError(f"predict: {self.task} is not a per-pixel classification")
+        maps = self.index if image is None else self.index[image : image + 1]
+        n, k = len(maps), len(self.classes)
+        flat = maps.reshape(n, -1).astype(np.int64) + np.arange(n)[:, None] * k
+        counts = np.bincount(flat.ravel(), minlength=n * k).reshape(n, k)
+        shares = counts / np.prod(maps.shape[1:])
+        return shares if image is None else shares[0]
+
+
+def classified(
+    task: str, probabilities: np.ndarray, classes: list[str], index: np.ndarray | None = None
+) -> Prediction:
+    """A classification's answer from its probabilities, (N, K) per image or (N, K, H, W) per
+    pixel; `index` is the top class unless a head decodes its own. One path for the run and
+    for an exported file, so both give the same fields."""
+    index = probabilities.argmax(1) if index is None else index
+    classes = list(classes)
+    if probabilities.ndim == 4:  # a class map: no label per image
+        return Prediction(task, index=index, probabilities=probabilities, classes=classes)
+    labels = [classes[i] for i in index]
+    return Prediction(task, index, labels, probabilities, classes=classes)
+
 
 class Predictions(dict):
-    """Task name -> `Prediction`; `table()` puts the image-level ones side by side."""
+    """Task name -> `Prediction`; `table()` puts them side by side, one row per image."""
 
     def table(self):
-        """A pandas DataFrame, one row per image: each classification's class and its
-        probability, each regression's value(s). Per-pixel maps stay in `[task].index`."""
+        """A pandas DataFrame, one row per image: each classification's class (`cls`) and its
+        probability (`cls.probability`), each regression's value (`ink`) or components
+        (`counts.squares`), and each per-pixel task's share of the image's pixels predicted as
+        each class (`mask.background`, `mask.disc`, ...: they sum to 1). The maps themselves
+        stay in `[task].index` and `[task].probabilities`."""
         import pandas as pd
 
         columns: dict[str, Any] = {}
@@ -67,6 +107,9 @@ class Predictions(dict):
             if p.labels is not None:
                 columns[name] = p.labels
                 columns[f"{name}.probability"] = p.probabilities.max(axis=1)
+            elif p.per_pixel:
+                for k, share in enumerate(p.shares().T):
+                    columns[f"{name}.{p.classes[k]}"] = share
             elif p.values is not None and p.values.ndim == 1:
                 columns[name] = p.values
             elif p.values is not None:
@@ -137,13 +180,9 @@ class Predictor:
             # of one's own task type (multi-label tags), at its temperature
             values = task.probabilities(raw) if task.probabilistic else head.decode(raw)
             return Prediction(name, values=values.cpu().numpy(), components=task.info.components)
-        index = head.decode(raw).cpu().numpy()
-        if index.ndim > 1:  # a per-pixel class map
-            return Prediction(name, index=index, classes=list(classes))
         probs = task.probabilities(raw) if task.probabilistic else raw.softmax(1)
-        probabilities = probs.cpu().numpy()
-        labels = [classes[i] for i in index]
-        return Prediction(name, index, labels, probabilities, classes=list(classes))
+        index = head.decode(raw).cpu().numpy()  # (N,), or (N, H, W) for a class map
+        return classified(name, probs.cpu().numpy(), classes, index)
 
 
 def _shape_without_input(recipe: Recipe) -> tuple[int, int, int]:

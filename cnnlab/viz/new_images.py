@@ -1,5 +1,6 @@
 """A run's answers on images it has never seen (`cnnlab predict RUN IMAGES`): each image with
-every task's answer under it, and each per-pixel task's map beside it."""
+every task's answer under it, and each per-pixel task's class map beside it, painted in the
+colours of the run's `pixels` figure, with its classes by share of pixels under it."""
 
 from __future__ import annotations
 
@@ -9,20 +10,24 @@ import numpy as np
 import torch
 
 from cnnlab.data.decoded import as_read, open_image
-from cnnlab.inference import Predictions
+from cnnlab.inference import Prediction, Predictions
 from cnnlab.viz.mosaic import Tile, mosaic, rgb, rows_of
 from cnnlab.viz.pixels import class_colours, paint
 
 SHOWN = 16  # images drawn; the CSV holds them all
 SIDE = 200  # pixels
+CLASSES_SAID = 5  # a per-pixel task's classes named, largest share first
 
 
-def caption(predictions: Predictions, i: int) -> str:
-    """Image i's answers, one task per line."""
+def caption(predictions: Predictions, i: int, per_pixel: bool = True) -> str:
+    """Image i's answers, one task per line (`per_pixel` off: its per-pixel tasks left out,
+    for a figure that says them under their maps)."""
     lines = []
     for name, p in predictions.items():
         if p.labels is not None:
             lines.append(f"{name}: {p.labels[i]} ({p.probabilities[i].max():.0%})")
+        elif p.per_pixel and per_pixel:
+            lines.append(f"{name}: {pixel_shares(p, i)}")
         elif p.values is not None:
             v = np.atleast_1d(p.values[i])
             names = [f"{c} " for c in p.components or []] or [""] * len(v)  # a vector's parts
@@ -31,9 +36,19 @@ def caption(predictions: Predictions, i: int) -> str:
     return "\n".join(lines)
 
 
+def pixel_shares(p: Prediction, i: int) -> str:
+    """Image i's classes by share of its predicted pixels, largest first ("background 71%,
+    disc 20%, square 9%"): a class map said in a line. Classes that round to 0% are left
+    out, and after CLASSES_SAID the rest is "…" (a colorizing run has dozens of colours)."""
+    share = p.shares(i)
+    said = [f"{p.classes[k]} {share[k]:.0%}" for k in np.argsort(-share, kind="stable")]
+    said = [s for s in said if not s.endswith(" 0%")]
+    return ", ".join(said[:CLASSES_SAID]) + (" …" if len(said) > CLASSES_SAID else "")
+
+
 def draw_predictions(files: list[Path], predictions: Predictions, out: Path, title: str) -> Path:
     """The first SHOWN images, each with its answers (and its per-pixel maps), as a PNG."""
-    maps = [n for n, p in predictions.items() if p.index is not None and p.index.ndim == 3]
+    maps = [n for n, p in predictions.items() if p.per_pixel]
     n = min(len(files), SHOWN)
     cols = 1 + len(maps)
     per_row = max(1, 4 // cols)
@@ -43,11 +58,11 @@ def draw_predictions(files: list[Path], predictions: Predictions, out: Path, tit
             im = as_read(im).convert("RGB")  # as the model read it: upright, 8 bits
             im.thumbnail((SIDE, SIDE))  # a photo's megapixels shrink here, not in the grid
             image = np.array(im)
-        tiles.append(Tile(image, files[i].name, caption(predictions, i)))
-        for name in maps:
+        tiles.append(Tile(image, files[i].name, caption(predictions, i, per_pixel=False)))
+        for name in maps:  # at the model's resolution, coloured as the `pixels` figure
             p = predictions[name]
             painted = paint(torch.from_numpy(p.index[i]), class_colours(p.classes))
-            tiles.append(Tile(rgb(painted), f"{name} (predicted)"))
+            tiles.append(Tile(rgb(painted), f"{name} (predicted)", pixel_shares(p, i)))
     width = cols * per_row
     fig = mosaic(rows_of(tiles, width), SIDE, title)
     out.parent.mkdir(parents=True, exist_ok=True)

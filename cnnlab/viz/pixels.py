@@ -1,9 +1,9 @@
 """Per-pixel tasks (seed 001's colorization): what the model painted, beside the truth.
 
 For each per-pixel task, on validation images: a grid of the model's input (grey when
-colorizing), the predicted classes, the true classes and the photograph; the palette, with
-each colour's share of the pixels; and the pixel accuracy of every class. Classes named
-"#rrggbb" (a colorizing run's palette) are drawn in their own colour, any others with a
+colorizing), the predicted classes, the true classes and, when colorizing, the photograph; the
+palette, with each colour's share of the pixels; and the pixel accuracy of every class. Classes
+named "#rrggbb" (a colorizing run's palette) are drawn in their own colour, any others with a
 categorical colour map.
 """
 
@@ -97,10 +97,20 @@ def _grid(view: RunView, task: str, index, truth, pred, colours) -> Chart:
         f"pixels_{task}",
         f"{task}: predicted and true classes of {len(index)} validation images",
         fig,
-        f"Pixel accuracy on these images: {accuracy:.1%}. Columns: what the model sees, its "
-        "prediction, the target it learnt from, the original.",
+        f"Pixel accuracy on these images: {accuracy:.1%}. Columns: {columns(grey)}.",
         extra={"index": index.tolist(), "accuracy": accuracy},
     )
+
+
+def columns(grey: bool) -> str:
+    """What the grid's columns show: a colorizing run has a fourth, the photograph, as the
+    grey input the model sees is not the image the palette was taken from."""
+    if grey:
+        return (
+            "the grey input the model sees, its prediction, the palette target it learnt from, "
+            "the original photograph"
+        )
+    return "the image, the model's prediction, the true classes it learnt from"
 
 
 def _classes(task: str, names: list[str], colours, truth, pred, common: int) -> list[Chart]:

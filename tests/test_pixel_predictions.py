@@ -1,0 +1,213 @@
+"""A per-pixel task's answer on new images, the same in the run, its exported file, the
+command line and Python: a class map and per-pixel probabilities at the model's resolution,
+each class's share of an image's pixels as one table row per image, those shares printed
+and drawn beside the map; and the `pixels` figure's caption naming the columns it draws."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import cnnlab
+from cnnlab.catalog import RECIPES
+from cnnlab.data import shapes_table
+from cnnlab.errors import CnnlabError
+from cnnlab.export import predict_exported
+from cnnlab.inference import Prediction, Predictions
+from cnnlab.recipe import load_recipe
+from cnnlab.viz import RunView, make_charts, new_images
+from cnnlab.viz.mosaic import mosaic, rgb
+from cnnlab.viz.pixels import class_colours, paint
+from tests.conftest import run_cli
+
+ROWS, SIZE = 60, 16
+CLASSES = shapes_table.MASK_CLASSES  # background, disc, square, triangle
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """Decoded tables cached in the test's folder, not the user's cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def mask_run(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """A run of the shipped table_example with its mask task alone (what the user trained),
+    1 epoch on 60 generated 16 px images; (run folder, images to predict). The images: two
+    of the table's, and one of its own size (48 x 40) and aspect."""
+    base = tmp_path_factory.mktemp("pixel_predictions")
+    shapes_table.write(base / "shapes", ROWS, SIZE, seed=2)
+    raw = yaml.safe_load((Path(cnnlab.__file__).parent / "recipes/table_example.yaml").read_text())
+    raw["data"]["table"] = str(base / "shapes" / "labels.csv")
+    raw["tasks"] = {"mask": raw["tasks"]["mask"]}
+    raw["model"]["filters"] = 8
+    raw["train"].update(epochs=1, batch_size=32, progress=False, threads=1, device="cpu")
+    raw["train"].update(report=False, precision="fp32")
+    raw["output_dir"] = str(base / "runs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(base / "cache"))
+        run = cnnlab.train(raw)
+    files = [base / "shapes" / "images" / f"{i:05d}.png" for i in (1, 2)]
+    Image.open(files[0]).resize((48, 40)).save(base / "wide.png")
+    return run.path, [*files, base / "wide.png"]
+
+
+def said_order(share: np.ndarray) -> list[str]:
+    """The classes an image's line names: largest share first, those that round to 1% or
+    more (no share is 0.5% exactly: a 16 px map has 256 pixels)."""
+    return [CLASSES[k] for k in np.argsort(-share, kind="stable") if share[k] >= 0.005]
+
+
+def drawn_by(module: str, monkeypatch) -> list:
+    """The rows of tiles each `mosaic` call of `module` draws, recorded as it draws them."""
+    drawn: list = []
+    record = lambda rows, *args: drawn.append(rows) or mosaic(rows, *args)  # noqa: E731
+    monkeypatch.setattr(importlib.import_module(module), "mosaic", record)
+    return drawn
+
+
+def shares_of(index: np.ndarray) -> np.ndarray:
+    """(N, K): each image's share of pixels in each class, counted one class at a time."""
+    return np.stack([(index == k).mean(axis=(1, 2)) for k in range(len(CLASSES))], axis=1)
+
+
+# ------------------------------------------------------------------------ Python
+
+
+def test_a_per_pixel_answer_holds_its_map_probabilities_and_a_row_per_image(mask_run):
+    path, files = mask_run
+    p = cnnlab.load_run(path).predict([*files, np.asarray(Image.open(files[0]))])
+    mask = p["mask"]
+    # at the model's resolution, the 48 x 40 image's too; one probability per class and pixel
+    assert mask.index.shape == (4, SIZE, SIZE) and mask.classes == CLASSES
+    assert mask.probabilities.shape == (4, len(CLASSES), SIZE, SIZE)
+    assert np.allclose(mask.probabilities.sum(1), 1, atol=1e-5)
+    assert np.array_equal(mask.probabilities.argmax(1), mask.index)
+    assert np.array_equal(mask.index[0], mask.index[3])  # a file and its pixels: one answer
+    table = p.table()
+    assert list(table.columns) == [f"mask.{c}" for c in CLASSES] and len(table) == 4
+    assert np.allclose(table.to_numpy(), shares_of(mask.index))
+    assert np.allclose(table.sum(axis=1), 1)
+
+
+def test_shares_and_the_table_side_by_side_with_a_classification():
+    index = np.array([[[0, 0], [1, 2]], [[3, 3], [3, 0]]])  # two images of 2 x 2 pixels
+    mask = Prediction("mask", index=index, classes=CLASSES)
+    assert mask.shares().tolist() == [[0.5, 0.25, 0.25, 0.0], [0.25, 0.0, 0.0, 0.75]]
+    assert mask.shares(1).tolist() == [0.25, 0.0, 0.0, 0.75]
+    kind = Prediction("kind", np.array([1, 0]), ["b", "a"], np.array([[0.3, 0.7], [0.6, 0.4]]))
+    table = Predictions({"kind": kind, "mask": mask}).table()
+    assert list(table.columns) == ["kind", "kind.probability", *[f"mask.{c}" for c in CLASSES]]
+    assert table["mask.triangle"].tolist() == [0.0, 0.75] and table["kind"].tolist() == ["b", "a"]
+    assert (
+        new_images.caption(Predictions({"mask": mask}), 1) == "mask: triangle 75%, background 25%"
+    )
+    with pytest.raises(CnnlabError, match="^predict: kind is not a per-pixel classification$"):
+        kind.shares()
+
+
+def test_the_exported_file_gives_the_runs_maps_and_probabilities(mask_run, tmp_path):
+    path, files = mask_run
+    run = cnnlab.load_run(path)
+    ours = run.predict(files)
+    exported = run.export(out=tmp_path / "model.onnx", check=False)
+    theirs = exported.predict(files)
+    assert theirs["mask"].probabilities.shape == (3, len(CLASSES), SIZE, SIZE)
+    assert np.allclose(theirs["mask"].probabilities, ours["mask"].probabilities, atol=1e-5)
+    assert np.array_equal(theirs["mask"].index, ours["mask"].index)
+    assert theirs["mask"].classes == CLASSES
+    assert theirs.table().equals(ours.table())
+    assert predict_exported(exported.path, files[:1]).table().shape == (1, len(CLASSES))
+
+
+# ---------------------------------------------------------- command line, figure
+
+
+def test_cnnlab_predict_prints_the_shares_and_writes_them_to_its_csv(mask_run, tmp_path):
+    path, files = mask_run
+    out = tmp_path / "answers.csv"
+    env = {"XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}
+    done = run_cli("predict", str(path), *map(str, files), "--out", str(out), env=env)
+    assert done.returncode == 0, done.stderr
+    expected = cnnlab.load_run(path).predict(files)
+    shares = shares_of(expected["mask"].index)
+    lines = done.stdout.splitlines()
+    for i, file in enumerate(files):
+        said = lines[lines.index(str(file)) + 1]
+        top = int(shares[i].argmax())
+        assert said.startswith(f"  mask: {CLASSES[top]} {shares[i, top]:.0%}")
+        named = [part.rsplit(" ", 1)[0] for part in said.removeprefix("  mask: ").split(", ")]
+        assert named == said_order(shares[i])
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["image"] for r in rows] == [str(f) for f in files]
+    got = np.array([[float(r[f"mask.{c}"]) for c in CLASSES] for r in rows])
+    assert np.allclose(got, shares)
+
+
+def test_the_figure_draws_each_map_beside_its_image_with_its_shares(
+    mask_run, tmp_path, monkeypatch
+):
+    path, files = mask_run
+    found = cnnlab.load_run(path).predict(files)
+    drawn = drawn_by("cnnlab.viz.new_images", monkeypatch)
+    figure = new_images.draw_predictions(files, found, tmp_path / "f.png", "run")
+    assert figure.stat().st_size > 1000
+    tiles = [t for row in drawn[0] for t in row]
+    assert len(tiles) == 2 * len(files)  # image, map; image, map; ...
+    mask = found["mask"]
+    colours = class_colours(CLASSES)
+    for i in range(len(files)):
+        image, drawn_map = tiles[2 * i], tiles[2 * i + 1]
+        assert image.title == files[i].name and "mask" not in image.label
+        assert np.array_equal(
+            drawn_map.pixels, rgb(paint(torch.from_numpy(mask.index[i]), colours))
+        )
+        share = shares_of(mask.index)[i]
+        assert drawn_map.label == ", ".join(f"{c} {share[CLASSES.index(c)]:.0%}"
+                                            for c in said_order(share))  # fmt: skip
+
+
+# ------------------------------------------------------------- the pixels figure
+
+
+def columns_said(caption: str) -> list[str]:
+    return caption.split("Columns: ")[1].removesuffix(".").split(", ")
+
+
+def test_the_pixels_caption_names_the_three_columns_of_a_mask(mask_run, monkeypatch):
+    path, _ = mask_run
+    drawn = drawn_by("cnnlab.viz.pixels", monkeypatch)
+    grid = make_charts(RunView(path), "pixels", images=2)[0]
+    assert all(len(row) == 3 for row in drawn[0])
+    assert columns_said(grid.caption) == [
+        "the image",
+        "the model's prediction",
+        "the true classes it learnt from",
+    ]
+
+
+def test_the_pixels_caption_names_the_four_columns_of_a_colorizing_run(tmp_path, monkeypatch):
+    """Colorizing, the model sees a grey input: the photograph is drawn as a fourth column."""
+    quick = ["train.epochs=1", "train.progress=false", "train.device=cpu", "train.threads=1",
+             "train.precision=fp32", "train.report=false", "model.filters=4",
+             "model.kernel_size=3", "data.train_images=16", "data.val_images=10",
+             "data.test_images=10", "data.image_size=16", f"output_dir={tmp_path}"]  # fmt: skip
+    run = cnnlab.train(load_recipe(RECIPES / "colorize.yaml", quick))
+    drawn = drawn_by("cnnlab.viz.pixels", monkeypatch)
+    grid = make_charts(RunView(run.path), "pixels", images=2)[0]
+    assert all(len(row) == 4 for row in drawn[0])
+    assert columns_said(grid.caption) == [
+        "the grey input the model sees",
+        "its prediction",
+        "the palette target it learnt from",
+        "the original photograph",
+    ]
