@@ -29,6 +29,10 @@ def test_cnnlab_recipes_lists_recipes_and_sweep_files():
     assert not any(name.endswith(".map") for name in shipped_sweeps())
     for name in [*shipped_recipes(), *shipped_sweeps()]:
         assert f"  {name} " in out.stdout
+    # each says what it is in a whole phrase, not a line cut off mid-sentence
+    dangling = {"a", "an", "and", "by", "for", "in", "of", "on", "or", "per", "the", "to", "with"}
+    for name, said in {**shipped_recipes(), **shipped_sweeps()}.items():
+        assert said and said.split()[-1].strip("(") not in dangling, (name, said)
 
 
 def test_train_by_name_from_another_folder(tmp_path):
