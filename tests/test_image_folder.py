@@ -14,6 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
+import cnnlab
 from cnnlab.data import describe
 from cnnlab.data import image_folder as imf
 from cnnlab.data.batches import prepare_splits
@@ -296,6 +297,68 @@ def test_errors_are_one_line(tree, tmp_path):
     msg = str(err.value)
     assert "\n" not in msg
     assert "only in train/: ['c9']; only in val/: ['extra', 'zz']" in msg
+
+
+def class_folders(root: Path, classes: list[str], count: int = 6) -> Path:
+    """root/<class>/ with `count` 20x20 PNGs each."""
+    rng = np.random.default_rng(1)
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for j in range(count):
+            _image(rng, 20, 20).save(root / cls / f"{j}.png")
+    return root
+
+
+def no_runs(out: Path) -> bool:
+    return not out.exists() or not any(out.iterdir())
+
+
+def test_one_class_folder_is_refused_before_decoding_unless_colorizing(tmp_path, monkeypatch):
+    """A folder with one class trained to loss 0 and accuracy 1 and then named that class
+    with probability 1 for every image: now the run stops, naming the folder and the class,
+    before any pixel is decoded and any run folder made. Colorizing reads no class."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = class_folders(tmp_path / "my_images", ["dots"])
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.train(folder_recipe(root, tmp_path / "runs"))
+    assert str(err.value) == (
+        f"image_folder: {root} holds one class folder, dots/, and a classifier needs two or "
+        "more; add a folder of images for each other class beside it (one sub-folder per class)"
+    )
+    assert no_runs(tmp_path / "runs") and not (tmp_path / "cache").exists()
+    with pytest.raises(CnnlabError, match=r"^image_folder: train/ and val/ of .* hold one class"):
+        describe(cfg_of(class_folders(tmp_path / "given", ["train/dots", "val/dots"])))
+    colour = imf.load(cfg_of(root, colorize={"colours": 4}))
+    assert len(colour.train) + len(colour.test) == 6
+
+
+def test_a_class_folder_without_a_readable_image_is_refused_naming_it(tmp_path, monkeypatch):
+    """zebra/readme.txt made a class zebra with no image, the only sign a "1 file skipped"
+    warning; a class folder of files that all fail to decode is refused the same way, by
+    its path (train/<class>/ where val/ is the test set), from a reused cache too."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = class_folders(tmp_path / "my_images", ["dots", "noise", "stripes"])
+    (root / "zebra").mkdir()
+    (root / "zebra/readme.txt").write_text("zebra photos to come")
+    for attempt in ("decoded", "cache reused"):
+        with pytest.raises(CnnlabError) as err:
+            cnnlab.train(folder_recipe(root, tmp_path / "runs"))
+        assert str(err.value) == (
+            f"image_folder: the class folder zebra/ of {root} holds no readable image: its 1 "
+            "file (readme.txt) is not an image or cannot be decoded; add its images or remove "
+            "the folder"
+        ), attempt
+        assert no_runs(tmp_path / "runs")
+    (root / "zebra/2019").mkdir()
+    (root / "zebra/2019/broken.jpg").write_bytes((root / "dots/0.png").read_bytes()[:40])
+    with pytest.raises(CnnlabError, match=r"its 2 files \(readme.txt, 2019/broken.jpg\) are not"):
+        imf.load(cfg_of(root))
+    given = class_folders(tmp_path / "given", ["train/a", "train/b", "val/a", "val/b"])
+    for image in (given / "train/b").iterdir():
+        image.unlink()
+    (given / "train/b/notes.txt").write_text("moved")  # val/b/ still has its images
+    with pytest.raises(CnnlabError, match=r"the class folder train/b/ of .*given holds no read"):
+        imf.load(cfg_of(given))
 
 
 # ------------------------------------------------------------------------ the cache

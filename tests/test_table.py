@@ -439,6 +439,123 @@ def test_the_cache_is_reused_and_a_changed_mask_is_noticed(shapes, tmp_path, cap
     assert (ds.train.targets["mask"][0] == 2).all()
 
 
+# ------------------------------------------------------------- masks that cannot be labels
+
+FIX_MODE = (
+    "a mask holds one class index per pixel: save masks as 8-bit grey or palette PNGs of "
+    "class indices (0, 1, 2, ...; 255: no label), not colours"
+)
+FIX_SIZE = (
+    "a mask is drawn on its own image, pixel for pixel: save each mask at its image's size "
+    "(or correct the row's paths)"
+)
+SKIP = ", or set data.on_bad_image: skip to leave such rows out"
+
+
+def test_colour_masks_are_named_with_the_fix_not_as_unreadable_files(shapes, tmp_path, capsys):
+    """Masks saved as RGB were "200 files skipped (empty, corrupt, not an image)", then "no
+    image could be read": the reason decode_mask knew was lost. Now the first is named with
+    the fix; one among good ones is left out with that warning (from a reused cache too),
+    or stops the run under on_bad_image: stop."""
+    raw = bad_table(tmp_path, shapes, lambda rows: rows)
+    masks = sorted((tmp_path / "bad" / "masks").iterdir())
+    kept = {m: m.read_bytes() for m in masks}
+    for mask in masks:
+        Image.open(mask).convert("RGB").save(mask)
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.train(raw)
+    assert str(err.value) == (
+        f"data.table: the mask masks/00000.png is a colour (RGB) image (one of {ROWS} masks "
+        f"refused); {FIX_MODE}"
+    )
+    assert no_runs(tmp_path) and "skipped" not in capsys.readouterr().err
+    for mask, data in kept.items():
+        if mask.name != "00005.png":
+            mask.write_bytes(data)
+    warning = (
+        "table: warning: 1 row skipped, its mask refused: the mask masks/00005.png is a colour "
+        f"(RGB) image; {FIX_MODE}"
+    )
+    cfg = load_recipe(raw).data
+    for attempt in ("decoded", "cache reused"):
+        ds = table.load(cfg)
+        err = capsys.readouterr().err
+        assert attempt in err and warning in err.splitlines() and "files skipped" not in err
+        assert len(ds.train) + len(ds.val) + len(ds.test) == ROWS - 1
+    raw["data"]["on_bad_image"] = "stop"
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.train(raw)
+    assert str(err.value) == (
+        f"data.table: the mask masks/00005.png is a colour (RGB) image; {FIX_MODE}{SKIP}"
+    )
+    assert no_runs(tmp_path)
+
+
+def test_a_mask_of_another_size_than_its_image_is_skipped_or_stops(shapes, tmp_path, capsys):
+    """A mask of another size was stretched to its image, its labels no longer on their
+    pixels; now the row is left out with a warning naming both sizes, or stops the run."""
+    raw = bad_table(tmp_path, shapes, lambda rows: rows)
+    mask = tmp_path / "bad" / "masks" / "00007.png"
+    Image.open(mask).resize((2 * SIZE, 2 * SIZE), Image.Resampling.NEAREST).save(mask)
+    ds = table.load(load_recipe(raw).data)
+    assert (
+        "table: warning: 1 row skipped, its mask refused: the mask masks/00007.png is 32x32 "
+        f"pixels, its image images/00007.png 16x16; {FIX_SIZE}"
+    ) in capsys.readouterr().err.splitlines()
+    assert len(ds.train) + len(ds.val) + len(ds.test) == ROWS - 1
+    raw["data"]["on_bad_image"] = "stop"
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.train(raw)
+    assert str(err.value) == (
+        "data.table: the mask masks/00007.png is 32x32 pixels, its image images/00007.png "
+        f"16x16; {FIX_SIZE}{SKIP}"
+    )
+    assert no_runs(tmp_path)
+
+
+def test_a_sideways_photos_mask_is_measured_against_the_photo_upright(shapes, tmp_path):
+    """A phone's portrait photo is stored on its side with an EXIF orientation, and read
+    upright: its mask, drawn on it as shown, has the upright size; one of the stored size
+    would lie across it, and is refused."""
+    raw = bad_table(tmp_path, shapes, _set(4, "image", "images/portrait.jpg"))
+    raw["data"]["on_bad_image"] = "stop"
+    upright = np.zeros((24, 16, 3), dtype=np.uint8)  # 16 wide, 24 tall
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: "rotate 90 degrees clockwise to view"
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    stored.save(tmp_path / "bad/images/portrait.jpg", exif=exif)
+    mask = tmp_path / "bad/masks/00003.png"
+    Image.fromarray(np.ones((24, 16), dtype=np.uint8), "L").save(mask)  # as shown
+    cfg = load_recipe(raw).data
+    arrays, kept = table.decode(cfg, table.read_rows(cfg))
+    assert len(kept) == ROWS and (arrays["mask"][3] == 1).all()
+    Image.fromarray(np.ones((16, 24), dtype=np.uint8), "L").save(mask)  # as stored
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.train(raw)
+    assert str(err.value).startswith(
+        "data.table: the mask masks/00003.png is 24x16 pixels, its image images/portrait.jpg "
+        "16x24; a mask is drawn on its own image"
+    )
+
+
+def test_a_mask_index_beyond_the_listed_classes_names_the_first_mask(shapes, tmp_path):
+    """The line said "a mask holds class index 7", leaving a search through every mask: the
+    first file that holds one is named (row 4, unreadable and left out before it, shifts no
+    name)."""
+    raw = bad_table(tmp_path, shapes, lambda rows: rows)
+    (tmp_path / "bad/images/00004.png").write_bytes(b"not a png")
+    for name in ("00009.png", "00021.png"):
+        Image.fromarray(np.full((SIZE, SIZE), 7, np.uint8), "L").save(tmp_path / "bad/masks" / name)
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.train(raw)
+    assert str(err.value) == (
+        "data.targets.mask: the mask masks/00009.png holds class index 7, but "
+        f"{len(shapes_table.MASK_CLASSES)} classes are listed (2 masks hold such indices); list "
+        "them all in data.targets.mask.classes, or correct the masks (255 means no label)"
+    )
+    assert no_runs(tmp_path)
+
+
 # ------------------------------------------------------------- labels stay true
 
 

@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +98,22 @@ def decode_image(path: str | Path, size: int, resize: str, mode: str = "RGB") ->
     C = 1). Palette, CMYK and the rest are converted; transparency is composited on white.
     `resize`: "crop" takes the centre square of the shorter side, "squash" the whole image.
     Raises on anything unreadable."""
+    return read_image(path, size, resize, mode)[0]
+
+
+def read_image(
+    path: str | Path, size: int, resize: str, mode: str = "RGB"
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """`decode_image`'s pixels and the image's own (width, height), upright: a table checks
+    its mask against that size, from the file it opens anyway (no second open)."""
     with open_image(path) as im:
+        stored = im.size  # before draft, which makes a JPEG's smaller
         if im.format == "JPEG":
             im.draft(mode, (size, size))  # libjpeg scales down while decoding (>= size)
         im.load()
+        drafted = im.size
         im = as_read(im)
+        turned = im.size != drafted  # its EXIF orientation swapped width and height
         if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
             rgba = im.convert("RGBA")
             im = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba)
@@ -110,20 +121,60 @@ def decode_image(path: str | Path, size: int, resize: str, mode: str = "RGB") ->
             (size, size), Image.Resampling.BILINEAR, box=_box(im.size, resize)
         )
         out = np.asarray(im, dtype=np.uint8)
-        return out[None] if out.ndim == 2 else out.transpose(2, 0, 1)
+        pixels = out[None] if out.ndim == 2 else out.transpose(2, 0, 1)
+        return pixels, (stored[1], stored[0]) if turned else stored
 
 
-def decode_mask(path: str | Path, size: int, resize: str) -> np.ndarray:
+class Refused(ValueError):
+    """A file that reads but cannot be what its row needs (a colour mask, a mask of another
+    size than its image). Unlike an unreadable file, its reason is kept (`what`: what is
+    wrong with it, the caller putting the file's name first; `fix`: what to do), so the
+    warning or the error can say it: "240 files skipped (empty, corrupt, not an image)" hid
+    that the masks were RGB."""
+
+    def __init__(self, what: str, fix: str):
+        super().__init__(what)
+        self.what, self.fix = what, fix
+
+
+MASK_MODES = ("L", "P", "I", "I;16")  # grey or palette: one class index per pixel
+COLOUR = ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")  # what a mask is not
+FIX_MODE = (
+    "a mask holds one class index per pixel: save masks as 8-bit grey or palette PNGs of "
+    "class indices (0, 1, 2, ...; 255: no label), not colours"
+)
+FIX_SIZE = (
+    "a mask is drawn on its own image, pixel for pixel: save each mask at its image's size "
+    "(or correct the row's paths)"
+)
+FIX_INDEX = (
+    "a mask holds class indices 0 to 254 (255: no label): save masks as 8-bit grey or "
+    "palette PNGs of class indices"
+)
+
+
+def decode_mask(
+    path: str | Path,
+    size: int,
+    resize: str,
+    fits: tuple[str, tuple[int, int]] | None = None,
+) -> np.ndarray:
     """One mask of class indices as uint8 (size, size): a grey PNG of indices, or a palette
     PNG (its indices, not its colours). Nearest neighbour, so no pixel gets a class between
-    two others; the same square as its image."""
+    two others; the same square as its image. `fits`: its image's name and (width, height):
+    a mask of another size is refused, since stretched to the image it no longer lines up
+    with it. Checked from the header, before the mask's pixels are decoded."""
     with Image.open(path) as im:
+        if im.mode not in MASK_MODES:
+            kind = f"a colour ({im.mode})" if im.mode in COLOUR else f"a {im.mode!r}"
+            raise Refused(f"is {kind} image", FIX_MODE)
+        if fits is not None and im.size != fits[1]:
+            (w, h), (iw, ih) = im.size, fits[1]
+            raise Refused(f"is {w}x{h} pixels, its image {fits[0]} {iw}x{ih}", FIX_SIZE)
         im.load()
-        if im.mode not in ("L", "P", "I", "I;16"):
-            raise ValueError(f"a mask holds class indices (grey or palette), not {im.mode}")
         values = np.asarray(im)
         if values.max(initial=0) > 255:
-            raise ValueError("a mask holds class indices above 255")
+            raise Refused(f"holds class index {int(values.max())}", FIX_INDEX)
         im = Image.fromarray(values.astype(np.uint8), "L")
         im = im.resize((size, size), Image.Resampling.NEAREST, box=_box(im.size, resize))
         return np.asarray(im, dtype=np.uint8)
@@ -146,23 +197,31 @@ class Decoded:
     pixels: dict[str, Pixels]  # name -> (N kept, ...) uint8: in memory, or mapped ("images")
     kept: list[int]  # the decoded rows' indices in the order the source listed them
     skipped: list[str]  # what could not be read, named for the warning
+    # rows refused for a reason (decoding raised Refused): (row, what, fix), in row order;
+    # the source says them (a warning or an error), cached_decode does not
+    refused: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 def decode_rows(
     label: str,
     out: dict[str, np.ndarray],
     decode_row: Callable[[int], dict[str, np.ndarray]],
-) -> list[int]:
+) -> tuple[list[int], dict[int, Refused]]:
     """Decode every row into `out` (arrays of n rows, in memory or memory-mapped files) with
-    a thread pool and a bar; the indices that failed. A row fails when `decode_row` raises:
-    corrupt, truncated, empty, not an image; its rows of `out` stay zeros."""
+    a thread pool and a bar; the indices that failed, and those of them refused for a
+    reason (Refused). A row fails when `decode_row` raises: corrupt, truncated, empty, not
+    an image; its rows of `out` stay zeros."""
     n = len(next(iter(out.values())))
     failed: list[int] = []
+    refused: dict[int, Refused] = {}
 
     def one(i: int) -> None:
         try:
             for name, value in decode_row(i).items():
                 out[name][i] = value
+        except Refused as err:  # readable, but not what the row needs: its reason is kept
+            refused[i] = err
+            failed.append(i)
         except Exception:  # whatever the file held, the row is skipped and named
             failed.append(i)
 
@@ -171,7 +230,7 @@ def decode_rows(
     with ThreadPoolExecutor(DECODE_THREADS) as pool, counting(f"{label}: decoding", n) as advance:
         for _ in pool.map(one, range(n)):
             advance()
-    return sorted(failed)
+    return sorted(failed), refused
 
 
 def cached_decode(
@@ -188,6 +247,8 @@ def cached_decode(
     holds the same `identity` (the files' names, sizes and mtimes, as the source lists
     them), else decoded afresh and cached. `names[i]`: row i as the warning names it when
     it fails; `skipped`: what the source left out before decoding (links pointing outside).
+    A row whose `decode_row` raises Refused is left out too, but with its reason, kept in the
+    manifest (a reused cache says it again) and handed back for the source to say.
 
     The cache holds one row per name (a failed row stays zeros; the manifest's `kept` lists
     the others), decoded straight into memory-mapped files, so a set larger than memory is
@@ -210,7 +271,8 @@ def cached_decode(
     warn_skipped(label, saved["skipped"])
     kept = saved["kept"]
     pixels = {k: _load(f, kept, len(names), mapped and k == "images") for k, f in files.items()}
-    return Decoded(pixels, kept, saved["skipped"])
+    refused = [(int(i), what, fix) for i, what, fix in saved.get("refused", [])]
+    return Decoded(pixels, kept, saved["skipped"], refused)
 
 
 def _manifest(
@@ -249,7 +311,7 @@ def _decode_into(
             k: np.lib.format.open_memmap(tmp[k], "w+", np.uint8, (len(names), *shapes[k]))
             for k in files
         }
-        failed = decode_rows(label, out, decode_row)
+        failed, refused = decode_rows(label, out, decode_row)
         for array in out.values():
             array.flush()
         out.clear()  # the mappings close before their files are renamed
@@ -263,7 +325,8 @@ def _decode_into(
     manifest = {
         "identity": identity,
         "kept": kept,
-        "skipped": list(skipped or []) + [names[i] for i in failed],
+        "skipped": list(skipped or []) + [names[i] for i in failed if i not in refused],
+        "refused": [[i, refused[i].what, refused[i].fix] for i in sorted(refused)],
     }
     write_atomic(folder / "manifest.json", lambda f: f.write(json.dumps(manifest).encode()))
     seconds = time.perf_counter() - start

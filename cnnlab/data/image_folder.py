@@ -13,7 +13,8 @@ Class names are the sorted sub-folder names (of `train/`, which `val/` must matc
 class's images may lie in sub-folders of its own (`cats/2019/`). Hidden entries are
 skipped; every file's resolved path must stay inside the root (a symlink that
 points out is skipped). Files that are empty, corrupt or no image are skipped too, all of
-them named in one warning line.
+them named in one warning line. A classifier needs two classes, and each class a readable
+training image: a single class folder, or one of only non-images, stops the run naming it.
 
 Pixels are decoded once (in parallel, see DECODE_THREADS), upright, to uint8 (N, C, S, S)
 and cached in `cache_dir("image_folder")/<sha256 of root, size, resize, FORMAT and
@@ -36,7 +37,7 @@ from pydantic import Field
 
 from cnnlab.data.augment import UNCHANGED, LabelMap
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
-from cnnlab.data.decoded import cached_decode, decode_image
+from cnnlab.data.decoded import SHOWN, cached_decode, counted, decode_image
 from cnnlab.data.files import named_dir, stays_inside
 from cnnlab.data.mapped import MappedImages, Pixels
 from cnnlab.data.memory import Storage
@@ -203,6 +204,54 @@ def _no_empty_class(found: Scan, away: set[str]) -> None:
         )
 
 
+def _two_classes(found: Scan, cfg: ImageFolderConfig) -> None:
+    """A classifier of one class learns nothing: it trained to loss 0 and accuracy 1, then
+    named that class with probability 1 for every image. Refused, unless the folder only
+    feeds a colorizing recipe (data.colorize), which reads no class."""
+    if len(found.classes) != 1 or cfg.colorize is not None:
+        return
+    where = str(found.root) if found.layout == "single" else f"train/ and val/ of {found.root}"
+    raise CnnlabError(
+        f"image_folder: {where} {'holds' if found.layout == 'single' else 'hold'} one class "
+        f"folder, {found.classes[0]}/, and a classifier needs two or more; add a folder of "
+        "images for each other class beside it (one sub-folder per class)"
+    )
+
+
+def _every_class_read(found: Scan, files: list[tuple]) -> None:
+    """Every class has a decoded training image (`files`: the decoded files' scan entries).
+    A class folder of only non-images (a readme.txt) or of files that all failed to decode
+    became a class with no image, the only sign a "1 file skipped" warning."""
+    side = "all" if found.layout == "single" else "train"
+    read = Counter(f[4] for f in files if f[3] == side)
+    missing = [label for label in range(len(found.classes)) if not read[label]]
+    if not missing:
+        return
+    label = missing[0]
+    cls = found.classes[label]
+    prefix = cls if side == "all" else os.path.join("train", cls)
+    tried = [f[0] for f in found.files if f[4] == label and f[3] == side]
+    fix = "add its images or remove the folder"
+    if prefix in found.outside:
+        why = "leads outside it (a link), so none of its images is read"
+        fix = f"move its images into {found.root} or remove the link"
+    elif not tried:  # train/<class>/ empty, val/<class>/ not
+        why = "holds no files"
+    else:
+        names = ", ".join(os.path.relpath(t, prefix) for t in tried[:SHOWN])
+        names += ", ..." if len(tried) > SHOWN else ""
+        why = (
+            f"holds no readable image: its {counted(len(tried), 'file')} ({names}) "
+            f"{'is not an image or cannot' if len(tried) == 1 else 'are not images or cannot'}"
+            " be decoded"
+        )
+    raise CnnlabError(
+        f"image_folder: the class folder {prefix}/ of {found.root} {why}"
+        + (f" ({len(missing)} such classes)" if len(missing) > 1 else "")
+        + f"; {fix}"
+    )
+
+
 # ------------------------------------------------------------------------------ the cache
 
 
@@ -224,6 +273,7 @@ def cached_pixels(cfg: ImageFolderConfig) -> tuple[Scan, Pixels, list[tuple]]:
     """(the scan, uint8 (N, C, S, S) in memory or mapped, the decoded files' scan entries)
     from the cache if it matches the folder as it is now, else decoded afresh and cached."""
     found = scan(cfg.root)
+    _two_classes(found, cfg)
     rels = [f[0] for f in found.files]
     size, mode = cfg.image_size, "L" if cfg.channels == 1 else "RGB"
     decoded = cached_decode(
@@ -247,6 +297,7 @@ def describe(cfg: ImageFolderConfig) -> DataInfo:
     count files, so they are approximate until decoding has skipped the unreadable ones;
     for a single folder the test size is the stratified carve's approximate share."""
     found = scan(cfg.root)
+    _two_classes(found, cfg)
     if found.layout == "given":
         train, test = found.count("train"), found.count("test")
     else:
@@ -280,6 +331,7 @@ def _rows(pixels: Pixels, index: torch.Tensor) -> Pixels:
 def load(cfg: ImageFolderConfig) -> Dataset:
     """Train and test as uint8 (N, C, S, S) with targets {"label": long}."""
     found, pixels, files = cached_pixels(cfg)
+    _every_class_read(found, files)
     labels = torch.tensor([f[4] for f in files], dtype=torch.long)
     if found.layout == "given":
         is_test = torch.tensor([f[3] == "test" for f in files], dtype=torch.bool)

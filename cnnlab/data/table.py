@@ -29,7 +29,9 @@ column, an empty table, a value that is not a number, a duplicated path, a path 
 leading outside the folder, an image or mask file that does not exist (its row skipped with
 a warning, or the run stopped: `on_bad_image`), an unknown split value, a class too small
 to carve from. Pixels are decoded once, in parallel, into the cache
-(cnnlab/data/decoded.py), which notices a changed image, mask or table.
+(cnnlab/data/decoded.py), which notices a changed image, mask or table. Decoding checks each
+mask against its image, from the headers it opens anyway: grey or palette, and its image's
+size (a colour mask or one of another size is refused with its reason, as on_bad_image says).
 """
 
 from __future__ import annotations
@@ -50,11 +52,12 @@ from cnnlab.data.augment import GEOMETRIC, NO_LABEL, LabelMap, Targets
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
 from cnnlab.data.decoded import (
     WIDE,
+    Refused,
     cached_decode,
     counted,
-    decode_image,
     decode_mask,
     open_image,
+    read_image,
 )
 from cnnlab.data.files import stays_inside
 from cnnlab.data.mapped import Pixels
@@ -62,7 +65,9 @@ from cnnlab.data.memory import Storage
 from cnnlab.data.split import stratified_split
 from cnnlab.errors import CnnlabError
 
-FORMAT = 1  # bump when the cached arrays or their identity change meaning
+# bump when the cached arrays or their identity change meaning (2: a mask of another size
+# than its image, stretched before, is refused; refusals are kept with their reasons)
+FORMAT = 2
 TEST_SEED = 0  # the carved test rows are the same for every run seed
 SHOWN = 5  # problems named in one error line
 
@@ -669,9 +674,13 @@ def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, Pixels], list[int]]:
     shapes = {"images": rows.shape, **{name: (s, s) for name in rows.masks}}
 
     def one(i: int) -> dict[str, np.ndarray]:
-        out = {"images": decode_image(rows.base / rows.images[i], s, cfg.resize, mode)}
+        image, seen = read_image(rows.base / rows.images[i], s, cfg.resize, mode)
+        out = {"images": image}
         for name, paths in rows.masks.items():
-            out[name] = decode_mask(rows.base / paths[i], s, cfg.resize)
+            try:
+                out[name] = decode_mask(rows.base / paths[i], s, cfg.resize, (rows.images[i], seen))
+            except Refused as err:  # named with its path: the warning and the error say it
+                raise Refused(f"the mask {paths[i]} {err.what}", err.fix) from None
         return out
 
     names = [
@@ -683,6 +692,7 @@ def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, Pixels], list[int]]:
     decoded = cached_decode(
         "table", key, _identity(rows, cfg), names, shapes, one, storage=cfg.storage
     )
+    _refused(cfg, decoded.refused, bool(decoded.kept))
     if decoded.skipped and cfg.on_bad_image == "stop":
         n = len(decoded.skipped)
         raise CnnlabError(
@@ -693,6 +703,26 @@ def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, Pixels], list[int]]:
     if not decoded.kept:
         raise CnnlabError(f"data.table: no image of {rows.table} could be read")
     return decoded.pixels, decoded.kept
+
+
+def _refused(cfg: TableConfig, refused: list[tuple[int, str, str]], any_kept: bool) -> None:
+    """Rows whose mask cannot be their label (a colour mask, another size than its image):
+    under on_bad_image: stop, or when no row is left, the first stops the run with its reason
+    and fix; else one warning names them. Before, they were "files skipped (empty, corrupt,
+    not an image)", then "no image could be read", the reason lost."""
+    if not refused:
+        return
+    whats = [what for _, what, _ in refused]
+    fixes = "".join(f"; {fix}" for fix in dict.fromkeys(fix for _, _, fix in refused))
+    if cfg.on_bad_image == "stop" or not any_kept:
+        of = f" (one of {counted(len(refused), 'mask')} refused)" if len(refused) > 1 else ""
+        skip = ", or set data.on_bad_image: skip to leave such rows out" if any_kept else ""
+        raise CnnlabError(f"data.table: {whats[0]}{of}; {refused[0][2]}{skip}")
+    print(
+        f"table: warning: {counted(len(refused), 'row')} skipped, "
+        f"{'its mask' if len(refused) == 1 else 'their masks'} refused: {_shown(whats)}{fixes}",
+        file=sys.stderr,
+    )
 
 
 def _warn_absent(rows: Rows) -> None:
@@ -718,9 +748,10 @@ def load(cfg: TableConfig) -> Dataset:
             targets[name] = arrays[name]
         else:
             targets[name] = torch.from_numpy(rows.values[name])[index]
-    tops = {m: _highest(targets[m]) for m in rows.masks}  # each mask's highest class index
+    row_tops = {m: _row_tops(targets[m]) for m in rows.masks}  # each row's highest index
+    tops = {m: int(t.max()) if len(t) else 0 for m, t in row_tops.items()}
     classes = {**rows.classes, **_mask_names(rows, tops)}
-    _check_masks(tops, classes)
+    _check_masks(row_tops, classes, rows, kept)
     data = ImageSet(arrays["images"], targets)
     split = torch.from_numpy(rows.split)[index] if rows.split is not None else None
     groups = torch.from_numpy(rows.groups)[index] if rows.groups is not None else None
@@ -736,16 +767,32 @@ def load(cfg: TableConfig) -> Dataset:
     )
 
 
-def _highest(masks: torch.Tensor) -> int:
-    return int(masks.masked_fill(masks == NO_LABEL, 0).max()) if len(masks) else 0
+def _row_tops(masks: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """(N,) each mask's highest class index, 255 (no label) left out; a chunk of rows at a
+    time, so no copy of all the masks is made."""
+    out = torch.zeros(len(masks), dtype=masks.dtype)
+    for start in range(0, len(masks), chunk):
+        part = masks[start : start + chunk]
+        out[start : start + chunk] = part.masked_fill(part == NO_LABEL, 0).amax(dim=(1, 2))
+    return out
 
 
-def _check_masks(tops: dict[str, int], classes: dict[str, list[str]]) -> None:
-    for name, top in tops.items():
-        if top >= len(classes[name]):
+def _check_masks(
+    row_tops: dict[str, torch.Tensor], classes: dict[str, list[str]], rows: Rows, kept: list[int]
+) -> None:
+    """Every mask's indices name listed classes (`row_tops`: each row's highest); the first
+    mask that holds another is named (with thousands of masks, "a mask holds class index 5"
+    left the search to the user)."""
+    for name, tops in row_tops.items():
+        listed = len(classes[name])
+        beyond = torch.nonzero(tops >= listed).flatten()
+        if len(beyond):
+            first = int(beyond[0])
+            more = f" ({counted(len(beyond), 'mask')} hold such indices)" if len(beyond) > 1 else ""
             raise CnnlabError(
-                f"data.targets.{name}: a mask holds class index {top}, but {len(classes[name])} "
-                "classes are listed; list them all (255 means no label)"
+                f"data.targets.{name}: the mask {rows.masks[name][kept[first]]} holds class index "
+                f"{int(tops[first])}, but {listed} classes are listed{more}; list them all in "
+                f"data.targets.{name}.classes, or correct the masks (255 means no label)"
             )
 
 
