@@ -440,7 +440,9 @@ def sweep(
     ),
     study: str | None = typer.Option(None, help="study name: the same on every machine"),
     out: Path = typer.Option(Path("sweeps"), help="folder that holds sweep folders"),
-    resume: bool = typer.Option(False, "--resume", help="continue the latest such sweep"),
+    resume: bool = typer.Option(
+        False, "--resume", metavar="", help="continue the latest such sweep"
+    ),  # metavar "": a flag, which typer's help would otherwise show as `--resume <bool>`
     max_failures: int = typer.Option(3, help="a worker stops after this many failures in a row"),
     heartbeat: int = typer.Option(10, help="seconds between a worker's signs of life"),
     trial_processes: int = typer.Option(
@@ -470,11 +472,15 @@ def sweep(
 def select(
     sweep_folder: Path = typer.Argument(..., help="sweep folder (sweeps/<name>-<time>)"),
     metric: list[str] = typer.Option([], help="validation metric; repeat for a Pareto front"),
-    test: bool = typer.Option(False, "--test", help="evaluate the chosen runs on the test set"),
+    test: bool = typer.Option(
+        False, "--test", metavar="", help="evaluate the chosen runs on the test set"
+    ),  # metavar "": shown as the flag it is, not `--test <bool>`
     storage: str | None = typer.Option(None, help="the study's database URL, if not a file"),
 ) -> None:
-    """Pick the best run per metric (and the Pareto front); --test adds the test table."""
-    from cnnlab.sweeps.select import print_table
+    """Pick the best run per metric (and the Pareto front); --test adds the test table.
+
+    Saved as selection.md, or selection_test.md with --test: neither replaces the other."""
+    from cnnlab.sweeps.select import print_table, selection_path
     from cnnlab.sweeps.select import select as pick
     from cnnlab.sweeps.study import SweepFolder
 
@@ -482,7 +488,10 @@ def select(
     picks = pick(folder, metric, storage, test)
     names = [folder.spec().resolve_metric(m) for m in metric] or [folder.meta().metric]
     print_table(picks, names, f"selection from {folder.path}")
-    typer.echo(f"saved {folder.path / 'selection.md'} (and .json, .csv)")
+    typer.echo(f"saved {selection_path(folder, test)} (and .json, .csv)")
+    tested = selection_path(folder, True)
+    if not test and tested.is_file():
+        typer.echo(f"kept {tested}, the selection with test results (select --test)")
 
 
 # ----------------------------------------------------------------------- reports
@@ -492,7 +501,8 @@ def select(
 def report(
     path: Path = typer.Argument(..., help="run folder or sweep folder"),
     group_by: str | None = typer.Option(
-        None, help="sweeps: colour curves by a recipe field, or A,B for A > B / A = B / A < B"
+        None,
+        help="sweeps: group by a recipe field or swept parameter, or A,B for A > B / A = B / A < B",
     ),
     storage: str | None = typer.Option(
         None, help="sweeps: the study's database URL, if not a file"

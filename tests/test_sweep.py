@@ -18,7 +18,7 @@ from cnnlab.sweeps.launch import sweep
 from cnnlab.sweeps.results import TrialRow, load_trials, with_runs
 from cnnlab.sweeps.select import pareto_front
 from cnnlab.sweeps.spec import load_sweep
-from cnnlab.sweeps.statistics import group_table, groups
+from cnnlab.sweeps.statistics import group_fields, group_order, group_table, groups
 from cnnlab.sweeps.storage import open_storage
 from cnnlab.sweeps.study import SweepFolder
 from tests.browser import chromium, visit
@@ -71,10 +71,10 @@ def test_lambda_grid_then_select_and_report_from_the_shell(tmp_path):
     picked = run_cli("select", str(path), "--metric", "val.cls.accuracy",
                      "--metric", "val.ink.rmse", "--test")  # fmt: skip
     assert picked.returncode == 0, picked.stderr[-3000:]
-    table = (path / "selection.md").read_text()
+    table = (path / "selection_test.md").read_text()  # --test: kept apart from selection.md
     assert "best val.cls.accuracy" in table and "best val.ink.rmse" in table
     assert "test.cls.accuracy" in table and "test.ink.mae" in table and "tasks." in table
-    saved = json.loads((path / "selection.json").read_text())
+    saved = json.loads((path / "selection_test.json").read_text())
     assert all(p["test"]["test.cls.accuracy"] > 0.3 for p in saved["picks"])
 
     report = run_cli("report", str(path), "--group-by", "tasks.cls.weight,tasks.ink.weight")
@@ -345,3 +345,41 @@ def test_report_groups_by_a_swept_parameter_name():
 
     rows = [row(0, "joint"), row(1, "counts"), row(2, "joint")]
     assert groups(rows, "setting") == ["setting = joint", "setting = counts", "setting = joint"]
+
+
+def test_groups_of_numbers_come_in_numeric_order():
+    """Not as text: "16" sorts before "8" as text, and a study read 8, 16, 32 backwards."""
+
+    def row(number: int, filters) -> TrialRow:
+        return TrialRow(number, "COMPLETE", "complete", 0.5, {"model.base_filters": filters},
+                        None, None, None, None, 1)  # fmt: skip
+
+    rows = [row(0, 16), row(1, 8), row(2, 32), row(3, 8), row(4, None)]
+    labels = groups(rows, "model.base_filters")
+    _, body = group_table(rows, labels, [])
+    assert [(r[0], r[1]) for r in body] == [
+        ("model.base_filters = 8", "2"),
+        ("model.base_filters = 16", "1"),
+        ("model.base_filters = 32", "1"),
+        ("model.base_filters = None", "1"),  # no value: after the numbers
+    ]
+    lrs = ["lr = 0.001", "lr = 0.0003", "lr = 1e-05", "lr = relu", "complete"]
+    assert sorted(lrs, key=group_order) == [
+        "complete", "lr = 1e-05", "lr = 0.0003", "lr = 0.001", "lr = relu"
+    ]  # fmt: skip
+
+
+def test_group_by_names_a_recipe_field_or_a_swept_parameter():
+    fields = ["model.base_filters", "model.filters", "tasks.cls.weight", "tasks.ink.weight"]
+    assert group_fields("setting", ["setting"], fields, "r.yaml") == ["setting"]
+    pair = "tasks.cls.weight, tasks.ink.weight"
+    assert group_fields(pair, [], fields, "r.yaml") == ["tasks.cls.weight", "tasks.ink.weight"]
+    with pytest.raises(CnnlabError) as err:
+        group_fields("tasks.cls.weight,model.base_filtres", ["setting"], fields, "r.yaml")
+    assert str(err.value) == (
+        "--group-by 'model.base_filtres' names no recipe field and no swept parameter; did you "
+        "mean model.base_filters? group by a swept parameter (setting) or a dotted field of r.yaml"
+    )
+    for bad in ("a,b,c", "tasks.cls.weight,", ""):
+        with pytest.raises(CnnlabError, match="give one field, or two as A,B"):
+            group_fields(bad, [], fields, "r.yaml")

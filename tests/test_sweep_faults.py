@@ -6,6 +6,7 @@ Most tests read one finished two-trial sweep (`finished`), each on its own copy.
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -112,6 +113,89 @@ def test_select_prints_the_markdown_table_outside_a_terminal(finished, tmp_path)
     assert max(len(line) for line in table) > 80  # wider than rich's default
     printed = [line for line in done.stdout.splitlines() if line.startswith("|")]
     assert printed == table  # every row whole, on one line
+
+
+def test_select_without_test_keeps_the_tested_selection(finished, tmp_path):
+    """A look at another metric after `select --test` used to overwrite selection.md, the
+    table with the test results, with one without them."""
+    folder = copy_of(finished, tmp_path)
+    tested = run_cli("select", str(folder.path), "--metric", "val.ink.rmse", "--test")
+    assert tested.returncode == 0, tested.stderr
+    kept = (folder.path / "selection_test.md").read_text()
+    assert "test.cls.accuracy" in kept and "test.ink.rmse" in kept
+    looked = run_cli("select", str(folder.path), "--metric", "val.cls.accuracy")
+    assert looked.returncode == 0, looked.stderr
+    assert (folder.path / "selection_test.md").read_text() == kept
+    assert json.loads((folder.path / "selection_test.json").read_text())["test"] is True
+    plain = (folder.path / "selection.md").read_text()
+    assert "best val.cls.accuracy" in plain and "test." not in plain
+    assert f"kept {folder.path / 'selection_test.md'}" in looked.stdout
+    from cnnlab.sweeps.report import _selection
+
+    header, _ = _selection(folder)  # the report shows the table with the test results
+    assert "val.ink.rmse" in header and "test.cls.accuracy" in header
+
+
+def test_an_older_tested_selection_is_moved_aside_not_overwritten(finished, tmp_path):
+    """A sweep folder from before selection_test.*: its --test table is named selection.*."""
+    folder = copy_of(finished, tmp_path)
+    select(folder, ["val.ink.rmse"], test=True)
+    for suffix in (".md", ".json", ".csv"):  # as an older cnnlab saved it
+        (folder.path / f"selection_test{suffix}").rename(folder.path / f"selection{suffix}")
+    tested = (folder.path / "selection.md").read_text()
+    assert "test.ink.rmse" in tested
+    select(folder, ["val.cls.accuracy"])
+    assert (folder.path / "selection_test.md").read_text() == tested
+    assert json.loads((folder.path / "selection_test.json").read_text())["test"] is True
+    assert "test." not in (folder.path / "selection.md").read_text()
+
+
+def test_report_refuses_a_group_by_that_names_nothing_and_writes_nothing(finished, tmp_path):
+    """A typo used to put every trial in one group "X = None" and overwrite study.md."""
+    folder = copy_of(finished, tmp_path)
+    (folder.path / "study.md").write_text("the study of an earlier report\n")
+    done = run_cli("report", str(folder.path), "--group-by", "train.optimiser.lr")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert (
+        "--group-by 'train.optimiser.lr' names no recipe field and no swept parameter; did you "
+        "mean train.optimizer.lr? group by a swept parameter (train.optimizer.lr) or a dotted "
+        f"field of {folder.recipe_path}"
+    ) in done.stderr
+    assert (folder.path / "study.md").read_text() == "the study of an earlier report\n"
+    assert not (folder.path / "report.html").exists()
+    assert not list(folder.path.glob("*.png"))
+
+
+def test_run_paths_open_from_where_the_user_is(finished, tmp_path, monkeypatch):
+    """The sweep's `best` line, Sweep.results and Sweep.select give the same run folder, as
+    a path that exists from the current folder (it used to be runs/... in the sweep folder)."""
+    from cnnlab.api import Sweep
+
+    said = " ".join(finished[1].split())
+    trial, printed = re.search(r"best val\.ink\.rmse = \S+: trial (\d+) (\S+)", said).groups()
+    assert Path(printed).is_dir() and Path(printed).parent == finished[0] / "runs"
+    folder = copy_of(finished, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    found = Sweep(folder.path.relative_to(tmp_path))
+    picked = found.select("val.ink.rmse").iloc[0]
+    results = found.results
+    assert picked["trial"] == int(trial)
+    assert picked["run"] == results.loc[results["trial"] == picked["trial"], "run"].item()
+    assert not Path(picked["run"]).is_absolute() and Path(picked["run"]).is_dir()
+    saved = json.loads((folder.path / "selection.json").read_text())
+    assert saved["picks"][0]["run"] == f"runs/{Path(picked['run']).name}"  # the folder moves
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "helps"),
+    [("select", "--test", "evaluate the chosen"), ("sweep", "--resume", "continue the latest")],
+)
+def test_flags_show_as_flags_in_the_help(command, flag, helps):
+    """Typer's help showed `--test <bool>`, and `--test true` then failed."""
+    done = run_cli(command, "--help")
+    assert done.returncode == 0, done.stderr
+    (line,) = [line for line in done.stdout.splitlines() if re.match(rf"\W*{flag} ", line)]
+    assert helps in line and "<bool>" not in line
 
 
 # ------------------------------------------------------- paths from the study

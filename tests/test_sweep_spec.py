@@ -190,6 +190,29 @@ def test_a_sweep_file_or_map_that_is_not_text_is_one_line(tmp_path, name):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "fix"),
+    [
+        ("train.optimiser.lr", "did you mean train.optimizer.lr? (or map it in the name map "
+         "s.map.yaml beside the sweep file)"),
+        ("mdl.base_filters", "did you mean model.base_filters?"),
+        ("conv_activation", "write a dotted recipe path, or map it in the name map s.map.yaml "
+         "beside the sweep file: `parameters: {conv_activation: <recipe path>}`"),
+    ],
+)  # fmt: skip
+def test_an_unknown_parameter_name_gets_the_close_path_and_no_made_up_example(tmp_path, name, fix):
+    """A typo is told its spelling; the name map's example shows no field nobody asked for
+    (it used to say `{train.optimiser.lr: model.activation}` whatever the name)."""
+    path = write(tmp_path, f"method: grid\nmetric: {{name: val.loss}}\n"
+                           f"parameters: {{{name}: {{values: [16]}}}}")  # fmt: skip
+    with pytest.raises(CnnlabError) as err:
+        load_sweep(path, base())
+    message = str(err.value)
+    assert message.startswith(f"sweep parameter {name!r} names no recipe field (unknown key ")
+    assert fix in message and "\n" not in message
+    assert "model.activation" not in message
+
+
 def test_name_map_values_and_unknown_entries(tmp_path):
     sweep = write(
         tmp_path, "method: grid\nmetric: {name: acc}\nparameters: {act: {values: [ReLU, Tanh]}}"

@@ -18,7 +18,7 @@ from matplotlib import colormaps
 from matplotlib.collections import LineCollection
 
 from cnnlab.sweeps.results import TrialRow
-from cnnlab.sweeps.statistics import param_columns
+from cnnlab.sweeps.statistics import group_order, param_columns
 from cnnlab.tasks import Goal
 from cnnlab.viz.base import Chart, new_figure
 
@@ -128,7 +128,9 @@ def curves(rows: list[TrialRow], labels: list[str], metric: str) -> Chart:
     fig = new_figure(7, 4)
     ax = fig.subplots()
     pfig = go.Figure()
-    for i, (label, group) in enumerate(sorted(lines.items())):
+    for i, (label, group) in enumerate(
+        sorted(lines.items(), key=lambda item: group_order(item[0]))
+    ):
         colour = COLOURS[i % len(COLOURS)]
         ax.add_collection(LineCollection(group, colors=colour, alpha=0.7, linewidths=1))
         flat = np.asarray([p for pts in group for p in pts], float)

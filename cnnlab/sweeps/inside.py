@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from cnnlab.data.batches import Splits
 from cnnlab.sweeps.results import TrialRow
+from cnnlab.sweeps.statistics import group_order
 from cnnlab.tasks import Goal
 from cnnlab.viz import Chart, RunView
 from cnnlab.viz.confusion import confusion_charts, confusion_counts
@@ -51,7 +52,7 @@ def inside_groups(rows: list[TrialRow], labels: list[str], metric: str, goal: Go
         return []
     data: dict[str, Splits] = {}
     out = []
-    for label, group in sorted(members.items()):
+    for label, group in sorted(members.items(), key=lambda item: group_order(item[0])):
         ranked = sorted(group, key=lambda r: _rank(r, metric, goal))[:MAX_RUNS]
         look = Group(label, len(ranked))
         for i, row in enumerate(ranked):

@@ -142,7 +142,8 @@ def _redact(url: str) -> str:
 
 
 def summarize(folder: SweepFolder, storage: str | None) -> None:
-    """Counts by outcome, the best trial, and the commands that come next."""
+    """Counts by outcome, the best trial, and the commands that come next. Paths are the
+    sweep folder's as given (like the `next:` commands): they open from where the sweep ran."""
     from cnnlab.sweeps.results import load_trials
 
     rows = load_trials(folder, storage)
@@ -153,7 +154,8 @@ def summarize(folder: SweepFolder, storage: str | None) -> None:
     if done:
         pick = meta.goal.best
         best = pick(done, key=lambda r: r.value)
-        console.print(f"best {meta.metric} = {best.value:.4f}: trial {best.number} {best.run_dir}")
+        run = folder.run_path(best.run_dir, best.number) if best.run_dir else "(no run folder)"
+        console.print(f"best {meta.metric} = {best.value:.4f}: trial {best.number} {run}")
     db = f" --storage {meta.storage}" if meta.storage else ""  # password redacted
     console.print(
         f"next: cnnlab select {folder.path} --metric {meta.metric} --test{db} ; "

@@ -12,19 +12,27 @@ escapes everything a user typed.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter
 from pathlib import Path
 
 from cnnlab.progress import markdown_table
+from cnnlab.recipe import flatten
 from cnnlab.report import TEMPLATES, block, format_value
 from cnnlab.runs import write_text
 from cnnlab.sweeps import charts
 from cnnlab.sweeps.inside import dead_rows, inside_groups
 from cnnlab.sweeps.results import TrialRow, load_trials, open_study, with_runs
-from cnnlab.sweeps.statistics import correlations, group_table, groups, importances, val_metrics
+from cnnlab.sweeps.statistics import (
+    correlations,
+    group_fields,
+    group_order,
+    group_table,
+    groups,
+    importances,
+    val_metrics,
+)
 from cnnlab.sweeps.study import SweepFolder
 
 
@@ -62,6 +70,8 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
     rows = load_trials(folder, storage, study)
     metric, goal = meta.metric, meta.goal
     runs = with_runs(rows)
+    if group_by:
+        _check_group_by(folder, runs, group_by)
     labels = groups(runs, group_by)
     metrics = [metric, *[m for m in val_metrics(runs) if m != metric]]
     imp = importances(study, metric)
@@ -91,7 +101,7 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
         metrics=metrics,
         group_by=group_by,
         curves=block(charts.curves(runs, labels, metric), here),
-        group_counts=sorted(Counter(labels).items()),
+        group_counts=sorted(Counter(labels).items(), key=lambda item: group_order(item[0])),
         summary=summary,
         dead=dead,
         inside=[block(c, here) for g in inside for c in g.charts],
@@ -106,6 +116,17 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
     return out
 
 
+def _check_group_by(folder: SweepFolder, runs: list[TrialRow], group_by: str) -> None:
+    """Refuse a --group-by that names nothing to group by, before the report writes a file.
+    Recipe fields are the base recipe's and the trials' (a trial may fill a section the
+    base leaves empty); swept names are the sweep file's, mapped or not."""
+    fields = set(flatten(folder.base()))
+    for r in runs:
+        fields.update(flatten(r.recipe))
+    swept = [p.name for p in folder.spec().params]
+    group_fields(group_by, swept, fields, str(folder.recipe_path))
+
+
 def _write_study(path: Path, group_by: str, summary, dead) -> None:
     """study.md: the study's tables as Markdown, for a paper or a README."""
     parts = [f"## By {group_by}: mean ± std over trials\n", markdown_table(*summary)]
@@ -116,12 +137,8 @@ def _write_study(path: Path, group_by: str, summary, dead) -> None:
 
 
 def _selection(folder: SweepFolder):
-    """The table `cnnlab select` saved, as (header, rows), or None."""
-    from cnnlab.sweeps.select import Pick, table
+    """The table `cnnlab select` saved (the tested one first), as (header, rows), or None."""
+    from cnnlab.sweeps.select import saved_selection, table
 
-    path = folder.path / "selection.json"
-    if not path.is_file():
-        return None
-    saved = json.loads(path.read_text())
-    picks = [Pick(**p) for p in saved["picks"]]
-    return table(picks, saved["metrics"])
+    saved = saved_selection(folder)
+    return table(*saved) if saved else None

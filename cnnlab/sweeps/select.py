@@ -4,14 +4,20 @@ Only validation metrics choose. `--test` then evaluates the chosen runs once on 
 set (a run's test_metrics.json is reused when present) and writes the table seed 000 put
 in its report: run, what differs from the base recipe, validation metric, test accuracy,
 MAE, RMSE.
+
+A selection without --test is written to selection.{md,json,csv}, a tested one to
+selection_test.{md,json,csv}: a look at other metrics afterwards must not replace the
+table with test results, the one a paper or README quotes, by one without them.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from cnnlab.errors import CnnlabError
 from cnnlab.progress import markdown_table
@@ -22,13 +28,15 @@ from cnnlab.sweeps.results import TrialRow, differs, load_trials
 from cnnlab.sweeps.study import SweepFolder
 
 TEST_COLUMNS = ("accuracy", "mae", "rmse")  # per task, as in seed 000's Table 1
+SELECTED = "selection"  # <stem>.md/.json/.csv in the sweep folder: validation only
+TESTED = "selection_test"  # the same with --test: the test results kept apart
 
 
 @dataclass
 class Pick:
     role: str  # "best val.cls.accuracy", "pareto"
     trial: int
-    run: str
+    run: str  # the run folder, as a path that opens from where the command ran
     differs: dict
     val: dict[str, float]
     test: dict[str, float] | None = None
@@ -86,22 +94,28 @@ def select(
     picks: list[Pick] = []
     for name in names:
         best = best_index([v[name] for v in vals], name)
-        picks.append(_pick(f"best {name}", rows[best], vals[best], base))
+        picks.append(_pick(f"best {name}", rows[best], vals[best], base, folder))
     if len(names) > 1:
         for i in pareto_front(vals, names):
             same = next((p for p in picks if p.trial == rows[i].number), None)
             if same is not None:
                 same.role += ", pareto"
             else:
-                picks.append(_pick("pareto", rows[i], vals[i], base))
+                picks.append(_pick("pareto", rows[i], vals[i], base, folder))
     if test:
         _test(picks, folder)
     _save(folder, picks, names, test)
     return picks
 
 
-def _pick(role: str, row: TrialRow, val: dict, base: dict) -> Pick:
-    return Pick(role, row.number, row.run_dir or "", differs(row.recipe, base), val)
+def _pick(role: str, row: TrialRow, val: dict, base: dict, folder: SweepFolder) -> Pick:
+    run = str(folder.run_path(row.run_dir, row.number)) if row.run_dir else ""
+    return Pick(role, row.number, run, differs(row.recipe, base), val)
+
+
+def selection_path(folder: SweepFolder, test: bool) -> Path:
+    """Where a selection's Markdown table is saved (.json and .csv beside it)."""
+    return folder.path / f"{TESTED if test else SELECTED}.md"
 
 
 def _test(picks: list[Pick], folder: SweepFolder) -> None:
@@ -111,7 +125,7 @@ def _test(picks: list[Pick], folder: SweepFolder) -> None:
     done: dict[str, dict] = {}
     for pick in picks:
         if pick.run not in done:
-            run = RunFolder(folder.run_path(pick.run, pick.trial))
+            run = RunFolder(Path(pick.run))
             done[pick.run] = run.test_metrics()
             if not done[pick.run]:
                 from cnnlab.evaluation import evaluate_run
@@ -134,7 +148,7 @@ def table(picks: list[Pick], names: list[str]) -> tuple[list[str], list[list[str
     rows = []
     for p in picks:
         diff = ", ".join(f"{k}={v}" for k, v in p.differs.items()) or "(base recipe)"
-        row = [p.role, str(p.trial), p.run.removeprefix("runs/"), diff]
+        row = [p.role, str(p.trial), Path(p.run).name, diff]
         row += [f"{p.val[m]:.4f}" for m in names]
         row += [f"{(p.test or {}).get(k, math.nan):.4f}" for k in test_keys]
         rows.append(row)
@@ -142,15 +156,51 @@ def table(picks: list[Pick], names: list[str]) -> tuple[list[str], list[list[str
 
 
 def _save(folder: SweepFolder, picks: list[Pick], names: list[str], test: bool) -> None:
+    """The table as .md, .csv and .json (runs in it relative to the sweep folder, so the
+    file stays right when the folder moves or is read from elsewhere)."""
     header, rows = table(picks, names)
-    write_json(
-        folder.path / "selection.json",
-        {"metrics": names, "test": test, "picks": [asdict(p) for p in picks]},
-    )
-    write_text(folder.path / "selection.md", markdown_table(header, rows))
+    if not test:
+        _keep_older_tested(folder)
+    md = selection_path(folder, test)
+    saved = [{**asdict(p), "run": _inside(folder, p.run)} for p in picks]
+    write_json(md.with_suffix(".json"), {"metrics": names, "test": test, "picks": saved})
+    write_text(md, markdown_table(header, rows))
     buf = io.StringIO()
     csv.writer(buf).writerows([header, *rows])
-    write_text(folder.path / "selection.csv", buf.getvalue())
+    write_text(md.with_suffix(".csv"), buf.getvalue())
+
+
+def _keep_older_tested(folder: SweepFolder) -> None:
+    """A sweep folder from an older cnnlab holds its `select --test` table as selection.*:
+    move it to selection_test.* before a selection without --test takes those names."""
+    older = selection_path(folder, False).with_suffix(".json")
+    tested = selection_path(folder, True)
+    if tested.with_suffix(".json").exists() or not older.is_file():
+        return
+    try:
+        was_tested = json.loads(older.read_text()).get("test") is True
+    except (ValueError, AttributeError):  # damaged: no test table to keep
+        return
+    if was_tested:
+        for suffix in (".json", ".md", ".csv"):
+            if older.with_suffix(suffix).is_file():
+                older.with_suffix(suffix).replace(tested.with_suffix(suffix))
+
+
+def _inside(folder: SweepFolder, run: str) -> str:
+    """A pick's run folder relative to the sweep folder, as the study records it."""
+    return Path(run).relative_to(folder.path).as_posix() if run else run
+
+
+def saved_selection(folder: SweepFolder) -> tuple[list[Pick], list[str]] | None:
+    """The selection the sweep's report shows: the tested one when there is one (the table
+    a paper quotes), else the latest without --test; None before any `cnnlab select`."""
+    for test in (True, False):
+        path = selection_path(folder, test).with_suffix(".json")
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            return [Pick(**p) for p in saved["picks"]], saved["metrics"]
+    return None
 
 
 def print_table(picks: list[Pick], names: list[str], title: str) -> None:

@@ -13,6 +13,7 @@ with one line instead of failing trial after trial.
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,8 +219,41 @@ def check_against_recipe(
             detail = str(err).removeprefix("recipe: ")
             if "unknown key" in detail and name not in spec.mapping:
                 raise CnnlabError(
-                    f"sweep parameter {name!r} names no recipe field ({detail}); write a dotted "
-                    f"recipe path, or map it in a name map beside the sweep file, e.g. "
-                    f"`parameters: {{{name}: model.activation}}`"
+                    f"sweep parameter {name!r} names no recipe field ({detail}); "
+                    + _unknown_name_fix(name, recipe.model_dump(mode="json"), source)
                 ) from None
             raise CnnlabError(f"sweep parameter {name!r} = {value!r}: {detail}") from None
+
+
+def _unknown_name_fix(name: str, tree: dict, source: str) -> str:
+    """What to do about a parameter name that is no recipe path: the close path when there
+    is one (a typo), else the two ways a name reaches the recipe. The name map's example
+    shows this name and no made-up target: a wrong example reads as advice."""
+    map_file = Path(source).name.removesuffix(".yaml").removesuffix(".yml") + ".map.yaml"
+    close = close_path(name, tree)
+    if close is not None:
+        return f"did you mean {close}? (or map it in the name map {map_file} beside the sweep file)"
+    return (
+        f"write a dotted recipe path, or map it in the name map {map_file} beside the sweep "
+        f"file: `parameters: {{{name}: <recipe path>}}`"
+    )
+
+
+def close_path(name: str, tree: dict) -> str | None:
+    """The dotted path of `tree` (a recipe as a nested dict) closest to `name`, part by part
+    (`train.optimiser.lr` -> `train.optimizer.lr`), or None when some part has no close key
+    or the path would be `name` itself. Matching each part among the keys at its own level
+    keeps a suggestion a real path, where matching whole paths could cross sections."""
+    node: Any = tree
+    parts = []
+    for part in name.split("."):
+        if not isinstance(node, dict) or not node:
+            return None
+        children = {str(k): v for k, v in node.items()}
+        close = [part] if part in children else difflib.get_close_matches(part, children, 1)
+        if not close:
+            return None
+        parts.append(close[0])
+        node = children[close[0]]
+    path = ".".join(parts)
+    return None if path == name else path

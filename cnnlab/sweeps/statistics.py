@@ -8,12 +8,15 @@ for the sweep metric, and per group of trials (an outcome, a recipe field, a swe
 
 from __future__ import annotations
 
+import difflib
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 
 import numpy as np
 
+from cnnlab.errors import CnnlabError
 from cnnlab.recipe import flatten
 from cnnlab.sweeps.results import TrialRow
 
@@ -81,6 +84,45 @@ def importances(study, metric: str) -> dict[str, float]:
     return get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
 
 
+def group_fields(group_by: str, swept: list[str], fields: Iterable[str], recipe: str) -> list[str]:
+    """The one name or the two (A,B) that `--group-by` gives, each a swept parameter (of
+    `swept`) or a recipe field (of `fields`, the trials' and the base `recipe`'s). Checked
+    before a report writes anything: a misspelt field would put every trial in one group
+    "X = None" and overwrite study.md with that."""
+    names = [f.strip() for f in group_by.split(",")]
+    if not 1 <= len(names) <= 2 or not all(names):
+        raise CnnlabError(
+            f"--group-by {group_by!r}: give one field, or two as A,B "
+            "(e.g. tasks.cls.weight,tasks.ink.weight)"
+        )
+    known = {*swept, *fields}
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), 1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise CnnlabError(
+                f"--group-by {name!r} names no recipe field and no swept parameter; {hint}"
+                f"group by a swept parameter ({', '.join(swept) or 'none'}) or a dotted "
+                f"field of {recipe}"
+            )
+    return names
+
+
+def group_order(label: str) -> tuple:
+    """Sort key of a group label: "x = 8" before "x = 16", as numbers, not as text; labels
+    that are no number ("x = relu", "complete", "A > B") by their text, after the numbers."""
+    name, sep, value = label.partition(" = ")
+    if sep:
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(number):
+                return (name, 0, number, value)
+    return (name if sep else label, 1, 0.0, value if sep else "")
+
+
 def groups(rows: list[TrialRow], group_by: str | None) -> list[str]:
     """A label per row: by outcome, by one recipe field or swept parameter (a name the sweep
     file samples, such as gsn_settings' `setting`), or A,B -> "A > B" / "=" / "<"."""
@@ -115,7 +157,7 @@ def group_table(
     for r, label in zip(rows, labels, strict=True):
         members[label].append(r)
     body = []
-    for label, group in sorted(members.items()):
+    for label, group in sorted(members.items(), key=lambda item: group_order(item[0])):
         cells = [label, str(len(group))]
         cells += [_mean_std([r.at_best_epoch().get(m) for r in group]) for m in cols]
         minutes = [sum(e.get("seconds", 0.0) for e in r.metrics) / 60 for r in group]

@@ -7,6 +7,7 @@
       study.journal              the study, unless --storage names a database
       runs/trial0003-<time>/     one ordinary run folder per trial (+ trial.json link)
       selection.{json,md,csv}    written by `cnnlab select`
+      selection_test.{json,md,csv}  by `cnnlab select --test` (the test results kept apart)
       report.html, *.png         written by `cnnlab report`
 
 A sweep folder is self-contained: workers, `--resume`, select and report read only it
