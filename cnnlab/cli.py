@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -19,6 +20,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 IMPORT_HELP = "module (dotted, from this folder) or .py file that registers components; repeatable"
 Imports = typer.Option([], "--import", metavar="MODULE", help=IMPORT_HELP)
 Sets = typer.Option([], "--set", metavar="KEY=VALUE", help="override a field: key.path=value")
+
+
+def Flag(default: bool, *names: str, help: str) -> Any:
+    """A yes/no option shown as the flag it is (typer's help shows `--test <bool>`, and
+    `--test true` is then refused as an extra argument)."""
+    return typer.Option(default, *names, metavar="", help=help)
 
 
 def _import(modules: list[str]) -> None:
@@ -102,7 +109,7 @@ def recipes() -> None:
 
 @app.command()
 def schema(
-    sweep: bool = typer.Option(False, "--sweep", help="the sweep file's schema instead"),
+    sweep: bool = Flag(False, "--sweep", help="the sweep file's schema instead"),
     imports: list[str] = Imports,
 ) -> None:
     """Print the recipe's JSON Schema (with registered components), for editors and checks.
@@ -131,7 +138,7 @@ def datasets() -> None:
 
 @app.command()
 def backbones(
-    pretrained: bool = typer.Option(False, "--pretrained", help="list pretrained timm models"),
+    pretrained: bool = Flag(False, "--pretrained", help="list pretrained timm models"),
     filter_: str | None = typer.Option(None, "--filter", help="with --pretrained: e.g. 'resnet*'"),
 ) -> None:
     """List the backbones a recipe's model.backbone can name, each with its keys and defaults."""
@@ -213,8 +220,8 @@ def export(
     run: Path = typer.Argument(..., help="run folder"),
     fmt: str = typer.Option("onnx", "--format", help="onnx (onnxruntime, anywhere) or pt2"),
     out: Path | None = typer.Option(None, help="file to write (default RUN/export/model.FORMAT)"),
-    check: bool = typer.Option(True, help="compare the file with torch on the test images"),
-    views: bool = typer.Option(
+    check: bool = Flag(True, help="compare the file with torch on the test images"),
+    views: bool = Flag(
         True, help="the recipe's test-time views inside (--no-views: one pass per image)"
     ),
     imports: list[str] = Imports,
@@ -245,7 +252,7 @@ def predict(
     ),
     onnx: Path | None = typer.Option(None, help="a run's exported model.onnx (or .pt2) to run"),
     out: Path | None = typer.Option(None, help="write every image's answers to this CSV"),
-    explain: bool = typer.Option(
+    explain: bool = Flag(
         False, help="a run's: also draw where in the first 16 images each answer comes from"
     ),
     component: str | None = typer.Option(
@@ -325,9 +332,9 @@ def landscape(
     samples: int = typer.Option(2000, min=1, help="training images the loss is measured on"),
     seed: int = typer.Option(0, help="seeds the directions and the images"),
     bn: str = typer.Option("eval", help="BatchNorm: eval (running statistics) or train"),
-    include_bias_bn: bool = typer.Option(False, help="also move biases and BN parameters"),
-    trajectory: bool = typer.Option(False, help="the plane of the training path (PCA)"),
-    log: bool = typer.Option(False, help="log-scale loss in the figures"),
+    include_bias_bn: bool = Flag(False, help="also move biases and BN parameters"),
+    trajectory: bool = Flag(False, help="the plane of the training path (PCA)"),
+    log: bool = Flag(False, help="log-scale loss in the figures"),
     budget: float | None = typer.Option(None, help="minutes; the rest on the next call"),
     out: Path = typer.Option(Path("landscapes"), help="where several runs are compared"),
     names: str | None = typer.Option(None, help="labels of the runs, comma-separated"),
@@ -355,7 +362,7 @@ def landscape(
 def fetch(
     source: str = typer.Argument(..., help="data source name (cnnlab datasets)"),
     root: str | None = typer.Option(None, help="the one folder to read, as data.root"),
-    download: bool = typer.Option(True, help="download into the cache when not found"),
+    download: bool = Flag(True, help="download into the cache when not found"),
 ) -> None:
     """Find (or download) a data source's files and print where they are."""
     from cnnlab.data import get_source
@@ -377,7 +384,7 @@ def data_gsn(
     out: Path = typer.Option(Path("data/gsn"), help="folder to write (new, empty or a GSN one)"),
     n: int = typer.Option(10000, "--n", min=1, max=100000, help="images to draw"),
     seed: int = typer.Option(1, help="the same seed writes the same bytes"),
-    stats: bool = typer.Option(False, "--stats", help="print the generator's statistics"),
+    stats: bool = Flag(False, "--stats", help="print the generator's statistics"),
 ) -> None:
     """Generate GSN, the shape-counting data set of a reproduced study.
 
@@ -440,9 +447,7 @@ def sweep(
     ),
     study: str | None = typer.Option(None, help="study name: the same on every machine"),
     out: Path = typer.Option(Path("sweeps"), help="folder that holds sweep folders"),
-    resume: bool = typer.Option(
-        False, "--resume", metavar="", help="continue the latest such sweep"
-    ),  # metavar "": a flag, which typer's help would otherwise show as `--resume <bool>`
+    resume: bool = Flag(False, "--resume", help="continue the latest such sweep"),
     max_failures: int = typer.Option(3, help="a worker stops after this many failures in a row"),
     heartbeat: int = typer.Option(10, help="seconds between a worker's signs of life"),
     trial_processes: int = typer.Option(
@@ -472,9 +477,7 @@ def sweep(
 def select(
     sweep_folder: Path = typer.Argument(..., help="sweep folder (sweeps/<name>-<time>)"),
     metric: list[str] = typer.Option([], help="validation metric; repeat for a Pareto front"),
-    test: bool = typer.Option(
-        False, "--test", metavar="", help="evaluate the chosen runs on the test set"
-    ),  # metavar "": shown as the flag it is, not `--test <bool>`
+    test: bool = Flag(False, "--test", help="evaluate the chosen runs on the test set"),
     storage: str | None = typer.Option(None, help="the study's database URL, if not a file"),
 ) -> None:
     """Pick the best run per metric (and the Pareto front); --test adds the test table.
@@ -535,7 +538,7 @@ def viz(
     run: Path = typer.Argument(..., help="run folder"),
     figure: str = typer.Argument(..., help="figure name; `cnnlab figures` lists them"),
     images: int | None = typer.Option(
-        None, help="feature-maps, attributions, sanity, mistakes: test images to show"
+        None, help="feature-maps, attributions, sanity, mistakes, pixels: test images to show"
     ),
     channels: int | None = typer.Option(None, help="feature-maps: channels per block"),
     neurons: int | None = typer.Option(None, help="guided-backprop: neurons of the last conv"),
