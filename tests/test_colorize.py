@@ -204,7 +204,13 @@ def test_the_shipped_recipe_on_scikit_images_photographs_trains_and_reports(tmp_
     assert "Per-pixel predictions" in html and "palette, share of pixels" in html
     assert (run / "figures" / "pixels_colour.png").stat().st_size > 5000
     view = RunView(run)
-    _, classes = make_charts(view, "pixels")
+    grid, classes = make_charts(view, "pixels")
+    assert grid.caption.split("Columns: ")[1].removesuffix(".").split(", ") == [
+        "the grey input the model sees",
+        "its prediction",
+        "the palette target it learnt from",
+        "the original photograph",
+    ]  # four, as drawn: the photograph beside the grey input (a mask's run draws three)
     train_targets = torch.cat(
         [t["colour"] for _, t in view.splits.eval_batches("train", 64, {"colour"})]
     )

@@ -17,12 +17,10 @@ import yaml
 from PIL import Image
 
 import cnnlab
-from cnnlab.catalog import RECIPES
 from cnnlab.data import shapes_table
 from cnnlab.errors import CnnlabError
 from cnnlab.export import predict_exported
 from cnnlab.inference import Prediction, Predictions
-from cnnlab.recipe import load_recipe
 from cnnlab.viz import RunView, make_charts, new_images
 from cnnlab.viz.mosaic import mosaic, rgb
 from cnnlab.viz.pixels import class_colours, paint
@@ -192,22 +190,4 @@ def test_the_pixels_caption_names_the_three_columns_of_a_mask(mask_run, monkeypa
         "the image",
         "the model's prediction",
         "the true classes it learnt from",
-    ]
-
-
-def test_the_pixels_caption_names_the_four_columns_of_a_colorizing_run(tmp_path, monkeypatch):
-    """Colorizing, the model sees a grey input: the photograph is drawn as a fourth column."""
-    quick = ["train.epochs=1", "train.progress=false", "train.device=cpu", "train.threads=1",
-             "train.precision=fp32", "train.report=false", "model.filters=4",
-             "model.kernel_size=3", "data.train_images=16", "data.val_images=10",
-             "data.test_images=10", "data.image_size=16", f"output_dir={tmp_path}"]  # fmt: skip
-    run = cnnlab.train(load_recipe(RECIPES / "colorize.yaml", quick))
-    drawn = drawn_by("cnnlab.viz.pixels", monkeypatch)
-    grid = make_charts(RunView(run.path), "pixels", images=2)[0]
-    assert all(len(row) == 4 for row in drawn[0])
-    assert columns_said(grid.caption) == [
-        "the grey input the model sees",
-        "its prediction",
-        "the palette target it learnt from",
-        "the original photograph",
     ]
