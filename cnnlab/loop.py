@@ -203,7 +203,7 @@ class Trainer:
         """Where a resumed run picks up, in words."""
         st, epochs = self.state, self.recipe.train.epochs
         if st.epoch >= epochs:  # trained; its test or report did not finish
-            return f"the end of its {epochs} epochs: its test and report"
+            return f"the end of epoch {epochs} of {epochs}: its test and report"
         if st.step == 0:
             return f"epoch {st.epoch + 1} of {epochs} from its start ({st.epoch} done)"
         return f"epoch {st.epoch + 1} of {epochs}, step {st.step} of {self.steps_per_epoch}"

@@ -143,6 +143,7 @@ def test_a_report_after_figures_reads_neither_the_data_nor_the_test_set_again(ap
 
     monkeypatch.setattr("cnnlab.build.prepare_splits", again)
     monkeypatch.setattr("cnnlab.viz.run_view.RunView.predict", again)
+    monkeypatch.setattr("cnnlab.report.SECTIONS", [("confusion", "Confusion", ["confusion"])])
     report = run.report()
     assert "confusion_cls" in report.read_text()
 

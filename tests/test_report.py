@@ -233,9 +233,10 @@ def test_train_hands_the_report_its_test_pass_predictions(tiny, monkeypatch, cal
     assert view.test_predictions is shared  # the report's figures read these, no new pass
 
 
-def test_a_section_says_what_one_of_its_figures_could_not_show(tiny):
+def test_a_section_says_what_one_of_its_figures_could_not_show(tiny, monkeypatch):
     """A classifier that got every test image right: the predictions section shows its grid
     and says there is no mistake to show, where the figure used to be left out unsaid."""
+    import cnnlab.report
     from cnnlab.experiment import train
     from cnnlab.tasks.calibration import Rows
 
@@ -246,6 +247,8 @@ def test_a_section_says_what_one_of_its_figures_could_not_show(tiny):
     perfect = dataclasses.replace(
         predictions, truth={"cls": said}, pred={"cls": said}, rows={"cls": Rows(logits, said)}
     )
+    monkeypatch.setattr(cnnlab.report, "SECTIONS", [SECTIONS[1]])  # predictions, mistakes
+    assert SECTIONS[1][2] == ["predictions", "mistakes"]
     page = build_report(run.path, show=False, predictions=perfect).read_text()
     section = page.split('<section id="predictions">')[1].split("</section>")[0]
     assert "<figure" in section and (
