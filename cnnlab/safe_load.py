@@ -9,6 +9,7 @@ naming the file and the reason.
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -22,6 +23,11 @@ def torch_load(path: Path, device: torch.device | str = "cpu", what: str = "chec
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:
+        if not _saved_by_torch(Path(path)):  # torch reads it as a pickle all the same
+            raise CnnlabError(
+                f"{path} is not a readable {what}: not a file torch.save writes (neither its "
+                "zip archive nor a pickle); it may be corrupt, or another kind of file"
+            ) from None
         first = str(err).strip().splitlines()[-1][:160]
         raise CnnlabError(
             f"{path} carries pickled Python objects and was refused (cnnlab loads {what}s "
@@ -29,3 +35,12 @@ def torch_load(path: Path, device: torch.device | str = "cpu", what: str = "chec
         ) from None
     except (RuntimeError, EOFError, ValueError) as err:
         raise CnnlabError(f"{path} is not a readable {what} ({err}); it may be truncated") from None
+
+
+def _saved_by_torch(path: Path) -> bool:
+    """Whether the file is one torch.save writes: a zip archive, or (the legacy format) a
+    pickle, which opens with the PROTO opcode 0x80."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
