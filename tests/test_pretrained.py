@@ -115,6 +115,8 @@ def test_a_pickle_with_objects_and_a_broken_file_are_refused(tmp_path: Path):
         backbone_with(str(broken))
     with pytest.raises(CnnlabError, match="not found"):
         backbone_with(str(tmp_path / "absent.pt"))
+    with pytest.raises(ValueError, match="pretrained: false trains the network from scratch"):
+        TimmConfig(name="resnet18", pretrained=False, weights=str(evil))  # loaded all the same
     garbage = tmp_path / "garbage.pth"  # not a pickle at all: torch says "Weights only ..."
     garbage.write_bytes(b"not a weight file")
     with pytest.raises(CnnlabError, match=r"garbage.pth is not a readable weight file: not a "):

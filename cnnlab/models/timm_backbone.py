@@ -70,6 +70,17 @@ class TimmConfig(Section):
             data = {**data, "backbone": "timm", "name": name}
         return data
 
+    @model_validator(mode="after")
+    def _weights_are_pretrained(self) -> TimmConfig:
+        """`weights` is a file of pretrained weights: with `pretrained: false` (from scratch)
+        it was loaded all the same, without a word."""
+        if self.weights and not self.pretrained:
+            raise ValueError(
+                f"weights: {self.weights} are pretrained weights, and pretrained: false trains "
+                "the network from scratch; drop one of the two"
+            )
+        return self
+
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
