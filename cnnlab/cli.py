@@ -140,8 +140,10 @@ def datasets() -> None:
 def backbones(
     pretrained: bool = Flag(False, "--pretrained", help="list pretrained timm models"),
     filter_: str | None = typer.Option(None, "--filter", help="with --pretrained: e.g. 'resnet*'"),
+    imports: list[str] = Imports,
 ) -> None:
     """List the backbones a recipe's model.backbone can name, each with its keys and defaults."""
+    _import(imports)
     if pretrained:
         _pretrained_backbones(filter_)
         return
@@ -153,8 +155,9 @@ def backbones(
 
 
 @app.command()
-def tasks() -> None:
+def tasks(imports: list[str] = Imports) -> None:
     """List the task types a recipe's tasks.<name>.type can name, with keys and metrics."""
+    _import(imports)
     from cnnlab.tasks import TASKS
 
     for name, cls in TASKS.items():
@@ -338,8 +341,10 @@ def landscape(
     budget: float | None = typer.Option(None, help="minutes; the rest on the next call"),
     out: Path = typer.Option(Path("landscapes"), help="where several runs are compared"),
     names: str | None = typer.Option(None, help="labels of the runs, comma-separated"),
+    imports: list[str] = Imports,
 ) -> None:
     """Loss landscape around a run's weights (Li et al. 2017), saved in <run>/landscape/."""
+    _import(imports)
     from cnnlab.landscape import Settings
     from cnnlab.landscape_runs import landscape as compute
 
@@ -571,8 +576,9 @@ def viz(
 
 
 @app.command()
-def figures() -> None:
+def figures(imports: list[str] = Imports) -> None:
     """List the figures `cnnlab viz` can draw."""
+    _import(imports)
     from cnnlab.viz import list_figures
 
     for name, doc in list_figures().items():

@@ -396,7 +396,9 @@ def _check_section(kind: Kind, name: str, section: Any, base: type[Section]) -> 
 
 
 def _first_line(obj: Any, name: str) -> str:
-    doc = inspect.getdoc(obj) or ""
+    """The first line of the component's own docstring: a class without one would show its
+    base's (nn.Module's "Base class for all neural network modules.")."""
+    doc = inspect.cleandoc(getattr(obj, "__doc__", None) or "")  # getdoc takes the base's
     return doc.strip().splitlines()[0] if doc.strip() else f"{name} (registered)"
 
 

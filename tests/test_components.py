@@ -645,6 +645,19 @@ def test_cli_train_imports_a_file(tmp_path):
     assert out.stderr.startswith("error: --import absent_module: no module named 'absent_module'")
 
 
+def test_the_listing_commands_import_a_file_too(tmp_path):
+    """`cnnlab backbones --import F` lists what F registers, as train does; a class without
+    a docstring of its own is listed by its name, not by nn.Module's docstring."""
+    (tmp_path / "my_file.py").write_text(
+        COMPONENTS.replace('"""Two convolutions, the second strided."""', "")
+    )
+    out = cli("backbones", "--import", "my_file.py", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "twoconv    twoconv (registered)" in out.stdout and "Base class" not in out.stdout
+    for command in ("tasks", "figures", "landscape"):
+        assert "--import" in cli(command, "--help", cwd=tmp_path).stdout, command
+
+
 def test_cli_count_imports_a_module_from_the_current_folder(tmp_path, monkeypatch):
     """`cnnlab --import MODULE count`, through the command's parser, in this process."""
     from typer.testing import CliRunner
