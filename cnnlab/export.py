@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -36,7 +36,7 @@ from torch import nn
 from cnnlab.build import Built, build, images_per_pass
 from cnnlab.data import colorize
 from cnnlab.errors import CnnlabError
-from cnnlab.inference import Prediction, Predictions, classified, read_file
+from cnnlab.inference import ImageLike, Prediction, Predictions, classified, to_batch
 from cnnlab.runs import RunFolder, load_checkpoint
 
 Format = Literal["onnx", "pt2"]
@@ -359,7 +359,7 @@ class ExportedModel:
         if self.parity is None:
             return lines
         engine = "onnxruntime" if self.path.suffix == ".onnx" else "torch.export"
-        lines.append(f"{engine} against torch on {self.parity.images:,} test images:")
+        lines.append(f"{engine} against torch in fp32 on {self.parity.images:,} test images:")
         for name, diff in self.parity.max_abs_diff.items():
             line = f"{name}: max |difference| {diff:.2e}"
             if name in self.parity.agreement:
@@ -373,9 +373,10 @@ class ExportedModel:
     def __repr__(self) -> str:
         return "\n".join(self.lines())
 
-    def predict(self, files: list[str | Path]) -> Predictions:
-        """Each task's answer for image files, from the file alone (`predict_exported`)."""
-        return predict_exported(self.path, [Path(f) for f in files])
+    def predict(self, images: ImageLike | Sequence[ImageLike]) -> Predictions:
+        """Each task's answer for images as `Run.predict` takes them (files, arrays, PIL
+        images, tensors), from the file alone (`predict_exported`)."""
+        return predict_exported(self.path, images)
 
 
 # ------------------------------------------------------------------- predictions
@@ -398,17 +399,18 @@ def metadata(path: Path) -> dict:
     return json.loads(side.read_text())
 
 
-def predict_exported(path: str | Path, files: list[Path]) -> Predictions:
-    """Each task's answer for image files from an exported model (onnxruntime for .onnx),
-    the files decoded as the run's source decoded its own: the same fields as the run's
-    `predict` gives, a per-pixel task's probabilities (N, K, H, W) included."""
+def predict_exported(path: str | Path, images: ImageLike | Sequence[ImageLike]) -> Predictions:
+    """Each task's answer from an exported model (onnxruntime for .onnx) for images as
+    `Run.predict` takes them, files decoded as the run's source decoded its own: the same
+    fields as the run's `predict` gives, a per-pixel task's probabilities (N, K, H, W)
+    included. The file takes uint8: pixels in [0, 1] become 0-255 again, rounded."""
     path = Path(path)
     if not path.is_file():
         raise CnnlabError(f"predict: {path}: no such file; `cnnlab export RUN` writes one")
     meta = metadata(path)
     channels, size = meta["input"]["shape"][1], meta["input"]["shape"][2]
-    images = np.stack([read_file(f, channels, size, meta.get("resize", "squash")) for f in files])
-    outputs = run_exported(path, images)
+    x = to_batch(images, channels, (size, size), meta.get("resize", "squash"))
+    outputs = run_exported(path, x.mul(255).round().to(torch.uint8).numpy())
     found = {}
     for out, value in zip(meta["outputs"], outputs, strict=True):
         name, classes = out["name"], out["classes"]

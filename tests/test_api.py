@@ -180,6 +180,9 @@ def test_a_run_is_calibrated_and_exported_from_python(api_run, tmp_path):
     answers = exported.predict(files)
     assert answers["cls"].labels == run.predict(files)["cls"].labels
     assert np.allclose(answers["cls"].probabilities, after, atol=5e-3)  # fp32 file, bf16 run
+    arrays = exported.predict(images.numpy())  # a uint8 batch, as run.predict takes it
+    assert np.array_equal(arrays["cls"].probabilities, answers["cls"].probabilities)
+    assert any("against torch in fp32 on" in line for line in exported.lines())
     # without the recipe's test-time views: one pass per image, and its metadata says so
     lone = run.export("pt2", out=tmp_path / "lone.pt2", check=False, views=False)
     assert lone.parity is None
