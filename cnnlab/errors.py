@@ -7,3 +7,18 @@ with status 2; anything else is a bug and keeps its traceback.
 
 class CnnlabError(Exception):
     """A problem with the user's input or environment, stated with its fix."""
+
+
+SHOWN = 5  # items one message line names before "and N more"
+
+
+def counted(n: int, noun: str, nouns: str | None = None) -> str:
+    """`n` and the noun agreeing with it ("1 file", "2 files", "1,000 rows"): a message
+    read by a person says "1 file skipped", not "1 files"."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
+
+
+def listed(items: list[str], sep: str = "; ", most: int = SHOWN) -> str:
+    """The first `most` items a message line names, and how many more there are."""
+    more = f"{sep}and {len(items) - most} more" if len(items) > most else ""
+    return sep.join(items[:most]) + more

@@ -112,7 +112,7 @@ def test_describe_refuses_mismatched_headers(tmp_path):
         (
             "tasks.ink.target=label",
             r"tasks.ink: target 'label' is categorical \(10 classes: T-shirt/top, Trouser, "
-            r"Pullover, Dress, ...\); a regression reads a number or a vector",
+            r"Pullover, Dress, and 6 more\); a regression reads a number or a vector",
         ),
     ],
 )

@@ -415,12 +415,14 @@ def test_problems_are_listed_by_line_and_counted_in_good_english(shapes, tmp_pat
 
 
 def test_counted_says_one_thing_and_many_things():
-    from cnnlab.data.decoded import counted
+    from cnnlab.errors import counted, listed
 
     assert [counted(n, "file") for n in (0, 1, 2, 60000)] == [
         "0 files", "1 file", "2 files", "60,000 files"]  # fmt: skip
     assert counted(1, "group of rows", "groups of rows") == "1 group of rows"
     assert counted(3, "group of rows", "groups of rows") == "3 groups of rows"
+    assert listed(["a", "b"]) == "a; b"
+    assert listed([str(i) for i in range(8)], ", ", most=3) == "0, 1, 2, and 5 more"
 
 
 def test_the_cache_is_reused_and_a_changed_mask_is_noticed(shapes, tmp_path, capsys):

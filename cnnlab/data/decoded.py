@@ -36,10 +36,10 @@ from PIL import Image, ImageOps
 from cnnlab.data.files import cache_dir
 from cnnlab.data.mapped import MappedImages, Pixels, RowFile
 from cnnlab.data.memory import Storage, choose
+from cnnlab.errors import counted, listed
 
 DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 WHITE = (255, 255, 255, 255)  # transparent pixels are composited on white
-SHOWN = 5  # skipped files named in the one warning line
 # what `decode_image` makes of a file, part of every cache's key: bump when it changes
 # (2: photos turned upright by their EXIF orientation; 3: 16-bit and float grey scaled)
 PIXELS = 3
@@ -356,15 +356,9 @@ def write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def counted(n: int, noun: str, nouns: str | None = None) -> str:
-    """`n` and the noun agreeing with it ("1 file", "2 files", "1,000 rows"): a message
-    read by a person says "1 file skipped", not "1 files"."""
-    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
-
-
 def warn_skipped(label: str, skipped: list[str]) -> None:
     if skipped:
-        shown = ", ".join(skipped[:SHOWN]) + (", ..." if len(skipped) > SHOWN else "")
+        shown = listed(skipped, ", ")
         heic = any(name.lower().endswith(HEIF) for name in skipped) and not heif_opens()
         print(
             f"{label}: warning: {counted(len(skipped), 'file')} skipped (empty, corrupt, not "

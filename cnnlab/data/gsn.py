@@ -39,7 +39,7 @@ from cnnlab.data.augment import AugmentConfig, LabelMap, Targets
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
 from cnnlab.data.files import named_dir
 from cnnlab.data.gsn_generator import HEADER, LABELS, PAIRS, SHAPES_PER_IMAGE, TYPES
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted, listed
 
 COUNT_NAMES = list(TYPES)  # squares, circles, up, right, down, left: the csv's columns
 SPLITS = 9  # a = 1..9
@@ -52,7 +52,6 @@ CLASS_NAMES = [
 ]
 FOLDER = "data_gsn"
 SIZE = 28
-SHOWN = 5  # problems named in the one error line
 DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 _PAIR_INDEX = torch.full((6, 6), -1, dtype=torch.long)
 for _k, (_i, _j) in enumerate(PAIRS):
@@ -198,9 +197,8 @@ def locate(root: str | None, allow_download: bool = False) -> dict[str, Path]:
 
 def _fail(path: Path, problems: list[tuple[int, str]]) -> CnnlabError:
     problems = sorted(problems)
-    shown = "; ".join(f"line {line}: {what}" for line, what in problems[:SHOWN])
-    more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
-    return CnnlabError(f"gsn: {path}: {len(problems)} bad rows: {shown}{more}")
+    shown = listed([f"line {line}: {what}" for line, what in problems])
+    return CnnlabError(f"gsn: {path}: {counted(len(problems), 'bad row')}: {shown}")
 
 
 def read_labels(path: Path) -> tuple[list[str], np.ndarray]:

@@ -37,12 +37,12 @@ from pydantic import Field
 
 from cnnlab.data.augment import UNCHANGED, LabelMap
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
-from cnnlab.data.decoded import SHOWN, cached_decode, counted, decode_image
+from cnnlab.data.decoded import cached_decode, decode_image
 from cnnlab.data.files import named_dir, stays_inside
 from cnnlab.data.mapped import MappedImages, Pixels
 from cnnlab.data.memory import Storage
 from cnnlab.data.split import stratified_split
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted, listed
 
 FORMAT = 2  # bump when the cached array or the manifest changes meaning
 TEST_SEED = 0  # the single-folder layout's test split is the same for every run seed
@@ -238,8 +238,7 @@ def _every_class_read(found: Scan, files: list[tuple]) -> None:
     elif not tried:  # train/<class>/ empty, val/<class>/ not
         why = "holds no files"
     else:
-        names = ", ".join(os.path.relpath(t, prefix) for t in tried[:SHOWN])
-        names += ", ..." if len(tried) > SHOWN else ""
+        names = listed([os.path.relpath(t, prefix) for t in tried], ", ")
         why = (
             f"holds no readable image: its {counted(len(tried), 'file')} ({names}) "
             f"{'is not an image or cannot' if len(tried) == 1 else 'are not images or cannot'}"

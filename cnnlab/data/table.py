@@ -54,7 +54,6 @@ from cnnlab.data.decoded import (
     WIDE,
     Refused,
     cached_decode,
-    counted,
     decode_mask,
     open_image,
     read_image,
@@ -63,13 +62,12 @@ from cnnlab.data.files import stays_inside
 from cnnlab.data.mapped import Pixels
 from cnnlab.data.memory import Storage
 from cnnlab.data.split import stratified_split
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted, listed
 
 # bump when the cached arrays or their identity change meaning (2: a mask of another size
 # than its image, stretched before, is refused; refusals are kept with their reasons)
 FORMAT = 2
 TEST_SEED = 0  # the carved test rows are the same for every run seed
-SHOWN = 5  # problems named in one error line
 
 
 # ------------------------------------------------------------------------------ config
@@ -310,15 +308,9 @@ class _Problems:
             found = [text for _, text in sorted(self.found, key=lambda f: f[0])]  # stable
             raise CnnlabError(
                 f"data.table: {self.path}: {counted(len(found), 'bad value')}: "
-                + _shown(found)
+                + listed(found)
                 + "".join(f"; {fix}" for fix in self.fixes)
             )
-
-
-def _shown(items: list[str]) -> str:
-    """The first SHOWN items of a list a line names, and how many more there are."""
-    more = f"; and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
-    return "; ".join(items[:SHOWN]) + more
 
 
 def _text(value: Any) -> str:
@@ -720,7 +712,7 @@ def _refused(cfg: TableConfig, refused: list[tuple[int, str, str]], any_kept: bo
         raise CnnlabError(f"data.table: {whats[0]}{of}; {refused[0][2]}{skip}")
     print(
         f"table: warning: {counted(len(refused), 'row')} skipped, "
-        f"{'its mask' if len(refused) == 1 else 'their masks'} refused: {_shown(whats)}{fixes}",
+        f"{'its mask' if len(refused) == 1 else 'their masks'} refused: {listed(whats)}{fixes}",
         file=sys.stderr,
     )
 
@@ -731,7 +723,7 @@ def _warn_absent(rows: Rows) -> None:
     if rows.absent:
         print(
             f"table: warning: {counted(len(rows.absent), 'row')} skipped, naming a file that "
-            f"does not exist: {_shown(rows.absent)}; {_fix_absent(rows.base, or_skip=False)}",
+            f"does not exist: {listed(rows.absent)}; {_fix_absent(rows.base, or_skip=False)}",
             file=sys.stderr,
         )
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.config import HeadConfig
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, listed
 from cnnlab.models.heads import MLPHead
 from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection, Worst
 
@@ -97,7 +97,7 @@ class Regression(Task):
 
     def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
         if spec.classes:  # its class indices would be fitted as numbers, and silently
-            shown = ", ".join(spec.classes[:4]) + (", ..." if len(spec.classes) > 4 else "")
+            shown = listed(spec.classes, ", ", most=4)
             raise CnnlabError(
                 f"tasks.{self.name}: target {self.target!r} is categorical ({len(spec.classes)} "
                 f"classes: {shown}); a regression reads a number or a vector: classify it "
