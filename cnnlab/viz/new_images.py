@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from cnnlab.data.decoded import as_read, open_image
+from cnnlab.errors import listed
 from cnnlab.inference import Prediction, Predictions
 from cnnlab.viz.mosaic import Tile, mosaic, rgb, rows_of
 from cnnlab.viz.pixels import class_colours, paint
@@ -39,11 +40,10 @@ def caption(predictions: Predictions, i: int, per_pixel: bool = True) -> str:
 def pixel_shares(p: Prediction, i: int) -> str:
     """Image i's classes by share of its predicted pixels, largest first ("background 71%,
     disc 20%, square 9%"): a class map said in a line. Classes that round to 0% are left
-    out, and after CLASSES_SAID the rest is "…" (a colorizing run has dozens of colours)."""
+    out, and after CLASSES_SAID the rest is counted (a colorizing run has dozens of colours)."""
     share = p.shares(i)
     said = [f"{p.classes[k]} {share[k]:.0%}" for k in np.argsort(-share, kind="stable")]
-    said = [s for s in said if not s.endswith(" 0%")]
-    return ", ".join(said[:CLASSES_SAID]) + (" …" if len(said) > CLASSES_SAID else "")
+    return listed([s for s in said if not s.endswith(" 0%")], ", ", most=CLASSES_SAID)
 
 
 def draw_predictions(files: list[Path], predictions: Predictions, out: Path, title: str) -> Path:
