@@ -255,6 +255,11 @@ def predict(
     ),
     onnx: Path | None = typer.Option(None, help="a run's exported model.onnx (or .pt2) to run"),
     out: Path | None = typer.Option(None, help="write every image's answers to this CSV"),
+    masks: Path | None = typer.Option(
+        None,
+        help="a run's per-pixel tasks: write each image's class map, at the image's own size, "
+        "into this folder as a palette PNG (values: class indices)",
+    ),
     explain: bool = Flag(
         False, help="a run's: also draw where in the first 16 images each answer comes from"
     ),
@@ -275,9 +280,11 @@ def predict(
     run = images[0] if images and (images[0] / "recipe.yaml").is_file() else None
     if explain and (run is None or onnx is not None):
         raise CnnlabError("predict --explain: give a run folder first; its model is explained")
+    if masks is not None and run is None and onnx is None:
+        raise CnnlabError("predict --masks: give a run folder (or its exported file) first")
     if run is not None or onnx is not None:
         files = image_paths(images[1:] if run is not None else images)
-        _predict_run(run, onnx, files, figure, out, explain, component)
+        _predict_run(run, onnx, files, figure, out, masks, explain, component)
         return
     from cnnlab.models.timm_backbone import TimmConfig
     from cnnlab.predict import draw
@@ -295,9 +302,9 @@ def predict(
 
 def _predict_run(
     run: Path | None, onnx: Path | None, files: list[Path], figure: Path | None,
-    out: Path | None, explain: bool = False, component: str | None = None,
+    out: Path | None, masks: Path | None, explain: bool = False, component: str | None = None,
 ) -> None:  # fmt: skip
-    from cnnlab.viz.new_images import caption, draw_predictions
+    from cnnlab.viz.new_images import caption, draw_predictions, write_masks
 
     explained = []  # drawn first: a wrong --component stops before anything is printed
     if onnx is not None:
@@ -320,6 +327,9 @@ def _predict_run(
         out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out, index=False)
         typer.echo(f"table: {out}")
+    if masks is not None:
+        written = write_masks(files, found, masks)
+        typer.echo(f"masks: {len(written)} PNG files in {masks}")
     if figure is not None:  # asked for: nothing is written into the current folder unasked
         typer.echo(f"figure: {draw_predictions(files, found, figure, source)}")
     for chart in explained:

@@ -36,7 +36,7 @@ from torch import nn
 from cnnlab.build import Built, build, images_per_pass
 from cnnlab.data import colorize
 from cnnlab.errors import CnnlabError
-from cnnlab.inference import ImageLike, Prediction, Predictions, classified, to_batch
+from cnnlab.inference import ImageLike, Prediction, Predictions, classified, decoded_batch
 from cnnlab.runs import RunFolder, load_checkpoint
 
 Format = Literal["onnx", "pt2"]
@@ -409,7 +409,7 @@ def predict_exported(path: str | Path, images: ImageLike | Sequence[ImageLike]) 
         raise CnnlabError(f"predict: {path}: no such file; `cnnlab export RUN` writes one")
     meta = metadata(path)
     channels, size = meta["input"]["shape"][1], meta["input"]["shape"][2]
-    x = to_batch(images, channels, (size, size), meta.get("resize", "squash"))
+    x, frames = decoded_batch(images, channels, (size, size), meta.get("resize", "squash"))
     outputs = run_exported(path, x.mul(255).round().to(torch.uint8).numpy())
     found = {}
     for out, value in zip(meta["outputs"], outputs, strict=True):
@@ -417,5 +417,5 @@ def predict_exported(path: str | Path, images: ImageLike | Sequence[ImageLike]) 
         if out["kind"] == "values" or classes is None:  # a multi-label task's probabilities
             found[name] = Prediction(name, values=value, components=out["components"])
         else:  # (N, K) per image or (N, K, H, W) per pixel: decoded as the run decodes its own
-            found[name] = classified(name, value, classes)
+            found[name] = classified(name, value, classes, frames=frames)
     return Predictions(found)

@@ -30,7 +30,7 @@ from cnnlab.build import (
     saved_tasks,
 )
 from cnnlab.data import colorize
-from cnnlab.data.decoded import DECODE_THREADS, as_read, decode_image, open_image
+from cnnlab.data.decoded import DECODE_THREADS, as_read, open_image, read_image, seen_box
 from cnnlab.errors import CnnlabError
 from cnnlab.models import MultiTaskModel
 from cnnlab.precision import autocast_for
@@ -39,16 +39,30 @@ from cnnlab.tasks import Task
 from cnnlab.tta import ViewAverage
 
 ImageLike = str | Path | np.ndarray | torch.Tensor | Image.Image
+NOT_SEEN = -1  # `Prediction.mask`'s value where a cropped image's border was not looked at
+BAND = 1 << 22  # `Prediction.mask` upsamples this many class probabilities at a time
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Where one image's pixels went: its own size, upright, and the part of it the model
+    saw, (left, top, right, bottom) in its own pixels (all of it, or its centre square when
+    the run crops files), so a class map can be put back onto the image."""
+
+    height: int
+    width: int
+    box: tuple[float, float, float, float]
 
 
 @dataclass
 class Prediction:
     """One task's answers for a batch of N images (numpy, on the CPU).
 
-    A per-pixel task's maps are at the model's resolution (H x W, the run's input size), not
-    each image's own: pixel (y, x) of a map answers for pixel (y, x) of what the model saw, a
-    file squashed or centre-cropped to that square as the run's source read its files
-    (`data.resize`), an array or PIL image squashed to it."""
+    A per-pixel task's `index` and `probabilities` are at the model's resolution (H x W, the
+    run's input size): pixel (y, x) of a map answers for pixel (y, x) of what the model saw,
+    a file squashed or centre-cropped to that square as the run's source read its files
+    (`data.resize`), an array or PIL image squashed to it. `mask(i)` puts image i's map
+    back at the image's own size."""
 
     task: str
     index: np.ndarray | None = None  # (N,) class index, or (N, H, W) per pixel
@@ -57,6 +71,7 @@ class Prediction:
     values: np.ndarray | None = None  # (N,) or (N, D) of a regression, in the target's units
     classes: list[str] | None = None  # every class name, in index order
     components: list[str] | None = None  # a vector regression's component names
+    frames: list[Frame] | None = None  # per pixel: where each image's pixels went
 
     @property
     def per_pixel(self) -> bool:
@@ -76,17 +91,64 @@ class Prediction:
         shares = counts / np.prod(maps.shape[1:])
         return shares if image is None else shares[0]
 
+    def mask(self, image: int, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Image `image`'s class map at the image's own size (height, width), or at `size`,
+        int16: the class probabilities upsampled bilinearly onto the part of the image the
+        model saw, then each pixel's likeliest class; `NOT_SEEN` (-1) on the border a crop
+        left out. At the model's own size it is `index[image]`."""
+        if not self.per_pixel or self.probabilities is None or self.frames is None:
+            raise CnnlabError(f"predict: {self.task} has no class map to put back on its image")
+        frame = self.frames[image]
+        height, width = size or (frame.height, frame.width)
+        left, top, right, bottom = frame.box
+        sy, sx = height / frame.height, width / frame.width
+        probs = torch.from_numpy(self.probabilities[image]).float()  # (K, H, W)
+        k, h, w = probs.shape
+        rows, row_in = _bilinear(height, h, top * sy, bottom * sy)
+        cols, col_in = _bilinear(width, w, left * sx, right * sx)
+        across = torch.einsum("khW,xW->hxk", probs, cols)  # (H, width, K): small
+        out = torch.empty(height, width, dtype=torch.int16)
+        step = max(1, BAND // (k * width))  # rows at a time: memory bounded for any photo
+        for y in range(0, height, step):
+            band = torch.einsum("yh,hxk->yxk", rows[y : y + step], across)
+            out[y : y + step] = band.argmax(-1).to(torch.int16)  # over the last dim: fast
+        out[~row_in] = NOT_SEEN
+        out[:, ~col_in] = NOT_SEEN
+        return out.numpy()
+
+
+def _bilinear(size: int, model: int, start: float, end: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(size, model) weights that carry a map of `model` pixels onto pixels [start, end) of
+    a line of `size` (bilinear, pixel centres, clamped at the edges, as `F.interpolate` with
+    align_corners=False), and which of the `size` pixels lie in [start, end)."""
+    centres = torch.arange(size, dtype=torch.float64) + 0.5
+    at = ((centres - start) / (end - start) * model - 0.5).clamp(0, model - 1)
+    low = at.floor().long()
+    high = (low + 1).clamp(max=model - 1)
+    frac = (at - low).float()
+    weights = torch.zeros(size, model)
+    weights.scatter_add_(1, low[:, None], (1 - frac)[:, None])
+    weights.scatter_add_(1, high[:, None], frac[:, None])
+    return weights, (centres >= start) & (centres < end)
+
 
 def classified(
-    task: str, probabilities: np.ndarray, classes: list[str], index: np.ndarray | None = None
+    task: str,
+    probabilities: np.ndarray,
+    classes: list[str],
+    index: np.ndarray | None = None,
+    frames: list[Frame] | None = None,
 ) -> Prediction:
     """A classification's answer from its probabilities, (N, K) per image or (N, K, H, W) per
-    pixel; `index` is the top class unless a head decodes its own. One path for the run and
-    for an exported file, so both give the same fields."""
+    pixel (`frames`: where each image's pixels went); `index` is the top class unless a head
+    decodes its own. One path for the run and for an exported file, so both give the same
+    fields."""
     index = probabilities.argmax(1) if index is None else index
     classes = list(classes)
     if probabilities.ndim == 4:  # a class map: no label per image
-        return Prediction(task, index=index, probabilities=probabilities, classes=classes)
+        return Prediction(
+            task, index=index, probabilities=probabilities, classes=classes, frames=frames
+        )
     labels = [classes[i] for i in index]
     return Prediction(task, index, labels, probabilities, classes=classes)
 
@@ -144,9 +206,13 @@ class Predictor:
     def pixels(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
         """The images at the run's size, (B, C, H, W) in [0, 1], as its source decodes
         files: what the model sees before its normalization."""
+        return self._decoded(images)[0]
+
+    def _decoded(self, images: ImageLike | Sequence[ImageLike]) -> tuple[torch.Tensor, list]:
         colour_channels = 3 if self.grey else self.shape[0]
         resize = getattr(self.recipe.data, "resize", "squash")  # as the source decoded files
-        return to_batch(images, colour_channels, self.shape[1:], resize).to(self.device)
+        x, frames = decoded_batch(images, colour_channels, self.shape[1:], resize)
+        return x.to(self.device), frames
 
     def inputs(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
         """Model input (B, C, H, W) from images as training made it from its uint8 pixels."""
@@ -166,14 +232,15 @@ class Predictor:
         """The answers for any number of images, `per_pass` through the model at a time (at
         224 px, 500 images at once would have held about 10 GB of maps)."""
         parts = []
-        for x in self.inputs(images).split(self.per_pass):
+        pixels, frames = self._decoded(images)
+        for x in self.normalized(pixels).split(self.per_pass):
             with self.autocast():
                 out = self.views(self.model, x) if self.views else self.model(x)
             parts.append({name: o.float() for name, o in out.items()})
         out = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
-        return Predictions({name: self._decode(name, o) for name, o in out.items()})
+        return Predictions({name: self._decode(name, o, frames) for name, o in out.items()})
 
-    def _decode(self, name: str, raw: torch.Tensor) -> Prediction:
+    def _decode(self, name: str, raw: torch.Tensor, frames: list[Frame]) -> Prediction:
         task, head = self.tasks[name], self.model.heads[name]
         classes = task.info.classes
         if classes is None:  # a regression's values in the target's units, or probabilities
@@ -182,7 +249,7 @@ class Predictor:
             return Prediction(name, values=values.cpu().numpy(), components=task.info.components)
         probs = task.probabilities(raw) if task.probabilistic else raw.softmax(1)
         index = head.decode(raw).cpu().numpy()  # (N,), or (N, H, W) for a class map
-        return classified(name, probs.cpu().numpy(), classes, index)
+        return classified(name, probs.cpu().numpy(), classes, index, frames)
 
 
 def _shape_without_input(recipe: Recipe) -> tuple[int, int, int]:
@@ -205,23 +272,39 @@ def to_batch(
     [0, 1] already (refused outside it). Colour is made grey by luminance, grey repeated
     into colour. A file is decoded as the sources decode theirs (`resize`: crop or squash
     to the square)."""
+    return decoded_batch(images, channels, size, resize)[0]
+
+
+def decoded_batch(
+    images: ImageLike | Sequence[ImageLike],
+    channels: int,
+    size: tuple[int, int],
+    resize: str = "squash",
+) -> tuple[torch.Tensor, list[Frame]]:
+    """`to_batch`'s pixels, and where each image's went (`Frame`)."""
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-        return torch.cat([_one(img, channels, size, resize) for img in images])
-    if isinstance(images, (str, Path, np.ndarray, torch.Tensor, Image.Image)):
-        images = [images]
-    if not images:
-        raise CnnlabError("predict: no images given")
-    # files decoded in threads (Pillow lets go of the GIL): 200 photos at 1024 x 768, half
-    # JPEG, half PNG, to 224 px took 1.4-1.6 s instead of 3.0 one by one (2-core EPYC)
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        return torch.cat(list(pool.map(lambda img: _one(img, channels, size, resize), images)))
+        done = [_one(img, channels, size, resize) for img in images]
+    else:
+        if isinstance(images, (str, Path, np.ndarray, torch.Tensor, Image.Image)):
+            images = [images]
+        if not images:
+            raise CnnlabError("predict: no images given")
+        # files decoded in threads (Pillow lets go of the GIL): 200 photos at 1024 x 768,
+        # half JPEG, half PNG, to 224 px took 1.4-1.6 s instead of 3.0 one by one (2-core EPYC)
+        with ThreadPoolExecutor(DECODE_THREADS) as pool:
+            done = list(pool.map(lambda img: _one(img, channels, size, resize), images))
+    return torch.cat([x for x, _ in done]), [frame for _, frame in done]
 
 
-def _one(image: ImageLike, channels: int, size: tuple[int, int], resize: str) -> torch.Tensor:
-    """One image as (1, channels, H, W) float in [0, 1]."""
+def _one(
+    image: ImageLike, channels: int, size: tuple[int, int], resize: str
+) -> tuple[torch.Tensor, Frame]:
+    """One image as (1, channels, H, W) float in [0, 1], and where its pixels went."""
     if isinstance(image, (str, Path)) and size[0] == size[1]:
-        image = torch.from_numpy(read_file(Path(image), channels, size[0], resize).copy())
-    elif isinstance(image, (str, Path)):
+        pixels, (w, h) = read_file(Path(image), channels, size[0], resize)
+        frame = Frame(h, w, seen_box((w, h), resize))
+        return _one(torch.from_numpy(pixels.copy()), channels, size, resize)[0], frame
+    if isinstance(image, (str, Path)):
         image = _open(Path(image))
     if isinstance(image, Image.Image):  # as the sources read files: upright, 8 bits (a photo
         # opened in a notebook keeps its EXIF orientation, which `as_read` applies)
@@ -237,10 +320,12 @@ def _one(image: ImageLike, channels: int, size: tuple[int, int], resize: str) ->
         )
     x = x.float().div(255) if x.dtype == torch.uint8 else _in_unit_range(x)
     x = _channels(x[:3] if x.shape[0] == 4 else x, channels)  # RGBA: alpha dropped
-    if tuple(x.shape[1:]) != tuple(size):
+    h, w = x.shape[1:]
+    frame = Frame(h, w, (0.0, 0.0, float(w), float(h)))  # squashed whole
+    if (h, w) != tuple(size):
         x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)
-        return x.clamp_(0, 1)
-    return x[None]
+        return x.clamp_(0, 1), frame
+    return x[None], frame
 
 
 def _in_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -271,11 +356,14 @@ def _channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise CnnlabError(f"predict: an image with {x.shape[0]} channels; the model takes {channels}")
 
 
-def read_file(path: Path, channels: int, size: int, resize: str) -> np.ndarray:
-    """An image file as uint8 (channels, size, size), decoded as image_folder and table do."""
+def read_file(
+    path: Path, channels: int, size: int, resize: str
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """An image file as uint8 (channels, size, size), decoded as image_folder and table do,
+    and its own (width, height), upright."""
     _a_file(path)
     try:
-        return decode_image(path, size, resize, "L" if channels == 1 else "RGB")
+        return read_image(path, size, resize, "L" if channels == 1 else "RGB")
     except Exception as err:  # not an image, truncated, unsupported
         raise CnnlabError(f"predict: {path} is not a readable image ({err})") from None
 

@@ -1,7 +1,8 @@
 """A per-pixel task's answer on new images, the same in the run, its exported file, the
 command line and Python: a class map and per-pixel probabilities at the model's resolution,
-each class's share of an image's pixels as one table row per image, those shares printed
-and drawn beside the map; and the `pixels` figure's caption naming the columns it draws."""
+put back at each image's own size (`Prediction.mask`, `cnnlab predict --masks`), each
+class's share of an image's pixels as one table row per image, those shares printed and
+drawn beside the map; and the `pixels` figure's caption naming the columns it draws."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from PIL import Image
 
 import cnnlab
 from cnnlab.data import shapes_table
+from cnnlab.data.decoded import decode_mask
 from cnnlab.errors import CnnlabError
 from cnnlab.export import predict_exported
-from cnnlab.inference import Prediction, Predictions
+from cnnlab.inference import NOT_SEEN, Prediction, Predictions
 from cnnlab.viz import RunView, make_charts, new_images
 from cnnlab.viz.mosaic import mosaic, rgb
 from cnnlab.viz.pixels import class_colours, paint
@@ -77,6 +80,12 @@ def shares_of(index: np.ndarray) -> np.ndarray:
     return np.stack([(index == k).mean(axis=(1, 2)) for k in range(len(CLASSES))], axis=1)
 
 
+def upsampled(probabilities: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The likeliest class of each pixel of one image's probabilities resized to `size`."""
+    up = F.interpolate(torch.from_numpy(probabilities)[None], size, mode="bilinear")
+    return up[0].argmax(0).numpy()
+
+
 # ------------------------------------------------------------------------ Python
 
 
@@ -94,6 +103,25 @@ def test_a_per_pixel_answer_holds_its_map_probabilities_and_a_row_per_image(mask
     assert list(table.columns) == [f"mask.{c}" for c in CLASSES] and len(table) == 4
     assert np.allclose(table.to_numpy(), shares_of(mask.index))
     assert np.allclose(table.sum(axis=1), 1)
+
+
+def test_a_map_is_put_back_on_its_image_at_the_images_own_size(mask_run):
+    path, files = mask_run  # 16 x 16 files, and one of 48 x 40 that the run's source crops
+    wide = np.asarray(Image.open(files[2]).convert("RGB"))  # an array: squashed whole
+    p = cnnlab.load_run(path).predict([*files, wide])["mask"]
+    assert np.array_equal(p.mask(0), p.index[0])  # at the model's own size: the map itself
+    cropped = p.mask(2)
+    assert cropped.shape == (40, 48) and cropped.dtype == np.int16
+    assert (cropped[:, :4] == NOT_SEEN).all() and (cropped[:, 44:] == NOT_SEEN).all()
+    seen = cropped[:, 4:44]  # the centre square the model saw, its probabilities upsampled
+    assert (seen >= 0).all() and (seen == upsampled(p.probabilities[2], (40, 40))).mean() > 0.99
+    squashed = p.mask(3)
+    assert squashed.shape == (40, 48) and (squashed >= 0).all()
+    assert (squashed == upsampled(p.probabilities[3], (40, 48))).mean() > 0.99
+    half = p.mask(2, (20, 24))  # at another size, the same part of the image
+    assert half.shape == (20, 24) and (half[:, :2] == NOT_SEEN).all() and (half[:, 2:22] >= 0).all()
+    with pytest.raises(CnnlabError, match="^predict: kind has no class map"):
+        Prediction("kind", np.array([1]), ["a", "b"], np.array([[0.4, 0.6]])).mask(0)
 
 
 def test_shares_and_the_table_side_by_side_with_a_classification():
@@ -121,6 +149,7 @@ def test_the_exported_file_gives_the_runs_maps_and_probabilities(mask_run, tmp_p
     assert theirs["mask"].probabilities.shape == (3, len(CLASSES), SIZE, SIZE)
     assert np.allclose(theirs["mask"].probabilities, ours["mask"].probabilities, atol=1e-5)
     assert np.array_equal(theirs["mask"].index, ours["mask"].index)
+    assert theirs["mask"].frames == ours["mask"].frames  # put back where the run puts them
     assert theirs["mask"].classes == CLASSES
     assert theirs.table().equals(ours.table())
     assert predict_exported(exported.path, files[:1]).table().shape == (1, len(CLASSES))
@@ -151,6 +180,33 @@ def test_cnnlab_predict_prints_the_shares_and_writes_them_to_its_csv(mask_run, t
     assert np.allclose(got, shares)
 
 
+def test_cnnlab_predict_writes_each_map_as_a_mask_file_at_its_images_size(mask_run, tmp_path):
+    path, files = mask_run  # shapes/images/00001.png, .../00002.png, wide.png
+    env = {"XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}
+    done = run_cli("predict", str(path), *map(str, files), "--masks", str(tmp_path / "m"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"masks: 3 PNG files in {tmp_path / 'm'}" in done.stdout
+    written = sorted(p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("*"))
+    assert written == [  # named after each image, under the images' common folder
+        "shapes", "shapes/images", "shapes/images/00001.mask.png", "shapes/images/00002.mask.png",
+        "wide.mask.png",
+    ]  # fmt: skip
+    expected = cnnlab.load_run(path).predict(files)["mask"]
+    for i, name in enumerate(["shapes/images/00001", "shapes/images/00002", "wide"]):
+        with Image.open(tmp_path / "m" / f"{name}.mask.png") as im:
+            assert im.mode == "P" and im.size == Image.open(files[i]).size
+            palette = np.array(im.getpalette()[: 3 * len(CLASSES)]).reshape(-1, 3)
+            values = np.asarray(im)
+        own = expected.mask(i)
+        assert np.array_equal(values, np.where(own == NOT_SEEN, 255, own))  # 255: not seen
+        assert np.array_equal(palette, (class_colours(CLASSES) * 255).round().numpy())
+    read_back = decode_mask(tmp_path / "m/shapes/images/00001.mask.png", SIZE, "crop")
+    assert np.array_equal(read_back, expected.index[0])  # a mask a table takes as it is
+    alone = Predictions({"kind": Prediction("kind", np.array([0]), ["a"], np.ones((1, 1)))})
+    with pytest.raises(CnnlabError, match="the run has no per-pixel task"):
+        new_images.write_masks(files[:1], alone, tmp_path / "none")
+
+
 def test_the_figure_draws_each_map_beside_its_image_with_its_shares(
     mask_run, tmp_path, monkeypatch
 ):
@@ -166,8 +222,9 @@ def test_the_figure_draws_each_map_beside_its_image_with_its_shares(
     for i in range(len(files)):
         image, drawn_map = tiles[2 * i], tiles[2 * i + 1]
         assert image.title == files[i].name and "mask" not in image.label
+        on_image = mask.mask(i, image.pixels.shape[:2])  # the image's shape, unseen grey
         assert np.array_equal(
-            drawn_map.pixels, rgb(paint(torch.from_numpy(mask.index[i]), colours))
+            drawn_map.pixels, rgb(paint(torch.from_numpy(on_image.astype(np.int64)), colours))
         )
         share = shares_of(mask.index)[i]
         assert drawn_map.label == ", ".join(f"{c} {share[CLASSES.index(c)]:.0%}"

@@ -118,7 +118,7 @@ def read_image(
             rgba = im.convert("RGBA")
             im = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba)
         im = im.convert(mode).resize(
-            (size, size), Image.Resampling.BILINEAR, box=_box(im.size, resize)
+            (size, size), Image.Resampling.BILINEAR, box=seen_box(im.size, resize)
         )
         out = np.asarray(im, dtype=np.uint8)
         pixels = out[None] if out.ndim == 2 else out.transpose(2, 0, 1)
@@ -176,11 +176,14 @@ def decode_mask(
         if values.max(initial=0) > 255:
             raise Refused(f"holds class index {int(values.max())}", FIX_INDEX)
         im = Image.fromarray(values.astype(np.uint8), "L")
-        im = im.resize((size, size), Image.Resampling.NEAREST, box=_box(im.size, resize))
+        im = im.resize((size, size), Image.Resampling.NEAREST, box=seen_box(im.size, resize))
         return np.asarray(im, dtype=np.uint8)
 
 
-def _box(wh: tuple[int, int], resize: str) -> tuple[float, float, float, float]:
+def seen_box(wh: tuple[int, int], resize: str) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of an image of size `wh` (width, height) that `resize`
+    keeps: the centre square for "crop", all of it for "squash". A prediction's class map is
+    put back there at the image's own size."""
     w, h = wh
     if resize == "crop" and w != h:
         side = min(w, h)

@@ -1,23 +1,27 @@
 """A run's answers on images it has never seen (`cnnlab predict RUN IMAGES`): each image with
 every task's answer under it, and each per-pixel task's class map beside it, painted in the
-colours of the run's `pixels` figure, with its classes by share of pixels under it."""
+colours of the run's `pixels` figure, with its classes by share of pixels under it; and the
+class maps as mask files, at each image's own size (`--masks`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from cnnlab.data.decoded import as_read, open_image
-from cnnlab.errors import listed
-from cnnlab.inference import Prediction, Predictions
+from cnnlab.errors import CnnlabError, listed
+from cnnlab.inference import NOT_SEEN, Prediction, Predictions
 from cnnlab.viz.mosaic import Tile, mosaic, rgb, rows_of
 from cnnlab.viz.pixels import class_colours, paint
 
 SHOWN = 16  # images drawn; the CSV holds them all
 SIDE = 200  # pixels
 CLASSES_SAID = 5  # a per-pixel task's classes named, largest share first
+UNSEEN_INDEX = 255  # a mask file's value where a crop left the image's border unseen
 
 
 def caption(predictions: Predictions, i: int, per_pixel: bool = True) -> str:
@@ -59,12 +63,45 @@ def draw_predictions(files: list[Path], predictions: Predictions, out: Path, tit
             im.thumbnail((SIDE, SIDE))  # a photo's megapixels shrink here, not in the grid
             image = np.array(im)
         tiles.append(Tile(image, files[i].name, caption(predictions, i, per_pixel=False)))
-        for name in maps:  # at the model's resolution, coloured as the `pixels` figure
+        for name in maps:  # on the image as drawn, coloured as the `pixels` figure
             p = predictions[name]
-            painted = paint(torch.from_numpy(p.index[i]), class_colours(p.classes))
+            shown = torch.from_numpy(p.mask(i, image.shape[:2]).astype(np.int64))
+            painted = paint(shown, class_colours(p.classes))
             tiles.append(Tile(rgb(painted), f"{name} (predicted)", pixel_shares(p, i)))
     width = cols * per_row
     fig = mosaic(rows_of(tiles, width), SIDE, title)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
+
+
+def write_masks(files: list[Path], predictions: Predictions, folder: Path) -> list[Path]:
+    """Each per-pixel task's class map of every image, at the image's own size, as a palette
+    PNG: its pixel values are class indices (a mask a table reads back), its colours the
+    `pixels` figure's, and 255 where a crop left the image's border unseen. photos/a.jpg
+    becomes FOLDER/a.<task>.png, sub-folders of the images' common folder kept."""
+    maps = {name: p for name, p in predictions.items() if p.per_pixel}
+    if not maps:
+        raise CnnlabError("predict --masks: the run has no per-pixel task; leave --masks out")
+    for name, p in maps.items():
+        if len(p.classes or ()) >= UNSEEN_INDEX:
+            raise CnnlabError(
+                f"predict --masks: {name} has {len(p.classes or ())} classes, more than a "
+                f"palette PNG holds ({UNSEEN_INDEX - 1}); read them with Run.predict and "
+                "Prediction.mask"
+            )
+    resolved = [f.resolve() for f in files]
+    common = Path(os.path.commonpath([f.parent for f in resolved]))
+    written = []
+    for i, path in enumerate(resolved):
+        stem = path.relative_to(common).with_suffix("")
+        for name, p in maps.items():
+            target = folder / f"{stem}.{name}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            mask = p.mask(i)
+            im = Image.fromarray(np.where(mask == NOT_SEEN, UNSEEN_INDEX, mask).astype(np.uint8))
+            colours = (class_colours(p.classes) * 255).round().to(torch.uint8).flatten()
+            im.putpalette(colours.tolist() + [128, 128, 128] * (256 - len(p.classes)))
+            im.save(target)
+            written.append(target)
+    return written
