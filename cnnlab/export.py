@@ -54,6 +54,7 @@ class Exported(nn.Module):
         self.names = list(built.tasks)
         self.grey = built.splits.grey
         self.resize = getattr(built.recipe.data, "resize", "squash")
+        self.bits = getattr(built.recipe.data, "bits", 16)
         self.register_buffer("mean", built.splits.mean.view(1, -1, 1, 1).float().cpu())
         self.register_buffer("std", built.splits.std.view(1, -1, 1, 1).float().cpu())
 
@@ -153,6 +154,7 @@ def export_module(
         "recipe": name,
         "input": {"name": INPUT, "dtype": "uint8", "shape": ["batch", *example.shape[1:]]},
         "resize": module.resize,  # how image files become the input's square
+        "bits": module.bits,  # of a 16-bit image's, those its values use: 2**bits - 1 is 255
         "test_time_views": module.view_names,  # averaged inside the graph; [] for none
         "outputs": module.describe(),
     }
@@ -409,7 +411,8 @@ def predict_exported(path: str | Path, images: ImageLike | Sequence[ImageLike]) 
         raise CnnlabError(f"predict: {path}: no such file; `cnnlab export RUN` writes one")
     meta = metadata(path)
     channels, size = meta["input"]["shape"][1], meta["input"]["shape"][2]
-    x, frames = decoded_batch(images, channels, (size, size), meta.get("resize", "squash"))
+    resize, bits = meta.get("resize", "squash"), meta.get("bits", 16)
+    x, frames = decoded_batch(images, channels, (size, size), resize, bits)
     outputs = run_exported(path, x.mul(255).round().to(torch.uint8).numpy())
     found = {}
     for out, value in zip(meta["outputs"], outputs, strict=True):

@@ -211,7 +211,8 @@ class Predictor:
     def _decoded(self, images: ImageLike | Sequence[ImageLike]) -> tuple[torch.Tensor, list]:
         colour_channels = 3 if self.grey else self.shape[0]
         resize = getattr(self.recipe.data, "resize", "squash")  # as the source decoded files
-        x, frames = decoded_batch(images, colour_channels, self.shape[1:], resize)
+        bits = getattr(self.recipe.data, "bits", 16)
+        x, frames = decoded_batch(images, colour_channels, self.shape[1:], resize, bits)
         return x.to(self.device), frames
 
     def inputs(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
@@ -266,13 +267,14 @@ def to_batch(
     channels: int,
     size: tuple[int, int],
     resize: str = "squash",
+    bits: int = 16,
 ) -> torch.Tensor:
     """(B, channels, H, W) float in [0, 1] at `size`. A 4-D tensor or array is one batch;
-    anything else is one image or a list of them. uint8 is scaled by 255; float must be in
-    [0, 1] already (refused outside it). Colour is made grey by luminance, grey repeated
-    into colour. A file is decoded as the sources decode theirs (`resize`: crop or squash
-    to the square)."""
-    return decoded_batch(images, channels, size, resize)[0]
+    anything else is one image or a list of them. uint8 is scaled by 255, uint16 by
+    2**bits - 1 (as the sources read 16-bit files); float must be in [0, 1] already
+    (refused outside it). Colour is made grey by luminance, grey repeated into colour. A
+    file is decoded as the sources decode theirs (`resize`: crop or squash to the square)."""
+    return decoded_batch(images, channels, size, resize, bits)[0]
 
 
 def decoded_batch(
@@ -280,10 +282,12 @@ def decoded_batch(
     channels: int,
     size: tuple[int, int],
     resize: str = "squash",
+    bits: int = 16,
 ) -> tuple[torch.Tensor, list[Frame]]:
     """`to_batch`'s pixels, and where each image's went (`Frame`)."""
+    read = Reading(channels, (size[0], size[1]), resize, bits)
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-        done = [_one(img, channels, size, resize) for img in images]
+        done = [_one(img, read) for img in images]
     else:
         if isinstance(images, (str, Path, np.ndarray, torch.Tensor, Image.Image)):
             images = [images]
@@ -292,23 +296,32 @@ def decoded_batch(
         # files decoded in threads (Pillow lets go of the GIL): 200 photos at 1024 x 768,
         # half JPEG, half PNG, to 224 px took 1.4-1.6 s instead of 3.0 one by one (2-core EPYC)
         with ThreadPoolExecutor(DECODE_THREADS) as pool:
-            done = list(pool.map(lambda img: _one(img, channels, size, resize), images))
+            done = list(pool.map(lambda img: _one(img, read), images))
     return torch.cat([x for x, _ in done]), [frame for _, frame in done]
 
 
-def _one(
-    image: ImageLike, channels: int, size: tuple[int, int], resize: str
-) -> tuple[torch.Tensor, Frame]:
+@dataclass(frozen=True)
+class Reading:
+    """How new images become the model's input: as the run's source read its files."""
+
+    channels: int  # 1 grey, 3 colour
+    size: tuple[int, int]  # (H, W) the model takes
+    resize: str  # a file: "crop" to its centre square or "squash" whole (data.resize)
+    bits: int  # of a 16-bit image's, the bits its values use (data.bits)
+
+
+def _one(image: ImageLike, read: Reading) -> tuple[torch.Tensor, Frame]:
     """One image as (1, channels, H, W) float in [0, 1], and where its pixels went."""
+    channels, size = read.channels, read.size
     if isinstance(image, (str, Path)) and size[0] == size[1]:
-        pixels, (w, h) = read_file(Path(image), channels, size[0], resize)
-        frame = Frame(h, w, seen_box((w, h), resize))
-        return _one(torch.from_numpy(pixels.copy()), channels, size, resize)[0], frame
+        pixels, (w, h) = read_file(Path(image), channels, size[0], read.resize, read.bits)
+        frame = Frame(h, w, seen_box((w, h), read.resize))
+        return _one(torch.from_numpy(pixels.copy()), read)[0], frame
     if isinstance(image, (str, Path)):
         image = _open(Path(image))
     if isinstance(image, Image.Image):  # as the sources read files: upright, 8 bits (a photo
         # opened in a notebook keeps its EXIF orientation, which `as_read` applies)
-        image = np.asarray(as_read(image).convert("L" if channels == 1 else "RGB"))
+        image = np.asarray(as_read(image, read.bits).convert("L" if channels == 1 else "RGB"))
     x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))
     if x.ndim == 2:
         x = x.unsqueeze(0)  # (H, W): grey
@@ -318,7 +331,10 @@ def _one(
         raise CnnlabError(
             f"predict: an image of shape {tuple(x.shape)}; give (H, W), (H, W, C) or (C, H, W)"
         )
-    x = x.float().div(255) if x.dtype == torch.uint8 else _in_unit_range(x)
+    if x.dtype in (torch.uint8, torch.uint16):  # 16 bits: scaled as a 16-bit file is
+        x = x.float().div(255 if x.dtype == torch.uint8 else 2**read.bits - 1).clamp_(0, 1)
+    else:
+        x = _in_unit_range(x)
     x = _channels(x[:3] if x.shape[0] == 4 else x, channels)  # RGBA: alpha dropped
     h, w = x.shape[1:]
     frame = Frame(h, w, (0.0, 0.0, float(w), float(h)))  # squashed whole
@@ -357,13 +373,13 @@ def _channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def read_file(
-    path: Path, channels: int, size: int, resize: str
+    path: Path, channels: int, size: int, resize: str, bits: int = 16
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """An image file as uint8 (channels, size, size), decoded as image_folder and table do,
     and its own (width, height), upright."""
     _a_file(path)
     try:
-        return read_image(path, size, resize, "L" if channels == 1 else "RGB")
+        return read_image(path, size, resize, "L" if channels == 1 else "RGB", bits)
     except Exception as err:  # not an image, truncated, unsupported
         raise CnnlabError(f"predict: {path} is not a readable image ({err})") from None
 

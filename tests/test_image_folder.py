@@ -259,6 +259,36 @@ def test_16_bit_and_float_grey_images_span_0_to_255(tmp_path):
         assert decode_image(tmp_path / name, 64, "squash").shape == (3, 64, 64)
 
 
+def test_a_12_bit_cameras_images_span_0_to_255_with_data_bits(tmp_path, monkeypatch):
+    """A 12-bit camera's 0-4095 in 16-bit files: read as 16 bits they kept 16 grey levels,
+    near black; `bits: 12` spreads them over 0-255, for files and uint16 arrays alike."""
+    from cnnlab.inference import to_batch
+
+    ramp = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    raw = (ramp * 4095).round().astype(np.uint16)
+    Image.fromarray(raw).save(tmp_path / "camera.png")
+    dark = decode_image(tmp_path / "camera.png", 64, "squash", "L")[0]
+    assert dark.max() <= 16 and len(np.unique(dark)) <= 17  # as 16 bits: near black
+    grey = decode_image(tmp_path / "camera.png", 64, "squash", "L", bits=12)[0]
+    want = np.clip(ramp * 255 + 0.5, 0, 255).astype(np.uint8)
+    assert np.abs(grey.astype(int) - want).max() <= 1
+    from_file = to_batch(tmp_path / "camera.png", 1, (64, 64), "squash", bits=12)
+    from_array = to_batch(raw, 1, (64, 64), bits=12)  # a uint16 array: scaled as its file
+    assert torch.allclose(from_file, torch.from_numpy(want / 255).float()[None, None], atol=0.005)
+    assert torch.allclose(from_array, from_file, atol=0.005)
+    as_16_bits = torch.from_numpy(raw / 65535).float()[None, None]
+    assert torch.allclose(to_batch(raw, 1, (64, 64)), as_16_bits, atol=1e-6)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for name in ("a", "b"):  # an image folder passes its recipe's bits to the decoder
+        (tmp_path / "plates" / name).mkdir(parents=True)
+        Image.fromarray(raw).save(tmp_path / "plates" / name / "1.png")
+    for bits, lo, hi in ((16, 10, 16), (12, 240, 255)):  # the brightest row, resized to 16 px
+        _, pixels, _ = imf.cached_pixels(cfg_of(tmp_path / "plates", bits=bits, channels=1))
+        assert lo <= int(pixels[:].max()) <= hi
+    with pytest.raises(ValueError, match="bits"):
+        cfg_of(tmp_path, bits=20)
+
+
 def test_validation_is_carved_stratified_from_train(tree):
     cfg = cfg_of(tree)
     splits = prepare_splits(cfg, seed=3, needed={"label"}, device=torch.device("cpu"))

@@ -69,9 +69,10 @@ def open_image(path: str | Path) -> Image.Image:
     return Image.open(path)
 
 
-def as_read(im: Image.Image) -> Image.Image:
-    """A file's image as every reader takes it: upright, and 8 bits per channel."""
-    return eight_bit(upright(im))
+def as_read(im: Image.Image, bits: int = 16) -> Image.Image:
+    """A file's image as every reader takes it: upright, and 8 bits per channel (`bits`: of
+    a 16-bit image's, the bits its values use)."""
+    return eight_bit(upright(im), bits)
 
 
 def upright(im: Image.Image) -> Image.Image:
@@ -83,26 +84,31 @@ def upright(im: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(im)
 
 
-def eight_bit(im: Image.Image) -> Image.Image:
+def eight_bit(im: Image.Image, bits: int = 16) -> Image.Image:
     """A 16-bit or float grey image (microscopes, scanners) as 8-bit grey, the full range of
-    its type to 0-255 (16 bits: 0-65535; float: 0-1). Pillow's own conversion clips at 255,
-    which turned a 16-bit image white (and a float one in 0-1 black)."""
+    its values to 0-255: 0 to 2**bits - 1 for integers (a 12-bit camera's 0-4095 in a 16-bit
+    file: `bits` 12; larger values clip), 0-1 for floats. Pillow's own conversion clips at
+    255, which turned a 16-bit image white (and a float one in 0-1 black); scaled as 16
+    bits, a 12-bit image keeps 16 grey levels, near black."""
     if im.mode not in WIDE:
         return im
-    values = np.asarray(im, dtype=np.float32) * (255.0 / WIDE[im.mode])
+    top = 1.0 if WIDE[im.mode] == 1.0 else float(2**bits - 1)
+    values = np.asarray(im, dtype=np.float32) * (255.0 / top)
     return Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8), "L")
 
 
-def decode_image(path: str | Path, size: int, resize: str, mode: str = "RGB") -> np.ndarray:
+def decode_image(
+    path: str | Path, size: int, resize: str, mode: str = "RGB", bits: int = 16
+) -> np.ndarray:
     """One image as uint8 (C, size, size), as `as_read` takes it: RGB (C = 3) or grey ("L",
     C = 1). Palette, CMYK and the rest are converted; transparency is composited on white.
     `resize`: "crop" takes the centre square of the shorter side, "squash" the whole image.
     Raises on anything unreadable."""
-    return read_image(path, size, resize, mode)[0]
+    return read_image(path, size, resize, mode, bits)[0]
 
 
 def read_image(
-    path: str | Path, size: int, resize: str, mode: str = "RGB"
+    path: str | Path, size: int, resize: str, mode: str = "RGB", bits: int = 16
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """`decode_image`'s pixels and the image's own (width, height), upright: a table checks
     its mask against that size, from the file it opens anyway (no second open)."""
@@ -112,7 +118,7 @@ def read_image(
             im.draft(mode, (size, size))  # libjpeg scales down while decoding (>= size)
         im.load()
         drafted = im.size
-        im = as_read(im)
+        im = as_read(im, bits)
         turned = im.size != drafted  # its EXIF orientation swapped width and height
         if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
             rgba = im.convert("RGBA")

@@ -69,6 +69,9 @@ class ImageFolderConfig(DataSection):
     channels: Literal[1, 3] = 3
     # crop: shorter side to image_size, then the centre square; squash: straight to the square
     resize: Literal["crop", "squash"] = "crop"
+    # 16-bit images: the bits their values use, 2**bits - 1 read as white (12: a 12-bit
+    # camera's 0-4095; as 16 bits they would keep 16 grey levels, near black)
+    bits: int = Field(16, ge=9, le=16)
     val_fraction: float = Field(0.2, gt=0.0, lt=0.9)  # seed 002: 20 %, stratified
     # Only for a single root/<class>/* folder: the stratified share kept as the test set,
     # carved with a fixed seed (the same for every run). With train/ + val/, val/ is the test.
@@ -262,6 +265,7 @@ def _identity(found: Scan, cfg: ImageFolderConfig) -> dict:
         "image_size": cfg.image_size,
         "channels": cfg.channels,
         "resize": cfg.resize,
+        "bits": cfg.bits,
         "classes": found.classes,
         "files": [list(f) for f in found.files],
         "outside": found.outside,
@@ -277,11 +281,11 @@ def cached_pixels(cfg: ImageFolderConfig) -> tuple[Scan, Pixels, list[tuple]]:
     size, mode = cfg.image_size, "L" if cfg.channels == 1 else "RGB"
     decoded = cached_decode(
         CACHE_NAME,
-        [str(found.root), size, cfg.resize, FORMAT, cfg.channels],
+        [str(found.root), size, cfg.resize, FORMAT, cfg.channels, cfg.bits],
         _identity(found, cfg),
         rels,
         {"images": (cfg.channels, size, size)},
-        lambda i: {"images": decode_image(found.root / rels[i], size, cfg.resize, mode)},
+        lambda i: {"images": decode_image(found.root / rels[i], size, cfg.resize, mode, cfg.bits)},
         skipped=found.outside,
         storage=cfg.storage,
     )
