@@ -17,10 +17,10 @@ from cnnlab.build import build
 from cnnlab.components import register_backbone, registration_scope
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
-from cnnlab.export import compare, export_module, run_exported, wrap
+from cnnlab.export import compare, export_module, predict_exported, run_exported, wrap
 from cnnlab.models import BACKBONES
 from cnnlab.models.compiled import compiled_kernels
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 # fp32 graphs, the same operations in another engine: probabilities agree to this
 TOLERANCE = 1e-4
@@ -45,6 +45,26 @@ def exported_agrees(recipe, tmp_path: Path, images: int = 64) -> None:
     assert all(a >= 0.98 for a in parity.agreement.values()), parity.agreement
     outputs = run_exported(path, test[:3].numpy())  # a batch size the export never saw
     assert [o.shape[0] for o in outputs] == [3] * len(module.names)
+
+
+def fed_as_the_docs_say(onnx_file: Path, tmp_path: Path) -> None:
+    """docs/using-runs.md's snippet that feeds the file without cnnlab, run as written on a
+    16-bit image and a transparent one: the answers `cnnlab predict FILE` gives."""
+    page = (ROOT / "docs" / "using-runs.md").read_text()
+    snippet = page.split("**Feeding the file without cnnlab.**")[1].split("```python\n")[1]
+    snippet = snippet.split("```")[0]
+    rng = np.random.default_rng(0)
+    wide = tmp_path / "wide.png"
+    Image.fromarray((rng.random((40, 30)) * 65535).astype(np.uint16)).save(wide)
+    clear = tmp_path / "clear.png"
+    Image.fromarray((rng.random((30, 40, 4)) * 255).astype(np.uint8), "RGBA").save(clear)
+    for image in (wide, clear):
+        scope: dict = {}
+        exec(snippet.replace('"model.onnx"', repr(str(onnx_file))).replace(
+            '"cell.tif"', repr(str(image))), scope)  # fmt: skip
+        expected = predict_exported(onnx_file, [image])
+        assert np.allclose(scope["answers"][0], expected["cls"].probabilities, atol=1e-6)
+        assert np.allclose(scope["answers"][1], expected["ink"].values, atol=1e-6)
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
@@ -155,6 +175,8 @@ def test_cli_exports_a_trained_run_with_the_same_test_accuracy(tiny, tmp_path):
     named = run_cli("predict", str(onnx_file), str(tmp_path / "black.png"), cwd=tmp_path)
     assert named.returncode == 0, named.stderr  # the file named first, as a run folder is
     assert named.stdout.startswith(f"{tmp_path / 'black.png'}\n  cls: ")
+
+    fed_as_the_docs_say(onnx_file, tmp_path)
 
     pt2 = run_cli("export", str(run.path), "--format", "pt2", "--out", str(tmp_path / "m.pt2"))
     assert pt2.returncode == 0, pt2.stderr
