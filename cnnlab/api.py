@@ -228,20 +228,21 @@ class Run:
         splits = view.splits if "built" in view.__dict__ else None
         return build_report(self.path, splits, predictions=view.__dict__.get("test_predictions"))
 
-    def calibrate(self) -> pd.DataFrame:
+    def calibrate(self, reset: bool = False) -> pd.DataFrame:
         """Fit a temperature for each task with probabilities (every classification) on the
         validation set and save it with the best weights, as `cnnlab calibrate` does. One
         row per task and split: the temperature, and accuracy, NLL, ECE and MCE before and
-        after. Predictions, figures, the report and exports made from here on use it."""
+        after. Predictions, figures, the report and exports made from here on use it.
+        `reset`: every temperature back to 1 instead (the model's own probabilities)."""
         import pandas as pd
 
-        from cnnlab.calibration import calibrate_run, uninformed
+        from cnnlab.calibration import calibrate_run, notes
 
         view = self.__dict__.get("_view")
         loaded = view is not None and "built" in view.__dict__  # its data: not read again
         splits, device = (view.splits, view.device) if loaded else (None, None)
-        result = calibrate_run(self.path, splits=splits, device=device)
-        for line in uninformed(result):
+        result = calibrate_run(self.path, splits=splits, device=device, reset=reset)
+        for line in notes(result):
             warnings.warn(line, stacklevel=2)
         self.__dict__.pop("_view", None)  # built with the old temperature
         self.__dict__.pop("_predictor", None)

@@ -67,19 +67,23 @@ def collect(
 
 
 def fit(
-    built: Built, test: bool = True, recorder: Recorder | None = None
+    built: Built,
+    test: bool = True,
+    recorder: Recorder | None = None,
+    temperature: float | None = None,
 ) -> tuple[dict[str, dict], dict[str, float]]:
     """Each probabilistic task's temperature, set on `built.tasks`, and its numbers before
     and after on validation; unless `test` is off (a sweep trial never reads the test set),
     on test too, with the test metrics at the new temperatures from the same pass (which
-    `recorder` also watches)."""
+    `recorder` also watches). `temperature`: every task's, given instead of fitted (1: the
+    model's own probabilities back)."""
     names = calibrated_tasks(built.tasks)
     if len(built.splits.val) == 0:
         raise CnnlabError("calibrate: the run has no validation images to fit a temperature on")
     val = collect(built, "val", names)
     result = {}
     for name in names:
-        t = fit_temperature(built.tasks[name], val[name])
+        t = fit_temperature(built.tasks[name], val[name]) if temperature is None else temperature
         result[name] = {"temperature": t, "val": _before_after(built.tasks[name], val[name], t)}
         built.tasks[name].temperature = t
     if not test:
@@ -105,10 +109,11 @@ def calibrate_run(
     splits: Splits | None = None,
     device: torch.device | str | None = None,
     recorder: Recorder | None = None,
+    reset: bool = False,
 ) -> dict[str, dict]:
     """Fit, save with the best weights, write calibration.json and test_metrics.json again.
     `splits`: the data training already loaded (train.calibrate), else loaded anew;
-    `recorder`: watches the test pass."""
+    `recorder`: watches the test pass; `reset`: every temperature back to 1, not fitted."""
     run = RunFolder.open(path)
     run.check_trained("calibrate")
     saved = load_checkpoint(run.best_path)
@@ -117,7 +122,7 @@ def calibrate_run(
     # device None: the recipe's (a GPU when there is one)
     built = build(recipe, saved, device=device, weights="judged", splits=splits)
     with run.lock():
-        result, metrics = fit(built, recipe.train.test_at_end, recorder)
+        result, metrics = fit(built, recipe.train.test_at_end, recorder, 1.0 if reset else None)
         saved["temperature"] = {name: r["temperature"] for name, r in result.items()}
         run.save_checkpoint(run.best_path, saved)
         write_json(run.calibration_path, {"best_epoch": saved["loop"]["epoch"], "tasks": result})
@@ -143,7 +148,33 @@ def summary(result: dict[str, dict]) -> list[str]:
                 f"{a['nll']:.4f}, ECE {b['ece']:.4f} -> {a['ece']:.4f}, "
                 f"MCE {b['mce']:.4f} -> {a['mce']:.4f}"
             )
-    return lines + uninformed(result)
+    return lines + notes(result)
+
+
+def notes(result: dict[str, dict]) -> list[str]:
+    """What a user should know of a fit beyond its numbers: `uninformed` temperatures, and
+    those that made the test set's probabilities worse than the model's own."""
+    return uninformed(result) + worse_on_test(result)
+
+
+def worse_on_test(result: dict[str, dict]) -> list[str]:
+    """A line for each task whose fitted temperature raised the test NLL, the very number it
+    lowered on validation: fitted on few validation images, or on ones unlike the test's,
+    it does not carry over, and the model's own probabilities were the better ones."""
+    lines = []
+    for name, r in result.items():
+        test = r.get("test")
+        if test is None or r["temperature"] == 1.0:
+            continue
+        before, after = test["before"]["nll"], test["after"]["nll"]
+        if after > before * (1 + 1e-3):
+            lines.append(
+                f"{name}: T = {r['temperature']:.3g} made the test NLL worse ({before:.4f} -> "
+                f"{after:.4f}): fitted on {r['val']['rows']} validation images, it does not "
+                "carry over; more validation images fit it better, and `cnnlab calibrate "
+                "RUN --reset` goes back to T = 1"
+            )
+    return lines
 
 
 def uninformed(result: dict[str, dict]) -> list[str]:

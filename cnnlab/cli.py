@@ -203,7 +203,9 @@ def _pretrained_backbones(pattern: str | None) -> None:
 
 @app.command()
 def calibrate(
-    run: Path = typer.Argument(..., help="run folder"), imports: list[str] = Imports
+    run: Path = typer.Argument(..., help="run folder"),
+    reset: bool = Flag(False, help="every temperature back to 1 (the model's own probabilities)"),
+    imports: list[str] = Imports,
 ) -> None:
     """Fit a temperature for each task with probabilities on the validation set.
 
@@ -211,7 +213,7 @@ def calibrate(
     _import(imports)
     from cnnlab.calibration import calibrate_run, summary
 
-    for line in summary(calibrate_run(run)):
+    for line in summary(calibrate_run(run, reset=reset)):
         typer.echo(line)
     typer.echo(
         f"saved in {run / 'checkpoints' / 'best.pt'}; redraw the report: cnnlab report {run}"

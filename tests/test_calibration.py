@@ -4,6 +4,8 @@ saved with the best weights and used by eval, predict, the figures and export.""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,6 +62,24 @@ def test_logits_that_tell_nothing_get_a_high_temperature_and_a_line_saying_so():
         "logits tell little (a model near chance, or trained too briefly)"
     )
     assert len(summary({"cls": {**result["cls"], "temperature": 1.5}})) == 1
+
+
+def test_a_temperature_that_makes_the_test_worse_gets_a_line_saying_so():
+    def fitted(t: float, test_after: float) -> dict:
+        split = lambda nll: {"rows": 50, "before": {"nll": nll, "ece": 0.1, "mce": 0.2}}  # noqa: E731
+        test = {**split(0.9), "after": {"nll": test_after, "ece": 0.2, "mce": 0.3}}
+        val = {**split(0.9), "after": {"nll": 0.8, "ece": 0.05, "mce": 0.1}}
+        return {"cls": {"temperature": t, "val": val, "test": test}}
+
+    lines = summary(fitted(0.6, 0.95))
+    assert lines[-1] == (
+        "cls: T = 0.6 made the test NLL worse (0.9000 -> 0.9500): fitted on 50 validation "
+        "images, it does not carry over; more validation images fit it better, and `cnnlab "
+        "calibrate RUN --reset` goes back to T = 1"
+    )
+    assert len(lines) == 3  # val, test, the note
+    assert len(summary(fitted(0.6, 0.85))) == 2  # better on test: nothing to say
+    assert len(summary(fitted(1.0, 0.95))) == 2  # T = 1 (reset): the model's own
 
 
 def test_the_errors_from_the_reliability_bins_are_torchmetrics_ece_and_mce():
@@ -143,6 +163,19 @@ def test_the_cli_calibrates_again_to_the_same_temperature(calibrated):
     assert f"T = {before:.3f}" in line
     again = load_checkpoint(calibrated.best_path)["temperature"]["cls"]
     assert again == pytest.approx(before, rel=1e-4)
+
+
+def test_reset_puts_every_temperature_back_to_one(calibrated, tmp_path):
+    copy = Path(shutil.copytree(calibrated.path, tmp_path / "run"))
+    run = cnnlab.load_run(copy)
+    fitted = run.predict(np.zeros((2, 1, 28, 28), dtype=np.uint8))["cls"].probabilities
+    table = run.calibrate(reset=True)
+    assert set(table["temperature"]) == {1.0}
+    assert load_checkpoint(copy / "checkpoints" / "best.pt")["temperature"] == {"cls": 1.0}
+    assert json.loads((copy / "calibration.json").read_text())["tasks"]["cls"]["temperature"] == 1
+    own = run.predict(np.zeros((2, 1, 28, 28), dtype=np.uint8))["cls"].probabilities
+    assert not np.allclose(own, fitted, atol=1e-4)  # the model's own probabilities again
+    assert (own.argmax(1) == fitted.argmax(1)).all()
 
 
 def test_a_run_without_a_classification_cannot_be_calibrated(tiny, monkeypatch):
