@@ -150,6 +150,9 @@ early_terminate: {type: hyperband, max_iter: 27, s: 2, eta: 3}
          "parameters: {model.activation: {values: [relu, gelu], probabilities: [0.5, 0.4]}}",
          "probabilities add up to 0.9; make them add up to 1"),
         ("method: random\nmetric: {name: val.loss}\n"
+         "parameters: {model.activation: {values: [relu, gelu], probabilities: [1.0]}}",
+         "1 probability for 2 values; give one each"),
+        ("method: random\nmetric: {name: val.loss}\n"
          "parameters: {train.optimizer.lr: {distribution: normal, mu: 0.01, sigma: 0.01}}",
          r"'train.optimizer.lr' = -0.0209.*greater than 0"),
         ("method: random\nmetric: {name: val.loss}\n"

@@ -24,7 +24,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 
 QUANTILE = 1e-9  # a quantile variable's open ends: the inverse CDF is infinite at 0 and 1
 CHECKED = 1e-3  # the quantiles whose values are checked against the recipe (99.8 % of draws)
@@ -184,7 +184,8 @@ class WeightedCategorical(Form):
     def _one_per_value(self):
         if len(self.probabilities) != len(self.values):
             raise ValueError(
-                f"{len(self.probabilities)} probabilities for {len(self.values)} values; "
+                f"{counted(len(self.probabilities), 'probability', 'probabilities')} for "
+                f"{counted(len(self.values), 'value')}; "
                 "give one each"
             )
         if abs(sum(self.probabilities) - 1.0) > 1e-6:

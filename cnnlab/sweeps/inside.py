@@ -16,6 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from cnnlab.data.batches import Splits
+from cnnlab.errors import counted
 from cnnlab.sweeps.results import TrialRow
 from cnnlab.sweeps.statistics import group_order
 from cnnlab.tasks import Goal
@@ -71,7 +72,7 @@ def dead_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     """The dead-unit table: a row per layer, a column per group, mean ± std of the share of
     units that never fire on the test images."""
     layers = list(dict.fromkeys(k for g in groups for k in g.dead))
-    header = ["layer (units)", *(f"{g.label} ({g.runs} runs)" for g in groups)]
+    header = ["layer (units)", *(f"{g.label} ({counted(g.runs, 'run')})" for g in groups)]
     body = [[layer, *(_share(g.dead.get(layer, [])) for g in groups)] for layer in layers]
     return header, body
 

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 from cnnlab.recipe import describe_error, dump_recipe, upgrade_saved, validate
 from cnnlab.runs import write_json, write_text
 from cnnlab.sweeps.spec import SweepSpec, load_sweep
@@ -316,7 +316,9 @@ def same_inputs(study: str, started: dict[str, Any], mine: dict[str, Any]) -> No
     """Refuse to join `study` with other inputs than it was started with, naming them."""
     differ = [what for key, what in INPUT_NAMES.items() if started.get(key) != mine[key]]
     if started.get("budget") != mine["budget"]:
-        differ.append(f"budget ({started.get('budget')} trials, here {mine['budget']})")
+        was = started.get("budget")
+        was = counted(was, "trial") if isinstance(was, int) else "none recorded"
+        differ.append(f"budget ({was}, here {mine['budget']})")
     if differ:
         raise CnnlabError(
             f"study {study!r} was started with another {' and another '.join(differ)}; use "
