@@ -1,6 +1,8 @@
 """Sweeps on one machine: the λ grid from the shell, failures, Ctrl-C + --resume, selection."""
 
+import io
 import json
+import logging
 import math
 import signal
 import statistics
@@ -14,13 +16,17 @@ import pytest
 import yaml
 
 from cnnlab.errors import CnnlabError
+from cnnlab.sweeps.inside import Group, dead_rows
 from cnnlab.sweeps.launch import sweep
+from cnnlab.sweeps.report import _trial as report_trial
 from cnnlab.sweeps.results import TrialRow, load_trials, with_runs
-from cnnlab.sweeps.select import pareto_front
+from cnnlab.sweeps.select import Pick, pareto_front
+from cnnlab.sweeps.select import table as selection_table
 from cnnlab.sweeps.spec import load_sweep
 from cnnlab.sweeps.statistics import group_fields, group_order, group_table, groups
 from cnnlab.sweeps.storage import open_storage
 from cnnlab.sweeps.study import SweepFolder
+from cnnlab.sweeps.worker import hush_interrupts
 from tests.browser import chromium, visit
 from tests.conftest import DEMO, ROOT, run_cli
 from tests.conftest import TINY as CONFTEST_TINY
@@ -105,13 +111,48 @@ def test_lambda_grid_then_select_and_report_from_the_shell(tmp_path):
     assert all(drawn[f"plot-{key}"] for key in charts), drawn
 
 
-def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
+def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path, capfd):
     file = lr_sweep(tmp_path, "grid", "{values: [1.0e+12, 0.001]}")
     folder = sweep(DEMO, file, [*TINY, *DIVERGES], out=tmp_path / "out")
     rows = sorted(load_trials(folder, None), key=lambda r: r.params["train.optimizer.lr"])
     assert [r.outcome for r in rows] == ["complete", "error"]
     assert "non-finite" in rows[1].reason or "loss became" in rows[1].reason
     assert rows[1].run.status()["state"] == "failed"
+    out, err = capfd.readouterr()
+    assert "grid over 1 parameter, 2 trials, " in out and ", 1 worker" in out  # counted
+    assert f"trial {rows[1].number} failed: CnnlabError: " in err
+
+
+def test_optuna_keeps_an_errors_traceback_and_drops_an_interrupts():
+    """Optuna's warning with the traceback is an error's bug report (kept); after Ctrl-C it
+    is noise before cnnlab's one line (dropped, and Optuna's line after it)."""
+    said = io.StringIO()
+    handler = logging.StreamHandler(said)
+    logging.getLogger("optuna").addHandler(handler)
+    log = logging.getLogger("optuna.study._optimize")  # where Optuna logs a failed trial
+    try:
+        with hush_interrupts():
+            log.warning("Trial 1 failed: ValueError", exc_info=_raised(ValueError("bad")))
+            log.warning("Trial 1 failed with value None.")
+        with hush_interrupts():
+            log.warning("Trial 2 failed: KeyboardInterrupt", exc_info=_raised(KeyboardInterrupt()))
+            log.warning("Trial 2 failed with value None.")
+        log.warning("after the block")
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+    text = said.getvalue()
+    assert "Trial 1 failed: ValueError" in text and "ValueError: bad" in text
+    assert "Trial 1 failed with value None." in text
+    assert "Trial 2" not in text and "KeyboardInterrupt" not in text
+    assert "after the block" in text
+
+
+def _raised(error: BaseException) -> tuple:
+    """`error` as sys.exc_info() gives it once raised (with a traceback)."""
+    try:
+        raise error
+    except BaseException:
+        return sys.exc_info()
 
 
 def test_a_worker_stops_after_consecutive_failures(tmp_path):
@@ -135,14 +176,18 @@ def test_interrupted_sweep_resumes_the_trial_from_its_checkpoint(tmp_path, sig):
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.1)
         proc.send_signal(sig)
-        assert proc.wait(timeout=120) != 0
+        said = proc.communicate(timeout=120)[0].decode()
+        assert proc.returncode != 0
     finally:
         if proc.poll() is None:
             proc.kill()
     (path,) = out.iterdir()
     first = load_trials(SweepFolder(path), None)[0]
-    if sig == signal.SIGINT:  # the worker said so itself
+    if sig == signal.SIGINT:  # the worker said so itself, in cnnlab's one line only
         assert first.outcome == "interrupted" and "Ctrl-C" in first.reason
+        assert "error: interrupted; " in said and "--resume" in said
+        assert "Traceback" not in said, said
+        assert not [line for line in said.splitlines() if line.startswith("[W ")], said
     else:  # nobody said anything: the trial still looks running until --resume looks
         assert first.state == "running"
 
@@ -154,6 +199,10 @@ def test_interrupted_sweep_resumes_the_trial_from_its_checkpoint(tmp_path, sig):
     assert sum(r.state == "complete" for r in rows.values()) == 2
     retry = rows[rows[0].retried_as]
     assert retry.run_dir == rows[0].run_dir  # continued the same run folder
+    # ...named after trial 0: every line that shows the retry's number says whose folder it is
+    assert Path(retry.run_dir).name.startswith("trial0000-") and retry.retry_of == 0
+    assert f"] trial {retry.number} (retry of trial 0) complete " in done.stdout
+    assert json.loads((retry.run.path / "trial.json").read_text())["trials"] == [0, retry.number]
     assert [m["epoch"] for m in retry.run.read_metrics()] == [1, 2, 3]
     assert len(list((path / "runs").iterdir())) == 2  # nothing ran twice
     complete = sorted(n for n, r in rows.items() if r.state == "complete")
@@ -170,6 +219,28 @@ def test_journal_file_takes_parallel_writers(tmp_path):
     assert not any("locked" in err for _, err in results)
     study = optuna.load_study(study_name="s", storage=open_storage(None, tmp_path, heartbeat=1))
     assert len(study.trials) == 100 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+def test_the_selection_table_names_the_trial_a_retry_continues():
+    """A retry trains on in its first trial's folder: the table says so beside the name."""
+    picks = [
+        Pick("best val.loss", 3, "/s/runs/trial0002-x", {}, {"val.loss": 0.5}, retry_of=2),
+        Pick("pareto", 4, "/s/runs/trial0004-x", {}, {"val.loss": 0.6}),
+    ]
+    _, rows = selection_table(picks, ["val.loss"])
+    assert [r[1:3] for r in rows] == [
+        ["3 (retry of trial 2)", "trial0002-x"],
+        ["4", "trial0004-x"],
+    ]
+
+
+def test_the_report_names_the_trial_a_retry_continues_and_counts_its_runs():
+    row = TrialRow(3, "complete", "complete", 0.5, {}, "runs/trial0002-x", None, None, None,
+                   2, retry_of=2)  # fmt: skip
+    assert report_trial(row)["reason_text"] == "retry of trial 2"
+    assert row.label == "trial 3 (retry of trial 2)"
+    header, _ = dead_rows([Group("x = 1", 1, {"conv (8)": [0.5]}), Group("x = 2", 2)])
+    assert header[1:] == ["x = 1 (1 run)", "x = 2 (2 runs)"]
 
 
 def test_pareto_front():

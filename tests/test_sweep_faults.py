@@ -218,7 +218,7 @@ def one_failed_trial(tmp_path: Path) -> tuple[SweepFolder, object]:
     """A sweep stopped by its one diverging trial: (its folder, the trial, with a run folder
     and a checkpoint); its budget of 2 leaves room for one more trial."""
     file = lr_sweep(tmp_path, "random", "{values: [1.0e+12]}")
-    with pytest.raises(CnnlabError, match="stopped after 1 consecutive failed trials"):
+    with pytest.raises(CnnlabError, match="stopped after 1 consecutive failed trial"):
         sweep(DEMO, file, [*TINY, *DIVERGES], trials=2, out=tmp_path / "out", max_failures=1)
     (path,) = (tmp_path / "out").iterdir()
     folder = SweepFolder(path)
@@ -232,7 +232,7 @@ def test_a_worker_refuses_a_retry_whose_run_dir_leads_outside(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in outside.rglob("*")}
     add_trial(folder, "WAITING", "../../outside")  # a retry, as a shared database could hold
 
-    assert run_worker(folder, None, threads=1) == "stopped after 1 consecutive failed trials"
+    assert run_worker(folder, None, threads=1) == "stopped after 1 consecutive failed trial"
     hostile = load_trials(folder, None)[1]
     assert hostile.outcome == "error" and "run_dir '../../outside'" in hostile.reason
     assert {p: p.stat().st_mtime_ns for p in outside.rglob("*")} == before
@@ -251,7 +251,7 @@ def test_a_retry_whose_run_folder_is_in_use_leaves_that_folder_alone(tmp_path):
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert run_worker(folder, None, threads=1) == "stopped after 1 consecutive failed trials"
+        assert run_worker(folder, None, threads=1) == "stopped after 1 consecutive failed trial"
     finally:
         holder.kill()
         holder.wait()

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from cnnlab.build import check_data
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 from cnnlab.progress import console
 from cnnlab.recipe import apply_overrides, read_yaml, validate
 from cnnlab.sweeps.spec import load_sweep
@@ -82,11 +82,11 @@ def sweep(
         console.print(f"note: {note}")
     meta = folder.meta()
     if trials is not None and resume and trials != meta.trials:
-        raise CnnlabError(f"--resume keeps the study's budget of {meta.trials} trials")
+        raise CnnlabError(f"--resume keeps the study's budget of {counted(meta.trials, 'trial')}")
     processes = meta.trial_processes
     console.print(
-        f"sweep {folder.path}: {spec.method} over {len(spec.params)} parameters, "
-        f"{meta.trials} trials, {meta.goal} {spec.metric}, {workers} worker(s)"
+        f"sweep {folder.path}: {spec.method} over {counted(len(spec.params), 'parameter')}, "
+        f"{counted(meta.trials, 'trial')}, {meta.goal} {spec.metric}, {counted(workers, 'worker')}"
         + (f", {processes} processes a trial (torchrun)" if processes > 1 else "")
     )
     try:
@@ -155,7 +155,7 @@ def summarize(folder: SweepFolder, storage: str | None) -> None:
         pick = meta.goal.best
         best = pick(done, key=lambda r: r.value)
         run = folder.run_path(best.run_dir, best.number) if best.run_dir else "(no run folder)"
-        console.print(f"best {meta.metric} = {best.value:.4f}: trial {best.number} {run}")
+        console.print(f"best {meta.metric} = {best.value:.4f}: {best.label} {run}")
     db = f" --storage {meta.storage}" if meta.storage else ""  # password redacted
     console.print(
         f"next: cnnlab select {folder.path} --metric {meta.metric} --test{db} ; "

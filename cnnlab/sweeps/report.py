@@ -50,6 +50,7 @@ def _shade(v) -> str:
 
 def _trial(r: TrialRow) -> dict:
     retried = f"retried as trial {r.retried_as}" if r.retried_as else ""
+    first = f"retry of trial {r.retry_of}" if r.retry_of is not None else ""
     return {
         "number": r.number,
         "outcome": r.outcome,
@@ -57,7 +58,7 @@ def _trial(r: TrialRow) -> dict:
         "epochs": r.epochs,
         "run_dir": r.run_dir,
         "params_text": ", ".join(f"{k}={v}" for k, v in r.params.items()),
-        "reason_text": " ".join(filter(None, [r.reason, retried])),
+        "reason_text": "; ".join(filter(None, [first, r.reason, retried])),
     }
 
 
@@ -91,7 +92,7 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
         goal=goal,
         metric=metric,
         counts=", ".join(f"{n} {k}" for k, n in sorted(Counter(r.outcome for r in rows).items())),
-        best=f"{best.value:.4f} (trial {best.number}, {best.run_dir})" if best else "none yet",
+        best=f"{best.value:.4f} ({best.label}, {best.run_dir})" if best else "none yet",
         built=time.strftime("%Y-%m-%d %H:%M:%S"),
         plotly_js=get_plotlyjs(),
         time=block(charts.metric_vs_time(rows, metric, goal), here),

@@ -46,7 +46,12 @@ class TrialRow:
     end: datetime | None
     epochs: int
     retried_as: int | None = None
+    retry_of: int | None = None  # the trial whose run folder it continues (see numbered)
     folder: SweepFolder | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        return numbered(self.number, self.retry_of)
 
     @property
     def run(self) -> RunFolder | None:
@@ -126,10 +131,30 @@ def load_trials(folder: SweepFolder, storage_url: str | None, study=None) -> lis
                 end=t.datetime_complete,
                 epochs=int(t.user_attrs.get("epochs", 0)),
                 retried_as=retried.get(t.number),
+                retry_of=retry_of(t),
                 folder=folder,
             )
         )
     return rows
+
+
+def retry_of(trial) -> int | None:
+    """The first trial of a retry's chain: a retry (and a retry of a retry) continues that
+    trial's run folder, so its number is the one in the folder's name (unless that trial
+    stopped before it made one: then the retry makes its own)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    history = RetryHeartbeatStaleTrialCallback.retry_history(trial)
+    return history[0] if history else None
+
+
+def numbered(number: int, first: int | None) -> str:
+    """How a user reads a trial: its number, and for a retry the trial it continues.
+
+    Both are Optuna's trial numbers (from 0), as in the run folders' names, trial.json and
+    the tables; a retry gets a number of its own but trains on in its first trial's folder,
+    so `trial 3` beside `runs/trial0002-...` says "retry of trial 2"."""
+    return f"trial {number}" if first is None else f"trial {number} (retry of trial {first})"
 
 
 def with_runs(rows: list[TrialRow]) -> list[TrialRow]:

@@ -24,7 +24,7 @@ from cnnlab.progress import markdown_table
 from cnnlab.progress import print_table as show_table
 from cnnlab.recipe import metric_goal, metric_names, validate
 from cnnlab.runs import write_json, write_text
-from cnnlab.sweeps.results import TrialRow, differs, load_trials
+from cnnlab.sweeps.results import TrialRow, differs, load_trials, numbered
 from cnnlab.sweeps.study import SweepFolder
 
 TEST_COLUMNS = ("accuracy", "mae", "rmse")  # per task, as in seed 000's Table 1
@@ -40,6 +40,7 @@ class Pick:
     differs: dict
     val: dict[str, float]
     test: dict[str, float] | None = None
+    retry_of: int | None = None  # a retry's first trial, whose number its run folder bears
 
 
 def better(a: float, b: float, metric: str) -> bool:
@@ -110,7 +111,7 @@ def select(
 
 def _pick(role: str, row: TrialRow, val: dict, base: dict, folder: SweepFolder) -> Pick:
     run = str(folder.run_path(row.run_dir, row.number)) if row.run_dir else ""
-    return Pick(role, row.number, run, differs(row.recipe, base), val)
+    return Pick(role, row.number, run, differs(row.recipe, base), val, retry_of=row.retry_of)
 
 
 def selection_path(folder: SweepFolder, test: bool) -> Path:
@@ -148,7 +149,8 @@ def table(picks: list[Pick], names: list[str]) -> tuple[list[str], list[list[str
     rows = []
     for p in picks:
         diff = ", ".join(f"{k}={v}" for k, v in p.differs.items()) or "(base recipe)"
-        row = [p.role, str(p.trial), Path(p.run).name, diff]
+        trial = numbered(p.trial, p.retry_of).removeprefix("trial ")
+        row = [p.role, trial, Path(p.run).name, diff]
         row += [f"{p.val[m]:.4f}" for m in names]
         row += [f"{(p.test or {}).get(k, math.nan):.4f}" for k in test_keys]
         rows.append(row)

@@ -17,22 +17,24 @@ with no outcome (its worker stopped sending heartbeats; Optuna queued a retry).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from optuna.storages import BaseStorage
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 from cnnlab.plugins import import_from_environment, load_entry_points
 from cnnlab.recipe import best_row, validate
 from cnnlab.runs import RunFolder, RunInUse, write_json
-from cnnlab.sweeps.results import SURPLUS
+from cnnlab.sweeps.results import SURPLUS, numbered, retry_of
 from cnnlab.sweeps.spec import SweepSpec, apply_to
 from cnnlab.sweeps.storage import (
     WORKER_ATTR,
@@ -346,13 +348,14 @@ def run_worker(
         if settled + pending >= trials and not waiting:
             time.sleep(WATCH_S)  # the rest runs elsewhere: watch it
             continue
-        study.optimize(objective, n_trials=1, catch=(Exception,))
+        with hush_interrupts():
+            study.optimize(objective, n_trials=1, catch=(Exception,))
         if objective.last_outcome == "surplus":
             continue
         _say(study.get_trials(deepcopy=False)[objective.last_number], index, spec)
         failures = failures + 1 if objective.last_outcome == "error" else 0
         if failures >= meta.max_failures:
-            return f"stopped after {failures} consecutive failed trials"
+            return f"stopped after {counted(failures, 'consecutive failed trial')}"
 
 
 def _say(trial, index: int, spec: SweepSpec) -> None:
@@ -363,10 +366,43 @@ def _say(trial, index: int, spec: SweepSpec) -> None:
     params = "  ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
     )
-    epochs = trial.user_attrs.get("epochs", 0)
-    noun = "epoch" if epochs == 1 else "epochs"
-    print(f"[worker {index}] trial {trial.number} {outcome}{value} ({epochs} {noun})  {params}")
+    epochs = counted(trial.user_attrs.get("epochs", 0), "epoch")
+    name = numbered(trial.number, retry_of(trial))
+    print(f"[worker {index}] {name} {outcome}{value} ({epochs})  {params}")
     sys.stdout.flush()
+
+
+class _HushInterrupt(logging.Filter):
+    """Drops Optuna's log lines from the moment it logs a KeyboardInterrupt.
+
+    Optuna logs every trial that raised as a warning with its traceback, then re-raises.
+    For an error that is the bug report, and stays (beside cnnlab's `trial N failed:` line).
+    For Ctrl-C it is noise before cnnlab's one line ("error: interrupted; ... --resume"):
+    the interrupt record and Optuna's "failed with value None" line after it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        self.interrupted = self.interrupted or isinstance(error, KeyboardInterrupt)
+        return not self.interrupted
+
+
+@contextlib.contextmanager
+def hush_interrupts() -> Iterator[None]:
+    """Quiet Optuna about a Ctrl-C within the block. On its handlers, not its logger: a
+    logger's filter misses the records of Optuna's modules' own loggers (optuna.study...)."""
+    hush = _HushInterrupt()
+    handlers = list(logging.getLogger("optuna").handlers)
+    for handler in handlers:
+        handler.addFilter(hush)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(hush)
 
 
 # ----------------------------------------------------------- local processes
