@@ -194,18 +194,18 @@ def _set(row: int, column: str, value: str):
             "has no column 'area'; its columns: image, mask, kind, discs",
         ),
         (lambda r: r[:1], "has no rows under its header"),
-        (_set(5, "area", "n/a"), "line 6, column 'area': 'n/a' is not a number"),
-        (_set(7, "squares", ""), "line 8, column 'squares': '' is not a number"),
-        (_set(6, "area", "0,25"), "'0,25' is not a number (a decimal comma? write it with a"),
+        (_set(5, "area", "n/a"), "column 'area': not a number on line 6 ('n/a')"),
+        (_set(7, "squares", ""), "column 'squares': no value on line 8; fill in each empty cell"),
+        (_set(6, "area", "0,25"), "on line 7 ('0,25'); write numbers with a decimal point"),
         (
             _set(3, "image", "images/00001.png"),
-            "line 4, column 'image': images/00001.png is listed twice (first on line 3)",
+            "column 'image': a path listed twice on line 4 (images/00001.png, first on line 3)",
         ),
         (
             _set(2, "image", "../../etc/passwd"),
-            "line 3, column 'image': ../../etc/passwd leads outside",
+            "column 'image': a path leading outside the folder on line 3 (../../etc/passwd)",
         ),
-        (_set(4, "split", "holdout"), "line 5, column 'split': 'holdout' is none of"),
+        (_set(4, "split", "holdout"), "column 'split': not a split value on line 5 ('holdout')"),
     ],
     ids=["column", "empty", "number", "blank", "comma", "duplicate", "outside", "split"],
 )
@@ -226,6 +226,66 @@ def test_a_spreadsheets_semicolons_or_tabs_read_as_commas(shapes, tmp_path, sep)
     other.write_text(text, encoding="utf-8-sig", newline="")
     assert table.separator(other) == sep
     assert table._read(other).equals(table._read(shapes / "labels.csv"))  # columns too
+
+
+def semicolon_table(tmp_path: Path, shapes: Path, edit) -> dict:
+    """A copy of the shapes table, its numbers as floats changed by `edit(df)`, saved as a
+    spreadsheet where the decimal mark is a comma saves it: pandas'
+    `to_csv(sep=';', decimal=',')`."""
+    import pandas as pd
+
+    folder = tmp_path / "semicolons"
+    shutil.copytree(shapes, folder)
+    df = pd.read_csv(shapes / "labels.csv")
+    edit(df)
+    df.to_csv(folder / "labels.csv", sep=";", decimal=",", index=False)
+    return recipe_dict(folder, tmp_path)
+
+
+def test_a_semicolon_tables_decimal_commas_are_read_as_points(shapes, tmp_path):
+    """21,241 in a semicolon-separated table is 21.241 (it was "not a number", every row)."""
+
+    def edit(df):
+        df["area"] = df["area"] * 259.03  # 21,24046: decimals that could pass for thousands
+        df.loc[0, "area"] = 21.241
+
+    raw = semicolon_table(tmp_path, shapes, edit)
+    text = (tmp_path / "semicolons/labels.csv").read_text()
+    assert ";21,241;" in text and ";21,24046;" in text  # what pandas writes
+    rows = table.read_rows(load_recipe(raw).data)
+    areas = [float(r["area"]) * 259.03 for r in table_rows(shapes)]
+    areas[0] = 21.241
+    assert rows.values["area"].tolist() == pytest.approx(areas, rel=1e-6)
+    counts = [[float(r[c]) for c in ("discs", "squares", "triangles")] for r in table_rows(shapes)]
+    assert rows.values["counts"].tolist() == counts  # whole numbers, no mark: as they were
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["850", "1,234", "12,500"], "thousands or three decimals? on lines 3 ('1,234'), 4 ("),
+        (["850", "1.234", "12.500"], "thousands or three decimals? on lines 3 ('1.234'), 4 ("),
+        (["1,5", "2,25", "1.25"], "a decimal point among decimal commas on lines 4, 7, 10, "),
+        (["1.234,5", "2,5"], "a thousands separator on lines 2, 4, 6, 8, 10, and 95 more"),
+    ],
+    ids=["comma-groups", "point-groups", "mixed", "two-marks"],
+)
+def test_a_number_a_thousands_separator_may_have_written_is_refused(
+    shapes, tmp_path, values, message
+):
+    """In a semicolon-separated table a mark may be decimal or separate thousands: a column
+    where it cannot be told which is refused in one line, never read one way silently."""
+
+    def edit(df):
+        df["area"] = [values[i % len(values)] for i in range(len(df))]
+
+    raw = semicolon_table(tmp_path, shapes, edit)
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.train(raw)
+    assert f"column 'area': {message}" in str(err.value) and "\n" not in str(err.value)
+    fix = str(err.value).split("; ")[-1]  # one fix, once
+    assert fix.startswith("write numbers without thousands") or fix.endswith("same decimal mark")
+    assert no_runs(tmp_path)
 
 
 def test_windows_paths_and_split_names_in_capitals_read_and_a_wrong_folder_is_named(
@@ -266,7 +326,10 @@ def test_a_class_too_small_to_carve_and_a_link_outside_are_refused(shapes, tmp_p
     (folder / first).unlink()
     (folder / first).symlink_to(shapes / first)
     raw = recipe_dict(folder, tmp_path)
-    with pytest.raises(CnnlabError, match=f"line 2, column 'image': {first} leads outside"):
+    with pytest.raises(
+        CnnlabError,
+        match=f"column 'image': a path leading outside the folder on line 2 \\({first}\\)",
+    ):
         cnnlab.train(raw)
     assert no_runs(tmp_path)
 
@@ -321,7 +384,9 @@ def test_unreadable_images_are_skipped_with_a_warning_or_stop_the_run(shapes, tm
     ]
     assert len(ds.train) + len(ds.val) + len(ds.test) == ROWS - 2
     raw["data"]["on_bad_image"] = "stop"
-    with pytest.raises(CnnlabError, match="line 13, column 'mask': masks/00011.png does not exist"):
+    with pytest.raises(
+        CnnlabError, match=r"column 'mask': no such file on line 13 \(masks/00011.png\)"
+    ):
         cnnlab.train(raw)
     mask.write_bytes(kept)
     with pytest.raises(CnnlabError) as stop:
@@ -352,11 +417,10 @@ def test_files_that_do_not_exist_are_found_by_the_check_before_any_pixel(
         message = str(err.value)
         assert "\n" not in message and message.startswith(f"data.table: {tmp_path / 'bad'}")
         assert message.endswith(
-            "4 bad values: line 5, column 'image': images/00003.png does not exist; line 5, "
-            "column 'mask': masks/00003.png does not exist; line 13, column 'mask': "
-            "masks/00011.png does not exist; line 41, column 'image': images/typo.png does "
-            "not exist; correct the path of each file that does not exist or remove its row "
-            f"(paths are read from {tmp_path / 'bad'}: data.root when set, else the table's "
+            "4 bad values: column 'image': no such file on lines 5 (images/00003.png), 41 "
+            "(images/typo.png); column 'mask': no such file on lines 5 (masks/00003.png), 13 "
+            "(masks/00011.png); correct the path of each file that does not exist or remove its "
+            f"row (paths are read from {tmp_path / 'bad'}: data.root when set, else the table's "
             "folder), or set data.on_bad_image: skip to leave such rows out"
         )
         assert no_runs(tmp_path) and not (tmp_path / "cache").exists()  # nothing decoded
@@ -392,8 +456,9 @@ def test_a_files_state_is_one_lstat_links_resolved_only(tmp_path):
         assert table._file_state(base, rel, folders) == state, rel
 
 
-def test_problems_are_listed_by_line_and_counted_in_good_english(shapes, tmp_path):
-    """Problems are found column by column and listed by line; one is "1 bad value"."""
+def test_problems_are_grouped_by_column_and_kind_and_counted_in_good_english(shapes, tmp_path):
+    """Problems are found column by column and said by column and kind, a column's groups
+    together, in the order of their first lines; one is "1 bad value"."""
 
     def edits(rows):
         for row, column, value in [(150, "squares", "q"), (120, "area", "x"), (90, "split", "z"),
@@ -405,13 +470,83 @@ def test_problems_are_listed_by_line_and_counted_in_good_english(shapes, tmp_pat
     raw = bad_table(tmp_path, shapes, edits)
     with pytest.raises(CnnlabError) as err:
         cnnlab.train(raw)
-    lines = [part.split(",")[0] for part in str(err.value).split(": 7 bad values: ")[1].split("; ")]
-    assert lines == ["line 8", "line 8", "line 31", "line 61", "line 91", "and 2 more"]
-    assert "line 8, column 'image': no path; line 8, column 'area'" in str(err.value)
+    groups = str(err.value).split(": 7 bad values: ")[1].split("; ")[:5]
+    assert groups == [
+        "column 'image': no path on lines 8, 31",
+        "column 'area': not a number on lines 8 ('w'), 121 ('x')",
+        "column 'discs': not a number on line 61 ('y')",
+        "column 'split': not a split value on line 91 ('z')",
+        "column 'squares': not a number on line 151 ('q')",
+    ]
     assert "listed twice" not in str(err.value)  # two rows without a path are not one path
     raw = bad_table(tmp_path / "one", shapes, _set(5, "area", "n/a"))
-    with pytest.raises(CnnlabError, match=r"labels.csv: 1 bad value: line 6, column 'area'"):
+    with pytest.raises(CnnlabError, match=r"labels.csv: 1 bad value: column 'area'"):
         cnnlab.train(raw)
+
+
+def test_many_bad_values_are_every_group_named_with_each_fix_once(shapes, tmp_path):
+    """13 bad cells of two kinds were 5 listed one by one, "and 8 more", the decimal-comma
+    hint repeated on each: now every group is named, its lines cut with a count, and each
+    kind's fix said once."""
+
+    def edits(rows):
+        for row in (11, 39, 76, 80, 90, 100, 110, 120):
+            rows[row][rows[0].index("kind")] = ""
+        for row in (12, 19, 30, 50, 60):
+            rows[row][rows[0].index("area")] = f"0,{row}"
+        return rows
+
+    raw = bad_table(tmp_path, shapes, edits)
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.train(raw)
+    message = str(err.value)
+    assert "\n" not in message and ": 13 bad values: " in message
+    assert (
+        "column 'kind': no class on lines 12, 40, 77, 81, 91, and 3 more; column 'area': not a "
+        "number on lines 13 ('0,12'), 20 ('0,19'), 31 ('0,30'), 51 ('0,50'), 61 ('0,60'); fill "
+        "in each empty cell or remove its row (a row with an empty path or target stops the "
+        "run: none is skipped); write numbers with a decimal point"
+    ) in message
+    assert message.count("decimal point") == 1 and message.count("empty cell") == 1
+    assert no_runs(tmp_path)
+
+
+def test_an_absolute_path_is_refused_saying_where_paths_are_read_from(shapes, tmp_path):
+    """No path of a table may lead out of its folder (a rule of cnnlab's, for any list of
+    files); the line says what to write instead, once for every such path."""
+    absolute = str(shapes / "images/00001.png")
+    raw = bad_table(tmp_path, shapes, _set(2, "image", absolute))
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.train(raw)
+    assert str(err.value).endswith(
+        f"1 bad value: column 'image': a path leading outside the folder on line 3 ({absolute}); "
+        f"write paths relative to {tmp_path / 'bad'} (data.root when set, else the table's "
+        "folder): an absolute path, or a path or link leading out of it, is refused, as a "
+        "table's files must stay inside its folder"
+    )
+    assert no_runs(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["number", "vector"])
+def test_a_column_of_words_read_as_numbers_names_the_kind_to_set(shapes, tmp_path, kind):
+    """`kind: number` on a column of classes gave "200 bad values" and no word about the
+    recipe: the line says once that the column holds words, and what to set."""
+    raw = bad_table(tmp_path, shapes, lambda rows: rows)
+    targets = raw["data"]["targets"]
+    if kind == "number":
+        targets["area"]["column"] = "kind"
+        fix = "if they are classes, set data.targets.area.kind: category"
+    else:
+        targets["counts"]["columns"] = ["discs", "kind"]
+        fix = "take it out of data.targets.counts.columns (a vector's components are numbers"
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.train(raw)
+    message = str(err.value)
+    assert "column 'kind' holds words ('triangle', 'square', 'disc'), not numbers: " in message
+    assert fix in message
+    assert "200 bad values: column 'kind': not a number on lines 2 ('triangle')" in message
+    assert "write each number plainly" not in message and "\n" not in message
+    assert no_runs(tmp_path)
 
 
 def test_counted_says_one_thing_and_many_things():
@@ -748,6 +883,7 @@ def test_whole_groups_stay_in_one_split(shapes, tmp_path):
     raw["data"]["split"] = {"column": "split"}  # its first two rows, one subject, parted
     with pytest.raises(CnnlabError) as err:
         describe(load_recipe(raw).data)
-    assert "line 3, column 'subject': group 's0' is in test here and in train on line 2" in str(
-        err.value
-    )
+    assert (
+        "column 'subject': a group in two splits on line 3 ('s0': test here, train on line 2); "
+        "a group's rows belong in one split"
+    ) in str(err.value)

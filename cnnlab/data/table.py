@@ -25,10 +25,11 @@ refused under a geometric transform unless the recipe says how it changes:
 (a counter-clockwise quarter turn moves each column's value to the next).
 
 `describe()` reads the table and checks every row before any pixel is decoded: a missing
-column, an empty table, a value that is not a number, a duplicated path, a path or link
-leading outside the folder, an image or mask file that does not exist (its row skipped with
-a warning, or the run stopped: `on_bad_image`), an unknown split value, a class too small
-to carve from. Pixels are decoded once, in parallel, into the cache
+column, an empty table, an empty cell, a value that is not a number (a semicolon-separated
+table's decimal commas are read: 21,241; a thousands separator is refused), a duplicated
+path, a path or link leading outside the folder, an image or mask file that does not
+exist (its row skipped with a warning, or the run stopped: `on_bad_image`), an unknown
+split value, a class too small to carve from. Pixels are decoded once, in parallel, into the cache
 (cnnlab/data/decoded.py), which notices a changed image, mask or table. Decoding checks each
 mask against its image, from the headers it opens anyway: grey or palette, and its image's
 size (a colour mask or one of another size is refused with its reason, as on_bad_image says).
@@ -37,6 +38,7 @@ size (a colour mask or one of another size is refused with its reason, as on_bad
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass, field, replace
@@ -286,31 +288,84 @@ def _read(path: Path) -> Any:
         raise CnnlabError(f"data.table: {path}: cannot read it ({err})") from None
 
 
+# what to do about each kind of problem, said once at the end of the line
+FILL = (
+    "fill in each empty cell or remove its row (a row with an empty path or target stops "
+    "the run: none is skipped)"
+)
+PLAIN = (
+    "write each number plainly (0.25, 1e-3: a decimal point, no units or words), or remove its row"
+)
+COMMA = (
+    "write numbers with a decimal point and no thousands separator (0.25 and 1234, not 0,25 "
+    "and 1,234), or save the table separated by semicolons, whose decimal commas are read"
+)
+TWICE = "remove each repeated row, or correct its path"
+
+
 class _Problems:
-    """Bad rows collected over the whole table, reported in one line, in line order (they
-    are found column by column), with the fix of each kind once at its end."""
+    """Bad values collected over the whole table and reported in one line: grouped by
+    column and kind of problem, each group's lines listed compactly, and each kind's fix
+    said once at the end. Listed one by one and cut after five, a table with dozens of bad
+    cells was fixed five at a time, its hint repeated on every value."""
 
     def __init__(self, path: Path):
         self.path, self.csv = path, path.suffix.lower() not in (".parquet", ".pq")
-        self.found: list[tuple[int, str]] = []
-        self.fixes: dict[str, None] = {}  # an ordered set
+        # (column, kind) -> [(row, detail)], in the order the groups are first found
+        self.groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        self.fixes: dict[tuple[str, str], dict[str, None]] = {}  # (column, kind) -> fixes
+
+    def number(self, row: int) -> int:
+        return row + 2 if self.csv else row + 1  # CSV: the header is line 1
 
     def where(self, row: int) -> str:
-        return f"line {row + 2}" if self.csv else f"row {row + 1}"  # CSV: the header is line 1
+        return f"{'line' if self.csv else 'row'} {self.number(row)}"
 
-    def add(self, row: int, column: str, what: str, fix: str = "") -> None:
-        self.found.append((row, f"{self.where(row)}, column {column!r}: {what}"))
-        if fix:
-            self.fixes[fix] = None
+    def add(self, row: int, column: str, kind: str, detail: str = "", fix: str = "") -> None:
+        """One bad cell: its `kind` ("no class"), what is in it (its value or path) and
+        what to do about it."""
+        self.groups.setdefault((column, kind), []).append((row, detail))
+        self.fixes.setdefault((column, kind), {})[fix] = None
+
+    def refix(self, column: str, kind: str, fix: str) -> None:
+        """A better fix for a whole group, known once the column is read."""
+        if (column, kind) in self.groups:
+            self.fixes[column, kind] = {fix: None}
+
+    def _group(self, kind: str, found: list[tuple[int, str]]) -> str:
+        """`not a number on lines 6 ('n/a'), 9 ('x')`; what every line holds is said
+        once: `on lines 6, 9 (all 'n/a')`."""
+        found = sorted(found, key=lambda f: f[0])
+        details = {detail for _, detail in found}
+        shared = details.pop() if len(details) == 1 else None
+        items = [
+            f"{self.number(row)} ({detail})" if detail and shared is None else f"{self.number(row)}"
+            for row, detail in found
+        ]
+        unit = ("line" if self.csv else "row") + ("s" if len(found) > 1 else "")
+        tail = f" ({'all ' if len(found) > 1 else ''}{shared})" if shared else ""
+        return f"{kind} on {unit} {listed(items, ', ')}{tail}"
 
     def raise_any(self) -> None:
-        if self.found:
-            found = [text for _, text in sorted(self.found, key=lambda f: f[0])]  # stable
-            raise CnnlabError(
-                f"data.table: {self.path}: {counted(len(found), 'bad value')}: "
-                + listed(found)
-                + "".join(f"; {fix}" for fix in self.fixes)
-            )
+        """The line: the groups of a column together, in the order of their first lines,
+        then each fix once, in the same order."""
+        if not self.groups:
+            return
+        first = {key: min(row for row, _ in found) for key, found in self.groups.items()}
+        by_column: dict[str, int] = {}
+        for (column, _), row in sorted(first.items(), key=lambda f: f[1]):
+            by_column.setdefault(column, row)
+        order = sorted(self.groups, key=lambda key: (by_column[key[0]], first[key]))
+        n = sum(len(found) for found in self.groups.values())
+        fixes = dict.fromkeys(fix for key in order for fix in self.fixes[key] if fix)
+        parts = [
+            (f"column {column!r}: " if i == 0 or order[i - 1][0] != column else "")
+            + self._group(kind, self.groups[column, kind])
+            for i, (column, kind) in enumerate(order)
+        ]
+        raise CnnlabError(
+            f"data.table: {self.path}: {counted(n, 'bad value')}: " + "; ".join(parts + list(fixes))
+        )
 
 
 def _text(value: Any) -> str:
@@ -329,14 +384,24 @@ def _paths(
         rel = _text(value).strip().replace("\\", "/")
         out.append(rel)
         if not rel:
-            problems.add(row, column, "no path")
+            problems.add(row, column, "no path", fix=FILL)
             continue
         found = _file_state(base, rel, folders)
         if found == "outside":
-            problems.add(row, column, f"{rel} leads outside {base}")
+            problems.add(row, column, "a path leading outside the folder", rel, _fix_outside(base))
         elif found == "missing":
             absent.append((row, column, rel))
     return out
+
+
+def _fix_outside(base: Path) -> str:
+    """Where paths are read from, and why one leading out is refused (not read, not fixed):
+    no path a file lists may reach beyond the folder it names its files in."""
+    return (
+        f"write paths relative to {base} (data.root when set, else the table's folder): an "
+        "absolute path, or a path or link leading out of it, is refused, as a table's files "
+        "must stay inside its folder"
+    )
 
 
 def _file_state(
@@ -360,31 +425,117 @@ def _file_state(
     return "missing" if link and not os.path.exists(path) else "there"  # a dangling link
 
 
-def _numbers(df: Any, column: str, problems: _Problems) -> np.ndarray:
-    out = np.zeros(len(df), dtype=np.float32)
-    for row, value in enumerate(df[column].tolist()):
-        try:
-            number = float(_text(value))
-        except ValueError:
-            number = float("nan")
-        if not np.isfinite(number):
-            text = _text(value)
-            hint = " (a decimal comma? write it with a point)" if "," in text else ""
-            problems.add(row, column, f"{text!r} is not a number{hint}")
-        else:
-            out[row] = number
+# a number's characters: digits with commas or points, an exponent (pandas: 1,5e-05)
+NUMERIC = re.compile(r"[+-]?[\d.,]*\d[\d.,]*(?:[eE][+-]?\d+)?")
+WHOLE = re.compile(r"[+-]?\d+")
+# 1,234 or 1.234: three decimals, or a thousands separator?
+THOUSANDS = re.compile(r"[+-]?[1-9]\d{0,2}[.,]\d{3}")
+# what a thousands separator may have written, and its fix
+GROUPS = "a thousands separator", "write numbers without thousands separators: 1234,5"
+MIXED = "write every number of a column with the same decimal mark"
+AMBIGUOUS = (
+    "thousands or three decimals?",
+    "write numbers without thousands separators, and if these are decimals, the column's "
+    "whole numbers with three too (850,000)",
+)
+
+
+def _decimal_commas(texts: list[str], column: str, problems: _Problems) -> list[str | None]:
+    """A column of a semicolon-separated table (what a spreadsheet saves where the decimal
+    mark is a comma) with its decimal commas read as points: 21,241 is 21.241. What a
+    thousands separator may have written is refused (None), never guessed: two marks in a
+    number (1.234,5), commas and points in one column, or every mark followed by three
+    digits beside whole numbers written without one (850; 1,234)."""
+    marked = {r: t for r, t in enumerate(texts) if NUMERIC.fullmatch(t) and not WHOLE.fullmatch(t)}
+    out: list[str | None] = list(texts)
+
+    def refuse(rows: list[int], kind: str, fix: str) -> None:
+        for row in rows:
+            problems.add(row, column, kind, repr(texts[row]), fix)
+            out[row] = None
+
+    refuse([r for r, t in marked.items() if t.count(",") + t.count(".") > 1], *GROUPS)
+    single = {r: t for r, t in marked.items() if out[r] is not None}
+    commas = [r for r, t in single.items() if "," in t]
+    points = [r for r, t in single.items() if "." in t]
+    if commas and points:  # the fewer are the odd ones out
+        odd, marks = (
+            (points, ("point", "commas"))
+            if len(points) <= len(commas)
+            else (commas, ("comma", "points"))
+        )
+        refuse(odd, "a decimal {} among decimal {}".format(*marks), MIXED)
+    elif _thousands(single, texts):
+        refuse(list(single), *AMBIGUOUS)
+    for row in commas:
+        if out[row] is not None:
+            out[row] = texts[row].replace(",", ".")
     return out
 
 
+def _thousands(marked: dict[int, str], texts: list[str]) -> bool:
+    """Whether every marked value may be a thousands group (1,234 or 1.234, no leading 0)
+    and whole numbers beside them have no mark: 850; 1,234 may be 850 and 1234."""
+    shaped = bool(marked) and all(THOUSANDS.fullmatch(t) for t in marked.values())
+    return shaped and any(WHOLE.fullmatch(t) for t in texts)
+
+
+def _numbers(
+    df: Any, column: str, problems: _Problems, target: str, comma: bool, vector: bool = False
+) -> np.ndarray:
+    """(N,) float32 values of a number column (of `target`, a component when `vector`);
+    `comma`: the table is separated by semicolons, so a decimal comma is read
+    (_decimal_commas)."""
+    texts = [_text(v).strip() for v in df[column].tolist()]
+    read = _decimal_commas(texts, column, problems) if comma else texts
+    out = np.zeros(len(df), dtype=np.float32)
+    words: list[str] = []
+    for row, (text, value) in enumerate(zip(texts, read, strict=True)):
+        if value is None:  # refused by _decimal_commas
+            continue
+        if not value:
+            problems.add(row, column, "no value", fix=FILL)
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if np.isfinite(number):
+            out[row] = number
+            continue
+        fix = COMMA if "," in text and not comma else PLAIN  # a ';' table read its commas
+        problems.add(row, column, "not a number", repr(text), fix)
+        words.append(text)
+    if len(words) * 2 > sum(map(bool, texts)):  # most are not numbers: another kind?
+        problems.refix(column, "not a number", _wrong_kind(column, target, words, vector))
+    return out
+
+
+def _wrong_kind(column: str, target: str, words: list[str], vector: bool) -> str:
+    """The fix when most of a number column is words: it holds classes, and "327 bad
+    values" gave no hint that the recipe, not the table, was wrong."""
+    some = listed([repr(w) for w in dict.fromkeys(words)], ", ", most=3)
+    if vector:
+        return (
+            f"column {column!r} holds words ({some}), not numbers: take it out of "
+            f"data.targets.{target}.columns (a vector's components are numbers, and a column "
+            "of classes is a target of its own, kind: category)"
+        )
+    return (
+        f"column {column!r} holds words ({some}), not numbers: if they are classes, set "
+        f"data.targets.{target}.kind: category"
+    )
+
+
 def _categories(
-    df: Any, column: str, listed: list[str] | None, problems: _Problems
+    df: Any, column: str, listed: list[str] | None, problems: _Problems, target: str
 ) -> tuple[np.ndarray, list[str]]:
     """(class index per row, class names): the recipe's list, else the sorted distinct values
     (numerically when every value is an integer)."""
     raw = [_text(v).strip() for v in df[column].tolist()]
     for row, value in enumerate(raw):
         if not value:
-            problems.add(row, column, "no class")
+            problems.add(row, column, "no class", fix=FILL)
     present = sorted({v for v in raw if v})
     if listed is not None:
         names = list(listed)
@@ -396,7 +547,8 @@ def _categories(
     labels = np.zeros(len(raw), dtype=np.int64)
     for row, value in enumerate(raw):
         if value and value not in index:
-            problems.add(row, column, f"{value!r} is not one of the listed classes")
+            fix = f"add each such value to data.targets.{target}.classes, or correct it"
+            problems.add(row, column, "not a listed class", repr(value), fix)
         labels[row] = index.get(value, 0)
     return labels, names
 
@@ -416,7 +568,9 @@ def _splits(df: Any, cfg: SplitColumn, problems: _Problems) -> np.ndarray:
         text = _text(value).strip()
         if text.casefold() not in codes:
             known = ", ".join(sorted(codes))
-            problems.add(row, cfg.column, f"{text!r} is none of {known} (data.split)")
+            fix = f"write a split as one of {known} (in any case), or add the value to "
+            fix += "data.split.train, data.split.val or data.split.test"
+            problems.add(row, cfg.column, "not a split value", repr(text), fix)
         out[row] = codes.get(text.casefold(), 0)
     return out
 
@@ -429,14 +583,15 @@ def _groups(df: Any, column: str, split: np.ndarray | None, problems: _Problems)
     for row, value in enumerate(df[column].tolist()):
         text = _text(value).strip()
         if not text:
-            problems.add(row, column, "no group")
+            problems.add(row, column, "no group", fix=FILL)
         out[row] = first.setdefault(text, row)
         if split is not None and split[row] != split[out[row]]:
             parts = ("train", "val", "test")
+            there = f"{parts[split[out[row]]]} on {problems.where(out[row])}"
             problems.add(
-                row, column, f"group {text!r} is in {parts[split[row]]} here and in "
-                f"{parts[split[out[row]]]} on {problems.where(out[row])}; a group's rows "
-                "belong in one split",
+                row, column, "a group in two splits",
+                f"{text!r}: {parts[split[row]]} here, {there}",
+                "a group's rows belong in one split: correct their split or group values",
             )  # fmt: skip
     return out
 
@@ -460,6 +615,7 @@ def read_rows(cfg: TableConfig) -> Rows:
     if len(df) == 0:
         raise CnnlabError(f"data.table: {path} has no rows under its header")
     problems = _Problems(path)
+    comma = problems.csv and separator(path) == ";"  # decimal commas may be read
     absent: list[tuple[int, str, str]] = []  # files named that do not exist
     images = _paths(df, cfg.image_column, base, problems, absent)
     masks, values, classes = {}, {}, {}
@@ -469,17 +625,18 @@ def read_rows(cfg: TableConfig) -> Rows:
             if spec.classes:
                 classes[name] = list(spec.classes)
         elif spec.kind == "category":
-            values[name], classes[name] = _categories(df, spec.column, spec.classes, problems)
+            values[name], classes[name] = _categories(df, spec.column, spec.classes, problems, name)
         elif spec.kind == "number":
-            values[name] = _numbers(df, spec.column, problems)
+            values[name] = _numbers(df, spec.column, problems, name, comma)
         else:
-            values[name] = np.stack([_numbers(df, c, problems) for c in spec.columns], axis=1)
+            parts = [_numbers(df, c, problems, name, comma, vector=True) for c in spec.columns]
+            values[name] = np.stack(parts, axis=1)
     split = _splits(df, cfg.split, problems) if cfg.split else None
     groups = _groups(df, cfg.group_column, split, problems) if cfg.group_column else None
     _no_duplicates(images, cfg.image_column, problems)
     if cfg.on_bad_image == "stop":
         for row, column, rel in absent:
-            problems.add(row, column, f"{rel} does not exist", _fix_absent(base, True))
+            problems.add(row, column, "no such file", rel, _fix_absent(base, True))
     problems.raise_any()
     rows = Rows(path.resolve(), base, images, masks, values, classes, split, (0, 0, 0), groups)
     if absent:  # on_bad_image: skip
@@ -531,9 +688,8 @@ def _no_duplicates(images: list[str], column: str, problems: _Problems) -> None:
             continue
         key = os.path.normpath(rel)
         if key in first:
-            problems.add(
-                row, column, f"{rel} is listed twice (first on {problems.where(first[key])})"
-            )
+            where = f"{rel}, first on {problems.where(first[key])}"
+            problems.add(row, column, "a path listed twice", where, TWICE)
         first.setdefault(key, row)
 
 
