@@ -29,6 +29,7 @@ from cnnlab.viz.base import write_png
 # (section id, title, figure names): the order of report.html
 SECTIONS = [
     ("curves", "Learning curves", ["curves"]),
+    ("data", "Data", ["data"]),
     ("predictions", "Predictions", ["predictions", "mistakes"]),
     ("confusion", "Confusion", ["confusion"]),
     ("reliability", "Calibration", ["reliability"]),

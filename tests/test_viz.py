@@ -38,6 +38,7 @@ from cnnlab.viz.confusion import (
     group_accuracy,
     group_errors,
 )
+from cnnlab.viz.data_makeup import rare_classes
 from cnnlab.viz.dead_units import dead_table
 from cnnlab.viz.features import _filter_images, capture
 from cnnlab.viz.guided import guided_gradient
@@ -174,6 +175,27 @@ def test_many_classes_stay_readable(tmp_path):
     assert len(charts["confused_pairs_cls"].table) == 15
     for chart in charts.values():
         assert chart.save(tmp_path).stat().st_size > 2000
+
+
+def test_the_data_figure_counts_each_split_and_names_the_rare_classes(view):
+    (chart,) = make_charts(view, "data")
+    sizes = {s: len(view.split(s)) for s in ("train", "val", "test")}
+    assert chart.extra["sizes"] == sizes
+    assert chart.caption.startswith(
+        f"Images: train {sizes['train']:,}, validation {sizes['val']:,}, test {sizes['test']:,}."
+    )
+    labels = chart.extra["counts"]["label"]  # cls reads it; ink is drawn as a histogram
+    for split, counts in labels.items():
+        truth = view.split(split).targets["label"]
+        assert counts == torch.bincount(truth, minlength=10).tolist(), split
+    assert set(chart.extra["counts"]) == {"label"}
+    assert chart.caption.endswith("Every class has at least 10 training images.")
+    names = [f"c{i}" for i in range(4)]
+    rare = rare_classes("kind", names, {"train": [50, 3, 40, 9], "val": [5, 1, 4, 0]})
+    assert rare == [
+        "kind: few images in 'c1' (3 train, 1 validation); 'c3' (9 train, 0 validation): "
+        "their metrics rest on those few (one image moves a per-class accuracy by many points)."
+    ]
 
 
 def test_regression_figure_agrees_with_the_test_metrics(view):

@@ -19,6 +19,7 @@ from cnnlab.viz.attributions import attributions
 from cnnlab.viz.base import Chart
 from cnnlab.viz.confusion import confusion
 from cnnlab.viz.curves import curves
+from cnnlab.viz.data_makeup import data_makeup
 from cnnlab.viz.dead_units import dead_units
 from cnnlab.viz.features import feature_maps, filters
 from cnnlab.viz.guided import guided_backprop
@@ -40,6 +41,9 @@ class FigureSpec:
 
 FIGURES: dict[str, FigureSpec] = {
     "curves": FigureSpec(curves, "train/val loss and metrics per epoch, one panel per task"),
+    "data": FigureSpec(
+        data_makeup, "each target per split: images per class (few named), values' histograms"
+    ),
     "predictions": FigureSpec(predictions, "grid of test images, true vs predicted (--grid)"),
     "mistakes": FigureSpec(
         mistakes, "worst test images: surest wrong classes, largest regression errors (--images)"

@@ -1,0 +1,105 @@
+"""What the run learnt from and was judged on: each target's make-up in train, validation and
+test. A class with a handful of images gets metrics that rest on those few (its per-class
+accuracy is 0 % or 100 % by one image); a regression whose test values lie outside the
+training range is asked to extrapolate. Both are read off here before any metric is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from matplotlib.ticker import FuncFormatter
+
+from cnnlab.errors import listed
+from cnnlab.viz.base import Chart, new_figure, shorten
+from cnnlab.viz.run_view import RunView
+
+SPLITS = ("train", "val", "test")
+FEW = 10  # a class with fewer training images than this is named in the caption
+LABELLED = 30  # up to this many classes every bar is named
+BINS = 30
+
+
+def data_makeup(view: RunView) -> list[Chart]:
+    """One chart: per target the tasks read, its images per class and split (bars), its
+    labelled pixels per class for a mask, or its values' histogram per split."""
+    targets = list(dict.fromkeys(cfg.target for cfg in view.recipe.tasks.values()))
+    splits = {s: view.split(s) for s in SPLITS if len(view.split(s))}
+    sizes = {s: len(split) for s, split in splits.items()}
+    fig = new_figure(min(4.2 * len(targets), 12.6), 3.2)
+    axes = np.atleast_1d(fig.subplots(1, len(targets)))
+    counts: dict[str, dict[str, list[int]]] = {}
+    notes: list[str] = []
+    per_image: list[str] = []  # class targets counted in images (a mask's: in pixels)
+    for ax, target in zip(axes, targets, strict=True):
+        values = {s: view.splits.values(s, target) for s in splits}
+        names = view.classes.get(target)
+        if names is not None:
+            counts[target] = {s: _class_counts(v, len(names)) for s, v in values.items()}
+            unit = "pixels" if next(iter(values.values())).ndim >= 3 else "images"
+            _bars(ax, target, unit, names, counts[target])
+            if unit == "images":
+                per_image.append(target)
+                notes += rare_classes(target, names, counts[target])
+        else:
+            _histograms(ax, target, values)
+    said = ", ".join(f"{_split_name(s)} {n:,}" for s, n in sizes.items())
+    enough = f"Every class has at least {FEW} training images." if per_image and not notes else ""
+    caption = " ".join([f"Images: {said}.", *notes, enough]).strip()
+    extra = {"sizes": sizes, "counts": counts}
+    return [Chart("data", "Data", fig, caption, extra=extra)]
+
+
+def _class_counts(values: torch.Tensor, classes: int) -> list[int]:
+    """Images per class, or labelled pixels per class for a mask (N, H, W): its unlabelled
+    pixels come as a negative class and count in none."""
+    flat = values.flatten().long()
+    flat = flat[flat >= 0]
+    return torch.bincount(flat, minlength=classes)[:classes].tolist()
+
+
+def _bars(ax, target: str, unit: str, names: list[str], counts: dict[str, list[int]]) -> None:
+    k = len(names)
+    width = 0.8 / len(counts)
+    for i, (split, n) in enumerate(counts.items()):
+        ax.bar(np.arange(k) + i * width - 0.4 + width / 2, n, width, label=_split_name(split))
+    if k <= LABELLED:
+        ax.set_xticks(range(k), [shorten(c, 14) for c in names], rotation=60, ha="right")
+    else:
+        ax.set_xlabel(f"{k} classes")
+    ax.set(title=f"{target}: {unit} per class", ylabel=unit)
+    if any(n and min(n) > 0 and max(n) / max(1, min(n)) > 20 for n in counts.values()):
+        ax.set_yscale("log")  # a class 20x rarer than another still shows
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))  # no mathtext
+    ax.legend(fontsize=7)
+
+
+def _histograms(ax, target: str, values: dict[str, torch.Tensor]) -> None:
+    flat = {s: v.float().flatten().cpu().numpy() for s, v in values.items()}
+    lo = min(float(v.min()) for v in flat.values() if v.size)
+    hi = max(float(v.max()) for v in flat.values() if v.size)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1, BINS + 1)
+    for split, v in flat.items():
+        ax.hist(v, edges, density=True, histtype="step", linewidth=1.4, label=_split_name(split))
+    ax.set(title=f"{target}: values", xlabel=target, ylabel="share of images (density)")
+    ax.legend(fontsize=7)
+
+
+def rare_classes(target: str, names: list[str], counts: dict[str, list[int]]) -> list[str]:
+    """A sentence per class with fewer than FEW training images (at most five named)."""
+    train = counts.get("train", [])
+    rare = [c for c, n in enumerate(train) if n < FEW]
+    if not rare:
+        return []
+    said = [
+        f"{names[c]!r} (" + ", ".join(f"{counts[s][c]} {_split_name(s)}" for s in counts) + ")"
+        for c in rare
+    ]
+    return [
+        f"{target}: few images in {listed(said, most=5)}: their metrics rest on those few "
+        "(one image moves a per-class accuracy by many points)."
+    ]
+
+
+def _split_name(split: str) -> str:
+    return {"val": "validation"}.get(split, split)
