@@ -259,7 +259,7 @@ def test_16_bit_and_float_grey_images_span_0_to_255(tmp_path):
         assert decode_image(tmp_path / name, 64, "squash").shape == (3, 64, 64)
 
 
-def test_a_12_bit_cameras_images_span_0_to_255_with_data_bits(tmp_path, monkeypatch):
+def test_a_12_bit_cameras_images_span_0_to_255_with_data_bits(tmp_path, monkeypatch, capsys):
     """A 12-bit camera's 0-4095 in 16-bit files: read as 16 bits they kept 16 grey levels,
     near black; `bits: 12` spreads them over 0-255, for files and uint16 arrays alike."""
     from cnnlab.inference import to_batch
@@ -285,6 +285,8 @@ def test_a_12_bit_cameras_images_span_0_to_255_with_data_bits(tmp_path, monkeypa
     for bits, lo, hi in ((16, 10, 16), (12, 240, 255)):  # the brightest row, resized to 16 px
         _, pixels, _ = imf.cached_pixels(cfg_of(tmp_path / "plates", bits=bits, channels=1))
         assert lo <= int(pixels[:].max()) <= hi
+        warned = "is 16-bit but its values reach only 4,095 (12 bits)" in capsys.readouterr().err
+        assert warned == (bits == 16)
     with pytest.raises(ValueError, match="bits"):
         cfg_of(tmp_path, bits=20)
 

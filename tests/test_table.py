@@ -101,6 +101,36 @@ def test_load_gives_each_target_its_type_and_masks_their_images(shapes, tmp_path
     assert (t["mask"][0] > 0).float().mean().item() == pytest.approx(float(first["area"]), abs=1e-3)
 
 
+def test_a_12_bit_cameras_table_reads_bright_with_data_bits_and_says_what_it_chose(
+    tmp_path, capsys
+):
+    folder = tmp_path / "cam"
+    (folder / "images").mkdir(parents=True)
+    ramp = np.linspace(0, 4095, 24 * 32).reshape(24, 32).astype(np.uint16)  # 0-4095
+    lines = ["image,kind"]
+    for i in range(30):
+        Image.fromarray(ramp).save(folder / "images" / f"{i:02d}.png")
+        lines.append(f"images/{i:02d}.png,{'ab'[i % 2]}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    targets = {"kind": {"kind": "category", "column": "kind"}}
+    brightest = {}
+    for bits in (16, 12):
+        cfg = table.TableConfig(table=str(folder / "labels.csv"), targets=targets, bits=bits)
+        brightest[bits] = int(table.load(cfg).train.images[:].max())
+        said = capsys.readouterr().err
+        assert (
+            "table: images become grey (1 channel), 24 x 24 px, as the first image, "
+            "images/00.png, is; set data.channels and data.image_size to choose"
+        ) in said
+        dark = (
+            "table: the first image, 00.png, is 16-bit but its values reach only 4,095 (12 "
+            "bits): read as 16 bits it decodes dark; if its camera writes 12-bit values, set "
+            "data.bits: 12"
+        )
+        assert (dark in said) == (bits == 16), said
+    assert brightest[16] <= 16 and brightest[12] >= 250
+
+
 def test_parquet_and_carved_splits_and_integer_classes(shapes, tmp_path):
     import pandas as pd
 

@@ -97,6 +97,27 @@ def eight_bit(im: Image.Image, bits: int = 16) -> Image.Image:
     return Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8), "L")
 
 
+def dark_warning(path: Path, bits: int, label: str) -> None:
+    """One line when a 16-bit image's values reach far below what `bits` makes white: a
+    12-bit camera's 0-4095 read as 16 bits decode near black. Read off the set's first
+    image (a camera writes all its images at one depth); nothing is said otherwise."""
+    try:
+        with open_image(path) as im:
+            if im.mode not in WIDE or WIDE[im.mode] == 1.0:
+                return
+            top = int(im.getextrema()[1])
+    except Exception:  # unreadable: its decoding says so
+        return
+    used = max(8, top.bit_length())
+    if used <= bits - 2:  # a quarter of the range or less
+        print(
+            f"{label}: the first image, {path.name}, is 16-bit but its values reach only "
+            f"{top:,} ({used} bits): read as {bits} bits it decodes dark; if its camera "
+            f"writes {used}-bit values, set data.bits: {used}",
+            file=sys.stderr,
+        )
+
+
 def decode_image(
     path: str | Path, size: int, resize: str, mode: str = "RGB", bits: int = 16
 ) -> np.ndarray:

@@ -37,7 +37,7 @@ from pydantic import Field
 
 from cnnlab.data.augment import UNCHANGED, LabelMap
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
-from cnnlab.data.decoded import cached_decode, decode_image
+from cnnlab.data.decoded import cached_decode, dark_warning, decode_image
 from cnnlab.data.files import named_dir, stays_inside
 from cnnlab.data.mapped import MappedImages, Pixels
 from cnnlab.data.memory import Storage
@@ -279,6 +279,8 @@ def cached_pixels(cfg: ImageFolderConfig) -> tuple[Scan, Pixels, list[tuple]]:
     _two_classes(found, cfg)
     rels = [f[0] for f in found.files]
     size, mode = cfg.image_size, "L" if cfg.channels == 1 else "RGB"
+    if rels:
+        dark_warning(found.root / rels[0], cfg.bits, CACHE_NAME)
     decoded = cached_decode(
         CACHE_NAME,
         [str(found.root), size, cfg.resize, FORMAT, cfg.channels, cfg.bits],

@@ -56,6 +56,7 @@ from cnnlab.data.decoded import (
     WIDE,
     Refused,
     cached_decode,
+    dark_warning,
     decode_mask,
     open_image,
     read_image,
@@ -153,6 +154,9 @@ class TableConfig(DataSection):
     # images become image_size x image_size; None: the first image's shorter side
     image_size: int | None = Field(None, ge=8)
     resize: Literal["crop", "squash"] = "crop"  # crop: the centre square of the shorter side
+    # 16-bit images: the bits their values use, 2**bits - 1 read as white (12: a 12-bit
+    # camera's 0-4095; as 16 bits they would keep 16 grey levels, near black)
+    bits: int = Field(16, ge=9, le=16)
     channels: Literal[1, 3] | None = None  # 1 grey, 3 RGB; None: as the first image is
     test_fraction: float = Field(0.2, gt=0.0, lt=0.9)  # carved when there is no split column
     on_bad_image: Literal["skip", "stop"] = "skip"  # a missing or unreadable image or mask
@@ -751,6 +755,20 @@ def _shape(cfg: TableConfig, rows: Rows) -> tuple[int, int, int]:
     return (channels, cfg.image_size or max(8, size), cfg.image_size or max(8, size))
 
 
+def _say_shape(cfg: TableConfig, rows: Rows) -> None:
+    """One line when the input's channels or size came from the first image, not the recipe:
+    with grey and colour files mixed, sorting the table would otherwise change the model."""
+    if cfg.channels is not None and cfg.image_size is not None:
+        return
+    c, s, _ = rows.shape
+    said = [f"{'grey' if c == 1 else 'colour'} ({counted(c, 'channel')})", f"{s} x {s} px"]
+    print(
+        f"table: images become {', '.join(said)}, as the first image, {rows.images[0]}, is; "
+        "set data.channels and data.image_size to choose",
+        file=sys.stderr,
+    )
+
+
 # ------------------------------------------------------------------------------ source
 
 
@@ -809,7 +827,7 @@ def _identity(rows: Rows, cfg: TableConfig) -> list:
             return [None, None]
 
     files = rows.images + [p for paths in rows.masks.values() for p in paths]
-    return [FORMAT, str(rows.table), stat(rows.table), list(rows.shape), cfg.resize] + [
+    return [FORMAT, str(rows.table), stat(rows.table), list(rows.shape), cfg.resize, cfg.bits] + [
         [rel, *stat(rows.base / rel)] for rel in files
     ]
 
@@ -822,7 +840,7 @@ def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, Pixels], list[int]]:
     shapes = {"images": rows.shape, **{name: (s, s) for name in rows.masks}}
 
     def one(i: int) -> dict[str, np.ndarray]:
-        image, seen = read_image(rows.base / rows.images[i], s, cfg.resize, mode)
+        image, seen = read_image(rows.base / rows.images[i], s, cfg.resize, mode, cfg.bits)
         out = {"images": image}
         for name, paths in rows.masks.items():
             try:
@@ -835,8 +853,10 @@ def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, Pixels], list[int]]:
         " / ".join([rows.images[i], *(paths[i] for paths in rows.masks.values())])
         for i in range(len(rows.images))
     ]
-    key = [str(rows.table), str(rows.base), list(rows.shape), cfg.resize, FORMAT]
+    key = [str(rows.table), str(rows.base), list(rows.shape), cfg.resize, cfg.bits, FORMAT]
     _warn_absent(rows)
+    _say_shape(cfg, rows)
+    dark_warning(rows.base / rows.images[0], cfg.bits, "table")
     decoded = cached_decode(
         "table", key, _identity(rows, cfg), names, shapes, one, storage=cfg.storage
     )
