@@ -1,13 +1,22 @@
+import json
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from cnnlab.build import build
 from cnnlab.errors import CnnlabError
+from cnnlab.evaluation import evaluate_run
+from cnnlab.experiment import train
+from cnnlab.loop import Trainer
 from cnnlab.models import create_model
+from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks import EpochMeter, TargetSpec, Task, task_class, total_loss
+from cnnlab.tasks.classification import ClassificationConfig
 from cnnlab.tasks.regression import Regression, RegressionConfig
 from tests.conftest import fitted_tasks
+from tests.test_train import comparable, interrupt_after
 
 
 def test_metrics_match_hand_computation(tiny):
@@ -120,3 +129,65 @@ def test_a_metric_of_one_value_per_component_is_named_by_them():
     assert Task.epoch_values(task, computed) == {"f1_cat": 0.5, "f1_dog": 0.75, "exact": 0.25}
     with pytest.raises(CnnlabError, match=r"^tasks.tags: metric 'f1' gave values of shape \(3,\)"):
         Task.epoch_values(task, {"f1": torch.tensor([0.5, 0.75, 1.0])})
+
+
+# ---------------------------------------------------------------- class weights
+
+
+def classification(**cfg):
+    config = ClassificationConfig(target="label", head={"hidden": [], "dropout": 0}, **cfg)
+    return task_class(config)("cls", config)
+
+
+def test_balanced_class_weights_are_total_over_classes_times_count_scaled_to_mean_1():
+    task = classification(class_weights="balanced")
+    labels = torch.tensor([0] * 160 + [1] * 70 + [2] * 35 + [3] * 20)  # the training split
+    task.fit(TargetSpec(classes=["a", "b", "c", "d"]), lambda: labels)
+    raw = torch.tensor([285 / (4 * n) for n in (160, 70, 35, 20)], dtype=torch.float64)
+    torch.testing.assert_close(task.weights, (raw / raw.mean()).float())
+    head = task.head(SimpleNamespace(num_features=5))
+    assert torch.equal(head.class_weight, task.weights)  # saved with the head's weights
+
+
+def test_the_weighted_loss_is_torchs_weighted_cross_entropy():
+    task = classification(class_weights=[1.0, 2.0, 0.5], label_smoothing=0.1)
+    task.fit(TargetSpec(classes=["a", "b", "c"]))
+    head = task.head(SimpleNamespace(num_features=5))
+    out, target = torch.randn(6, 3), torch.tensor([0, 1, 2, 2, 1, 0])
+    expected = F.cross_entropy(
+        out, target, weight=torch.tensor([1.0, 2.0, 0.5]), label_smoothing=0.1
+    )
+    torch.testing.assert_close(task.loss(head, out, target), expected)
+    assert not torch.isclose(expected, F.cross_entropy(out, target, label_smoothing=0.1))
+
+
+def test_class_weights_of_the_wrong_length_are_one_line():
+    task = classification(class_weights=[1.0, 2.0])
+    with pytest.raises(CnnlabError) as error:
+        task.fit(TargetSpec(classes=["a", "b", "c"]))
+    assert str(error.value) == (
+        "tasks.cls.class_weights has 2 entries for 3 classes; give one per class, or "
+        "balanced, or none"
+    )
+
+
+def test_balanced_class_weights_train_and_resume_exactly(tiny):
+    recipe = tiny("train.epochs=2", "tasks.cls.class_weights=balanced")
+    built = build(recipe)
+    counts = torch.bincount(built.splits.values("train", "label"), minlength=10).double()
+    raw = counts.sum() / (10 * counts)
+    weights = (raw / raw.mean()).float()
+    torch.testing.assert_close(built.model.heads["cls"].class_weight, weights)
+    reference = train(recipe)
+    saved = load_checkpoint(reference.best_path)["model"]
+    torch.testing.assert_close(saved["heads.cls.class_weight"], weights)
+    # the test loss of the reloaded run is weighted as the trained one's
+    assert evaluate_run(reference.path) == json.loads(reference.test_path.read_text())
+    run = RunFolder.create(recipe)
+    first = Trainer(build(recipe), run)
+    interrupt_after(first, 7)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    resumed = train(recipe, resume=run.path)
+    assert comparable(resumed) == comparable(reference)
+    assert json.loads(resumed.test_path.read_text()) == json.loads(reference.test_path.read_text())

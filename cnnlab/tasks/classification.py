@@ -27,6 +27,10 @@ class ClassificationConfig(TaskSection):
     type: Literal["classification"] = "classification"
     loss: Literal["cross_entropy"] = "cross_entropy"  # the only loss of a classification
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # 0.1: the true class gets 0.9 + 0.01
+    # Each class's weight in the loss: none (all 1), balanced (the inverse of its share of the
+    # training images, scaled to mean 1: a rare class counts as much as a common one), or one
+    # per class. Metrics stay unweighted.
+    class_weights: Literal["none", "balanced"] | list[float] = "none"
 
 
 class ClassificationHead(MLPHead):
@@ -70,16 +74,55 @@ class Classification(Task):
                 "make this task type: pixel_classification"
             )
         self.info = TargetInfo(classes=list(spec.classes))
+        self.weights = self.class_weights(values)
+
+    def class_weights(self, values: Callable[[], torch.Tensor] | None) -> torch.Tensor | None:
+        """The loss's class weights (`class_weights`), from the training split's labels for
+        balanced: total / (classes × count), scaled to mean 1 (a class with no label: 0). None
+        when they come with the head's weights (a checkpoint)."""
+        choice, k = self.cfg.class_weights, self.num_classes
+        if isinstance(choice, list):
+            if len(choice) != k:
+                raise CnnlabError(
+                    f"tasks.{self.name}.class_weights has {len(choice)} entries for {k} "
+                    "classes; give one per class, or balanced, or none"
+                )
+            return torch.tensor(choice, dtype=torch.float32)
+        if choice == "none":
+            return torch.ones(k)
+        if values is None:
+            return None
+        labels = values().flatten().cpu()
+        count = torch.bincount(labels[labels >= 0], minlength=k).double()  # pixels: NO_CLASS < 0
+        weight = torch.where(count > 0, count.sum() / (k * count.clamp_min(1)), 0.0)
+        return (weight * k / weight.sum()).float()
+
+    def carry_weights(self, head: nn.Module) -> nn.Module:
+        """`head` with the loss's class weights in its buffer `class_weight`, saved with its
+        weights, so a resumed or reloaded run weighs its loss as the one that trained it. A
+        classification without class weights gets no buffer: its keys stay those of older
+        checkpoints."""
+        if not hasattr(head, "class_weight"):
+            if self.cfg.class_weights == "none":
+                return head
+            head.register_buffer("class_weight", torch.ones(self.num_classes))
+        if self.weights is not None:
+            head.class_weight.copy_(self.weights)
+        return head
 
     @property
     def num_classes(self) -> int:
         return len(self.info.classes or ())
 
     def head(self, backbone: Backbone) -> nn.Module:
-        return ClassificationHead(backbone.num_features, self.num_classes, self.cfg.head)
+        head = ClassificationHead(backbone.num_features, self.num_classes, self.cfg.head)
+        return self.carry_weights(head)
 
     def loss(self, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(out.float(), target, label_smoothing=self.cfg.label_smoothing)
+        weight = getattr(head, "class_weight", None)  # None: class_weights none
+        return F.cross_entropy(
+            out.float(), target, weight=weight, label_smoothing=self.cfg.label_smoothing
+        )
 
     def step_sums(self, pred: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
         return [(pred == target).float().mean()]

@@ -66,8 +66,8 @@ class PixelHead(nn.Module):
 
 
 class PixelClassification(Classification):
-    """A classification of every pixel: the class's per-step accuracy and its metrics by
-    name; its own head, loss, class weights and figures."""
+    """A classification of every pixel: the class's per-step accuracy, its metrics by name
+    and its class weights (counted over the training pixels); its own head, loss and figures."""
 
     config = PixelClassificationConfig
     metrics = ("loss", "accuracy", "miou")
@@ -88,26 +88,7 @@ class PixelClassification(Classification):
                 "classification needs a mask (a table's kind: mask, or data.colorize's `colour`)"
             )
         self.info = TargetInfo(classes=list(spec.classes))
-        self.weights = self._weights(values)
-
-    def _weights(self, values: Callable[[], torch.Tensor] | None) -> torch.Tensor | None:
-        """The loss's class weights; None when they come with the head's weights."""
-        choice, k = self.cfg.class_weights, self.num_classes
-        if isinstance(choice, list):
-            if len(choice) != k:
-                raise CnnlabError(
-                    f"tasks.{self.name}.class_weights has {len(choice)} entries for {k} "
-                    "classes; give one per class, or balanced, or none"
-                )
-            return torch.tensor(choice, dtype=torch.float32)
-        if choice == "none":
-            return torch.ones(k)
-        if values is None:
-            return None
-        labels = values().flatten().cpu()
-        share = torch.bincount(labels[labels != NO_CLASS], minlength=k).double()
-        weight = torch.where(share > 0, share.sum() / (k * share.clamp_min(1)), 0.0)
-        return (weight * k / weight.sum()).float()
+        self.weights = self.class_weights(values)  # Classification.class_weights
 
     def head(self, backbone: Backbone) -> nn.Module:
         stages = backbone.feature_info
@@ -119,9 +100,7 @@ class PixelClassification(Classification):
         index = self.cfg.stage % len(stages)
         stage = stages[index]
         head = PixelHead(index, stage.channels, stage.stride, self.num_classes, self.cfg.head)
-        if self.weights is not None:
-            head.class_weight.copy_(self.weights)
-        return head
+        return self.carry_weights(head)
 
     def loss(self, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(out.float(), target, weight=head.class_weight, ignore_index=NO_CLASS)
