@@ -574,10 +574,9 @@ def viz(
     """Draw one figure of a run as PNG files. A figure of one's own takes its own options
     as --NAME VALUE (its function's keyword arguments)."""
     _import(imports)
-    from cnnlab.viz import FIGURES, render, typed_options
+    from cnnlab.viz import get_figure, render, typed_options
 
-    if figure not in FIGURES:  # before torch and the data are loaded
-        raise CnnlabError(f"figure {figure!r} is unknown; choose one of: {', '.join(FIGURES)}")
+    get_figure(figure, run)  # an unknown name fails before the data is loaded
     given = {
         "images": images, "channels": channels, "neurons": neurons, "grid": grid,
         "steps": steps, "ig_steps": ig_steps, "component": component,

@@ -8,6 +8,11 @@ with status 2; anything else is a bug and keeps its traceback.
 class CnnlabError(Exception):
     """A problem with the user's input or environment, stated with its fix."""
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython and Jupyter show of it: its line, as the command line does, not the
+        frames of cnnlab's insides above it (IPython's hook for exceptions of a library)."""
+        return [f"{type(self).__name__}: {self}"]
+
 
 SHOWN = 5  # items one message line names before "and N more"
 

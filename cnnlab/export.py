@@ -297,7 +297,8 @@ class Parity:
     images: int
     agreement: dict[str, float]  # classification outputs: share of images with the same top-1
     max_abs_diff: dict[str, float]  # every output
-    outputs: tuple[list, list] = ((), ())  # (torch's, the file's), per output
+    # (torch's, the file's), per output: every test image's, left out of the repr
+    outputs: tuple[list, list] = field(default=((), ()), repr=False)
     accuracy: dict[str, tuple[float, float]] = field(default_factory=dict)  # torch, file
 
 

@@ -13,7 +13,6 @@ section is checked, and its errors read, as a built-in one's.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, get_args
@@ -34,7 +33,7 @@ from cnnlab.data import DEFAULT_SOURCE, SOURCES, DataConfig, data_config, defaul
 from cnnlab.errors import CnnlabError
 from cnnlab.models import BACKBONES, ModelConfig, model_config
 from cnnlab.models.cnn import CNNConfig
-from cnnlab.registrations import missing_hint, register_hint
+from cnnlab.registrations import missing_hint, recorded_origin, register_hint
 from cnnlab.tasks import TASKS, TaskConfig, metric_goal, task_class, task_config
 
 # List items are checked one by one: a size of 0 or -5 must stop here, not inside torch.
@@ -397,21 +396,11 @@ def check_registered(raw: dict, path: Path) -> None:
     registries = {"backbone": BACKBONES, "source": SOURCES, "task": TASKS}
     for kind, name in used:
         if isinstance(name, str) and name not in registries[kind]:
-            origin = _recorded_origin(path.parent / "env.json", kind, name)
+            origin = recorded_origin(path.parent / "env.json", kind, name)
             raise CnnlabError(
                 f"run {path.parent} used {kind} {name!r}, which is not registered in this "
                 f"process; {missing_hint(origin)}"
             )
-
-
-def _recorded_origin(env_path: Path, kind: str, name: str) -> dict | None:
-    """Where the run's process got a component from (env.json's `components`), if known."""
-    try:
-        recorded = json.loads(env_path.read_text()).get("components", [])
-    except (OSError, ValueError, AttributeError):
-        return None
-    found = [c for c in recorded if c.get("kind") == kind and c.get("name") == name]
-    return found[-1] if found else None
 
 
 def validate(raw: dict, source: str = "recipe") -> Recipe:

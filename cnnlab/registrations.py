@@ -8,7 +8,9 @@ cnnlab is imported here.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 Kind = Literal["backbone", "source", "task", "figure"]
@@ -45,6 +47,16 @@ def origins() -> list[dict[str, str]]:
     """Each user registration and where it came from, for a run's env.json: a later process
     that lacks one can say what to import (`missing_hint`)."""
     return [{"kind": r.kind, "name": r.name, **r.origin} for r in REGISTERED]
+
+
+def recorded_origin(env_path: Path, kind: str, name: str) -> dict | None:
+    """Where a run's process got a component from (its env.json's `components`), if known."""
+    try:
+        recorded = json.loads(env_path.read_text()).get("components", [])
+    except (OSError, ValueError, AttributeError):
+        return None
+    found = [c for c in recorded if c.get("kind") == kind and c.get("name") == name]
+    return found[-1] if found else None
 
 
 def missing_hint(origin: dict[str, str] | None) -> str:

@@ -61,6 +61,21 @@ def api_run(tmp_path_factory) -> cnnlab.Run:
     return cnnlab.train("fashion_fast", {**FAST, "output_dir": str(out / "runs")})
 
 
+def test_jupyter_shows_a_cnnlab_error_as_its_line_without_the_frames_above_it(capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    done = shell.run_cell("import cnnlab\ncnnlab.load_run('/no/such/run')")
+    assert isinstance(done.error_in_exec, cnnlab.CnnlabError)
+    shown = capsys.readouterr().out
+    assert shown == (
+        "CnnlabError: /no/such/run is not a run folder (no recipe.yaml); runs live in "
+        "runs/<name>-<time>\n"
+    )
+    shell.run_cell("1 / 0")  # not cnnlab's: its traceback, as ever
+    assert "Traceback (most recent call last)" in capsys.readouterr().out
+
+
 def test_a_run_reads_back_as_tables(api_run):
     run = cnnlab.load_run(api_run.path)
     assert run.path == api_run.path and run.status["state"] == "finished"

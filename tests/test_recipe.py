@@ -158,7 +158,7 @@ def test_cross_field_checks():
         ("tasks.ink.label_smoothing=0.1", "unknown key 'tasks.ink.label_smoothing'; valid keys "
          "here: target, weight, head, type, loss, standardize"),
         ("tasks.cls.standardize=true", "unknown key 'tasks.cls.standardize'; valid keys here: "
-         "target, weight, head, type, loss, label_smoothing"),
+         "target, weight, head, type, loss, label_smoothing, class_weights"),
         ("tasks.cls.type=segmentation", "tasks.cls.type = 'segmentation': choose one of: "
          "classification, regression, pixel_classification; register your own with "
          "@cnnlab.register_task (see cnnlab --import)"),

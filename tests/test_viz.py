@@ -580,6 +580,24 @@ def test_viz_cli_draws_pngs_and_rejects_bad_input(report_run, tmp_path, capsys, 
     assert sorted(p.name for p in sanity.iterdir()) == ["sanity.png", "sanity_maps.png"]
 
 
+def test_an_unknown_figure_says_what_the_run_imported_to_draw_it(tmp_path):
+    from cnnlab.viz import get_figure
+
+    recorded = [{"kind": "figure", "name": "class-recall", "import": "my_figures.py"}]
+    (tmp_path / "env.json").write_text(json.dumps({"components": recorded}))
+    with pytest.raises(CnnlabError) as err:
+        get_figure("class-recall", tmp_path)
+    assert str(err.value).endswith(
+        "; or, for import the module that registers it (cnnlab --import my_figures.py ...)"
+    )
+    with pytest.raises(CnnlabError) as err:
+        get_figure("heatmap", tmp_path)  # nothing recorded: how to bring one's own
+    assert str(err.value).endswith(
+        "; or, for one of your own: import the module that registers it (cnnlab --import "
+        "MODULE ...)"
+    )
+
+
 def test_a_figure_of_ones_own_takes_its_options_from_the_command_line(
     report_run, tmp_path, capsys, monkeypatch
 ):

@@ -15,6 +15,7 @@ from typing import Any
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.compiled import compiled_kernels
+from cnnlab.registrations import missing_hint, recorded_origin
 from cnnlab.viz.attributions import attributions
 from cnnlab.viz.base import Chart
 from cnnlab.viz.confusion import confusion
@@ -82,15 +83,21 @@ def list_figures() -> dict[str, str]:
 BUILT_IN = frozenset(FIGURES)  # the report's fixed sections; registered ones come after
 
 
-def get_figure(name: str) -> FigureSpec:
+def get_figure(name: str, run: Path | None = None) -> FigureSpec:
+    """The figure called `name`; an unknown one is refused with what is known and, for a
+    figure of one's own, what to import (what `run`'s process imported, when it drew it)."""
     if name not in FIGURES:
-        raise CnnlabError(f"figure {name!r} is unknown; choose one of: {', '.join(FIGURES)}")
+        origin = recorded_origin(run / "env.json", "figure", name) if run else None
+        how = missing_hint(origin) if origin else "one of your own: " + missing_hint(None)
+        raise CnnlabError(
+            f"figure {name!r} is unknown; choose one of: {', '.join(FIGURES)}; or, for {how}"
+        )
     return FIGURES[name]
 
 
 def make_charts(view: RunView, name: str, **options) -> list[Chart]:
     """Run one figure with the options the user gave; an option it does not take is an error."""
-    spec = get_figure(name)
+    spec = get_figure(name, view.run.path)
     accepted = list(inspect.signature(spec.make).parameters)[1:]
     flag = lambda key: "--" + key.replace("_", "-")  # noqa: E731  (as typed: --ig-steps)
     for key in options:
@@ -151,7 +158,7 @@ def drawn(view: RunView, name: str, charts: list[Chart]) -> list[Chart]:
 
 def render(run: str | Path, name: str, out: Path | None = None, **options) -> list[Path]:
     """`cnnlab viz`: draw one figure of a run into RUN/figures/ (or `out`); PNG paths."""
-    get_figure(name)  # an unknown name fails before any data is loaded
+    get_figure(name, Path(run))  # an unknown name fails before any data is loaded
     view = RunView(run)
     folder = out or view.run.path / "figures"
     charts = drawn(view, name, make_charts(view, name, **options))
