@@ -9,6 +9,9 @@ folder exists.
     check_data(recipe)          tasks, checked against the source's headers (no pixel)
     model_for_shapes(recipe)    the model from declared shapes: `cnnlab count`, no data needed
     build(recipe, saved)        tasks + splits + model (+ weights) + precision + test views
+
+A fresh run whose recipe names `train.init_from` starts from that run's weights
+(cnnlab/init_from.py); one built with `saved` (a resume, eval) never reads it.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from cnnlab.data import DataInfo, DataSection, describe, get_source
 from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.distributed import Ranks
 from cnnlab.errors import CnnlabError
+from cnnlab.init_from import Start, fitted_state, read_start
 from cnnlab.models import MultiTaskModel, create_model, for_checkpoint, owns_input
 from cnnlab.models.compiled import compiled_kernels
+from cnnlab.models.weights import read_state_dict
 from cnnlab.precision import HALF, Choice, choose, probe_size
 from cnnlab.recipe import Recipe
 from cnnlab.tasks import TargetSpec, Task, create_tasks, total_loss
@@ -179,6 +184,8 @@ class Built:
     ranks: Ranks = field(default_factory=Ranks)
     fused: bool = True  # train and test with the compiled CPU kernels (train.fused_kernels)
     eval_batch_size: int = 1000  # images per forward pass in validation and test, resolved
+    start: Start | None = None  # the run whose weights a fresh run started from (init_from)
+    started: list[str] = field(default_factory=list)  # what of them it did not take, in lines
 
     @property
     def needed(self) -> set[str]:
@@ -208,7 +215,13 @@ def build(
     torchrun (rank 0 times the precision for all). `splits`: data another build of the same
     data section has loaded (a sweep's runs share it)."""
     keep_freed_memory()  # also when built from Python, not the command line
-    tasks = check_data(recipe)  # a wrong target stops before any pixel is read
+    info = describe(recipe.data)
+    tasks = tasks_for(recipe, info)  # a wrong target stops before any pixel is read
+    if saved is None and getattr(recipe.model, "weights", None):  # read again when built
+        read_state_dict(recipe.model.weights)  # a wrong file (a run's checkpoint) stops here
+    start = read_start(recipe) if saved is None else None  # a resume has its own weights
+    if start is not None:  # the architecture, on a model of the headers' shapes: no pixel
+        fitted_state(build_model(recipe, tasks, info.shape, True, False), start, recipe, tasks)
     if recipe.train.calibrate and not any(t.probabilistic for t in tasks.values()):
         raise CnnlabError(
             "train.calibrate: the recipe has no task with probabilities (a classification), "
@@ -233,10 +246,15 @@ def build(
     fit_to_pixels(recipe, tasks, splits)
     with_temperatures(tasks, saved)
     shape = (splits.in_channels, *splits.image_size)
-    model = build_model(recipe, tasks, shape, from_checkpoint=saved is not None).to(device)
+    loaded = saved is not None or start is not None  # nothing pretrained is fetched
+    model = build_model(recipe, tasks, shape, from_checkpoint=loaded).to(device)
+    started: list[str] = []
     if saved is not None:  # before precision is timed and a frozen backbone's features cached
         key = "train_model" if weights == "train" and "train_model" in saved else "model"
         model.load_state_dict(saved[key])
+    elif start is not None:
+        state, started = fitted_state(model, start, recipe, tasks)
+        model.load_state_dict(state)
     views = run_views(recipe.train.tta, tasks, recipe.data, splits)
     fused = fused_kernels(recipe, splits)
     eval_size = eval_batch_size(recipe, model, shape, device)
@@ -245,7 +263,9 @@ def build(
     else:  # timed with the kernels training will use: the unused ones are never compiled
         with compiled_kernels(fused):
             precision = choose_precision(recipe, tasks, splits, model, device, ranks)
-    return Built(recipe, tasks, splits, model, device, precision, views, ranks, fused, eval_size)
+    built = Built(recipe, tasks, splits, model, device, precision, views, ranks, fused, eval_size)
+    built.start, built.started = start, started
+    return built
 
 
 # `train.eval_batch_size: auto`: at most EVAL_IMAGES images a forward pass, and no more than

@@ -49,7 +49,8 @@ def train(
         if run.status().get("state") == "finished":
             raise CnnlabError(
                 f"{run.path} has finished; nothing is left to continue (cnnlab eval tests it "
-                "again, cnnlab report draws its figures; more epochs are a new run)"
+                "again, cnnlab report draws its figures; more epochs are a new run from its "
+                f"weights: train.init_from={run.path})"
             )
         saved = load_checkpoint(run.last_path)
     # under torchrun: join the other processes first; each trains on its own device
@@ -81,6 +82,8 @@ def train_in(
             trainer.restore(saved)
         if saved is not None and ranks.main:  # also in a sweep worker's log, where retries resume
             console.print(f"resuming {run.path} at {trainer.where()}")
+        if trainer.built.start is not None and ranks.main:  # a fresh run from another's weights
+            console.print("\n".join([trainer.built.start.describe(), *trainer.built.started]))
         if recipe.train.progress:
             console.print(trainer.precision.describe())
         try:

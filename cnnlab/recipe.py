@@ -13,6 +13,7 @@ section is checked, and its errors read, as a built-in one's.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, get_args
@@ -24,6 +25,7 @@ from pydantic import (
     Field,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.fields import FieldInfo
@@ -127,6 +129,12 @@ class TrainConfig(Section):
     # images per forward pass in validation and test; auto: up to 1,000, fewer where the
     # model's maps are large (about 1 GiB a pass: 55 images of seed 002's network at 224 px)
     eval_batch_size: PositiveInt | Literal["auto"] = "auto"
+    # a trained run (its folder, or its checkpoints/best.pt or last.pt) whose judged weights
+    # (those its test scored: the average with ema_decay) start the whole model, backbone
+    # and heads; the run then trains by this recipe (epochs, rate, schedule, data). Its
+    # model must be built the same way; a head whose task has another number of classes
+    # starts fresh. A resume continues from its own last.pt. null = fresh weights
+    init_from: str | None = None
     optimizer: OptimizerConfig = OptimizerConfig()  # which optimizer, its rate and settings
     scheduler: SchedulerConfig = SchedulerConfig()  # how the learning rate changes over training
     grad_clip: float | None = Field(None, gt=0.0)  # max global grad norm; None = off
@@ -170,6 +178,12 @@ class TrainConfig(Section):
     # after training, fit a temperature for each task with probabilities (a classification)
     # on the validation set (as `cnnlab calibrate RUN`): probabilities that mean what they say
     calibrate: bool = False
+
+    @field_validator("init_from", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        """A `Path` from Python (`run.path`) is written as text, as YAML would give it."""
+        return str(value) if isinstance(value, os.PathLike) else value
 
 
 # --------------------------------------------------------------------------- log

@@ -46,6 +46,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     state = torch_load(path, "cpu", "weight file")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # the usual {"state_dict": ...} wrapper
+    if isinstance(state, dict) and "format" in state and isinstance(state.get("model"), dict):
+        run = path.parent.parent if path.parent.name == "checkpoints" else path
+        raise CnnlabError(
+            f"model.weights: {path} is a cnnlab run's checkpoint (backbone and heads), and "
+            "model.weights takes a timm backbone's pretrained weights; to start from the "
+            f"trained run, set train.init_from={run} and drop model.weights"
+        )
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
