@@ -390,9 +390,14 @@ def metadata(path: Path) -> dict:
     if path.suffix == ".onnx":
         import onnx
 
-        props = {
-            p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
-        }
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as err:  # protobuf's DecodeError and kin: not an ONNX file at all
+            raise CnnlabError(
+                f"predict: {path} is not a readable ONNX file ({type(err).__name__}); give the "
+                "model.onnx `cnnlab export RUN` wrote, or export the run again"
+            ) from None
+        props = {p.key: p.value for p in model.metadata_props}
         if "cnnlab.outputs" not in props:
             raise CnnlabError(f"predict: {path} was not exported by cnnlab (no cnnlab.outputs)")
         return json.loads(props["cnnlab.outputs"])

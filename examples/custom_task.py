@@ -14,7 +14,8 @@ probabilities: `probabilistic`, `probabilities`, `nll`, `outcomes`), exports the
 ONNX and asks the file about a few images.
 
 The same task from the command line: `--import` this file (importing it registers the task
-type `tags` and trains nothing), and name it in a recipe's `tasks`:
+type `tags` and trains nothing), and name it in a recipe's `tasks` (`recipe()` below is
+one, as a dict: `yaml.safe_dump(recipe(table, "runs", 10))` writes it as my_tags.yaml):
 
     cnnlab train --import examples/custom_task.py my_tags.yaml
     cnnlab --import examples/custom_task.py viz runs/<run> attributions --component has_triangle

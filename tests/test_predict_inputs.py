@@ -126,3 +126,24 @@ def test_an_exported_file_skips_them_too_and_draws_only_when_asked(run_path, tmp
     )
     assert out.stdout.splitlines()[-1] == f"figure: {figure}"
     assert Image.open(figure).size[0] > 100 and not (tmp_path / "predictions.png").exists()
+
+
+def test_a_file_that_is_not_an_exported_model_is_one_line(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from cnnlab.export import predict_exported
+
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "junk.onnx").write_bytes(b"junk\n")
+    with pytest.raises(cnnlab.CnnlabError, match=r"junk.onnx is not a readable ONNX file"):
+        predict_exported(tmp_path / "junk.onnx", [tmp_path / "a.png"])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])  # fmt: skip
+    onnx.save(helper.make_model(graph), tmp_path / "other.onnx")  # valid, but not cnnlab's
+    with pytest.raises(cnnlab.CnnlabError, match=r"other.onnx was not exported by cnnlab"):
+        predict_exported(tmp_path / "other.onnx", [tmp_path / "a.png"])
+    done = run_cli("predict", str(tmp_path / "junk.onnx"), str(tmp_path / "a.png"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: predict: ")

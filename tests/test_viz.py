@@ -563,6 +563,8 @@ def test_viz_cli_draws_pngs_and_rejects_bad_input(report_run, tmp_path, capsys, 
         ("viz", run, "predictions", "--steps", "3"): "its options: --grid",
         ("viz", str(tmp_path), "filters"): "is not a run folder",
         ("viz", run, "pixels"): "pixels draws nothing for this run (its tasks: cls (",
+        ("viz", run, "landscape"): f"landscape draws nothing for this run yet; compute it "
+        f"first: cnnlab landscape {run} (then viz or report draw it)",
         ("report", str(tmp_path / "nope")): "is not a folder",
     }
     for args, message in cases.items():

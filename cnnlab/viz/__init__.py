@@ -38,6 +38,7 @@ from cnnlab.viz.sanity import sanity
 class FigureSpec:
     make: Callable[..., list[Chart]]  # (RunView, **options) -> charts
     doc: str
+    first: str = ""  # what makes it drawable, said when it draws nothing (a command to run)
 
 
 FIGURES: dict[str, FigureSpec] = {
@@ -72,7 +73,11 @@ FIGURES: dict[str, FigureSpec] = {
         "do the saliency maps depend on the weights? cascading randomization (--images, --steps)",
     ),
     "dead-units": FigureSpec(dead_units, "units that never activate on the test set"),
-    "landscape": FigureSpec(landscape, "the loss landscape `cnnlab landscape RUN` computed"),
+    "landscape": FigureSpec(
+        landscape,
+        "the loss landscape `cnnlab landscape RUN` computed",
+        first="compute it first: cnnlab landscape RUN (then viz or report draw it)",
+    ),
 }
 
 
@@ -149,6 +154,9 @@ def _typed(flag: str, value: str, default: Any) -> Any:
 def drawn(view: RunView, name: str, charts: list[Chart]) -> list[Chart]:
     """The charts a figure asked for by name drew; none (pixels without a per-pixel task)
     is said in one line, not shown as nothing. The report leaves such sections out."""
+    if not charts and FIGURES[name].first:
+        first = FIGURES[name].first.replace("RUN", str(view.run.path))
+        raise CnnlabError(f"{name} draws nothing for this run yet; {first}")
     if not charts:
         tasks = ", ".join(f"{n} ({t.cfg.type})" for n, t in view.tasks.items())
         raise CnnlabError(f"{name} draws nothing for this run (its tasks: {tasks}; `cnnlab "
