@@ -209,3 +209,26 @@ def test_an_offline_download_is_one_line_with_the_ways_out(tmp_path: Path, monke
         CnnlabError, match="could not get its pretrained weights.*model.weights=FILE"
     ):
         train(r)
+
+
+def test_offline_a_download_fails_in_one_look_not_a_minute_of_retries(monkeypatch):
+    """Without a connection the hub's client retried for 50 s before failing; one look at
+    the host says as much, and its cache is still read (offline mode while it tries)."""
+    import time
+
+    from huggingface_hub import constants
+
+    from cnnlab.models import timm_backbone
+
+    monkeypatch.setattr(timm_backbone, "reachable", lambda host: False)
+    before = constants.HF_HUB_OFFLINE
+    start = time.monotonic()
+    with pytest.raises(CnnlabError) as err:
+        timm_backbone.pretrained_state("resnet18")
+    assert time.monotonic() - start < 20
+    assert str(err.value) == (
+        "model.name resnet18: timm could not get its pretrained weights (no connection to "
+        "huggingface.co and no copy in the hub's cache); offline, give model.weights=FILE, "
+        "use efficientnet_lite0, or set model.pretrained=false"
+    )
+    assert constants.HF_HUB_OFFLINE is before  # put back

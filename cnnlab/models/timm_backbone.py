@@ -16,7 +16,10 @@ and trains the heads on them (`cache_features`).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import socket
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -113,15 +116,53 @@ def pretrained_state(name: str, weights: str | None = None) -> tuple[dict[str, t
         return packaged_state(name), f"{name}'s packaged ImageNet weights"
     import timm
 
+    online = reachable(HUB)
     try:
-        downloaded = timm.create_model(arch, pretrained=True)
+        with _hub_offline(not online):
+            downloaded = timm.create_model(arch, pretrained=True)
     except Exception as err:  # no network, no cache, or no weights for this name
+        why = (
+            f"no connection to {HUB} and no copy in the hub's cache"
+            if not online
+            else f"{type(err).__name__}: {str(err)[:120]}"
+        )
         raise CnnlabError(
-            f"model.name {name}: timm could not get its pretrained weights "
-            f"({type(err).__name__}: {str(err)[:120]}); offline, give model.weights=FILE, "
-            "use efficientnet_lite0, or set model.pretrained=false"
+            f"model.name {name}: timm could not get its pretrained weights ({why}); offline, "
+            "give model.weights=FILE, use efficientnet_lite0, or set model.pretrained=false"
         ) from None
     return downloaded.state_dict(), f"timm's pretrained {arch}"
+
+
+HUB = "huggingface.co"  # where timm's pretrained weights come from
+
+
+def reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether `host` answers on HTTPS within `timeout` seconds: offline, the hub's client
+    retried for 50 s (five times, 8 s apart) before saying what one look says here."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub's offline mode while `offline`: its cache is read, the network not
+    tried. It reads its switch (HF_HUB_OFFLINE) from the environment once, at import, into
+    `huggingface_hub.constants`, so that is set, and put back; where a later version keeps
+    it elsewhere this changes nothing, and the download only takes longer to fail."""
+    if not offline:
+        yield
+        return
+    from huggingface_hub import constants
+
+    before = getattr(constants, "HF_HUB_OFFLINE", None)
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 class InputAdapter(nn.Module):
