@@ -191,3 +191,15 @@ def test_balanced_class_weights_train_and_resume_exactly(tiny):
     resumed = train(recipe, resume=run.path)
     assert comparable(resumed) == comparable(reference)
     assert json.loads(resumed.test_path.read_text()) == json.loads(reference.test_path.read_text())
+
+
+def test_a_regression_on_numbers_read_as_classes_says_to_read_them_as_numbers():
+    task = Regression("area", RegressionConfig(target="area"))
+    with pytest.raises(CnnlabError) as err:
+        task.fit(TargetSpec(classes=["0.5", "1.25", "3"]))
+    assert str(err.value).endswith(
+        "a regression reads a number or a vector: its classes are numbers: read them as "
+        "numbers (a table's data.targets.area.kind: number), or classify it"
+    )
+    with pytest.raises(CnnlabError, match=r"classify it \(type: classification\), or name"):
+        task.fit(TargetSpec(classes=["disc", "square"]))  # words: a classification's

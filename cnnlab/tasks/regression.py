@@ -98,10 +98,15 @@ class Regression(Task):
     def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
         if spec.classes:  # its class indices would be fitted as numbers, and silently
             shown = listed(spec.classes, ", ", most=4)
+            fix = "classify it (type: classification), or name a numeric target"
+            if all(_number(c) for c in spec.classes):  # numbers read as classes
+                fix = (
+                    "its classes are numbers: read them as numbers (a table's "
+                    f"data.targets.{self.target}.kind: number), or classify it"
+                )
             raise CnnlabError(
                 f"tasks.{self.name}: target {self.target!r} is categorical ({len(spec.classes)} "
-                f"classes: {shown}); a regression reads a number or a vector: classify it "
-                "(type: classification), or name a numeric target"
+                f"classes: {shown}); a regression reads a number or a vector: {fix}"
             )
         components = spec.components
         self.info = TargetInfo(components=components)
@@ -190,3 +195,11 @@ class Regression(Task):
             f"of the errors is {float(error.pow(2).mean().sqrt()):.3g}. An image far off here "
             "may hold a target that was measured or typed wrong.",
         )
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
