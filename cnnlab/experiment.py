@@ -76,8 +76,11 @@ def train_in(
     try:
         trainer.run, trainer.on_epoch = run, loggers.chain(on_epoch)
         if ranks.main:
-            env = {**environment(trainer.device), "processes": ranks.world}
-            write_json(run.path / "env.json", {**env, "precision": record(trainer.precision)})
+            # the folder the recipe's relative data paths are read in, kept over resumes:
+            # the run read back from anywhere finds its data there (RunFolder.recipe)
+            cwd = (saved is not None and run.trained_in()) or Path.cwd()
+            env = {**environment(trainer.device), "processes": ranks.world, "cwd": str(cwd)}
+            write_json(run.env_path, {**env, "precision": record(trainer.precision)})
         if saved is not None:
             trainer.restore(saved)
         if saved is not None and ranks.main:  # also in a sweep worker's log, where retries resume

@@ -2,7 +2,7 @@
 
     runs/<name>-<YYYYmmdd-HHMMSS>/
       recipe.yaml          resolved recipe (defaults and --set overrides applied)
-      env.json             versions, device, threads, git commit
+      env.json             versions, device, threads, git commit, the folder it trained in
       status.json          running | interrupted | failed | finished, with the reason
       metrics.jsonl        one JSON line per epoch: train.*, val.*, lr, seconds, images/s
       checkpoints/last.pt  latest state (end of epoch or mid-epoch), for --resume
@@ -123,12 +123,28 @@ class RunFolder:
     best_path = property(lambda self: self.path / "checkpoints" / "best.pt")
     test_path = property(lambda self: self.path / "test_metrics.json")
     status_path = property(lambda self: self.path / "status.json")
+    env_path = property(lambda self: self.path / "env.json")
     calibration_path = property(lambda self: self.path / "calibration.json")
     # the best weights' test predictions, kept by the report for the next one (a cache)
     predictions_path = property(lambda self: self.path / "checkpoints" / "best_test.pt")
 
     def recipe(self) -> Recipe:
-        return load_saved_recipe(self.recipe_path)
+        """The recipe as trained. Its data paths relative to the folder cnnlab ran in are
+        read, when not in the current folder, in that one (DataSection.located): a run folder
+        works from anywhere."""
+        recipe = load_saved_recipe(self.recipe_path)
+        if self.env_path.is_file():  # it began training (a sweep's new trial has not)
+            recipe.data.of_run(self.path, self.trained_in())
+        return recipe
+
+    def trained_in(self) -> Path | None:
+        """The folder cnnlab ran in when the run started (env.json's `cwd`); None for a run
+        from before cnnlab recorded it, or before its training began."""
+        try:
+            cwd = json.loads(self.env_path.read_text()).get("cwd")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return Path(cwd) if isinstance(cwd, str) and cwd else None
 
     def check_trained(self, what: str) -> None:
         """`what` (figures, a test, an export) reads the best weights, which a run has once

@@ -69,7 +69,7 @@ def list_datasets() -> dict[str, str]:
 def describe(cfg: DataSection) -> DataInfo:
     """What the recipe's source provides, from headers only: no pixel is read. Colorizing
     turns it into grey images with a per-pixel `colour` target."""
-    info = get_source(cfg.source).describe(cfg)
+    info = get_source(cfg.source).describe(cfg.located())
     if cfg.colorize is None:
         return info
     colorize.check_colour(cfg.source, info.shape[0])

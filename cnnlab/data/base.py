@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from cnnlab.config import Section
 from cnnlab.data.augment import AugmentConfig, LabelMap, Targets
 from cnnlab.data.colorize import TARGET as COLOUR
 from cnnlab.data.colorize import ColorizeConfig
 from cnnlab.data.mapped import Pixels, take
+from cnnlab.errors import CnnlabError
 
 # A derived target is computed from the image the model sees, as float in [0, 1],
 # (B, C, H, W) -> (B,), so augmentation that changes it (a shift that cuts pixels off)
@@ -59,6 +60,13 @@ class DataSection(Section):
     # order (GSN: pair k and its counts), so test-time views can map each class as a view
     # maps the image (cnnlab/tta.py).
     class_targets: ClassVar[dict[str, Callable[[], Targets]]] = {}
+    # The fields that name a file or folder, relative to the folder cnnlab runs in unless
+    # absolute. A saved run read back from another folder finds them where it trained
+    # (`located`); a source of one's own with paths of its own names them here.
+    path_fields: ClassVar[tuple[str, ...]] = ("root",)
+    # (run folder, the folder it trained in or None: an older run) when this section is a
+    # saved run's (RunFolder.recipe); None for a recipe about to train
+    _run: tuple[Path, Path | None] | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _root_given(self) -> DataSection:
@@ -101,6 +109,48 @@ class DataSection(Section):
         (a per-pixel map still moves with its image), so test-time views need no map of
         its classes."""
         return False
+
+    # ------------------------------------------------------------------ paths
+
+    def relative_paths(self) -> dict[str, str]:
+        """field -> value of the path fields given relative to the folder cnnlab runs in."""
+        paths = {}
+        for name in type(self).path_fields:
+            value = getattr(self, name, None)
+            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                paths[name] = value
+        return paths
+
+    def of_run(self, run: Path, trained_in: Path | None) -> None:
+        """Mark this section as run `run`'s, which trained in the folder `trained_in`."""
+        self._run = (Path(run), trained_in)
+
+    def located(self) -> DataSection:
+        """This section as the source reads it: a relative path is read in the current
+        folder, as always; a saved run's, when it is not there, in the folder the run trained
+        in (a copy here comes first: cnnlab never swaps data sets unasked). Neither: one
+        line naming both places. The recipe itself keeps the paths as trained."""
+        if self._run is None:
+            return self
+        run, trained_in = self._run
+        found = {}
+        for name, value in self.relative_paths().items():
+            if Path(value).expanduser().exists():
+                continue
+            if trained_in is not None and (trained_in / value).exists():
+                found[name] = str(trained_in / value)
+                continue
+            there = (
+                f"nor in {trained_in}, where {run} trained"
+                if trained_in is not None
+                else f"and {run} does not record the folder it trained in (an older run)"
+            )
+            back = f"put it back in {trained_in}, or " if trained_in is not None else ""
+            raise CnnlabError(
+                f"data.{name}: {value} is not in {Path.cwd()}, where cnnlab runs, {there}; "
+                f"{back}run cnnlab from the folder that holds it"
+            )
+        return self.model_copy(update=found) if found else self
 
 
 WHAT = {"hflip": "a left-right flip", "vflip": "an up-down flip", "rot90": "a quarter turn"}

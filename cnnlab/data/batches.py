@@ -209,7 +209,7 @@ def prepare_splits(
     (a pretrained one, by the statistics it was trained with). `saved_normalize`: the mean
     and std a checkpoint holds, used rather than measured again (`input_statistics`)."""
     source = get_source(cfg.source)
-    ds = source.load(cfg)
+    ds = source.load(cfg.located())  # a saved run's data paths found from here or where it ran
     provided = ds.target_names() + ([colorize.TARGET] if cfg.colorize else [])
     missing = sorted(needed - set(provided))
     if missing:

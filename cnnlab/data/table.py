@@ -43,7 +43,7 @@ import stat
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -163,6 +163,13 @@ class TableConfig(DataSection):
     # decoded images held in memory, or mapped from the cache file and read by batch; auto:
     # mapped when the cache is over half the memory available (masks stay in memory)
     storage: Storage = "auto"
+    path_fields: ClassVar[tuple[str, ...]] = ("root", "table")
+
+    def relative_paths(self) -> dict[str, str]:
+        paths = super().relative_paths()
+        if self.root:  # the table is then relative to data.root, not to the working folder
+            paths.pop("table", None)
+        return paths
 
     def maps(self) -> dict[str, LabelMap | None]:
         return {name: _map(self, name) for name in GEOMETRIC if _declared(self, name)}
