@@ -13,17 +13,24 @@ from rich.table import Table
 from cnnlab.tasks import headline_metrics
 
 # soft_wrap: a line is printed whole, never broken at 80 columns when the output is a log
-# file, CI or `| tee` (rich's width when it cannot ask a terminal).
-console = Console(highlight=False, soft_wrap=True)
+# file, CI or `| tee` (rich's width when it cannot ask a terminal). Lines are text in
+# Jupyter too (force_jupyter=False): rich's own display there saved each one as HTML plus a
+# text copy full of ANSI codes, which a notebook viewer or nbconvert shows as such.
+bars = Console(highlight=False, soft_wrap=True)  # live bars: a widget in Jupyter
+console = (
+    Console(highlight=False, soft_wrap=True, force_jupyter=False, force_terminal=False)
+    if bars.is_jupyter
+    else Console(highlight=False, soft_wrap=True)
+)
 REFRESH_S = 0.5  # the live loss costs a host sync, so it is read at most this often
 
 
 def live_bars() -> bool:
     """Whether a bar can redraw in place: a terminal, or Jupyter with ipywidgets (rich draws
     it in a widget there; without one it would print a new bar at every refresh)."""
-    if console.is_terminal:
+    if bars.is_terminal:
         return True
-    if not console.is_jupyter:
+    if not bars.is_jupyter:
         return False
     try:
         import ipywidgets  # noqa: F401
@@ -45,7 +52,7 @@ def counting(
     columns = [TextColumn(label), BarColumn(), MofNCompleteColumn()]
     columns += [TimeRemainingColumn()] if eta else []
     columns += [TextColumn("{task.fields[info]}")]
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*columns, console=bars, transient=True) as bar:
         task = bar.add_task(label, total=total, info="")
 
         def advance(steps: int = 1, info: str | None = None) -> None:
@@ -69,7 +76,7 @@ class EpochProgress:
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[info]}"),
-                console=console,
+                console=bars,
                 transient=True,
             )
             self.task = self.bar.add_task("train", total=steps, completed=start, info="")
@@ -128,9 +135,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def print_table(header: list[str], rows: list[list[str]], title: str) -> None:
-    """A rich table on a terminal; Markdown elsewhere, where rich would squeeze it into 80
-    columns and fold every cell. Jupyter shows the rich table as HTML."""
-    if not (console.is_terminal or console.is_jupyter):
+    """A rich table on a terminal; Markdown elsewhere (a log, Jupyter), where rich would
+    squeeze it into 80 columns and fold every cell."""
+    if not console.is_terminal:
         console.print(f"{title}\n\n{markdown_table(header, rows)}", markup=False)
         return
     from rich.markup import escape

@@ -180,6 +180,11 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     reloaded = result(cell(nb, "cnnlab.load_run(run.path)"))
     assert "finished" in reloaded and reloaded.endswith("True)")  # same test metrics
 
+    trained = text(cell(nb, "run = cnnlab.train(recipe)"))
+    assert "epoch   1  train.loss " in trained  # the epoch's line, as plain text
+    everything = "".join(text(c) for c in nb.cells if c.cell_type == "code")
+    assert "\x1b[" not in everything  # no ANSI codes, which a saved notebook shows raw
+
     folders = sorted(runs.iterdir())
     assert len(folders) == 2  # the demo run and TinyNet's
     pngs = {p.name for f in folders for p in (f / "figures").glob("*.png")}

@@ -101,7 +101,7 @@ def test_a_terminal_is_told_which_figure_is_drawn_and_a_log_nothing(
     from cnnlab.report import sections
 
     screen = io.StringIO()
-    monkeypatch.setattr(progress, "console", Console(file=screen, force_terminal=True, width=120))
+    monkeypatch.setattr(progress, "bars", Console(file=screen, force_terminal=True, width=120))
     monkeypatch.setattr(progress, "live_bars", lambda: terminal)
     shown: list[str] = []
     real = Progress.update
