@@ -92,8 +92,27 @@ def test_bad_weight_files_are_refused_naming_the_first_offending_key(tmp_path: P
     with pytest.raises(CnnlabError, match="missing key 'bn1.running_var'"):
         backbone_with(missing)
     extra = weights_file(tmp_path, lambda s: s.update({"mystery.weight": torch.zeros(2)}))
-    with pytest.raises(CnnlabError, match="unexpected key 'mystery.weight'"):
+    with pytest.raises(
+        CnnlabError,
+        match=r"1 key the model does not have, such as 'mystery.weight'; the file is for "
+        r"another architecture or size$",
+    ):
         backbone_with(extra)
+
+
+def test_a_lightning_checkpoints_weights_load_under_their_prefix_and_a_line_says_so(
+    tmp_path: Path, capsys
+):
+    own = timm.create_model("resnet18", num_classes=1000).state_dict()
+    wrapped = {"state_dict": {f"model.{k}": v for k, v in own.items()}, "epoch": 3}
+    wrapped["state_dict"]["loss_fn.weight"] = torch.ones(4)  # the module's other parts
+    torch.save(wrapped, tmp_path / "lightning.ckpt")
+    backbone = backbone_with(str(tmp_path / "lightning.ckpt"))
+    assert torch.equal(backbone.body.conv1.weight, own["conv1.weight"])
+    assert capsys.readouterr().err.strip() == (
+        f"model.weights {tmp_path / 'lightning.ckpt'}: 120 tensors loaded; read under "
+        "'model.'; its fc.* left out (ImageNet's classifier)"
+    )
 
 
 class Payload:

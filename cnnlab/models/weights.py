@@ -15,14 +15,15 @@ BN epsilon 1e-3, as the weights were trained), block by block.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 from cnnlab.safe_load import torch_load
 
 KeyMap = Callable[[str], str]
@@ -64,9 +65,15 @@ def load_checked(
     model: nn.Module, state: dict[str, torch.Tensor], source: str, skip: tuple[str, ...] = ()
 ) -> None:
     """Copy `state` into `model` after checking every key and shape; `skip`: key prefixes of
-    the model left as built (an ImageNet classifier the model does not have)."""
-    state = {k: v for k, v in state.items() if not k.startswith(skip)}
+    the model left as built (an ImageNet classifier the model does not have). Keys under
+    one prefix (a Lightning module's `model.`, DDP's `module.`) are read under it; a line
+    says what was loaded, so a run's log shows where its weights came from."""
     expected = model.state_dict()
+    prefix = _wrapper(state, expected.keys())
+    if prefix:
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    left = sorted({k.split(".")[0] + "." for k in state if k.startswith(skip)})
+    state = {k: v for k, v in state.items() if not k.startswith(skip)}
     for key, value in expected.items():
         if key not in state:
             raise CnnlabError(f"{source}: missing key {key!r} (the model has it, the file not)")
@@ -77,8 +84,28 @@ def load_checked(
             )
     extra = [k for k in state if k not in expected]
     if extra:
-        raise CnnlabError(f"{source}: unexpected key {extra[0]!r} (not in the model)")
+        raise CnnlabError(
+            f"{source}: {counted(len(extra), 'key')} the model does not have, such as "
+            f"{extra[0]!r}; the file is for another architecture or size"
+        )
     model.load_state_dict(state)
+    said = [f"{source}: {counted(len(state), 'tensor')} loaded"]
+    said += [f"read under {prefix!r}"] if prefix else []
+    said += [f"its {', '.join(left)}* left out (ImageNet's classifier)"] if left else []
+    print("; ".join(said), file=sys.stderr)
+
+
+def _wrapper(state: dict[str, torch.Tensor], expected: Iterable[str]) -> str:
+    """The prefix every expected key is found under when the file's keys are not the model's
+    own ("model." of a Lightning checkpoint's state_dict, "module." of a DDP model), else ""."""
+    wanted = set(expected)
+    if not wanted or wanted & state.keys():
+        return ""
+    prefixes = {k[: i + 1] for k in state for i, c in enumerate(k) if c == "."}
+    for prefix in sorted(prefixes, key=len):
+        if all(prefix + k in state for k in wanted):
+            return prefix
+    return ""
 
 
 # ------------------------------------------------------------- EfficientNet-Lite0 offline
