@@ -62,12 +62,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_checked(
-    model: nn.Module, state: dict[str, torch.Tensor], source: str, skip: tuple[str, ...] = ()
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str,
+    skip: tuple[str, ...] = (),
+    say: bool = True,
 ) -> None:
     """Copy `state` into `model` after checking every key and shape; `skip`: key prefixes of
     the model left as built (an ImageNet classifier the model does not have). Keys under
     one prefix (a Lightning module's `model.`, DDP's `module.`) are read under it; a line
-    says what was loaded, so a run's log shows where its weights came from."""
+    says what was loaded (`say`), so a run's log shows where its weights came from."""
     expected = model.state_dict()
     prefix = _wrapper(state, expected.keys())
     if prefix:
@@ -92,7 +96,8 @@ def load_checked(
     said = [f"{source}: {counted(len(state), 'tensor')} loaded"]
     said += [f"read under {prefix!r}"] if prefix else []
     said += [f"its {', '.join(left)}* left out (ImageNet's classifier)"] if left else []
-    print("; ".join(said), file=sys.stderr)
+    if say:
+        print("; ".join(said), file=sys.stderr)
 
 
 def _wrapper(state: dict[str, torch.Tensor], expected: Iterable[str]) -> str:
