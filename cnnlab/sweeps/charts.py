@@ -5,7 +5,8 @@ chart for report.html.
 - the sweep metric against each trial's start time, with the best so far;
 - parallel coordinates: one line per trial across the parameters and the metric;
 - the parameters' importance for the sweep metric;
-- learning curves, one colour per group of trials.
+- learning curves, one colour per group of trials (cnnlab/viz/overlay.py: `cnnlab compare`'s
+  chart too).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from cnnlab.sweeps.results import TrialRow
 from cnnlab.sweeps.statistics import group_order, param_columns
 from cnnlab.tasks import Goal
 from cnnlab.viz.base import Chart, new_figure
+from cnnlab.viz.overlay import Curve, Panel, curve, overlaid
 
-COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
 OUTCOME_COLOURS = {"complete": "#1f77b4", "pruned": "#ff7f0e"}
 
 
@@ -118,30 +119,11 @@ def importance(imp: dict[str, float]) -> Chart:
 
 
 def curves(rows: list[TrialRow], labels: list[str], metric: str) -> Chart:
-    """One colour per group; in plotly one trace per group (curves joined by gaps), fast
-    with thousands of trials."""
-    lines: dict[str, list[list[tuple[int, float]]]] = defaultdict(list)
+    """One colour per group of trials (the chart `cnnlab compare` draws per run)."""
+    lines: dict[str, list[Curve]] = defaultdict(list)
     for r, label in zip(rows, labels, strict=True):
-        points = [(m["epoch"], m[metric]) for m in r.metrics if metric in m]
+        points = curve(r.metrics, metric)
         if points:
             lines[label].append(points)
-    fig = new_figure(7, 4)
-    ax = fig.subplots()
-    pfig = go.Figure()
-    for i, (label, group) in enumerate(
-        sorted(lines.items(), key=lambda item: group_order(item[0]))
-    ):
-        colour = COLOURS[i % len(COLOURS)]
-        ax.add_collection(LineCollection(group, colors=colour, alpha=0.7, linewidths=1))
-        flat = np.asarray([p for pts in group for p in pts], float)
-        ax.plot(flat[:, 0], flat[:, 1], "o", ms=3, color=colour, label=label)  # 1-epoch runs too
-        xs = [x for pts in group for x in [*(p[0] for p in pts), None]]
-        ys = [y for pts in group for y in [*(p[1] for p in pts), None]]
-        pfig.add_trace(
-            go.Scatter(x=xs, y=ys, mode="lines+markers", name=label, line={"color": colour})
-        )
-    ax.autoscale()
-    ax.set(xlabel="epoch", ylabel=metric, title="learning curves")
-    ax.legend(fontsize=8)
-    pfig.update_layout(xaxis_title="epoch", yaxis_title=metric, height=420)
-    return Chart("learning_curves", "Learning curves", fig, plotly=pfig)
+    order = sorted(lines, key=group_order)
+    return overlaid("learning_curves", "Learning curves", [Panel(metric, lines)], order)
