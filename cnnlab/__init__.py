@@ -22,6 +22,7 @@ _EXPORTS = {
     "resume": "cnnlab.api",
     "load_run": "cnnlab.api",
     "sweep": "cnnlab.api",
+    "compare": "cnnlab.api",
     "Run": "cnnlab.api",
     "Sweep": "cnnlab.api",
     "Recipe": "cnnlab.recipe",
@@ -48,7 +49,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from cnnlab.api import Run, Sweep, load_recipe, load_run, resume, sweep, train
+    from cnnlab.api import Run, Sweep, compare, load_recipe, load_run, resume, sweep, train
     from cnnlab.components import (
         register_backbone,
         register_figure,
@@ -96,6 +97,7 @@ __all__ = [
     "Task",
     "TaskSection",
     "Worst",
+    "compare",
     "import_modules",
     "load_entry_points",
     "load_recipe",

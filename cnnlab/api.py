@@ -31,6 +31,7 @@ from cnnlab.runs import RunFolder
 if TYPE_CHECKING:  # the figures (matplotlib, captum) load when a figure is asked for
     import pandas as pd
 
+    from cnnlab.comparison import Comparison
     from cnnlab.export import ExportedModel
     from cnnlab.viz import Chart, RunView
 
@@ -272,6 +273,27 @@ class Run:
         return export_checked(self.path, fmt, out, check, views)
 
 
+def compare(
+    runs: Sequence[str | Path | Run], out: str | Path | None = None,
+    names: Sequence[str] | None = None,
+) -> Comparison:  # fmt: skip
+    """Compare run folders (or `Run`s), as `cnnlab compare` does: `.table` is a DataFrame
+    with one row per run (the recipe fields where they differ first, then best epoch, test
+    metrics, training minutes), shown by a notebook; `.charts` their learning curves
+    overlaid per metric; `.page` the self-contained compare.html in `out` (default
+    ./compare-<time>) beside the charts' PNGs; `.notes` the metrics left out (not in every
+    run) and whether their losses compare. A folder holding runs stands for them."""
+    from cnnlab.comparison import compare as compare_runs
+
+    if isinstance(runs, (str, Path, Run)):
+        runs = [runs]
+    paths = [r.path if isinstance(r, Run) else r for r in runs]
+    found = compare_runs(paths, out, list(names) if names is not None else None)
+    for note in found.notes:
+        warnings.warn(note, stacklevel=2)
+    return found
+
+
 # ----------------------------------------------------------------------------- sweeps
 
 
@@ -357,4 +379,6 @@ def sweep(
     return Sweep(folder.path, options.get("storage"))
 
 
-__all__ = ["Charts", "Run", "Sweep", "load_recipe", "load_run", "resume", "sweep", "train"]
+__all__ = [
+    "Charts", "Run", "Sweep", "compare", "load_recipe", "load_run", "resume", "sweep", "train",
+]  # fmt: skip

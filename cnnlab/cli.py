@@ -541,9 +541,44 @@ def report(
             typer.echo((page.parent / "study.md").read_text())
         typer.echo(f"report: {page}")
         return
+    if not (path / "recipe.yaml").is_file() and path.is_dir():
+        from cnnlab.comparison import runs_of
+
+        inner = runs_of([path])
+        if len(inner) == 1 and inner != [path]:
+            raise CnnlabError(f"{path} is not a run folder; it holds one: cnnlab report {inner[0]}")
+        if len(inner) > 1:  # a folder of runs: what the user means is a comparison
+            raise CnnlabError(
+                f"{path} is not a run folder but holds {len(inner)} runs; compare them with "
+                f"cnnlab compare {path}"
+            )
     from cnnlab.report import build_report
 
     typer.echo(f"report: {build_report(path)}")
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(
+        ..., help="run folders (two or more; a folder that holds runs stands for them)"
+    ),
+    out: Path | None = typer.Option(
+        None, help="folder for compare.html and the PNGs (default ./compare-<time>)"
+    ),
+    names: str | None = typer.Option(None, help="the runs' names, comma-separated"),
+) -> None:
+    """Compare runs side by side: a table of what differs and their test metrics, their
+    learning curves overlaid; written as compare.html (self-contained) and PNGs."""
+    from cnnlab.comparison import compare as compare_runs
+
+    found = compare_runs(runs, out, names.split(",") if names is not None else None)
+    if found.differs:
+        typer.echo(f"differing recipe fields: {', '.join(found.differs)}")
+    for line in found.lines():
+        typer.echo(line)
+    for note in found.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"report: {found.page}")
 
 
 # ---------------------------------------------------------------- viz + report
