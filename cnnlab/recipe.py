@@ -185,6 +185,12 @@ class TrainConfig(Section):
         """A `Path` from Python (`run.path`) is written as text, as YAML would give it."""
         return str(value) if isinstance(value, os.PathLike) else value
 
+    @field_validator("early_stopping", mode="before")
+    @classmethod
+    def _none_is_off(cls, value: Any) -> Any:
+        """`early_stopping: null` turns it off, as `tasks.<name>: null` drops a task."""
+        return {} if value is None else value
+
 
 # --------------------------------------------------------------------------- log
 

@@ -277,3 +277,12 @@ def test_cli_refuses_a_negative_head_size(tmp_path: Path):
         "train", str(DEMO), "--set", f"output_dir={runs}", "--set", "tasks.cls.head.hidden=[-5]"
     )
     assert_cli_refuses(out, runs, "tasks.cls.head.hidden[0] = -5: Input should be greater than 0")
+
+
+def test_early_stopping_null_turns_it_off():
+    patient = load_recipe(DEMO, ["train.early_stopping.patience=3"])
+    assert patient.train.early_stopping.patience == 3
+    recipe = load_recipe(DEMO, ["train.early_stopping.patience=3", "train.early_stopping=null"])
+    assert (
+        recipe.train.early_stopping.patience is None and recipe.train.early_stopping.metric is None
+    )
