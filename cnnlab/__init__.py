@@ -78,7 +78,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    """The public names (what a notebook's completion offers), not this module's imports."""
+    return sorted([*_EXPORTS, "__version__"])
 
 
 __all__ = [
