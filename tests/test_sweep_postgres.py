@@ -22,7 +22,7 @@ TINY = [
     "data.train_subset=2000",
     "data.test_subset=500",
     "model.base_filters=8",
-    "train.epochs=3",  # killed after its first epoch, a trial has two more to be killed in
+    "train.epochs=4",  # killed after its first epoch, a trial has three more to be killed in
     "train.threads=1",
     "train.device=cpu",
 ]
@@ -58,10 +58,13 @@ def wait_for(predicate, timeout: float, what: str):
 def test_two_workers_one_killed_mid_trial(tmp_path, postgres_url):
     a = start_worker(tmp_path, postgres_url, "a.log")
     folder = SweepFolder(tmp_path / "lam")
+    storage: list = []  # one connection for every poll: a new one each took a loaded host
+    # long enough to miss a short trial's window (seen: all four trials done unseen)
 
     def a_trained_one_epoch():
         try:
-            study = optuna.load_study(study_name="lam", storage=postgres_url)
+            storage[:] = storage or [optuna.storages.RDBStorage(postgres_url)]
+            study = optuna.load_study(study_name="lam", storage=storage[0])
         except (KeyError, sqlalchemy.exc.SQLAlchemyError):
             # no study yet, or this poll raced worker A creating Optuna's tables: poll again
             return None
@@ -69,10 +72,10 @@ def test_two_workers_one_killed_mid_trial(tmp_path, postgres_url):
             ours = t.user_attrs.get("worker", "").endswith(f":{a.pid}")
             metrics = folder.path / str(t.user_attrs.get("run_dir")) / "metrics.jsonl"
             # an epoch done and another still to come, read after the trial's state: the
-            # kill then lands inside the trial (a poll that first saw all three epochs,
+            # kill then lands inside the trial (a poll that first saw all its epochs,
             # on a loaded host, killed a worker whose trial had completed meanwhile)
             rows = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
-            if ours and t.state.name == "RUNNING" and 1 <= rows < 3:
+            if ours and t.state.name == "RUNNING" and 1 <= rows < 4:
                 return t.number
         return None
 
@@ -101,7 +104,7 @@ def test_two_workers_one_killed_mid_trial(tmp_path, postgres_url):
     retry = rows[dead.retried_as]
     assert retry.state == "complete" and retry.run_dir == dead.run_dir  # resumed, same folder
     run = retry.run
-    assert [m["epoch"] for m in run.read_metrics()] == [1, 2, 3]
+    assert [m["epoch"] for m in run.read_metrics()] == [1, 2, 3, 4]
     assert json.loads((run.path / "trial.json").read_text())["trials"] == [killed, retry.number]
     # every run folder belongs to exactly one complete trial
     runs = sorted(p.name for p in (folder.path / "runs").iterdir())
