@@ -2,17 +2,14 @@
 
 import json
 
-import pytest
 import torch
 from torch import nn
 
-from cnnlab.build import build
 from cnnlab.ema import WeightAverage
 from cnnlab.evaluation import evaluate_run
 from cnnlab.experiment import train
-from cnnlab.loop import Trainer
-from cnnlab.runs import RunFolder, load_checkpoint
-from tests.test_train import comparable, interrupt_after
+from cnnlab.runs import load_checkpoint
+from tests.test_train import assert_same_run, interrupted
 
 
 def test_the_average_follows_the_formula_and_copies_integer_buffers():
@@ -42,11 +39,5 @@ def test_a_run_is_judged_by_its_average(tiny):
 def test_resume_with_an_average_reproduces_the_uninterrupted_run(tiny):
     recipe = tiny("train.epochs=2", "train.ema_decay=0.9", "data.train_subset=2000")
     reference = train(recipe)
-    run = RunFolder.create(recipe)
-    first = Trainer(build(recipe), run)
-    interrupt_after(first, 7)
-    with pytest.raises(KeyboardInterrupt):
-        first.fit()
-    resumed = train(recipe, resume=run.path)
-    assert comparable(resumed) == comparable(reference)
-    assert json.loads(resumed.test_path.read_text()) == json.loads(reference.test_path.read_text())
+    run = interrupted(recipe, 7)
+    assert_same_run(train(recipe, resume=run.path), reference)

@@ -9,14 +9,13 @@ from cnnlab.build import build
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import evaluate_run
 from cnnlab.experiment import train
-from cnnlab.loop import Trainer
 from cnnlab.models import create_model
-from cnnlab.runs import RunFolder, load_checkpoint
+from cnnlab.runs import load_checkpoint
 from cnnlab.tasks import EpochMeter, TargetSpec, Task, task_class, total_loss
 from cnnlab.tasks.classification import ClassificationConfig
 from cnnlab.tasks.regression import Regression, RegressionConfig
 from tests.conftest import fitted_tasks
-from tests.test_train import comparable, interrupt_after
+from tests.test_train import assert_same_run, interrupted
 
 
 def test_metrics_match_hand_computation(tiny):
@@ -183,14 +182,8 @@ def test_balanced_class_weights_train_and_resume_exactly(tiny):
     torch.testing.assert_close(saved["heads.cls.class_weight"], weights)
     # the test loss of the reloaded run is weighted as the trained one's
     assert evaluate_run(reference.path) == json.loads(reference.test_path.read_text())
-    run = RunFolder.create(recipe)
-    first = Trainer(build(recipe), run)
-    interrupt_after(first, 7)
-    with pytest.raises(KeyboardInterrupt):
-        first.fit()
-    resumed = train(recipe, resume=run.path)
-    assert comparable(resumed) == comparable(reference)
-    assert json.loads(resumed.test_path.read_text()) == json.loads(reference.test_path.read_text())
+    run = interrupted(recipe, 7)
+    assert_same_run(train(recipe, resume=run.path), reference)
 
 
 def test_a_regression_on_numbers_read_as_classes_says_to_read_them_as_numbers():

@@ -41,6 +41,22 @@ def interrupt_after(trainer: Trainer, steps: int) -> None:
     trainer.train_meter.update = counting
 
 
+def interrupted(recipe, steps: int) -> RunFolder:
+    """A run of `recipe` stopped, as Ctrl-C stops it, once `steps` batches are done."""
+    run = RunFolder.create(recipe)
+    first = Trainer(build(recipe), run)
+    interrupt_after(first, steps)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    return run
+
+
+def assert_same_run(a: RunFolder, b: RunFolder) -> None:
+    """The same metrics every epoch (timings aside) and the same test metrics."""
+    assert comparable(a) == comparable(b)
+    assert json.loads(a.test_path.read_text()) == json.loads(b.test_path.read_text())
+
+
 def test_train_writes_a_complete_run_folder(tiny):
     run = train(tiny("train.epochs=2"))
     rows = run.read_metrics()
@@ -61,9 +77,7 @@ def test_train_writes_a_complete_run_folder(tiny):
 
 
 def test_same_recipe_same_metrics(tiny):
-    a, b = train(tiny()), train(tiny())
-    assert comparable(a) == comparable(b)
-    assert json.loads(a.test_path.read_text()) == json.loads(b.test_path.read_text())
+    assert_same_run(train(tiny()), train(tiny()))
 
 
 @pytest.mark.parametrize("stop_at", [7, 29])  # mid-epoch 1, and after the last batch of epoch 1
@@ -71,11 +85,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny, stop_at):
     recipe = tiny("train.epochs=2", "train.scheduler.name=onecycle", "data.train_subset=2000")
     reference = train(recipe)
 
-    run = RunFolder.create(recipe)
-    first = Trainer(build(recipe), run)
-    interrupt_after(first, stop_at)
-    with pytest.raises(KeyboardInterrupt):
-        first.fit()
+    run = interrupted(recipe, stop_at)
     assert run.status()["state"] == "interrupted"
     saved = load_checkpoint(run.last_path)
     assert saved["loop"]["step"] == stop_at
@@ -88,9 +98,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny, stop_at):
     assert probe.data_state.device.type == "cpu" and probe.data_state.dtype == torch.uint8
     assert saved["rng"]["torch"].device.type == "cpu"
 
-    resumed = train(recipe, resume=run.path)
-    assert comparable(resumed) == comparable(reference)
-    assert json.loads(resumed.test_path.read_text()) == json.loads(reference.test_path.read_text())
+    assert_same_run(train(recipe, resume=run.path), reference)
 
 
 def test_stopped_between_its_checkpoint_and_its_row_a_run_resumes_with_the_row(tiny):
