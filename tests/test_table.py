@@ -18,7 +18,7 @@ from PIL import Image
 import cnnlab
 from cnnlab.api import load_recipe
 from cnnlab.build import build
-from cnnlab.data import describe, get_source, gsn, gsn_generator, shapes_table, table
+from cnnlab.data import describe, get_source, gsn, gsn_generator, shapes_table, table, table_cells
 from cnnlab.data.augment import NO_LABEL, AugmentConfig, augment
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
@@ -483,7 +483,7 @@ def test_a_files_state_is_one_lstat_links_resolved_only(tmp_path):
              str(base / "a/x.png"): "outside"}  # fmt: skip
     folders: dict[str, tuple[Path, bool]] = {}
     for rel, state in cases.items():
-        assert table._file_state(base, rel, folders) == state, rel
+        assert table_cells._file_state(base, rel, folders) == state, rel
 
 
 def test_problems_are_grouped_by_column_and_kind_and_counted_in_good_english(shapes, tmp_path):
