@@ -71,7 +71,8 @@ def _bars(ax, target: str, unit: str, names: list[str], counts: dict[str, list[i
     if any(n and min(n) > 0 and max(n) / max(1, min(n)) > 20 for n in counts.values()):
         ax.set_yscale("log")  # a class 20x rarer than another still shows
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))  # no mathtext
-    ax.legend(fontsize=7)
+    ax.margins(y=0.25)  # room above the bars for the legend
+    ax.legend(fontsize=7, ncols=len(counts), loc="upper center")
 
 
 def _histograms(ax, target: str, values: dict[str, torch.Tensor]) -> None:
