@@ -47,10 +47,15 @@ SECTIONS = [
 
 def sections() -> list[tuple[str, str, list[str]]]:
     """SECTIONS, then one section per figure a user registered (cnnlab/components.py), in
-    registration order, titled by its name."""
+    registration order, titled by its name and what it draws (its `doc`)."""
     shown = {name for _, _, names in SECTIONS for name in names}
     extra = [name for name in FIGURES if name not in shown and name not in BUILT_IN]
-    return [*SECTIONS, *((name, name, [name]) for name in extra)]
+    return [*SECTIONS, *((name, _title(name), [name]) for name in extra)]
+
+
+def _title(name: str) -> str:
+    doc = FIGURES[name].doc
+    return f"{name}: {doc}" if doc and doc != name else name
 
 
 TEMPLATES = jinja2.Environment(

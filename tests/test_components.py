@@ -556,7 +556,8 @@ def test_a_registered_figure_is_listed_and_gets_a_report_section():
         return []
 
     assert list_figures()["weight-norms"] == "norm of every weight tensor"
-    assert sections()[-1] == ("weight-norms", "weight-norms", ["weight-norms"])
+    title = "weight-norms: norm of every weight tensor"  # what it draws, not only its name
+    assert sections()[-1] == ("weight-norms", title, ["weight-norms"])
     assert [sid for sid, _, _ in sections()][:-1] == built_in
     with pytest.raises(CnnlabError, match="figure 'curves' is already registered"):
         register_figure("curves")(weight_norms)
