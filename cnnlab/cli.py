@@ -328,7 +328,7 @@ def _predict_run(
         table.insert(0, "image", [str(p) for p in files])
         out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out, index=False)
-        typer.echo(f"table: {out}")
+        typer.echo(f"answers: {out} (one row per image)")
     if masks is not None:
         written = write_masks(files, found, masks)
         typer.echo(f"masks: {len(written)} PNG files in {masks}")

@@ -164,6 +164,7 @@ def test_cnnlab_predict_prints_the_shares_and_writes_them_to_its_csv(mask_run, t
     env = {"XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}
     done = run_cli("predict", str(path), *map(str, files), "--out", str(out), env=env)
     assert done.returncode == 0, done.stderr
+    assert f"answers: {out} (one row per image)" in done.stdout
     expected = cnnlab.load_run(path).predict(files)
     shares = shares_of(expected["mask"].index)
     lines = done.stdout.splitlines()
