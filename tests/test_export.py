@@ -49,7 +49,7 @@ def exported_agrees(recipe, tmp_path: Path, images: int = 64) -> None:
 
 def fed_as_the_docs_say(onnx_file: Path, tmp_path: Path) -> None:
     """docs/using-runs.md's snippet that feeds the file without cnnlab, run as written on a
-    16-bit image and a transparent one: the answers `cnnlab predict FILE` gives."""
+    16-bit image, a transparent one and a JPEG: the answers `cnnlab predict FILE` gives."""
     page = (ROOT / "docs" / "using-runs.md").read_text()
     snippet = page.split("**Feeding the file without cnnlab.**")[1].split("```python\n")[1]
     snippet = snippet.split("```")[0]
@@ -58,7 +58,9 @@ def fed_as_the_docs_say(onnx_file: Path, tmp_path: Path) -> None:
     Image.fromarray((rng.random((40, 30)) * 65535).astype(np.uint16)).save(wide)
     clear = tmp_path / "clear.png"
     Image.fromarray((rng.random((30, 40, 4)) * 255).astype(np.uint8), "RGBA").save(clear)
-    for image in (wide, clear):
+    photo = tmp_path / "photo.jpg"  # large enough for libjpeg to decode it at half size
+    Image.fromarray((rng.random((90, 120, 3)) * 255).astype(np.uint8)).save(photo, quality=90)
+    for image in (wide, clear, photo):
         scope: dict = {}
         exec(snippet.replace('"model.onnx"', repr(str(onnx_file))).replace(
             '"cell.tif"', repr(str(image))), scope)  # fmt: skip
