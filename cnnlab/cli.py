@@ -218,6 +218,9 @@ def calibrate(
     typer.echo(
         f"saved in {run / 'checkpoints' / 'best.pt'}; redraw the report: cnnlab report {run}"
     )
+    for old in sorted((run / "export").glob("model.*")):  # files made with the old temperature
+        if old.suffix in (".onnx", ".pt2"):
+            typer.echo(f"{old} holds the old temperature: export again, cnnlab export {run}")
 
 
 @app.command()

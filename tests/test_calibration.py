@@ -14,7 +14,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 
 import cnnlab
 from cnnlab.build import build
-from cnnlab.calibration import calibrate_run, fit, summary
+from cnnlab.calibration import calibrate_run, fit, fitted, notes, summary
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
 from cnnlab.export import load_for_export
@@ -62,6 +62,24 @@ def test_logits_that_tell_nothing_get_a_high_temperature_and_a_line_saying_so():
         "logits tell little (a model near chance, or trained too briefly)"
     )
     assert len(summary({"cls": {**result["cls"], "temperature": 1.5}})) == 1
+
+
+def test_validation_without_a_mistake_keeps_t_1_and_says_why():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(200, 10, generator=gen) * 3
+    right = Rows(logits, logits.argmax(1))  # every answer right: the fit would run to T = 0
+    assert fit_temperature(CLASSES, right) < 0.2  # what fitting it anyway gives
+    assert fitted(CLASSES, right) == (1.0, True)
+    wrong = Rows(logits, torch.randint(0, 10, (200,), generator=gen))
+    t, flawless = fitted(CLASSES, wrong)
+    assert not flawless and t == fit_temperature(CLASSES, wrong)
+    val = {"rows": 200, "before": scores(CLASSES, right), "after": scores(CLASSES, right)}
+    (line,) = notes({"cls": {"temperature": 1.0, "val": val, "flawless": True}})
+    assert line == (
+        "cls: validation holds no mistake (200 rows right), so no temperature can be fitted "
+        "on it (the fit would drive T to 0, every answer certain); T = 1 kept: more "
+        "validation images, or a harder validation set, give one"
+    )
 
 
 def test_a_temperature_that_makes_the_test_worse_gets_a_line_saying_so():
@@ -157,8 +175,15 @@ def test_predict_export_and_the_reliability_diagram_use_the_temperature(calibrat
 
 def test_the_cli_calibrates_again_to_the_same_temperature(calibrated):
     before = load_checkpoint(calibrated.best_path)["temperature"]["cls"]
+    exported = calibrated.path / "export" / "model.onnx"  # made before: the old temperature
+    exported.parent.mkdir(exist_ok=True)
+    exported.write_bytes(b"")
     out = run_cli("calibrate", str(calibrated.path))
+    shutil.rmtree(exported.parent)
     assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == (
+        f"{exported} holds the old temperature: export again, cnnlab export {calibrated.path}"
+    )
     line = next(x for x in out.stdout.splitlines() if x.startswith("cls: T = ") and "test NLL" in x)
     assert f"T = {before:.3f}" in line
     again = load_checkpoint(calibrated.best_path)["temperature"]["cls"]
