@@ -289,7 +289,7 @@ def predict(
         raise CnnlabError("predict --masks: give a run folder (or its exported file) first")
     if run is not None or onnx is not None:
         files = image_paths(images[1:] if run is not None else images)
-        _predict_run(run, onnx, files, figure, out, masks, explain, component)
+        _predict_run(run, onnx, files, figure, out, masks, explain, component, images)
         return
     from cnnlab.models.timm_backbone import TimmConfig
     from cnnlab.predict import draw
@@ -308,20 +308,27 @@ def predict(
 def _predict_run(
     run: Path | None, onnx: Path | None, files: list[Path], figure: Path | None,
     out: Path | None, masks: Path | None, explain: bool = False, component: str | None = None,
+    inputs: list[Path] | None = None,
 ) -> None:  # fmt: skip
-    from cnnlab.viz.new_images import caption, draw_predictions, write_masks
+    from cnnlab.viz.new_images import caption, check_masks, draw_predictions, write_masks
 
     explained = []  # drawn first: a wrong --component stops before anything is printed
     if onnx is not None:
+        from functools import partial
+
         from cnnlab.export import predict_exported
 
-        found, source = predict_exported(onnx, files), str(onnx)
+        predict, source = partial(predict_exported, onnx), str(onnx)
     else:
         from cnnlab.api import load_run
 
         loaded = load_run(run)
-        explained = loaded.explain(files[:16], component) if explain else []
-        found, source = loaded.predict(files), str(run)
+        predict, source = loaded.predict, str(run)
+    if masks is not None:  # refused, if at all, before the images are predicted
+        check_masks(predict(files[:1]), masks, inputs or [])
+    if explain and onnx is None:
+        explained = loaded.explain(files[:16], component)
+    found = predict(files)
     for i, path in enumerate(files):
         typer.echo(f"{path}")
         for line in caption(found, i).splitlines():
@@ -545,19 +552,42 @@ def report(
         typer.echo(f"report: {page}")
         return
     if not (path / "recipe.yaml").is_file() and path.is_dir():
-        from cnnlab.comparison import runs_of
-
-        inner = runs_of([path])
-        if len(inner) == 1 and inner != [path]:
-            raise CnnlabError(f"{path} is not a run folder; it holds one: cnnlab report {inner[0]}")
-        if len(inner) > 1:  # a folder of runs: what the user means is a comparison
-            raise CnnlabError(
-                f"{path} is not a run folder but holds {len(inner)} runs; compare them with "
-                f"cnnlab compare {path}"
-            )
+        _not_a_run(path)
     from cnnlab.report import build_report
 
     typer.echo(f"report: {build_report(path)}")
+
+
+def _not_a_run(path: Path) -> None:
+    """A folder `report` was given that is no run folder: name the command it needs when
+    it is a sweep's runs/ (the sweep's report), holds sweeps (each one's report) or runs
+    (a comparison)."""
+    from cnnlab.comparison import runs_of
+    from cnnlab.sweeps.study import SweepFolder
+
+    if SweepFolder.is_sweep(path.parent):  # SWEEP/runs: the sweep's report compares them
+        raise CnnlabError(
+            f"{path} holds a sweep's trials; its report compares them: cnnlab report {path.parent}"
+        )
+    sweeps = sorted(c for c in path.iterdir() if SweepFolder.is_sweep(c))
+    if len(sweeps) == 1:
+        raise CnnlabError(
+            f"{path} is not a run folder; it holds a sweep: cnnlab report {sweeps[0]}"
+        )
+    if sweeps:  # sweeps, not runs: each has a report of its own
+        each = " ; ".join(f"cnnlab report {s}" for s in sweeps[:3])
+        raise CnnlabError(
+            f"{path} is not a run folder but holds {len(sweeps)} sweeps; report each one: "
+            f"{each}{' ...' if len(sweeps) > 3 else ''}"
+        )
+    inner = runs_of([path])
+    if len(inner) == 1 and inner != [path]:
+        raise CnnlabError(f"{path} is not a run folder; it holds one: cnnlab report {inner[0]}")
+    if len(inner) > 1:  # a folder of runs: what the user means is a comparison
+        raise CnnlabError(
+            f"{path} is not a run folder but holds {len(inner)} runs; compare them with "
+            f"cnnlab compare {path}"
+        )
 
 
 @app.command()

@@ -206,6 +206,23 @@ def test_cnnlab_predict_writes_each_map_as_a_mask_file_at_its_images_size(mask_r
     alone = Predictions({"kind": Prediction("kind", np.array([0]), ["a"], np.ones((1, 1)))})
     with pytest.raises(CnnlabError, match="the run has no per-pixel task"):
         new_images.write_masks(files[:1], alone, tmp_path / "none")
+    inside = run_cli(
+        "predict", str(path), str(files[0].parent), "--masks", str(files[0].parent / "m"), env=env
+    )  # the next predict of that folder would read the masks as images
+    assert inside.returncode == 2 and not (files[0].parent / "m").exists()
+    assert f"{files[0].parent / 'm'} is inside {files[0].parent}, a folder of images" in (
+        inside.stderr
+    )
+    assert inside.stdout == ""  # refused before any image was predicted
+
+
+def test_two_images_of_one_name_get_a_mask_each(tmp_path):
+    for name in ("a.png", "a.jpg", "b.png", "sub/a.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).touch()
+    files = [tmp_path / n for n in ("a.png", "a.jpg", "b.png", "sub/a.png")]
+    stems = [s.as_posix() for s in new_images.mask_stems(files)]
+    assert stems == ["a.png", "a.jpg", "b", "sub/a"]  # a.mask.png would have been written twice
 
 
 def test_the_figure_draws_each_map_beside_its_image_with_its_shares(

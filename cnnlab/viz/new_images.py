@@ -6,6 +6,7 @@ class maps as mask files, at each image's own size (`--masks`)."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -80,21 +81,9 @@ def write_masks(files: list[Path], predictions: Predictions, folder: Path) -> li
     PNG: its pixel values are class indices (a mask a table reads back), its colours the
     `pixels` figure's, and 255 where a crop left the image's border unseen. photos/a.jpg
     becomes FOLDER/a.<task>.png, sub-folders of the images' common folder kept."""
-    maps = {name: p for name, p in predictions.items() if p.per_pixel}
-    if not maps:
-        raise CnnlabError("predict --masks: the run has no per-pixel task; leave --masks out")
-    for name, p in maps.items():
-        if len(p.classes or ()) >= UNSEEN_INDEX:
-            raise CnnlabError(
-                f"predict --masks: {name} has {len(p.classes or ())} classes, more than a "
-                f"palette PNG holds ({UNSEEN_INDEX - 1}); read them with Run.predict and "
-                "Prediction.mask"
-            )
-    resolved = [f.resolve() for f in files]
-    common = Path(os.path.commonpath([f.parent for f in resolved]))
+    maps = check_masks(predictions, folder, [])
     written = []
-    for i, path in enumerate(resolved):
-        stem = path.relative_to(common).with_suffix("")
+    for i, stem in enumerate(mask_stems(files)):
         for name, p in maps.items():
             target = folder / f"{stem}.{name}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -105,3 +94,40 @@ def write_masks(files: list[Path], predictions: Predictions, folder: Path) -> li
             im.save(target)
             written.append(target)
     return written
+
+
+def check_masks(predictions: Predictions, folder: Path, inputs: list[Path]) -> dict:
+    """The per-pixel answers `--masks` writes, checked before any is predicted in full (on a
+    first image's `predictions`): a run without one, a task of more classes than a palette
+    holds, or a masks folder inside a folder of images (the next predict would read the
+    masks as images) is refused."""
+    maps = {name: p for name, p in predictions.items() if p.per_pixel}
+    if not maps:
+        raise CnnlabError("predict --masks: the run has no per-pixel task; leave --masks out")
+    for name, p in maps.items():
+        if len(p.classes or ()) >= UNSEEN_INDEX:
+            raise CnnlabError(
+                f"predict --masks: {name} has {len(p.classes or ())} classes, more than a "
+                f"palette PNG holds ({UNSEEN_INDEX - 1}); read them with Run.predict and "
+                "Prediction.mask"
+            )
+    target = folder.resolve()
+    for source in (i.resolve() for i in inputs if i.is_dir()):
+        if target == source or source in target.parents:
+            raise CnnlabError(
+                f"predict --masks: {folder} is inside {source}, a folder of images: the next "
+                "predict would read the masks as images; write them elsewhere"
+            )
+    return maps
+
+
+def mask_stems(files: list[Path]) -> list[Path]:
+    """Each image's mask name without `.<task>.png`: its path under the images' common
+    folder without its suffix (photos/a/x.jpg: a/x), or with it where two images would
+    otherwise share one (a.png and a.jpg: a.png, a.jpg)."""
+    resolved = [f.resolve() for f in files]
+    common = Path(os.path.commonpath([f.parent for f in resolved]))
+    relative = [f.relative_to(common) for f in resolved]
+    stems = [r.with_suffix("") for r in relative]
+    taken = Counter(stems)
+    return [stem if taken[stem] == 1 else rel for stem, rel in zip(stems, relative, strict=True)]
