@@ -31,7 +31,7 @@ from cnnlab.models.compiled import compiled_kernels
 from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.precision import autocast_for, scaler_for, tune_cuda
 from cnnlab.progress import EpochProgress
-from cnnlab.recipe import LogConfig, Recipe
+from cnnlab.recipe import LogConfig, Recipe, better_epoch
 from cnnlab.runs import RunFolder, load_checkpoint, write_json
 from cnnlab.tasks import EpochMeter, evaluate, metric_goal, total_loss
 from cnnlab.tta import ViewAverage
@@ -48,6 +48,7 @@ class LoopState:
     global_step: int = 0
     best_value: float | None = None
     best_epoch: int = 0
+    best_loss: float | None = None  # the best epoch's val.loss: it breaks a tie of the monitor
     bad_epochs: int = 0  # epochs since the early-stopping metric last improved
     watch_best: float | None = None  # the early-stopping metric's best value so far
     elapsed: float = 0.0  # training seconds so far, over all sessions
@@ -399,10 +400,11 @@ class Trainer:
 
     def _track_best(self, row: dict) -> None:
         cfg, st = self.recipe.train, self.state
-        value = row[cfg.monitor]
-        better = st.best_value is None or (metric_goal(cfg.monitor).better(value, st.best_value))
-        if better:
-            st.best_value, st.best_epoch = value, st.epoch
+        value, loss = row[cfg.monitor], row.get("val.loss")
+        if st.best_value is None or better_epoch(
+            cfg.monitor, (value, loss), (st.best_value, st.best_loss)
+        ):
+            st.best_value, st.best_epoch, st.best_loss = value, st.epoch, loss
             self.run.save_checkpoint(self.run.best_path, self.checkpoint())
         # from the loop's state, not the metrics file: every data-parallel rank decides alike
         watch = cfg.early_stopping.metric or cfg.monitor

@@ -266,10 +266,28 @@ def check_metric_name(recipe: Recipe, name: str) -> None:
 
 
 def best_row(rows: list[dict], metric: str) -> dict | None:
-    """The metrics row whose `metric` is best (the epoch best.pt holds when it is the monitor)."""
-    if not rows:
-        return None
-    return metric_goal(metric).best(rows, key=lambda r: r.get(metric, float("nan")))
+    """The metrics row whose `metric` is best (the epoch best.pt holds when it is the monitor),
+    a tie broken as training breaks it (`better_epoch`)."""
+    best = None
+    for row in rows:
+        seen = (row.get(metric, float("nan")), row.get("val.loss"))
+        if best is None or better_epoch(metric, seen, (best.get(metric), best.get("val.loss"))):
+            best = row
+    return best
+
+
+def better_epoch(
+    metric: str, epoch: tuple[float, float | None], best: tuple[float, float | None]
+) -> bool:
+    """Whether an epoch's (metric, val.loss) beats the best so far: a better metric, or the
+    same with a lower validation loss. Accuracy on a small validation set ties often (100 %
+    from an early epoch on), and the first of equals then kept an epoch whose other task
+    was far worse."""
+    goal = metric_goal(metric)
+    if goal.better(epoch[0], best[0]):
+        return True
+    same = epoch[0] == best[0]
+    return same and epoch[1] is not None and best[1] is not None and epoch[1] < best[1]
 
 
 def flatten(raw: dict, prefix: str = "") -> dict[str, Any]:

@@ -17,7 +17,7 @@ from cnnlab.evaluation import evaluate_run
 from cnnlab.experiment import train
 from cnnlab.loop import Trainer
 from cnnlab.optim import build_optimizer, build_scheduler
-from cnnlab.recipe import dump_recipe
+from cnnlab.recipe import best_row, dump_recipe
 from cnnlab.runs import RunFolder, load_checkpoint
 from tests.conftest import DEMO, ROOT, TINY, run_cli
 
@@ -353,3 +353,23 @@ def test_validation_and_test_batches_are_sized_by_the_models_largest_map(tiny, m
     assert ("val", 96) in asked and ("test", 96) in asked
     assert {size for split, size in asked if split in ("val", "test")} == {96}
     assert build(tiny("train.eval_batch_size=250")).eval_batch_size == 250  # as given
+
+
+def test_a_tie_of_the_monitor_keeps_the_epoch_of_lower_validation_loss(tiny):
+    """Accuracy on a small validation set ties often (100 % from an early epoch on): the
+    first of equals kept an epoch whose other task was far worse."""
+    rows = [
+        {"epoch": 1, "val.cls.accuracy": 0.9, "val.loss": 0.9},
+        {"epoch": 2, "val.cls.accuracy": 1.0, "val.loss": 0.5},
+        {"epoch": 3, "val.cls.accuracy": 1.0, "val.loss": 0.3},  # the same, and lower loss
+        {"epoch": 4, "val.cls.accuracy": 1.0, "val.loss": 0.4},
+    ]
+    assert best_row(rows, "val.cls.accuracy")["epoch"] == 3
+    assert best_row(rows, "val.loss")["epoch"] == 3
+    recipe = tiny("train.monitor=val.cls.accuracy")
+    trainer = Trainer(build(recipe), RunFolder.create(recipe))
+    for row in rows:  # as the loop sees each epoch's row
+        trainer.state.epoch = row["epoch"]
+        trainer._track_best(row)
+    assert trainer.state.best_epoch == 3  # best.pt holds the epoch best_row names
+    assert load_checkpoint(trainer.run.best_path)["loop"]["best_loss"] == 0.3
