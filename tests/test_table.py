@@ -129,6 +129,12 @@ def test_a_12_bit_cameras_table_reads_bright_with_data_bits_and_says_what_it_cho
         )
         assert (dark in said) == (bits == 16), said
     assert brightest[16] <= 16 and brightest[12] >= 250
+    sized = table.TableConfig(table=str(folder / "labels.csv"), targets=targets, image_size=16)
+    table.load(sized)  # the size given: only the channels came from the first image
+    assert (
+        "table: images become grey (1 channel), as the first image, images/00.png, is; set "
+        "data.channels to choose"
+    ) in capsys.readouterr().err
 
 
 def test_parquet_and_carved_splits_and_integer_classes(shapes, tmp_path):

@@ -291,15 +291,20 @@ def _shape(cfg: TableConfig, rows: Rows) -> tuple[int, int, int]:
 def _say_shape(cfg: TableConfig, rows: Rows) -> None:
     """One line when the input's channels or size came from the first image, not the recipe:
     with grey and colour files mixed, sorting the table would otherwise change the model."""
-    if cfg.channels is not None and cfg.image_size is not None:
-        return
     c, s, _ = rows.shape
-    said = [f"{'grey' if c == 1 else 'colour'} ({counted(c, 'channel')})", f"{s} x {s} px"]
-    print(
-        f"table: images become {', '.join(said)}, as the first image, {rows.images[0]}, is; "
-        "set data.channels and data.image_size to choose",
-        file=sys.stderr,
-    )
+    said, keys = [], []  # only what the recipe left to the first image
+    if cfg.channels is None:
+        said.append(f"{'grey' if c == 1 else 'colour'} ({counted(c, 'channel')})")
+        keys.append("data.channels")
+    if cfg.image_size is None:
+        said.append(f"{s} x {s} px")
+        keys.append("data.image_size")
+    if said:
+        print(
+            f"table: images become {', '.join(said)}, as the first image, {rows.images[0]}, "
+            f"is; set {' and '.join(keys)} to choose",
+            file=sys.stderr,
+        )
 
 
 # ------------------------------------------------------------------------------ source
