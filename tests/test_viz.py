@@ -190,11 +190,17 @@ def test_the_data_figure_counts_each_split_and_names_the_rare_classes(view):
         assert counts == torch.bincount(truth, minlength=10).tolist(), split
     assert set(chart.extra["counts"]) == {"label"}
     assert chart.caption.endswith("Every class has at least 10 training images.")
-    names = [f"c{i}" for i in range(4)]
-    rare = rare_classes("kind", names, {"train": [50, 3, 40, 9], "val": [5, 1, 4, 0]})
-    assert rare == [
+    names = [f"c{i}" for i in range(5)]
+    counts = {"train": [50, 3, 40, 9, 0], "val": [5, 1, 4, 0, 0]}
+    assert rare_classes("kind", names, counts) == [
+        "kind: no training images of 'c4': a class without them cannot be learnt (add some, "
+        "or leave it out of the classes).",
         "kind: few images in 'c1' (3 train, 1 validation); 'c3' (9 train, 0 validation): "
-        "their metrics rest on those few (one image moves a per-class accuracy by many points)."
+        "their metrics rest on those few (one image moves a per-class accuracy by many points).",
+    ]
+    assert rare_classes("mask", names, counts, "pixels") == [  # few pixels are many
+        "mask: no training pixels of 'c4': a class without them cannot be learnt (add some, "
+        "or leave it out of the classes)."
     ]
 
 

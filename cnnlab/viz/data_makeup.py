@@ -38,9 +38,8 @@ def data_makeup(view: RunView) -> list[Chart]:
             counts[target] = {s: _class_counts(v, len(names)) for s, v in values.items()}
             unit = "pixels" if next(iter(values.values())).ndim >= 3 else "images"
             _bars(ax, target, unit, names, counts[target])
-            if unit == "images":
-                per_image.append(target)
-                notes += rare_classes(target, names, counts[target])
+            per_image += [target] if unit == "images" else []
+            notes += rare_classes(target, names, counts[target], unit)
         else:
             _histograms(ax, target, values)
     said = ", ".join(f"{_split_name(s)} {n:,}" for s, n in sizes.items())
@@ -86,20 +85,30 @@ def _histograms(ax, target: str, values: dict[str, torch.Tensor]) -> None:
     ax.legend(fontsize=7)
 
 
-def rare_classes(target: str, names: list[str], counts: dict[str, list[int]]) -> list[str]:
-    """A sentence per class with fewer than FEW training images (at most five named)."""
+def rare_classes(
+    target: str, names: list[str], counts: dict[str, list[int]], unit: str = "images"
+) -> list[str]:
+    """A sentence for classes without a training image (or labelled pixel): they cannot be
+    learnt; and one for those with fewer than FEW training images (at most five named)."""
     train = counts.get("train", [])
-    rare = [c for c, n in enumerate(train) if n < FEW]
-    if not rare:
-        return []
-    said = [
-        f"{names[c]!r} (" + ", ".join(f"{counts[s][c]} {_split_name(s)}" for s in counts) + ")"
-        for c in rare
-    ]
-    return [
-        f"{target}: few images in {listed(said, most=5)}: their metrics rest on those few "
-        "(one image moves a per-class accuracy by many points)."
-    ]
+    none = [names[c] for c, n in enumerate(train) if n == 0]
+    rare = [c for c, n in enumerate(train) if 0 < n < FEW] if unit == "images" else []
+    lines = []
+    if none:
+        lines.append(
+            f"{target}: no training {unit} of {listed([repr(n) for n in none], ', ', most=5)}: "
+            "a class without them cannot be learnt (add some, or leave it out of the classes)."
+        )
+    if rare:
+        said = [
+            f"{names[c]!r} (" + ", ".join(f"{counts[s][c]} {_split_name(s)}" for s in counts) + ")"
+            for c in rare
+        ]
+        lines.append(
+            f"{target}: few images in {listed(said, most=5)}: their metrics rest on those few "
+            "(one image moves a per-class accuracy by many points)."
+        )
+    return lines
 
 
 def _split_name(split: str) -> str:
