@@ -98,8 +98,15 @@ class Prediction:
         left out. At the model's own size it is `index[image]`."""
         if not self.per_pixel or self.probabilities is None or self.frames is None:
             raise CnnlabError(f"predict: {self.task} has no class map to put back on its image")
+        if not 0 <= image < len(self.frames):
+            n = len(self.frames)
+            raise CnnlabError(f"predict: image {image} of {n}; give 0 to {n - 1}")
         frame = self.frames[image]
         height, width = size or (frame.height, frame.width)
+        if height < 1 or width < 1:
+            raise CnnlabError(
+                f"predict: a mask of {height} x {width} pixels; give a size of 1 or more"
+            )
         left, top, right, bottom = frame.box
         sy, sx = height / frame.height, width / frame.width
         probs = torch.from_numpy(self.probabilities[image]).float()  # (K, H, W)

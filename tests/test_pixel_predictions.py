@@ -120,6 +120,10 @@ def test_a_map_is_put_back_on_its_image_at_the_images_own_size(mask_run):
     assert (squashed == upsampled(p.probabilities[3], (40, 48))).mean() > 0.99
     half = p.mask(2, (20, 24))  # at another size, the same part of the image
     assert half.shape == (20, 24) and (half[:, :2] == NOT_SEEN).all() and (half[:, 2:22] >= 0).all()
+    with pytest.raises(CnnlabError, match=r"^predict: image 4 of 4; give 0 to 3$"):
+        p.mask(4)
+    with pytest.raises(CnnlabError, match="a mask of 0 x 5 pixels"):
+        p.mask(0, (0, 5))
     with pytest.raises(CnnlabError, match="^predict: kind has no class map"):
         Prediction("kind", np.array([1]), ["a", "b"], np.array([[0.4, 0.6]])).mask(0)
 
