@@ -923,3 +923,19 @@ def test_whole_groups_stay_in_one_split(shapes, tmp_path):
         "column 'subject': a group in two splits on line 3 ('s0': test here, train on line 2); "
         "a group's rows belong in one split"
     ) in str(err.value)
+
+
+def test_a_jpeg_mask_is_refused_as_lossy_not_as_holding_class_254(tmp_path):
+    """A mask saved as JPEG held indices 3-13 and 246-254 at the edges, and the message said
+    to list 255 classes; the fix is to save it losslessly."""
+    from cnnlab.data.decoded import Refused, decode_mask
+
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[4:12, 4:12] = 1
+    Image.fromarray(mask).save(tmp_path / "m.jpg", quality=90)
+    with pytest.raises(Refused) as err:
+        decode_mask(tmp_path / "m.jpg", 16, "squash")
+    assert err.value.what == "is a JPEG, whose lossy compression changes class indices"
+    assert err.value.fix.startswith("save masks losslessly, as PNGs of class indices")
+    Image.fromarray(mask).save(tmp_path / "m.png")  # the same mask as a PNG reads as it is
+    assert np.array_equal(decode_mask(tmp_path / "m.png", 16, "squash"), mask)

@@ -174,6 +174,7 @@ FIX_SIZE = (
     "a mask is drawn on its own image, pixel for pixel: save each mask at its image's size "
     "(or correct the row's paths)"
 )
+FIX_LOSSY = "save masks losslessly, as PNGs of class indices (a JPEG's compression changes them)"
 FIX_INDEX = (
     "a mask holds class indices 0 to 254 (255: no label): save masks as 8-bit grey or "
     "palette PNGs of class indices"
@@ -192,6 +193,8 @@ def decode_mask(
     a mask of another size is refused, since stretched to the image it no longer lines up
     with it. Checked from the header, before the mask's pixels are decoded."""
     with Image.open(path) as im:
+        if im.format == "JPEG":  # its indices blur at every edge: 3-13 and 246-254 seen
+            raise Refused("is a JPEG, whose lossy compression changes class indices", FIX_LOSSY)
         if im.mode not in MASK_MODES:
             kind = f"a colour ({im.mode})" if im.mode in COLOUR else f"a {im.mode!r}"
             raise Refused(f"is {kind} image", FIX_MODE)
