@@ -124,26 +124,37 @@ def fitted_state(
     Every key and shape is checked first; a mismatch is one line naming the key."""
     mine = model.state_dict()
     fresh = heads_with_other_classes(start, tasks)
+    before = {n for n, t in (start.recipe.get("tasks") or {}).items() if isinstance(t, dict)}
+    added = [n for n in tasks if before and n not in before]  # a head of a task new here
+    dropped = sorted(before - set(tasks))  # a head of a task this recipe no longer has
 
     def kept(key: str) -> bool:  # as built: a fresh head, the new run's class weights
-        return _own(key) or (key.startswith("heads.") and key.split(".")[1] in fresh)
+        head = key.split(".")[1] if key.startswith("heads.") else None
+        return _own(key) or head in fresh or head in added
 
-    theirs = {k: v for k, v in start.state.items() if not kept(k)}
+    def left(key: str) -> bool:
+        return key.startswith("heads.") and key.split(".")[1] in dropped
+
+    theirs = {k: v for k, v in start.state.items() if not kept(k) and not left(k)}
     for key, value in mine.items():
         if kept(key):
             continue
         if key not in theirs:
-            raise mismatch(start, recipe, key, "is in this run's model and not in the run's")
+            raise mismatch(start, recipe, key, f"is in the new model, not in {start.given}'s")
         if theirs[key].shape != value.shape:
             there, here = tuple(theirs[key].shape), tuple(value.shape)
             raise mismatch(start, recipe, key, f"has shape {there} there and {here} here")
     extra = [k for k in theirs if k not in mine]
     if extra:
-        raise mismatch(start, recipe, extra[0], "is in the run's model and not in this one")
+        raise mismatch(start, recipe, extra[0], f"is in {start.given}'s model, not the new one")
     lines = [
         f"tasks.{name}'s head starts fresh: {start.given} had {old} classes, this run has "
         f"{new}; the backbone and the other heads start from its weights"
         for name, (old, new) in fresh.items()
+    ]
+    lines += [f"tasks.{name}'s head starts fresh: {start.given} had no such task" for name in added]
+    lines += [
+        f"{start.given}'s tasks.{name} is not in this recipe: its head is left" for name in dropped
     ]
     return {k: theirs.get(k, v) for k, v in mine.items()}, lines
 

@@ -180,3 +180,20 @@ def test_a_head_with_another_number_of_classes_starts_fresh_and_says_so(
     assert run.status()["state"] == "finished"
     out = capsys.readouterr().out
     assert f"weights from {old.path} (epoch 1)\n{said}" in out
+
+
+def test_a_task_added_gets_a_fresh_head_and_a_task_dropped_leaves_its_own(tmp_path, monkeypatch):
+    """A backbone from a run, a task of one's own on it: the common next step."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    shapes_table.write(tmp_path / "shapes", 120, 16, seed=3)
+    old = train(cnnlab.load_recipe(table_recipe(tmp_path / "shapes", tmp_path)))
+    raw = table_recipe(tmp_path / "shapes", tmp_path, init_from=str(old.path))
+    raw["tasks"] = {"kind": raw["tasks"]["kind"], "size": {"type": "regression", "target": "area"}}
+    built = build(cnnlab.load_recipe(raw))
+    assert built.started == [
+        f"tasks.size's head starts fresh: {old.path} had no such task",
+        f"{old.path}'s tasks.area is not in this recipe: its head is left",
+    ]
+    judged, now = load_checkpoint(old.best_path)["model"], built.model.state_dict()
+    assert all(torch.equal(now[k], v) for k, v in judged.items() if not k.startswith("heads.area."))
+    assert any(k.startswith("heads.size.") for k in now)
