@@ -1,14 +1,17 @@
 """`cnnlab compare RUN RUN ...`: any run folders side by side, sweep or not.
 
 What a sweep's report shows of its trials, for runs a user names: a table of the runs (the
-recipe fields where they differ first, then best epoch, test metrics and training minutes)
+recipe fields where they differ first, then best epoch, test metrics and training minutes;
+when a run has no test metrics, a sweep's trial, each run's validation metrics at its best
+epoch instead)
 and their learning curves overlaid per metric, one colour per run (the sweep's chart:
 cnnlab/viz/overlay.py), on a self-contained page built from the reports' blocks and
 template parts (cnnlab/report.py). It writes into a folder of its own, never into a run.
 
 Runs may differ in their tasks: what they share is compared and the rest named in a line.
 When their losses are different functions (a task's loss, label smoothing, class weights or
-weight differs, or a task is not in every run), a note under the loss chart says so.
+weight differs, or a task is not in every run), a note under the loss chart says so; the
+sweep report's group table takes the same rule and note (cnnlab/differences.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnlab.differences import MISSING, field_value, loss_note, varying, yaml_text
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import best_row, flatten, read_yaml, upgrade_saved
 from cnnlab.report import TEMPLATES, block, format_value
@@ -29,11 +33,8 @@ if TYPE_CHECKING:
 
     from cnnlab.viz.base import Chart
 
-# Recipe fields that change no result (where a run is written, how it logs): not differences.
-BOOKKEEPING = ("name", "output_dir", "train.progress", "train.threads", "train.report",
-               "train.test_at_end", "log")  # fmt: skip
 SPLITS = ("train.", "val.", "test.")  # metrics keys; the others (epoch, lr, seconds) are not
-MISSING = "—"  # a field a run's recipe does not have
+VAL_AT_BEST = "val at the best epoch"  # the numbers shown when a run has no test metrics
 
 
 @dataclass
@@ -55,12 +56,17 @@ class RunRecord:
         return best["epoch"] if best else None
 
     @property
+    def at_best_epoch(self) -> dict:
+        """The metrics row of the best epoch (the one best.pt holds)."""
+        return next((r for r in self.rows if r.get("epoch") == self.best_epoch), {})
+
+    @property
     def minutes(self) -> float:
         return sum(r.get("seconds", 0.0) for r in self.rows) / 60
 
-    def metric_names(self) -> set[str]:
+    def metric_names(self, tests: bool = True) -> set[str]:
         names = {k for r in self.rows for k in r if k.startswith(SPLITS)}
-        return names | {k for k in self.test if k.startswith(SPLITS)}
+        return names | {k for k in self.test if k.startswith(SPLITS) and tests}
 
 
 @dataclass
@@ -74,6 +80,7 @@ class Comparison:
     charts: list[Chart] = field(repr=False)
     notes: list[str] = field(repr=False)
     differs: list[str]  # the recipe fields where the runs differ
+    numbers: str = "test"  # what the metric columns are: "test", or "val at the best epoch"
 
     @property
     def folder(self) -> Path:
@@ -83,15 +90,20 @@ class Comparison:
         return self.table._repr_html_()
 
     def lines(self) -> list[str]:
-        """One line per run: its differing fields, best epoch, test metrics, minutes."""
+        """One line per run: its differing fields, best epoch, test metrics (or validation
+        metrics at the best epoch, said so), minutes."""
         rows = self.table.to_dict("records")
         width = max(len(str(r["run"])) for r in rows)
+        split = "test." if self.numbers == "test" else "val."
         out = []
         for r in rows:
-            parts = [f"{k}={r[k]}" for k in self.differs]
+            parts = [f"{k}={yaml_text(r[k])}" for k in self.differs]
             parts += [f"best epoch {_text(r['best epoch'])}"]
-            parts += [f"{k.removeprefix('test.')} {_num(v)}" for k, v in r.items()
-                      if k.startswith("test.")]  # fmt: skip
+            numbers = [f"{k.removeprefix(split)} {_num(v)}" for k, v in r.items()
+                       if k.startswith(split)]  # fmt: skip
+            if numbers and self.numbers != "test":  # say which numbers these are
+                numbers[0] = f"{self.numbers}: {numbers[0]}"
+            parts += numbers
             parts += [_duration(r["training minutes"])]
             out.append(f"{r['run']:<{width}}  " + "  ".join(parts))
         return out
@@ -158,69 +170,17 @@ def read_runs(paths: list[str | Path], names: list[str] | None = None) -> list[R
 # ---------------------------------------------------------------------- what differs
 
 
-def varying(recipes: list[dict[str, Any]]) -> list[str]:
-    """The flattened recipe fields whose value is not the same in every recipe (a field one
-    of them lacks included), bookkeeping left out, in the recipes' order. A section that
-    some recipes lack (a task dropped with null) is one field, not each of its keys."""
-    keys = list(dict.fromkeys(k for r in recipes for k in r))
-    sections = [{k.rsplit(".", i)[0] for k in r for i in range(1, k.count(".") + 1)}
-                for r in recipes]  # fmt: skip
-    out: list[str] = []
-    for k in keys:
-        if any(k == b or k.startswith(f"{b}.") for b in BOOKKEEPING):
-            continue
-        values = [field_value(r, k) for r in recipes]
-        if all(v == values[0] for v in values[1:]):
-            continue
-        parts = k.split(".")
-        heads = (".".join(parts[:i]) for i in range(2, len(parts)))
-        absent = next((h for h in heads if not all(h in s for s in sections)), k)
-        out += [absent] if absent not in out else []
-    return out
-
-
-def field_value(recipe: dict[str, Any], key: str) -> Any:
-    """A field's value, or for a section (one that other recipes lack) its type or name."""
-    if key in recipe:
-        return recipe[key]
-    if any(k.startswith(f"{key}.") for k in recipe):
-        return recipe.get(f"{key}.type") or recipe.get(f"{key}.name") or "set"
-    return MISSING
-
-
 def loss_differences(records: list[RunRecord], differs: list[str]) -> str | None:
-    """Why the runs' losses are different functions, or None when they are the same one:
-    loss = Σ weight · task loss, so any field of a task's section but its head (type, loss,
-    label smoothing, class weights, weight, target), or a task not in every run."""
-    tasks = [r.tasks for r in records]
-    common = set(tasks[0]).intersection(*tasks[1:])
-    fields = [k for k in differs if k.startswith("tasks.") and k.split(".")[1] in common
-              and k.split(".")[2:3] != ["head"]]  # fmt: skip
-    reasons = [
-        f"{k} is " + ", ".join(f"{_shown(field_value(r.recipe, k))} in {r.name}" for r in records)
-        for k in fields[:3]
-    ]
-    if len(fields) > 3:
-        reasons.append(f"{len(fields) - 3} more field(s) of the tasks differ")
-    for task in dict.fromkeys(t for ts in tasks for t in ts if t not in common):
-        holders = [r.name for r in records if task in r.tasks]
-        reasons.append(f"task {task} is only in {', '.join(holders)}")
-    if not reasons:
-        return None
-    return (
-        "The loss curves are not comparable across these runs: their losses are different "
-        f"functions ({'; '.join(reasons)}). Compare the metrics instead."
-    )
-
-
-def _shown(value) -> str:
-    return value if isinstance(value, str) else repr(value) if value is None else str(value)
+    """The note under `compare`'s loss chart, or None when the runs' losses are one function."""
+    members = {r.name: [(r.recipe, r.tasks)] for r in records}
+    return loss_note(members, differs, "loss curves", "runs")
 
 
 def shared_metrics(records: list[RunRecord]) -> tuple[set[str], str | None]:
     """The metrics every run has, and a line naming those left out (and which runs have
-    them), or None."""
-    names = [r.metric_names() for r in records]
+    them), or None. When a run has no test metrics, none are shown: none are left out."""
+    tests = all(r.test for r in records)
+    names = [r.metric_names(tests) for r in records]
     shared = set.intersection(*names)
     holders: dict[str, list[str]] = {}
     for r, have in zip(records, names, strict=True):
@@ -241,16 +201,22 @@ def shared_metrics(records: list[RunRecord]) -> tuple[set[str], str | None]:
 
 
 def runs_table(records: list[RunRecord], differs: list[str], shared: set[str]) -> pd.DataFrame:
-    """One row per run: name, the differing fields, best epoch, test metrics, minutes."""
+    """One row per run: name, the differing fields, best epoch, test metrics, minutes. When
+    a run has no test metrics, every run's validation metrics at its best epoch instead:
+    one kind of number in a column, so the runs still compare."""
     import pandas as pd
 
-    tested = [k for k in dict.fromkeys(k for r in records for k in r.test) if k in shared]
+    tested = all(r.test for r in records)
+    numbers = [r.test if tested else r.at_best_epoch for r in records]
+    split = "test." if tested else "val."
+    keys = [k for k in dict.fromkeys(k for n in numbers for k in n)
+            if k in shared and k.startswith(split)]  # fmt: skip
     rows = []
-    for r in records:
+    for r, found in zip(records, numbers, strict=True):
         row: dict[str, Any] = {"run": r.name}
         row |= {k: _cell(field_value(r.recipe, k)) for k in differs}
         row["best epoch"] = r.best_epoch
-        row |= {k: r.test.get(k) for k in tested}
+        row |= {k: found.get(k) for k in keys}
         row["training minutes"] = r.minutes
         row["folder"] = str(r.folder.path)
         rows.append(row)
@@ -263,8 +229,10 @@ def _text(value) -> str:
 
 
 def _cell(value) -> Any:
-    """A recipe value in a table: a list or None as text, so a column holds one kind."""
-    return value if isinstance(value, (bool, int, float, str)) else str(value)
+    """A recipe value in a table: a number or text as it is, anything else (a list, null,
+    true) as YAML writes it, so a column holds one kind."""
+    plain = isinstance(value, (int, float, str)) and not isinstance(value, bool)
+    return value if plain else yaml_text(value)
 
 
 # ------------------------------------------------------------------------- the charts
@@ -305,7 +273,10 @@ def compare(
     notes = [n for n in (left_out, lossy) if n]
     untested = [r.name for r in records if not r.test]
     if untested:
-        notes.append(f"no test metrics in {', '.join(untested)} (its test did not run)")
+        notes.append(
+            f"no test metrics in {', '.join(untested)} (its test did not run): the table "
+            f"shows every run's validation metrics at its best epoch ({VAL_AT_BEST})"
+        )
     table = runs_table(records, differs, shared)
     labels = [r.name for r in records]
     loss_caption = (
@@ -319,7 +290,7 @@ def compare(
         charts.append(overlaid("metrics", "Validation metrics", metrics, labels, caption))
     page = _write_page(folder, records, table, charts, differs, notes, lossy)
     write_text(folder / "compare.csv", table.to_csv(index=False))
-    return Comparison(table, page, charts, notes, differs)
+    return Comparison(table, page, charts, notes, differs, VAL_AT_BEST if untested else "test")
 
 
 def _out_folder(out: str | Path | None, records: list[RunRecord]) -> Path:

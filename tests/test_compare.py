@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 import cnnlab
 from cnnlab.api import train
@@ -190,3 +191,34 @@ def test_each_mistake_is_one_line(runs, tmp_path):
     with pytest.raises(CnnlabError, match="is inside the run"):
         compare([base, other], out=base / "comparison")
     assert not (base / "comparison").exists()
+
+
+def test_runs_without_test_metrics_show_val_at_the_best_epoch_and_values_as_yaml(runs, tmp_path):
+    """A sweep's trials have no test metrics: every run's validation metrics at its best
+    epoch stand in, said so; a recipe's null reads null (as YAML writes it), not None."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(runs["base"], a)
+    shutil.copytree(runs["filters"], b)
+    (a / "test_metrics.json").unlink()  # as a trial that `select --test` did not pick
+    recipe = yaml.safe_load((b / "recipe.yaml").read_text())
+    recipe["train"]["init_from"] = "runs/pretrained"
+    (b / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    found = compare([a, b], out=tmp_path / "out")
+    assert found.differs == ["model.base_filters", "train.init_from"]
+    assert list(found.table["train.init_from"]) == ["null", "runs/pretrained"]
+    assert found.numbers == "val at the best epoch"
+    rows = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
+    (row,) = found.table.to_dict("records")[:1]
+    best = next(r for r in rows if r["epoch"] == row["best epoch"])
+    assert {k: row[k] for k in best if k.startswith("val.")} == {
+        k: v for k, v in best.items() if k.startswith("val.")
+    }  # every validation metric of that epoch, exactly
+    assert not [c for c in found.table.columns if c.startswith("test.")]
+    line = found.lines()[0]
+    assert line.startswith("a  model.base_filters=8  train.init_from=null  best epoch ")
+    assert f"val at the best epoch: loss {best['val.loss']:.4f}  " in line
+    assert found.notes == [
+        "no test metrics in a (its test did not run): the table shows every run's validation "
+        "metrics at its best epoch (val at the best epoch)"
+    ]
+    assert "val.cls.accuracy" in (tmp_path / "out" / "compare.csv").read_text().splitlines()[0]

@@ -9,21 +9,27 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
+from cnnlab.cli import _not_a_run as not_a_run
+from cnnlab.comparison import compare
 from cnnlab.errors import CnnlabError
+from cnnlab.sweeps import charts as sweep_charts
 from cnnlab.sweeps.inside import Group, dead_rows
 from cnnlab.sweeps.launch import sweep
+from cnnlab.sweeps.report import _loss_note as report_loss_note
 from cnnlab.sweeps.report import _trial as report_trial
+from cnnlab.sweeps.report import build_report as build_sweep_report
 from cnnlab.sweeps.results import TrialRow, load_trials, with_runs
-from cnnlab.sweeps.select import Pick, pareto_front
+from cnnlab.sweeps.select import Pick, pareto_front, select
 from cnnlab.sweeps.select import table as selection_table
 from cnnlab.sweeps.spec import load_sweep
-from cnnlab.sweeps.statistics import group_fields, group_order, group_table, groups
+from cnnlab.sweeps.statistics import group_fields, group_order, group_table, groups, importances
 from cnnlab.sweeps.storage import open_storage
 from cnnlab.sweeps.study import SweepFolder
 from cnnlab.sweeps.worker import hush_interrupts
@@ -454,3 +460,91 @@ def test_group_by_names_a_recipe_field_or_a_swept_parameter():
     for bad in ("a,b,c", "tasks.cls.weight,", ""):
         with pytest.raises(CnnlabError, match="give one field, or two as A,B"):
             group_fields(bad, [], fields, "r.yaml")
+
+
+def test_select_test_saves_test_metrics_and_the_table_shows_what_was_swept(tmp_path):
+    """A user's walk: a sweep of a loss field, select --test on f1, the report grouped by the
+    field, then `compare` of two trials. The picked run keeps its test metrics as a trained
+    run does; the table shows the swept value (not a field fixed for every trial) and
+    the test value of the metric selected on; the group table says its losses differ."""
+    file = write(tmp_path, "method: grid\nmetric: {name: val.cls.accuracy}\n"
+                 "parameters: {tasks.cls.label_smoothing: {values: [0.0, 0.1]},\n"
+                 "             model.base_filters: {value: 4}}\n")  # fmt: skip
+    folder = sweep(DEMO, file, TINY, out=tmp_path / "out")
+    rows = sorted(load_trials(folder, None), key=lambda r: r.number)
+    assert not any(r.run.test_path.exists() for r in rows)  # the sweep never reads the test set
+    picks = select(folder, ["val.cls.f1"], test=True)
+    (pick,) = picks
+    saved = json.loads((Path(pick.run) / "test_metrics.json").read_text())
+    assert saved == pick.test and "test.cls.f1" in saved and "best_epoch" in saved
+    header, (row,) = selection_table(picks, ["val.cls.f1"])
+    assert header[3:6] == ["swept parameters", "val.cls.f1", "test.cls.f1"]
+    assert "test.cls.accuracy" in header and row[5] == f"{saved['test.cls.f1']:.4f}"
+    assert row[3] == f"tasks.cls.label_smoothing={pick.params['tasks.cls.label_smoothing']}"
+
+    page = build_sweep_report(folder, None, "tasks.cls.label_smoothing").read_text()
+    study = (folder.path / "study.md").read_text()
+    field = "tasks.cls.label_smoothing"
+    note = ("The loss columns are not comparable across these groups: their losses are "
+            f"different functions ({field} is 0.0 in {field} = 0.0, 0.1 in {field} = 0.1). "
+            "Compare the metrics instead.")  # fmt: skip
+    assert f"Note: {note}" in study and 'id="loss-note"' in page
+
+    found = compare([r.run.path for r in rows], out=tmp_path / "cmp")
+    assert found.numbers == "val at the best epoch"  # one of them was never tested
+    assert all("best epoch 1  val at the best epoch: loss " in x for x in found.lines())
+
+
+def test_a_group_table_of_one_loss_function_has_no_note():
+    def row(number: int, lr: float) -> TrialRow:
+        trial = TrialRow(number, "complete", "complete", 0.5, {"lr": lr}, None, None, None,
+                         None, 1)  # fmt: skip
+        trial.__dict__["recipe"] = {"train": {"optimizer": {"lr": lr}},
+                                    "tasks": {"cls": {"label_smoothing": 0.1}}}  # fmt: skip
+        return trial
+
+    runs = [row(0, 0.1), row(1, 0.01)]
+    assert report_loss_note(runs, groups(runs, "lr"), ["group", "val.loss"]) is None
+
+
+def test_equal_importances_stay_off_the_terminal_and_the_caption_says_so():
+    """Optuna warns when its best trials are all the trials (values tie): the report says
+    so under the chart instead of a raw UserWarning on the terminal."""
+    study = optuna.create_study()
+    dist = optuna.distributions.FloatDistribution(0.0, 1.0)
+    for x in (0.1, 0.5, 0.9):
+        params, dists = {"a": x, "b": 1 - x}, {"a": dist, "b": dist}
+        trial = optuna.trial.create_trial(params=params, distributions=dists, value=0.5)
+        study.add_trial(trial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning that got out would raise here
+        imp = importances(study, "val.loss")
+    assert set(imp) == {"a", "b"} and len(set(imp.values())) == 1
+    assert sweep_charts.importance(imp).caption.startswith("The importances are all equal")
+    assert sweep_charts.importance({"a": 0.7, "b": 0.3}).caption == ""
+
+
+def test_report_of_sweeps_or_of_a_sweeps_runs_points_at_the_sweep_report(tmp_path):
+    """A folder of sweep folders (each with sweep.json and its base recipe.yaml) is no
+    folder of runs to compare, and SWEEP/runs is reported by `cnnlab report SWEEP`."""
+    sweeps = tmp_path / "sweeps"
+    for name in ("a", "b"):
+        run = sweeps / name / "runs" / "trial0000-x"
+        run.mkdir(parents=True)
+        for f in (sweeps / name / "sweep.json", sweeps / name / "recipe.yaml", run / "recipe.yaml"):
+            f.write_text("{}")
+    out = run_cli("report", str(sweeps))
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"error: {sweeps} is not a run folder but holds 2 sweeps; report each one: "
+        f"cnnlab report {sweeps / 'a'} ; cnnlab report {sweeps / 'b'}"
+    )
+    out = run_cli("report", str(sweeps / "a" / "runs"))
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"error: {sweeps / 'a' / 'runs'} holds a sweep's trials; its report compares them: "
+        f"cnnlab report {sweeps / 'a'}"
+    )
+    (sweeps / "b" / "sweep.json").unlink()
+    with pytest.raises(CnnlabError, match=f"it holds a sweep: cnnlab report {sweeps / 'a'}$"):
+        not_a_run(sweeps)

@@ -115,7 +115,19 @@ def importance(imp: dict[str, float]) -> Chart:
         margin={"l": 20, "r": 20, "t": 20, "b": 60},
         yaxis={"automargin": True},  # long dotted names push the bars right, not off-page
     )
-    return Chart("importance", "Parameter importance", fig, plotly=pfig)
+    return Chart("importance", "Parameter importance", fig, _importance_caption(values), pfig)
+
+
+def _importance_caption(values: list[float]) -> str:
+    """Said when PED-ANOVA gave every parameter the same importance: then the chart tells
+    nothing about which one matters (Optuna warns so; the report says it here instead)."""
+    if len(values) < 2 or max(values) - min(values) > 1e-12:
+        return ""
+    return (
+        "The importances are all equal: PED-ANOVA could not tell the parameters apart (the "
+        "trials it counts as best were all of them: their metric values tie). More trials, "
+        "or trials that score differently, may separate them."
+    )
 
 
 def curves(rows: list[TrialRow], labels: list[str], metric: str) -> Chart:

@@ -12,13 +12,15 @@ escapes everything a user typed.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections import Counter
 from pathlib import Path
 
+from cnnlab.differences import yaml_text
 from cnnlab.progress import markdown_table
-from cnnlab.recipe import flatten
+from cnnlab.recipe import flatten, upgrade_saved
 from cnnlab.report import TEMPLATES, block, format_value
 from cnnlab.runs import write_text
 from cnnlab.sweeps import charts
@@ -57,7 +59,7 @@ def _trial(r: TrialRow) -> dict:
         "value": r.value,
         "epochs": r.epochs,
         "run_dir": r.run_dir,
-        "params_text": ", ".join(f"{k}={v}" for k, v in r.params.items()),
+        "params_text": ", ".join(f"{k}={yaml_text(v)}" for k, v in r.params.items()),
         "reason_text": "; ".join(filter(None, [first, r.reason, retried])),
     }
 
@@ -80,9 +82,10 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
     best = goal.best(done, key=lambda r: r.value) if done else None
     inside = inside_groups(runs, labels, metric, goal) if group_by else []
     summary = group_table(runs, labels, metrics) if group_by else None
+    loss_note = _loss_note(runs, labels, summary[0]) if summary else None
     dead = dead_rows(inside) if inside else None
     if summary:
-        _write_study(folder.path / "study.md", group_by, summary, dead)
+        _write_study(folder.path / "study.md", group_by, summary, dead, loss_note)
     here = folder.path
     page = TEMPLATES.get_template("sweep_report.html.j2").render(
         name=meta.study,
@@ -104,6 +107,7 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
         curves=block(charts.curves(runs, labels, metric), here),
         group_counts=sorted(Counter(labels).items(), key=lambda item: group_order(item[0])),
         summary=summary,
+        loss_note=loss_note,
         dead=dead,
         inside=[block(c, here) for g in inside for c in g.charts],
         selection=_selection(folder),
@@ -128,9 +132,26 @@ def _check_group_by(folder: SweepFolder, runs: list[TrialRow], group_by: str) ->
     group_fields(group_by, swept, fields, str(folder.recipe_path))
 
 
-def _write_study(path: Path, group_by: str, summary, dead) -> None:
+def _loss_note(runs: list[TrialRow], labels: list[str], header: list[str]) -> str | None:
+    """The note `cnnlab compare` puts under its loss chart, for the group table's loss
+    columns: None when they show no loss or the trials' losses are one function."""
+    from cnnlab.differences import loss_note, varying
+
+    if not any(h.endswith("loss") for h in header):
+        return None
+    members: dict[str, list[tuple[dict, list[str]]]] = {}
+    for r, label in sorted(zip(runs, labels, strict=True), key=lambda x: group_order(x[1])):
+        recipe = upgrade_saved(copy.deepcopy(r.recipe))  # it edits what it is given
+        tasks = [t for t, cfg in (recipe.get("tasks") or {}).items() if cfg is not None]
+        members.setdefault(label, []).append((flatten(recipe), tasks))
+    differs = varying([flat for group in members.values() for flat, _ in group])
+    return loss_note(members, differs, "loss columns", "groups") if members else None
+
+
+def _write_study(path: Path, group_by: str, summary, dead, loss_note: str | None) -> None:
     """study.md: the study's tables as Markdown, for a paper or a README."""
     parts = [f"## By {group_by}: mean ± std over trials\n", markdown_table(*summary)]
+    parts += [f"\nNote: {loss_note}"] if loss_note else []
     if dead:
         parts += [f"\n## Dead units by {group_by} (share never > 0 on the test set)\n"]
         parts += [markdown_table(*dead)]

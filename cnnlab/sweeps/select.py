@@ -1,9 +1,9 @@
 """Model selection: the best run per validation metric, the Pareto front, the test table.
 
 Only validation metrics choose. `--test` then evaluates the chosen runs once on the test
-set (a run's test_metrics.json is reused when present) and writes the table seed 000 put
-in its report: run, what differs from the base recipe, validation metric, test accuracy,
-MAE, RMSE.
+set, saving each run's test_metrics.json as training's test would (reused when present), and
+writes the table seed 000 put in its report: run, its swept parameters, validation metric,
+the test value of each metric selected on, test accuracy, MAE, RMSE.
 
 A selection without --test is written to selection.{md,json,csv}, a tested one to
 selection_test.{md,json,csv}: a look at other metrics afterwards must not replace the
@@ -19,6 +19,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cnnlab.differences import yaml_text
 from cnnlab.errors import CnnlabError
 from cnnlab.progress import markdown_table
 from cnnlab.progress import print_table as show_table
@@ -37,10 +38,11 @@ class Pick:
     role: str  # "best val.cls.accuracy", "pareto"
     trial: int
     run: str  # the run folder, as a path that opens from where the command ran
-    differs: dict
+    differs: dict  # its recipe fields that differ from the base recipe's (--set ones too)
     val: dict[str, float]
     test: dict[str, float] | None = None
     retry_of: int | None = None  # a retry's first trial, whose number its run folder bears
+    params: dict | None = None  # the swept parameters' values (None: saved by an older cnnlab)
 
 
 def better(a: float, b: float, metric: str) -> bool:
@@ -111,7 +113,8 @@ def select(
 
 def _pick(role: str, row: TrialRow, val: dict, base: dict, folder: SweepFolder) -> Pick:
     run = str(folder.run_path(row.run_dir, row.number)) if row.run_dir else ""
-    return Pick(role, row.number, run, differs(row.recipe, base), val, retry_of=row.retry_of)
+    diff = differs(row.recipe, base)
+    return Pick(role, row.number, run, diff, val, retry_of=row.retry_of, params=row.params)
 
 
 def selection_path(folder: SweepFolder, test: bool) -> Path:
@@ -120,7 +123,10 @@ def selection_path(folder: SweepFolder, test: bool) -> Path:
 
 
 def _test(picks: list[Pick], folder: SweepFolder) -> None:
-    """Each chosen run is evaluated once; its saved test metrics are reused after."""
+    """Each chosen run is evaluated once: its test metrics are saved in its folder, as
+    training's test saves them (`cnnlab compare`, `cnnlab report` and the next select read
+    them there), and reused after. Trials never read the test set; this is the one place
+    a sweep's runs do."""
     from cnnlab.runs import RunFolder
 
     done: dict[str, dict] = {}
@@ -132,6 +138,7 @@ def _test(picks: list[Pick], folder: SweepFolder) -> None:
                 from cnnlab.evaluation import evaluate_run
 
                 done[pick.run] = evaluate_run(run.path)
+                write_json(run.test_path, done[pick.run])
         pick.test = done[pick.run]
 
 
@@ -139,18 +146,22 @@ def _test(picks: list[Pick], folder: SweepFolder) -> None:
 
 
 def table(picks: list[Pick], names: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the selection table (the same for terminal, md and csv)."""
-    test_keys = []
-    for pick in picks:
-        for key in pick.test or {}:
-            if key.rsplit(".", 1)[-1] in TEST_COLUMNS and key not in test_keys:
-                test_keys.append(key)
-    header = ["model", "trial", "run", "differs from base", *names, *test_keys]
+    """Header and rows of the selection table (the same for terminal, md and csv): the
+    swept parameters' values, the metrics selected on, then their test values and each
+    task's test accuracy, MAE and RMSE."""
+    tested = [key for p in picks for key in p.test or {}]
+    test_keys = [k for k in dict.fromkeys(f"test.{m.removeprefix('val.')}" for m in names)
+                 if k in tested]  # fmt: skip
+    for key in tested:
+        if key.rsplit(".", 1)[-1] in TEST_COLUMNS and key not in test_keys:
+            test_keys.append(key)
+    header = ["model", "trial", "run", "swept parameters", *names, *test_keys]
     rows = []
     for p in picks:
-        diff = ", ".join(f"{k}={v}" for k, v in p.differs.items()) or "(base recipe)"
+        shown = p.params if p.params is not None else p.differs  # an older file: its differs
+        params = ", ".join(f"{k}={yaml_text(v)}" for k, v in shown.items()) or "(base recipe)"
         trial = numbered(p.trial, p.retry_of).removeprefix("trial ")
-        row = [p.role, trial, Path(p.run).name, diff]
+        row = [p.role, trial, Path(p.run).name, params]
         row += [f"{p.val[m]:.4f}" for m in names]
         row += [f"{(p.test or {}).get(k, math.nan):.4f}" for k in test_keys]
         rows.append(row)

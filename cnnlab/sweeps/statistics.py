@@ -74,14 +74,20 @@ def _pearson(xs: list[float], ys: list[float]) -> float:
 def importances(study, metric: str) -> dict[str, float]:
     """Optuna's PED-ANOVA importances of the parameters for the sweep metric; none (the page
     says "too few trials") below 3 complete trials, where Optuna would only split the
-    importance evenly. Any error Optuna raises is a bug to see, not "too few"."""
+    importance evenly. Any error Optuna raises is a bug to see, not "too few"; its warnings
+    (the best trials are all the trials: "importances will be equal") stay off the terminal,
+    and the chart's caption says when the importances came out equal."""
+    import warnings
+
     import optuna
     from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(complete) < 3:
         return {}
-    return get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
 
 
 def group_fields(group_by: str, swept: list[str], fields: Iterable[str], recipe: str) -> list[str]:
