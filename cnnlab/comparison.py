@@ -16,6 +16,7 @@ sweep report's group table takes the same rule and note (cnnlab/differences.py).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,47 @@ def runs_of(paths: list[str | Path]) -> list[Path]:
             p.is_dir() and not (p / "recipe.yaml").is_file()) else []  # fmt: skip
         found += inner or [p]
     return found
+
+
+def lineage(records: list[RunRecord]) -> list[str]:
+    """A line for each run that started from another's weights (train.init_from): its epoch 1
+    follows that run's training, which its curves and minutes leave out."""
+    where = {r.folder.path.resolve(): r.name for r in records}
+    lines = []
+    for r in records:
+        given = r.recipe.get("train.init_from")
+        if not given:
+            continue
+        path = Path(given)
+        if not path.is_absolute():
+            path = (r.folder.trained_in() or Path.cwd()) / path
+        if path.suffix == ".pt":  # a checkpoint file: RUN/checkpoints/best.pt
+            path = path.parent.parent
+        parent = where.get(path.resolve(), str(given))
+        lines.append(
+            f"{r.name} started from the weights of {parent} (train.init_from): its epoch 1 "
+            "comes after that run's training, which its curves and minutes leave out"
+        )
+    return lines
+
+
+def precisions(records: list[RunRecord]) -> list[str]:
+    """A line when the runs trained in different precisions (`auto` decides by timing, so
+    one machine may pick bf16 for one run and fp32 for the next): their minutes and last
+    digits are not comparable."""
+    chosen = {r.name: _precision(r.folder) for r in records}
+    if len(set(chosen.values()) - {None}) < 2:
+        return []
+    said = ", ".join(f"{name} {p or 'unknown'}" for name, p in chosen.items())
+    return [f"the runs trained in different precisions ({said}): compare their minutes and "
+            "their metrics' last digits with care, or set train.precision"]  # fmt: skip
+
+
+def _precision(run: RunFolder) -> str | None:
+    try:
+        return json.loads(run.env_path.read_text())["precision"]["precision"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def read_runs(paths: list[str | Path], names: list[str] | None = None) -> list[RunRecord]:
@@ -270,7 +312,7 @@ def compare(
     differs = varying([r.recipe for r in records])
     shared, left_out = shared_metrics(records)
     lossy = loss_differences(records, differs)
-    notes = [n for n in (left_out, lossy) if n]
+    notes = [n for n in (left_out, lossy) if n] + lineage(records) + precisions(records)
     untested = [r.name for r in records if not r.test]
     if untested:
         notes.append(

@@ -21,7 +21,8 @@ from tests.browser import chromium, visit
 from tests.conftest import run_cli, tiny_recipe
 from tests.test_report import FIGURES_JS
 
-SMALL = ["data.train_subset=600", "data.test_subset=200", "train.epochs=2"]
+# fp32 for all: `auto` decides by timing, and on a busy host two runs chose differently
+SMALL = ["data.train_subset=600", "data.test_subset=200", "train.epochs=2", "train.precision=fp32"]
 EVIL = "<script>alert(1)</script>"
 
 
@@ -218,7 +219,31 @@ def test_runs_without_test_metrics_show_val_at_the_best_epoch_and_values_as_yaml
     assert line.startswith("a  model.base_filters=8  train.init_from=null  best epoch ")
     assert f"val at the best epoch: loss {best['val.loss']:.4f}  " in line
     assert found.notes == [
+        "b started from the weights of runs/pretrained (train.init_from): its epoch 1 comes "
+        "after that run's training, which its curves and minutes leave out",
         "no test metrics in a (its test did not run): the table shows every run's validation "
-        "metrics at its best epoch (val at the best epoch)"
+        "metrics at its best epoch (val at the best epoch)",
     ]
     assert "val.cls.accuracy" in (tmp_path / "out" / "compare.csv").read_text().splitlines()[0]
+
+
+def test_a_run_started_from_another_and_another_precision_are_said(runs, tmp_path):
+    base = Path(shutil.copytree(runs["base"], tmp_path / "base"))
+    child = Path(shutil.copytree(runs["filters"], tmp_path / "child"))
+    recipe = yaml.safe_load((child / "recipe.yaml").read_text())
+    recipe["train"]["init_from"] = str(base / "checkpoints" / "best.pt")
+    (child / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    env = json.loads((child / "env.json").read_text())
+    chosen = json.loads((base / "env.json").read_text())["precision"]["precision"]
+    env["precision"]["precision"] = "bf16"  # the runs trained in fp32 (SMALL)
+    (child / "env.json").write_text(json.dumps(env))
+    found = compare([base, child], out=tmp_path / "out", names=["a", "b"])
+    assert (
+        "b started from the weights of a (train.init_from): its epoch 1 comes after that "
+        "run's training, which its curves and minutes leave out"
+    ) in found.notes
+    other = env["precision"]["precision"]
+    assert (
+        f"the runs trained in different precisions (a {chosen}, b {other}): compare their "
+        "minutes and their metrics' last digits with care, or set train.precision"
+    ) in found.notes
