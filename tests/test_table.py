@@ -939,3 +939,15 @@ def test_a_jpeg_mask_is_refused_as_lossy_not_as_holding_class_254(tmp_path):
     assert err.value.fix.startswith("save masks losslessly, as PNGs of class indices")
     Image.fromarray(mask).save(tmp_path / "m.png")  # the same mask as a PNG reads as it is
     assert np.array_equal(decode_mask(tmp_path / "m.png", 16, "squash"), mask)
+
+
+def test_a_table_not_found_names_the_folder_it_was_looked_for_in(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    targets = {"k": {"kind": "category", "column": "k"}}
+    cfg = table.TableConfig(table="data/labels.csv", targets=targets)
+    with pytest.raises(CnnlabError) as err:
+        table.load(cfg)
+    assert str(err.value).startswith(
+        f"data.table: data/labels.csv: no such file (looked for in {tmp_path}, where cnnlab "
+        "runs); point data.table at the CSV or Parquet file, or run cnnlab from the folder "
+    )

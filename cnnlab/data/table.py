@@ -124,9 +124,11 @@ def _read(path: Path) -> Any:
 
     if not path.is_file():
         what = "no such file" if not path.exists() else "not a file"
+        where = "" if path.is_absolute() else f" (looked for in {Path.cwd()}, where cnnlab runs)"
         raise CnnlabError(
-            f"data.table: {path}: {what}; point data.table at the CSV or Parquet file "
-            "(`cnnlab data shapes --out FOLDER` writes an example one)"
+            f"data.table: {path}: {what}{where}; point data.table at the CSV or Parquet file, "
+            "or run cnnlab from the folder its path starts in (`cnnlab data shapes --out "
+            "FOLDER` writes an example one)"
         )
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
