@@ -199,6 +199,7 @@ def test_a_sweep_file_or_map_that_is_not_text_is_one_line(tmp_path, name):
         ("train.optimiser.lr", "did you mean train.optimizer.lr? (or map it in the name map "
          "s.map.yaml beside the sweep file)"),
         ("mdl.base_filters", "did you mean model.base_filters?"),
+        ("train.optimizer.learning_rate", "did you mean train.optimizer.lr?"),  # another name
         ("conv_activation", "write a dotted recipe path, or map it in the name map s.map.yaml "
          "beside the sweep file: `parameters: {conv_activation: <recipe path>}`"),
     ],
@@ -214,6 +215,22 @@ def test_an_unknown_parameter_name_gets_the_close_path_and_no_made_up_example(tm
     assert message.startswith(f"sweep parameter {name!r} names no recipe field (unknown key ")
     assert fix in message and "\n" not in message
     assert "model.activation" not in message
+
+
+def test_every_misfit_parameter_is_named_in_one_line(tmp_path):
+    """Two misspelt parameters took two runs to learn of: one line names both now."""
+    path = write(tmp_path, "method: grid\nmetric: {name: val.loss}\nparameters: "
+                           "{train.optimizer.learning_rate: {values: [0.1]}, "
+                           "tasks.cls.class_weight: {values: [balanced]}}")  # fmt: skip
+    with pytest.raises(CnnlabError) as err:
+        load_sweep(path, base())
+    message = str(err.value)
+    assert "\n" not in message
+    first, second = message.split("; sweep parameter ")
+    assert first.startswith("sweep parameter 'train.optimizer.learning_rate' names no recipe")
+    assert "did you mean train.optimizer.lr?" in first
+    assert second.startswith("'tasks.cls.class_weight' names no recipe field")
+    assert "did you mean tasks.cls.class_weights?" in second
 
 
 def test_name_map_values_and_unknown_entries(tmp_path):

@@ -201,7 +201,7 @@ def check_against_recipe(
     spec: SweepSpec, base: dict, recipe: Recipe, source: str, map_path: Any
 ) -> None:
     """Apply every value of every parameter to the base recipe (`recipe` is it validated);
-    stop at the first misfit."""
+    every parameter's first misfit is said in one line, so one run names them all."""
     valid = metric_names(recipe, "val")
     if spec.metric not in valid:
         hint = "" if map_path else " (or map it in a name map beside the sweep file)"
@@ -211,18 +211,24 @@ def check_against_recipe(
         )
     cases = list(spec.constants.items())
     cases += [(p.name, value) for p in spec.params for value in p.samples()]
+    misfits: dict[str, str] = {}  # parameter -> its first misfit: every one said at once
     for name, value in cases:
+        if name in misfits:
+            continue
         overrides = spec.entry(name).overrides(name, value)
         try:
             validate(apply_to(base, overrides), source="recipe")
         except CnnlabError as err:
             detail = str(err).removeprefix("recipe: ")
             if "unknown key" in detail and name not in spec.mapping:
-                raise CnnlabError(
+                misfits[name] = (
                     f"sweep parameter {name!r} names no recipe field ({detail}); "
                     + _unknown_name_fix(name, recipe.model_dump(mode="json"), source)
-                ) from None
-            raise CnnlabError(f"sweep parameter {name!r} = {value!r}: {detail}") from None
+                )
+            else:
+                misfits[name] = f"sweep parameter {name!r} = {value!r}: {detail}"
+    if misfits:
+        raise CnnlabError("; ".join(misfits.values()))
 
 
 def _unknown_name_fix(name: str, tree: dict, source: str) -> str:
@@ -239,6 +245,17 @@ def _unknown_name_fix(name: str, tree: dict, source: str) -> str:
     )
 
 
+# What other libraries and papers call a recipe key: too far apart in spelling for a
+# did-you-mean, the same thing in meaning
+ALIASES = {
+    "learning_rate": "lr",
+    "wd": "weight_decay",
+    "bs": "batch_size",
+    "optimiser": "optimizer",
+}
+ALIASES |= {"num_epochs": "epochs", "max_epochs": "epochs", "lr_scheduler": "scheduler"}
+
+
 def close_path(name: str, tree: dict) -> str | None:
     """The dotted path of `tree` (a recipe as a nested dict) closest to `name`, part by part
     (`train.optimiser.lr` -> `train.optimizer.lr`), or None when some part has no close key
@@ -251,6 +268,8 @@ def close_path(name: str, tree: dict) -> str | None:
             return None
         children = {str(k): v for k, v in node.items()}
         close = [part] if part in children else difflib.get_close_matches(part, children, 1)
+        if not close and ALIASES.get(part) in children:  # another library's name for it
+            close = [ALIASES[part]]
         if not close:
             return None
         parts.append(close[0])
