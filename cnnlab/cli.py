@@ -334,8 +334,7 @@ def _predict_run(
         for line in caption(found, i).splitlines():
             typer.echo(f"  {line}")
     if out is not None:
-        table = found.table()
-        table.insert(0, "image", [str(p) for p in files])
+        table = found.table()  # its first column: each image's path
         out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out, index=False)
         typer.echo(f"answers: {out} (one row per image)")

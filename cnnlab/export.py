@@ -36,7 +36,14 @@ from torch import nn
 from cnnlab.build import Built, build, images_per_pass
 from cnnlab.data import colorize
 from cnnlab.errors import CnnlabError
-from cnnlab.inference import ImageLike, Prediction, Predictions, classified, decoded_batch
+from cnnlab.inference import (
+    ImageLike,
+    Prediction,
+    Predictions,
+    classified,
+    decoded_batch,
+    named,
+)
 from cnnlab.runs import RunFolder, load_checkpoint
 
 Format = Literal["onnx", "pt2"]
@@ -427,4 +434,4 @@ def predict_exported(path: str | Path, images: ImageLike | Sequence[ImageLike]) 
             found[name] = Prediction(name, values=value, components=out["components"])
         else:  # (N, K) per image or (N, K, H, W) per pixel: decoded as the run decodes its own
             found[name] = classified(name, value, classes, frames=frames)
-    return Predictions(found)
+    return named(images, found)

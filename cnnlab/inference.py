@@ -161,17 +161,21 @@ def classified(
 
 
 class Predictions(dict):
-    """Task name -> `Prediction`; `table()` puts them side by side, one row per image."""
+    """Task name -> `Prediction`; `table()` puts them side by side, one row per image.
+    `files`: the images' paths, in order, when every image was given as a file."""
+
+    files: list[str] | None = None
 
     def table(self):
-        """A pandas DataFrame, one row per image: each classification's class (`cls`) and its
-        probability (`cls.probability`), each regression's value (`ink`) or components
+        """A pandas DataFrame, one row per image: the image's path (`image`, when the images
+        were files), each classification's class (`cls`) and its probability
+        (`cls.probability`), each regression's value (`ink`) or components
         (`counts.squares`), and each per-pixel task's share of the image's pixels predicted as
         each class (`mask.background`, `mask.disc`, ...: they sum to 1). The maps themselves
         stay in `[task].index` and `[task].probabilities`."""
         import pandas as pd
 
-        columns: dict[str, Any] = {}
+        columns: dict[str, Any] = {"image": self.files} if self.files else {}
         for name, p in self.items():
             if p.labels is not None:
                 columns[name] = p.labels
@@ -246,7 +250,7 @@ class Predictor:
                 out = self.views(self.model, x) if self.views else self.model(x)
             parts.append({name: o.float() for name, o in out.items()})
         out = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
-        return Predictions({name: self._decode(name, o, frames) for name, o in out.items()})
+        return named(images, {name: self._decode(name, o, frames) for name, o in out.items()})
 
     def _decode(self, name: str, raw: torch.Tensor, frames: list[Frame]) -> Prediction:
         task, head = self.tasks[name], self.model.heads[name]
@@ -258,6 +262,15 @@ class Predictor:
         probs = task.probabilities(raw) if task.probabilistic else raw.softmax(1)
         index = head.decode(raw).cpu().numpy()  # (N,), or (N, H, W) for a class map
         return classified(name, probs.cpu().numpy(), classes, index, frames)
+
+
+def named(images: ImageLike | Sequence[ImageLike], found: dict[str, Prediction]) -> Predictions:
+    """`found` as Predictions, which know the images' paths when every image was a file."""
+    out = Predictions(found)
+    items = [images] if isinstance(images, (str, Path)) else images
+    if isinstance(items, Sequence) and items and all(isinstance(i, (str, Path)) for i in items):
+        out.files = [str(i) for i in items]
+    return out
 
 
 def _shape_without_input(recipe: Recipe) -> tuple[int, int, int]:

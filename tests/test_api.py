@@ -124,8 +124,10 @@ def test_predict_gives_the_classes_the_runs_own_test_gave(api_run, tmp_path, mon
     one = api_run.predict(Image.open(paths[0]))
     assert one["cls"].labels == p["cls"].labels[:1]
     assert api_run.predict(images[0, 0].numpy())["cls"].labels == p["cls"].labels[:1]
-    table = from_files.table()
-    assert list(table.columns) == ["cls", "cls.probability", "ink"] and len(table) == 3
+    table = from_files.table()  # files: each row names its image
+    assert list(table.columns) == ["image", "cls", "cls.probability", "ink"] and len(table) == 3
+    assert list(table["image"]) == [str(p) for p in paths]
+    assert list(api_run.predict(images[:2]).table().columns) == ["cls", "cls.probability", "ink"]
 
     # a colour photo of another size is made grey and resized as the model needs
     photo = np.random.default_rng(0).integers(0, 255, (56, 40, 3), dtype=np.uint8)

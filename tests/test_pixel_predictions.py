@@ -156,7 +156,7 @@ def test_the_exported_file_gives_the_runs_maps_and_probabilities(mask_run, tmp_p
     assert theirs["mask"].frames == ours["mask"].frames  # put back where the run puts them
     assert theirs["mask"].classes == CLASSES
     assert theirs.table().equals(ours.table())
-    assert predict_exported(exported.path, files[:1]).table().shape == (1, len(CLASSES))
+    assert predict_exported(exported.path, files[:1]).table().shape == (1, 1 + len(CLASSES))
 
 
 # ---------------------------------------------------------- command line, figure
