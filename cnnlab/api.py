@@ -333,7 +333,8 @@ class Sweep:
 
     def select(self, metrics: str | Sequence[str] = (), test: bool = False):
         """The best run per validation metric (several: also their Pareto front), as a
-        DataFrame; `test=True` evaluates the chosen runs on the test set, once each."""
+        DataFrame: the trial, its run folder, its swept parameters' values, its validation
+        metrics; `test=True` evaluates the chosen runs on the test set, once each."""
         import pandas as pd
 
         from cnnlab.sweeps.select import select
@@ -341,8 +342,8 @@ class Sweep:
         names = [metrics] if isinstance(metrics, str) else list(metrics)
         picks = select(self.folder, names, self.storage, test)
         return pd.DataFrame(
-            [{"role": p.role, "trial": p.trial, "run": p.run, **p.val, **(p.test or {}),
-              **p.differs} for p in picks]
+            [{"role": p.role, "trial": p.trial, "run": p.run, **(p.params or p.differs),
+              **p.val, **(p.test or {})} for p in picks]
         )  # fmt: skip
 
     def run(self, trial: int) -> Run:

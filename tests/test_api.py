@@ -291,6 +291,14 @@ def test_a_sweep_from_python_gives_its_trials_and_choice(tmp_path):
     assert chosen.loc[0, "role"] == "best val.cls.accuracy"
     best = results.loc[results["value"].idxmax()]
     assert chosen.loc[0, "trial"] == best["trial"]
+    assert chosen.loc[0, "train.optimizer.lr"] == best["train.optimizer.lr"]  # what was swept
+    assert list(chosen.columns[:5]) == [
+        "role",
+        "trial",
+        "run",
+        "train.optimizer.lr",
+        "val.cls.accuracy",
+    ]
     assert isinstance(sweep.run(int(best["trial"])), cnnlab.Run)
     with pytest.raises(cnnlab.CnnlabError, match="unknown option 'trail'"):
         cnnlab.sweep(recipe, sweep_file, trail=3)
