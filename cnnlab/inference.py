@@ -282,21 +282,6 @@ def _shape_without_input(recipe: Recipe) -> tuple[int, int, int]:
 # ---------------------------------------------------------------------------- images
 
 
-def to_batch(
-    images: ImageLike | Sequence[ImageLike],
-    channels: int,
-    size: tuple[int, int],
-    resize: str = "squash",
-    bits: int = 16,
-) -> torch.Tensor:
-    """(B, channels, H, W) float in [0, 1] at `size`. A 4-D tensor or array is one batch;
-    anything else is one image or a list of them. uint8 is scaled by 255, uint16 by
-    2**bits - 1 (as the sources read 16-bit files); float must be in [0, 1] already
-    (refused outside it). Colour is made grey by luminance, grey repeated into colour. A
-    file is decoded as the sources decode theirs (`resize`: crop or squash to the square)."""
-    return decoded_batch(images, channels, size, resize, bits)[0]
-
-
 def decoded_batch(
     images: ImageLike | Sequence[ImageLike],
     channels: int,
@@ -304,7 +289,12 @@ def decoded_batch(
     resize: str = "squash",
     bits: int = 16,
 ) -> tuple[torch.Tensor, list[Frame]]:
-    """`to_batch`'s pixels, and where each image's went (`Frame`)."""
+    """(B, channels, H, W) float in [0, 1] at `size`, and where each image's pixels went
+    (`Frame`). A 4-D tensor or array is one batch; anything else is one image or a list of
+    them. uint8 is scaled by 255, uint16 by 2**bits - 1 (as the sources read 16-bit files);
+    float must be in [0, 1] already (refused outside it). Colour is made grey by luminance,
+    grey repeated into colour. A file is decoded as the sources decode theirs (`resize`:
+    crop or squash to the square)."""
     read = Reading(channels, (size[0], size[1]), resize, bits)
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
         done = [_one(img, read) for img in images]

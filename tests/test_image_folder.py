@@ -207,16 +207,16 @@ def sideways_photo(path: Path) -> None:
 
 
 def test_a_photo_is_read_upright_by_training_and_predict(tmp_path):
-    from cnnlab.inference import to_batch
+    from cnnlab.inference import decoded_batch
 
     sideways_photo(tmp_path / "portrait.jpg")
     with Image.open(tmp_path / "portrait.jpg") as stored:
         assert stored.size == (48, 32)  # as stored: on its side
     for pixels in (
         decode_image(tmp_path / "portrait.jpg", 16, "squash"),  # image folders and tables
-        to_batch(tmp_path / "portrait.jpg", 3, (16, 16), "squash")[0].mul(255).numpy(),
-        to_batch(tmp_path / "portrait.jpg", 3, (16, 8), "squash")[0].mul(255).numpy(),
-        to_batch(Image.open(tmp_path / "portrait.jpg"), 3, (16, 16))[0].mul(255).numpy(),
+        decoded_batch(tmp_path / "portrait.jpg", 3, (16, 16), "squash")[0][0].mul(255).numpy(),
+        decoded_batch(tmp_path / "portrait.jpg", 3, (16, 8), "squash")[0][0].mul(255).numpy(),
+        decoded_batch(Image.open(tmp_path / "portrait.jpg"), 3, (16, 16))[0][0].mul(255).numpy(),
     ):
         top, bottom = pixels[:, 1], pixels[:, -2]  # red above, blue below
         assert top[0].min() > 200 and top[2].max() < 60, top
@@ -262,7 +262,7 @@ def test_16_bit_and_float_grey_images_span_0_to_255(tmp_path):
 def test_a_12_bit_cameras_images_span_0_to_255_with_data_bits(tmp_path, monkeypatch, capsys):
     """A 12-bit camera's 0-4095 in 16-bit files: read as 16 bits they kept 16 grey levels,
     near black; `bits: 12` spreads them over 0-255, for files and uint16 arrays alike."""
-    from cnnlab.inference import to_batch
+    from cnnlab.inference import decoded_batch
 
     ramp = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     raw = (ramp * 4095).round().astype(np.uint16)
@@ -272,12 +272,12 @@ def test_a_12_bit_cameras_images_span_0_to_255_with_data_bits(tmp_path, monkeypa
     grey = decode_image(tmp_path / "camera.png", 64, "squash", "L", bits=12)[0]
     want = np.clip(ramp * 255 + 0.5, 0, 255).astype(np.uint8)
     assert np.abs(grey.astype(int) - want).max() <= 1
-    from_file = to_batch(tmp_path / "camera.png", 1, (64, 64), "squash", bits=12)
-    from_array = to_batch(raw, 1, (64, 64), bits=12)  # a uint16 array: scaled as its file
+    from_file = decoded_batch(tmp_path / "camera.png", 1, (64, 64), "squash", bits=12)[0]
+    from_array = decoded_batch(raw, 1, (64, 64), bits=12)[0]  # a uint16 array: scaled as its file
     assert torch.allclose(from_file, torch.from_numpy(want / 255).float()[None, None], atol=0.005)
     assert torch.allclose(from_array, from_file, atol=0.005)
     as_16_bits = torch.from_numpy(raw / 65535).float()[None, None]
-    assert torch.allclose(to_batch(raw, 1, (64, 64)), as_16_bits, atol=1e-6)
+    assert torch.allclose(decoded_batch(raw, 1, (64, 64))[0], as_16_bits, atol=1e-6)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     for name in ("a", "b"):  # an image folder passes its recipe's bits to the decoder
         (tmp_path / "plates" / name).mkdir(parents=True)
