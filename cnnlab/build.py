@@ -31,7 +31,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.init_from import Start, fitted_state, read_start
 from cnnlab.models import MultiTaskModel, create_model, for_checkpoint, owns_input
 from cnnlab.models.compiled import compiled_kernels
-from cnnlab.models.weights import read_state_dict
+from cnnlab.models.weights import check_weight_file
 from cnnlab.precision import HALF, Choice, choose, probe_size
 from cnnlab.recipe import Recipe
 from cnnlab.tasks import TargetSpec, Task, create_tasks, total_loss
@@ -217,8 +217,8 @@ def build(
     keep_freed_memory()  # also when built from Python, not the command line
     info = describe(recipe.data)
     tasks = tasks_for(recipe, info)  # a wrong target stops before any pixel is read
-    if saved is None and getattr(recipe.model, "weights", None):  # read again when built
-        read_state_dict(recipe.model.weights)  # a wrong file (a run's checkpoint) stops here
+    if saved is None and getattr(recipe.model, "weights", None):  # read when the model is
+        check_weight_file(recipe.model.weights)  # a run's checkpoint stops here, before data
     start = read_start(recipe) if saved is None else None  # a resume has its own weights
     if start is not None:  # the architecture, on a model of the headers' shapes: no pixel
         fitted_state(build_model(recipe, tasks, info.shape, True, False), start, recipe, tasks)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import sys
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,28 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     state = torch_load(path, "cpu", "weight file")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # the usual {"state_dict": ...} wrapper
+    _not_a_run(path, state)
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CnnlabError(f"model.weights: {path} does not hold a state dict of named tensors")
+    return state
+
+
+def check_weight_file(path: str | Path) -> None:
+    """`read_state_dict`'s refusal of a run's checkpoint, before any data is read, without
+    reading the tensors: torch maps the file instead (a 100 MB file costs a header read)."""
+    path = Path(path)
+    if path.is_file() and path.suffix != ".safetensors" and zipfile.is_zipfile(path):
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # unreadable: read_state_dict says why, when the model is built
+            return
+        _not_a_run(path, saved)
+
+
+def _not_a_run(path: Path, state: object) -> None:
+    """A cnnlab run's checkpoint given as model.weights: the field it belongs in."""
     if isinstance(state, dict) and "format" in state and isinstance(state.get("model"), dict):
         run = path.parent.parent if path.parent.name == "checkpoints" else path
         raise CnnlabError(
@@ -54,11 +77,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "model.weights takes a timm backbone's pretrained weights; to start from the "
             f"trained run, set train.init_from={run} and drop model.weights"
         )
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise CnnlabError(f"model.weights: {path} does not hold a state dict of named tensors")
-    return state
 
 
 def load_checked(
