@@ -16,7 +16,6 @@ sweep report's group table takes the same rule and note (cnnlab/differences.py).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,10 +166,8 @@ def precisions(records: list[RunRecord]) -> list[str]:
 
 
 def _precision(run: RunFolder) -> str | None:
-    try:
-        return json.loads(run.env_path.read_text())["precision"]["precision"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    chosen = run.env().get("precision")
+    return chosen.get("precision") if isinstance(chosen, dict) else None
 
 
 def read_runs(paths: list[str | Path], names: list[str] | None = None) -> list[RunRecord]:

@@ -137,13 +137,19 @@ class RunFolder:
             recipe.data.of_run(self.path, self.trained_in())
         return recipe
 
+    def env(self) -> dict:
+        """env.json: versions, device, the folder it trained in, the precision chosen; {}
+        before training began (or unreadable)."""
+        try:
+            env = json.loads(self.env_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return env if isinstance(env, dict) else {}
+
     def trained_in(self) -> Path | None:
         """The folder cnnlab ran in when the run started (env.json's `cwd`); None for a run
         from before cnnlab recorded it, or before its training began."""
-        try:
-            cwd = json.loads(self.env_path.read_text()).get("cwd")
-        except (OSError, ValueError, AttributeError):
-            return None
+        cwd = self.env().get("cwd")
         return Path(cwd) if isinstance(cwd, str) and cwd else None
 
     def check_trained(self, what: str) -> None:
