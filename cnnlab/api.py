@@ -164,7 +164,8 @@ class Run:
         return self.folder.test_metrics()
 
     def evaluate(self, split: str = "test") -> dict[str, float]:
-        """A split's metrics (test or val), recomputed from the best checkpoint."""
+        """A split's metrics (test or val), recomputed from the best checkpoint; a finished
+        run's first test is saved as `test_metrics` (a sweep's trial was never tested)."""
         if split not in ("test", "val"):
             raise CnnlabError(f"evaluate: split {split!r}; choose test or val")
         return evaluate_run(self.path, split)

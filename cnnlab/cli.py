@@ -88,12 +88,16 @@ def train(
 
 @app.command("eval")
 def eval_(run: Path = typer.Argument(..., help="run folder"), imports: list[str] = Imports) -> None:
-    """Test-set metrics of a run's best checkpoint."""
+    """Test-set metrics of a run's best checkpoint (saved when the run had none)."""
     _import(imports)
     from cnnlab.api import load_run
     from cnnlab.progress import print_metrics_table
 
-    print_metrics_table(load_run(run).evaluate(), f"test metrics of {run}")
+    loaded = load_run(run)
+    untested = not loaded.folder.test_path.is_file()
+    print_metrics_table(loaded.evaluate(), f"test metrics of {run}")
+    if untested and loaded.folder.test_path.is_file():
+        typer.echo(f"saved: {loaded.folder.test_path} (cnnlab compare and report read it)")
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """Test-set metrics of a model: what the end of training and `cnnlab eval` report.
 
 `cnnlab eval` rebuilds the run through the one build path with its best weights and
-measures them here: no optimizer, no run folder written.
+measures them here: no optimizer; of the run folder, only an untested run's
+test_metrics.json is written.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 from cnnlab.build import build
 from cnnlab.data.batches import Splits
 from cnnlab.precision import autocast_for
-from cnnlab.runs import RunFolder, load_checkpoint
+from cnnlab.runs import RunFolder, load_checkpoint, write_json
 from cnnlab.tasks import EpochMeter, Task, evaluate
 from cnnlab.tasks.calibration import Rows, batch_rows, share_kept
 from cnnlab.tta import ViewAverage
@@ -193,9 +194,15 @@ def measure(
     return meter.compute(split)
 
 
+# a run in one of these states goes on when resumed, and its own test ends it
+CONTINUES = ("running", "interrupted", "trained")
+
+
 def evaluate_run(path: str | Path, split: str = "test") -> dict[str, float]:
     """`cnnlab eval`: a split's metrics of a run's best checkpoint, with the recipe's
-    test-time views, in the precision it trained in."""
+    test-time views, in the precision it trained in. A finished run that was never tested
+    (a sweep's trial) keeps its first test in test_metrics.json, as training's test would:
+    `cnnlab compare`, `report` and a sweep's `select` read it there."""
     run = RunFolder.open(path)
     run.check_trained("eval")
     best = load_checkpoint(run.best_path)
@@ -204,4 +211,9 @@ def evaluate_run(path: str | Path, split: str = "test") -> dict[str, float]:
     size = built.eval_batch_size
     views = built.views if split == "test" else None  # validation is single-view
     metrics = measure(built.tasks, built.splits, built.model, autocast, size, views, split)
-    return {"best_epoch": best["loop"]["epoch"], **metrics}
+    result = {"best_epoch": best["loop"]["epoch"], **metrics}
+    untested = split == "test" and not run.test_path.is_file()
+    if untested and run.status().get("state") not in CONTINUES:
+        with run.lock():
+            write_json(run.test_path, result)
+    return result

@@ -294,6 +294,27 @@ def test_cli_train_interrupt_resume_eval(tmp_path):
     assert comparable(RunFolder(run_dir)) == comparable(reference)
 
 
+def test_eval_saves_an_untested_runs_first_test_and_leaves_a_run_that_goes_on(tiny):
+    """A sweep's trial is never tested: its first `cnnlab eval` is kept where training's
+    test would be (compare and report read it there); an interrupted run's is not, since
+    its resumed training ends with its own test."""
+    run = train(tiny("train.test_at_end=false"))
+    assert not run.test_path.exists()
+    first = run_cli("eval", str(run.path))
+    assert first.returncode == 0, first.stderr
+    assert f"saved: {run.test_path}" in first.stdout
+    saved = json.loads(run.test_path.read_text())
+    assert saved["best_epoch"] == 1 and f"{saved['test.cls.accuracy']:.4f}" in first.stdout
+    again = run_cli("eval", str(run.path))
+    assert again.returncode == 0 and "saved:" not in again.stdout
+
+    run.test_path.unlink()
+    run.set_status("interrupted", epoch=1, step=0)
+    later = run_cli("eval", str(run.path))
+    assert later.returncode == 0 and "test.cls.accuracy" in later.stdout
+    assert "saved:" not in later.stdout and not run.test_path.exists()
+
+
 @pytest.mark.parametrize(
     "bad, says",
     [

@@ -132,13 +132,9 @@ def _test(picks: list[Pick], folder: SweepFolder) -> None:
     done: dict[str, dict] = {}
     for pick in picks:
         if pick.run not in done:
-            run = RunFolder(Path(pick.run))
-            done[pick.run] = run.test_metrics()
-            if not done[pick.run]:
-                from cnnlab.evaluation import evaluate_run
+            from cnnlab.evaluation import evaluate_run  # saves what it measures
 
-                done[pick.run] = evaluate_run(run.path)
-                write_json(run.test_path, done[pick.run])
+            done[pick.run] = RunFolder(Path(pick.run)).test_metrics() or evaluate_run(pick.run)
         pick.test = done[pick.run]
 
 
