@@ -45,10 +45,11 @@ def test_train_by_name_from_another_folder(tmp_path):
 
 def test_the_wheel_carries_the_recipes_and_sweep_files(tmp_path):
     """An installed cnnlab has no checkout beside it: the files must be package data."""
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True, timeout=600,
-    )  # fmt: skip
+    uv = Path(sys.executable).with_name("uv")  # the Makefile's installer: 1.1 s, pip wheel 3.3
+    build = [str(uv), "build", "--wheel", "-q", "-o"] if uv.is_file() else None
+    build = build or [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w"]
+    subprocess.run([*build, str(tmp_path), str(ROOT)], check=True, capture_output=True,
+                   timeout=600)  # fmt: skip
     (wheel,) = tmp_path.glob("cnnlab-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = [*RECIPES.glob("*.yaml"), *SWEEPS.glob("*.yaml")]
