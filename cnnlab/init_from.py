@@ -189,7 +189,7 @@ def mismatch(start: Start, recipe: Recipe, key: str, problem: str) -> CnnlabErro
 
 
 # fields of a model section that choose how it trains, not what it is
-NOT_ARCHITECTURE = {"pretrained", "weights", "freeze", "train_stages", "backbone_lr"}
+NOT_ARCHITECTURE = {"pretrained", "weights", "freeze", "train_stages", "backbone_lr", "unfreeze_at"}
 NOT_ARCHITECTURE |= {"cache_features", "dropout", "weight", "loss", "label_smoothing"}
 NOT_ARCHITECTURE |= {"class_weights", "standardize"}
 

@@ -28,10 +28,10 @@ from cnnlab.ema import WeightAverage
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import Recorder, measure
 from cnnlab.models.compiled import compiled_kernels
-from cnnlab.optim import build_optimizer, build_scheduler
+from cnnlab.optim import build_optimizer, build_scheduler, start_momentum
 from cnnlab.precision import autocast_for, scaler_for, tune_cuda
-from cnnlab.progress import EpochProgress
-from cnnlab.recipe import LogConfig, Recipe, better_epoch
+from cnnlab.progress import EpochProgress, console
+from cnnlab.recipe import LogConfig, better_epoch
 from cnnlab.runs import RunFolder, load_checkpoint, write_json
 from cnnlab.tasks import EpochMeter, evaluate, metric_goal, total_loss
 from cnnlab.tta import ViewAverage
@@ -91,38 +91,94 @@ class Trainer:
         self.skipped = torch.zeros((), dtype=torch.int64, device=self.device)
         if self.device.type == "cuda":
             tune_cuda(recipe.train.deterministic)
-        if feature_cache.applies(self.model, getattr(recipe.model, "cache_features", False)):
-            self._cache_features(recipe)
+        # heads on a frozen backbone's pooled features, computed when the first epoch that
+        # trains on them starts (`settle`): a run resumed after `unfreeze_at` never needs them
+        self.caching = feature_cache.applies(
+            self.model, getattr(recipe.model, "cache_features", False)
+        )
+        if self.caching and self.views:
+            raise CnnlabError(
+                "train.tta needs images, and a frozen backbone's heads train on cached "
+                "features: set model.cache_features=false or train.tta=[]"
+            )
         # what trains: the model itself, or DDP's wrapper, which averages the gradients
         self.stepped: nn.Module = self._data_parallel() if self.ranks.active else self.model
-        decay = recipe.train.ema_decay  # after caching: the copy must know it as well
+        decay = recipe.train.ema_decay
         self.ema = WeightAverage(self.model, decay) if decay else None
         self.state = LoopState()
         self.data_state: torch.Tensor | None = None  # data generator state of a mid-epoch resume
         self._stop = False
 
-    def _cache_features(self, recipe: Recipe) -> None:
+    # ------------------------------------------------------- frozen, then not
+
+    def settle(self) -> None:
+        """The backbone and the data as the coming epoch (state.epoch + 1) trains: from
+        `model.unfreeze_at` on the whole backbone, on images; before it, with `caching`,
+        the heads on pooled features. Called as each epoch starts and as `fit` starts (a
+        resumed run left only its test), so a resume on either side of the switch sets up
+        what the uninterrupted run had there."""
+        backbone = self.model.backbone
+        if getattr(backbone, "unfreezes_at", lambda epoch: False)(self.state.epoch + 1):
+            self._unfreeze()
+        elif self.caching and backbone.frozen and self.splits is self.built.splits:
+            self._cache_features()
+
+    def _cache_features(self) -> None:
         """A frozen backbone's pooled features, once: the heads train on them (feature_cache)."""
-        if self.views:
-            raise CnnlabError(
-                "train.tta needs images, and a frozen backbone's heads train on cached "
-                "features: set model.cache_features=false or train.tta=[]"
-            )
         self.splits = feature_cache.cache_features(
             self.model,
             self.splits,
             self.needed,
             self.built.eval_batch_size,
             self.autocast,
-            recipe.train.progress,
+            self.recipe.train.progress,
+        )
+        self._average_fed_alike()
+
+    def _average_fed_alike(self) -> None:
+        """The weight average's copy takes what the backbone takes: pooled features or images."""
+        if self.ema:
+            self.ema.module.backbone.cached = self.model.backbone.cached
+
+    def _unfreeze(self) -> None:
+        """The whole backbone trains from this epoch on. The optimizer has held its
+        parameters from the start (optim.param_groups), so only their gradients begin (and
+        SGD's momentum, from zero: start_momentum); heads that trained on cached features
+        go back to the images (and augmentation)."""
+        backbone = self.model.backbone
+        backbone.unfreeze()
+        start_momentum(self.optimizer, backbone.parameters())
+        was_cached, backbone.cached = backbone.cached, False
+        self._average_fed_alike()
+        self.splits = self.built.splits
+        if self.ranks.active:  # DDP reduces the gradients of what trained when it wrapped
+            self.stepped = self.model
+            gc.collect()  # the old wrapper's hooks go with it, before a new one adds its own
+            self.stepped = self._data_parallel(convert=False)
+        switch = self.state.epoch + 1 == backbone.cfg.unfreeze_at  # not a resume after it
+        if self.recipe.train.progress and switch:
+            console.print(self._unfrozen_line(was_cached))
+
+    def _unfrozen_line(self, was_cached: bool) -> str:
+        """'epoch 3: the backbone trains from now on, at 0.1 × lr (2.4e-05 now); ...'."""
+        first = next(self.model.backbone.body.parameters())
+        group = next(g for g in self.optimizer.param_groups if any(p is first for p in g["params"]))
+        share = self.model.backbone.cfg.backbone_lr
+        rate = (
+            f"{share:g} × lr ({group['lr']:.3g} now)" if share != 1.0 else f"lr {group['lr']:.3g}"
+        )
+        line = f"epoch {self.state.epoch + 1}: the backbone trains from now on, at {rate}"
+        return line + (
+            "; the heads train on images again, not cached features" if was_cached else ""
         )
 
-    def _data_parallel(self) -> nn.Module:
+    def _data_parallel(self, convert: bool = True) -> nn.Module:
         """The model inside DistributedDataParallel: gradients averaged across ranks in the
-        backward pass; rank 0's weights copied to all at the start."""
+        backward pass; rank 0's weights copied to all at the start. `convert`: BatchNorm
+        becomes SyncBatchNorm first when the recipe asks (once: a rewrap keeps it)."""
         from torch.nn.parallel import DistributedDataParallel
 
-        if self.recipe.train.sync_bn:
+        if self.recipe.train.sync_bn and convert:
             if self.device.type != "cuda":
                 raise CnnlabError("train.sync_bn needs CUDA GPUs (torch has no CPU SyncBatchNorm)")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -229,6 +285,7 @@ class Trainer:
         )
         previous = {s: signal.signal(s, h) for s, h in handlers.items()} if main else {}
         self.run.set_status("running", epoch=self.state.epoch)
+        self.settle()  # also where no epoch is left: the test sees what the last one trained
         try:
             with compiled_kernels(self.built.fused):
                 self._epochs()
@@ -258,6 +315,7 @@ class Trainer:
         return gen
 
     def _train_epoch(self) -> None:
+        self.settle()
         cfg, st = self.recipe.train, self.state
         gen = self._epoch_generator()
         if self.ranks.active:  # dropout: each rank its own draws, or their noise would repeat

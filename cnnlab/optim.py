@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 from torch.optim import lr_scheduler
@@ -12,11 +14,16 @@ from cnnlab.recipe import OptimizerConfig, TrainConfig
 def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict]:
     """Decay weights of convs and linears only: decaying biases and BN scales only hurts.
     A backbone that trains at a share of the rate (a pretrained one's `backbone_lr`) gets
-    groups of its own with that share of `lr`; frozen parameters are left out."""
-    scales = getattr(getattr(model, "backbone", None), "lr_scales", dict)()
+    groups of its own with that share of `lr`; frozen parameters are left out, except those
+    the backbone unfreezes later (`unfreeze_at`): they are in from the start, and torch's
+    optimizers skip a parameter whose gradient is None, its weight decay and moments too
+    (tests/test_optim.py), so the switch changes no group and the schedule runs on."""
+    backbone = getattr(model, "backbone", None)
+    scales = getattr(backbone, "lr_scales", dict)()
+    later = getattr(backbone, "trains_later", set)()
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
     for p in model.parameters():
-        if p.requires_grad:
+        if p.requires_grad or id(p) in later:
             groups.setdefault((p.ndim >= 2, scales.get(id(p), 1.0)), []).append(p)
     return [
         {"params": params, "weight_decay": weight_decay if decay else 0.0}
@@ -73,6 +80,21 @@ def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optim
     groups = param_groups(model, cfg.weight_decay, cfg.lr)
     options = optimizer_options(cfg) | ({"fused": True} if fused(model) else {})
     return OPTIMIZERS[cfg.name](groups, lr=cfg.lr, **options)
+
+
+def start_momentum(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> None:
+    """Zero momentum buffers for `params`, parameters about to get their first gradient (an
+    unfrozen backbone's), where SGD with momentum keeps buffers. torch's fused SGD (2.14)
+    fails on a group where some parameters have a buffer and others none yet (TypeError:
+    expected Tensor ... got NoneType); the unfused one starts a missing buffer as the
+    gradient itself, which is what a zero buffer gives: 0 · momentum + grad, dampening 0."""
+    if not isinstance(optimizer, torch.optim.SGD):
+        return
+    held = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    for p in params:
+        group = held.get(id(p))
+        if group and group["momentum"] and "momentum_buffer" not in optimizer.state[p]:
+            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
 
 
 def build_scheduler(

@@ -229,7 +229,21 @@ class Recipe(Section):
         check_metric_name(self, self.train.monitor)
         if self.train.early_stopping.metric:
             check_metric_name(self, self.train.early_stopping.metric)
+        check_unfreeze_at(self)
         return self
+
+
+def check_unfreeze_at(recipe: Recipe) -> None:
+    """A backbone's `unfreeze_at` (timm's) falls within the run: a later epoch never comes,
+    and the run would train frozen throughout without a word."""
+    at, epochs = getattr(recipe.model, "unfreeze_at", None), recipe.train.epochs
+    if at is None or at <= epochs:
+        return
+    fix = f"give 2 to {epochs}" if epochs >= 2 else "raise train.epochs"
+    raise ValueError(
+        f"model.unfreeze_at {at} is after the last epoch (train.epochs {epochs}), so the "
+        f"backbone would never train; {fix}, or set model.unfreeze_at=null"
+    )
 
 
 # Models whose fields embed the Recipe or its unions, rebuilt with it (none outside yet: the

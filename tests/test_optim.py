@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from cnnlab.optim import build_optimizer, param_groups
+from cnnlab.optim import (
+    OPTIMIZERS,
+    build_optimizer,
+    optimizer_options,
+    param_groups,
+    start_momentum,
+)
 from cnnlab.recipe import load_recipe
 from tests.conftest import DEMO
 
@@ -57,3 +63,55 @@ def test_cpu_updates_are_fused_and_match_the_unfused_ones(name: str):
             model(x).square().mean().backward()
             opt.step()
     torch.testing.assert_close(a.weight, b.weight)
+
+
+@pytest.mark.parametrize("kernel", ["fused", "foreach", "for-loop"])
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_a_parameter_without_a_gradient_is_left_alone_until_it_has_one(name: str, kernel: str):
+    """What `model.unfreeze_at` rests on: the optimizer holds a frozen backbone's parameters
+    from the start, and torch's update skips one whose grad is None, weight decay and
+    momentum included (no state is made for it), in every kernel it may take."""
+    recipe = load_recipe(DEMO, [f"train.optimizer.name={name}", "train.optimizer.weight_decay=0.1"])
+    cfg = recipe.train.optimizer
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Linear(4, 2))
+    frozen = model[0]
+    options = optimizer_options(cfg) | {k: kernel == k for k in ("fused", "foreach")}
+    opt = OPTIMIZERS[name](param_groups(model, cfg.weight_decay, cfg.lr), lr=cfg.lr, **options)
+    assert {id(p) for g in opt.param_groups for p in g["params"]} >= {id(frozen.weight)}
+    before = [p.clone() for p in frozen.parameters()]
+    frozen.requires_grad_(False)
+    x = torch.randn(16, 8)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    assert all(torch.equal(p, b) for p, b in zip(frozen.parameters(), before, strict=True))
+    assert not any(p in opt.state for p in frozen.parameters())
+    frozen.requires_grad_(True)  # unfrozen: the same optimizer now moves it
+    start_momentum(opt, frozen.parameters())  # fused SGD fails on a missing buffer without
+    step()
+    assert not any(torch.equal(p, b) for p, b in zip(frozen.parameters(), before, strict=True))
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_a_zero_momentum_buffer_steps_as_sgds_own_first_step(nesterov: bool):
+    """start_momentum changes nothing of the arithmetic: SGD starts a missing buffer as the
+    gradient, and a zero one becomes the gradient (0 · momentum + grad), bit for bit."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(16, 8)
+    for model, prime in ((a, False), (b, True)):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=nesterov)
+        if prime:
+            start_momentum(opt, model.parameters())
+        for _ in range(2):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))

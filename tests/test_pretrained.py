@@ -23,6 +23,7 @@ from cnnlab.models.timm_backbone import InputAdapter, TimmConfig
 from cnnlab.models.weights import lite0_file, lite0_key, load_checked, read_state_dict
 from cnnlab.optim import build_optimizer
 from cnnlab.recipe import load_recipe
+from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.viz.run_view import RunView
 from tests.conftest import ROOT, TINY, run_cli
 
@@ -215,6 +216,7 @@ def test_a_report_after_cached_features_makes_its_own_test_predictions(tmp_path:
 
     frozen = ["model.freeze=all_but_head", "train.report=true"]
     trainer = Trainer(build(lowdata(tmp_path, *frozen)))
+    trainer.settle()  # as training starts: the features are computed
     assert trainer.splits is not trainer.built.splits  # the heads' data: pooled features
     assert _recorder(trainer) is None
     images = Trainer(build(lowdata(tmp_path, *frozen, "model.cache_features=false")))
@@ -251,3 +253,89 @@ def test_offline_a_download_fails_in_one_look_not_a_minute_of_retries(monkeypatc
         "use efficientnet_lite0, or set model.pretrained=false"
     )
     assert constants.HF_HUB_OFFLINE is before  # put back
+
+
+# gradual unfreezing: epoch 1 as `freeze` says, epoch 2 the whole backbone (model.unfreeze_at)
+UNFREEZE = ["train.precision=fp32", "train.epochs=2", "model.unfreeze_at=2"]
+
+
+def body_state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.model.backbone.body.state_dict().items()}
+
+
+@pytest.mark.parametrize("freeze", ["all_but_head", "last_stages"])
+def test_unfreeze_at_leaves_the_frozen_part_as_it_was_until_its_epoch(
+    tmp_path: Path, capsys, freeze: str
+):
+    """Weights and BatchNorm statistics of the frozen part bit for bit through epoch 1, the
+    heads on cached features there (all_but_head); from epoch 2 every weight trains and
+    BatchNorm updates its statistics, on images, with the optimizer it had from the start."""
+    recipe = lowdata(tmp_path, f"model.freeze={freeze}", *UNFREEZE, "train.progress=true")
+    seen = []
+    trainer = Trainer(
+        build(recipe),
+        RunFolder.create(recipe),
+        on_epoch=lambda row: seen.append((body_state(trainer), type(trainer.splits).__name__)),
+    )
+    body = trainer.model.backbone.body
+    frozen = {n.rpartition(".")[0] for n, p in body.named_parameters() if not p.requires_grad}
+    assert frozen  # a part of the body is frozen to begin with
+    is_frozen = lambda key: key.rpartition(".")[0] in frozen  # noqa: E731
+    before, groups = (
+        body_state(trainer),
+        [list(g["params"]) for g in trainer.optimizer.param_groups],
+    )
+    capsys.readouterr()
+    trainer.fit()
+    (first, data1), (second, data2) = seen
+    cached = freeze == "all_but_head"
+    assert (data1, data2) == ("CachedSplits" if cached else "Splits", "Splits")
+    assert all(torch.equal(first[k], v) for k, v in before.items() if is_frozen(k))
+    assert cached or any(not torch.equal(first[k], v) for k, v in before.items())
+    moved = {k for k, v in before.items() if not torch.equal(second[k], v)}
+    assert {n for n, _ in body.named_parameters()} <= moved  # every weight trained in epoch 2
+    assert any(is_frozen(k) and k.endswith("running_mean") for k in moved)  # in train mode
+    assert [list(g["params"]) for g in trainer.optimizer.param_groups] == groups
+    out = capsys.readouterr().out
+    assert out.count("pooled features of") == int(cached)
+    (line,) = [s for s in out.splitlines() if "the backbone trains" in s]
+    assert line.startswith("epoch 2: the backbone trains from now on, at 0.1 × lr (")
+    assert line.endswith("not cached features") == cached
+
+
+@pytest.fixture(scope="module")
+def unfreezing(tmp_path_factory) -> tuple:
+    """A run that trains its heads on cached features in epoch 1 and everything in epoch 2,
+    with SGD's momentum and a weight average; uninterrupted, for the resumes to equal."""
+    more = ["train.optimizer.name=sgd", "train.optimizer.lr=0.01", "train.ema_decay=0.9"]
+    tmp = tmp_path_factory.mktemp("unfreeze")
+    recipe = lowdata(tmp, "model.freeze=all_but_head", *UNFREEZE, *more)
+    return recipe, train(recipe)
+
+
+@pytest.mark.parametrize("stop_at", [3, 11])  # in epoch 1 (cached features), in epoch 2
+def test_a_run_resumed_before_or_after_unfreezing_equals_the_uninterrupted_one(
+    unfreezing, stop_at: int
+):
+    from tests.test_train import assert_same_run, interrupted
+
+    recipe, reference = unfreezing
+    run = interrupted(recipe, stop_at)
+    assert load_checkpoint(run.last_path)["loop"]["epoch"] == stop_at // 8  # 8 steps an epoch
+    assert_same_run(train(recipe, resume=run.path), reference)
+    # the finished run is the whole model: eval runs it on the test images, as its test did
+    assert evaluate_run(reference.path) == json.loads(reference.test_path.read_text())
+
+
+@pytest.mark.parametrize(
+    "sets, says",
+    [
+        (["model.freeze=none", "model.unfreeze_at=2"], "set freeze: all_but_head"),
+        (["model.freeze=all_but_head", "model.unfreeze_at=1"], "give 2 or later"),
+        (["model.unfreeze_at=4", "train.epochs=3"], r"after the last epoch \(train.epochs 3\)"),
+    ],
+)
+def test_an_unfreeze_at_that_cannot_unfreeze_is_one_line(tmp_path: Path, sets, says):
+    with pytest.raises(CnnlabError, match=says) as err:
+        lowdata(tmp_path, *sets)
+    assert "\n" not in str(err.value)

@@ -11,7 +11,10 @@ the last `train_stages` stages (timm's `feature_info` stages, and everything aft
 one: EfficientNet's head conv); `none` fine-tunes everything, at `backbone_lr` × the
 optimizer's rate if asked. Frozen parts stay in eval mode, so their BatchNorm statistics
 are the pretrained ones. With `all_but_head` the trainer computes the pooled features once
-and trains the heads on them (`cache_features`).
+and trains the heads on them (`cache_features`). `unfreeze_at` ends the freeze at an epoch
+(`unfreeze`): the optimizer holds the frozen parameters from the start (`trains_later`),
+and a parameter without a gradient is left alone by torch's optimizers, so nothing is
+rebuilt at the switch.
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ class TimmConfig(Section):
     freeze: Literal["none", "all_but_head", "last_stages"] = "none"  # which pretrained layers stay
     train_stages: int = Field(1, ge=1)  # with freeze: last_stages, the stages that train
     backbone_lr: float = Field(1.0, gt=0.0, le=1.0)  # the backbone's lr / the optimizer's lr
+    # gradual unfreezing in one run: epochs before this one (1-based) train as `freeze` says,
+    # from it on the whole backbone trains (in train mode, at backbone_lr); the optimizer and
+    # the schedule are the run's own throughout. e.g. 3: two epochs of heads (on cached
+    # features with all_but_head), then everything. null = `freeze` holds for the whole run
+    unfreeze_at: int | None = None
     input_size: int | None = Field(None, ge=16)  # resize to this; None = the model's own
     cache_features: bool = True  # all_but_head: pooled features computed once, no augmentation
 
@@ -81,6 +89,24 @@ class TimmConfig(Section):
             raise ValueError(
                 f"weights: {self.weights} are pretrained weights, and pretrained: false trains "
                 "the network from scratch; drop one of the two"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _unfreezes_a_frozen_backbone(self) -> TimmConfig:
+        """`unfreeze_at` ends a freeze: without one, or at epoch 1, it changes nothing."""
+        if self.unfreeze_at is None:
+            return self
+        if self.freeze == "none":
+            raise ValueError(
+                f"unfreeze_at: {self.unfreeze_at} unfreezes a frozen backbone, and freeze: none "
+                "trains all of it from the start; set freeze: all_but_head (or last_stages) "
+                "for the epochs before, or drop unfreeze_at"
+            )
+        if self.unfreeze_at < 2:
+            raise ValueError(
+                f"unfreeze_at: {self.unfreeze_at} leaves no epoch frozen (epochs count from "
+                "1); give 2 or later, or train everything with freeze: none"
             )
         return self
 
@@ -250,6 +276,23 @@ class TimmBackbone(Backbone):
             if own and not any(p.requires_grad for p in own):
                 module.eval()
         return self
+
+    def trains_later(self) -> set[int]:
+        """id(parameter) of the frozen ones `unfreeze_at` will train: the optimizer holds
+        them from the start (at backbone_lr), and until then they get no gradient."""
+        if self.cfg.unfreeze_at is None:
+            return set()
+        return {id(p) for p in self.body.parameters() if not p.requires_grad}
+
+    def unfreezes_at(self, epoch: int) -> bool:
+        """Whether the whole network trains in `epoch` (1-based) and did not yet."""
+        due = self.cfg.unfreeze_at is not None and epoch >= self.cfg.unfreeze_at
+        return due and not all(p.requires_grad for p in self.body.parameters())
+
+    def unfreeze(self) -> None:
+        """The whole network trains from now on; the next `train()` puts all of it in train
+        mode (BatchNorm then updates its statistics)."""
+        self.body.requires_grad_(True)
 
     def lr_scales(self) -> dict[int, float]:
         """id(parameter) -> its share of the optimizer's lr (the backbone's backbone_lr)."""
