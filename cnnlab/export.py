@@ -45,6 +45,7 @@ from cnnlab.inference import (
     named,
 )
 from cnnlab.runs import RunFolder, load_checkpoint
+from cnnlab.tasks.base import labelled
 
 Format = Literal["onnx", "pt2"]
 INPUT = "images"
@@ -348,10 +349,11 @@ def parity_of(loaded: Loaded, path: Path) -> Parity:
         ours, theirs = parity.outputs[0][k], parity.outputs[1][k]
         per_image = truth is not None and truth.ndim == 1  # not a mask
         if out["kind"] == "probabilities" and out["classes"] and per_image:  # a softmax's
-            t = truth.numpy()
+            ok = labelled(truth).numpy()  # images without a label count in neither
+            t = truth.numpy()[ok]
             parity.accuracy[out["name"]] = (
-                float((ours.argmax(1) == t).mean()),
-                float((theirs.argmax(1) == t).mean()),
+                float((ours[ok].argmax(1) == t).mean()),
+                float((theirs[ok].argmax(1) == t).mean()),
             )
     return parity
 

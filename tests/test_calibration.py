@@ -19,9 +19,9 @@ from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
 from cnnlab.export import load_for_export
 from cnnlab.runs import load_checkpoint
+from cnnlab.tasks.base import NO_CLASS
 from cnnlab.tasks.calibration import Rows, batch_rows, fit_temperature, judged, scores
 from cnnlab.tasks.classification import Classification, ClassificationConfig
-from cnnlab.tasks.pixel import NO_CLASS
 from cnnlab.viz import RunView, make_charts
 from tests.conftest import run_cli
 

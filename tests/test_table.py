@@ -540,8 +540,9 @@ def test_many_bad_values_are_every_group_named_with_each_fix_once(shapes, tmp_pa
     assert (
         "column 'kind': no class on lines 12, 40, 77, 81, 91, and 3 more; column 'area': not a "
         "number on lines 13 ('0,12'), 20 ('0,19'), 31 ('0,30'), 51 ('0,50'), 61 ('0,60'); fill "
-        "in each empty cell or remove its row (a row with an empty path or target stops the "
-        "run: none is skipped); write numbers with a decimal point"
+        "in each empty cell or remove its row, or set data.targets.kind.blank: drop (such rows "
+        "left out) or unlabelled (a row trains its other targets); write numbers with a "
+        "decimal point"
     ) in message
     assert message.count("decimal point") == 1 and message.count("empty cell") == 1
     assert no_runs(tmp_path)

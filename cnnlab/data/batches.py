@@ -17,11 +17,12 @@ import torch
 from cnnlab.data import colorize, get_source
 from cnnlab.data.augment import NO_LABEL, UNCHANGED, AugmentConfig, LabelMap, augment, is_mask
 from cnnlab.data.base import DataSection, DerivedTarget, ImageSet
+from cnnlab.data.labelled import check_labelled
 from cnnlab.data.mapped import MappedImages, Pixels, read_ahead
 from cnnlab.data.split import stratified_split, stratified_subset
 from cnnlab.data.stats import channel_stats
 from cnnlab.errors import CnnlabError
-from cnnlab.tasks.pixel import NO_CLASS
+from cnnlab.tasks.base import NO_CLASS
 
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 VALUES_PIXELS = 1 << 24  # image values a batch when a derived target is computed for a split
@@ -238,6 +239,8 @@ def prepare_splits(
     test = ds.test
     if cfg.test_subset:
         test = test.subset(torch.arange(min(cfg.test_subset, len(test))))
+    stored = sorted(needed & set(train.targets))  # a derived target is never blank
+    check_labelled({"train": train, "val": val, "test": test}, stored)
     classes, derived = dict(ds.classes), dict(ds.derived)
     if cfg.colorize is not None:
         colorize.check_colour(cfg.source, train.images.shape[1])

@@ -25,6 +25,10 @@ refused under a geometric transform unless the recipe says how it changes:
 (a counter-clockwise quarter turn moves each column's value to the next). The config
 classes and these label maps: cnnlab/data/table_config.py.
 
+A blank target cell stops the run, or, as the target's `blank` says, drops its row or
+leaves the row unlabelled for that target (class NO_CLASS, a NaN number, a mask without a
+labelled pixel): its other targets train on it (cnnlab/data/labelled.py counts them).
+
 `describe()` reads the table and checks every row before any pixel is decoded (the cells:
 cnnlab/data/table_cells.py): a missing column, an empty table, an empty cell, a value that
 is not a number (a semicolon-separated table's decimal commas are read: 21,241; a thousands
@@ -58,6 +62,7 @@ from cnnlab.data.decoded import (
     open_image,
     read_image,
 )
+from cnnlab.data.labelled import refuse_unlabelled
 from cnnlab.data.mapped import Pixels
 from cnnlab.data.split import stratified_split
 from cnnlab.data.table_cells import (
@@ -71,6 +76,7 @@ from cnnlab.data.table_cells import (
 )
 from cnnlab.data.table_config import Move, SplitColumn, TableConfig, TargetColumn
 from cnnlab.errors import CnnlabError, counted, listed
+from cnnlab.tasks.base import NO_CLASS
 
 # bump when the cached arrays or their identity change meaning (2: a mask of another size
 # than its image, stretched before, is refused; refusals are kept with their reasons)
@@ -96,6 +102,8 @@ class Rows:
     groups: np.ndarray | None = None  # (N,) group ids (group_column); None: every row its own
     # rows left out, a file they name not existing: "line 7, column 'image': a.png", a row each
     absent: list[str] = field(default_factory=list)
+    # target -> rows left out for a blank cell of it (data.targets.NAME.blank: drop)
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 def _table_path(cfg: TableConfig) -> Path:
@@ -166,18 +174,19 @@ def read_rows(cfg: TableConfig) -> Rows:
     images = read_paths(df, cfg.image_column, base, problems, absent)
     masks, values, classes = {}, {}, {}
     for name, spec in cfg.targets.items():
+        blank = spec.blank
         if spec.kind == "mask":
-            masks[name] = read_paths(df, spec.column, base, problems, absent)
+            masks[name] = read_paths(df, spec.column, base, problems, absent, name, blank)
             if spec.classes:
                 classes[name] = list(spec.classes)
         elif spec.kind == "category":
             values[name], classes[name] = read_categories(
-                df, spec.column, spec.classes, problems, name
+                df, spec.column, spec.classes, problems, name, blank
             )
         elif spec.kind == "number":
-            values[name] = read_numbers(df, spec.column, problems, name, comma)
+            values[name] = read_numbers(df, spec.column, problems, name, comma, blank=blank)
         else:
-            parts = [read_numbers(df, c, problems, name, comma, vector=True) for c in spec.columns]
+            parts = [read_numbers(df, c, problems, name, comma, True, blank) for c in spec.columns]
             values[name] = np.stack(parts, axis=1)
     split = None
     if cfg.split:
@@ -192,6 +201,7 @@ def read_rows(cfg: TableConfig) -> Rows:
     rows = Rows(path.resolve(), base, images, masks, values, classes, split, (0, 0, 0), groups)
     if absent:  # on_bad_image: skip
         rows = _without_absent(rows, absent, problems)
+    rows = _without_blanks(cfg, rows)
     _check_split(cfg, rows)
     rows.shape = _shape(cfg, rows)
     return rows
@@ -220,6 +230,11 @@ def _without_absent(rows: Rows, absent: list[tuple[int, str, str]], problems: Pr
             f"data.table: {rows.table}: no file its rows name exists (first: {named[0]}); "
             + _fix_absent(rows.base, or_skip=False)
         )
+    return replace(_picked(rows, keep), absent=named)
+
+
+def _picked(rows: Rows, keep: np.ndarray) -> Rows:
+    """Only the rows `keep` (indices, in order)."""
     pick = lambda paths: [paths[i] for i in keep]  # noqa: E731
     return replace(
         rows,
@@ -228,8 +243,45 @@ def _without_absent(rows: Rows, absent: list[tuple[int, str, str]], problems: Pr
         values={name: v[keep] for name, v in rows.values.items()},
         split=rows.split[keep] if rows.split is not None else None,
         groups=rows.groups[keep] if rows.groups is not None else None,
-        absent=named,
     )
+
+
+def blank_rows(rows: Rows, target: str) -> np.ndarray:
+    """(N,) bool: the rows whose cell of `target` is blank (a vector's: any component)."""
+    if target in rows.masks:
+        return np.array([not path for path in rows.masks[target]], dtype=bool)
+    v = rows.values[target]
+    return v == NO_CLASS if v.dtype.kind == "i" else np.isnan(v).reshape(len(v), -1).any(1)
+
+
+def _without_blanks(cfg: TableConfig, rows: Rows) -> Rows:
+    """The rows with a value in every target whose blank is drop; how many each target left
+    out is kept for load()'s line (describe(), called more than once a run, says nothing)."""
+    keep, dropped = np.ones(len(rows.images), dtype=bool), {}
+    for name, spec in cfg.targets.items():
+        if spec.blank == "drop" and (blank := blank_rows(rows, name)).any():
+            keep &= ~blank
+            dropped[name] = int(blank.sum())
+    if not dropped:
+        return rows
+    if not keep.any():
+        raise CnnlabError(
+            f"data.table: every row of {rows.table} has a blank cell in "
+            f"{listed(list(dropped), ' or ')}, and blank: drop leaves them all out; fill some "
+            "in, or set data.targets.NAME.blank: unlabelled (a row trains its other targets)"
+        )
+    return replace(_picked(rows, np.flatnonzero(keep)), dropped=dropped)
+
+
+def _say_dropped(rows: Rows) -> None:
+    """One line: the rows left out for a blank cell, per target (blank: drop)."""
+    if rows.dropped:
+        said = [f"{counted(n, 'row')} without {name}" for name, n in rows.dropped.items()]
+        print(
+            f"table: left out {listed(said, ', ')} (data.targets.NAME.blank: drop); "
+            f"{len(rows.images):,} rows stay",
+            file=sys.stderr,
+        )
 
 
 def _stratify_target(cfg: TableConfig) -> str | None:
@@ -261,7 +313,8 @@ def _check_split(cfg: TableConfig, rows: Rows) -> None:
         if len(units) < 2 + carves:
             raise CnnlabError(f"data.table: {rows.table} has too few {what} to carve from")
         return
-    counts = np.bincount(rows.values[target][units], minlength=len(rows.classes[target]))
+    labels = rows.values[target][units]
+    counts = np.bincount(labels[labels >= 0], minlength=len(rows.classes[target]))  # no NO_CLASS
     small = np.flatnonzero((counts > 0) & (counts < carves + 1))
     if len(small):
         k = int(small[0])
@@ -336,6 +389,7 @@ def describe(cfg: TableConfig) -> DataInfo:
         train, val = n - test, None
     else:
         train, val, test = (int((rows.split == k).sum()) for k in range(3))
+    _refuse_unlabelled(cfg, rows)
     targets: dict[str, list[str] | None] = {}
     classes = {**rows.classes, **_mask_names(rows, None)}
     for name in cfg.targets:
@@ -356,6 +410,19 @@ def describe(cfg: TableConfig) -> DataInfo:
     )
 
 
+def _refuse_unlabelled(cfg: TableConfig, rows: Rows) -> None:
+    """A target of blank: unlabelled with no labelled row in train (with the rows val is
+    carved from) or in a given val stops the run before a run folder is made; a carved val
+    is checked once carved (cnnlab/data/labelled.py)."""
+    parts = rows.split if rows.split is not None else np.zeros(len(rows.images), dtype=np.int64)
+    for name, spec in cfg.targets.items():
+        if spec.blank == "unlabelled":
+            has = ~blank_rows(rows, name)
+            counts = {s: (int(has[parts == k].sum()), int((parts == k).sum()))
+                      for k, s in enumerate(("train", "val"))}  # fmt: skip
+            refuse_unlabelled(name, counts)
+
+
 def _identity(rows: Rows, cfg: TableConfig) -> list:
     """The table's stat and every file's: a changed image, mask or table decodes again."""
 
@@ -368,7 +435,7 @@ def _identity(rows: Rows, cfg: TableConfig) -> list:
 
     files = rows.images + [p for paths in rows.masks.values() for p in paths]
     return [FORMAT, str(rows.table), stat(rows.table), list(rows.shape), cfg.resize, cfg.bits] + [
-        [rel, *stat(rows.base / rel)] for rel in files
+        [rel, *(stat(rows.base / rel) if rel else [None, None])] for rel in files
     ]
 
 
@@ -383,6 +450,9 @@ def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, Pixels], list[int]]:
         image, seen = read_image(rows.base / rows.images[i], s, cfg.resize, mode, cfg.bits)
         out = {"images": image}
         for name, paths in rows.masks.items():
+            if not paths[i]:  # a blank cell (blank: unlabelled): no pixel has a class
+                out[name] = np.full((s, s), NO_LABEL, dtype=np.uint8)
+                continue
             try:
                 out[name] = decode_mask(rows.base / paths[i], s, cfg.resize, (rows.images[i], seen))
             except Refused as err:  # named with its path: the warning and the error say it
@@ -390,11 +460,12 @@ def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, Pixels], list[int]]:
         return out
 
     names = [
-        " / ".join([rows.images[i], *(paths[i] for paths in rows.masks.values())])
+        " / ".join([rows.images[i], *(paths[i] for paths in rows.masks.values() if paths[i])])
         for i in range(len(rows.images))
     ]
     key = [str(rows.table), str(rows.base), list(rows.shape), cfg.resize, cfg.bits, FORMAT]
     _warn_absent(rows)
+    _say_dropped(rows)
     _say_shape(cfg, rows)
     dark_warning(rows.base / rows.images[0], cfg.bits, "table")
     decoded = cached_decode(

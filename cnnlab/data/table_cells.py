@@ -19,11 +19,14 @@ import numpy as np
 
 from cnnlab.data.files import stays_inside
 from cnnlab.errors import CnnlabError, counted, listed
+from cnnlab.tasks.base import NO_CLASS
+
+Blank = Literal["stop", "drop", "unlabelled"]  # a target's blank cells (TargetColumn.blank)
 
 # what to do about each kind of problem, said once at the end of the line
 FILL = (
-    "fill in each empty cell or remove its row (a row with an empty path or target stops "
-    "the run: none is skipped)"
+    "fill in each empty cell or remove its row (a row with an empty image path or group "
+    "stops the run: none is skipped)"
 )
 PLAIN = (
     "write each number plainly (0.25, 1e-3: a decimal point, no units or words), or remove its row"
@@ -33,6 +36,18 @@ COMMA = (
     "and 1,234), or save the table separated by semicolons, whose decimal commas are read"
 )
 TWICE = "remove each repeated row, or correct its path"
+
+
+def fill(target: str | None) -> str:
+    """The fix of an empty cell: of a target's column, also the recipe field that keeps
+    the row (its other targets labelled) or leaves it out."""
+    if target is None:
+        return FILL
+    return (
+        "fill in each empty cell or remove its row, or set data.targets."
+        f"{target}.blank: drop (such rows left out) or unlabelled (a row trains its other "
+        "targets)"
+    )
 
 
 class Problems:
@@ -105,18 +120,21 @@ def _text(value: Any) -> str:
 
 
 def read_paths(
-    df: Any, column: str, base: Path, problems: Problems, absent: list[tuple[int, str, str]]
-) -> list[str]:
+    df: Any, column: str, base: Path, problems: Problems, absent: list[tuple[int, str, str]],
+    target: str | None = None, blank: Blank = "stop",
+) -> list[str]:  # fmt: skip
     """The column's relative paths, each checked to stay inside `base` (links too) and to
-    exist (`absent` gets those that do not: (row, column, path)). A table written on Windows
-    separates folders by backslashes: read as slashes (on Windows too)."""
+    exist (`absent` gets those that do not: (row, column, path)); an empty one is "" (a
+    mask `target`'s when its `blank` allows). A table written on Windows separates folders
+    by backslashes: read as slashes (on Windows too)."""
     out: list[str] = []
     folders: dict[str, tuple[Path, bool]] = {}
     for row, value in enumerate(df[column].tolist()):
         rel = _text(value).strip().replace("\\", "/")
         out.append(rel)
         if not rel:
-            problems.add(row, column, "no path", fix=FILL)
+            if blank == "stop":
+                problems.add(row, column, "no path", fix=fill(target))
             continue
         found = _file_state(base, rel, folders)
         if found == "outside":
@@ -213,11 +231,12 @@ def _thousands(marked: dict[int, str], texts: list[str]) -> bool:
 
 
 def read_numbers(
-    df: Any, column: str, problems: Problems, target: str, comma: bool, vector: bool = False
-) -> np.ndarray:
+    df: Any, column: str, problems: Problems, target: str, comma: bool, vector: bool = False,
+    blank: Blank = "stop",
+) -> np.ndarray:  # fmt: skip
     """(N,) float32 values of a number column (of `target`, a component when `vector`);
     `comma`: the table is separated by semicolons, so a decimal comma is read
-    (_decimal_commas)."""
+    (_decimal_commas); an empty cell is NaN when `blank` allows."""
     texts = [_text(v).strip() for v in df[column].tolist()]
     read = _decimal_commas(texts, column, problems) if comma else texts
     out = np.zeros(len(df), dtype=np.float32)
@@ -226,7 +245,9 @@ def read_numbers(
         if value is None:  # refused by _decimal_commas
             continue
         if not value:
-            problems.add(row, column, "no value", fix=FILL)
+            if blank == "stop":
+                problems.add(row, column, "no value", fix=fill(target))
+            out[row] = np.nan
             continue
         try:
             number = float(value)
@@ -260,14 +281,16 @@ def _wrong_kind(column: str, target: str, words: list[str], vector: bool) -> str
 
 
 def read_categories(
-    df: Any, column: str, listed: list[str] | None, problems: Problems, target: str
-) -> tuple[np.ndarray, list[str]]:
+    df: Any, column: str, listed: list[str] | None, problems: Problems, target: str,
+    blank: Blank = "stop",
+) -> tuple[np.ndarray, list[str]]:  # fmt: skip
     """(class index per row, class names): the recipe's list, else the sorted distinct values
-    (numerically when every value is an integer)."""
+    (numerically when every value is an integer); an empty cell is NO_CLASS when `blank`
+    allows."""
     raw = [_text(v).strip() for v in df[column].tolist()]
     for row, value in enumerate(raw):
-        if not value:
-            problems.add(row, column, "no class", fix=FILL)
+        if not value and blank == "stop":
+            problems.add(row, column, "no class", fix=fill(target))
     present = sorted({v for v in raw if v})
     if listed is not None:
         names = list(listed)
@@ -281,7 +304,7 @@ def read_categories(
         if value and value not in index:
             fix = f"add each such value to data.targets.{target}.classes, or correct it"
             problems.add(row, column, "not a listed class", repr(value), fix)
-        labels[row] = index.get(value, 0)
+        labels[row] = index.get(value, 0) if value else NO_CLASS
     return labels, names
 
 

@@ -17,6 +17,7 @@ from cnnlab.config import Section
 from cnnlab.data.augment import GEOMETRIC, LabelMap, Targets
 from cnnlab.data.base import DataSection
 from cnnlab.data.memory import Storage
+from cnnlab.data.table_cells import Blank
 
 
 class Move(Section):
@@ -46,6 +47,9 @@ class TargetColumn(Section):
     vflip: Literal["same"] | Move | None = None  # as hflip, for a vertical flip
     rot90: Literal["same"] | Move | None = None  # as hflip, for a quarter turn
     translate: Literal["same"] | None = None  # a shift: same, or refused
+    # a blank cell of this target: stop (the run, naming it), drop (its row left out), or
+    # unlabelled (the row trains the other targets; this one has no label for it)
+    blank: Blank = "stop"
 
     @model_validator(mode="after")
     def _columns_fit_kind(self) -> TargetColumn:

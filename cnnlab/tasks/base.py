@@ -23,6 +23,23 @@ if TYPE_CHECKING:
     from cnnlab.models.base import Backbone
 
 
+NO_CLASS = -100  # a class index without a class (a mask's 255, a table's blank cell): no loss,
+# no metric; torch's ignore_index. A number without a value is NaN (`labelled`).
+
+
+def labelled(values: torch.Tensor) -> torch.Tensor:
+    """Which of `values` are labels, bool of their shape: a class index other than NO_CLASS,
+    a number other than NaN. A table's blank cell (data.targets.NAME.blank: unlabelled) and
+    a mask's unlabelled pixel are neither; every loss and metric leaves them out."""
+    return values == values if values.is_floating_point() else values != NO_CLASS
+
+
+def labelled_rows(values: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: which rows (images) of `values` (N, ...) hold at least one label."""
+    ok = labelled(values)
+    return ok.flatten(1).any(1) if ok.ndim > 1 else ok
+
+
 class TaskSection(Section):
     """Fields every task has; a task type adds its own and a `type` literal (its tag)."""
 
@@ -91,8 +108,14 @@ class Task:
     def loss(self, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def labelled(self, target: torch.Tensor) -> torch.Tensor:
+        """Which values of a batch's `target` are labels (bool, its shape): its loss and
+        every metric count only these, and the meters weigh a batch by how many it has."""
+        return labelled(target)
+
     def step_sums(self, pred: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
-        """Per-step batch means, one per `step_metrics`; no host sync."""
+        """Per-step batch means over the labelled values (`labelled`), one per
+        `step_metrics`; no host sync (the meter weighs them by the labelled count)."""
         raise NotImplementedError
 
     def from_step_means(self, means: list[float]) -> dict[str, float]:

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cnnlab.tasks.base import Task
-from cnnlab.tasks.pixel import NO_CLASS
+from cnnlab.tasks.base import NO_CLASS, Task
 
 MAX_ROWS = 1 << 20  # rows kept per split and task: every image; a sample of a mask's pixels
 

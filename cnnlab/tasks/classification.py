@@ -13,7 +13,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.heads import MLPHead
-from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection, Worst
+from cnnlab.tasks.base import NO_CLASS, TargetInfo, TargetSpec, Task, TaskSection, Worst, labelled
 
 if TYPE_CHECKING:
     from torchmetrics import MetricCollection
@@ -47,7 +47,7 @@ class Classification(Task):
     headline = ("accuracy", "f1")
     step_metrics = ("accuracy",)
     figures = ("confusion", "reliability", "mistakes")
-    legend = "the predicted class; ✗ when wrong, the true class in brackets"
+    legend = "the predicted class; ✗ when wrong, the true class in brackets (or no label)"
     # each per-epoch metric but the loss: torchmetrics' multiclass metric and its average
     measures: ClassVar[dict[str, tuple[str, str]]] = {
         "accuracy": ("MulticlassAccuracy", "micro"),
@@ -56,7 +56,8 @@ class Classification(Task):
         "f1": ("MulticlassF1Score", "macro"),
     }
 
-    metric_options: ClassVar[dict] = {}  # more keyword arguments of the torchmetrics metrics
+    # more keyword arguments of the torchmetrics metrics: a row without a label counts in none
+    metric_options: ClassVar[dict] = {"ignore_index": NO_CLASS}
     # Probabilities are softmax(logits / temperature); a temperature is fitted on the
     # validation set after training (cnnlab/calibration.py) and saved with the best weights.
     probabilistic = True
@@ -93,7 +94,7 @@ class Classification(Task):
         if values is None:
             return None
         labels = values().flatten().cpu()
-        count = torch.bincount(labels[labels >= 0], minlength=k).double()  # pixels: NO_CLASS < 0
+        count = torch.bincount(labels[labels >= 0], minlength=k).double()  # NO_CLASS < 0: no label
         weight = torch.where(count > 0, count.sum() / (k * count.clamp_min(1)), 0.0)
         return (weight * k / weight.sum()).float()
 
@@ -120,12 +121,11 @@ class Classification(Task):
 
     def loss(self, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         weight = getattr(head, "class_weight", None)  # None: class_weights none
-        return F.cross_entropy(
-            out.float(), target, weight=weight, label_smoothing=self.cfg.label_smoothing
-        )
+        return labelled_cross_entropy(out, target, weight, self.cfg.label_smoothing)
 
     def step_sums(self, pred: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
-        return [(pred == target).float().mean()]
+        ok = labelled(target)  # per image, or per pixel
+        return [((pred == target) & ok).sum() / ok.sum().clamp_min(1)]
 
     def epoch_metrics(self) -> MetricCollection:
         import torchmetrics  # imported when a meter is built: a recipe check needs no metrics
@@ -176,6 +176,8 @@ class Classification(Task):
     ) -> tuple[str, bool]:
         names = self.info.classes or []
         t, p = int(truth), int(pred)
+        if t == NO_CLASS:  # nothing to be right or wrong about
+            return f"{short(names[p])}\n(no label)", False
         if t == p:
             return short(names[t]), False
         return f"✗ {short(names[p])}\n(true {short(names[t])})", True
@@ -185,27 +187,48 @@ class Classification(Task):
         short: Callable[[str], str] = str,
     ) -> Worst | None:  # fmt: skip
         """The wrong predictions made with the highest probability, at the fitted
-        temperature: where a wrong label, or two classes the model confuses, shows first."""
-        if logits is None or len(logits) != len(truth):  # no row per image
+        temperature: where a wrong label, or two classes the model confuses, shows first.
+        `logits` has a row per labelled image (calibration's rows leave the others out)."""
+        if logits is None or truth.ndim != 1:  # no row per image
             return None
-        index, said, sure, true_p = confident_errors(logits, truth, self.temperature, n)
+        rows = labelled(truth).nonzero().squeeze(1)  # the images with a label
+        if len(logits) != len(rows):
+            return None
+        at, said, sure, true_p = confident_errors(logits, truth[rows], self.temperature, n)
+        index = rows[at]
         names = self.info.classes or []
         lines = [
             f"✗ {short(names[p])} {s:.0%}\n(true {short(names[int(truth[i])])} {t:.0%})"
             for i, p, s, t in zip(index.tolist(), said.tolist(), sure.tolist(), true_p.tolist(),
                                   strict=True)
         ]  # fmt: skip
-        wrong = int((pred != truth).sum())
+        wrong = int((pred[rows] != truth[rows]).sum())
         at = f" at the fitted temperature {self.temperature:.3g}" if self.temperature != 1 else ""
+        of = "" if len(rows) == len(truth) else " labelled"
         return Worst(
             index,
             lines,
             "wrong with the most confidence",
-            f"{wrong:,} of {len(truth):,} test images are wrong; these {len(index)} most surely"
+            f"{wrong:,} of {len(rows):,}{of} test images are wrong; these {len(index)} most surely"
             f"{at} (the predicted class's probability, and the true class's). A label that "
             "looks wrong here is worth checking in the data; two classes that keep swapping "
             "are the model's to learn.",
         )
+
+
+def labelled_cross_entropy(
+    out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, smoothing: float = 0.0
+) -> torch.Tensor:
+    """Cross-entropy's mean over the labelled rows (or pixels), weighted by `weight` as torch
+    weighs its mean: the sum over them over their summed class weights. A batch without a
+    label gives 0 and a gradient of 0, where torch's mean gives NaN (0 / 0); no host sync."""
+    total = F.cross_entropy(
+        out.float(), target, weight=weight, ignore_index=NO_CLASS,
+        label_smoothing=smoothing, reduction="sum",
+    )  # fmt: skip
+    ok = labelled(target)
+    counted = ok.sum() if weight is None else (weight[target.clamp_min(0)] * ok).sum()
+    return total / torch.where(counted > 0, counted, 1)
 
 
 def confident_errors(

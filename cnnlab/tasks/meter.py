@@ -7,6 +7,7 @@ a standardized target. Every task-specific step is the task's own (`cnnlab/tasks
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -59,9 +60,11 @@ class EpochMeter(nn.Module):
                 if calibration:  # a test's: kept out of validation, whose state checkpoints hold
                     self.metrics[name].add_metrics(task.calibration_metrics())
                 self.metrics[name].persistent(True)  # running states go into state_dict()
-        # Layout of `sums`: count, total loss, then per task: its loss and, when not
-        # detailed, its step metrics.
-        width = 2 + sum(1 + (0 if detailed else len(t.step_metrics)) for t in tasks.values())
+        # Layout of `sums`: images, total loss, then per task: its labelled values (images,
+        # or pixels), its loss and, when not detailed, its step metrics, each summed over
+        # them: a task's means are then over its labelled values alone (a table's blank
+        # cells, a mask's unlabelled pixels count in none).
+        width = 2 + sum(2 + (0 if detailed else len(t.step_metrics)) for t in tasks.values())
         self.register_buffer("sums", torch.zeros(width, dtype=torch.float64))
         self.to(device)
 
@@ -75,31 +78,32 @@ class EpochMeter(nn.Module):
         losses: dict[str, torch.Tensor],
     ) -> None:
         n = next(iter(outputs.values())).shape[0]
-        stats = [torch.ones((), device=total.device), total.detach().float()]
+        stats = [torch.full((), float(n), device=total.device), total.detach().float() * n]
         for name, task in self.tasks.items():
-            stats.append(losses[name].detach().float())
             head, out, target = model.heads[name], outputs[name].detach(), targets[task.target]
+            count = task.labelled(target).sum().float()  # a batch weighs by its labels
+            means = [losses[name].detach().float()]
             if self.detailed:
                 task.update_metrics(self.metrics[name], head, out, target)
             else:
-                stats += task.step_sums(head.decode(out), target)
-        self.sums += torch.stack(stats).double() * n
+                means += task.step_sums(head.decode(out), target)
+            stats += [count, *(m.float() * count for m in means)]
+        self.sums += torch.stack(stats).double()
 
     def compute(self, split: str) -> dict[str, float]:
         """Read everything once: {'val.loss': ..., 'val.cls.accuracy': ..., ...}."""
         sums = self.sums.tolist()
-        count = max(sums[0], 1.0)
-        means = [v / count for v in sums[1:]]
-        out, at = {f"{split}.loss": means[0]}, 1
+        out, at = {f"{split}.loss": sums[1] / max(sums[0], 1.0)}, 2
         for name, task in self.tasks.items():
-            out[f"{split}.{name}.loss"] = means[at]
-            at += 1
+            width = 1 + (0 if self.detailed else len(task.step_metrics))
+            count = sums[at]  # none labelled (a test split of blanks): NaN, not 0
+            means = [v / count if count else math.nan for v in sums[at + 1 : at + 1 + width]]
+            at += 1 + width
+            out[f"{split}.{name}.loss"] = means[0]
             if self.detailed:
                 values = task.epoch_values(self.metrics[name].compute())
             else:
-                width = len(task.step_metrics)
-                values = task.from_step_means(means[at : at + width])
-                at += width
+                values = task.from_step_means(means[1:])
             out.update({f"{split}.{name}.{m}": v for m, v in values.items()})
         return out
 
@@ -109,10 +113,24 @@ class EpochMeter(nn.Module):
             m.reset()
 
     def restore(self, state: dict[str, torch.Tensor]) -> None:
+        if state["sums"].shape != self.sums.shape:  # a checkpoint of an older cnnlab
+            state = {**state, "sums": self._from_older(state["sums"])}
         self.load_state_dict(state)
         for collection in self.metrics.values():
             for metric in collection.values():
                 metric._update_count = 1  # states came from a checkpoint: compute() is valid
+
+    def _from_older(self, old: torch.Tensor) -> torch.Tensor:
+        """Sums saved before they counted labels (images, loss, then per task its loss and
+        step metrics, each times the images) in this layout, each task's labelled count
+        taken as the images: exact for a per-image target, which then had a label in every
+        row; a per-pixel task's mean of the broken epoch leans on the batches after it."""
+        n, out, at = old[0], [old[0], old[1]], 2
+        for task in self.tasks.values():
+            width = 1 + (0 if self.detailed else len(task.step_metrics))
+            out += [n, *old[at : at + width]]
+            at += width
+        return torch.stack(out)
 
 
 @torch.inference_mode()

@@ -18,15 +18,12 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.layers import create_act
-from cnnlab.tasks.base import TargetInfo, TargetSpec, TaskSection
-from cnnlab.tasks.classification import Classification
+from cnnlab.tasks.base import NO_CLASS, TargetInfo, TargetSpec, TaskSection
+from cnnlab.tasks.classification import Classification, labelled_cross_entropy
 
 if TYPE_CHECKING:
     from cnnlab.config import HeadConfig
     from cnnlab.models.base import Backbone
-
-
-NO_CLASS = -100  # a pixel without a class (a mask's 255): no loss, no metric; torch's ignore_index
 
 
 class PixelClassificationConfig(TaskSection):
@@ -103,15 +100,13 @@ class PixelClassification(Classification):
         return self.carry_weights(head)
 
     def loss(self, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(out.float(), target, weight=head.class_weight, ignore_index=NO_CLASS)
-
-    def step_sums(self, pred: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
-        labelled = target != NO_CLASS
-        return [((pred == target) & labelled).sum() / labelled.sum().clamp_min(1)]
+        return labelled_cross_entropy(out, target, head.class_weight)
 
     def caption(
         self, truth: torch.Tensor, pred: torch.Tensor, short: Callable[[str], str] = str
     ) -> tuple[str, bool]:
         labelled = truth != NO_CLASS
-        right = ((truth == pred) & labelled).sum().item() / max(1, labelled.sum().item())
+        if not labelled.any():  # a blank mask cell: nothing to be right or wrong about
+            return "no labelled pixel", False
+        right = ((truth == pred) & labelled).sum().item() / labelled.sum().item()
         return f"{right:.0%} of pixels right", right < 0.5

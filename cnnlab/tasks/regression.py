@@ -13,9 +13,12 @@ from torch import nn
 from cnnlab.config import HeadConfig
 from cnnlab.errors import CnnlabError, listed
 from cnnlab.models.heads import MLPHead
-from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection, Worst
+from cnnlab.tasks.base import TargetInfo, TargetSpec, Task, TaskSection, Worst, labelled
 
 LOSSES = {"mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss, "l1": F.l1_loss}
+# elementwise, for the mean over labelled values alone (NaN: a blank cell, no label)
+ERRORS = {"mse": lambda e: e.square(), "l1": lambda e: e.abs(), "smooth_l1": lambda e: (
+    torch.where(e.abs() < 1, 0.5 * e.square(), e.abs() - 0.5))}  # fmt: skip
 
 
 if TYPE_CHECKING:
@@ -66,7 +69,8 @@ class RegressionHead(MLPHead):
 
 def class_agreement(to_class: Callable[[torch.Tensor], torch.Tensor]) -> Metric:
     """A metric: how often the predicted vector and the true one give the same class (GSN:
-    the count head read as a classifier, comparable with the class head's accuracy)."""
+    the count head read as a classifier, comparable with the class head's accuracy), over
+    the images whose every component is labelled."""
     import torchmetrics
 
     class _Agreement(torchmetrics.Metric):
@@ -76,13 +80,42 @@ def class_agreement(to_class: Callable[[torch.Tensor], torch.Tensor]) -> Metric:
             self.add_state("total", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
         def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-            self.same += (to_class(pred) == to_class(target)).sum()
-            self.total += target.shape[0]
+            whole = labelled(target).all(1)
+            same = to_class(pred) == to_class(target.nan_to_num())
+            self.same += (same & whole).sum()
+            self.total += whole.sum()
 
         def compute(self) -> torch.Tensor:
             return self.same.float() / self.total.clamp_min(1)
 
     return _Agreement()
+
+
+def labelled_error(power: int, components: int | None = None) -> Metric:
+    """A metric: the mean of |predicted - true| ** `power` over the labelled values (a NaN
+    target is none), over all of them, or per component (`components`: a vector's count);
+    its square root for power 2 (RMSE). Masked by weights, not by indexing: no host sync."""
+    import torchmetrics
+
+    class _LabelledError(torchmetrics.Metric):
+        def __init__(self) -> None:
+            super().__init__()
+            shape = (components,) if components else ()
+            self.add_state("total", torch.zeros(shape), dist_reduce_fx="sum")
+            self.add_state("count", torch.zeros(shape), dist_reduce_fx="sum")
+
+        def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+            ok = labelled(target)
+            err = torch.where(ok, pred.float() - target.float(), 0.0).abs() ** power
+            over = 0 if components else None  # per component: sum the images only
+            self.total += err.sum(over) if over is not None else err.sum()
+            self.count += ok.sum(over) if over is not None else ok.sum()
+
+        def compute(self) -> torch.Tensor:
+            mean = self.total / self.count  # NaN where nothing was labelled
+            return mean.sqrt() if power == 2 else mean
+
+    return _LabelledError()
 
 
 class Regression(Task):
@@ -93,7 +126,7 @@ class Regression(Task):
     headline = ("rmse",)
     step_metrics = ("mae", "mse")
     figures = ("regression", "mistakes")
-    legend = "true → predicted"
+    legend = "true → predicted (? where the image has no label)"
 
     def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
         if spec.classes:  # its class indices would be fitted as numbers, and silently
@@ -120,8 +153,8 @@ class Regression(Task):
                 f"{tuple(v.shape[1:])} per image, but its source names "
                 f"{len(components or [])} components; the source's describe() must name them"
             )
-        mean, std = v.mean(dim=0), v.std(dim=0).clamp_min(1e-12)
-        self.info.mean, self.info.std = mean.tolist(), std.tolist()
+        mean, std = nan_mean_std(v)
+        self.info.mean, self.info.std = mean.tolist(), std.clamp_min(1e-12).tolist()
 
     @property
     def outputs(self) -> int | None:
@@ -132,11 +165,16 @@ class Regression(Task):
         return RegressionHead(width, self.cfg.head, info.mean, info.std, self.outputs)
 
     def loss(self, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return LOSSES[self.cfg.loss](out.float(), head.encode(target.float()))
+        """The loss's mean over the labelled values: an unlabelled one (NaN) adds 0 to the
+        sum and its gradient, and a batch without a label gives 0, not NaN."""
+        ok, out = labelled(target), out.float()
+        error = torch.where(ok, out - head.encode(target.float()), 0.0)
+        return ERRORS[self.cfg.loss](error).sum() / ok.sum().clamp_min(1)
 
     def step_sums(self, pred: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
-        err = pred - target.float()
-        return [err.abs().mean(), err.square().mean()]
+        ok = labelled(target)
+        err, count = torch.where(ok, pred - target.float(), 0.0), ok.sum().clamp_min(1)
+        return [err.abs().sum() / count, err.square().sum() / count]
 
     def from_step_means(self, means: list[float]) -> dict[str, float]:
         mae, mse = means
@@ -144,16 +182,14 @@ class Regression(Task):
 
     def epoch_metrics(self) -> MetricCollection:
         import torchmetrics  # imported when a meter is built: a recipe check needs no metrics
-        from torchmetrics.wrappers import MultioutputWrapper
 
         metrics = {
-            "mae": torchmetrics.MeanAbsoluteError(),  # over every output of every image
-            "rmse": torchmetrics.MeanSquaredError(squared=False),
+            "mae": labelled_error(1),  # over every labelled output of every image
+            "rmse": labelled_error(2),
         }
         if self.outputs:
-            k = self.outputs
-            metrics["rmse_each"] = MultioutputWrapper(torchmetrics.MeanSquaredError(False), k)
-            metrics["mae_each"] = MultioutputWrapper(torchmetrics.MeanAbsoluteError(), k)
+            metrics["rmse_each"] = labelled_error(2, self.outputs)
+            metrics["mae_each"] = labelled_error(1, self.outputs)
         if self.to_class is not None:
             metrics["accuracy"] = class_agreement(self.to_class)
         return torchmetrics.MetricCollection(metrics)
@@ -171,30 +207,52 @@ class Regression(Task):
     def caption(
         self, truth: torch.Tensor, pred: torch.Tensor, short: Callable[[str], str] = str
     ) -> tuple[str, bool]:
+        """`name true → predicted`; a value without a label (a blank cell) reads `?`."""
         if truth.ndim == 0:
-            return f"{self.name} {float(truth):.3g} → {float(pred):.3g}", False
-        values = (",".join(f"{float(x):.2g}" for x in t) for t in (truth, pred))
+            return f"{self.name} {_value(truth, '.3g')} → {float(pred):.3g}", False
+        values = (",".join(_value(x, ".2g") for x in t) for t in (truth, pred))
         return f"{self.name} [{next(values)}] → [{next(values)}]", False
 
     def worst(
         self, truth: torch.Tensor, pred: torch.Tensor, logits: torch.Tensor | None, n: int,
         short: Callable[[str], str] = str,
     ) -> Worst | None:  # fmt: skip
-        """The largest errors in the target's units (a vector's: their Euclidean length)."""
-        error = (pred.double() - truth.double()).reshape(len(truth), -1).norm(dim=1)
-        index = error.argsort(descending=True, stable=True)[:n]
+        """The largest errors in the target's units (a vector's: their Euclidean length, over
+        its labelled components); an image without a label is not ranked."""
+        ok = labelled(truth).reshape(len(truth), -1)
+        diff = (pred.double() - truth.double()).reshape(len(truth), -1)
+        error = torch.where(ok, diff, 0.0).norm(dim=1)
+        rows = ok.any(1)
+        order = torch.where(rows, error, -1.0).argsort(descending=True, stable=True)
+        index = order[: min(n, int(rows.sum()))]
         lines = [
             f"{self.caption(truth[i], pred[i], short)[0]}\noff by {float(error[i]):.3g}"
             for i in index.tolist()
         ]
+        of = "" if bool(rows.all()) else " labelled images of the"
+        rms = float(error[rows].pow(2).mean().sqrt())
         return Worst(
             index,
             lines,
             "with the largest errors",
-            f"true → predicted, in the target's units; over the test set the root mean square "
-            f"of the errors is {float(error.pow(2).mean().sqrt()):.3g}. An image far off here "
-            "may hold a target that was measured or typed wrong.",
+            f"true → predicted, in the target's units; over the{of} test set the root mean "
+            f"square of the errors is {rms:.3g}. An image far off here may hold a target that "
+            "was measured or typed wrong.",
         )
+
+
+def nan_mean_std(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) std over dim 0 of the labelled values, NaN (no label) left out;
+    0 and 1 where a component has fewer than two."""
+    ok = labelled(v)
+    n = ok.sum(0)
+    mean = torch.where(ok, v, 0.0).sum(0) / n.clamp_min(1)
+    var = torch.where(ok, v - mean, 0.0).square().sum(0) / (n - 1).clamp_min(1)
+    return mean, torch.where(n > 1, var.sqrt(), 1.0)
+
+
+def _value(x: torch.Tensor, spec: str) -> str:
+    return format(float(x), spec) if bool(labelled(x)) else "?"
 
 
 def _number(text: str) -> bool:

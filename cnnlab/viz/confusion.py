@@ -21,7 +21,9 @@ def confusion_counts(truth: torch.Tensor, pred: torch.Tensor, n: int) -> torch.T
     """(n, n) int64, rows = true class, columns = predicted class: each (true, predicted)
     pair counted, as torchmetrics' `multiclass_confusion_matrix` counts them; importing
     torchmetrics for it cost `cnnlab report SWEEP` 1.5-3 s, and nothing else there needs it."""
-    pairs = truth.long().flatten() * n + pred.long().flatten()
+    truth, pred = truth.long().flatten(), pred.long().flatten()
+    ok = truth >= 0  # an image without a label (NO_CLASS) is in no row
+    pairs = truth[ok] * n + pred[ok]
     return torch.bincount(pairs, minlength=n * n).view(n, n)
 
 

@@ -11,6 +11,7 @@ import torch
 from matplotlib.ticker import FuncFormatter
 
 from cnnlab.errors import listed
+from cnnlab.tasks.base import labelled_rows
 from cnnlab.viz.base import Chart, new_figure, shorten
 from cnnlab.viz.run_view import RunView
 
@@ -30,22 +31,28 @@ def data_makeup(view: RunView) -> list[Chart]:
     axes = np.atleast_1d(fig.subplots(1, len(targets)))
     counts: dict[str, dict[str, list[int]]] = {}
     notes: list[str] = []
+    rare: list[str] = []  # classes without, or with few, training images
+    missing: dict[str, dict[str, int]] = {}  # target -> split -> images without a label
     per_image: list[str] = []  # class targets counted in images (a mask's: in pixels)
     for ax, target in zip(axes, targets, strict=True):
         values = {s: view.splits.values(s, target) for s in splits}
+        without = {s: int((~labelled_rows(v)).sum()) for s, v in values.items()}
+        if any(without.values()):  # blank cells (blank: unlabelled), masks without a label
+            missing[target] = without
+            notes.append(_unlabelled(target, without, sizes))
         names = view.classes.get(target)
         if names is not None:
             counts[target] = {s: _class_counts(v, len(names)) for s, v in values.items()}
             unit = "pixels" if next(iter(values.values())).ndim >= 3 else "images"
             _bars(ax, target, unit, names, counts[target])
             per_image += [target] if unit == "images" else []
-            notes += rare_classes(target, names, counts[target], unit)
+            rare += rare_classes(target, names, counts[target], unit)
         else:
             _histograms(ax, target, values)
     said = ", ".join(f"{_split_name(s)} {n:,}" for s, n in sizes.items())
-    enough = f"Every class has at least {FEW} training images." if per_image and not notes else ""
-    caption = " ".join([f"Images: {said}.", *notes, enough]).strip()
-    extra = {"sizes": sizes, "counts": counts}
+    enough = f"Every class has at least {FEW} training images." if per_image and not rare else ""
+    caption = " ".join([f"Images: {said}.", *notes, *rare, enough]).strip()
+    extra = {"sizes": sizes, "counts": counts, "unlabelled": missing}
     return [Chart("data", "Data", fig, caption, extra=extra)]
 
 
@@ -74,8 +81,18 @@ def _bars(ax, target: str, unit: str, names: list[str], counts: dict[str, list[i
     ax.legend(fontsize=7, ncols=len(counts), loc="upper center")
 
 
+def _unlabelled(target: str, without: dict[str, int], sizes: dict[str, int]) -> str:
+    """The sentence for a target some images have no label of: how many, per split."""
+    said = ", ".join(f"{n:,} of {sizes[s]:,} {_split_name(s)}" for s, n in without.items())
+    return (
+        f"{target}: no label for {said} images (their other targets train; its bars and "
+        "values count only the labelled)."
+    )
+
+
 def _histograms(ax, target: str, values: dict[str, torch.Tensor]) -> None:
     flat = {s: v.float().flatten().cpu().numpy() for s, v in values.items()}
+    flat = {s: v[~np.isnan(v)] for s, v in flat.items()}  # NaN: no label
     lo = min(float(v.min()) for v in flat.values() if v.size)
     hi = max(float(v.max()) for v in flat.values() if v.size)
     edges = np.linspace(lo, hi if hi > lo else lo + 1, BINS + 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import torch
 
+from cnnlab.tasks.base import labelled, labelled_rows
 from cnnlab.viz.base import Chart, new_figure
 from cnnlab.viz.run_view import RunView
 
@@ -16,10 +17,12 @@ def regression(view: RunView) -> list[Chart]:
     preds = view.test_predictions
     charts = []
     for task in view.tasks_with("regression"):
-        truth = preds.truth[task].float()  # (N,) or (N, K)
+        truth = preds.truth[task].float()  # (N,) or (N, K); NaN: no label
         images, per_image = truth.shape[0], truth[0].numel()
-        y, p = truth.flatten(), preds.pred[task].float().flatten()
+        at = labelled(truth.flatten()).nonzero().squeeze(1)  # each labelled value's place
+        y, p = truth.flatten()[at], preds.pred[task].float().flatten()[at]
         resid = p - y
+        labelled_images = int(labelled_rows(truth).sum())
         rmse = resid.pow(2).mean().sqrt().item()
         mae = resid.abs().mean().item()
         target = view.recipe.tasks[task].target
@@ -50,7 +53,7 @@ def regression(view: RunView) -> list[Chart]:
                     mode="markers",
                     marker={"size": 4, "opacity": 0.5},
                     name="test images",
-                    text=[f"test #{i // per_image}" for i in keep.tolist()],
+                    text=[f"test #{int(at[i]) // per_image}" for i in keep.tolist()],
                 ),
                 go.Scatter(
                     x=[lo, hi],
@@ -73,9 +76,14 @@ def regression(view: RunView) -> list[Chart]:
                 f"Regression: {task}",
                 fig,
                 f"Test set, {images} images"
-                + (f", all {per_image} outputs of each." if per_image > 1 else "."),
+                + (f", all {per_image} outputs of each" if per_image > 1 else "")
+                + (
+                    f"; {labelled_images} of them labelled, and only their values shown."
+                    if labelled_images < images
+                    else "."
+                ),
                 plotly=pfig,
-                extra={"rmse": rmse, "mae": mae, "n": images},
+                extra={"rmse": rmse, "mae": mae, "n": images, "labelled": labelled_images},
             )
         )
     return charts

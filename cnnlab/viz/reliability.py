@@ -30,7 +30,8 @@ def reliability(view: RunView) -> list[Chart]:
             table.append({"probabilities": label, "temperature": round(t, 4)} | _rounded(numbers))
             _panel(axes[0, col], axes[1, col], b, f"{task}: {label}\n", numbers)
         caption = (
-            f"{_counted(view.tasks[task], rows)}; 15 equal-width confidence bins; ECE: "
+            f"{_counted(view.tasks[task], rows, len(view.split('test')))}; 15 equal-width "
+            "confidence bins; ECE: "
             "count-weighted mean gap, MCE: largest gap"
         )
         charts.append(
@@ -46,13 +47,15 @@ def reliability(view: RunView) -> list[Chart]:
     return charts
 
 
-def _counted(task: Task, rows: Rows) -> str:
-    """What the diagram bins: test images, a sample of their labelled pixels, or each image's
-    several yes/no answers (a multi-label task's)."""
+def _counted(task: Task, rows: Rows, images: int) -> str:
+    """What the diagram bins: test images (those with a label, of `images`), a sample of
+    their labelled pixels, or each image's several yes/no answers (a multi-label task's)."""
     n = len(rows.targets)
     if "pixels" in task.figures:
         return f"{n:,} labelled test pixels (a sample)"
     several = f", {rows.targets.shape[1]} predictions each" if rows.targets.ndim == 2 else ""
+    if n < images:  # the others have no label
+        return f"{n:,} labelled test images of {images:,}{several}"
     return f"{n:,} test images{several}"
 
 
