@@ -20,7 +20,14 @@ from cnnlab.experiment import train
 from cnnlab.export import load_for_export
 from cnnlab.runs import load_checkpoint
 from cnnlab.tasks.base import NO_CLASS
-from cnnlab.tasks.calibration import Rows, batch_rows, fit_temperature, judged, scores
+from cnnlab.tasks.calibration import (
+    MAX_TEMPERATURE,
+    Rows,
+    batch_rows,
+    fit_temperature,
+    judged,
+    scores,
+)
 from cnnlab.tasks.classification import Classification, ClassificationConfig
 from cnnlab.viz import RunView, make_charts
 from tests.conftest import run_cli
@@ -62,6 +69,17 @@ def test_logits_that_tell_nothing_get_a_high_temperature_and_a_line_saying_so():
         "logits tell little (a model near chance, or trained too briefly)"
     )
     assert len(summary({"cls": {**result["cls"], "temperature": 1.5}})) == 1
+
+
+def test_a_temperature_without_a_minimum_stops_where_the_answers_keep_their_order():
+    """Random logits for 300 rows: the NLL falls on as T grows, and the fit ran to T = 4e5,
+    where logits / T tie in float32 and the accuracy moved (0.0767 -> 0.0733)."""
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(300, 10, generator=gen) * 3
+    rows = Rows(logits, torch.randint(0, 10, (300,), generator=gen))
+    fitted = fit_temperature(CLASSES, rows)
+    assert fitted == MAX_TEMPERATURE
+    assert scores(CLASSES, rows, fitted)["accuracy"] == scores(CLASSES, rows)["accuracy"]
 
 
 def test_validation_without_a_mistake_keeps_t_1_and_says_why():

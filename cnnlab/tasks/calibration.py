@@ -62,8 +62,15 @@ def share_kept(out: torch.Tensor, images: int, limit: int = MAX_ROWS) -> float:
     return min(1.0, limit / max(1, rows_per_image * images))
 
 
+# Logits that tell nothing have no NLL minimum: T runs off (seen: 4e5), and logits / T then
+# tie in float32, which moved the argmax, so the accuracy, of a temperature that should
+# move neither. At 100 a model's probabilities are as near uniform as a user can read.
+MAX_TEMPERATURE = 100.0
+
+
 def fit_temperature(task: Task, rows: Rows) -> float:
-    """The T > 0 that minimizes the task's NLL of logits / T; L-BFGS on log T."""
+    """The T > 0 that minimizes the task's NLL of logits / T (L-BFGS on log T), at most
+    MAX_TEMPERATURE."""
     with torch.inference_mode(False), torch.enable_grad():
         logits, targets = rows.logits.clone(), rows.targets.clone()
         log_t = torch.zeros((), requires_grad=True)
@@ -79,7 +86,7 @@ def fit_temperature(task: Task, rows: Rows) -> float:
         value = float(log_t.detach().exp())
     if not math.isfinite(value):  # NLL without a minimum: every row right (or wrong) alike
         return 1.0
-    return value
+    return min(value, MAX_TEMPERATURE)
 
 
 @dataclass
