@@ -268,8 +268,9 @@ def test_unfreeze_at_leaves_the_frozen_part_as_it_was_until_its_epoch(
     tmp_path: Path, capsys, freeze: str
 ):
     """Weights and BatchNorm statistics of the frozen part bit for bit through epoch 1, the
-    heads on cached features there (all_but_head); from epoch 2 every weight trains and
-    BatchNorm updates its statistics, on images, with the optimizer it had from the start."""
+    heads on cached features there (all_but_head); from epoch 2 every weight trains, on
+    images, with the optimizer it had from the start, and the BatchNorm layers frozen before
+    keep their pretrained statistics."""
     recipe = lowdata(tmp_path, f"model.freeze={freeze}", *UNFREEZE, "train.progress=true")
     seen = []
     trainer = Trainer(
@@ -294,7 +295,10 @@ def test_unfreeze_at_leaves_the_frozen_part_as_it_was_until_its_epoch(
     assert cached or any(not torch.equal(first[k], v) for k, v in before.items())
     moved = {k for k, v in before.items() if not torch.equal(second[k], v)}
     assert {n for n, _ in body.named_parameters()} <= moved  # every weight trained in epoch 2
-    assert any(is_frozen(k) and k.endswith("running_mean") for k in moved)  # in train mode
+    stats = {k for k in before if k.endswith(("running_mean", "running_var"))}
+    kept = {k for k in stats if is_frozen(k)}  # the pretrained statistics, for good
+    assert kept and not kept & moved
+    assert cached or stats - kept <= moved  # the stages that trained from the start: theirs
     assert [list(g["params"]) for g in trainer.optimizer.param_groups] == groups
     out = capsys.readouterr().out
     assert out.count("pooled features of") == int(cached)
