@@ -76,18 +76,24 @@ def fused(model: nn.Module) -> bool:
 
 
 def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The recipe's optimizer over `model`, decaying weights only (see param_groups)."""
+    """The recipe's optimizer over `model`, decaying weights only (see param_groups); SGD's
+    momentum buffers start at zero (start_momentum)."""
     groups = param_groups(model, cfg.weight_decay, cfg.lr)
     options = optimizer_options(cfg) | ({"fused": True} if fused(model) else {})
-    return OPTIMIZERS[cfg.name](groups, lr=cfg.lr, **options)
+    optimizer = OPTIMIZERS[cfg.name](groups, lr=cfg.lr, **options)
+    start_momentum(optimizer, model.parameters())
+    return optimizer
 
 
 def start_momentum(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> None:
-    """Zero momentum buffers for `params`, parameters about to get their first gradient (an
-    unfrozen backbone's), where SGD with momentum keeps buffers. torch's fused SGD (2.14)
-    fails on a group where some parameters have a buffer and others none yet (TypeError:
-    expected Tensor ... got NoneType); the unfused one starts a missing buffer as the
-    gradient itself, which is what a zero buffer gives: 0 · momentum + grad, dampening 0."""
+    """Zero momentum buffers for `params` where SGD with momentum keeps buffers and they have
+    none yet: the unfused SGD starts a missing buffer as the gradient itself, which is what a
+    zero buffer gives (0 · momentum + grad, dampening 0). torch's fused SGD (2.14) needs them:
+    - on its first step it makes the buffers with `empty_like` and fills them in the kernel,
+      which a step that fp16's loss scaler skips (found_inf) never runs: the next step read
+      uninitialized memory as momentum (on the CPU, parameters of NaN after one overflow);
+    - it fails on a group where some parameters have a buffer and others none (an unfrozen
+      backbone's, `unfreeze_at`: TypeError, expected Tensor ... got NoneType)."""
     if not isinstance(optimizer, torch.optim.SGD):
         return
     held = {id(p): g for g in optimizer.param_groups for p in g["params"]}

@@ -115,3 +115,31 @@ def test_a_zero_momentum_buffer_steps_as_sgds_own_first_step(nesterov: bool):
             model(x).square().mean().backward()
             opt.step()
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_fused_sgd_keeps_its_momentum_finite_when_the_loss_scaler_skips_its_first_step(
+    monkeypatch,
+):
+    """fp16: the loss scaler skips a step whose gradients overflowed, as the first ones often
+    do. torch's fused SGD made its momentum buffers on that step with `empty_like` and never
+    filled them; the next step read them. Uninitialized memory is made NaN here, as a reused
+    block (CUDA's caching allocator hands back freed activations) can hold anything."""
+    monkeypatch.setattr(torch, "empty_like", lambda t, **kw: torch.full_like(t, torch.nan, **kw))
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    recipe = load_recipe(DEMO, ["train.optimizer.name=sgd", "train.optimizer.lr=0.01"])
+    fused = build_optimizer(recipe.train.optimizer, a)
+    assert fused.defaults["fused"] is True and fused.defaults["momentum"] == 0.9
+    decay = recipe.train.optimizer.weight_decay
+    plain = torch.optim.SGD(param_groups(b, decay, 0.01), lr=0.01, momentum=0.9)  # unfused
+    x = torch.randn(16, 8)
+    for model, opt in ((a, fused), (b, plain)):
+        scaler = torch.amp.GradScaler("cpu")
+        for factor in (torch.inf, 1.0, 1.0):  # the first step overflows
+            opt.zero_grad()
+            scaler.scale(model(x).square().mean() * factor).backward()
+            scaler.step(opt)
+            scaler.update()
+    assert all(torch.isfinite(p).all() for p in a.parameters())
+    torch.testing.assert_close(a.weight, b.weight)
