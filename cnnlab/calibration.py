@@ -191,7 +191,7 @@ def worse_on_test(result: dict[str, dict]) -> list[str]:
                 f"{name}: T = {r['temperature']:.3g} made the test NLL worse ({before:.4f} -> "
                 f"{after:.4f}): fitted on {r['val']['rows']} validation images, it does not "
                 "carry over; more validation images fit it better, and `cnnlab calibrate "
-                "RUN --reset` goes back to T = 1"
+                "RUN --reset` (`run.calibrate(reset=True)` in Python) goes back to T = 1"
             )
     return lines
 

@@ -18,7 +18,7 @@ from cnnlab.calibration import calibrate_run, fit, fitted, notes, summary
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
 from cnnlab.export import load_for_export
-from cnnlab.runs import load_checkpoint
+from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks.base import NO_CLASS
 from cnnlab.tasks.calibration import (
     MAX_TEMPERATURE,
@@ -111,7 +111,7 @@ def test_a_temperature_that_makes_the_test_worse_gets_a_line_saying_so():
     assert lines[-1] == (
         "cls: T = 0.6 made the test NLL worse (0.9000 -> 0.9500): fitted on 50 validation "
         "images, it does not carry over; more validation images fit it better, and `cnnlab "
-        "calibrate RUN --reset` goes back to T = 1"
+        "calibrate RUN --reset` (`run.calibrate(reset=True)` in Python) goes back to T = 1"
     )
     assert len(lines) == 3  # val, test, the note
     assert len(summary(fitted(0.6, 0.85))) == 2  # better on test: nothing to say
@@ -189,6 +189,22 @@ def test_predict_export_and_the_reliability_diagram_use_the_temperature(calibrat
     assert [s["temperature"] for s in states] == [1.0, round(t, 4)]
     assert states[1]["ECE"] == round(run.test_metrics["test.cls.ece"], 4)
     assert states[0]["accuracy"] == states[1]["accuracy"]
+
+
+def test_the_reliability_caption_says_when_the_temperature_made_the_test_nll_worse(
+    calibrated, tmp_path
+):
+    """Its ECE may fall while its NLL rises: the panels alone would read as an improvement."""
+    run = RunFolder(shutil.copytree(calibrated.path, tmp_path / "run"))
+    saved = load_checkpoint(run.best_path)
+    for t in (saved["temperature"]["cls"], 20.0):  # the fitted one; one far too high
+        run.save_checkpoint(run.best_path, {**saved, "temperature": {"cls": t}})
+        (chart,) = make_charts(RunView(run.path), "reliability")
+        before, after = (s["NLL"] for s in chart.extra["states"])
+        said = "the test NLL is worse than as trained" in chart.caption
+        assert said == (after > before * (1 + 1e-3))
+        assert said == (f"({before:.4f} -> {after:.4f})" in chart.caption)
+    assert said  # at T = 20 the probabilities are nearly uniform: the NLL rose
 
 
 def test_the_cli_calibrates_again_to_the_same_temperature(calibrated):

@@ -32,7 +32,7 @@ def reliability(view: RunView) -> list[Chart]:
         caption = (
             f"{_counted(view.tasks[task], rows, len(view.split('test')))}; 15 equal-width "
             "confidence bins; ECE: "
-            "count-weighted mean gap, MCE: largest gap"
+            "count-weighted mean gap, MCE: largest gap" + _worse(table)
         )
         charts.append(
             Chart(
@@ -45,6 +45,19 @@ def reliability(view: RunView) -> list[Chart]:
             )
         )
     return charts
+
+
+def _worse(table: list[dict]) -> str:
+    """A sentence when the fitted temperature made the test NLL worse: the ECE can still
+    fall, and the panels alone would read as an improvement."""
+    if len(table) < 2 or table[1]["NLL"] <= table[0]["NLL"] * (1 + 1e-3):
+        return ""
+    return (
+        f". At T = {table[1]['temperature']:g} the test NLL is worse than as trained "
+        f"({table[0]['NLL']:.4f} -> {table[1]['NLL']:.4f}): the temperature fitted on "
+        "validation does not carry over to the test set; `cnnlab calibrate RUN --reset` "
+        "goes back to T = 1"
+    )
 
 
 def _counted(task: Task, rows: Rows, images: int) -> str:
@@ -75,7 +88,10 @@ def _panel(top, bottom, b: Bins, title: str, numbers: dict) -> None:
             color="#c44e52", alpha=0.45, edgecolor="#c44e52", label="gap")  # fmt: skip
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect")
     top.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy in the bin")
-    top.set_title(f"{title}ECE {numbers['ece']:.4f}, MCE {numbers['mce']:.4f}", fontsize=10)
+    top.set_title(
+        f"{title}NLL {numbers['nll']:.4f}, ECE {numbers['ece']:.4f}, MCE {numbers['mce']:.4f}",
+        fontsize=10,
+    )
     top.legend(loc="upper left", fontsize=8)
     bottom.bar(left, b.count.numpy(), width, align="edge", color="grey")
     bottom.set(xlim=(0, 1), xlabel="confidence (top-class probability)", ylabel="count")
