@@ -239,7 +239,7 @@ def check_unfreeze_at(recipe: Recipe) -> None:
     at, epochs = getattr(recipe.model, "unfreeze_at", None), recipe.train.epochs
     if at is None or at <= epochs:
         return
-    fix = f"give 2 to {epochs}" if epochs >= 2 else "raise train.epochs"
+    fix = {1: "raise train.epochs", 2: "give 2"}.get(epochs, f"give an epoch from 2 to {epochs}")
     raise ValueError(
         f"model.unfreeze_at {at} is after the last epoch (train.epochs {epochs}), so the "
         f"backbone would never train; {fix}, or set model.unfreeze_at=null"
