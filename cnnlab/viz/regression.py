@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from cnnlab.tasks.base import labelled, labelled_rows
 from cnnlab.viz.base import Chart, new_figure
@@ -38,6 +39,7 @@ def regression(view: RunView) -> list[Chart]:
         )
         ax1.legend()
         ax2.hist(resid.numpy(), bins=50)
+        ax2.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 1.25 images
         ax2.axvline(0, color="k", linewidth=1)
         ax2.set(
             xlabel=f"residual (predicted - true {target})",
