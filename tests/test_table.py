@@ -230,7 +230,7 @@ def _set(row: int, column: str, value: str):
             "has no column 'area'; its columns: image, mask, kind, discs",
         ),
         (lambda r: r[:1], "has no rows under its header"),
-        (_set(5, "area", "n/a"), "column 'area': not a number on line 6 ('n/a')"),
+        (_set(5, "area", "n.d."), "column 'area': not a number on line 6 ('n.d.')"),
         (_set(7, "squares", ""), "column 'squares': no value on line 8; fill in each empty cell"),
         (_set(6, "area", "0,25"), "on line 7 ('0,25'); write numbers with a decimal point"),
         (
@@ -515,7 +515,7 @@ def test_problems_are_grouped_by_column_and_kind_and_counted_in_good_english(sha
         "column 'squares': not a number on line 151 ('q')",
     ]
     assert "listed twice" not in str(err.value)  # two rows without a path are not one path
-    raw = bad_table(tmp_path / "one", shapes, _set(5, "area", "n/a"))
+    raw = bad_table(tmp_path / "one", shapes, _set(5, "area", "n.d."))
     with pytest.raises(CnnlabError, match=r"labels.csv: 1 bad value: column 'area'"):
         cnnlab.train(raw)
 

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -175,6 +176,100 @@ def test_a_target_without_a_labelled_training_row_is_refused_in_one_line(blanks,
     assert message.startswith("target 'area': none of its 80 training rows has a label")
     assert "take the task on 'area' out of the recipe" in message and "\n" not in message
     assert no_runs(tmp_path)
+
+
+# ------------------------------------------------------------- missing-value markers
+
+
+def rewritten(folder: Path, tmp_path: Path, change) -> Path:
+    """A copy of `folder` whose labels.csv rows (dicts) `change(i, row)` edits in place."""
+    out = tmp_path / "rewritten"
+    shutil.copytree(folder, out)
+    with open(out / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):
+        change(i, row)
+    with open(out / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+MARKERS = ["NA", "N/A", "NaN", "nan", "null", "NULL", "None", "#N/A", "na", "  "]
+
+
+def marked(column: str):
+    """An edit writing what R, pandas, Excel or SQL write for a missing value (MARKERS, in
+    turn) into the blank cells of `column`."""
+
+    def change(i: int, row: dict) -> None:
+        if i % BLANK[column] == 1:
+            row[column] = MARKERS[(i // BLANK[column]) % len(MARKERS)]
+
+    return change
+
+
+def test_na_and_the_other_missing_value_markers_are_blank_cells(blanks, tmp_path):
+    """R's NA in a severity column under blank: unlabelled was "not a number ... or remove
+    its row": each marker now reads as an empty cell does, and `blank` decides."""
+    folder = rewritten(blanks, tmp_path, lambda i, row: [marked(c)(i, row) for c in BLANK])
+    rows = table.read_rows(load_recipe(recipe_dict(folder, tmp_path)).data)
+    expected = table.read_rows(load_recipe(recipe_dict(blanks, tmp_path)).data)
+    for name in ("kind", "area", "counts"):
+        assert np.array_equal(rows.values[name], expected.values[name], equal_nan=True), name
+    assert rows.masks["mask"] == expected.masks["mask"]  # a mask's NA names no file
+    assert any("'None' (" in note and "read as blank" in note for note in rows.notes)
+
+
+def test_a_marker_under_stop_says_it_reads_as_missing_and_names_blank(blanks, tmp_path):
+    folder = rewritten(blanks, tmp_path, lambda i, row: row.update(area=row["area"] or "NA"))
+    with pytest.raises(CnnlabError) as err:
+        table.read_rows(load_recipe(recipe_dict(folder, tmp_path, blank=None)).data)
+    message = str(err.value)
+    assert "column 'area': no value (read as missing) on lines 3, 7, 11," in message
+    assert "(all 'NA'); column 'squares'" in message
+    assert (
+        "fill in each empty cell or remove its row, or set data.targets.area.blank: drop "
+        "(such rows left out) or unlabelled"
+        in message
+        and "\n" not in message
+    )
+
+
+def test_a_class_named_like_a_marker_is_blank_unless_the_classes_list_it(blanks, tmp_path):
+    """ "None" may be a class (no disease): read as blank it is said in a line at loading, or
+    in the refusal under stop, each naming data.targets.NAME.classes; listed, it is a class."""
+    folder = rewritten(blanks, tmp_path, lambda i, row: row.update(kind=row["kind"] or "None"))
+    raw = recipe_dict(folder, tmp_path)
+    raw["data"]["targets"]["kind"]["blank"] = "stop"
+    with pytest.raises(CnnlabError) as err:
+        table.read_rows(load_recipe(raw).data)
+    assert "column 'kind': no class (read as missing) on lines 3, 6, 9," in str(err.value)
+    assert "if 'None' is a class, list the classes in data.targets.kind.classes" in str(err.value)
+    raw["data"]["targets"]["kind"]["blank"] = "unlabelled"
+    rows = table.read_rows(load_recipe(raw).data)
+    assert rows.classes["kind"] == ["disc", "square", "triangle"]
+    assert (rows.values["kind"][1::3] == NO_CLASS).all()
+    assert rows.notes == [
+        "table: column 'kind': 'None' (33 rows) read as blank (a missing value; "
+        "data.targets.kind.blank: unlabelled); if 'None' is a class, list the classes in "
+        "data.targets.kind.classes"
+    ]
+    raw["data"]["targets"]["kind"]["classes"] = ["disc", "None", "square", "triangle"]
+    rows = table.read_rows(load_recipe(raw).data)
+    assert (rows.values["kind"][1::3] == 1).all() and not rows.notes
+
+
+def test_a_word_in_a_column_that_allows_blanks_is_emptied_not_its_row_removed(blanks, tmp_path):
+    folder = rewritten(blanks, tmp_path, lambda i, row: row.update(area=row["area"] or "n.d."))
+    with pytest.raises(CnnlabError) as err:
+        table.read_rows(load_recipe(recipe_dict(folder, tmp_path)).data)
+    assert str(err.value).endswith(
+        "write each number plainly (0.25, 1e-3: a decimal point, no units or words), or empty "
+        "the cell (data.targets.area.blank: unlabelled keeps its row for the other targets)"
+    )
+    assert "remove its row" not in str(err.value)
 
 
 # ---------------------------------------------------------------------- unlabelled

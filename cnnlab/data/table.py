@@ -25,9 +25,11 @@ refused under a geometric transform unless the recipe says how it changes:
 (a counter-clockwise quarter turn moves each column's value to the next). The config
 classes and these label maps: cnnlab/data/table_config.py.
 
-A blank target cell stops the run, or, as the target's `blank` says, drops its row or
-leaves the row unlabelled for that target (class NO_CLASS, a NaN number, a mask without a
-labelled pixel): its other targets train on it (cnnlab/data/labelled.py counts them).
+A blank target cell (empty, or a missing-value marker such as NA, None or #N/A, except a
+category's listed class: table_cells.MISSING) stops the run, or, as the target's `blank`
+says, drops its row or leaves the row unlabelled for that target (class NO_CLASS, a NaN
+number, a mask without a labelled pixel): its other targets train on it
+(cnnlab/data/labelled.py counts them).
 
 `describe()` reads the table and checks every row before any pixel is decoded (the cells:
 cnnlab/data/table_cells.py): a missing column, an empty table, an empty cell, a value that
@@ -104,6 +106,8 @@ class Rows:
     absent: list[str] = field(default_factory=list)
     # target -> rows left out for a blank cell of it (data.targets.NAME.blank: drop)
     dropped: dict[str, int] = field(default_factory=dict)
+    # lines about how cells were read, said once at loading (describe() stays quiet)
+    notes: list[str] = field(default_factory=list)
 
 
 def _table_path(cfg: TableConfig) -> Path:
@@ -172,7 +176,7 @@ def read_rows(cfg: TableConfig) -> Rows:
     comma = problems.csv and separator(path) == ";"  # decimal commas may be read
     absent: list[tuple[int, str, str]] = []  # files named that do not exist
     images = read_paths(df, cfg.image_column, base, problems, absent)
-    masks, values, classes = {}, {}, {}
+    masks, values, classes, notes = {}, {}, {}, []
     for name, spec in cfg.targets.items():
         blank = spec.blank
         if spec.kind == "mask":
@@ -181,7 +185,7 @@ def read_rows(cfg: TableConfig) -> Rows:
                 classes[name] = list(spec.classes)
         elif spec.kind == "category":
             values[name], classes[name] = read_categories(
-                df, spec.column, spec.classes, problems, name, blank
+                df, spec.column, spec.classes, problems, name, blank, notes
             )
         elif spec.kind == "number":
             values[name] = read_numbers(df, spec.column, problems, name, comma, blank=blank)
@@ -199,6 +203,7 @@ def read_rows(cfg: TableConfig) -> Rows:
             problems.add(row, column, "no such file", rel, _fix_absent(base, True))
     problems.raise_any()
     rows = Rows(path.resolve(), base, images, masks, values, classes, split, (0, 0, 0), groups)
+    rows.notes = notes
     if absent:  # on_bad_image: skip
         rows = _without_absent(rows, absent, problems)
     rows = _without_blanks(cfg, rows)
@@ -465,6 +470,8 @@ def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, Pixels], list[int]]:
     ]
     key = [str(rows.table), str(rows.base), list(rows.shape), cfg.resize, cfg.bits, FORMAT]
     _warn_absent(rows)
+    for note in rows.notes:
+        print(note, file=sys.stderr)
     _say_dropped(rows)
     _say_shape(cfg, rows)
     dark_warning(rows.base / rows.images[0], cfg.bits, "table")

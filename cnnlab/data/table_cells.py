@@ -36,6 +36,19 @@ COMMA = (
     "and 1,234), or save the table separated by semicolons, whose decimal commas are read"
 )
 TWICE = "remove each repeated row, or correct its path"
+# what pandas, R, Excel, SQL and Python write for a missing value (pandas' read_csv
+# na_values), compared in any case: in a target's column such a cell is blank, as an empty
+# one is (a cell of spaces alone is empty: cells are stripped), and its `blank` decides
+MISSING = frozenset(
+    ["na", "n/a", "nan", "-nan", "<na>", "#n/a", "#n/a n/a", "#na", "null", "none",
+     "-1.#ind", "1.#ind", "-1.#qnan", "1.#qnan"]
+)  # fmt: skip
+MARKED = "{} (read as missing)"  # the kind of a marked cell: "no value (read as missing)"
+
+
+def is_missing(text: str) -> bool:
+    """Whether a stripped cell is a missing-value marker (NA, N/A, NaN, null, None, #N/A)."""
+    return text.casefold() in MISSING
 
 
 def fill(target: str | None) -> str:
@@ -48,6 +61,20 @@ def fill(target: str | None) -> str:
         f"{target}.blank: drop (such rows left out) or unlabelled (a row trains its other "
         "targets)"
     )
+
+
+def plain(target: str, blank: Blank) -> str:
+    """The fix of a cell that is not a number: where blanks are allowed, emptying the cell
+    keeps its row (removing it, as PLAIN says, would lose the row's other labels)."""
+    if blank == "stop":
+        return PLAIN
+    return (
+        "write each number plainly (0.25, 1e-3: a decimal point, no units or words), or empty "
+        f"the cell (data.targets.{target}.blank: {blank} {BLANKS[blank]})"
+    )
+
+
+BLANKS = {"drop": "leaves its row out", "unlabelled": "keeps its row for the other targets"}
 
 
 class Problems:
@@ -125,16 +152,19 @@ def read_paths(
 ) -> list[str]:  # fmt: skip
     """The column's relative paths, each checked to stay inside `base` (links too) and to
     exist (`absent` gets those that do not: (row, column, path)); an empty one is "" (a
-    mask `target`'s when its `blank` allows). A table written on Windows separates folders
-    by backslashes: read as slashes (on Windows too)."""
+    mask `target`'s when its `blank` allows, and so is a missing-value marker there). A
+    table written on Windows separates folders by backslashes: read as slashes (on Windows
+    too)."""
     out: list[str] = []
     folders: dict[str, tuple[Path, bool]] = {}
     for row, value in enumerate(df[column].tolist()):
         rel = _text(value).strip().replace("\\", "/")
-        out.append(rel)
-        if not rel:
+        marked = target is not None and is_missing(rel)  # a mask's NA: no file is named NA
+        out.append("" if marked else rel)
+        if not rel or marked:
             if blank == "stop":
-                problems.add(row, column, "no path", fix=fill(target))
+                kind, detail = (MARKED.format("no path"), repr(rel)) if marked else ("no path", "")
+                problems.add(row, column, kind, detail, fill(target))
             continue
         found = _file_state(base, rel, folders)
         if found == "outside":
@@ -236,7 +266,8 @@ def read_numbers(
 ) -> np.ndarray:  # fmt: skip
     """(N,) float32 values of a number column (of `target`, a component when `vector`);
     `comma`: the table is separated by semicolons, so a decimal comma is read
-    (_decimal_commas); an empty cell is NaN when `blank` allows."""
+    (_decimal_commas); an empty cell, or a missing-value marker (NA), is NaN when `blank`
+    allows."""
     texts = [_text(v).strip() for v in df[column].tolist()]
     read = _decimal_commas(texts, column, problems) if comma else texts
     out = np.zeros(len(df), dtype=np.float32)
@@ -244,9 +275,12 @@ def read_numbers(
     for row, (text, value) in enumerate(zip(texts, read, strict=True)):
         if value is None:  # refused by _decimal_commas
             continue
-        if not value:
+        if not value or is_missing(value):
             if blank == "stop":
-                problems.add(row, column, "no value", fix=fill(target))
+                kind, detail = (
+                    (MARKED.format("no value"), repr(text)) if value else ("no value", "")
+                )
+                problems.add(row, column, kind, detail, fill(target))
             out[row] = np.nan
             continue
         try:
@@ -256,10 +290,12 @@ def read_numbers(
         if np.isfinite(number):
             out[row] = number
             continue
-        fix = COMMA if "," in text and not comma else PLAIN  # a ';' table read its commas
+        # a ';' table read its commas
+        fix = COMMA if "," in text and not comma else plain(target, blank)
         problems.add(row, column, "not a number", repr(text), fix)
         words.append(text)
-    if len(words) * 2 > sum(map(bool, texts)):  # most are not numbers: another kind?
+    filled = sum(1 for t in texts if t and not is_missing(t))
+    if len(words) * 2 > filled:  # most are not numbers: another kind?
         problems.refix(column, "not a number", _wrong_kind(column, target, words, vector))
     return out
 
@@ -282,12 +318,13 @@ def _wrong_kind(column: str, target: str, words: list[str], vector: bool) -> str
 
 def read_categories(
     df: Any, column: str, listed: list[str] | None, problems: Problems, target: str,
-    blank: Blank = "stop",
+    blank: Blank = "stop", notes: list[str] | None = None,
 ) -> tuple[np.ndarray, list[str]]:  # fmt: skip
     """(class index per row, class names): the recipe's list, else the sorted distinct values
     (numerically when every value is an integer); an empty cell is NO_CLASS when `blank`
-    allows."""
+    allows, and so is a missing-value marker the list does not name (_marked_blank)."""
     raw = [_text(v).strip() for v in df[column].tolist()]
+    raw = _marked_blank(raw, column, listed, problems, target, blank, notes)
     for row, value in enumerate(raw):
         if not value and blank == "stop":
             problems.add(row, column, "no class", fix=fill(target))
@@ -306,6 +343,39 @@ def read_categories(
             problems.add(row, column, "not a listed class", repr(value), fix)
         labels[row] = index.get(value, 0) if value else NO_CLASS
     return labels, names
+
+
+def _marked_blank(
+    raw: list[str], column: str, listed: list[str] | None, problems: Problems, target: str,
+    blank: Blank, notes: list[str] | None,
+) -> list[str]:  # fmt: skip
+    """The cells with each missing-value marker (NA, None) blanked, unless the recipe's
+    classes name it: a class may be called "None" (no disease), so a marker read as blank
+    is said, under stop in the run's refusal, else in a line at loading (`notes`)."""
+    named = {name.casefold() for name in listed or []}
+    marked = [row for row, v in enumerate(raw) if is_missing(v) and v.casefold() not in named]
+    if not marked:
+        return raw
+    counts: dict[str, int] = {}
+    for row in marked:
+        counts[raw[row]] = counts.get(raw[row], 0) + 1
+    marks, where = " or ".join(repr(m) for m in counts), f"data.targets.{target}.classes"
+    if blank == "stop":
+        kind = MARKED.format("no class")
+        for row in marked:
+            problems.add(row, column, kind, repr(raw[row]), fill(target))
+        problems.fixes[column, kind][f"if {marks} is a class, list the classes in {where}"] = None
+    elif notes is not None:
+        cells = ", ".join(f"{m!r} ({counted(n, 'row')})" for m, n in counts.items())
+        notes.append(
+            f"table: column {column!r}: {cells} read as blank (a missing value; "
+            f"data.targets.{target}.blank: {blank}); if {marks} is a class, list the classes "
+            f"in {where}"
+        )
+    out = list(raw)
+    for row in marked:
+        out[row] = ""
+    return out
 
 
 def _is_int(text: str) -> bool:
