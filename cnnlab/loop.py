@@ -172,6 +172,16 @@ class Trainer:
             "; the heads train on images again, not cached features" if was_cached else ""
         )
 
+    def _backbone_lr(self) -> float | None:
+        """The rate of the backbone's own parameter group (`backbone_lr` × lr), in an epoch
+        its weights trained; else None. `lr` is the heads' rate only: it hid the backbone's,
+        and with `unfreeze_at` the epoch it began to train (the column starts there)."""
+        own = getattr(self.model.backbone, "lr_scales", dict)()
+        for group in self.optimizer.param_groups:
+            if any(id(p) in own and p.requires_grad for p in group["params"]):
+                return group["lr"]
+        return None
+
     def _data_parallel(self, convert: bool = True) -> nn.Module:
         """The model inside DistributedDataParallel: gradients averaged across ranks in the
         backward pass; rank 0's weights copied to all at the start. `convert`: BatchNorm
@@ -431,7 +441,10 @@ class Trainer:
         if self.scheduler and not self.per_step:
             self.scheduler.step()
         seconds = time.monotonic() - started
-        row.update(lr=self.optimizer.param_groups[0]["lr"], seconds=round(seconds, 2))
+        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        if (backbone_lr := self._backbone_lr()) is not None:
+            row["lr.backbone"] = backbone_lr
+        row["seconds"] = round(seconds, 2)
         row["images_per_s"] = round(images_per_s, 1)  # training steps only, not validation
         st.epoch, st.step = st.epoch + 1, 0
         self._track_best(row)

@@ -4,7 +4,7 @@
       recipe.yaml          resolved recipe (defaults and --set overrides applied)
       env.json             versions, device, threads, git commit, the folder it trained in
       status.json          running | interrupted | failed | finished, with the reason
-      metrics.jsonl        one JSON line per epoch: train.*, val.*, lr, seconds, images/s
+      metrics.jsonl        one JSON line per epoch: train.*, val.*, lr (lr.backbone), seconds, img/s
       checkpoints/last.pt  latest state (end of epoch or mid-epoch), for --resume
       checkpoints/best.pt  weights of the best epoch by train.monitor
       test_metrics.json    final test-set metrics of the best checkpoint

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 
 from cnnlab.build import build, check_data
+from cnnlab.comparison import compare
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import evaluate_run
 from cnnlab.experiment import train
@@ -23,7 +25,10 @@ from cnnlab.models.timm_backbone import InputAdapter, TimmConfig
 from cnnlab.models.weights import lite0_file, lite0_key, load_checked, read_state_dict
 from cnnlab.optim import build_optimizer
 from cnnlab.recipe import load_recipe
+from cnnlab.report import build_report
 from cnnlab.runs import RunFolder, load_checkpoint
+from cnnlab.viz import make_charts
+from cnnlab.viz.curves import SWITCH_LABEL as SWITCH
 from cnnlab.viz.run_view import RunView
 from tests.conftest import ROOT, TINY, run_cli
 
@@ -204,6 +209,11 @@ def test_heads_on_cached_features_score_as_the_whole_model_does(tmp_path: Path):
     accuracy = (view.pred["cls"] == view.truth["cls"]).float().mean().item()
     assert accuracy == pytest.approx(test["test.cls.accuracy"], abs=1.5 / 200)
     assert test["test.cls.accuracy"] > 0.3  # ImageNet features tell clothes apart
+    # a backbone_lr of a backbone that never trains: no rate of its own, no switch marked
+    assert not any("lr.backbone" in row for row in run.read_metrics())
+    (chart,) = make_charts(RunView(run.path), "curves")
+    assert switch_marks(chart) == [] and not chart.plotly.layout.shapes
+    assert chart.caption == "Train (dashed) and validation (solid) loss and metrics per epoch."
     # the ink target, derived from each image, was cached with the features: it is learnt
     ink = view.truth["ink"]
     assert test["test.ink.rmse"] < 0.8 * (ink - ink.mean()).pow(2).mean().sqrt().item()
@@ -329,6 +339,68 @@ def test_a_run_resumed_before_or_after_unfreezing_equals_the_uninterrupted_one(
     assert_same_run(train(recipe, resume=run.path), reference)
     # the finished run is the whole model: eval runs it on the test images, as its test did
     assert evaluate_run(reference.path) == json.loads(reference.test_path.read_text())
+
+
+def switch_marks(chart) -> list[list[float]]:
+    """The x of each "backbone trains from here" marker, over the chart's panels."""
+    axes = [ax for ax in chart.figure.axes if ax.get_visible()]
+    return [list(ln.get_xdata()) for ax in axes for ln in ax.lines if ln.get_label() == SWITCH]
+
+
+def test_the_switch_shows_in_the_metrics_the_curves_and_their_caption(unfreezing, tmp_path):
+    """metrics.jsonl gives the backbone's own rate from the epoch it trains; the curves mark
+    the switch between epochs 1 and 2 in every panel, and the caption says what trained on
+    either side, and when best.pt is from before it, that the heads-only model was tested."""
+    recipe, run = unfreezing
+    first, second = run.read_metrics()
+    assert "lr.backbone" not in first  # epoch 1: the heads alone trained
+    assert second["lr.backbone"] == pytest.approx(recipe.model.backbone_lr * second["lr"])
+    (chart,) = make_charts(RunView(run.path), "curves")
+    marks = switch_marks(chart)
+    assert marks and all(x == [1.5, 1.5] for x in marks)
+    assert len(marks) == len([ax for ax in chart.figure.axes if ax.get_visible()])
+    assert [s.x0 for s in chart.plotly.layout.shapes] == [1.5] * len(marks)
+    assert chart.caption.startswith("Train (dashed) and validation (solid) loss")
+    assert (
+        " The dotted line marks model.unfreeze_at: before it only the heads, on cached pooled "
+        "features without augmentation, trained; from epoch 2 on the whole network trains, "
+        "the backbone at 0.1 × lr."
+    ) in chart.caption
+    best = json.loads(run.test_path.read_text())["best_epoch"]
+    assert ("heads-only phase" in chart.caption) == (best == 1)
+    # the same run had its best validation epoch before the switch
+    copy = Path(shutil.copytree(run.path, tmp_path / "heads_best"))
+    ckpt = load_checkpoint(copy / "checkpoints" / "best.pt")
+    ckpt["loop"]["epoch"] = 1
+    torch.save(ckpt, copy / "checkpoints" / "best.pt")
+    tested = json.loads(run.test_path.read_text()) | {"best_epoch": 1}
+    (copy / run.test_path.name).write_text(json.dumps(tested))
+    (chart,) = make_charts(RunView(copy), "curves")
+    assert chart.caption.endswith(
+        " The best epoch is before it: the tested model (best.pt, epoch 1) is from the "
+        "heads-only phase."
+    )
+    report = build_report(copy, show=False).read_text()
+    assert "the tested model (best.pt, epoch 1) is from the heads-only phase" in report
+    assert compare([run.path, copy], out=tmp_path / "compare").table["best epoch"].tolist() == [
+        best,
+        1,
+    ]
+
+
+def test_a_run_stopped_before_the_switch_says_its_backbone_never_trained(unfreezing):
+    """No marker where the run never reached model.unfreeze_at; the caption says why the
+    tested model is the heads-only one."""
+    from tests.test_train import interrupted
+
+    run = interrupted(unfreezing[0], 9)  # the first step of epoch 2: 8 steps an epoch
+    assert [r["epoch"] for r in run.read_metrics()] == [1]
+    (chart,) = make_charts(RunView(run.path), "curves")
+    assert switch_marks(chart) == [] and not chart.plotly.layout.shapes
+    assert chart.caption.endswith(
+        " The run ended before epoch 2 (model.unfreeze_at): the tested model (best.pt, "
+        "epoch 1) is from the heads-only phase."
+    )
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ SPLITS = {"train": ("--", "dash"), "val": ("-", "solid")}
 # Plotly: one colour per metric in a panel, shared by its train and val lines (the dash
 # tells them apart), so the legend pairs them.
 COLORS = plotly.colors.qualitative.Plotly
+SWITCH_LABEL = "backbone trains from here"  # the marker at model.unfreeze_at
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -35,13 +36,48 @@ def _panels(view: RunView) -> list[tuple[str, list[str]]]:
     return panels
 
 
-def _draw_panel(ax: Axes, rows: list[dict], title: str, keys: list[str]) -> None:
+def unfrozen_at(view: RunView, rows: list[dict]) -> int | None:
+    """The epoch the backbone began to train (`model.unfreeze_at`), when the run reached it."""
+    at = getattr(view.recipe.model, "unfreeze_at", None)
+    return at if at is not None and any(r["epoch"] >= at for r in rows) else None
+
+
+def switch_caption(view: RunView, rows: list[dict]) -> str:
+    """What the marker means, and which phase the tested model (best.pt) comes from: a
+    reader assumes the fine-tuned network was tested, while the best validation epoch may
+    come before the switch. Empty for a run without `model.unfreeze_at`."""
+    cfg = view.recipe.model
+    at = getattr(cfg, "unfreeze_at", None)
+    if at is None:
+        return ""
+    heads_only = cfg.freeze == "all_but_head"
+    before = "only the heads" if heads_only else f"the heads and the last {cfg.train_stages} stages"
+    if heads_only and cfg.cache_features:
+        before += ", on cached pooled features without augmentation,"
+    best = view.checkpoint["loop"]["epoch"]
+    phase = "heads-only" if heads_only else "partly frozen"
+    tested = f"the tested model (best.pt, epoch {best}) is from the {phase} phase"
+    if unfrozen_at(view, rows) is None:
+        return f" The run ended before epoch {at} (model.unfreeze_at): {tested}."
+    rate = f"{cfg.backbone_lr:g} × lr" if cfg.backbone_lr != 1.0 else "lr"
+    said = (
+        f" The dotted line marks model.unfreeze_at: before it {before} trained; from epoch "
+        f"{at} on the whole network trains, the backbone at {rate}."
+    )
+    return said + (f" The best epoch is before it: {tested}." if best < at else "")
+
+
+def _draw_panel(
+    ax: Axes, rows: list[dict], title: str, keys: list[str], switch: int | None
+) -> None:
     for key in keys:
         for split, (style, _) in SPLITS.items():
             x, y = _series(rows, f"{split}.{key}")
             if x:
                 label = f"{split} {key.rsplit('.', 1)[-1]}"  # the panel title names the task
                 ax.plot(x, y, style, marker="o", markersize=3, label=label)
+    if switch is not None:  # between the last frozen epoch and the first that trains it all
+        ax.axvline(switch - 0.5, color="grey", linestyle=":", label=SWITCH_LABEL)
     ax.set(title=title, xlabel="epoch", ylabel=title.rsplit(": ", 1)[-1])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5
     ax.grid(alpha=0.3)
@@ -81,9 +117,16 @@ def curves(view: RunView) -> list[Chart]:
     fig = new_figure(9, 2.8 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     pfig = make_subplots(rows=nrows, cols=ncols, subplot_titles=[p[0] for p in panels])
+    switch = unfrozen_at(view, rows)
     for i, (title, keys) in enumerate(panels):
-        _draw_panel(axes[i], rows, title, keys)
+        _draw_panel(axes[i], rows, title, keys, switch)
         _plotly_panel(pfig, rows, title, keys, cell=(i // ncols + 1, i % ncols + 1))
+        if switch is not None:
+            pfig.add_vline(
+                x=switch - 0.5, line={"dash": "dot", "color": "grey"},
+                annotation_text=SWITCH_LABEL if i == 0 else None,
+                row=i // ncols + 1, col=i % ncols + 1,
+            )  # fmt: skip
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     pfig.update_layout(
@@ -100,7 +143,8 @@ def curves(view: RunView) -> list[Chart]:
             "curves",
             "Learning curves",
             fig,
-            "Train (dashed) and validation (solid) loss and metrics per epoch.",
+            "Train (dashed) and validation (solid) loss and metrics per epoch."
+            + switch_caption(view, rows),
             plotly=pfig,
         )
     ]
