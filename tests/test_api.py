@@ -20,7 +20,7 @@ import cnnlab
 from cnnlab.precision import autocast_for
 from cnnlab.runs import load_checkpoint
 from cnnlab.viz import RunView
-from cnnlab.viz.attributions import unit
+from cnnlab.viz.attributions import METHODS, unit
 from tests.conftest import ROOT, run_cli
 
 FAST = {  # the demo recipe in seconds; test-time views stay on, as in the demo
@@ -232,6 +232,10 @@ def test_images_of_ones_own_are_explained(api_run, tmp_path):
     said = api_run.predict(files)["cls"]
     labels = [t.get_text() for t in cls.figure.texts if t.get_text() in said.classes]
     assert labels == said.labels  # the class each image's row explains
+    numbers = [t.get_text() for t in ink.figure.texts if t.get_text() not in METHODS]
+    assert numbers == [f"{v:.3g}" for v in api_run.predict(files)["ink"].values]  # each row's
+    flat = sum(int((m.flatten(1).amax(1) == 0).sum()) for m in ink.extra["maps"].values())
+    assert (f"{flat} map" in ink.caption) == (flat > 0)  # a black map is said to be no failure
     predictor = api_run._predictor
     x = predictor.inputs(files).requires_grad_(True)
     logits = predictor.model(x)["cls"].float()

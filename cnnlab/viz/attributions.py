@@ -160,9 +160,17 @@ def check_component(tasks: dict[str, Task], names: list[str], component: str | N
         raise CnnlabError(f"--component {component!r}: no task explained has it; {have}")
 
 
-def explains(task: Task, target: torch.Tensor | None) -> list[str]:
-    """What is explained in each chosen image, as the figure names it."""
+def explains(
+    task: Task, target: torch.Tensor | None, values: torch.Tensor | None = None
+) -> list[str]:
+    """What is explained in each chosen image, as the figure names it: the class, or the
+    number (`values`: the predicted ones, (N,) or (N, K)), with its component's name."""
     names = task.info.classes if task.info.classes is not None else task.info.components
+    if values is not None and task.info.classes is None:
+        rows = values.reshape(len(values), -1).float()
+        k = target.cpu() if target is not None else torch.zeros(len(rows), dtype=torch.long)
+        said = [f"{float(r[int(i)]):.3g}" for r, i in zip(rows, k, strict=True)]
+        return [f"{names[int(i)]} {v}" for i, v in zip(k, said, strict=True)] if names else said
     return [names[int(t)] for t in target] if names and target is not None else []
 
 
@@ -185,8 +193,9 @@ def attributions(
     for task in explainable(view.tasks):
         target = targets_of(view, task, index, component)
         key = f"attributions_{task}"
+        said = explains(view.tasks[task], target, view.test_predictions.pred[task][index.cpu()])
         chart = maps_chart(view.tasks[task], view.model, view.splits.black, x, shown, target,
-                           ig_steps, key)  # fmt: skip
+                           ig_steps, key, said)  # fmt: skip
         chart.extra["index"] = index.tolist()
         charts.append(chart)
     return charts
@@ -216,20 +225,25 @@ def explain(
         target = component_targets(tasks[name], len(shown), component, shown.device)
         if tasks[name].info.classes is not None:  # the class it predicts, views and all
             target = torch.as_tensor(answers[name].index, device=shown.device).long()
+        values = answers[name].values
+        said = explains(tasks[name], target, None if values is None else torch.from_numpy(values))
         charts.append(maps_chart(tasks[name], predictor.model, black, x, shown, target,
-                                 ig_steps, f"explained_{name}"))  # fmt: skip
+                                 ig_steps, f"explained_{name}", said))  # fmt: skip
     return charts
 
 
 def maps_chart(
     task: Task, model: nn.Module, black: torch.Tensor | None, x: torch.Tensor,
     shown: torch.Tensor, target: torch.Tensor | None, ig_steps: int, key: str,
+    said: list[str] | None = None,
 ) -> Chart:  # fmt: skip
     """Each image beside its four maps, a row per image; `shown` as (B, C, H, W), uint8 or
-    [0, 1]; `key` the PNG's name."""
+    [0, 1]; `key` the PNG's name; `said`: each image's label (`explains`)."""
     found = attribute_all(METHODS, model, task.name, x, target, black, ig_steps)
     maps = {m: unit(v.cpu()) for m, v in found.items()}
-    said = explains(task, target) or [""] * len(x)
+    flat = sum(int((v.flatten(1).amax(1) == v.flatten(1).amin(1)).sum()) for v in found.values())
+    named = explains(task, target)  # what is explained: a class, a component, or nothing
+    said = said or named or [""] * len(x)
     tiles = [
         [Tile(rgb(shown[row]), said[row][:18])]
         + [Tile(colored(maps[m][row], "inferno", 0, 1), m if row == 0 else "") for m in METHODS]
@@ -238,7 +252,7 @@ def maps_chart(
     fig = mosaic(tiles, side_for(shown.shape[-2], 150))
     what = (
         "the predicted class's logit" if task.info.classes is not None
-        else f"the output {said[0]}" if said[0] else "the output"
+        else f"the output {named[0]}" if named else "the output"
     )  # fmt: skip
     return Chart(
         key,
@@ -246,6 +260,12 @@ def maps_chart(
         fig,
         f"What in each image raises {what} of {task.name}, by four methods (bright = more). "
         "Grad-CAM reads the last conv layer, so it is coarse; `cnnlab viz RUN sanity` shows "
-        "which of these maps depend on the trained weights.",
+        "which of these maps depend on the trained weights."
+        + (
+            f" {flat} map{'s are' if flat > 1 else ' is'} black: nothing in that image raises "
+            "the output by that method (Grad-CAM keeps only what raises it), not a failure."
+            if flat
+            else ""
+        ),
         extra={"maps": maps},
     )
