@@ -167,6 +167,46 @@ def test_parquet_and_carved_splits_and_integer_classes(shapes, tmp_path):
         assert torch.allclose(share, overall.float(), atol=0.06)
 
 
+def test_classes_alike_but_for_case_are_said_and_listing_the_classes_joins_them(
+    shapes, tmp_path, capsys
+):
+    """'Triangle' in one row, 'triangle' in the others trained as two classes without a word;
+    surrounding spaces were stripped silently: one rule, a line for case, a listed name
+    read in any case and without spaces."""
+
+    def edits(rows):
+        col = rows[0].index("kind")
+        triangles = [row for row in rows[1:] if row[col] == "triangle"]
+        triangles[0][col] = "Triangle"
+        for row in triangles[1:4]:
+            row[col] = " triangle  "  # the same class: surrounding spaces never count
+        return rows
+
+    raw = bad_table(tmp_path, shapes, edits)
+    cfg = load_recipe(raw).data
+    kinds = [row["kind"] for row in table_rows(shapes)]
+    n = {kind: kinds.count(kind) for kind in ("disc", "square", "triangle")}
+    capsys.readouterr()
+    assert table.load(cfg).classes["kind"] == ["Triangle", "disc", "square", "triangle"]
+    said = capsys.readouterr().err
+    assert (
+        f"table: kind has 4 classes (rows): Triangle 1, disc {n['disc']}, square "
+        f"{n['square']}, triangle {n['triangle'] - 1}\n"
+    ) in said
+    assert (
+        f"table: classes 'Triangle' (1 row) and 'triangle' ({n['triangle'] - 1} rows) of "
+        "column 'kind' differ only in case: if they are one class, write them alike, or list "
+        "the classes in data.targets.kind.classes (a listed name is read in any case)\n"
+    ) in said
+    raw["data"]["targets"]["kind"]["classes"] = ["disc", "square", " triangle"]
+    rows = table.read_rows(load_recipe(raw).data)
+    assert rows.classes["kind"] == ["disc", "square", "triangle"] and not rows.notes
+    assert np.bincount(rows.values["kind"]).tolist() == [n["disc"], n["square"], n["triangle"]]
+    raw["data"]["targets"]["kind"]["classes"] = ["disc", "square", "Triangle", "triangle"]
+    rows = table.read_rows(load_recipe(raw).data)  # listed apart, they stay apart
+    assert np.bincount(rows.values["kind"]).tolist()[2:] == [1, n["triangle"] - 1]
+
+
 def test_gsn_read_as_a_table_gives_what_the_gsn_source_gives(tmp_path):
     folder = tmp_path / "gsn"
     gsn_generator.write(folder, 120, seed=2)

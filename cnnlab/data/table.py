@@ -12,11 +12,12 @@ columns, the commonest layout of anyone's own data.
         mask: {kind: mask, column: mask, classes: [background, disc, square]}
       split: {column: split}           # optional; without it test and val are carved
 
-Targets: `category` (strings or integers; classes are the sorted distinct values, or the
-recipe's `classes` list, in that order), `number` (float), `vector` (several numeric columns
-as one target, its components named by them) and `mask` (a path to a PNG of class indices,
-grey or palette, resized with nearest neighbour; 255 means "no label"; classes from the
-recipe's list, else 0..max found).
+Targets: `category` (strings or integers, stripped; classes are the sorted distinct values,
+or the recipe's `classes` list, in that order, a listed name matched in any case; names
+alike but for case are said at loading, a line giving each category's classes and rows),
+`number` (float), `vector` (several numeric columns as one target, its components named by
+them) and `mask` (a path to a PNG of class indices, grey or palette, resized with nearest
+neighbour; 255 means "no label"; classes from the recipe's list, else 0..max found).
 
 Augmentation keeps labels true: a mask moves with its image (cnnlab/data/augment.py), a
 category or a number is unchanged by a flip, a turn or a shift, and a vector target is
@@ -289,6 +290,21 @@ def _say_dropped(rows: Rows) -> None:
         )
 
 
+def _say_classes(cfg: TableConfig, rows: Rows) -> None:
+    """One line per category target: its classes with their rows (blank ones left out), so
+    a class split in two ('Rust' 1, 'rust' 57) or nearly empty shows before training."""
+    for name, spec in cfg.targets.items():
+        if spec.kind == "category":
+            labels, names = rows.values[name], rows.classes[name]
+            counts = np.bincount(labels[labels >= 0], minlength=len(names))
+            items = [f"{c} {n:,}" for c, n in zip(names, counts.tolist(), strict=True)]
+            print(
+                f"table: {name} has {counted(len(names), 'class', 'classes')} (rows): "
+                f"{listed(items, ', ', most=12)}",
+                file=sys.stderr,
+            )
+
+
 def _stratify_target(cfg: TableConfig) -> str | None:
     return next((t for t, c in cfg.targets.items() if c.kind == "category"), None)
 
@@ -470,6 +486,7 @@ def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, Pixels], list[int]]:
     ]
     key = [str(rows.table), str(rows.base), list(rows.shape), cfg.resize, cfg.bits, FORMAT]
     _warn_absent(rows)
+    _say_classes(cfg, rows)
     for note in rows.notes:
         print(note, file=sys.stderr)
     _say_dropped(rows)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -322,7 +324,11 @@ def read_categories(
 ) -> tuple[np.ndarray, list[str]]:  # fmt: skip
     """(class index per row, class names): the recipe's list, else the sorted distinct values
     (numerically when every value is an integer); an empty cell is NO_CLASS when `blank`
-    allows, and so is a missing-value marker the list does not name (_marked_blank)."""
+    allows, and so is a missing-value marker the list does not name (_marked_blank).
+
+    A class name never has surrounding spaces (cells are stripped, and a listed name is
+    matched without them); its case counts, but a listed name is matched in any case, and
+    unlisted names that differ only in case are said in `notes` (_alike)."""
     raw = [_text(v).strip() for v in df[column].tolist()]
     raw = _marked_blank(raw, column, listed, problems, target, blank, notes)
     for row, value in enumerate(raw):
@@ -330,19 +336,63 @@ def read_categories(
             problems.add(row, column, "no class", fix=fill(target))
     present = sorted({v for v in raw if v})
     if listed is not None:
-        names = list(listed)
+        names = [name.strip() for name in listed]  # a class name has no surrounding spaces
     elif present and all(_is_int(v) for v in present):
         names = sorted(present, key=int)
     else:
         names = present
-    index = {name: i for i, name in enumerate(names)}
+    if listed is None and notes is not None:
+        notes += _alike(raw, names, column, target)
+    find = _finder(names, listed is not None)
     labels = np.zeros(len(raw), dtype=np.int64)
     for row, value in enumerate(raw):
-        if value and value not in index:
+        found = find(value) if value else NO_CLASS
+        if found is None:
             fix = f"add each such value to data.targets.{target}.classes, or correct it"
             problems.add(row, column, "not a listed class", repr(value), fix)
-        labels[row] = index.get(value, 0) if value else NO_CLASS
+        labels[row] = 0 if found is None else found
     return labels, names
+
+
+def _finder(names: list[str], listed: bool) -> Callable[[str], int | None]:
+    """A cell's class index (None: no such class). A listed name is matched as written, else
+    in any case, where that names one listed class only
+    (listing [A, a] keeps them apart): listing the classes is how `Rust` and `rust` become
+    one class."""
+    exact = {name: i for i, name in enumerate(names)}
+    folded: dict[str, list[int]] = {}
+    for i, name in enumerate(names if listed else []):
+        folded.setdefault(name.casefold(), []).append(i)
+
+    def find(value: str) -> int | None:
+        if value in exact:
+            return exact[value]
+        found = folded.get(value.casefold(), [])
+        return found[0] if len(found) == 1 else None
+
+    return find
+
+
+def _alike(raw: list[str], names: list[str], column: str, target: str) -> list[str]:
+    """One line naming the classes of `column` that differ only in case (`Rust` in one row,
+    `rust` in 57: training went on with both, the one row a class of its own). Not an error:
+    they may be meant apart."""
+    counts = Counter(v for v in raw if v)
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.casefold(), []).append(name)
+    alike = [
+        " and ".join(f"{n!r} ({counted(counts[n], 'row')})" for n in group)
+        for group in groups.values()
+        if len(group) > 1
+    ]
+    if not alike:
+        return []
+    return [
+        f"table: classes {listed(alike, '; ', most=3)} of column {column!r} differ only in "
+        "case: if they are one class, write them alike, or list the classes in "
+        f"data.targets.{target}.classes (a listed name is read in any case)"
+    ]
 
 
 def _marked_blank(
@@ -352,7 +402,7 @@ def _marked_blank(
     """The cells with each missing-value marker (NA, None) blanked, unless the recipe's
     classes name it: a class may be called "None" (no disease), so a marker read as blank
     is said, under stop in the run's refusal, else in a line at loading (`notes`)."""
-    named = {name.casefold() for name in listed or []}
+    named = {name.strip().casefold() for name in listed or []}
     marked = [row for row, v in enumerate(raw) if is_missing(v) and v.casefold() not in named]
     if not marked:
         return raw
