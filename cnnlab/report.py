@@ -23,6 +23,7 @@ from cnnlab.evaluation import SplitPredictions
 from cnnlab.progress import counting
 from cnnlab.recipe import best_row, dump_recipe
 from cnnlab.runs import write_text
+from cnnlab.tasks.base import labelled_rows
 from cnnlab.viz import BUILT_IN, FIGURES, Chart, RunView, make_charts
 from cnnlab.viz.base import write_png
 
@@ -152,6 +153,28 @@ def metrics_table(view: RunView) -> list[dict]:
     return out
 
 
+def metric_notes(view: RunView) -> list[str]:
+    """What the metrics table's numbers are of, where a reader would assume otherwise: a
+    calibrated task's ECE and MCE at its temperature beside a loss at the model's own, and
+    a task whose test images are not all labelled (a table's blank cells)."""
+    notes = [
+        f"{name}: calibrated, T = {task.temperature:.3g} (cnnlab calibrate); its test ece "
+        "and mce are at that temperature, its loss is the model's own (T = 1), and no "
+        "temperature moves its accuracy"
+        for name, task in view.tasks.items()
+        if getattr(task, "temperature", 1.0) != 1.0
+    ]
+    predictions = view.__dict__.get("test_predictions")  # drawn for the figures: not again
+    for name, truth in (predictions.truth if predictions else {}).items():
+        labelled = int(labelled_rows(truth).sum())
+        if labelled < len(truth):
+            notes.append(
+                f"{name}: {labelled:,} of {len(truth):,} test images have a label; its test "
+                "metrics count those"
+            )
+    return notes
+
+
 def format_value(value) -> str:
     return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -192,6 +215,7 @@ def build_report(
         status=view.run.status(),
         test=view.test_metrics(),
         metrics=metrics_table(view),
+        metric_notes=metric_notes(view),
         epochs=len(view.metrics()),
         recipe_yaml=dump_recipe(view.recipe),
         env=env,

@@ -18,6 +18,7 @@ from cnnlab.calibration import calibrate_run, fit, fitted, notes, summary
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
 from cnnlab.export import load_for_export
+from cnnlab.report import metric_notes
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks.base import NO_CLASS
 from cnnlab.tasks.calibration import (
@@ -205,6 +206,23 @@ def test_the_reliability_caption_says_when_the_temperature_made_the_test_nll_wor
         assert said == (after > before * (1 + 1e-3))
         assert said == (f"({before:.4f} -> {after:.4f})" in chart.caption)
     assert said  # at T = 20 the probabilities are nearly uniform: the NLL rose
+
+
+def test_the_reports_metrics_say_which_numbers_are_at_the_temperature(calibrated):
+    """The metrics table holds the loss at T = 1 beside ECE and MCE at the fitted T."""
+    t = load_checkpoint(calibrated.best_path)["temperature"]["cls"]
+    (note,) = metric_notes(RunView(calibrated.path))  # ink is a regression: no temperature
+    assert note.startswith(f"cls: calibrated, T = {t:.3g} (cnnlab calibrate); its test ece ")
+    reset = RunView(calibrated.path)
+    reset.tasks["cls"].temperature = 1.0
+    assert metric_notes(reset) == []
+    predictions = reset.test_predictions  # a table's blank cells: no label for 10 images
+    predictions.truth["ink"] = predictions.truth["ink"].clone()
+    predictions.truth["ink"][:10] = torch.nan
+    n = len(predictions.truth["ink"])
+    assert metric_notes(reset) == [
+        f"ink: {n - 10:,} of {n:,} test images have a label; its test metrics count those"
+    ]
 
 
 def test_the_cli_calibrates_again_to_the_same_temperature(calibrated):
