@@ -388,6 +388,36 @@ def test_windows_paths_and_split_names_in_capitals_read_and_a_wrong_folder_is_na
     assert no_runs(tmp_path)
 
 
+def test_blank_split_cells_name_data_split_blank_which_says_where_they_go(shapes, tmp_path):
+    """A split column filled for the val and test rows only was "not a split value on lines
+    2, 3, ... (all '')", its fix to add the value to a list: blank cells are said as blank,
+    with the YAML that gives them a meaning, and data.split.blank gives it."""
+    original = table.read_rows(load_recipe(recipe_dict(shapes, tmp_path)).data).split
+    blanked = _column("split", lambda v: {"train": "", "val": "NA"}.get(v, v))
+    raw = bad_table(tmp_path, shapes, blanked)
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.train(raw)
+    message = str(err.value)
+    assert "column 'split': no split value on lines 2, 3, 4, 5, 6, and 155 more; no split " \
+        "value (read as missing) on lines " in message and "(all 'NA'); a blank split cell" \
+        in message  # fmt: skip
+    assert message.endswith(
+        "a blank split cell says no split: fill in each, or say where blank rows go with "
+        "data.split.blank: train (validation is carved from them as from train's rows, unless "
+        "rows are val), val or test: `split: {column: split, blank: train}`"
+    )
+    assert "not a split value" not in message and no_runs(tmp_path)
+
+    raw["data"]["split"]["blank"] = "train"
+    rows = table.read_rows(load_recipe(raw).data)
+    assert (rows.split == np.where(original == 2, 2, 0)).all()  # val's rows train too
+    assert rows.notes == ["table: 180 rows with a blank 'split' cell go to train (data.split."
+                          "blank: train)"]  # fmt: skip
+    raw["data"]["split"]["train"] = ["train", ""]  # the old way, and blank: both say it
+    with pytest.raises(CnnlabError, match='blank: train and "" in a list both say what'):
+        load_recipe(raw)
+
+
 def test_a_class_too_small_to_carve_and_a_link_outside_are_refused(shapes, tmp_path):
     def one_disc(rows):
         discs = [row for row in rows[1:] if row[2] == "disc"]

@@ -37,11 +37,12 @@ cnnlab/data/table_cells.py): a missing column, an empty table, an empty cell, a 
 is not a number (a semicolon-separated table's decimal commas are read: 21,241; a thousands
 separator is refused), a duplicated path, a path or link leading outside the folder, an
 image or mask file that does not exist (its row skipped with a warning, or the run stopped:
-`on_bad_image`), an unknown split value, a class too small to carve from. Pixels are decoded
-once, in parallel, into the cache (cnnlab/data/decoded.py), which notices a changed image,
-mask or table. Decoding checks each mask against its image, from the headers it opens
-anyway: grey or palette, and its image's size (a colour mask or one of another size is
-refused with its reason, as on_bad_image says).
+`on_bad_image`), an unknown split value or a blank one (data.split.blank says where blank
+rows go), a class too small to carve from. Pixels are decoded once, in parallel, into the
+cache (cnnlab/data/decoded.py), which notices a changed image, mask or table. Decoding checks
+each mask against its image, from the headers it opens anyway: grey or palette, and its
+image's size (a colour mask or one of another size is refused with its reason, as
+on_bad_image says).
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def read_rows(cfg: TableConfig) -> Rows:
     split = None
     if cfg.split:
         named = cfg.split.train, cfg.split.val, cfg.split.test
-        split = read_splits(df, cfg.split.column, *named, problems)
+        split = read_splits(df, cfg.split.column, *named, problems, cfg.split.blank, notes)
     groups = read_groups(df, cfg.group_column, split, problems) if cfg.group_column else None
     no_duplicates(images, cfg.image_column, problems)
     if cfg.on_bad_image == "stop":

@@ -435,23 +435,52 @@ def _is_int(text: str) -> bool:
         return False
 
 
+SPLITS = ("train", "val", "test")  # a split's code is its place here
+
+
 def read_splits(
-    df: Any, column: str, train: list[str], val: list[str], test: list[str], problems: Problems
-) -> np.ndarray:
+    df: Any, column: str, train: list[str], val: list[str], test: list[str], problems: Problems,
+    blank: Literal["stop", "train", "val", "test"] = "stop", notes: list[str] | None = None,
+) -> np.ndarray:  # fmt: skip
     """(N,) 0 train, 1 val, 2 test: each row's value of `column` among the values meaning
-    each (data.split's lists), compared in any case."""
+    each (data.split's lists), compared in any case; a blank cell (empty, or a missing-value
+    marker no list names) joins the split `blank` names, said in `notes`, or under stop is a
+    problem of its own, not "not a split value" ('' was no word a user had written)."""
     named = ((train, 0), (val, 1), (test, 2))
-    codes = {v.casefold(): code for values, code in named for v in values}
+    codes = {v.strip().casefold(): code for values, code in named for v in values}
     out = np.zeros(len(df), dtype=np.int64)
+    blanks = 0
     for row, value in enumerate(df[column].tolist()):
         text = _text(value).strip()
-        if text.casefold() not in codes:
-            known = ", ".join(sorted(codes))
+        if text.casefold() in codes:
+            out[row] = codes[text.casefold()]
+        elif not text or is_missing(text):
+            blanks += 1
+            if blank == "stop":
+                kind = MARKED.format("no split value") if text else "no split value"
+                problems.add(row, column, kind, repr(text) if text else "", _blank_split(column))
+            out[row] = SPLITS.index(blank) if blank != "stop" else 0
+        else:
+            known = ", ".join(sorted(c for c in codes if c))
             fix = f"write a split as one of {known} (in any case), or add the value to "
             fix += "data.split.train, data.split.val or data.split.test"
             problems.add(row, column, "not a split value", repr(text), fix)
-        out[row] = codes.get(text.casefold(), 0)
+    if blanks and blank != "stop" and notes is not None:
+        notes.append(
+            f"table: {counted(blanks, 'row')} with a blank {column!r} cell "
+            f"{'go' if blanks > 1 else 'goes'} to {blank} (data.split.blank: {blank})"
+        )
     return out
+
+
+def _blank_split(column: str) -> str:
+    """The fix of blank split cells: what a blank may be made to mean, in the YAML to write
+    (the only way out was `train: [train, ""]`)."""
+    return (
+        "a blank split cell says no split: fill in each, or say where blank rows go with "
+        f"data.split.blank: train (validation is carved from them as from train's rows, "
+        f"unless rows are val), val or test: `split: {{column: {column}, blank: train}}`"
+    )
 
 
 def read_groups(df: Any, column: str, split: np.ndarray | None, problems: Problems) -> np.ndarray:

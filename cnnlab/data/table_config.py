@@ -85,6 +85,20 @@ class SplitColumn(Section):
     # none of these present: validation is carved from train
     val: list[str] = Field(default_factory=lambda: ["val", "valid", "validation"])
     test: list[str] = Field(default_factory=lambda: ["test"])  # values meaning test
+    # a blank cell (empty, or NA): stop (the run, naming this field), or the split it joins;
+    # train: validation is then carved from such rows as from train's, unless rows are val
+    blank: Literal["stop", "train", "val", "test"] = "stop"
+
+    @model_validator(mode="after")
+    def _blank_said_once(self) -> SplitColumn:
+        if self.blank != "stop" and any(
+            not v.strip() for v in (*self.train, *self.val, *self.test)
+        ):
+            raise ValueError(
+                f'blank: {self.blank} and "" in a list both say what a blank cell means: '
+                'keep blank, take "" out of the list'
+            )
+        return self
 
 
 class TableConfig(DataSection):
