@@ -882,7 +882,9 @@ def test_a_table_trains_evaluates_resumes_predicts_and_reports(shapes, tmp_path)
     (counts,) = [c for c in make_charts(view, "attributions", images=2, component="squares")
                  if c.key == "attributions_counts"]  # fmt: skip
     assert "the output squares of counts" in counts.caption
-    assert [t.get_text() for t in counts.figure.texts].count("squares") == 2
+    shown = view.test_predictions.pred["counts"][counts.extra["index"], 1]  # squares: 1
+    said = [t.get_text() for t in counts.figure.texts if t.get_text().startswith("squares ")]
+    assert said == [f"squares {float(v):.3g}" for v in shown]  # the component and its value
     x = view.batch("test", torch.tensor(counts.extra["index"])).requires_grad_(True)
     view.model(x)["counts"][:, 1].sum().backward()
     assert torch.allclose(counts.extra["maps"]["gradient"], unit(x.grad.abs().sum(1)), atol=1e-5)
