@@ -97,6 +97,7 @@ class Exported(nn.Module):
                     "classes": info.classes,
                     "components": info.components,
                     "temperature": task.temperature if probabilistic else None,
+                    "bounds": list(task.bounds) if task.bounds else None,  # clamped inside
                 }
             )
         return outs

@@ -37,6 +37,7 @@ from cnnlab.models import BACKBONES, ModelConfig, model_config
 from cnnlab.models.cnn import CNNConfig
 from cnnlab.registrations import missing_hint, recorded_origin, register_hint
 from cnnlab.tasks import TASKS, TaskConfig, metric_goal, task_class, task_config
+from cnnlab.tasks.base import TaskSection
 
 # List items are checked one by one: a size of 0 or -5 must stop here, not inside torch.
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # Adam's running-average decay rates
@@ -481,9 +482,10 @@ def describe_error(err: dict, root: type[BaseModel] | None = None, whole: str = 
     root = root or Recipe
     key, sections = _walk(err["loc"], root, whole)
     if err["type"] == "extra_forbidden":
-        valid = _field_names(_walk(err["loc"][:-1], root, whole)[1])
+        here = _walk(err["loc"][:-1], root, whole)[1]
+        valid = _field_names(here)
         hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
-        return f"unknown key {key!r}{hint}"
+        return f"unknown key {key!r}{hint}{_other_task_types(str(err['loc'][-1]), here)}"
     if err["type"] == "missing":
         if isinstance(err["loc"][-1], int):  # a tuple given too few items
             return f"{key} is missing: the list is too short"
@@ -559,6 +561,15 @@ def _tag(section: type[BaseModel]) -> str | None:
         if field is not None and isinstance(field.default, str):
             return field.default
     return None
+
+
+def _other_task_types(name: str, sections: list[type[BaseModel]]) -> str:
+    """Where a task's unknown key is another task type's own (a classification's `bounds`),
+    which types have it: the key is right, the type is not the one it belongs to."""
+    if not any(issubclass(c, TaskSection) for c in sections):
+        return ""
+    types = [t for t, task in TASKS.items() if name in task.config.model_fields]
+    return f"; {name} is a key of {' and '.join(types)} tasks" if types else ""
 
 
 def _field_names(sections: list[type[BaseModel]]) -> list[str]:

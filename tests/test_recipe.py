@@ -156,9 +156,11 @@ def test_cross_field_checks():
     "override, says",
     [
         ("tasks.ink.label_smoothing=0.1", "unknown key 'tasks.ink.label_smoothing'; valid keys "
-         "here: target, weight, head, type, loss, standardize"),
+         "here: target, weight, head, type, loss, standardize, bounds; label_smoothing is a key "
+         "of classification tasks"),
         ("tasks.cls.standardize=true", "unknown key 'tasks.cls.standardize'; valid keys here: "
-         "target, weight, head, type, loss, label_smoothing, class_weights"),
+         "target, weight, head, type, loss, label_smoothing, class_weights; standardize is a "
+         "key of regression tasks"),
         ("tasks.cls.type=segmentation", "tasks.cls.type = 'segmentation': choose one of: "
          "classification, regression, pixel_classification; register your own with "
          "@cnnlab.register_task (see cnnlab --import)"),

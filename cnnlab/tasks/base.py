@@ -94,6 +94,12 @@ class Task:
     def target(self) -> str:
         return self.cfg.target
 
+    @property
+    def bounds(self) -> tuple[float | None, float | None] | None:
+        """The range its decoded values are clamped to, (lo, hi) with None for an open side
+        (a regression's `bounds`), for an exported file's metadata; None: unbounded."""
+        return None
+
     def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
         """Learn what the head needs: the source's `spec` of the target (its classes or
         components); `values()` gives the training split's targets, or is None when the

@@ -3,11 +3,13 @@ standardized, reported in the target's units: overall and, for a vector, per com
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import field_validator
 from torch import nn
 
 from cnnlab.config import HeadConfig
@@ -27,12 +29,37 @@ if TYPE_CHECKING:
     from cnnlab.models.base import Backbone
 
 
+Bound = float | None  # null: that side is open
+
+
 class RegressionConfig(TaskSection):
     """A task that predicts a number, or a vector of numbers, per image."""
 
     type: Literal["regression"] = "regression"
     loss: Literal["mse", "smooth_l1", "l1"] = "mse"  # on the standardized target if standardize
     standardize: bool = True  # learn (y - mean) / std of the training split; report in y's units
+    # [lo, hi]: the range the target lives in (a 0-100 score: [0, 100]; a count: [0, null]);
+    # null leaves that side open, and a vector's components share it. Every prediction is
+    # clamped to it: predict, the exported file, metrics and figures. The loss trains on the
+    # unclamped output (a clamped one has no gradient outside the range). Training values
+    # outside it stop the run.
+    bounds: tuple[Bound, Bound] | None = None
+
+    @field_validator("bounds")
+    @classmethod
+    def _bounds_in_order(cls, bounds: tuple[Bound, Bound] | None) -> tuple[Bound, Bound] | None:
+        lo, hi = bounds or (None, None)
+        if not all(math.isfinite(b) for b in (lo, hi) if b is not None):
+            raise ValueError(
+                f"{_bounds(lo, hi)}: a bound is a finite number; null leaves a side open"
+            )
+        if lo is not None and hi is not None and lo >= hi:
+            fix = f"write [{hi:g}, {lo:g}]" if lo > hi else "give two different values"
+            raise ValueError(
+                f"[{lo:g}, {hi:g}] is not a range: the lower bound must be below the upper one; "
+                f"{fix}, or null for an open side ([{lo:g}, null])"
+            )
+        return bounds
 
 
 class RegressionHead(MLPHead):
@@ -40,6 +67,9 @@ class RegressionHead(MLPHead):
     returns target units.
 
     The target's mean and std (per component) are buffers, so they travel with the weights.
+    `bounds` (the recipe's, not saved with the weights: checkpoints from before it load as
+    they were) clamp the decoded values; `decode` is the one place that makes a raw output
+    a prediction, for metrics, figures, predict and the exported graph alike.
     """
 
     def __init__(
@@ -49,12 +79,14 @@ class RegressionHead(MLPHead):
         mean: float | list[float] = 0.0,
         std: float | list[float] = 1.0,
         outputs: int | None = None,  # None: a scalar target
+        bounds: tuple[float | None, float | None] | None = None,  # (lo, hi), None: open
     ):
         super().__init__(in_dim, outputs or 1, cfg)
         self.scalar = outputs is None
         shape = () if self.scalar else (outputs,)
         self.register_buffer("target_mean", torch.zeros(shape) + torch.tensor(mean))
         self.register_buffer("target_std", torch.ones(shape) * torch.tensor(std))
+        self.lo, self.hi = bounds or (None, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
@@ -64,7 +96,12 @@ class RegressionHead(MLPHead):
         return (y - self.target_mean) / self.target_std
 
     def decode(self, out: torch.Tensor) -> torch.Tensor:
-        return out.float() * self.target_std + self.target_mean
+        """Target units, clamped to the bounds (a constant Clip in an exported graph). The
+        loss reads the raw output instead: the clamp would give it no gradient outside."""
+        value = out.float() * self.target_std + self.target_mean
+        if self.lo is None and self.hi is None:
+            return value
+        return value.clamp(self.lo, self.hi)
 
 
 def class_agreement(to_class: Callable[[torch.Tensor], torch.Tensor]) -> Metric:
@@ -144,17 +181,48 @@ class Regression(Task):
         components = spec.components
         self.info = TargetInfo(components=components)
         self.to_class = spec.to_class
-        if not self.cfg.standardize or values is None:
+        if values is None or not (self.cfg.standardize or self.cfg.bounds):
             return
-        v = values().double()  # (N,) or (N, K)
+        v = values()  # (N,) or (N, K)
         if v.ndim != (1 if components is None else 2):
             raise CnnlabError(
                 f"tasks.{self.name}: target {self.target!r} has values of shape "
                 f"{tuple(v.shape[1:])} per image, but its source names "
                 f"{len(components or [])} components; the source's describe() must name them"
             )
-        mean, std = nan_mean_std(v)
-        self.info.mean, self.info.std = mean.tolist(), std.clamp_min(1e-12).tolist()
+        self.check_bounds(v)
+        if self.cfg.standardize:
+            mean, std = nan_mean_std(v.double())
+            self.info.mean, self.info.std = mean.tolist(), std.clamp_min(1e-12).tolist()
+
+    def check_bounds(self, v: torch.Tensor) -> None:
+        """Training values outside `bounds` contradict them: a typo in the bounds or in the
+        data, and either way the model would learn values it may never predict. Compared in
+        the values' own precision, as `decode` clamps (0.1 stored in float32 is within 0.1)."""
+        lo, hi = self.cfg.bounds or (None, None)
+        v = v[labelled(v)] if v.is_floating_point() else v.float()
+        below = int((v < lo).sum()) if lo is not None else 0
+        above = int((v > hi).sum()) if hi is not None else 0
+        if not below and not above:
+            return
+        low, high = float(v.min()), float(v.max())
+        said = " and ".join(
+            [f"{below:,} below the lower bound"] * (below > 0)
+            + [f"{above:,} above the upper bound"] * (above > 0)
+        )
+        wider = (
+            None if lo is None else _outward(min(lo, low), up=False),
+            None if hi is None else _outward(max(hi, high), up=True),
+        )
+        raise CnnlabError(
+            f"tasks.{self.name}.bounds: the training split's {self.target!r} values run from "
+            f"{low:.6g} to {high:.6g}, {said} of {_bounds(lo, hi)}; widen "
+            f"the bounds to hold them ({_bounds(*wider)}), or correct those values in the data"
+        )
+
+    @property
+    def bounds(self) -> tuple[float | None, float | None] | None:
+        return self.cfg.bounds
 
     @property
     def outputs(self) -> int | None:
@@ -162,7 +230,8 @@ class Regression(Task):
 
     def head(self, backbone: Backbone) -> nn.Module:
         info, width = self.info, backbone.num_features
-        return RegressionHead(width, self.cfg.head, info.mean, info.std, self.outputs)
+        bounds = self.cfg.bounds
+        return RegressionHead(width, self.cfg.head, info.mean, info.std, self.outputs, bounds)
 
     def loss(self, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss's mean over the labelled values: an unlabelled one (NaN) adds 0 to the
@@ -249,6 +318,19 @@ def nan_mean_std(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean = torch.where(ok, v, 0.0).sum(0) / n.clamp_min(1)
     var = torch.where(ok, v - mean, 0.0).square().sum(0) / (n - 1).clamp_min(1)
     return mean, torch.where(n > 1, var.sqrt(), 1.0)
+
+
+def _bounds(lo: float | None, hi: float | None) -> str:
+    return "[" + ", ".join("null" if b is None else f"{b:g}" for b in (lo, hi)) + "]"
+
+
+def _outward(x: float, up: bool) -> float:
+    """`x` to 4 significant digits, rounded away from the range's inside (down for a lower
+    bound, up for an upper one), so the bound it suggests holds the value it was made from."""
+    if x == 0:
+        return 0.0
+    step = 10.0 ** (math.floor(math.log10(abs(x))) - 3)
+    return (math.ceil(x / step) if up else math.floor(x / step)) * step
 
 
 def _value(x: torch.Tensor, spec: str) -> str:

@@ -83,9 +83,25 @@ def regression(view: RunView) -> list[Chart]:
                     f"; {labelled_images} of them labelled, and only their values shown."
                     if labelled_images < images
                     else "."
-                ),
+                )
+                + held(task, view.recipe.tasks[task].bounds, p),
                 plotly=pfig,
                 extra={"rmse": rmse, "mae": mae, "n": images, "labelled": labelled_images},
             )
         )
     return charts
+
+
+def held(task: str, bounds: tuple[float | None, float | None] | None, pred: torch.Tensor) -> str:
+    """The caption's word on the task's bounds: a row of points along a bound is the clamp,
+    not the model agreeing with itself."""
+    if bounds is None or bounds == (None, None):
+        return ""
+    at = sum(
+        int((pred == torch.tensor(b, dtype=pred.dtype)).sum()) for b in bounds if b is not None
+    )
+    shown = ", ".join("null" if b is None else f"{b:g}" for b in bounds)
+    return (
+        f" Predictions are clamped to tasks.{task}.bounds [{shown}]; {at:,} of these values "
+        "sit on a bound."
+    )
