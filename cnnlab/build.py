@@ -17,6 +17,7 @@ A fresh run whose recipe names `train.init_from` starts from that run's weights
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,6 +27,7 @@ from cnnlab import distributed
 from cnnlab.allocator import keep_freed_memory
 from cnnlab.data import DataInfo, DataSection, describe, get_source
 from cnnlab.data.batches import Splits, prepare_splits
+from cnnlab.data.lines import quietly
 from cnnlab.distributed import Ranks
 from cnnlab.errors import CnnlabError
 from cnnlab.init_from import Start, fitted_state, read_start
@@ -232,17 +234,18 @@ def build(
     device = torch.device(device) if device is not None else resolve_device(recipe.train.device)
     ranks = ranks or Ranks()
     torch.manual_seed(recipe.seed)
-    if splits is None:
-        splits = prepare_splits(
-            recipe.data,
-            recipe.seed,
-            {t.target for t in recipe.tasks.values()},
-            device,
-            recipe.train.channels_last,
-            saved.get("classes") if saved else None,
-            normalize=not owns_input(recipe.model),
-            saved_normalize=saved.get("normalize") if saved else None,
-        )
+    if splits is None:  # a trained run's data read again says nothing of how (data/lines.py)
+        with quietly() if weights == "judged" else nullcontext():
+            splits = prepare_splits(
+                recipe.data,
+                recipe.seed,
+                {t.target for t in recipe.tasks.values()},
+                device,
+                recipe.train.channels_last,
+                saved.get("classes") if saved else None,
+                normalize=not owns_input(recipe.model),
+                saved_normalize=saved.get("normalize") if saved else None,
+            )
     fit_to_pixels(recipe, tasks, splits)
     with_temperatures(tasks, saved)
     shape = (splits.in_channels, *splits.image_size)

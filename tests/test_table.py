@@ -20,6 +20,7 @@ from cnnlab.api import load_recipe
 from cnnlab.build import build
 from cnnlab.data import describe, get_source, gsn, gsn_generator, shapes_table, table, table_cells
 from cnnlab.data.augment import NO_LABEL, AugmentConfig, augment
+from cnnlab.data.lines import quietly
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
 from cnnlab.viz import RunView, make_charts
@@ -489,6 +490,11 @@ def test_unreadable_images_are_skipped_with_a_warning_or_stop_the_run(shapes, tm
         "images/00004.png / masks/00004.png",
     ]
     assert len(ds.train) + len(ds.val) + len(ds.test) == ROWS - 2
+    assert any(line.startswith("table: kind has 3 classes") for line in err)
+    with quietly():  # a trained run's data read again: its warnings, not how it was read
+        table.load(load_recipe(raw).data)
+    again = capsys.readouterr().err.splitlines()
+    assert again == [line for line in err if "warning" in line]
     raw["data"]["on_bad_image"] = "stop"
     with pytest.raises(
         CnnlabError, match=r"column 'mask': no such file on line 13 \(masks/00011.png\)"
@@ -860,6 +866,8 @@ def test_a_table_trains_evaluates_resumes_predicts_and_reports(shapes, tmp_path)
     assert run.test_metrics["test.counts.rmse"] < 2.0
     evaluated = run_cli("eval", str(path), env=env)
     assert evaluated.returncode == 0, evaluated.stderr
+    for line in ("table: kind has 3 classes", "table: held in memory"):  # said once, training
+        assert line in out.stderr and line not in evaluated.stderr
     miou = run.test_metrics["test.mask.miou"]
     assert f"| test.mask.miou | {miou:.4f} |" in evaluated.stdout
     html = (path / "report.html").read_text()

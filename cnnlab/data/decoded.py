@@ -34,6 +34,7 @@ import torch
 from PIL import Image, ImageOps
 
 from cnnlab.data.files import cache_dir
+from cnnlab.data.lines import say
 from cnnlab.data.mapped import MappedImages, Pixels, RowFile
 from cnnlab.data.memory import Storage, choose
 from cnnlab.errors import counted, listed
@@ -293,12 +294,12 @@ def cached_decode(
     files = {name: folder / f"{name}.npy" for name in shapes}
     size = len(names) * sum(int(np.prod(s)) for s in shapes.values())
     mapped, why = choose(storage, size)
-    print(f"{label}: {'mapped from disk' if mapped else 'held in memory'} ({why})", file=sys.stderr)
+    say(f"{label}: {'mapped from disk' if mapped else 'held in memory'} ({why})")
     with open(folder / ".lock", "wb") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         saved = _manifest(folder / "manifest.json", identity, files, len(names), shapes)
         if saved is not None:
-            print(f"{label}: cache reused ({next(iter(files.values()))})", file=sys.stderr)
+            say(f"{label}: cache reused ({next(iter(files.values()))})")
         else:
             saved = _decode_into(label, folder, files, names, shapes, decode_row, identity, skipped)
     warn_skipped(label, saved["skipped"])
@@ -363,9 +364,7 @@ def _decode_into(
     }
     write_atomic(folder / "manifest.json", lambda f: f.write(json.dumps(manifest).encode()))
     seconds = time.perf_counter() - start
-    print(
-        f"{label}: decoded {len(kept):,} rows in {seconds:.1f} s → cache {folder}", file=sys.stderr
-    )
+    say(f"{label}: decoded {len(kept):,} rows in {seconds:.1f} s → cache {folder}")
     return manifest
 
 

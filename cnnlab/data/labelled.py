@@ -9,12 +9,11 @@ rows each part holds, and only then is "no labelled validation row" known.
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
 from cnnlab.data.augment import NO_LABEL, is_mask
 from cnnlab.data.base import ImageSet
+from cnnlab.data.lines import say
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.base import labelled_rows
 
@@ -50,10 +49,7 @@ def check_labelled(parts: dict[str, ImageSet], targets: list[str]) -> None:
         f"{target}: " + ", ".join(f"{n:,} of {len(parts[s]):,} {s}" for s, n in per_split.items())
         for target, per_split in counts.items()
     ]
-    print(
-        f"data: labelled rows (the others train their other targets): {'; '.join(said)}",
-        file=sys.stderr,
-    )
+    say(f"data: labelled rows (the others train their other targets): {'; '.join(said)}")
 
 
 def refuse_unlabelled(target: str, counts: dict[str, tuple[int, int]]) -> None:

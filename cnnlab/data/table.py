@@ -67,6 +67,7 @@ from cnnlab.data.decoded import (
     read_image,
 )
 from cnnlab.data.labelled import refuse_unlabelled
+from cnnlab.data.lines import say
 from cnnlab.data.mapped import Pixels
 from cnnlab.data.split import stratified_split
 from cnnlab.data.table_cells import (
@@ -284,10 +285,9 @@ def _say_dropped(rows: Rows) -> None:
     """One line: the rows left out for a blank cell, per target (blank: drop)."""
     if rows.dropped:
         said = [f"{counted(n, 'row')} without {name}" for name, n in rows.dropped.items()]
-        print(
+        say(
             f"table: left out {listed(said, ', ')} (data.targets.NAME.blank: drop); "
-            f"{len(rows.images):,} rows stay",
-            file=sys.stderr,
+            f"{len(rows.images):,} rows stay"
         )
 
 
@@ -299,10 +299,9 @@ def _say_classes(cfg: TableConfig, rows: Rows) -> None:
             labels, names = rows.values[name], rows.classes[name]
             counts = np.bincount(labels[labels >= 0], minlength=len(names))
             items = [f"{c} {n:,}" for c, n in zip(names, counts.tolist(), strict=True)]
-            print(
+            say(
                 f"table: {name} has {counted(len(names), 'class', 'classes')} (rows): "
-                f"{listed(items, ', ', most=12)}",
-                file=sys.stderr,
+                f"{listed(items, ', ', most=12)}"
             )
 
 
@@ -377,10 +376,9 @@ def _say_shape(cfg: TableConfig, rows: Rows) -> None:
         said.append(f"{s} x {s} px")
         keys.append("data.image_size")
     if said:
-        print(
+        say(
             f"table: images become {', '.join(said)}, as the first image, {rows.images[0]}, "
-            f"is; set {' and '.join(keys)} to choose",
-            file=sys.stderr,
+            f"is; set {' and '.join(keys)} to choose"
         )
 
 
@@ -489,7 +487,7 @@ def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, Pixels], list[int]]:
     _warn_absent(rows)
     _say_classes(cfg, rows)
     for note in rows.notes:
-        print(note, file=sys.stderr)
+        say(note)
     _say_dropped(rows)
     _say_shape(cfg, rows)
     dark_warning(rows.base / rows.images[0], cfg.bits, "table")

@@ -1,0 +1,32 @@
+"""The lines a data source says as it loads: how it was read (held in memory, the cache
+reused, rows left out, each class's rows). Said when data is loaded to train or resume; a
+trained run's data read again for its figures, eval, calibration or export stays quiet,
+where a notebook showed the same lines under every `run.figure(...)` and `run.export()`.
+Warnings (files skipped, a 16-bit image that decodes dark) are printed every time: the
+files may have changed since training.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+_QUIET: ContextVar[bool] = ContextVar("cnnlab_quiet_loading", default=False)
+
+
+def say(line: str) -> None:
+    """One loading line on stderr, unless loading `quietly`."""
+    if not _QUIET.get():
+        print(line, file=sys.stderr)
+
+
+@contextmanager
+def quietly() -> Iterator[None]:
+    """Loading lines left unsaid within: a trained run's data read again."""
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
