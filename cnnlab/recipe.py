@@ -460,7 +460,9 @@ def validate(raw: dict, source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
-        raise CnnlabError(f"{source}: {describe_error(err.errors()[0])}") from None
+        # `source` names the recipe: an error of the whole of it (a check across sections)
+        # needs no other key ("recipe: recipe: ..." from a dict)
+        raise CnnlabError(f"{source}: {describe_error(err.errors()[0], whole='')}") from None
 
 
 def dump_recipe(recipe: Recipe) -> str:
@@ -497,7 +499,7 @@ def describe_error(err: dict, root: type[BaseModel] | None = None, whole: str = 
         return msg  # a section's own check that names the full key (data.augment.translate)
     if "input" in err and err["type"] != "value_error":
         return f"{key} = {err['input']!r}: {msg}"
-    return f"{key}: {msg}"
+    return f"{key}: {msg}" if key else msg
 
 
 def _tag_problem(key: str, err: dict, sections: list[type[BaseModel]]) -> str:

@@ -284,11 +284,11 @@ def _without_blanks(cfg: TableConfig, rows: Rows) -> Rows:
 def _say_dropped(rows: Rows) -> None:
     """One line: the rows left out for a blank cell, per target (blank: drop)."""
     if rows.dropped:
-        said = [f"{counted(n, 'row')} without {name}" for name, n in rows.dropped.items()]
-        say(
-            f"table: left out {listed(said, ', ')} (data.targets.NAME.blank: drop); "
-            f"{len(rows.images):,} rows stay"
-        )
+        said = [
+            f"{counted(n, 'row')} without {name} (data.targets.{name}.blank: drop)"
+            for name, n in rows.dropped.items()
+        ]
+        say(f"table: left out {listed(said, ', ')}; {len(rows.images):,} rows stay")
 
 
 def _say_classes(cfg: TableConfig, rows: Rows) -> None:

@@ -330,10 +330,10 @@ def read_categories(
     matched without them); its case counts, but a listed name is matched in any case, and
     unlisted names that differ only in case are said in `notes` (_alike)."""
     raw = [_text(v).strip() for v in df[column].tolist()]
-    raw = _marked_blank(raw, column, listed, problems, target, blank, notes)
-    for row, value in enumerate(raw):
-        if not value and blank == "stop":
+    if blank == "stop":  # empty ones; a marker (NA) is said by _marked_blank, not twice
+        for row in (row for row, value in enumerate(raw) if not value):
             problems.add(row, column, "no class", fix=fill(target))
+    raw = _marked_blank(raw, column, listed, problems, target, blank, notes)
     present = sorted({v for v in raw if v})
     if listed is not None:
         names = [name.strip() for name in listed]  # a class name has no surrounding spaces
