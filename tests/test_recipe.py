@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import cnnlab
 from cnnlab.catalog import RECIPES
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import (
@@ -127,6 +128,13 @@ def test_monitor_must_name_a_reported_metric():
         load_recipe(DEMO, ["train.monitor=val.ink.accuracy"])
     names = metric_names(load_recipe(DEMO))
     assert "val.cls.f1" in names and "val.ink.mae" in names
+    raw = yaml.safe_load(DEMO.read_text()) | {"train": {"monitor": "val.ink.accuracy"}}
+    with pytest.raises(CnnlabError) as err:  # a check of the whole recipe, given as a dict
+        cnnlab.load_recipe(raw)
+    assert str(err.value).startswith("recipe: metric 'val.ink.accuracy' is not reported; ")
+    with pytest.raises(CnnlabError) as err:  # in a file: the file names the recipe
+        load_recipe(DEMO, ["train.monitor=val.ink.accuracy"])
+    assert str(err.value).startswith(f"{DEMO}: metric 'val.ink.accuracy' is not reported")
 
 
 def test_metric_goal():
