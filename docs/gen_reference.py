@@ -128,7 +128,9 @@ def allowed(prop: dict) -> str:
         parts += [f"{sign} {member[key]}" for key, sign in bounds.items() if key in member]
         if "pattern" in member:
             parts.append(f"matches {code(member['pattern'])}")
-        if member.get("minItems") or member.get("minProperties"):
+        if member.get("minItems") and member.get("minItems") == member.get("maxItems"):
+            parts.append(f"exactly {member['minItems']}")  # a pair: bounds, betas
+        elif member.get("minItems") or member.get("minProperties"):
             parts.append(f"at least {member.get('minItems') or member.get('minProperties')}")
     items = prop.get("items", {})
     if "enum" in items:
