@@ -300,6 +300,23 @@ def test_an_unreachable_database_stops_before_any_folder(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_workers_later_trials_read_their_data_without_its_lines(tmp_path, capfd, monkeypatch):
+    """The first trial in a worker says how its data was read; later ones on the same data
+    section say nothing of it (a table's lines came again with every trial)."""
+    from cnnlab.data import shapes_table
+    from tests.test_table import recipe_dict
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    shapes_table.write(tmp_path / "shapes", 120, 16, seed=3)
+    recipe = write(tmp_path, yaml.safe_dump(recipe_dict(tmp_path / "shapes", tmp_path)), "t.yaml")
+    spec = write(tmp_path, "method: grid\nmetric: {name: val.kind.accuracy}\n"
+                 "parameters: {train.optimizer.lr: {values: [0.001, 0.002, 0.004]}}\n")  # fmt: skip
+    folder = sweep(recipe, spec, [], out=tmp_path / "out")
+    assert [r.outcome for r in load_trials(folder, None)] == ["complete"] * 3
+    err = capfd.readouterr().err
+    assert err.count("table: kind has 3 classes") == 1 and err.count("held in memory") == 1
+
+
 def test_a_repeated_configuration_reuses_the_finished_run(tmp_path):
     """Random search over two configurations: repeats cost no training and share a folder."""
     spec = write(tmp_path, "method: random\nmetric: {name: val.cls.accuracy, goal: maximize}\n"

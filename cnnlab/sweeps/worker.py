@@ -30,6 +30,7 @@ from pathlib import Path
 
 from optuna.storages import BaseStorage
 
+from cnnlab.data.lines import quietly
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.plugins import import_from_environment, load_entry_points
 from cnnlab.recipe import best_row, validate
@@ -120,6 +121,9 @@ class Objective:
     last_number: int = -1
     base: dict = field(default_factory=dict)
     processes: int = 1
+    # the data sections this process has loaded: a later trial on the same data loads it
+    # without its lines (held in memory, each class's rows), said once by the first
+    loaded: set[str] = field(default_factory=set)
 
     def __post_init__(self):
         self.base = self.folder.base()
@@ -159,7 +163,10 @@ class Objective:
             with run.lock():  # a late worker may still train here: then the folder is its
                 self._link(run, trial)
                 if self.processes == 1:
-                    train(recipe, resume=resume, on_epoch=on_epoch, run=run)
+                    data = recipe.data.model_dump_json()
+                    with quietly() if data in self.loaded else contextlib.nullcontext():
+                        train(recipe, resume=resume, on_epoch=on_epoch, run=run)
+                    self.loaded.add(data)
             if self.processes > 1:  # torchrun's rank 0 holds the lock while the processes train
                 train_in_processes(run, self.processes, on_epoch)
             value, epoch = best_value(run, self.spec.metric)
