@@ -26,7 +26,7 @@ from cnnlab.evaluation import Recorder
 from cnnlab.precision import autocast_for
 from cnnlab.runs import RunFolder, load_checkpoint, write_json
 from cnnlab.tasks import EpochMeter, Task, evaluate
-from cnnlab.tasks.calibration import Rows, fit_temperature, scores
+from cnnlab.tasks.calibration import Rows, fit_temperature, made_worse, scores
 
 
 def calibrated_tasks(tasks: dict[str, Task]) -> list[str]:
@@ -186,7 +186,7 @@ def worse_on_test(result: dict[str, dict]) -> list[str]:
         if test is None or r["temperature"] == 1.0:
             continue
         before, after = test["before"]["nll"], test["after"]["nll"]
-        if after > before * (1 + 1e-3):
+        if made_worse(before, after):
             lines.append(
                 f"{name}: T = {r['temperature']:.3g} made the test NLL worse ({before:.4f} -> "
                 f"{after:.4f}): fitted on {r['val']['rows']} validation images, it does not "

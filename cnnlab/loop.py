@@ -28,7 +28,7 @@ from cnnlab.ema import WeightAverage
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import Recorder, measure
 from cnnlab.models.compiled import compiled_kernels
-from cnnlab.optim import build_optimizer, build_scheduler, start_momentum
+from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.precision import autocast_for, scaler_for, tune_cuda
 from cnnlab.progress import EpochProgress, console
 from cnnlab.recipe import LogConfig, better_epoch
@@ -142,12 +142,11 @@ class Trainer:
 
     def _unfreeze(self) -> None:
         """The whole backbone trains from this epoch on. The optimizer has held its
-        parameters from the start (optim.param_groups), so only their gradients begin (and
-        SGD's momentum, from zero: start_momentum); heads that trained on cached features
-        go back to the images (and augmentation)."""
+        parameters from the start (optim.param_groups), SGD's momentum buffers at zero
+        (build_optimizer), so only their gradients begin; heads that trained on cached
+        features go back to the images (and augmentation)."""
         backbone = self.model.backbone
         backbone.unfreeze()
-        start_momentum(self.optimizer, backbone.parameters())
         was_cached, backbone.cached = backbone.cached, False
         self._average_fed_alike()
         self.splits = self.built.splits

@@ -9,7 +9,7 @@ is the ECE; the grey histogram below counts the predictions in each bin.
 from __future__ import annotations
 
 from cnnlab.tasks import Task
-from cnnlab.tasks.calibration import Bins, Rows, judged
+from cnnlab.tasks.calibration import Bins, Rows, judged, made_worse
 from cnnlab.viz.base import Chart, new_figure
 from cnnlab.viz.run_view import RunView
 
@@ -50,7 +50,7 @@ def reliability(view: RunView) -> list[Chart]:
 def _worse(table: list[dict]) -> str:
     """A sentence when the fitted temperature made the test NLL worse: the ECE can still
     fall, and the panels alone would read as an improvement."""
-    if len(table) < 2 or table[1]["NLL"] <= table[0]["NLL"] * (1 + 1e-3):
+    if len(table) < 2 or not made_worse(table[0]["NLL"], table[1]["NLL"]):
         return ""
     return (
         f". At T = {table[1]['temperature']:g} the test NLL is worse than as trained "
