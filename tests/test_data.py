@@ -1,6 +1,7 @@
 import gzip
 import hashlib
 import http.server
+import os
 import threading
 from functools import partial
 from pathlib import Path
@@ -130,6 +131,28 @@ def test_corrupt_idx_is_refused(tmp_path):
     bad.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 9, 1, 2]))  # promises 9 bytes, holds 2
     with pytest.raises(CnnlabError, match="header promises 9 bytes"):
         fm.read_idx(bad)
+
+
+def test_a_gzipped_idx_file_is_decoded_once_and_again_when_it_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    parsed, parse = [], fm._parse_idx
+    monkeypatch.setattr(fm, "_parse_idx", lambda p: parsed.append(p) or parse(p))
+    path, rng = tmp_path / "x-idx3-ubyte.gz", np.random.default_rng(0)
+    first, second = rng.integers(0, 256, (2, 3, 5, 28, 28), dtype=np.uint8)
+    write_idx(path, first)
+    for reads in (1, 1):  # decoded and cached, then read back from the cache
+        assert np.array_equal(fm.read_idx(path).numpy(), first) and len(parsed) == reads
+    cached = fm.decoded_path(path)
+    write_idx(path, second)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert np.array_equal(fm.read_idx(path).numpy(), second) and len(parsed) == 2
+    assert [p.name for p in cached.parent.iterdir()] == [fm.decoded_path(path).name]
+    fm.decoded_path(path).write_bytes(b"\x93NUMPY")  # cut short: decoded again, rewritten
+    assert np.array_equal(fm.read_idx(path).numpy(), second) and len(parsed) == 3
+    assert np.array_equal(np.load(fm.decoded_path(path)), second)
+    (tmp_path / "no_folder").write_text("")  # a cache that cannot be written costs time only
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "no_folder"))
+    assert np.array_equal(fm.read_idx(path).numpy(), second) and len(parsed) == 4
 
 
 @pytest.fixture

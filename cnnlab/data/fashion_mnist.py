@@ -7,7 +7,9 @@ official mirror, each file checked against its published MD5, when the files are
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -16,6 +18,7 @@ import torch
 
 from cnnlab.data.augment import UNCHANGED, LabelMap
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source, mean_ink
+from cnnlab.data.decoded import write_atomic
 from cnnlab.data.files import cache_dir, download_checked, named_dir, search, why_not_here
 from cnnlab.errors import CnnlabError
 
@@ -77,7 +80,23 @@ def read_header(path: Path) -> list[int]:
 
 
 def read_idx(path: Path) -> torch.Tensor:
-    """Parse an idx file (gzipped or not): big-endian header, then a uint8 array."""
+    """Parse an idx file (gzipped or not): big-endian header, then a uint8 array.
+
+    A gzipped file is decompressed once into the cnnlab cache (`decoded_path`) and read back
+    from there: the training images took 0.23 s to decompress on the 2-core EPYC and 0.01 s
+    to read decoded, at every command and every test that trains on Fashion-MNIST."""
+    cached = decoded_path(path) if path.suffix == ".gz" else None
+    if cached is not None and cached.is_file():
+        with contextlib.suppress(OSError, ValueError):  # cut short or unreadable: decode again
+            return torch.from_numpy(np.load(cached, allow_pickle=False))
+    tensor = _parse_idx(path)
+    if cached is not None:
+        with contextlib.suppress(OSError):  # a cache that cannot be written costs time only
+            _replace_decoded(cached, tensor.numpy())
+    return tensor
+
+
+def _parse_idx(path: Path) -> torch.Tensor:
     with _open(path) as f:
         data = f.read()
     ndim = _check_magic(path, data)
@@ -90,6 +109,32 @@ def read_idx(path: Path) -> torch.Tensor:
         )
     array = np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
     return torch.from_numpy(array.copy())
+
+
+def decoded_path(path: Path) -> Path:
+    """Where the decoded array of a gzipped idx file is cached: named for the file's path
+    and for its size and mtime, so a file replaced in place is decoded again."""
+    stat = path.stat()
+    where = _digest(str(path.resolve()))
+    return (
+        cache_dir(CACHE_NAME)
+        / "decoded"
+        / f"{path.stem}-{where}-{_digest(stat.st_size, stat.st_mtime_ns)}.npy"
+    )
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def _replace_decoded(cached: Path, array: np.ndarray) -> None:
+    """Write the decoded array, and remove what was cached for an older version of the file."""
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(cached, lambda f: np.save(f, array, allow_pickle=False))
+    older = cached.name.rsplit("-", 1)[0]
+    for stale in cached.parent.glob(f"{older}-*.npy"):
+        if stale != cached:
+            stale.unlink(missing_ok=True)
 
 
 def _idx_file(base: Path, stem: str) -> Path | None:
