@@ -85,13 +85,15 @@ def test_small_maps_run_atens(monkeypatch):
     assert pool._fast(MaxPool2d(2), big.requires_grad_())
 
 
-def test_many_map_shapes_keep_their_compiled_kernels(monkeypatch):
+def test_many_map_shapes_keep_their_compiled_kernels():
     """More shapes and precisions than dynamo keeps variants of one function: its limit (8)
-    lowered to 2 here, so 4 kernels prove it at the cost of 4 compilations, not 10."""
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
-    for channels in (4, 8):
-        for dtype in (torch.float32, torch.bfloat16):
-            x = maps((2, channels, 64, 64), dtype, False)
-            (y, dx), (y_ref, dx_ref) = both(x)
-            assert torch.equal(y, y_ref) and torch.equal(dx, dx_ref)
+    lowered to 2 here, so 4 kernels prove it at the cost of 4 compilations, not 10. (Through
+    dynamo's own config.patch: pytest's monkeypatch deleted the setting on undo, and every
+    later compile in the process failed.)"""
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for channels in (4, 8):
+            for dtype in (torch.float32, torch.bfloat16):
+                x = maps((2, channels, 64, 64), dtype, False)
+                (y, dx), (y_ref, dx_ref) = both(x)
+                assert torch.equal(y, y_ref) and torch.equal(dx, dx_ref)
     assert not pool.KERNELS.failed and len(pool.KERNELS.compiled) == 4
