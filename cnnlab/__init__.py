@@ -11,6 +11,7 @@ quick: torch and the rest arrive with the first function called.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -70,7 +71,11 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    """A public name, or a submodule the docs name (`cnnlab.predict.image_paths`,
+    `cnnlab.export.ExportedModel`), imported on first use as `import cnnlab.predict` would."""
     if name not in _EXPORTS:
+        if name.isidentifier() and importlib.util.find_spec(f"cnnlab.{name}") is not None:
+            return importlib.import_module(f"cnnlab.{name}")  # the import sets the attribute
         raise AttributeError(f"module 'cnnlab' has no attribute {name!r}")
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value  # once: later lookups skip this function
