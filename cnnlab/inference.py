@@ -367,6 +367,11 @@ def _in_unit_range(x: torch.Tensor) -> torch.Tensor:
             f"{said} look normalized already; the model normalizes its input itself, "
             "so pass pixels in [0, 1] (or uint8)"
         )
+    if hi > 255 + 1e-3:  # a 16-bit microscope image read into float or int32
+        raise CnnlabError(
+            f"{said} look like 16-bit pixels; pass them as uint16 (scaled as the run's 16-bit "
+            "files were), not as another type"
+        )
     if hi > 1 + 1e-3:
         raise CnnlabError(f"{said} look like 0-255 pixels; divide them by 255 or pass uint8")
     return x

@@ -61,6 +61,15 @@ def test_a_float_image_outside_0_to_1_is_refused(run_path):
         run.predict(normalized)
     with pytest.raises(cnnlab.CnnlabError, match="0-255 pixels"):  # int64 as well as float
         run.predict(photo.astype(np.int64))
+    deep = photo.astype(np.int32) * 257  # a 16-bit image read as int32: not 0-255
+    with pytest.raises(cnnlab.CnnlabError) as wide:
+        run.predict([deep])
+    assert str(wide.value) == (
+        "predict: image values 0 to 6.554e+04 (int32) look like 16-bit pixels; pass them as "
+        "uint16 (scaled as the run's 16-bit files were), not as another type"
+    )
+    as_uint16 = run.predict([deep.astype(np.uint16)])["cls"]  # as advised: the same answers
+    assert as_uint16.labels == as_uint8.labels
 
 
 def test_a_folder_is_refused_by_name_and_a_missing_file_is_not_found(run_path, tmp_path):
