@@ -138,6 +138,73 @@ def test_a_12_bit_cameras_table_reads_bright_with_data_bits_and_says_what_it_cho
     ) in capsys.readouterr().err
 
 
+def camera_table(folder: Path, tops: list[int]) -> dict:
+    """A table of 16-bit TIFFs ("I;16"), image i a ramp from 0 to tops[i]; its config's
+    arguments but bits."""
+    (folder / "images").mkdir(parents=True)
+    lines = ["image,kind"]
+    for i, top in enumerate(tops):
+        ramp = np.linspace(0, top, 24 * 24).reshape(24, 24).round().astype(np.uint16)
+        Image.fromarray(ramp).save(folder / "images" / f"cell_{i:03d}.tif")
+        lines.append(f"images/cell_{i:03d}.tif,{'ab'[i % 2]}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    targets = {"kind": {"kind": "category", "column": "kind"}}
+    return {"table": str(folder / "labels.csv"), "targets": targets}
+
+
+CLIPPED = (
+    "table: warning: 16 of 20 images (80.0 %) have values above 8,191, the most data.bits: 13 "
+    "keeps: they are clipped to white; set data.bits: 16 (their largest value, 61,250, needs "
+    "16 bits)"
+)
+
+
+def test_images_that_data_bits_clips_are_counted_and_said_again_from_the_cache(tmp_path, capsys):
+    """A user followed the first image's advice (5,227: "set data.bits: 13") on a 16-bit
+    camera's set: most images went above 8,191 and were clipped white, unsaid. The first
+    image's line says it judged that image alone; loading counts what clipped."""
+    tops = [5227, 8000] * 2 + [30000] * 15 + [61250]  # the first dark, two within 13 bits
+    args = camera_table(tmp_path / "cells", tops)
+    table.load(table.TableConfig(**args))  # bits 16: nothing clips
+    said = capsys.readouterr().err
+    assert (
+        "table: the first image, cell_000.tif, is 16-bit but its values reach only 5,227 (13 "
+        "bits): read as 16 bits it decodes dark; if its camera writes 13-bit values, set "
+        "data.bits: 13 (judged from this image alone: if others go higher, loading says how "
+        "many are clipped)"
+    ) in said
+    assert "clipped to white" not in said
+    for reused in (False, True):  # decoded, then from the cache: the line both times
+        ds = table.load(table.TableConfig(**args, bits=13))
+        said = capsys.readouterr().err
+        assert ("table: cache reused" in said) == reused, said
+        assert said.count(CLIPPED) == 1, said
+        assert int(ds.train.images[:].max()) == 255
+    # a cache written before clipping was counted decodes again, to count it
+    manifests = {m: json.loads(m.read_text()) for m in (tmp_path / "cache").rglob("manifest.json")}
+    ((manifest, saved),) = [(m, v) for m, v in manifests.items() if v["clipped"]]  # bits 13's
+    del saved["clipped"]
+    manifest.write_text(json.dumps(saved))
+    table.load(table.TableConfig(**args, bits=13))
+    said = capsys.readouterr().err
+    assert "table: cache reused" not in said and said.count(CLIPPED) == 1, said
+
+
+def test_no_clipping_line_when_data_bits_holds_every_image(tmp_path, capsys):
+    """bits 14 holds 16,383: no image clips, and nothing is said; one image above says
+    so in the singular."""
+    args = camera_table(tmp_path / "cells", [5227, 16383, 12000, 9000] * 5)
+    table.load(table.TableConfig(**args, bits=14))
+    assert "clipped to white" not in capsys.readouterr().err
+    args = camera_table(tmp_path / "more", [5227, 16384] + [12000, 9000] * 9)
+    table.load(table.TableConfig(**args, bits=14))
+    assert (
+        "table: warning: 1 of 20 images (5.0 %) has values above 16,383, the most data.bits: "
+        "14 keeps: it is clipped to white; set data.bits: 15 (its largest value, 16,384, needs "
+        "15 bits)"
+    ) in capsys.readouterr().err
+
+
 def test_parquet_and_carved_splits_and_integer_classes(shapes, tmp_path):
     import pandas as pd
 

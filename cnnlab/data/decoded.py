@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +47,9 @@ WHITE = (255, 255, 255, 255)  # transparent pixels are composited on white
 PIXELS = 3
 ORIENTATION = 0x0112  # the EXIF tag
 WIDE = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I": 65535, "F": 1.0}  # full scale
+# in decode_rows' threads, the row being decoded: [(its raw largest value, bits)] of each
+# 16-bit image `eight_bit` scaled from fewer than 16 bits (None elsewhere: nothing noted)
+_ROW = threading.local()
 
 
 HEIF = (".heic", ".heif")  # an iPhone's photos: Pillow opens them through pillow-heif
@@ -94,14 +98,20 @@ def eight_bit(im: Image.Image, bits: int = 16) -> Image.Image:
     if im.mode not in WIDE:
         return im
     top = 1.0 if WIDE[im.mode] == 1.0 else float(2**bits - 1)
-    values = np.asarray(im, dtype=np.float32) * (255.0 / top)
+    raw = np.asarray(im)
+    seen = getattr(_ROW, "seen", None)
+    if seen is not None and top != 1.0 and bits < 16:  # what clips, told once (decode_rows)
+        seen.append((int(raw.max(initial=0)), bits))
+    values = raw.astype(np.float32) * (255.0 / top)
     return Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8), "L")
 
 
 def dark_warning(path: Path, bits: int, label: str) -> None:
     """One line when a 16-bit image's values reach far below what `bits` makes white: a
     12-bit camera's 0-4095 read as 16 bits decode near black. Read off the set's first
-    image (a camera writes all its images at one depth); nothing is said otherwise."""
+    image (a camera writes all its images at one depth), and it says so: a dark first image
+    of a 16-bit camera's set advised bits that clipped 87.5 % of the others, where
+    `warn_clipped` now says how many clip; nothing is said otherwise."""
     try:
         with open_image(path) as im:
             if im.mode not in WIDE or WIDE[im.mode] == 1.0:
@@ -114,7 +124,8 @@ def dark_warning(path: Path, bits: int, label: str) -> None:
         print(
             f"{label}: the first image, {path.name}, is 16-bit but its values reach only "
             f"{top:,} ({used} bits): read as {bits} bits it decodes dark; if its camera "
-            f"writes {used}-bit values, set data.bits: {used}",
+            f"writes {used}-bit values, set data.bits: {used} (judged from this image alone: "
+            f"if others go higher, loading says how many are clipped)",
             file=sys.stderr,
         )
 
@@ -240,31 +251,66 @@ def decode_rows(
     label: str,
     out: dict[str, np.ndarray],
     decode_row: Callable[[int], dict[str, np.ndarray]],
-) -> tuple[list[int], dict[int, Refused]]:
+) -> tuple[list[int], dict[int, Refused], dict[int, tuple[int, int]]]:
     """Decode every row into `out` (arrays of n rows, in memory or memory-mapped files) with
-    a thread pool and a bar; the indices that failed, and those of them refused for a
-    reason (Refused). A row fails when `decode_row` raises: corrupt, truncated, empty, not
-    an image; its rows of `out` stay zeros."""
+    a thread pool and a bar; the indices that failed, those of them refused for a reason
+    (Refused), and each decoded row's 16-bit image scaled from fewer bits: (its raw largest
+    value, the bits), noted by `eight_bit` as it scales (no second read). A row fails when
+    `decode_row` raises: corrupt, truncated, empty, not an image; its rows of `out` stay
+    zeros."""
     n = len(next(iter(out.values())))
     failed: list[int] = []
     refused: dict[int, Refused] = {}
+    peaks: dict[int, tuple[int, int]] = {}
 
     def one(i: int) -> None:
+        _ROW.seen = seen = []
         try:
             for name, value in decode_row(i).items():
                 out[name][i] = value
+            if seen:
+                peaks[i] = (max(p for p, _ in seen), seen[0][1])
         except Refused as err:  # readable, but not what the row needs: its reason is kept
             refused[i] = err
             failed.append(i)
         except Exception:  # whatever the file held, the row is skipped and named
             failed.append(i)
+        finally:
+            _ROW.seen = None
 
     from cnnlab.progress import counting
 
     with ThreadPoolExecutor(DECODE_THREADS) as pool, counting(f"{label}: decoding", n) as advance:
         for _ in pool.map(one, range(n)):
             advance()
-    return sorted(failed), refused
+    return sorted(failed), refused, peaks
+
+
+def clipped(peaks: dict[int, tuple[int, int]]) -> list[int] | None:
+    """[rows, their largest value, bits] of the rows whose 16-bit values go above
+    2**bits - 1 (`decode_rows`' peaks), which decode white; None when none does."""
+    over = [(p, b) for p, b in peaks.values() if p > 2**b - 1]
+    return [len(over), max(p for p, _ in over), over[0][1]] if over else None
+
+
+def warn_clipped(label: str, clip: list[int] | None, n: int) -> None:
+    """One line when data.bits clipped images: how many of the `n` decoded, and the bits
+    their largest value needs. A first image's advice (`dark_warning`) could set bits its
+    brighter images exceed, and 87.5 % of a set decoded with white patches unsaid."""
+    if not clip:
+        return
+    rows, largest, bits = clip
+    share = f"{100 * rows / max(n, 1):.1f}"
+    share = {"0.0": "< 0.1", "100.0": "100.0" if rows >= n else "> 99.9"}.get(share, share)
+    needs = min(16, largest.bit_length())
+    they, their = ("it is", "its") if rows == 1 else ("they are", "their")
+    print(
+        f"{label}: warning: {rows:,} of {counted(n, 'image')} ({share} %) "
+        f"{'has' if rows == 1 else 'have'} values above {2**bits - 1:,}, the most "
+        f"data.bits: {bits} keeps: {they} clipped to white; set data.bits: {needs} "
+        f"({their} largest value, {largest:,}, needs {needs} bits)",
+        file=sys.stderr,
+    )
 
 
 def cached_decode(
@@ -282,7 +328,8 @@ def cached_decode(
     them), else decoded afresh and cached. `names[i]`: row i as the warning names it when
     it fails; `skipped`: what the source left out before decoding (links pointing outside).
     A row whose `decode_row` raises Refused is left out too, but with its reason, kept in the
-    manifest (a reused cache says it again) and handed back for the source to say.
+    manifest (a reused cache says it again) and handed back for the source to say. So are
+    the images data.bits clipped (`warn_clipped`), said here, decoded or reused.
 
     The cache holds one row per name (a failed row stays zeros; the manifest's `kept` lists
     the others), decoded straight into memory-mapped files, so a set larger than memory is
@@ -304,6 +351,7 @@ def cached_decode(
             saved = _decode_into(label, folder, files, names, shapes, decode_row, identity, skipped)
     warn_skipped(label, saved["skipped"])
     kept = saved["kept"]
+    warn_clipped(label, saved["clipped"], len(kept))
     pixels = {k: _load(f, kept, len(names), mapped and k == "images") for k, f in files.items()}
     refused = [(int(i), what, fix) for i, what, fix in saved.get("refused", [])]
     return Decoded(pixels, kept, saved["skipped"], refused)
@@ -315,8 +363,8 @@ def _manifest(
     """The saved manifest when it describes this identity and arrays of the right shape."""
     try:
         saved = json.loads(file.read_text())
-        if saved.get("identity") != identity:
-            return None
+        if saved.get("identity") != identity or "clipped" not in saved:
+            return None  # another identity, or written before clipping was counted
         for k, f in files.items():
             if np.load(f, mmap_mode="r").shape != (n, *shapes[k]):
                 return None
@@ -345,7 +393,7 @@ def _decode_into(
             k: np.lib.format.open_memmap(tmp[k], "w+", np.uint8, (len(names), *shapes[k]))
             for k in files
         }
-        failed, refused = decode_rows(label, out, decode_row)
+        failed, refused, peaks = decode_rows(label, out, decode_row)
         for array in out.values():
             array.flush()
         out.clear()  # the mappings close before their files are renamed
@@ -361,6 +409,7 @@ def _decode_into(
         "kept": kept,
         "skipped": list(skipped or []) + [names[i] for i in failed if i not in refused],
         "refused": [[i, refused[i].what, refused[i].fix] for i in sorted(refused)],
+        "clipped": clipped(peaks),  # [rows, their largest value, bits], or None
     }
     write_atomic(folder / "manifest.json", lambda f: f.write(json.dumps(manifest).encode()))
     seconds = time.perf_counter() - start
