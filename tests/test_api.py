@@ -232,7 +232,8 @@ def test_images_of_ones_own_are_explained(api_run, tmp_path):
     said = api_run.predict(files)["cls"]
     labels = [t.get_text() for t in cls.figure.texts if t.get_text() in said.classes]
     assert labels == said.labels  # the class each image's row explains
-    numbers = [t.get_text() for t in ink.figure.texts if t.get_text() not in METHODS]
+    shown = (*METHODS, *(f.name for f in files))  # the method above each column, file names
+    numbers = [t.get_text() for t in ink.figure.texts if t.get_text() not in shown]
     assert numbers == [f"{v:.3g}" for v in api_run.predict(files)["ink"].values]  # each row's
     flat = sum(int((m.flatten(1).amax(1) == 0).sum()) for m in ink.extra["maps"].values())
     assert (f"{flat} map" in ink.caption) == (flat > 0)  # a black map is said to be no failure
@@ -253,6 +254,40 @@ def test_images_of_ones_own_are_explained(api_run, tmp_path):
                     "ink")  # fmt: skip
     assert wrong.returncode == 2 and wrong.stdout == ""  # refused before any answer is printed
     assert wrong.stderr.strip().endswith("no task explained has it; none has several outputs")
+
+
+def test_each_explained_image_is_named_by_its_file(api_run, tmp_path):
+    """Each row of the explain figure names its file under the image (the name alone, or
+    with the folder that tells two files of one name apart), beside the answer above it;
+    an image given as pixels is numbered instead."""
+    from cnnlab.viz.attributions import explain, image_names
+
+    images = RunView(api_run.path).split("test").images[:3].cpu()
+    files = [
+        tmp_path / "a" / "shoe.png",
+        tmp_path / "b" / "shoe.png",
+        tmp_path / "b" / "<bag> & co.png",
+    ]
+    for image, file in zip(images, files, strict=True):
+        file.parent.mkdir(exist_ok=True)
+        Image.fromarray(image[0].numpy()).save(file)
+    names = image_names(files)
+    assert names == ["a/shoe.png", "b/shoe.png", "<bag> & co.png"]
+    predictor = api_run._predictor
+    cls, ink = explain(predictor, predictor.pixels(files), names=names)
+    said = api_run.predict(files)
+    for chart, answers in (
+        (cls, said["cls"].labels),
+        (ink, [f"{v:.3g}" for v in said["ink"].values]),
+    ):
+        texts = [t.get_text() for t in chart.figure.texts]
+        assert all(n in texts for n in names), texts  # every file, under its image
+        assert all(a in texts for a in answers)  # and still its answer above it
+    assert "replaces" in cls.caption  # each explain saves over the last one's figure
+    assert image_names([images[0, 0].numpy(), files[0]]) == ["image 1", "shoe.png"]
+    assert image_names(images) is None  # a batch of pixels: rows without names, as before
+    long = [f"d/a_long_experiment_name_of_sample_{k}.png" for k in (1, 2)]
+    assert image_names(long) == ["a_long_exp\u2026_sample_1.png", "a_long_exp\u2026_sample_2.png"]
 
 
 def test_train_into_a_chosen_folder_refuses_one_in_use(tmp_path):

@@ -14,7 +14,9 @@ Whether a map depends on what the network learnt is `cnnlab viz RUN sanity`'s qu
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,7 +32,7 @@ from cnnlab.viz.predictions import pick
 from cnnlab.viz.run_view import RunView
 
 if TYPE_CHECKING:
-    from cnnlab.inference import Predictor
+    from cnnlab.inference import ImageLike, Predictor
     from cnnlab.tasks import Task
 
 METHODS = ("Grad-CAM", "Guided Grad-CAM", "gradient", "Integrated Gradients")
@@ -40,6 +42,7 @@ METHODS = ("Grad-CAM", "Guided Grad-CAM", "gradient", "Integrated Gradients")
 IG_STEPS = 8
 
 Maps = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (model, x) -> (B, H, W)
+NAME_PART = 24  # characters of a folder or file name under an explained image (more: elided)
 
 
 class Score(nn.Module):
@@ -201,14 +204,54 @@ def attributions(
     return charts
 
 
+def image_names(images: ImageLike | Sequence[ImageLike]) -> list[str] | None:
+    """The name under each image of `explain`'s figure, for images as `Run.explain` takes
+    them: a file's name, with as many of its folders as tell it from the other files given
+    (`a/x.png` and `b/x.png`, where both are x.png), a part longer than NAME_PART shortened
+    in its middle; `image N` for an image given as pixels among files. None where no image
+    is a file (arrays, tensors, a batch): their rows show what they show without names."""
+    items = [images] if isinstance(images, (str, Path)) else images
+    if not isinstance(items, (list, tuple)) or not any(isinstance(i, (str, Path)) for i in items):
+        return None
+    parts = [PurePath(i).parts if isinstance(i, (str, Path)) else () for i in items]
+    files = set(parts) - {()}
+    names = []
+    for mine in parts:
+        others = files - {mine}
+        depth = next(
+            (d for d in range(1, len(mine)) if all(p[-d:] != mine[-d:] for p in others)),
+            len(mine),
+        )
+        names.append(mine[-depth:])
+    short = {n: str(PurePath(*map(_elided, n))) for n in set(names) - {()}}
+    told = Counter(short.values())  # names told apart only by their elided middles: whole
+    return [
+        (short[n] if told[short[n]] == 1 else str(PurePath(*n))) if n else f"image {k + 1}"
+        for k, n in enumerate(names)
+    ]
+
+
+def _elided(part: str) -> str:
+    """A folder or file name of at most NAME_PART characters: its start and its end (the
+    extension) kept, the middle as an ellipsis."""
+    if len(part) <= NAME_PART:
+        return part
+    end = (NAME_PART - 1) // 2 + 2
+    return f"{part[: NAME_PART - 1 - end]}\u2026{part[-end:]}"
+
+
 def explain(
     predictor: Predictor, shown: torch.Tensor, component: str | None = None,
-    ig_steps: int = IG_STEPS,
+    ig_steps: int = IG_STEPS, names: Sequence[str] | None = None,
 ) -> list[Chart]:  # fmt: skip
     """The four maps for images of one's own (`Run.explain`), `shown` as the model sees them
     before normalizing (`Predictor.pixels`), each classification's for the class it
-    predicts; the run's data is not read."""
+    predicts; the run's data is not read. `names`: each image's, written under it
+    (`image_names`). Each task's chart is keyed `explained_<task>`: saved, it replaces the
+    previous explain's figure of that task."""
     check_count("ig-steps", ig_steps, 256)
+    if names is not None and len(names) != len(shown):
+        raise ValueError(f"explain: {len(names)} names for {len(shown)} images")
     tasks = predictor.tasks
     if not explainable(tasks):
         raise CnnlabError(
@@ -227,25 +270,31 @@ def explain(
             target = torch.as_tensor(answers[name].index, device=shown.device).long()
         values = answers[name].values
         said = explains(tasks[name], target, None if values is None else torch.from_numpy(values))
-        charts.append(maps_chart(tasks[name], predictor.model, black, x, shown, target,
-                                 ig_steps, f"explained_{name}", said))  # fmt: skip
+        chart = maps_chart(tasks[name], predictor.model, black, x, shown, target, ig_steps,
+                           f"explained_{name}", said, names)  # fmt: skip
+        chart.caption += (
+            f" Saved as figures/explained_{name}.png, which each explain replaces: rename it "
+            "to keep it."
+        )
+        charts.append(chart)
     return charts
 
 
 def maps_chart(
     task: Task, model: nn.Module, black: torch.Tensor | None, x: torch.Tensor,
     shown: torch.Tensor, target: torch.Tensor | None, ig_steps: int, key: str,
-    said: list[str] | None = None,
+    said: list[str] | None = None, names: Sequence[str] | None = None,
 ) -> Chart:  # fmt: skip
     """Each image beside its four maps, a row per image; `shown` as (B, C, H, W), uint8 or
-    [0, 1]; `key` the PNG's name; `said`: each image's label (`explains`)."""
+    [0, 1]; `key` the PNG's name; `said`: each image's label (`explains`), above it;
+    `names`: each image's name (its file's), under it."""
     found = attribute_all(METHODS, model, task.name, x, target, black, ig_steps)
     maps = {m: unit(v.cpu()) for m, v in found.items()}
     flat = sum(int((v.flatten(1).amax(1) == v.flatten(1).amin(1)).sum()) for v in found.values())
     named = explains(task, target)  # what is explained: a class, a component, or nothing
     said = said or named or [""] * len(x)
     tiles = [
-        [Tile(rgb(shown[row]), said[row][:18])]
+        [Tile(rgb(shown[row]), said[row][:18], names[row] if names else "")]
         + [Tile(colored(maps[m][row], "inferno", 0, 1), m if row == 0 else "") for m in METHODS]
         for row in range(len(x))
     ]
