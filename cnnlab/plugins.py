@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import sys
 import types
 from pathlib import Path
@@ -111,10 +112,46 @@ def import_from_environment() -> None:
 
 
 def child_environment(env: dict[str, str]) -> dict[str, str]:
-    """`env` for a process this one starts, with $CNNLAB_IMPORT naming every --import."""
-    if IMPORTED:
-        env = {**env, IMPORT_ENV: os.pathsep.join(IMPORTED)}
+    """`env` for a process this one starts, with $CNNLAB_IMPORT naming what it must import
+    to know this process's components (`handed_on`)."""
+    specs = handed_on()
+    if specs:
+        env = {**env, IMPORT_ENV: os.pathsep.join(specs)}
     return env
+
+
+def handed_on() -> list[str]:
+    """Every --import, then the module each registration came from: a notebook's
+    `import my_backbone` registers too, and a sweep's worker processes or a run's torchrun
+    ranks must import it as well. A top-level module goes by its file, which the child
+    finds from any folder; a package's module by its name."""
+    from cnnlab.registrations import REGISTERED
+
+    specs = list(IMPORTED)
+    for record in REGISTERED:
+        module = record.origin.get("module")
+        if not module or module == "__main__":
+            continue
+        file = _file_of(module)
+        spec = str(file) if file is not None and "." not in module else module
+        if spec not in specs:
+            specs.append(spec)
+    return specs
+
+
+def left_behind(text: str) -> list[str]:
+    """The components `text` (a recipe and a sweep, as text) names that a process started
+    from here cannot have: registered in __main__ (a notebook's cell, the script itself),
+    which no child can import without running the script again."""
+    from cnnlab.registrations import REGISTERED
+
+    return [
+        f"{r.kind} {r.name!r}"
+        for r in REGISTERED
+        if r.origin.get("module") == "__main__"
+        and r.kind != "figure"  # figures are drawn here, not in the children
+        and re.search(rf"(?<![\w-]){re.escape(r.name)}(?![\w-])", text)
+    ]
 
 
 def load_entry_points() -> None:

@@ -723,3 +723,47 @@ def test_processes_a_sweep_starts_import_what_the_command_imported(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "backbone.net.conv2" in out.stdout
+
+
+def test_a_notebooks_own_import_is_handed_on_and_its_cells_are_refused(tmp_path, monkeypatch):
+    """A notebook that registers with a plain `import notebook_components` hands the module
+    on to the processes a sweep starts (by its file: they find it from any folder); one that
+    registers in a cell of its own (__main__, which no process can import) is refused
+    before any worker starts, naming the component, when the sweep names it."""
+    from cnnlab.sweeps.launch import check_reachable
+    from cnnlab.sweeps.study import SweepFolder
+    from cnnlab.sweeps.torchrun import child_env
+
+    (tmp_path / "notebook_components.py").write_text(COMPONENTS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        __import__("notebook_components")  # the notebook's own `import`, not --import
+        assert child_env()["CNNLAB_IMPORT"] == str(tmp_path / "notebook_components.py")
+        recipe = yaml.safe_load(DEMO.read_text())
+        recipe["model"] = {"backbone": "twoconv", "width": 8}
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+        out = subprocess.run(
+            [sys.executable, "-m", "cnnlab", "count", "recipe.yaml"], capture_output=True,
+            text=True, env=child_env(), cwd=tmp_path / "elsewhere", timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert "backbone.net.conv2" in out.stdout
+    finally:
+        sys.modules.pop("notebook_components", None)
+
+    cell = type("CellNet", (TwoConv,), {"__module__": "__main__"})
+    cnnlab.register_backbone("cellnet")(cell)
+    folder = SweepFolder(tmp_path / "sweep")
+    folder.path.mkdir()
+    folder.sweep_path.write_text("method: grid\nparameters: {model.backbone: [cellnet, cnn]}\n")
+    folder.recipe_path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(CnnlabError) as refused:
+        check_reachable(folder, "its 2 worker")
+    assert str(refused.value) == (
+        "the sweep names backbone 'cellnet', registered in this notebook or script (__main__), "
+        "which its 2 worker processes cannot import: move it into a .py file and import that "
+        "(a notebook's `import my_components` is handed on), or sweep with workers=1"
+    )
+    folder.sweep_path.write_text("method: grid\nparameters: {train.optimizer.lr: [0.1]}\n")
+    check_reachable(folder, "its 2 worker")  # a sweep that does not name it: nothing refused

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cnnlab.build import check_data
 from cnnlab.errors import CnnlabError, counted
+from cnnlab.plugins import handed_on, left_behind
 from cnnlab.progress import console
 from cnnlab.recipe import apply_overrides, read_yaml, validate
 from cnnlab.sweeps.spec import load_sweep
@@ -101,6 +102,10 @@ def sweep(
 
 
 def _work(folder: SweepFolder, storage: str | None, workers: int) -> None:
+    processes = folder.meta().trial_processes
+    if workers > 1 or processes > 1:
+        many = workers > 1
+        check_reachable(folder, f"its {workers} worker" if many else f"a trial's {processes}")
     if workers == 1:
         from cnnlab.sweeps.worker import run_worker, worker_slots
 
@@ -117,7 +122,22 @@ def _work(folder: SweepFolder, storage: str | None, workers: int) -> None:
     load_study(folder, open_storage(storage, folder.path, folder.meta().heartbeat), folder.spec())
     bad = spawn_workers(folder, storage, workers)
     if bad:
-        raise CnnlabError(f"{bad} of {workers} workers stopped early; see above, then --resume")
+        raise CnnlabError(
+            f"{bad} of {workers} workers stopped early; see above, then resume the sweep "
+            "(--resume, or resume=True from Python)"
+        )
+
+
+def check_reachable(folder: SweepFolder, who: str) -> None:
+    """Refuse before starting processes that could not know a component the sweep names."""
+    text = folder.recipe_path.read_text() + folder.sweep_path.read_text()
+    behind = left_behind(text)
+    if behind:
+        raise CnnlabError(
+            f"the sweep names {', '.join(behind)}, registered in this notebook or script "
+            f"(__main__), which {who} processes cannot import: move it into a .py file and import "
+            "that (a notebook's `import my_components` is handed on), or sweep with workers=1"
+        )
 
 
 def _budget(spec, trials: int | None) -> int:
@@ -157,7 +177,8 @@ def summarize(folder: SweepFolder, storage: str | None) -> None:
         run = folder.run_path(best.run_dir, best.number) if best.run_dir else "(no run folder)"
         console.print(f"best {meta.metric} = {best.value:.4f}: {best.label} {run}")
     db = f" --storage {meta.storage}" if meta.storage else ""  # password redacted
+    imports = "".join(f" --import {spec}" for spec in handed_on())  # they know the components
     console.print(
-        f"next: cnnlab select {folder.path} --metric {meta.metric} --test{db} ; "
-        f"cnnlab report {folder.path}{db}"
+        f"next: cnnlab{imports} select {folder.path} --metric {meta.metric} --test{db} ; "
+        f"cnnlab{imports} report {folder.path}{db}"
     )
