@@ -204,14 +204,15 @@ class Run:
         """Where in images of your own (as `predict` takes them, at most 16) each answer
         comes from: the attributions figure's four maps beside each image, a classification's
         for the class it predicts, a vector's for `component` (default: its first); saved as
-        RUN/figures/explained_<task>.png, inline in Jupyter. `ig_steps`: Integrated
-        Gradients' (default 8)."""
-        from cnnlab.viz.attributions import IG_STEPS, explain
+        RUN/figures/explained_<task>.png (over the previous call's), inline in Jupyter; each
+        image is named by its file. `ig_steps`: Integrated Gradients' (default 8)."""
+        from cnnlab.viz.attributions import IG_STEPS, explain, image_names
 
         self._view  # noqa: B018 (a run without best.pt stops here, in one line)
         predictor = self._predictor
         shown = predictor.pixels(images)  # as the model sees them, before normalizing
-        return self._saved(explain(predictor, shown, component, ig_steps or IG_STEPS))
+        names = image_names(images)
+        return self._saved(explain(predictor, shown, component, ig_steps or IG_STEPS, names=names))
 
     def _saved(self, charts: list[Chart]) -> Charts:
         """The charts, each saved as RUN/figures/<key>.png."""

@@ -260,7 +260,7 @@ def test_each_explained_image_is_named_by_its_file(api_run, tmp_path):
     """Each row of the explain figure names its file under the image (the name alone, or
     with the folder that tells two files of one name apart), beside the answer above it;
     an image given as pixels is numbered instead."""
-    from cnnlab.viz.attributions import explain, image_names
+    from cnnlab.viz.attributions import image_names
 
     images = RunView(api_run.path).split("test").images[:3].cpu()
     files = [
@@ -273,8 +273,7 @@ def test_each_explained_image_is_named_by_its_file(api_run, tmp_path):
         Image.fromarray(image[0].numpy()).save(file)
     names = image_names(files)
     assert names == ["a/shoe.png", "b/shoe.png", "<bag> & co.png"]
-    predictor = api_run._predictor
-    cls, ink = explain(predictor, predictor.pixels(files), names=names)
+    cls, ink = api_run.explain(files)  # the public call names them itself
     said = api_run.predict(files)
     for chart, answers in (
         (cls, said["cls"].labels),
