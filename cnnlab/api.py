@@ -359,14 +359,30 @@ class Sweep:
 
 def sweep(
     recipe: RecipeLike,
-    sweep_file_or_name: str | Path,
+    sweep_file_or_name: str | Path | Mapping[str, Any],
     overrides: Overrides = None,
     **options: Any,
 ) -> Sweep:
-    """Run a sweep (a W&B-format file or a shipped sweep's name) over a base recipe, as
-    `cnnlab sweep` does; `options` are its flags: trials, workers, storage, study, out,
-    resume, max_failures, heartbeat, trial_processes, name_map."""
+    """Run a sweep (a W&B-format file, a shipped sweep's name, or the sweep itself as a dict,
+    saved as the folder's sweep.yaml and named "sweep") over a base recipe, as `cnnlab
+    sweep` does; `options` are its flags: trials, workers, storage, study, out, resume,
+    max_failures, heartbeat, trial_processes, name_map."""
+    import tempfile
+
+    import yaml
+
     from cnnlab.sweeps.launch import sweep as run_sweep
+
+    if isinstance(sweep_file_or_name, Mapping):
+        with tempfile.TemporaryDirectory(prefix="cnnlab-sweep-") as folder:
+            written = Path(folder) / "sweep.yaml"
+            written.write_text(yaml.safe_dump(dict(sweep_file_or_name), sort_keys=False))
+            return sweep(recipe, written, overrides, **options)
+    if not isinstance(sweep_file_or_name, (str, Path)):
+        raise CnnlabError(
+            f"sweep: a sweep is a file, a shipped sweep's name or a dict, not "
+            f"{type(sweep_file_or_name).__name__}"
+        )
 
     base = load_recipe(recipe, overrides).model_dump(mode="json")
     known = {"trials", "workers", "storage", "study", "out", "resume", "max_failures",

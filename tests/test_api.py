@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 import cnnlab
@@ -317,13 +318,15 @@ def test_import_cnnlab_from_anywhere_stays_light(tmp_path):
 
 
 def test_a_sweep_from_python_gives_its_trials_and_choice(tmp_path):
-    sweep_file = tmp_path / "lr.yaml"
-    sweep_file.write_text(
-        "method: grid\nmetric: {name: val.cls.accuracy, goal: maximize}\n"
-        "parameters:\n  train.optimizer.lr: {values: [0.003, 0.01]}\n"
-    )
+    lr = {  # as a notebook writes it: a dict, saved in the folder as its sweep.yaml
+        "method": "grid",
+        "metric": {"name": "val.cls.accuracy", "goal": "maximize"},
+        "parameters": {"train.optimizer.lr": {"values": [0.003, 0.01]}},
+    }
     recipe = cnnlab.load_recipe("fashion_fast", {**FAST, "data.train_subset": 500})
-    sweep = cnnlab.sweep(recipe, sweep_file, out=tmp_path / "sweeps", trials=2)
+    sweep = cnnlab.sweep(recipe, lr, out=tmp_path / "sweeps", trials=2)
+    assert sweep.path.name.startswith("sweep-")
+    assert yaml.safe_load((sweep.path / "sweep.yaml").read_text()) == lr
     results = sweep.results
     assert len(results) == 2 and set(results["state"]) == {"complete"}
     assert sorted(results["train.optimizer.lr"]) == [0.003, 0.01]
@@ -341,4 +344,6 @@ def test_a_sweep_from_python_gives_its_trials_and_choice(tmp_path):
     ]
     assert isinstance(sweep.run(int(best["trial"])), cnnlab.Run)
     with pytest.raises(cnnlab.CnnlabError, match="unknown option 'trail'"):
-        cnnlab.sweep(recipe, sweep_file, trail=3)
+        cnnlab.sweep(recipe, lr, trail=3)
+    with pytest.raises(cnnlab.CnnlabError, match="a sweep is a file, a shipped sweep's name"):
+        cnnlab.sweep(recipe, ["train.optimizer.lr"])
