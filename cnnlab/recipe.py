@@ -13,6 +13,7 @@ section is checked, and its errors read, as a built-in one's.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -486,8 +487,10 @@ def describe_error(err: dict, root: type[BaseModel] | None = None, whole: str = 
     if err["type"] == "extra_forbidden":
         here = _walk(err["loc"][:-1], root, whole)[1]
         valid = _field_names(here)
+        close = difflib.get_close_matches(str(err["loc"][-1]), valid, 1)
+        near = f" (did you mean {'.'.join([*key.split('.')[:-1], close[0]])!r}?)" if close else ""
         hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
-        return f"unknown key {key!r}{hint}{_other_task_types(str(err['loc'][-1]), here)}"
+        return f"unknown key {key!r}{near}{hint}{_other_task_types(str(err['loc'][-1]), here)}"
     if err["type"] == "missing":
         if isinstance(err["loc"][-1], int):  # a tuple given too few items
             return f"{key} is missing: the list is too short"

@@ -47,7 +47,9 @@ def test_load_recipe_takes_names_dicts_and_recipes_with_the_same_checks():
     assert cnnlab.load_recipe(raw, {"model": {"backbone": "cnn", "blocks": 2}}).model.blocks == 2
     assert raw["model"]["blocks"] == 3  # the caller's dict is not changed
     with pytest.raises(
-        cnnlab.CnnlabError, match=r"unknown key 'train.epoch'; valid keys here: epochs"
+        cnnlab.CnnlabError,
+        match=r"unknown key 'train.epoch' \(did you mean 'train.epochs'\?\); valid keys here: "
+        "epochs",
     ):
         cnnlab.load_recipe("fashion_fast", {"train.epoch": 3})
     with pytest.raises(cnnlab.CnnlabError, match=r"train.epochs = 0"):

@@ -78,7 +78,11 @@ def test_with_two_backbones_model_errors_still_read_as_written(monkeypatch):
     assert load_recipe(DEMO, ["model={backbone: other}"]).model == _Other()
     cnn_keys = ", ".join(CNNConfig.model_fields)
     with pytest.raises(
-        CnnlabError, match=re.escape(f"'model.blokcs'; valid keys here: {cnn_keys}") + "$"
+        CnnlabError,
+        match=re.escape(
+            f"'model.blokcs' (did you mean 'model.blocks'?); valid keys here: {cnn_keys}"
+        )
+        + "$",
     ):
         load_recipe(DEMO, ["model.blokcs=2"])
     with pytest.raises(

@@ -105,7 +105,8 @@ def test_a_plain_module_joins_the_recipe_in_one_line():
     )
 
     assert error_of({**TWOCONV, "model": {"backbone": "twoconv", "widht": 8}}) == (
-        "recipe: unknown key 'model.widht'; valid keys here: backbone, width"
+        "recipe: unknown key 'model.widht' (did you mean 'model.width'?); valid keys here: "
+        "backbone, width"
     )
     assert error_of({**TWOCONV, "model": {"backbone": "twoconv", "width": "wide"}}).startswith(
         "recipe: model.width = 'wide': Input should be a valid integer"

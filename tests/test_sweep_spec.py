@@ -135,7 +135,8 @@ early_terminate: {type: hyperband, max_iter: 27, s: 2, eta: 3}
         ("method: hyper\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}",
          "method = 'hyper': Input should be 'grid', 'random' or 'bayes'"),
         ("method: grid\nmetric: {name: val.loss}\nparameters: {model.blocks: {values: [2]}}\n"
-         "run_caps: 3", "unknown key 'run_caps'; valid keys here: method, metric"),
+         "run_caps: 3",
+         r"unknown key 'run_caps' \(did you mean 'run_cap'\?\); valid keys here: method, metric"),
         ("method: grid\nmetric: {name: val.loss}\n"
          "parameters: {train.optimizer.lr: {min: 0.1, max: 1.0}}",
          "method grid needs a list of `values`"),
