@@ -180,7 +180,8 @@ def test_prepare_splits_uses_the_given_validation():
     [
         (
             ["data.image_sise=64"],
-            "unknown key 'data.image_sise'; valid keys here: source, root, ",
+            "unknown key 'data.image_sise' (did you mean 'data.image_size'?); valid keys here: "
+            "source, root, ",
         ),
         (["data.min_scale=0.7"], "data.min_scale (0.7) must not exceed data.max_scale (0.6)"),
         (["data.image_size=512"], "data.image_size = 512: Input should be less than or equal"),

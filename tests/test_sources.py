@@ -32,10 +32,14 @@ from tests.test_data import fake_fashion
         ("data.source=null", "data.source is missing: choose one of: fashion_mnist"),
         (
             "data.rooot=/tmp",
-            "unknown key 'data.rooot'; valid keys here: source, root, val_fraction, "
-            "train_subset, test_subset, augment",
+            "unknown key 'data.rooot' (did you mean 'data.root'?); valid keys here: source, root, "
+            "val_fraction, train_subset, test_subset, augment",
         ),
-        ("data.augment.flip=true", "unknown key 'data.augment.flip'; valid keys here: hflip, "),
+        (
+            "data.augment.flip=true",
+            "unknown key 'data.augment.flip' (did you mean 'data.augment.vflip'?); valid keys "
+            "here: hflip, ",
+        ),
         ("data.val_fraction=1.5", "data.val_fraction = 1.5: Input should be less than 0.9"),
     ],
 )
