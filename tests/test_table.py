@@ -337,6 +337,22 @@ def _set(row: int, column: str, value: str):
             lambda r: [[c for c in row if c != row[r[0].index("area")]] for row in r],
             "has no column 'area'; its columns: image, mask, kind, discs",
         ),
+        (  # the field that names it, and the column meant: another case, or a typo
+            lambda r: [["Area" if c == "area" else c for c in r[0]], *r[1:]],
+            "data.targets.area.column: ",
+        ),
+        (
+            lambda r: [["Area" if c == "area" else c for c in r[0]], *r[1:]],
+            "has no column 'area' (did you mean 'Area'?); its columns: image, mask, kind, Area",
+        ),
+        (
+            lambda r: [["imagee" if c == "image" else c for c in r[0]], *r[1:]],
+            "data.image_column: ",
+        ),
+        (
+            lambda r: [["imagee" if c == "image" else c for c in r[0]], *r[1:]],
+            "has no column 'image' (did you mean 'imagee'?)",
+        ),
         (lambda r: r[:1], "has no rows under its header"),
         (_set(5, "area", "n.d."), "column 'area': not a number on line 6 ('n.d.')"),
         (_set(7, "squares", ""), "column 'squares': no value on line 8; fill in each empty cell"),
@@ -351,7 +367,20 @@ def _set(row: int, column: str, value: str):
         ),
         (_set(4, "split", "holdout"), "column 'split': not a split value on line 5 ('holdout')"),
     ],
-    ids=["column", "empty", "number", "blank", "comma", "duplicate", "outside", "split"],
+    ids=[
+        "column",
+        "field",
+        "case",
+        "image-field",
+        "typo",
+        "empty",
+        "number",
+        "blank",
+        "comma",
+        "duplicate",
+        "outside",
+        "split",
+    ],  # fmt: skip
 )
 def test_a_bad_table_stops_in_one_line_before_a_run_folder(shapes, tmp_path, edit, message):
     raw = bad_table(tmp_path, shapes, edit)

@@ -47,10 +47,11 @@ on_bad_image says).
 
 from __future__ import annotations
 
+import difflib
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -82,6 +83,9 @@ from cnnlab.data.table_cells import (
 from cnnlab.data.table_config import Move, SplitColumn, TableConfig, TargetColumn
 from cnnlab.errors import CnnlabError, counted, listed
 from cnnlab.tasks.base import NO_CLASS
+
+if TYPE_CHECKING:  # imported where a table is read (_read), not with cnnlab
+    import pandas
 
 # bump when the cached arrays or their identity change meaning (2: a mask of another size
 # than its image, stretched before, is refused; refusals are kept with their reasons)
@@ -157,22 +161,37 @@ def _read(path: Path) -> Any:
         raise CnnlabError(f"data.table: {path}: cannot read it ({err})") from None
 
 
+def _check_columns(path: Path, df: pandas.DataFrame, cfg: TableConfig) -> None:
+    """Every column the recipe names is in the table; else one line naming the recipe field,
+    the column it names and the closest the table has (a capital letter, a typo)."""
+    named = {cfg.image_column: "data.image_column"}
+    if cfg.split:
+        named.setdefault(cfg.split.column, "data.split.column")
+    if cfg.group_column:
+        named.setdefault(cfg.group_column, "data.group_column")
+    for name, spec in cfg.targets.items():
+        field = f"data.targets.{name}.{'columns' if spec.columns else 'column'}"
+        for column in spec.columns or [spec.column]:
+            named.setdefault(column, field)
+    have = [str(c) for c in df.columns]
+    for column, field in named.items():
+        if column in have:
+            continue
+        fold = [c for c in have if c.casefold() == str(column).casefold()]
+        close = fold or difflib.get_close_matches(str(column), have, 1)
+        near = f" (did you mean {close[0]!r}?)" if close else ""
+        raise CnnlabError(
+            f"{field}: {path} has no column {column!r}{near}; its columns: {', '.join(have)}"
+        )
+
+
 def read_rows(cfg: TableConfig) -> Rows:
     """The table, every row checked; no pixel is read (the first image's header fixes the
     shape when the recipe does not)."""
     path = _table_path(cfg)
     df = _read(path)
     base = (Path(cfg.root).expanduser() if cfg.root else path.parent).resolve()
-    needed = [cfg.image_column] + ([cfg.split.column] if cfg.split else [])
-    needed += [cfg.group_column] if cfg.group_column else []
-    for spec in cfg.targets.values():
-        needed += spec.columns or [spec.column]
-    missing = [c for c in dict.fromkeys(needed) if c not in df.columns]
-    if missing:
-        raise CnnlabError(
-            f"data.table: {path} has no column {missing[0]!r}; its columns: "
-            f"{', '.join(map(str, df.columns))}"
-        )
+    _check_columns(path, df, cfg)
     if len(df) == 0:
         raise CnnlabError(f"data.table: {path} has no rows under its header")
     problems = Problems(path)
