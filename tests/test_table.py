@@ -597,12 +597,14 @@ def test_unreadable_images_are_skipped_with_a_warning_or_stop_the_run(shapes, tm
     ):
         cnnlab.train(raw)
     mask.write_bytes(kept)
+    capsys.readouterr()
     with pytest.raises(CnnlabError) as stop:
         cnnlab.train(raw)
     assert str(stop.value) == (
         "data.table: 1 row cannot be read (an empty or corrupt file, or not an image; first: "
         "images/00004.png / masks/00004.png); fix or remove it, or set data.on_bad_image: skip"
     )
+    assert "skipped" not in capsys.readouterr().err  # it stops: no warning that it skipped
     assert no_runs(tmp_path)
 
 

@@ -322,11 +322,13 @@ def cached_decode(
     decode_row: Callable[[int], dict[str, np.ndarray]],
     skipped: list[str] | None = None,
     storage: Storage = "auto",
+    warn: bool = True,
 ) -> Decoded:
     """The decoded rows from `cache_dir(label)/<sha256 of key and PIXELS>/` when its manifest
     holds the same `identity` (the files' names, sizes and mtimes, as the source lists
     them), else decoded afresh and cached. `names[i]`: row i as the warning names it when
-    it fails; `skipped`: what the source left out before decoding (links pointing outside).
+    it fails; `skipped`: what the source left out before decoding (links pointing outside);
+    `warn`: say what was skipped in a warning (False: the source stops the run on it).
     A row whose `decode_row` raises Refused is left out too, but with its reason, kept in the
     manifest (a reused cache says it again) and handed back for the source to say. So are
     the images data.bits clipped (`warn_clipped`), said here, decoded or reused.
@@ -349,7 +351,8 @@ def cached_decode(
             say(f"{label}: cache reused ({next(iter(files.values()))})")
         else:
             saved = _decode_into(label, folder, files, names, shapes, decode_row, identity, skipped)
-    warn_skipped(label, saved["skipped"])
+    if warn:
+        warn_skipped(label, saved["skipped"])
     kept = saved["kept"]
     warn_clipped(label, saved["clipped"], len(kept))
     pixels = {k: _load(f, kept, len(names), mapped and k == "images") for k, f in files.items()}

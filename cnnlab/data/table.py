@@ -510,11 +510,12 @@ def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, Pixels], list[int]]:
     _say_dropped(rows)
     _say_shape(cfg, rows)
     dark_warning(rows.base / rows.images[0], cfg.bits, "table")
+    stop = cfg.on_bad_image == "stop"  # an unreadable file stops the run: not "skipped"
     decoded = cached_decode(
-        "table", key, _identity(rows, cfg), names, shapes, one, storage=cfg.storage
+        "table", key, _identity(rows, cfg), names, shapes, one, storage=cfg.storage, warn=not stop
     )
     _refused(cfg, decoded.refused, bool(decoded.kept))
-    if decoded.skipped and cfg.on_bad_image == "stop":
+    if decoded.skipped and stop:
         n = len(decoded.skipped)
         raise CnnlabError(
             f"data.table: {counted(n, 'row')} cannot be read (an empty or corrupt file, or "
