@@ -31,14 +31,14 @@ from cnnlab.tasks.calibration import Rows
 from cnnlab.tasks.classification import confident_errors
 from cnnlab.viz import FIGURES, Chart, RunView, drawn, make_charts
 from cnnlab.viz.attributions import explain
-from cnnlab.viz.base import grid_shape
+from cnnlab.viz.base import grid_shape, new_figure
 from cnnlab.viz.confusion import (
     confusion_charts,
     confusion_counts,
     group_accuracy,
     group_errors,
 )
-from cnnlab.viz.data_makeup import rare_classes
+from cnnlab.viz.data_makeup import BINS, _histograms, rare_classes
 from cnnlab.viz.dead_units import dead_table
 from cnnlab.viz.features import _filter_images, capture
 from cnnlab.viz.guided import guided_gradient
@@ -175,6 +175,23 @@ def test_many_classes_stay_readable(tmp_path):
     assert len(charts["confused_pairs_cls"].table) == 15
     for chart in charts.values():
         assert chart.save(tmp_path).stat().st_size > 2000
+
+
+def test_a_number_targets_values_are_each_splits_share_by_whole_numbers_for_counts():
+    """Cells counted per image: a bar for each whole number (none between, none of a 1.6
+    density), each split's bars summing to 1 whatever its size; unlabelled (NaN) left out."""
+    fig = new_figure(4, 3)
+    ax = fig.subplots()
+    counts = {"train": torch.tensor([0.0, 1, 1, 2, 5, float("nan")]), "val": torch.tensor([1.0, 2])}
+    _histograms(ax, "count", counts)
+    train, val = (patch.get_xy() for patch in ax.patches)  # a step outline per split
+    assert sorted(set(train[:, 0])) == [k - 0.5 for k in range(7)]  # -0.5, 0.5, ..., 5.5
+    assert train[:, 1].max() == pytest.approx(2 / 5) and val[:, 1].max() == pytest.approx(1 / 2)
+    assert ax.get_ylabel() == "share of the split's images"
+    ax.clear()
+    _histograms(ax, "ink", {"train": torch.linspace(0, 1, 101)})  # a measure: even bins
+    (train,) = (patch.get_xy() for patch in ax.patches)
+    assert len(set(train[:, 0])) == BINS + 1 and train[:, 1].max() < 0.1
 
 
 def test_the_data_figure_counts_each_split_and_names_the_rare_classes(view):

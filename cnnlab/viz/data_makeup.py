@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from cnnlab.errors import listed
 from cnnlab.tasks.base import labelled_rows
@@ -95,10 +95,17 @@ def _histograms(ax, target: str, values: dict[str, torch.Tensor]) -> None:
     flat = {s: v[~np.isnan(v)] for s, v in flat.items()}  # NaN: no label
     lo = min(float(v.min()) for v in flat.values() if v.size)
     hi = max(float(v.max()) for v in flat.values() if v.size)
-    edges = np.linspace(lo, hi if hi > lo else lo + 1, BINS + 1)
-    for split, v in flat.items():
-        ax.hist(v, edges, density=True, histtype="step", linewidth=1.4, label=_split_name(split))
-    ax.set(title=f"{target}: values", xlabel=target, ylabel="share of images (density)")
+    whole = all(np.array_equal(v, np.round(v)) for v in flat.values())
+    if whole and hi - lo <= 2 * BINS:  # counts: a bar for each whole number, none between
+        edges = np.arange(lo - 0.5, hi + 1.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        edges = np.linspace(lo, hi if hi > lo else lo + 1, BINS + 1)
+    for split, v in flat.items():  # each split's bars sum to 1, whatever its size
+        weights = np.full(v.size, 1 / max(v.size, 1))
+        ax.hist(v, edges, weights=weights, histtype="step", linewidth=1.4,
+                label=_split_name(split))  # fmt: skip
+    ax.set(title=f"{target}: values", xlabel=target, ylabel="share of the split's images")
     ax.legend(fontsize=7)
 
 
