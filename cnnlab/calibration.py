@@ -132,8 +132,11 @@ def calibrate_run(
     calibrated_tasks(saved_tasks(recipe, saved))  # before any data is read
     # device None: the recipe's (a GPU when there is one)
     built = build(recipe, saved, device=device, weights="judged", splits=splits)
+    # A sweep's trial leaves its test unseen (test_at_end: false) until `select --test`
+    # writes one; once written, it must be at the temperature too, else it stays unseen.
+    tested = recipe.train.test_at_end or run.test_path.is_file()
     with run.lock():
-        result, metrics = fit(built, recipe.train.test_at_end, recorder, 1.0 if reset else None)
+        result, metrics = fit(built, tested, recorder, 1.0 if reset else None)
         saved["temperature"] = {name: r["temperature"] for name, r in result.items()}
         run.save_checkpoint(run.best_path, saved)
         write_json(run.calibration_path, {"best_epoch": saved["loop"]["epoch"], "tasks": result})

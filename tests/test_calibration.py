@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 import cnnlab
@@ -253,6 +254,26 @@ def test_reset_puts_every_temperature_back_to_one(calibrated, tmp_path):
     own = run.predict(np.zeros((2, 1, 28, 28), dtype=np.uint8))["cls"].probabilities
     assert not np.allclose(own, fitted, atol=1e-4)  # the model's own probabilities again
     assert (own.argmax(1) == fitted.argmax(1)).all()
+
+
+def test_a_trials_test_is_written_again_at_the_temperature_and_an_unseen_one_stays_unseen(
+    calibrated, tmp_path
+):
+    """A sweep's trial (test_at_end: false) whose test `select --test` wrote: calibrating
+    writes that test again at the new temperature (it kept the ECE of the one before); a
+    trial never tested stays so (the sweep chose without its test set)."""
+    copy = Path(shutil.copytree(calibrated.path, tmp_path / "trial"))
+    recipe = yaml.safe_load((copy / "recipe.yaml").read_text())
+    recipe["train"]["test_at_end"] = False
+    (copy / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    before = json.loads((copy / "test_metrics.json").read_text())
+    cnnlab.load_run(copy).calibrate(reset=True)
+    after = json.loads((copy / "test_metrics.json").read_text())
+    assert after["test.cls.ece"] != before["test.cls.ece"]  # at T = 1 now, not the fitted T
+    assert after["test.cls.accuracy"] == before["test.cls.accuracy"]
+    (copy / "test_metrics.json").unlink()
+    cnnlab.load_run(copy).calibrate()
+    assert not (copy / "test_metrics.json").exists()
 
 
 def test_a_run_without_a_classification_cannot_be_calibrated(tiny, monkeypatch):
