@@ -263,8 +263,9 @@ def test_classes_alike_but_for_case_are_said_and_listing_the_classes_joins_them(
     ) in said
     assert (
         f"table: classes 'Triangle' (1 row) and 'triangle' ({n['triangle'] - 1} rows) of "
-        "column 'kind' differ only in case: if they are one class, write them alike, or list "
-        "the classes in data.targets.kind.classes (a listed name is read in any case)\n"
+        "column 'kind' differ only in case or spacing: if they are one class, write them "
+        "alike, or list the classes in data.targets.kind.classes (a listed name is read in any "
+        "case, with spaces, _ and - alike)\n"
     ) in said
     raw["data"]["targets"]["kind"]["classes"] = ["disc", "square", " triangle"]
     rows = table.read_rows(load_recipe(raw).data)
@@ -273,6 +274,22 @@ def test_classes_alike_but_for_case_are_said_and_listing_the_classes_joins_them(
     raw["data"]["targets"]["kind"]["classes"] = ["disc", "square", "Triangle", "triangle"]
     rows = table.read_rows(load_recipe(raw).data)  # listed apart, they stay apart
     assert np.bincount(rows.values["kind"]).tolist()[2:] == [1, n["triangle"] - 1]
+
+
+def test_classes_alike_but_for_spacing_are_said_and_a_listed_name_joins_them():
+    """`leaf spot`, `leaf_spot` and `Leaf-Spot` trained as three classes without a word."""
+    from cnnlab.data.table_cells import _alike, _finder
+
+    raw = ["leaf spot", "leaf_spot", "Leaf-Spot", "leaf_spot", "rust"]
+    (note,) = _alike(raw, sorted(set(raw)), "disease", "disease")
+    assert note.startswith(
+        "table: classes 'Leaf-Spot' (1 row) and 'leaf spot' (1 row) and 'leaf_spot' (2 rows) "
+        "of column 'disease' differ only in case or spacing"
+    )
+    find = _finder(["leaf spot", "rust"], listed=True)
+    assert [find(v) for v in raw] == [0, 0, 0, 0, 1]
+    find = _finder(["leaf spot", "leaf_spot"], listed=True)  # listed apart, they stay apart
+    assert find("leaf-spot") is None and find("leaf_spot") == 1
 
 
 def test_gsn_read_as_a_table_gives_what_the_gsn_source_gives(tmp_path):
@@ -380,7 +397,7 @@ def _set(row: int, column: str, value: str):
         "duplicate",
         "outside",
         "split",
-    ],  # fmt: skip
+    ],
 )
 def test_a_bad_table_stops_in_one_line_before_a_run_folder(shapes, tmp_path, edit, message):
     raw = bad_table(tmp_path, shapes, edit)

@@ -362,25 +362,31 @@ def _finder(names: list[str], listed: bool) -> Callable[[str], int | None]:
     exact = {name: i for i, name in enumerate(names)}
     folded: dict[str, list[int]] = {}
     for i, name in enumerate(names if listed else []):
-        folded.setdefault(name.casefold(), []).append(i)
+        folded.setdefault(_folded(name), []).append(i)
 
     def find(value: str) -> int | None:
         if value in exact:
             return exact[value]
-        found = folded.get(value.casefold(), [])
+        found = folded.get(_folded(value), [])
         return found[0] if len(found) == 1 else None
 
     return find
 
 
+def _folded(name: str) -> str:
+    """A class name as a listed name matches it and `_alike` compares it: in any case, with
+    spaces, `_` and `-` alike (`Leaf spot`, `leaf_spot`, `leaf-spot`)."""
+    return re.sub(r"[\s_-]+", " ", name.casefold())
+
+
 def _alike(raw: list[str], names: list[str], column: str, target: str) -> list[str]:
-    """One line naming the classes of `column` that differ only in case (`Rust` in one row,
-    `rust` in 57: training went on with both, the one row a class of its own). Not an error:
-    they may be meant apart."""
+    """One line naming the classes of `column` that differ only in case or spacing (`Rust`
+    in one row, `rust` in 57; `leaf spot` and `leaf_spot`: training went on with both, the
+    one row a class of its own). Not an error: they may be meant apart."""
     counts = Counter(v for v in raw if v)
     groups: dict[str, list[str]] = {}
     for name in names:
-        groups.setdefault(name.casefold(), []).append(name)
+        groups.setdefault(_folded(name), []).append(name)
     alike = [
         " and ".join(f"{n!r} ({counted(counts[n], 'row')})" for n in group)
         for group in groups.values()
@@ -390,8 +396,9 @@ def _alike(raw: list[str], names: list[str], column: str, target: str) -> list[s
         return []
     return [
         f"table: classes {listed(alike, '; ', most=3)} of column {column!r} differ only in "
-        "case: if they are one class, write them alike, or list the classes in "
-        f"data.targets.{target}.classes (a listed name is read in any case)"
+        "case or spacing: if they are one class, write them alike, or list the classes in "
+        f"data.targets.{target}.classes (a listed name is read in any case, with spaces, _ "
+        "and - alike)"
     ]
 
 
