@@ -732,7 +732,6 @@ def test_a_notebooks_own_import_is_handed_on_and_its_cells_are_refused(tmp_path,
     registers in a cell of its own (__main__, which no process can import) is refused
     before any worker starts, naming the component, when the sweep names it."""
     from cnnlab.sweeps.launch import check_reachable
-    from cnnlab.sweeps.study import SweepFolder
     from cnnlab.sweeps.torchrun import child_env
 
     (tmp_path / "notebook_components.py").write_text(COMPONENTS)
@@ -755,16 +754,20 @@ def test_a_notebooks_own_import_is_handed_on_and_its_cells_are_refused(tmp_path,
 
     cell = type("CellNet", (TwoConv,), {"__module__": "__main__"})
     cnnlab.register_backbone("cellnet")(cell)
-    folder = SweepFolder(tmp_path / "sweep")
-    folder.path.mkdir()
-    folder.sweep_path.write_text("method: grid\nparameters: {model.backbone: [cellnet, cnn]}\n")
-    folder.recipe_path.write_text(yaml.safe_dump(recipe))
+    sweep = tmp_path / "backbones.yaml"
+    sweep.write_text(
+        "method: grid\nmetric: {name: val.cls.accuracy}\n"
+        "parameters: {model.backbone: {values: [cellnet, twoconv]}}\n"
+    )
     with pytest.raises(CnnlabError) as refused:
-        check_reachable(folder, "its 2 worker")
+        cnnlab.sweep(recipe, sweep, out=tmp_path / "sweeps", workers=2)
     assert str(refused.value) == (
         "the sweep names backbone 'cellnet', registered in this notebook or script (__main__), "
         "which its 2 worker processes cannot import: move it into a .py file and import that "
         "(a notebook's `import my_components` is handed on), or sweep with workers=1"
     )
-    folder.sweep_path.write_text("method: grid\nparameters: {train.optimizer.lr: [0.1]}\n")
-    check_reachable(folder, "its 2 worker")  # a sweep that does not name it: nothing refused
+    assert not (tmp_path / "sweeps").exists()  # refused before its folder is made
+    with pytest.raises(CnnlabError, match="which a trial's 2 processes cannot import"):
+        check_reachable(sweep.read_text(), 1, 2)
+    check_reachable(sweep.read_text(), 1, 1)  # one worker: the trials run in this process
+    check_reachable(sweep.read_text().replace("cellnet, ", ""), 2, 1)  # not named: no refusal

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def sweep(
             map_path = beside if beside.is_file() else None
         spec = load_sweep(sweep_path, base, map_path)  # every check, before any trial
         check_data(validate(base, source="base recipe"))  # the data is there (headers only)
+        check_reachable(json.dumps(base) + sweep_path.read_text(), workers, trial_processes)
         total = _budget(spec, trials)
         settings = Settings(
             method=spec.method,
@@ -102,10 +104,8 @@ def sweep(
 
 
 def _work(folder: SweepFolder, storage: str | None, workers: int) -> None:
-    processes = folder.meta().trial_processes
-    if workers > 1 or processes > 1:
-        many = workers > 1
-        check_reachable(folder, f"its {workers} worker" if many else f"a trial's {processes}")
+    text = folder.recipe_path.read_text() + folder.sweep_path.read_text()
+    check_reachable(text, workers, folder.meta().trial_processes)  # a resumed one too
     if workers == 1:
         from cnnlab.sweeps.worker import run_worker, worker_slots
 
@@ -128,15 +128,19 @@ def _work(folder: SweepFolder, storage: str | None, workers: int) -> None:
         )
 
 
-def check_reachable(folder: SweepFolder, who: str) -> None:
-    """Refuse before starting processes that could not know a component the sweep names."""
-    text = folder.recipe_path.read_text() + folder.sweep_path.read_text()
+def check_reachable(text: str, workers: int, processes: int) -> None:
+    """Refuse, before a folder or a process is made, a sweep whose `text` (its recipe and
+    sweep) names a component that processes it starts could not import."""
+    if workers == 1 and processes == 1:
+        return  # every trial runs in this process
     behind = left_behind(text)
     if behind:
+        who = f"its {workers} worker" if workers > 1 else f"a trial's {processes}"
         raise CnnlabError(
             f"the sweep names {', '.join(behind)}, registered in this notebook or script "
-            f"(__main__), which {who} processes cannot import: move it into a .py file and import "
-            "that (a notebook's `import my_components` is handed on), or sweep with workers=1"
+            f"(__main__), which {who} processes cannot import: move it into a .py file and "
+            "import that (a notebook's `import my_components` is handed on), or sweep with "
+            "workers=1"
         )
 
 
