@@ -381,7 +381,13 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     where = f"at line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
     context = getattr(err, "context", None)
     problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    return where + (f"{context}, {problem}" if context else problem)
+    said = where + (f"{context}, {problem}" if context else problem)
+    if mark and "block" in f"{context} {problem}":  # PyYAML's words for a misindented key
+        said += (
+            f"; check the indentation of line {mark.line + 1} and the lines above it: the keys "
+            "of one section must start in the same column"
+        )
+    return said
 
 
 def load_yaml(path: Path, what: str) -> Any:

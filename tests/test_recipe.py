@@ -219,6 +219,20 @@ def test_cli_reports_yaml_syntax_error_with_line(tmp_path: Path):
     assert out.stderr.count("\n") == 1 and "expected ',' or '}'" in out.stderr
 
 
+def test_a_misindented_key_is_said_as_indentation(tmp_path: Path):
+    """PyYAML's 'expected <block end>, but found <block mapping start>' names no fix: a key
+    indented one space more than its neighbours is the usual cause."""
+    bad = tmp_path / "indent.yaml"
+    bad.write_text("name: x\ntrain:\n   epochs: 2\n  batch_size: 16\n")
+    with pytest.raises(CnnlabError) as err:
+        load_recipe(bad)
+    assert str(err.value).endswith(
+        "at line 4, column 3: while parsing a block mapping, expected <block end>, but found "
+        "'<block mapping start>'; check the indentation of line 4 and the lines above it: the "
+        "keys of one section must start in the same column"
+    )
+
+
 def test_cli_usage_errors_end_without_traceback(tmp_path: Path):
     """An unknown option or a missing argument: click's message and status 2, whichever copy
     of click typer raises it from (its own since typer 0.29)."""
