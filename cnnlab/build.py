@@ -16,6 +16,7 @@ A fresh run whose recipe names `train.init_from` starts from that run's weights
 
 from __future__ import annotations
 
+import difflib
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -90,9 +91,11 @@ def tasks_for(recipe: Recipe, info: DataInfo) -> dict[str, Task]:
     tasks = create_tasks(recipe.tasks)
     for name, task in tasks.items():
         if task.target not in info.targets:
+            close = difflib.get_close_matches(task.target, list(info.targets), 1)
             raise CnnlabError(
-                f"tasks.{name}.target {task.target!r} is not provided by {info.source}; "
-                f"choose one of: {', '.join(info.targets)}"
+                f"tasks.{name}.target {task.target!r} is not provided by {info.source}"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + f"; choose one of: {', '.join(info.targets)}"
             )
         task.fit(target_spec(recipe.data, info.targets, info.components, task.target))
     return tasks

@@ -112,6 +112,11 @@ def test_describe_refuses_mismatched_headers(tmp_path):
     "override, says",
     [
         ("tasks.cls.target=colour", "tasks.cls.target 'colour' is not provided by fashion_mnist"),
+        (
+            "tasks.cls.target=labels",
+            r"tasks.cls.target 'labels' is not provided by fashion_mnist \(did you mean "
+            r"'label'\?\); choose one of: label, ink",
+        ),
         ("tasks.cls.target=ink", "tasks.cls: target 'ink' is not categorical"),
         (
             "tasks.ink.target=label",
