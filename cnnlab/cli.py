@@ -112,6 +112,35 @@ def recipes() -> None:
 
 
 @app.command()
+def check(
+    recipe: str = typer.Argument(..., help="recipe YAML file or shipped recipe name"),
+    set_: list[str] = Sets,
+    imports: list[str] = Imports,
+) -> None:
+    """Check a recipe without training: every key, the data's files and headers (a table's
+    every row, path and split; no pixel is read), each task against its target, and the
+    model built. One line when all is sound; else the first problem's line, as train's."""
+    _import(imports)
+    from cnnlab.build import build_model, tasks_for
+    from cnnlab.data import describe
+    from cnnlab.recipe import load_recipe
+
+    parsed = load_recipe(recipe_file(recipe), set_)
+    info = describe(parsed.data)
+    tasks = tasks_for(parsed, info)
+    model = build_model(parsed, tasks, info.shape, channels_last=False)
+    params = sum(p.numel() for p in model.parameters())
+    order = sorted(info.sizes, key=lambda s: ("train", "val", "test", s).index(s))
+    sizes = ", ".join(f"{split} {info.sizes[split]:,}" for split in order)
+    read = "; ".join(f"{name}: {task.cfg.type} of {task.target}" for name, task in tasks.items())
+    typer.echo(
+        f"{parsed.name}: sound. Data {info.source}: {sizes} images of "
+        f"{'x'.join(map(str, info.shape))}; tasks {read}; model {parsed.model.backbone}, "
+        f"{params:,} parameters. The pixels (and a table's masks) are read when training starts."
+    )
+
+
+@app.command()
 def schema(
     sweep: bool = Flag(False, "--sweep", help="the sweep file's schema instead"),
     imports: list[str] = Imports,

@@ -233,6 +233,22 @@ def test_a_misindented_key_is_said_as_indentation(tmp_path: Path):
     )
 
 
+def test_cli_check_says_a_sound_recipe_in_one_line_and_a_faulty_one_as_train_would():
+    sound = run_cli("check", "fashion_multitask", "--set", "data.train_subset=2000")
+    assert sound.returncode == 0, sound.stderr
+    assert sound.stdout == (
+        "fashion_multitask: sound. Data fashion_mnist: train 2,000, test 10,000 images of "
+        "1x28x28; tasks cls: classification of label; ink: regression of ink; model cnn, "
+        "389,483 parameters. The pixels (and a table's masks) are read when training starts.\n"
+    )
+    faulty = run_cli("check", "fashion_multitask", "--set", "tasks.cls.target=labels")
+    assert faulty.returncode == 2 and faulty.stdout == ""
+    assert faulty.stderr == (
+        "error: tasks.cls.target 'labels' is not provided by fashion_mnist (did you mean "
+        "'label'?); choose one of: label, ink\n"
+    )
+
+
 def test_cli_usage_errors_end_without_traceback(tmp_path: Path):
     """An unknown option or a missing argument: click's message and status 2, whichever copy
     of click typer raises it from (its own since typer 0.29)."""
