@@ -369,11 +369,16 @@ def _predict_run(
     if out is not None:
         table = found.table()  # its first column: each image's path
         out.parent.mkdir(parents=True, exist_ok=True)
+        replaced = out.exists()  # the file named: written over, and said so
         table.to_csv(out, index=False)
-        typer.echo(f"answers: {out} (one row per image)")
+        again = "; it replaced the file there" if replaced else ""
+        typer.echo(f"answers: {out} (one row per image{again})")
     if masks is not None:
+        there = set(masks.rglob("*.png")) if masks.is_dir() else set()
         written = write_masks(files, found, masks)
-        typer.echo(f"masks: {len(written)} PNG files in {masks}")
+        replaced = sum(path in there for path in written)
+        again = f" ({replaced} of them replaced masks written there before)" if replaced else ""
+        typer.echo(f"masks: {len(written)} PNG files in {masks}{again}")
     if figure is not None:  # asked for: nothing is written into the current folder unasked
         typer.echo(f"figure: {draw_predictions(files, found, figure, source)}")
     for chart in explained:

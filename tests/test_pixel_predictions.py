@@ -183,6 +183,8 @@ def test_cnnlab_predict_prints_the_shares_and_writes_them_to_its_csv(mask_run, t
     assert [r["image"] for r in rows] == [str(f) for f in files]
     got = np.array([[float(r[f"mask.{c}"]) for c in CLASSES] for r in rows])
     assert np.allclose(got, shares)
+    again = run_cli("predict", str(path), str(files[0]), "--out", str(out), env=env)
+    assert f"answers: {out} (one row per image; it replaced the file there)" in again.stdout
 
 
 def test_cnnlab_predict_writes_each_map_as_a_mask_file_at_its_images_size(mask_run, tmp_path):
@@ -207,6 +209,13 @@ def test_cnnlab_predict_writes_each_map_as_a_mask_file_at_its_images_size(mask_r
         assert np.array_equal(palette, (class_colours(CLASSES) * 255).round().numpy())
     read_back = decode_mask(tmp_path / "m/shapes/images/00001.mask.png", SIZE, "crop")
     assert np.array_equal(read_back, expected.index[0])  # a mask a table takes as it is
+    again = run_cli(
+        "predict", str(path), *map(str, files), "--masks", str(tmp_path / "m"), "--out",
+        str(tmp_path / "m.csv"), env=env,
+    )  # fmt: skip
+    assert f"masks: 3 PNG files in {tmp_path / 'm'} (3 of them replaced masks written there " \
+        "before)" in again.stdout  # fmt: skip
+    assert again.stdout.count("replaced") == 1  # m.csv is new: nothing said of it
     alone = Predictions({"kind": Prediction("kind", np.array([0]), ["a"], np.ones((1, 1)))})
     with pytest.raises(CnnlabError, match="the run has no per-pixel task"):
         new_images.write_masks(files[:1], alone, tmp_path / "none")
