@@ -182,19 +182,28 @@ def notes(result: dict[str, dict]) -> list[str]:
 def worse_on_test(result: dict[str, dict]) -> list[str]:
     """A line for each task whose fitted temperature raised the test NLL, the very number it
     lowered on validation: fitted on few validation images, or on ones unlike the test's,
-    it does not carry over, and the model's own probabilities were the better ones."""
+    it does not carry over, and the model's own probabilities were the better ones. Else a
+    line where it raised the test ECE: the number a user reads as "calibrated" got worse."""
     lines = []
     for name, r in result.items():
         test = r.get("test")
         if test is None or r["temperature"] == 1.0:
             continue
         before, after = test["before"]["nll"], test["after"]["nll"]
+        ece = test["before"]["ece"], test["after"]["ece"]
         if made_worse(before, after):
             lines.append(
                 f"{name}: T = {r['temperature']:.3g} made the test NLL worse ({before:.4f} -> "
                 f"{after:.4f}): fitted on {r['val']['rows']} validation images, it does not "
                 "carry over; more validation images fit it better, and `cnnlab calibrate "
                 "RUN --reset` (`run.calibrate(reset=True)` in Python) goes back to T = 1"
+            )
+        elif ece[1] > max(1.1 * ece[0], ece[0] + 0.005):  # beyond a bin's noise
+            lines.append(
+                f"{name}: T = {r['temperature']:.3g} lowered the test NLL but raised its ECE "
+                f"({ece[0]:.4f} -> {ece[1]:.4f}): a temperature fits the NLL, and the ECE's bins "
+                "can still move the other way; the reliability figure shows where, and `cnnlab "
+                "calibrate RUN --reset` goes back to T = 1"
             )
     return lines
 

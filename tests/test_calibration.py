@@ -102,7 +102,7 @@ def test_validation_without_a_mistake_keeps_t_1_and_says_why():
     )
 
 
-def test_a_temperature_that_makes_the_test_worse_gets_a_line_saying_so():
+def test_a_temperature_that_makes_the_test_nll_or_ece_worse_gets_a_line_saying_so():
     def fitted(t: float, test_after: float) -> dict:
         split = lambda nll: {"rows": 50, "before": {"nll": nll, "ece": 0.1, "mce": 0.2}}  # noqa: E731
         test = {**split(0.9), "after": {"nll": test_after, "ece": 0.2, "mce": 0.3}}
@@ -116,7 +116,14 @@ def test_a_temperature_that_makes_the_test_worse_gets_a_line_saying_so():
         "calibrate RUN --reset` (`run.calibrate(reset=True)` in Python) goes back to T = 1"
     )
     assert len(lines) == 3  # val, test, the note
-    assert len(summary(fitted(0.6, 0.85))) == 2  # better on test: nothing to say
+    assert summary(fitted(0.6, 0.85))[-1] == (  # a better NLL, a worse ECE (0.1 -> 0.2)
+        "cls: T = 0.6 lowered the test NLL but raised its ECE (0.1000 -> 0.2000): a "
+        "temperature fits the NLL, and the ECE's bins can still move the other way; the "
+        "reliability figure shows where, and `cnnlab calibrate RUN --reset` goes back to T = 1"
+    )
+    better = fitted(0.6, 0.85)
+    better["cls"]["test"]["after"]["ece"] = 0.09
+    assert len(summary(better)) == 2  # better on test, both: nothing to say
     assert len(summary(fitted(1.0, 0.95))) == 2  # T = 1 (reset): the model's own
 
 
