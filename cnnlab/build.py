@@ -16,7 +16,6 @@ A fresh run whose recipe names `train.init_from` starts from that run's weights
 
 from __future__ import annotations
 
-import difflib
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from cnnlab.data import DataInfo, DataSection, describe, get_source
 from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.data.lines import quietly
 from cnnlab.distributed import Ranks
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.init_from import Start, fitted_state, read_start
 from cnnlab.models import MultiTaskModel, create_model, for_checkpoint, owns_input
 from cnnlab.models.compiled import compiled_kernels
@@ -91,11 +90,10 @@ def tasks_for(recipe: Recipe, info: DataInfo) -> dict[str, Task]:
     tasks = create_tasks(recipe.tasks)
     for name, task in tasks.items():
         if task.target not in info.targets:
-            close = difflib.get_close_matches(task.target, list(info.targets), 1)
             raise CnnlabError(
                 f"tasks.{name}.target {task.target!r} is not provided by {info.source}"
-                + (f" (did you mean {close[0]!r}?)" if close else "")
-                + f"; choose one of: {', '.join(info.targets)}"
+                f"{did_you_mean(task.target, info.targets)}; choose one of: "
+                f"{', '.join(info.targets)}"
             )
         task.fit(target_spec(recipe.data, info.targets, info.components, task.target))
     return tasks

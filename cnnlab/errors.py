@@ -4,6 +4,11 @@ The CLI prints `CnnlabError` as a single line (what is wrong and how to fix it) 
 with status 2; anything else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+
 
 class CnnlabError(Exception):
     """A problem with the user's input or environment, stated with its fix."""
@@ -27,3 +32,13 @@ def listed(items: list[str], sep: str = "; ", most: int = SHOWN) -> str:
     """The first `most` items a message line names, and how many more there are."""
     more = f"{sep}and {len(items) - most} more" if len(items) > most else ""
     return sep.join(items[:most]) + more
+
+
+def did_you_mean(word: str, choices: Iterable[str], shown: Callable[[str], str] = str) -> str:
+    """' (did you mean 'X'?)' for the choice a mistyped `word` most likely meant: the one
+    that differs only in case, else the closest spelling; '' when none is close. `shown`
+    writes the choice as the message names it (a recipe key with its section)."""
+    choices = [str(c) for c in choices]
+    close = [c for c in choices if c.casefold() == word.casefold()]
+    close = close or difflib.get_close_matches(word, choices, 1)
+    return f" (did you mean {shown(close[0])!r}?)" if close else ""

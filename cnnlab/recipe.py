@@ -13,7 +13,6 @@ section is checked, and its errors read, as a built-in one's.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from pathlib import Path
@@ -33,7 +32,7 @@ from pydantic.fields import FieldInfo
 
 from cnnlab.config import Section
 from cnnlab.data import DEFAULT_SOURCE, SOURCES, DataConfig, data_config, default_data
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.models import BACKBONES, ModelConfig, model_config
 from cnnlab.models.cnn import CNNConfig
 from cnnlab.registrations import missing_hint, recorded_origin, register_hint
@@ -493,8 +492,8 @@ def describe_error(err: dict, root: type[BaseModel] | None = None, whole: str = 
     if err["type"] == "extra_forbidden":
         here = _walk(err["loc"][:-1], root, whole)[1]
         valid = _field_names(here)
-        close = difflib.get_close_matches(str(err["loc"][-1]), valid, 1)
-        near = f" (did you mean {'.'.join([*key.split('.')[:-1], close[0]])!r}?)" if close else ""
+        section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        near = did_you_mean(str(err["loc"][-1]), valid, lambda name: section + name)
         hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
         return f"unknown key {key!r}{near}{hint}{_other_task_types(str(err['loc'][-1]), here)}"
     if err["type"] == "missing":

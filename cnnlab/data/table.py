@@ -47,7 +47,6 @@ on_bad_image says).
 
 from __future__ import annotations
 
-import difflib
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -81,7 +80,7 @@ from cnnlab.data.table_cells import (
     read_splits,
 )
 from cnnlab.data.table_config import Move, SplitColumn, TableConfig, TargetColumn
-from cnnlab.errors import CnnlabError, counted, listed
+from cnnlab.errors import CnnlabError, counted, did_you_mean, listed
 from cnnlab.tasks.base import NO_CLASS
 
 if TYPE_CHECKING:  # imported where a table is read (_read), not with cnnlab
@@ -177,9 +176,7 @@ def _check_columns(path: Path, df: pandas.DataFrame, cfg: TableConfig) -> None:
     for column, field in named.items():
         if column in have:
             continue
-        fold = [c for c in have if c.casefold() == str(column).casefold()]
-        close = fold or difflib.get_close_matches(str(column), have, 1)
-        near = f" (did you mean {close[0]!r}?)" if close else ""
+        near = did_you_mean(str(column), have)
         raise CnnlabError(
             f"{field}: {path} has no column {column!r}{near}; its columns: {', '.join(have)}"
         )
