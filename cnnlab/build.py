@@ -60,6 +60,12 @@ def resolve_device(name: str) -> torch.device:
         raise CnnlabError(
             "train.device is cuda but no CUDA GPU is visible; use train.device=auto or cpu"
         )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()  # else the first tensor moved fails: invalid ordinal
+        raise CnnlabError(
+            f"train.device is {name} but {count} CUDA GPU{'s are' if count > 1 else ' is'} "
+            f"visible (cuda:0 to cuda:{count - 1}); use train.device=cuda or one of those"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise CnnlabError(
             "train.device is mps but MPS is not available; use train.device=auto or cpu"

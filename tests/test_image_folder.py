@@ -176,7 +176,8 @@ def test_a_grey_folder_loads_as_one_channel(tree):
     assert torch.equal(rgb.train.targets["label"], grey.train.targets["label"])
     weights = torch.tensor([299, 587, 114]).view(1, 3, 1, 1)  # ITU-R 601, as Pillow's "L"
     luminance = (rgb.train.images.int() * weights).sum(1, keepdim=True) / 1000
-    assert (luminance - grey.train.images.int()).abs().max() <= 4  # a JPEG decodes its luma
+    # a JPEG decodes its luma; libjpeg builds round the colour conversion apart (4.09 on one)
+    assert (luminance - grey.train.images.int()).abs().max() <= 5
     assert imf.describe(cfg_of(tree, channels=1)).shape == (1, 16, 16)
 
 

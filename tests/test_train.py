@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab.build import build
+from cnnlab.build import build, resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import evaluate_run
 from cnnlab.experiment import train
@@ -263,6 +263,7 @@ def test_cli_train_interrupt_resume_eval(tmp_path):
         "train.progress=false",
         "train.threads=1",
         "train.report=false",
+        "train.deterministic=true",  # on a GPU, cuDNN's autotuning differs from process to process
     ]
     args = [sys.executable, "-m", "cnnlab.cli", "train", "fashion_multitask"]
     for s in sets:
@@ -320,7 +321,8 @@ def test_eval_saves_an_untested_runs_first_test_and_leaves_a_run_that_goes_on(ti
     [
         ("data.source=cifar100", "data.source 'cifar100' is unknown"),
         ("tasks.cls.target=colour", "tasks.cls.target 'colour' is not provided"),
-        ("train.device=cuda:0", "no CUDA GPU is visible"),
+        # a GPU index past the last (on a host without a GPU: any index)
+        ("train.device=cuda:8", "is visible" if torch.cuda.is_available() else "no CUDA GPU"),
         ("data.root=/nonexistent/fmnist", "/nonexistent/fmnist"),
     ],
 )
@@ -330,6 +332,16 @@ def test_a_run_that_cannot_start_leaves_no_folder(tmp_path, bad, says):
     assert out.returncode == 2 and says in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_gpu_index_past_the_last_is_one_line_naming_those_there(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(
+        CnnlabError, match=r"cuda:2 but 2 CUDA GPUs are visible \(cuda:0 to cuda:1\)"
+    ):
+        resolve_device("cuda:2")
 
 
 def test_output_outside_a_terminal_keeps_one_line_per_epoch(tmp_path):
