@@ -40,5 +40,6 @@ def did_you_mean(word: str, choices: Iterable[str], shown: Callable[[str], str] 
     writes the choice as the message names it (a recipe key with its section)."""
     choices = [str(c) for c in choices]
     close = [c for c in choices if c.casefold() == word.casefold()]
-    close = close or difflib.get_close_matches(word, choices, 1)
+    # a ratio of 0.7, not difflib's 0.6, which offered 'feature-maps' for 'heatmap'
+    close = close or difflib.get_close_matches(word, choices, 1, cutoff=0.7)
     return f" (did you mean {shown(close[0])!r}?)" if close else ""

@@ -277,7 +277,10 @@ def metric_names(recipe: Recipe, split: str = "val") -> list[str]:
 def check_metric_name(recipe: Recipe, name: str) -> None:
     valid = metric_names(recipe, "val")
     if name not in valid:
-        raise ValueError(f"metric {name!r} is not reported; choose one of: {', '.join(valid)}")
+        close = did_you_mean(name, valid)
+        raise ValueError(
+            f"metric {name!r} is not reported{close}; choose one of: {', '.join(valid)}"
+        )
 
 
 def best_row(rows: list[dict], metric: str) -> dict | None:
@@ -506,21 +509,32 @@ def describe_error(err: dict, root: type[BaseModel] | None = None, whole: str = 
     if err["type"] == "value_error" and msg.startswith(f"{key}."):
         return msg  # a section's own check that names the full key (data.augment.translate)
     if "input" in err and err["type"] != "value_error":
-        return f"{key} = {err['input']!r}: {msg}"
+        given, choices = (
+            err["input"],
+            re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", "")),
+        )
+        close = (
+            did_you_mean(given, choices)
+            if err["type"] == "literal_error" and isinstance(given, str)
+            else ""
+        )
+        return f"{key} = {given!r}{close}: {msg}"
     return f"{key}: {msg}" if key else msg
 
 
 def _tag_problem(key: str, err: dict, sections: list[type[BaseModel]]) -> str:
     """An unknown or missing tag of a tagged union: `tasks.x.type`, `model.backbone`, ..."""
     name = next((n for n in TAG_FIELDS if any(n in c.model_fields for c in sections)), "type")
-    tags = ", ".join(t for t in (_tag(c) for c in sections) if t)
+    names = [t for t in (_tag(c) for c in sections) if t]
+    tags = ", ".join(names)
     given = err.get("input") if isinstance(err.get("input"), dict) else {}
     hint = register_hint(TAG_KINDS[name])
     if given.get(name) is None:
         return f"{key}.{name} is missing: choose one of: {tags}"
+    close = did_you_mean(str(given[name]), names)
     if name == "source":
-        return f"{key}.source {given[name]!r} is unknown; choose one of: {tags}; {hint}"
-    return f"{key}.{name} = {given[name]!r}: choose one of: {tags}; {hint}"
+        return f"{key}.source {given[name]!r} is unknown{close}; choose one of: {tags}; {hint}"
+    return f"{key}.{name} = {given[name]!r}{close}: choose one of: {tags}; {hint}"
 
 
 def _walk(loc: tuple, root: type[BaseModel], whole: str) -> tuple[str, list[type[BaseModel]]]:

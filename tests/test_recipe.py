@@ -131,7 +131,9 @@ def test_monitor_must_name_a_reported_metric():
     raw = yaml.safe_load(DEMO.read_text()) | {"train": {"monitor": "val.ink.accuracy"}}
     with pytest.raises(CnnlabError) as err:  # a check of the whole recipe, given as a dict
         cnnlab.load_recipe(raw)
-    assert str(err.value).startswith("recipe: metric 'val.ink.accuracy' is not reported; ")
+    assert str(err.value).startswith(
+        "recipe: metric 'val.ink.accuracy' is not reported (did you mean 'val.cls.accuracy'?); "
+    )
     with pytest.raises(CnnlabError) as err:  # in a file: the file names the recipe
         load_recipe(DEMO, ["train.monitor=val.ink.accuracy"])
     assert str(err.value).startswith(f"{DEMO}: metric 'val.ink.accuracy' is not reported")
@@ -158,6 +160,27 @@ def test_cross_field_checks():
         CnnlabError, match="tasks.cls.loss = 'mse': Input should be 'cross_entropy'"
     ):
         load_recipe(DEMO, ["tasks.cls.loss=mse"])
+
+
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("tasks.cls.type=clasification", "tasks.cls.type = 'clasification' (did you mean "
+         "'classification'?): choose one of: classification, regression"),
+        ("data.source=fashion_mnst", "data.source 'fashion_mnst' is unknown (did you mean "
+         "'fashion_mnist'?); choose one of: fashion_mnist, "),
+        ("model.activation=mihs", "model.activation = 'mihs' (did you mean 'mish'?): Input "
+         "should be 'relu', "),
+        ("train.precision=BF16", "train.precision = 'BF16' (did you mean 'bf16'?): "),
+        ("train.monitor=val.cls.acuracy", "metric 'val.cls.acuracy' is not reported (did you "
+         "mean 'val.cls.accuracy'?); choose one of: val.loss, "),
+        ("model.activation=3", "model.activation = 3: Input should be 'relu', "),  # no guess
+    ],
+)  # fmt: skip
+def test_a_mistyped_choice_names_the_closest(override, says):
+    with pytest.raises(CnnlabError) as err:
+        load_recipe(DEMO, [override])
+    assert says in str(err.value)
 
 
 @pytest.mark.parametrize(

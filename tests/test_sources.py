@@ -28,7 +28,11 @@ from tests.test_data import fake_fashion
 @pytest.mark.parametrize(
     "override, says",
     [
-        ("data.source=cifar100", "data.source 'cifar100' is unknown; choose one of: fashion_mnist"),
+        (
+            "data.source=cifar100",
+            "data.source 'cifar100' is unknown (did you mean 'cifar10'?); choose one of: "
+            "fashion_mnist",
+        ),
         ("data.source=null", "data.source is missing: choose one of: fashion_mnist"),
         (
             "data.rooot=/tmp",

@@ -16,7 +16,7 @@ from pydantic import Discriminator, Tag
 from cnnlab.data import cifar10, colorize, fashion_mnist, gsn, image_folder, skimage_photos, table
 from cnnlab.data.base import DataInfo, DataSection, Dataset, ImageSet, Source
 from cnnlab.data.colorize import TARGET
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.registrations import register_hint
 
 SOURCES: dict[str, Source] = {
@@ -56,7 +56,8 @@ def default_data() -> DataSection:
 def get_source(name: str) -> Source:
     if name not in SOURCES:
         raise CnnlabError(
-            f"data.source {name!r} is unknown; choose one of: {', '.join(SOURCES)}; "
+            f"data.source {name!r} is unknown{did_you_mean(name, SOURCES)}; "
+            f"choose one of: {', '.join(SOURCES)}; "
             f"{register_hint('source')}"
         )
     return SOURCES[name]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from cnnlab.errors import did_you_mean
 from cnnlab.models.activations import Mish
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -21,7 +22,10 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 def create_act(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
-        raise ValueError(f"activation {name!r} is unknown; choose one of: {', '.join(ACTIVATIONS)}")
+        close = did_you_mean(name, ACTIVATIONS)
+        raise ValueError(
+            f"activation {name!r} is unknown{close}; choose one of: {', '.join(ACTIVATIONS)}"
+        )
     return ACTIVATIONS[name]()
 
 

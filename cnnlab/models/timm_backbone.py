@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -77,7 +77,7 @@ class TimmConfig(Section):
 
                 raise ValueError(
                     f"model.backbone = {name!r}: choose one of: {', '.join(BACKBONES)}, "
-                    f"or a timm model name{_close(name)}; {register_hint('backbone')}"
+                    f"or a timm model name{_close(name, BACKBONES)}; {register_hint('backbone')}"
                 )
             data = {**data, "backbone": "timm", "name": name}
         return data
@@ -125,11 +125,13 @@ def _is_timm_model(name: str) -> bool:
     return timm.is_model(name)
 
 
-def _close(name: str) -> str:
-    """ "; did you mean a, b, c?" from the packaged and timm names, or nothing."""
+def _close(name: str, ours: Iterable[str] = ()) -> str:
+    """ "; did you mean a, b, c?" from cnnlab's backbones (`ours`), the packaged and timm
+    names, or nothing."""
     import timm
 
-    close = difflib.get_close_matches(name, [*PACKAGED, *timm.list_models()], n=3)
+    names = [*ours, *PACKAGED, *timm.list_models()]
+    close = difflib.get_close_matches(name, names, n=3)
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cnnlab.differences import yaml_text
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.progress import markdown_table
 from cnnlab.progress import print_table as show_table
 from cnnlab.recipe import metric_goal, metric_names, validate
@@ -88,7 +88,8 @@ def select(
     for name in names:
         if name not in valid:
             raise CnnlabError(
-                f"--metric {name!r} is not reported; choose one of: {', '.join(valid)}"
+                f"--metric {name!r} is not reported{did_you_mean(name, valid)}; "
+                f"choose one of: {', '.join(valid)}"
             )
     rows = [r for r in load_trials(folder, storage) if r.state == "complete" and r.run]
     if not rows:

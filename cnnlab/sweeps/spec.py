@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.recipe import (
     Recipe,
     describe_error,
@@ -206,7 +206,8 @@ def check_against_recipe(
     if spec.metric not in valid:
         hint = "" if map_path else " (or map it in a name map beside the sweep file)"
         raise CnnlabError(
-            f"sweep file {source}: metric {spec.metric!r} is not reported; "
+            f"sweep file {source}: metric {spec.metric!r} is not reported"
+            f"{did_you_mean(spec.metric, valid)}; "
             f"choose one of: {', '.join(valid)}{hint}"
         )
     cases = list(spec.constants.items())

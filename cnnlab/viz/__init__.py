@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.models.compiled import compiled_kernels
 from cnnlab.registrations import missing_hint, recorded_origin
 from cnnlab.viz.attributions import attributions
@@ -95,7 +95,8 @@ def get_figure(name: str, run: Path | None = None) -> FigureSpec:
         origin = recorded_origin(run / "env.json", "figure", name) if run else None
         how = missing_hint(origin) if origin else "one of your own: " + missing_hint(None)
         raise CnnlabError(
-            f"figure {name!r} is unknown; choose one of: {', '.join(FIGURES)}; or, for {how}"
+            f"figure {name!r} is unknown{did_you_mean(name, FIGURES)}; "
+            f"choose one of: {', '.join(FIGURES)}; or, for {how}"
         )
     return FIGURES[name]
 
