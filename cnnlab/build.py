@@ -236,8 +236,8 @@ def build(
             "train.calibrate: the recipe has no task with probabilities (a classification), "
             "and temperature scaling calibrates them; set train.calibrate=false"
         )
-    if recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
+    if recipe.train.threads and weights == "train":  # not when a run is read back: a sweep
+        torch.set_num_threads(recipe.train.threads)  # trial's 1 thread would stay in a notebook
     device = torch.device(device) if device is not None else resolve_device(recipe.train.device)
     ranks = ranks or Ranks()
     torch.manual_seed(recipe.seed)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from cnnlab import distributed
 from cnnlab.build import build, resolve_device
 from cnnlab.calibration import calibrate_run, summary
@@ -55,10 +57,14 @@ def train(
         saved = load_checkpoint(run.last_path)
     # under torchrun: join the other processes first; each trains on its own device
     ranks, device = distributed.join(resolve_device(recipe.train.device))
-    trainer = Trainer(build(recipe, saved, device=device, ranks=ranks))
-    run = distributed.run_folder(run, lambda: RunFolder.create(recipe), ranks, device)
-    with run.lock():
-        return train_in(trainer, run, saved, on_epoch)
+    threads = torch.get_num_threads()  # train.threads holds for the run, not after it
+    try:
+        trainer = Trainer(build(recipe, saved, device=device, ranks=ranks))
+        run = distributed.run_folder(run, lambda: RunFolder.create(recipe), ranks, device)
+        with run.lock():
+            return train_in(trainer, run, saved, on_epoch)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def train_in(

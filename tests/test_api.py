@@ -64,6 +64,21 @@ def api_run(tmp_path_factory) -> cnnlab.Run:
     return cnnlab.train("fashion_fast", {**FAST, "output_dir": str(out / "runs")})
 
 
+def test_train_threads_hold_for_the_run_and_reading_a_run_back_keeps_the_processs(tmp_path):
+    """A notebook that trained a run of `train.threads: 1` (as every sweep trial is), or
+    tested one, went on with one thread for everything after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run = cnnlab.train("fashion_fast", {**FAST, "output_dir": str(tmp_path / "runs")})
+        assert json.loads((run.path / "env.json").read_text())["threads"] == 1  # while it ran
+        assert torch.get_num_threads() == 2
+        run.evaluate()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_jupyter_shows_a_cnnlab_error_as_its_line_without_the_frames_above_it(capsys):
     from IPython.core.interactiveshell import InteractiveShell
 
