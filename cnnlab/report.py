@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -134,6 +135,11 @@ def _section(
             if name in BUILT_IN:
                 raise
             section.missing = f"{name} failed: {type(err).__name__}: {err}"
+            print(
+                f"warning: figure {name!r} failed ({type(err).__name__}: {err}); the report "
+                f"shows the rest. Its traceback: cnnlab viz {view.run.path} {name}",
+                file=sys.stderr,
+            )
             continue
         section.blocks += [block(c, folder, pool) for c in charts]
     return section

@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +26,7 @@ from cnnlab.models import BACKBONES
 from cnnlab.plugins import import_modules
 from cnnlab.precision import autocast_for
 from cnnlab.recipe import load_recipe
+from cnnlab.report import _section
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks import evaluate
 from cnnlab.tasks.calibration import Rows
@@ -653,6 +655,22 @@ def test_a_figure_of_ones_own_takes_its_options_from_the_command_line(
             status, _, err = cli(capsys, monkeypatch, "viz", run, "bars", *extra)
             assert status == 2 and err.strip() == f"error: {message}", err
     assert len(given) == 1
+
+
+def test_a_figure_of_ones_own_that_fails_is_a_warning_and_the_report_goes_on(
+    view, tmp_path, capsys
+):
+    def broken(view: RunView) -> list[Chart]:
+        return [].plot()  # the user's bug
+
+    with registration_scope(), ThreadPoolExecutor(1) as pool:
+        register_figure("broken")(broken)
+        section = _section(view, "broken", "Broken", ["broken", "curves"], tmp_path, pool)
+    said = "figure 'broken' failed (AttributeError: 'list' object has no attribute 'plot')"
+    assert section.missing == "broken failed: AttributeError: 'list' object has no attribute 'plot'"
+    assert "curves" in [b.key for b in section.blocks]  # the figures after it still drawn
+    err = capsys.readouterr().err
+    assert f"warning: {said}; the report shows the rest. Its traceback: cnnlab viz " in err
 
 
 def test_a_figure_with_nothing_to_show_says_why(view, monkeypatch):
