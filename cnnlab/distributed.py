@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from cnnlab.errors import CnnlabError
+from cnnlab.plugins import import_flags
 from cnnlab.runs import RunFolder
 
 TIMEOUT = timedelta(minutes=10)  # a rank silent this long is taken for dead
@@ -51,13 +52,14 @@ class Ranks:
 
     def resume_hint(self, path: object) -> str:
         """The command that continues a run folder with as many processes as now."""
+        flags = import_flags()  # what the run's components came from
         if not self.active:
-            return f"cnnlab train --resume {path} (in Python: cnnlab.resume({str(path)!r}))"
+            return f"cnnlab{flags} train --resume {path} (in Python: cnnlab.resume({str(path)!r}))"
         nodes = self.world // max(self.local_world, 1)
         launch = f"torchrun --nproc_per_node {self.local_world}"
         if nodes > 1:
             launch += f" --nnodes {nodes} (and the same rendezvous)"
-        return f"{launch} -m cnnlab train --resume {path}"
+        return f"{launch} -m cnnlab{flags} train --resume {path}"
 
 
 def from_environment() -> Ranks:

@@ -139,6 +139,12 @@ def handed_on() -> list[str]:
     return specs
 
 
+def import_flags() -> str:
+    """' --import SPEC' for each module a command printed for later must import
+    (`handed_on`), as it stands after `cnnlab`: the command works as it is copied."""
+    return "".join(f" --import {spec}" for spec in handed_on())
+
+
 def left_behind(text: str) -> list[str]:
     """The components `text` (a recipe and a sweep, as text) names that a process started
     from here cannot have: registered in __main__ (a notebook's cell, the script itself),

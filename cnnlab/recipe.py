@@ -35,7 +35,7 @@ from cnnlab.data import DEFAULT_SOURCE, SOURCES, DataConfig, data_config, defaul
 from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.models import BACKBONES, ModelConfig, model_config
 from cnnlab.models.cnn import CNNConfig
-from cnnlab.registrations import missing_hint, recorded_origin, register_hint
+from cnnlab.registrations import missing_hint, origin_in, recorded_components, register_hint
 from cnnlab.tasks import TASKS, TaskConfig, metric_goal, task_class, task_config
 from cnnlab.tasks.base import TaskSection
 
@@ -440,14 +440,16 @@ def upgrade_saved(raw: dict) -> dict:
 def load_saved_recipe(path: str | Path) -> Recipe:
     """A recipe.yaml that cnnlab wrote into a run or sweep folder, from any version."""
     raw = upgrade_saved(read_yaml(path))
-    check_registered(raw, Path(path))
+    folder = Path(path).parent
+    check_registered(raw, f"run {folder}", recorded_components(folder / "env.json"))
     return validate(raw, source=str(path))
 
 
-def check_registered(raw: dict, path: Path) -> None:
-    """A saved recipe naming a component this process has not registered (the run imported
-    the module that registers it; this process did not): one line naming the component and
-    what to import, as the run's env.json recorded it, instead of an unknown-tag error."""
+def check_registered(raw: dict, used_by: str, components: list[dict]) -> None:
+    """A saved recipe naming a component this process has not registered (the run or sweep
+    imported the module that registers it; this process did not): one line naming the
+    component and what to import, as `components` recorded it (a run's env.json, a sweep's
+    sweep.json), instead of an unknown-tag error."""
     model, data = raw.get("model") or {}, raw.get("data") or {}
     tasks = [t for t in (raw.get("tasks") or {}).values() if isinstance(t, dict)]
     used = [
@@ -458,9 +460,9 @@ def check_registered(raw: dict, path: Path) -> None:
     registries = {"backbone": BACKBONES, "source": SOURCES, "task": TASKS}
     for kind, name in used:
         if isinstance(name, str) and name not in registries[kind]:
-            origin = recorded_origin(path.parent / "env.json", kind, name)
+            origin = origin_in(components, kind, name)
             raise CnnlabError(
-                f"run {path.parent} used {kind} {name!r}, which is not registered in this "
+                f"{used_by} used {kind} {name!r}, which is not registered in this "
                 f"process; {missing_hint(origin)}"
             )
 

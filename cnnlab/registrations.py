@@ -49,14 +49,28 @@ def origins() -> list[dict[str, str]]:
     return [{"kind": r.kind, "name": r.name, **r.origin} for r in REGISTERED]
 
 
-def recorded_origin(env_path: Path, kind: str, name: str) -> dict | None:
-    """Where a run's process got a component from (its env.json's `components`), if known."""
+def recorded_components(env_path: Path) -> list[dict]:
+    """What a run's process registered, and from where (its env.json's `components`)."""
     try:
         recorded = json.loads(env_path.read_text()).get("components", [])
     except (OSError, ValueError, AttributeError):
-        return None
-    found = [c for c in recorded if c.get("kind") == kind and c.get("name") == name]
+        return []
+    return recorded if isinstance(recorded, list) else []
+
+
+def origin_in(components: list[dict], kind: str, name: str) -> dict | None:
+    """Where the process that recorded `components` got a component from, if known."""
+    found = [
+        c
+        for c in components
+        if isinstance(c, dict) and (c.get("kind"), c.get("name")) == (kind, name)
+    ]
     return found[-1] if found else None
+
+
+def recorded_origin(env_path: Path, kind: str, name: str) -> dict | None:
+    """Where a run's process got a component from, if its env.json says."""
+    return origin_in(recorded_components(env_path), kind, name)
 
 
 def missing_hint(origin: dict[str, str] | None) -> str:

@@ -21,6 +21,7 @@ import jinja2
 from cnnlab.data.batches import Splits
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import SplitPredictions
+from cnnlab.plugins import import_flags
 from cnnlab.progress import counting
 from cnnlab.recipe import best_row, dump_recipe
 from cnnlab.runs import write_text
@@ -137,7 +138,7 @@ def _section(
             section.missing = f"{name} failed: {type(err).__name__}: {err}"
             print(
                 f"warning: figure {name!r} failed ({type(err).__name__}: {err}); the report "
-                f"shows the rest. Its traceback: cnnlab viz {view.run.path} {name}",
+                f"shows the rest. Its traceback: cnnlab{import_flags()} viz {view.run.path} {name}",
                 file=sys.stderr,
             )
             continue

@@ -726,6 +726,33 @@ def test_processes_a_sweep_starts_import_what_the_command_imported(tmp_path):
     assert "backbone.net.conv2" in out.stdout
 
 
+def test_a_sweep_folder_and_a_resume_line_name_what_to_import(tmp_path):
+    """`cnnlab select SWEEP` without the --import its sweep ran with said only that the
+    base recipe's backbone is unknown; and the resume line after Ctrl-C left --import out."""
+    from cnnlab.distributed import Ranks
+    from cnnlab.sweeps.study import Settings, create_or_join
+
+    spec = str(tmp_path / "sweep_components.py")
+    (tmp_path / "sweep_components.py").write_text(COMPONENTS)
+    (tmp_path / "lr.yaml").write_text(
+        "method: grid\nparameters: {train.optimizer.lr: {values: [0.001, 0.003]}}\n"
+    )
+    base = yaml.safe_load(DEMO.read_text()) | {"model": {"backbone": "twoconv", "width": 8}}
+    settings = Settings(method="grid", metric="val.loss", goal="minimize", trials=2)
+    with registration_scope():
+        import_modules([spec])  # `cnnlab --import sweep_components.py sweep ...`
+        resume = Ranks().resume_hint("runs/x")
+        assert resume.startswith(f"cnnlab --import {spec} train --resume runs/x (in Python: ")
+        folder = create_or_join(tmp_path / "out", None, base, tmp_path / "lr.yaml", None, settings)
+        assert folder.base()["model"]["backbone"] == "twoconv"
+    with pytest.raises(CnnlabError) as err:  # a later process, without the --import
+        folder.base()
+    assert str(err.value) == (
+        f"sweep {folder.path} used backbone 'twoconv', which is not registered in this "
+        f"process; import the module that registers it (cnnlab --import {spec} ...)"
+    )
+
+
 def test_a_notebooks_own_import_is_handed_on_and_its_cells_are_refused(tmp_path, monkeypatch):
     """A notebook that registers with a plain `import notebook_components` hands the module
     on to the processes a sweep starts (by its file: they find it from any folder); one that

@@ -23,7 +23,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import Recorder, SplitPredictions, unit_max
 from cnnlab.experiment import train
 from cnnlab.models import BACKBONES
-from cnnlab.plugins import import_modules
+from cnnlab.plugins import import_flags, import_modules
 from cnnlab.precision import autocast_for
 from cnnlab.recipe import load_recipe
 from cnnlab.report import _section
@@ -616,7 +616,8 @@ def test_an_unknown_figure_says_what_the_run_imported_to_draw_it(tmp_path):
     with pytest.raises(CnnlabError) as err:
         get_figure("class-recall", tmp_path)
     assert str(err.value).endswith(
-        "; or, for import the module that registers it (cnnlab --import my_figures.py ...)"
+        "; or, for one of your own: import the module that registers it "
+        "(cnnlab --import my_figures.py ...)"
     )
     with pytest.raises(CnnlabError) as err:
         get_figure("heatmap", tmp_path)  # nothing recorded: how to bring one's own
@@ -666,11 +667,12 @@ def test_a_figure_of_ones_own_that_fails_is_a_warning_and_the_report_goes_on(
     with registration_scope(), ThreadPoolExecutor(1) as pool:
         register_figure("broken")(broken)
         section = _section(view, "broken", "Broken", ["broken", "curves"], tmp_path, pool)
+        then = f"cnnlab{import_flags()} viz {view.run.path} broken"  # with what drew it
     said = "figure 'broken' failed (AttributeError: 'list' object has no attribute 'plot')"
     assert section.missing == "broken failed: AttributeError: 'list' object has no attribute 'plot'"
     assert "curves" in [b.key for b in section.blocks]  # the figures after it still drawn
     err = capsys.readouterr().err
-    assert f"warning: {said}; the report shows the rest. Its traceback: cnnlab viz " in err
+    assert f"warning: {said}; the report shows the rest. Its traceback: {then}\n" in err
 
 
 def test_a_figure_with_nothing_to_show_says_why(view, monkeypatch):

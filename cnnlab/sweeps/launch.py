@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cnnlab.build import check_data
 from cnnlab.errors import CnnlabError, counted
-from cnnlab.plugins import handed_on, left_behind
+from cnnlab.plugins import import_flags, left_behind
 from cnnlab.progress import console
 from cnnlab.recipe import apply_overrides, read_yaml, validate
 from cnnlab.sweeps.spec import load_sweep
@@ -181,7 +181,7 @@ def summarize(folder: SweepFolder, storage: str | None) -> None:
         run = folder.run_path(best.run_dir, best.number) if best.run_dir else "(no run folder)"
         console.print(f"best {meta.metric} = {best.value:.4f}: {best.label} {run}")
     db = f" --storage {meta.storage}" if meta.storage else ""  # password redacted
-    imports = "".join(f" --import {spec}" for spec in handed_on())  # they know the components
+    imports = import_flags()  # they know the components
     console.print(
         f"next: cnnlab{imports} select {folder.path} --metric {meta.metric} --test{db} ; "
         f"cnnlab{imports} report {folder.path}{db}"

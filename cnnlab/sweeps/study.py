@@ -29,7 +29,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cnnlab.errors import CnnlabError, counted
-from cnnlab.recipe import describe_error, dump_recipe, upgrade_saved, validate
+from cnnlab.recipe import check_registered, describe_error, dump_recipe, upgrade_saved, validate
+from cnnlab.registrations import origins
 from cnnlab.runs import write_json, write_text
 from cnnlab.sweeps.spec import SweepSpec, load_sweep
 from cnnlab.tasks import Goal
@@ -61,6 +62,9 @@ class Meta(Settings):
     study: str
     sweep_file: str
     created: str = ""
+    # each user registration and where it came from (a run's env.json has the same): a
+    # command on the folder that lacks one says what to import
+    components: list[dict[str, str]] = []
 
 
 @dataclass
@@ -102,8 +106,12 @@ class SweepFolder:
             ) from None
 
     def base(self) -> dict:
-        """The saved base recipe (raw), readable whichever cnnlab version wrote it."""
-        return upgrade_saved(yaml.safe_load(self.recipe_path.read_text()))
+        """The saved base recipe (raw), readable whichever cnnlab version wrote it; a
+        component of one's own that this process lacks is one line saying what to import."""
+        raw = upgrade_saved(yaml.safe_load(self.recipe_path.read_text()))
+        recorded = self.meta().components if self.meta_path.is_file() else []
+        check_registered(raw, f"sweep {self.path}", recorded)
+        return raw
 
     def spec(self) -> SweepSpec:
         mapping = self.map_path if self.map_path.is_file() else None
@@ -182,6 +190,7 @@ def create_or_join(
         study=study or path.name,
         sweep_file=str(sweep_file),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        components=origins(),
     )
     write_json(folder.meta_path, meta.model_dump(mode="json"))
     return folder

@@ -93,10 +93,9 @@ def get_figure(name: str, run: Path | None = None) -> FigureSpec:
     figure of one's own, what to import (what `run`'s process imported, when it drew it)."""
     if name not in FIGURES:
         origin = recorded_origin(run / "env.json", "figure", name) if run else None
-        how = missing_hint(origin) if origin else "one of your own: " + missing_hint(None)
         raise CnnlabError(
             f"figure {name!r} is unknown{did_you_mean(name, FIGURES)}; "
-            f"choose one of: {', '.join(FIGURES)}; or, for {how}"
+            f"choose one of: {', '.join(FIGURES)}; or, for one of your own: {missing_hint(origin)}"
         )
     return FIGURES[name]
 
