@@ -271,7 +271,10 @@ def test_images_of_ones_own_are_explained(api_run, tmp_path):
     wrong = run_cli("predict", str(api_run.path), str(files[0]), "--explain", "--component",
                     "ink")  # fmt: skip
     assert wrong.returncode == 2 and wrong.stdout == ""  # refused before any answer is printed
-    assert wrong.stderr.strip().endswith("no task explained has it; none has several outputs")
+    assert wrong.stderr.strip().endswith(
+        "no task explained has it; none names its outputs (a task of one's own names them in "
+        "its fit(): self.info = TargetInfo(components=[...]), see docs/components.md#a-task-type)"
+    )
 
 
 def test_each_explained_image_is_named_by_its_file(api_run, tmp_path):

@@ -159,7 +159,12 @@ def check_component(tasks: dict[str, Task], names: list[str], component: str | N
     """`--component` must name an output of one of the vector tasks explained (`names`)."""
     outputs = [c for t in names for c in tasks[t].info.components or []]
     if component is not None and component not in outputs:
-        have = f"their outputs are {', '.join(outputs)}" if outputs else "none has several outputs"
+        have = (
+            f"their outputs are {', '.join(outputs)}"
+            if outputs
+            else "none names its outputs (a task of one's own names them in its fit(): "
+            "self.info = TargetInfo(components=[...]), see docs/components.md#a-task-type)"
+        )
         raise CnnlabError(f"--component {component!r}: no task explained has it; {have}")
 
 
