@@ -34,6 +34,7 @@ from cnnlab.progress import EpochProgress, console
 from cnnlab.recipe import LogConfig, better_epoch
 from cnnlab.runs import RunFolder, load_checkpoint, write_json
 from cnnlab.tasks import EpochMeter, evaluate, metric_goal, total_loss
+from cnnlab.tasks.base import NO_CLASS, unlabelled_trouble
 from cnnlab.tta import ViewAverage
 
 # ----------------------------------------------------------------------- state
@@ -417,16 +418,68 @@ class Trainer:
         distributed.leave()
 
     def _check_finite(self, total: torch.Tensor) -> None:
-        if not torch.isfinite(total).item():
-            where = f"epoch {self.state.epoch + 1}, step {self.state.step}"
-            self.run.set_status("failed", reason=f"non-finite loss at {where}")
-            # fp16's scaler handles overflowing gradients; a non-finite loss is the forward
-            # pass itself overflowing fp16's range (65,504), which bf16 and fp32 do not
-            fix = "set train.precision=bf16 or fp32" if self.scaler else "set train.grad_clip"
-            raise CnnlabError(
-                f"the loss became {total.item()} at {where}; lower train.optimizer.lr or {fix} "
-                f"(the last good checkpoint stays in {self.run.last_path.parent})"
+        """Stop the run in one line if its loss is not finite. Read at a checkpoint and at an
+        epoch's end only (no host sync per step); which task's loss it was, and whether that
+        loss counts unlabelled targets, is worked out only then."""
+        if torch.isfinite(total).item():
+            return
+        where = f"epoch {self.state.epoch + 1}, step {self.state.step}"
+        self.run.set_status("failed", reason=f"non-finite loss at {where}")
+        bad = self._nonfinite_tasks()
+        kept = (
+            f"the last good checkpoint stays in {self.run.last_path.parent}"
+            if self.run.last_path.exists()
+            else f"no checkpoint was saved yet; the run's folder is {self.run.path}"
+        )
+        said = f"the loss became {total.item()} at {where}"
+        if found := self._unlabelled_trouble(bad):
+            raise CnnlabError(f"{said}, {self._trouble_line(*found)} ({kept})")
+        # fp16's scaler handles overflowing gradients; a non-finite loss is the forward
+        # pass itself overflowing fp16's range (65,504), which bf16 and fp32 do not
+        fix = "set train.precision=bf16 or fp32" if self.scaler else "set train.grad_clip"
+        in_tasks = f", in {' and '.join(f'tasks.{n}' for n in bad)}" if bad else ""
+        raise CnnlabError(f"{said}{in_tasks}; lower train.optimizer.lr or {fix} ({kept})")
+
+    def _nonfinite_tasks(self) -> list[str]:
+        """The tasks whose loss this epoch is not finite so far: one task's NaN makes the
+        shared weights NaN through the gradient, and every task's loss after it."""
+        row = self.train_meter.compute("train")
+        return [n for n in self.tasks if not math.isfinite(row[f"train.{n}.loss"])]
+
+    def _unlabelled_trouble(self, names: list[str]) -> tuple[str, str] | None:
+        """The first of `names` whose loss lets unlabelled targets make it non-finite, and
+        how (`unlabelled_trouble`); the stand-in output has the shape the model gives."""
+        if not names:
+            return None
+        x, _ = self.splits.eval_batch(self.splits.train, slice(0, 2), self.needed)
+        was = self.model.training
+        with torch.no_grad():
+            shapes = {n: out.shape[1:] for n, out in self.model.eval()(x).items()}  # (K, ...)
+        self.model.train(was)
+        for name in names:
+            task = self.tasks[name]
+            if task.target in self.splits.derived:  # made from the images: never blank
+                continue
+            values = self.splits.values("train", task.target)
+            trouble = unlabelled_trouble(task, self.model.heads[name], shapes[name], values)
+            if trouble:
+                return name, trouble
+        return None
+
+    def _trouble_line(self, name: str, trouble: str) -> str:
+        """What task `name`'s loss does with unlabelled targets, and the fix."""
+        task = self.tasks[name]
+        loss, docs = f"{type(task).__name__}.loss", "as docs/components.md#a-task-type shows"
+        if trouble == "empty":
+            return (
+                f"in tasks.{name}: {loss} is not finite on a batch with no label for it (a mean "
+                f"over none); make it 0 there (divide by the labelled count clamped to 1), {docs}"
             )
+        blank = "NaN" if self.splits.values("train", task.target).is_floating_point() else NO_CLASS
+        return (
+            f"in tasks.{name}: its targets include unlabelled values ({blank}), which {loss} "
+            f"lets into its value or gradient; make it count only self.labelled(target), {docs}"
+        )
 
     def _end_epoch(self, started: float, images_per_s: float) -> None:
         st = self.state

@@ -30,8 +30,51 @@ NO_CLASS = -100  # a class index without a class (a mask's 255, a table's blank 
 def labelled(values: torch.Tensor) -> torch.Tensor:
     """Which of `values` are labels, bool of their shape: a class index other than NO_CLASS,
     a number other than NaN. A table's blank cell (data.targets.NAME.blank: unlabelled) and
-    a mask's unlabelled pixel are neither; every loss and metric leaves them out."""
+    a mask's unlabelled pixel are neither; the built-in tasks' losses and metrics leave them
+    out, and a task of one's own must too (`Task.loss`): they reach it as they are."""
     return values == values if values.is_floating_point() else values != NO_CLASS
+
+
+def unlabelled_trouble(
+    task: Task, head: nn.Module, shape: tuple[int, ...], values: torch.Tensor
+) -> str | None:
+    """How `task.loss` takes the unlabelled values among `values` (a split's targets), tried
+    on 16 of its rows (those with the fewest labels, and some whole ones) with a finite
+    stand-in for the head's output, of `shape` (K, ...) per row: "counted" when the loss or
+    its gradient is not finite with them and is once each is replaced by a label, "empty"
+    when it is not finite on the rows with no label alone (a mean over none), None when
+    neither or when the loss fails on the stand-in. Asked after a run's loss went
+    non-finite, when the weights that would give a real output may be NaN already."""
+    ok = task.labelled(values).reshape(len(values), -1)  # (N, values per row)
+    if ok.all() or not ok.any():
+        return None
+    rows = torch.cat([ok.sum(1).argsort()[:8], ok.all(1).nonzero()[:8, 0]])
+    target, label = values[rows], values[task.labelled(values)][0]
+    filled = torch.where(task.labelled(target), target, label)
+    out = torch.full((len(rows), *shape), 0.5, device=values.device)
+    empty = ~ok[rows].any(1)
+    try:
+        for trouble, r in (("counted", torch.ones_like(empty)), ("empty", empty)):
+            tried = r.any() and _finite(task, head, out[r], filled[r])
+            if tried and not _finite(task, head, out[r], target[r]):
+                return trouble
+    except Exception:  # a diagnosis: the run's own error is the one to report
+        return None
+    return None
+
+
+@torch.enable_grad()
+def _finite(task: Task, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> bool:
+    """Whether `task.loss` and its gradient for `out` are finite: a NaN target kept out of
+    the value by a `torch.where` after the arithmetic still makes the gradient NaN."""
+    out = out.clone().requires_grad_(True)
+    loss = task.loss(head, out, target)
+    if not torch.isfinite(loss).all():
+        return False
+    if not loss.requires_grad:  # a constant: no gradient to be NaN
+        return True
+    (grad,) = torch.autograd.grad(loss.sum(), out, allow_unused=True)
+    return grad is None or bool(torch.isfinite(grad).all())
 
 
 def labelled_rows(values: torch.Tensor) -> torch.Tensor:
@@ -112,11 +155,21 @@ class Task:
         raise NotImplementedError
 
     def loss(self, head: nn.Module, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The batch's loss, a scalar tensor, from the head's raw `out` and the batch's
+        `target`, on the device (no host sync: it runs every step). Unlabelled values reach
+        it as they are: NaN for a number, NO_CLASS (-100) for a class (a table's blank cell
+        under `blank: unlabelled`, a mask's unlabelled pixel). It must count only
+        `self.labelled(target)`, since nothing else leaves them out: one NaN in a plain
+        `.mean()` makes the loss NaN and, through the shared gradient, every weight. Replace
+        them before any arithmetic (a `torch.where` after it keeps a NaN out of the value, not
+        out of the gradient), and give 0 for a batch with no label (a sum over the labelled
+        values divided by their count clamped to 1): docs/components.md, "A task type"."""
         raise NotImplementedError
 
     def labelled(self, target: torch.Tensor) -> torch.Tensor:
-        """Which values of a batch's `target` are labels (bool, its shape): its loss and
-        every metric count only these, and the meters weigh a batch by how many it has."""
+        """Which values of a batch's `target` are labels (bool, its shape). The meters weigh
+        a batch by how many it has; the task's own `loss`, `step_sums` and metrics must count
+        only these themselves (the built-in tasks do), as cnnlab passes the others on."""
         return labelled(target)
 
     def step_sums(self, pred: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
