@@ -72,6 +72,7 @@ from cnnlab.data.mapped import Pixels
 from cnnlab.data.split import stratified_split
 from cnnlab.data.table_cells import (
     Problems,
+    alike,
     no_duplicates,
     read_categories,
     read_groups,
@@ -319,6 +320,9 @@ def _say_classes(cfg: TableConfig, rows: Rows) -> None:
                 f"table: {name} has {counted(len(names), 'class', 'classes')} (rows): "
                 f"{listed(items, ', ', most=12)}"
             )
+            if spec.classes is None:  # the names are the table's own
+                for line in alike(names, counts.tolist(), spec.column, name):
+                    say(line)
 
 
 def _stratify_target(cfg: TableConfig) -> str | None:

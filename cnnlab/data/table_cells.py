@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -327,8 +326,8 @@ def read_categories(
     allows, and so is a missing-value marker the list does not name (_marked_blank).
 
     A class name never has surrounding spaces (cells are stripped, and a listed name is
-    matched without them); its case counts, but a listed name is matched in any case, and
-    unlisted names that differ only in case are said in `notes` (_alike)."""
+    matched without them); its case counts, but a listed name is matched in any case
+    (unlisted names that differ only in case are said with the class counts: `alike`)."""
     raw = [_text(v).strip() for v in df[column].tolist()]
     if blank == "stop":  # empty ones; a marker (NA) is said by _marked_blank, not twice
         for row in (row for row, value in enumerate(raw) if not value):
@@ -341,8 +340,6 @@ def read_categories(
         names = sorted(present, key=int)
     else:
         names = present
-    if listed is None and notes is not None:
-        notes += _alike(raw, names, column, target)
     find = _finder(names, listed is not None)
     labels = np.zeros(len(raw), dtype=np.int64)
     for row, value in enumerate(raw):
@@ -379,11 +376,12 @@ def _folded(name: str) -> str:
     return re.sub(r"[\s_-]+", " ", name.casefold())
 
 
-def _alike(raw: list[str], names: list[str], column: str, target: str) -> list[str]:
+def alike(names: list[str], counts: list[int], column: str, target: str) -> list[str]:
     """One line naming the classes of `column` that differ only in case or spacing (`Rust`
     in one row, `rust` in 57; `leaf spot` and `leaf_spot`: training went on with both, the
-    one row a class of its own). Not an error: they may be meant apart."""
-    counts = Counter(v for v in raw if v)
+    one row a class of its own), with the rows each class has (`counts`, as the line of
+    classes before it counts them). Not an error: they may be meant apart."""
+    counts = dict(zip(names, counts, strict=True))
     groups: dict[str, list[str]] = {}
     for name in names:
         groups.setdefault(_folded(name), []).append(name)
