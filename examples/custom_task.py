@@ -76,10 +76,18 @@ class Tags(Task):
         return TagsHead(backbone.num_features, len(self.info.components or []), self.cfg.head)
 
     def loss(self, head: TagsHead, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(out.float(), target.float())
+        # a blank cell (blank: unlabelled) reaches here as NaN: it is replaced before any
+        # arithmetic (a NaN kept out of the value alone still poisons the gradient) and not
+        # counted; a batch without a label gives 0
+        ok = self.labelled(target)
+        known = torch.where(ok, target.float(), 0.0)
+        each = F.binary_cross_entropy_with_logits(out.float(), known, reduction="none")
+        return (each * ok).sum() / ok.sum().clamp_min(1)
 
     def step_sums(self, pred: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
-        return [((pred > self.cfg.threshold) == (target > 0.5)).float().mean()]
+        ok = self.labelled(target)
+        right = ((pred > self.cfg.threshold) == (target > 0.5)) & ok
+        return [right.sum() / ok.sum().clamp_min(1)]
 
     def epoch_metrics(self):
         from torchmetrics import MetricCollection
