@@ -119,7 +119,8 @@ def check(
 ) -> None:
     """Check a recipe without training: every key, the data's files and headers (a table's
     every row, path and split; no pixel is read), each task against its target, and the
-    model built. One line when all is sound; else the first problem's line, as train's."""
+    model built. One line when all is sound; else train's lines: every wrong key or value of
+    the recipe, else the data's first problem."""
     _import(imports)
     from cnnlab.build import build_model, tasks_for
     from cnnlab.data import describe
@@ -781,7 +782,8 @@ def _run() -> None:
             typer.secho("aborted", err=True, fg="red")
             sys.exit(code)
     except CnnlabError as err:
-        typer.secho(f"error: {err}", err=True, fg="red")
+        for line in err.lines():
+            typer.secho(f"error: {line}", err=True, fg="red")
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         typer.secho("aborted", err=True, fg="red")

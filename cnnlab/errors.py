@@ -11,12 +11,21 @@ from collections.abc import Callable, Iterable
 
 
 class CnnlabError(Exception):
-    """A problem with the user's input or environment, stated with its fix."""
+    """A problem with the user's input or environment, stated with its fix. `also`: the
+    other problems found in the same input (a recipe's every wrong key), a line each, so
+    that one run of a command names them all."""
+
+    def __init__(self, message: str, also: Iterable[str] = ()):
+        super().__init__(message)
+        self.also = list(also)
+
+    def lines(self) -> list[str]:
+        return [str(self), *self.also]
 
     def _render_traceback_(self) -> list[str]:
-        """What IPython and Jupyter show of it: its line, as the command line does, not the
+        """What IPython and Jupyter show of it: its lines, as the command line does, not the
         frames of cnnlab's insides above it (IPython's hook for exceptions of a library)."""
-        return [f"{type(self).__name__}: {self}"]
+        return [f"{type(self).__name__}: {line}" for line in self.lines()]
 
 
 SHOWN = 5  # items one message line names before "and N more"

@@ -472,8 +472,10 @@ def validate(raw: dict, source: str = "recipe") -> Recipe:
         return Recipe.model_validate(raw)
     except ValidationError as err:
         # `source` names the recipe: an error of the whole of it (a check across sections)
-        # needs no other key ("recipe: recipe: ..." from a dict)
-        raise CnnlabError(f"{source}: {describe_error(err.errors()[0], whole='')}") from None
+        # needs no other key ("recipe: recipe: ..." from a dict); every problem a line
+        lines = dict.fromkeys(f"{source}: {describe_error(e, whole='')}" for e in err.errors())
+        first, *also = lines
+        raise CnnlabError(first, also) from None
 
 
 def dump_recipe(recipe: Recipe) -> str:

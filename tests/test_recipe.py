@@ -7,6 +7,7 @@ import cnnlab
 from cnnlab.catalog import RECIPES
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import (
+    Recipe,
     apply_overrides,
     dump_recipe,
     load_recipe,
@@ -270,6 +271,33 @@ def test_cli_check_says_a_sound_recipe_in_one_line_and_a_faulty_one_as_train_wou
         "error: tasks.cls.target 'labels' is not provided by fashion_mnist (did you mean "
         "'label'?); choose one of: label, ink\n"
     )
+    several = ["tasks.cls.type=clasification", "train.epoch=3", "train.batch_size=x"]
+    faulty = run_cli("check", "fashion_multitask", *(a for s in several for a in ("--set", s)))
+    recipe = RECIPES / "fashion_multitask.yaml"
+    assert faulty.returncode == 2 and faulty.stderr.splitlines() == [  # each in one run
+        f"error: {recipe}: tasks.cls.type = 'clasification' (did you mean 'classification'?): "
+        "choose one of: classification, regression, pixel_classification; register your own "
+        "with @cnnlab.register_task (see cnnlab --import)",
+        f"error: {recipe}: train.batch_size = 'x': Input should be a valid integer, unable to "
+        "parse string as an integer",
+        f"error: {recipe}: unknown key 'train.epoch' (did you mean 'train.epochs'?); valid keys "
+        "here: " + ", ".join(Recipe.model_fields["train"].annotation.model_fields),
+    ]
+
+
+def test_every_problem_of_a_recipe_is_a_line_of_its_error_in_jupyter_too():
+    with pytest.raises(CnnlabError) as err:
+        load_recipe(DEMO, ["train.epoch=3", "model.activation=mihs"])
+    assert str(err.value).endswith(
+        "model.activation = 'mihs' (did you mean 'mish'?): Input "
+        "should be 'relu', 'gelu', 'silu', 'mish' or 'leaky_relu'"
+    )
+    (also,) = err.value.also
+    assert also.startswith(f"{DEMO}: unknown key 'train.epoch' (did you mean 'train.epochs'?)")
+    assert err.value._render_traceback_() == [
+        f"CnnlabError: {err.value!s}",
+        f"CnnlabError: {also}",
+    ]
 
 
 def test_cli_usage_errors_end_without_traceback(tmp_path: Path):
