@@ -262,11 +262,12 @@ class Run:
         return pd.DataFrame(rows)
 
     def export(
-        self, fmt: Literal["onnx", "pt2"] = "onnx", out: str | Path | None = None,
+        self, fmt: Literal["onnx", "pt2"] | None = None, out: str | Path | None = None,
         check: bool = True, views: bool = True,
     ) -> ExportedModel:  # fmt: skip
         """The best model as one file that leaves cnnlab, as `cnnlab export` writes it
-        (default RUN/export/model.onnx): uint8 images in, every task's answer out. `check`
+        (default RUN/export/model.onnx; `fmt` default: the suffix of `out`, else onnx):
+        uint8 images in, every task's answer out, which run it is in its metadata. `check`
         compares it with torch on the test images (`.parity`); `.predict(files)` runs the
         file alone, as a user of it would. `views` off leaves the recipe's test-time views
         out: one pass per image instead of one per view."""

@@ -260,8 +260,14 @@ def calibrate(
 @app.command()
 def export(
     run: Path = typer.Argument(..., help="run folder"),
-    fmt: str = typer.Option("onnx", "--format", help="onnx (onnxruntime, anywhere) or pt2"),
-    out: Path | None = typer.Option(None, help="file to write (default RUN/export/model.FORMAT)"),
+    fmt: str | None = typer.Option(
+        None,
+        "--format",
+        help="onnx (onnxruntime, anywhere) or pt2 [default: --out's suffix, else onnx]",
+    ),
+    out: Path | None = typer.Option(
+        None, help="file (or folder) to write [default: RUN/export/model.FORMAT]"
+    ),
     check: bool = Flag(True, help="compare the file with torch on the test images"),
     views: bool = Flag(
         True, help="the recipe's test-time views inside (--no-views: one pass per image)"

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import re
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -106,12 +107,14 @@ class Exported(nn.Module):
 @dataclass
 class Loaded:
     """A run's best model, wrapped for export, with its test images (uint8, CPU) and their
-    targets."""
+    targets; which model it is (`provenance`) and what a user must know of the file."""
 
     module: Exported
     images: torch.Tensor
     targets: dict[str, torch.Tensor]
     recipe_name: str
+    provenance: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def wrap(built: Built) -> Exported:
@@ -134,38 +137,124 @@ def load_for_export(path: str | Path, views: bool = True) -> Loaded:
     test = built.splits.test
     targets = {k: v.cpu() for k, v in test.targets.items()}
     images = test.images[:].cpu()  # [:]: mapped test images are read, in-memory ones viewed
-    return Loaded(wrap(built), images, targets, run.recipe().name)
+    module = wrap(built)
+    about = provenance(run, saved)
+    return Loaded(module, images, targets, run.recipe().name, about, notes(run, module, about))
+
+
+def provenance(run: RunFolder, saved: dict) -> dict:
+    """Which model a file holds, for whoever is handed it without the run folder: the run,
+    its best epoch, the precision it trained in, what its test measured, and the versions
+    that trained and exported it."""
+    env = json.loads(run.env_path.read_text()) if run.env_path.is_file() else {}
+    return {
+        "run": run.path.name,
+        "best_epoch": saved.get("loop", {}).get("best_epoch"),
+        "trained_precision": saved.get("precision"),
+        "test_metrics": run.test_metrics(),  # {} when it was never tested
+        "trained_with": {**env.get("packages", {}), "git_commit": env.get("git_commit")},
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "exported_with": {"torch": torch.__version__},
+    }
+
+
+def notes(run: RunFolder, module: Exported, about: dict) -> list[str]:
+    """What the export's lines say of the file beyond its check: a run still training (the
+    file holds its best weights so far), what is inside the graph, and why `cnnlab predict
+    RUN` answers a little otherwise where the run trained in bf16 or fp16."""
+    said = []
+    trainer = run.trainer()
+    if trainer is not None:
+        epoch = run.status().get("epoch", 0)
+        said.append(
+            f"warning: {run.path} is still training ({trainer}; {epoch} epoch(s) done): the "
+            f"file holds its best weights so far, of epoch {about['best_epoch']}; export "
+            "again once it has finished"
+        )
+    inside = ["scaling and normalization"]
+    if module.view_names:
+        inside.append(f"the test-time views ({', '.join(module.view_names)})")
+    inside += [
+        f"{name}'s temperature T = {out['temperature']:.3g}"
+        for name, out in zip(module.names, module.describe(), strict=True)
+        if out["temperature"] not in (None, 1.0)
+    ]
+    said.append(f"inside the file: {', '.join(inside)}; it computes in fp32")
+    if about["trained_precision"] in ("bf16", "fp16"):
+        said.append(
+            f"the run trained in {about['trained_precision']}: `cnnlab predict RUN` answers "
+            "in it, and differs from the file in about the third digit"
+        )
+    return said
 
 
 def export_checked(
-    path: str | Path, fmt: Format = "onnx", out: str | Path | None = None, check: bool = True,
-    views: bool = True,
+    path: str | Path, fmt: Format | None = None, out: str | Path | None = None,
+    check: bool = True, views: bool = True,
 ) -> ExportedModel:  # fmt: skip
     """Write the run's model as `fmt` (default: RUN/export/model.onnx or .pt2), then
     (`check`) compare the file with torch on the run's test images, with each
     classification's test accuracy in both: the run's data and model built once. `views`
     off: without the recipe's test-time views, as many times faster as it has views, and
     scoring what the model alone scores."""
+    fmt, target = export_target(Path(path), fmt, out)
     loaded = load_for_export(path, views)
-    target = Path(out) if out else Path(path) / "export" / f"model.{fmt}"
-    target = export_module(loaded.module, loaded.images[:2], target, fmt, loaded.recipe_name)
-    return ExportedModel(target, parity_of(loaded, target) if check else None)
+    replaced = target.exists()
+    module, name, about = loaded.module, loaded.recipe_name, loaded.provenance
+    target = export_module(module, loaded.images[:2], target, fmt, name, about)
+    said = [*loaded.notes, *(["it replaced the file there"] if replaced else [])]
+    if fmt == "pt2":
+        said.append(f"what its outputs are: {target.name}.json beside it; keep the two together")
+    return ExportedModel(target, parity_of(loaded, target) if check else None, said)
+
+
+def export_target(run: Path, fmt: str | None, out: str | Path | None) -> tuple[Format, Path]:
+    """The format and the file: `--format`, else the suffix of `--out`, else onnx. An `--out`
+    without a suffix (or a folder already there) is a folder, model.FORMAT inside; a suffix
+    other than the two, or one the format contradicts, is refused: the file's suffix is how
+    it is read back (a .pt2 file of ONNX bytes failed only then)."""
+    target = Path(out) if out is not None else run / "export"
+    folder = target.is_dir() or not target.suffix
+    suffix = "" if folder else target.suffix.lower().lstrip(".")
+    chosen = (fmt or (suffix if suffix in ("onnx", "pt2") else "") or "onnx").lower()
+    if chosen not in ("onnx", "pt2"):
+        raise CnnlabError(f"export: format {chosen!r}; choose onnx or pt2")
+    if suffix and suffix != chosen:
+        given, fix = (
+            (f"--format {fmt} but ", f"name the file .{fmt}, or leave --format out")
+            if suffix in ("onnx", "pt2")
+            else ("", "name a .onnx or .pt2 file, or a folder (model.onnx is written inside)")
+        )
+        raise CnnlabError(f"export: {given}--out {out} ends in .{suffix}; {fix}")
+    target = target / f"model.{chosen}" if folder else target
+    for parent in (target.parent, *target.parent.parents):
+        if parent.exists() and not parent.is_dir():
+            raise CnnlabError(f"export: --out {out}: {parent} is a file, not a folder")
+    return chosen, target
 
 
 def export_module(
-    module: Exported, example: torch.Tensor, target: Path, fmt: Format, name: str = ""
-) -> Path:
+    module: Exported, example: torch.Tensor, target: Path, fmt: Format, name: str = "",
+    about: dict | None = None,
+) -> Path:  # fmt: skip
     """`module` written to `target` with a free batch size; `example`: uint8 (B, C, H, W)."""
     if fmt not in ("onnx", "pt2"):
         raise CnnlabError(f"export: format {fmt!r}; choose onnx or pt2")
     target.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "recipe": name,
-        "input": {"name": INPUT, "dtype": "uint8", "shape": ["batch", *example.shape[1:]]},
+        "input": {
+            "name": INPUT,
+            "dtype": "uint8",
+            "shape": ["batch", *example.shape[1:]],
+            "layout": "NCHW",
+            "channels": "RGB" if example.shape[1] == 3 else "grey",
+        },
         "resize": module.resize,  # how image files become the input's square
         "bits": module.bits,  # of a 16-bit image's, those its values use: 2**bits - 1 is 255
         "test_time_views": module.view_names,  # averaged inside the graph; [] for none
         "outputs": module.describe(),
+        "provenance": about or {},  # which run, epoch and versions: it travels without them
     }
     # a copy of its own: a slice of the test images shares their storage, and torch.export
     # saves an example's whole storage (seed 002's .pt2 held all 768 images: 117 MB, not 2 MB)
@@ -365,10 +454,12 @@ class ExportedModel:
 
     path: Path
     parity: Parity | None = None
+    notes: list[str] = field(default_factory=list)  # what a user must know of the file
 
     def lines(self) -> list[str]:
-        """What `cnnlab export` prints: the file, its size, and the check, an output a line."""
-        lines = [f"exported: {self.path} ({self.path.stat().st_size / 1e6:.1f} MB)"]
+        """What `cnnlab export` prints: the file, its size, what to know of it, and the
+        check, an output a line."""
+        lines = [f"exported: {self.path} ({self.path.stat().st_size / 1e6:.1f} MB)", *self.notes]
         if self.parity is None:
             return lines
         engine = "onnxruntime" if self.path.suffix == ".onnx" else "torch.export"

@@ -504,6 +504,7 @@ class Trainer:
         # trial) may stop the processes at once, and a resume then still starts here
         self.save_last(row=row)
         self.run.append_metrics(row)
+        self.run.set_status("running", epoch=st.epoch)  # the epochs done, as it says when done
         every = self.recipe.train.keep_every
         if every and st.epoch % every == 0:  # weights only: a point of the training path
             path = self.run.last_path.with_name(f"epoch_{st.epoch:03d}.pt")

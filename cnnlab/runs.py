@@ -236,6 +236,21 @@ class RunFolder:
             _HELD.discard(key)
             os.close(fd)  # closing releases the lock
 
+    def trainer(self) -> str | None:
+        """Who trains in the folder now ("pid N on HOST"), None when nobody does: the lock
+        is free (taken and let go at once), or this process holds it."""
+        path = self.path / LOCK_FILE
+        if self.path.resolve() in _HELD or not path.is_file():
+            return None
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        finally:
+            os.close(fd)  # closing lets go of the shared lock, if taken
+        return None
+
     def set_status(self, state: str, **info: Any) -> None:
         write_json(self.status_path, {"state": state, "time": time.time(), **info})
 

@@ -4,7 +4,10 @@ one line for a model that cannot be exported."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +20,19 @@ from cnnlab.build import build
 from cnnlab.components import register_backbone, registration_scope
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
-from cnnlab.export import compare, export_module, predict_exported, run_exported, wrap
+from cnnlab.export import (
+    compare,
+    export_module,
+    export_target,
+    predict_exported,
+    run_exported,
+    wrap,
+)
 from cnnlab.models import BACKBONES
 from cnnlab.models.compiled import compiled_kernels
-from tests.conftest import ROOT, run_cli
+from cnnlab.recipe import load_recipe
+from cnnlab.runs import LOCK_FILE, RunFolder
+from tests.conftest import DEMO, ROOT, run_cli
 
 # fp32 graphs, the same operations in another engine: probabilities agree to this
 TOLERANCE = 1e-4
@@ -170,9 +182,21 @@ def test_cli_exports_a_trained_run_with_the_same_test_accuracy(tiny, tmp_path):
     import onnx
 
     meta = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
-    outputs = json.loads(meta["cnnlab.outputs"])["outputs"]
+    described = json.loads(meta["cnnlab.outputs"])
+    outputs = described["outputs"]
     assert [o["name"] for o in outputs] == ["cls", "ink"]
     assert "Ankle boot" in outputs[0]["classes"]
+    assert described["input"]["layout"] == "NCHW" and described["input"]["channels"] == "grey"
+    about = described["provenance"]  # which model it is travels with it
+    assert about["run"] == run.path.name and about["trained_precision"] == "fp32"
+    assert about["best_epoch"] == run.status()["best_epoch"]
+    assert about["test_metrics"]["test.cls.accuracy"] == tested
+    assert about["trained_with"]["torch"] and about["exported_with"]["torch"] == torch.__version__
+    views = described["test_time_views"]
+    inside = "scaling and normalization" + (
+        f", the test-time views ({', '.join(views)})" * bool(views)
+    )
+    assert f"inside the file: {inside}; it computes in fp32\n" in out.stdout
     Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(tmp_path / "black.png")
     named = run_cli("predict", str(onnx_file), str(tmp_path / "black.png"), cwd=tmp_path)
     assert named.returncode == 0, named.stderr  # the file named first, as a run folder is
@@ -180,8 +204,9 @@ def test_cli_exports_a_trained_run_with_the_same_test_accuracy(tiny, tmp_path):
 
     fed_as_the_docs_say(onnx_file, tmp_path)
 
-    pt2 = run_cli("export", str(run.path), "--format", "pt2", "--out", str(tmp_path / "m.pt2"))
+    pt2 = run_cli("export", str(run.path), "--out", str(tmp_path / "m.pt2"))  # its suffix
     assert pt2.returncode == 0, pt2.stderr
+    assert "what its outputs are: m.pt2.json beside it; keep the two together" in pt2.stdout
     # the weights and a 2-image example, not the storage of the test images it was cut from
     # (500 of 784 bytes here; seed 002's .pt2 was 117 MB)
     assert (tmp_path / "m.pt2").stat().st_size < onnx_file.stat().st_size + 100_000
@@ -189,3 +214,45 @@ def test_cli_exports_a_trained_run_with_the_same_test_accuracy(tiny, tmp_path):
     probs, ink = run_exported(tmp_path / "m.pt2", images)
     assert probs.shape == (2, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert ink.shape == (2,)
+
+
+@pytest.mark.parametrize(
+    "fmt, out, expected",
+    [
+        (None, None, ("onnx", "RUN/export/model.onnx")),
+        ("PT2", None, ("pt2", "RUN/export/model.pt2")),
+        (None, "to/model.pt2", ("pt2", "to/model.pt2")),  # the suffix picks the format
+        ("pt2", "to/m.PT2", ("pt2", "to/m.PT2")),
+        (None, "shipped", ("onnx", "shipped/model.onnx")),  # no suffix: a folder
+        ("pt2", "shipped", ("pt2", "shipped/model.pt2")),
+        ("onnx", "to/m.pt2", "--format onnx but --out to/m.pt2 ends in .pt2; name the file .onnx"),
+        (None, "to/m.bin", "ends in .bin; name a .onnx or .pt2 file, or a folder"),
+        ("tflite", None, "format 'tflite'; choose onnx or pt2"),
+        (None, "a_file/m.onnx", "--out a_file/m.onnx: a_file is a file, not a folder"),
+    ],
+)
+def test_the_exported_file_is_named_by_its_format_and_a_contradiction_is_refused(
+    fmt, out, expected, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    Path("a_file").write_text("")
+    if isinstance(expected, str):
+        with pytest.raises(CnnlabError, match=re.escape(expected)):
+            export_target(Path("RUN"), fmt, out)
+    else:
+        assert export_target(Path("RUN"), fmt, out) == (expected[0], Path(expected[1]))
+
+
+def test_a_run_still_training_is_said_by_who_trains_it(tmp_path):
+    """An export (or anything reading a run) while another process trains in it: the lock's
+    holder, read without waiting; nobody once it is let go."""
+    run = RunFolder.create(load_recipe(DEMO), tmp_path / "run")
+    assert run.trainer() is None
+    fd = os.open(run.path / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as another trainer holds it
+        os.pwrite(fd, b"pid 4242 on elsewhere\n", 0)
+        assert run.trainer() == "pid 4242 on elsewhere"
+    finally:
+        os.close(fd)
+    assert run.trainer() is None
