@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
+from torch import nn
 
 from cnnlab.config import Section
 from cnnlab.data import DEFAULT_SOURCE, SOURCES, DataConfig, data_config, default_data
@@ -227,6 +228,11 @@ class Recipe(Section):
         for key in self.tasks:
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", key):
                 raise ValueError(f"task name {key!r}: use letters, digits and _")
+            if hasattr(nn.ModuleDict, key):  # each task's head is model.heads[name]
+                raise ValueError(
+                    f"task name {key!r} is taken by PyTorch's ModuleDict, which holds the "
+                    f"heads; name the task otherwise (e.g. {key}_)"
+                )
         check_metric_name(self, self.train.monitor)
         if self.train.early_stopping.metric:
             check_metric_name(self, self.train.early_stopping.metric)

@@ -163,6 +163,19 @@ def test_cross_field_checks():
         load_recipe(DEMO, ["tasks.cls.loss=mse"])
 
 
+@pytest.mark.parametrize("name", ["type", "train", "forward"])
+def test_a_task_named_as_a_modules_attribute_is_one_line(name):
+    """`tasks: {type: ...}` (a natural name for a cell type) ended in a traceback from
+    nn.ModuleDict, which holds the heads by task name."""
+    sets = [f"tasks.{name}.type=classification", f"tasks.{name}.target=label"]
+    with pytest.raises(CnnlabError) as err:
+        load_recipe(DEMO, sets)
+    assert str(err.value) == (
+        f"{DEMO}: task name {name!r} is taken by PyTorch's ModuleDict, which holds the heads; "
+        f"name the task otherwise (e.g. {name}_)"
+    )
+
+
 @pytest.mark.parametrize(
     "override, says",
     [
