@@ -537,8 +537,15 @@ def test_equal_importances_stay_off_the_terminal_and_the_caption_says_so():
         warnings.simplefilter("error")  # a warning that got out would raise here
         imp = importances(study, "val.loss")
     assert set(imp) == {"a", "b"} and len(set(imp.values())) == 1
-    assert sweep_charts.importance(imp).caption.startswith("The importances are all equal")
-    assert sweep_charts.importance({"a": 0.7, "b": 0.3}).caption == ""
+    assert sweep_charts.importance(imp, 3).caption == (
+        "The importances are all equal: from 3 trials, PED-ANOVA's best 10 % is 1 trial, too "
+        "few (or too alike) to tell the parameters apart. More trials may separate them."
+    )
+    assert sweep_charts.importance({"a": 0.99, "b": 0.01}, 4).caption.startswith(
+        "A first hint only: from 4 trials, PED-ANOVA's best 10 % is 1 trial, where Optuna "
+        "advises at least 5"
+    )  # a walkthrough's 4 trials gave one parameter 0.99, and nothing said how little that is
+    assert sweep_charts.importance({"a": 0.7, "b": 0.3}, 60).caption == ""
 
 
 def test_report_of_sweeps_or_of_a_sweeps_runs_points_at_the_sweep_report(tmp_path):

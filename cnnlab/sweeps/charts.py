@@ -11,6 +11,7 @@ chart for report.html.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -101,7 +102,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x - x.min()) / span if span else np.full_like(x, 0.5)
 
 
-def importance(imp: dict[str, float]) -> Chart:
+def importance(imp: dict[str, float], trials: int) -> Chart:
+    """PED-ANOVA's importances of `trials` complete trials, with what they can be trusted for."""
     names = list(imp)[::-1]  # the most important on top
     values = [imp[n] for n in names]
     fig = new_figure(6, 1 + 0.4 * len(names))
@@ -115,19 +117,28 @@ def importance(imp: dict[str, float]) -> Chart:
         margin={"l": 20, "r": 20, "t": 20, "b": 60},
         yaxis={"automargin": True},  # long dotted names push the bars right, not off-page
     )
-    return Chart("importance", "Parameter importance", fig, _importance_caption(values), pfig)
+    caption = _importance_caption(values, trials)
+    return Chart("importance", "Parameter importance", fig, caption, pfig)
 
 
-def _importance_caption(values: list[float]) -> str:
-    """Said when PED-ANOVA gave every parameter the same importance: then the chart tells
-    nothing about which one matters (Optuna warns so; the report says it here instead)."""
-    if len(values) < 2 or max(values) - min(values) > 1e-12:
-        return ""
-    return (
-        "The importances are all equal: PED-ANOVA could not tell the parameters apart (the "
-        "trials it counts as best were all of them: their metric values tie). More trials, "
-        "or trials that score differently, may separate them."
-    )
+def _importance_caption(values: list[float], trials: int) -> str:
+    """How far the importances go: PED-ANOVA compares where the best 10 % of the trials lie
+    with the whole search space, and Optuna advises at least 5 trials in that 10 %. With
+    fewer (under 50 trials) the chart is a first hint; with one, or with every best trial
+    tied, every parameter can come out the same (Optuna warns; the report says it here)."""
+    top = max(1, math.ceil(0.1 * trials))
+    few = f"from {trials} trials, PED-ANOVA's best 10 % is {top} trial{'s' if top > 1 else ''}"
+    if len(values) >= 2 and max(values) - min(values) <= 1e-12:
+        return (
+            f"The importances are all equal: {few}, too few (or too alike) to tell the "
+            "parameters apart. More trials may separate them."
+        )
+    if top < 5:
+        return (
+            f"A first hint only: {few}, where Optuna advises at least 5 (50 trials or more); "
+            "the correlations below say more of so few."
+        )
+    return ""
 
 
 def curves(rows: list[TrialRow], labels: list[str], metric: str) -> Chart:

@@ -100,7 +100,7 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
         plotly_js=get_plotlyjs(),
         time=block(charts.metric_vs_time(rows, metric, goal), here),
         parallel=block(charts.parallel(rows, metric, goal), here),
-        importance=block(charts.importance(imp), here) if imp else None,
+        importance=block(charts.importance(imp, len(done)), here) if imp else None,
         corr=correlations(done, metrics),
         metrics=metrics,
         group_by=group_by,
