@@ -349,6 +349,15 @@ class Sweep:
               **p.val, **(p.test or {})} for p in picks]
         )  # fmt: skip
 
+    def report(self, group_by: str | None = None) -> Path:
+        """Write the sweep's report.html (self-contained: every trial's value over time,
+        parallel coordinates, importance, learning curves, correlations) and return its
+        path, as `cnnlab report SWEEP` does; `group_by`: a recipe field or swept parameter
+        (or A,B) to compare groups of trials by."""
+        from cnnlab.sweeps.report import build_report
+
+        return build_report(self.folder, self.storage, group_by)
+
     def run(self, trial: int) -> Run:
         """The run folder of one trial."""
         found = self.results
@@ -378,7 +387,14 @@ def sweep(
         with tempfile.TemporaryDirectory(prefix="cnnlab-sweep-") as folder:
             written = Path(folder) / "sweep.yaml"
             written.write_text(yaml.safe_dump(dict(sweep_file_or_name), sort_keys=False))
-            return sweep(recipe, written, overrides, **options)
+            try:
+                return sweep(recipe, written, overrides, **options)
+            except CnnlabError as err:  # named as the user gave it, not by the file made of it
+                said = [
+                    line.replace(f"sweep file {written}", "the sweep (a dict)")
+                    for line in err.lines()
+                ]
+                raise CnnlabError(said[0], said[1:]) from None
     if not isinstance(sweep_file_or_name, (str, Path)):
         raise CnnlabError(
             f"sweep: a sweep is a file, a shipped sweep's name or a dict, not "

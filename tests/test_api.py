@@ -363,6 +363,11 @@ def test_a_sweep_from_python_gives_its_trials_and_choice(tmp_path):
         "val.cls.accuracy",
     ]
     assert isinstance(sweep.run(int(best["trial"])), cnnlab.Run)
+    page = sweep.report()  # as `cnnlab report SWEEP` writes it
+    assert page == sweep.path / "report.html" and "Learning curves" in page.read_text()
+    with pytest.raises(cnnlab.CnnlabError) as err:
+        cnnlab.sweep(recipe, {**lr, "metric": {"goal": "maximize"}})
+    assert str(err.value).startswith("the sweep (a dict): ")  # not a temporary file's name
     with pytest.raises(cnnlab.CnnlabError, match="unknown option 'trail'"):
         cnnlab.sweep(recipe, lr, trail=3)
     with pytest.raises(cnnlab.CnnlabError, match="a sweep is a file, a shipped sweep's name"):
