@@ -79,6 +79,10 @@ def test_every_method_maps_a_trained_run_and_the_figures_draw(report_run, tmp_pa
     assert set(rho) == {*METHODS, CONTROL} and len(sanity.extra["labels"]) == 4
     assert torch.allclose(rho[CONTROL][-1], torch.ones(2, dtype=torch.float64))
     assert sanity.save(tmp_path).stat().st_size > 2000 and grid.save(tmp_path).stat().st_size > 2000
+    lowest = min(float(v.mean()) for values in rho.values() for v in values)
+    assert sanity.figure.axes[0].get_ylim()[0] <= min(-0.2, lowest)  # no line cut off below
+    legend = [t.get_text() for t in sanity.figure.legends[0].get_texts()]  # beneath the axes
+    assert len(legend) == len(rho) and legend[-1].startswith(f"{CONTROL}: ")
 
 
 def test_guided_grad_cam_from_the_grad_cam_map_equals_captums_own(report_run):

@@ -38,6 +38,10 @@ def test_an_unknown_backbone_is_one_line_naming_the_choices():
     msg = str(err.value)
     assert "\n" not in msg and "model.backbone = 'resnet9'" in msg
     assert f"choose one of: {', '.join(BACKBONES)}, or a timm model name" in msg
+    for typed in ("efficientnet_lite", "efficientnet_lte0"):  # lite0 has offline weights
+        with pytest.raises(CnnlabError) as err:
+            load_recipe(DEMO, [f"model.backbone={typed}"])
+        assert "; did you mean efficientnet_lite0, efficientnet_lite4, " in str(err.value)
 
 
 def test_an_unknown_model_key_names_the_backbones_own_keys():

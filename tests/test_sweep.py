@@ -1,5 +1,6 @@
 """Sweeps on one machine: the λ grid from the shell, failures, Ctrl-C + --resume, selection."""
 
+import dataclasses
 import io
 import json
 import logging
@@ -572,3 +573,24 @@ def test_report_of_sweeps_or_of_a_sweeps_runs_points_at_the_sweep_report(tmp_pat
     (sweeps / "b" / "sweep.json").unlink()
     with pytest.raises(CnnlabError, match=f"it holds a sweep: cnnlab report {sweeps / 'a'}$"):
         not_a_run(sweeps)
+
+
+def test_the_metric_over_time_names_in_its_legend_only_the_outcomes_there_are():
+    """A sweep without a pruned trial had "pruned" in its legend, with no point of it."""
+    from datetime import datetime, timedelta
+
+    from cnnlab.tasks import Goal
+
+    start = datetime(2026, 12, 5, 12, 0)
+    rows = [
+        TrialRow(n, "complete", "complete", v, {"lr": v}, None, None,
+                 start + timedelta(minutes=n), start + timedelta(minutes=n + 1), 1)
+        for n, v in enumerate([0.6, 0.7, 0.65])
+    ]  # fmt: skip
+    chart = sweep_charts.metric_vs_time(rows, "val.cls.accuracy", Goal("maximize"))
+    labels = [t.get_text() for t in chart.figure.axes[0].get_legend().get_texts()]
+    assert labels == ["complete", "best so far"]
+    assert [trace.name for trace in chart.plotly.data] == ["complete", "best so far"]
+    rows[1] = dataclasses.replace(rows[1], state="pruned", outcome="pruned")
+    chart = sweep_charts.metric_vs_time(rows, "val.cls.accuracy", Goal("maximize"))
+    assert [trace.name for trace in chart.plotly.data] == ["complete", "pruned", "best so far"]

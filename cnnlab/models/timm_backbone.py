@@ -130,8 +130,9 @@ def _close(name: str, ours: Iterable[str] = ()) -> str:
     names, or nothing."""
     import timm
 
-    names = [*ours, *PACKAGED, *timm.list_models()]
-    close = difflib.get_close_matches(name, names, n=3)
+    names = list(dict.fromkeys([*ours, *PACKAGED, *timm.list_models()]))  # each once
+    offline = [p for p in PACKAGED if p.startswith(name)]  # `efficientnet_lite`: lite0 first
+    close = list(dict.fromkeys([*offline, *difflib.get_close_matches(name, names, n=3)]))[:3]
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 

@@ -38,6 +38,8 @@ def metric_vs_time(rows: list[TrialRow], metric: str, goal: Goal) -> Chart:
     ax = fig.subplots()
     pfig = go.Figure()
     for outcome, sel in points.items():
+        if not sel and outcome != "complete":  # no "pruned" in the legend of a sweep without
+            continue
         xs, ys = [r.start for r in sel], [r.value for r in sel]
         ax.scatter(xs, ys, s=14, label=outcome, color=OUTCOME_COLOURS[outcome])
         pfig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=outcome,

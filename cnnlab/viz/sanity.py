@@ -155,7 +155,7 @@ def sanity(
     target = targets_of(view, task, index, component)
     labels, maps, rho = cascade(view.model, task, x, target, view.splits.black, steps)
     said = verdict(rho)
-    fig = new_figure(6.4, 3.6)
+    fig = new_figure(6.4, 4.4)  # the legend below the axes
     ax = fig.subplots()
     for m, values in rho.items():
         ax.plot(range(len(labels)), [float(v.mean()) for v in values], marker="o",
@@ -165,9 +165,11 @@ def sanity(
     what = f"{task} ({explains(view.tasks[task], target)[0]})" if vector else task
     title = f"{what}: cascading randomization, {len(index)} test images"
     ax.set(xlabel="layers randomized, from the top", ylabel="rank correlation with trained")
-    ax.set(ylim=(-0.2, 1.05), title=title)
+    low = min(float(v.mean()) for values in rho.values() for v in values)
+    ax.set(ylim=(min(-0.2, low - 0.05), 1.05), title=title)  # a line below -0.2 not clipped
     ax.axhline(0, color="#888", linewidth=0.6)
-    ax.legend(fontsize=7)
+    # below the axes (constrained layout makes room): inside, it sat on the lines it names
+    fig.legend(fontsize=7, loc="outside lower center", ncol=2, frameon=False)
     rows = []
     for m, vals in rho.items():
         means = {lab: round(float(v.mean()), 3) for lab, v in zip(labels, vals, strict=True)}
