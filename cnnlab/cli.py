@@ -293,7 +293,9 @@ def predict(
         "efficientnet_lite0", help="ImageNet model (cnnlab backbones --pretrained)"
     ),
     weights: str | None = typer.Option(None, help="a local weight file in timm's names"),
-    top: int = typer.Option(5, min=1, max=20, help="classes shown per image"),
+    top: int = typer.Option(
+        5, min=1, max=20, help="an ImageNet model's classes shown per image (a run's: its answer)"
+    ),
     figure: Path | None = typer.Option(
         None,
         help="also draw the answers beside each image into this PNG",
@@ -336,13 +338,39 @@ def predict(
     from cnnlab.predict import predict as top_classes
 
     TimmConfig(name=model)  # an unknown name fails here, with suggestions
+    _no_run_named(images[0])
     found = top_classes(model, images, top, weights)
+    typer.echo(  # an empty $RUN answered with a doormat, and nothing said whose it was
+        f"no run folder named first: {model}'s ImageNet classes answer (a run folder first "
+        "answers with its own model)",
+        err=True,
+    )
     for p in found:
         typer.echo(f"{p.path}")
         for rank, (name, prob) in enumerate(p.top, 1):
             typer.echo(f"  {rank}. {prob:6.1%}  {name}")
     if figure is not None:  # asked for: nothing is written into the current folder unasked
         typer.echo(f"figure: {draw(found, figure, f'{model}: ImageNet top-{top}')}")
+
+
+def _no_run_named(first: Path) -> None:
+    """Before an ImageNet model answers in place of a run: a first name that exists nowhere
+    or a folder of run folders (`runs/`) is a run mistyped, not images."""
+    if not first.exists():
+        raise CnnlabError(
+            f"{first}: no such run folder, exported file or image; give a run folder (or its "
+            "model.onnx) first, then images"
+        )
+    runs = (
+        sorted(d for d in first.iterdir() if (d / "recipe.yaml").is_file())
+        if first.is_dir()
+        else []
+    )
+    if runs:
+        raise CnnlabError(
+            f"{first} holds run folders, not images; name one first: cnnlab predict "
+            f"{runs[-1]} IMAGES"
+        )
 
 
 def _predict_run(

@@ -61,6 +61,22 @@ def test_predict_names_the_cat_and_the_espresso(tmp_path: Path):
     assert first["coffee.png"].split("%", 1)[1].strip() in ("espresso", "cup"), out.stdout
     assert len(first) == 2 and ".thumbnails" not in out.stdout  # hidden: left out
     assert figure.stat().st_size > 10_000
+    assert out.stderr == (
+        "no run folder named first: efficientnet_lite0's ImageNet classes answer (a run "
+        "folder first answers with its own model)\n"
+    )
+    (tmp_path / "runs" / "cells-1").mkdir(parents=True)  # a folder of run folders
+    (tmp_path / "runs" / "cells-1" / "recipe.yaml").write_text("name: cells\n")
+    for first, says in (
+        (
+            tmp_path / "runs",
+            f"holds run folders, not images; name one first: cnnlab predict "
+            f"{tmp_path / 'runs' / 'cells-1'} IMAGES",
+        ),
+        (tmp_path / "runs" / "cels-1", "cels-1: no such run folder, exported file or image;"),
+    ):
+        wrong = run_cli("predict", str(first), str(cat))
+        assert wrong.returncode == 2 and says in wrong.stderr, wrong.stderr
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     bad = run_cli("predict", str(tmp_path / "broken.jpg"), "--figure", str(figure))
     assert bad.returncode == 2 and "broken.jpg: not a readable image" in bad.stderr
