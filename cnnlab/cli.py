@@ -131,12 +131,19 @@ def check(
     tasks = tasks_for(parsed, info)
     model = build_model(parsed, tasks, info.shape, channels_last=False)
     params = sum(p.numel() for p in model.parameters())
-    order = sorted(info.sizes, key=lambda s: ("train", "val", "test", s).index(s))
-    sizes = ", ".join(f"{split} {info.sizes[split]:,}" for split in order)
+    sizes = dict(info.sizes)
+    if info.validation == "carved" and "val" not in sizes:  # as training carves it from train
+        held = max(1, round(sizes["train"] * parsed.data.val_fraction))
+        sizes |= {"train": sizes["train"] - held, "val": held}
+    order = sorted(sizes, key=lambda s: ("train", "val", "test", s).index(s))
+    sizes = ", ".join(f"{split} {sizes[split]:,}" for split in order)
+    shape = "x".join(map(str, info.shape))
+    if info.validation == "carved":
+        shape += f" (val carved from train: data.val_fraction {parsed.data.val_fraction:g})"
     read = "; ".join(f"{name}: {task.cfg.type} of {task.target}" for name, task in tasks.items())
     typer.echo(
         f"{parsed.name}: sound. Data {info.source}: {sizes} images of "
-        f"{'x'.join(map(str, info.shape))}; tasks {read}; model {parsed.model.backbone}, "
+        f"{shape}; tasks {read}; model {parsed.model.backbone}, "
         f"{params:,} parameters. The pixels (and a table's masks) are read when training starts."
     )
 
