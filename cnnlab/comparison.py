@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnlab.differences import MISSING, field_value, loss_note, varying, yaml_text
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, listed
 from cnnlab.recipe import best_row, flatten, read_yaml, upgrade_saved
 from cnnlab.report import TEMPLATES, block, format_value
 from cnnlab.runs import RunFolder, write_text
@@ -209,6 +209,24 @@ def read_runs(paths: list[str | Path], names: list[str] | None = None) -> list[R
 # ---------------------------------------------------------------------- what differs
 
 
+def own_fields(records: list[RunRecord], differs: list[str]) -> tuple[list[str], str | None]:
+    """The differing fields worth a column, and a line naming the others: a field only some
+    runs' recipes have (another backbone's own: a CNN's model.blocks beside timm runs) and
+    that is the same wherever it is says nothing the field that chose it (model.backbone)
+    does not; three such runs had 45 columns, the one that told them apart the 33rd."""
+    kept, left = [], []
+    for k in differs:
+        having = [r.recipe[k] for r in records if k in r.recipe]
+        alike = 0 < len(having) < len(records) and all(v == having[0] for v in having)
+        (left if alike else kept).append(k)
+    if not left:
+        return kept, None
+    return kept, (
+        f"left out of the table: {listed(left, ', ', most=8)}, fields of some runs' recipes "
+        "only (another backbone's own), the same wherever they are"
+    )
+
+
 def loss_differences(records: list[RunRecord], differs: list[str]) -> str | None:
     """The note under `compare`'s loss chart, or None when the runs' losses are one function."""
     members = {r.name: [(r.recipe, r.tasks)] for r in records}
@@ -306,10 +324,10 @@ def compare(
     default ./compare-<time>; return the table, charts, page and notes."""
     records = read_runs(paths, names)
     folder = _out_folder(out, records)
-    differs = varying([r.recipe for r in records])
+    differs, own = own_fields(records, varying([r.recipe for r in records]))
     shared, left_out = shared_metrics(records)
     lossy = loss_differences(records, differs)
-    notes = [n for n in (left_out, lossy) if n] + lineage(records) + precisions(records)
+    notes = [n for n in (left_out, own, lossy) if n] + lineage(records) + precisions(records)
     untested = [r.name for r in records if not r.test]
     if untested:
         notes.append(

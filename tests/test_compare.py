@@ -247,3 +247,26 @@ def test_a_run_started_from_another_and_another_precision_are_said(runs, tmp_pat
         f"the runs trained in different precisions (a {chosen}, b {other}): compare their "
         "minutes and their metrics' last digits with care, or set train.precision"
     ) in found.notes
+
+
+def test_fields_of_one_backbone_alone_are_a_note_not_columns():
+    """A CNN from scratch beside two timm runs: the CNN's own fields (the same wherever they
+    are) are one note; model.unfreeze_at, which the timm runs set apart, stays a column."""
+    from types import SimpleNamespace
+
+    from cnnlab.comparison import own_fields
+    from cnnlab.differences import varying
+
+    recipes = [
+        {"model.backbone": "cnn", "model.blocks": 4, "model.stem": "pooled", "seed": 0},
+        {"model.backbone": "timm", "model.unfreeze_at": None, "seed": 0},
+        {"model.backbone": "timm", "model.unfreeze_at": 2, "seed": 0},
+    ]
+    records = [SimpleNamespace(recipe=r) for r in recipes]
+    kept, note = own_fields(records, varying(recipes))
+    assert kept == ["model.backbone", "model.unfreeze_at"]
+    assert note == (
+        "left out of the table: model.blocks, model.stem, fields of some runs' recipes only "
+        "(another backbone's own), the same wherever they are"
+    )
+    assert own_fields(records[1:], varying(recipes[1:])) == (["model.unfreeze_at"], None)
