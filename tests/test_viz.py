@@ -804,3 +804,15 @@ def test_a_chart_is_written_as_savefig_writes_it(view, tmp_path):
         canvas = b.figure.canvas
         assert b.save(tmp_path).read_bytes() == (tmp_path / "savefig.png").read_bytes(), name
         assert b.figure.canvas is canvas  # a figure of one's own keeps its canvas
+
+
+def test_one_tasks_loss_is_drawn_once_as_the_total():
+    """A single task's loss is the total loss (times its weight): a panel of its own drew
+    the same curve twice."""
+    from cnnlab.viz.curves import _panels
+
+    task = SimpleNamespace(metrics=("loss", "accuracy"))
+    one = _panels(SimpleNamespace(tasks={"cls": task}))
+    assert one == [("total loss", ["loss"]), ("cls: metrics", ["cls.accuracy"])]
+    two = _panels(SimpleNamespace(tasks={"cls": task, "ink": SimpleNamespace(metrics=("loss",))}))
+    assert [title for title, _ in two] == ["total loss", "cls: loss", "cls: metrics", "ink: loss"]

@@ -50,7 +50,7 @@ FIGURES: dict[str, FigureSpec] = {
     "mistakes": FigureSpec(
         mistakes, "worst test images: surest wrong classes, largest regression errors (--images)"
     ),
-    "confusion": FigureSpec(confusion, "confusion matrices, per-class accuracy, top errors"),
+    "confusion": FigureSpec(confusion, "confusion matrices, per-class recall, top errors"),
     "reliability": FigureSpec(
         reliability, "reliability diagrams: confidence vs accuracy, before/after calibration"
     ),

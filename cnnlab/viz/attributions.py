@@ -312,9 +312,11 @@ def maps_chart(
         key,
         f"{task.name}: Grad-CAM, Guided Grad-CAM, gradient, Integrated Gradients",
         fig,
-        f"What in each image raises {what} of {task.name}, by four methods (bright = more). "
-        "Grad-CAM reads the last conv layer, so it is coarse; `cnnlab viz RUN sanity` shows "
-        "which of these maps depend on the trained weights."
+        f"What in each image raises {what} of {task.name}, by four methods (bright = more)"
+        + (": above each image, the class it predicts. " if task.info.classes is not None else ". ")
+        + "Grad-CAM reads the last conv layer, so it is coarse, and shows only what raises the "
+        "output (a part that lowers it stays dark); `cnnlab viz RUN sanity` shows which of "
+        "these maps depend on the trained weights."
         + (
             f" {flat} map{'s are' if flat > 1 else ' is'} black: nothing in that image raises "
             "the output by that method (Grad-CAM keeps only what raises it), not a failure."

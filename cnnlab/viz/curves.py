@@ -26,11 +26,12 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def _panels(view: RunView) -> list[tuple[str, list[str]]]:
-    """(panel title, metric suffixes) — "loss" first, then each task's loss and metrics (a
-    task of one's own may have none but its loss)."""
+    """(panel title, metric suffixes) — "loss" first, then each task's loss (of several
+    tasks) and metrics (a task of one's own may have none but its loss)."""
     panels = [("total loss", ["loss"])]
     for name, task in view.tasks.items():
-        panels.append((f"{name}: loss", [f"{name}.loss"]))
+        if len(view.tasks) > 1:  # one task's loss is the total (times its weight): once
+            panels.append((f"{name}: loss", [f"{name}.loss"]))
         metrics = [f"{name}.{m}" for m in task.metrics if m != "loss"]
         panels += [(f"{name}: metrics", metrics)] if metrics else []
     return panels
