@@ -443,6 +443,21 @@ def test_the_dead_units_are_counted_over_the_test_set_by_the_shared_pass(view):
     assert (
         f"{dead} of " in chart.caption and f"on the {len(view.split('test'))} test" in chart.caption
     )
+    assert "still passes a gradient" not in chart.caption  # ReLU's units: dead indeed
+
+
+def test_units_of_a_smooth_activation_that_never_fire_are_not_called_unable_to_learn(
+    view, monkeypatch
+):
+    """A walkthrough's Mish network had "70 of 352" dead units, read as ReLU's dead ones."""
+    import cnnlab.viz.dead_units as dead_units
+
+    monkeypatch.setattr(dead_units, "activation_layers", lambda model: {"a": nn.Mish()})
+    (chart,) = make_charts(view, "dead-units")
+    assert chart.caption.endswith(
+        " Under Mish a unit never above 0 still passes a gradient (its slope below 0 is not 0, "
+        "as ReLU's is): it never fired, but it can still learn."
+    )
 
 
 # ----------------------------------------------------------------- shapes and options

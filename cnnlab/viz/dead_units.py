@@ -8,6 +8,8 @@ as it is), so this figure makes no pass of its own.
 
 from __future__ import annotations
 
+from torch import nn
+
 from cnnlab.evaluation import SplitPredictions
 from cnnlab.viz.base import Chart, new_figure
 from cnnlab.viz.hooks import activation_layers, check_single_use
@@ -29,7 +31,8 @@ def dead_table(predictions: SplitPredictions) -> list[dict]:
 
 
 def dead_units(view: RunView) -> list[Chart]:
-    activation_layers(view.model)  # none (functional activations): one line saying so
+    layers = activation_layers(view.model)  # none (functional activations): one line saying so
+    smooth = sorted({type(m).__name__ for m in layers.values() if not isinstance(m, nn.ReLU)})
     rows = dead_table(view.test_predictions)
     total = sum(r["units"] for r in rows)
     dead = sum(r["dead"] for r in rows)
@@ -51,7 +54,13 @@ def dead_units(view: RunView) -> list[Chart]:
             "Dead units",
             fig,
             f"{dead} of {total} units ({dead / max(total, 1):.1%}) never activate on the "
-            f"{len(view.split('test'))} test images.",
+            f"{len(view.split('test'))} test images."
+            + (
+                f" Under {', '.join(smooth)} a unit never above 0 still passes a gradient (its "
+                "slope below 0 is not 0, as ReLU's is): it never fired, but it can still learn."
+                if smooth
+                else ""
+            ),
             table=rows,
             extra={"dead": dead, "total": total},
         )
