@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import json
 import shutil
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -450,9 +451,8 @@ def test_units_of_a_smooth_activation_that_never_fire_are_not_called_unable_to_l
     view, monkeypatch
 ):
     """A walkthrough's Mish network had "70 of 352" dead units, read as ReLU's dead ones."""
-    import cnnlab.viz.dead_units as dead_units
-
-    monkeypatch.setattr(dead_units, "activation_layers", lambda model: {"a": nn.Mish()})
+    module = sys.modules["cnnlab.viz.dead_units"]  # the package's name is the figure function
+    monkeypatch.setattr(module, "activation_layers", lambda model: {"a": nn.Mish()})
     (chart,) = make_charts(view, "dead-units")
     assert chart.caption.endswith(
         " Under Mish a unit never above 0 still passes a gradient (its slope below 0 is not 0, "
