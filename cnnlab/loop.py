@@ -269,8 +269,11 @@ class Trainer:
     def where(self) -> str:
         """Where a resumed run picks up, in words."""
         st, epochs = self.state, self.recipe.train.epochs
-        if st.epoch >= epochs:  # trained; its test or report did not finish
-            return f"the end of epoch {epochs} of {epochs}: its test and report"
+        if st.epoch >= epochs:  # trained; what comes after did not finish
+            train = self.recipe.train
+            left = [w for w, on in (("test", train.test_at_end), ("report", train.report)) if on]
+            then = f": its {' and '.join(left)}" if left else ", to finish"  # a sweep's trial
+            return f"the end of epoch {epochs} of {epochs}{then}"
         if st.step == 0:
             return f"epoch {st.epoch + 1} of {epochs} from its start ({st.epoch} done)"
         return f"epoch {st.epoch + 1} of {epochs}, step {st.step} of {self.steps_per_epoch}"
