@@ -594,3 +594,24 @@ def test_the_metric_over_time_names_in_its_legend_only_the_outcomes_there_are():
     rows[1] = dataclasses.replace(rows[1], state="pruned", outcome="pruned")
     chart = sweep_charts.metric_vs_time(rows, "val.cls.accuracy", Goal("maximize"))
     assert [trace.name for trace in chart.plotly.data] == ["complete", "pruned", "best so far"]
+
+
+def test_a_few_trials_each_get_a_colour_named_by_their_parameters():
+    """A 4-trial sweep's learning curves were one colour ("complete"): the best could not be
+    told from the rest. Grouped (--group-by) or many, they stay groups."""
+    from cnnlab.sweeps.report import _curve_labels
+
+    def trial(number: int, lr: float, retry_of: int | None = None) -> TrialRow:
+        row = TrialRow(number, "complete", "complete", 0.5, {"train.optimizer.lr": lr}, None,
+                       None, None, None, 2, retry_of=retry_of)  # fmt: skip
+        row.__dict__["metrics"] = [{"epoch": 1, "val.loss": 1.0}, {"epoch": 2, "val.loss": lr}]
+        return row
+
+    rows = [trial(0, 0.01), trial(3, 0.003, retry_of=1)]
+    assert _curve_labels(rows, ["complete"] * 2, None) is None
+    chart = sweep_charts.curves(rows, None, "val.loss")
+    names = [t.get_text() for t in chart.figure.axes[0].get_legend().get_texts()]
+    assert names == ["trial 0: lr=0.01", "trial 3 (retry of trial 1): lr=0.003"]
+    assert _curve_labels(rows, ["lr = 0.01", "lr = 0.003"], "lr") == ["lr = 0.01", "lr = 0.003"]
+    many = [trial(n, 0.01) for n in range(11)]
+    assert _curve_labels(many, ["complete"] * 11, None) == ["complete"] * 11

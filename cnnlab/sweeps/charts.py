@@ -143,12 +143,29 @@ def _importance_caption(values: list[float], trials: int) -> str:
     return ""
 
 
-def curves(rows: list[TrialRow], labels: list[str], metric: str) -> Chart:
-    """One colour per group of trials (the chart `cnnlab compare` draws per run)."""
+TRIALS_APART = 10  # up to this many trials, each its own colour when not grouped
+
+
+def curves(rows: list[TrialRow], labels: list[str] | None, metric: str) -> Chart:
+    """One colour per group of trials (the chart `cnnlab compare` draws per run); `labels`
+    None: one per trial, named by its parameters, for a sweep of a few trials (all of one
+    outcome were one colour, and the best could not be told from the rest)."""
+    named = labels if labels is not None else [_trial_label(r) for r in rows]
     lines: dict[str, list[Curve]] = defaultdict(list)
-    for r, label in zip(rows, labels, strict=True):
+    for r, label in zip(rows, named, strict=True):
         points = curve(r.metrics, metric)
         if points:
             lines[label].append(points)
-    order = sorted(lines, key=group_order)
+    order = sorted(lines, key=group_order) if labels is not None else list(lines)  # by trial
     return overlaid("learning_curves", "Learning curves", [Panel(metric, lines)], order)
+
+
+def _trial_label(r: TrialRow) -> str:
+    """`trial 3: lr=0.01, translate=2`: a trial by its number and its parameters' values,
+    each by the last part of its name."""
+    values = ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in r.params.items())
+    return f"{r.label}: {values}" if values else r.label
+
+
+def _short(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

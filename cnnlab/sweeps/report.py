@@ -104,7 +104,7 @@ def build_report(folder: SweepFolder, storage: str | None, group_by: str | None 
         corr=correlations(done, metrics),
         metrics=metrics,
         group_by=group_by,
-        curves=block(charts.curves(runs, labels, metric), here),
+        curves=block(charts.curves(runs, _curve_labels(runs, labels, group_by), metric), here),
         group_counts=sorted(Counter(labels).items(), key=lambda item: group_order(item[0])),
         summary=summary,
         loss_note=loss_note,
@@ -130,6 +130,14 @@ def _check_group_by(folder: SweepFolder, runs: list[TrialRow], group_by: str) ->
         fields.update(flatten(r.recipe))
     swept = [p.name for p in folder.spec().params]
     group_fields(group_by, swept, fields, str(folder.recipe_path))
+
+
+def _curve_labels(
+    runs: list[TrialRow], labels: list[str], group_by: str | None
+) -> list[str] | None:
+    """The learning curves' groups: `--group-by`'s, else each trial its own colour (None)
+    while there are few enough to tell apart, else by outcome."""
+    return labels if group_by or len(runs) > charts.TRIALS_APART else None
 
 
 def _loss_note(runs: list[TrialRow], labels: list[str], header: list[str]) -> str | None:
