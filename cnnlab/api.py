@@ -319,7 +319,7 @@ class Sweep:
     @property
     def results(self):
         """One row per trial (a pandas DataFrame): number, state, value, its parameters,
-        its run folder, seconds."""
+        its run folder, seconds, and the trial a retry continues (in that trial's folder)."""
         import pandas as pd
 
         from cnnlab.sweeps.results import load_trials
@@ -330,7 +330,8 @@ class Sweep:
             seconds = (t.end - t.start).total_seconds() if t.start and t.end else None
             rows.append(
                 {"trial": t.number, "state": t.outcome, "value": t.value, **t.params,
-                 "epochs": t.epochs, "seconds": seconds, "run": str(run.path) if run else None}
+                 "epochs": t.epochs, "seconds": seconds, "run": str(run.path) if run else None,
+                 "retry of": t.retry_of}
             )  # fmt: skip
         return pd.DataFrame(rows)
 

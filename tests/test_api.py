@@ -350,6 +350,7 @@ def test_a_sweep_from_python_gives_its_trials_and_choice(tmp_path):
     results = sweep.results
     assert len(results) == 2 and set(results["state"]) == {"complete"}
     assert sorted(results["train.optimizer.lr"]) == [0.003, 0.01]
+    assert results["retry of"].isna().all()  # none continues another trial's folder
     chosen = sweep.select("val.cls.accuracy")
     assert chosen.loc[0, "role"] == "best val.cls.accuracy"
     best = results.loc[results["value"].idxmax()]

@@ -172,7 +172,12 @@ def summarize(folder: SweepFolder, storage: str | None) -> None:
 
     rows = load_trials(folder, storage)
     counts = Counter(r.outcome for r in rows)
-    console.print("trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    said = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    retries = sum(r.retry_of is not None for r in rows)  # a retry is a trial of its own
+    if retries:
+        kind = "a retry" if retries == 1 else "retries"
+        said += f" ({retries} of them {kind}, each in the folder of the trial it continues)"
+    console.print("trials: " + said)
     meta = folder.meta()
     done = [r for r in rows if r.state == "complete"]
     if done:
