@@ -81,6 +81,8 @@ class Comparison:
     notes: list[str] = field(repr=False)
     differs: list[str]  # the recipe fields where the runs differ
     numbers: str = "test"  # what the metric columns are: "test", or "val at the best epoch"
+    # each classification's test recall per class, a column per run (`class_recalls`)
+    classes: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
 
     @property
     def folder(self) -> Path:
@@ -106,6 +108,13 @@ class Comparison:
             parts += numbers
             parts += [_duration(r["training minutes"])]
             out.append(f"{r['run']:<{width}}  " + "  ".join(parts))
+        for task, recalls in self.classes.items():
+            runs = [c for c in recalls.columns if c not in ("class", "test images")]
+            out.append(f"{task}: test recall per class ({', '.join(runs)}):")
+            named = max(len(str(c)) for c in recalls["class"])
+            for row in recalls.itertuples(index=False):
+                values = "  ".join(f"{v:.3f}" for v in row[2:])
+                out.append(f"  {row[0]:<{named}}  {values}  ({row[1]:,} images)")
         return out
 
 
@@ -292,6 +301,42 @@ def _cell(value) -> Any:
     return value if plain else yaml_text(value)
 
 
+def class_recalls(records: list[RunRecord]) -> tuple[dict[str, pd.DataFrame], str | None]:
+    """Each classification task every run has with the same classes: its test recall per
+    class, a column per run, worst first (a rare class a macro mean hides: a walkthrough's
+    lynx went from 0.17 to 0.83 where macro F1 moved less); from each run's test
+    predictions, those its report kept or one test pass. A run that cannot be read back
+    leaves a note instead."""
+    import pandas as pd
+
+    from cnnlab.viz import RunView
+    from cnnlab.viz.confusion import confusion_counts, per_class_accuracy
+
+    try:
+        views = {r.name: RunView(r.folder.path) for r in records}
+        tasks = {n: t for n, t in next(iter(views.values())).tasks.items()
+                 if t.info.classes is not None and "pixels" not in t.figures}  # fmt: skip
+        shared = [n for n, t in tasks.items() if all(
+            n in v.tasks and v.tasks[n].info.classes == t.info.classes for v in views.values()
+        )]  # fmt: skip
+        out = {}
+        for task in shared:
+            classes = tasks[task].info.classes
+            counts = {name: confusion_counts(v.test_predictions.truth[task],
+                                             v.test_predictions.pred[task], len(classes))
+                      for name, v in views.items()}  # fmt: skip
+            images = next(iter(counts.values())).sum(1)
+            table = pd.DataFrame(
+                {"class": classes, "test images": images.tolist()}
+                | {name: per_class_accuracy(cm).tolist() for name, cm in counts.items()}
+            )
+            worst = table[list(counts)].min(axis=1).argsort(kind="stable")
+            out[task] = table.iloc[worst.to_numpy()].reset_index(drop=True)
+    except CnnlabError as err:
+        return {}, f"no recall per class: a run could not be read back ({err})"
+    return out, None
+
+
 # ------------------------------------------------------------------------- the charts
 
 
@@ -335,6 +380,8 @@ def compare(
             f"shows every run's validation metrics at its best epoch ({VAL_AT_BEST})"
         )
     table = runs_table(records, differs, shared)
+    classes, unread = class_recalls(records)
+    notes += [unread] if unread else []
     labels = [r.name for r in records]
     loss_caption = (
         "Training loss (on the augmented training batches) and validation loss per epoch, "
@@ -345,9 +392,10 @@ def compare(
     if metrics:
         caption = "Each task's validation metrics per epoch, one colour per run."
         charts.append(overlaid("metrics", "Validation metrics", metrics, labels, caption))
-    page = _write_page(folder, records, table, charts, differs, notes, lossy)
+    page = _write_page(folder, records, table, charts, differs, notes, lossy, classes)
     write_text(folder / "compare.csv", table.to_csv(index=False))
-    return Comparison(table, page, charts, notes, differs, VAL_AT_BEST if untested else "test")
+    numbers = VAL_AT_BEST if untested else "test"
+    return Comparison(table, page, charts, notes, differs, numbers, classes)
 
 
 def _out_folder(out: str | Path | None, records: list[RunRecord]) -> Path:
@@ -375,6 +423,7 @@ def _out_folder(out: str | Path | None, records: list[RunRecord]) -> Path:
 def _write_page(
     folder: Path, records: list[RunRecord], table: pd.DataFrame, charts: list[Chart],
     differs: list[str], notes: list[str], lossy: str | None,
+    classes: dict[str, pd.DataFrame] | None = None,
 ) -> Path:  # fmt: skip
     from plotly.offline import get_plotlyjs
 
@@ -389,6 +438,10 @@ def _write_page(
         loss=blocks[0],
         loss_note=lossy,
         metrics=blocks[1] if len(blocks) > 1 else None,
+        classes={
+            task: (list(t.columns), [[_text(v) for v in row] for row in t.itertuples(index=False)])
+            for task, t in (classes or {}).items()
+        },
         fmt=format_value,
         built=time.strftime("%Y-%m-%d %H:%M:%S"),
         plotly_js=get_plotlyjs(),

@@ -62,6 +62,14 @@ def test_the_table_names_the_differing_field_and_each_runs_test_metrics(runs, tm
     }  # fmt: skip
     html = found.page.read_text()
     assert "<th>model.base_filters</th>" in html and 'id="loss-note"' not in html
+    recalls = found.classes["cls"]  # what a macro mean hides: each class, a column per run
+    assert list(recalls.columns) == ["class", "test images", *table["run"]]
+    assert len(recalls) == 10 and "Ankle boot" in set(recalls["class"])  # Fashion-MNIST's
+    for run, row in zip(table["run"], table.to_dict("records"), strict=True):
+        images = recalls["test images"]
+        overall = (recalls[run] * images).sum() / images.sum()  # the recalls, weighed: accuracy
+        assert overall == pytest.approx(row["test.cls.accuracy"], abs=1e-6)
+    assert 'id="classes"' in html and "cls: test recall per class (" in "\n".join(found.lines())
     assert "<script src" not in html and "Plotly.newPlot" in html  # self-contained
 
 
