@@ -69,6 +69,9 @@ class RunRecord:
         return names | {k for k in self.test if k.startswith(SPLITS) and tests}
 
 
+CLASS_LINES = 12  # classes of a task a terminal shows, the worst first
+
+
 @dataclass
 class Comparison:
     """Runs side by side: `table` (a DataFrame, one row per run), the `charts`, the page
@@ -112,9 +115,11 @@ class Comparison:
             runs = [c for c in recalls.columns if c not in ("class", "test images")]
             out.append(f"{task}: test recall per class ({', '.join(runs)}):")
             named = max(len(str(c)) for c in recalls["class"])
-            for row in recalls.itertuples(index=False):
+            for row in recalls.head(CLASS_LINES).itertuples(index=False):
                 values = "  ".join(f"{v:.3f}" for v in row[2:])
                 out.append(f"  {row[0]:<{named}}  {values}  ({row[1]:,} images)")
+            if len(recalls) > CLASS_LINES:  # the worst on the terminal, every one on the page
+                out.append(f"  and {len(recalls) - CLASS_LINES} more classes (compare.html)")
         return out
 
 
