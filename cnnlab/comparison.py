@@ -117,7 +117,8 @@ class Comparison:
             named = max(len(str(c)) for c in recalls["class"])
             for row in recalls.head(CLASS_LINES).itertuples(index=False):
                 values = "  ".join(f"{v:.3f}" for v in row[2:])
-                out.append(f"  {row[0]:<{named}}  {values}  ({row[1]:,} images)")
+                n = f"{row[1]:,}" if isinstance(row[1], int) else row[1]  # "6 / 8": sets differ
+                out.append(f"  {row[0]:<{named}}  {values}  ({n} images)")
             if len(recalls) > CLASS_LINES:  # the worst on the terminal, every one on the page
                 out.append(f"  and {len(recalls) - CLASS_LINES} more classes (compare.html)")
         return out
@@ -330,9 +331,13 @@ def class_recalls(records: list[RunRecord]) -> tuple[dict[str, pd.DataFrame], st
             counts = {name: confusion_counts(v.test_predictions.truth[task],
                                              v.test_predictions.pred[task], len(classes))
                       for name, v in views.items()}  # fmt: skip
-            images = next(iter(counts.values())).sum(1)
+            per_run = [cm.sum(1).tolist() for cm in counts.values()]  # test sets may differ
+            images = [
+                " / ".join(map(str, n)) if len(set(n)) > 1 else n[0]
+                for n in zip(*per_run, strict=True)
+            ]
             table = pd.DataFrame(
-                {"class": classes, "test images": images.tolist()}
+                {"class": classes, "test images": images}
                 | {name: per_class_accuracy(cm).tolist() for name, cm in counts.items()}
             )
             worst = table[list(counts)].min(axis=1).argsort(kind="stable")
