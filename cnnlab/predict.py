@@ -48,7 +48,9 @@ def image_paths(inputs: Sequence[str | Path]) -> list[Path]:
         elif item.is_file():
             paths.append(item)
         else:
-            raise CnnlabError(f"{item}: no such file or folder; give image files or a folder")
+            raise CnnlabError(
+                f"predict: {item}: no such file or folder; give image files or a folder"
+            )
     warn_skipped("predict", [str(p) for p in skipped])
     if not paths:
         said = f"{len(skipped)} found, none of them decodes" if skipped else "none found"

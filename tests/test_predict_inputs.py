@@ -156,3 +156,11 @@ def test_a_file_that_is_not_an_exported_model_is_one_line(tmp_path):
     done = run_cli("predict", str(tmp_path / "junk.onnx"), str(tmp_path / "a.png"))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: predict: ")
+
+
+def test_an_image_named_that_is_not_there_is_one_line(tmp_path):
+    with pytest.raises(cnnlab.CnnlabError) as err:
+        image_paths([tmp_path / "gone.png"])
+    assert str(err.value) == (
+        f"predict: {tmp_path / 'gone.png'}: no such file or folder; give image files or a folder"
+    )
