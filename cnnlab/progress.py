@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import time
 from collections.abc import Callable, Iterator
 
@@ -26,17 +27,46 @@ REFRESH_S = 0.5  # the live loss costs a host sync, so it is read at most this o
 
 
 def live_bars() -> bool:
-    """Whether a bar can redraw in place: a terminal, or Jupyter with ipywidgets (rich draws
-    it in a widget there; without one it would print a new bar at every refresh)."""
-    if bars.is_terminal:
-        return True
-    if not bars.is_jupyter:
-        return False
-    try:
-        import ipywidgets  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether a bar can redraw in place: a terminal, or Jupyter (a display updated in
+    place, `Shown`); in a log it would leave a new bar at every refresh."""
+    return bars.is_terminal or bars.is_jupyter
+
+
+class Shown:
+    """A rich Progress drawn where it can redraw: by rich's own live display on a terminal;
+    in Jupyter as text in one output updated in place and emptied when done. Rich's way
+    there, an ipywidgets Output per bar, left an `Output()` and an empty HTML output behind
+    in a saved notebook for every bar: 16 outputs in a 3-epoch cell."""
+
+    def __init__(self, progress: Progress):
+        self.progress, self.jupyter = progress, not bars.is_terminal and bars.is_jupyter
+        self.handle, self.last = None, 0.0
+
+    def __enter__(self) -> Shown:
+        if not self.jupyter:
+            self.progress.start()
+            return self
+        from IPython.display import display
+
+        self.handle = display({"text/plain": ""}, raw=True, display_id=True)
+        return self
+
+    def refresh(self) -> None:
+        """Redraw in Jupyter, at most every REFRESH_S (a terminal's live display redraws
+        itself)."""
+        now = time.monotonic()
+        if self.handle is None or now - self.last < REFRESH_S:
+            return
+        self.last = now
+        text = Console(file=io.StringIO(), width=100, color_system=None, force_jupyter=False)
+        text.print(self.progress.get_renderable())
+        self.handle.update({"text/plain": text.file.getvalue().rstrip()}, raw=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:  # transient, as on a terminal: the bar goes when done
+            self.handle.update({"text/plain": ""}, raw=True)
+        elif not self.jupyter:
+            self.progress.stop()
 
 
 @contextlib.contextmanager
@@ -52,11 +82,13 @@ def counting(
     columns = [TextColumn(label), BarColumn(), MofNCompleteColumn()]
     columns += [TimeRemainingColumn()] if eta else []
     columns += [TextColumn("{task.fields[info]}")]
-    with Progress(*columns, console=bars, transient=True) as bar:
+    bar = Progress(*columns, console=bars, transient=True)
+    with Shown(bar) as shown:
         task = bar.add_task(label, total=total, info="")
 
         def advance(steps: int = 1, info: str | None = None) -> None:
             bar.update(task, advance=steps, **({} if info is None else {"info": info}))
+            shown.refresh()
 
         yield advance
 
@@ -80,15 +112,16 @@ class EpochProgress:
                 transient=True,
             )
             self.task = self.bar.add_task("train", total=steps, completed=start, info="")
+            self.shown = Shown(self.bar)
 
     def __enter__(self) -> EpochProgress:
         if self.enabled:
-            self.bar.start()
+            self.shown.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.enabled:
-            self.bar.stop()
+            self.shown.__exit__(*exc)
 
     def advance(self, read: Callable[[], dict[str, float]], images_per_s: float) -> None:
         """One step done; every REFRESH_S also show the running train metrics from `read`."""
@@ -97,6 +130,7 @@ class EpochProgress:
         now = time.monotonic()
         if now - self.last < REFRESH_S:
             self.bar.advance(self.task)
+            self.shown.refresh()
             return
         self.last = now
         shown = {
@@ -106,6 +140,7 @@ class EpochProgress:
         }
         info = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
         self.bar.update(self.task, advance=1, info=f"{info}  {images_per_s:,.0f} img/s")
+        self.shown.refresh()
 
     @staticmethod
     def summary(row: dict, monitor: str) -> None:
