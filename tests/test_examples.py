@@ -151,7 +151,9 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     outputs = [o for c in nb.cells for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     # a bar left nothing behind: no "Output()" widget, no empty HTML (16 in a 3-epoch cell)
-    assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert not [
+        o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
     bars = [o for o in outputs if o.get("data", {}).get("text/plain") == ""]
     assert all(list(o["data"]) == ["text/plain"] for o in bars)
     assert "cls" in text(cell(nb, "recipe = cnnlab.load_recipe"))
