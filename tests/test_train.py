@@ -145,6 +145,19 @@ def test_a_bug_mid_run_marks_it_failed_and_it_resumes_once_fixed(tiny):
     assert resumed.read_metrics() == RunFolder.open(folder).read_metrics()
 
 
+def test_status_counts_the_epochs_done_while_it_trains(tiny):
+    """status.json said epoch 0 until the run ended, while metrics.jsonl had 8 rows."""
+    recipe = tiny("data.train_subset=1000", "train.epochs=2")
+    seen = []
+
+    def look(row: dict) -> None:
+        (folder,) = Path(recipe.output_dir).iterdir()
+        seen.append(RunFolder.open(folder).status())
+
+    train(recipe, on_epoch=look)
+    assert [(s["state"], s["epoch"]) for s in seen] == [("running", 1), ("running", 2)]
+
+
 def test_a_run_trained_but_not_tested_resumes_to_its_test(tiny, capsys):
     """Its every epoch done, a failure in the test or report: resuming goes straight there."""
     recipe = tiny("data.train_subset=1000")  # one epoch
