@@ -139,7 +139,8 @@ def check(
     sizes = ", ".join(f"{split} {sizes[split]:,}" for split in order)
     shape = "x".join(map(str, info.shape))
     if info.validation == "carved":
-        shape += f" (val carved from train: data.val_fraction {parsed.data.val_fraction:g})"
+        # about: each class rounds its own share, which `stratified_split` does with labels
+        shape += f" (val carved from train: about data.val_fraction {parsed.data.val_fraction:g})"
     read = "; ".join(f"{name}: {task.cfg.type} of {task.target}" for name, task in tasks.items())
     typer.echo(
         f"{parsed.name}: sound. Data {info.source}: {sizes} images of "

@@ -46,6 +46,11 @@ LOCK_FILE = ".lock"
 _HELD: set[Path] = set()  # run folders this process holds the lock of (the lock nests)
 
 
+def _holder(fd: int) -> str:
+    """Who holds a run folder's lock, as its holder wrote it: "pid N on HOST"."""
+    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown process"
+
+
 class RunInUse(CnnlabError):
     """Another process trains in the run folder; the folder is theirs, not to be touched."""
 
@@ -223,9 +228,8 @@ class RunFolder:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
                 raise RunInUse(
-                    f"{self.path} is in use by another trainer ({holder or 'unknown process'}); "
+                    f"{self.path} is in use by another trainer ({_holder(fd)}); "
                     "wait for it to finish or stop it, then try again"
                 ) from None
             os.ftruncate(fd, 0)
@@ -246,7 +250,7 @@ class RunFolder:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            return _holder(fd)
         finally:
             os.close(fd)  # closing lets go of the shared lock, if taken
         return None

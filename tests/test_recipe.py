@@ -275,9 +275,9 @@ def test_cli_check_says_a_sound_recipe_in_one_line_and_a_faulty_one_as_train_wou
     assert sound.returncode == 0, sound.stderr
     assert sound.stdout == (
         "fashion_multitask: sound. Data fashion_mnist: train 1,800, val 200, test 10,000 images "
-        "of 1x28x28 (val carved from train: data.val_fraction 0.1); tasks cls: classification "
-        "of label; ink: regression of ink; model cnn, 389,483 parameters. The pixels (and a "
-        "table's masks) are read when training starts.\n"
+        "of 1x28x28 (val carved from train: about data.val_fraction 0.1); tasks cls: "
+        "classification of label; ink: regression of ink; model cnn, 389,483 parameters. The "
+        "pixels (and a table's masks) are read when training starts.\n"
     )
     faulty = run_cli("check", "fashion_multitask", "--set", "tasks.cls.target=labels")
     assert faulty.returncode == 2 and faulty.stdout == ""
