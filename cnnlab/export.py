@@ -146,7 +146,7 @@ def provenance(run: RunFolder, saved: dict) -> dict:
     """Which model a file holds, for whoever is handed it without the run folder: the run,
     its best epoch, the precision it trained in, what its test measured, and the versions
     that trained and exported it."""
-    env = json.loads(run.env_path.read_text()) if run.env_path.is_file() else {}
+    env = run.env()
     return {
         "run": run.path.name,
         "best_epoch": saved.get("loop", {}).get("best_epoch"),

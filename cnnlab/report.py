@@ -213,8 +213,7 @@ def build_report(
         b.settle()
     # A section with nothing to show and nothing to explain (no regression task) is left out.
     shown = [s for s in shown if s.blocks or s.missing]
-    env_path = view.run.path / "env.json"
-    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    env = view.run.env()
     import plotly.offline
 
     html = TEMPLATES.get_template("report.html.j2").render(
