@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -369,11 +370,10 @@ def _no_run_named(first: Path) -> None:
             f"{first}: no such run folder, exported file or image; give a run folder (or its "
             "model.onnx) first, then images"
         )
-    runs = (
-        sorted(d for d in first.iterdir() if (d / "recipe.yaml").is_file())
-        if first.is_dir()
-        else []
-    )
+    # sub-folders only, told by their directory entries: a folder of 100,000 images is not
+    # looked at file by file
+    folders = [Path(e.path) for e in os.scandir(first) if e.is_dir()] if first.is_dir() else []
+    runs = sorted(d for d in folders if (d / "recipe.yaml").is_file())
     if runs:
         raise CnnlabError(
             f"{first} holds run folders, not images; name one first: cnnlab predict "
