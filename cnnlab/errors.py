@@ -43,12 +43,15 @@ def listed(items: list[str], sep: str = "; ", most: int = SHOWN) -> str:
     return sep.join(items[:most]) + more
 
 
-def did_you_mean(word: str, choices: Iterable[str], shown: Callable[[str], str] = str) -> str:
+def did_you_mean(
+    word: str, choices: Iterable[str], shown: Callable[[str], str] = str, cutoff: float = 0.7
+) -> str:
     """' (did you mean 'X'?)' for the choice a mistyped `word` most likely meant: the one
     that differs only in case, else the closest spelling; '' when none is close. `shown`
-    writes the choice as the message names it (a recipe key with its section)."""
+    writes the choice as the message names it (a recipe key with its section). `cutoff`:
+    0.7, not difflib's 0.6, which offered 'feature-maps' for 'heatmap'; among a few short
+    names of the user's own (tasks), 0.6 finds 'cls' for 'clz'."""
     choices = [str(c) for c in choices]
     close = [c for c in choices if c.casefold() == word.casefold()]
-    # a ratio of 0.7, not difflib's 0.6, which offered 'feature-maps' for 'heatmap'
-    close = close or difflib.get_close_matches(word, choices, 1, cutoff=0.7)
+    close = close or difflib.get_close_matches(word, choices, 1, cutoff=cutoff)
     return f" (did you mean {shown(close[0])!r}?)" if close else ""

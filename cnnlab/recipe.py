@@ -346,6 +346,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def set_path(raw: dict, path: list[str], value: Any, source: str) -> None:
     """Set a dotted key in a raw recipe dict; validation catches unknown keys afterwards."""
+    tasks = raw.get("tasks")
+    if path[0] == "tasks" and len(path) == 2 and value is None and path[1] not in (tasks or {}):
+        names = list(tasks or {})  # `tasks.clz=null` dropped nothing, and said nothing
+        raise CnnlabError(
+            f"{source}: the recipe has no task {path[1]!r} to drop (its tasks: "
+            f"{', '.join(names)}){did_you_mean(path[1], names, cutoff=0.6)}"
+        )
     node = raw
     for part in path[:-1]:
         child = node.get(part)
@@ -479,9 +486,25 @@ def validate(raw: dict, source: str = "recipe") -> Recipe:
     except ValidationError as err:
         # `source` names the recipe: an error of the whole of it (a check across sections)
         # needs no other key ("recipe: recipe: ..." from a dict); every problem a line
-        lines = dict.fromkeys(f"{source}: {describe_error(e, whole='')}" for e in err.errors())
+        lines = dict.fromkeys(
+            f"{source}: {describe_error(e, whole='')}{_misspelt_task(e, raw)}" for e in err.errors()
+        )
         first, *also = lines
         raise CnnlabError(first, also) from None
+
+
+def _misspelt_task(err: dict, raw: dict) -> str:
+    """A task with no type whose name is close to one of the recipe's tasks: most likely
+    a misspelt name in an override (`--set tasks.clz.weight=2` makes a new task `clz`),
+    which "tasks.clz.type is missing" alone reads as a request to add a type."""
+    loc, tasks = err["loc"], raw.get("tasks")
+    if err["type"] != "union_tag_not_found" or loc[:1] != ("tasks",) or len(loc) != 2:
+        return ""
+    typed = [n for n, t in (tasks or {}).items() if isinstance(t, dict) and t.get("type")]
+    close = did_you_mean(str(loc[1]), typed, cutoff=0.6)
+    if not close:
+        return ""
+    return f"; or is {loc[1]!r} a misspelt task? The recipe's tasks: {', '.join(typed)}{close}"
 
 
 def dump_recipe(recipe: Recipe) -> str:

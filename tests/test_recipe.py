@@ -124,6 +124,28 @@ def test_null_removes_a_task():
     assert list(recipe.tasks) == ["cls"]
 
 
+def test_a_misspelt_task_in_an_override_is_named_not_read_as_a_new_task():
+    # `tasks.clz.weight=2` makes a task clz with no type: the line says which task was meant
+    with pytest.raises(CnnlabError) as err:
+        load_recipe(DEMO, ["tasks.clz.weight=2"])
+    assert str(err.value).endswith(
+        "tasks.clz.type is missing: choose one of: classification, regression, "
+        "pixel_classification; or is 'clz' a misspelt task? The recipe's tasks: cls, ink "
+        "(did you mean 'cls'?)"
+    )
+    # dropping a task the recipe does not have dropped nothing, silently
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.load_recipe(DEMO, {"tasks.inkk": None})
+    assert str(err.value) == (
+        "overrides['tasks.inkk']: the recipe has no task 'inkk' to drop (its tasks: cls, ink) "
+        "(did you mean 'ink'?)"
+    )
+    with pytest.raises(CnnlabError, match="no task 'depth' to drop .its tasks: cls, ink.$"):
+        load_recipe(DEMO, ["tasks.depth=null"])
+    new = load_recipe(DEMO, ["tasks.depth.type=regression", "tasks.depth.target=ink"])
+    assert list(new.tasks) == ["cls", "ink", "depth"]  # a new task, typed: no complaint
+
+
 def test_monitor_must_name_a_reported_metric():
     with pytest.raises(CnnlabError, match="val.ink.accuracy.*val.ink.rmse"):
         load_recipe(DEMO, ["train.monitor=val.ink.accuracy"])
