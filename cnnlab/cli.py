@@ -120,15 +120,16 @@ def check(
 ) -> None:
     """Check a recipe without training: every key, the data's files and headers (a table's
     every row, path and split; no pixel is read), each task against its target, and the
-    model built. One line when all is sound; else train's lines: every wrong key or value of
-    the recipe, else the data's first problem."""
+    model built. One line when all is sound, after what training says of a table's rows
+    (missing files, classes, cells read as blank); else train's lines: every wrong key or
+    value of the recipe, else the data's first problem."""
     _import(imports)
     from cnnlab.build import build_model, tasks_for
     from cnnlab.data import describe
     from cnnlab.recipe import load_recipe
 
     parsed = load_recipe(recipe_file(recipe), set_)
-    info = describe(parsed.data)
+    info = describe(parsed.data, say=True)
     tasks = tasks_for(parsed, info)
     model = build_model(parsed, tasks, info.shape, channels_last=False)
     params = sum(p.numel() for p in model.parameters())

@@ -30,6 +30,7 @@ from cnnlab.tasks import EpochMeter, TargetSpec, create_tasks
 from cnnlab.tasks.base import NO_CLASS
 from cnnlab.tasks.calibration import scores
 from cnnlab.viz import RunView, make_charts
+from tests.conftest import run_cli
 from tests.test_train import assert_same_run, interrupted
 
 ROWS, SIZE = 100, 16  # train rows 0-79, val 80-89, test 90-99 (shapes_table's split)
@@ -263,6 +264,23 @@ def test_a_class_named_like_a_marker_is_blank_unless_the_classes_list_it(blanks,
     raw["data"]["targets"]["kind"]["classes"] = ["disc", "None", "square", "triangle"]
     rows = table.read_rows(load_recipe(raw).data)
     assert (rows.values["kind"][1::3] == 1).all() and not rows.notes
+
+
+def test_cnnlab_check_says_what_loading_says_of_the_rows(blanks, tmp_path):
+    """`cnnlab check` said "sound" and nothing else of a table whose 'None' cells were read
+    as blank and whose missing file was left out: the lines training gives came only then."""
+    folder = rewritten(blanks, tmp_path, lambda i, row: row.update(kind=row["kind"] or "None"))
+    (folder / "images" / "00005.png").unlink()
+    raw = recipe_dict(folder, tmp_path)
+    raw["data"]["targets"]["kind"]["blank"] = "unlabelled"
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    done = run_cli("check", str(tmp_path / "r.yaml"))
+    assert done.returncode == 0, done.stderr
+    said = done.stderr.splitlines()
+    assert said[0].startswith("table: warning: 1 row skipped, naming a file that does not exist")
+    assert said[1].startswith("table: column 'kind': 'None' (33 rows) read as blank")
+    assert said[2].startswith("table: kind has 3 classes (rows): disc ")
+    assert done.stdout.startswith("table_example: sound. Data table: train 79, val 10, test 10")
 
 
 def test_a_word_in_a_column_that_allows_blanks_is_emptied_not_its_row_removed(blanks, tmp_path):

@@ -67,10 +67,12 @@ def list_datasets() -> dict[str, str]:
     return {name: source.doc for name, source in SOURCES.items()}
 
 
-def describe(cfg: DataSection) -> DataInfo:
+def describe(cfg: DataSection, say: bool = False) -> DataInfo:
     """What the recipe's source provides, from headers only: no pixel is read. Colorizing
-    turns it into grey images with a per-pixel `colour` target."""
-    info = get_source(cfg.source).describe(cfg.located())
+    turns it into grey images with a per-pixel `colour` target. `say`: with the lines
+    loading would say of the files (`cnnlab check`)."""
+    entry = get_source(cfg.source)
+    info = ((say and entry.checked) or entry.describe)(cfg.located())
     if cfg.colorize is None:
         return info
     colorize.check_colour(cfg.source, info.shape[0])

@@ -249,6 +249,10 @@ class Source:
     # (CIFAR-10 is 3x32x32 in ten classes): a model is then built with no data on the
     # machine (`cnnlab count`). None: only `describe` knows, from the files.
     declares: Callable[..., DataInfo] | None = None
+    # (cfg) -> DataInfo as `describe`, saying the lines loading would say of the files
+    # before a pixel is read (a table's missing files, classes, blank cells): `cnnlab
+    # check`. None: describe (a source with nothing to say before decoding).
+    checked: Callable[..., DataInfo] | None = None
 
 
 def mean_ink(images: torch.Tensor) -> torch.Tensor:

@@ -419,7 +419,20 @@ def _mask_names(rows: Rows, tops: dict[str, int] | None) -> dict[str, list[str]]
 
 def describe(cfg: TableConfig) -> DataInfo:
     """Targets, classes and sizes from the table alone; every row is checked."""
+    return _info(cfg, read_rows(cfg))
+
+
+def checked(cfg: TableConfig) -> DataInfo:
+    """As `describe`, saying what loading says of the rows (`cnnlab check`: a missing file,
+    each class's rows, a cell read as blank), which `describe`, called more than once per
+    run, leaves to loading."""
     rows = read_rows(cfg)
+    info = _info(cfg, rows)
+    say_rows(cfg, rows)
+    return info
+
+
+def _info(cfg: TableConfig, rows: Rows) -> DataInfo:
     n = len(rows.images)
     if rows.split is None:  # the carve load() makes, less the rows it cannot decode
         target = _stratify_target(cfg)
@@ -504,12 +517,7 @@ def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, Pixels], list[int]]:
         for i in range(len(rows.images))
     ]
     key = [str(rows.table), str(rows.base), list(rows.shape), cfg.resize, cfg.bits, FORMAT]
-    _warn_absent(rows)
-    _say_classes(cfg, rows)
-    for note in rows.notes:
-        say(note)
-    _say_dropped(rows)
-    _say_shape(cfg, rows)
+    say_rows(cfg, rows)
     dark_warning(rows.base / rows.images[0], cfg.bits, "table")
     stop = cfg.on_bad_image == "stop"  # an unreadable file stops the run: not "skipped"
     decoded = cached_decode(
@@ -526,6 +534,17 @@ def decode(cfg: TableConfig, rows: Rows) -> tuple[dict[str, Pixels], list[int]]:
     if not decoded.kept:
         raise CnnlabError(f"data.table: no image of {rows.table} could be read")
     return decoded.pixels, decoded.kept
+
+
+def say_rows(cfg: TableConfig, rows: Rows) -> None:
+    """The lines of the rows before a pixel is read: files missing, each category's
+    classes, cells read as blank, rows left out, the shape the first image chose."""
+    _warn_absent(rows)
+    for note in rows.notes:  # a marker read as blank: before the classes it leaves out
+        say(note)
+    _say_classes(cfg, rows)
+    _say_dropped(rows)
+    _say_shape(cfg, rows)
 
 
 def _refused(cfg: TableConfig, refused: list[tuple[int, str, str]], any_kept: bool) -> None:
@@ -645,6 +664,7 @@ SOURCE = Source(
     describe=describe,
     load=load,
     locate=locate,
+    checked=checked,
     doc="a CSV or Parquet table of image paths and target columns (classes, numbers, masks)",
     stats=None,  # mean/std from a streaming pass over the run's training split
 )
