@@ -402,6 +402,11 @@ def sweep(
             f"{type(sweep_file_or_name).__name__}"
         )
 
+    if options.get("resume") and overrides:  # the saved recipe is used: they would be lost
+        raise CnnlabError(
+            "sweep: resume=True continues with the sweep folder's saved recipe and sweep; "
+            "drop overrides"
+        )
     base = load_recipe(recipe, overrides).model_dump(mode="json")
     known = {"trials", "workers", "storage", "study", "out", "resume", "max_failures",
              "heartbeat", "trial_processes", "name_map"}  # fmt: skip

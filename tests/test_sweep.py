@@ -219,6 +219,70 @@ def test_interrupted_sweep_resumes_the_trial_from_its_checkpoint(tmp_path, sig):
     assert sorted(r.number for r in with_runs(list(rows.values()))) == complete  # once each
 
 
+def test_a_resumed_random_sweep_draws_new_values_not_its_first_trials_again(tmp_path, monkeypatch):
+    """Resumed, the sampler started again from its seed: the trial after the retry drew
+    trial 0's values, a twin counted as a trial and never trained, so a 3-trial sweep had
+    two distinct settings."""
+    from cnnlab import experiment
+
+    file = lr_sweep(
+        tmp_path, "random", "{min: 1.0e-4, max: 1.0e-2, distribution: log_uniform_values}"
+    )
+    real = experiment.train
+
+    def ctrl_c_in_trial_1(recipe, **kw):
+        if kw["run"].path.name.startswith("trial0001-"):
+            raise KeyboardInterrupt
+        return real(recipe, **kw)
+
+    monkeypatch.setattr(experiment, "train", ctrl_c_in_trial_1)
+    with pytest.raises(CnnlabError, match="interrupted; .* plus --resume, without its --set"):
+        sweep(DEMO, file, TINY, trials=3, out=tmp_path / "out")
+    monkeypatch.setattr(experiment, "train", real)
+    sweep(DEMO, file, [], trials=3, out=tmp_path / "out", resume=True)
+    (path,) = (tmp_path / "out").iterdir()
+    rows = load_trials(SweepFolder(path), None)
+    complete = [r for r in rows if r.state == "complete"]
+    assert [r.number for r in complete] == [0, 2, 3]  # 1 interrupted, 2 its retry
+    assert rows[2].retry_of == 1 and rows[2].params == rows[1].params
+    lrs = {r.params["train.optimizer.lr"] for r in complete}
+    assert len(lrs) == 3  # three settings, each trained
+    assert all(r.epochs > 0 for r in complete)
+
+
+def test_a_killed_worker_is_named_and_fails_the_sweep_only_if_trials_are_left(
+    tmp_path, monkeypatch, capsys
+):
+    """ "1 of 2 workers stopped early; see above" with nothing above, and an error though
+    the other worker had settled every trial: now the worker and its signal are named, and
+    a sweep whose trials all settled ends well, with a warning."""
+    import cnnlab
+    from cnnlab.sweeps import worker
+
+    def one_worker_then_a_kill(folder, storage, workers, drawn=0):
+        worker.run_worker(folder, storage, 1, None, 0, drawn)  # does every trial
+        return [(1, -signal.SIGKILL)]
+
+    file = lr_sweep(tmp_path, "grid", "{values: [0.001, 0.002]}")
+    monkeypatch.setattr(worker, "spawn_workers", one_worker_then_a_kill)
+    sweep(DEMO, file, TINY, workers=2, out=tmp_path / "a")
+    said = capsys.readouterr().out
+    assert "warning: worker 1 was killed (SIGKILL); the other workers settled every trial" in said
+    assert "trials: 2 complete" in said
+
+    monkeypatch.setattr(worker, "spawn_workers", lambda *a: [(0, -signal.SIGKILL), (1, 3)])
+    with pytest.raises(CnnlabError) as err:
+        sweep(DEMO, file, TINY, workers=2, out=tmp_path / "b")
+    assert str(err.value) == (
+        "worker 0 was killed (SIGKILL); worker 1 stopped early (exit code 3) before the "
+        "sweep's 2 trials were settled; see above, then resume the sweep (--resume, or "
+        "resume=True from Python)"
+    )
+    # from Python, overrides on a resume were dropped without a word: the saved recipe runs
+    with pytest.raises(CnnlabError, match="^sweep: resume=True continues with the sweep "):
+        cnnlab.sweep(DEMO, file, {"train.epochs": 6}, resume=True, out=tmp_path / "b")
+
+
 def test_journal_file_takes_parallel_writers(tmp_path):
     """Four processes writing one local study at full speed: nothing is lost or locked."""
     optuna.create_study(study_name="s", storage=open_storage(None, tmp_path, heartbeat=1))

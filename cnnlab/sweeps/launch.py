@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -95,37 +96,55 @@ def sweep(
     try:
         _work(folder, storage, workers)
     except KeyboardInterrupt:
+        kept = (
+            ", without its --set and --map (the folder keeps them)" if overrides or map_path else ""
+        )
         raise CnnlabError(
             "interrupted; the trial in progress keeps its checkpoint and is queued again. "
-            f"Continue with the same command plus --resume (folder {folder.path})"
+            f"Continue with the same command plus --resume{kept}; in Python, the same call "
+            f"with resume=True (folder {folder.path})"
         ) from None
     summarize(folder, storage)
     return folder
 
 
 def _work(folder: SweepFolder, storage: str | None, workers: int) -> None:
-    text = folder.recipe_path.read_text() + folder.sweep_path.read_text()
-    check_reachable(text, workers, folder.meta().trial_processes)  # a resumed one too
-    if workers == 1:
-        from cnnlab.sweeps.worker import run_worker, worker_slots
+    from cnnlab.sweeps.storage import open_storage
+    from cnnlab.sweeps.study import load_study
+    from cnnlab.sweeps.worker import run_worker, spawn_workers, study_progress, worker_slots
 
+    meta = folder.meta()
+    text = folder.recipe_path.read_text() + folder.sweep_path.read_text()
+    check_reachable(text, workers, meta.trial_processes)  # a resumed one too
+    # Created here, once, rather than by N workers racing; its trials so far move a
+    # resumed sweep's sampler on from the values it drew before.
+    study = load_study(folder, open_storage(storage, folder.path, meta.heartbeat), folder.spec())
+    drawn = len(study.get_trials(deepcopy=False))
+    if workers == 1:
         threads, device = worker_slots(1, folder.base()["train"])[0]
-        why = run_worker(folder, storage, threads, device)
+        why = run_worker(folder, storage, threads, device, drawn=drawn)
         if why != "done":
             raise CnnlabError(f"worker {why}; see the reasons above, fix them, then --resume")
         return
-    from cnnlab.sweeps.storage import open_storage
-    from cnnlab.sweeps.study import load_study
-    from cnnlab.sweeps.worker import spawn_workers
+    bad = spawn_workers(folder, storage, workers, drawn)
+    if not bad:
+        return
+    ended = "; ".join(_ended(index, code) for index, code in bad)
+    if study_progress(study, folder.spec(), meta.trials)[0] >= meta.trials:
+        console.print(f"warning: {ended}; the other workers settled every trial")
+        return
+    raise CnnlabError(
+        f"{ended} before the sweep's {counted(meta.trials, 'trial')} were settled; see above, "
+        "then resume the sweep (--resume, or resume=True from Python)"
+    )
 
-    # Create the study here, once, rather than have N workers race to create it.
-    load_study(folder, open_storage(storage, folder.path, folder.meta().heartbeat), folder.spec())
-    bad = spawn_workers(folder, storage, workers)
-    if bad:
-        raise CnnlabError(
-            f"{bad} of {workers} workers stopped early; see above, then resume the sweep "
-            "(--resume, or resume=True from Python)"
-        )
+
+def _ended(index: int, code: int) -> str:
+    """How a worker process ended: killed by a signal (the out-of-memory killer's SIGKILL
+    leaves no line of its own), or with its exit code (its reason is above)."""
+    if code < 0:
+        return f"worker {index} was killed ({signal.Signals(-code).name})"
+    return f"worker {index} stopped early (exit code {code})"
 
 
 def check_reachable(text: str, workers: int, processes: int) -> None:

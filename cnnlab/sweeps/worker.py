@@ -325,8 +325,10 @@ def run_worker(
     threads: int,
     device: str | None = None,
     index: int = 0,
+    drawn: int = 0,
 ) -> str:
-    """Work on the study until its budget is met; returns why it stopped."""
+    """Work on the study until its budget is met; returns why it stopped. `drawn`: the
+    study's trials when the sweep started (a resumed one's, else 0)."""
     import optuna
 
     meta = folder.meta()
@@ -339,6 +341,10 @@ def run_worker(
         seed = base_seed
     else:
         seed = base_seed * 1000 + index if storage_url is None else None
+    if seed is not None and spec.method != "grid":
+        # a resumed sweep: from its seed alone the sampler would draw the first trials'
+        # values again (twins, not trained, while the budget ran out)
+        seed += 7919 * drawn
     study = load_study(folder, storage, spec, seed)
     trials, failures = meta.trials, 0
     objective = Objective(folder, spec, threads, device, redact(storage_url), trials, storage)
@@ -374,6 +380,9 @@ def _say(trial, index: int, spec: SweepSpec) -> None:
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
     )
     epochs = counted(trial.user_attrs.get("epochs", 0), "epoch")
+    twin = trial.user_attrs.get("duplicate_of")
+    if twin is not None:  # "(0 epochs)" alone read as a trial that trained nothing
+        epochs = f"the values of trial {twin}: its result, not trained again"
     name = numbered(trial.number, retry_of(trial))
     print(f"[worker {index}] {name} {outcome}{value} ({epochs})  {params}")
     sys.stdout.flush()
@@ -427,15 +436,18 @@ def worker_slots(workers: int, train: dict) -> list[tuple[int, str | None]]:
     return [(threads, None) for _ in range(workers)]
 
 
-def spawn_workers(folder: SweepFolder, storage_url: str | None, workers: int) -> int:
-    """Start `workers` processes on this machine and wait for them; returns how many failed."""
+def spawn_workers(
+    folder: SweepFolder, storage_url: str | None, workers: int, drawn: int = 0
+) -> list[tuple[int, int]]:
+    """Start `workers` processes on this machine and wait for them; returns (index, exit
+    code) of each that failed (a negative code: the signal that ended it)."""
     env = child_env()
     if storage_url:
         env[STORAGE_ENV] = storage_url
     procs = []
     for index, (threads, dev) in enumerate(worker_slots(workers, folder.base()["train"])):
         cmd = [sys.executable, "-m", "cnnlab.sweeps.worker", str(folder.path)]
-        cmd += ["--index", str(index), "--threads", str(threads)]
+        cmd += ["--index", str(index), "--threads", str(threads), "--drawn", str(drawn)]
         if dev:
             cmd += ["--device", dev]
         procs.append(subprocess.Popen(cmd, env=env))
@@ -444,7 +456,7 @@ def spawn_workers(folder: SweepFolder, storage_url: str | None, workers: int) ->
     except KeyboardInterrupt:  # the terminal sent SIGINT to the workers too: let them save
         codes = [p.wait() for p in procs]
         raise
-    return sum(code != 0 for code in codes)
+    return [(index, code) for index, code in enumerate(codes) if code != 0]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -453,6 +465,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--drawn", type=int, default=0)
     args = parser.parse_args(argv)
     try:
         # the components `cnnlab sweep` knew: installed plug-ins and its --import modules
@@ -464,6 +477,7 @@ def main(argv: list[str] | None = None) -> None:
             args.threads,
             args.device,
             args.index,
+            args.drawn,
         )
     except CnnlabError as err:
         print(f"error: {err}", file=sys.stderr)
