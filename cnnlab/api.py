@@ -239,7 +239,7 @@ class Run:
         `reset`: every temperature back to 1 instead (the model's own probabilities)."""
         import pandas as pd
 
-        from cnnlab.calibration import calibrate_run, notes
+        from cnnlab.calibration import calibrate_run, notes, stale_exports
 
         view = self.__dict__.get("_view")
         loaded = view is not None and "built" in view.__dict__  # its data: not read again
@@ -247,6 +247,10 @@ class Run:
         result = calibrate_run(self.path, splits=splits, device=device, reset=reset)
         for line in notes(result):
             warnings.warn(line, stacklevel=2)
+        for old in stale_exports(self.path):  # the command says so; Python said nothing
+            warnings.warn(
+                f"{old} holds the old temperature: export again, run.export()", stacklevel=2
+            )
         self.__dict__.pop("_view", None)  # built with the old temperature
         self.__dict__.pop("_predictor", None)
         if splits is not None:

@@ -165,6 +165,14 @@ def summary(result: dict[str, dict]) -> list[str]:
     return lines + notes(result)
 
 
+def stale_exports(run: Path) -> list[Path]:
+    """The files `export` made in the run folder before a temperature changed: they answer
+    with the old one (0.544 where the run now says 0.840) until exported again."""
+    return sorted(
+        f for f in (Path(run) / "export").glob("model.*") if f.suffix in (".onnx", ".pt2")
+    )
+
+
 def notes(result: dict[str, dict]) -> list[str]:
     """What a user should know of a fit beyond its numbers: a task left at T = 1 for want of
     a mistake to fit on, `uninformed` temperatures, and those that made the test set's

@@ -255,16 +255,15 @@ def calibrate(
 
     It is saved with the best weights; eval, predict, the figures and export use it."""
     _import(imports)
-    from cnnlab.calibration import calibrate_run, summary
+    from cnnlab.calibration import calibrate_run, stale_exports, summary
 
     for line in summary(calibrate_run(run, reset=reset)):
         typer.echo(line)
     typer.echo(
         f"saved in {run / 'checkpoints' / 'best.pt'}; redraw the report: cnnlab report {run}"
     )
-    for old in sorted((run / "export").glob("model.*")):  # files made with the old temperature
-        if old.suffix in (".onnx", ".pt2"):
-            typer.echo(f"{old} holds the old temperature: export again, cnnlab export {run}")
+    for old in stale_exports(run):
+        typer.echo(f"{old} holds the old temperature: export again, cnnlab export {run}")
 
 
 @app.command()

@@ -227,6 +227,9 @@ def test_a_run_is_calibrated_and_exported_from_python(api_run, tmp_path):
     alone = lone.predict(files)["cls"].probabilities
     assert np.allclose(alone.sum(1), 1, atol=1e-5)
     assert not np.allclose(alone, answers["cls"].probabilities, atol=1e-3)
+    # calibrated again, the file exported before answers with the old temperature: said
+    with pytest.warns(UserWarning, match=r"model.pt2 holds the old temperature: export again, "):
+        run.calibrate(reset=True)
 
 
 def test_a_temperature_that_flattens_the_probabilities_is_a_warning(api_run, tmp_path, monkeypatch):
