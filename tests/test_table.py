@@ -925,6 +925,26 @@ def test_a_mask_index_beyond_the_listed_classes_names_the_first_mask(shapes, tmp
     assert no_runs(tmp_path)
 
 
+def test_a_listed_class_that_no_mask_holds_is_a_warning(shapes, tmp_path, capsys):
+    """Binary masks saved as 0 and 255 (ImageJ's way): every object pixel read as no label,
+    and training learnt the background alone without a word."""
+    raw = bad_table(tmp_path, shapes, lambda rows: rows)
+    for path in (tmp_path / "bad/masks").glob("*.png"):
+        mask = np.asarray(Image.open(path))
+        Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8), "L").save(path)
+    table.load(load_recipe(raw).data)
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "no mask holds" in x]
+    unseen = ", ".join(f"{c!r} ({i})" for i, c in enumerate(shapes_table.MASK_CLASSES) if i)
+    assert line.startswith(
+        f"table: warning: data.targets.mask: no mask holds class {unseen}, so no pixel of it is "
+        "learnt (the highest index in any mask is 0); 255 (no label) covers "
+    )
+    assert line.endswith("save it as 0 and 1 (mask // 255)")
+    raw["data"]["targets"]["mask"]["classes"] = shapes_table.MASK_CLASSES[:1]  # as they are
+    table.load(load_recipe(raw).data)
+    assert "no mask holds" not in capsys.readouterr().err
+
+
 # ------------------------------------------------------------- labels stay true
 
 
