@@ -11,6 +11,7 @@ image gets the class the run's own test gave it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,8 +31,16 @@ from cnnlab.build import (
     saved_tasks,
 )
 from cnnlab.data import colorize
-from cnnlab.data.decoded import DECODE_THREADS, as_read, open_image, read_image, seen_box
-from cnnlab.errors import CnnlabError
+from cnnlab.data.decoded import (
+    DECODE_THREADS,
+    as_read,
+    note_peak,
+    noting_peaks,
+    open_image,
+    read_image,
+    seen_box,
+)
+from cnnlab.errors import CnnlabError, counted
 from cnnlab.models import MultiTaskModel
 from cnnlab.precision import autocast_for
 from cnnlab.recipe import Recipe
@@ -297,7 +306,7 @@ def decoded_batch(
     crop or squash to the square)."""
     read = Reading(channels, (size[0], size[1]), resize, bits)
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-        done = [_one(img, read) for img in images]
+        done = [_noted(img, read) for img in images]
     else:
         if isinstance(images, (str, Path, np.ndarray, torch.Tensor, Image.Image)):
             images = [images]
@@ -306,8 +315,36 @@ def decoded_batch(
         # files decoded in threads (Pillow lets go of the GIL): 200 photos at 1024 x 768,
         # half JPEG, half PNG, to 224 px took 1.4-1.6 s instead of 3.0 one by one (2-core EPYC)
         with ThreadPoolExecutor(DECODE_THREADS) as pool:
-            done = list(pool.map(lambda img: _one(img, read), images))
-    return torch.cat([x for x, _ in done]), [frame for _, frame in done]
+            done = list(pool.map(lambda img: _noted(img, read), images))
+    _warn_clipped(images, [peak for *_, peak in done], bits)
+    return torch.cat([x for x, *_ in done]), [frame for _, frame, _ in done]
+
+
+def _noted(image: ImageLike, read: Reading) -> tuple[torch.Tensor, Frame, int | None]:
+    """`_one`, and the largest raw value of a 16-bit image read as fewer bits (else None)."""
+    with noting_peaks() as seen:
+        x, frame = _one(image, read)
+    return x, frame, max((p for p, _ in seen), default=None)
+
+
+def _warn_clipped(images: Any, peaks: list[int | None], bits: int) -> None:
+    """One line when 16-bit images go above what the run's data.bits keeps: they clip to
+    white, as loading says of a training set's (predict clipped them without a word)."""
+    top = 2**bits - 1
+    over = [i for i, peak in enumerate(peaks) if peak is not None and peak > top]
+    if not over:
+        return
+    first = images[over[0]] if isinstance(images, Sequence) else None
+    name = str(first) if isinstance(first, (str, Path)) else f"image {over[0]}"
+    largest = max(peaks[i] for i in over)
+    print(
+        f"predict: warning: {len(over)} of {counted(len(peaks), 'image')} (first: {name}) "
+        f"{'has' if len(over) == 1 else 'have'} values above {top:,}, the most the run's "
+        f"data.bits: {bits} keeps: clipped to white (the largest, {largest:,}, needs "
+        f"{min(16, largest.bit_length())} bits); a camera of more bits needs a run trained "
+        "with data.bits set to them",
+        file=sys.stderr,
+    )
 
 
 @dataclass(frozen=True)
@@ -341,6 +378,8 @@ def _one(image: ImageLike, read: Reading) -> tuple[torch.Tensor, Frame]:
         raise CnnlabError(
             f"predict: an image of shape {tuple(x.shape)}; give (H, W), (H, W, C) or (C, H, W)"
         )
+    if x.dtype == torch.uint16 and x.numel():
+        note_peak(int(x.to(torch.int32).max()), read.bits)  # uint16 has no max of its own
     if x.dtype in (torch.uint8, torch.uint16):  # 16 bits: scaled as a 16-bit file is
         x = x.float().div(255 if x.dtype == torch.uint8 else 2**read.bits - 1).clamp_(0, 1)
     else:

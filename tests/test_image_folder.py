@@ -279,6 +279,18 @@ def test_a_12_bit_cameras_images_span_0_to_255_with_data_bits(tmp_path, monkeypa
     assert torch.allclose(from_array, from_file, atol=0.005)
     as_16_bits = torch.from_numpy(raw / 65535).float()[None, None]
     assert torch.allclose(decoded_batch(raw, 1, (64, 64))[0], as_16_bits, atol=1e-6)
+    assert "predict: warning" not in capsys.readouterr().err  # none goes above 4,095
+    # a brighter camera's image, given to a 12-bit run: clipped, as loading says of its own
+    bright = (ramp * 7434).round().astype(np.uint16)
+    Image.fromarray(bright).save(tmp_path / "bright.png")
+    decoded_batch([tmp_path / "camera.png", tmp_path / "bright.png"], 1, (64, 64), bits=12)
+    assert capsys.readouterr().err == (
+        f"predict: warning: 1 of 2 images (first: {tmp_path / 'bright.png'}) has values above "
+        "4,095, the most the run's data.bits: 12 keeps: clipped to white (the largest, 7,434, "
+        "needs 13 bits); a camera of more bits needs a run trained with data.bits set to them\n"
+    )
+    decoded_batch(np.stack([raw, bright])[:, None], 1, (64, 64), bits=12)  # a uint16 batch
+    assert "1 of 2 images (first: image 1) has values above 4,095" in capsys.readouterr().err
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     for name in ("a", "b"):  # an image folder passes its recipe's bits to the decoder
         (tmp_path / "plates" / name).mkdir(parents=True)

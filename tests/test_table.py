@@ -153,7 +153,8 @@ def camera_table(folder: Path, tops: list[int]) -> dict:
 
 
 CLIPPED = (
-    "table: warning: 16 of 20 images (80.0 %) have values above 8,191, the most data.bits: 13 "
+    "table: warning: 16 of 20 images (80.0 %; first: images/cell_004.tif) have values above "
+    "8,191, the most data.bits: 13 "
     "keeps: they are clipped to white; set data.bits: 16 (their largest value, 61,250, needs "
     "16 bits)"
 )
@@ -199,7 +200,8 @@ def test_no_clipping_line_when_data_bits_holds_every_image(tmp_path, capsys):
     args = camera_table(tmp_path / "more", [5227, 16384] + [12000, 9000] * 9)
     table.load(table.TableConfig(**args, bits=14))
     assert (
-        "table: warning: 1 of 20 images (5.0 %) has values above 16,383, the most data.bits: "
+        "table: warning: 1 of 20 images (5.0 %; first: images/cell_001.tif) has values above "
+        "16,383, the most data.bits: "
         "14 keeps: it is clipped to white; set data.bits: 15 (its largest value, 16,384, needs "
         "15 bits)"
     ) in capsys.readouterr().err

@@ -24,8 +24,9 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,11 +100,29 @@ def eight_bit(im: Image.Image, bits: int = 16) -> Image.Image:
         return im
     top = 1.0 if WIDE[im.mode] == 1.0 else float(2**bits - 1)
     raw = np.asarray(im)
-    seen = getattr(_ROW, "seen", None)
-    if seen is not None and top != 1.0 and bits < 16:  # what clips, told once (decode_rows)
-        seen.append((int(raw.max(initial=0)), bits))
+    if top != 1.0 and getattr(_ROW, "seen", None) is not None:  # what clips, told once
+        note_peak(int(raw.max(initial=0)), bits)
     values = raw.astype(np.float32) * (255.0 / top)
     return Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8), "L")
+
+
+@contextmanager
+def noting_peaks() -> Iterator[list[tuple[int, int]]]:
+    """Within (in this thread): each 16-bit image scaled from fewer than 16 bits notes
+    (its raw largest value, the bits) in the list yielded, as `eight_bit` scales it: what
+    clips is then told once for all the images, with no second read."""
+    _ROW.seen = seen = []
+    try:
+        yield seen
+    finally:
+        _ROW.seen = None
+
+
+def note_peak(peak: int, bits: int) -> None:
+    """Note a 16-bit image's largest value where `noting_peaks` listens (else nothing)."""
+    seen = getattr(_ROW, "seen", None)
+    if seen is not None and bits < 16:
+        seen.append((peak, bits))
 
 
 def dark_warning(path: Path, bits: int, label: str) -> None:
@@ -264,19 +283,17 @@ def decode_rows(
     peaks: dict[int, tuple[int, int]] = {}
 
     def one(i: int) -> None:
-        _ROW.seen = seen = []
-        try:
-            for name, value in decode_row(i).items():
-                out[name][i] = value
-            if seen:
-                peaks[i] = (max(p for p, _ in seen), seen[0][1])
-        except Refused as err:  # readable, but not what the row needs: its reason is kept
-            refused[i] = err
-            failed.append(i)
-        except Exception:  # whatever the file held, the row is skipped and named
-            failed.append(i)
-        finally:
-            _ROW.seen = None
+        with noting_peaks() as seen:
+            try:
+                for name, value in decode_row(i).items():
+                    out[name][i] = value
+                if seen:
+                    peaks[i] = (max(p for p, _ in seen), seen[0][1])
+            except Refused as err:  # readable, but not what the row needs: reason kept
+                refused[i] = err
+                failed.append(i)
+            except Exception:  # whatever the file held, the row is skipped and named
+                failed.append(i)
 
     from cnnlab.progress import counting
 
@@ -286,11 +303,13 @@ def decode_rows(
     return sorted(failed), refused, peaks
 
 
-def clipped(peaks: dict[int, tuple[int, int]]) -> list[int] | None:
-    """[rows, their largest value, bits] of the rows whose 16-bit values go above
-    2**bits - 1 (`decode_rows`' peaks), which decode white; None when none does."""
-    over = [(p, b) for p, b in peaks.values() if p > 2**b - 1]
-    return [len(over), max(p for p, _ in over), over[0][1]] if over else None
+def clipped(peaks: dict[int, tuple[int, int]], names: list[str]) -> list | None:
+    """[rows, their largest value, bits, the first's name] of the rows whose 16-bit values
+    go above 2**bits - 1 (`decode_rows`' peaks), which decode white; None when none does."""
+    over = sorted((i, p, b) for i, (p, b) in peaks.items() if p > 2**b - 1)
+    if not over:
+        return None
+    return [len(over), max(p for _, p, _ in over), over[0][2], names[over[0][0]]]
 
 
 def warn_clipped(label: str, clip: list[int] | None, n: int) -> None:
@@ -299,13 +318,14 @@ def warn_clipped(label: str, clip: list[int] | None, n: int) -> None:
     brighter images exceed, and 87.5 % of a set decoded with white patches unsaid."""
     if not clip:
         return
-    rows, largest, bits = clip
+    rows, largest, bits, *first = clip  # the first's name: not in older caches' manifests
     share = f"{100 * rows / max(n, 1):.1f}"
     share = {"0.0": "< 0.1", "100.0": "100.0" if rows >= n else "> 99.9"}.get(share, share)
     needs = min(16, largest.bit_length())
     they, their = ("it is", "its") if rows == 1 else ("they are", "their")
     print(
-        f"{label}: warning: {rows:,} of {counted(n, 'image')} ({share} %) "
+        f"{label}: warning: {rows:,} of {counted(n, 'image')} ({share} %"
+        f"{''.join(f'; first: {name}' for name in first)}) "
         f"{'has' if rows == 1 else 'have'} values above {2**bits - 1:,}, the most "
         f"data.bits: {bits} keeps: {they} clipped to white; set data.bits: {needs} "
         f"({their} largest value, {largest:,}, needs {needs} bits)",
@@ -412,7 +432,7 @@ def _decode_into(
         "kept": kept,
         "skipped": list(skipped or []) + [names[i] for i in failed if i not in refused],
         "refused": [[i, refused[i].what, refused[i].fix] for i in sorted(refused)],
-        "clipped": clipped(peaks),  # [rows, their largest value, bits], or None
+        "clipped": clipped(peaks, names),  # [rows, largest value, bits, first], or None
     }
     write_atomic(folder / "manifest.json", lambda f: f.write(json.dumps(manifest).encode()))
     seconds = time.perf_counter() - start
