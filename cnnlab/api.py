@@ -199,20 +199,22 @@ class Run:
 
     def explain(
         self, images: ImageLike | Sequence[ImageLike], component: str | None = None,
-        ig_steps: int | None = None,
+        ig_steps: int | None = None, task: str | None = None,
     ) -> Charts:  # fmt: skip
         """Where in images of your own (as `predict` takes them, at most 16) each answer
         comes from: the attributions figure's four maps beside each image, a classification's
         for the class it predicts, a vector's for `component` (default: its first); saved as
         RUN/figures/explained_<task>.png (over the previous call's), inline in Jupyter; each
-        image is named by its file. `ig_steps`: Integrated Gradients' (default 8)."""
+        image is named by its file. `ig_steps`: Integrated Gradients' (default 8); `task`:
+        that task's maps alone (default: every task that answers once per image)."""
         from cnnlab.viz.attributions import IG_STEPS, explain, image_names
 
         self._view  # noqa: B018 (a run without best.pt stops here, in one line)
         predictor = self._predictor
         shown = predictor.pixels(images)  # as the model sees them, before normalizing
         names = image_names(images)
-        return self._saved(explain(predictor, shown, component, ig_steps or IG_STEPS, names=names))
+        charts = explain(predictor, shown, component, ig_steps or IG_STEPS, names, task)
+        return self._saved(charts)
 
     def _saved(self, charts: list[Chart]) -> Charts:
         """The charts, each saved as RUN/figures/<key>.png."""

@@ -33,6 +33,7 @@ from cnnlab.tasks import evaluate
 from cnnlab.tasks.calibration import Rows
 from cnnlab.tasks.classification import confident_errors
 from cnnlab.viz import FIGURES, Chart, RunView, drawn, make_charts
+from cnnlab.viz.attributions import _explained as explained_tasks
 from cnnlab.viz.attributions import explain
 from cnnlab.viz.base import grid_shape, new_figure
 from cnnlab.viz.confusion import (
@@ -714,12 +715,27 @@ def test_a_figure_with_nothing_to_show_says_why(view, monkeypatch):
     )
 
 
-def test_images_are_not_explained_by_a_run_that_answers_per_pixel():
+def test_images_are_not_explained_by_a_run_that_answers_per_pixel(capsys):
     recipe = load_recipe(ROOT / "cnnlab" / "recipes" / "table_example.yaml")
-    tasks = {n: t for n, t in fitted_tasks(recipe).items() if "pixels" in t.figures}
-    assert tasks
+    every = fitted_tasks(recipe)
+    tasks = {n: t for n, t in every.items() if "pixels" in t.figures}
+    assert list(tasks) == ["mask"]
     with pytest.raises(CnnlabError, match="every task of this run answers per pixel"):
         explain(SimpleNamespace(tasks=tasks), torch.zeros(1, 3, 8, 8))
+    # a run of a mask and numbers: the mask's task is said to be left out, not dropped unsaid
+    assert explained_tasks(every, None) == ["kind", "area"]
+    assert capsys.readouterr().err == (
+        "explain: mask answers per pixel, not explained (a map explains one number per image); "
+        "look at its predicted masks instead (predict, the pixels figure)\n"
+    )
+    assert explained_tasks(every, "area") == ["area"]  # one task's maps alone
+    with pytest.raises(CnnlabError, match=r"^explain: mask answers per pixel, and a map "):
+        explain(SimpleNamespace(tasks=every), torch.zeros(1, 3, 8, 8), task="mask")
+    with pytest.raises(CnnlabError) as err:
+        explain(SimpleNamespace(tasks=every), torch.zeros(1, 3, 8, 8), task="aera")
+    assert str(err.value) == (
+        "explain: no task 'aera' (did you mean 'area'?); the run's: kind, area, mask"
+    )
 
 
 def test_a_run_without_checkpoint_is_one_clear_error(report_run, tmp_path):

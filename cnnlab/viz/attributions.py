@@ -13,6 +13,7 @@ Whether a map depends on what the network learnt is `cnnlab viz RUN sanity`'s qu
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from cnnlab.build import images_per_backward
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.viz.base import Chart, check_count
 from cnnlab.viz.guided import guided_nonlinearities
 from cnnlab.viz.hooks import analysis_mode, forward_hooks, last_conv
@@ -247,29 +248,25 @@ def _elided(part: str) -> str:
 
 def explain(
     predictor: Predictor, shown: torch.Tensor, component: str | None = None,
-    ig_steps: int = IG_STEPS, names: Sequence[str] | None = None,
+    ig_steps: int = IG_STEPS, names: Sequence[str] | None = None, task: str | None = None,
 ) -> list[Chart]:  # fmt: skip
     """The four maps for images of one's own (`Run.explain`), `shown` as the model sees them
     before normalizing (`Predictor.pixels`), each classification's for the class it
     predicts; the run's data is not read. `names`: each image's, written under it
-    (`image_names`). Each task's chart is keyed `explained_<task>`: saved, it replaces the
-    previous explain's figure of that task."""
+    (`image_names`); `task`: that task's alone. Each task's chart is keyed
+    `explained_<task>`: saved, it replaces the previous explain's figure of that task."""
     check_count("ig-steps", ig_steps, 256)
     if names is not None and len(names) != len(shown):
         raise ValueError(f"explain: {len(names)} names for {len(shown)} images")
+    chosen = _explained(predictor.tasks, task)
     tasks = predictor.tasks
-    if not explainable(tasks):
-        raise CnnlabError(
-            "explain: every task of this run answers per pixel, and a map explains one number "
-            "per image; look at the predicted masks instead (predict, the pixels figure)"
-        )
-    check_component(tasks, explainable(tasks), component)
+    check_component(tasks, chosen, component)
     if len(shown) > 16:
         raise CnnlabError(f"explain: {len(shown)} images; give at most 16 at a time")
     answers = predictor(shown)
     x, black = predictor.normalized(shown), (-predictor.mean / predictor.std).flatten()
     charts = []
-    for name in explainable(tasks):
+    for name in chosen:
         target = component_targets(tasks[name], len(shown), component, shown.device)
         if tasks[name].info.classes is not None:  # the class it predicts, views and all
             target = torch.as_tensor(answers[name].index, device=shown.device).long()
@@ -283,6 +280,29 @@ def explain(
         )
         charts.append(chart)
     return charts
+
+
+def _explained(tasks: dict[str, Task], task: str | None) -> list[str]:
+    """The tasks `explain` draws: `task`, else every one a map can explain; the per-pixel
+    ones it leaves are said (a run of a mask and a number drew the number's alone, unsaid)."""
+    able, pixel = explainable(tasks), [n for n in tasks if n not in explainable(tasks)]
+    masks = "look at its predicted masks instead (predict, the pixels figure)"
+    if task is not None and task not in tasks:
+        raise CnnlabError(
+            f"explain: no task {task!r}{did_you_mean(task, tasks)}; the run's: {', '.join(tasks)}"
+        )
+    if task in pixel or not able:
+        which = f"{task} answers" if task else "every task of this run answers"
+        raise CnnlabError(
+            f"explain: {which} per pixel, and a map explains one number per image; {masks}"
+        )
+    if task is None and pixel:
+        print(
+            f"explain: {', '.join(pixel)} {'answers' if len(pixel) == 1 else 'answer'} per "
+            f"pixel, not explained (a map explains one number per image); {masks}",
+            file=sys.stderr,
+        )
+    return [task] if task else able
 
 
 def maps_chart(
