@@ -371,7 +371,10 @@ class Trainer:
                         raise KeyboardInterrupt
         st.elapsed += time.monotonic() - last_save
         trained = (st.step - first_step) * cfg.batch_size
-        self._end_epoch(started, trained / max(time.monotonic() - started, 1e-9))
+        # None: resumed after the epoch's last step (stopped in its validation), no rate
+        self._end_epoch(
+            started, trained / max(time.monotonic() - started, 1e-9) if trained else None
+        )
 
     def train_step(self, x: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """One optimizer step on a batch (this rank's shard of it), its sums in the epoch's
@@ -484,7 +487,7 @@ class Trainer:
             f"lets into its value or gradient; make it count only self.labelled(target), {docs}"
         )
 
-    def _end_epoch(self, started: float, images_per_s: float) -> None:
+    def _end_epoch(self, started: float, images_per_s: float | None) -> None:
         st = self.state
         distributed.add_up(self.train_meter.sums, self.ranks)  # each rank saw its shard
         row = {"epoch": st.epoch + 1, **self.train_meter.compute("train")}
@@ -500,7 +503,8 @@ class Trainer:
         if (backbone_lr := self._backbone_lr()) is not None:
             row["lr.backbone"] = backbone_lr
         row["seconds"] = round(seconds, 2)
-        row["images_per_s"] = round(images_per_s, 1)  # training steps only, not validation
+        # training steps only, not validation; None when this process trained none of them
+        row["images_per_s"] = None if images_per_s is None else round(images_per_s, 1)
         st.epoch, st.step = st.epoch + 1, 0
         self._track_best(row)
         # the checkpoint first, holding its row: whoever reads the row (a sweep pruning the

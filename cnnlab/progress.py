@@ -150,9 +150,15 @@ class EpochProgress:
             for k, v in row.items()
             if k.startswith("val.") and _headline(k)
         )
+        rate = row.get("images_per_s")  # None: its steps ran before a resume ("0 img/s")
+        rate = (
+            "(validation: its steps ran before the resume)"
+            if rate is None
+            else f"{rate:,.0f} img/s"
+        )
         console.print(
             f"epoch {row['epoch']:>3}  train.loss {row['train.loss']:.4f}  {val}  "
-            f"[dim]{row['seconds']:.0f}s {row['images_per_s']:,.0f} img/s[/dim]"
+            f"[dim]{row['seconds']:.0f}s {rate}[/dim]"
         )
 
 

@@ -98,7 +98,11 @@ def test_resume_reproduces_the_uninterrupted_run(tiny, stop_at):
     assert probe.data_state.device.type == "cpu" and probe.data_state.dtype == torch.uint8
     assert saved["rng"]["torch"].device.type == "cpu"
 
-    assert_same_run(train(recipe, resume=run.path), reference)
+    resumed = train(recipe, resume=run.path)
+    assert_same_run(resumed, reference)
+    # the epoch's rate counts this process's steps: after the last one, none ("0 img/s")
+    rate = resumed.read_metrics()[0]["images_per_s"]
+    assert rate is None if stop_at == 29 else rate > 0
 
 
 def test_stopped_between_its_checkpoint_and_its_row_a_run_resumes_with_the_row(tiny):
