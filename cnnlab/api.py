@@ -324,8 +324,9 @@ class Sweep:
 
     @property
     def results(self):
-        """One row per trial (a pandas DataFrame): number, state, value, its parameters,
-        its run folder, seconds, and the trial a retry continues (in that trial's folder)."""
+        """One row per trial (a pandas DataFrame): trial (its number), state, value, its
+        parameters, its run folder, seconds, and the trial a retry continues (in that
+        trial's folder)."""
         import pandas as pd
 
         from cnnlab.sweeps.results import load_trials

@@ -133,7 +133,13 @@ class RunView:
 
     @property
     def model(self) -> MultiTaskModel:
-        """Best weights in a freshly built model, eval mode, gradients off."""
+        """Best weights in a freshly built model, eval mode, gradients off. Called on
+        `batch(split, index)` it returns a dict: each task's name to its raw output, before
+        any softmax or temperature (`task.probabilities(out)` gives a classification's;
+        `model.predict(x)` the answers: class indices, numbers in the target's units), a
+        per-pixel task's as (B, classes, H, W): what a figure of masks needs, where
+        `test_predictions` keep only a sample of each image's pixels. Called as it is, it
+        runs in fp32, as the built-in figures do; the test pass ran in `precision`."""
         return self.built.model
 
     @property
