@@ -265,9 +265,13 @@ def test_a_killed_worker_is_named_and_fails_the_sweep_only_if_trials_are_left(
 
     file = lr_sweep(tmp_path, "grid", "{values: [0.001, 0.002]}")
     monkeypatch.setattr(worker, "spawn_workers", one_worker_then_a_kill)
-    sweep(DEMO, file, TINY, workers=2, out=tmp_path / "a")
+    sweep(DEMO, file, [*TINY, "train.optimizer.lr=0.5"], workers=2, out=tmp_path / "a")
     said = capsys.readouterr().out
     assert "warning: worker 1 was killed (SIGKILL); the other workers settled every trial" in said
+    assert (  # a --set the sweep overrules changed nothing: said
+        "note: --set train.optimizer.lr is a parameter of the sweep file, which sets it for "
+        "every trial: the sweep's value wins (change it there)"
+    ) in said
     assert "trials: 2 complete" in said
 
     monkeypatch.setattr(worker, "spawn_workers", lambda *a: [(0, -signal.SIGKILL), (1, 3)])

@@ -11,7 +11,7 @@ from cnnlab.build import check_data
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.plugins import import_flags, left_behind
 from cnnlab.progress import console
-from cnnlab.recipe import apply_overrides, read_yaml, validate
+from cnnlab.recipe import apply_overrides, parse_override, read_yaml, validate
 from cnnlab.sweeps.spec import load_sweep
 from cnnlab.sweeps.study import (
     Settings,
@@ -82,7 +82,7 @@ def sweep(
             if study:
                 check_joinable(db, study, fingerprint(spec, base, total))
         folder = create_or_join(out, study, base, sweep_path, map_path, settings)
-    for note in spec.notes:
+    for note in spec.notes + _swept_sets(overrides, spec):
         console.print(f"note: {note}")
     meta = folder.meta()
     if trials is not None and resume and trials != meta.trials:
@@ -106,6 +106,19 @@ def sweep(
         ) from None
     summarize(folder, storage)
     return folder
+
+
+def _swept_sets(overrides: list[str], spec) -> list[str]:
+    """A --set of a key the sweep file sweeps: each trial gets the sweep's value, so the
+    --set changed nothing, unsaid (train.epochs=6 beside a sweep's `{value: 3}`)."""
+    swept = {p.name for p in spec.params}
+    keys = [".".join(parse_override(text)[0]) for text in overrides]
+    return [
+        f"--set {key} is a parameter of the sweep file, which sets it for every trial: the "
+        "sweep's value wins (change it there)"
+        for key in keys
+        if key in swept
+    ]
 
 
 def _work(folder: SweepFolder, storage: str | None, workers: int) -> None:
