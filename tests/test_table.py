@@ -376,6 +376,10 @@ def _set(row: int, column: str, value: str):
             lambda r: [["imagee" if c == "image" else c for c in r[0]], *r[1:]],
             "has no column 'image' (did you mean 'imagee'?)",
         ),
+        (  # not 'age' or the mask's column: the column whose cells are image paths
+            lambda r: [["path" if c == "image" else c for c in r[0]], *r[1:]],
+            "has no column 'image' (did you mean 'path'?)",
+        ),
         (lambda r: r[:1], "has no rows under its header"),
         (_set(5, "area", "n.d."), "column 'area': not a number on line 6 ('n.d.')"),
         (_set(7, "squares", ""), "column 'squares': no value on line 8; fill in each empty cell"),
@@ -396,6 +400,7 @@ def _set(row: int, column: str, value: str):
         "case",
         "image-field",
         "typo",
+        "paths",
         "empty",
         "number",
         "blank",

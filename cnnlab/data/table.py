@@ -178,9 +178,21 @@ def _check_columns(path: Path, df: pandas.DataFrame, cfg: TableConfig) -> None:
         if column in have:
             continue
         near = did_you_mean(str(column), have)
+        if field == "data.image_column":  # 'image' suggested 'age': the paths are elsewhere
+            free = [c for c in df.columns if c not in named]  # not a mask's column
+            paths = [str(c) for c in free if _holds_image_paths(df[c])]
+            near = did_you_mean(str(column), paths, cutoff=0.0) if paths else near
         raise CnnlabError(
             f"{field}: {path} has no column {column!r}{near}; its columns: {', '.join(have)}"
         )
+
+
+def _holds_image_paths(column: pandas.Series) -> bool:
+    """Whether a column's first filled cell names an image file (a suffix Pillow opens)."""
+    from PIL import Image
+
+    first = next((v for v in column if isinstance(v, str) and v.strip()), "")
+    return Path(first.strip()).suffix.lower() in Image.registered_extensions()
 
 
 def read_rows(cfg: TableConfig) -> Rows:
