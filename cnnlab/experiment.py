@@ -87,6 +87,9 @@ def train_in(
             cwd = (saved is not None and run.trained_in()) or Path.cwd()
             env = {**environment(trainer.device), "processes": ranks.world, "cwd": str(cwd)}
             write_json(run.env_path, {**env, "precision": record(trainer.precision)})
+            if saved is None:  # which file went where: the split is fixed from here on
+                parts = trainer.built.splits  # the images, not cached features
+                run.write_splits({s: getattr(parts, s).names for s in ("train", "val", "test")})
         if saved is not None:
             trainer.restore(saved)
         if saved is not None and ranks.main:  # also in a sweep worker's log, where retries resume

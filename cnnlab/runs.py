@@ -8,6 +8,7 @@
       checkpoints/last.pt  latest state (end of epoch or mid-epoch), for --resume
       checkpoints/best.pt  weights of the best epoch by train.monitor
       test_metrics.json    final test-set metrics of the best checkpoint
+      splits.csv           each image file (a table's, a folder's) and the split it went to
       figures/*.png        every figure of the run (`cnnlab report` / `cnnlab viz`)
       report.html          self-contained report: recipe, metrics, curves, all figures
 
@@ -20,6 +21,7 @@ a copy cut short is skipped with a warning when the file is read.
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import json
 import os
@@ -130,8 +132,23 @@ class RunFolder:
     status_path = property(lambda self: self.path / "status.json")
     env_path = property(lambda self: self.path / "env.json")
     calibration_path = property(lambda self: self.path / "calibration.json")
+    splits_path = property(lambda self: self.path / "splits.csv")
     # the best weights' test predictions, kept by the report for the next one (a cache)
     predictions_path = property(lambda self: self.path / "checkpoints" / "best_test.pt")
+
+    def write_splits(self, parts: dict[str, list[str] | None]) -> None:
+        """splits.csv: each file the run read, a row each, with the split it went to (its
+        table's path or its folder's), so a reviewer can see that no patient's image was
+        both learnt and tested. Nothing where a split's images have no files (arrays)."""
+        if any(names is None for names in parts.values()):
+            return
+
+        def rows(f) -> None:
+            out = csv.writer(f)
+            out.writerow(["split", "file"])
+            out.writerows([split, name] for split, names in parts.items() for name in names)
+
+        atomic_write(self.splits_path, rows)
 
     def recipe(self) -> Recipe:
         """The recipe as trained. Its data paths relative to the folder cnnlab ran in are

@@ -468,6 +468,13 @@ def test_cli_train_then_eval(tree, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "4 files skipped" in out.stderr
     (run,) = (tmp_path / "runs").iterdir()
+    split_of = {}  # splits.csv: each file once, val carved from train/, val/ the test set
+    for line in (run / "splits.csv").read_text().splitlines()[1:]:
+        split, file = line.split(",")
+        split_of[file] = split
+    assert len(split_of) == sum(train_counts()) + 20
+    assert {s for f, s in split_of.items() if f.startswith("val/")} == {"test"}
+    assert {s for f, s in split_of.items() if f.startswith("train/")} == {"train", "val"}
     cached = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.npy")}
     out = run_cli("eval", str(run), env=env)
     assert out.returncode == 0, out.stderr

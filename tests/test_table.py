@@ -1018,6 +1018,9 @@ def test_a_table_trains_evaluates_resumes_predicts_and_reports(shapes, tmp_path)
     assert f"| test.mask.miou | {miou:.4f} |" in evaluated.stdout
     html = (path / "report.html").read_text()
     assert "pixels_mask" in html and "confusion" in html
+    with open(path / "splits.csv", newline="") as f:  # which file went where, as the table says
+        went = {(r["split"], r["file"]) for r in csv.DictReader(f)}
+    assert went == {(r["split"], r["image"]) for r in table_rows(shapes)}
     # both classifications calibrated: the image-level one and the per-pixel one
     fitted = json.loads((path / "calibration.json").read_text())["tasks"]
     assert set(fitted) == {"kind", "mask"}
@@ -1137,6 +1140,9 @@ def test_whole_groups_stay_in_one_split(shapes, tmp_path):
     assert all(torch.bincount(s).unique().tolist() in ([0, 4], [4]) for s in subjects.values())
     train, val, test = (set(s.tolist()) for s in subjects.values())
     assert not (train & val or train & test or val & test) and len(val) and len(test)
+    sid_of = {r["image"]: i // 4 for i, r in enumerate(rows)}  # each file's name, carved along
+    for part in ("train", "val", "test"):  # (the run folder's splits.csv lists them)
+        assert [sid_of[n] for n in getattr(splits, part).names] == subjects[part].tolist()
     assert len(train | val | test) == len(rows) // 4
     assert abs(len(test) - 0.2 * len(rows) / 4) <= 3  # test_fraction counts subjects
     raw["data"]["test_fraction"] = 0.35  # rounded per class of subjects: not n × 0.35 rows

@@ -191,15 +191,22 @@ class ImageSet:
 
     images: Pixels
     targets: dict[str, torch.Tensor]
+    # each image's file as its source names it (a table's path, a folder's relative one),
+    # carried through subsets and carving: the run folder's splits.csv says which file
+    # went where. None: a source of arrays (Fashion-MNIST, CIFAR-10) has no file per image.
+    names: list[str] | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def subset(self, index: torch.Tensor) -> ImageSet:
-        return ImageSet(take(self.images, index), {k: v[index] for k, v in self.targets.items()})
+        names = None if self.names is None else [self.names[i] for i in index.tolist()]
+        targets = {k: v[index] for k, v in self.targets.items()}
+        return ImageSet(take(self.images, index), targets, names)
 
     def to(self, device: torch.device | str) -> ImageSet:
-        return ImageSet(self.images.to(device), {k: v.to(device) for k, v in self.targets.items()})
+        targets = {k: v.to(device) for k, v in self.targets.items()}
+        return ImageSet(self.images.to(device), targets, self.names)
 
 
 @dataclass

@@ -346,10 +346,17 @@ def load(cfg: ImageFolderConfig) -> Dataset:
         train_idx, test_idx = stratified_split(labels, len(labels), cfg.test_fraction, TEST_SEED)
     if len(train_idx) == 0:
         raise CnnlabError(f"image_folder: no readable training images under {found.root}")
+    names = [f[0] for f in files]  # each file relative to the root
+
+    def part(index: torch.Tensor) -> ImageSet:
+        return ImageSet(
+            _rows(pixels, index), {"label": labels[index]}, [names[i] for i in index.tolist()]
+        )
+
     return Dataset(
         name="image_folder",
-        train=ImageSet(_rows(pixels, train_idx), {"label": labels[train_idx]}),
-        test=ImageSet(_rows(pixels, test_idx), {"label": labels[test_idx]}),
+        train=part(train_idx),
+        test=part(test_idx),
         classes={"label": found.classes},
     )
 

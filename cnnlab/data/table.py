@@ -607,7 +607,7 @@ def load(cfg: TableConfig) -> Dataset:
     classes = {**rows.classes, **_mask_names(rows, tops)}
     _check_masks(row_tops, classes, rows, kept)
     _say_unseen_classes(cfg, targets, tops)
-    data = ImageSet(arrays["images"], targets)
+    data = ImageSet(arrays["images"], targets, [rows.images[i] for i in kept])
     split = torch.from_numpy(rows.split)[index] if rows.split is not None else None
     groups = torch.from_numpy(rows.groups)[index] if rows.groups is not None else None
     train, val, test = _parts(cfg, data, split, groups)
