@@ -180,6 +180,26 @@ def precisions(records: list[RunRecord]) -> list[str]:
             "their metrics' last digits with care, or set train.precision"]  # fmt: skip
 
 
+def temperatures(records: list[RunRecord]) -> list[str]:
+    """A line when some runs' test metrics are at a fitted temperature and others' at the
+    model's own: an ECE of 0.03 beside 0.12 then says calibrated or not, not better."""
+    fitted = [
+        r.name
+        for r in records
+        if any(
+            t.get("temperature", 1.0) != 1.0
+            for t in r.folder.calibration().get("tasks", {}).values()
+        )
+    ]
+    if not fitted or len(fitted) == len(records):
+        return []
+    return [
+        f"{', '.join(fitted)} {'was' if len(fitted) == 1 else 'were'} calibrated (cnnlab "
+        "calibrate), the others not: their ECE and NLL are at a fitted temperature, the "
+        "others' at the model's own; calibrate each run to compare them"
+    ]
+
+
 def _precision(run: RunFolder) -> str | None:
     chosen = run.env().get("precision")
     return chosen.get("precision") if isinstance(chosen, dict) else None
@@ -383,6 +403,7 @@ def compare(
     shared, left_out = shared_metrics(records)
     lossy = loss_differences(records, differs)
     notes = [n for n in (left_out, own, lossy) if n] + lineage(records) + precisions(records)
+    notes += temperatures(records)
     untested = [r.name for r in records if not r.test]
     if untested:
         notes.append(

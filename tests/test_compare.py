@@ -255,6 +255,13 @@ def test_a_run_started_from_another_and_another_precision_are_said(runs, tmp_pat
         f"the runs trained in different precisions (a {chosen}, b {other}): compare their "
         "minutes and their metrics' last digits with care, or set train.precision"
     ) in found.notes
+    assert not [n for n in found.notes if "calibrated" in n]  # neither is: nothing to say
+    (child / "calibration.json").write_text(json.dumps({"tasks": {"cls": {"temperature": 0.8}}}))
+    found = compare([base, child], out=tmp_path / "out", names=["a", "b"])
+    assert (
+        "b was calibrated (cnnlab calibrate), the others not: their ECE and NLL are at a fitted "
+        "temperature, the others' at the model's own; calibrate each run to compare them"
+    ) in found.notes
 
 
 def test_fields_of_one_backbone_alone_are_a_note_not_columns():
