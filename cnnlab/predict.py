@@ -39,6 +39,11 @@ def image_paths(inputs: Sequence[str | Path]) -> list[Path]:
     paths: list[Path] = []
     skipped: list[Path] = []
     for item in map(Path, inputs):
+        if (item / "recipe.yaml").is_file():  # its report's PNGs read as images, unsaid
+            raise CnnlabError(
+                f"predict: {item} is a run folder, not images; name the run first and the "
+                f"images after it: cnnlab predict {item} IMAGES"
+            )
         if item.is_dir():
             found = _in_folder(item)
             with ThreadPoolExecutor(DECODE_THREADS) as pool:  # Pillow decodes without the GIL
@@ -110,10 +115,10 @@ def predict(
     """Top-`top` ImageNet classes of every image."""
     from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
+    paths = image_paths(inputs)  # a wrong argument is said before the model loads
     model = imagenet_model(name, weights)
     transform = create_transform(**resolve_data_config({}, model=model))
     info = ImageNetInfo()
-    paths = image_paths(inputs)
     out: list[Prediction] = []
     for lo in range(0, len(paths), batch):
         chunk = paths[lo : lo + batch]

@@ -164,3 +164,22 @@ def test_an_image_named_that_is_not_there_is_one_line(tmp_path):
     assert str(err.value) == (
         f"predict: {tmp_path / 'gone.png'}: no such file or folder; give image files or a folder"
     )
+
+
+def test_a_run_folder_among_the_images_is_one_line(tmp_path):
+    """`cnnlab predict shoe.png RUN` (swapped) answered with ImageNet's model on the run's
+    report PNGs, and `predict RUN RUN` with the run's model on its own figures."""
+    run = tmp_path / "runs" / "r"
+    (run / "figures").mkdir(parents=True)
+    (run / "recipe.yaml").write_text("name: r\n")
+    Image.new("L", (8, 8)).save(run / "figures" / "curves.png")
+    Image.new("L", (8, 8)).save(tmp_path / "shoe.png")
+    said = (
+        f"predict: {run} is a run folder, not images; name the run first and the images after "
+        f"it: cnnlab predict {run} IMAGES"
+    )
+    with pytest.raises(cnnlab.CnnlabError) as err:
+        image_paths([tmp_path / "shoe.png", run])
+    assert str(err.value) == said
+    done = run_cli("predict", str(tmp_path / "shoe.png"), str(run))  # before a model loads
+    assert done.returncode == 2 and done.stderr == f"error: {said}\n"
