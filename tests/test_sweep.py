@@ -209,9 +209,10 @@ def test_interrupted_sweep_resumes_the_trial_from_its_checkpoint(tmp_path, sig):
     # ...named after trial 0: every line that shows the retry's number says whose folder it is
     assert Path(retry.run_dir).name.startswith("trial0000-") and retry.retry_of == 0
     assert f"] trial {retry.number} (retry of trial 0) complete " in done.stdout
-    assert "trials: 2 complete, 1 interrupted (1 of them a retry, each in the folder of " in (
-        done.stdout
-    )  # not read as three trials of a two-trial sweep
+    assert (  # not read as three trials of a two-trial sweep; the retry counted where it is
+        "trials: 2 complete (1 a retry), 1 interrupted; a retry trains on in the folder of the "
+        "trial it continues"
+    ) in done.stdout
     assert json.loads((retry.run.path / "trial.json").read_text())["trials"] == [0, retry.number]
     assert [m["epoch"] for m in retry.run.read_metrics()] == [1, 2, 3]
     assert len(list((path / "runs").iterdir())) == 2  # nothing ran twice

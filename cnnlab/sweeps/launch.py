@@ -204,11 +204,14 @@ def summarize(folder: SweepFolder, storage: str | None) -> None:
 
     rows = load_trials(folder, storage)
     counts = Counter(r.outcome for r in rows)
-    said = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    retries = sum(r.retry_of is not None for r in rows)  # a retry is a trial of its own
-    if retries:
-        kind = "a retry" if retries == 1 else "retries"
-        said += f" ({retries} of them {kind}, each in the folder of the trial it continues)"
+    again = Counter(r.outcome for r in rows if r.retry_of is not None)  # trials of their own
+    said = ", ".join(
+        f"{n} {k}"
+        + (f" ({again[k]} {'a retry' if again[k] == 1 else 'retries'})" if again[k] else "")
+        for k, n in sorted(counts.items())
+    )  # each outcome its own retries: "(2 of them retries)" stood after the last outcome
+    if again:
+        said += "; a retry trains on in the folder of the trial it continues"
     console.print("trials: " + said)
     meta = folder.meta()
     done = [r for r in rows if r.state == "complete"]
