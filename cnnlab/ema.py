@@ -8,6 +8,14 @@ the host twice per step, a sync on a GPU.
 
 Floating-point buffers (BatchNorm's running statistics) are averaged with the weights;
 integer buffers (batches seen) are copied.
+
+The decay warms up, as TensorFlow's moving averages do with their step count: at step t it
+is min(decay, (1 + t) / (10 + t)), so the average starts near the model and widens towards
+1 / (1 - decay) steps. At a fixed 0.99 from the first step the average of a short run (the
+demo on 5,000 images: 111 steps an epoch) leaned on the random start and on the steps of a
+fast-moving schedule, and validation fell epoch after epoch (0.50, 0.40, 0.30) while the
+model itself reached 0.84; the demo's 12 long epochs end the same either way (0.99 is
+reached at step 890, in its first epoch).
 """
 
 from __future__ import annotations
@@ -35,14 +43,19 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float):
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
-        self._update = get_ema_multi_avg_fn(decay)
         self._floats, self._others = _split(self.module)
         self._source = _split(model)
 
+    def decay_at(self, step: int) -> float:
+        """The decay of the update after `step` optimizer steps (0: the first): warmed up."""
+        return min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, step: int) -> None:
+        """Average in the model as it is after its step number `step` (counted from 0 over
+        the whole run, a Python int: no host sync, and a resume continues the warm-up)."""
         floats, others = self._source
-        self._update(self._floats, floats, None)
+        get_ema_multi_avg_fn(self.decay_at(step))(self._floats, floats, None)
         for mine, theirs in zip(self._others, others, strict=True):
             mine.copy_(theirs)
 

@@ -393,7 +393,7 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.optimizer.step()
         if self.ema:
-            self.ema.update()
+            self.ema.update(self.state.global_step)
         if self.scheduler and self.per_step:
             self.scheduler.step()
         self.train_meter.update(self.model, outputs, targets, total, losses)
