@@ -213,3 +213,53 @@ def test_a_process_that_dies_on_its_way_out(tmp_path, monkeypatch, capsys, state
     else:
         with pytest.raises(CnnlabError, match=r"processes failed: traceback : Signal 6 \(SIGABRT"):
             train_in_processes(run, 2, None)
+
+
+def test_ctrl_c_that_reaches_torchrun_first_interrupts_the_trial(tmp_path, monkeypatch):
+    """Ctrl-C reaches torchrun and the ranks with the worker: torchrun's SignalException
+    was a failed trial, and the sweep went on to the next one."""
+    recipe = load_recipe(DEMO, [f"output_dir={tmp_path}"])
+
+    def ends(said: str):
+        return lambda run, n: [sys.executable, "-c", f"print({said!r}); raise SystemExit(1)"]
+
+    signal_2 = (
+        "torch.distributed.elastic.multiprocessing.api.SignalException: Process 7 got signal: 2"
+    )
+    monkeypatch.setattr(torchrun, "command", ends(signal_2))
+    with pytest.raises(KeyboardInterrupt):  # the worker records it interrupted and stops
+        train_in_processes(RunFolder.create(recipe), 2, None)
+    monkeypatch.setattr(torchrun, "command", ends("error: boom"))  # a failure stays one
+    with pytest.raises(CnnlabError, match="^the trial's 2 processes failed: boom$"):
+        train_in_processes(RunFolder.create(recipe), 2, None)
+
+
+def test_a_trials_processes_end_with_the_worker_that_started_them(tmp_path):
+    """kill -9 of a sweep left its trial's torchrun and ranks training beside the resumed
+    sweep: torchrun now gets SIGTERM when its worker dies (and passes it to its ranks)."""
+    import signal
+
+    from cnnlab.sweeps.torchrun import WITH_PARENT
+
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys; from cnnlab.sweeps.torchrun import "
+         "WITH_PARENT as W; p = subprocess.Popen([sys.executable, '-c', W, '-c', "
+         "'import time; time.sleep(120)']); print(p.pid, flush=True); p.wait()"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    trial = int(worker.stdout.readline())
+    assert WITH_PARENT and alive(trial)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    deadline = time.monotonic() + 30
+    while alive(trial) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(trial)
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie nobody reaped (a container's PID 1 may not reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -10,6 +10,7 @@ their folder keeps its last checkpoint like any interrupted run.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,9 +34,21 @@ def child_env() -> dict[str, str]:
     return child_environment(env)
 
 
+# Python run as torchrun ends with the process that started it (Linux's parent-death signal,
+# set before exec, kept by it): a worker killed by SIGKILL or the out-of-memory killer left
+# its trial's torchrun and ranks training beside the sweep resumed. Elsewhere, as before.
+WITH_PARENT = (
+    "import ctypes, os, signal, sys; libc = ctypes.CDLL(None); "
+    "getattr(libc, 'prctl', lambda *a: 0)(1, signal.SIGTERM); "  # PR_SET_PDEATHSIG
+    "os.getppid() == 1 and sys.exit(1); "  # the parent died before the signal was set
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
 def command(run: RunFolder, processes: int) -> list[str]:
-    """torchrun on a free local port (--standalone), rank 0 taking the folder's lock."""
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    """torchrun on a free local port (--standalone), rank 0 taking the folder's lock; it
+    ends when the worker does (`WITH_PARENT`)."""
+    launch = [sys.executable, "-c", WITH_PARENT, "-m", "torch.distributed.run", "--standalone"]
     train = ["-m", "cnnlab", "train", "--run-dir", str(run.path)]
     return [*launch, "--nproc_per_node", str(processes), *train]
 
@@ -66,6 +79,8 @@ def train_in_processes(
             raise
     if proc.returncode == 0:
         return
+    if stopped_by_signal(run):  # Ctrl-C reached torchrun, not (or not yet) this process
+        raise KeyboardInterrupt
     if run.status().get("state") == "finished":  # rank 0 wrote everything; one died on exit
         print(
             f"warning: trial {run.path.name} finished, then one of its processes exited with "
@@ -84,6 +99,17 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def stopped_by_signal(run: RunFolder) -> bool:
+    """Whether the processes were stopped, not failed: their run says it was interrupted,
+    or torchrun says it got SIGINT or SIGTERM (Ctrl-C in the terminal reaches torchrun and
+    its ranks at once, and torchrun may end them before rank 0 records it). A failed trial
+    it was not: the sweep stops, and --resume continues it from its checkpoint."""
+    if run.status().get("state") == "interrupted":
+        return True
+    log = (run.path / LOG).read_text(errors="replace")
+    return re.search(r"SignalException: Process \d+ got signal: (2|15)\b", log) is not None
 
 
 def last_error(run: RunFolder) -> str:
