@@ -288,6 +288,36 @@ def test_a_killed_worker_is_named_and_fails_the_sweep_only_if_trials_are_left(
         cnnlab.sweep(DEMO, file, {"train.epochs": 6}, resume=True, out=tmp_path / "b")
 
 
+def test_a_database_that_stops_answering_is_one_line(tmp_path, monkeypatch):
+    """A PostgreSQL server stopped mid-sweep broke it in Optuna's own code: 1,300 lines of
+    traceback ending in an UnboundLocalError. A bug with the database answering keeps its."""
+    from cnnlab.sweeps import worker
+
+    def closed(*args, **kwargs):
+        raise ConnectionError("server closed the connection unexpectedly\n\tThis probably...")
+
+    def optuna_breaks(study, objective, index):
+        raise UnboundLocalError("cannot access local variable 'updated_state'")
+
+    file = lr_sweep(tmp_path, "grid", "{values: [0.001]}")
+    monkeypatch.setattr(worker, "_work_on", optuna_breaks)
+    with pytest.raises(UnboundLocalError):  # the database answers: a bug, told as one
+        sweep(DEMO, file, TINY, out=tmp_path / "a")
+
+    def the_database_goes(study, objective, index):
+        monkeypatch.setattr(type(objective.storage), "get_all_studies", closed)
+        optuna_breaks(study, objective, index)
+
+    monkeypatch.setattr(worker, "_work_on", the_database_goes)
+    with pytest.raises(CnnlabError) as err:
+        sweep(DEMO, file, TINY, out=tmp_path / "b")
+    assert str(err.value) == (
+        "the study's database stopped answering (server closed the connection unexpectedly); "
+        "the trial in progress keeps its checkpoint: start the database again, then resume "
+        "the sweep (--resume)"
+    )
+
+
 def test_journal_file_takes_parallel_writers(tmp_path):
     """Four processes writing one local study at full speed: nothing is lost or locked."""
     optuna.create_study(study_name="s", storage=open_storage(None, tmp_path, heartbeat=1))

@@ -329,7 +329,6 @@ def run_worker(
 ) -> str:
     """Work on the study until its budget is met; returns why it stopped. `drawn`: the
     study's trials when the sweep started (a resumed one's, else 0)."""
-    import optuna
 
     meta = folder.meta()
     spec = folder.spec()
@@ -346,8 +345,59 @@ def run_worker(
         # values again (twins, not trained, while the budget ran out)
         seed += 7919 * drawn
     study = load_study(folder, storage, spec, seed)
+    objective = Objective(folder, spec, threads, device, redact(storage_url), meta.trials, storage)
+    try:
+        with quiet_heartbeat():
+            return _work_on(study, objective, index)
+    except Exception as err:
+        gone = unreachable(storage)
+        if gone is None:  # the database answers: a bug, with its traceback
+            raise
+        raise CnnlabError(
+            f"the study's database stopped answering ({gone}); the trial in progress keeps its "
+            "checkpoint: start the database again, then resume the sweep (--resume)"
+        ) from err
+
+
+def unreachable(storage) -> str | None:
+    """Why the study's storage does not answer (its error's first line), or None: a stopped
+    database broke a sweep in Optuna's own code, 1,300 lines of traceback ending in an
+    UnboundLocalError, its trial recorded as "exceeding max length"."""
+    try:
+        storage.get_all_studies()
+    except Exception as err:
+        while err.__cause__ is not None:  # the driver's own words, not Optuna's guess ("e.g.
+            err = err.__cause__  # exceeding max length"); not __context__: the error handled
+        said = str(err).strip()
+        return said.splitlines()[0] if said else type(err).__name__
+    return None
+
+
+@contextlib.contextmanager
+def quiet_heartbeat() -> Iterator[None]:
+    """Optuna's heartbeat thread, when the database goes away, prints its own traceback
+    before the worker says so in one line: within, such a thread's error is left to it."""
+    import threading
+
+    before = threading.excepthook
+
+    def hook(args) -> None:
+        if "heartbeat" not in getattr(args.thread, "name", ""):
+            before(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = before
+
+
+def _work_on(study, objective: Objective, index: int) -> str:
+    """Trials until the budget is met or a worker should stop; why it stopped."""
+    import optuna
+
+    spec, meta = objective.spec, objective.folder.meta()
     trials, failures = meta.trials, 0
-    objective = Objective(folder, spec, threads, device, redact(storage_url), trials, storage)
     while True:
         optuna.storages.fail_stale_trials(study)
         settled, pending, waiting = study_progress(study, spec, trials)
