@@ -103,6 +103,19 @@ def test_select_on_a_metric_nan_in_every_trial_says_so(finished, tmp_path):
     assert not (folder.path / "selection.md").exists()
 
 
+def test_select_says_when_trials_ran_on_a_machine_whose_folders_are_not_here(finished, tmp_path):
+    """Two machines sharing a study but not --out: select on one ranked its own trials, and
+    the other's better one went unsaid."""
+    folder = copy_of(finished, tmp_path)
+    shutil.rmtree(sorted(folder.runs_path.iterdir())[0])  # trained on another machine
+    done = run_cli("select", str(folder.path), "--metric", "val.cls.accuracy")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (
+        "warning: 1 of 2 complete trials have no run folder here (trained on another "
+        "machine, whose --out this one does not share): chosen among the 1 here\n"
+    )
+
+
 def test_select_prints_the_markdown_table_outside_a_terminal(finished, tmp_path):
     """In a log or CI (stdout not a terminal) rich would fold the table at 80 columns."""
     folder = copy_of(finished, tmp_path)

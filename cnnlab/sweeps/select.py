@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -91,9 +92,21 @@ def select(
                 f"--metric {name!r} is not reported{did_you_mean(name, valid)}; "
                 f"choose one of: {', '.join(valid)}"
             )
-    rows = [r for r in load_trials(folder, storage) if r.state == "complete" and r.run]
+    complete = [r for r in load_trials(folder, storage) if r.state == "complete"]
+    rows = [r for r in complete if r.run]
+    elsewhere = len(complete) - len(rows)  # another machine's, without a shared --out
     if not rows:
-        raise CnnlabError(f"{folder.path} has no complete trial with its run folder here yet")
+        raise CnnlabError(
+            f"{folder.path} has no complete trial with its run folder here yet"
+            + (f" ({elsewhere} complete elsewhere: another machine's --out)" if elsewhere else "")
+        )
+    if elsewhere:
+        print(
+            f"warning: {elsewhere} of {len(complete)} complete trials have no run folder here "
+            "(trained on another machine, whose --out this one does not share): chosen among "
+            f"the {len(rows)} here",
+            file=sys.stderr,
+        )
     vals = [{m: r.at_best_epoch().get(m, math.nan) for m in names} for r in rows]
     picks: list[Pick] = []
     for name in names:
