@@ -43,7 +43,18 @@ def train(
     Loggers.check(recipe)  # a missing logging package stops before any folder is made
     saved = None
     if resume is not None:
+        if (Path(resume) / "sweep.json").is_file():  # it has a recipe.yaml too: the base
+            raise CnnlabError(
+                f"{resume} is a sweep folder; a sweep continues with the command that started "
+                "it plus --resume (cnnlab sweep RECIPE SWEEP --resume)"
+            )
         run = RunFolder.open(resume)
+        if run.status().get("state") == "pruned":
+            raise CnnlabError(
+                f"{run.path} is a sweep trial its pruner stopped; the study keeps it pruned, "
+                f"so training it on outside the sweep would disagree with it: a new run from "
+                f"its weights is train.init_from={run.path}"
+            )
         if not run.last_path.is_file():
             raise CnnlabError(
                 f"{run.path} has no checkpoint yet (checkpoints/last.pt); start it anew"

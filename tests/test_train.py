@@ -147,6 +147,12 @@ def test_a_bug_mid_run_marks_it_failed_and_it_resumes_once_fixed(tiny):
     with pytest.raises(CnnlabError, match=f"^{folder} has finished; nothing is left to continue "):
         train(recipe, resume=folder)  # nothing is left: it says so, and changes nothing
     assert resumed.read_metrics() == RunFolder.open(folder).read_metrics()
+    resumed.set_status("pruned", epoch=1)  # a sweep trial its pruner stopped: the study's
+    with pytest.raises(CnnlabError, match=f"^{folder} is a sweep trial its pruner stopped; "):
+        train(recipe, resume=folder)
+    (folder / "sweep.json").write_text("{}")  # a sweep folder has a recipe.yaml too
+    with pytest.raises(CnnlabError, match=f"^{folder} is a sweep folder; a sweep continues "):
+        train(recipe, resume=folder)
 
 
 def test_status_counts_the_epochs_done_while_it_trains(tiny):
