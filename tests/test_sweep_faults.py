@@ -409,6 +409,11 @@ def test_a_database_of_an_unknown_optuna_schema_keeps_its_own_error(tmp_path):
     [
         ("postgresql://u:secret@host:notaport/db", "--storage 'host:notaport/db' is not a da"),
         ("nosuchdb://host/db", "cannot open the study database nosuchdb://host/db: Can't load"),
+        ("postgres://u:secret@host/db", "names PostgreSQL postgresql://, not postgres://"),
+        (  # pip install 'psycopg[binary]' did not help a URL that names psycopg2
+            "postgresql+psycopg2://u:secret@host/db",
+            r"driver \(psycopg2\) is not installed; postgresql:// uses psycopg",
+        ),
     ],
 )
 def test_a_bad_database_url_is_one_line(tmp_path, url, message):

@@ -125,10 +125,12 @@ def open_storage(url: str | None, folder: Path, heartbeat: int) -> BaseStorage:
                 grace_period=grace,
                 heartbeat_stale_trial_callback=RetryStaleTrial(),
             )
-        except ImportError:
+        except ImportError:  # the driver the URL names: psycopg2 for postgresql+psycopg2
+            driver = f" ({make_url(url).get_driver_name()})"
             raise CnnlabError(
-                f"--storage {redact(url)}: its database driver is not installed; pip install "
-                "'psycopg[binary]' (PostgreSQL) or the driver your URL names"
+                f"--storage {redact(url)}: its database driver{driver} is not installed; "
+                "postgresql:// uses psycopg (installed with cnnlab): write postgresql://..., "
+                "or pip install the driver"
             ) from None
         except ArgumentError as err:  # e.g. a dialect SQLAlchemy does not know
             raise _cannot_open(url, err) from None
@@ -141,6 +143,11 @@ def open_storage(url: str | None, folder: Path, heartbeat: int) -> BaseStorage:
 
 def _check_url(url: str) -> None:
     """A malformed URL is the user's to fix, said before any connection is tried."""
+    if url.startswith("postgres://"):  # Heroku's and libpq's spelling; SQLAlchemy's is longer
+        raise CnnlabError(
+            f"--storage {redact(url)!r}: SQLAlchemy names PostgreSQL postgresql://, not "
+            "postgres://; write postgresql://..."
+        )
     if "://" in url:
         try:
             make_url(url)
