@@ -428,7 +428,8 @@ def read_yaml(path: str | Path) -> dict:
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe; any problem becomes one CnnlabError line."""
     raw = apply_overrides(read_yaml(path), overrides or [])
-    return validate(raw, source=str(path))
+    sets = {".".join(parse_override(text)[0]): f"--set {text!r}" for text in overrides or []}
+    return validate(raw, source=str(path), sets=sets)
 
 
 def upgrade_saved(raw: dict) -> dict:
@@ -480,17 +481,28 @@ def check_registered(raw: dict, used_by: str, components: list[dict]) -> None:
             )
 
 
-def validate(raw: dict, source: str = "recipe") -> Recipe:
+def validate(raw: dict, source: str = "recipe", sets: dict[str, str] | None = None) -> Recipe:
+    """The typed recipe; every problem a line of one CnnlabError. `sets`: each key an
+    override set, with how the user gave it (`--set 'train.epoch=3'`): its problem is
+    said as theirs, not the file's."""
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
         # `source` names the recipe: an error of the whole of it (a check across sections)
         # needs no other key ("recipe: recipe: ..." from a dict); every problem a line
-        lines = dict.fromkeys(
-            f"{source}: {describe_error(e, whole='')}{_misspelt_task(e, raw)}" for e in err.errors()
-        )
+        said = [f"{describe_error(e, whole='')}{_misspelt_task(e, raw)}" for e in err.errors()]
+        lines = dict.fromkeys(f"{_given_by(line, source, sets or {})}: {line}" for line in said)
         first, *also = lines
         raise CnnlabError(first, also) from None
+
+
+def _given_by(line: str, source: str, sets: dict[str, str]) -> str:
+    """Who gave the key a problem line is about: an override (`--set 'train.epoch=3'`,
+    blamed on the file before), else the recipe's file."""
+    for key, label in sets.items():
+        if line.startswith((f"unknown key '{key}'", f"{key} ", f"{key}:")):
+            return label
+    return source
 
 
 def _misspelt_task(err: dict, raw: dict) -> str:

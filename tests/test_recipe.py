@@ -309,15 +309,16 @@ def test_cli_check_says_a_sound_recipe_in_one_line_and_a_faulty_one_as_train_wou
     )
     several = ["tasks.cls.type=clasification", "train.epoch=3", "train.batch_size=x"]
     faulty = run_cli("check", "fashion_multitask", *(a for s in several for a in ("--set", s)))
-    recipe = RECIPES / "fashion_multitask.yaml"
-    assert faulty.returncode == 2 and faulty.stderr.splitlines() == [  # each in one run
-        f"error: {recipe}: tasks.cls.type = 'clasification' (did you mean 'classification'?): "
-        "choose one of: classification, regression, pixel_classification; register your own "
-        "with @cnnlab.register_task (see cnnlab --import)",
-        f"error: {recipe}: train.batch_size = 'x': Input should be a valid integer, unable to "
-        "parse string as an integer",
-        f"error: {recipe}: unknown key 'train.epoch' (did you mean 'train.epochs'?); valid keys "
-        "here: " + ", ".join(Recipe.model_fields["train"].annotation.model_fields),
+    assert faulty.returncode == 2 and faulty.stderr.splitlines() == [  # each in one run, and
+        # each said as the --set's that gave it, not the recipe file's
+        "error: --set 'tasks.cls.type=clasification': tasks.cls.type = 'clasification' (did you "
+        "mean 'classification'?): choose one of: classification, regression, "
+        "pixel_classification; register your own with @cnnlab.register_task (see cnnlab "
+        "--import)",
+        "error: --set 'train.batch_size=x': train.batch_size = 'x': Input should be a valid "
+        "integer, unable to parse string as an integer",
+        "error: --set 'train.epoch=3': unknown key 'train.epoch' (did you mean 'train.epochs'?); "
+        "valid keys here: " + ", ".join(Recipe.model_fields["train"].annotation.model_fields),
     ]
 
 
@@ -329,7 +330,7 @@ def test_every_problem_of_a_recipe_is_a_line_of_its_error_in_jupyter_too():
         "should be 'relu', 'gelu', 'silu', 'mish' or 'leaky_relu'"
     )
     (also,) = err.value.also
-    assert also.startswith(f"{DEMO}: unknown key 'train.epoch' (did you mean 'train.epochs'?)")
+    assert also.startswith("--set 'train.epoch=3': unknown key 'train.epoch' (did you mean ")
     assert err.value._render_traceback_() == [
         f"CnnlabError: {err.value!s}",
         f"CnnlabError: {also}",
