@@ -397,6 +397,8 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     context = getattr(err, "context", None)
     problem = getattr(err, "problem", None) or str(err).splitlines()[0]
     said = where + (f"{context}, {problem}" if context else problem)
+    if "'\\t'" in str(problem):  # an editor's tab: YAML indents with spaces only
+        said += "; YAML indents with spaces, not tabs: replace the tab with spaces"
     if mark and "block" in f"{context} {problem}":  # PyYAML's words for a misindented key
         said += (
             f"; check the indentation of line {mark.line + 1} and the lines above it: the keys "
@@ -543,6 +545,8 @@ def describe_error(err: dict, root: type[BaseModel] | None = None, whole: str = 
         section = key.rsplit(".", 1)[0] + "." if "." in key else ""
         near = did_you_mean(str(err["loc"][-1]), valid, lambda name: section + name)
         hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
+        if not near and len(err["loc"]) == 1:  # a section's key written at the top
+            near = _section_of(str(err["loc"][0]))
         return f"unknown key {key!r}{near}{hint}{_other_task_types(str(err['loc'][-1]), here)}"
     if err["type"] == "missing":
         if isinstance(err["loc"][-1], int):  # a tuple given too few items
@@ -639,6 +643,21 @@ def _other_task_types(name: str, sections: list[type[BaseModel]]) -> str:
         return ""
     types = [t for t, task in TASKS.items() if name in task.config.model_fields]
     return f"; {name} is a key of {' and '.join(types)} tasks" if types else ""
+
+
+def _section_of(name: str) -> str:
+    """' (did you mean 'data.train_subset'? indent it under data:)' for a top-level key that
+    belongs in a section: a line indented too little read as the recipe's own key."""
+    homes = {
+        "data": [entry.config for entry in SOURCES.values()],
+        "model": [entry.config for entry in BACKBONES.values()],
+        "train": [TrainConfig],
+        "log": [LogConfig],
+    }
+    for section, configs in homes.items():
+        if any(name in c.model_fields for c in configs):
+            return f" (did you mean '{section}.{name}'? indent it under {section}:)"
+    return ""
 
 
 def _field_names(sections: list[type[BaseModel]]) -> list[str]:

@@ -290,6 +290,18 @@ def test_a_misindented_key_is_said_as_indentation(tmp_path: Path):
         "'<block mapping start>'; check the indentation of line 4 and the lines above it: the "
         "keys of one section must start in the same column"
     )
+    bad.write_text("name: x\ntrain:\n\tepochs: 2\n")  # an editor's tab
+    with pytest.raises(CnnlabError) as err:
+        load_recipe(bad)
+    assert str(err.value).endswith(
+        "YAML indents with spaces, not tabs: replace the tab with spaces"
+    )
+    bad.write_text(DEMO.read_text() + "train_subset: 500\n")  # a data key indented too little
+    with pytest.raises(CnnlabError) as err:
+        load_recipe(bad)
+    assert "unknown key 'train_subset' (did you mean 'data.train_subset'? indent it under " in (
+        str(err.value)
+    )
 
 
 def test_cli_check_says_a_sound_recipe_in_one_line_and_a_faulty_one_as_train_would():
