@@ -597,6 +597,8 @@ def test_viz_cli_draws_pngs_and_rejects_bad_input(report_run, tmp_path, capsys, 
     cases = {
         ("viz", run, "heatmap"): "figure 'heatmap' is unknown; choose one of: curves, ",
         ("viz", run, "confsion"): "figure 'confsion' is unknown (did you mean 'confusion'?); ",
+        ("viz", run, "gradcam"): "figure 'gradcam' is unknown (did you mean 'attributions'? its "
+        "description names it); ",  # Grad-CAM is one of its maps
         ("viz", run, "predictions", "--grid", "10x"): "expected ROWSxCOLS",
         ("viz", run, "filters", "--grid", "2x2"): "--grid does not apply to filters",
         ("viz", run, "feature-maps", "--channels", "0"): "--channels 0: choose 1 to 64",

@@ -93,11 +93,25 @@ def get_figure(name: str, run: Path | None = None) -> FigureSpec:
     figure of one's own, what to import (what `run`'s process imported, when it drew it)."""
     if name not in FIGURES:
         origin = recorded_origin(run / "env.json", "figure", name) if run else None
+        near = did_you_mean(name, FIGURES) or _described(name)
         raise CnnlabError(
-            f"figure {name!r} is unknown{did_you_mean(name, FIGURES)}; "
+            f"figure {name!r} is unknown{near}; "
             f"choose one of: {', '.join(FIGURES)}; or, for one of your own: {missing_hint(origin)}"
         )
     return FIGURES[name]
+
+
+def _described(name: str) -> str:
+    """' (did you mean 'attributions'?)' where a figure's description names what was asked
+    for ('gradcam': Grad-CAM is one of the attributions' maps), else ''."""
+
+    def bare(text: str) -> str:
+        return "".join(ch for ch in text.casefold() if ch.isalnum())
+
+    found = [
+        n for n, spec in FIGURES.items() if len(bare(name)) > 2 and bare(name) in bare(spec.doc)
+    ]
+    return f" (did you mean {found[0]!r}? its description names it)" if len(found) == 1 else ""
 
 
 def make_charts(view: RunView, name: str, **options) -> list[Chart]:
