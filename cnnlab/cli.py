@@ -833,8 +833,28 @@ def _run() -> None:
     except Exception as err:
         if isinstance(err, usage_errors()):  # a bad option, a missing argument: user errors
             err.show()
+            field = recipe_field(getattr(err, "option_name", None) or "")
+            if field:  # --epochs 3: a recipe's field, as a flag
+                typer.secho(f"error: a recipe's fields are set with --set: --set {field}=...",
+                            err=True, fg="red")  # fmt: skip
             sys.exit(2)
         raise
+
+
+def recipe_field(option: str) -> str | None:
+    """The recipe field an unknown option names (`--epochs`: train.epochs, `--lr`:
+    train.optimizer.lr), searched in the sections a command line would set; else None."""
+    from cnnlab.recipe import Recipe
+
+    name = option.lstrip("-").replace("-", "_")
+    train = Recipe.model_fields["train"].annotation
+    sections = {
+        "train": train.model_fields,
+        "train.optimizer": train.model_fields["optimizer"].annotation.model_fields,
+        "data": type(Recipe.model_fields["data"].default).model_fields,
+        "model": type(Recipe.model_fields["model"].default).model_fields,
+    }
+    return next((f"{s}.{name}" for s, fields in sections.items() if name in fields), None)
 
 
 def usage_errors() -> tuple[type[Exception], ...]:

@@ -354,7 +354,12 @@ def test_cli_usage_errors_end_without_traceback(tmp_path: Path):
     of click typer raises it from (its own since typer 0.29)."""
     out = run_cli("report", str(tmp_path), "--bogus")
     assert out.returncode == 2 and "No such option: --bogus" in out.stderr, out.stderr
-    assert "Traceback" not in out.stderr
+    assert "Traceback" not in out.stderr and "--set" not in out.stderr
+    out = run_cli("train", "fashion_fast", "--epochs", "3")  # a recipe's field as a flag
+    assert out.returncode == 2 and out.stderr.endswith(
+        "No such option: --epochs\nerror: a recipe's fields are set with --set: --set "
+        "train.epochs=...\n"
+    ), out.stderr
     out = run_cli("eval")
     assert out.returncode == 2 and "Missing argument" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
