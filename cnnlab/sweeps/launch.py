@@ -129,16 +129,16 @@ def _work(folder: SweepFolder, storage: str | None, workers: int) -> None:
     meta = folder.meta()
     text = folder.recipe_path.read_text() + folder.sweep_path.read_text()
     check_reachable(text, workers, meta.trial_processes)  # a resumed one too
-    # Created here, once, rather than by N workers racing; its trials so far move a
-    # resumed sweep's sampler on from the values it drew before.
-    study = load_study(folder, open_storage(storage, folder.path, meta.heartbeat), folder.spec())
-    drawn = len(study.get_trials(deepcopy=False))
-    if workers == 1:
+    if workers == 1:  # the worker opens the study, and counts its trials itself
         threads, device = worker_slots(1, folder.base()["train"])[0]
-        why = run_worker(folder, storage, threads, device, drawn=drawn)
+        why = run_worker(folder, storage, threads, device)
         if why != "done":
             raise CnnlabError(f"worker {why}; see the reasons above, fix them, then --resume")
         return
+    # Created here, once, rather than by N workers racing; its trials so far move a
+    # resumed sweep's samplers on from the values they drew before.
+    study = load_study(folder, open_storage(storage, folder.path, meta.heartbeat), folder.spec())
+    drawn = len(study.get_trials(deepcopy=False))
     bad = spawn_workers(folder, storage, workers, drawn)
     if not bad:
         return

@@ -44,7 +44,7 @@ from cnnlab.sweeps.storage import (
     redact,
     worker_id,
 )
-from cnnlab.sweeps.study import SweepFolder, load_study
+from cnnlab.sweeps.study import SweepFolder, load_study, sampler_for
 from cnnlab.sweeps.torchrun import child_env, train_in_processes
 
 STORAGE_ENV = "CNNLAB_SWEEP_STORAGE"
@@ -325,10 +325,11 @@ def run_worker(
     threads: int,
     device: str | None = None,
     index: int = 0,
-    drawn: int = 0,
+    drawn: int | None = None,
 ) -> str:
     """Work on the study until its budget is met; returns why it stopped. `drawn`: the
-    study's trials when the sweep started (a resumed one's, else 0)."""
+    study's trials when the sweep started (a resumed one's, else 0); None: as this worker
+    finds it."""
 
     meta = folder.meta()
     spec = folder.spec()
@@ -340,11 +341,12 @@ def run_worker(
         seed = base_seed
     else:
         seed = base_seed * 1000 + index if storage_url is None else None
-    if seed is not None and spec.method != "grid":
+    study = load_study(folder, storage, spec, seed)
+    drawn = len(study.get_trials(deepcopy=False)) if drawn is None else drawn
+    if drawn and seed is not None and spec.method != "grid":
         # a resumed sweep: from its seed alone the sampler would draw the first trials'
         # values again (twins, not trained, while the budget ran out)
-        seed += 7919 * drawn
-    study = load_study(folder, storage, spec, seed)
+        study.sampler = sampler_for(spec, meta.trials, seed + 7919 * drawn)
     objective = Objective(folder, spec, threads, device, redact(storage_url), meta.trials, storage)
     try:
         with quiet_heartbeat():
