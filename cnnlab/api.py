@@ -25,7 +25,14 @@ from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import evaluate_run
 from cnnlab.experiment import train as train_recipe
 from cnnlab.inference import ImageLike, Predictions, Predictor
-from cnnlab.recipe import Recipe, apply_overrides, read_yaml, set_path, validate
+from cnnlab.recipe import (
+    Recipe,
+    apply_overrides,
+    override_sources,
+    read_yaml,
+    set_path,
+    validate,
+)
 from cnnlab.runs import RunFolder
 
 if TYPE_CHECKING:  # the figures (matplotlib, captum) load when a figure is asked for
@@ -53,7 +60,7 @@ def load_recipe(name_or_path: RecipeLike, overrides: Overrides = None) -> Recipe
     else:
         path = recipe_file(name_or_path)
         raw, source = read_yaml(path), str(path)
-    return validate(_overridden(raw, overrides), source=source)
+    return validate(_overridden(raw, overrides), source=source, sets=override_sources(overrides))
 
 
 def _overridden(raw: dict, overrides: Overrides) -> dict:

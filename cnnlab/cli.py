@@ -843,18 +843,12 @@ def _run() -> None:
 
 def recipe_field(option: str) -> str | None:
     """The recipe field an unknown option names (`--epochs`: train.epochs, `--lr`:
-    train.optimizer.lr), searched in the sections a command line would set; else None."""
-    from cnnlab.recipe import Recipe
+    train.optimizer.lr); else None."""
+    from cnnlab.recipe import field_home
 
     name = option.lstrip("-").replace("-", "_")
-    train = Recipe.model_fields["train"].annotation
-    sections = {
-        "train": train.model_fields,
-        "train.optimizer": train.model_fields["optimizer"].annotation.model_fields,
-        "data": type(Recipe.model_fields["data"].default).model_fields,
-        "model": type(Recipe.model_fields["model"].default).model_fields,
-    }
-    return next((f"{s}.{name}" for s, fields in sections.items() if name in fields), None)
+    home = field_home(name) if name else None
+    return f"{home}.{name}" if home else None
 
 
 def usage_errors() -> tuple[type[Exception], ...]:

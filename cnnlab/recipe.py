@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, get_args
 
@@ -364,6 +365,16 @@ def set_path(raw: dict, path: list[str], value: Any, source: str) -> None:
     node[path[-1]] = value
 
 
+def override_sources(overrides: Any) -> dict[str, str]:
+    """Each key an override sets, with how its user wrote it (`--set 'train.epoch=3'`,
+    `overrides['train.epoch']` from a dict): a problem with that key is said as theirs,
+    not the recipe file's (`validate`'s `sets`)."""
+    if isinstance(overrides, Mapping):
+        return {str(k): f"overrides[{k!r}]" for k in overrides}
+    texts = [overrides] if isinstance(overrides, str) else list(overrides or [])
+    return {".".join(parse_override(t)[0]): f"--set {t!r}" for t in texts}
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply `--set key.path=value` overrides to the raw recipe dict."""
     for text in overrides:
@@ -430,8 +441,7 @@ def read_yaml(path: str | Path) -> dict:
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe; any problem becomes one CnnlabError line."""
     raw = apply_overrides(read_yaml(path), overrides or [])
-    sets = {".".join(parse_override(text)[0]): f"--set {text!r}" for text in overrides or []}
-    return validate(raw, source=str(path), sets=sets)
+    return validate(raw, source=str(path), sets=override_sources(overrides))
 
 
 def upgrade_saved(raw: dict) -> dict:
@@ -645,19 +655,26 @@ def _other_task_types(name: str, sections: list[type[BaseModel]]) -> str:
     return f"; {name} is a key of {' and '.join(types)} tasks" if types else ""
 
 
+def field_home(name: str) -> str | None:
+    """The section a bare field name belongs in (`train_subset`: data, `lr`:
+    train.optimizer), for a key written where it is not (at the top level, as a command
+    line flag); None when no section has it."""
+    homes = {
+        "train": [TrainConfig],
+        "train.optimizer": [OptimizerConfig],
+        "data": [entry.config for entry in SOURCES.values()],
+        "model": [entry.config for entry in BACKBONES.values()],
+        "log": [LogConfig],
+    }
+    found = (s for s, configs in homes.items() if any(name in c.model_fields for c in configs))
+    return next(found, None)
+
+
 def _section_of(name: str) -> str:
     """' (did you mean 'data.train_subset'? indent it under data:)' for a top-level key that
     belongs in a section: a line indented too little read as the recipe's own key."""
-    homes = {
-        "data": [entry.config for entry in SOURCES.values()],
-        "model": [entry.config for entry in BACKBONES.values()],
-        "train": [TrainConfig],
-        "log": [LogConfig],
-    }
-    for section, configs in homes.items():
-        if any(name in c.model_fields for c in configs):
-            return f" (did you mean '{section}.{name}'? indent it under {section}:)"
-    return ""
+    home = field_home(name)
+    return f" (did you mean '{home}.{name}'? indent it under {home}:)" if home else ""
 
 
 def _field_names(sections: list[type[BaseModel]]) -> list[str]:
