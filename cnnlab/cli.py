@@ -330,10 +330,11 @@ def predict(
     (`--onnx FILE` too); without a run, an ImageNet-pretrained model as it is."""
     _import(imports)
     from cnnlab.predict import image_paths
+    from cnnlab.runs import is_run_folder
 
     if onnx is None and images and images[0].suffix in (".onnx", ".pt2"):
         onnx, images = images[0], images[1:]  # an exported file named first, as a run is
-    run = images[0] if images and (images[0] / "recipe.yaml").is_file() else None
+    run = images[0] if images and is_run_folder(images[0]) else None
     if explain and (run is None or onnx is not None):
         raise CnnlabError("predict --explain: give a run folder first; its model is explained")
     if masks is not None and run is None and onnx is None:
@@ -370,10 +371,12 @@ def _no_run_named(first: Path) -> None:
             f"{first}: no such run folder, exported file or image; give a run folder (or its "
             "model.onnx) first, then images"
         )
+    from cnnlab.runs import is_run_folder
+
     # sub-folders only, told by their directory entries: a folder of 100,000 images is not
     # looked at file by file
     folders = [Path(e.path) for e in os.scandir(first) if e.is_dir()] if first.is_dir() else []
-    runs = sorted(d for d in folders if (d / "recipe.yaml").is_file())
+    runs = sorted(d for d in folders if is_run_folder(d))
     if runs:
         raise CnnlabError(
             f"{first} holds run folders, not images; name one first: cnnlab predict "
@@ -631,7 +634,9 @@ def report(
             typer.echo((page.parent / "study.md").read_text())
         typer.echo(f"report: {page}")
         return
-    if not (path / "recipe.yaml").is_file() and path.is_dir():
+    from cnnlab.runs import is_run_folder
+
+    if not is_run_folder(path) and path.is_dir():
         _not_a_run(path)
     from cnnlab.report import build_report
 

@@ -25,7 +25,7 @@ from cnnlab.differences import MISSING, field_value, loss_note, varying, yaml_te
 from cnnlab.errors import CnnlabError, listed
 from cnnlab.recipe import best_row, flatten, read_yaml, upgrade_saved
 from cnnlab.report import TEMPLATES, block, format_value
-from cnnlab.runs import RunFolder, write_text
+from cnnlab.runs import RunFolder, is_run_folder, write_text
 from cnnlab.viz.overlay import Panel, curve, overlaid
 
 if TYPE_CHECKING:
@@ -140,8 +140,8 @@ def runs_of(paths: list[str | Path]) -> list[Path]:
     (`cnnlab compare cmp/` with cmp/focal-.../ and cmp/ce-.../)."""
     found: list[Path] = []
     for p in map(Path, paths):
-        inner = sorted(c for c in p.iterdir() if (c / "recipe.yaml").is_file()) if (
-            p.is_dir() and not (p / "recipe.yaml").is_file()) else []  # fmt: skip
+        inner = sorted(c for c in p.iterdir() if is_run_folder(c)) if (
+            p.is_dir() and not is_run_folder(p)) else []  # fmt: skip
         found += inner or [p]
     return found
 

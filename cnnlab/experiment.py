@@ -25,7 +25,7 @@ from cnnlab.models.compiled import compiled_kernels
 from cnnlab.precision import record
 from cnnlab.progress import console, print_metrics_table
 from cnnlab.recipe import Recipe
-from cnnlab.runs import RunFolder, environment, load_checkpoint, write_json
+from cnnlab.runs import RunFolder, environment, is_sweep_folder, load_checkpoint, write_json
 
 
 def train(
@@ -43,7 +43,7 @@ def train(
     Loggers.check(recipe)  # a missing logging package stops before any folder is made
     saved = None
     if resume is not None:
-        if (Path(resume) / "sweep.json").is_file():  # it has a recipe.yaml too: the base
+        if is_sweep_folder(resume):  # it has a recipe.yaml too: the base
             raise CnnlabError(
                 f"{resume} is a sweep folder; a sweep continues with the command that started "
                 "it plus --resume (cnnlab sweep RECIPE SWEEP --resume)"

@@ -19,6 +19,7 @@ from cnnlab.data.decoded import DECODE_THREADS, HEIF, as_read, open_image, warn_
 from cnnlab.errors import CnnlabError
 from cnnlab.models.timm_backbone import pretrained_state, timm_arch
 from cnnlab.models.weights import load_checked
+from cnnlab.runs import is_run_folder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", *HEIF}
 
@@ -39,7 +40,7 @@ def image_paths(inputs: Sequence[str | Path]) -> list[Path]:
     paths: list[Path] = []
     skipped: list[Path] = []
     for item in map(Path, inputs):
-        if (item / "recipe.yaml").is_file():  # its report's PNGs read as images, unsaid
+        if is_run_folder(item):  # its report's PNGs read as images, unsaid
             raise CnnlabError(
                 f"predict: {item} is a run folder, not images; name the run first and the "
                 f"images after it: cnnlab predict {item} IMAGES"

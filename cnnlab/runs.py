@@ -93,6 +93,20 @@ def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+SWEEP_FILE = "sweep.json"  # a sweep folder's settings (cnnlab/sweeps/study.py)
+
+
+def is_sweep_folder(path: Path) -> bool:
+    """Whether `path` is a sweep folder: it holds a recipe.yaml too (its base recipe)."""
+    return (Path(path) / SWEEP_FILE).is_file()
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether `path` holds a run's recipe.yaml: a run folder (a sweep folder, which keeps
+    its base recipe, too), not images or a folder of runs."""
+    return (Path(path) / "recipe.yaml").is_file()
+
+
 class RunFolder:
     """Paths and file formats of one run; the only code that knows the layout."""
 

@@ -31,11 +31,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.recipe import check_registered, describe_error, dump_recipe, upgrade_saved, validate
 from cnnlab.registrations import origins
-from cnnlab.runs import write_json, write_text
+from cnnlab.runs import SWEEP_FILE, is_sweep_folder, write_json, write_text
 from cnnlab.sweeps.spec import SweepSpec, load_sweep
 from cnnlab.tasks import Goal
 
-META = "sweep.json"
+META = SWEEP_FILE
 INPUTS_ATTR = "cnnlab:inputs"  # study user attr: fingerprint() of what the study started from
 INPUTS_WAIT = 10.0  # seconds a joining worker waits for the study's creator to store them
 INPUT_NAMES = {"sweep": "sweep file", "recipe": "base recipe"}
@@ -90,7 +90,7 @@ class SweepFolder:
 
     @staticmethod
     def is_sweep(path: str | Path) -> bool:
-        return (Path(path) / META).is_file()
+        return is_sweep_folder(path)
 
     def meta(self) -> Meta:
         try:

@@ -34,7 +34,7 @@ from cnnlab.data.lines import quietly
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.plugins import import_from_environment, load_entry_points
 from cnnlab.recipe import best_row, validate
-from cnnlab.runs import RunFolder, RunInUse, write_json
+from cnnlab.runs import RunFolder, RunInUse, is_run_folder, write_json
 from cnnlab.sweeps.results import SURPLUS, numbered, retry_of
 from cnnlab.sweeps.spec import SweepSpec, apply_to
 from cnnlab.sweeps.storage import (
@@ -204,7 +204,7 @@ class Objective:
         """A retried trial continues its predecessor's folder from its last checkpoint."""
         previous = trial.user_attrs.get("run_dir")
         path = self.folder.run_path(previous, trial.number) if previous else None
-        if path is not None and (path / "recipe.yaml").is_file():
+        if path is not None and is_run_folder(path):
             run = RunFolder(path)
             # Killed before its first checkpoint: start over in the same folder.
             return run, (run.path if run.last_path.is_file() else None)
