@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 # What `cnnlab`'s commands import between them; the server imports them and runs nothing.
@@ -44,6 +45,11 @@ def fresh() -> bool:
     return os.environ.get("CNNLAB_TEST_FRESH", "0") == "1"
 
 
+def _forkable(env: dict | None) -> bool:
+    """Whether a process given `env` may start forked (nothing it sets is read at import)."""
+    return not fresh() and (env or {}).keys() <= READ_WHEN_RUN
+
+
 def context() -> multiprocessing.context.BaseContext:
     global _context
     if _context is None:
@@ -52,9 +58,11 @@ def context() -> multiprocessing.context.BaseContext:
     return _context
 
 
-def _command(args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> None:
+def _forked(
+    target: Callable[..., object], args: tuple, cwd: str, env: dict, out: str, err: str
+) -> None:
     """The forked process: the caller's folder and environment, output to the two files,
-    then the CLI as `python -m cnnlab.cli` runs it (its SystemExit is the exit code)."""
+    then `target(*args)` (a SystemExit is the exit code)."""
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
@@ -62,33 +70,80 @@ def _command(args: list[str], cwd: str, env: dict[str, str], out: str, err: str)
         file = os.open(path, os.O_WRONLY | os.O_TRUNC)
         os.dup2(file, fd)
         os.close(file)
+    target(*args)
+
+
+def _cli(args: list[str]) -> None:
+    """The CLI as `python -m cnnlab.cli ARGS` runs it."""
     sys.argv = [str(CLI), *args]
     from cnnlab.cli import main
 
     main()
 
 
+class Process:
+    """`target(*args)` in a process of its own, started already imported (forked from the
+    preloaded server), output captured; a fresh interpreter under CNNLAB_TEST_FRESH=1 or
+    when `env` sets variables read at import. `target` is a module-level function: a fresh
+    interpreter imports it by name and passes `args` as strings."""
+
+    def __init__(
+        self, target: Callable[..., object], args: tuple, cwd: Path, env: dict | None = None
+    ) -> None:
+        environ = {**os.environ, **(env or {})}
+        self._tmp = tempfile.TemporaryDirectory(prefix="cnnlab-cli-")
+        self._out, self._err = Path(self._tmp.name) / "stdout", Path(self._tmp.name) / "stderr"
+        self.args = [sys.executable, "-c", f"from {target.__module__} import {target.__name__} "
+                     f"as f; import sys; f(*sys.argv[1:])", *map(str, args)]  # fmt: skip
+        self._popen: subprocess.Popen | None = None
+        self._proc = None
+        if not _forkable(env):
+            with open(self._out, "w") as out, open(self._err, "w") as err:
+                self._popen = subprocess.Popen(self.args, cwd=cwd, env=environ, stdout=out,
+                                               stderr=err)  # fmt: skip
+            return
+        self._out.touch()
+        self._err.touch()
+        self._proc = context().Process(
+            target=_forked, args=(target, args, str(cwd), environ, str(self._out), str(self._err))
+        )
+        self._proc.start()
+
+    def wait(self, timeout: float) -> subprocess.CompletedProcess:
+        """Its exit code and output once it ends; subprocess.TimeoutExpired after `timeout`."""
+        try:
+            code = self._join(timeout)
+            read = lambda p: p.read_text(errors="replace")  # noqa: E731
+            return subprocess.CompletedProcess(self.args, code, read(self._out), read(self._err))
+        finally:
+            self._tmp.cleanup()
+
+    def _join(self, timeout: float) -> int:
+        if self._popen is not None:
+            try:
+                return self._popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._popen.kill()
+                self._popen.wait()
+                raise
+        self._proc.join(timeout)
+        if self._proc.exitcode is None:
+            self._proc.kill()
+            self._proc.join()
+            raise subprocess.TimeoutExpired(self.args, timeout, self._out.read_bytes(),
+                                            self._err.read_bytes())  # fmt: skip
+        return self._proc.exitcode
+
+
 def run(args: list[str], cwd: Path, env: dict | None, timeout: int) -> subprocess.CompletedProcess:
     """`python -m cnnlab.cli ARGS` in `cwd` with this environment (plus `env`), output
     captured as text: a CompletedProcess, or subprocess.TimeoutExpired."""
     cmd = [sys.executable, "-m", "cnnlab.cli", *args]
-    environ = {**os.environ, **(env or {})}
-    if fresh() or not (env or {}).keys() <= READ_WHEN_RUN:
+    if not _forkable(env):
+        environ = {**os.environ, **(env or {})}
         return subprocess.run(
             cmd, capture_output=True, text=True, cwd=cwd, env=environ, timeout=timeout
         )
-    with tempfile.TemporaryDirectory(prefix="cnnlab-cli-") as tmp:
-        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-        out.touch()
-        err.touch()
-        proc = context().Process(
-            target=_command, args=(list(args), str(cwd), environ, str(out), str(err))
-        )
-        proc.start()
-        proc.join(timeout)
-        if proc.exitcode is None:
-            proc.kill()
-            proc.join()
-            raise subprocess.TimeoutExpired(cmd, timeout, out.read_bytes(), err.read_bytes())
-        read = lambda p: p.read_text(errors="replace")  # noqa: E731
-        return subprocess.CompletedProcess(cmd, proc.exitcode, read(out), read(err))
+    done = Process(_cli, (list(args),), cwd, env).wait(timeout)
+    done.args = cmd
+    return done

@@ -33,6 +33,7 @@ from cnnlab.sweeps.study import (
     study_folder,
 )
 from cnnlab.sweeps.worker import run_worker
+from tests import cli_process
 from tests.conftest import DEMO, ROOT, run_cli
 from tests.test_runs import LOCK_AND_WAIT
 from tests.test_sweep import DIVERGES, TINY, lr_sweep, sets, write
@@ -339,22 +340,16 @@ def test_a_folder_holding_another_study_is_one_line(tmp_path):
         create_or_join(tmp_path / "out", "second", base, file, None, settings)
 
 
-JOIN = """
-import sys, time
-from pathlib import Path
-from cnnlab.errors import CnnlabError
-from cnnlab.sweeps.storage import open_storage
-from cnnlab.sweeps.study import SweepFolder, load_study
-folder, url, start, journal = sys.argv[1:]
-folder = SweepFolder(Path(folder))
-storage = open_storage(url or None, Path(journal), 1)
-time.sleep(max(0.0, float(start) - time.time()))
-try:
-    load_study(folder, storage, folder.spec())
-except CnnlabError as err:
-    print(err)
-    sys.exit(2)
-"""
+def join_study(folder: str, url: str, start: str, journal: str) -> None:
+    """One machine's worker in the race: opens the study at time `start`; the refusal is
+    its output and exit code 2."""
+    study, storage = SweepFolder(Path(folder)), open_storage(url or None, Path(journal), 1)
+    time.sleep(max(0.0, float(start) - time.time()))
+    try:
+        load_study(study, storage, study.spec())
+    except CnnlabError as err:
+        print(err)
+        sys.exit(2)
 
 
 def race_to_start(tmp_path: Path, url: str | None = None) -> None:
@@ -366,21 +361,20 @@ def race_to_start(tmp_path: Path, url: str | None = None) -> None:
         file = write(tmp_path, LR_GRID.replace("0.003", high), f"s{i}.yaml")
         settings = Settings(method="grid", metric="val.loss", goal="minimize", trials=2)
         folders.append(create_or_join(tmp_path / f"m{i}", "race", base, file, None, settings))
-    start = str(time.time() + 6)  # after every process has imported cnnlab
-    procs = [
-        (f, subprocess.Popen([sys.executable, "-c", JOIN, str(f.path), url or "", start,
-                              str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True))
-        for f in folders * 2
-    ]  # fmt: skip
-    ended = [(f, p.wait(timeout=120), p.stdout.read()) for f, p in procs]
+    # once every process has started (forked already imported; fresh ones import cnnlab)
+    start = str(time.time() + (6 if cli_process.fresh() else 1.5))
+    args = lambda f: (str(f.path), url or "", start, str(tmp_path))  # noqa: E731
+    procs = [(f, cli_process.Process(join_study, args(f), ROOT)) for f in folders * 2]
+    ended = [(f, p.wait(timeout=120)) for f, p in procs]
     study = optuna.load_study(study_name="race", storage=open_storage(url, tmp_path, 1))
     stored = study.user_attrs[INPUTS_ATTR]
     (winner,) = [f for f in folders if fingerprint(f.spec(), f.base(), 2) == stored]
-    for f, code, said in ended:
+    for f, done in ended:
         if f is winner:
-            assert code == 0, said
+            assert done.returncode == 0, done.stdout + done.stderr
         else:
-            assert code == 2 and "study 'race' was started with another sweep file;" in said
+            assert done.returncode == 2, done.stdout + done.stderr
+            assert "study 'race' was started with another sweep file;" in done.stdout
 
 
 def test_workers_racing_to_start_a_study_agree_on_its_inputs(tmp_path):
