@@ -8,7 +8,8 @@ imports them once per pytest worker, before any tensor or thread exists, and for
 command from that process. A command given environment variables of its own starts a fresh
 interpreter instead (some are read at import; READ_WHEN_RUN are not), as every command does with
 CNNLAB_TEST_FRESH=1; commands that start commands of their own (sweep workers, torchrun
-ranks) start them fresh, as for a user.
+ranks) start them fresh, as for a user. A test's own function that stands for a process of
+its own (a worker joining a study) starts the same way (`Process`).
 """
 
 from __future__ import annotations
@@ -45,11 +46,6 @@ def fresh() -> bool:
     return os.environ.get("CNNLAB_TEST_FRESH", "0") == "1"
 
 
-def _forkable(env: dict | None) -> bool:
-    """Whether a process given `env` may start forked (nothing it sets is read at import)."""
-    return not fresh() and (env or {}).keys() <= READ_WHEN_RUN
-
-
 def context() -> multiprocessing.context.BaseContext:
     global _context
     if _context is None:
@@ -83,21 +79,23 @@ def _cli(args: list[str]) -> None:
 
 class Process:
     """`target(*args)` in a process of its own, started already imported (forked from the
-    preloaded server), output captured; a fresh interpreter under CNNLAB_TEST_FRESH=1 or
-    when `env` sets variables read at import. `target` is a module-level function: a fresh
-    interpreter imports it by name and passes `args` as strings."""
+    preloaded server), output captured. A fresh interpreter runs `command` instead under
+    CNNLAB_TEST_FRESH=1, or when `env` sets variables read at import; by default `command`
+    imports `target` (a module-level function) by name and passes `args` as strings."""
 
     def __init__(
-        self, target: Callable[..., object], args: tuple, cwd: Path, env: dict | None = None
-    ) -> None:
+        self, target: Callable[..., object], args: tuple, cwd: Path, env: dict | None = None,
+        command: list[str] | None = None,
+    ) -> None:  # fmt: skip
         environ = {**os.environ, **(env or {})}
         self._tmp = tempfile.TemporaryDirectory(prefix="cnnlab-cli-")
         self._out, self._err = Path(self._tmp.name) / "stdout", Path(self._tmp.name) / "stderr"
-        self.args = [sys.executable, "-c", f"from {target.__module__} import {target.__name__} "
-                     f"as f; import sys; f(*sys.argv[1:])", *map(str, args)]  # fmt: skip
+        self.args = command or [sys.executable, "-c", f"from {target.__module__} import "
+                                f"{target.__name__} as f; import sys; f(*sys.argv[1:])",
+                                *map(str, args)]  # fmt: skip
         self._popen: subprocess.Popen | None = None
         self._proc = None
-        if not _forkable(env):
+        if not (env or {}).keys() <= READ_WHEN_RUN or fresh():
             with open(self._out, "w") as out, open(self._err, "w") as err:
                 self._popen = subprocess.Popen(self.args, cwd=cwd, env=environ, stdout=out,
                                                stderr=err)  # fmt: skip
@@ -108,6 +106,17 @@ class Process:
             target=_forked, args=(target, args, str(cwd), environ, str(self._out), str(self._err))
         )
         self._proc.start()
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid if self._popen is not None else self._proc.pid
+
+    def poll(self) -> int | None:
+        """Its exit code, or None while it runs."""
+        return self._popen.poll() if self._popen is not None else self._proc.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
 
     def wait(self, timeout: float) -> subprocess.CompletedProcess:
         """Its exit code and output once it ends; subprocess.TimeoutExpired after `timeout`."""
@@ -135,15 +144,13 @@ class Process:
         return self._proc.exitcode
 
 
+def start(args: list[str], cwd: Path, env: dict | None = None) -> Process:
+    """`python -m cnnlab.cli ARGS` started in `cwd` with this environment (plus `env`):
+    `Process.wait` gives its exit code and output as text."""
+    command = [sys.executable, "-m", "cnnlab.cli", *args]
+    return Process(_cli, (list(args),), cwd, env, command)
+
+
 def run(args: list[str], cwd: Path, env: dict | None, timeout: int) -> subprocess.CompletedProcess:
-    """`python -m cnnlab.cli ARGS` in `cwd` with this environment (plus `env`), output
-    captured as text: a CompletedProcess, or subprocess.TimeoutExpired."""
-    cmd = [sys.executable, "-m", "cnnlab.cli", *args]
-    if not _forkable(env):
-        environ = {**os.environ, **(env or {})}
-        return subprocess.run(
-            cmd, capture_output=True, text=True, cwd=cwd, env=environ, timeout=timeout
-        )
-    done = Process(_cli, (list(args),), cwd, env).wait(timeout)
-    done.args = cmd
-    return done
+    """`start`, then its CompletedProcess; subprocess.TimeoutExpired after `timeout`."""
+    return start(args, cwd, env).wait(timeout)

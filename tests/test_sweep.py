@@ -34,6 +34,7 @@ from cnnlab.sweeps.statistics import group_fields, group_order, group_table, gro
 from cnnlab.sweeps.storage import open_storage
 from cnnlab.sweeps.study import SweepFolder
 from cnnlab.sweeps.worker import hush_interrupts
+from tests import cli_process
 from tests.browser import chromium, visit
 from tests.conftest import DEMO, ROOT, run_cli
 from tests.conftest import TINY as CONFTEST_TINY
@@ -174,20 +175,17 @@ def test_a_worker_stops_after_consecutive_failures(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_interrupted_sweep_resumes_the_trial_from_its_checkpoint(tmp_path, sig):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "cnnlab.cli", "sweep", str(DEMO), "fashion_lambda",
-           "--trials", "2", "--out", str(out), *sets("train.epochs=3")]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(out.glob("*/runs/trial0000-*/metrics.jsonl")):
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.1)
-        proc.send_signal(sig)
-        said = proc.communicate(timeout=120)[0].decode()
-        assert proc.returncode != 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    args = ["sweep", str(DEMO), "fashion_lambda", "--trials", "2", "--out", str(out)]
+    proc = cli_process.start([*args, *sets("train.epochs=3")], ROOT)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*/runs/trial0000-*/metrics.jsonl")):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise AssertionError(proc.wait(timeout=10).stderr[-3000:])
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    stopped = proc.wait(timeout=120)  # killed after that long
+    said = stopped.stdout + stopped.stderr
+    assert stopped.returncode != 0
     (path,) = out.iterdir()
     first = load_trials(SweepFolder(path), None)[0]
     if sig == signal.SIGINT:  # the worker said so itself, in cnnlab's one line only

@@ -3,8 +3,6 @@
 import json
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from cnnlab.loop import Trainer
 from cnnlab.optim import build_optimizer, build_scheduler
 from cnnlab.recipe import best_row, dump_recipe
 from cnnlab.runs import RunFolder, load_checkpoint
+from tests import cli_process
 from tests.conftest import DEMO, ROOT, TINY, run_cli
 
 TIMING = {"seconds", "images_per_s"}
@@ -287,18 +286,16 @@ def test_cli_train_interrupt_resume_eval(tmp_path):
         "train.report=false",
         "train.deterministic=true",  # on a GPU, cuDNN's autotuning differs from process to process
     ]
-    args = [sys.executable, "-m", "cnnlab.cli", "train", "fashion_multitask"]
-    for s in sets:
-        args += ["--set", s]
-    proc = subprocess.Popen(
-        args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    proc = cli_process.start(
+        ["train", "fashion_multitask", *(a for s in sets for a in ("--set", s))], ROOT
     )
     deadline = time.time() + 120
     while time.time() < deadline and not list((tmp_path / "runs").glob("*/metrics.jsonl")):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2, err
+    stopped = proc.wait(timeout=120)
+    err = stopped.stderr
+    assert stopped.returncode == 2, err
     assert "interrupted at epoch" in err and "cnnlab train --resume" in err
     assert "Traceback" not in err
     run_dir = next((tmp_path / "runs").iterdir())
