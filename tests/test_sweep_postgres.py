@@ -1,10 +1,7 @@
 """Two workers share one study in a real PostgreSQL server; one is killed mid-trial."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import sqlalchemy
 
 from cnnlab.sweeps.results import load_trials
 from cnnlab.sweeps.study import SweepFolder
+from tests import cli_process
 from tests.conftest import DEMO, ROOT, run_cli
 from tests.postgres import postgres_server
 from tests.test_sweep_faults import LR_GRID, race_to_start
@@ -34,15 +32,11 @@ def postgres_url():
         yield url
 
 
-def start_worker(tmp_path: Path, url: str, log: str) -> subprocess.Popen:
+def start_worker(tmp_path: Path, url: str) -> cli_process.Process:
     """The same line a user runs on every machine."""
-    cmd = [sys.executable, "-m", "cnnlab.cli", "sweep", "fashion_multitask",
-           "fashion_lambda", "--trials", "4", "--storage", url, "--study", "lam",
-           "--out", str(tmp_path), "--heartbeat", "1"]  # fmt: skip
-    for s in TINY:
-        cmd += ["--set", s]
-    out = open(tmp_path / log, "w")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    args = ["sweep", "fashion_multitask", "fashion_lambda", "--trials", "4", "--storage", url,
+            "--study", "lam", "--out", str(tmp_path), "--heartbeat", "1"]  # fmt: skip
+    return cli_process.start([*args, *(a for s in TINY for a in ("--set", s))], ROOT)
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -56,7 +50,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def test_two_workers_one_killed_mid_trial(tmp_path, postgres_url):
-    a = start_worker(tmp_path, postgres_url, "a.log")
+    a = start_worker(tmp_path, postgres_url)
     folder = SweepFolder(tmp_path / "lam")
     storage: list = []  # one connection for every poll: a new one each took a loaded host
     # long enough to miss a short trial's window (seen: all four trials done unseen)
@@ -82,15 +76,16 @@ def test_two_workers_one_killed_mid_trial(tmp_path, postgres_url):
     b = None
     try:
         wait_for(lambda: (folder.path / "sweep.json").is_file(), 120, "the sweep folder")
-        b = start_worker(tmp_path, postgres_url, "b.log")
+        b = start_worker(tmp_path, postgres_url)
         killed = wait_for(a_trained_one_epoch, 180, "worker A inside a trial")
-        os.kill(a.pid, signal.SIGKILL)
-        a.wait()
-        assert b.wait(timeout=300) == 0, (tmp_path / "b.log").read_text()[-3000:]
+        a.send_signal(signal.SIGKILL)
+        a.wait(timeout=60)
+        done = b.wait(timeout=300)  # killed after that long
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     finally:
         for p in (a, b):
             if p is not None and p.poll() is None:
-                p.kill()
+                p.send_signal(signal.SIGKILL)
 
     study = optuna.load_study(study_name="lam", storage=postgres_url)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
