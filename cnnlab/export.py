@@ -249,6 +249,7 @@ def export_module(
             "shape": ["batch", *example.shape[1:]],
             "layout": "NCHW",
             "channels": "RGB" if example.shape[1] == 3 else "grey",
+            "made_grey": bool(module.grey),  # a colorizer's: it colours grey images
         },
         "resize": module.resize,  # how image files become the input's square
         "bits": module.bits,  # of a 16-bit image's, those its values use: 2**bits - 1 is 255
@@ -519,7 +520,8 @@ def predict_exported(path: str | Path, images: ImageLike | Sequence[ImageLike]) 
     meta = metadata(path)
     channels, size = meta["input"]["shape"][1], meta["input"]["shape"][2]
     resize, bits = meta.get("resize", "squash"), meta.get("bits", 16)
-    x, frames = decoded_batch(images, channels, (size, size), resize, bits)
+    made_grey = meta["input"].get("made_grey", False)  # a colorizer's: grey images expected
+    x, frames = decoded_batch(images, channels, (size, size), resize, bits, not made_grey)
     outputs = run_exported(path, x.mul(255).round().to(torch.uint8).numpy())
     found = {}
     for out, value in zip(meta["outputs"], outputs, strict=True):

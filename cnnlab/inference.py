@@ -33,12 +33,16 @@ from cnnlab.build import (
 from cnnlab.data import colorize
 from cnnlab.data.decoded import (
     DECODE_THREADS,
+    GREY_MODES,
     as_read,
     note_peak,
+    note_source,
     noting_peaks,
+    noting_sources,
     open_image,
     read_image,
     seen_box,
+    small_rgb,
 )
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.models import MultiTaskModel
@@ -232,7 +236,8 @@ class Predictor:
         colour_channels = 3 if self.grey else self.shape[0]
         resize = getattr(self.recipe.data, "resize", "squash")  # as the source decoded files
         bits = getattr(self.recipe.data, "bits", 16)
-        x, frames = decoded_batch(images, colour_channels, self.shape[1:], resize, bits)
+        shape = self.shape[1:]  # a colorizer is given grey images to colour: nothing to say
+        x, frames = decoded_batch(images, colour_channels, shape, resize, bits, not self.grey)
         return x.to(self.device), frames
 
     def inputs(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
@@ -297,13 +302,15 @@ def decoded_batch(
     size: tuple[int, int],
     resize: str = "squash",
     bits: int = 16,
+    say_sources: bool = True,
 ) -> tuple[torch.Tensor, list[Frame]]:
     """(B, channels, H, W) float in [0, 1] at `size`, and where each image's pixels went
     (`Frame`). A 4-D tensor or array is one batch; anything else is one image or a list of
     them. uint8 is scaled by 255, uint16 by 2**bits - 1 (as the sources read 16-bit files);
     float must be in [0, 1] already (refused outside it). Colour is made grey by luminance,
     grey repeated into colour. A file is decoded as the sources decode theirs (`resize`:
-    crop or squash to the square)."""
+    crop or squash to the square). `say_sources`: one line when images are colour and the
+    model takes grey, or grey and it was trained on colour (not for a colorizer's grey)."""
     read = Reading(channels, (size[0], size[1]), resize, bits)
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
         done = [_noted(img, read) for img in images]
@@ -316,15 +323,18 @@ def decoded_batch(
         # half JPEG, half PNG, to 224 px took 1.4-1.6 s instead of 3.0 one by one (2-core EPYC)
         with ThreadPoolExecutor(DECODE_THREADS) as pool:
             done = list(pool.map(lambda img: _noted(img, read), images))
-    _warn_clipped(images, [peak for *_, peak in done], bits)
-    return torch.cat([x for x, *_ in done]), [frame for _, frame, _ in done]
+    _warn_clipped(images, [peak for _, _, peak, _ in done], bits)
+    if say_sources:
+        _say_sources(images, [source for *_, source in done])
+    return torch.cat([x for x, *_ in done]), [frame for _, frame, *_ in done]
 
 
-def _noted(image: ImageLike, read: Reading) -> tuple[torch.Tensor, Frame, int | None]:
-    """`_one`, and the largest raw value of a 16-bit image read as fewer bits (else None)."""
-    with noting_peaks() as seen:
+def _noted(image: ImageLike, read: Reading) -> tuple[torch.Tensor, Frame, int | None, str | None]:
+    """`_one`, the largest raw value of a 16-bit image read as fewer bits (else None), and
+    "colour" or "grey" where the image is not what the model takes (`note_source`)."""
+    with noting_peaks() as seen, noting_sources() as sources:
         x, frame = _one(image, read)
-    return x, frame, max((p for p, _ in seen), default=None)
+    return x, frame, max((p for p, _ in seen), default=None), (sources or [None])[0]
 
 
 def _warn_clipped(images: Any, peaks: list[int | None], bits: int) -> None:
@@ -334,17 +344,41 @@ def _warn_clipped(images: Any, peaks: list[int | None], bits: int) -> None:
     over = [i for i, peak in enumerate(peaks) if peak is not None and peak > top]
     if not over:
         return
-    first = images[over[0]] if isinstance(images, Sequence) else None
-    name = str(first) if isinstance(first, (str, Path)) else f"image {over[0]}"
     largest = max(peaks[i] for i in over)
     print(
-        f"predict: warning: {len(over)} of {counted(len(peaks), 'image')} (first: {name}) "
+        f"predict: warning: {_some(images, over, len(peaks))} "
         f"{'has' if len(over) == 1 else 'have'} values above {top:,}, the most the run's "
         f"data.bits: {bits} keeps: clipped to white (the largest, {largest:,}, needs "
         f"{min(16, largest.bit_length())} bits); a camera of more bits needs a run trained "
         "with data.bits set to them",
         file=sys.stderr,
     )
+
+
+def _some(images: Any, these: list[int], n: int) -> str:
+    """'2 of 5 images (first: a.png)': the images a warning is about, the first named."""
+    first = images[these[0]] if isinstance(images, Sequence) else None
+    name = str(first) if isinstance(first, (str, Path)) else f"image {these[0]}"
+    return f"{len(these)} of {counted(n, 'image')} (first: {name})"
+
+
+def _say_sources(images: Any, sources: list[str | None]) -> None:
+    """One line when images are colour for a model of grey ones (each made grey), or grey
+    for a model of colour ones (three equal channels, which it never saw): either is often
+    the wrong run or the wrong images, and predict made them fit without a word."""
+    for kind in ("colour", "grey"):
+        these = [i for i, source in enumerate(sources) if source == kind]
+        if not these:
+            continue
+        some, are = _some(images, these, len(sources)), "is" if len(these) == 1 else "are"
+        said = (
+            f"{some} {are} in colour, and the run's model takes grey images: made grey by "
+            "their luminance"
+            if kind == "colour"
+            else f"{some} {are} grey, and the run's model was trained on colour images: given "
+            "as three equal channels, which it never saw; its answers may suffer"
+        )
+        print(f"predict: warning: {said}", file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -368,7 +402,10 @@ def _one(image: ImageLike, read: Reading) -> tuple[torch.Tensor, Frame]:
         image = _open(Path(image))
     if isinstance(image, Image.Image):  # as the sources read files: upright, 8 bits (a photo
         # opened in a notebook keeps its EXIF orientation, which `as_read` applies)
-        image = np.asarray(as_read(image, read.bits).convert("L" if channels == 1 else "RGB"))
+        image = as_read(image, read.bits)
+        if channels == 1 and image.mode not in GREY_MODES:  # its colour, before it goes
+            note_source(small_rgb(image), 1)
+        image = np.asarray(image.convert("L" if channels == 1 else "RGB"))
     x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))
     if x.ndim == 2:
         x = x.unsqueeze(0)  # (H, W): grey
@@ -384,7 +421,10 @@ def _one(image: ImageLike, read: Reading) -> tuple[torch.Tensor, Frame]:
         x = x.float().div(255 if x.dtype == torch.uint8 else 2**read.bits - 1).clamp_(0, 1)
     else:
         x = _in_unit_range(x)
-    x = _channels(x[:3] if x.shape[0] == 4 else x, channels)  # RGBA: alpha dropped
+    x = x[:3] if x.shape[0] == 4 else x  # RGBA: alpha dropped
+    if x.shape[0] == 3 or channels == 3:  # colour to a grey model, or grey to a colour one
+        note_source(x.expand(3, -1, -1).permute(1, 2, 0).numpy(), channels)
+    x = _channels(x, channels)
     h, w = x.shape[1:]
     frame = Frame(h, w, (0.0, 0.0, float(w), float(h)))  # squashed whole
     if (h, w) != tuple(size):

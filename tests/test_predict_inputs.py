@@ -183,3 +183,48 @@ def test_a_run_folder_among_the_images_is_one_line(tmp_path):
     assert str(err.value) == said
     done = run_cli("predict", str(tmp_path / "shoe.png"), str(run))  # before a model loads
     assert done.returncode == 2 and done.stderr == f"error: {said}\n"
+
+
+def colour_photo(seed: int = 3) -> np.ndarray:
+    """(40, 30, 3) uint8 of random colour: its channels differ."""
+    return np.random.default_rng(seed).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+
+
+def test_colour_images_for_a_grey_model_are_said_once_whatever_they_come_as(
+    run_path, tmp_path, capsys
+):
+    """Colour images to a model of grey ones were made grey without a word: one line, by
+    what an image shows (a grey scan saved as RGB, or as a JPEG, is grey), files included
+    (a colour JPEG decodes straight to grey, so its colour is looked at apart)."""
+    run = cnnlab.load_run(run_path)
+    grey = np.random.default_rng(4).integers(0, 256, (40, 30), dtype=np.uint8)
+    Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "scan.png")  # grey, as RGB
+    Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "scan.jpg", quality=90)
+    Image.fromarray(colour_photo()).save(tmp_path / "photo.jpg", quality=90)
+    Image.fromarray(colour_photo()).save(tmp_path / "photo.png")
+    capsys.readouterr()
+    run.predict([tmp_path / "scan.png", tmp_path / "scan.jpg", grey])
+    assert capsys.readouterr().err == ""
+    run.predict([tmp_path / "scan.png", tmp_path / "photo.jpg", tmp_path / "photo.png"])
+    assert capsys.readouterr().err == (
+        f"predict: warning: 2 of 3 images (first: {tmp_path / 'photo.jpg'}) are in colour, "
+        "and the run's model takes grey images: made grey by their luminance\n"
+    )
+    run.predict([Image.fromarray(colour_photo()), grey, colour_photo(5)])  # opened, arrays
+    assert "2 of 3 images (first: image 0) are in colour" in capsys.readouterr().err
+
+
+def test_grey_images_for_a_colour_model_are_said_but_not_for_a_colorizer(capsys):
+    from cnnlab.inference import decoded_batch
+
+    grey = np.random.default_rng(4).integers(0, 256, (40, 30), dtype=np.uint8)
+    decoded_batch([colour_photo(), Image.fromarray(colour_photo(6))], 3, (32, 32))
+    assert capsys.readouterr().err == ""
+    decoded_batch([colour_photo(), grey, np.stack([grey] * 3, -1)], 3, (32, 32))
+    assert capsys.readouterr().err == (
+        "predict: warning: 2 of 3 images (first: image 1) are grey, and the run's model was "
+        "trained on colour images: given as three equal channels, which it never saw; its "
+        "answers may suffer\n"
+    )
+    decoded_batch([grey], 3, (32, 32), say_sources=False)  # a colorizer colours grey ones
+    assert capsys.readouterr().err == ""

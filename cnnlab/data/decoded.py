@@ -51,6 +51,10 @@ WIDE = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I": 65535, "F": 1.0}  # 
 # in decode_rows' threads, the row being decoded: [(its raw largest value, bits)] of each
 # 16-bit image `eight_bit` scaled from fewer than 16 bits (None elsewhere: nothing noted)
 _ROW = threading.local()
+# A colour image's channels differ by more than this on average (a share of the range):
+# a colour photo's by 0.1-0.3, a grey scan saved as RGB's by nothing, a grey JPEG's by noise
+COLOUR_SPREAD = 8 / 255
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")  # Pillow's grey ones
 
 
 HEIF = (".heic", ".heif")  # an iPhone's photos: Pillow opens them through pillow-heif
@@ -125,6 +129,46 @@ def note_peak(peak: int, bits: int) -> None:
         seen.append((peak, bits))
 
 
+@contextmanager
+def noting_sources() -> Iterator[list[str]]:
+    """Within (in this thread): each image decoded across colour and grey notes what it was
+    ("colour" made grey, "grey" given as colour) in the list yielded: predict says so of a
+    run's new images once (training converts a folder's odd images without a word)."""
+    _ROW.sources = sources = []
+    try:
+        yield sources
+    finally:
+        _ROW.sources = None
+
+
+def note_source(pixels: np.ndarray, channels: int) -> None:
+    """Note, where `noting_sources` listens, an image (H, W, 3) uint8 or float in [0, 1]
+    that is colour going to `channels` 1, or grey going to 3. By what it shows, not by its
+    mode: a grey scan saved as RGB is grey, and a JPEG's chroma noise is no colour."""
+    sources = getattr(_ROW, "sources", None)
+    if sources is None:
+        return
+    top = 255 if pixels.dtype == np.uint8 else 1.0
+    spread = (pixels.max(-1).astype(np.float32) - pixels.min(-1)).mean() / top if pixels.size else 0
+    colour = spread > COLOUR_SPREAD
+    if colour != (channels == 3):
+        sources.append("colour" if colour else "grey")
+
+
+def listening_for_sources() -> bool:
+    return getattr(_ROW, "sources", None) is not None
+
+
+def small_rgb(image: Image.Image | str | Path) -> np.ndarray:
+    """An image at most 64 px, RGB, to see its colour; a file is decoded again (a JPEG
+    drafted to grey dropped its colour), small: libjpeg scales it down as it decodes."""
+    if not isinstance(image, Image.Image):
+        with open_image(image) as im:
+            im.draft("RGB", (64, 64))
+            return small_rgb(im.convert("RGB"))
+    return np.asarray(ImageOps.contain(image, (64, 64)).convert("RGB"))
+
+
 def dark_warning(path: Path, bits: int, label: str) -> None:
     """One line when a 16-bit image's values reach far below what `bits` makes white: a
     12-bit camera's 0-4095 read as 16 bits decode near black. Read off the set's first
@@ -165,7 +209,7 @@ def read_image(
     """`decode_image`'s pixels and the image's own (width, height), upright: a table checks
     its mask against that size, from the file it opens anyway (no second open)."""
     with open_image(path) as im:
-        stored = im.size  # before draft, which makes a JPEG's smaller
+        stored, stored_mode = im.size, im.mode  # before draft, which makes a JPEG's smaller
         if im.format == "JPEG":
             im.draft(mode, (size, size))  # libjpeg scales down while decoding (>= size)
         im.load()
@@ -175,6 +219,8 @@ def read_image(
         if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
             rgba = im.convert("RGBA")
             im = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba)
+        if mode == "L" and listening_for_sources() and stored_mode not in GREY_MODES:
+            note_source(small_rgb(path if im.mode == "L" else im), 1)
         im = im.convert(mode).resize(
             (size, size), Image.Resampling.BILINEAR, box=seen_box(im.size, resize)
         )
