@@ -106,7 +106,7 @@ def test_lambda_grid_then_select_and_report_from_the_shell(tmp_path):
     mean, std = statistics.mean(values), statistics.stdev(values)
     label = f"tasks.cls.weight = {rows[0].recipe['tasks']['cls']['weight']}"
     assert by_weight[label][1:3] == ["3", f"{mean:.4f} ± {std:.4f}"]
-    assert "mean ± std over trials" in page
+    assert "mean ± std over complete trials" in page
     assert "<script src=" not in page and "<link" not in page  # self-contained, offline
     assert "best val.cls.accuracy" in page
     charts = ("metric_vs_time", "parallel_coordinates", "importance", "learning_curves")
@@ -716,3 +716,22 @@ def test_a_few_trials_each_get_a_colour_named_by_their_parameters():
     assert _curve_labels(rows, ["lr = 0.01", "lr = 0.003"], "lr") == ["lr = 0.01", "lr = 0.003"]
     many = [trial(n, 0.01) for n in range(11)]
     assert _curve_labels(many, ["complete"] * 11, None) == ["complete"] * 11
+
+
+def test_a_groups_mean_leaves_out_its_pruned_and_failed_trials():
+    """A pruned trial's best epoch is one of its first: averaged in, it pulled its group's
+    mean down as if the setting were worse (seen: a Hyperband study of settings x seeds)."""
+
+    def row(number: int, outcome: str, accuracy: float, epochs: int) -> TrialRow:
+        r = TrialRow(number, outcome, outcome, accuracy, {"lr": 0.1}, None, None, None, None,
+                     epochs)  # fmt: skip
+        rows = [{"epoch": e, "val.loss": 1 / e, "val.cls.accuracy": accuracy, "seconds": 60.0}
+                for e in range(1, epochs + 1)]  # fmt: skip
+        r.metrics, r.recipe = rows, {"train": {"monitor": "val.loss"}}
+        return r
+
+    rows = [row(0, "complete", 0.9, 4), row(1, "pruned", 0.3, 1), row(2, "complete", 0.8, 4)]
+    rows += [row(3, "error", 0.1, 2)]
+    header, body = group_table(rows, groups(rows, "lr"), ["val.cls.accuracy"])
+    assert header == ["group", "trials", "val.cls.accuracy", "training minutes"]
+    assert body == [["lr = 0.1", "2 (2 not complete, left out)", "0.8500 ± 0.0707", "4.00 ± 0.00"]]

@@ -158,7 +158,7 @@ def _loss_note(runs: list[TrialRow], labels: list[str], header: list[str]) -> st
 
 def _write_study(path: Path, group_by: str, summary, dead, loss_note: str | None) -> None:
     """study.md: the study's tables as Markdown, for a paper or a README."""
-    parts = [f"## By {group_by}: mean ± std over trials\n", markdown_table(*summary)]
+    parts = [f"## By {group_by}: mean ± std over complete trials\n", markdown_table(*summary)]
     parts += [f"\nNote: {loss_note}"] if loss_note else []
     if dead:
         parts += [f"\n## Dead units by {group_by} (share never > 0 on the test set)\n"]

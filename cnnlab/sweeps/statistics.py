@@ -156,17 +156,23 @@ SUMMARY = ("loss", "accuracy", "f1", "rmse", "mae")  # what a study table compar
 def group_table(
     rows: list[TrialRow], labels: list[str], metrics: list[str]
 ) -> tuple[list[str], list[list[str]]]:
-    """Per group, mean ± std over its trials of each summary metric (at each run's best
-    epoch) and of the training time: the table a study of settings × seeds reports."""
+    """Per group, mean ± std over its complete trials of each summary metric (at each run's
+    best epoch) and of the training time: the table a study of settings × seeds reports. A
+    pruned, failed or unfinished trial stopped early, and its best epoch would pull its
+    group's mean towards the first epochs: the trials column says how many were left out."""
     cols = [m for m in metrics if m.rsplit(".", 1)[-1] in SUMMARY]
     members: dict[str, list[TrialRow]] = defaultdict(list)
     for r, label in zip(rows, labels, strict=True):
         members[label].append(r)
     body = []
     for label, group in sorted(members.items(), key=lambda item: group_order(item[0])):
-        cells = [label, str(len(group))]
-        cells += [_mean_std([r.at_best_epoch().get(m) for r in group]) for m in cols]
-        minutes = [sum(e.get("seconds", 0.0) for e in r.metrics) / 60 for r in group]
+        done = [r for r in group if r.outcome == "complete"]
+        left = (
+            f" ({len(group) - len(done)} not complete, left out)" if len(done) < len(group) else ""
+        )
+        cells = [label, f"{len(done)}{left}"]
+        cells += [_mean_std([r.at_best_epoch().get(m) for r in done]) for m in cols]
+        minutes = [sum(e.get("seconds", 0.0) for e in r.metrics) / 60 for r in done]
         body.append([*cells, _mean_std(minutes, digits=2)])
     return ["group", "trials", *cols, "training minutes"], body
 
