@@ -25,7 +25,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.export import predict_exported
 from cnnlab.inference import NOT_SEEN, Prediction, Predictions
 from cnnlab.viz import RunView, make_charts, new_images
-from cnnlab.viz.mosaic import mosaic, rgb
+from cnnlab.viz.mosaic import Tile, mosaic, rgb
 from cnnlab.viz.pixels import class_colours, paint
 from tests.conftest import run_cli
 
@@ -67,10 +67,17 @@ def said_order(share: np.ndarray) -> list[str]:
     return [CLASSES[k] for k in np.argsort(-share, kind="stable") if share[k] >= 0.005]
 
 
-def drawn_by(module: str, monkeypatch) -> list:
-    """The rows of tiles each `mosaic` call of `module` draws, recorded as it draws them."""
+def drawn_by(module: str, monkeypatch, figures: list | None = None) -> list:
+    """The rows of tiles each `mosaic` call of `module` draws, recorded as it draws them
+    (and the figures it returns, into `figures`)."""
     drawn: list = []
-    record = lambda rows, *args: drawn.append(rows) or mosaic(rows, *args)  # noqa: E731
+
+    def record(rows, *args, **kw):
+        drawn.append(rows)
+        figure = mosaic(rows, *args, **kw)
+        (figures if figures is not None else []).append(figure)
+        return figure
+
     monkeypatch.setattr(importlib.import_module(module), "mosaic", record)
     return drawn
 
@@ -243,9 +250,11 @@ def test_the_figure_draws_each_map_beside_its_image_with_its_shares(
 ):
     path, files = mask_run
     found = cnnlab.load_run(path).predict(files)
-    drawn = drawn_by("cnnlab.viz.new_images", monkeypatch)
+    drawn_figures: list = []
+    drawn = drawn_by("cnnlab.viz.new_images", monkeypatch, drawn_figures)
     figure = new_images.draw_predictions(files, found, tmp_path / "f.png", "run")
     assert figure.stat().st_size > 1000
+    assert [name for name, _ in key_said(drawn_figures[0])][: len(CLASSES)] == list(CLASSES)
     tiles = [t for row in drawn[0] for t in row]
     assert len(tiles) == 2 * len(files)  # image, map; image, map; ...
     mask = found["mask"]
@@ -269,11 +278,40 @@ def columns_said(caption: str) -> list[str]:
     return caption.split("Columns: ")[1].removesuffix(".").split(", ")
 
 
+def key_said(figure) -> list[tuple[str, tuple[int, ...]]]:
+    """A mosaic's key as drawn: each left-aligned text and the colour of the swatch left of
+    it (the canvas pixel at the swatch's middle)."""
+    canvas = figure.axes[0].images[0].get_array()
+    h, w = canvas.shape[:2]
+    said = []
+    for t in figure.texts:
+        if t.get_ha() == "left":
+            x, y = t.get_position()
+            px, py = round(x * w) - 4 - 5, round((1 - y) * h)  # the swatch is 10-11 px wide
+            said.append((t.get_text(), tuple(int(v) for v in canvas[py, px])))
+    return said
+
+
+def test_a_mosaic_key_puts_each_colour_beside_its_name():
+    tile = [[Tile(np.zeros((8, 8, 3), np.uint8))]]
+    key = [("background", (1.0, 1.0, 1.0)), ("disc", (1.0, 0.0, 0.0)), ("no label", (0.25,) * 3)]
+    assert key_said(mosaic(tile, 40, key=key)) == [
+        ("background", (255, 255, 255)), ("disc", (255, 0, 0)), ("no label", (64, 64, 64))
+    ]  # fmt: skip
+    many = [(f"a long class name {i}", (0.0, 0.0, 1.0)) for i in range(12)]
+    figure = mosaic(tile, 40, key=many)  # more than a line holds: wrapped, each still beside
+    assert [name for name, _ in key_said(figure)] == [name for name, _ in many]
+    assert all(colour == (0, 0, 255) for _, colour in key_said(figure))
+    assert figure.get_figheight() > mosaic(tile, 40, key=key).get_figheight()
+
+
 def test_the_pixels_caption_names_the_three_columns_of_a_mask(mask_run, monkeypatch):
     path, _ = mask_run
     drawn = drawn_by("cnnlab.viz.pixels", monkeypatch)
     grid = make_charts(RunView(path), "pixels", images=2)[0]
     assert all(len(row) == 3 for row in drawn[0])
+    colours = [tuple(round(v * 255) for v in c) for c in class_colours(list(CLASSES)).tolist()]
+    assert key_said(grid.figure)[: len(CLASSES)] == list(zip(CLASSES, colours, strict=True))
     assert columns_said(grid.caption) == [
         "the image",
         "the model's prediction",

@@ -28,6 +28,7 @@ from matplotlib.font_manager import FontProperties
 from cnnlab.viz.base import RC, unit_range
 
 DPI = RC["savefig.dpi"]
+Colour = tuple[float, float, float]  # RGB in [0, 1]
 GAP = 10  # pixels between tiles
 MARGIN = 8  # pixels around the grid
 
@@ -145,10 +146,11 @@ def wrap(text: str, pixels: float, points: float) -> str:
 
 def mosaic(
     tiles: Sequence[Sequence[Tile | None]], side: int, title: str = "",
-    row_labels: Sequence[str] = (), font: float = 7,
+    row_labels: Sequence[str] = (), font: float = 7, key: Sequence[tuple[str, Colour]] = (),
 ) -> Figure:  # fmt: skip
     """A figure of `tiles` (rows of tiles; None leaves a place empty), each fitted into a
-    side x side square, with the grid's title above and a label left of each row."""
+    side x side square, with the grid's title above, a label left of each row and a `key`
+    under it: (name, RGB in [0, 1]) pairs, a swatch and a name each, in lines."""
     cols = max(len(r) for r in tiles)
     room = side + GAP - 2  # a text's width under (or above) its tile
     tiles = [
@@ -168,7 +170,8 @@ def mosaic(
     top = _lines([title]) * _line(9) + (GAP if title else 0)
     heights = [a + side + b + GAP for a, b in zip(above, below, strict=True)]
     starts = np.cumsum([MARGIN + top, *heights]).tolist()  # each row's top edge
-    height = starts[-1] + MARGIN
+    entries = _key_lines(key, width - 2 * MARGIN, font)
+    height = starts[-1] + len(entries) * _line(font) + MARGIN
     canvas = np.full((height, width, 3), 255, np.uint8)
     with matplotlib.rc_context(RC):
         fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
@@ -191,6 +194,7 @@ def mosaic(
             if tile.label:
                 texts.append((x0 + side / 2, y0 + side + pad, tile.label,
                               {"va": "top", "color": tile.color}))  # fmt: skip
+    texts += _draw_key(canvas, entries, starts[-1], font)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_axis_off()
     ax.imshow(canvas, aspect="auto", interpolation="antialiased")
@@ -198,6 +202,40 @@ def mosaic(
         kw = {"ha": "center", "fontsize": font, **kw}
         fig.text(x / width, 1 - y / height, text, parse_math=False, **kw)
     return fig
+
+
+def _key_lines(
+    key: Sequence[tuple[str, Colour]], width: float, font: float
+) -> list[list[tuple[str, Colour, float]]]:
+    """The key's entries as lines that fit `width` pixels: (name, colour, its x) each."""
+    lines: list[list[tuple[str, Colour, float]]] = []
+    x = width  # the first entry opens a line
+    for name, colour in key:
+        room = _line(font) + _width(name, font) + 2 * GAP  # swatch, name, space after
+        if x + room > width and (x > 0 or not lines):
+            lines.append([])
+            x = 0.0
+        lines[-1].append((name, colour, x))
+        x += room
+    return lines
+
+
+def _draw_key(
+    canvas: np.ndarray, lines: list[list[tuple[str, Colour, float]]], top: int, font: float
+) -> list[tuple[float, float, str, dict]]:
+    """Each entry's swatch painted into `canvas` (framed in grey, so that white shows), from
+    `top` down a line at a time; the names' texts to place beside them."""
+    line, texts = _line(font), []
+    swatch = line - 4
+    for i, entries in enumerate(lines):
+        y = top + i * line + 2
+        for name, colour, x in entries:
+            x0 = MARGIN + round(x)
+            canvas[y : y + swatch, x0 : x0 + swatch] = 128
+            inner = (np.array(colour) * 255).round().astype(np.uint8)
+            canvas[y + 1 : y + swatch - 1, x0 + 1 : x0 + swatch - 1] = inner
+            texts.append((x0 + swatch + 4, y + swatch / 2, name, {"ha": "left", "va": "center"}))
+    return texts
 
 
 def _paste(canvas: np.ndarray, tile: Tile, x0: int, y0: int, side: int) -> None:

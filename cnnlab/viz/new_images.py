@@ -17,7 +17,7 @@ from cnnlab.data.decoded import as_read, open_image
 from cnnlab.errors import CnnlabError, listed
 from cnnlab.inference import NOT_SEEN, Prediction, Predictions
 from cnnlab.viz.mosaic import Tile, mosaic, rgb, rows_of
-from cnnlab.viz.pixels import class_colours, paint
+from cnnlab.viz.pixels import UNLABELLED, class_colours, key_of, paint
 
 SHOWN = 16  # images drawn; the CSV holds them all
 SIDE = 200  # pixels
@@ -58,6 +58,7 @@ def draw_predictions(files: list[Path], predictions: Predictions, out: Path, tit
     cols = 1 + len(maps)
     per_row = max(1, 4 // cols)
     tiles: list[Tile] = []
+    unseen = False  # pixels a crop left out of what the model saw: grey
     for i in range(n):
         with open_image(files[i]) as im:
             im = as_read(im).convert("RGB")  # as the model read it: upright, 8 bits
@@ -67,10 +68,14 @@ def draw_predictions(files: list[Path], predictions: Predictions, out: Path, tit
         for name in maps:  # on the image as drawn, coloured as the `pixels` figure
             p = predictions[name]
             shown = torch.from_numpy(p.mask(i, image.shape[:2]).astype(np.int64))
+            unseen = unseen or bool((shown < 0).any())
             painted = paint(shown, class_colours(p.classes))
             tiles.append(Tile(rgb(painted), f"{name} (predicted)", pixel_shares(p, i)))
     width = cols * per_row
-    fig = mosaic(rows_of(tiles, width), SIDE, title)
+    key = [e for name in maps for e in key_of(predictions[name].classes,
+                                             class_colours(predictions[name].classes))]  # fmt: skip
+    key += [("not seen (cropped off)", UNLABELLED)] if unseen and key else []
+    fig = mosaic(rows_of(tiles, width), SIDE, title, key=list(dict(key).items()))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out

@@ -91,7 +91,9 @@ def _grid(view: RunView, task: str, index, truth, pred, colours) -> Chart:
             for c in range(len(shown))
         ]
         tiles.append([Tile(p, t.strip()) for p, t in zip(shown, said, strict=True)])
-    fig = mosaic(tiles, side_for(photos.shape[-2], 140))
+    blank = "no label" if bool((truth[index] < 0).any()) else ""
+    key = key_of(view.task_classes(task), colours, blank)
+    fig = mosaic(tiles, side_for(photos.shape[-2], 140), key=key)
     accuracy = right_share(truth[index], pred[index])
     return Chart(
         f"pixels_{task}",
@@ -100,6 +102,21 @@ def _grid(view: RunView, task: str, index, truth, pred, colours) -> Chart:
         f"Pixel accuracy on these images: {accuracy:.1%}. Columns: {columns(grey)}.",
         extra={"index": index.tolist(), "accuracy": accuracy},
     )
+
+
+KEY_CLASSES = 24  # a palette of more (a colorizer's) is its own key: the classes chart
+
+
+def key_of(
+    names: list[str], colours: torch.Tensor, blank: str = ""
+) -> list[tuple[str, tuple[float, ...]]]:
+    """Each class's colour, for under a grid of class maps, and `blank`'s: what the grey of
+    pixels without a class means there (none: no such pixels). None for more than
+    KEY_CLASSES classes."""
+    if len(names) > KEY_CLASSES:
+        return []
+    key = list(zip(names, map(tuple, colours.tolist()), strict=True))
+    return [*key, (blank, UNLABELLED)] if blank else key
 
 
 def columns(grey: bool) -> str:
