@@ -17,6 +17,7 @@ sweep report's group table takes the same rule and note (cnnlab/differences.py).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,12 +173,33 @@ def precisions(records: list[RunRecord]) -> list[str]:
     """A line when the runs trained in different precisions (`auto` decides by timing, so
     one machine may pick bf16 for one run and fp32 for the next): their minutes and last
     digits are not comparable."""
-    chosen = {r.name: _precision(r.folder) for r in records}
-    if len(set(chosen.values()) - {None}) < 2:
+    said = _spread(records, lambda r: _precision(r.folder))
+    if not said:
         return []
-    said = ", ".join(f"{name} {p or 'unknown'}" for name, p in chosen.items())
     return [f"the runs trained in different precisions ({said}): compare their minutes and "
             "their metrics' last digits with care, or set train.precision"]  # fmt: skip
+
+
+def processes(records: list[RunRecord]) -> list[str]:
+    """A line when the runs trained on different numbers of processes (torchrun): the same
+    batches split across them, but BatchNorm normalized each process's share and dropout
+    drew per process, and the minutes are of other hardware."""
+    said = _spread(records, lambda r: r.folder.env().get("processes", 1))
+    if not said:
+        return []
+    return [f"the runs trained on different numbers of processes ({said}; torchrun): each "
+            "batch was split across them, so BatchNorm saw each process's share and the "
+            "minutes are of other hardware; compare their last digits and minutes with "
+            "care"]  # fmt: skip
+
+
+def _spread(records: list[RunRecord], value: Callable[[RunRecord], object]) -> str | None:
+    """'a fp32, b bf16': each run's value, where two runs or more differ (None: they agree,
+    or only one run says)."""
+    chosen = {r.name: value(r) for r in records}
+    if len(set(chosen.values()) - {None}) < 2:
+        return None
+    return ", ".join(f"{name} {v if v is not None else 'unknown'}" for name, v in chosen.items())
 
 
 def temperatures(records: list[RunRecord]) -> list[str]:
@@ -403,7 +425,7 @@ def compare(
     shared, left_out = shared_metrics(records)
     lossy = loss_differences(records, differs)
     notes = [n for n in (left_out, own, lossy) if n] + lineage(records) + precisions(records)
-    notes += temperatures(records)
+    notes += processes(records) + temperatures(records)
     untested = [r.name for r in records if not r.test]
     if untested:
         notes.append(

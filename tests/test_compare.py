@@ -256,6 +256,15 @@ def test_a_run_started_from_another_and_another_precision_are_said(runs, tmp_pat
         "minutes and their metrics' last digits with care, or set train.precision"
     ) in found.notes
     assert not [n for n in found.notes if "calibrated" in n]  # neither is: nothing to say
+    assert not [n for n in found.notes if "processes" in n]  # both trained on one
+    env["processes"] = 2  # under torchrun
+    (child / "env.json").write_text(json.dumps(env))
+    found = compare([base, child], out=tmp_path / "out", names=["a", "b"])
+    assert (
+        "the runs trained on different numbers of processes (a 1, b 2; torchrun): each batch "
+        "was split across them, so BatchNorm saw each process's share and the minutes are of "
+        "other hardware; compare their last digits and minutes with care"
+    ) in found.notes
     (child / "calibration.json").write_text(json.dumps({"tasks": {"cls": {"temperature": 0.8}}}))
     found = compare([base, child], out=tmp_path / "out", names=["a", "b"])
     assert (
