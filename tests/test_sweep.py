@@ -735,3 +735,19 @@ def test_a_groups_mean_leaves_out_its_pruned_and_failed_trials():
     header, body = group_table(rows, groups(rows, "lr"), ["val.cls.accuracy"])
     assert header == ["group", "trials", "val.cls.accuracy", "training minutes"]
     assert body == [["lr = 0.1", "2 (2 not complete, left out)", "0.8500 ± 0.0707", "4.00 ± 0.00"]]
+
+
+def test_more_worker_threads_than_cores_is_a_warning(monkeypatch):
+    """`--workers 8` on a laptop's cores: eight trials taking turns, each slower, none sooner."""
+    from cnnlab.sweeps.worker import oversubscribed
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    cpu = {"device": "cpu"}
+    assert oversubscribed(2, cpu) is None  # a core each (train.threads unset: a share)
+    assert oversubscribed(4, {**cpu, "threads": 1}) == (
+        "4 workers of 1 thread each on 2 CPU cores: they take turns, so each trial trains "
+        "slower and the sweep ends no sooner; --workers 2 keeps a core for each thread"
+    )
+    assert oversubscribed(2, {**cpu, "threads": 2}).endswith(
+        "--workers 1 keeps a core for each thread"
+    )

@@ -124,7 +124,13 @@ def _swept_sets(overrides: list[str], spec) -> list[str]:
 def _work(folder: SweepFolder, storage: str | None, workers: int) -> None:
     from cnnlab.sweeps.storage import open_storage
     from cnnlab.sweeps.study import load_study
-    from cnnlab.sweeps.worker import run_worker, spawn_workers, study_progress, worker_slots
+    from cnnlab.sweeps.worker import (
+        oversubscribed,
+        run_worker,
+        spawn_workers,
+        study_progress,
+        worker_slots,
+    )
 
     meta = folder.meta()
     text = folder.recipe_path.read_text() + folder.sweep_path.read_text()
@@ -139,6 +145,9 @@ def _work(folder: SweepFolder, storage: str | None, workers: int) -> None:
     # resumed sweep's samplers on from the values they drew before.
     study = load_study(folder, open_storage(storage, folder.path, meta.heartbeat), folder.spec())
     drawn = len(study.get_trials(deepcopy=False))
+    crowded = oversubscribed(workers, folder.base()["train"])
+    if crowded:
+        console.print(f"warning: {crowded}")
     bad = spawn_workers(folder, storage, workers, drawn)
     if not bad:
         return

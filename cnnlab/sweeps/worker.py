@@ -488,6 +488,22 @@ def worker_slots(workers: int, train: dict) -> list[tuple[int, str | None]]:
     return [(threads, None) for _ in range(workers)]
 
 
+def oversubscribed(workers: int, train: dict) -> str | None:
+    """What is wrong when local workers on the CPU ask for more threads than it has cores:
+    they take turns, each trial trains slower and the sweep ends no sooner (None: they fit,
+    or they train on GPUs)."""
+    slots = worker_slots(workers, train)
+    threads, cores = slots[0][0], os.cpu_count() or 1
+    if slots[0][1] is not None or workers * threads <= cores:
+        return None
+    fits = max(1, cores // threads)
+    return (
+        f"{counted(workers, 'worker')} of {counted(threads, 'thread')} each on {cores} CPU "
+        f"cores: they take turns, so each trial trains slower and the sweep ends no sooner; "
+        f"--workers {fits} keeps a core for each thread"
+    )
+
+
 def spawn_workers(
     folder: SweepFolder, storage_url: str | None, workers: int, drawn: int = 0
 ) -> list[tuple[int, int]]:
