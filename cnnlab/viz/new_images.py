@@ -68,7 +68,7 @@ def draw_predictions(files: list[Path], predictions: Predictions, out: Path, tit
         for name in maps:  # on the image as drawn, coloured as the `pixels` figure
             p = predictions[name]
             shown = torch.from_numpy(p.mask(i, image.shape[:2]).astype(np.int64))
-            unseen = unseen or bool((shown < 0).any())
+            unseen = unseen or bool((shown == NOT_SEEN).any())
             painted = paint(shown, class_colours(p.classes))
             tiles.append(Tile(rgb(painted), f"{name} (predicted)", pixel_shares(p, i)))
     width = cols * per_row
