@@ -143,12 +143,14 @@ def load_for_export(path: str | Path, views: bool = True) -> Loaded:
 
 
 def provenance(run: RunFolder, saved: dict) -> dict:
-    """Which model a file holds, for whoever is handed it without the run folder: the run,
-    its best epoch, the precision it trained in, what its test measured, and the versions
-    that trained and exported it."""
-    env = run.env()
+    """Which model a file holds, for whoever is handed it without the run folder: the run
+    (and the sweep's study and trial it trained for), its best epoch, the precision it
+    trained in, what its test measured, and the versions that trained and exported it."""
+    env, trial = run.env(), run.trial()
+    sweep = {"sweep": {"study": trial.get("study"), "trials": trial.get("trials", [])}}
     return {
         "run": run.path.name,
+        **(sweep if trial else {}),  # a sweep trial's: which study, which trial
         "best_epoch": saved.get("loop", {}).get("best_epoch"),
         "trained_precision": saved.get("precision"),
         "test_metrics": run.test_metrics(),  # {} when it was never tested

@@ -94,6 +94,7 @@ def write_json(path: Path, data: Any) -> None:
 
 
 SWEEP_FILE = "sweep.json"  # a sweep folder's settings (cnnlab/sweeps/study.py)
+TRIAL_FILE = "trial.json"  # a trial's run folder: its sweep, study and trial number(s)
 
 
 def is_sweep_folder(path: Path) -> bool:
@@ -181,6 +182,15 @@ class RunFolder:
         except (OSError, ValueError):
             return {}
         return env if isinstance(env, dict) else {}
+
+    def trial(self) -> dict:
+        """trial.json: the sweep, study and trial numbers (a retry's too) the run trained
+        for; {} for a run of its own (or unreadable)."""
+        try:
+            link = json.loads((self.path / TRIAL_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return link if isinstance(link, dict) else {}
 
     def trained_in(self) -> Path | None:
         """The folder cnnlab ran in when the run started (env.json's `cwd`); None for a run

@@ -25,6 +25,7 @@ from cnnlab.export import (
     export_module,
     export_target,
     predict_exported,
+    provenance,
     run_exported,
     wrap,
 )
@@ -192,6 +193,10 @@ def test_cli_exports_a_trained_run_with_the_same_test_accuracy(tiny, tmp_path):
     assert about["best_epoch"] == run.status()["best_epoch"]
     assert about["test_metrics"]["test.cls.accuracy"] == tested
     assert about["trained_with"]["torch"] and about["exported_with"]["torch"] == torch.__version__
+    assert "sweep" not in about and described["input"]["made_grey"] is False  # a run of its own
+    link = {"sweep": "/elsewhere/lam", "study": "lam", "storage": None, "trials": [3, 5]}
+    (run.path / "trial.json").write_text(json.dumps(link))  # as a sweep's worker links a trial
+    assert provenance(run, {})["sweep"] == {"study": "lam", "trials": [3, 5]}  # a retry's too
     views = described["test_time_views"]
     inside = "scaling and normalization" + (
         f", the test-time views ({', '.join(views)})" * bool(views)

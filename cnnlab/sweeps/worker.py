@@ -34,7 +34,7 @@ from cnnlab.data.lines import quietly
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.plugins import import_from_environment, load_entry_points
 from cnnlab.recipe import best_row, validate
-from cnnlab.runs import RunFolder, RunInUse, is_run_folder, write_json
+from cnnlab.runs import TRIAL_FILE, RunFolder, RunInUse, is_run_folder, write_json
 from cnnlab.sweeps.results import SURPLUS, numbered, retry_of
 from cnnlab.sweeps.spec import SweepSpec, apply_to
 from cnnlab.sweeps.storage import (
@@ -55,7 +55,6 @@ GRID_ATTR = "grid_id"
 # whether one went stale). Half a heartbeat (5 s) had kept a finished sweep of tiny trials
 # waiting 4-5 s for a worker that was only watching
 WATCH_S = 1.0
-TRIAL_LINK = "trial.json"  # in each run folder: which study and trial(s) it belongs to
 
 
 # -------------------------------------------------------------------- one trial
@@ -213,7 +212,7 @@ class Objective:
     def _link(self, run: RunFolder, trial) -> None:
         rel = run.path.relative_to(self.folder.path).as_posix()
         trial.set_user_attr("run_dir", rel)
-        link = run.path / TRIAL_LINK
+        link = run.path / TRIAL_FILE
         numbers = []
         if link.is_file():
             numbers = json.loads(link.read_text()).get("trials", [])
