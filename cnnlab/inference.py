@@ -422,7 +422,7 @@ def _one(image: ImageLike, read: Reading) -> tuple[torch.Tensor, Frame]:
     else:
         x = _in_unit_range(x)
     x = x[:3] if x.shape[0] == 4 else x  # RGBA: alpha dropped
-    if x.shape[0] == 3 or channels == 3:  # colour to a grey model, or grey to a colour one
+    if x.shape[0] == 3 or (x.shape[0] == 1 and channels == 3):  # colour or grey, noted
         note_source(x.expand(3, -1, -1).permute(1, 2, 0).numpy(), channels)
     x = _channels(x, channels)
     h, w = x.shape[1:]

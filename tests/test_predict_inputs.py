@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import cnnlab
@@ -228,3 +229,5 @@ def test_grey_images_for_a_colour_model_are_said_but_not_for_a_colorizer(capsys)
     )
     decoded_batch([grey], 3, (32, 32), say_sources=False)  # a colorizer colours grey ones
     assert capsys.readouterr().err == ""
+    with pytest.raises(cnnlab.CnnlabError, match="an image with 2 channels; the model takes 3$"):
+        decoded_batch([torch.zeros(2, 8, 8)], 3, (32, 32))  # neither colour nor grey
