@@ -147,10 +147,10 @@ def provenance(run: RunFolder, saved: dict) -> dict:
     (and the sweep's study and trial it trained for), its best epoch, the precision it
     trained in, what its test measured, and the versions that trained and exported it."""
     env, trial = run.env(), run.trial()
-    sweep = {"sweep": {"study": trial.get("study"), "trials": trial.get("trials", [])}}
+    sweep = {"study": trial.get("study"), "trials": trial.get("trials", [])} if trial else None
     return {
         "run": run.path.name,
-        **(sweep if trial else {}),  # a sweep trial's: which study, which trial
+        **({"sweep": sweep} if sweep else {}),  # a sweep trial's: which study, which trial
         "best_epoch": saved.get("loop", {}).get("best_epoch"),
         "trained_precision": saved.get("precision"),
         "test_metrics": run.test_metrics(),  # {} when it was never tested

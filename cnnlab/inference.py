@@ -33,8 +33,8 @@ from cnnlab.build import (
 from cnnlab.data import colorize
 from cnnlab.data.decoded import (
     DECODE_THREADS,
-    GREY_MODES,
     as_read,
+    note_colour,
     note_peak,
     note_source,
     noting_peaks,
@@ -42,7 +42,6 @@ from cnnlab.data.decoded import (
     open_image,
     read_image,
     seen_box,
-    small_rgb,
 )
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.models import MultiTaskModel
@@ -403,8 +402,8 @@ def _one(image: ImageLike, read: Reading) -> tuple[torch.Tensor, Frame]:
     if isinstance(image, Image.Image):  # as the sources read files: upright, 8 bits (a photo
         # opened in a notebook keeps its EXIF orientation, which `as_read` applies)
         image = as_read(image, read.bits)
-        if channels == 1 and image.mode not in GREY_MODES:  # its colour, before it goes
-            note_source(small_rgb(image), 1)
+        if channels == 1:  # its colour, before it goes
+            note_colour(image)
         image = np.asarray(image.convert("L" if channels == 1 else "RGB"))
     x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))
     if x.ndim == 2:

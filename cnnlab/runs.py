@@ -108,6 +108,15 @@ def is_run_folder(path: Path) -> bool:
     return (Path(path) / "recipe.yaml").is_file()
 
 
+def _json_dict(path: Path) -> dict:
+    """A JSON file's object; {} when the file is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class RunFolder:
     """Paths and file formats of one run; the only code that knows the layout."""
 
@@ -177,20 +186,12 @@ class RunFolder:
     def env(self) -> dict:
         """env.json: versions, device, the folder it trained in, the precision chosen; {}
         before training began (or unreadable)."""
-        try:
-            env = json.loads(self.env_path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return env if isinstance(env, dict) else {}
+        return _json_dict(self.env_path)
 
     def trial(self) -> dict:
         """trial.json: the sweep, study and trial numbers (a retry's too) the run trained
         for; {} for a run of its own (or unreadable)."""
-        try:
-            link = json.loads((self.path / TRIAL_FILE).read_text())
-        except (OSError, ValueError):
-            return {}
-        return link if isinstance(link, dict) else {}
+        return _json_dict(self.path / TRIAL_FILE)
 
     def trained_in(self) -> Path | None:
         """The folder cnnlab ran in when the run started (env.json's `cwd`); None for a run

@@ -155,18 +155,19 @@ def note_source(pixels: np.ndarray, channels: int) -> None:
         sources.append("colour" if colour else "grey")
 
 
-def listening_for_sources() -> bool:
-    return getattr(_ROW, "sources", None) is not None
-
-
-def small_rgb(image: Image.Image | str | Path) -> np.ndarray:
-    """An image at most 64 px, RGB, to see its colour; a file is decoded again (a JPEG
-    drafted to grey dropped its colour), small: libjpeg scales it down as it decodes."""
+def note_colour(image: Image.Image | str | Path) -> None:
+    """Note, where `noting_sources` listens, an image about to be made grey (not stored
+    grey) if it shows colour: seen at most 64 px; a file is decoded again (a JPEG drafted
+    to grey dropped its colour), small, as libjpeg scales it down while decoding."""
+    if getattr(_ROW, "sources", None) is None or (
+        isinstance(image, Image.Image) and image.mode in GREY_MODES
+    ):
+        return
     if not isinstance(image, Image.Image):
         with open_image(image) as im:
             im.draft("RGB", (64, 64))
-            return small_rgb(im.convert("RGB"))
-    return np.asarray(ImageOps.contain(image, (64, 64)).convert("RGB"))
+            return note_colour(im.convert("RGB"))
+    note_source(np.asarray(ImageOps.contain(image, (64, 64)).convert("RGB")), 1)
 
 
 def dark_warning(path: Path, bits: int, label: str) -> None:
@@ -219,8 +220,8 @@ def read_image(
         if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
             rgba = im.convert("RGBA")
             im = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba)
-        if mode == "L" and listening_for_sources() and stored_mode not in GREY_MODES:
-            note_source(small_rgb(path if im.mode == "L" else im), 1)
+        if mode == "L" and stored_mode not in GREY_MODES:  # drafted grey: the file again
+            note_colour(path if im.mode == "L" else im)
         im = im.convert(mode).resize(
             (size, size), Image.Resampling.BILINEAR, box=seen_box(im.size, resize)
         )

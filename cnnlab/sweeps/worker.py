@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import subprocess
@@ -212,12 +211,9 @@ class Objective:
     def _link(self, run: RunFolder, trial) -> None:
         rel = run.path.relative_to(self.folder.path).as_posix()
         trial.set_user_attr("run_dir", rel)
-        link = run.path / TRIAL_FILE
-        numbers = []
-        if link.is_file():
-            numbers = json.loads(link.read_text()).get("trials", [])
+        numbers = run.trial().get("trials", [])  # a retry continues the trial before it
         write_json(
-            link,
+            run.path / TRIAL_FILE,
             {
                 "sweep": str(self.folder.path.resolve()),
                 "study": self.folder.meta().study,

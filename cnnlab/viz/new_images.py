@@ -57,6 +57,7 @@ def draw_predictions(files: list[Path], predictions: Predictions, out: Path, tit
     n = min(len(files), SHOWN)
     cols = 1 + len(maps)
     per_row = max(1, 4 // cols)
+    colours = {name: class_colours(predictions[name].classes) for name in maps}
     tiles: list[Tile] = []
     unseen = False  # pixels a crop left out of what the model saw: grey
     for i in range(n):
@@ -69,11 +70,10 @@ def draw_predictions(files: list[Path], predictions: Predictions, out: Path, tit
             p = predictions[name]
             shown = torch.from_numpy(p.mask(i, image.shape[:2]).astype(np.int64))
             unseen = unseen or bool((shown == NOT_SEEN).any())
-            painted = paint(shown, class_colours(p.classes))
+            painted = paint(shown, colours[name])
             tiles.append(Tile(rgb(painted), f"{name} (predicted)", pixel_shares(p, i)))
     width = cols * per_row
-    key = [e for name in maps for e in key_of(predictions[name].classes,
-                                             class_colours(predictions[name].classes))]  # fmt: skip
+    key = [e for name in maps for e in key_of(predictions[name].classes, colours[name])]
     key += [("not seen (cropped off)", UNLABELLED)] if unseen and key else []
     fig = mosaic(rows_of(tiles, width), SIDE, title, key=list(dict(key).items()))
     out.parent.mkdir(parents=True, exist_ok=True)
