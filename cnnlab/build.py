@@ -29,13 +29,13 @@ from cnnlab.data import DataInfo, DataSection, describe, get_source
 from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.data.lines import quietly
 from cnnlab.distributed import Ranks
-from cnnlab.errors import CnnlabError, did_you_mean
+from cnnlab.errors import CnnlabError, did_you_mean, listed
 from cnnlab.init_from import Start, fitted_state, read_start
 from cnnlab.models import MultiTaskModel, create_model, for_checkpoint, owns_input
 from cnnlab.models.compiled import compiled_kernels
 from cnnlab.models.weights import check_weight_file
 from cnnlab.precision import HALF, Choice, choose, probe_size
-from cnnlab.recipe import Recipe
+from cnnlab.recipe import Recipe, per_class_metric
 from cnnlab.tasks import TargetSpec, Task, create_tasks, total_loss
 from cnnlab.tta import ViewAverage, run_views
 
@@ -102,7 +102,35 @@ def tasks_for(recipe: Recipe, info: DataInfo) -> dict[str, Task]:
                 f"{', '.join(info.targets)}"
             )
         task.fit(target_spec(recipe.data, info.targets, info.components, task.target))
+    check_metric_classes(recipe, tasks, recipe.train.monitor, "train.monitor")
+    if recipe.train.early_stopping.metric:
+        check_metric_classes(
+            recipe, tasks, recipe.train.early_stopping.metric, "train.early_stopping.metric"
+        )
     return tasks
+
+
+def check_metric_classes(recipe: Recipe, tasks: dict[str, Task], name: str, field: str) -> None:
+    """A per-class metric (`val.diag.recall_of_nodule`) names a class or component its task
+    has: the recipe alone cannot say, and an epoch without the value would have no best."""
+    parts = per_class_metric(recipe, name)
+    if parts is None:
+        return
+    key, metric, each = parts
+    info = tasks[key].info
+    names = info.components or info.classes or []  # as Task.epoch_values names them
+    if each in names:
+        return
+    if not names:
+        raise CnnlabError(
+            f"{field} {name!r}: tasks.{key}'s target has no classes or components, so its "
+            f"{metric} is one number: val.{key}.{metric}"
+        )
+    raise CnnlabError(
+        f"{field} {name!r}: tasks.{key} has no class or component {each!r}"
+        f"{did_you_mean(each, names)}; its {metric} is reported for each of: "
+        f"{listed(names, ', ')}"
+    )
 
 
 def check_data(recipe: Recipe) -> dict[str, Task]:

@@ -144,11 +144,12 @@ class EpochProgress:
 
     @staticmethod
     def summary(row: dict, monitor: str) -> None:
-        """One line per finished epoch: headline validation metrics, the monitored one bold."""
+        """One line per finished epoch: headline validation metrics, the monitored one bold
+        (a class's own, `val.diag.recall_of_nodule`, among them)."""
         val = "  ".join(
             f"[bold]{k} {v:.4f}[/bold]" if k == monitor else f"{k} {v:.4f}"
             for k, v in row.items()
-            if k.startswith("val.") and _headline(k)
+            if k.startswith("val.") and (_headline(k) or k == monitor)
         )
         rate = row.get("images_per_s")  # None: its steps ran before a resume ("0 img/s")
         rate = (

@@ -281,13 +281,43 @@ def metric_names(recipe: Recipe, split: str = "val") -> list[str]:
     return names
 
 
-def check_metric_name(recipe: Recipe, name: str) -> None:
+def per_class_metric(recipe: Recipe, name: str) -> tuple[str, str, str] | None:
+    """(task, metric, class or component) of a validation metric given per class or
+    component (`Task.per_class`), `val.diag.recall_of_nodule` -> ("diag", "recall_of",
+    "nodule"); None for any other name. Whether the class exists needs the data's
+    description: `build.check_metric_classes`."""
+    split, _, rest = name.partition(".")
+    key, _, metric = rest.partition(".")
+    task = recipe.tasks.get(key)
+    if split != "val" or task is None:
+        return None
+    for m in sorted(task_class(task).per_class, key=len, reverse=True):  # recall_of, then recall
+        if metric.startswith(f"{m}_") and len(metric) > len(m) + 1:
+            return key, m, metric[len(m) + 1 :]
+    return None
+
+
+def unreported(recipe: Recipe, name: str) -> str | None:
+    """Why the validation metric `name` is not one a run of `recipe` reports ('is not
+    reported (did you mean ...?); choose one of: ...'), or None when it is."""
     valid = metric_names(recipe, "val")
-    if name not in valid:
-        close = did_you_mean(name, valid)
-        raise ValueError(
-            f"metric {name!r} is not reported{close}; choose one of: {', '.join(valid)}"
-        )
+    if name in valid or per_class_metric(recipe, name):
+        return None
+    each = [
+        f"val.{key}.{m}_<name>"
+        for key, task in recipe.tasks.items()
+        for m in sorted(task_class(task).per_class)
+    ]
+    return (
+        f"is not reported{did_you_mean(name, valid)}; choose one of: {', '.join(valid + each)}"
+        + (" (<name>: a class or component)" if each else "")
+    )
+
+
+def check_metric_name(recipe: Recipe, name: str) -> None:
+    problem = unreported(recipe, name)
+    if problem:
+        raise ValueError(f"metric {name!r} {problem}")
 
 
 def best_row(rows: list[dict], metric: str) -> dict | None:

@@ -58,6 +58,7 @@ class Tags(Task):
     config = TagsConfig
     metrics = ("loss", "macro_f1", "exact")  # each epoch's validation, and the test's
     maximize = frozenset({"macro_f1", "exact", "f1"})  # f1: each tag's, f1_<tag>
+    per_class = frozenset({"f1"})  # given per tag: train.monitor may be val.tags.f1_has_disc
     headline = ("macro_f1",)  # on every epoch's line
     step_metrics = ("tags_right",)  # the training meter's: the share of tags right
     figures = ("mistakes", "reliability")

@@ -374,5 +374,10 @@ def test_a_sweep_from_python_gives_its_trials_and_choice(tmp_path):
     assert str(err.value).startswith("the sweep (a dict): ")  # not a temporary file's name
     with pytest.raises(cnnlab.CnnlabError, match="unknown option 'trail'"):
         cnnlab.sweep(recipe, lr, trail=3)
+    per_class = {**lr, "metric": {"name": "val.ink.rmse_dark", "goal": "minimize"}}
+    with pytest.raises(cnnlab.CnnlabError) as err:  # the data says: no component to rank by
+        cnnlab.sweep(recipe, per_class, out=tmp_path / "refused")
+    assert str(err.value).endswith("so its rmse is one number: val.ink.rmse")
+    assert not (tmp_path / "refused").exists()
     with pytest.raises(cnnlab.CnnlabError, match="a sweep is a file, a shipped sweep's name"):
         cnnlab.sweep(recipe, ["train.optimizer.lr"])

@@ -40,13 +40,15 @@ from cnnlab.experiment import train
 from cnnlab.models import create_model, list_backbones
 from cnnlab.models.base import Backbone, FeatureInfo
 from cnnlab.plugins import import_modules
+from cnnlab.progress import EpochProgress
 from cnnlab.recipe import Recipe, load_recipe, validate
 from cnnlab.report import SECTIONS, sections
 from cnnlab.runs import RunFolder, load_checkpoint
+from cnnlab.tasks.classification import Classification, ClassificationConfig
 from cnnlab.tasks.regression import Regression, RegressionConfig
 from cnnlab.viz import FIGURES, Chart, RunView, list_figures, make_charts, render
 from cnnlab.viz.hooks import feature_blocks
-from tests.conftest import DEMO, ROOT, TINY, fitted_tasks
+from tests.conftest import DEMO, ROOT, TINY, fitted_tasks, tiny_recipe
 
 CLI = str(Path(sys.executable).with_name("cnnlab"))
 TIMING = {"seconds", "images_per_s"}
@@ -547,6 +549,45 @@ def test_a_task_type_with_one_logit_per_image_is_reported_calibrated_and_exporte
     lines = run.export().lines()
     assert any(line.startswith("big: max |difference|") for line in lines)
     assert run.predict(torch.zeros(2, 1, 28, 28))["big"].values.shape == (2,)
+
+
+class DiagnosisConfig(ClassificationConfig):
+    type: Literal["diagnosis"] = "diagnosis"
+
+
+class Diagnosis(Classification):
+    """A classification with each class's recall as well (docs/components.md's example)."""
+
+    config = DiagnosisConfig
+    maximize = Classification.maximize | {"recall_of"}
+    measures: ClassVar[dict] = {
+        **Classification.measures,
+        "recall_of": ("MulticlassRecall", "none"),
+    }
+
+
+def test_one_class_of_a_metric_per_class_is_a_monitor(tmp_path, capsys):
+    """`val.cls.recall_of_Shirt` picks the best epoch; a class the data lacks is refused before
+    anything is decoded, with the classes there are."""
+    register_task("diagnosis")(Diagnosis)
+    assert Diagnosis.per_class == {"recall_of"} and not Classification.per_class
+    monitor = "val.cls.recall_of_Shirt"
+    sets = ["tasks.cls.type=diagnosis", "train.epochs=3", f"train.monitor={monitor}"]
+    run = train(tiny_recipe(tmp_path, *sets))
+    rows = [r for r in run.read_metrics() if monitor in r]
+    assert len(rows) == 3 and {f"val.cls.recall_of_{c}" for c in ("Bag", "Coat")} <= set(rows[0])
+    best = max(rows, key=lambda r: (r[monitor], -r["val.loss"]))
+    assert load_checkpoint(run.best_path)["loop"]["epoch"] == best["epoch"]
+    EpochProgress.summary(rows[0], monitor)  # each epoch's line shows the monitor, not each class
+    (line,) = capsys.readouterr().out.splitlines()
+    assert f"{monitor} {rows[0][monitor]:.4f}" in line and "recall_of_Bag" not in line
+    with pytest.raises(CnnlabError) as err:
+        train(tiny_recipe(tmp_path, *sets[:2], "train.monitor=val.cls.recall_of_shirts"))
+    assert str(err.value).startswith(
+        "train.monitor 'val.cls.recall_of_shirts': tasks.cls has no class or component "
+        "'shirts' (did you mean 'Shirt'?); its recall_of is reported for each of: T-shirt/top, "
+    )
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # no folder for the refused one
 
 
 def test_a_registered_figure_is_listed_and_gets_a_report_section():

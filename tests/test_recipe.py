@@ -162,6 +162,25 @@ def test_monitor_must_name_a_reported_metric():
     assert str(err.value).startswith(f"{DEMO}: metric 'val.ink.accuracy' is not reported")
 
 
+def test_a_metric_per_class_or_component_may_be_the_monitor_once_its_class_is_known():
+    from cnnlab.build import check_data
+
+    # the recipe alone cannot know the classes: the form is checked, then the name
+    recipe = load_recipe(DEMO, ["train.monitor=val.ink.rmse_dark"])
+    with pytest.raises(CnnlabError) as err:  # the data says ink is one number
+        check_data(recipe)
+    assert str(err.value) == (
+        "train.monitor 'val.ink.rmse_dark': tasks.ink's target has no classes or components, "
+        "so its rmse is one number: val.ink.rmse"
+    )
+    with pytest.raises(CnnlabError) as err:  # a classification's accuracy is one number
+        load_recipe(DEMO, ["train.early_stopping.metric=val.cls.accuracy_Shirt"])
+    assert "choose one of: val.loss, " in str(err.value)
+    assert str(err.value).endswith(
+        "val.ink.mae_<name>, val.ink.rmse_<name> (<name>: a class or component)"
+    )
+
+
 def test_metric_goal():
     from cnnlab.tasks import Goal
 

@@ -23,6 +23,7 @@ from cnnlab.data.augment import NO_LABEL, AugmentConfig, augment
 from cnnlab.data.lines import quietly
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
+from cnnlab.runs import load_checkpoint
 from cnnlab.viz import RunView, make_charts
 from cnnlab.viz.attributions import unit
 from cnnlab.viz.new_images import caption
@@ -1054,8 +1055,16 @@ def test_a_table_trains_evaluates_resumes_predicts_and_reports(shapes, tmp_path)
 
 
 def test_an_interrupted_table_run_resumes_exactly(shapes, tmp_path):
-    recipe = load_recipe(recipe_dict(shapes, tmp_path), {"train.epochs": 2})
+    # monitored by one component of a vector: the best epoch is its lowest RMSE
+    monitor = "val.counts.rmse_squares"
+    recipe = load_recipe(
+        recipe_dict(shapes, tmp_path), {"train.epochs": 2, "train.monitor": monitor}
+    )
     reference = train(recipe)
+    rows = [r for r in reference.read_metrics() if monitor in r]
+    assert len(rows) == 2
+    best = min(rows, key=lambda r: (r[monitor], r["val.loss"]))
+    assert load_checkpoint(reference.best_path)["loop"]["epoch"] == best["epoch"]
 
     def stop_after_first(row: dict) -> None:
         raise KeyboardInterrupt
@@ -1075,6 +1084,15 @@ def test_the_python_api_trains_a_table_and_checks_it_first(shapes, tmp_path):
     raw = recipe_dict(shapes, tmp_path)
     run = cnnlab.train(raw, overrides={"train.epochs": 1})
     assert run.status["state"] == "finished" and "test.mask.miou" in run.test_metrics
+    raw["train"]["monitor"] = "val.counts.rmse_square"  # checked against the header's columns
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.train(raw)
+    assert str(err.value) == (
+        "train.monitor 'val.counts.rmse_square': tasks.counts has no class or component "
+        "'square' (did you mean 'squares'?); its rmse is reported for each of: discs, squares, "
+        "triangles"
+    )
+    raw["train"]["monitor"] = "val.mask.miou"
     raw["tasks"]["kind"]["target"] = "mask"
     with pytest.raises(CnnlabError, match="is a class per pixel .a mask.; make this task type"):
         cnnlab.train(raw)

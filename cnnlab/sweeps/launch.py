@@ -7,7 +7,7 @@ import signal
 from collections import Counter
 from pathlib import Path
 
-from cnnlab.build import check_data
+from cnnlab.build import check_data, check_metric_classes
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.plugins import import_flags, left_behind
 from cnnlab.progress import console
@@ -60,7 +60,9 @@ def sweep(
             beside = sweep_path.with_name(sweep_path.name.removesuffix(".yaml") + ".map.yaml")
             map_path = beside if beside.is_file() else None
         spec = load_sweep(sweep_path, base, map_path)  # every check, before any trial
-        check_data(validate(base, source="base recipe"))  # the data is there (headers only)
+        checked = validate(base, source="base recipe")
+        tasks = check_data(checked)  # the data is there (headers only)
+        check_metric_classes(checked, tasks, spec.metric, f"sweep file {sweep_path}: metric")
         check_reachable(json.dumps(base) + sweep_path.read_text(), workers, trial_processes)
         total = _budget(spec, trials)
         settings = Settings(

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cnnlab.differences import yaml_text
-from cnnlab.errors import CnnlabError, did_you_mean
+from cnnlab.errors import CnnlabError
 from cnnlab.progress import markdown_table
 from cnnlab.progress import print_table as show_table
-from cnnlab.recipe import metric_goal, metric_names, validate
+from cnnlab.recipe import metric_goal, unreported, validate
 from cnnlab.runs import write_json, write_text
 from cnnlab.sweeps.results import TrialRow, differs, load_trials, numbered
 from cnnlab.sweeps.study import SweepFolder
@@ -84,14 +84,12 @@ def select(
 ) -> list[Pick]:
     spec = folder.spec()
     base = folder.base()
-    valid = metric_names(validate(base), "val")
+    recipe = validate(base)
     names = [spec.resolve_metric(m) for m in metrics] or [spec.metric]
     for name in names:
-        if name not in valid:
-            raise CnnlabError(
-                f"--metric {name!r} is not reported{did_you_mean(name, valid)}; "
-                f"choose one of: {', '.join(valid)}"
-            )
+        problem = unreported(recipe, name)
+        if problem:
+            raise CnnlabError(f"--metric {name!r} {problem}")
     complete = [r for r in load_trials(folder, storage) if r.state == "complete"]
     rows = [r for r in complete if r.run]
     elsewhere = len(complete) - len(rows)  # another machine's, without a shared --out

@@ -21,14 +21,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cnnlab.errors import CnnlabError, did_you_mean
+from cnnlab.errors import CnnlabError
 from cnnlab.recipe import (
     Recipe,
     describe_error,
     load_yaml,
     metric_goal,
-    metric_names,
     set_path,
+    unreported,
     validate,
 )
 from cnnlab.sweeps.distributions import Constant
@@ -202,14 +202,10 @@ def check_against_recipe(
 ) -> None:
     """Apply every value of every parameter to the base recipe (`recipe` is it validated);
     every parameter's first misfit is said in one line, so one run names them all."""
-    valid = metric_names(recipe, "val")
-    if spec.metric not in valid:
+    problem = unreported(recipe, spec.metric)
+    if problem:
         hint = "" if map_path else " (or map it in a name map beside the sweep file)"
-        raise CnnlabError(
-            f"sweep file {source}: metric {spec.metric!r} is not reported"
-            f"{did_you_mean(spec.metric, valid)}; "
-            f"choose one of: {', '.join(valid)}{hint}"
-        )
+        raise CnnlabError(f"sweep file {source}: metric {spec.metric!r} {problem}{hint}")
     cases = list(spec.constants.items())
     cases += [(p.name, value) for p in spec.params for value in p.samples()]
     misfits: dict[str, str] = {}  # parameter -> its first misfit: every one said at once

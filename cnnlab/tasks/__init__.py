@@ -46,10 +46,16 @@ def create_tasks(cfgs: dict[str, Any]) -> dict[str, Task]:
 
 def metric_goal(name: str) -> Goal:
     """Whether a metric such as `val.cls.accuracy` improves upwards or downwards; one of a
-    class or component (`val.tags.f1_cat`, `Task.epoch_values`) as its metric (`f1`)."""
+    class or component (`val.tags.f1_cat`, `Task.epoch_values`) as its metric (`f1`): the
+    longest metric name the name starts with decides (`recall_of_x` is `recall_of`'s)."""
     ups = set().union(*(t.maximize for t in TASKS.values()))
-    metric = name.rsplit(".", 1)[-1]
-    return Goal.MAXIMIZE if metric in ups or metric.split("_", 1)[0] in ups else Goal.MINIMIZE
+    downs = set().union(*(set(t.metrics) | t.per_class for t in TASKS.values())) - ups
+    metric = name.split(".", 2)[-1]  # after split and task: a class's name may hold dots
+    ends = [i for i, c in enumerate(metric) if c == "_"][::-1]
+    for cut in [metric] + [metric[:i] for i in ends]:
+        if cut in ups or cut in downs:
+            return Goal.MAXIMIZE if cut in ups else Goal.MINIMIZE
+    return Goal.MINIMIZE
 
 
 def headline_metrics() -> set[str]:

@@ -119,6 +119,10 @@ class Task:
     config: ClassVar[type[TaskSection]]
     metrics: ClassVar[tuple[str, ...]]  # per-epoch metric names, "loss" first
     maximize: ClassVar[frozenset[str]] = frozenset()  # metrics that improve upwards
+    # Metrics given once per class or component, reported as `<metric>_<name>` each
+    # (`epoch_values`): a recipe may monitor one (`val.tags.f1_cat`), its name checked
+    # against the target's classes or components once the data is described.
+    per_class: ClassVar[frozenset[str]] = frozenset()
     headline: ClassVar[tuple[str, ...]] = ()  # worth a glance on each epoch's line
     step_metrics: ClassVar[tuple[str, ...]] = ()  # what the training meter sums per step
     figures: ClassVar[tuple[str, ...]] = ()  # figure families that apply (`cnnlab figures`)

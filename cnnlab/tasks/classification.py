@@ -4,7 +4,7 @@ on the test set also the expected and maximum calibration error of its probabili
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,13 @@ class Classification(Task):
         "recall": ("MulticlassRecall", "macro"),
         "f1": ("MulticlassF1Score", "macro"),
     }
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's measures averaged `"none"` (one value per class) are its per-class
+        metrics: `recall_of` gives `val.diag.recall_of_<class>`, a monitor like any other."""
+        super().__init_subclass__(**kwargs)
+        if "per_class" not in vars(cls):
+            cls.per_class = frozenset(m for m, (_, avg) in cls.measures.items() if avg == "none")
 
     # more keyword arguments of the torchmetrics metrics: a row without a label counts in none
     metric_options: ClassVar[dict] = {"ignore_index": NO_CLASS}

@@ -159,6 +159,7 @@ class Regression(Task):
     config = RegressionConfig
     metrics = ("loss", "mae", "rmse")
     maximize = frozenset({"accuracy"})  # of a vector target read as a class (TargetSpec)
+    per_class = frozenset({"mae", "rmse"})  # a vector's, per component: val.counts.rmse_squares
     to_class: Callable[[torch.Tensor], torch.Tensor] | None = None
     headline = ("rmse",)
     step_metrics = ("mae", "mse")
