@@ -25,7 +25,7 @@ from torch import nn
 from cnnlab import distributed, feature_cache
 from cnnlab.build import Built, with_temperatures
 from cnnlab.ema import WeightAverage
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, listed
 from cnnlab.evaluation import Recorder, measure
 from cnnlab.models.compiled import compiled_kernels
 from cnnlab.optim import build_optimizer, build_scheduler
@@ -531,6 +531,15 @@ class Trainer:
 
     def _track_best(self, row: dict) -> None:
         cfg, st = self.recipe.train, self.state
+        for name in {cfg.monitor, cfg.early_stopping.metric} - {None}:
+            if name not in row:  # a task type of one's own whose per_class names another
+                task = name.split(".")[1]
+                given = [k for k in row if k.startswith(f"val.{task}.")]
+                raise CnnlabError(
+                    f"{name!r} is not among the validation metrics tasks.{task} reported "
+                    f"({listed(given, ', ')}): its per_class or epoch_values names them "
+                    "otherwise; monitor one of these"
+                )
         value, loss = row[cfg.monitor], row.get("val.loss")
         if st.best_value is None or better_epoch(
             cfg.monitor, (value, loss), (st.best_value, st.best_loss)

@@ -590,6 +590,20 @@ def test_one_class_of_a_metric_per_class_is_a_monitor(tmp_path, capsys):
     assert len(list((tmp_path / "runs").iterdir())) == 1  # no folder for the refused one
 
 
+def test_a_per_class_metric_a_task_type_does_not_report_stops_in_one_line(tmp_path):
+    class Misnamed(Diagnosis):  # says "recalled" is per class, reports recall_of_<class>
+        per_class = frozenset({"recalled"})
+
+    register_task("diagnosis")(Misnamed)
+    sets = ["tasks.cls.type=diagnosis", "train.monitor=val.cls.recalled_Shirt"]
+    with pytest.raises(CnnlabError) as err:
+        train(tiny_recipe(tmp_path, *sets))
+    assert str(err.value).startswith(
+        "'val.cls.recalled_Shirt' is not among the validation metrics tasks.cls reported "
+        "(val.cls.loss, val.cls.accuracy, "
+    )
+
+
 def test_a_registered_figure_is_listed_and_gets_a_report_section():
     built_in = [sid for sid, _, _ in sections()]
 
