@@ -215,11 +215,13 @@ def test_the_shipped_recipe_on_scikit_images_photographs_trains_and_reports(tmp_
         [t["colour"] for _, t in view.splits.eval_batches("train", 64, {"colour"})]
     )
     common = torch.bincount(train_targets.flatten(), minlength=24).argmax()
-    val_targets = torch.cat(
-        [t["colour"] for _, t in view.splits.eval_batches("val", 64, {"colour"})]
+    test_targets = torch.cat(  # the figures' images are the test images, as every figure's
+        [t["colour"] for _, t in view.splits.eval_batches("test", 64, {"colour"})]
     )
-    baseline = (val_targets == common).float().mean().item()
+    baseline = (test_targets == common).float().mean().item()
     assert classes.extra["baseline"] == pytest.approx(baseline) and "would score" in classes.caption
+    said = f"Pixel accuracy {test['test.colour.accuracy']:.1%} on test; "  # the metric's value
+    assert classes.caption.startswith(said) and "test images" in grid.title
     again = evaluate_run(run)  # the saved palette: the same test metrics
     assert again["test.colour.accuracy"] == pytest.approx(test["test.colour.accuracy"])
 

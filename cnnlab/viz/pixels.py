@@ -1,10 +1,10 @@
 """Per-pixel tasks (seed 001's colorization): what the model painted, beside the truth.
 
-For each per-pixel task, on validation images: a grid of the model's input (grey when
-colorizing), the predicted classes, the true classes and, when colorizing, the photograph; the
-palette, with each colour's share of the pixels; and the pixel accuracy of every class. Classes
-named "#rrggbb" (a colorizing run's palette) are drawn in their own colour, any others with a
-categorical colour map.
+For each per-pixel task, on test images (the one pass every figure shares): a grid of the
+model's input (grey when colorizing), the predicted classes, the true classes and, when
+colorizing, the photograph; the palette, with each colour's share of the pixels; and the
+pixel accuracy of every class. Classes named "#rrggbb" (a colorizing run's palette) are drawn
+in their own colour, any others with a categorical colour map.
 """
 
 from __future__ import annotations
@@ -49,9 +49,8 @@ def pixels(view: RunView, images: int = 8) -> list[Chart]:
     tasks = view.tasks_with("pixels")
     if not tasks:
         return []
-    preds = view.predict("val")
-    val = view.split("val")
-    index = pick(len(val), images, view.recipe.seed)
+    preds = view.test_predictions
+    index = pick(len(view.split("test")), images, view.recipe.seed)
     charts = []
     for task in tasks:
         names = view.task_classes(task)
@@ -75,11 +74,11 @@ def commonest(view: RunView, task: str) -> int:
 def _grid(view: RunView, task: str, index, truth, pred, colours) -> Chart:
     """Rows of images; columns: image, predicted, true (colorizing: the grey input the model
     sees first, the photograph last)."""
-    photos = view.split("val").images[index.to(view.device)].cpu()
+    photos = view.split("test").images[index.to(view.device)].cpu()
     grey = view.splits.grey
     heads = ["input (model sees)"] if grey else ["image"]
     heads += ["predicted", "true (palette)" if grey else "true", *(["photograph"] if grey else [])]
-    inputs = view.batch("val", index).float().cpu() if grey else None  # normalized (B, C, H, W)
+    inputs = view.batch("test", index).float().cpu() if grey else None  # normalized (B, C, H, W)
     tiles = []
     for row, i in enumerate(index.tolist()):
         seen = colored(inputs[row].mean(0), "gray") if inputs is not None else rgb(photos[row])
@@ -97,7 +96,7 @@ def _grid(view: RunView, task: str, index, truth, pred, colours) -> Chart:
     accuracy = right_share(truth[index], pred[index])
     return Chart(
         f"pixels_{task}",
-        f"{task}: predicted and true classes of {len(index)} validation images",
+        f"{task}: predicted and true classes of {len(index)} test images",
         fig,
         f"Pixel accuracy on these images: {accuracy:.1%}. Columns: {columns(grey)}.",
         extra={"index": index.tolist(), "accuracy": accuracy},
@@ -131,7 +130,7 @@ def columns(grey: bool) -> str:
 
 
 def _classes(task: str, names: list[str], colours, truth, pred, common: int) -> list[Chart]:
-    """The palette with each class's share of validation pixels, and its pixel accuracy,
+    """The palette with each class's share of test pixels, and its pixel accuracy,
     against the baseline that paints every pixel in the commonest training class."""
     labelled = truth.flatten() >= 0
     cm = confusion_counts(truth.flatten()[labelled], pred.flatten()[labelled], len(names))
@@ -141,7 +140,7 @@ def _classes(task: str, names: list[str], colours, truth, pred, common: int) -> 
     fig = new_figure(max(6.0, 0.32 * k), 4.2)
     top, bottom = fig.subplots(2, 1, sharex=True)
     top.bar(range(k), share.numpy(), color=colours.numpy(), edgecolor="#444", linewidth=0.5)
-    top.set(ylabel="share of pixels", title=f"{task}: the {k} classes (validation pixels)")
+    top.set(ylabel="share of pixels", title=f"{task}: the {k} classes (test pixels)")
     bottom.bar(range(k), accuracy.numpy(), color=colours.numpy(), edgecolor="#444", linewidth=0.5)
     bottom.set(ylabel="pixel accuracy", ylim=(0, 1))
     bottom.set_xticks(range(k), names, rotation=90, fontsize=7)
@@ -154,7 +153,7 @@ def _classes(task: str, names: list[str], colours, truth, pred, common: int) -> 
     ]
     overall, baseline = cm.diag().sum().item() / cm.sum().item(), share[common].item()
     caption = (
-        f"Pixel accuracy {overall:.1%} on validation; painting every pixel {names[common]} "
+        f"Pixel accuracy {overall:.1%} on test; painting every pixel {names[common]} "
         f"(the commonest class of the training pixels) would score {baseline:.1%}."
     )
     caption += f" Classes never predicted right: {', '.join(never)}." if never else ""
