@@ -36,6 +36,7 @@ SECTIONS = [
     ("predictions", "Predictions", ["predictions", "mistakes"]),
     ("confusion", "Confusion", ["confusion"]),
     ("reliability", "Calibration", ["reliability"]),
+    ("roc", "ROC and precision-recall", ["roc"]),
     ("regression", "Regression", ["regression"]),
     ("pixels", "Per-pixel predictions", ["pixels"]),
     ("feature-maps", "Feature maps", ["feature-maps"]),

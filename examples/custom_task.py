@@ -61,7 +61,7 @@ class Tags(Task):
     per_class = frozenset({"f1"})  # given per tag: train.monitor may be val.tags.f1_has_disc
     headline = ("macro_f1",)  # on every epoch's line
     step_metrics = ("tags_right",)  # the training meter's: the share of tags right
-    figures = ("mistakes", "reliability")
+    figures = ("mistakes", "reliability", "roc")  # roc: a curve per tag, each against its absence
     legend = "true tags → tags predicted"
     probabilistic = True  # sigmoid probabilities: `calibrate` fits a temperature for them
 

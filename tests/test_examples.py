@@ -118,7 +118,7 @@ def test_cli_lists_the_imported_task_type_with_its_keys_and_metrics():
     assert lines[-2].strip() == (
         "metrics: loss, macro_f1, exact; probabilities: calibrate fits their temperature"
     )
-    assert lines[-1].strip() == "figures: mistakes, reliability"
+    assert lines[-1].strip() == "figures: mistakes, reliability, roc"
     assert lines[6].strip() == "metrics: loss, mae, rmse"  # a regression has no probabilities
 
 
@@ -277,6 +277,8 @@ def test_custom_task_trains_on_a_table_is_explained_and_leaves_as_a_file(tmp_pat
         ece = binary_calibration_error(sure.flatten(), right.flatten().long(), n_bins=15)
         assert fitted["test"]["after"]["ece"] == pytest.approx(float(ece), abs=1e-6)
         assert fitted["test"]["after"]["nll"] < fitted["test"]["before"]["nll"]
+        (curves,) = [c for c in run.figure("roc") if c.key == "roc_tags"]
+        assert list(curves.extra["auc"]) == list(module.TAGS)  # a curve per tag
         (diagram,) = [c for c in run.figure("reliability") if c.key == "reliability_tags"]
         assert "3 predictions each" in diagram.caption
         assert [s["temperature"] for s in diagram.extra["states"]] == [1.0, round(t, 4)]

@@ -46,7 +46,7 @@ class Classification(Task):
     maximize = frozenset({"accuracy", "precision", "recall", "f1"})
     headline = ("accuracy", "f1")
     step_metrics = ("accuracy",)
-    figures = ("confusion", "reliability", "mistakes")
+    figures = ("confusion", "reliability", "roc", "mistakes")
     legend = "the predicted class; ✗ when wrong, the true class in brackets (or no label)"
     # each per-epoch metric but the loss: torchmetrics' multiclass metric and its average
     measures: ClassVar[dict[str, tuple[str, str]]] = {

@@ -30,6 +30,7 @@ from cnnlab.viz.pixels import pixels
 from cnnlab.viz.predictions import predictions
 from cnnlab.viz.regression import regression
 from cnnlab.viz.reliability import reliability
+from cnnlab.viz.roc import roc
 from cnnlab.viz.run_view import RunView
 from cnnlab.viz.sanity import sanity
 
@@ -54,6 +55,7 @@ FIGURES: dict[str, FigureSpec] = {
     "reliability": FigureSpec(
         reliability, "reliability diagrams: confidence vs accuracy, before/after calibration"
     ),
+    "roc": FigureSpec(roc, "ROC and precision-recall curves, each class against the rest"),
     "regression": FigureSpec(regression, "predicted vs true and residuals per regression task"),
     "pixels": FigureSpec(
         pixels, "per-pixel tasks: input, predicted, true (--images); palette; accuracy per class"

@@ -1,0 +1,163 @@
+"""ROC and precision-recall curves: how well a class's probability tells its images from the
+rest at every threshold, not only at the model's own answer.
+
+For each task that lists "roc" among its figures (a classification, or a multi-label task of
+one's own), on the labelled test images, at the task's fitted temperature: one class against
+the rest, a curve per class with its area (AUC) and average precision (AP). Two classes of
+one label draw the second's curves only (the first's ROC is their mirror). More than
+MAX_CURVES classes: every curve in grey, the LOWEST classes by AUC in colour. The curves
+and areas are torchmetrics' (exact: every distinct probability is a threshold).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.viz.base import Chart, new_figure
+from cnnlab.viz.run_view import RunView
+
+MAX_CURVES = 10  # in colour, each named in the legend
+LOWEST = 5  # above MAX_CURVES: the classes with the lowest AUC, in colour
+
+
+@dataclass
+class Curve:
+    """One class against the rest: its curves, areas and the model's own answers' rates."""
+
+    name: str
+    positives: int
+    fpr: torch.Tensor
+    tpr: torch.Tensor
+    precision: torch.Tensor
+    recall: torch.Tensor
+    auc: float
+    ap: float
+    answered: tuple[float, float, float] | None  # FPR, TPR, precision of its top-class answers
+
+
+def roc(view: RunView) -> list[Chart]:
+    charts = []
+    for task in view.tasks_with("roc"):
+        t = view.tasks[task]
+        rows = view.test_predictions.rows[task]
+        names = t.info.classes or t.info.components or []
+        probs = t.probabilities(rows.logits)  # (N, K) at the fitted temperature
+        single = rows.targets.ndim == 1  # one label per image, else one yes/no per class
+        truth = F.one_hot(rows.targets, probs.shape[1]).bool() if single else rows.targets > 0.5
+        answers = F.one_hot(probs.argmax(1), probs.shape[1]).bool() if single else None
+        shown = [1] if single and probs.shape[1] == 2 else range(probs.shape[1])
+        curves = [_curve(names[k], probs[:, k], truth[:, k], answers, k) for k in shown]
+        drawn = [c for c in curves if c is not None]
+        if drawn:
+            charts.append(_chart(task, drawn, curves, names, len(rows.targets), single))
+    return charts
+
+
+def _curve(
+    name: str, p: torch.Tensor, y: torch.Tensor, answers: torch.Tensor | None, k: int
+) -> Curve | None:
+    """None when the test images hold no image of the class, or no other: no curve exists."""
+    from torchmetrics.functional.classification import (
+        binary_auroc,
+        binary_average_precision,
+        binary_precision_recall_curve,
+        binary_roc,
+    )
+
+    positives = int(y.sum())
+    if positives in (0, len(y)):
+        return None
+    target = y.long()
+    fpr, tpr, _ = binary_roc(p, target)
+    precision, recall, _ = binary_precision_recall_curve(p, target)
+    answered = None
+    if answers is not None:
+        said, right = answers[:, k], answers[:, k] & y
+        # a class never answered has no precision: NaN, which draws no dot
+        precision_said = float(right.sum()) / int(said.sum()) if said.any() else math.nan
+        answered = (
+            float((said & ~y).sum()) / (len(y) - positives),
+            float(right.sum()) / positives,
+            precision_said,
+        )
+    return Curve(
+        name, positives, fpr, tpr, precision, recall,
+        float(binary_auroc(p, target)), float(binary_average_precision(p, target)), answered,
+    )  # fmt: skip
+
+
+def _chart(
+    task: str, drawn: list[Curve], curves: list, names: list[str], n: int, single: bool
+) -> Chart:
+    fig = new_figure(10, 4.6)
+    left, right = fig.subplots(1, 2)
+    coloured = drawn if len(drawn) <= MAX_CURVES else sorted(drawn, key=lambda c: c.auc)[:LOWEST]
+    for c in drawn if len(drawn) > MAX_CURVES else []:
+        left.plot(c.fpr, c.tpr, color="#bbb", linewidth=0.6)
+        right.plot(c.recall, c.precision, color="#bbb", linewidth=0.6, drawstyle="steps-post")
+    for i, c in enumerate(coloured):
+        colour = f"C{i}"
+        left.plot(c.fpr, c.tpr, color=colour, linewidth=1.4, label=f"{c.name} ({c.auc:.3f})")
+        right.plot(c.recall, c.precision, color=colour, linewidth=1.4, drawstyle="steps-post",
+                   label=f"{c.name} ({c.ap:.3f})")  # fmt: skip
+        if c.answered is not None:
+            fpr, tpr, precision = c.answered
+            dot = {"color": colour, "markersize": 5, "markeredgecolor": "black"}
+            left.plot(fpr, tpr, "o", **dot)
+            right.plot(tpr, precision, "o", **dot)
+    left.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    which = "" if len(coloured) == len(drawn) else f", the {LOWEST} lowest in colour"
+    left.set(xlabel="false positive rate", ylabel="true positive rate (recall)",
+             xlim=(0, 1), ylim=(0, 1.01), title=f"{task}: ROC (AUC{which})")  # fmt: skip
+    right.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
+              title=f"{task}: precision-recall (AP{which})")  # fmt: skip
+    for ax, where in ((left, "lower right"), (right, "lower left")):
+        ax.legend(loc=where, fontsize=7)
+    table = [
+        {
+            "class": c.name, "test images": c.positives, "AUC": round(c.auc, 4),
+            "AP": round(c.ap, 4),
+            **({} if c.answered is None else {"FPR of its answers": round(c.answered[0], 4),
+                                               "TPR of its answers": round(c.answered[1], 4)}),
+        }
+        for c in drawn
+    ]  # fmt: skip
+    return Chart(
+        f"roc_{task}",
+        f"ROC and precision-recall: {task}",
+        fig,
+        _caption(drawn, curves, names, n, single),
+        table=table,
+        extra={"auc": {c.name: c.auc for c in drawn}, "ap": {c.name: c.ap for c in drawn}},
+    )
+
+
+def _caption(drawn: list[Curve], curves: list, names: list[str], n: int, single: bool) -> str:
+    lowest = min(drawn, key=lambda c: c.auc)
+    said = (
+        f"Each class against the rest, on {n:,} labelled test images: "
+        if len(drawn) > 1
+        else f"{drawn[0].name} against {names[0]}, on {n:,} labelled test images (its mirror "
+        f"is {names[0]}'s ROC): "
+    )
+    if len(drawn) > 1:
+        mean_auc = sum(c.auc for c in drawn) / len(drawn)
+        mean_ap = sum(c.ap for c in drawn) / len(drawn)
+        said += f"mean AUC {mean_auc:.3f}, mean AP {mean_ap:.3f}; lowest AUC {lowest.name} "
+        said += f"{lowest.auc:.3f}. "
+    else:
+        said += f"AUC {lowest.auc:.3f}, AP {lowest.ap:.3f}. "
+    said += (
+        "A random guess follows the dashed diagonal (ROC) and scores a class's share of the "
+        "images (AP). "
+    )
+    if single:
+        said += "Dots: the rates of the model's own answers (its top class)."
+    missing = [names[i] for i, c in enumerate(curves) if c is None] if len(curves) > 1 else []
+    if missing:
+        said += f" No curve for {', '.join(missing)}: the test images hold none of it, or only it."
+    return said.strip()

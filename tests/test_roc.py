@@ -1,0 +1,93 @@
+"""The ROC and precision-recall figure (cnnlab/viz/roc.py): its areas are the probability
+that a class's image outranks another's, its dots the model's own answers, two classes draw
+one curve, a class the test set lacks is named, and a multi-label task gets a curve per tag."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cnnlab.tasks.base import TargetInfo, TargetSpec
+from cnnlab.tasks.calibration import Rows
+from cnnlab.tasks.classification import Classification, ClassificationConfig
+from cnnlab.viz import RunView, make_charts
+from cnnlab.viz.confusion import confusion_counts, per_class_accuracy
+from cnnlab.viz.roc import roc
+
+
+def ranked_auc(p: torch.Tensor, positive: torch.Tensor) -> float:
+    """How often a positive outranks a negative, ties counting half (Mann-Whitney)."""
+    pos, neg = p[positive][:, None], p[~positive][None, :]
+    return float((pos > neg).double().mean() + 0.5 * (pos == neg).double().mean())
+
+
+def view_of(task, rows: Rows) -> SimpleNamespace:
+    """What roc() reads of a run: its tasks and their test rows."""
+    return SimpleNamespace(
+        tasks={"d": task},
+        tasks_with=lambda figure: ["d"],
+        test_predictions=SimpleNamespace(rows={"d": rows}),
+    )
+
+
+def classifier(*classes: str) -> Classification:
+    task = Classification("d", ClassificationConfig(target="label"))
+    task.fit(TargetSpec(classes=list(classes)))
+    return task
+
+
+def test_each_area_is_how_often_a_class_outranks_the_rest_and_the_dots_are_its_answers(
+    report_run,
+):
+    view = RunView(report_run[0])
+    (chart,) = make_charts(view, "roc")
+    task = view.tasks["cls"]
+    rows = view.test_predictions.rows["cls"]
+    probs = task.probabilities(rows.logits)
+    names = task.info.classes
+    for k, name in enumerate(names):
+        assert chart.extra["auc"][name] == pytest.approx(
+            ranked_auc(probs[:, k], rows.targets == k), abs=1e-6
+        )
+        assert 0.0 < chart.extra["ap"][name] <= 1.0
+    recall = per_class_accuracy(confusion_counts(rows.targets, probs.argmax(1), len(names)))
+    table = {r["class"]: r for r in chart.table}
+    assert [table[n]["TPR of its answers"] for n in names] == pytest.approx(
+        recall.tolist(), abs=1e-4
+    )
+    assert sum(r["test images"] for r in chart.table) == len(rows.targets)
+    assert chart.caption.startswith(f"Each class against the rest, on {len(rows.targets):,} ")
+    assert "ROC and precision-recall" in (report_run[0] / "report.html").read_text()
+
+
+def test_two_classes_draw_the_second_and_a_missing_class_is_named():
+    scores = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.9, 0.2])
+    truth = torch.tensor([0, 0, 1, 1, 1, 0])
+    logits = torch.stack([torch.zeros(6), (scores / (1 - scores)).log()], 1)
+    (chart,) = roc(view_of(classifier("benign", "malignant"), Rows(logits, truth)))
+    assert list(chart.extra["auc"]) == ["malignant"]  # benign's ROC is its mirror
+    assert chart.extra["auc"]["malignant"] == pytest.approx(ranked_auc(scores, truth == 1))
+    assert chart.caption.startswith("malignant against benign, on 6 labelled test images")
+    (row,) = chart.table  # answers: malignant where its probability is above one half
+    assert row["TPR of its answers"] == pytest.approx(2 / 3, abs=1e-4)
+    assert row["FPR of its answers"] == pytest.approx(0.0)
+
+    three = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.5, 1.0], [1.0, 0.0, 0.0]])
+    (chart,) = roc(view_of(classifier("a", "b", "c"), Rows(three, torch.tensor([0, 1, 1, 0]))))
+    assert set(chart.extra["auc"]) == {"a", "b"}
+    assert chart.caption.endswith("No curve for c: the test images hold none of it, or only it.")
+
+
+def test_a_multi_label_task_gets_a_curve_per_tag_and_no_dots():
+    tags = SimpleNamespace(
+        info=TargetInfo(components=["disc", "square"]), probabilities=torch.sigmoid
+    )
+    logits = torch.tensor([[2.0, -1.0], [-1.0, 1.0], [0.5, 0.5], [-2.0, -2.0]])
+    truth = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    (chart,) = roc(view_of(tags, Rows(logits, truth)))
+    assert chart.extra["auc"]["disc"] == pytest.approx(ranked_auc(logits[:, 0], truth[:, 0] > 0))
+    assert chart.extra["auc"]["square"] == pytest.approx(ranked_auc(logits[:, 1], truth[:, 1] > 0))
+    assert all("TPR of its answers" not in r for r in chart.table)  # a tag has no top class
+    assert "Dots" not in chart.caption
