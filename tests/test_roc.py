@@ -14,7 +14,7 @@ from cnnlab.tasks.calibration import Rows
 from cnnlab.tasks.classification import Classification, ClassificationConfig
 from cnnlab.viz import RunView, make_charts
 from cnnlab.viz.confusion import confusion_counts, per_class_accuracy
-from cnnlab.viz.roc import roc
+from cnnlab.viz.roc import _curve, roc
 
 
 def ranked_auc(p: torch.Tensor, positive: torch.Tensor) -> float:
@@ -60,6 +60,28 @@ def test_each_area_is_how_often_a_class_outranks_the_rest_and_the_dots_are_its_a
     assert sum(r["test images"] for r in chart.table) == len(rows.targets)
     assert chart.caption.startswith(f"Each class against the rest, on {len(rows.targets):,} ")
     assert "ROC and precision-recall" in (report_run[0] / "report.html").read_text()
+
+
+def test_the_curves_and_areas_are_torchmetrics():
+    """Computed in the figure without importing torchmetrics (2.4 s of a report): the same
+    points and areas, ties in the probabilities included."""
+    from torchmetrics.functional.classification import (
+        binary_average_precision,
+        binary_precision_recall_curve,
+        binary_roc,
+    )
+
+    gen = torch.Generator().manual_seed(0)
+    p = (torch.rand(500, generator=gen) * 20).round() / 20  # 21 values: many ties
+    y = torch.rand(500, generator=gen) < 0.2 + 0.6 * p  # higher p, more often the class
+    curve = _curve("c", p, y, None, 0)
+    fpr, tpr, _ = binary_roc(p, y.long())
+    assert torch.allclose(curve.fpr.float(), fpr) and torch.allclose(curve.tpr.float(), tpr)
+    precision, recall, _ = binary_precision_recall_curve(p, y.long())  # lowest threshold first
+    assert torch.allclose(curve.precision[1:].float(), precision[:-1].flip(0))
+    assert torch.allclose(curve.recall[1:].float(), recall[:-1].flip(0))
+    assert curve.ap == pytest.approx(float(binary_average_precision(p, y.long())), abs=1e-6)
+    assert curve.auc == pytest.approx(ranked_auc(p, y), abs=1e-9)
 
 
 def test_two_classes_draw_the_second_and_a_missing_class_is_named():

@@ -5,8 +5,15 @@ For each task that lists "roc" among its figures (a classification, or a multi-l
 one's own), on the labelled test images, at the task's fitted temperature: one class against
 the rest, a curve per class with its area (AUC) and average precision (AP). Two classes of
 one label draw the second's curves only (the first's ROC is their mirror). More than
-MAX_CURVES classes: every curve in grey, the LOWEST classes by AUC in colour. The curves
-and areas are torchmetrics' (exact: every distinct probability is a threshold).
+MAX_CURVES classes: every curve in grey, the LOWEST classes by AUC in colour.
+
+The curves are cumulative counts over the images sorted by probability, a point at every
+distinct one (`thresholded`), the AUC their trapezoids (ties count half, as the rank-sum
+form has it) and the AP the sum of recall steps times precision, as torchmetrics and
+scikit-learn define them (tests/test_roc.py checks them against torchmetrics). They are
+computed here, not imported: the report reads its kept test predictions without importing
+torchmetrics, whose import (torchvision with it) takes 2.4 s of a report's 10 on a 2-core
+CPU, for arithmetic of a few sorted sums.
 """
 
 from __future__ import annotations
@@ -57,23 +64,28 @@ def roc(view: RunView) -> list[Chart]:
     return charts
 
 
+def thresholded(p: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(true, false) positives counted at each distinct probability of `p`, highest first:
+    where a threshold just below it would put them. `y`: True for the class's images."""
+    order = p.argsort(descending=True, stable=True)
+    p, y = p[order], y[order].double()
+    last = torch.ones_like(p, dtype=torch.bool)
+    last[:-1] = p[1:] != p[:-1]  # the last image of each run of equal probabilities
+    return y.cumsum(0)[last], (1 - y).cumsum(0)[last]
+
+
 def _curve(
     name: str, p: torch.Tensor, y: torch.Tensor, answers: torch.Tensor | None, k: int
 ) -> Curve | None:
     """None when the test images hold no image of the class, or no other: no curve exists."""
-    from torchmetrics.functional.classification import (
-        binary_auroc,
-        binary_average_precision,
-        binary_precision_recall_curve,
-        binary_roc,
-    )
-
     positives = int(y.sum())
     if positives in (0, len(y)):
         return None
-    target = y.long()
-    fpr, tpr, _ = binary_roc(p, target)
-    precision, recall, _ = binary_precision_recall_curve(p, target)
+    tp, fp = thresholded(p, y)
+    zero = torch.zeros(1, dtype=tp.dtype)
+    tpr, fpr = torch.cat([zero, tp / positives]), torch.cat([zero, fp / (len(y) - positives)])
+    precision, recall = tp / (tp + fp), tp / positives
+    ap = float(((recall - torch.cat([zero, recall[:-1]])) * precision).sum())
     answered = None
     if answers is not None:
         said, right = answers[:, k], answers[:, k] & y
@@ -84,10 +96,9 @@ def _curve(
             float(right.sum()) / positives,
             precision_said,
         )
-    return Curve(
-        name, positives, fpr, tpr, precision, recall,
-        float(binary_auroc(p, target)), float(binary_average_precision(p, target)), answered,
-    )  # fmt: skip
+    auc = float(torch.trapezoid(tpr, fpr))
+    recall, precision = torch.cat([zero, recall]), torch.cat([precision[:1], precision])
+    return Curve(name, positives, fpr, tpr, precision, recall, auc, ap, answered)
 
 
 def _chart(
@@ -98,11 +109,11 @@ def _chart(
     coloured = drawn if len(drawn) <= MAX_CURVES else sorted(drawn, key=lambda c: c.auc)[:LOWEST]
     for c in drawn if len(drawn) > MAX_CURVES else []:
         left.plot(c.fpr, c.tpr, color="#bbb", linewidth=0.6)
-        right.plot(c.recall, c.precision, color="#bbb", linewidth=0.6, drawstyle="steps-post")
+        right.plot(c.recall, c.precision, color="#bbb", linewidth=0.6, drawstyle="steps-pre")
     for i, c in enumerate(coloured):
         colour = f"C{i}"
         left.plot(c.fpr, c.tpr, color=colour, linewidth=1.4, label=f"{c.name} ({c.auc:.3f})")
-        right.plot(c.recall, c.precision, color=colour, linewidth=1.4, drawstyle="steps-post",
+        right.plot(c.recall, c.precision, color=colour, linewidth=1.4, drawstyle="steps-pre",
                    label=f"{c.name} ({c.ap:.3f})")  # fmt: skip
         if c.answered is not None:
             fpr, tpr, precision = c.answered
