@@ -556,12 +556,16 @@ class DiagnosisConfig(ClassificationConfig):
 
 
 class Diagnosis(Classification):
-    """A classification with each class's recall as well (docs/components.md's example)."""
+    """docs/components.md's example: specificity, the area under the ROC curve, and each
+    class's recall."""
 
     config = DiagnosisConfig
-    maximize = Classification.maximize | {"recall_of"}
+    metrics = (*Classification.metrics, "specificity", "auroc")
+    maximize = Classification.maximize | {"specificity", "auroc", "recall_of"}
     measures: ClassVar[dict] = {
         **Classification.measures,
+        "specificity": ("MulticlassSpecificity", "macro"),
+        "auroc": ("MulticlassAUROC", "macro"),
         "recall_of": ("MulticlassRecall", "none"),
     }
 
@@ -576,6 +580,8 @@ def test_one_class_of_a_metric_per_class_is_a_monitor(tmp_path, capsys):
     run = train(tiny_recipe(tmp_path, *sets))
     rows = [r for r in run.read_metrics() if monitor in r]
     assert len(rows) == 3 and {f"val.cls.recall_of_{c}" for c in ("Bag", "Coat")} <= set(rows[0])
+    test = run.test_metrics()  # the area from the probabilities, not the answers: above 0.5
+    assert 0.5 < test["test.cls.auroc"] <= 1 and 0 < test["test.cls.specificity"] <= 1
     best = max(rows, key=lambda r: (r[monitor], -r["val.loss"]))
     assert load_checkpoint(run.best_path)["loop"]["epoch"] == best["epoch"]
     EpochProgress.summary(rows[0], monitor)  # each epoch's line shows the monitor, not each class
