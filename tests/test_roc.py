@@ -113,3 +113,13 @@ def test_a_multi_label_task_gets_a_curve_per_tag_and_no_dots():
     assert chart.extra["auc"]["square"] == pytest.approx(ranked_auc(logits[:, 1], truth[:, 1] > 0))
     assert all("TPR of its answers" not in r for r in chart.table)  # a tag has no top class
     assert "Dots" not in chart.caption
+
+
+def test_a_task_type_that_lists_roc_alone_has_its_rows_recorded():
+    from cnnlab.viz.run_view import figures_recorder
+
+    class RocOnly(Classification):
+        figures = ("roc",)
+
+    tasks = {"d": RocOnly("d", ClassificationConfig(target="label"))}
+    assert list(figures_recorder(tasks, 10).rows) == ["d"]  # what roc() reads of the test pass

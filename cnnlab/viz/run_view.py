@@ -48,8 +48,8 @@ def digest(split: ImageSet) -> str:
 def figures_recorder(tasks: dict[str, Task], images: int) -> Recorder:
     """What the figures read from a pass over a split of `images`: every task's targets and
     predictions, the last conv layer's peaks, which units of the activation layers fired,
-    the rows of the reliability diagrams."""
-    rows_of = [name for name, task in tasks.items() if "reliability" in task.figures]
+    the rows of the reliability diagrams and the ROC curves."""
+    rows_of = [name for name, t in tasks.items() if {"reliability", "roc"} & set(t.figures)]
     targets = {name: task.target for name, task in tasks.items()}
     return Recorder(targets, lambda model: last_conv(model)[1], rows_of, images, activation_modules)
 
