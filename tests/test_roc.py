@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from cnnlab.errors import CnnlabError
 from cnnlab.tasks.base import TargetInfo, TargetSpec
 from cnnlab.tasks.calibration import Rows
 from cnnlab.tasks.classification import Classification, ClassificationConfig
@@ -123,3 +124,9 @@ def test_a_task_type_that_lists_roc_alone_has_its_rows_recorded():
 
     tasks = {"d": RocOnly("d", ClassificationConfig(target="label"))}
     assert list(figures_recorder(tasks, 10).rows) == ["d"]  # what roc() reads of the test pass
+
+
+def test_a_task_whose_rows_are_not_per_class_probabilities_is_told_to_leave_roc_out():
+    one = SimpleNamespace(info=TargetInfo(), probabilities=torch.sigmoid)  # one logit, a number
+    with pytest.raises(CnnlabError, match=r"^roc: tasks.d gives probabilities of shape \(4,\)"):
+        roc(view_of(one, Rows(torch.zeros(4), torch.rand(4))))

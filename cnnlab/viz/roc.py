@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cnnlab.errors import CnnlabError
 from cnnlab.viz.base import Chart, new_figure
 from cnnlab.viz.run_view import RunView
 
@@ -54,6 +55,13 @@ def roc(view: RunView) -> list[Chart]:
         names = t.info.classes or t.info.components or []
         probs = t.probabilities(rows.logits)  # (N, K) at the fitted temperature
         single = rows.targets.ndim == 1  # one label per image, else one yes/no per class
+        if probs.ndim != 2 or not (single or rows.targets.shape == probs.shape):
+            raise CnnlabError(
+                f"roc: tasks.{task} gives probabilities of shape {tuple(probs.shape)} for "
+                f"targets of shape {tuple(rows.targets.shape)}; the figure needs one "
+                "probability per class and image, with a class index or a yes/no per class "
+                f"as the target: leave roc out of {type(t).__name__}.figures"
+            )
         truth = F.one_hot(rows.targets, probs.shape[1]).bool() if single else rows.targets > 0.5
         answers = F.one_hot(probs.argmax(1), probs.shape[1]).bool() if single else None
         shown = [1] if single and probs.shape[1] == 2 else range(probs.shape[1])
