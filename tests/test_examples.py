@@ -277,6 +277,12 @@ def test_custom_task_trains_on_a_table_is_explained_and_leaves_as_a_file(tmp_pat
         ece = binary_calibration_error(sure.flatten(), right.flatten().long(), n_bins=15)
         assert fitted["test"]["after"]["ece"] == pytest.approx(float(ece), abs=1e-6)
         assert fitted["test"]["after"]["nll"] < fitted["test"]["before"]["nll"]
+        (data,) = run.figure("data")  # tags are counted as images with each, per split
+        view = RunView(run.path)
+        for split in ("train", "val", "test"):
+            with_each = (view.splits.values(split, "tags") == 1).sum(0).tolist()
+            assert data.extra["counts"]["tags"][split] == with_each
+        assert data.figure.axes[0].get_title() == "tags: images with each"
         (curves,) = [c for c in run.figure("roc") if c.key == "roc_tags"]
         assert list(curves.extra["auc"]) == list(module.TAGS)  # a curve per tag
         (diagram,) = [c for c in run.figure("reliability") if c.key == "reliability_tags"]

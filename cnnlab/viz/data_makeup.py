@@ -41,12 +41,18 @@ def data_makeup(view: RunView) -> list[Chart]:
             missing[target] = without
             notes.append(_unlabelled(target, without, sizes))
         names = view.classes.get(target)
+        tags = view.checkpoint.get("components", {}).get(target)
         if names is not None:
             counts[target] = {s: _class_counts(v, len(names)) for s, v in values.items()}
             unit = "pixels" if next(iter(values.values())).ndim >= 3 else "images"
-            _bars(ax, target, unit, names, counts[target])
+            _bars(ax, f"{target}: {unit} per class", unit, names, counts[target])
             per_image += [target] if unit == "images" else []
             rare += rare_classes(target, names, counts[target], unit)
+        elif tags and all(_yes_no(v) for v in values.values()):  # multi-label: 0/1 per tag
+            counts[target] = {s: (v > 0.5).sum(0).tolist() for s, v in values.items()}
+            _bars(ax, f"{target}: images with each", "images", tags, counts[target])
+            per_image.append(target)
+            rare += rare_classes(target, tags, counts[target])
         else:
             _histograms(ax, target, values)
     said = ", ".join(f"{_split_name(s)} {n:,}" for s, n in sizes.items())
@@ -64,7 +70,14 @@ def _class_counts(values: torch.Tensor, classes: int) -> list[int]:
     return torch.bincount(flat, minlength=classes)[:classes].tolist()
 
 
-def _bars(ax, target: str, unit: str, names: list[str], counts: dict[str, list[int]]) -> None:
+def _yes_no(values: torch.Tensor) -> bool:
+    """A vector target whose every labelled value is 0 or 1: a yes/no per component (tags),
+    counted as images with each rather than as a histogram of numbers."""
+    v = values[~values.isnan()] if values.is_floating_point() else values
+    return values.ndim == 2 and bool(((v == 0) | (v == 1)).all())
+
+
+def _bars(ax, title: str, unit: str, names: list[str], counts: dict[str, list[int]]) -> None:
     k = len(names)
     width = 0.8 / len(counts)
     for i, (split, n) in enumerate(counts.items()):
@@ -73,7 +86,7 @@ def _bars(ax, target: str, unit: str, names: list[str], counts: dict[str, list[i
         ax.set_xticks(range(k), [shorten(c, 14) for c in names], rotation=60, ha="right")
     else:
         ax.set_xlabel(f"{k} classes")
-    ax.set(title=f"{target}: {unit} per class", ylabel=unit)
+    ax.set(title=title, ylabel=unit)
     if any(n and min(n) > 0 and max(n) / max(1, min(n)) > 20 for n in counts.values()):
         ax.set_yscale("log")  # a class 20x rarer than another still shows
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))  # no mathtext
