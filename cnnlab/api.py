@@ -240,12 +240,15 @@ class Run:
         splits = view.splits if "built" in view.__dict__ else None
         return build_report(self.path, splits, predictions=view.__dict__.get("test_predictions"))
 
-    def calibrate(self, reset: bool = False) -> pd.DataFrame:
-        """Fit a temperature for each task with probabilities (every classification) on the
-        validation set and save it with the best weights, as `cnnlab calibrate` does. One
-        row per task and split: the temperature, and accuracy, NLL, ECE and MCE before and
-        after. Predictions, figures, the report and exports made from here on use it.
-        `reset`: every temperature back to 1 instead (the model's own probabilities)."""
+    def calibrate(self, reset: bool = False, coverage: float = 0.9) -> pd.DataFrame:
+        """Fit a temperature for each task with probabilities (every classification), and a
+        prediction interval for each regression, on the validation set, and save them with
+        the best weights, as `cnnlab calibrate` does. One row per task and split: the
+        temperature, and accuracy, NLL, ECE and MCE before and after; for a regression, the
+        interval's half-width (each value ±, per component) that holds `coverage` of
+        validation's values, and the share `within` it. Predictions, figures, the report
+        and exports made from here on use them (`run.predict` gives `low` and `high`).
+        `reset`: every temperature back to 1 instead, and no interval."""
         import pandas as pd
 
         from cnnlab.calibration import calibrate_run, notes, stale_exports
@@ -253,12 +256,12 @@ class Run:
         view = self.__dict__.get("_view")
         loaded = view is not None and "built" in view.__dict__  # its data: not read again
         splits, device = (view.splits, view.device) if loaded else (None, None)
-        result = calibrate_run(self.path, splits=splits, device=device, reset=reset)
+        result = calibrate_run(self.path, splits, device, reset=reset, coverage=coverage)
         for line in notes(result):
             warnings.warn(line, stacklevel=2)
         for old in stale_exports(self.path):  # the command says so; Python said nothing
             warnings.warn(
-                f"{old} holds the old temperature: export again, run.export()", stacklevel=2
+                f"{old} holds the old calibration: export again, run.export()", stacklevel=2
             )
         self.__dict__.pop("_view", None)  # built with the old temperature
         self.__dict__.pop("_predictor", None)
@@ -267,7 +270,13 @@ class Run:
         rows = []
         for task, r in result.items():
             for split in ("val", "test"):
-                if split in r:
+                if split in r and "halfwidth" in r:  # a regression's interval: values within
+                    one = len(r["halfwidth"]) == 1  # a number's: floats, not lists of one
+                    width, share = r["halfwidth"], r[split]["covered"]
+                    within = {"halfwidth": width[0] if one else width,
+                              "within": share[0] if one else share}  # fmt: skip
+                    rows.append({"task": task, "split": split, "coverage": r["coverage"], **within})
+                elif split in r:
                     before, after = r[split]["before"], r[split]["after"]
                     rows.append({"task": task, "split": split, "temperature": r["temperature"],
                                  **{f"{m} before": v for m, v in before.items()},

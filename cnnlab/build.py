@@ -37,6 +37,8 @@ from cnnlab.models.weights import check_weight_file
 from cnnlab.precision import HALF, Choice, choose, probe_size
 from cnnlab.recipe import Recipe, per_class_metric
 from cnnlab.tasks import TargetSpec, Task, create_tasks, total_loss
+from cnnlab.tasks.intervals import Interval
+from cnnlab.tasks.regression import Regression
 from cnnlab.tta import ViewAverage, run_views
 
 # --------------------------------------------------------------------------- device
@@ -146,15 +148,19 @@ def saved_tasks(recipe: Recipe, saved: dict) -> dict[str, Task]:
     components = saved.get("components", {})  # absent in older checkpoints
     for task in tasks.values():
         task.fit(target_spec(recipe.data, saved["classes"], components, task.target))
-    return with_temperatures(tasks, saved)
+    return with_calibration(tasks, saved)
 
 
-def with_temperatures(tasks: dict[str, Task], saved: dict | None) -> dict[str, Task]:
-    """The tasks at the temperatures fitted to the checkpoint's weights (`cnnlab calibrate`):
-    every prediction, metric and export then gives the calibrated probabilities."""
+def with_calibration(tasks: dict[str, Task], saved: dict | None) -> dict[str, Task]:
+    """The tasks as calibrated for the checkpoint's weights (`cnnlab calibrate`): at their
+    fitted temperatures, so every prediction, metric and export gives the calibrated
+    probabilities, and a regression with its fitted interval, which predict gives."""
     for name, value in ((saved or {}).get("temperature") or {}).items():
         if name in tasks:
             tasks[name].temperature = float(value)
+    for name, fitted in ((saved or {}).get("interval") or {}).items():
+        if name in tasks:
+            tasks[name].interval = Interval(fitted["coverage"], list(fitted["halfwidth"]))
     return tasks
 
 
@@ -259,10 +265,12 @@ def build(
     start = read_start(recipe) if saved is None else None  # a resume has its own weights
     if start is not None:  # the architecture, on a model of the headers' shapes: no pixel
         fitted_state(build_model(recipe, tasks, info.shape, True, False), start, recipe, tasks)
-    if recipe.train.calibrate and not any(t.probabilistic for t in tasks.values()):
+    if recipe.train.calibrate and not any(
+        t.probabilistic or isinstance(t, Regression) for t in tasks.values()
+    ):
         raise CnnlabError(
-            "train.calibrate: the recipe has no task with probabilities (a classification), "
-            "and temperature scaling calibrates them; set train.calibrate=false"
+            "train.calibrate: the recipe has no task with probabilities (a classification) "
+            "for a temperature, nor a regression for an interval; set train.calibrate=false"
         )
     if recipe.train.threads and weights == "train":  # not when a run is read back: a sweep
         torch.set_num_threads(recipe.train.threads)  # trial's 1 thread would stay in a notebook
@@ -282,7 +290,7 @@ def build(
                 saved_normalize=saved.get("normalize") if saved else None,
             )
     fit_to_pixels(recipe, tasks, splits)
-    with_temperatures(tasks, saved)
+    with_calibration(tasks, saved)
     shape = (splits.in_channels, *splits.image_size)
     loaded = saved is not None or start is not None  # nothing pretrained is fetched
     model = build_model(recipe, tasks, shape, from_checkpoint=loaded).to(device)

@@ -1,18 +1,22 @@
-"""Temperature scaling of a trained run: `cnnlab calibrate RUN`, or `train.calibrate: true`.
+"""Calibration of a trained run: `cnnlab calibrate RUN`, or `train.calibrate: true`.
 
 Each task whose outputs are probabilities (every classification, per pixel too, and a task
 type of one's own that says `probabilistic`) gets one temperature, fitted on the validation
 set's outputs of the run's judged weights, with the recipe's test-time views (so it fits the
-probabilities the test and every prediction give). It is saved in checkpoints/best.pt
-beside those weights: eval, predict, the figures and export read it from there, and a later
-best checkpoint (a resumed run) starts without one, since it was fitted to other weights.
-calibration.json holds each task's numbers before and after, on validation and test;
+probabilities the test and every prediction give). Each regression gets a prediction
+interval, split conformal on the same validation pass (tasks/intervals.py): the half-width
+that holds 90 % of validation's values, which predict then gives around each value. Both
+are saved in checkpoints/best.pt beside those weights: eval, predict, the figures and
+export read them from there, and a later best checkpoint (a resumed run) starts without,
+since they were fitted to other weights. calibration.json holds each task's numbers before
+and after (an interval's share of values within it), on validation and test;
 test_metrics.json is measured again at the new temperatures (accuracy cannot change; ECE,
 MCE can).
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -22,20 +26,24 @@ from torch import nn
 from cnnlab.build import Built, build, saved_tasks
 from cnnlab.data.batches import Splits
 from cnnlab.errors import CnnlabError
-from cnnlab.evaluation import Recorder
+from cnnlab.evaluation import Recorder, SplitPredictions
 from cnnlab.precision import autocast_for
 from cnnlab.runs import RunFolder, load_checkpoint, write_json
 from cnnlab.tasks import EpochMeter, Task, evaluate
 from cnnlab.tasks.calibration import Rows, fit_temperature, made_worse, scores
+from cnnlab.tasks.intervals import COVERAGE, covered, errors_by_component, fit_interval
+from cnnlab.tasks.regression import Regression
 
 
 def calibrated_tasks(tasks: dict[str, Task]) -> list[str]:
-    """The tasks whose outputs are probabilities; a run without one stops here."""
-    names = [name for name, task in tasks.items() if task.probabilistic]
+    """The tasks calibration fits: those whose outputs are probabilities (a temperature) and
+    the regressions (an interval); a run without one stops here."""
+    names = [n for n, t in tasks.items() if t.probabilistic or isinstance(t, Regression)]
     if not names:
         raise CnnlabError(
             "calibrate: the run has no task with probabilities (a classification, or a task "
-            "type of one's own that sets `probabilistic`); temperature scaling calibrates them"
+            "type of one's own that sets `probabilistic`) for a temperature, nor a "
+            "regression for an interval"
         )
     return names
 
@@ -47,13 +55,15 @@ def collect(
     names: list[str],
     meter: EpochMeter | None = None,
     recorder: Recorder | None = None,
-) -> dict[str, Rows]:
-    """Raw outputs (before any temperature) of the judged model on one split, as rows.
-    The same pass feeds `meter` (the test metrics at the temperatures just fitted) and
-    `recorder` (what the report reads), when given."""
+) -> SplitPredictions:
+    """The judged model's answers on one split: raw outputs (before any temperature) as
+    rows for the tasks with probabilities, values for the regressions. The same pass feeds
+    `meter` (the test metrics at the temperatures just fitted) and `recorder` (what the
+    report reads), when given."""
     autocast = autocast_for(built.device, built.precision.precision)
     targets_of = {name: built.tasks[name].target for name in names}
-    own = Recorder(targets_of, None, names, len(getattr(built.splits, split)))  # the rows
+    rows_of = [name for name in names if built.tasks[name].probabilistic]
+    own = Recorder(targets_of, None, rows_of, len(getattr(built.splits, split)))
     gatherers = [own] if recorder is None else [own, recorder]
 
     def record(model: nn.Module, out: dict[str, torch.Tensor], targets: dict) -> None:
@@ -63,7 +73,7 @@ def collect(
     batches = built.splits.eval_batches(split, built.eval_batch_size, built.needed)
     with recorder.watching(built.model) if recorder else nullcontext():
         evaluate(built.model, meter, batches, autocast, built.views, record)
-    return own.result().rows
+    return own.result()
 
 
 def fit(
@@ -71,31 +81,55 @@ def fit(
     test: bool = True,
     recorder: Recorder | None = None,
     temperature: float | None = None,
+    coverage: float = COVERAGE,
 ) -> tuple[dict[str, dict], dict[str, float]]:
-    """Each probabilistic task's temperature, set on `built.tasks`, and its numbers before
-    and after on validation; unless `test` is off (a sweep trial never reads the test set),
-    on test too, with the test metrics at the new temperatures from the same pass (which
-    `recorder` also watches). `temperature`: every task's, given instead of fitted (1: the
-    model's own probabilities back)."""
+    """Each probabilistic task's temperature and each regression's interval, set on
+    `built.tasks`, and their numbers before and after on validation; unless `test` is off
+    (a sweep trial never reads the test set), on test too, with the test metrics at the new
+    temperatures from the same pass (which `recorder` also watches). `temperature`: every
+    task's, given instead of fitted (1: the model's own probabilities back; the intervals
+    are dropped then)."""
     names = calibrated_tasks(built.tasks)
+    if temperature is not None:
+        names = [name for name in names if built.tasks[name].probabilistic]
+        for task in built.tasks.values():
+            task.interval = None
     if len(built.splits.val) == 0:
-        raise CnnlabError("calibrate: the run has no validation images to fit a temperature on")
+        raise CnnlabError("calibrate: the run has no validation images to fit on")
     val = collect(built, "val", names)
     result = {}
     for name in names:
-        task, rows = built.tasks[name], val[name]
+        task = built.tasks[name]
+        if not task.probabilistic:  # a regression: its interval
+            task.interval = fit_interval(val.truth[name], val.pred[name], coverage)
+            result[name] = {"coverage": coverage, "halfwidth": task.interval.halfwidth}
+            result[name]["val"] = _within(task, val, name)
+            continue
+        rows = val.rows[name]
         t, flawless = (temperature, False) if temperature is not None else fitted(task, rows)
         result[name] = {"temperature": t, "val": _before_after(task, rows, t)}
         result[name] |= {"flawless": True} if flawless else {}
         task.temperature = t
-    if not test:
+    if not test or not names:
         return result, {}
     meter = EpochMeter(built.tasks, built.device, calibration=True)
     tested = collect(built, "test", names, meter, recorder)
     for name in names:
-        t = result[name]["temperature"]
-        result[name]["test"] = _before_after(built.tasks[name], tested[name], t)
+        task = built.tasks[name]
+        if task.probabilistic:
+            t = result[name]["temperature"]
+            result[name]["test"] = _before_after(task, tested.rows[name], t)
+        else:
+            result[name]["test"] = _within(task, tested, name)
     return result, meter.compute("test")
+
+
+def _within(task: Task, split: SplitPredictions, name: str) -> dict:
+    """An interval's promise on a split: its labelled values, and the share within it."""
+    truth, pred = split.truth[name], split.pred[name]
+    assert task.interval is not None
+    shares = covered(truth, pred, task.interval)
+    return {"rows": len(errors_by_component(truth, pred)[0]), "covered": shares}
 
 
 def fitted(task: Task, rows: Rows) -> tuple[float, bool]:
@@ -121,10 +155,14 @@ def calibrate_run(
     device: torch.device | str | None = None,
     recorder: Recorder | None = None,
     reset: bool = False,
+    coverage: float = COVERAGE,
 ) -> dict[str, dict]:
     """Fit, save with the best weights, write calibration.json and test_metrics.json again.
     `splits`: the data training already loaded (train.calibrate), else loaded anew;
-    `recorder`: watches the test pass; `reset`: every temperature back to 1, not fitted."""
+    `recorder`: watches the test pass; `reset`: every temperature back to 1, not fitted,
+    and no interval; `coverage`: the share of values a regression's interval holds."""
+    if not 0 < coverage < 1:
+        raise CnnlabError(f"calibrate: coverage {coverage}: give a share between 0 and 1, e.g. 0.9")
     run = RunFolder.open(path)
     run.check_trained("calibrate")
     saved = load_checkpoint(run.best_path)
@@ -136,8 +174,15 @@ def calibrate_run(
     # writes one; once written, it must be at the temperature too, else it stays unseen.
     tested = recipe.train.test_at_end or run.test_path.is_file()
     with run.lock():
-        result, metrics = fit(built, tested, recorder, 1.0 if reset else None)
-        saved["temperature"] = {name: r["temperature"] for name, r in result.items()}
+        result, metrics = fit(built, tested, recorder, 1.0 if reset else None, coverage)
+        saved["temperature"] = {
+            n: r["temperature"] for n, r in result.items() if "temperature" in r
+        }
+        saved["interval"] = {
+            n: {"coverage": r["coverage"], "halfwidth": r["halfwidth"]}
+            for n, r in result.items()
+            if "halfwidth" in r
+        }
         run.save_checkpoint(run.best_path, saved)
         write_json(run.calibration_path, {"best_epoch": saved["loop"]["epoch"], "tasks": result})
         if metrics:
@@ -153,6 +198,9 @@ def summary(result: dict[str, dict]) -> list[str]:
     `uninformed`'s lines."""
     lines = []
     for name, r in result.items():
+        if "halfwidth" in r:
+            lines.append(interval_line(name, r))
+            continue
         for split in ("val", "test"):
             if split not in r:
                 continue
@@ -163,6 +211,22 @@ def summary(result: dict[str, dict]) -> list[str]:
                 f"MCE {b['mce']:.4f} -> {a['mce']:.4f}"
             )
     return lines + notes(result)
+
+
+def interval_line(name: str, r: dict) -> str:
+    """`ink: ± 0.0071 holds 90 % of values (validation 90.1 % of 10,000, test 89.6 %)`: a
+    regression's fitted interval and the share within it per split (per component)."""
+    widths = r["halfwidth"]
+    parts = [f"{w:.4g}" for w in widths]
+    within = {s: r[s]["covered"] for s in ("val", "test") if s in r}
+    said = ", ".join(
+        f"{'validation' if s == 'val' else s} " + "/".join(f"{c:.1%}" for c in shares)
+        for s, shares in within.items()
+    )
+    return (
+        f"{name}: ± {'/'.join(parts)} holds {r['coverage']:.0%} of values (split conformal, "
+        f"{r['val']['rows']:,} validation values); within it: {said}"
+    )
 
 
 def stale_exports(run: Path) -> list[Path]:
@@ -177,6 +241,13 @@ def notes(result: dict[str, dict]) -> list[str]:
     """What a user should know of a fit beyond its numbers: a task left at T = 1 for want of
     a mistake to fit on, `uninformed` temperatures, and those that made the test set's
     probabilities worse than the model's own."""
+    unbounded = [
+        f"{name}: {r['val']['rows']} validation values cannot bound {r['coverage']:.0%} of "
+        "values: the interval is infinite; more validation images (data.val_fraction), or a "
+        "lower coverage, give one"
+        for name, r in result.items()
+        if any(math.isinf(w) for w in r.get("halfwidth", ()))
+    ]
     kept = [
         f"{name}: validation holds no mistake ({r['val']['rows']:,} rows right), so no "
         "temperature can be fitted on it (the fit would drive T to 0, every answer certain); "
@@ -184,7 +255,7 @@ def notes(result: dict[str, dict]) -> list[str]:
         for name, r in result.items()
         if r.get("flawless")
     ]
-    return kept + uninformed(result) + worse_on_test(result)
+    return unbounded + kept + uninformed(result) + worse_on_test(result)
 
 
 def worse_on_test(result: dict[str, dict]) -> list[str]:
@@ -195,7 +266,7 @@ def worse_on_test(result: dict[str, dict]) -> list[str]:
     lines = []
     for name, r in result.items():
         test = r.get("test")
-        if test is None or r["temperature"] == 1.0:
+        if test is None or r.get("temperature", 1.0) == 1.0:
             continue
         before, after = test["before"]["nll"], test["after"]["nll"]
         ece = test["before"]["ece"], test["after"]["ece"]
@@ -223,5 +294,5 @@ def uninformed(result: dict[str, dict]) -> list[str]:
         f"{name}: T = {r['temperature']:.3g} flattens its probabilities to about uniform: on "
         "validation its logits tell little (a model near chance, or trained too briefly)"
         for name, r in result.items()
-        if r["temperature"] > UNINFORMED
+        if r.get("temperature", 1.0) > UNINFORMED
     ]

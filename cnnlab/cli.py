@@ -248,22 +248,28 @@ def _pretrained_backbones(pattern: str | None) -> None:
 @app.command()
 def calibrate(
     run: Path = typer.Argument(..., help="run folder"),
-    reset: bool = Flag(False, help="every temperature back to 1 (the model's own probabilities)"),
+    reset: bool = Flag(
+        False, help="every temperature back to 1 (the model's own probabilities), no interval"
+    ),
+    coverage: float = typer.Option(
+        0.9, help="the share of true values a regression's interval holds"
+    ),
     imports: list[str] = Imports,
 ) -> None:
-    """Fit a temperature for each task with probabilities on the validation set.
+    """Fit a temperature for each task with probabilities, and an interval for each
+    regression, on the validation set.
 
-    It is saved with the best weights; eval, predict, the figures and export use it."""
+    They are saved with the best weights; eval, predict, the figures and export use them."""
     _import(imports)
     from cnnlab.calibration import calibrate_run, stale_exports, summary
 
-    for line in summary(calibrate_run(run, reset=reset)):
+    for line in summary(calibrate_run(run, reset=reset, coverage=coverage)):
         typer.echo(line)
     typer.echo(
         f"saved in {run / 'checkpoints' / 'best.pt'}; redraw the report: cnnlab report {run}"
     )
     for old in stale_exports(run):
-        typer.echo(f"{old} holds the old temperature: export again, cnnlab export {run}")
+        typer.echo(f"{old} holds the old calibration: export again, cnnlab export {run}")
 
 
 @app.command()

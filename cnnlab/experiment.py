@@ -179,7 +179,7 @@ def _calibrate(trainer: Trainer, run: RunFolder, recorder: Recorder | None) -> b
         print(f"warning: not calibrated ({err}); retry with: cnnlab calibrate {run.path}")
         return False
     if trainer.recipe.train.progress:
-        console.print("\n".join(["calibrated (temperature scaling):", *summary(result)]))
+        console.print("\n".join(["calibrated on validation:", *summary(result)]))
     return True
 
 

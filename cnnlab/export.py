@@ -26,7 +26,7 @@ import re
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -44,9 +44,11 @@ from cnnlab.inference import (
     classified,
     decoded_batch,
     named,
+    with_interval,
 )
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks.base import labelled
+from cnnlab.tasks.intervals import Interval
 
 Format = Literal["onnx", "pt2"]
 INPUT = "images"
@@ -99,6 +101,8 @@ class Exported(nn.Module):
                     "components": info.components,
                     "temperature": task.temperature if probabilistic else None,
                     "bounds": list(task.bounds) if task.bounds else None,  # clamped inside
+                    # a calibrated regression's: predict adds each value's low and high
+                    "interval": asdict(task.interval) if task.interval else None,
                 }
             )
         return outs
@@ -182,6 +186,13 @@ def notes(run: RunFolder, module: Exported, about: dict) -> list[str]:
         if out["temperature"] not in (None, 1.0)
     ]
     said.append(f"inside the file: {', '.join(inside)}; it computes in fp32")
+    said += [
+        f"in its metadata: {name}'s {out['interval']['coverage']:.0%} interval, ± "
+        + "/".join(f"{w:.4g}" for w in out["interval"]["halfwidth"])
+        + " (its predict gives each value's low and high)"
+        for name, out in zip(module.names, module.describe(), strict=True)
+        if out["interval"]
+    ]
     if about["trained_precision"] in ("bf16", "fp16"):
         said.append(
             f"the run trained in {about['trained_precision']}: `cnnlab predict RUN` answers "
@@ -530,6 +541,9 @@ def predict_exported(path: str | Path, images: ImageLike | Sequence[ImageLike]) 
         name, classes = out["name"], out["classes"]
         if out["kind"] == "values" or classes is None:  # a multi-label task's probabilities
             found[name] = Prediction(name, values=value, components=out["components"])
+            fitted = out.get("interval")  # files exported before intervals have none
+            interval = Interval(fitted["coverage"], fitted["halfwidth"]) if fitted else None
+            found[name] = with_interval(found[name], interval, out.get("bounds"))
         else:  # (N, K) per image or (N, K, H, W) per pixel: decoded as the run decodes its own
             found[name] = classified(name, value, classes, frames=frames)
     return named(images, found)

@@ -48,6 +48,7 @@ from cnnlab.models import MultiTaskModel
 from cnnlab.precision import autocast_for
 from cnnlab.recipe import Recipe
 from cnnlab.tasks import Task
+from cnnlab.tasks.intervals import Interval
 from cnnlab.tta import ViewAverage
 
 ImageLike = str | Path | np.ndarray | torch.Tensor | Image.Image
@@ -84,6 +85,11 @@ class Prediction:
     classes: list[str] | None = None  # every class name, in index order
     components: list[str] | None = None  # a vector regression's component names
     frames: list[Frame] | None = None  # per pixel: where each image's pixels went
+    # a calibrated regression's interval around each value (`cnnlab calibrate`), shaped as
+    # `values`: the true value lies within for `coverage` of images like validation's
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+    coverage: float | None = None
 
     @property
     def per_pixel(self) -> bool:
@@ -182,7 +188,8 @@ class Predictions(dict):
         """A pandas DataFrame, one row per image: the image's path (`image`, when the images
         were files), each classification's class (`cls`) and its probability
         (`cls.probability`), each regression's value (`ink`) or components
-        (`counts.squares`), and each per-pixel task's share of the image's pixels predicted as
+        (`counts.squares`), with a calibrated regression's interval (`ink.low`, `ink.high`),
+        and each per-pixel task's share of the image's pixels predicted as
         each class (`mask.background`, `mask.disc`, ...: they sum to 1). The maps themselves
         stay in `[task].index` and `[task].probabilities`."""
         import pandas as pd
@@ -197,10 +204,15 @@ class Predictions(dict):
                     columns[f"{name}.{p.classes[k]}"] = share
             elif p.values is not None and p.values.ndim == 1:
                 columns[name] = p.values
+                if p.low is not None:
+                    columns[f"{name}.low"], columns[f"{name}.high"] = p.low, p.high
             elif p.values is not None:
                 names = p.components or [str(k) for k in range(p.values.shape[1])]
                 for k, part in enumerate(names):
                     columns[f"{name}.{part}"] = p.values[:, k]
+                    if p.low is not None:
+                        columns[f"{name}.{part}.low"] = p.low[:, k]
+                        columns[f"{name}.{part}.high"] = p.high[:, k]
         return pd.DataFrame(columns)
 
 
@@ -271,10 +283,26 @@ class Predictor:
         if classes is None:  # a regression's values in the target's units, or probabilities
             # of one's own task type (multi-label tags), at its temperature
             values = task.probabilities(raw) if task.probabilistic else head.decode(raw)
-            return Prediction(name, values=values.cpu().numpy(), components=task.info.components)
+            found = Prediction(name, values=values.cpu().numpy(), components=task.info.components)
+            return with_interval(found, task.interval, task.bounds)
         probs = task.probabilities(raw) if task.probabilistic else raw.softmax(1)
         index = head.decode(raw).cpu().numpy()  # (N,), or (N, H, W) for a class map
         return classified(name, probs.cpu().numpy(), classes, index, frames)
+
+
+def with_interval(
+    found: Prediction, interval: Interval | None, bounds: tuple[float | None, float | None] | None
+) -> Prediction:
+    """A regression's prediction with its calibrated interval (low, high) around each value,
+    kept within the task's bounds as the values are; as it was without an interval."""
+    if interval is None or found.values is None:
+        return found
+    low, high = interval.bounds(torch.from_numpy(found.values))
+    lo, hi = bounds or (None, None)
+    if lo is not None or hi is not None:
+        low, high = low.clamp(lo, hi), high.clamp(lo, hi)
+    found.low, found.high, found.coverage = low.numpy(), high.numpy(), interval.coverage
+    return found
 
 
 def named(images: ImageLike | Sequence[ImageLike], found: dict[str, Prediction]) -> Predictions:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from cnnlab import distributed, feature_cache
-from cnnlab.build import Built, with_temperatures
+from cnnlab.build import Built, with_calibration
 from cnnlab.ema import WeightAverage
 from cnnlab.errors import CnnlabError, listed
 from cnnlab.evaluation import Recorder, measure
@@ -566,7 +566,7 @@ class Trainer:
         (`recorder` watches the pass for the report)."""
         ckpt = load_checkpoint(self.run.best_path)
         self.model.load_state_dict(ckpt["model"])
-        with_temperatures(self.tasks, ckpt)
+        with_calibration(self.tasks, ckpt)
         measured = self.measure(self.model, self.views, recorder)
         metrics = {"best_epoch": ckpt["loop"]["epoch"], **measured}
         write_json(self.run.test_path, metrics)

@@ -179,7 +179,8 @@ class TrainConfig(Section):
     report: bool = True  # write report.html + figures/ after the test evaluation
     test_at_end: bool = True  # evaluate the best checkpoint on test; sweeps turn it off
     # after training, fit a temperature for each task with probabilities (a classification)
-    # on the validation set (as `cnnlab calibrate RUN`): probabilities that mean what they say
+    # and an interval for each regression on the validation set (as `cnnlab calibrate RUN`):
+    # probabilities that mean what they say, and a range for each predicted number
     calibrate: bool = False
 
     @field_validator("init_from", mode="before")

@@ -143,9 +143,10 @@ def test_predict_gives_the_classes_the_runs_own_test_gave(api_run, tmp_path, mon
     assert one["cls"].labels == p["cls"].labels[:1]
     assert api_run.predict(images[0, 0].numpy())["cls"].labels == p["cls"].labels[:1]
     table = from_files.table()  # files: each row names its image
-    assert list(table.columns) == ["image", "cls", "cls.probability", "ink"] and len(table) == 3
+    columns = ["cls", "cls.probability", "ink", "ink.low", "ink.high"]  # calibrated: a range
+    assert list(table.columns) == ["image", *columns] and len(table) == 3
     assert list(table["image"]) == [str(p) for p in paths]
-    assert list(api_run.predict(images[:2]).table().columns) == ["cls", "cls.probability", "ink"]
+    assert list(api_run.predict(images[:2]).table().columns) == columns
 
     # a colour photo of another size is made grey and resized as the model needs
     photo = np.random.default_rng(0).integers(0, 255, (56, 40, 3), dtype=np.uint8)
@@ -195,7 +196,9 @@ def test_a_run_is_calibrated_and_exported_from_python(api_run, tmp_path):
     images = run._view.split("test").images[:4].cpu()
     before = run.predict(images)["cls"].probabilities
     fitted = run.calibrate()
-    assert list(fitted["split"]) == ["val", "test"] and (fitted["task"] == "cls").all()
+    assert list(fitted["task"]) == ["cls", "cls", "ink", "ink"]  # ink: its interval
+    fitted = fitted[fitted.task == "cls"]
+    assert list(fitted["split"]) == ["val", "test"]
     t = float(fitted["temperature"][0])
     assert t != 1.0 and fitted["ece after"][0] <= fitted["ece before"][0]
     after = run.predict(images)["cls"].probabilities  # the new temperature, not a stale model
@@ -228,7 +231,7 @@ def test_a_run_is_calibrated_and_exported_from_python(api_run, tmp_path):
     assert np.allclose(alone.sum(1), 1, atol=1e-5)
     assert not np.allclose(alone, answers["cls"].probabilities, atol=1e-3)
     # calibrated again, the file exported before answers with the old temperature: said
-    with pytest.warns(UserWarning, match=r"model.pt2 holds the old temperature: export again, "):
+    with pytest.warns(UserWarning, match=r"model.pt2 holds the old calibration: export again, "):
         run.calibrate(reset=True)
 
 
@@ -237,7 +240,7 @@ def test_a_temperature_that_flattens_the_probabilities_is_a_warning(api_run, tmp
     monkeypatch.setattr("cnnlab.calibration.fit_temperature", lambda task, rows: 50.0)
     with pytest.warns(UserWarning, match=r"^cls: T = 50 flattens its probabilities to about unif"):
         fitted = cnnlab.load_run(tmp_path / "run").calibrate()
-    assert (fitted["temperature"] == 50.0).all()
+    assert (fitted[fitted.task == "cls"]["temperature"] == 50.0).all()
 
 
 def test_images_of_ones_own_are_explained(api_run, tmp_path):

@@ -14,9 +14,7 @@ import yaml
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 import cnnlab
-from cnnlab.build import build
-from cnnlab.calibration import calibrate_run, fit, fitted, notes, summary
-from cnnlab.errors import CnnlabError
+from cnnlab.calibration import fitted, notes, summary
 from cnnlab.experiment import train
 from cnnlab.export import load_for_export
 from cnnlab.report import metric_notes
@@ -163,12 +161,13 @@ def calibrated(tmp_path_factory):
 
 def test_training_calibrates_and_saves_the_temperature_with_the_best_weights(calibrated):
     fitted = json.loads(calibrated.calibration_path.read_text())["tasks"]
-    assert set(fitted) == {"cls"}  # ink is a regression
+    assert set(fitted) == {"cls", "ink"}  # ink, a regression: its interval
     cls = fitted["cls"]
     assert cls["val"]["after"]["nll"] <= cls["val"]["before"]["nll"]  # fitted on it
     assert cls["val"]["after"]["accuracy"] == cls["val"]["before"]["accuracy"]
     saved = load_checkpoint(calibrated.best_path)
     assert saved["temperature"] == {"cls": cls["temperature"]} and cls["temperature"] != 1.0
+    assert saved["interval"] == {"ink": {"coverage": 0.9, "halfwidth": fitted["ink"]["halfwidth"]}}
     tested = json.loads(calibrated.test_path.read_text())
     assert tested["test.cls.ece"] == pytest.approx(cls["test"]["after"]["ece"], abs=1e-5)
     assert tested["test.cls.mce"] == pytest.approx(cls["test"]["after"]["mce"], abs=1e-5)
@@ -242,7 +241,7 @@ def test_the_cli_calibrates_again_to_the_same_temperature(calibrated):
     shutil.rmtree(exported.parent)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == (
-        f"{exported} holds the old temperature: export again, cnnlab export {calibrated.path}"
+        f"{exported} holds the old calibration: export again, cnnlab export {calibrated.path}"
     )
     line = next(x for x in out.stdout.splitlines() if x.startswith("cls: T = ") and "test NLL" in x)
     assert f"T = {before:.3f}" in line
@@ -283,16 +282,6 @@ def test_a_trials_test_is_written_again_at_the_temperature_and_an_unseen_one_sta
     assert not (copy / "test_metrics.json").exists()
 
 
-def test_a_run_without_a_classification_cannot_be_calibrated(tiny, monkeypatch):
-    recipe = tiny("tasks={ink: {type: regression, target: ink}}", "train.monitor=val.ink.rmse")
-    with pytest.raises(CnnlabError, match="no task with probabilities"):
-        fit(build(recipe))
-    run = train(recipe)
-    monkeypatch.setattr("cnnlab.calibration.build", lambda *a, **k: pytest.fail("data read"))
-    with pytest.raises(CnnlabError, match="no task with probabilities"):  # before any data
-        calibrate_run(run.path)
-
-
 def test_test_metrics_report_calibration_error_without_calibrating(tiny):
     run = train(tiny("train.tta=[]"))
     tested = run.test_metrics()
@@ -303,16 +292,3 @@ def test_test_metrics_report_calibration_error_without_calibrating(tiny):
     assert len(chart.extra["states"]) == 1
     assert chart.extra["states"][0]["ECE"] == round(tested["test.cls.ece"], 4)
     assert np.isclose(chart.extra["temperature"], 1.0)
-
-
-def test_train_calibrate_without_a_classification_stops_before_a_run_folder(tiny, tmp_path):
-    recipe = tiny(
-        "tasks={ink: {type: regression, target: ink}}",
-        "train.monitor=val.ink.rmse",
-        "train.calibrate=true",
-    )
-    with pytest.raises(
-        CnnlabError, match="train.calibrate: the recipe has no task with probabilities"
-    ):
-        train(recipe)
-    assert not (tmp_path / "runs").exists()

@@ -170,7 +170,8 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
 
     assert len(data(cell(nb, 'run.figure("attributions"'), "image/png")) == 2  # cls, ink
     (fitted,) = data(cell(nb, "run.calibrate()"), "text/html")
-    assert "temperature" in fitted and "ece after" in fitted and fitted.count("<tr") == 1 + 2
+    assert "temperature" in fitted and "ece after" in fitted and "halfwidth" in fitted
+    assert fitted.count("<tr") == 1 + 4  # cls's temperature and ink's interval, val and test
     assert data(cell(nb, 'run.figure("reliability")'), "image/png")
     shipped = result(cell(nb, "exported = run.export()"))
     assert shipped.startswith("exported: ") and "model.onnx" in shipped

@@ -1022,9 +1022,11 @@ def test_a_table_trains_evaluates_resumes_predicts_and_reports(shapes, tmp_path)
     with open(path / "splits.csv", newline="") as f:  # which file went where, as the table says
         went = {(r["split"], r["file"]) for r in csv.DictReader(f)}
     assert went == {(r["split"], r["image"]) for r in table_rows(shapes)}
-    # both classifications calibrated: the image-level one and the per-pixel one
+    # both classifications calibrated: the image-level one and the per-pixel one; the
+    # regressions get intervals, a vector's per component
     fitted = json.loads((path / "calibration.json").read_text())["tasks"]
-    assert set(fitted) == {"kind", "mask"}
+    assert set(fitted) == {"kind", "mask", "area", "counts"}
+    assert len(fitted["counts"]["halfwidth"]) == 3 and len(fitted["area"]["halfwidth"]) == 1
     assert fitted["mask"]["test"]["after"]["ece"] == pytest.approx(
         run.test_metrics["test.mask.ece"], abs=2e-3
     )

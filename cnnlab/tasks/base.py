@@ -16,6 +16,7 @@ from torch import nn
 
 from cnnlab.config import HeadConfig, Section
 from cnnlab.errors import CnnlabError
+from cnnlab.tasks.intervals import Interval
 
 if TYPE_CHECKING:
     from torchmetrics import MetricCollection
@@ -132,6 +133,9 @@ class Task:
     # which every logit is divided before it becomes a probability, on the validation set.
     probabilistic: ClassVar[bool] = False
     temperature: float = 1.0
+    # A regression's prediction interval, fitted by `cnnlab calibrate` (tasks/intervals.py):
+    # predict gives each value's low and high with it.
+    interval: Interval | None = None
 
     def __init__(self, name: str, cfg: Any):
         self.name, self.cfg = name, cfg

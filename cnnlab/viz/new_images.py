@@ -38,6 +38,9 @@ def caption(predictions: Predictions, i: int, per_pixel: bool = True) -> str:
             v = np.atleast_1d(p.values[i])
             names = [f"{c} " for c in p.components or []] or [""] * len(v)  # a vector's parts
             said = ", ".join(f"{c}{x:.3g}" for c, x in zip(names[:4], v[:4], strict=True))
+            if p.low is not None and len(v) == 1:  # a calibrated number: its interval too
+                low, high = float(np.ravel(p.low[i])[0]), float(np.ravel(p.high[i])[0])
+                said += f" ({p.coverage:.0%}: {low:.3g} to {high:.3g})"
             lines.append(f"{name}: {said}" + (" …" if len(v) > 4 else ""))
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from cnnlab.tasks.base import labelled, labelled_rows
+from cnnlab.tasks.intervals import Interval, covered
 from cnnlab.viz.base import Chart, new_figure
 from cnnlab.viz.run_view import RunView
 
@@ -32,6 +33,11 @@ def regression(view: RunView) -> list[Chart]:
         lo, hi = min(y.min(), p.min()).item(), max(y.max(), p.max()).item()
         ax1.scatter(y.numpy(), p.numpy(), s=4, alpha=0.4)
         ax1.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="y = x")
+        interval = view.tasks[task].interval
+        if interval is not None and len(set(interval.halfwidth)) == 1:  # one width: a band
+            w = interval.halfwidth[0]
+            ax1.fill_between([lo, hi], [lo - w, hi - w], [lo + w, hi + w], color="#4c72b0",
+                             alpha=0.12, label=f"{interval.coverage:.0%} interval")  # fmt: skip
         ax1.set(
             xlabel=f"true {target}",
             ylabel=f"predicted {target}",
@@ -84,7 +90,8 @@ def regression(view: RunView) -> list[Chart]:
                     if labelled_images < images
                     else "."
                 )
-                + held(task, view.recipe.tasks[task].bounds, p),
+                + held(task, view.recipe.tasks[task].bounds, p)
+                + within(interval, preds.truth[task].float(), preds.pred[task].float()),
                 plotly=pfig,
                 extra={"rmse": rmse, "mae": mae, "n": images, "labelled": labelled_images},
             )
@@ -104,4 +111,17 @@ def held(task: str, bounds: tuple[float | None, float | None] | None, pred: torc
     return (
         f" Predictions are clamped to tasks.{task}.bounds [{shown}]; {at:,} of these values "
         "sit on a bound."
+    )
+
+
+def within(interval: Interval | None, truth: torch.Tensor, pred: torch.Tensor) -> str:
+    """The caption's word on a calibrated interval: the share of test values it holds, the
+    promise (fitted on validation) kept or not."""
+    if interval is None:
+        return ""
+    shares = "/".join(f"{c:.1%}" for c in covered(truth, pred, interval))
+    widths = "/".join(f"{w:.4g}" for w in interval.halfwidth)
+    return (
+        f" The {interval.coverage:.0%} interval (± {widths}, split conformal on validation: "
+        f"`cnnlab calibrate`) holds {shares} of these test values."
     )
