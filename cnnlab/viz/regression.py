@@ -45,6 +45,11 @@ def regression(view: RunView) -> list[Chart]:
         )
         ax1.legend()
         ax2.hist(resid.numpy(), bins=50)
+        if interval is not None and len(set(interval.halfwidth)) == 1:  # where it stops
+            w = interval.halfwidth[0]
+            ax2.axvspan(-w, w, color="#4c72b0", alpha=0.12,
+                        label=f"{interval.coverage:.0%} interval: ± {w:.3g}")  # fmt: skip
+            ax2.legend(fontsize=8)
         ax2.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 1.25 images
         ax2.axvline(0, color="k", linewidth=1)
         ax2.set(
