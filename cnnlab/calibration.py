@@ -31,7 +31,13 @@ from cnnlab.precision import autocast_for
 from cnnlab.runs import RunFolder, load_checkpoint, write_json
 from cnnlab.tasks import EpochMeter, Task, evaluate
 from cnnlab.tasks.calibration import Rows, fit_temperature, made_worse, scores
-from cnnlab.tasks.intervals import COVERAGE, covered, errors_by_component, fit_interval
+from cnnlab.tasks.intervals import (
+    COVERAGE,
+    Interval,
+    covered,
+    errors_by_component,
+    fit_interval,
+)
 from cnnlab.tasks.regression import Regression
 
 
@@ -94,6 +100,8 @@ def fit(
         names = [name for name in names if built.tasks[name].probabilistic]
         for task in built.tasks.values():
             task.interval = None
+    if not names:  # reset: no temperature to set back, and the intervals dropped
+        return {}, {}
     if len(built.splits.val) == 0:
         raise CnnlabError("calibrate: the run has no validation images to fit on")
     val = collect(built, "val", names)
@@ -103,14 +111,14 @@ def fit(
         if not task.probabilistic:  # a regression: its interval
             task.interval = fit_interval(val.truth[name], val.pred[name], coverage)
             result[name] = {"coverage": coverage, "halfwidth": task.interval.halfwidth}
-            result[name]["val"] = _within(task, val, name)
+            result[name]["val"] = _within(val, name, task.interval)
             continue
         rows = val.rows[name]
         t, flawless = (temperature, False) if temperature is not None else fitted(task, rows)
         result[name] = {"temperature": t, "val": _before_after(task, rows, t)}
         result[name] |= {"flawless": True} if flawless else {}
         task.temperature = t
-    if not test or not names:
+    if not test:
         return result, {}
     meter = EpochMeter(built.tasks, built.device, calibration=True)
     tested = collect(built, "test", names, meter, recorder)
@@ -120,16 +128,15 @@ def fit(
             t = result[name]["temperature"]
             result[name]["test"] = _before_after(task, tested.rows[name], t)
         else:
-            result[name]["test"] = _within(task, tested, name)
+            result[name]["test"] = _within(tested, name, task.interval)
     return result, meter.compute("test")
 
 
-def _within(task: Task, split: SplitPredictions, name: str) -> dict:
+def _within(split: SplitPredictions, name: str, interval: Interval) -> dict:
     """An interval's promise on a split: its labelled values, and the share within it."""
     truth, pred = split.truth[name], split.pred[name]
-    assert task.interval is not None
-    shares = covered(truth, pred, task.interval)
-    return {"rows": len(errors_by_component(truth, pred)[0]), "covered": shares}
+    rows = len(errors_by_component(truth, pred)[0])
+    return {"rows": rows, "covered": covered(truth, pred, interval)}
 
 
 def fitted(task: Task, rows: Rows) -> tuple[float, bool]:
