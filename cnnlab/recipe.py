@@ -282,13 +282,20 @@ def metric_names(recipe: Recipe, split: str = "val") -> list[str]:
     return names
 
 
+def _parts(name: str) -> tuple[str, str, str]:
+    """`val.cls.recall_of_Ankle boot` -> ("val", "cls", "recall_of_Ankle boot"): split, task,
+    metric (a class's name may hold dots); empty where the name stops early."""
+    split, _, rest = name.partition(".")
+    key, _, metric = rest.partition(".")
+    return split, key, metric
+
+
 def per_class_metric(recipe: Recipe, name: str) -> tuple[str, str, str] | None:
     """(task, metric, class or component) of a validation metric given per class or
     component (`Task.per_class`), `val.diag.recall_of_nodule` -> ("diag", "recall_of",
     "nodule"); None for any other name. Whether the class exists needs the data's
     description: `build.check_metric_classes`."""
-    split, _, rest = name.partition(".")
-    key, _, metric = rest.partition(".")
+    split, key, metric = _parts(name)
     task = recipe.tasks.get(key)
     if split != "val" or task is None:
         return None
@@ -309,10 +316,17 @@ def unreported(recipe: Recipe, name: str) -> str | None:
         for key, task in recipe.tasks.items()
         for m in sorted(task_class(task).per_class)
     ]
-    return (
-        f"is not reported{did_you_mean(name, valid)}; choose one of: {', '.join(valid + each)}"
-        + (" (<name>: a class or component)" if each else "")
+    each_said = f"; or one class's or component's, where the target has them: {', '.join(each)}"
+    _, key, metric = _parts(name)
+    task = recipe.tasks.get(key)
+    own = (  # one class's metric asked of a task type that gives none
+        f"; tasks.{key} ({task.type}) gives no metric per class: a task type of one's own "
+        "adds one (docs: Adding a component, one more metric on a built-in task type)"
+        if task is not None and "_" in metric and not task_class(task).per_class
+        else ""
     )
+    said = f"is not reported{did_you_mean(name, valid)}; choose one of: {', '.join(valid)}"
+    return said + (each_said if each else "") + own
 
 
 def check_metric_name(recipe: Recipe, name: str) -> None:

@@ -177,7 +177,10 @@ def test_a_metric_per_class_or_component_may_be_the_monitor_once_its_class_is_kn
         load_recipe(DEMO, ["train.early_stopping.metric=val.cls.accuracy_Shirt"])
     assert "choose one of: val.loss, " in str(err.value)
     assert str(err.value).endswith(
-        "val.ink.mae_<name>, val.ink.rmse_<name> (<name>: a class or component)"
+        "val.ink.rmse; or one class's or component's, where the target has them: "
+        "val.ink.mae_<name>, val.ink.rmse_<name>; tasks.cls (classification) gives no metric "
+        "per class: a task type of one's own adds one (docs: Adding a component, one more "
+        "metric on a built-in task type)"
     )
 
 
