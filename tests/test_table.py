@@ -1050,10 +1050,15 @@ def test_a_table_trains_evaluates_resumes_predicts_and_reports(shapes, tmp_path)
     assert torch.allclose(counts.extra["maps"]["gradient"], unit(x.grad.abs().sum(1)), atol=1e-5)
     with pytest.raises(CnnlabError, match="outputs are discs, squares, triangles$"):
         make_charts(view, "attributions", component="circles")
-    discs, squares, triangles = preds["counts"].values[0]  # `cnnlab predict` names each
-    assert f"counts: discs {discs:.3g}, squares {squares:.3g}, triangles {triangles:.3g}" in (
-        caption(preds, 0).splitlines()
-    )
+    counts = preds["counts"]  # `cnnlab predict` names each, with its calibrated range
+    said = ", ".join(
+        f"{name} {v:.3g} ({lo:.3g} to {hi:.3g})"
+        for name, v, lo, hi in zip(counts.components, counts.values[0], counts.low[0],
+                                   counts.high[0], strict=True)
+    )  # fmt: skip
+    assert f"counts: {said} (90% ranges)" in caption(preds, 0).splitlines()
+    width = np.array(fitted["counts"]["halfwidth"])
+    assert np.allclose(counts.high - counts.values, width, atol=1e-6)  # no bounds: ± the width
 
 
 def test_an_interrupted_table_run_resumes_exactly(shapes, tmp_path):
