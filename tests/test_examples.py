@@ -249,9 +249,13 @@ def test_custom_task_trains_on_a_table_is_explained_and_leaves_as_a_file(tmp_pat
                 "train.progress": False,
                 "train.precision": "fp32",
                 "train.tta": ["hflip"],
+                "train.monitor": "val.tags.f1_has_triangle",  # one tag's picks the best epoch
             },
         )
         test = run.test_metrics
+        rows = run.metrics.to_dict("records")  # a tie goes to the lower validation loss
+        best = max(rows, key=lambda r: (r["val.tags.f1_has_triangle"], -r["val.loss"]))
+        assert test["best_epoch"] == best["epoch"]
         each = [test[f"test.tags.f1_{tag}"] for tag in module.TAGS]
         assert test["test.tags.macro_f1"] == pytest.approx(sum(each) / 3, abs=1e-6)
         assert 0 <= test["test.tags.exact"] <= 1
