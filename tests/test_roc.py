@@ -92,7 +92,9 @@ def test_two_classes_draw_the_second_and_a_missing_class_is_named():
     (chart,) = roc(view_of(classifier("benign", "malignant"), Rows(logits, truth)))
     assert list(chart.extra["auc"]) == ["malignant"]  # benign's ROC is its mirror
     assert chart.extra["auc"]["malignant"] == pytest.approx(ranked_auc(scores, truth == 1))
-    assert chart.caption.startswith("malignant against benign, on 6 labelled test images")
+    assert chart.caption.startswith(
+        "malignant against benign (its mirror is benign's ROC), on 6 labelled test images: AUC "
+    )
     (row,) = chart.table  # answers: malignant where its probability is above one half
     assert row["TPR of its answers"] == pytest.approx(2 / 3, abs=1e-4)
     assert row["FPR of its answers"] == pytest.approx(0.0)
@@ -114,6 +116,7 @@ def test_a_multi_label_task_gets_a_curve_per_tag_and_no_dots():
     assert chart.extra["auc"]["square"] == pytest.approx(ranked_auc(logits[:, 1], truth[:, 1] > 0))
     assert all("TPR of its answers" not in r for r in chart.table)  # a tag has no top class
     assert "Dots" not in chart.caption
+    assert chart.caption.startswith("Each tag against its absence, on 4 labelled test images")
 
 
 def test_a_task_type_that_lists_roc_alone_has_its_rows_recorded():

@@ -157,19 +157,19 @@ def _chart(
 
 def _caption(drawn: list[Curve], curves: list, names: list[str], n: int, single: bool) -> str:
     lowest = min(drawn, key=lambda c: c.auc)
-    said = (
-        f"Each class against the rest, on {n:,} labelled test images: "
-        if len(drawn) > 1
-        else f"{drawn[0].name} against {names[0]}, on {n:,} labelled test images (its mirror "
-        f"is {names[0]}'s ROC): "
-    )
+    binary = single and len(names) == 2  # the second class's curves only
+    if binary:
+        said = f"{drawn[0].name} against {names[0]} (its mirror is {names[0]}'s ROC)"
+    else:
+        said = "Each class against the rest" if single else "Each tag against its absence"
+    said += f", on {n:,} labelled test images: "
     if len(drawn) > 1:
         mean_auc = sum(c.auc for c in drawn) / len(drawn)
         mean_ap = sum(c.ap for c in drawn) / len(drawn)
         said += f"mean AUC {mean_auc:.3f}, mean AP {mean_ap:.3f}; lowest AUC {lowest.name} "
         said += f"{lowest.auc:.3f}. "
     else:
-        said += f"AUC {lowest.auc:.3f}, AP {lowest.ap:.3f}. "
+        said += f"{'' if binary else lowest.name + ': '}AUC {lowest.auc:.3f}, AP {lowest.ap:.3f}. "
     said += (
         "A random guess follows the dashed diagonal (ROC) and scores a class's share of the "
         "images (AP). "
