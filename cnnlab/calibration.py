@@ -201,8 +201,8 @@ UNINFORMED = 10.0  # a temperature above this flattens the probabilities to near
 
 
 def summary(result: dict[str, dict]) -> list[str]:
-    """One line per task and split: the temperature, NLL and ECE before -> after; then
-    `uninformed`'s lines."""
+    """One line per task and split: the temperature, NLL and ECE before -> after; one per
+    regression: its interval and the share within it; then `notes`' lines."""
     lines = []
     for name, r in result.items():
         if "halfwidth" in r:
@@ -221,10 +221,10 @@ def summary(result: dict[str, dict]) -> list[str]:
 
 
 def interval_line(name: str, r: dict) -> str:
-    """`ink: ± 0.0071 holds 90 % of values (validation 90.1 % of 10,000, test 89.6 %)`: a
-    regression's fitted interval and the share within it per split (per component)."""
-    widths = r["halfwidth"]
-    parts = [f"{w:.4g}" for w in widths]
+    """`ink: ± 0.006885 holds 90% of values (split conformal, 3,000 validation values);
+    within it: validation 90.0%, test 88.9%`: a regression's fitted interval and the share
+    within it per split (a vector's per component, `/` between them)."""
+    parts = [f"{w:.4g}" for w in r["halfwidth"]]
     within = {s: r[s]["covered"] for s in ("val", "test") if s in r}
     said = ", ".join(
         f"{'validation' if s == 'val' else s} " + "/".join(f"{c:.1%}" for c in shares)
