@@ -203,16 +203,20 @@ def tasks(imports: list[str] = Imports) -> None:
     """List the task types a recipe's tasks.<name>.type can name, with keys and metrics."""
     _import(imports)
     from cnnlab.tasks import TASKS
+    from cnnlab.tasks.regression import Regression
 
     for name, cls in TASKS.items():
         doc = (cls.config.__doc__ or "").strip().splitlines()[0]
         typer.echo(f"{name:<21} {doc}")
         keys = cls.config(target="<target>").model_dump(mode="json")
         typer.echo(f"{'':<21} {_one_line({'<name>': {'type': keys.pop('type'), **keys}})}")
+        each = [f"{m}_<class or component>" for m in sorted(cls.per_class)]
         calibrated = (
-            "; probabilities: calibrate fits their temperature" if cls.probabilistic else ""
-        )
-        typer.echo(f"{'':<21} metrics: {', '.join(cls.metrics)}{calibrated}")
+            "; probabilities: calibrate fits their temperature" if cls.probabilistic
+            else "; calibrate fits each value a range" if issubclass(cls, Regression)
+            else ""
+        )  # fmt: skip
+        typer.echo(f"{'':<21} metrics: {', '.join([*cls.metrics, *each])}{calibrated}")
         typer.echo(f"{'':<21} figures: {', '.join(cls.figures) or 'none of its own'}")
 
 

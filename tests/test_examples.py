@@ -116,10 +116,14 @@ def test_cli_lists_the_imported_task_type_with_its_keys_and_metrics():
         "{hidden:", "[128],", "dropout:", "0.3,", "activation:", "relu},", "threshold:", "0.5}",
     ]  # fmt: skip
     assert lines[-2].strip() == (
-        "metrics: loss, macro_f1, exact; probabilities: calibrate fits their temperature"
+        "metrics: loss, macro_f1, exact, f1_<class or component>; probabilities: calibrate "
+        "fits their temperature"
     )
     assert lines[-1].strip() == "figures: mistakes, reliability, roc"
-    assert lines[6].strip() == "metrics: loss, mae, rmse"  # a regression has no probabilities
+    assert lines[6].strip() == (  # a regression has no probabilities, but a range
+        "metrics: loss, mae, rmse, mae_<class or component>, rmse_<class or component>; "
+        "calibrate fits each value a range"
+    )
 
 
 def test_cli_lists_the_imported_backbone():
