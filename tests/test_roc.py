@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.base import TargetInfo, TargetSpec
@@ -133,3 +134,18 @@ def test_a_task_whose_rows_are_not_per_class_probabilities_is_told_to_leave_roc_
     one = SimpleNamespace(info=TargetInfo(), probabilities=torch.sigmoid)  # one logit, a number
     with pytest.raises(CnnlabError, match=r"^roc: tasks.d gives probabilities of shape \(4,\)"):
         roc(view_of(one, Rows(torch.zeros(4), torch.rand(4))))
+
+
+def test_above_ten_classes_the_five_of_lowest_auc_are_named_the_rest_grey():
+    gen = torch.Generator().manual_seed(1)
+    truth = torch.arange(12).repeat(20)  # 12 classes, 20 images each
+    logits = torch.randn(240, 12, generator=gen) + 3 * F.one_hot(truth, 12) * torch.linspace(
+        0, 1, 12
+    )  # class k told apart by k / 11: class 0 not at all, class 11 well
+    names = [f"c{k}" for k in range(12)]
+    (chart,) = roc(view_of(classifier(*names), Rows(logits, truth)))
+    left, _ = chart.figure.axes
+    named = [t.get_text().split(" (")[0] for t in left.get_legend().get_texts()]
+    assert named == sorted(chart.extra["auc"], key=chart.extra["auc"].get)[:5]
+    assert len(left.lines) == 12 + 5 + 5 + 1  # grey, coloured, their dots, the diagonal
+    assert left.get_title().endswith("(AUC, the 5 lowest in colour)") and len(chart.table) == 12
