@@ -26,6 +26,7 @@ from cnnlab.progress import counting
 from cnnlab.recipe import best_row, dump_recipe
 from cnnlab.runs import write_text
 from cnnlab.tasks.base import labelled_rows
+from cnnlab.tasks.intervals import covered
 from cnnlab.viz import BUILT_IN, FIGURES, Chart, RunView, make_charts
 from cnnlab.viz.base import write_png
 
@@ -163,8 +164,9 @@ def metrics_table(view: RunView) -> list[dict]:
 
 def metric_notes(view: RunView) -> list[str]:
     """What the metrics table's numbers are of, where a reader would assume otherwise: a
-    calibrated task's ECE and MCE at its temperature beside a loss at the model's own, and
-    a task whose test images are not all labelled (a table's blank cells)."""
+    calibrated task's ECE and MCE at its temperature beside a loss at the model's own, a
+    regression's calibrated range and the share of test values it holds, and a task whose
+    test images are not all labelled (a table's blank cells)."""
     notes = [
         f"{name}: calibrated, T = {task.temperature:.3g} (cnnlab calibrate); its test ece "
         "and mce are at that temperature, its loss is the model's own (T = 1), and no "
@@ -173,6 +175,18 @@ def metric_notes(view: RunView) -> list[str]:
         if getattr(task, "temperature", 1.0) != 1.0
     ]
     predictions = view.__dict__.get("test_predictions")  # drawn for the figures: not again
+    for name, task in view.tasks.items():
+        if task.interval is None:
+            continue
+        widths = "/".join(f"{w:.4g}" for w in task.interval.halfwidth)
+        held = ""
+        if predictions is not None:
+            shares = covered(predictions.truth[name], predictions.pred[name], task.interval)
+            held = ", which holds " + "/".join(f"{c:.1%}" for c in shares) + " of the test values"
+        notes.append(
+            f"{name}: calibrated, each value ± {widths}, the range fitted to hold "
+            f"{task.interval.coverage:.0%} of validation's values (cnnlab calibrate){held}"
+        )
     for name, truth in (predictions.truth if predictions else {}).items():
         labelled = int(labelled_rows(truth).sum())
         if labelled < len(truth):

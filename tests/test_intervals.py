@@ -16,6 +16,7 @@ import cnnlab
 from cnnlab.calibration import calibrated_tasks, notes, summary
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
+from cnnlab.report import metric_notes
 from cnnlab.runs import load_checkpoint
 from cnnlab.tasks.intervals import covered, fit_interval
 from cnnlab.viz import RunView, make_charts
@@ -75,6 +76,11 @@ def test_a_regression_is_calibrated_predicted_exported_and_drawn_with_its_interv
 
     (chart,) = make_charts(view, "regression")
     assert "The 80% interval" in chart.caption and "holds" in chart.caption
+    within = fitted["test"]["covered"][0]
+    assert metric_notes(view)[0] == (
+        f"ink: calibrated, each value ± {width:.4g}, the range fitted to hold 80% of "
+        f"validation's values (cnnlab calibrate), which holds {within:.1%} of the test values"
+    )  # under the report's metrics table
     run.calibrate(reset=True)  # no interval after a reset
     assert not load_checkpoint(run.path / "checkpoints" / "best.pt").get("interval")
     assert run.predict(images)["ink"].low is None
