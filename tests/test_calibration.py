@@ -218,10 +218,12 @@ def test_the_reliability_caption_says_when_the_temperature_made_the_test_nll_wor
 def test_the_reports_metrics_say_which_numbers_are_at_the_temperature(calibrated):
     """The metrics table holds the loss at T = 1 beside ECE and MCE at the fitted T."""
     t = load_checkpoint(calibrated.best_path)["temperature"]["cls"]
-    (note,) = metric_notes(RunView(calibrated.path))  # ink is a regression: no temperature
+    note, ink = metric_notes(RunView(calibrated.path))  # ink, a regression: its range
     assert note.startswith(f"cls: calibrated, T = {t:.3g} (cnnlab calibrate); its test ece ")
+    assert ink.startswith("ink: calibrated, each value ± ")
     reset = RunView(calibrated.path)
     reset.tasks["cls"].temperature = 1.0
+    reset.tasks["ink"].interval = None
     assert metric_notes(reset) == []
     predictions = reset.test_predictions  # a table's blank cells: no label for 10 images
     predictions.truth["ink"] = predictions.truth["ink"].clone()
