@@ -16,7 +16,7 @@ from cnnlab.tasks.calibration import Rows
 from cnnlab.tasks.classification import Classification, ClassificationConfig
 from cnnlab.viz import RunView, make_charts
 from cnnlab.viz.confusion import confusion_counts, per_class_accuracy
-from cnnlab.viz.roc import _curve, roc
+from cnnlab.viz.roc import RECALLS, _curve, roc
 
 
 def ranked_auc(p: torch.Tensor, positive: torch.Tensor) -> float:
@@ -96,6 +96,11 @@ def test_two_classes_draw_the_second_and_a_missing_class_is_named():
     assert chart.caption.startswith(
         "malignant against benign (its mirror is benign's ROC), on 6 labelled test images: AUC "
     )
+    # one lower threshold, 0.35, finds all three (one of the three others flagged too)
+    assert chart.caption.endswith(
+        "Lower thresholds on its probability find more of malignant: 100% of them at "
+        "p ≥ 0.35 (33% of the others flagged too, precision 75%)."
+    )
     (row,) = chart.table  # answers: malignant where its probability is above one half
     assert row["TPR of its answers"] == pytest.approx(2 / 3, abs=1e-4)
     assert row["FPR of its answers"] == pytest.approx(0.0)
@@ -149,3 +154,18 @@ def test_above_ten_classes_the_five_of_lowest_auc_are_named_the_rest_grey():
     assert named == sorted(chart.extra["auc"], key=chart.extra["auc"].get)[:5]
     assert len(left.lines) == 12 + 5 + 5 + 1  # grey, coloured, their dots, the diagonal
     assert left.get_title().endswith("(AUC, the 5 lowest in colour)") and len(chart.table) == 12
+
+
+def test_each_operating_point_is_the_highest_threshold_that_finds_its_share():
+    gen = torch.Generator().manual_seed(2)
+    y = torch.rand(400, generator=gen) < 0.3
+    p = (torch.rand(400, generator=gen) + 0.6 * y).clamp(max=1)  # the class scores higher
+    points = _curve("c", p, y, None, 0).points
+    assert points and points[0]["recall"] >= RECALLS[0] and points[-1]["recall"] >= RECALLS[-1]
+    for q in points:
+        flagged = p >= q["threshold"]
+        assert float((flagged & y).sum() / y.sum()) == pytest.approx(q["recall"])
+        assert float((flagged & ~y).sum() / (~y).sum()) == pytest.approx(q["fpr"])
+        above = p[p > q["threshold"]]  # the next threshold up finds too few
+        if len(above):
+            assert float(((p >= above.min()) & y).sum() / y.sum()) < q["recall"]

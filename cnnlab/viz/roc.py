@@ -45,6 +45,7 @@ class Curve:
     auc: float
     ap: float
     answered: tuple[float, float, float] | None  # FPR, TPR, precision of its top-class answers
+    points: list[dict]  # thresholds that find 80, 90, 95, 99 % of it (`operating_points`)
 
 
 def roc(view: RunView) -> list[Chart]:
@@ -72,14 +73,17 @@ def roc(view: RunView) -> list[Chart]:
     return charts
 
 
-def thresholded(p: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(true, false) positives counted at each distinct probability of `p`, highest first:
-    where a threshold just below it would put them. `y`: True for the class's images."""
+def thresholded(
+    p: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(true, false) positives counted at each distinct probability of `p`, highest first,
+    and those probabilities: a threshold there (at or above it: the class) puts them so.
+    `y`: True for the class's images."""
     order = p.argsort(descending=True, stable=True)
     p, y = p[order], y[order].double()
     last = torch.ones_like(p, dtype=torch.bool)
     last[:-1] = p[1:] != p[:-1]  # the last image of each run of equal probabilities
-    return y.cumsum(0)[last], (1 - y).cumsum(0)[last]
+    return y.cumsum(0)[last], (1 - y).cumsum(0)[last], p[last]
 
 
 def _curve(
@@ -89,7 +93,7 @@ def _curve(
     positives = int(y.sum())
     if positives in (0, len(y)):
         return None
-    tp, fp = thresholded(p, y)
+    tp, fp, cuts = thresholded(p, y)
     zero = torch.zeros(1, dtype=tp.dtype)
     tpr, fpr = torch.cat([zero, tp / positives]), torch.cat([zero, fp / (len(y) - positives)])
     precision, recall = tp / (tp + fp), tp / positives
@@ -106,7 +110,26 @@ def _curve(
         )
     auc = float(torch.trapezoid(tpr, fpr))
     recall, precision = torch.cat([zero, recall]), torch.cat([precision[:1], precision])
-    return Curve(name, positives, fpr, tpr, precision, recall, auc, ap, answered)
+    points = operating_points(tp / positives, fp / (len(y) - positives), tp / (tp + fp), cuts)
+    return Curve(name, positives, fpr, tpr, precision, recall, auc, ap, answered, points)
+
+
+RECALLS = (0.8, 0.9, 0.95, 0.99)  # the shares of a class found that the caption offers
+
+
+def operating_points(
+    tpr: torch.Tensor, fpr: torch.Tensor, precision: torch.Tensor, cuts: torch.Tensor
+) -> list[dict]:
+    """For each share of RECALLS: the highest threshold that finds at least that share of
+    the class's images, and what it costs there (the others flagged too, the precision);
+    one point where several shares meet at the same threshold."""
+    wanted = torch.tensor(RECALLS, dtype=tpr.dtype)
+    at = sorted(set(torch.searchsorted(tpr, wanted).tolist()) - {len(tpr)})  # reached: tpr rises
+    return [
+        {"recall": float(tpr[i]), "threshold": float(cuts[i]), "fpr": float(fpr[i]),
+         "precision": float(precision[i])}
+        for i in at
+    ]  # fmt: skip
 
 
 def _chart(
@@ -176,6 +199,13 @@ def _caption(drawn: list[Curve], curves: list, names: list[str], n: int, single:
     )
     if single:
         said += "Dots: the rates of the model's own answers (its top class)."
+    if binary and drawn[0].points:  # where a threshold other than the top class would sit
+        found = "; ".join(
+            f"{p['recall']:.0%} of them at p ≥ {p['threshold']:.3g} ({p['fpr']:.0%} of the "
+            f"others flagged too, precision {p['precision']:.0%})"
+            for p in drawn[0].points
+        )
+        said += f" Lower thresholds on its probability find more of {drawn[0].name}: {found}."
     missing = [names[i] for i, c in enumerate(curves) if c is None] if len(curves) > 1 else []
     if missing:
         said += f" No curve for {', '.join(missing)}: the test images hold none of it, or only it."
