@@ -111,6 +111,7 @@ def fit(
         if not task.probabilistic:  # a regression: its interval
             task.interval = fit_interval(val.truth[name], val.pred[name], coverage)
             result[name] = {"coverage": coverage, "halfwidth": task.interval.halfwidth}
+            result[name] |= {"components": task.info.components} if task.info.components else {}
             result[name]["val"] = _within(val, name, task.interval)
             continue
         rows = val.rows[name]
@@ -223,15 +224,17 @@ def summary(result: dict[str, dict]) -> list[str]:
 def interval_line(name: str, r: dict) -> str:
     """`ink: ± 0.006885 holds 90% of values (split conformal, 3,000 validation values);
     within it: validation 90.0%, test 88.9%`: a regression's fitted interval and the share
-    within it per split (a vector's per component, `/` between them)."""
-    parts = [f"{w:.4g}" for w in r["halfwidth"]]
+    within it per split (a vector's per component: its widths by name, its shares split by
+    `/` in the same order)."""
+    named = [f"{c} " for c in r.get("components", [])] or [""]  # a vector's, by name
+    widths = ", ".join(f"{c}{w:.4g}" for c, w in zip(named, r["halfwidth"], strict=True))
     within = {s: r[s]["covered"] for s in ("val", "test") if s in r}
     said = ", ".join(
         f"{'validation' if s == 'val' else s} " + "/".join(f"{c:.1%}" for c in shares)
         for s, shares in within.items()
     )
     return (
-        f"{name}: ± {'/'.join(parts)} holds {r['coverage']:.0%} of values (split conformal, "
+        f"{name}: ± {widths} holds {r['coverage']:.0%} of values (split conformal, "
         f"{r['val']['rows']:,} validation values); within it: {said}"
     )
 

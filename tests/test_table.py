@@ -18,6 +18,7 @@ from PIL import Image
 import cnnlab
 from cnnlab.api import load_recipe
 from cnnlab.build import build
+from cnnlab.calibration import summary
 from cnnlab.data import describe, get_source, gsn, gsn_generator, shapes_table, table, table_cells
 from cnnlab.data.augment import NO_LABEL, AugmentConfig, augment
 from cnnlab.data.lines import quietly
@@ -1027,6 +1028,9 @@ def test_a_table_trains_evaluates_resumes_predicts_and_reports(shapes, tmp_path)
     fitted = json.loads((path / "calibration.json").read_text())["tasks"]
     assert set(fitted) == {"kind", "mask", "area", "counts"}
     assert len(fitted["counts"]["halfwidth"]) == 3 and len(fitted["area"]["halfwidth"]) == 1
+    widths = zip(("discs", "squares", "triangles"), fitted["counts"]["halfwidth"], strict=True)
+    named = ", ".join(f"{c} {w:.4g}" for c, w in widths)  # each component by name
+    assert summary({"counts": fitted["counts"]})[0].startswith(f"counts: ± {named} holds 90%")
     assert fitted["mask"]["test"]["after"]["ece"] == pytest.approx(
         run.test_metrics["test.mask.ece"], abs=2e-3
     )
