@@ -101,6 +101,8 @@ def test_two_classes_draw_the_second_and_a_missing_class_is_named():
         "Lower thresholds on its probability find more of malignant: 100% of them at "
         "p ≥ 0.35 (33% of the others flagged too, precision 75%)."
     )
+    labels = [t.get_text() for t in chart.figure.axes[1].get_legend().get_texts()]
+    assert labels == ["malignant (0.917)", "random (0.500)"]  # a guess's precision: 3 of 6
     (row,) = chart.table  # answers: malignant where its probability is above one half
     assert row["TPR of its answers"] == pytest.approx(2 / 3, abs=1e-4)
     assert row["FPR of its answers"] == pytest.approx(0.0)

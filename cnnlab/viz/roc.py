@@ -152,6 +152,11 @@ def _chart(
             left.plot(fpr, tpr, "o", **dot)
             right.plot(tpr, precision, "o", **dot)
     left.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    if len(drawn) == 1:  # one curve: a random guess's precision is its class's share
+        share = drawn[0].positives / n
+        right.axhline(
+            share, color="k", linestyle="--", linewidth=0.8, label=f"random ({share:.3f})"
+        )
     which = "" if len(coloured) == len(drawn) else f", the {LOWEST} lowest in colour"
     left.set(xlabel="false positive rate", ylabel="true positive rate (recall)",
              xlim=(0, 1), ylim=(0, 1.01), title=f"{task}: ROC (AUC{which})")  # fmt: skip
