@@ -38,7 +38,6 @@ from cnnlab.precision import HALF, Choice, choose, probe_size
 from cnnlab.recipe import Recipe, per_class_metric
 from cnnlab.tasks import TargetSpec, Task, create_tasks, total_loss
 from cnnlab.tasks.intervals import Interval
-from cnnlab.tasks.regression import Regression
 from cnnlab.tta import ViewAverage, run_views
 
 # --------------------------------------------------------------------------- device
@@ -119,8 +118,7 @@ def check_metric_classes(recipe: Recipe, tasks: dict[str, Task], name: str, fiel
     if parts is None:
         return
     key, metric, each = parts
-    info = tasks[key].info
-    names = info.components or info.classes or []  # as Task.epoch_values names them
+    names = tasks[key].each
     if each in names:
         return
     if not names:
@@ -265,9 +263,7 @@ def build(
     start = read_start(recipe) if saved is None else None  # a resume has its own weights
     if start is not None:  # the architecture, on a model of the headers' shapes: no pixel
         fitted_state(build_model(recipe, tasks, info.shape, True, False), start, recipe, tasks)
-    if recipe.train.calibrate and not any(
-        t.probabilistic or isinstance(t, Regression) for t in tasks.values()
-    ):
+    if recipe.train.calibrate and not any(t.probabilistic or t.intervals for t in tasks.values()):
         raise CnnlabError(
             "train.calibrate: the recipe has no task with probabilities (a classification) "
             "for a temperature, nor a regression for an interval; set train.calibrate=false"

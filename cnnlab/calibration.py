@@ -37,14 +37,15 @@ from cnnlab.tasks.intervals import (
     covered,
     errors_by_component,
     fit_interval,
+    shares_said,
+    widths_said,
 )
-from cnnlab.tasks.regression import Regression
 
 
 def calibrated_tasks(tasks: dict[str, Task]) -> list[str]:
     """The tasks calibration fits: those whose outputs are probabilities (a temperature) and
     the regressions (an interval); a run without one stops here."""
-    names = [n for n, t in tasks.items() if t.probabilistic or isinstance(t, Regression)]
+    names = [n for n, t in tasks.items() if t.probabilistic or t.intervals]
     if not names:
         raise CnnlabError(
             "calibrate: the run has no task with probabilities (a classification, or a task "
@@ -226,12 +227,10 @@ def interval_line(name: str, r: dict) -> str:
     within it: validation 90.0%, test 88.9%`: a regression's fitted interval and the share
     within it per split (a vector's per component: its widths by name, its shares split by
     `/` in the same order)."""
-    named = [f"{c} " for c in r.get("components", [])] or [""]  # a vector's, by name
-    widths = ", ".join(f"{c}{w:.4g}" for c, w in zip(named, r["halfwidth"], strict=True))
+    widths = widths_said(r["halfwidth"], r.get("components"))  # a vector's, by name
     within = {s: r[s]["covered"] for s in ("val", "test") if s in r}
     said = ", ".join(
-        f"{'validation' if s == 'val' else s} " + "/".join(f"{c:.1%}" for c in shares)
-        for s, shares in within.items()
+        f"{'validation' if s == 'val' else s} {shares_said(shares)}" for s, shares in within.items()
     )
     return (
         f"{name}: ± {widths} holds {r['coverage']:.0%} of values (split conformal, "

@@ -203,7 +203,6 @@ def tasks(imports: list[str] = Imports) -> None:
     """List the task types a recipe's tasks.<name>.type can name, with keys and metrics."""
     _import(imports)
     from cnnlab.tasks import TASKS
-    from cnnlab.tasks.regression import Regression
 
     for name, cls in TASKS.items():
         doc = (cls.config.__doc__ or "").strip().splitlines()[0]
@@ -213,7 +212,7 @@ def tasks(imports: list[str] = Imports) -> None:
         each = [f"{m}_<class or component>" for m in sorted(cls.per_class)]
         calibrated = (
             "; probabilities: calibrate fits their temperature" if cls.probabilistic
-            else "; calibrate fits each value a range" if issubclass(cls, Regression)
+            else "; calibrate fits each value a range" if cls.intervals
             else ""
         )  # fmt: skip
         typer.echo(f"{'':<21} metrics: {', '.join([*cls.metrics, *each])}{calibrated}")

@@ -48,7 +48,7 @@ from cnnlab.inference import (
 )
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks.base import labelled
-from cnnlab.tasks.intervals import Interval
+from cnnlab.tasks.intervals import Interval, widths_said
 
 Format = Literal["onnx", "pt2"]
 INPUT = "images"
@@ -188,8 +188,8 @@ def notes(run: RunFolder, module: Exported, about: dict) -> list[str]:
     said.append(f"inside the file: {', '.join(inside)}; it computes in fp32")
     said += [
         f"in its metadata: {name}'s {out['interval']['coverage']:.0%} interval, ± "
-        + "/".join(f"{w:.4g}" for w in out["interval"]["halfwidth"])
-        + " (its predict gives each value's low and high)"
+        f"{widths_said(out['interval']['halfwidth'], out['components'])} (its predict gives "
+        "each value's low and high)"
         for name, out in zip(module.names, module.describe(), strict=True)
         if out["interval"]
     ]

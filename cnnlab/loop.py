@@ -33,7 +33,7 @@ from cnnlab.precision import autocast_for, scaler_for, tune_cuda
 from cnnlab.progress import EpochProgress, console
 from cnnlab.recipe import LogConfig, better_epoch
 from cnnlab.runs import RunFolder, load_checkpoint, write_json
-from cnnlab.tasks import EpochMeter, evaluate, metric_goal, total_loss
+from cnnlab.tasks import EpochMeter, evaluate, metric_goal, metric_parts, total_loss
 from cnnlab.tasks.base import NO_CLASS, unlabelled_trouble
 from cnnlab.tta import ViewAverage
 
@@ -533,7 +533,7 @@ class Trainer:
         cfg, st = self.recipe.train, self.state
         for name in {cfg.monitor, cfg.early_stopping.metric} - {None}:
             if name not in row:  # a task type of one's own whose per_class names another
-                task = name.split(".")[1]
+                _, task, _ = metric_parts(name)
                 given = [k for k in row if k.startswith(f"val.{task}.")]
                 raise CnnlabError(
                     f"{name!r} is not among the validation metrics tasks.{task} reported "

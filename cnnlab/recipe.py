@@ -38,7 +38,7 @@ from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.models import BACKBONES, ModelConfig, model_config
 from cnnlab.models.cnn import CNNConfig
 from cnnlab.registrations import missing_hint, origin_in, recorded_components, register_hint
-from cnnlab.tasks import TASKS, TaskConfig, metric_goal, task_class, task_config
+from cnnlab.tasks import TASKS, TaskConfig, metric_goal, metric_parts, task_class, task_config
 from cnnlab.tasks.base import TaskSection
 
 # List items are checked one by one: a size of 0 or -5 must stop here, not inside torch.
@@ -282,20 +282,12 @@ def metric_names(recipe: Recipe, split: str = "val") -> list[str]:
     return names
 
 
-def _parts(name: str) -> tuple[str, str, str]:
-    """`val.cls.recall_of_Ankle boot` -> ("val", "cls", "recall_of_Ankle boot"): split, task,
-    metric (a class's name may hold dots); empty where the name stops early."""
-    split, _, rest = name.partition(".")
-    key, _, metric = rest.partition(".")
-    return split, key, metric
-
-
 def per_class_metric(recipe: Recipe, name: str) -> tuple[str, str, str] | None:
     """(task, metric, class or component) of a validation metric given per class or
     component (`Task.per_class`), `val.diag.recall_of_nodule` -> ("diag", "recall_of",
     "nodule"); None for any other name. Whether the class exists needs the data's
     description: `build.check_metric_classes`."""
-    split, key, metric = _parts(name)
+    split, key, metric = metric_parts(name)
     task = recipe.tasks.get(key)
     if split != "val" or task is None:
         return None
@@ -317,7 +309,7 @@ def unreported(recipe: Recipe, name: str) -> str | None:
         for m in sorted(task_class(task).per_class)
     ]
     each_said = f"; or one class's or component's, where the target has them: {', '.join(each)}"
-    _, key, metric = _parts(name)
+    _, key, metric = metric_parts(name)
     task = recipe.tasks.get(key)
     own = (  # one class's metric asked of a task type that gives none
         f"; tasks.{key} ({task.type}) gives no metric per class: a task type of one's own "

@@ -26,7 +26,7 @@ from cnnlab.progress import counting
 from cnnlab.recipe import best_row, dump_recipe
 from cnnlab.runs import write_text
 from cnnlab.tasks.base import labelled_rows
-from cnnlab.tasks.intervals import covered
+from cnnlab.tasks.intervals import described
 from cnnlab.viz import BUILT_IN, FIGURES, Chart, RunView, make_charts
 from cnnlab.viz.base import write_png
 
@@ -178,15 +178,9 @@ def metric_notes(view: RunView) -> list[str]:
     for name, task in view.tasks.items():
         if task.interval is None:
             continue
-        widths = "/".join(f"{w:.4g}" for w in task.interval.halfwidth)
-        held = ""
-        if predictions is not None:
-            shares = covered(predictions.truth[name], predictions.pred[name], task.interval)
-            held = ", which holds " + "/".join(f"{c:.1%}" for c in shares) + " of the test values"
-        notes.append(
-            f"{name}: calibrated, each value ± {widths}, the range fitted to hold "
-            f"{task.interval.coverage:.0%} of validation's values (cnnlab calibrate){held}"
-        )
+        tested = (predictions.truth[name], predictions.pred[name]) if predictions else ()
+        said = described(task.interval, task.info.components, *tested)
+        notes.append(f"{name}: calibrated, {said}")
     for name, truth in (predictions.truth if predictions else {}).items():
         labelled = int(labelled_rows(truth).sum())
         if labelled < len(truth):

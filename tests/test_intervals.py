@@ -99,6 +99,6 @@ def test_train_calibrate_fits_a_regressions_interval_and_the_command_says_it(tin
 
 def test_a_run_with_neither_probabilities_nor_a_regression_cannot_be_calibrated():
     with pytest.raises(CnnlabError, match="nor a regression for an interval"):
-        calibrated_tasks({"x": SimpleNamespace(probabilistic=False)})
+        calibrated_tasks({"x": SimpleNamespace(probabilistic=False, intervals=False)})
     fitted = {"ink": {"coverage": 0.9, "halfwidth": [math.inf], "val": {"rows": 8}}}
     assert notes(fitted)[0].startswith("ink: 8 validation values cannot bound 90% of values")

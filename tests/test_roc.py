@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.errors import CnnlabError
-from cnnlab.tasks.base import TargetInfo, TargetSpec
+from cnnlab.tasks.base import TargetSpec
 from cnnlab.tasks.calibration import Rows
 from cnnlab.tasks.classification import Classification, ClassificationConfig
 from cnnlab.viz import RunView, make_charts
@@ -114,9 +114,7 @@ def test_two_classes_draw_the_second_and_a_missing_class_is_named():
 
 
 def test_a_multi_label_task_gets_a_curve_per_tag_and_no_dots():
-    tags = SimpleNamespace(
-        info=TargetInfo(components=["disc", "square"]), probabilities=torch.sigmoid
-    )
+    tags = SimpleNamespace(each=["disc", "square"], probabilities=torch.sigmoid)  # a task's
     logits = torch.tensor([[2.0, -1.0], [-1.0, 1.0], [0.5, 0.5], [-2.0, -2.0]])
     truth = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
     (chart,) = roc(view_of(tags, Rows(logits, truth)))
@@ -138,7 +136,7 @@ def test_a_task_type_that_lists_roc_alone_has_its_rows_recorded():
 
 
 def test_a_task_whose_rows_are_not_per_class_probabilities_is_told_to_leave_roc_out():
-    one = SimpleNamespace(info=TargetInfo(), probabilities=torch.sigmoid)  # one logit, a number
+    one = SimpleNamespace(each=[], probabilities=torch.sigmoid)  # one logit, a number
     with pytest.raises(CnnlabError, match=r"^roc: tasks.d gives probabilities of shape \(4,\)"):
         roc(view_of(one, Rows(torch.zeros(4), torch.rand(4))))
 

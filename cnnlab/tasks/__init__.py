@@ -44,13 +44,23 @@ def create_tasks(cfgs: dict[str, Any]) -> dict[str, Task]:
     return {name: task_class(cfg)(name, cfg) for name, cfg in cfgs.items()}
 
 
+def metric_parts(name: str) -> tuple[str, str, str]:
+    """`val.cls.recall_of_Ankle boot` -> ("val", "cls", "recall_of_Ankle boot"): split, task,
+    metric (a class's name may hold dots); `val.loss` -> ("val", "loss", ""): empty where the
+    name stops early."""
+    split, _, rest = name.partition(".")
+    key, _, metric = rest.partition(".")
+    return split, key, metric
+
+
 def metric_goal(name: str) -> Goal:
     """Whether a metric such as `val.cls.accuracy` improves upwards or downwards; one of a
     class or component (`val.tags.f1_cat`, `Task.epoch_values`) as its metric (`f1`): the
     longest metric name the name starts with decides (`recall_of_x` is `recall_of`'s)."""
     ups = set().union(*(t.maximize for t in TASKS.values()))
     downs = set().union(*(set(t.metrics) | t.per_class for t in TASKS.values())) - ups
-    metric = name.split(".", 2)[-1]  # after split and task: a class's name may hold dots
+    split, key, metric = metric_parts(name)
+    metric = metric or key or split  # `val.loss`: the loss; a bare `accuracy` as it is
     ends = [i for i, c in enumerate(metric) if c == "_"][::-1]
     for cut in [metric] + [metric[:i] for i in ends]:
         if cut in ups or cut in downs:
@@ -75,6 +85,7 @@ __all__ = [
     "evaluate",
     "headline_metrics",
     "metric_goal",
+    "metric_parts",
     "task_class",
     "task_config",
     "total_loss",

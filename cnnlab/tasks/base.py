@@ -133,6 +133,9 @@ class Task:
     # which every logit is divided before it becomes a probability, on the validation set.
     probabilistic: ClassVar[bool] = False
     temperature: float = 1.0
+    # Outputs that are numbers in the target's units (a regression): `cnnlab calibrate` fits
+    # them a prediction interval (tasks/intervals.py), which predict then gives.
+    intervals: ClassVar[bool] = False
     # A regression's prediction interval, fitted by `cnnlab calibrate` (tasks/intervals.py):
     # predict gives each value's low and high with it.
     interval: Interval | None = None
@@ -150,6 +153,12 @@ class Task:
         """The range its decoded values are clamped to, (lo, hi) with None for an open side
         (a regression's `bounds`), for an exported file's metadata; None: unbounded."""
         return None
+
+    @property
+    def each(self) -> list[str]:
+        """What a metric per class or component (`per_class`) is given for, by name: the
+        target's components, else its classes."""
+        return self.info.components or self.info.classes or []
 
     def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
         """Learn what the head needs: the source's `spec` of the target (its classes or
@@ -228,7 +237,7 @@ class Task:
         """`epoch_metrics().compute()` as named floats. A metric with a value per class or
         component (torchmetrics' `average=None`) gives one float per name, `f1_<name>`, whose
         goal is its metric's (`f1`): the per-tag scores of a multi-label task of one's own."""
-        names = self.info.components or self.info.classes or []
+        names = self.each
         out = {}
         for m, v in computed.items():
             v = torch.as_tensor(v)

@@ -160,6 +160,7 @@ class Regression(Task):
     metrics = ("loss", "mae", "rmse")
     maximize = frozenset({"accuracy"})  # of a vector target read as a class (TargetSpec)
     per_class = frozenset({"mae", "rmse"})  # a vector's, per component: val.counts.rmse_squares
+    intervals = True  # calibrate fits each value a range
     to_class: Callable[[torch.Tensor], torch.Tensor] | None = None
     headline = ("rmse",)
     step_metrics = ("mae", "mse")

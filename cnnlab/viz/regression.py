@@ -8,7 +8,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from cnnlab.tasks.base import labelled, labelled_rows
-from cnnlab.tasks.intervals import Interval, covered
+from cnnlab.tasks.intervals import Interval, described
 from cnnlab.viz.base import Chart, new_figure
 from cnnlab.viz.run_view import RunView
 
@@ -96,7 +96,12 @@ def regression(view: RunView) -> list[Chart]:
                     else "."
                 )
                 + held(task, view.recipe.tasks[task].bounds, p)
-                + within(interval, preds.truth[task].float(), preds.pred[task].float()),
+                + within(
+                    interval,
+                    view.tasks[task].info.components,
+                    preds.truth[task].float(),
+                    preds.pred[task].float(),
+                ),
                 plotly=pfig,
                 extra={"rmse": rmse, "mae": mae, "n": images, "labelled": labelled_images},
             )
@@ -119,14 +124,11 @@ def held(task: str, bounds: tuple[float | None, float | None] | None, pred: torc
     )
 
 
-def within(interval: Interval | None, truth: torch.Tensor, pred: torch.Tensor) -> str:
+def within(
+    interval: Interval | None, components: list[str] | None, truth: torch.Tensor, pred: torch.Tensor
+) -> str:
     """The caption's word on a calibrated interval: the share of test values it holds, the
     promise (fitted on validation) kept or not."""
     if interval is None:
         return ""
-    shares = "/".join(f"{c:.1%}" for c in covered(truth, pred, interval))
-    widths = "/".join(f"{w:.4g}" for w in interval.halfwidth)
-    return (
-        f" The {interval.coverage:.0%} interval (± {widths}, split conformal on validation: "
-        f"`cnnlab calibrate`) holds {shares} of these test values."
-    )
+    return f" The {interval.coverage:.0%} interval: {described(interval, components, truth, pred)}."

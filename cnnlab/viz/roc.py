@@ -53,7 +53,7 @@ def roc(view: RunView) -> list[Chart]:
     for task in view.tasks_with("roc"):
         t = view.tasks[task]
         rows = view.test_predictions.rows[task]
-        names = t.info.classes or t.info.components or []
+        names = t.each
         probs = t.probabilities(rows.logits)  # (N, K) at the fitted temperature
         single = rows.targets.ndim == 1  # one label per image, else one yes/no per class
         if probs.ndim != 2 or not (single or rows.targets.shape == probs.shape):
