@@ -34,7 +34,8 @@ def regression(view: RunView) -> list[Chart]:
         ax1.scatter(y.numpy(), p.numpy(), s=4, alpha=0.4)
         ax1.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="y = x")
         interval = view.tasks[task].interval
-        if interval is not None and len(set(interval.halfwidth)) == 1:  # one width: a band
+        one = interval is not None and len(set(interval.halfwidth)) == 1  # one width: a band
+        if one:
             w = interval.halfwidth[0]
             ax1.fill_between([lo, hi], [lo - w, hi - w], [lo + w, hi + w], color="#4c72b0",
                              alpha=0.12, label=f"{interval.coverage:.0%} interval")  # fmt: skip
@@ -45,8 +46,7 @@ def regression(view: RunView) -> list[Chart]:
         )
         ax1.legend()
         ax2.hist(resid.numpy(), bins=50)
-        if interval is not None and len(set(interval.halfwidth)) == 1:  # where it stops
-            w = interval.halfwidth[0]
+        if one:  # where it stops, over the residuals: a narrow band shows there
             ax2.axvspan(-w, w, color="#4c72b0", alpha=0.12,
                         label=f"{interval.coverage:.0%} interval: ± {w:.3g}")  # fmt: skip
             ax2.legend(fontsize=8)
