@@ -240,15 +240,24 @@ class Run:
         splits = view.splits if "built" in view.__dict__ else None
         return build_report(self.path, splits, predictions=view.__dict__.get("test_predictions"))
 
-    def calibrate(self, reset: bool = False, coverage: float = 0.9) -> pd.DataFrame:
+    def calibrate(
+        self, reset: bool = False, coverage: float = 0.9,
+        recall: float | dict[str, float] | None = None,
+    ) -> pd.DataFrame:  # fmt: skip
         """Fit a temperature for each task with probabilities (every classification), and a
         prediction interval for each regression, on the validation set, and save them with
         the best weights, as `cnnlab calibrate` does. One row per task and split: the
         temperature, and accuracy, NLL, ECE and MCE before and after; for a regression, the
         interval's half-width (each value ±, per component) that holds `coverage` of
-        validation's values, and the share `within` it. Predictions, figures, the report
-        and exports made from here on use them (`run.predict` gives `low` and `high`).
-        `reset`: every temperature back to 1 instead, and no interval."""
+        validation's values, and the share `within` it. `recall`: a two-class task answers
+        its class where its probability reaches the `threshold` that finds that share of
+        the class's validation images (0.95: every two-class task's second class;
+        {"malignant": 0.95} by class, "diag.malignant" where two tasks have it); its rows
+        add the share of the class found (`finds`), of the others answered as it (`flags`)
+        and the `precision`; None keeps the thresholds the run has, fitted again.
+        Predictions, figures, the report and exports made from here on use them
+        (`run.predict` gives `low` and `high`). `reset`: every temperature back to 1
+        instead, and no interval or threshold."""
         import pandas as pd
 
         from cnnlab.calibration import calibrate_run, notes, stale_exports
@@ -256,7 +265,8 @@ class Run:
         view = self.__dict__.get("_view")
         loaded = view is not None and "built" in view.__dict__  # its data: not read again
         splits, device = (view.splits, view.device) if loaded else (None, None)
-        result = calibrate_run(self.path, splits, device, reset=reset, coverage=coverage)
+        result = calibrate_run(self.path, splits, device, reset=reset, coverage=coverage,
+                               recall=recall)  # fmt: skip
         for line in notes(result):
             warnings.warn(line, stacklevel=2)
         for old in stale_exports(self.path):  # the command says so; Python said nothing
@@ -267,21 +277,7 @@ class Run:
         self.__dict__.pop("_predictor", None)
         if splits is not None:
             self._view.share_splits(splits)
-        rows = []
-        for task, r in result.items():
-            for split in ("val", "test"):
-                if split in r and "halfwidth" in r:  # a regression's interval: values within
-                    one = len(r["halfwidth"]) == 1  # a number's: floats, not lists of one
-                    width, share = r["halfwidth"], r[split]["covered"]
-                    within = {"halfwidth": width[0] if one else width,
-                              "within": share[0] if one else share}  # fmt: skip
-                    rows.append({"task": task, "split": split, "coverage": r["coverage"], **within})
-                elif split in r:
-                    before, after = r[split]["before"], r[split]["after"]
-                    rows.append({"task": task, "split": split, "temperature": r["temperature"],
-                                 **{f"{m} before": v for m, v in before.items()},
-                                 **{f"{m} after": v for m, v in after.items()}})  # fmt: skip
-        return pd.DataFrame(rows)
+        return pd.DataFrame([row for task, r in result.items() for row in _calibrated(task, r)])
 
     def export(
         self, fmt: Literal["onnx", "pt2"] | None = None, out: str | Path | None = None,
@@ -296,6 +292,29 @@ class Run:
         from cnnlab.export import export_checked
 
         return export_checked(self.path, fmt, out, check, views)
+
+
+def _calibrated(task: str, r: dict) -> list[dict]:
+    """`Run.calibrate`'s rows of one task, a row per split: its temperature's numbers before
+    and after (and its threshold's), or its interval's."""
+    rows = []
+    for split in [s for s in ("val", "test") if s in r]:
+        if "halfwidth" in r:  # a regression's interval: the values within
+            one = len(r["halfwidth"]) == 1  # a number's: floats, not lists of one
+            width, share = r["halfwidth"], r[split]["covered"]
+            within = {"halfwidth": width[0] if one else width, "within": share[0] if one else share}
+            rows.append({"task": task, "split": split, "coverage": r["coverage"], **within})
+            continue
+        before, after = r[split]["before"], r[split]["after"]
+        rows.append({"task": task, "split": split, "temperature": r["temperature"],
+                     **{f"{m} before": v for m, v in before.items()},
+                     **{f"{m} after": v for m, v in after.items()}})  # fmt: skip
+        if "threshold" in r:
+            t, done = r["threshold"], r["threshold"][split]
+            rows[-1] |= {"class": t["name"], "recall": t["recall"], "threshold": t["probability"],
+                         "finds": done["recall"], "flags": done["flagged"],
+                         "precision": done["precision"]}  # fmt: skip
+    return rows
 
 
 def compare(

@@ -38,6 +38,7 @@ from cnnlab.precision import HALF, Choice, choose, probe_size
 from cnnlab.recipe import Recipe, per_class_metric
 from cnnlab.tasks import TargetSpec, Task, create_tasks, total_loss
 from cnnlab.tasks.intervals import Interval
+from cnnlab.tasks.thresholds import Threshold
 from cnnlab.tta import ViewAverage, run_views
 
 # --------------------------------------------------------------------------- device
@@ -152,13 +153,17 @@ def saved_tasks(recipe: Recipe, saved: dict) -> dict[str, Task]:
 def with_calibration(tasks: dict[str, Task], saved: dict | None) -> dict[str, Task]:
     """The tasks as calibrated for the checkpoint's weights (`cnnlab calibrate`): at their
     fitted temperatures, so every prediction, metric and export gives the calibrated
-    probabilities, and a regression with its fitted interval, which predict gives."""
+    probabilities, a regression with its fitted interval, which predict gives, and a
+    two-class task answering at its fitted threshold."""
     for name, value in ((saved or {}).get("temperature") or {}).items():
         if name in tasks:
             tasks[name].temperature = float(value)
     for name, fitted in ((saved or {}).get("interval") or {}).items():
         if name in tasks:
             tasks[name].interval = Interval(fitted["coverage"], list(fitted["halfwidth"]))
+    for name, fitted in ((saved or {}).get("threshold") or {}).items():
+        if name in tasks:
+            tasks[name].threshold = Threshold(**fitted)
     return tasks
 
 

@@ -17,7 +17,9 @@ MCE can).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -25,7 +27,7 @@ from torch import nn
 
 from cnnlab.build import Built, build, saved_tasks
 from cnnlab.data.batches import Splits
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.evaluation import Recorder, SplitPredictions
 from cnnlab.precision import autocast_for
 from cnnlab.runs import RunFolder, load_checkpoint, write_json
@@ -40,6 +42,9 @@ from cnnlab.tasks.intervals import (
     shares_said,
     widths_said,
 )
+from cnnlab.tasks.thresholds import fit_threshold, found, found_said, too_few
+
+Recall = float | Mapping[str, float]  # one share for every two-class task, or by class name
 
 
 def calibrated_tasks(tasks: dict[str, Task]) -> list[str]:
@@ -68,9 +73,9 @@ def collect(
     `meter` (the test metrics at the temperatures just fitted) and `recorder` (what the
     report reads), when given."""
     autocast = autocast_for(built.device, built.precision.precision)
-    targets_of = {name: built.tasks[name].target for name in names}
     rows_of = [name for name in names if built.tasks[name].probabilistic]
-    own = Recorder(targets_of, None, rows_of, len(getattr(built.splits, split)))
+    tasks = {name: built.tasks[name] for name in names}
+    own = Recorder(tasks, None, rows_of, len(getattr(built.splits, split)))
     gatherers = [own] if recorder is None else [own, recorder]
 
     def record(model: nn.Module, out: dict[str, torch.Tensor], targets: dict) -> None:
@@ -83,20 +88,89 @@ def collect(
     return own.result()
 
 
+def thresholds_asked(tasks: dict[str, Task], recall: Recall | None) -> dict[str, tuple[int, float]]:
+    """Task name -> (the class to find, the share of its images) for each threshold asked:
+    `recall` a share for every classification of two classes (its second class), or shares
+    by class name (`malignant`, or `diag.malignant` where two tasks have the class). None:
+    those the tasks have already (a calibration fitted again keeps its thresholds)."""
+    if recall is None:
+        fitted = {n: t.threshold for n, t in tasks.items() if t.threshold is not None}
+        return {n: (t.positive, t.recall) for n, t in fitted.items()}
+    two = {n: t.info.classes or [] for n, t in tasks.items() if t.thresholds}
+    two = {n: classes for n, classes in two.items() if len(classes) == 2}
+    if not two:
+        raise CnnlabError(
+            "calibrate --recall: the run has no classification of two classes; a threshold "
+            "decides between two (a yes/no target: found or not), where more classes answer "
+            "the likeliest"
+        )
+    named = {"": recall} if not isinstance(recall, Mapping) else dict(recall)
+    asked = {}
+    for key, share in named.items():
+        if not 0 < share < 1:
+            raise CnnlabError(
+                f"calibrate --recall {key + '=' if key else ''}{share}: give the share of the "
+                "class's images to find, between 0 and 1, e.g. 0.95"
+            )
+        if not key:  # every two-class task's second class
+            asked |= {name: (1, share) for name in two}
+            continue
+        task, _, name = key.rpartition(".")
+        where = [t for t, classes in two.items() if name in classes and task in ("", t)]
+        if len(where) != 1:
+            raise _unmatched(key, two, where)
+        asked[where[0]] = (two[where[0]].index(name), share)
+    return asked
+
+
+def recall_option(values: list[str]) -> Recall | None:
+    """`--recall` as given, once or more: `0.95` alone, or `[task.]class=0.95` each."""
+    if not values:
+        return None
+    try:
+        if len(values) == 1 and "=" not in values[0]:
+            return float(values[0])
+        return {key: float(share) for key, _, share in (v.rpartition("=") for v in values)}
+    except ValueError:
+        raise CnnlabError(
+            f"calibrate --recall {' '.join(values)}: give a share, 0.95, or a class's, "
+            "malignant=0.95 (diag.malignant=0.95 where two tasks have it), once per class"
+        ) from None
+
+
+def _unmatched(key: str, two: dict[str, list[str]], where: list[str]) -> CnnlabError:
+    if where:
+        said = " and ".join(f"tasks.{t}" for t in where)
+        return CnnlabError(
+            f"calibrate --recall {key}: {said} have class {key!r}; name the task too, e.g. "
+            f"{where[0]}.{key}=0.95"
+        )
+    known = [f"{t}.{c}" for t, classes in two.items() for c in classes]
+    return CnnlabError(
+        f"calibrate --recall {key}: no classification of two classes has class {key!r}"
+        f"{did_you_mean(key, known + [k.split('.', 1)[1] for k in known])}; the classes of "
+        f"those it can be given for: {', '.join(known)}"
+    )
+
+
 def fit(
     built: Built,
     test: bool = True,
     recorder: Recorder | None = None,
     temperature: float | None = None,
     coverage: float = COVERAGE,
+    recall: Recall | None = None,
 ) -> tuple[dict[str, dict], dict[str, float]]:
-    """Each probabilistic task's temperature and each regression's interval, set on
-    `built.tasks`, and their numbers before and after on validation; unless `test` is off
-    (a sweep trial never reads the test set), on test too, with the test metrics at the new
-    temperatures from the same pass (which `recorder` also watches). `temperature`: every
-    task's, given instead of fitted (1: the model's own probabilities back; the intervals
-    are dropped then)."""
+    """Each probabilistic task's temperature, each regression's interval and each threshold
+    asked (`recall`, `thresholds_asked`), set on `built.tasks`, and their numbers before and
+    after on validation; unless `test` is off (a sweep trial never reads the test set), on
+    test too, with the test metrics at the new temperatures and thresholds from the same pass
+    (which `recorder` also watches). `temperature`: every task's, given instead of fitted (1:
+    the model's own probabilities back; the intervals and thresholds are dropped then)."""
     names = calibrated_tasks(built.tasks)
+    asked = thresholds_asked(built.tasks, recall) if temperature is None else {}
+    for task in built.tasks.values():
+        task.threshold = None  # fitted again below, to the new temperature
     if temperature is not None:
         names = [name for name in names if built.tasks[name].probabilistic]
         for task in built.tasks.values():
@@ -120,6 +194,8 @@ def fit(
         result[name] = {"temperature": t, "val": _before_after(task, rows, t)}
         result[name] |= {"flawless": True} if flawless else {}
         task.temperature = t
+        if name in asked:
+            result[name]["threshold"] = _threshold(task, rows, *asked[name])
     if not test:
         return result, {}
     meter = EpochMeter(built.tasks, built.device, calibration=True)
@@ -127,11 +203,23 @@ def fit(
     for name in names:
         task = built.tasks[name]
         if task.probabilistic:
-            t = result[name]["temperature"]
-            result[name]["test"] = _before_after(task, tested.rows[name], t)
+            t, rows = result[name]["temperature"], tested.rows[name]
+            result[name]["test"] = _before_after(task, rows, t)
+            if task.threshold is not None:
+                p = task.probabilities(rows.logits)
+                result[name]["threshold"]["test"] = found(p, rows.targets, task.threshold)
         else:
             result[name]["test"] = _within(tested, name, task.interval)
     return result, meter.compute("test")
+
+
+def _threshold(task: Task, rows: Rows, positive: int, recall: float) -> dict:
+    """Fit the task's threshold on validation's rows at its fitted temperature; what it is,
+    and what it does there."""
+    probabilities = task.probabilities(rows.logits)
+    name = (task.info.classes or [])[positive]
+    task.threshold = fit_threshold(probabilities, rows.targets, positive, name, recall)
+    return {**asdict(task.threshold), "val": found(probabilities, rows.targets, task.threshold)}
 
 
 def _within(split: SplitPredictions, name: str, interval: Interval) -> dict:
@@ -165,25 +253,32 @@ def calibrate_run(
     recorder: Recorder | None = None,
     reset: bool = False,
     coverage: float = COVERAGE,
+    recall: Recall | None = None,
 ) -> dict[str, dict]:
     """Fit, save with the best weights, write calibration.json and test_metrics.json again.
     `splits`: the data training already loaded (train.calibrate), else loaded anew;
     `recorder`: watches the test pass; `reset`: every temperature back to 1, not fitted,
-    and no interval; `coverage`: the share of values a regression's interval holds."""
+    and no interval or threshold; `coverage`: the share of values a regression's interval
+    holds; `recall`: the share of a two-class task's class its threshold finds
+    (`thresholds_asked`; None: the thresholds the run has, fitted again)."""
     if not 0 < coverage < 1:
         raise CnnlabError(f"calibrate: coverage {coverage}: give a share between 0 and 1, e.g. 0.9")
     run = RunFolder.open(path)
     run.check_trained("calibrate")
     saved = load_checkpoint(run.best_path)
     recipe = run.recipe()
-    calibrated_tasks(saved_tasks(recipe, saved))  # before any data is read
+    tasks = saved_tasks(recipe, saved)
+    calibrated_tasks(tasks)  # before any data is read
+    if not reset:
+        thresholds_asked(tasks, recall)
     # device None: the recipe's (a GPU when there is one)
     built = build(recipe, saved, device=device, weights="judged", splits=splits)
     # A sweep's trial leaves its test unseen (test_at_end: false) until `select --test`
     # writes one; once written, it must be at the temperature too, else it stays unseen.
     tested = recipe.train.test_at_end or run.test_path.is_file()
     with run.lock():
-        result, metrics = fit(built, tested, recorder, 1.0 if reset else None, coverage)
+        temperature = 1.0 if reset else None
+        result, metrics = fit(built, tested, recorder, temperature, coverage, recall)
         saved["temperature"] = {
             n: r["temperature"] for n, r in result.items() if "temperature" in r
         }
@@ -191,6 +286,9 @@ def calibrate_run(
             n: {"coverage": r["coverage"], "halfwidth": r["halfwidth"]}
             for n, r in result.items()
             if "halfwidth" in r
+        }
+        saved["threshold"] = {
+            n: asdict(t.threshold) for n, t in built.tasks.items() if t.threshold is not None
         }
         run.save_checkpoint(run.best_path, saved)
         write_json(run.calibration_path, {"best_epoch": saved["loop"]["epoch"], "tasks": result})
@@ -219,7 +317,25 @@ def summary(result: dict[str, dict]) -> list[str]:
                 f"{a['nll']:.4f}, ECE {b['ece']:.4f} -> {a['ece']:.4f}, "
                 f"MCE {b['mce']:.4f} -> {a['mce']:.4f}"
             )
+        if "threshold" in r:
+            lines.append(threshold_line(name, r["threshold"]))
     return lines + notes(result)
+
+
+def threshold_line(name: str, t: dict) -> str:
+    """`diag: answers malignant at p ≥ 0.231, fitted to find 95% of it (split conformal, 212
+    validation images of it); validation: finds 95.3% of them (212 images), flags 12.0% of
+    the others, precision 61.2%; test: ...`."""
+    said = "; ".join(
+        f"{'validation' if s == 'val' else s}: {found_said(t[s])}"
+        for s in ("val", "test")
+        if s in t
+    )
+    return (
+        f"{name}: answers {t['name']} at p ≥ {t['probability']:.3g}, fitted to find "
+        f"{t['recall']:.0%} of it (split conformal, {t['val']['positives']:,} validation "
+        f"images of it); {said}"
+    )
 
 
 def interval_line(name: str, r: dict) -> str:
@@ -256,6 +372,15 @@ def notes(result: dict[str, dict]) -> list[str]:
         "lower coverage, give one"
         for name, r in result.items()
         if any(math.isinf(w) for w in r.get("halfwidth", ()))
+    ]
+    unbounded += [
+        f"{name}: {r['threshold']['val']['positives']} validation images of "
+        f"{r['threshold']['name']} cannot bound {r['threshold']['recall']:.0%} of them: every "
+        f"image is answered {r['threshold']['name']}; more validation images "
+        "(data.val_fraction), or a lower recall, give a threshold"
+        for name, r in result.items()
+        if "threshold" in r
+        and too_few(r["threshold"]["val"]["positives"], r["threshold"]["recall"])
     ]
     kept = [
         f"{name}: validation holds no mistake ({r['val']['rows']:,} rows right), so no "

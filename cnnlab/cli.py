@@ -257,16 +257,22 @@ def calibrate(
     coverage: float = typer.Option(
         0.9, help="the share of true values a regression's interval holds"
     ),
+    recall: list[str] = typer.Option(
+        [],
+        help="a two-class task answers its class from the probability that finds this share "
+        "of its images: 0.95 (the second class), malignant=0.95, or diag.malignant=0.95",
+    ),
     imports: list[str] = Imports,
 ) -> None:
     """Fit a temperature for each task with probabilities, and an interval for each
-    regression, on the validation set.
+    regression, on the validation set; with --recall, a two-class task's threshold.
 
     They are saved with the best weights; eval, predict, the figures and export use them."""
     _import(imports)
-    from cnnlab.calibration import calibrate_run, stale_exports, summary
+    from cnnlab.calibration import calibrate_run, recall_option, stale_exports, summary
 
-    for line in summary(calibrate_run(run, reset=reset, coverage=coverage)):
+    result = calibrate_run(run, reset=reset, coverage=coverage, recall=recall_option(recall))
+    for line in summary(result):
         typer.echo(line)
     typer.echo(
         f"saved in {run / 'checkpoints' / 'best.pt'}; redraw the report: cnnlab report {run}"

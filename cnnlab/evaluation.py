@@ -91,17 +91,18 @@ class Recorder:
 
     def __init__(
         self,
-        targets: dict[str, str],
+        tasks: dict[str, Task],
         layer: Callable[[nn.Module], nn.Module] | None,
         rows_of: list[str],
         images: int,
         units: Modules | None = None,
     ):
-        """`targets`: each task's target; `layer` None: no peaks; `images`: the split's
-        length (a mask's rows are sampled to a share of it)."""
-        self.targets, self.layer, self.units, self.images = targets, layer, units, images
-        self.truth: dict[str, list[torch.Tensor]] = {k: [] for k in targets}
-        self.pred: dict[str, list[torch.Tensor]] = {k: [] for k in targets}
+        """`tasks`: those whose targets and answers are kept; `layer` None: no peaks;
+        `images`: the split's length (a mask's rows are sampled to a share of it)."""
+        self.tasks, self.layer, self.units, self.images = tasks, layer, units, images
+        self.targets = {name: task.target for name, task in tasks.items()}
+        self.truth: dict[str, list[torch.Tensor]] = {k: [] for k in tasks}
+        self.pred: dict[str, list[torch.Tensor]] = {k: [] for k in tasks}
         self.rows: dict[str, list[Rows]] = {k: [] for k in rows_of}
         self.peaks: list[torch.Tensor] = []
         self.alive: dict[str, torch.Tensor] = {}
@@ -158,7 +159,7 @@ class Recorder:
             parts.append(batch_rows(out[name], targets[self.targets[name]], keep, self._gen))
         for name, target in self.targets.items():
             self.truth[name].append(targets[target].cpu())
-            self.pred[name].append(model.heads[name].decode(out[name]).cpu())
+            self.pred[name].append(self.tasks[name].answers(model.heads[name], out[name]).cpu())
 
     def result(self) -> SplitPredictions:
         return SplitPredictions(

@@ -49,6 +49,7 @@ from cnnlab.inference import (
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks.base import labelled
 from cnnlab.tasks.intervals import Interval, widths_said
+from cnnlab.tasks.thresholds import Threshold, answered
 
 Format = Literal["onnx", "pt2"]
 INPUT = "images"
@@ -103,6 +104,8 @@ class Exported(nn.Module):
                     "bounds": list(task.bounds) if task.bounds else None,  # clamped inside
                     # a calibrated regression's: predict adds each value's low and high
                     "interval": asdict(task.interval) if task.interval else None,
+                    # a two-class task's fitted threshold: its predict answers at it
+                    "threshold": asdict(task.threshold) if task.threshold else None,
                 }
             )
         return outs
@@ -192,6 +195,13 @@ def notes(run: RunFolder, module: Exported, about: dict) -> list[str]:
         "each value's low and high)"
         for name, out in zip(module.names, module.describe(), strict=True)
         if out["interval"]
+    ]
+    said += [
+        f"in its metadata: {name}'s threshold, {out['threshold']['name']} at p ≥ "
+        f"{out['threshold']['probability']:.3g} (its predict answers at it; the file gives "
+        "the probabilities)"
+        for name, out in zip(module.names, module.describe(), strict=True)
+        if out["threshold"]
     ]
     if about["trained_precision"] in ("bf16", "fp16"):
         said.append(
@@ -437,9 +447,20 @@ def compare(module: Exported, path: Path, images: torch.Tensor, batch: int = 256
     agreement, diff = {}, {}
     for out, a, b in zip(module.describe(), ours, theirs, strict=True):
         diff[out["name"]] = float(np.abs(a - b).max())
-        if out["kind"] == "probabilities" and out["classes"]:  # the same class on top
-            agreement[out["name"]] = float((a.argmax(1) == b.argmax(1)).mean())
+        if out["kind"] == "probabilities" and out["classes"]:  # the same answer
+            agreement[out["name"]] = float((_answers(out, a) == _answers(out, b)).mean())
     return Parity(len(images), agreement, diff, outputs=(ours, theirs))
+
+
+def _answers(out: dict, probabilities: np.ndarray) -> np.ndarray:
+    """The classes (N, ...) that an output's probabilities answer: the top class, or at its
+    fitted threshold (`out`: the output's `Exported.describe()`)."""
+    return answered(torch.from_numpy(probabilities), _threshold(out)).numpy()
+
+
+def _threshold(out: dict) -> Threshold | None:
+    """An output's fitted threshold (files exported before thresholds have none)."""
+    return Threshold(**out["threshold"]) if out.get("threshold") else None
 
 
 def parity_of(loaded: Loaded, path: Path) -> Parity:
@@ -456,8 +477,8 @@ def parity_of(loaded: Loaded, path: Path) -> Parity:
             ok = labelled(truth).numpy()  # images without a label count in neither
             t = truth.numpy()[ok]
             parity.accuracy[out["name"]] = (
-                float((ours[ok].argmax(1) == t).mean()),
-                float((theirs[ok].argmax(1) == t).mean()),
+                float((_answers(out, ours[ok]) == t).mean()),
+                float((_answers(out, theirs[ok]) == t).mean()),
             )
     return parity
 
@@ -545,5 +566,5 @@ def predict_exported(path: str | Path, images: ImageLike | Sequence[ImageLike]) 
             interval = Interval(fitted["coverage"], fitted["halfwidth"]) if fitted else None
             found[name] = with_interval(found[name], interval, out.get("bounds"))
         else:  # (N, K) per image or (N, K, H, W) per pixel: decoded as the run decodes its own
-            found[name] = classified(name, value, classes, frames=frames)
+            found[name] = classified(name, value, classes, frames=frames, threshold=_threshold(out))
     return named(images, found)

@@ -49,6 +49,7 @@ from cnnlab.precision import autocast_for
 from cnnlab.recipe import Recipe
 from cnnlab.tasks import Task
 from cnnlab.tasks.intervals import Interval
+from cnnlab.tasks.thresholds import Threshold, answered
 from cnnlab.tta import ViewAverage
 
 ImageLike = str | Path | np.ndarray | torch.Tensor | Image.Image
@@ -90,6 +91,17 @@ class Prediction:
     low: np.ndarray | None = None
     high: np.ndarray | None = None
     coverage: float | None = None
+    # a two-class classification's decision threshold (`cnnlab calibrate --recall`): its
+    # class is answered where its probability reaches the threshold, not above one half
+    threshold: Threshold | None = None
+
+    @property
+    def probability(self) -> np.ndarray:
+        """(N,) the probability of each image's answer: its top class's, or, at a two-class
+        task's fitted threshold (`cnnlab calibrate --recall`), of the class it answered."""
+        if self.index is None or self.probabilities is None or self.per_pixel:
+            raise CnnlabError(f"predict: {self.task} does not answer a class per image")
+        return np.take_along_axis(self.probabilities, self.index[:, None], 1)[:, 0]
 
     @property
     def per_pixel(self) -> bool:
@@ -163,19 +175,21 @@ def classified(
     classes: list[str],
     index: np.ndarray | None = None,
     frames: list[Frame] | None = None,
+    threshold: Threshold | None = None,
 ) -> Prediction:
     """A classification's answer from its probabilities, (N, K) per image or (N, K, H, W) per
-    pixel (`frames`: where each image's pixels went); `index` is the top class unless a head
-    decodes its own. One path for the run and for an exported file, so both give the same
-    fields."""
-    index = probabilities.argmax(1) if index is None else index
+    pixel (`frames`: where each image's pixels went); `index` is the top class, or the class
+    at the fitted `threshold`, unless a head decodes its own. One path for the run and for an
+    exported file, so both give the same fields."""
+    if index is None:
+        index = answered(torch.from_numpy(probabilities), threshold).numpy()
     classes = list(classes)
     if probabilities.ndim == 4:  # a class map: no label per image
         return Prediction(
             task, index=index, probabilities=probabilities, classes=classes, frames=frames
         )
     labels = [classes[i] for i in index]
-    return Prediction(task, index, labels, probabilities, classes=classes)
+    return Prediction(task, index, labels, probabilities, classes=classes, threshold=threshold)
 
 
 class Predictions(dict):
@@ -198,7 +212,7 @@ class Predictions(dict):
         for name, p in self.items():
             if p.labels is not None:
                 columns[name] = p.labels
-                columns[f"{name}.probability"] = p.probabilities.max(axis=1)
+                columns[f"{name}.probability"] = p.probability
             elif p.per_pixel:
                 for k, share in enumerate(p.shares().T):
                     columns[f"{name}.{p.classes[k]}"] = share
@@ -286,8 +300,8 @@ class Predictor:
             found = Prediction(name, values=values.cpu().numpy(), components=task.info.components)
             return with_interval(found, task.interval, task.bounds)
         probs = task.probabilities(raw) if task.probabilistic else raw.softmax(1)
-        index = head.decode(raw).cpu().numpy()  # (N,), or (N, H, W) for a class map
-        return classified(name, probs.cpu().numpy(), classes, index, frames)
+        index = task.answers(head, raw).cpu().numpy()  # (N,), or (N, H, W) for a class map
+        return classified(name, probs.cpu().numpy(), classes, index, frames, task.threshold)
 
 
 def with_interval(

@@ -27,6 +27,7 @@ from cnnlab.recipe import best_row, dump_recipe
 from cnnlab.runs import write_text
 from cnnlab.tasks.base import labelled_rows
 from cnnlab.tasks.intervals import described
+from cnnlab.tasks.thresholds import found, threshold_said
 from cnnlab.viz import BUILT_IN, FIGURES, Chart, RunView, make_charts
 from cnnlab.viz.base import write_png
 
@@ -165,8 +166,9 @@ def metrics_table(view: RunView) -> list[dict]:
 def metric_notes(view: RunView) -> list[str]:
     """What the metrics table's numbers are of, where a reader would assume otherwise: a
     calibrated task's ECE and MCE at its temperature beside a loss at the model's own, a
-    regression's calibrated range and the share of test values it holds, and a task whose
-    test images are not all labelled (a table's blank cells)."""
+    regression's calibrated range and the share of test values it holds, a two-class task's
+    threshold and what it finds on test, and a task whose test images are not all labelled
+    (a table's blank cells)."""
     notes = [
         f"{name}: calibrated, T = {task.temperature:.3g} (cnnlab calibrate); its test ece "
         "and mce are at that temperature, its loss is the model's own (T = 1), and no "
@@ -181,6 +183,16 @@ def metric_notes(view: RunView) -> list[str]:
         tested = (predictions.truth[name], predictions.pred[name]) if predictions else ()
         said = described(task.interval, task.info.components, *tested)
         notes.append(f"{name}: calibrated, {said}")
+    for name, task in view.tasks.items():
+        if task.threshold is None:
+            continue
+        rows = predictions.rows.get(name) if predictions else None
+        p = task.probabilities(rows.logits) if rows else None
+        done = found(p, rows.targets, task.threshold) if rows else None
+        notes.append(
+            f"{name}: answers {threshold_said(task.threshold, done)}; its test accuracy, "
+            "precision, recall and F1 are of those answers"
+        )
     for name, truth in (predictions.truth if predictions else {}).items():
         labelled = int(labelled_rows(truth).sum())
         if labelled < len(truth):

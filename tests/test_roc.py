@@ -99,7 +99,9 @@ def test_two_classes_draw_the_second_and_a_missing_class_is_named():
     # one lower threshold, 0.35, finds all three (one of the three others flagged too)
     assert chart.caption.endswith(
         "Lower thresholds on its probability find more of malignant: 100% of them at "
-        "p ≥ 0.35 (33% of the others flagged too, precision 75%)."
+        "p ≥ 0.35 (33% of the others flagged too, precision 75%). `cnnlab calibrate RUN "
+        "--recall malignant=0.95` makes the model answer at such a threshold, fitted on the "
+        "validation images."
     )
     labels = [t.get_text() for t in chart.figure.axes[1].get_legend().get_texts()]
     assert labels == ["malignant (0.917)", "random (0.500)"]  # a guess's precision: 3 of 6
@@ -114,7 +116,7 @@ def test_two_classes_draw_the_second_and_a_missing_class_is_named():
 
 
 def test_a_multi_label_task_gets_a_curve_per_tag_and_no_dots():
-    tags = SimpleNamespace(each=["disc", "square"], probabilities=torch.sigmoid)  # a task's
+    tags = SimpleNamespace(each=["disc", "square"], probabilities=torch.sigmoid, threshold=None)
     logits = torch.tensor([[2.0, -1.0], [-1.0, 1.0], [0.5, 0.5], [-2.0, -2.0]])
     truth = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
     (chart,) = roc(view_of(tags, Rows(logits, truth)))

@@ -17,6 +17,7 @@ from torch import nn
 from cnnlab.config import HeadConfig, Section
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.intervals import Interval
+from cnnlab.tasks.thresholds import Threshold
 
 if TYPE_CHECKING:
     from torchmetrics import MetricCollection
@@ -139,6 +140,11 @@ class Task:
     # A regression's prediction interval, fitted by `cnnlab calibrate` (tasks/intervals.py):
     # predict gives each value's low and high with it.
     interval: Interval | None = None
+    # Answers a class per image from probabilities (a classification): one of two classes
+    # can be given a decision threshold by `cnnlab calibrate --recall` (tasks/thresholds.py),
+    # its answers, test metrics and figures then at it, not at the top class.
+    thresholds: ClassVar[bool] = False
+    threshold: Threshold | None = None
 
     def __init__(self, name: str, cfg: Any):
         self.name, self.cfg = name, cfg
@@ -232,6 +238,12 @@ class Task:
     ) -> None:
         """Feed one batch of raw head outputs to the detailed metrics (decoded by default)."""
         metrics.update(head.decode(out), target)
+
+    def answers(self, head: nn.Module, out: torch.Tensor) -> torch.Tensor:
+        """The answers a batch of raw head outputs gives, as predict, the figures and the
+        test's metrics read them: the head's decoding (a classification's: at its fitted
+        threshold, when it has one)."""
+        return head.decode(out)
 
     def epoch_values(self, computed: dict[str, Any]) -> dict[str, float]:
         """`epoch_metrics().compute()` as named floats. A metric with a value per class or

@@ -68,6 +68,7 @@ class Classification(Task):
     # Probabilities are softmax(logits / temperature); a temperature is fitted on the
     # validation set after training (cnnlab/calibration.py) and saved with the best weights.
     probabilistic = True
+    thresholds = True  # one of two classes: `cnnlab calibrate --recall` fits its threshold
     calibration_bins: ClassVar[int] = 15  # equal-width confidence bins of ECE and MCE
 
     def fit(self, spec: TargetSpec, values: Callable[[], torch.Tensor] | None = None) -> None:
@@ -143,7 +144,9 @@ class Classification(Task):
             {
                 name: getattr(c, kind)(average=avg, **kw)
                 for name, (kind, avg) in self.measures.items()
-            }
+            },
+            # at a threshold, each metric is fed apart (`update_metrics`): no shared states
+            compute_groups=self.threshold is None,
         )
 
     def probabilities(self, out: torch.Tensor) -> torch.Tensor:
@@ -176,7 +179,23 @@ class Classification(Task):
         self, metrics: MetricCollection, head: nn.Module, out: torch.Tensor, target: torch.Tensor
     ) -> None:
         # probabilities serve every metric: torchmetrics takes the argmax for the counts
-        metrics.update(self.probabilities(out), target)
+        probabilities = self.probabilities(out)
+        if self.threshold is None:
+            metrics.update(probabilities, target)
+            return
+        from torchmetrics.classification import MulticlassStatScores
+
+        # the counts (accuracy, precision, recall, F1, specificity, ...) of the answers at
+        # the threshold; what reads the probabilities themselves (ECE, AUROC) reads them
+        answers = self.threshold.answers(probabilities)
+        for metric in metrics.values(copy_state=False):
+            counts = isinstance(metric, MulticlassStatScores)
+            metric.update(answers if counts else probabilities, target)
+
+    def answers(self, head: nn.Module, out: torch.Tensor) -> torch.Tensor:
+        if self.threshold is None:
+            return head.decode(out)
+        return self.threshold.answers(self.probabilities(out))
 
     def caption(
         self, truth: torch.Tensor, pred: torch.Tensor, short: Callable[[str], str] = str

@@ -72,6 +72,7 @@ class PixelClassification(Classification):
     headline = ("accuracy", "miou")
     figures = ("pixels", "reliability")
     legend = "the share of labelled pixels predicted right (wrong: under half)"
+    thresholds = False  # a class per pixel: no threshold per image
     measures: ClassVar[dict[str, tuple[str, str]]] = {
         "accuracy": ("MulticlassAccuracy", "micro"),
         "miou": ("MulticlassJaccardIndex", "macro"),

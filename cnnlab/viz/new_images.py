@@ -31,12 +31,22 @@ def caption(predictions: Predictions, i: int, per_pixel: bool = True) -> str:
     lines = []
     for name, p in predictions.items():
         if p.labels is not None:
-            lines.append(f"{name}: {p.labels[i]} ({p.probabilities[i].max():.0%})")
+            lines.append(f"{name}: {p.labels[i]} ({class_said(p, i)})")
         elif p.per_pixel and per_pixel:
             lines.append(f"{name}: {pixel_shares(p, i)}")
         elif p.values is not None:
             lines.append(f"{name}: {values_said(p, i)}")
     return "\n".join(lines)
+
+
+def class_said(p: Prediction, i: int) -> str:
+    """`92%`: image i's answer's probability; `31%: malignant from p ≥ 0.231` where a fitted
+    threshold answered other than the top class."""
+    said = f"{p.probability[i]:.0%}"
+    t = p.threshold
+    if t is not None and p.probability[i] < p.probabilities[i].max():
+        said += f": {t.name} from p ≥ {t.probability:.3g}"
+    return said
 
 
 def values_said(p: Prediction, i: int) -> str:

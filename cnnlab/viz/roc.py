@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.errors import CnnlabError
+from cnnlab.tasks.thresholds import Threshold, answered, threshold_said
 from cnnlab.viz.base import Chart, new_figure
 from cnnlab.viz.run_view import RunView
 
@@ -64,12 +65,13 @@ def roc(view: RunView) -> list[Chart]:
                 f"as the target: leave roc out of {type(t).__name__}.figures"
             )
         truth = F.one_hot(rows.targets, probs.shape[1]).bool() if single else rows.targets > 0.5
-        answers = F.one_hot(probs.argmax(1), probs.shape[1]).bool() if single else None
+        answers = F.one_hot(answered(probs, t.threshold), probs.shape[1]).bool() if single else None
         shown = [1] if single and probs.shape[1] == 2 else range(probs.shape[1])
         curves = [_curve(names[k], probs[:, k], truth[:, k], answers, k) for k in shown]
         drawn = [c for c in curves if c is not None]
         if drawn:
-            charts.append(_chart(task, drawn, curves, names, len(rows.targets), single))
+            n = len(rows.targets)
+            charts.append(_chart(task, drawn, curves, names, n, single, t.threshold))
     return charts
 
 
@@ -133,8 +135,9 @@ def operating_points(
 
 
 def _chart(
-    task: str, drawn: list[Curve], curves: list, names: list[str], n: int, single: bool
-) -> Chart:
+    task: str, drawn: list[Curve], curves: list, names: list[str], n: int, single: bool,
+    threshold: Threshold | None,
+) -> Chart:  # fmt: skip
     fig = new_figure(10, 4.6)
     left, right = fig.subplots(1, 2)
     coloured = drawn if len(drawn) <= MAX_CURVES else sorted(drawn, key=lambda c: c.auc)[:LOWEST]
@@ -177,13 +180,16 @@ def _chart(
         f"roc_{task}",
         f"ROC and precision-recall: {task}",
         fig,
-        _caption(drawn, curves, names, n, single),
+        _caption(drawn, curves, names, n, single, threshold),
         table=table,
         extra={"auc": {c.name: c.auc for c in drawn}, "ap": {c.name: c.ap for c in drawn}},
     )
 
 
-def _caption(drawn: list[Curve], curves: list, names: list[str], n: int, single: bool) -> str:
+def _caption(
+    drawn: list[Curve], curves: list, names: list[str], n: int, single: bool,
+    threshold: Threshold | None,
+) -> str:  # fmt: skip
     lowest = min(drawn, key=lambda c: c.auc)
     binary = single and len(names) == 2  # the second class's curves only
     if binary:
@@ -202,8 +208,10 @@ def _caption(drawn: list[Curve], curves: list, names: list[str], n: int, single:
         "A random guess follows the dashed diagonal (ROC) and scores a class's share of the "
         "images (AP). "
     )
-    if single:
+    if single and threshold is None:
         said += "Dots: the rates of the model's own answers (its top class)."
+    elif single:
+        said += f"Dots: the rates of the model's own answers, {threshold_said(threshold)}."
     if binary and drawn[0].points:  # where a threshold other than the top class would sit
         found = "; ".join(
             f"{p['recall']:.0%} of them at p ≥ {p['threshold']:.3g} ({p['fpr']:.0%} of the "
@@ -211,6 +219,11 @@ def _caption(drawn: list[Curve], curves: list, names: list[str], n: int, single:
             for p in drawn[0].points
         )
         said += f" Lower thresholds on its probability find more of {drawn[0].name}: {found}."
+        if threshold is None:
+            said += (
+                f" `cnnlab calibrate RUN --recall {drawn[0].name}=0.95` makes the model answer "
+                "at such a threshold, fitted on the validation images."
+            )
     missing = [names[i] for i, c in enumerate(curves) if c is None] if len(curves) > 1 else []
     if missing:
         said += f" No curve for {', '.join(missing)}: the test images hold none of it, or only it."

@@ -50,8 +50,7 @@ def figures_recorder(tasks: dict[str, Task], images: int) -> Recorder:
     predictions, the last conv layer's peaks, which units of the activation layers fired,
     the rows of the reliability diagrams and the ROC curves."""
     rows_of = [name for name, t in tasks.items() if {"reliability", "roc"} & set(t.figures)]
-    targets = {name: task.target for name, task in tasks.items()}
-    return Recorder(targets, lambda model: last_conv(model)[1], rows_of, images, activation_modules)
+    return Recorder(tasks, lambda model: last_conv(model)[1], rows_of, images, activation_modules)
 
 
 class RunView:
