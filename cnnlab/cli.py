@@ -211,7 +211,9 @@ def tasks(imports: list[str] = Imports) -> None:
         typer.echo(f"{'':<21} {_one_line({'<name>': {'type': keys.pop('type'), **keys}})}")
         each = [f"{m}_<class or component>" for m in sorted(cls.per_class)]
         calibrated = (
-            "; probabilities: calibrate fits their temperature" if cls.probabilistic
+            "; probabilities: calibrate fits their temperature"
+            + ("; of two classes, a threshold (--recall)" if cls.thresholds else "")
+            if cls.probabilistic
             else "; calibrate fits each value a range" if cls.intervals
             else ""
         )  # fmt: skip
