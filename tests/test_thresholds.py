@@ -250,3 +250,19 @@ def test_too_few_validation_images_of_the_class_flag_every_image_and_say_so():
         "disc: 12 validation images of disc cannot bound 95% of them: every image is answered "
         "disc; more validation images (data.val_fraction), or a lower recall, give a threshold"
     ]
+
+
+def test_the_surest_mistakes_are_those_of_the_answers_at_the_threshold():
+    (task,) = two_class_tasks(diag=["benign", "malignant"]).values()
+    p = torch.tensor([0.30, 0.40, 0.90, 0.10, 0.45])  # malignant's probability
+    logits = torch.stack([torch.zeros(5), (p / (1 - p)).log()], 1)
+    truth = torch.tensor([0, 0, 1, 1, 1])
+    task.threshold = Threshold(1, "malignant", 0.9, 0.25)
+    pred = task.answers(None, logits)  # from the probabilities: no head's decoding
+    assert pred.tolist() == [1, 1, 1, 0, 1]  # 0.30 and 0.40 answered malignant: wrong
+    worst = task.worst(truth, pred, logits, 5)
+    # the answers' own probabilities: benign at 0.90 (missed), then malignant at 0.40, 0.30
+    assert worst.index.tolist() == [3, 1, 0]
+    assert worst.lines[0] == "✗ benign 90%\n(true malignant 10%)"
+    assert worst.lines[1] == "✗ malignant 40%\n(true benign 60%)"
+    assert worst.caption.startswith("3 of 5 test images are wrong")

@@ -220,7 +220,8 @@ class Classification(Task):
         rows = labelled(truth).nonzero().squeeze(1)  # the images with a label
         if len(logits) != len(rows):
             return None
-        at, said, sure, true_p = confident_errors(logits, truth[rows], self.temperature, n)
+        answers = pred[rows] if self.threshold is not None else None  # else the top class
+        at, said, sure, true_p = confident_errors(logits, truth[rows], self.temperature, n, answers)
         index = rows[at]
         names = self.info.classes or []
         lines = [
@@ -258,12 +259,17 @@ def labelled_cross_entropy(
 
 
 def confident_errors(
-    logits: torch.Tensor, truth: torch.Tensor, temperature: float, n: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    logits: torch.Tensor, truth: torch.Tensor, temperature: float, n: int,
+    answers: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(index, predicted class, its probability, the true class's probability) of the at
-    most `n` wrong predictions made with the highest probability, at `temperature`."""
+    most `n` wrong predictions made with the highest probability, at `temperature`; the
+    prediction is the top class, or each row's class in `answers` (a fitted threshold's)."""
     probs = (logits.double() / temperature).softmax(1)
     confidence, predicted = probs.max(1)
+    if answers is not None:
+        predicted = answers.to(predicted.device, predicted.dtype)
+        confidence = probs.gather(1, predicted[:, None]).squeeze(1)
     wrong = (predicted != truth).nonzero().squeeze(1)
     index = wrong[confidence[wrong].argsort(descending=True, stable=True)[:n]]
     return index, predicted[index], confidence[index], probs[index, truth[index]]
