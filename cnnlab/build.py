@@ -17,6 +17,7 @@ A fresh run whose recipe names `train.init_from` starts from that run's weights
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
@@ -40,6 +41,8 @@ from cnnlab.tasks import TargetSpec, Task, create_tasks, total_loss
 from cnnlab.tasks.intervals import Interval
 from cnnlab.tasks.thresholds import Threshold
 from cnnlab.tta import ViewAverage, run_views
+
+Recall = float | Mapping[str, float]  # one share for every two-class task, or by class name
 
 # --------------------------------------------------------------------------- device
 
@@ -109,6 +112,8 @@ def tasks_for(recipe: Recipe, info: DataInfo) -> dict[str, Task]:
         check_metric_classes(
             recipe, tasks, recipe.train.early_stopping.metric, "train.early_stopping.metric"
         )
+    if recipe.train.recall:  # fitted after training: a wrong class said before it
+        thresholds_asked(tasks, recipe.train.recall, "train.recall")
     return tasks
 
 
@@ -131,6 +136,58 @@ def check_metric_classes(recipe: Recipe, tasks: dict[str, Task], name: str, fiel
         f"{field} {name!r}: tasks.{key} has no class or component {each!r}"
         f"{did_you_mean(each, names)}; its {metric} is reported for each of: "
         f"{listed(names, ', ')}"
+    )
+
+
+def thresholds_asked(
+    tasks: dict[str, Task], recall: Recall | None, field: str = "calibrate --recall"
+) -> dict[str, tuple[int, float]]:
+    """Task name -> (the class to find, the share of its images) for each threshold asked:
+    `recall` a share for every classification of two classes (its second class), or shares
+    by class name (`malignant`, or `diag.malignant` where two tasks have the class). None:
+    those the tasks have already (a calibration fitted again keeps its thresholds)."""
+    if recall is None:
+        fitted = {n: t.threshold for n, t in tasks.items() if t.threshold is not None}
+        return {n: (t.positive, t.recall) for n, t in fitted.items()}
+    two = {n: t.info.classes or [] for n, t in tasks.items() if t.thresholds}
+    two = {n: classes for n, classes in two.items() if len(classes) == 2}
+    if not two:
+        raise CnnlabError(
+            f"{field}: no task is a classification of two classes; a threshold "
+            "decides between two (a yes/no target: found or not), where more classes answer "
+            "the likeliest"
+        )
+    named = {"": recall} if not isinstance(recall, Mapping) else dict(recall)
+    asked = {}
+    for key, share in named.items():
+        if not 0 < share < 1:
+            raise CnnlabError(
+                f"{field} {key + '=' if key else ''}{share}: give the share of the "
+                "class's images to find, between 0 and 1, e.g. 0.95"
+            )
+        if not key:  # every two-class task's second class
+            asked |= {name: (1, share) for name in two}
+            continue
+        task, _, name = key.rpartition(".")
+        where = [t for t, classes in two.items() if name in classes and task in ("", t)]
+        if len(where) != 1:
+            raise _unmatched(key, two, where, field)
+        asked[where[0]] = (two[where[0]].index(name), share)
+    return asked
+
+
+def _unmatched(key: str, two: dict[str, list[str]], where: list[str], field: str) -> CnnlabError:
+    """A recall's class that no two-class task has, or that two have."""
+    if where:
+        said = " and ".join(f"tasks.{t}" for t in where)
+        return CnnlabError(
+            f"{field} {key}: {said} have class {key!r}; name the task too, e.g. {where[0]}.{key}"
+        )
+    known = [f"{t}.{c}" for t, classes in two.items() for c in classes]
+    return CnnlabError(
+        f"{field} {key}: no classification of two classes has class {key!r}"
+        f"{did_you_mean(key, known + [k.split('.', 1)[1] for k in known])}; the classes of "
+        f"those it can be given for: {', '.join(known)}"
     )
 
 

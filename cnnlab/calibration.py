@@ -17,7 +17,6 @@ MCE can).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -25,9 +24,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab.build import Built, build, saved_tasks
+from cnnlab.build import Built, Recall, build, saved_tasks, thresholds_asked
 from cnnlab.data.batches import Splits
-from cnnlab.errors import CnnlabError, did_you_mean
+from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import Recorder, SplitPredictions
 from cnnlab.precision import autocast_for
 from cnnlab.runs import RunFolder, load_checkpoint, write_json
@@ -43,8 +42,6 @@ from cnnlab.tasks.intervals import (
     widths_said,
 )
 from cnnlab.tasks.thresholds import fit_threshold, found, found_said, too_few
-
-Recall = float | Mapping[str, float]  # one share for every two-class task, or by class name
 
 
 def calibrated_tasks(tasks: dict[str, Task]) -> list[str]:
@@ -88,41 +85,6 @@ def collect(
     return own.result()
 
 
-def thresholds_asked(tasks: dict[str, Task], recall: Recall | None) -> dict[str, tuple[int, float]]:
-    """Task name -> (the class to find, the share of its images) for each threshold asked:
-    `recall` a share for every classification of two classes (its second class), or shares
-    by class name (`malignant`, or `diag.malignant` where two tasks have the class). None:
-    those the tasks have already (a calibration fitted again keeps its thresholds)."""
-    if recall is None:
-        fitted = {n: t.threshold for n, t in tasks.items() if t.threshold is not None}
-        return {n: (t.positive, t.recall) for n, t in fitted.items()}
-    two = {n: t.info.classes or [] for n, t in tasks.items() if t.thresholds}
-    two = {n: classes for n, classes in two.items() if len(classes) == 2}
-    if not two:
-        raise CnnlabError(
-            "calibrate --recall: the run has no classification of two classes; a threshold "
-            "decides between two (a yes/no target: found or not), where more classes answer "
-            "the likeliest"
-        )
-    named = {"": recall} if not isinstance(recall, Mapping) else dict(recall)
-    asked = {}
-    for key, share in named.items():
-        if not 0 < share < 1:
-            raise CnnlabError(
-                f"calibrate --recall {key + '=' if key else ''}{share}: give the share of the "
-                "class's images to find, between 0 and 1, e.g. 0.95"
-            )
-        if not key:  # every two-class task's second class
-            asked |= {name: (1, share) for name in two}
-            continue
-        task, _, name = key.rpartition(".")
-        where = [t for t, classes in two.items() if name in classes and task in ("", t)]
-        if len(where) != 1:
-            raise _unmatched(key, two, where)
-        asked[where[0]] = (two[where[0]].index(name), share)
-    return asked
-
-
 def recall_option(values: list[str]) -> Recall | None:
     """`--recall` as given, once or more: `0.95` alone, or `[task.]class=0.95` each."""
     if not values:
@@ -136,21 +98,6 @@ def recall_option(values: list[str]) -> Recall | None:
             f"calibrate --recall {' '.join(values)}: give a share, 0.95, or a class's, "
             "malignant=0.95 (diag.malignant=0.95 where two tasks have it), once per class"
         ) from None
-
-
-def _unmatched(key: str, two: dict[str, list[str]], where: list[str]) -> CnnlabError:
-    if where:
-        said = " and ".join(f"tasks.{t}" for t in where)
-        return CnnlabError(
-            f"calibrate --recall {key}: {said} have class {key!r}; name the task too, e.g. "
-            f"{where[0]}.{key}=0.95"
-        )
-    known = [f"{t}.{c}" for t, classes in two.items() for c in classes]
-    return CnnlabError(
-        f"calibrate --recall {key}: no classification of two classes has class {key!r}"
-        f"{did_you_mean(key, known + [k.split('.', 1)[1] for k in known])}; the classes of "
-        f"those it can be given for: {', '.join(known)}"
-    )
 
 
 def fit(

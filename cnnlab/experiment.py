@@ -174,7 +174,10 @@ def _calibrate(trainer: Trainer, run: RunFolder, recorder: Recorder | None) -> b
     """train.calibrate after training; a failure leaves the trained run intact and says so."""
     try:
         with compiled_kernels(trainer.built.fused):
-            result = calibrate_run(run.path, trainer.built.splits, trainer.device, recorder)
+            recall = trainer.recipe.train.recall or None  # {}: no threshold asked
+            result = calibrate_run(
+                run.path, trainer.built.splits, trainer.device, recorder, recall=recall
+            )
     except CnnlabError as err:
         print(f"warning: not calibrated ({err}); retry with: cnnlab calibrate {run.path}")
         return False

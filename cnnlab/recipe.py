@@ -182,6 +182,10 @@ class TrainConfig(Section):
     # and an interval for each regression on the validation set (as `cnnlab calibrate RUN`):
     # probabilities that mean what they say, and a range for each predicted number
     calibrate: bool = False
+    # with calibrate: a two-class task answers its class from the probability that finds this
+    # share of the class's validation images, not above one half ({malignant: 0.95}; where
+    # two tasks have the class, {diag.malignant: 0.95}), as `cnnlab calibrate RUN --recall`
+    recall: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("init_from", mode="before")
     @classmethod
@@ -239,6 +243,11 @@ class Recipe(Section):
         if self.train.early_stopping.metric:
             check_metric_name(self, self.train.early_stopping.metric)
         check_unfreeze_at(self)
+        if self.train.recall and not self.train.calibrate:
+            raise ValueError(
+                "train.recall is fitted by the calibration after training: set "
+                "train.calibrate: true too (or fit it later: cnnlab calibrate RUN --recall)"
+            )
         return self
 
 

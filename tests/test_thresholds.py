@@ -19,7 +19,8 @@ from torchmetrics.functional.classification import (
 )
 
 import cnnlab
-from cnnlab.calibration import notes, recall_option, thresholds_asked
+from cnnlab.build import thresholds_asked
+from cnnlab.calibration import notes, recall_option
 from cnnlab.data import shapes_table
 from cnnlab.errors import CnnlabError
 from cnnlab.report import metric_notes
@@ -72,7 +73,7 @@ def test_the_recall_asked_names_a_class_a_task_or_every_two_class_task():
     assert thresholds_asked(tasks, {"benign": 0.8}) == {"diag": (0, 0.8)}
     assert thresholds_asked(tasks, {"scan.malignant": 0.99}) == {"scan": (1, 0.99)}
     with pytest.raises(CnnlabError, match=r"tasks.diag and tasks.scan have class 'malignant'; "
-                       r"name the task too, e.g. diag.malignant=0.95"):  # fmt: skip
+                       r"name the task too, e.g. diag.malignant"):  # fmt: skip
         thresholds_asked(tasks, {"malignant": 0.9})
     given_for = "those it can be given for: diag.benign, diag.malignant, scan.normal"
     with pytest.raises(
@@ -83,7 +84,7 @@ def test_the_recall_asked_names_a_class_a_task_or_every_two_class_task():
         thresholds_asked(tasks, {"benin": 0.9})
     with pytest.raises(CnnlabError, match=r"--recall normal=95.0: give the share .* between 0"):
         thresholds_asked(tasks, {"normal": 95.0})
-    with pytest.raises(CnnlabError, match="the run has no classification of two classes"):
+    with pytest.raises(CnnlabError, match="no task is a classification of two classes"):
         thresholds_asked(two_class_tasks(kind=["a", "b", "c"]), 0.9)
     tasks["diag"].threshold = Threshold(0, "benign", 0.8, 0.3)
     assert thresholds_asked(tasks, None) == {"diag": (0, 0.8)}  # fitted again as it was
@@ -161,7 +162,8 @@ def disc_run(discs, tmp_path_factory) -> Path:
         "model": {"backbone": "cnn", "base_filters": 8},
         "tasks": {"disc": {"type": "classification", "target": "disc"}},
         "train": {"epochs": 2, "batch_size": 32, "progress": False, "device": "cpu",
-                  "threads": 1, "report": False, "precision": "fp32"},
+                  "threads": 1, "report": False, "precision": "fp32", "calibrate": True,
+                  "recall": {"disc": 0.8}},
     }  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:  # the decoded table cached in a folder of its own
         patch.setenv("XDG_CACHE_HOME", str(out / "cache"))
@@ -172,6 +174,8 @@ def test_a_run_answers_scores_draws_predicts_and_exports_at_its_threshold(
     disc_run, discs, tmp_path
 ):
     run = cnnlab.load_run(disc_run)
+    trained = load_checkpoint(run.path / "checkpoints/best.pt")["threshold"]  # the recipe's
+    assert trained["disc"]["recall"] == 0.8 and trained["disc"]["positive"] == 1
     table = run.calibrate(recall={"disc": 0.9})
     val, test = table.to_dict("records")
     assert val["class"] == "disc" and val["recall"] == 0.9 and val["finds"] >= 0.9
@@ -266,3 +270,23 @@ def test_the_surest_mistakes_are_those_of_the_answers_at_the_threshold():
     assert worst.lines[0] == "✗ benign 90%\n(true malignant 10%)"
     assert worst.lines[1] == "✗ malignant 40%\n(true benign 60%)"
     assert worst.caption.startswith("3 of 5 test images are wrong")
+
+
+def test_a_recipes_recall_names_a_class_before_training_and_needs_calibrate(discs, tmp_path):
+    recipe = {
+        "name": "discs", "output_dir": str(tmp_path / "runs"),
+        "data": {"source": "table", "table": str(discs / "labels.csv"), "image_column": "image",
+                 "targets": {"disc": {"kind": "category", "column": "disc"}},
+                 "split": {"column": "split"}},
+        "model": {"backbone": "cnn", "base_filters": 8},
+        "tasks": {"disc": {"type": "classification", "target": "disc"}},
+        "train": {"epochs": 1, "device": "cpu", "calibrate": True, "recall": {"disk": 0.9}},
+    }  # fmt: skip
+    with pytest.raises(CnnlabError, match=r"train.recall disk: no classification of two "
+                       r"classes has class 'disk' \(did you mean 'disc'\?\)"):  # fmt: skip
+        cnnlab.train(recipe)
+    assert not (tmp_path / "runs").exists()  # said before any folder or epoch
+    recipe["train"]["calibrate"] = False
+    with pytest.raises(CnnlabError, match="train.recall is fitted by the calibration after "
+                       "training: set train.calibrate: true too"):  # fmt: skip
+        cnnlab.load_recipe(recipe)
