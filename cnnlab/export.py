@@ -183,26 +183,14 @@ def notes(run: RunFolder, module: Exported, about: dict) -> list[str]:
     inside = ["scaling and normalization"]
     if module.view_names:
         inside.append(f"the test-time views ({', '.join(module.view_names)})")
+    outputs = dict(zip(module.names, module.describe(), strict=True))
     inside += [
         f"{name}'s temperature T = {out['temperature']:.3g}"
-        for name, out in zip(module.names, module.describe(), strict=True)
+        for name, out in outputs.items()
         if out["temperature"] not in (None, 1.0)
     ]
     said.append(f"inside the file: {', '.join(inside)}; it computes in fp32")
-    said += [
-        f"in its metadata: {name}'s {out['interval']['coverage']:.0%} interval, ± "
-        f"{widths_said(out['interval']['halfwidth'], out['components'])} (its predict gives "
-        "each value's low and high)"
-        for name, out in zip(module.names, module.describe(), strict=True)
-        if out["interval"]
-    ]
-    said += [
-        f"in its metadata: {name}'s threshold, {out['threshold']['name']} at p ≥ "
-        f"{out['threshold']['probability']:.3g} (its predict answers at it; the file gives "
-        "the probabilities)"
-        for name, out in zip(module.names, module.describe(), strict=True)
-        if out["threshold"]
-    ]
+    said += [line for name, out in outputs.items() for line in _in_metadata(name, out)]
     if about["trained_precision"] in ("bf16", "fp16"):
         said.append(
             f"the run trained in {about['trained_precision']}: `cnnlab predict RUN` answers "
@@ -450,6 +438,24 @@ def compare(module: Exported, path: Path, images: torch.Tensor, batch: int = 256
         if out["kind"] == "probabilities" and out["classes"]:  # the same answer
             agreement[out["name"]] = float((_answers(out, a) == _answers(out, b)).mean())
     return Parity(len(images), agreement, diff, outputs=(ours, theirs))
+
+
+def _in_metadata(name: str, out: dict) -> list[str]:
+    """What an output's metadata carries for the file's predict: an interval, a threshold."""
+    lines = []
+    if out["interval"]:
+        widths = widths_said(out["interval"]["halfwidth"], out["components"])
+        lines.append(
+            f"in its metadata: {name}'s {out['interval']['coverage']:.0%} interval, ± {widths} "
+            "(its predict gives each value's low and high)"
+        )
+    if out["threshold"]:
+        lines.append(
+            f"in its metadata: {name}'s threshold, {out['threshold']['name']} at p ≥ "
+            f"{out['threshold']['probability']:.3g} (its predict answers at it; the file "
+            "gives the probabilities)"
+        )
+    return lines
 
 
 def _answers(out: dict, probabilities: np.ndarray) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,21 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     """Run `cnnlab ...` as a user would, in its own process (tests/cli_process.py: forked
     from one that imported cnnlab already); returns the CompletedProcess."""
     return cli_process.run(list(args), cwd or ROOT, env, timeout)
+
+
+def edit_table(folder: Path, change: Callable[[int, dict], None]) -> Path:
+    """`folder`, its labels.csv rewritten with each row (a dict) edited in place by
+    `change(i, row)`; a column it adds joins the header."""
+    path = folder / "labels.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):
+        change(i, row)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
 
 
 def fitted_tasks(

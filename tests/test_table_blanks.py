@@ -5,7 +5,6 @@ only."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
@@ -30,7 +29,7 @@ from cnnlab.tasks import EpochMeter, TargetSpec, create_tasks
 from cnnlab.tasks.base import NO_CLASS
 from cnnlab.tasks.calibration import scores
 from cnnlab.viz import RunView, make_charts
-from tests.conftest import run_cli
+from tests.conftest import edit_table, run_cli
 from tests.test_train import assert_same_run, interrupted
 
 ROWS, SIZE = 100, 16  # train rows 0-79, val 80-89, test 90-99 (shapes_table's split)
@@ -43,17 +42,13 @@ def blanks(tmp_path_factory) -> Path:
     blank cells: row i's cell of column c is blank when i % BLANK[c] == 1."""
     folder = tmp_path_factory.mktemp("blanks")
     shapes_table.write(folder, ROWS, SIZE, seed=5)
-    with open(folder / "labels.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    for i, row in enumerate(rows):
+
+    def blank(i: int, row: dict) -> None:
         for column, k in BLANK.items():
             if i % k == 1:
                 row[column] = ""
-    with open(folder / "labels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder
+
+    return edit_table(folder, blank)
 
 
 @pytest.fixture(autouse=True)
@@ -164,16 +159,10 @@ def test_drop_leaves_out_the_rows_with_one_line_per_target(blanks, tmp_path, cap
 
 
 def test_a_target_without_a_labelled_training_row_is_refused_in_one_line(blanks, tmp_path):
-    folder = tmp_path / "none"
-    shutil.copytree(blanks, folder)
-    with open(folder / "labels.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
+    def unlabelled(i: int, row: dict) -> None:
         row["area"] = "" if row["split"] == "train" else row["area"] or "0.5"
-    with open(folder / "labels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+
+    folder = rewritten(blanks, tmp_path, unlabelled)
     with pytest.raises(CnnlabError) as err:
         cnnlab.train(recipe_dict(folder, tmp_path))
     message = str(err.value)
@@ -189,15 +178,7 @@ def rewritten(folder: Path, tmp_path: Path, change) -> Path:
     """A copy of `folder` whose labels.csv rows (dicts) `change(i, row)` edits in place."""
     out = tmp_path / "rewritten"
     shutil.copytree(folder, out)
-    with open(out / "labels.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    for i, row in enumerate(rows):
-        change(i, row)
-    with open(out / "labels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return out
+    return edit_table(out, change)
 
 
 MARKERS = ["NA", "N/A", "NaN", "nan", "null", "NULL", "None", "#N/A", "na", "  "]

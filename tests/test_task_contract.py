@@ -5,7 +5,6 @@ in `fit()` (`self.info`), which `--component` asks for."""
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 from typing import Literal
@@ -24,6 +23,7 @@ from cnnlab.runs import RunFolder
 from cnnlab.tasks.base import NO_CLASS, labelled, unlabelled_trouble
 from cnnlab.tasks.regression import Regression
 from cnnlab.viz.attributions import check_component
+from tests.conftest import edit_table
 
 
 @pytest.fixture(autouse=True)
@@ -143,16 +143,12 @@ def galaxies(tmp_path_factory) -> Path:
     """A small shapes table whose `area` has blank cells."""
     folder = tmp_path_factory.mktemp("galaxies")
     shapes_table.write(folder, 100, 16, seed=5)
-    with open(folder / "labels.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    for i, row in enumerate(rows):
+
+    def blank(i: int, row: dict) -> None:
         if i % BLANK_EVERY == 1:
             row["area"] = ""
-    with open(folder / "labels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder
+
+    return edit_table(folder, blank)
 
 
 def galaxies_recipe(folder: Path, tmp_path: Path) -> dict:

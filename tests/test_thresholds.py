@@ -4,7 +4,6 @@ answers, test metrics, figures, predictions and exported file all at it."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -29,7 +28,7 @@ from cnnlab.tasks import EpochMeter, TargetSpec, create_tasks
 from cnnlab.tasks.classification import ClassificationConfig
 from cnnlab.tasks.thresholds import Threshold, fit_threshold, found, too_few
 from cnnlab.viz import RunView, make_charts
-from tests.conftest import run_cli
+from tests.conftest import edit_table, run_cli
 
 
 def test_the_threshold_is_the_order_statistic_that_finds_the_share_asked():
@@ -139,15 +138,9 @@ def discs(tmp_path_factory) -> Path:
     """A generated shapes table with a yes/no column: whether an image holds a disc."""
     folder = tmp_path_factory.mktemp("discs")
     shapes_table.write(folder, 400, 16, seed=5)
-    with open(folder / "labels.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        row["disc"] = "disc" if int(row["discs"]) else "no disc"
-    with open(folder / "labels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder
+    return edit_table(
+        folder, lambda i, row: row.update(disc="disc" if int(row["discs"]) else "no disc")
+    )
 
 
 @pytest.fixture(scope="module")
