@@ -1,7 +1,6 @@
 """train.init_from: a new run that starts from a trained run's weights, and trains on by its
 own recipe."""
 
-import csv
 import shutil
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from cnnlab.experiment import train
 from cnnlab.loop import Trainer
 from cnnlab.models.weights import read_state_dict
 from cnnlab.runs import RunFolder, load_checkpoint
+from tests.conftest import edit_table
 from tests.test_train import comparable, interrupt_after
 
 
@@ -157,12 +157,7 @@ def test_a_head_with_another_number_of_classes_starts_fresh_and_says_so(
     old = train(cnnlab.load_recipe(table_recipe(three, tmp_path)))
     two = tmp_path / "two"  # the same images, triangles now counted as squares
     shutil.copytree(three, two)
-    with open(three / "labels.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    with open(two / "labels.csv", "w", newline="") as f:
-        out = csv.DictWriter(f, fieldnames=list(rows[0]))
-        out.writeheader()
-        out.writerows({**r, "kind": r["kind"].replace("triangle", "square")} for r in rows)
+    edit_table(two, lambda i, row: row.update(kind=row["kind"].replace("triangle", "square")))
 
     recipe = cnnlab.load_recipe(table_recipe(two, tmp_path, init_from=str(old.path)))
     built = build(recipe)
