@@ -99,9 +99,19 @@ def test_two_classes_draw_the_second_and_a_missing_class_is_named():
     # one lower threshold, 0.35, finds all three (one of the three others flagged too)
     assert chart.caption.endswith(
         "Lower thresholds on its probability find more of malignant: 100% of them at "
-        "p ≥ 0.35 (33% of the others flagged too, precision 75%). `cnnlab calibrate RUN "
-        "--recall malignant=0.95` makes the model answer at such a threshold, fitted on the "
-        "validation images."
+        "p ≥ 0.35 (33% of the others flagged too, precision 75%). Right: what each threshold "
+        "finds (recall), how many of its answers are right (precision) and how many of the "
+        "others it flags too (dotted: one half, where the top class answers). `cnnlab "
+        "calibrate RUN --recall malignant=0.95` makes the model answer at such a threshold, "
+        "fitted on the validation images."
+    )
+    # the third panel: each share against the threshold, held from it down to the next one
+    recall, precision, flagged = chart.figure.axes[2].get_lines()[:3]
+    assert recall.get_xdata().tolist() == pytest.approx([1, 0.9, 0.8, 0.4, 0.35, 0.2, 0.1, 0])
+    assert recall.get_ydata().tolist() == pytest.approx([0, 1 / 3, 2 / 3, 2 / 3, 1, 1, 1, 1])
+    assert flagged.get_ydata().tolist() == pytest.approx([0, 0, 0, 1 / 3, 1 / 3, 2 / 3, 1, 1])
+    assert precision.get_ydata().tolist()[1:] == pytest.approx(
+        [1, 1, 2 / 3, 3 / 4, 3 / 5, 1 / 2, 1 / 2]
     )
     labels = [t.get_text() for t in chart.figure.axes[1].get_legend().get_texts()]
     assert labels == ["malignant (0.917)", "random (0.500)"]  # a guess's precision: 3 of 6

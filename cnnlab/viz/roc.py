@@ -47,6 +47,7 @@ class Curve:
     ap: float
     answered: tuple[float, float, float] | None  # FPR, TPR, precision of its top-class answers
     points: list[dict]  # thresholds that find 80, 90, 95, 99 % of it (`operating_points`)
+    cuts: torch.Tensor  # each distinct probability, highest first: the threshold at each point
 
 
 def roc(view: RunView) -> list[Chart]:
@@ -113,7 +114,7 @@ def _curve(
     auc = float(torch.trapezoid(tpr, fpr))
     recall, precision = torch.cat([zero, recall]), torch.cat([precision[:1], precision])
     points = operating_points(tp / positives, fp / (len(y) - positives), tp / (tp + fp), cuts)
-    return Curve(name, positives, fpr, tpr, precision, recall, auc, ap, answered, points)
+    return Curve(name, positives, fpr, tpr, precision, recall, auc, ap, answered, points, cuts)
 
 
 RECALLS = (0.8, 0.9, 0.95, 0.99)  # the shares of a class found that the caption offers
@@ -138,8 +139,11 @@ def _chart(
     task: str, drawn: list[Curve], curves: list, names: list[str], n: int, single: bool,
     threshold: Threshold | None,
 ) -> Chart:  # fmt: skip
-    fig = new_figure(10, 4.6)
-    left, right = fig.subplots(1, 2)
+    binary = single and len(names) == 2 and len(drawn) == 1
+    fig = new_figure(15 if binary else 10, 4.6)
+    left, right, *rest = fig.subplots(1, 3 if binary else 2)
+    if binary:  # what each threshold on the class's probability finds and costs
+        _by_threshold(rest[0], drawn[0], task, threshold)
     coloured = drawn if len(drawn) <= MAX_CURVES else sorted(drawn, key=lambda c: c.auc)[:LOWEST]
     for c in drawn if len(drawn) > MAX_CURVES else []:
         left.plot(c.fpr, c.tpr, color="#bbb", linewidth=0.6)
@@ -186,6 +190,27 @@ def _chart(
     )
 
 
+def _by_threshold(ax, c: Curve, task: str, threshold: Threshold | None) -> None:
+    """Recall, precision and the others flagged against the threshold on the class's
+    probability (an image at or above it answered as the class), the fitted one marked."""
+    # from 1 down to 0: a value holds from its threshold down to the next (steps-post);
+    # above the highest probability no image is answered as the class (no precision)
+    cuts = torch.cat([c.cuts.new_ones(1), c.cuts, c.cuts.new_zeros(1)])
+    precision = torch.cat([c.precision.new_full((1,), math.nan), c.precision[1:]])
+    for values, label, style in ((c.tpr, "recall (found)", "-"),
+                                 (precision, "precision", "-"),
+                                 (c.fpr, "others flagged (FPR)", "--")):  # fmt: skip
+        values = torch.cat([values, values[-1:]])
+        ax.plot(cuts, values, style, drawstyle="steps-post", linewidth=1.4, label=label)
+    if threshold is not None:
+        ax.axvline(threshold.probability, color="k", linewidth=0.9,
+                   label=f"fitted: p ≥ {threshold.probability:.3g}")  # fmt: skip
+    ax.axvline(0.5, color="#888", linewidth=0.6, linestyle=":")  # the top class's: one half
+    ax.set(xlabel=f"threshold on p({c.name})", ylabel="share", xlim=(0, 1), ylim=(0, 1.01),
+           title=f"{task}: {c.name} at each threshold")  # fmt: skip
+    ax.legend(loc="lower left", fontsize=7)
+
+
 def _caption(
     drawn: list[Curve], curves: list, names: list[str], n: int, single: bool,
     threshold: Threshold | None,
@@ -219,6 +244,11 @@ def _caption(
             for p in drawn[0].points
         )
         said += f" Lower thresholds on its probability find more of {drawn[0].name}: {found}."
+        said += (
+            " Right: what each threshold finds (recall), how many of its answers are right "
+            "(precision) and how many of the others it flags too (dotted: one half, where the "
+            "top class answers)."
+        )
         if threshold is None:
             said += (
                 f" `cnnlab calibrate RUN --recall {drawn[0].name}=0.95` makes the model answer "
