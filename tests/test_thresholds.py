@@ -189,6 +189,11 @@ def test_a_run_answers_scores_draws_predicts_and_exports_at_its_threshold(
         float(answers[rows.targets == 1].double().mean())
     )  # fmt: skip
     assert any("disc: answers disc at p ≥" in note for note in metric_notes(view))
+    matrix = next(c for c in make_charts(view, "confusion") if c.key == "confusion_disc")
+    assert matrix.extra["counts"][:, 1].sum() == int((answers[rows.targets >= 0] == 1).sum())
+    assert matrix.caption.endswith(f"The predictions answer disc at p ≥ {t:.3g}, the threshold "
+                                   "fitted to find 90% of its validation images (cnnlab "
+                                   "calibrate --recall).")  # fmt: skip
     (roc,) = [c for c in make_charts(view, "roc") if c.key == "roc_disc"]
     assert f"own answers, disc at p ≥ {t:.3g}, the threshold fitted to find 90%" in roc.caption
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from cnnlab.tasks.thresholds import threshold_said
 from cnnlab.viz.base import Chart, new_figure, shorten
 from cnnlab.viz.run_view import RunView
 
@@ -195,5 +196,9 @@ def confusion(view: RunView) -> list[Chart]:
     for task in view.tasks_with("confusion"):
         names = view.task_classes(task)
         cm = confusion_counts(preds.truth[task], preds.pred[task], len(names))
-        charts += confusion_charts(task, cm, names)
+        made = confusion_charts(task, cm, names)
+        threshold = view.tasks[task].threshold
+        if threshold is not None:  # its answers are not the top class's
+            made[0].caption += f" The predictions answer {threshold_said(threshold)}."
+        charts += made
     return charts
