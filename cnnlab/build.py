@@ -153,9 +153,9 @@ def thresholds_asked(
     two = {n: classes for n, classes in two.items() if len(classes) == 2}
     if not two:
         raise CnnlabError(
-            f"{field}: no task is a classification of two classes; a threshold "
-            "decides between two (a yes/no target: found or not), where more classes answer "
-            "the likeliest"
+            f"{field}: no task classifies each image into two classes; a threshold decides "
+            "between two (a yes/no target: found or not), where more classes answer the "
+            "likeliest"
         )
     named = {"": recall} if not isinstance(recall, Mapping) else dict(recall)
     asked = {}

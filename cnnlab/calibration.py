@@ -210,6 +210,10 @@ def calibrate_run(
     (`thresholds_asked`; None: the thresholds the run has, fitted again)."""
     if not 0 < coverage < 1:
         raise CnnlabError(f"calibrate: coverage {coverage}: give a share between 0 and 1, e.g. 0.9")
+    if reset and recall is not None:
+        raise CnnlabError(
+            "calibrate: --reset drops every threshold, --recall fits one: give one of them"
+        )
     run = RunFolder.open(path)
     run.check_trained("calibrate")
     saved = load_checkpoint(run.best_path)

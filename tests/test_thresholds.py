@@ -83,7 +83,7 @@ def test_the_recall_asked_names_a_class_a_task_or_every_two_class_task():
         thresholds_asked(tasks, {"benin": 0.9})
     with pytest.raises(CnnlabError, match=r"--recall normal=95.0: give the share .* between 0"):
         thresholds_asked(tasks, {"normal": 95.0})
-    with pytest.raises(CnnlabError, match="no task is a classification of two classes"):
+    with pytest.raises(CnnlabError, match="no task classifies each image into two classes"):
         thresholds_asked(two_class_tasks(kind=["a", "b", "c"]), 0.9)
     tasks["diag"].threshold = Threshold(0, "benign", 0.8, 0.3)
     assert thresholds_asked(tasks, None) == {"diag": (0, 0.8)}  # fitted again as it was
@@ -212,6 +212,8 @@ def test_a_run_answers_scores_draws_predicts_and_exports_at_its_threshold(
 
     kept = run.calibrate()  # fitted again, at the same recall
     assert kept.to_dict("records")[0]["recall"] == 0.9
+    with pytest.raises(CnnlabError, match="--reset drops every threshold, --recall fits one"):
+        run.calibrate(reset=True, recall=0.9)
     run.calibrate(reset=True)
     assert load_checkpoint(run.path / "checkpoints/best.pt")["threshold"] == {}
     metrics = json.loads((run.path / "test_metrics.json").read_text())
