@@ -222,6 +222,29 @@ def temperatures(records: list[RunRecord]) -> list[str]:
     ]
 
 
+def thresholds(records: list[RunRecord]) -> list[str]:
+    """A line when the runs answer a two-class task at different fitted thresholds (or one
+    at a threshold, another at its top class): their accuracy, recall and F1 count
+    different answers, not a better model."""
+
+    def said(r: RunRecord) -> str:
+        fitted = [
+            f"{task} {t['threshold']['name']} at p ≥ {t['threshold']['probability']:.3g}"
+            for task, t in r.folder.calibration().get("tasks", {}).items()
+            if "threshold" in t
+        ]
+        return ", ".join(fitted) or "the top class"
+
+    spread = _spread(records, said)
+    if spread is None:
+        return []
+    return [
+        f"the runs answer at different thresholds (cnnlab calibrate --recall): {spread}; "
+        "their accuracy, precision, recall and F1 count those answers, a trade of found "
+        "against flagged more than a better model (their ROC figures compare the models)"
+    ]
+
+
 def _precision(run: RunFolder) -> str | None:
     chosen = run.env().get("precision")
     return chosen.get("precision") if isinstance(chosen, dict) else None
@@ -425,7 +448,7 @@ def compare(
     shared, left_out = shared_metrics(records)
     lossy = loss_differences(records, differs)
     notes = [n for n in (left_out, own, lossy) if n] + lineage(records) + precisions(records)
-    notes += processes(records) + temperatures(records)
+    notes += processes(records) + temperatures(records) + thresholds(records)
     untested = [r.name for r in records if not r.test]
     if untested:
         notes.append(

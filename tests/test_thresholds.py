@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -166,7 +167,7 @@ def disc_run(discs, tmp_path_factory) -> Path:
 def test_a_run_answers_scores_draws_predicts_and_exports_at_its_threshold(
     disc_run, discs, tmp_path
 ):
-    run = cnnlab.load_run(disc_run)
+    run = cnnlab.load_run(shutil.copytree(disc_run, tmp_path / "run"))  # the fixture's unchanged
     trained = load_checkpoint(run.path / "checkpoints/best.pt")["threshold"]  # the recipe's
     assert trained["disc"]["recall"] == 0.8 and trained["disc"]["positive"] == 1
     table = run.calibrate(recall={"disc": 0.9})
@@ -222,8 +223,6 @@ def test_a_run_answers_scores_draws_predicts_and_exports_at_its_threshold(
 
 
 def test_the_cli_fits_a_threshold_and_says_what_it_finds(disc_run, tmp_path):
-    import shutil
-
     run = shutil.copytree(disc_run, tmp_path / "run")
     out = run_cli("calibrate", str(run), "--recall", "0.8")
     assert out.returncode == 0, out.stderr
@@ -290,3 +289,19 @@ def test_a_recipes_recall_names_a_class_before_training_and_needs_calibrate(disc
     with pytest.raises(CnnlabError, match="train.recall is fitted by the calibration after "
                        "training: set train.calibrate: true too"):  # fmt: skip
         cnnlab.load_recipe(recipe)
+
+
+def test_runs_answering_at_different_thresholds_are_told_apart_in_compare(disc_run, tmp_path):
+    at = cnnlab.load_run(shutil.copytree(disc_run, tmp_path / "at"))  # the recipe's 80 %
+    top = cnnlab.load_run(shutil.copytree(disc_run, tmp_path / "top"))
+    top.calibrate(reset=True)
+    t = load_checkpoint(at.path / "checkpoints/best.pt")["threshold"]["disc"]["probability"]
+    notes = cnnlab.compare([at, top], out=tmp_path / "compared").notes
+    (line,) = [n for n in notes if "different thresholds" in n]
+    assert line.startswith(
+        f"the runs answer at different thresholds (cnnlab calibrate --recall): at disc disc at "
+        f"p ≥ {t:.3g}, top the top class; their accuracy"
+    )
+    again = shutil.copytree(disc_run, tmp_path / "again")  # the same threshold
+    same = cnnlab.compare([at, again], out=tmp_path / "same").notes
+    assert not [n for n in same if "different thresholds" in n]
