@@ -230,6 +230,12 @@ def test_the_cli_fits_a_threshold_and_says_what_it_finds(disc_run, tmp_path):
     assert line.startswith("disc: answers disc at p ≥ ")
     assert "fitted to find 80% of it (split conformal, " in line
     assert "; validation: finds " in line and "; test: finds " in line
+    out = run_cli("eval", str(run))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith(
+        "fitted to find 80% of it (cnnlab calibrate --recall); its accuracy, precision, "
+        "recall and F1 count those answers"
+    )
     out = run_cli("calibrate", str(run), "--recall", "disk=0.8")
     assert out.returncode != 0
     assert out.stderr.strip().endswith(
