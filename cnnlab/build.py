@@ -168,11 +168,17 @@ def thresholds_asked(
         if not key:  # every two-class task's second class
             asked |= {name: (1, share) for name in two}
             continue
-        task, _, name = key.rpartition(".")
-        where = [t for t, classes in two.items() if name in classes and task in ("", t)]
+        task, _, name = key.partition(
+            "."
+        )  # a task name has no dot; a class `v1.0` is read whole first
+        where = [(t, key) for t, classes in two.items() if key in classes]
+        where = where or [
+            (task, name) for t, classes in two.items() if t == task and name in classes
+        ]
         if len(where) != 1:
-            raise _unmatched(key, two, where, field)
-        asked[where[0]] = (two[where[0]].index(name), share)
+            raise _unmatched(key, two, [t for t, _ in where], field)
+        task, name = where[0]
+        asked[task] = (two[task].index(name), share)
     return asked
 
 

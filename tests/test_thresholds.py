@@ -72,6 +72,9 @@ def test_the_recall_asked_names_a_class_a_task_or_every_two_class_task():
     assert thresholds_asked(tasks, 0.9) == {"diag": (1, 0.9), "scan": (1, 0.9)}  # not kind
     assert thresholds_asked(tasks, {"benign": 0.8}) == {"diag": (0, 0.8)}
     assert thresholds_asked(tasks, {"scan.malignant": 0.99}) == {"scan": (1, 0.99)}
+    dotted = two_class_tasks(version=["v0.9", "v1.0"])  # a class with a dot: read whole
+    assert thresholds_asked(dotted, {"v1.0": 0.9}) == {"version": (1, 0.9)}
+    assert thresholds_asked(dotted, {"version.v0.9": 0.9}) == {"version": (0, 0.9)}
     with pytest.raises(CnnlabError, match=r"tasks.diag and tasks.scan have class 'malignant'; "
                        r"name the task too, e.g. diag.malignant"):  # fmt: skip
         thresholds_asked(tasks, {"malignant": 0.9})
