@@ -168,13 +168,10 @@ def thresholds_asked(
         if not key:  # every two-class task's second class
             asked |= {name: (1, share) for name in two}
             continue
-        task, _, name = key.partition(
-            "."
-        )  # a task name has no dot; a class `v1.0` is read whole first
+        # a class named so (`v1.0` too), else `task.class` (a task's name has no dot)
         where = [(t, key) for t, classes in two.items() if key in classes]
-        where = where or [
-            (task, name) for t, classes in two.items() if t == task and name in classes
-        ]
+        task, _, name = key.partition(".")
+        where = where or [(task, name)] * (name in two.get(task, []))
         if len(where) != 1:
             raise _unmatched(key, two, [t for t, _ in where], field)
         task, name = where[0]
