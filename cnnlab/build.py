@@ -171,7 +171,8 @@ def thresholds_asked(
         # a class named so (`v1.0` too), else `task.class` (a task's name has no dot)
         where = [(t, key) for t, classes in two.items() if key in classes]
         task, _, name = key.partition(".")
-        where = where or [(task, name)] * (name in two.get(task, []))
+        if not where and name in two.get(task, []):
+            where = [(task, name)]
         if len(where) != 1:
             raise _unmatched(key, two, [t for t, _ in where], field)
         task, name = where[0]
