@@ -338,6 +338,40 @@ def compare(
     return found
 
 
+class CrossValidation:
+    """`cross_validate`'s folds: `.runs` one `Run` per fold, `.table` their metrics (a
+    DataFrame, one row per fold: the best epoch's validation metrics, the test metrics),
+    `.summary` each metric's mean, std, min and max over the folds, `.folder` where the
+    folds' run folders and the two tables (folds.csv, summary.csv) are."""
+
+    def __init__(self, found):
+        import pandas as pd
+
+        self.folder: Path = found.folder
+        self.runs = [Run(path) for path in found.runs]
+        self.table = pd.DataFrame(found.table)
+        self.summary = pd.DataFrame(found.summary).set_index("metric")
+
+    def __repr__(self) -> str:
+        return f"CrossValidation({str(self.folder)!r}, {len(self.runs)} folds)"
+
+    def _repr_html_(self) -> str:
+        return self.summary._repr_html_()
+
+
+def cross_validate(
+    recipe: RecipeLike, folds: int | None = None, overrides: Overrides = None,
+    out: str | Path | None = None,
+) -> CrossValidation:  # fmt: skip
+    """Train the recipe once per fold (`folds`: the recipe's `data.folds`, else 5), each
+    time with another fold of its training set as validation, as `cnnlab cv` does; the
+    metrics of each fold and their mean ± std (`.summary`). A few hundred images of one's
+    own: one validation split's metric moves by points, the folds' spread says how much."""
+    from cnnlab.cross_validation import cross_validate as run_folds
+
+    return CrossValidation(run_folds(load_recipe(recipe, overrides), folds, out))
+
+
 # ----------------------------------------------------------------------------- sweeps
 
 

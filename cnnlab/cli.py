@@ -87,6 +87,32 @@ def train(
         typer.echo(f"report: {run.path / 'report.html'}")
 
 
+@app.command()
+def cv(
+    recipe: str = typer.Argument(..., help="recipe YAML file or shipped recipe name"),
+    folds: int | None = typer.Option(None, help="how many folds (default data.folds, else 5)"),
+    out: Path | None = typer.Option(
+        None, help="folder for the folds' runs (default <output_dir>/<name>-cv<k>-<time>)"
+    ),
+    set_: list[str] = Sets,
+    imports: list[str] = Imports,
+) -> None:
+    """Cross-validate a recipe: train it once per fold of its training set, each fold
+    validation once; each metric's mean ± std over the folds."""
+    _import(imports)
+    from cnnlab import api
+    from cnnlab.cross_validation import cross_validate
+
+    found = cross_validate(api.load_recipe(recipe, set_), folds, out, typer.echo)
+    typer.echo(f"over {len(found.runs)} folds (mean ± std, min to max):")
+    for row in found.summary:
+        typer.echo(
+            f"  {row['metric']:<28} {row['mean']:.4f} ± {row['std']:.4f}  "
+            f"({row['min']:.4f} to {row['max']:.4f})"
+        )
+    typer.echo(f"folds: {found.folder}/folds.csv, summary: {found.folder}/summary.csv")
+
+
 @app.command("eval")
 def eval_(run: Path = typer.Argument(..., help="run folder"), imports: list[str] = Imports) -> None:
     """Test-set metrics of a run's best checkpoint (saved when the run had none)."""

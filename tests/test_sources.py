@@ -37,7 +37,7 @@ from tests.test_data import fake_fashion
         (
             "data.rooot=/tmp",
             "unknown key 'data.rooot' (did you mean 'data.root'?); valid keys here: source, root, "
-            "val_fraction, train_subset, test_subset, augment",
+            "val_fraction, folds, fold, train_subset, test_subset, augment",
         ),
         (
             "data.augment.flip=true",
@@ -69,6 +69,8 @@ def test_a_data_section_without_source_is_fashion_mnist_as_before(tmp_path):
         "source",
         "root",
         "val_fraction",
+        "folds",
+        "fold",
         "train_subset",
         "test_subset",
         "augment",

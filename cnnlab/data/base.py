@@ -39,6 +39,10 @@ class DataSection(Section):
     source: str  # a name from `cnnlab datasets`
     root: str | None = None  # the one folder read when given; None: $CNNLAB_DATA, else search
     val_fraction: float = Field(0.1, gt=0.0, lt=0.9)  # stratified, carved from the training set
+    # k-fold cross-validation (`cnnlab cv`): the training set dealt into `folds` stratified
+    # parts, validation the part `fold` (0 to folds - 1) in place of val_fraction's
+    folds: int | None = Field(None, ge=2, le=20)
+    fold: int = Field(0, ge=0)
     train_subset: int | None = Field(None, ge=10)  # keep a stratified subset of training images
     test_subset: int | None = Field(None, ge=10)  # keep the first N test images (quick checks)
     augment: AugmentConfig = AugmentConfig()  # whole-batch augmentation of training batches
@@ -73,6 +77,17 @@ class DataSection(Section):
         if type(self).root_holds and not self.root and not os.environ.get("CNNLAB_DATA"):
             raise ValueError(
                 f"data.root: {self.source} needs the folder that holds {self.root_holds}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _fold_within(self) -> DataSection:
+        if self.folds is None and self.fold:
+            raise ValueError(f"data.fold {self.fold} needs data.folds (how many parts), e.g. 5")
+        if self.folds is not None and self.fold >= self.folds:
+            raise ValueError(
+                f"data.fold {self.fold}: the folds are numbered 0 to {self.folds - 1} "
+                f"(data.folds {self.folds})"
             )
         return self
 

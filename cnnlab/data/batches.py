@@ -19,7 +19,7 @@ from cnnlab.data.augment import NO_LABEL, UNCHANGED, AugmentConfig, LabelMap, au
 from cnnlab.data.base import DataSection, DerivedTarget, ImageSet
 from cnnlab.data.labelled import check_labelled
 from cnnlab.data.mapped import MappedImages, Pixels, read_ahead
-from cnnlab.data.split import stratified_split, stratified_subset
+from cnnlab.data.split import stratified_folds, stratified_split, stratified_subset
 from cnnlab.data.stats import channel_stats
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.base import NO_CLASS
@@ -231,9 +231,19 @@ def prepare_splits(
         train = train.subset(sub)
         labels = labels[sub] if labels is not None else None
         groups = groups[sub] if groups is not None else None
-    if ds.val is None:
+    if ds.val is None and cfg.folds:  # cross-validation: one fold of the training set
+        fold = stratified_folds(labels, len(train), cfg.folds, seed, groups)
+        keep, held = (fold != cfg.fold).nonzero().flatten(), (fold == cfg.fold).nonzero().flatten()
+        train, val = train.subset(keep), train.subset(held)
+    elif ds.val is None:
         keep, held = stratified_split(labels, len(train), cfg.val_fraction, seed, groups)
         train, val = train.subset(keep), train.subset(held)
+    elif cfg.folds:
+        raise CnnlabError(
+            f"data.folds: {cfg.source} gives its own validation split, which cross-validation "
+            "would replace; remove data.folds, or give the validation rows to training (a "
+            "table: write train in their split column) and let the folds carve it"
+        )
     else:
         val = ds.val
     test = ds.test

@@ -43,6 +43,31 @@ def stratified_split(
     return torch.nonzero(mask).flatten(), held_out
 
 
+def stratified_folds(
+    labels: torch.Tensor | None, n: int, k: int, seed: int, groups: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(N,) each row's fold, 0 to k - 1: every row in exactly one, each class dealt round
+    the folds in a seeded order (its share the same in each, give or take one image), a
+    class's deal starting where the last one's stopped (so small classes do not all begin
+    in fold 0). With `groups`, whole groups are dealt, stratified by each group's first row:
+    a patient's images share a fold. Cross-validation: fold f is validation once."""
+    if groups is not None:
+        ids, inverse = torch.unique(groups, return_inverse=True)
+        first = torch.full((len(ids),), n).scatter_reduce(0, inverse, torch.arange(n), "amin")
+        by_group = stratified_folds(None if labels is None else labels[first], len(ids), k, seed)
+        return by_group[inverse]
+    gen = torch.Generator().manual_seed(seed)
+    strata = [torch.arange(n)] if labels is None else [
+        torch.nonzero(labels == cls).flatten() for cls in torch.unique(labels)
+    ]  # fmt: skip
+    out, dealt = torch.empty(n, dtype=torch.long), 0
+    for members in strata:
+        members = members[torch.randperm(len(members), generator=gen)]
+        out[members] = (torch.arange(len(members)) + dealt) % k
+        dealt += len(members)
+    return out
+
+
 def stratified_subset(labels: torch.Tensor | None, n: int, size: int, seed: int) -> torch.Tensor:
     """Indices of a stratified subset of `size` items (for quick runs and tests)."""
     if size >= n:

@@ -1,0 +1,121 @@
+"""k-fold cross-validation: one recipe trained k times, each time with another fold of its
+training set as validation (`data.folds`, `data.fold`), and its metrics over the folds.
+
+On a few hundred images of one's own, one validation split of 20 % is 60 images, and a
+metric measured on it moves by points from one split to the next. Cross-validation trains
+on every image and validates on every image once: the spread of the folds' metrics says
+how far a single number can be trusted. Each fold is an ordinary run folder (its own
+report, checkpoints and test metrics), kept together in `<output_dir>/<name>-cv<k>-<time>/`
+with `folds.csv` (one row per fold: its best epoch's validation metrics and its test
+metrics) and `summary.csv` (each metric's mean, standard deviation, min and max).
+`cnnlab compare` reads the fold folders as any runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cnnlab.errors import CnnlabError
+from cnnlab.experiment import train
+from cnnlab.recipe import Recipe, best_row, validate
+from cnnlab.runs import RunFolder, atomic_write
+
+FOLDS = 5
+
+
+@dataclass
+class CrossValidation:
+    """The folds' run folders, their metrics (`table`, one row per fold) and each metric's
+    mean, standard deviation, min and max over them (`summary`, one row per metric)."""
+
+    folder: Path
+    runs: list[Path]
+    table: list[dict]
+    summary: list[dict]
+
+
+def fold_recipe(recipe: Recipe, folds: int, fold: int, folder: Path) -> Recipe:
+    """The recipe with validation its fold `fold` of `folds`, its run folder in `folder`."""
+    raw = recipe.model_dump(mode="json")
+    raw["data"] |= {"folds": folds, "fold": fold}
+    raw |= {"name": f"{recipe.name}-fold{fold}", "output_dir": str(folder)}
+    return validate(raw, source=f"fold {fold} of {folds}")
+
+
+def cross_validate(
+    recipe: Recipe,
+    folds: int | None = None,
+    out: str | Path | None = None,
+    said: Callable[[str], None] = print,
+) -> CrossValidation:
+    """Train the recipe once per fold, one after another, and gather their metrics;
+    `folds`: the recipe's `data.folds`, else FOLDS; `out`: the folder for the folds (new or
+    empty), default `<output_dir>/<name>-cv<k>-<time>`; `said`: where each fold's line goes."""
+    k = folds or recipe.data.folds or FOLDS
+    if not 2 <= k <= 20:
+        raise CnnlabError(f"cv: {k} folds; give 2 to 20 (5 is usual)")
+    folder = Path(out) if out else Path(recipe.output_dir) / f"{recipe.name}-cv{k}-{stamp()}"
+    if folder.exists() and any(folder.iterdir()):
+        raise CnnlabError(f"cv: {folder} is not empty; give a new folder (--out)")
+    # made by the first fold's run folder: a fold refused before training leaves nothing
+    recipes = [fold_recipe(recipe, k, f, folder) for f in range(k)]  # all checked first
+    runs, table = [], []
+    for f, each in enumerate(recipes):
+        said(f"cv: fold {f + 1} of {k} (validation: part {f} of the training set)")
+        run = train(each)
+        runs.append(run.path)
+        table.append(fold_row(f, run, each.train.monitor))
+        said(f"cv: fold {f + 1} of {k}: {run.path}; {headline(table[-1], each.train.monitor)}")
+    summary = summarized(table)
+    write_csv(folder / "folds.csv", table)
+    write_csv(folder / "summary.csv", summary)
+    return CrossValidation(folder, runs, table, summary)
+
+
+def stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def fold_row(fold: int, run: RunFolder, monitor: str) -> dict:
+    """One fold's line: its run, best epoch, validation metrics there and test metrics."""
+    best = best_row(run.read_metrics(), monitor) or {}
+    val = {k: v for k, v in best.items() if k.startswith("val.") and isinstance(v, float)}
+    test = {k: v for k, v in run.test_metrics().items() if k.startswith("test.")}
+    return {"fold": fold, "run": run.path.name, "best_epoch": best.get("epoch"), **val, **test}
+
+
+def headline(row: dict, monitor: str) -> str:
+    """`val.cls.accuracy 0.9312 at epoch 12`, and the test's value of the same metric."""
+    said = f"{monitor} {row.get(monitor, float('nan')):.4g} at epoch {row['best_epoch']}"
+    test = "test." + monitor.removeprefix("val.")
+    return said + (f", {test} {row[test]:.4g}" if test in row else "")
+
+
+def summarized(table: list[dict]) -> list[dict]:
+    """Each metric's mean, standard deviation (over the folds, n - 1), min and max."""
+    names = [k for k in table[0] if k.startswith(("val.", "test."))]
+    out = []
+    for name in names:
+        values = [row[name] for row in table if isinstance(row.get(name), float)]
+        if not values:
+            continue
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        out.append({"metric": name, "mean": statistics.fmean(values), "std": spread,
+                    "min": min(values), "max": max(values), "folds": len(values)})  # fmt: skip
+    return out
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+
+    def write(f) -> None:
+        out = csv.DictWriter(f, fields)
+        out.writeheader()
+        out.writerows(rows)
+
+    atomic_write(path, write)

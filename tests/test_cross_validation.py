@@ -1,0 +1,121 @@
+"""k-fold cross-validation (cnnlab/cross_validation.py, `data.folds`): every training image
+is validation exactly once, classes and groups dealt evenly, each fold an ordinary run, and
+the folds' metrics summed up as the folds' own files say."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+import cnnlab
+from cnnlab.data import shapes_table
+from cnnlab.data.split import stratified_folds
+from cnnlab.errors import CnnlabError
+from tests.conftest import edit_table, run_cli
+
+
+def test_each_row_is_in_one_fold_and_each_class_is_dealt_evenly():
+    labels = torch.tensor([0] * 23 + [1] * 7 + [2] * 2)
+    fold = stratified_folds(labels, len(labels), 5, seed=3)
+    assert fold.shape == (32,) and set(fold.tolist()) == set(range(5))
+    for cls in range(3):
+        counts = torch.bincount(fold[labels == cls], minlength=5)
+        assert counts.max() - counts.min() <= 1  # 23: 5,5,5,4,4; 7: 2,2,1,1,1
+    # the two images of class 2 do not both start at fold 0: each class goes on from the last
+    assert torch.bincount(fold, minlength=5).tolist() == [7, 7, 6, 6, 6]
+    assert torch.equal(fold, stratified_folds(labels, len(labels), 5, seed=3))  # seeded
+    assert not torch.equal(fold, stratified_folds(labels, len(labels), 5, seed=4))
+    groups = torch.arange(32) // 4  # eight patients of four images each
+    by_group = stratified_folds(labels, 32, 4, seed=0, groups=groups)
+    assert all(len(set(by_group[groups == g].tolist())) == 1 for g in range(8))
+    assert torch.bincount(by_group, minlength=4).tolist() == [8, 8, 8, 8]
+
+
+def test_a_fold_is_named_within_the_folds():
+    with pytest.raises(CnnlabError, match=r"data.fold 5: the folds are numbered 0 to 4"):
+        cnnlab.load_recipe("fashion_fast", {"data.folds": 5, "data.fold": 5})
+    with pytest.raises(CnnlabError, match=r"data.fold 2 needs data.folds \(how many parts\)"):
+        cnnlab.load_recipe("fashion_fast", {"data.fold": 2})
+
+
+@pytest.fixture(scope="module")
+def pooled(tmp_path_factory) -> Path:
+    """A shapes table whose validation rows are training rows: the folds carve validation."""
+    folder = tmp_path_factory.mktemp("pooled")
+    shapes_table.write(folder, 120, 16, seed=2)
+    return edit_table(folder, lambda i, row: row.update(split=row["split"].replace("val", "train")))
+
+
+def recipe(folder: Path, tmp_path: Path) -> dict:
+    return {
+        "name": "kinds", "output_dir": str(tmp_path / "runs"),
+        "data": {"source": "table", "table": str(folder / "labels.csv"), "image_column": "image",
+                 "targets": {"kind": {"kind": "category", "column": "kind"}},
+                 "split": {"column": "split"}},
+        "model": {"backbone": "cnn", "base_filters": 8},
+        "tasks": {"kind": {"type": "classification", "target": "kind"}},
+        "train": {"epochs": 1, "batch_size": 32, "progress": False, "device": "cpu",
+                  "threads": 1, "report": False, "precision": "fp32",
+                  "monitor": "val.kind.accuracy"},
+    }  # fmt: skip
+
+
+def splits_of(run: Path) -> dict[str, set[str]]:
+    with open(run / "splits.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {s: {r["file"] for r in rows if r["split"] == s} for s in ("train", "val", "test")}
+
+
+def test_every_training_image_is_validation_once_and_the_summary_is_the_folds(
+    pooled, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    found = cnnlab.cross_validate(recipe(pooled, tmp_path), folds=3, out=tmp_path / "cv")
+    assert len(found.runs) == 3 and found.folder == tmp_path / "cv"
+    assert all(run.path.parent == found.folder for run in found.runs)
+    parts = [splits_of(run.path) for run in found.runs]
+    pool = parts[0]["train"] | parts[0]["val"]
+    with open(pooled / "labels.csv", newline="") as f:
+        assert pool == {r["image"] for r in csv.DictReader(f) if r["split"] == "train"}
+    assert set().union(*(p["val"] for p in parts)) == pool  # each image validation once
+    assert sum(len(p["val"]) for p in parts) == len(pool)
+    assert all(p["train"] | p["val"] == pool and p["test"] == parts[0]["test"] for p in parts)
+    assert [r.recipe.data.fold for r in found.runs] == [0, 1, 2]
+
+    table = found.table
+    assert table["fold"].tolist() == [0, 1, 2]
+    for run, (_, row) in zip(found.runs, table.iterrows(), strict=True):
+        assert row["test.kind.accuracy"] == pytest.approx(run.test_metrics["test.kind.accuracy"])
+        best = run.metrics.loc[run.metrics["epoch"] == row["best_epoch"]].iloc[0]
+        assert row["val.kind.accuracy"] == pytest.approx(best["val.kind.accuracy"])
+    accuracy = found.summary.loc["test.kind.accuracy"]
+    values = table["test.kind.accuracy"].tolist()
+    assert accuracy["mean"] == pytest.approx(statistics.fmean(values))
+    assert accuracy["std"] == pytest.approx(statistics.stdev(values))
+    assert (accuracy["min"], accuracy["max"]) == (min(values), max(values))
+    with open(found.folder / "summary.csv", newline="") as f:
+        saved = {row["metric"]: row for row in csv.DictReader(f)}
+    assert float(saved["test.kind.accuracy"]["mean"]) == pytest.approx(accuracy["mean"])
+    with pytest.raises(CnnlabError, match=r"cv: .*/cv is not empty; give a new folder"):
+        cnnlab.cross_validate(recipe(pooled, tmp_path), folds=3, out=tmp_path / "cv")
+
+
+def test_a_source_with_its_own_validation_split_is_refused_before_any_folder(tmp_path):
+    folder = tmp_path / "shapes"
+    shapes_table.write(folder, 60, 16, seed=2)  # its split column names val rows
+    import yaml
+
+    (tmp_path / "kinds.yaml").write_text(yaml.safe_dump(recipe(folder, tmp_path)))
+    out = run_cli("cv", str(tmp_path / "kinds.yaml"), "--folds", "3",
+                  env={"XDG_CACHE_HOME": str(tmp_path / "cache")})  # fmt: skip
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: data.folds: table gives its own validation split, which cross-validation "
+        "would replace; remove data.folds, or give the validation rows to training (a "
+        "table: write train in their split column) and let the folds carve it"
+    )
+    assert not (tmp_path / "runs").exists()
