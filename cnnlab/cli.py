@@ -111,6 +111,7 @@ def cv(
             f"({row['min']:.4f} to {row['max']:.4f})"
         )
     typer.echo(f"folds: {found.folder}/folds.csv, summary: {found.folder}/summary.csv")
+    typer.echo(f"their learning curves side by side: cnnlab compare {found.folder}")
 
 
 @app.command("eval")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import cnnlab
 from cnnlab.data import shapes_table
@@ -107,8 +108,6 @@ def test_every_training_image_is_validation_once_and_the_summary_is_the_folds(
 def test_a_source_with_its_own_validation_split_is_refused_before_any_folder(tmp_path):
     folder = tmp_path / "shapes"
     shapes_table.write(folder, 60, 16, seed=2)  # its split column names val rows
-    import yaml
-
     (tmp_path / "kinds.yaml").write_text(yaml.safe_dump(recipe(folder, tmp_path)))
     out = run_cli("cv", str(tmp_path / "kinds.yaml"), "--folds", "3",
                   env={"XDG_CACHE_HOME": str(tmp_path / "cache")})  # fmt: skip
@@ -119,3 +118,19 @@ def test_a_source_with_its_own_validation_split_is_refused_before_any_folder(tmp
         "table: write train in their split column) and let the folds carve it"
     )
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_command_prints_each_fold_and_the_mean_and_spread(pooled, tmp_path):
+    (tmp_path / "kinds.yaml").write_text(yaml.safe_dump(recipe(pooled, tmp_path)))
+    out = run_cli("cv", str(tmp_path / "kinds.yaml"), "--folds", "2", "--out", str(tmp_path / "cv"),
+                  env={"XDG_CACHE_HOME": str(tmp_path / "cache")})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "cv: fold 1 of 2 (validation: part 0 of the training set)"
+    assert lines[1].startswith(f"cv: fold 1 of 2: {tmp_path / 'cv'}/kinds-fold0-")
+    assert "; val.kind.accuracy " in lines[1] and ", test.kind.accuracy " in lines[1]
+    with open(tmp_path / "cv" / "summary.csv", newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["metric"] == "test.kind.accuracy")
+    mean, std = float(row["mean"]), float(row["std"])
+    assert f"  test.kind.accuracy           {mean:.4f} ± {std:.4f}  (" in out.stdout
+    assert lines[-1] == f"their learning curves side by side: cnnlab compare {tmp_path / 'cv'}"
