@@ -67,6 +67,23 @@ def edit_table(folder: Path, change: Callable[[int, dict], None]) -> Path:
     return folder
 
 
+def table_classifier(
+    folder: Path, out: Path, column: str, classes: list[str] | None = None, **train
+) -> dict:
+    """A recipe that classifies `column` of the shapes table in `folder` with a small CNN in
+    seconds (runs under `out`/runs); `train`: more of its train section."""
+    target = {"kind": "category", "column": column} | ({"classes": classes} if classes else {})
+    return {
+        "name": column, "output_dir": str(out / "runs"),
+        "data": {"source": "table", "table": str(folder / "labels.csv"), "image_column": "image",
+                 "targets": {column: target}, "split": {"column": "split"}},
+        "model": {"backbone": "cnn", "base_filters": 8},
+        "tasks": {column: {"type": "classification", "target": column}},
+        "train": {"epochs": 1, "batch_size": 32, "progress": False, "device": "cpu",
+                  "threads": 1, "report": False, "precision": "fp32", **train},
+    }  # fmt: skip
+
+
 def fitted_tasks(
     recipe: Recipe, classes: int = 10, ink: tuple[float, float] = (0.0, 1.0)
 ) -> dict[str, Task]:

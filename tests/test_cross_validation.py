@@ -16,7 +16,7 @@ import cnnlab
 from cnnlab.data import shapes_table
 from cnnlab.data.split import stratified_folds
 from cnnlab.errors import CnnlabError
-from tests.conftest import edit_table, run_cli
+from tests.conftest import edit_table, run_cli, table_classifier
 
 
 def test_each_row_is_in_one_fold_and_each_class_is_dealt_evenly():
@@ -52,17 +52,7 @@ def pooled(tmp_path_factory) -> Path:
 
 
 def recipe(folder: Path, tmp_path: Path) -> dict:
-    return {
-        "name": "kinds", "output_dir": str(tmp_path / "runs"),
-        "data": {"source": "table", "table": str(folder / "labels.csv"), "image_column": "image",
-                 "targets": {"kind": {"kind": "category", "column": "kind"}},
-                 "split": {"column": "split"}},
-        "model": {"backbone": "cnn", "base_filters": 8},
-        "tasks": {"kind": {"type": "classification", "target": "kind"}},
-        "train": {"epochs": 1, "batch_size": 32, "progress": False, "device": "cpu",
-                  "threads": 1, "report": False, "precision": "fp32",
-                  "monitor": "val.kind.accuracy"},
-    }  # fmt: skip
+    return table_classifier(folder, tmp_path, "kind", monitor="val.kind.accuracy")
 
 
 def splits_of(run: Path) -> dict[str, set[str]]:
@@ -127,7 +117,7 @@ def test_the_command_prints_each_fold_and_the_mean_and_spread(pooled, tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "cv: fold 1 of 2 (validation: part 0 of the training set)"
-    assert lines[1].startswith(f"cv: fold 1 of 2: {tmp_path / 'cv'}/kinds-fold0-")
+    assert lines[1].startswith(f"cv: fold 1 of 2: {tmp_path / 'cv'}/kind-fold0-")
     assert "; val.kind.accuracy " in lines[1] and ", test.kind.accuracy " in lines[1]
     with open(tmp_path / "cv" / "summary.csv", newline="") as f:
         row = next(r for r in csv.DictReader(f) if r["metric"] == "test.kind.accuracy")

@@ -29,7 +29,7 @@ from cnnlab.tasks import EpochMeter, TargetSpec, create_tasks
 from cnnlab.tasks.classification import ClassificationConfig
 from cnnlab.tasks.thresholds import Threshold, fit_threshold, found, too_few
 from cnnlab.viz import RunView, make_charts
-from tests.conftest import edit_table, run_cli
+from tests.conftest import edit_table, run_cli, table_classifier
 
 
 def test_the_threshold_is_the_order_statistic_that_finds_the_share_asked():
@@ -150,18 +150,9 @@ def discs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def disc_run(discs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("disc_runs")
-    recipe = {
-        "name": "discs", "seed": 0, "output_dir": str(out),
-        "data": {"source": "table", "table": str(discs / "labels.csv"), "image_column": "image",
-                 "targets": {"disc": {"kind": "category", "column": "disc",
-                                      "classes": ["no disc", "disc"]}},
-                 "split": {"column": "split"}},
-        "model": {"backbone": "cnn", "base_filters": 8},
-        "tasks": {"disc": {"type": "classification", "target": "disc"}},
-        "train": {"epochs": 2, "batch_size": 32, "progress": False, "device": "cpu",
-                  "threads": 1, "report": False, "precision": "fp32", "calibrate": True,
-                  "recall": {"disc": 0.8}},
-    }  # fmt: skip
+    classes = ["no disc", "disc"]
+    recipe = table_classifier(discs, out, "disc", classes, epochs=2, calibrate=True,
+                              recall={"disc": 0.8})  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:  # the decoded table cached in a folder of its own
         patch.setenv("XDG_CACHE_HOME", str(out / "cache"))
         return cnnlab.train(recipe).path
@@ -281,15 +272,7 @@ def test_the_surest_mistakes_are_those_of_the_answers_at_the_threshold():
 
 
 def test_a_recipes_recall_names_a_class_before_training_and_needs_calibrate(discs, tmp_path):
-    recipe = {
-        "name": "discs", "output_dir": str(tmp_path / "runs"),
-        "data": {"source": "table", "table": str(discs / "labels.csv"), "image_column": "image",
-                 "targets": {"disc": {"kind": "category", "column": "disc"}},
-                 "split": {"column": "split"}},
-        "model": {"backbone": "cnn", "base_filters": 8},
-        "tasks": {"disc": {"type": "classification", "target": "disc"}},
-        "train": {"epochs": 1, "device": "cpu", "calibrate": True, "recall": {"disk": 0.9}},
-    }  # fmt: skip
+    recipe = table_classifier(discs, tmp_path, "disc", calibrate=True, recall={"disk": 0.9})
     with pytest.raises(CnnlabError, match=r"train.recall disk: no classification of two "
                        r"classes has class 'disk' \(did you mean 'disc'\?\)"):  # fmt: skip
         cnnlab.train(recipe)
