@@ -39,7 +39,7 @@ from cnnlab.precision import HALF, Choice, choose, probe_size
 from cnnlab.recipe import Recipe, per_class_metric
 from cnnlab.tasks import TargetSpec, Task, create_tasks, total_loss
 from cnnlab.tasks.intervals import Interval
-from cnnlab.tasks.thresholds import Threshold
+from cnnlab.tasks.thresholds import saved as saved_threshold
 from cnnlab.tta import ViewAverage, run_views
 
 Recall = float | Mapping[str, float]  # one share for every two-class task, or by class name
@@ -224,7 +224,7 @@ def with_calibration(tasks: dict[str, Task], saved: dict | None) -> dict[str, Ta
             tasks[name].interval = Interval(fitted["coverage"], list(fitted["halfwidth"]))
     for name, fitted in ((saved or {}).get("threshold") or {}).items():
         if name in tasks:
-            tasks[name].threshold = Threshold(**fitted)
+            tasks[name].threshold = saved_threshold(fitted)
     return tasks
 
 

@@ -124,14 +124,11 @@ def eval_(run: Path = typer.Argument(..., help="run folder"), imports: list[str]
     loaded = load_run(run)
     untested = not loaded.folder.test_path.is_file()
     print_metrics_table(loaded.evaluate(), f"test metrics of {run}")
+    from cnnlab.tasks.thresholds import metrics_note, saved
+
     for task, fitted in loaded.folder.calibration().get("tasks", {}).items():
         if "threshold" in fitted:  # accuracy 0.55 where the top class gave 0.73: say why
-            t = fitted["threshold"]
-            typer.echo(
-                f"{task}: answers {t['name']} at p ≥ {t['probability']:.3g}, fitted to find "
-                f"{t['recall']:.0%} of it (cnnlab calibrate --recall); its accuracy, "
-                "precision, recall and F1 count those answers"
-            )
+            typer.echo(metrics_note(task, saved(fitted["threshold"])))
     if untested and loaded.folder.test_path.is_file():
         typer.echo(f"saved: {loaded.folder.test_path} (cnnlab compare and report read it)")
 

@@ -50,6 +50,7 @@ from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks.base import labelled
 from cnnlab.tasks.intervals import Interval, widths_said
 from cnnlab.tasks.thresholds import Threshold, answered
+from cnnlab.tasks.thresholds import saved as saved_threshold
 
 Format = Literal["onnx", "pt2"]
 INPUT = "images"
@@ -466,7 +467,7 @@ def _answers(out: dict, probabilities: np.ndarray) -> np.ndarray:
 
 def _threshold(out: dict) -> Threshold | None:
     """An output's fitted threshold (files exported before thresholds have none)."""
-    return Threshold(**out["threshold"]) if out.get("threshold") else None
+    return saved_threshold(out["threshold"]) if out.get("threshold") else None
 
 
 def parity_of(loaded: Loaded, path: Path) -> Parity:

@@ -27,7 +27,7 @@ from cnnlab.recipe import best_row, dump_recipe
 from cnnlab.runs import write_text
 from cnnlab.tasks.base import labelled_rows
 from cnnlab.tasks.intervals import described
-from cnnlab.tasks.thresholds import found, threshold_said
+from cnnlab.tasks.thresholds import found, metrics_note
 from cnnlab.viz import BUILT_IN, FIGURES, Chart, RunView, make_charts
 from cnnlab.viz.base import write_png
 
@@ -189,10 +189,7 @@ def metric_notes(view: RunView) -> list[str]:
         rows = predictions.rows.get(name) if predictions else None
         p = task.probabilities(rows.logits) if rows else None
         done = found(p, rows.targets, task.threshold) if rows else None
-        notes.append(
-            f"{name}: answers {threshold_said(task.threshold, done)}; its test accuracy, "
-            "precision, recall and F1 are of those answers"
-        )
+        notes.append(metrics_note(name, task.threshold, done))
     for name, truth in (predictions.truth if predictions else {}).items():
         labelled = int(labelled_rows(truth).sum())
         if labelled < len(truth):

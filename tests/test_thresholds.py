@@ -227,8 +227,8 @@ def test_the_cli_fits_a_threshold_and_says_what_it_finds(disc_run, tmp_path):
     out = run_cli("eval", str(run))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith(
-        "fitted to find 80% of it (cnnlab calibrate --recall); its accuracy, precision, "
-        "recall and F1 count those answers"
+        "the threshold fitted to find 80% of its validation images (cnnlab calibrate "
+        "--recall); its test accuracy, precision, recall and F1 are of those answers"
     )
     out = run_cli("calibrate", str(run), "--recall", "disk=0.8")
     assert out.returncode != 0

@@ -96,6 +96,19 @@ def threshold_said(threshold: Threshold, result: dict | None = None) -> str:
     return f"{said}; on the test images it {found_said(result)}"
 
 
+def metrics_note(task: str, threshold: Threshold, result: dict | None = None) -> str:
+    """Under a run's test metrics (the report, `cnnlab eval`): which answers they count."""
+    return (
+        f"{task}: answers {threshold_said(threshold, result)}; its test accuracy, precision, "
+        "recall and F1 are of those answers"
+    )
+
+
+def saved(fitted: dict) -> Threshold:
+    """A threshold as calibration.json and best.pt keep it (beside what it found)."""
+    return Threshold(fitted["positive"], fitted["name"], fitted["recall"], fitted["probability"])
+
+
 def found_said(result: dict) -> str:
     """`finds 94.1% of them (212 images), flags 12.0% of the others, precision 61.2%`."""
     return (
