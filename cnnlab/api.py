@@ -360,16 +360,24 @@ class CrossValidation:
 
 
 def cross_validate(
-    recipe: RecipeLike, folds: int | None = None, overrides: Overrides = None,
-    out: str | Path | None = None,
+    recipe: RecipeLike | None = None, folds: int | None = None, overrides: Overrides = None,
+    out: str | Path | None = None, resume: str | Path | None = None,
 ) -> CrossValidation:  # fmt: skip
     """Train the recipe once per fold (`folds`: the recipe's `data.folds`, else 5), each
     time with another fold of its training set as validation, as `cnnlab cv` does; the
     metrics of each fold and their mean ± std (`.summary`). A few hundred images of one's
-    own: one validation split's metric moves by points, the folds' spread says how much."""
-    from cnnlab.cross_validation import cross_validate as run_folds
+    own: one validation split's metric moves by points, the folds' spread says how much.
+    `resume`: the folder of an interrupted one, given alone: its finished folds kept, an
+    interrupted fold resumed from its last checkpoint, the others trained."""
+    from cnnlab import cross_validation
 
-    return CrossValidation(run_folds(load_recipe(recipe, overrides), folds, out))
+    if (recipe is None) == (resume is None):
+        raise CnnlabError("cross_validate: give a recipe, or resume= the folder of one begun")
+    if resume is not None:
+        return CrossValidation(cross_validation.resume(resume))
+    return CrossValidation(
+        cross_validation.cross_validate(load_recipe(recipe, overrides), folds, out)
+    )
 
 
 # ----------------------------------------------------------------------------- sweeps

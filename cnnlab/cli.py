@@ -89,10 +89,13 @@ def train(
 
 @app.command()
 def cv(
-    recipe: str = typer.Argument(..., help="recipe YAML file or shipped recipe name"),
+    recipe: str | None = typer.Argument(None, help="recipe YAML file or shipped recipe name"),
     folds: int | None = typer.Option(None, help="how many folds (default data.folds, else 5)"),
     out: Path | None = typer.Option(
         None, help="folder for the folds' runs (default <output_dir>/<name>-cv<k>-<time>)"
+    ),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="go on with the cross-validation in this folder"
     ),
     set_: list[str] = Sets,
     imports: list[str] = Imports,
@@ -102,8 +105,17 @@ def cv(
     _import(imports)
     from cnnlab import api
     from cnnlab.cross_validation import cross_validate
+    from cnnlab.cross_validation import resume as resume_folds
 
-    found = cross_validate(api.load_recipe(recipe, set_), folds, out, typer.echo)
+    if (recipe is None) == (resume is None) or (resume and (set_ or folds or out)):
+        raise CnnlabError(
+            "give a recipe (cnnlab cv RECIPE --folds 5), or --resume FOLDER alone to go on "
+            "with one cnnlab cv began"
+        )
+    if resume is not None:
+        found = resume_folds(resume, typer.echo)
+    else:
+        found = cross_validate(api.load_recipe(recipe, set_), folds, out, typer.echo)
     typer.echo(f"over {len(found.runs)} folds (mean ± std, min to max):")
     for row in found.summary:
         typer.echo(

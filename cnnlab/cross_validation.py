@@ -8,12 +8,16 @@ how far a single number can be trusted. Each fold is an ordinary run folder (its
 report, checkpoints and test metrics), kept together in `<output_dir>/<name>-cv<k>-<time>/`
 with `folds.csv` (one row per fold: its best epoch's validation metrics and its test
 metrics) and `summary.csv` (each metric's mean, standard deviation, min and max).
-`cnnlab compare` reads the fold folders as any runs.
+`cnnlab compare` reads the fold folders as any runs. `cv.json` holds the recipe and the
+number of folds, so an interrupted cross-validation goes on where it stopped (`--resume`):
+a finished fold is kept, an interrupted one resumed from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -23,7 +27,7 @@ from pathlib import Path
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
 from cnnlab.recipe import Recipe, best_row, validate
-from cnnlab.runs import RunFolder, atomic_write
+from cnnlab.runs import RunFolder, atomic_write, write_json
 
 FOLDS = 5
 
@@ -62,19 +66,80 @@ def cross_validate(
     folder = Path(out) if out else Path(recipe.output_dir) / f"{recipe.name}-cv{k}-{stamp()}"
     if folder.exists() and any(folder.iterdir()):
         raise CnnlabError(f"cv: {folder} is not empty; give a new folder (--out)")
-    # made by the first fold's run folder: a fold refused before training leaves nothing
     recipes = [fold_recipe(recipe, k, f, folder) for f in range(k)]  # all checked first
-    runs, table = [], []
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    write_json(folder / META, {"folds": k, "recipe": recipe.model_dump(mode="json")})
+    try:
+        return run_folds(folder, recipes, said)
+    except CnnlabError:
+        if not begun(folder):  # refused before any fold's run: no folder left behind
+            shutil.rmtree(folder)
+            for parent in made[1:]:
+                parent.rmdir()
+        raise
+
+
+META = "cv.json"  # the recipe and the number of folds, for --resume
+
+
+def resume(folder: str | Path, said: Callable[[str], None] = print) -> CrossValidation:
+    """Go on with an interrupted cross-validation: its finished folds kept, an interrupted
+    fold resumed from its last checkpoint, the others trained."""
+    folder = Path(folder)
+    if not (folder / META).is_file():
+        raise CnnlabError(f"cv --resume: {folder} holds no {META}; give the folder cnnlab cv made")
+    meta = json.loads((folder / META).read_text())
+    recipe = validate(meta["recipe"], source=str(folder / META))
+    k = meta["folds"]
+    return run_folds(folder, [fold_recipe(recipe, k, f, folder) for f in range(k)], said)
+
+
+def run_folds(folder: Path, recipes: list[Recipe], said: Callable[[str], None]) -> CrossValidation:
+    """Train each fold's recipe in `folder` (a finished fold's run kept, an interrupted one
+    resumed), then write the tables."""
+    runs, table, k = [], [], len(recipes)
     for f, each in enumerate(recipes):
-        said(f"cv: fold {f + 1} of {k} (validation: part {f} of the training set)")
-        run = train(each)
-        runs.append(run.path)
-        table.append(fold_row(f, run, each.train.monitor))
-        said(f"cv: fold {f + 1} of {k}: {run.path}; {headline(table[-1], each.train.monitor)}")
+        done, unfinished = fold_runs(folder, f)
+        if done is None:
+            said(f"cv: fold {f + 1} of {k} (validation: part {f} of the training set)")
+            try:
+                # an interrupted fold trains on by the recipe it saved, as `train --resume`
+                base = RunFolder(unfinished).recipe() if unfinished else each
+                done = train(base, resume=unfinished)
+            except CnnlabError as err:
+                if not begun(folder):  # refused before any run: nothing to go on with
+                    raise
+                raise CnnlabError(
+                    str(err), [*err.also, f"cv: fold {f + 1} of {k} did not finish; the "
+                               f"finished folds are kept: cnnlab cv --resume {folder} goes on"]
+                ) from None  # fmt: skip
+        runs.append(done.path)
+        table.append(fold_row(f, done, each.train.monitor))
+        said(f"cv: fold {f + 1} of {k}: {done.path}; {headline(table[-1], each.train.monitor)}")
     summary = summarized(table)
     write_csv(folder / "folds.csv", table)
     write_csv(folder / "summary.csv", summary)
     return CrossValidation(folder, runs, table, summary)
+
+
+def begun(folder: Path) -> bool:
+    """Whether any fold's run folder was made in `folder`."""
+    return any(p.is_dir() for p in folder.iterdir())
+
+
+def fold_runs(folder: Path, fold: int) -> tuple[RunFolder | None, Path | None]:
+    """Fold `fold`'s finished run in `folder`, else None and its latest run that has a
+    checkpoint to resume from (None: none, train it anew)."""
+    runs = []
+    for path in sorted(p for p in folder.iterdir() if (p / "recipe.yaml").is_file()):
+        run = RunFolder(path)
+        if run.recipe().data.fold == fold:
+            runs.append(run)
+    finished = [r for r in runs if r.status().get("state") == "finished"]
+    if finished:
+        return finished[-1], None
+    resumable = [r.path for r in runs if r.last_path.is_file()]
+    return None, resumable[-1] if resumable else None
 
 
 def stamp() -> str:

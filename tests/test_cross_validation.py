@@ -17,6 +17,7 @@ from cnnlab.data import shapes_table
 from cnnlab.data.split import stratified_folds
 from cnnlab.errors import CnnlabError
 from tests.conftest import edit_table, run_cli, table_classifier
+from tests.test_train import interrupted
 
 
 def test_each_row_is_in_one_fold_and_each_class_is_dealt_evenly():
@@ -108,6 +109,11 @@ def test_a_source_with_its_own_validation_split_is_refused_before_any_folder(tmp
         "table: write train in their split column) and let the folds carve it"
     )
     assert not (tmp_path / "runs").exists()
+    neither = run_cli("cv")
+    assert neither.stderr.strip() == (
+        "error: give a recipe (cnnlab cv RECIPE --folds 5), or --resume FOLDER alone to go on "
+        "with one cnnlab cv began"
+    )
 
 
 def test_the_command_prints_each_fold_and_the_mean_and_spread(pooled, tmp_path):
@@ -124,3 +130,35 @@ def test_the_command_prints_each_fold_and_the_mean_and_spread(pooled, tmp_path):
     mean, std = float(row["mean"]), float(row["std"])
     assert f"  test.kind.accuracy           {mean:.4f} ± {std:.4f}  (" in out.stdout
     assert lines[-1] == f"their learning curves side by side: cnnlab compare {tmp_path / 'cv'}"
+
+
+def test_an_interrupted_cross_validation_goes_on_where_it_stopped(pooled, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    from cnnlab import cross_validation
+
+    real = cross_validation.train
+
+    def ctrl_c_in_fold_1(recipe, resume=None):
+        if recipe.data.fold != 1:
+            return real(recipe, resume=resume)
+        interrupted(recipe, steps=2)  # as Ctrl-C leaves it: a checkpoint to resume from
+        raise CnnlabError("interrupted at epoch 1, step 2; continue with: cnnlab train --resume")
+
+    monkeypatch.setattr(cross_validation, "train", ctrl_c_in_fold_1)
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.cross_validate(recipe(pooled, tmp_path), folds=3, out=tmp_path / "cv")
+    assert err.value.lines()[-1] == (
+        f"cv: fold 2 of 3 did not finish; the finished folds are kept: cnnlab cv --resume "
+        f"{tmp_path / 'cv'} goes on"
+    )
+    first = cross_validation.fold_runs(tmp_path / "cv", 0)[0].path
+    _, stopped = cross_validation.fold_runs(tmp_path / "cv", 1)
+    assert stopped is not None  # its last checkpoint, to resume from
+
+    monkeypatch.setattr(cross_validation, "train", real)
+    found = cnnlab.cross_validate(resume=tmp_path / "cv")
+    assert [r.path for r in found.runs][:2] == [first, stopped]  # kept, then resumed in place
+    assert [r.recipe.data.fold for r in found.runs] == [0, 1, 2]
+    assert all(r.test_metrics for r in found.runs) and len(found.table) == 3
+    with pytest.raises(CnnlabError, match="give a recipe, or resume= the folder of one begun"):
+        cnnlab.cross_validate()
