@@ -33,7 +33,7 @@ FOLDS = 5
 
 
 @dataclass
-class CrossValidation:
+class Folds:
     """The folds' run folders, their metrics (`table`, one row per fold) and each metric's
     mean, standard deviation, min and max over them (`summary`, one row per metric)."""
 
@@ -56,11 +56,11 @@ def cross_validate(
     folds: int | None = None,
     out: str | Path | None = None,
     said: Callable[[str], None] = print,
-) -> CrossValidation:
+) -> Folds:
     """Train the recipe once per fold, one after another, and gather their metrics;
     `folds`: the recipe's `data.folds`, else FOLDS; `out`: the folder for the folds (new or
     empty), default `<output_dir>/<name>-cv<k>-<time>`; `said`: where each fold's line goes."""
-    k = folds or recipe.data.folds or FOLDS
+    k = folds if folds is not None else recipe.data.folds or FOLDS
     if not 2 <= k <= 20:
         raise CnnlabError(f"cv: {k} folds; give 2 to 20 (5 is usual)")
     folder = Path(out) if out else Path(recipe.output_dir) / f"{recipe.name}-cv{k}-{stamp()}"
@@ -82,7 +82,7 @@ def cross_validate(
 META = "cv.json"  # the recipe and the number of folds, for --resume
 
 
-def resume(folder: str | Path, said: Callable[[str], None] = print) -> CrossValidation:
+def resume(folder: str | Path, said: Callable[[str], None] = print) -> Folds:
     """Go on with an interrupted cross-validation: its finished folds kept, an interrupted
     fold resumed from its last checkpoint, the others trained."""
     folder = Path(folder)
@@ -94,7 +94,7 @@ def resume(folder: str | Path, said: Callable[[str], None] = print) -> CrossVali
     return run_folds(folder, [fold_recipe(recipe, k, f, folder) for f in range(k)], said)
 
 
-def run_folds(folder: Path, recipes: list[Recipe], said: Callable[[str], None]) -> CrossValidation:
+def run_folds(folder: Path, recipes: list[Recipe], said: Callable[[str], None]) -> Folds:
     """Train each fold's recipe in `folder` (a finished fold's run kept, an interrupted one
     resumed), then write the tables."""
     runs, table, k = [], [], len(recipes)
@@ -119,7 +119,7 @@ def run_folds(folder: Path, recipes: list[Recipe], said: Callable[[str], None]) 
     summary = summarized(table)
     write_csv(folder / "folds.csv", table)
     write_csv(folder / "summary.csv", summary)
-    return CrossValidation(folder, runs, table, summary)
+    return Folds(folder, runs, table, summary)
 
 
 def begun(folder: Path) -> bool:

@@ -162,3 +162,5 @@ def test_an_interrupted_cross_validation_goes_on_where_it_stopped(pooled, tmp_pa
     assert all(r.test_metrics for r in found.runs) and len(found.table) == 3
     with pytest.raises(CnnlabError, match="give a recipe, or resume= the folder of one begun"):
         cnnlab.cross_validate()
+    with pytest.raises(CnnlabError, match=r"cv: 0 folds; give 2 to 20"):
+        cnnlab.cross_validate(recipe(pooled, tmp_path), folds=0)
