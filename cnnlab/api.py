@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # the figures (matplotlib, captum) load when a figure is aske
     import pandas as pd
 
     from cnnlab.comparison import Comparison
+    from cnnlab.cross_validation import Folds
     from cnnlab.export import ExportedModel
     from cnnlab.viz import Chart, RunView
 
@@ -344,7 +345,7 @@ class CrossValidation:
     `.summary` each metric's mean, std, min and max over the folds, `.folder` where the
     folds' run folders and the two tables (folds.csv, summary.csv) are."""
 
-    def __init__(self, found):
+    def __init__(self, found: Folds):
         import pandas as pd
 
         self.folder: Path = found.folder
