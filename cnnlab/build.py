@@ -29,6 +29,7 @@ from cnnlab.allocator import keep_freed_memory
 from cnnlab.data import DataInfo, DataSection, describe, get_source
 from cnnlab.data.batches import Splits, prepare_splits
 from cnnlab.data.lines import quietly
+from cnnlab.data.split import folds_refused
 from cnnlab.distributed import Ranks
 from cnnlab.errors import CnnlabError, did_you_mean, listed
 from cnnlab.init_from import Start, fitted_state, read_start
@@ -98,6 +99,8 @@ def target_spec(
 def tasks_for(recipe: Recipe, info: DataInfo) -> dict[str, Task]:
     """The recipe's tasks checked against a description of the data: every target exists,
     and each task type accepts it (a classification needs a categorical target)."""
+    if recipe.data.folds and info.validation == "given":
+        raise folds_refused(info.source)
     tasks = create_tasks(recipe.tasks)
     for name, task in tasks.items():
         if task.target not in info.targets:

@@ -109,6 +109,9 @@ def test_a_source_with_its_own_validation_split_is_refused_before_any_folder(tmp
         "table: write train in their split column) and let the folds carve it"
     )
     assert not (tmp_path / "runs").exists()
+    checked = run_cli("check", str(tmp_path / "kinds.yaml"), "--set", "data.folds=3",
+                      env={"XDG_CACHE_HOME": str(tmp_path / "cache")})  # fmt: skip
+    assert checked.stderr.strip().splitlines()[-1] == out.stderr.strip().splitlines()[-1]
     neither = run_cli("cv")
     assert neither.stderr.strip() == (
         "error: give a recipe (cnnlab cv RECIPE --folds 5), or --resume FOLDER alone to go on "

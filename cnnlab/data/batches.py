@@ -19,7 +19,12 @@ from cnnlab.data.augment import NO_LABEL, UNCHANGED, AugmentConfig, LabelMap, au
 from cnnlab.data.base import DataSection, DerivedTarget, ImageSet
 from cnnlab.data.labelled import check_labelled
 from cnnlab.data.mapped import MappedImages, Pixels, read_ahead
-from cnnlab.data.split import stratified_folds, stratified_split, stratified_subset
+from cnnlab.data.split import (
+    folds_refused,
+    stratified_folds,
+    stratified_split,
+    stratified_subset,
+)
 from cnnlab.data.stats import channel_stats
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.base import NO_CLASS
@@ -238,12 +243,8 @@ def prepare_splits(
     elif ds.val is None:
         keep, held = stratified_split(labels, len(train), cfg.val_fraction, seed, groups)
         train, val = train.subset(keep), train.subset(held)
-    elif cfg.folds:
-        raise CnnlabError(
-            f"data.folds: {cfg.source} gives its own validation split, which cross-validation "
-            "would replace; remove data.folds, or give the validation rows to training (a "
-            "table: write train in their split column) and let the folds carve it"
-        )
+    elif cfg.folds:  # the check of the recipe says so first (build.tasks_for)
+        raise folds_refused(cfg.source)
     else:
         val = ds.val
     test = ds.test

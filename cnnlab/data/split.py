@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from cnnlab.errors import CnnlabError
+
 
 def stratified_split(
     labels: torch.Tensor | None, n: int, fraction: float, seed: int,
@@ -66,6 +68,15 @@ def stratified_folds(
         out[members] = (torch.arange(len(members)) + dealt) % k
         dealt += len(members)
     return out
+
+
+def folds_refused(source: str) -> CnnlabError:
+    """`data.folds` on a source that gives its own validation images."""
+    return CnnlabError(
+        f"data.folds: {source} gives its own validation split, which cross-validation would "
+        "replace; remove data.folds, or give the validation rows to training (a table: write "
+        "train in their split column) and let the folds carve it"
+    )
 
 
 def stratified_subset(labels: torch.Tensor | None, n: int, size: int, seed: int) -> torch.Tensor:
