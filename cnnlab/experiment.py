@@ -17,6 +17,7 @@ from cnnlab import distributed
 from cnnlab.build import build, resolve_device
 from cnnlab.calibration import calibrate_run, summary
 from cnnlab.data.batches import Splits
+from cnnlab.data.lines import remembered
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import Recorder, SplitPredictions
 from cnnlab.loggers import Loggers
@@ -70,10 +71,14 @@ def train(
     ranks, device = distributed.join(resolve_device(recipe.train.device))
     threads = torch.get_num_threads()  # train.threads holds for the run, not after it
     try:
-        trainer = Trainer(build(recipe, saved, device=device, ranks=ranks))
+        with remembered() as heard:  # the data's warnings, said again once it has finished
+            trainer = Trainer(build(recipe, saved, device=device, ranks=ranks))
         run = distributed.run_folder(run, lambda: RunFolder.create(recipe), ranks, device)
         with run.lock():
-            return train_in(trainer, run, saved, on_epoch)
+            done = train_in(trainer, run, saved, on_epoch)
+        if heard and ranks.main and recipe.train.progress:
+            console.print("\n".join(["loading the data warned:", *heard]), markup=False)
+        return done
     finally:
         torch.set_num_threads(threads)
 

@@ -621,6 +621,12 @@ def test_unreadable_images_are_skipped_with_a_warning_or_stop_the_run(shapes, tm
         table.load(load_recipe(raw).data)
     again = capsys.readouterr().err.splitlines()
     assert again == [line for line in err if "warning" in line]
+    # a run says them again once it has finished (its folder apart: no_runs below)
+    cnnlab.train(
+        {**raw, "output_dir": str(tmp_path / "said"), "train": {**raw["train"], "progress": True}}
+    )
+    said = capsys.readouterr().out.split("loading the data warned:\n")
+    assert len(said) == 2 and said[1].strip().splitlines() == again
     raw["data"]["on_bad_image"] = "stop"
     with pytest.raises(
         CnnlabError, match=r"column 'mask': no such file on line 13 \(masks/00011.png\)"

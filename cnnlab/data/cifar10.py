@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
-import sys
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -31,6 +30,7 @@ from cnnlab.data.files import (
     search,
     why_not_here,
 )
+from cnnlab.data.lines import warn
 from cnnlab.errors import CnnlabError
 
 # The official release (https://www.cs.toronto.edu/~kriz/cifar.html) and its published MD5s,
@@ -181,10 +181,9 @@ def warn_unofficial(files: dict[str, Path]) -> None:
             differ.append(name)
     if differ:
         folder = next(iter(files.values())).parent
-        print(
+        warn(
             f"warning: {folder}: not the official CIFAR-10 files (checksums differ): "
-            f"{', '.join(differ)}; loading them with the safe reader",
-            file=sys.stderr,
+            f"{', '.join(differ)}; loading them with the safe reader"
         )
 
 

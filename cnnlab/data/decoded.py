@@ -21,7 +21,6 @@ import functools
 import hashlib
 import json
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ import torch
 from PIL import Image, ImageOps
 
 from cnnlab.data.files import cache_dir
-from cnnlab.data.lines import say
+from cnnlab.data.lines import say, warn
 from cnnlab.data.mapped import MappedImages, Pixels, RowFile
 from cnnlab.data.memory import Storage, choose
 from cnnlab.errors import counted, listed
@@ -185,12 +184,11 @@ def dark_warning(path: Path, bits: int, label: str) -> None:
         return
     used = max(8, top.bit_length())
     if used <= bits - 2:  # a quarter of the range or less
-        print(
+        warn(
             f"{label}: the first image, {path.name}, is 16-bit but its values reach only "
             f"{top:,} ({used} bits): read as {bits} bits it decodes dark; if its camera "
             f"writes {used}-bit values, set data.bits: {used} (judged from this image alone: "
-            f"if others go higher, loading says how many are clipped)",
-            file=sys.stderr,
+            f"if others go higher, loading says how many are clipped)"
         )
 
 
@@ -370,13 +368,12 @@ def warn_clipped(label: str, clip: list[int] | None, n: int) -> None:
     share = {"0.0": "< 0.1", "100.0": "100.0" if rows >= n else "> 99.9"}.get(share, share)
     needs = min(16, largest.bit_length())
     they, their = ("it is", "its") if rows == 1 else ("they are", "their")
-    print(
+    warn(
         f"{label}: warning: {rows:,} of {counted(n, 'image')} ({share} %"
         f"{''.join(f'; first: {name}' for name in first)}) "
         f"{'has' if rows == 1 else 'have'} values above {2**bits - 1:,}, the most "
         f"data.bits: {bits} keeps: {they} clipped to white; set data.bits: {needs} "
-        f"({their} largest value, {largest:,}, needs {needs} bits)",
-        file=sys.stderr,
+        f"({their} largest value, {largest:,}, needs {needs} bits)"
     )
 
 
@@ -511,9 +508,8 @@ def warn_skipped(label: str, skipped: list[str]) -> None:
     if skipped:
         shown = listed(skipped, ", ")
         heic = any(name.lower().endswith(HEIF) for name in skipped) and not heif_opens()
-        print(
+        warn(
             f"{label}: warning: {counted(len(skipped), 'file')} skipped (empty, corrupt, not "
             f"an image, or outside the folder): {shown}"
-            + ("; HEIC photos open with `pip install 'cnnlab[heic]'`" if heic else ""),
-            file=sys.stderr,
+            + ("; HEIC photos open with `pip install 'cnnlab[heic]'`" if heic else "")
         )

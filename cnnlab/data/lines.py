@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 _QUIET: ContextVar[bool] = ContextVar("cnnlab_quiet_loading", default=False)
+_HEARD: ContextVar[list[str] | None] = ContextVar("cnnlab_loading_warnings", default=None)
 
 
 def say(line: str) -> None:
@@ -30,3 +31,23 @@ def quietly() -> Iterator[None]:
         yield
     finally:
         _QUIET.reset(token)
+
+
+def warn(line: str) -> None:
+    """A loading warning on stderr, always, and kept for `remembered` to say again."""
+    print(line, file=sys.stderr)
+    heard = _HEARD.get()
+    if heard is not None:
+        heard.append(line)
+
+
+@contextmanager
+def remembered() -> Iterator[list[str]]:
+    """The warnings said while loading within, gathered: a run says them again once it has
+    finished, where a skipped row's line would otherwise sit hundreds of lines up."""
+    heard: list[str] = []
+    token = _HEARD.set(heard)
+    try:
+        yield heard
+    finally:
+        _HEARD.reset(token)

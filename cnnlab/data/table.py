@@ -47,7 +47,6 @@ on_bad_image says).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,7 +66,7 @@ from cnnlab.data.decoded import (
     read_image,
 )
 from cnnlab.data.labelled import refuse_unlabelled
-from cnnlab.data.lines import say
+from cnnlab.data.lines import say, warn
 from cnnlab.data.mapped import Pixels
 from cnnlab.data.split import stratified_split
 from cnnlab.data.table_cells import (
@@ -572,10 +571,9 @@ def _refused(cfg: TableConfig, refused: list[tuple[int, str, str]], any_kept: bo
         of = f" (one of {counted(len(refused), 'mask')} refused)" if len(refused) > 1 else ""
         skip = ", or set data.on_bad_image: skip to leave such rows out" if any_kept else ""
         raise CnnlabError(f"data.table: {whats[0]}{of}; {refused[0][2]}{skip}")
-    print(
+    warn(
         f"table: warning: {counted(len(refused), 'row')} skipped, "
-        f"{'its mask' if len(refused) == 1 else 'their masks'} refused: {listed(whats)}{fixes}",
-        file=sys.stderr,
+        f"{'its mask' if len(refused) == 1 else 'their masks'} refused: {listed(whats)}{fixes}"
     )
 
 
@@ -583,10 +581,9 @@ def _warn_absent(rows: Rows) -> None:
     """The rows the check left out (on_bad_image: skip), in the warning's one line: told
     once per load, where describe() (called more than once per run) stays quiet."""
     if rows.absent:
-        print(
+        warn(
             f"table: warning: {counted(len(rows.absent), 'row')} skipped, naming a file that "
-            f"does not exist: {listed(rows.absent)}; {_fix_absent(rows.base, or_skip=False)}",
-            file=sys.stderr,
+            f"does not exist: {listed(rows.absent)}; {_fix_absent(rows.base, or_skip=False)}"
         )
 
 
@@ -672,10 +669,9 @@ def _say_unseen_classes(
             if share
             else "; correct the masks, or list only the classes they hold"
         )
-        print(
+        warn(
             f"table: warning: data.targets.{name}: no mask holds class {unseen}, so no pixel "
-            f"of it is learnt (the highest index in any mask is {top}){why}",
-            file=sys.stderr,
+            f"of it is learnt (the highest index in any mask is {top}){why}"
         )
 
 
