@@ -46,6 +46,7 @@ from cnnlab.inference import (
     named,
     with_interval,
 )
+from cnnlab.recipe import read_yaml
 from cnnlab.runs import RunFolder, load_checkpoint
 from cnnlab.tasks.base import labelled
 from cnnlab.tasks.intervals import Interval, widths_said
@@ -147,7 +148,19 @@ def load_for_export(path: str | Path, views: bool = True) -> Loaded:
     images = test.images[:].cpu()  # [:]: mapped test images are read, in-memory ones viewed
     module = wrap(built)
     about = provenance(run, saved)
-    return Loaded(module, images, targets, run.recipe().name, about, notes(run, module, about))
+    return Loaded(module, images, targets, recipe_name(run), about, notes(run, module, about))
+
+
+def recipe_name(run: RunFolder) -> str:
+    """The recipe a file's model trained by, by name: a sweep trial's is its sweep's base
+    recipe (its own name, trial0003, only names its folder; the provenance says which
+    trial); its own where the sweep folder is gone."""
+    sweep = run.trial().get("sweep")
+    base = Path(sweep) / "recipe.yaml" if sweep else None
+    if base is not None and base.is_file():
+        with contextlib.suppress(CnnlabError, KeyError):  # unreadable: the run's own name
+            return str(read_yaml(base)["name"])
+    return run.recipe().name
 
 
 def provenance(run: RunFolder, saved: dict) -> dict:

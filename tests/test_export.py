@@ -26,6 +26,7 @@ from cnnlab.export import (
     export_target,
     predict_exported,
     provenance,
+    recipe_name,
     run_exported,
     wrap,
 )
@@ -197,6 +198,11 @@ def test_cli_exports_a_trained_run_with_the_same_test_accuracy(tiny, tmp_path):
     link = {"sweep": "/elsewhere/lam", "study": "lam", "storage": None, "trials": [3, 5]}
     (run.path / "trial.json").write_text(json.dumps(link))  # as a sweep's worker links a trial
     assert provenance(run, {})["sweep"] == {"study": "lam", "trials": [3, 5]}  # a retry's too
+    assert recipe_name(run) == run.recipe().name  # the sweep folder is gone: its own
+    (tmp_path / "lam").mkdir()
+    (tmp_path / "lam" / "recipe.yaml").write_text("name: fashion_lambda_base\n")
+    (run.path / "trial.json").write_text(json.dumps({**link, "sweep": str(tmp_path / "lam")}))
+    assert recipe_name(run) == "fashion_lambda_base"  # a trial's: its sweep's, not trial0003
     views = described["test_time_views"]
     inside = "scaling and normalization" + (
         f", the test-time views ({', '.join(views)})" * bool(views)
