@@ -6,6 +6,7 @@ import csv
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -308,3 +309,12 @@ def test_the_three_way_study_from_the_shell(folder, tmp_path, monkeypatch):
     assert len(inside_groups(rows, labels, "val.loss", Goal.MINIMIZE)) == 3
     monkeypatch.setattr(inside, "MAX_GROUPS", 2)  # a continuous parameter: not looked inside
     assert inside_groups(rows, labels, "val.loss", "minimize") == []
+
+
+def test_a_groups_inside_view_reads_complete_trials_before_pruned_ones():
+    def row(state: str, loss: float) -> SimpleNamespace:
+        return SimpleNamespace(state=state, at_best_epoch=lambda: {"val.loss": loss})
+
+    pruned, worse, better = row("pruned", 0.1), row("complete", 0.9), row("complete", 0.5)
+    order = inside.ranked([pruned, worse, better], "val.loss", Goal.MINIMIZE)
+    assert order == [better, worse, pruned]  # the pruned trial's low loss after one epoch last

@@ -54,9 +54,9 @@ def inside_groups(rows: list[TrialRow], labels: list[str], metric: str, goal: Go
     data: dict[str, Splits] = {}
     out = []
     for label, group in sorted(members.items(), key=lambda item: group_order(item[0])):
-        ranked = sorted(group, key=lambda r: _rank(r, metric, goal))[:MAX_RUNS]
-        look = Group(label, len(ranked))
-        for i, row in enumerate(ranked):
+        best = ranked(group, metric, goal)[:MAX_RUNS]
+        look = Group(label, len(best))
+        for i, row in enumerate(best):
             view = _view(row, data)
             for layer in dead_table(view.test_predictions):
                 key = f"{layer['layer']} ({layer['units']})"
@@ -88,6 +88,13 @@ def _share(values: list[float]) -> str:
 def _slug(label: str) -> str:
     """A file stem from a group label such as "setting = joint"."""
     return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
+
+
+def ranked(group: list[TrialRow], metric: str, goal: Goal) -> list[TrialRow]:
+    """The group's runs, best first: complete trials before pruned ones (a trial its pruner
+    stopped after an epoch would show the dead units of a network that barely trained),
+    each by the metric at its best epoch."""
+    return sorted(group, key=lambda r: (r.state != "complete", _rank(r, metric, goal)))
 
 
 def _rank(row: TrialRow, metric: str, goal: Goal) -> float:
