@@ -122,7 +122,10 @@ def cv(
             f"  {row['metric']:<28} {row['mean']:.4f} ± {row['std']:.4f}  "
             f"({row['min']:.4f} to {row['max']:.4f})"
         )
-    typer.echo(f"folds: {found.folder}/folds.csv, summary: {found.folder}/summary.csv")
+    typer.echo(
+        f"folds: {found.folder}/folds.csv, summary: {found.folder}/summary.csv, a dot per "
+        f"fold: {found.folder}/folds.png"
+    )
     typer.echo(f"their learning curves side by side: cnnlab compare {found.folder}")
 
 

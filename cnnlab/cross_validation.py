@@ -7,7 +7,8 @@ on every image and validates on every image once: the spread of the folds' metri
 how far a single number can be trusted. Each fold is an ordinary run folder (its own
 report, checkpoints and test metrics), kept together in `<output_dir>/<name>-cv<k>-<time>/`
 with `folds.csv` (one row per fold: its best epoch's validation metrics and its test
-metrics) and `summary.csv` (each metric's mean, standard deviation, min and max).
+metrics), `summary.csv` (each metric's mean, standard deviation, min and max) and
+`folds.png` (a dot per fold for each task's headline metrics).
 `cnnlab compare` reads the fold folders as any runs. `cv.json` holds the recipe and the
 number of folds, so an interrupted cross-validation goes on where it stopped (`--resume`):
 a finished fold is kept, an interrupted one resumed from its last checkpoint.
@@ -28,6 +29,8 @@ from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
 from cnnlab.recipe import Recipe, best_row, validate
 from cnnlab.runs import RunFolder, atomic_write, write_json
+from cnnlab.tasks import task_class
+from cnnlab.viz.base import Chart, new_figure
 
 FOLDS = 5
 
@@ -119,6 +122,8 @@ def run_folds(folder: Path, recipes: list[Recipe], said: Callable[[str], None]) 
     summary = summarized(table)
     write_csv(folder / "folds.csv", table)
     write_csv(folder / "summary.csv", summary)
+    shown = {name: list(task_class(cfg).headline) for name, cfg in recipes[0].tasks.items()}
+    drawn(table, shown).save(folder)
     return Folds(folder, runs, table, summary)
 
 
@@ -173,6 +178,34 @@ def summarized(table: list[dict]) -> list[dict]:
         out.append({"metric": name, "mean": statistics.fmean(values), "std": spread,
                     "min": min(values), "max": max(values), "folds": len(values)})  # fmt: skip
     return out
+
+
+def drawn(table: list[dict], headline: dict[str, list[str]]) -> Chart:
+    """folds.png: each task's headline metrics, validation and test side by side, a dot per
+    fold and the mean ± std beside them: how far one split's number could have landed."""
+    tasks = {t: [m for m in ms if f"val.{t}.{m}" in table[0]] for t, ms in headline.items()}
+    tasks = {t: ms for t, ms in tasks.items() if ms}
+    fig = new_figure(max(4.0, 2.2 * sum(len(ms) for ms in tasks.values())), 3.6)
+    axes = fig.subplots(1, max(1, len(tasks)), squeeze=False)[0]
+    for ax, (task, metrics) in zip(axes, tasks.items(), strict=False):
+        names = [f"{split}.{task}.{m}" for m in metrics for split in ("val", "test")]
+        for x, name in enumerate(names):
+            values = [row[name] for row in table if isinstance(row.get(name), float)]
+            if not values:
+                continue
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            colour = "C0" if name.startswith("val.") else "C1"
+            ax.plot([x] * len(values), values, "o", color=colour, alpha=0.6, markersize=5)
+            ax.errorbar(x + 0.18, statistics.fmean(values), yerr=spread, fmt="_", color="k",
+                        markersize=14, capsize=3)  # fmt: skip
+        ax.set_xticks(range(len(names)), [n.replace(f".{task}.", " ") for n in names],
+                      rotation=30, ha="right", fontsize=8)  # fmt: skip
+        ax.set(title=f"{task}: {len(table)} folds", xlim=(-0.5, len(names) - 0.3))
+    return Chart(
+        "folds", "Cross-validation", fig,
+        "A dot per fold, its best epoch's validation metric (blue) and its test metric "
+        "(orange); beside them the mean ± std over the folds.",
+    )  # fmt: skip
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

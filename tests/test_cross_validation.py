@@ -89,6 +89,7 @@ def test_every_training_image_is_validation_once_and_the_summary_is_the_folds(
     assert accuracy["mean"] == pytest.approx(statistics.fmean(values))
     assert accuracy["std"] == pytest.approx(statistics.stdev(values))
     assert (accuracy["min"], accuracy["max"]) == (min(values), max(values))
+    assert (found.folder / "folds.png").stat().st_size > 5000
     with open(found.folder / "summary.csv", newline="") as f:
         saved = {row["metric"]: row for row in csv.DictReader(f)}
     assert float(saved["test.kind.accuracy"]["mean"]) == pytest.approx(accuracy["mean"])
@@ -167,3 +168,18 @@ def test_an_interrupted_cross_validation_goes_on_where_it_stopped(pooled, tmp_pa
         cnnlab.cross_validate()
     with pytest.raises(CnnlabError, match=r"cv: 0 folds; give 2 to 20"):
         cnnlab.cross_validate(recipe(pooled, tmp_path), folds=0)
+
+
+def test_the_picture_puts_each_folds_validation_and_test_metric_side_by_side():
+    from cnnlab.cross_validation import drawn
+
+    table = [
+        {"val.kind.accuracy": 0.6, "test.kind.accuracy": 0.7, "val.area.rmse": 0.1},
+        {"val.kind.accuracy": 0.8, "test.kind.accuracy": 0.5, "val.area.rmse": 0.3},
+    ]
+    chart = drawn(table, {"kind": ["accuracy", "f1"], "area": ["rmse"], "none": ["loss"]})
+    kind, area = chart.figure.axes  # a panel per task with a metric in the table
+    dots = [line.get_ydata().tolist() for line in kind.get_lines() if line.get_marker() == "o"]
+    assert dots == [[0.6, 0.8], [0.7, 0.5]]  # validation, then test: one dot per fold
+    assert [t.get_text() for t in kind.get_xticklabels()] == ["val accuracy", "test accuracy"]
+    assert kind.get_title() == "kind: 2 folds" and area.get_title() == "area: 2 folds"
