@@ -20,7 +20,6 @@ import csv
 import json
 import shutil
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 from cnnlab.errors import CnnlabError
 from cnnlab.experiment import train
 from cnnlab.recipe import Recipe, best_row, validate
-from cnnlab.runs import RunFolder, atomic_write, write_json
+from cnnlab.runs import RunFolder, atomic_write, stamp, write_json
 from cnnlab.tasks import task_class
 from cnnlab.viz.base import Chart, new_figure
 
@@ -101,8 +100,9 @@ def run_folds(folder: Path, recipes: list[Recipe], said: Callable[[str], None]) 
     """Train each fold's recipe in `folder` (a finished fold's run kept, an interrupted one
     resumed), then write the tables."""
     runs, table, k = [], [], len(recipes)
+    found = folds_found(folder)
     for f, each in enumerate(recipes):
-        done, unfinished = fold_runs(folder, f)
+        done, unfinished = fold_runs(found.get(f, []))
         if done is None:
             said(f"cv: fold {f + 1} of {k} (validation: part {f} of the training set)")
             try:
@@ -132,23 +132,23 @@ def begun(folder: Path) -> bool:
     return any(p.is_dir() for p in folder.iterdir())
 
 
-def fold_runs(folder: Path, fold: int) -> tuple[RunFolder | None, Path | None]:
-    """Fold `fold`'s finished run in `folder`, else None and its latest run that has a
-    checkpoint to resume from (None: none, train it anew)."""
-    runs = []
+def folds_found(folder: Path) -> dict[int, list[RunFolder]]:
+    """The run folders already in `folder`, by fold, oldest first (a resumed cross-validation)."""
+    found: dict[int, list[RunFolder]] = {}
     for path in sorted(p for p in folder.iterdir() if (p / "recipe.yaml").is_file()):
         run = RunFolder(path)
-        if run.recipe().data.fold == fold:
-            runs.append(run)
+        found.setdefault(run.recipe().data.fold, []).append(run)
+    return found
+
+
+def fold_runs(runs: list[RunFolder]) -> tuple[RunFolder | None, Path | None]:
+    """Of one fold's runs, the finished one, else None and the latest that has a checkpoint
+    to resume from (None: none, train it anew)."""
     finished = [r for r in runs if r.status().get("state") == "finished"]
     if finished:
         return finished[-1], None
     resumable = [r.path for r in runs if r.last_path.is_file()]
     return None, resumable[-1] if resumable else None
-
-
-def stamp() -> str:
-    return time.strftime("%Y%m%d-%H%M%S")
 
 
 def fold_row(fold: int, run: RunFolder, monitor: str) -> dict:

@@ -97,6 +97,11 @@ SWEEP_FILE = "sweep.json"  # a sweep folder's settings (cnnlab/sweeps/study.py)
 TRIAL_FILE = "trial.json"  # a trial's run folder: its sweep, study and trial number(s)
 
 
+def stamp() -> str:
+    """The time in a new folder's name: `fashion_fast-20261206-065816`."""
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
 def is_sweep_folder(path: Path) -> bool:
     """Whether `path` is a sweep folder: it holds a recipe.yaml too (its base recipe)."""
     return (Path(path) / SWEEP_FILE).is_file()
@@ -128,8 +133,7 @@ class RunFolder:
     def create(cls, recipe: Recipe, path: Path | None = None) -> RunFolder:
         """A new run folder: `path` (made or empty) or `<output_dir>/<name>-<time>`."""
         if path is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            base = Path(recipe.output_dir) / f"{recipe.name}-{stamp}"
+            base = Path(recipe.output_dir) / f"{recipe.name}-{stamp()}"
             path, n = base, 1
             while path.exists():
                 n += 1

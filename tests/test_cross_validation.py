@@ -155,8 +155,9 @@ def test_an_interrupted_cross_validation_goes_on_where_it_stopped(pooled, tmp_pa
         f"cv: fold 2 of 3 did not finish; the finished folds are kept: cnnlab cv --resume "
         f"{tmp_path / 'cv'} goes on"
     )
-    first = cross_validation.fold_runs(tmp_path / "cv", 0)[0].path
-    _, stopped = cross_validation.fold_runs(tmp_path / "cv", 1)
+    found = cross_validation.folds_found(tmp_path / "cv")
+    first = cross_validation.fold_runs(found[0])[0].path
+    _, stopped = cross_validation.fold_runs(found[1])
     assert stopped is not None  # its last checkpoint, to resume from
 
     monkeypatch.setattr(cross_validation, "train", real)

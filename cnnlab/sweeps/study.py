@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.recipe import check_registered, describe_error, dump_recipe, upgrade_saved, validate
 from cnnlab.registrations import origins
-from cnnlab.runs import SWEEP_FILE, is_sweep_folder, write_json, write_text
+from cnnlab.runs import SWEEP_FILE, is_sweep_folder, stamp, write_json, write_text
 from cnnlab.sweeps.spec import SweepSpec, load_sweep
 from cnnlab.tasks import Goal
 
@@ -167,8 +167,7 @@ def create_or_join(
     the same line made it): then its saved inputs must agree, or the workers, which read
     the saved ones, would quietly run the old sweep."""
     name = sweep_file.name.removesuffix(".yaml").removesuffix(".yml")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = study_folder(out, study) if study else _fresh(out / f"{name}-{stamp}")
+    path = study_folder(out, study) if study else _fresh(out / f"{name}-{stamp()}")
     folder = SweepFolder(path)
     if folder.meta_path.is_file():
         saved = folder.meta()

@@ -71,8 +71,14 @@ def found(probabilities: torch.Tensor, targets: torch.Tensor, threshold: Thresho
     ok = targets >= 0
     truth = targets[ok] == threshold.positive
     said = threshold.answers(probabilities[ok]) == threshold.positive
+    return {"positives": int(truth.sum()), **rates(said, truth)}
+
+
+def rates(said: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """Answers (bool) against the truth (bool), per image: the share of the class found
+    (`recall`), of the others answered as it too (`flagged`), of the answers that are
+    right (`precision`); NaN where there is nothing to share (no answer: no precision)."""
     return {
-        "positives": int(truth.sum()),
         "recall": _share(said & truth, truth),
         "flagged": _share(said & ~truth, ~truth),
         "precision": _share(said & truth, said),

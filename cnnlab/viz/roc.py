@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.errors import CnnlabError
-from cnnlab.tasks.thresholds import Threshold, answered, threshold_said
+from cnnlab.tasks.thresholds import Threshold, answered, rates, threshold_said
 from cnnlab.viz.base import Chart, new_figure
 from cnnlab.viz.run_view import RunView
 
@@ -102,15 +102,9 @@ def _curve(
     precision, recall = tp / (tp + fp), tp / positives
     ap = float(((recall - torch.cat([zero, recall[:-1]])) * precision).sum())
     answered = None
-    if answers is not None:
-        said, right = answers[:, k], answers[:, k] & y
-        # a class never answered has no precision: NaN, which draws no dot
-        precision_said = float(right.sum()) / int(said.sum()) if said.any() else math.nan
-        answered = (
-            float((said & ~y).sum()) / (len(y) - positives),
-            float(right.sum()) / positives,
-            precision_said,
-        )
+    if answers is not None:  # a class never answered has no precision: NaN, no dot
+        said = rates(answers[:, k], y)
+        answered = (said["flagged"], said["recall"], said["precision"])
     auc = float(torch.trapezoid(tpr, fpr))
     recall, precision = torch.cat([zero, recall]), torch.cat([precision[:1], precision])
     points = operating_points(tp / positives, fp / (len(y) - positives), tp / (tp + fp), cuts)
